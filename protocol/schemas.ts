@@ -1,0 +1,103 @@
+/**
+ * Runtime schemas (zod) for every payload the hub receives. A payload that fails its schema gets an
+ * error reply naming the first problem; it never reaches the hub's logic.
+ */
+import { z } from 'zod';
+import { LIMITS } from './limits.ts';
+import { BACKENDS, FAILURE_CATEGORIES, WORKER_KINDS } from './events.ts';
+import { DTYPES } from './tensor.ts';
+
+const name = z.string().min(1).max(LIMITS.nameChars);
+const text = z.string().max(LIMITS.textChars);
+const count = z.number().int().min(0);
+const itemId = z.number().int().min(1);
+const bytes = z.number().finite().min(0);
+
+export const WireTensorSchema = z.object({
+  name,
+  dtype: z.enum(DTYPES),
+  dims: z.array(z.number().int().min(0).max(2 ** 31)).max(LIMITS.dimsPerTensor),
+  data: z.instanceof(Uint8Array).refine((d) => d.byteLength <= LIMITS.tensorBytes, 'tensor too large'),
+});
+
+export const WorkerAuthSchema = z.object({
+  token: z.string().max(256).optional(),
+  workerId: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{8,64}$/, 'workerId must be 8-64 characters of [A-Za-z0-9_-]'),
+  workerSecret: z.string().min(16).max(128),
+});
+
+export const CapabilitiesSchema = z.object({
+  hostname: z.string().max(LIMITS.nameChars).optional(),
+  cores: z.number().int().min(0).max(4096),
+  memoryBytes: bytes,
+  ortVersion: z.string().max(64).optional(),
+  userAgent: z.string().max(512).optional(),
+  gpu: z
+    .object({
+      name: z.string().max(LIMITS.nameChars),
+      vendor: z.string().max(LIMITS.nameChars).optional(),
+      architecture: z.string().max(LIMITS.nameChars).optional(),
+      memoryBytes: bytes.optional(),
+      features: z.array(z.string().max(64)).max(64).optional(),
+      limits: z.record(z.string().max(64), z.number()).optional(),
+    })
+    .optional(),
+  backendReason: text.optional(),
+});
+
+export const RegisterRequestSchema = z.object({
+  kind: z.enum(WORKER_KINDS),
+  backend: z.enum(BACKENDS),
+  name,
+  pool: name.optional(),
+  concurrency: z.number().int().min(1).max(256),
+  capabilities: CapabilitiesSchema,
+});
+
+export const HeartbeatSchema = z.object({
+  load: z.object({
+    cpu: z.number().finite().min(0).max(1e6),
+    memUsedBytes: bytes,
+    memTotalBytes: bytes,
+    gpuMemUsedBytes: bytes.optional(),
+  }),
+  queued: count,
+  running: count,
+  paused: z.boolean(),
+});
+
+export const ItemsDoneSchema = z.object({
+  results: z
+    .array(
+      z.object({
+        itemId,
+        jobId: name,
+        modelSha256: z.string().regex(/^[0-9a-f]{64}$/),
+        ms: z.number().finite().min(0),
+        outputs: z.array(WireTensorSchema).max(LIMITS.tensorsPerItem),
+      }),
+    )
+    .min(1)
+    .max(LIMITS.itemsPerMessage),
+});
+
+export const ItemsFailedSchema = z.object({
+  failures: z
+    .array(z.object({ itemId, jobId: name, category: z.enum(FAILURE_CATEGORIES), message: text }))
+    .min(1)
+    .max(LIMITS.itemsPerMessage),
+});
+
+export const ItemsReleaseSchema = z.object({
+  itemIds: z.array(itemId).max(LIMITS.itemsPerMessage * 16),
+});
+
+/** Says what is wrong with a payload in one line, from a zod error. */
+export function describeZodError(err: z.ZodError): string {
+  const issue = err.issues[0];
+  if (!issue) return 'invalid payload';
+  const path = issue.path.length ? issue.path.join('.') : '(root)';
+  return `${path}: ${issue.message}`;
+}
