@@ -36,7 +36,8 @@ export function unpackTensors(buf: Uint8Array): WireTensor[] {
   if (buf.byteLength < 4) throw new PackError('tensor pack too short');
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const hlen = view.getUint32(0, true);
-  if (hlen > buf.byteLength - 4 || hlen > 1 << 20) throw new PackError('tensor pack header length out of range');
+  if (hlen > buf.byteLength - 4 || hlen > 1 << 20)
+    throw new PackError('tensor pack header length out of range');
   let header: unknown;
   try {
     header = JSON.parse(decoder.decode(buf.subarray(4, 4 + hlen)));
@@ -103,7 +104,10 @@ export function packItems(items: readonly NamedItem[]): Uint8Array {
 }
 
 /** Parses a body made by {@link packItems}; yields each item's name and its raw tensor pack. */
-export function* unpackItems(buf: Uint8Array, maxNameBytes = 512): Generator<{ name: string; pack: Uint8Array }> {
+export function* unpackItems(
+  buf: Uint8Array,
+  maxNameBytes = 512,
+): Generator<{ name: string; pack: Uint8Array }> {
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   let off = 0;
   while (off < buf.byteLength) {

@@ -16,15 +16,21 @@ const bytes = z.number().finite().min(0);
 export const WireTensorSchema = z.object({
   name,
   dtype: z.enum(DTYPES),
-  dims: z.array(z.number().int().min(0).max(2 ** 31)).max(LIMITS.dimsPerTensor),
+  dims: z
+    .array(
+      z
+        .number()
+        .int()
+        .min(0)
+        .max(2 ** 31),
+    )
+    .max(LIMITS.dimsPerTensor),
   data: z.instanceof(Uint8Array).refine((d) => d.byteLength <= LIMITS.tensorBytes, 'tensor too large'),
 });
 
 export const WorkerAuthSchema = z.object({
   token: z.string().max(256).optional(),
-  workerId: z
-    .string()
-    .regex(/^[A-Za-z0-9_-]{8,64}$/, 'workerId must be 8-64 characters of [A-Za-z0-9_-]'),
+  workerId: z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'workerId must be 8-64 characters of [A-Za-z0-9_-]'),
   workerSecret: z.string().min(16).max(128),
 });
 

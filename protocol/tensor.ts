@@ -45,17 +45,12 @@ export function tensorSizeError(t: WireTensor): string | undefined {
 }
 
 type TypedArray =
-  | Float32Array
-  | Float64Array
-  | Int32Array
-  | BigInt64Array
-  | Uint8Array
-  | Int8Array
-  | Uint16Array;
+  Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array | Int8Array | Uint16Array;
 
 /** Copies a tensor's bytes into a fresh, aligned typed array of its dtype. */
 export function toTypedArray(t: Pick<WireTensor, 'dtype' | 'data'>): TypedArray {
-  const bytes = t.data.slice(); // copy: guarantees alignment and ownership
+  // A real copy (Buffer#slice would only make a view): guarantees alignment and ownership.
+  const bytes = new Uint8Array(t.data);
   const buf = bytes.buffer;
   switch (t.dtype) {
     case 'float32':

@@ -23,7 +23,10 @@ for (const layer of chosen) {
   const r = spawnSync(
     process.execPath,
     ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
-    { stdio: 'inherit', env: { ...process.env, SHARDHUB_LOG_LEVEL: process.env.SHARDHUB_LOG_LEVEL ?? 'warn' } },
+    {
+      stdio: 'inherit',
+      env: { ...process.env, SHARDHUB_LOG_LEVEL: process.env.SHARDHUB_LOG_LEVEL ?? 'warn' },
+    },
   );
   if (r.status !== 0) failed = true;
 }

@@ -1,0 +1,424 @@
+/**
+ * A native node: everything `shardhub node` needs, built around the shared {@link WorkerAgent}.
+ *
+ * - Identity: `--id`, else a generated id; either way the secret is persisted (mode 0600) in
+ *   `<state>/node-<hubhost>-<port>[-<id>].json`, so a restarted node is the same worker to the hub.
+ * - Connection: Socket.IO to `${hub}/worker` with exponential backoff and jitter. Socket.IO does not
+ *   reconnect after a server-side disconnect or a refusal by the hub's middleware; this module does,
+ *   with its own backoff, except when the hub refuses the join token or the identity: retrying those
+ *   cannot help, so the node stops with a {@link NodeFatalError}.
+ * - Models cached on disk by sha256 (verified when read, by `fetchModel`).
+ * - Capabilities and heartbeat load figures from `node:os` and `nvidia-smi`.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { availableParallelism, freemem, homedir, hostname, loadavg, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { io } from 'socket.io-client';
+import type { Capabilities, Heartbeat, WorkerAuth } from '../protocol/events.ts';
+import { clean, createLogger, type Logger } from '../server/logger.ts';
+import { WorkerAgent, type WorkerSocket } from '../worker/agent.ts';
+import type { Backend, BackendFactory } from '../worker/backend.ts';
+import type { ModelStore } from '../worker/model-cache.ts';
+import { shardhubParser } from '../protocol/socket-parser.ts';
+import type { GpuInfo } from './ort-backend.ts';
+import type { SimOptions } from './sim-backend.ts';
+
+/** Which backend a node runs: `auto` is CUDA where usable, else CPU. */
+export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'sim';
+
+/** Options of {@link runNode} (the CLI's flags, parsed and validated). */
+export interface NodeOptions {
+  /** The hub's base URL, e.g. `http://hub.example:8080`. */
+  hub: string;
+  token?: string;
+  concurrency?: number;
+  backend?: NodeBackendChoice;
+  sim?: Omit<SimOptions, 'die'>;
+  pool?: string;
+  name?: string;
+  id?: string;
+  /** Where the identity file lives (default `~/.shardhub`). */
+  stateDir?: string;
+  /** Where model bytes are cached (default `~/.cache/shardhub/models`). */
+  cacheDir?: string;
+  logger?: Logger;
+  /** SIGINT/SIGTERM drain the node; a second SIGINT exits at once (default false; the CLI sets it). */
+  handleSignals?: boolean;
+  /** Socket.IO reconnection tuning (tests shorten it). */
+  reconnect?: { delayMs?: number; maxDelayMs?: number; randomizationFactor?: number };
+  /** How a sim node dies at `--die-at-s` (default `process.exit(137)`). */
+  simDie?: () => void;
+}
+
+/** A running node. */
+export interface NodeHandle {
+  readonly workerId: string;
+  readonly agent: WorkerAgent;
+  /** Resolves when the node has stopped (drained or closed); rejects with a {@link NodeFatalError}. */
+  readonly done: Promise<void>;
+  /** Hands back unstarted items, finishes running ones, flushes results, disconnects. */
+  drain(): Promise<void>;
+  /** Stops at once. */
+  close(): Promise<void>;
+}
+
+/** The node cannot go on (bad join token, identity refused, unreadable state): exit non-zero. */
+export class NodeFatalError extends Error {
+  override name = 'NodeFatalError';
+  readonly exitCode: number;
+  constructor(message: string, exitCode = 1) {
+    super(message);
+    this.exitCode = exitCode;
+  }
+}
+
+/** A worker identity as kept in the state file. */
+export interface NodeIdentity {
+  workerId: string;
+  workerSecret: string;
+}
+
+const WORKER_ID = /^[A-Za-z0-9_-]{8,64}$/;
+const SHA256 = /^[0-9a-f]{64}$/;
+
+/** The identity file for a hub (and optional fixed id) inside a state dir. */
+export function identityFile(stateDir: string, hub: string, id?: string): string {
+  const url = new URL(hub);
+  const port = url.port || (url.protocol === 'https:' ? '443' : '80');
+  const host = url.hostname.replace(/[^A-Za-z0-9.-]/g, '_');
+  return join(stateDir, `node-${host}-${port}${id ? `-${id}` : ''}.json`);
+}
+
+/**
+ * Loads this node's identity, creating and persisting it on first start. With `id`, the worker id
+ * is that id and only the secret is generated.
+ */
+export async function loadIdentity(
+  stateDir: string,
+  hub: string,
+  id?: string,
+): Promise<NodeIdentity & { file: string }> {
+  if (id !== undefined && !WORKER_ID.test(id))
+    throw new NodeFatalError('--id must be 8-64 characters of [A-Za-z0-9_-]');
+  const file = identityFile(stateDir, hub, id);
+  let text: string | undefined;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+      throw new NodeFatalError(`cannot read ${file}: ${(err as Error).message}`);
+  }
+  if (text !== undefined) {
+    let parsed: Partial<NodeIdentity> = {};
+    try {
+      parsed = JSON.parse(text) as Partial<NodeIdentity>;
+    } catch {
+      // reported below
+    }
+    const ok =
+      typeof parsed.workerId === 'string' &&
+      WORKER_ID.test(parsed.workerId) &&
+      typeof parsed.workerSecret === 'string' &&
+      parsed.workerSecret.length >= 16 &&
+      parsed.workerSecret.length <= 128 &&
+      (id === undefined || parsed.workerId === id);
+    if (!ok)
+      throw new NodeFatalError(`${file} is not a valid node identity; delete it to start as a new worker`);
+    return { workerId: parsed.workerId as string, workerSecret: parsed.workerSecret as string, file };
+  }
+  const identity: NodeIdentity = {
+    workerId: id ?? `n-${randomBytes(12).toString('base64url')}`,
+    workerSecret: randomBytes(24).toString('base64url'),
+  };
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(identity, null, 2)}\n`, { mode: 0o600 });
+  await rename(tmp, file);
+  return { ...identity, file };
+}
+
+/**
+ * Model bytes on disk, one file per model named by its sha256. Reads are verified by `fetchModel`
+ * (a corrupt file is refetched and overwritten); writes go through a temp file and a rename, so a
+ * crash never leaves a half-written model under its final name.
+ */
+export class DiskModelStore implements ModelStore {
+  constructor(readonly dir: string) {}
+
+  async get(sha256: string): Promise<Uint8Array | undefined> {
+    if (!SHA256.test(sha256)) return undefined;
+    try {
+      const buf = await readFile(join(this.dir, sha256));
+      return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  async put(sha256: string, bytes: Uint8Array): Promise<void> {
+    if (!SHA256.test(sha256)) throw new Error('model cache keys are lower-case sha256 hex');
+    await mkdir(this.dir, { recursive: true });
+    const tmp = join(this.dir, `${sha256}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+    await writeFile(tmp, bytes);
+    await rename(tmp, join(this.dir, sha256));
+  }
+}
+
+/** The onnxruntime-node version, read without loading its native binding. */
+function ortPackageVersion(): string | undefined {
+  try {
+    return (createRequire(import.meta.url)('onnxruntime-node/package.json') as { version: string }).version;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Refusals that no retry can fix, by what the node's operator has to change. */
+type Refusal = 'token' | 'identity' | 'handshake';
+
+/** Classifies a refusal by the hub (a connect_error message or a register error) or undefined. */
+export function refusalKind(message: string, code?: unknown): Refusal | undefined {
+  const text = `${message} ${typeof code === 'string' ? code : ''}`;
+  if (/secret|identity|another worker|belongs to/i.test(text)) return 'identity';
+  if (/token|unauthori[sz]ed|forbidden|\bauth/i.test(text)) return 'token';
+  if (/bad handshake/i.test(text)) return 'handshake';
+  return undefined;
+}
+
+/** Starts a native node; see the file comment. Resolves once the backend is ready and connecting. */
+export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
+  const log = opts.logger ?? createLogger('node');
+  const hub = opts.hub.replace(/\/+$/, '');
+  const concurrency = opts.concurrency ?? 1;
+  const choice = opts.backend ?? 'auto';
+  const cores = availableParallelism();
+  const identity = await loadIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), hub, opts.id);
+  const store = new DiskModelStore(opts.cacheDir ?? join(homedir(), '.cache', 'shardhub', 'models'));
+
+  let gpu: GpuInfo | undefined;
+  let detectGpu: (() => Promise<GpuInfo | undefined>) | undefined;
+  let backendFactory: BackendFactory;
+  if (choice === 'sim') {
+    backendFactory = async (): Promise<Backend> => {
+      const { SimBackend } = await import('./sim-backend.ts');
+      return SimBackend.create({ ...opts.sim, die: opts.simDie });
+    };
+  } else {
+    // Loaded only when needed: a sim node never loads onnxruntime's native libraries.
+    const ortMod = await import('./ort-backend.ts');
+    detectGpu = () => ortMod.detectNvidiaGpu();
+    gpu = await detectGpu();
+    backendFactory = () => ortMod.OrtBackend.create({ prefer: choice, concurrency, cores, gpu: gpu ?? null });
+  }
+
+  const capabilities: Capabilities = {
+    hostname: hostname().slice(0, 128),
+    cores,
+    memoryBytes: totalmem(),
+    ortVersion: ortPackageVersion(),
+    ...(gpu
+      ? { gpu: { name: gpu.name.slice(0, 128), vendor: 'NVIDIA', memoryBytes: gpu.memoryTotalBytes } }
+      : {}),
+  };
+
+  const auth: WorkerAuth = { workerId: identity.workerId, workerSecret: identity.workerSecret };
+  if (opts.token) auth.token = opts.token;
+  const rc = opts.reconnect ?? {};
+  const delayMs = rc.delayMs ?? 500;
+  const maxDelayMs = rc.maxDelayMs ?? 10_000;
+  const jitter = rc.randomizationFactor ?? 0.5;
+  const socket = io(`${hub}/worker`, {
+    auth,
+    autoConnect: false,
+    transports: ['websocket'],
+    reconnection: true,
+    reconnectionDelay: delayMs,
+    reconnectionDelayMax: maxDelayMs,
+    randomizationFactor: jitter,
+    // Accept shard:assign packets with more than Socket.IO's default 10 tensors.
+    parser: shardhubParser,
+  }) as WorkerSocket;
+
+  let gpuUsed = gpu?.memoryUsedBytes;
+  let gpuTimer: ReturnType<typeof setInterval> | undefined;
+  if (gpu && detectGpu) {
+    const detect = detectGpu;
+    gpuTimer = setInterval(() => {
+      void detect().then((g) => {
+        if (g) gpuUsed = g.memoryUsedBytes;
+      });
+    }, 10_000);
+    gpuTimer.unref();
+  }
+  const load = (): Heartbeat['load'] => {
+    const total = totalmem();
+    return {
+      cpu: (loadavg()[0] ?? 0) / cores,
+      memUsedBytes: total - freemem(),
+      memTotalBytes: total,
+      ...(gpuUsed !== undefined ? { gpuMemUsedBytes: gpuUsed } : {}),
+    };
+  };
+
+  const agent = new WorkerAgent({
+    socket,
+    backend: backendFactory,
+    store,
+    hubUrl: hub,
+    register: {
+      kind: 'native',
+      name: (opts.name ?? hostname()).slice(0, 128) || 'node',
+      ...(opts.pool ? { pool: opts.pool } : {}),
+      capabilities,
+    },
+    logger: log,
+    concurrency,
+    load,
+    fetchHeaders: opts.token ? { authorization: `Bearer ${opts.token}` } : undefined,
+  });
+
+  let settle!: { resolve: () => void; reject: (err: Error) => void };
+  const done = new Promise<void>((resolve, reject) => {
+    settle = { resolve, reject };
+  });
+  done.catch(() => undefined); // callers may not await `done`; a fatal stop must not crash the process
+  let fatal: NodeFatalError | undefined;
+  let attempt = 0;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  let failures = 0;
+
+  const stopping = () => fatal !== undefined || agent.status === 'closed';
+  // Socket.IO stops reconnecting after a server-side disconnect or a middleware refusal: back off
+  // and jitter like it does, then connect again.
+  const reconnectLater = () => {
+    if (stopping() || retryTimer !== undefined) return;
+    const base = Math.min(maxDelayMs, delayMs * 2 ** attempt++);
+    const wait = Math.max(0, base + (Math.random() * 2 - 1) * jitter * base);
+    log.info({ inMs: Math.round(wait) }, 'reconnecting to hub');
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      if (!stopping() && !socket.connected && !socket.active) socket.connect();
+    }, wait);
+  };
+  const stopFatal = (err: NodeFatalError) => {
+    if (fatal) return;
+    fatal = err;
+    log.error({ error: err.message }, 'node stopping');
+    void agent.close();
+  };
+
+  /** Stops the node when a refusal cannot be fixed by retrying; returns whether it did. */
+  const refused = (rawMessage: string, code?: unknown): boolean => {
+    const kind = refusalKind(rawMessage, code);
+    const message = clean(rawMessage);
+    if (kind === 'token') {
+      stopFatal(
+        new NodeFatalError(
+          `the hub refused this node's join token (${message}); pass the hub's join token with --token or SHARDHUB_TOKEN`,
+        ),
+      );
+    } else if (kind === 'identity') {
+      stopFatal(
+        new NodeFatalError(
+          `the hub refused this node's identity (${message}); another node may be using ${identity.file}, or it belongs to another hub: use --id/--state or delete it`,
+        ),
+      );
+    } else if (kind === 'handshake') {
+      stopFatal(new NodeFatalError(`the hub refused this node's handshake (${message})`));
+    }
+    return kind !== undefined;
+  };
+
+  socket.on('connect', () => {
+    attempt = 0;
+    failures = 0;
+    log.info({ hub: clean(hub), workerId: identity.workerId }, 'connected to hub');
+  });
+  socket.on('disconnect', (reason) => {
+    if (reason === 'io server disconnect') reconnectLater();
+  });
+  socket.on('connect_error', (err: Error & { data?: { code?: unknown } }) => {
+    failures++;
+    if (socket.active) {
+      // A network-level failure: Socket.IO retries by itself with backoff.
+      if (failures === 1 || failures % 10 === 0) {
+        log.warn({ hub: clean(hub), error: clean(err.message), failures }, 'cannot reach hub; retrying');
+      }
+      return;
+    }
+    const message = clean(err.message);
+    if (refused(err.message, err.data?.code)) return;
+    log.warn({ error: message }, 'hub refused the connection');
+    reconnectLater();
+  });
+  // The hub checks the join token at registration: it refuses, then disconnects.
+  agent.on('error', (err) => {
+    if (!refused(err.message, err.code))
+      log.error({ code: clean(err.code), error: clean(err.message) }, 'hub refused registration');
+  });
+
+  const signals: [NodeJS.Signals, () => void][] = [];
+  const cleanup = () => {
+    if (retryTimer !== undefined) clearTimeout(retryTimer);
+    if (gpuTimer !== undefined) clearInterval(gpuTimer);
+    for (const [sig, fn] of signals) process.off(sig, fn);
+    socket.off();
+    socket.disconnect();
+  };
+  agent.on('closed', () => {
+    cleanup();
+    if (fatal) settle.reject(fatal);
+    else settle.resolve();
+  });
+
+  if (opts.handleSignals) {
+    let count = 0;
+    const onSignal = (sig: NodeJS.Signals) => {
+      count++;
+      if (count === 1) {
+        log.info(
+          { signal: sig },
+          'draining: unstarted items go back to the hub, running ones finish (Ctrl-C again to quit now)',
+        );
+        void agent.drain();
+      } else if (sig === 'SIGINT') {
+        log.warn({ signal: sig }, 'exiting now');
+        process.exit(130);
+      }
+    };
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+      const fn = () => onSignal(sig);
+      signals.push([sig, fn]);
+      process.on(sig, fn);
+    }
+  }
+
+  log.info(
+    {
+      hub: clean(hub),
+      workerId: identity.workerId,
+      backend: choice,
+      concurrency,
+      identityFile: identity.file,
+    },
+    'starting node',
+  );
+  try {
+    await agent.start();
+  } catch (err) {
+    cleanup();
+    throw err;
+  }
+  log.info({ backend: agent.stats.backend, reason: agent.stats.backendReason }, 'backend ready');
+
+  return {
+    workerId: identity.workerId,
+    agent,
+    done,
+    drain: () => agent.drain(),
+    close: () => agent.close(),
+  };
+}

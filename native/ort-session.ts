@@ -1,0 +1,93 @@
+/**
+ * One onnxruntime-node session running a model's items, in whatever thread creates it: the main
+ * thread (`threads: false`) or a session thread (`ort-thread.ts`). Items are batched per the model
+ * (`worker/batching.ts`); errors become {@link BackendError}s with their failure category.
+ */
+import * as ort from 'onnxruntime-node';
+import type { ModelInfo } from '../protocol/model.ts';
+import { bytesOf, DTYPES, toTypedArray, type DType, type WireTensor } from '../protocol/tensor.ts';
+import { BackendError, classifyError, errorMessage, type LoadedModel } from '../worker/backend.ts';
+import { runBatched } from '../worker/batching.ts';
+
+/** Session options for a provider and a thread budget. */
+export function sessionOptions(
+  provider: 'cuda' | 'cpu',
+  intraOpNumThreads: number,
+): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: provider === 'cuda' ? ['cuda', 'cpu'] : ['cpu'],
+    intraOpNumThreads,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: 'all',
+    logSeverityLevel: 3,
+  };
+}
+
+/** A loaded onnxruntime-node session. Note: `run` blocks the calling thread while it computes. */
+export class OrtSession implements LoadedModel {
+  private disposed = false;
+
+  private constructor(
+    private readonly model: Pick<ModelInfo, 'name' | 'batchable' | 'batchSize'>,
+    private readonly session: ort.InferenceSession,
+  ) {}
+
+  /** Loads model bytes; a failure is a `model_load` (or `out_of_memory`) {@link BackendError}. */
+  static async create(
+    model: Pick<ModelInfo, 'name' | 'batchable' | 'batchSize'>,
+    bytes: Uint8Array,
+    options: ort.InferenceSession.SessionOptions,
+  ): Promise<OrtSession> {
+    try {
+      return new OrtSession(model, await ort.InferenceSession.create(bytes, options));
+    } catch (err) {
+      throw new BackendError(classifyError(err, 'load'), `loading ${model.name}: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+  }
+
+  run(items: WireTensor[][]): Promise<WireTensor[][]> {
+    if (this.disposed) return Promise.reject(new Error('session is disposed'));
+    return runBatched(this.model, items, (inputs) => this.runOne(inputs));
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.session.release();
+  }
+
+  private async runOne(inputs: WireTensor[]): Promise<WireTensor[]> {
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const name of this.session.inputNames) {
+      const t = inputs.find((i) => i.name === name);
+      if (!t) throw new BackendError('other', `item has no input "${name}"`);
+      feeds[name] = new ort.Tensor(t.dtype, toTypedArray(t), t.dims);
+    }
+    let results: ort.InferenceSession.OnnxValueMapType;
+    try {
+      results = await this.session.run(feeds);
+    } catch (err) {
+      throw new BackendError(classifyError(err, 'run'), errorMessage(err), { cause: err });
+    }
+    return this.session.outputNames.map((name) => fromOrt(name, results[name]));
+  }
+}
+
+/** Copies an onnxruntime output into a wire tensor (its own bytes, independent of the session). */
+function fromOrt(name: string, value: ort.OnnxValue | undefined): WireTensor {
+  if (!value || !(value instanceof ort.Tensor))
+    throw new BackendError('invalid_output', `output "${name}" is not a tensor`);
+  const dtype = value.type as DType;
+  if (!DTYPES.includes(dtype)) {
+    throw new BackendError(
+      'invalid_output',
+      `output "${name}" has dtype ${value.type}, which shardhub does not carry`,
+    );
+  }
+  const data = value.data;
+  if (!ArrayBuffer.isView(data)) throw new BackendError('invalid_output', `output "${name}" has no CPU data`);
+  return { name, dtype, dims: [...value.dims], data: bytesOf(data).slice() };
+}

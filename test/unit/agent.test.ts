@@ -1,0 +1,358 @@
+/**
+ * The worker run loop against a real Socket.IO server on loopback that plays the hub, with the
+ * sim backend (wrapped to record which items actually ran).
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, it } from 'node:test';
+import { io } from 'socket.io-client';
+import type { WorkerAuth } from '../../protocol/events.ts';
+import { toNumbers, type WireTensor } from '../../protocol/tensor.ts';
+import { runNode, type NodeHandle } from '../../native/node.ts';
+import { SimBackend, type SimOptions } from '../../native/sim-backend.ts';
+import { WorkerAgent, type WorkerSocket } from '../../worker/agent.ts';
+import type { Backend, BackendFactory } from '../../worker/backend.ts';
+import { MemoryModelStore } from '../../worker/model-cache.ts';
+import { shardhubParser } from '../../protocol/socket-parser.ts';
+import { FakeHub, items, modelBytes, range, sha256, simModel, sleep, waitFor } from './fake-hub.ts';
+
+/** The sim backend, recording the input value (= item id) of every item it runs. */
+function recordingSim(opts: SimOptions): { ran: number[]; factory: BackendFactory } {
+  const ran: number[] = [];
+  const factory = async (): Promise<Backend> => {
+    const sim = await SimBackend.create(opts);
+    return {
+      name: sim.name,
+      reason: sim.reason,
+      load: async (model) => {
+        const session = await sim.load(model);
+        return {
+          run: (batch) => {
+            for (const inputs of batch) ran.push(toNumbers(inputs[0] as WireTensor)[0] as number);
+            return session.run(batch);
+          },
+          dispose: () => session.dispose(),
+        };
+      },
+    };
+  };
+  return { ran, factory };
+}
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+async function setup(sim: SimOptions, concurrency = 1) {
+  const hub = new FakeHub();
+  await hub.listen();
+  cleanups.push(() => hub.close());
+  const auth: WorkerAuth = { workerId: 'worker-test-1', workerSecret: 'secret-secret-secret' };
+  const socket = io(`${hub.url}/worker`, {
+    auth,
+    transports: ['websocket'],
+    reconnectionDelay: 50,
+    parser: shardhubParser,
+  }) as WorkerSocket;
+  const { ran, factory } = recordingSim(sim);
+  const agent = new WorkerAgent({
+    socket,
+    backend: factory,
+    store: new MemoryModelStore(),
+    hubUrl: hub.url,
+    register: { kind: 'native', name: 'test-node', capabilities: { cores: 2, memoryBytes: 1 } },
+    concurrency,
+    benchmark: { minMs: 200 },
+  });
+  cleanups.push(() => agent.close());
+  await agent.start();
+  await waitFor('registration', () => hub.registers.length === 1);
+  return { hub, agent, ran };
+}
+
+describe('WorkerAgent', () => {
+  it('registers with its backend and concurrency, then heartbeats', async () => {
+    const { hub, agent } = await setup({ itemMs: 10 }, 2);
+    const reg = hub.registers[0];
+    assert.equal(reg?.req.backend, 'sim');
+    assert.equal(reg?.req.concurrency, 2);
+    assert.equal(reg?.req.kind, 'native');
+    assert.match(reg?.req.capabilities.backendReason ?? '', /simulated/);
+    assert.equal(reg?.auth.workerId, 'worker-test-1');
+    await waitFor('two heartbeats', () => hub.heartbeats.length >= 2, 2000);
+    assert.deepEqual(
+      {
+        queued: hub.heartbeats[0]?.queued,
+        running: hub.heartbeats[0]?.running,
+        paused: hub.heartbeats[0]?.paused,
+      },
+      { queued: 0, running: 0, paused: false },
+    );
+    assert.equal(agent.status, 'running');
+    await assert.rejects(agent.start(), /already started/);
+  });
+
+  it('runs an assigned shard and sends every result back, checkable by value', async () => {
+    const { hub, agent } = await setup({ itemMs: 5 }, 2);
+    // 20 tensors in one shard:assign: more than Socket.IO's stock parser accepts in a packet.
+    const ids = range(1, 20);
+    hub.assign(ids, simModel({ batchable: true, batchSize: 4 }));
+    await waitFor('20 results', () => hub.results.length === 20);
+    assert.deepEqual(hub.resultIds(), ids);
+    for (const r of hub.results) {
+      const out = r.outputs[0] as WireTensor;
+      assert.equal(out.name, 'y');
+      assert.deepEqual(out.dims, [1, 1]);
+      assert.equal(toNumbers(out)[0], r.itemId);
+      assert.equal(r.modelSha256, sha256);
+      assert.equal(r.jobId, 'job-1');
+    }
+    assert.equal(hub.modelRequests, 1, 'model fetched once for both runners');
+    // This hub runs the stock parser: at most 10 attachments (tensors) per results message.
+    assert.ok(Math.max(...hub.doneSizes) <= 10, `results per message: ${hub.doneSizes.join(',')}`);
+    await waitFor('stats', () => agent.stats.itemsDone === 20);
+    assert.ok(agent.stats.rate > 0);
+    assert.deepEqual(agent.stats.download, {
+      model: 'sim-model',
+      sha256,
+      loaded: modelBytes.byteLength,
+      total: modelBytes.byteLength,
+    });
+  });
+
+  it('shard:revoke returns exactly the unstarted items, and those never run', async () => {
+    const { hub, ran } = await setup({ itemMs: 40 });
+    const ids = range(1, 10);
+    hub.assign(ids);
+    await waitFor('the first item to start', () => ran.length === 1);
+    const reply = await hub.last.timeout(2000).emitWithAck('shard:revoke', { itemIds: [...ids, 999] });
+    assert.ok('data' in reply);
+    const revoked = reply.data.revoked;
+    assert.ok(revoked.length >= 8, `most items were unstarted (${revoked.length})`);
+    assert.ok(!revoked.includes(999), 'unknown ids are not revoked');
+    await waitFor('the running item(s) to finish', () => hub.results.length === ids.length - revoked.length);
+    await sleep(100);
+    const done = hub.resultIds();
+    assert.deepEqual(
+      [...done, ...revoked].sort((a, b) => a - b),
+      ids,
+      'every item either ran here or was revoked',
+    );
+    for (const id of revoked) assert.ok(!ran.includes(id), `revoked item ${id} never ran`);
+    assert.deepEqual(
+      [...ran].sort((a, b) => a - b),
+      done,
+    );
+  });
+
+  it('pause releases unstarted items and starts nothing new; resume runs again', async () => {
+    const { hub, agent, ran } = await setup({ itemMs: 40 });
+    hub.assign(range(1, 8));
+    await waitFor('the first item to start', () => ran.length === 1);
+    hub.last.emit('worker:control', { action: 'pause' });
+    await waitFor('release', () => hub.released.length > 0);
+    await waitFor('running item result', () => hub.results.length === 8 - hub.released.length);
+    await sleep(100);
+    assert.equal(ran.length, 8 - hub.released.length, 'nothing started after pause');
+    assert.deepEqual(
+      [...hub.resultIds(), ...hub.released].sort((a, b) => a - b),
+      range(1, 8),
+    );
+    await waitFor('a paused heartbeat', () => hub.heartbeats.at(-1)?.paused === true);
+    assert.equal(agent.stats.paused, true);
+
+    hub.assign([100]); // while paused: handed straight back
+    await waitFor('release of 100', () => hub.released.includes(100));
+    hub.last.emit('worker:control', { action: 'resume' });
+    await waitFor('resumed', () => !agent.stats.paused);
+    hub.assign([101]);
+    await waitFor('result of 101', () => hub.results.some((r) => r.itemId === 101));
+  });
+
+  it('setThrottle makes runners rest so busy time is about the fraction', async () => {
+    const { hub, agent } = await setup({ itemMs: 20 });
+    assert.throws(() => agent.setThrottle(1.5), /between 0 and 1/);
+    agent.setThrottle(0.5);
+    const t0 = Date.now();
+    hub.assign(range(1, 10));
+    await waitFor('10 results', () => hub.results.length === 10);
+    const elapsed = Date.now() - t0;
+    // 10 x 20 ms busy at half duty is >= 380 ms (the last rest may still be running); flat out ~200 ms.
+    assert.ok(elapsed >= 360, `elapsed ${elapsed} ms`);
+    assert.equal(agent.stats.throttle, 0.5);
+  });
+
+  it('items:cancel drops queued items and discards the result of a running one', async () => {
+    const { hub, ran } = await setup({ itemMs: 40 });
+    hub.assign(range(1, 4));
+    await waitFor('the first item to start', () => ran.length === 1);
+    hub.last.emit('items:cancel', { itemIds: [1, 2, 3], reason: 'job cancelled' });
+    await waitFor('item 4', () => hub.results.some((r) => r.itemId === 4));
+    await sleep(60);
+    assert.deepEqual(hub.resultIds(), [4]);
+    assert.deepEqual(ran, [1, 4]);
+  });
+
+  it('answers benchmark:run with items/s of all runners together', async () => {
+    const { hub } = await setup({ itemMs: 10 }, 2);
+    const reply = await hub.last
+      .timeout(5000)
+      .emitWithAck('benchmark:run', { model: simModel({ batchable: true, batchSize: 4 }) });
+    assert.ok('data' in reply, JSON.stringify(reply));
+    const { itemsPerSec, batchSize, runs, ms } = reply.data;
+    assert.equal(batchSize, 4);
+    assert.ok(runs >= 6, `at least 3 runs per runner (${runs})`);
+    assert.ok(ms >= 200);
+    // 2 runners x 4 items per 40 ms = 200 items/s at best; sleeps only overshoot.
+    assert.ok(itemsPerSec > 80 && itemsPerSec <= 205, `itemsPerSec ${itemsPerSec}`);
+  });
+
+  it('reports a model that cannot be fetched as model_load failures', async () => {
+    const { hub } = await setup({ itemMs: 5 });
+    hub.assign([1, 2], simModel({ sha256: 'ab'.repeat(32), url: '/missing' }));
+    await waitFor('two failures', () => hub.failures.length === 2);
+    assert.deepEqual(
+      hub.failures.map((f) => [f.itemId, f.category]),
+      [
+        [1, 'model_load'],
+        [2, 'model_load'],
+      ],
+    );
+    assert.match(hub.failures[0]?.message ?? '', /HTTP 404/);
+  });
+
+  it('drain hands back unstarted items, finishes running ones, flushes, then disconnects', async () => {
+    const { hub, agent, ran } = await setup({ itemMs: 60 }, 2);
+    hub.assign(range(1, 10));
+    await waitFor('two items to start', () => ran.length === 2);
+    const disconnected = new Promise<void>((resolve) => hub.last.on('disconnect', () => resolve()));
+    hub.last.emit('worker:control', { action: 'drain' });
+    await waitFor('draining', () => agent.status === 'draining' || agent.status === 'closed');
+    let closedEvent = false;
+    agent.on('closed', () => {
+      closedEvent = true;
+    });
+    await agent.drain();
+    await disconnected;
+    assert.equal(agent.status, 'closed');
+    assert.ok(closedEvent);
+    assert.deepEqual(
+      hub.released.sort((a, b) => a - b),
+      range(3, 8),
+    );
+    assert.deepEqual(hub.resultIds(), [1, 2]);
+    assert.deepEqual(
+      [...ran].sort((a, b) => a - b),
+      [1, 2],
+    );
+    assert.equal(agent.close(), agent.close(), 'close returns the same promise');
+  });
+});
+
+describe('native node reconnection', () => {
+  it('reconnects after a server-side disconnect with the same workerId; running results still arrive', async () => {
+    const hub = new FakeHub();
+    await hub.listen();
+    cleanups.push(() => hub.close());
+    const state = await mkdtemp(join(tmpdir(), 'shardhub-node-'));
+    cleanups.push(() => rm(state, { recursive: true, force: true }));
+    const { createLogger } = await import('../../server/logger.ts');
+    const node: NodeHandle = await runNode({
+      hub: hub.url,
+      token: 'join-token',
+      backend: 'sim',
+      sim: { itemMs: 150 },
+      stateDir: state,
+      cacheDir: join(state, 'models'),
+      logger: createLogger('test-node', 'silent'),
+      reconnect: { delayMs: 20, maxDelayMs: 100 },
+    });
+    cleanups.push(() => node.close());
+    await waitFor('registration', () => hub.registers.length === 1);
+    const first = hub.registers[0];
+    assert.equal(first?.auth.workerId, node.workerId);
+    assert.equal(first?.auth.token, 'join-token');
+
+    hub.assign([1, 2, 3]);
+    await waitFor('item 1 running', () => node.agent.stats.running === 1);
+    hub.last.disconnect(true); // 'io server disconnect': socket.io will not reconnect by itself
+    await waitFor('re-registration', () => hub.registers.length === 2, 3000);
+    const second = hub.registers[1];
+    assert.equal(second?.auth.workerId, node.workerId);
+    assert.equal(second?.auth.workerSecret, first?.auth.workerSecret);
+    assert.equal(second?.conn, 1);
+
+    await waitFor('result of the item that was running', () => hub.results.length === 1);
+    assert.equal(hub.results[0]?.itemId, 1);
+    assert.equal(hub.results[0]?.conn, 1, 'sent on the new connection');
+    await sleep(400);
+    assert.deepEqual(hub.resultIds(), [1], 'the unstarted queue was dropped (the hub requeued it)');
+
+    // The identity persists: a second start with the same state dir is the same worker.
+    await node.close();
+    const again = await runNode({
+      hub: hub.url,
+      backend: 'sim',
+      stateDir: state,
+      cacheDir: join(state, 'models'),
+      logger: createLogger('test-node', 'silent'),
+    });
+    cleanups.push(() => again.close());
+    assert.equal(again.workerId, node.workerId);
+  });
+});
+
+describe('SimBackend', () => {
+  it('fills every declared output (dynamic dims = 1) with the first input value', async () => {
+    const sim = await SimBackend.create({ itemMs: 0 });
+    const model = simModel({
+      outputs: [
+        { name: 'y', dtype: 'float32', shape: ['N', 16] },
+        { name: 'count', dtype: 'int64', shape: ['N'] },
+      ],
+    });
+    const session = await sim.load(model);
+    const x = (v: number): WireTensor[] => [
+      { name: 'x', dtype: 'float32', dims: [1, 1], data: new Uint8Array(new Float32Array([v]).buffer) },
+    ];
+    const [a, b] = await session.run([x(3), x(-7)]);
+    assert.deepEqual(
+      a?.map((t) => [t.name, t.dtype, t.dims]),
+      [
+        ['y', 'float32', [1, 16]],
+        ['count', 'int64', [1]],
+      ],
+    );
+    assert.deepEqual([...toNumbers(a?.[0] as WireTensor)], new Array(16).fill(3));
+    assert.deepEqual([...toNumbers(b?.[1] as WireTensor)], [-7]);
+  });
+
+  it('sleeps k * itemMs / speed, slows down at slowAtS and dies at dieAtS, timed from the first item', async () => {
+    let died = 0;
+    const sim = await SimBackend.create({
+      itemMs: 40,
+      speed: 2,
+      slowAtS: 0.15,
+      slowFactor: 3,
+      dieAtS: 0.3,
+      die: () => died++,
+    });
+    assert.equal(sim.msPerItem(), 20);
+    const session = await sim.load(simModel());
+    await sleep(200); // the clock starts at the first item, not at creation
+    const t0 = Date.now();
+    await session.run(items([1, 2, 3]).map((i) => i.inputs));
+    assert.ok(Date.now() - t0 >= 58, 'a batch of 3 sleeps 3 x 20 ms');
+    assert.equal(sim.msPerItem(), 20);
+    await sleep(120);
+    assert.equal(sim.msPerItem(), 60, 'slower after slowAtS');
+    assert.equal(died, 0);
+    await sleep(150);
+    assert.equal(died, 1, 'died at dieAtS');
+    await sim.dispose();
+    await assert.rejects(SimBackend.create({ speed: 0 }), /speed must be greater than 0/);
+  });
+});

@@ -1,0 +1,171 @@
+/**
+ * `shardhub node`: argument precedence and validation, and the real process (`native/main.ts`)
+ * against a loopback hub: a refused join token exits 1 with a clear message, SIGTERM drains.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { nodeCommand, parseNodeArgs, UsageError } from '../../native/cli.ts';
+import { FakeHub, range, waitFor } from './fake-hub.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+let dir: string;
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'shardhub-cli-'));
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+function options(argv: string[], env: NodeJS.ProcessEnv = {}) {
+  const parsed = parseNodeArgs(argv, env);
+  assert.equal(parsed.help, false);
+  return parsed.help ? undefined : parsed.options;
+}
+
+describe('shardhub node arguments', () => {
+  it('takes flags over env over the config file over defaults', async () => {
+    const config = join(dir, 'node.json');
+    await writeFile(
+      config,
+      JSON.stringify({ hub: 'http://config:1', concurrency: 3, pool: 'cfg', name: 'from-config' }),
+    );
+    const env = { SHARDHUB_HUB: 'http://env:2', SHARDHUB_POOL: 'envpool' };
+    const o = options(['--config', config, '--pool', 'flagpool'], env);
+    assert.equal(o?.hub, 'http://env:2');
+    assert.equal(o?.pool, 'flagpool');
+    assert.equal(o?.concurrency, 3);
+    assert.equal(o?.name, 'from-config');
+    assert.equal(o?.backend, 'auto');
+    const d = options(['--hub', 'http://h:9/'], {});
+    assert.equal(d?.hub, 'http://h:9');
+    assert.equal(d?.concurrency, 1);
+  });
+
+  it('says precisely what is wrong', () => {
+    const bad = (argv: string[], re: RegExp, env = {}) =>
+      assert.throws(
+        () => parseNodeArgs(argv, env),
+        (e: unknown) => e instanceof UsageError && re.test(e.message),
+      );
+    bad([], /--hub is required/);
+    bad(['--hub', 'ftp://x'], /http\(s\) URL/);
+    bad(['--hub', 'http://x', '--concurrency', '0'], /--concurrency must be an integer >= 1/);
+    bad(['--hub', 'http://x', '--concurrency', '1.5'], /--concurrency must be an integer >= 1/);
+    bad(['--hub', 'http://x'], /SHARDHUB_CONCURRENCY must be an integer >= 1/, {
+      SHARDHUB_CONCURRENCY: 'two',
+    });
+    bad(['--hub', 'http://x', '--backend', 'tpu'], /--backend must be one of auto, cpu, cuda, sim/);
+    bad(['--hub', 'http://x', '--speed', '2'], /--speed applies only with --backend sim/);
+    bad(['--hub', 'http://x', '--backend', 'sim', '--speed', '0'], /--speed must be a number > 0/);
+    bad(['--hub', 'http://x', '--id', 'short'], /--id must be 8-64 characters/);
+    bad(['--hub', 'http://x', '--nope'], /Unknown option '--nope'/);
+  });
+
+  it('parses the sim flags', () => {
+    const o = options(
+      [
+        '--hub',
+        'http://x',
+        '--backend',
+        'sim',
+        '--speed',
+        '2',
+        '--item-ms',
+        '10',
+        '--slow-at-s',
+        '1',
+        '--die-at-s',
+        '3',
+      ],
+      {},
+    );
+    assert.deepEqual(o?.sim, { speed: 2, itemMs: 10, slowAtS: 1, slowFactor: undefined, dieAtS: 3 });
+  });
+
+  it('prints usage with examples for --help and exits 0; usage errors exit 2', async () => {
+    let out = '';
+    let err = '';
+    const cio = {
+      stdout: { write: (s: string) => (out += s) },
+      stderr: { write: (s: string) => (err += s) },
+      env: {},
+    };
+    assert.equal(await nodeCommand(['--help'], cio), 0);
+    assert.match(out, /Usage: shardhub node --hub URL/);
+    assert.match(out, /Examples:/);
+    assert.equal(await nodeCommand(['--concurrency', 'x', '--hub', 'http://h'], cio), 2);
+    assert.match(err, /--concurrency must be an integer >= 1/);
+  });
+});
+
+/** Spawns `native/main.ts` like the tests of the whole system do. */
+function spawnNode(args: string[]) {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'native/main.ts', ...args], {
+    cwd: root,
+    env: { ...process.env, SHARDHUB_LOG_LEVEL: 'warn', SHARDHUB_TOKEN: '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout.resume();
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, exit, stderr: () => stderr };
+}
+
+describe('shardhub node process', () => {
+  for (const checkTokenAt of ['connect', 'register'] as const) {
+    it(`exits 1 with a clear message when the hub refuses the join token (at ${checkTokenAt})`, async () => {
+      const hub = new FakeHub({ joinToken: 'good-token', checkTokenAt });
+      await hub.listen();
+      try {
+        const node = spawnNode([
+          '--hub',
+          hub.url,
+          '--token',
+          'bad-token',
+          '--backend',
+          'sim',
+          '--state',
+          dir,
+          '--cache',
+          dir,
+        ]);
+        const code = await Promise.race([
+          node.exit,
+          new Promise((r) => setTimeout(() => r('timeout'), 15_000)),
+        ]);
+        if (code === 'timeout') node.child.kill('SIGKILL');
+        assert.equal(code, 1);
+        assert.match(node.stderr(), /refused this node's join token \(.*\).*--token/);
+        assert.equal(hub.registers.length, 0);
+      } finally {
+        await hub.close();
+      }
+    });
+  }
+
+  it('drains on SIGTERM: unstarted items go back, the running one finishes, exit 0', async () => {
+    const hub = new FakeHub({ joinToken: 'good-token' });
+    await hub.listen();
+    const node = spawnNode([
+      ...['--hub', hub.url, '--token', 'good-token', '--backend', 'sim', '--item-ms', '300'],
+      ...['--id', 'cli-test-node', '--state', dir, '--cache', join(dir, 'models')],
+    ]);
+    try {
+      await waitFor('registration', () => hub.registers.length === 1, 15_000);
+      assert.equal(hub.registers[0]?.auth.workerId, 'cli-test-node');
+      hub.assign(range(1, 4));
+      await waitFor('item 1 running', () => hub.heartbeats.some((h) => h.running === 1));
+      node.child.kill('SIGTERM');
+      assert.equal(await node.exit, 0, node.stderr());
+      assert.deepEqual(hub.resultIds(), [1]);
+      assert.deepEqual(hub.released.sort(), [2, 3, 4]);
+    } finally {
+      node.child.kill('SIGKILL');
+      await hub.close();
+    }
+  });
+});

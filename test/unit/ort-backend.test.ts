@@ -1,0 +1,209 @@
+/**
+ * The onnxruntime-node backend with real sessions: `models/generated/mlp-small.onnx` when it has
+ * been built (`npm run models`), else an equivalent small MLP built here with onnx-proto.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import onnxProto from 'onnx-proto';
+import type { ModelInfo } from '../../protocol/model.ts';
+import { bytesOf, compareTensors, type WireTensor } from '../../protocol/tensor.ts';
+import { detectNvidiaGpu, OrtBackend, parseNvidiaSmi } from '../../native/ort-backend.ts';
+import { BackendError, classifyError } from '../../worker/backend.ts';
+import { calibrationInputs } from '../../worker/calibration.ts';
+
+const { onnx } = onnxProto;
+const FLOAT = onnx.TensorProto.DataType.FLOAT;
+const INT64 = onnx.TensorProto.DataType.INT64;
+
+function valueInfo(name: string, elemType: number, dim: number) {
+  return {
+    name,
+    type: { tensorType: { elemType, shape: { dim: [{ dimParam: 'N' }, { dimValue: dim }] } } },
+  };
+}
+
+function encode(graph: object): Uint8Array {
+  return onnx.ModelProto.encode({
+    irVersion: 8,
+    opsetImport: [{ domain: '', version: 13 }],
+    producerName: 'ort-backend.test',
+    graph,
+  }).finish();
+}
+
+/** x[N,8] → MatMul+Add+Relu → y[N,4], fixed weights. */
+function tinyMlp(): Uint8Array {
+  const w = new Float32Array(32).map((_, i) => ((i * 7) % 11) / 11 - 0.4);
+  const b = new Float32Array(4).map((_, i) => i / 10);
+  return encode({
+    name: 'tiny',
+    initializer: [
+      { name: 'W', dims: [8, 4], dataType: FLOAT, rawData: bytesOf(w) },
+      { name: 'B', dims: [4], dataType: FLOAT, rawData: bytesOf(b) },
+    ],
+    node: [
+      { opType: 'MatMul', input: ['x', 'W'], output: ['h'] },
+      { opType: 'Add', input: ['h', 'B'], output: ['a'] },
+      { opType: 'Relu', input: ['a'], output: ['y'] },
+    ],
+    input: [valueInfo('x', FLOAT, 8)],
+    output: [valueInfo('y', FLOAT, 4)],
+  });
+}
+
+function info(bytes: Uint8Array, over: Partial<ModelInfo>): ModelInfo {
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
+  return {
+    name: 'm',
+    description: '',
+    inputs: [],
+    outputs: [],
+    batchable: true,
+    batchSize: 8,
+    tolerance: { atol: 1e-5, rtol: 1e-5 },
+    calibration: { dims: {}, seed: 7 },
+    sha256,
+    bytes: bytes.byteLength,
+    url: `/api/models/${sha256}`,
+    ...over,
+  };
+}
+
+/** mlp-small from `npm run models` when present, else the tiny MLP. */
+function mlpUnderTest(): { model: ModelInfo; bytes: Uint8Array; source: string } {
+  const file = new URL('../../models/generated/mlp-small.onnx', import.meta.url);
+  const manifest = new URL('../../models/mlp-small.json', import.meta.url);
+  if (existsSync(file) && existsSync(manifest)) {
+    const bytes = new Uint8Array(readFileSync(file));
+    const m = JSON.parse(readFileSync(manifest, 'utf8')) as ModelInfo & { file?: string };
+    delete m.file;
+    return { model: info(bytes, { ...m, batchSize: 8 }), bytes, source: 'mlp-small.onnx' };
+  }
+  const bytes = tinyMlp();
+  return {
+    model: info(bytes, {
+      name: 'tiny-mlp',
+      inputs: [{ name: 'x', dtype: 'float32', shape: ['N', 8] }],
+      outputs: [{ name: 'y', dtype: 'float32', shape: ['N', 4] }],
+      calibration: { dims: { x: [1, 8] }, seed: 7 },
+    }),
+    bytes,
+    source: 'built in test',
+  };
+}
+
+describe('OrtBackend', () => {
+  it('runs on cpu here and says why not cuda', async () => {
+    const auto = await OrtBackend.create({ prefer: 'auto', concurrency: 1 });
+    assert.equal(auto.name, 'cpu');
+    assert.match(auto.reason, /CUDA/);
+    assert.match(auto.reason, /using cpu/);
+    const asked = await OrtBackend.create({ prefer: 'cuda', concurrency: 1, gpu: null });
+    assert.equal(asked.name, 'cpu', 'an unusable CUDA falls back to cpu');
+    const cpu = await OrtBackend.create({ prefer: 'cpu' });
+    assert.equal(cpu.name, 'cpu');
+    assert.equal(cpu.reason, 'cpu requested');
+  });
+
+  it('divides cores between sessions', async () => {
+    const threads = async (cores: number, concurrency: number) =>
+      (await OrtBackend.create({ prefer: 'cpu', cores, concurrency })).intraOpNumThreads;
+    assert.equal(await threads(2, 1), 2);
+    assert.equal(await threads(2, 2), 1);
+    assert.equal(await threads(8, 3), 2);
+    assert.equal(await threads(1, 4), 1);
+    await assert.rejects(OrtBackend.create({ concurrency: 0 }), /concurrency must be an integer >= 1/);
+  });
+
+  for (const threads of [true, false]) {
+    it(`gives the same outputs batched and one by one (${threads ? 'session threads' : 'main thread'})`, async (t) => {
+      const { model, bytes, source } = mlpUnderTest();
+      t.diagnostic(`model: ${source}`);
+      const backend = await OrtBackend.create({ prefer: 'cpu', concurrency: 1, threads });
+      const batched = await backend.load(model, bytes);
+      const single = await backend.load({ ...model, batchable: false, batchSize: 1 }, bytes);
+      const items = Array.from({ length: 11 }, (_, i) => calibrationInputs(model, 100 + i));
+      const [a, b] = await Promise.all([batched.run(items), single.run(items)]);
+      assert.equal(a.length, 11);
+      const outName = model.outputs[0]?.name as string;
+      for (let i = 0; i < items.length; i++) {
+        const x = a[i]?.[0] as WireTensor;
+        const y = b[i]?.[0] as WireTensor;
+        assert.equal(x.name, outName);
+        assert.equal(x.dims[0], 1);
+        assert.equal(compareTensors(x, y, { atol: 1e-5, rtol: 1e-5 }), undefined, `item ${i}`);
+      }
+      // Different items give different outputs: the split did not hand one item's output to all.
+      assert.notEqual(
+        compareTensors(a[0]?.[0] as WireTensor, a[1]?.[0] as WireTensor, { atol: 0, rtol: 0 }),
+        undefined,
+      );
+      // The caller's inputs are left intact (threads get copies).
+      assert.equal(
+        items[0]?.[0]?.data.byteLength,
+        4 * (model.calibration.dims.x ?? []).reduce((p, d) => p * d, 1),
+      );
+      await batched.dispose();
+      await batched.dispose(); // idempotent
+      await single.dispose();
+      await assert.rejects(batched.run(items), /disposed/);
+    });
+
+    it(`reports bytes that are not a model as model_load (${threads ? 'session threads' : 'main thread'})`, async () => {
+      const backend = await OrtBackend.create({ prefer: 'cpu', threads });
+      const garbage = new Uint8Array([1, 2, 3, 4, 5]);
+      await assert.rejects(
+        backend.load(info(garbage, {}), garbage),
+        (err: unknown) => err instanceof BackendError && err.category === 'model_load',
+      );
+    });
+  }
+
+  it('carries int64 tensors as BigInt64Array both ways', async () => {
+    const bytes = encode({
+      name: 'int64',
+      node: [{ opType: 'Add', input: ['x', 'x'], output: ['y'] }],
+      input: [valueInfo('x', INT64, 2)],
+      output: [valueInfo('y', INT64, 2)],
+    });
+    const model = info(bytes, {
+      inputs: [{ name: 'x', dtype: 'int64', shape: ['N', 2] }],
+      outputs: [{ name: 'y', dtype: 'int64', shape: ['N', 2] }],
+    });
+    const session = await (await OrtBackend.create({ prefer: 'cpu' })).load(model, bytes);
+    const big = 2n ** 40n + 3n;
+    const x = (a: bigint, b: bigint): WireTensor[] => [
+      { name: 'x', dtype: 'int64', dims: [1, 2], data: bytesOf(new BigInt64Array([a, b])) },
+    ];
+    const out = await session.run([x(big, -5n), x(1n, 2n)]);
+    const values = out.map((o) => [...new BigInt64Array((o[0] as WireTensor).data.slice().buffer)]);
+    assert.deepEqual(values, [
+      [2n * big, -10n],
+      [2n, 4n],
+    ]);
+    assert.equal(out[0]?.[0]?.dtype, 'int64');
+    await session.dispose();
+  });
+
+  it('classifies runtime errors', () => {
+    assert.equal(classifyError(new Error('std::bad_alloc'), 'run'), 'out_of_memory');
+    assert.equal(classifyError(new Error('CUDA failure 2: out of memory'), 'load'), 'out_of_memory');
+    assert.equal(classifyError(new Error('GPU device lost'), 'run'), 'device_lost');
+    assert.equal(classifyError(new Error('run timed out'), 'run'), 'timeout');
+    assert.equal(classifyError(new Error('protobuf parsing failed'), 'load'), 'model_load');
+    assert.equal(classifyError(new Error('shape mismatch'), 'run'), 'other');
+  });
+
+  it('reads nvidia-smi output, and finds no GPU here without complaint', async () => {
+    assert.deepEqual(parseNvidiaSmi('NVIDIA A100-SXM4-40GB, 40960, 1024\nTesla T4, 15360, 0\n'), [
+      { name: 'NVIDIA A100-SXM4-40GB', memoryTotalBytes: 40960 * 2 ** 20, memoryUsedBytes: 1024 * 2 ** 20 },
+      { name: 'Tesla T4', memoryTotalBytes: 15360 * 2 ** 20, memoryUsedBytes: 0 },
+    ]);
+    assert.deepEqual(parseNvidiaSmi('garbage\n'), []);
+    const gpu = await detectNvidiaGpu();
+    if (gpu === undefined) return; // no nvidia-smi: silently nothing
+    assert.equal(typeof gpu.name, 'string');
+  });
+});

@@ -1,0 +1,792 @@
+/**
+ * The worker's run loop, the same in browsers and on native nodes: it registers with the hub on
+ * every (re)connect, keeps a local queue of assigned items that the hub keeps fed, runs them on
+ * `concurrency` runners (each with its own loaded session), and sends results back through the
+ * {@link Outbox}.
+ *
+ * Stealing depends on one invariant: an item is either in the local queue (revocable) or taken by a
+ * runner (it will produce a result or a failure here). Every handler that touches the queue runs
+ * synchronously, and a runner takes its batch synchronously right before running it, so a
+ * `shard:revoke` reply is exact.
+ *
+ * Lifecycle: `idle` → `start()` → `running` → `drain()` → `draining` → `closed` (or `close()` from
+ * any state). The agent owns the socket it is given: closing it disconnects.
+ */
+import type {
+  AssignedItem,
+  Backend as BackendName,
+  BenchmarkReply,
+  ControlNotice,
+  ErrorBody,
+  Heartbeat,
+  ItemFailure,
+  RegisterReply,
+  RegisterRequest,
+  ShardAssign,
+} from '../protocol/events.ts';
+import type { ModelInfo } from '../protocol/model.ts';
+import type { WireTensor } from '../protocol/tensor.ts';
+import {
+  BackendError,
+  classifyError,
+  errorMessage,
+  silentLogger,
+  type Backend,
+  type BackendFactory,
+  type LoadedModel,
+  type WorkerLogger,
+} from './backend.ts';
+import { benchmarkBatchSize, runBenchmark, type BenchmarkOptions } from './benchmark.ts';
+import type { ModelStore } from './model-cache.ts';
+import { Outbox, type OutboxOptions, type WorkerSocket } from './outbox.ts';
+import { ModelSessions, type DownloadProgress, type SessionLease } from './sessions.ts';
+import { checkOutputs, toWireTensor } from './wire.ts';
+
+export type { WorkerSocket } from './outbox.ts';
+export type { DownloadProgress } from './sessions.ts';
+
+/** Lifecycle states of a {@link WorkerAgent}. */
+export type AgentStatus = 'idle' | 'running' | 'draining' | 'closed';
+
+/** What a UI shows about a worker. */
+export interface AgentStats {
+  status: AgentStatus;
+  connected: boolean;
+  registered: boolean;
+  workerId?: string;
+  backend?: BackendName;
+  backendReason?: string;
+  paused: boolean;
+  /** Fraction of time spent computing, 0..1 (1: no throttling). */
+  throttle: number;
+  queued: number;
+  running: number;
+  itemsDone: number;
+  itemsFailed: number;
+  /** Items finished per second over the last ~5 s. */
+  rate: number;
+  /** Results waiting for (or awaiting) the hub's ack. */
+  unsent: number;
+  download?: DownloadProgress;
+  /** The last error worth showing (register refused, model load failed...). */
+  lastError?: string;
+}
+
+/** Events a {@link WorkerAgent} emits. */
+export interface AgentEvents {
+  /** Figures changed (coalesced: at most once per tick). */
+  stats: (stats: AgentStats) => void;
+  /** Registered on a (re)connection. */
+  registered: (reply: RegisterReply) => void;
+  /** The hub refused the registration (the agent registers again on the next connect). */
+  error: (err: ErrorBody) => void;
+  /** The agent closed (after `close()`, a finished drain or a hub `drain`). */
+  closed: () => void;
+}
+
+/** Options of a {@link WorkerAgent}. */
+export interface WorkerAgentOptions extends OutboxOptions {
+  /** A typed socket to `${hub}/worker`, connected or connecting (connected by `start()` otherwise). */
+  socket: WorkerSocket;
+  /** Creates the backend once, when the agent starts. */
+  backend: BackendFactory;
+  store: ModelStore;
+  /** The hub's base URL; model bytes come from `hubUrl + model.url`. */
+  hubUrl: string;
+  /** What to register as; `backend`, `concurrency` and `capabilities.backendReason` come from the agent. */
+  register: Omit<RegisterRequest, 'backend' | 'concurrency'>;
+  logger?: WorkerLogger;
+  /** Runners, each with its own loaded session (default 1). */
+  concurrency?: number;
+  /** Load figures for heartbeats (default zeros: browsers). */
+  load?: () => Heartbeat['load'];
+  /** Headers for model downloads (e.g. authorization). */
+  fetchHeaders?: Record<string, string>;
+  /** Benchmark limits (tests shorten them). */
+  benchmark?: Omit<BenchmarkOptions, 'signal'>;
+  /** Loaded models kept per runner before the least recently used is disposed (default 2). */
+  modelsPerRunner?: number;
+  /** How long a drain waits for results to be acked before closing anyway (default 60 s). */
+  drainTimeoutMs?: number;
+}
+
+interface QueueEntry {
+  itemId: number;
+  jobId: string;
+  shardId: string;
+  model: ModelInfo;
+  inputs: WireTensor[];
+}
+
+const RATE_WINDOW_MS = 5000;
+const EMPTY_LOAD: Heartbeat['load'] = { cpu: 0, memUsedBytes: 0, memTotalBytes: 0 };
+
+/** The environment-neutral run loop of a worker; see the file comment. */
+export class WorkerAgent {
+  private readonly opts: WorkerAgentOptions;
+  private readonly socket: WorkerSocket;
+  private readonly log: WorkerLogger;
+  private readonly concurrency: number;
+  private readonly outbox: Outbox;
+  private readonly sessions: ModelSessions;
+  /** Each runner's loop, once started. */
+  private loops: Promise<void>[] = [];
+  private backend: Backend | undefined;
+  private state: AgentStatus = 'idle';
+  private paused = false;
+  private throttleFraction = 1;
+  private queue: QueueEntry[] = [];
+  private readonly running = new Map<number, QueueEntry>();
+  /** Running items whose results are no longer wanted (cancelled while running). */
+  private readonly discard = new Set<number>();
+  private activeBatches = 0;
+  private benchmarking = 0;
+  private connected = false;
+  private registered = false;
+  /** Bumped on every connect and disconnect, so late replies from an old connection are ignored. */
+  private connGen = 0;
+  private workerId: string | undefined;
+  private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  private registerRetry: ReturnType<typeof setTimeout> | undefined;
+  private itemsDone = 0;
+  private itemsFailed = 0;
+  private completions: { t: number; n: number }[] = [];
+  private firstRunAt = 0;
+  private download: DownloadProgress | undefined;
+  private lastError: string | undefined;
+  private readonly fetchAbort = new AbortController();
+  private waiters: (() => void)[] = [];
+  private readonly listeners: { [E in keyof AgentEvents]: Set<AgentEvents[E]> } = {
+    stats: new Set(),
+    registered: new Set(),
+    error: new Set(),
+    closed: new Set(),
+  };
+  private statsScheduled = false;
+  private benchmarkChain: Promise<void> = Promise.resolve();
+  private drainPromise: Promise<void> | undefined;
+  private closePromise: Promise<void> | undefined;
+  private readonly socketHandlers: [string, (...args: never[]) => void][] = [];
+
+  constructor(opts: WorkerAgentOptions) {
+    const concurrency = opts.concurrency ?? 1;
+    if (!Number.isInteger(concurrency) || concurrency < 1)
+      throw new RangeError('concurrency must be an integer >= 1');
+    this.opts = opts;
+    this.socket = opts.socket;
+    this.log = opts.logger ?? silentLogger;
+    this.concurrency = concurrency;
+    this.outbox = new Outbox(opts.socket, { ...opts, logger: this.log });
+    this.sessions = new ModelSessions({
+      runners: concurrency,
+      hubUrl: opts.hubUrl,
+      store: opts.store,
+      headers: opts.fetchHeaders,
+      modelsPerRunner: opts.modelsPerRunner,
+      signal: this.fetchAbort.signal,
+      load: (model, bytes) => {
+        if (!this.backend) return Promise.reject(new Error('backend not ready'));
+        return this.backend.load(model, bytes);
+      },
+      onProgress: (p) => {
+        this.download = p;
+        this.changed();
+      },
+    });
+  }
+
+  /** The lifecycle state. */
+  get status(): AgentStatus {
+    return this.state;
+  }
+
+  /** A snapshot of the figures a UI shows. */
+  get stats(): AgentStats {
+    return {
+      status: this.state,
+      connected: this.connected,
+      registered: this.registered,
+      workerId: this.workerId,
+      backend: this.backend?.name,
+      backendReason: this.backend?.reason,
+      paused: this.paused,
+      throttle: this.throttleFraction,
+      queued: this.queue.length,
+      running: this.running.size,
+      itemsDone: this.itemsDone,
+      itemsFailed: this.itemsFailed,
+      rate: this.rate(),
+      unsent: this.outbox.counts.pending + this.outbox.counts.inFlight,
+      download: this.download ? { ...this.download } : undefined,
+      lastError: this.lastError,
+    };
+  }
+
+  /** Subscribes to an event; returns the function that unsubscribes. */
+  on<E extends keyof AgentEvents>(event: E, listener: AgentEvents[E]): () => void {
+    const set = this.listeners[event] as Set<AgentEvents[E]>;
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+
+  /**
+   * Creates the backend, attaches to the socket and starts the runners. Registration happens on
+   * every connect. Throws if called twice; if the backend cannot be created the agent closes.
+   */
+  async start(): Promise<void> {
+    if (this.state !== 'idle') throw new Error(`WorkerAgent already started (status ${this.state})`);
+    this.state = 'running';
+    this.listen('connect', () => this.onConnect());
+    this.listen('disconnect', (reason: string) => this.onDisconnect(reason));
+    this.listen('shard:assign', (shard: ShardAssign) => this.onAssign(shard));
+    this.listen('shard:revoke', (req: { itemIds: number[] }, ack: unknown) => this.onRevoke(req, ack));
+    this.listen('items:cancel', (notice: { itemIds: number[]; reason: string }) => this.onCancel(notice));
+    this.listen('worker:control', (notice: ControlNotice) => this.onControl(notice));
+    this.listen('benchmark:run', (req: { model: ModelInfo }, ack: unknown) => this.onBenchmark(req, ack));
+    try {
+      this.backend = await this.opts.backend();
+    } catch (err) {
+      this.lastError = `backend could not be created: ${errorMessage(err)}`;
+      this.log.error({ error: errorMessage(err) }, 'backend could not be created');
+      await this.close();
+      throw err;
+    }
+    if (this.state !== 'running') return; // closed while the backend was being created
+    this.log.info(
+      { backend: this.backend.name, reason: this.backend.reason, concurrency: this.concurrency },
+      'worker starting',
+    );
+    this.loops = Array.from({ length: this.concurrency }, (_, i) => this.runLoop(i));
+    if (this.socket.connected) this.onConnect();
+    else if (!this.socket.active) this.socket.connect();
+    this.changed();
+  }
+
+  /** Stops starting new items and hands unstarted ones back to the hub (`true`), or resumes. */
+  setPaused(paused: boolean): void {
+    if (this.paused === paused) return;
+    this.paused = paused;
+    this.log.info({ paused }, paused ? 'paused' : 'resumed');
+    if (paused) this.releaseQueue('paused');
+    this.wake();
+    this.sendHeartbeat();
+    this.changed();
+  }
+
+  /**
+   * Limits the share of time spent computing to `fraction` (0..1; 1 = flat out): after each batch
+   * a runner sleeps so busy time ≈ fraction. Values under 0.05 are treated as 0.05; use
+   * `setPaused(true)` to stop.
+   */
+  setThrottle(fraction: number): void {
+    if (!Number.isFinite(fraction) || fraction < 0 || fraction > 1) {
+      throw new RangeError('throttle must be a number between 0 and 1');
+    }
+    this.throttleFraction = Math.max(0.05, fraction);
+    this.changed();
+  }
+
+  /**
+   * Finishes gracefully: hands unstarted items back, lets running ones finish, waits (up to
+   * `drainTimeoutMs`) for results to be acked, then closes. Returns the same promise every time.
+   */
+  drain(): Promise<void> {
+    if (this.drainPromise) return this.drainPromise;
+    if (this.state === 'closed' || this.state === 'idle') return this.close();
+    this.state = 'draining';
+    this.log.info({ queued: this.queue.length, running: this.running.size }, 'draining');
+    this.releaseQueue('draining');
+    this.wake();
+    this.changed();
+    this.drainPromise = (async () => {
+      await Promise.all(this.loops);
+      const flushed = await withTimeout(this.outbox.whenIdle(), this.opts.drainTimeoutMs ?? 60_000);
+      if (!flushed)
+        this.log.warn(
+          { unsent: this.outbox.counts.pending },
+          'drain timed out before every result was acked',
+        );
+      await this.close();
+    })();
+    return this.drainPromise;
+  }
+
+  /**
+   * Stops at once: drops the queue, waits for running batches (they cannot be interrupted), frees
+   * sessions and disconnects. Idempotent: returns the same promise every time.
+   */
+  close(): Promise<void> {
+    if (this.closePromise) return this.closePromise;
+    const wasStarted = this.state !== 'idle';
+    this.state = 'closed';
+    this.closePromise = (async () => {
+      this.queue = [];
+      this.fetchAbort.abort(new Error('worker closed'));
+      this.wake();
+      await Promise.all(this.loops);
+      this.stopHeartbeat();
+      if (this.registerRetry !== undefined) clearTimeout(this.registerRetry);
+      this.outbox.close();
+      for (const [event, handler] of this.socketHandlers)
+        this.socket.off(event as 'connect', handler as () => void);
+      this.socketHandlers.length = 0;
+      if (wasStarted) this.socket.disconnect();
+      this.connected = false;
+      this.registered = false;
+      await this.sessions.disposeAll();
+      await this.backend?.dispose?.().catch(() => undefined);
+      this.log.info({ itemsDone: this.itemsDone, itemsFailed: this.itemsFailed }, 'worker closed');
+      this.emitStats();
+      for (const l of this.listeners.closed) l();
+    })();
+    return this.closePromise;
+  }
+
+  /** Runs the benchmark for a model on all runners (what `benchmark:run` does). */
+  benchmark(model: ModelInfo): Promise<BenchmarkReply> {
+    // One benchmark at a time: two at once would measure each other.
+    const run = this.benchmarkChain.then(() => this.benchmarkNow(model));
+    this.benchmarkChain = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async benchmarkNow(model: ModelInfo): Promise<BenchmarkReply> {
+    if (this.state !== 'running' && this.state !== 'draining') throw new Error(`worker is ${this.state}`);
+    this.benchmarking++;
+    const leases: SessionLease[] = [];
+    try {
+      // Runners finish their current batch and start nothing new until the benchmark is over.
+      while (this.activeBatches > 0) await this.nextWake();
+      for (let i = 0; i < this.concurrency; i++) leases.push(this.sessions.acquire(i, model));
+      const sessions = await Promise.all(leases.map((l) => l.session)).catch((err: unknown) => {
+        throw new BackendError(classifyError(err, 'load'), errorMessage(err), { cause: err });
+      });
+      const reply = await runBenchmark(model, sessions, {
+        ...this.opts.benchmark,
+        signal: this.fetchAbort.signal,
+      });
+      this.log.info(
+        { model: model.name, itemsPerSec: reply.itemsPerSec, runs: reply.runs },
+        'benchmark done',
+      );
+      return reply;
+    } finally {
+      for (const l of leases) l.release();
+      this.benchmarking--;
+      this.wake();
+    }
+  }
+
+  // ---- socket events -------------------------------------------------------------------------
+
+  private listen(event: string, handler: (...args: never[]) => void): void {
+    const guarded = (...args: never[]) => {
+      try {
+        handler(...args);
+      } catch (err) {
+        this.log.error({ event, error: errorMessage(err) }, 'handler failed');
+      }
+    };
+    this.socketHandlers.push([event, guarded]);
+    this.socket.on(event as 'connect', guarded as () => void);
+  }
+
+  private onConnect(): void {
+    this.connGen++;
+    this.connected = true;
+    // The hub requeued every unstarted item when the old connection dropped.
+    this.queue = [];
+    this.changed();
+    if (this.backend && this.state !== 'closed') void this.register();
+  }
+
+  private onDisconnect(reason: string): void {
+    this.connGen++;
+    this.connected = false;
+    this.registered = false;
+    this.stopHeartbeat();
+    this.outbox.setOnline(false);
+    const dropped = this.queue.length;
+    this.queue = [];
+    this.log.warn({ reason, droppedQueued: dropped, running: this.running.size }, 'disconnected from hub');
+    this.changed();
+  }
+
+  private async register(): Promise<void> {
+    const gen = this.connGen;
+    const backend = this.backend as Backend;
+    const base = this.opts.register;
+    const req: RegisterRequest = {
+      ...base,
+      backend: backend.name,
+      concurrency: this.concurrency,
+      capabilities: {
+        ...base.capabilities,
+        backendReason: backend.reason ?? base.capabilities.backendReason,
+      },
+    };
+    let res;
+    try {
+      res = await this.socket.timeout(this.opts.ackTimeoutMs ?? 30_000).emitWithAck('worker:register', req);
+    } catch (err) {
+      if (gen !== this.connGen || this.state === 'closed') return;
+      this.log.warn({ error: errorMessage(err) }, 'register not acknowledged; retrying');
+      this.registerRetry = setTimeout(() => {
+        if (gen === this.connGen && this.state !== 'closed') void this.register();
+      }, 1000);
+      return;
+    }
+    if (this.state === 'closed') return;
+    // A refusal counts even if the hub has already dropped the connection (it disconnects after
+    // refusing a bad join token, and that disconnect may be processed before this reply).
+    if ('error' in res) {
+      this.lastError = `hub refused registration: ${res.error.message}`;
+      this.log.error({ code: res.error.code, error: res.error.message }, 'hub refused registration');
+      for (const l of this.listeners.error) l(res.error);
+      this.changed();
+      return;
+    }
+    if (gen !== this.connGen) return;
+    this.registered = true;
+    this.workerId = res.data.workerId;
+    this.log.info({ workerId: res.data.workerId, heartbeatMs: res.data.heartbeatMs }, 'registered');
+    this.startHeartbeat(res.data.heartbeatMs);
+    this.outbox.setOnline(true);
+    for (const l of this.listeners.registered) l(res.data);
+    this.changed();
+  }
+
+  private onAssign(shard: ShardAssign): void {
+    if (this.state === 'closed' || this.state === 'idle') return;
+    const items: AssignedItem[] = Array.isArray(shard?.items) ? shard.items : [];
+    const ids = items.map((i) => i.id);
+    if (this.state === 'draining' || this.paused) {
+      this.release(ids, this.paused ? 'paused' : 'draining');
+      return;
+    }
+    const queued = new Set(this.queue.map((e) => e.itemId));
+    let added = 0;
+    for (const item of items) {
+      if (this.running.has(item.id) || queued.has(item.id)) continue; // already here: a resend
+      const entry = { itemId: item.id, jobId: shard.jobId, shardId: shard.shardId, model: shard.model };
+      let inputs: WireTensor[];
+      try {
+        inputs = item.inputs.map(toWireTensor);
+      } catch (err) {
+        this.fail(entry, 'other', `malformed input: ${errorMessage(err)}`);
+        continue;
+      }
+      this.queue.push({ ...entry, inputs });
+      queued.add(item.id);
+      added++;
+    }
+    this.log.debug({ shardId: shard.shardId, jobId: shard.jobId, items: added }, 'shard assigned');
+    // Start the download now, so the model is ready when a runner reaches these items.
+    this.sessions.prefetch(shard.model);
+    this.wake();
+    this.changed();
+  }
+
+  private onRevoke(req: { itemIds: number[] }, ack: unknown): void {
+    const want = new Set(Array.isArray(req?.itemIds) ? req.itemIds : []);
+    const revoked: number[] = [];
+    this.queue = this.queue.filter((e) => {
+      if (!want.has(e.itemId)) return true;
+      revoked.push(e.itemId);
+      return false;
+    });
+    this.log.debug({ asked: want.size, revoked: revoked.length }, 'revoke');
+    reply(ack, { data: { revoked } });
+    this.changed();
+  }
+
+  private onCancel(notice: { itemIds: number[]; reason: string }): void {
+    const ids = new Set(Array.isArray(notice?.itemIds) ? notice.itemIds : []);
+    this.queue = this.queue.filter((e) => !ids.has(e.itemId));
+    for (const id of ids) if (this.running.has(id)) this.discard.add(id);
+    this.log.debug({ items: ids.size, reason: notice?.reason }, 'items cancelled');
+    this.changed();
+  }
+
+  private onControl(notice: ControlNotice): void {
+    const action = notice?.action;
+    switch (action) {
+      case 'pause':
+        this.setPaused(true);
+        return;
+      case 'resume':
+        this.setPaused(false);
+        return;
+      case 'drain':
+        void this.drain();
+        return;
+      default:
+        this.log.warn({ action: String(action) }, 'unknown control action');
+    }
+  }
+
+  private onBenchmark(req: { model: ModelInfo }, ack: unknown): void {
+    this.benchmark(req.model).then(
+      (data) => reply(ack, { data }),
+      (err: unknown) => {
+        const message = errorMessage(err);
+        this.log.warn({ model: req?.model?.name, error: message }, 'benchmark failed');
+        reply(ack, { error: { code: classifyError(err, 'run'), message } });
+      },
+    );
+  }
+
+  // ---- run loop --------------------------------------------------------------------------------
+
+  private canStart(): boolean {
+    return (this.state === 'running' || this.state === 'draining') && !this.paused && this.benchmarking === 0;
+  }
+
+  private async runLoop(runner: number): Promise<void> {
+    while (this.state === 'running' || (this.state === 'draining' && this.queue.length > 0)) {
+      const head = this.canStart() ? this.queue[0] : undefined;
+      if (!head) {
+        await this.nextWake();
+        continue;
+      }
+      const model = head.model;
+      const lease = this.sessions.acquire(runner, model);
+      let session: LoadedModel;
+      try {
+        session = await lease.session;
+      } catch (err) {
+        lease.release();
+        this.failModel(model, err);
+        continue;
+      }
+      // Things may have changed while the model loaded: take the batch only now, synchronously.
+      const batch = this.canStart() ? this.takeBatch(model.sha256, benchmarkBatchSize(model)) : [];
+      if (batch.length === 0) {
+        lease.release();
+        continue;
+      }
+      let busy: number;
+      try {
+        busy = await this.runBatch(session, model, batch);
+      } finally {
+        lease.release();
+      }
+      if (this.throttleFraction < 1) {
+        await this.sleep((busy * (1 - this.throttleFraction)) / this.throttleFraction);
+      }
+    }
+  }
+
+  private takeBatch(sha256: string, max: number): QueueEntry[] {
+    const batch: QueueEntry[] = [];
+    this.queue = this.queue.filter((e) => {
+      if (batch.length >= max || e.model.sha256 !== sha256) return true;
+      batch.push(e);
+      return false;
+    });
+    for (const e of batch) this.running.set(e.itemId, e);
+    return batch;
+  }
+
+  /** Runs one batch and routes its results; returns the busy time in ms. */
+  private async runBatch(session: LoadedModel, model: ModelInfo, batch: QueueEntry[]): Promise<number> {
+    this.activeBatches++;
+    this.changed();
+    if (this.firstRunAt === 0) this.firstRunAt = Date.now();
+    const t0 = performance.now();
+    let outputs: WireTensor[][] | undefined;
+    let error: unknown;
+    try {
+      outputs = await session.run(batch.map((e) => e.inputs));
+      if (!Array.isArray(outputs) || outputs.length !== batch.length) {
+        throw new Error(
+          `backend returned ${Array.isArray(outputs) ? outputs.length : 'no'} results for ${batch.length} items`,
+        );
+      }
+    } catch (err) {
+      error = err;
+    }
+    const ms = performance.now() - t0;
+    this.activeBatches--;
+    let finished = 0;
+    batch.forEach((e, i) => {
+      this.running.delete(e.itemId);
+      if (this.discard.delete(e.itemId)) return;
+      finished++;
+      if (error !== undefined) {
+        this.fail(e, classifyError(error, 'run'), errorMessage(error));
+        return;
+      }
+      const out = (outputs as WireTensor[][])[i] as WireTensor[];
+      const problem = checkOutputs(model, out);
+      if (problem) {
+        this.fail(e, 'invalid_output', problem);
+        return;
+      }
+      this.itemsDone++;
+      this.outbox.addResult({
+        itemId: e.itemId,
+        jobId: e.jobId,
+        modelSha256: model.sha256,
+        ms: ms / batch.length,
+        outputs: out,
+      });
+    });
+    if (error !== undefined) {
+      this.log.warn({ model: model.name, items: batch.length, error: errorMessage(error) }, 'batch failed');
+    }
+    this.completions.push({ t: Date.now(), n: finished });
+    this.wake();
+    this.changed();
+    return ms;
+  }
+
+  private fail(
+    e: Pick<QueueEntry, 'itemId' | 'jobId'>,
+    category: ItemFailure['category'],
+    message: string,
+  ): void {
+    this.itemsFailed++;
+    this.outbox.addFailure({ itemId: e.itemId, jobId: e.jobId, category, message: message.slice(0, 1000) });
+  }
+
+  /** A model that cannot be fetched or loaded fails every queued item that needs it. */
+  private failModel(model: ModelInfo, err: unknown): void {
+    const category = classifyError(err, 'load');
+    const message = errorMessage(err);
+    this.lastError = `model ${model.name} could not be loaded: ${message}`;
+    this.log.error(
+      { model: model.name, sha256: model.sha256, category, error: message },
+      'model could not be loaded',
+    );
+    const failed = this.takeBatch(model.sha256, Number.POSITIVE_INFINITY);
+    for (const e of failed) {
+      this.running.delete(e.itemId);
+      if (!this.discard.delete(e.itemId)) this.fail(e, category, message);
+    }
+    this.changed();
+  }
+
+  // ---- releasing, heartbeats, figures --------------------------------------------------------
+
+  private releaseQueue(why: string): void {
+    const ids = this.queue.map((e) => e.itemId);
+    this.queue = [];
+    this.release(ids, why);
+  }
+
+  private release(ids: number[], why: string): void {
+    if (ids.length === 0) return;
+    this.log.info({ items: ids.length, why }, 'releasing unstarted items');
+    if (!this.connected) return; // the hub requeues everything of a dropped connection itself
+    this.socket
+      .timeout(this.opts.ackTimeoutMs ?? 30_000)
+      .emitWithAck('items:release', { itemIds: ids })
+      .then(
+        (res) => {
+          if ('error' in res)
+            this.log.warn({ code: res.error.code, error: res.error.message }, 'release refused');
+        },
+        (err: unknown) => this.log.warn({ error: errorMessage(err) }, 'release not acknowledged'),
+      );
+  }
+
+  private startHeartbeat(ms: number): void {
+    this.stopHeartbeat();
+    const every = Number.isFinite(ms) && ms >= 50 ? ms : 50;
+    this.sendHeartbeat();
+    this.heartbeatTimer = setInterval(() => this.sendHeartbeat(), every);
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = undefined;
+  }
+
+  private sendHeartbeat(): void {
+    if (!this.registered) return;
+    let load = EMPTY_LOAD;
+    try {
+      load = this.opts.load?.() ?? EMPTY_LOAD;
+    } catch (err) {
+      this.log.debug({ error: errorMessage(err) }, 'load figures unavailable');
+    }
+    this.socket.emit('worker:heartbeat', {
+      load,
+      queued: this.queue.length,
+      running: this.running.size,
+      paused: this.paused,
+    });
+  }
+
+  private rate(): number {
+    const now = Date.now();
+    while (this.completions.length > 0 && now - (this.completions[0] as { t: number }).t > RATE_WINDOW_MS) {
+      this.completions.shift();
+    }
+    if (this.firstRunAt === 0) return 0;
+    const window = Math.min(RATE_WINDOW_MS, Math.max(1000, now - this.firstRunAt));
+    let n = 0;
+    for (const c of this.completions) n += c.n;
+    return (n * 1000) / window;
+  }
+
+  private changed(): void {
+    if (this.statsScheduled || this.listeners.stats.size === 0) return;
+    this.statsScheduled = true;
+    queueMicrotask(() => {
+      this.statsScheduled = false;
+      this.emitStats();
+    });
+  }
+
+  private emitStats(): void {
+    if (this.listeners.stats.size === 0) return;
+    const s = this.stats;
+    for (const l of this.listeners.stats) l(s);
+  }
+
+  private wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
+  private nextWake(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Sleeps, but wakes early when the agent closes. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const signal = this.fetchAbort.signal;
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+}
+
+/** Calls an ack if the hub sent one (a malformed emit may not have). */
+function reply(ack: unknown, res: unknown): void {
+  if (typeof ack === 'function') (ack as (r: unknown) => void)(res);
+}
+
+async function withTimeout(p: Promise<void>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([p.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,275 @@
+/**
+ * The worker's outbox: results and failures on their way to the hub.
+ *
+ * Results are sent in batches (`items:done`) when `flushItems` have accumulated or the oldest has
+ * waited `flushMs`, with at most `maxInFlight` messages awaiting their ack. A message whose emit fails
+ * (timeout, disconnect) goes back to the front of the queue and is sent again once the worker is
+ * registered again; the hub drops duplicates, so resending is always safe. Nothing is sent while
+ * offline: socket.io would buffer it and replay it blindly on reconnect.
+ */
+import type { Socket } from 'socket.io-client';
+import type {
+  HubToWorkerEvents,
+  ItemFailure,
+  ItemResult,
+  ItemsDoneReply,
+  WorkerToHubEvents,
+} from '../protocol/events.ts';
+import { LIMITS } from '../protocol/limits.ts';
+import { tensorBytes } from '../protocol/pack.ts';
+import { errorMessage, silentLogger, type WorkerLogger } from './backend.ts';
+import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
+
+/** The socket a worker talks to the hub through (namespace `/worker`). */
+export type WorkerSocket = Socket<HubToWorkerEvents, WorkerToHubEvents>;
+
+/** Tuning of the outbox. */
+export interface OutboxOptions {
+  /** Send as soon as this many results wait (default 10). */
+  flushItems?: number;
+  /** Send whatever waits once the oldest has waited this long (default 5 ms). */
+  flushMs?: number;
+  /** Most messages awaiting an ack at once (default 4). */
+  maxInFlight?: number;
+  /** How long to wait for an ack before resending (default 30 s). */
+  ackTimeoutMs?: number;
+  /** Most tensor bytes per message (default a quarter of the hub's message limit). */
+  maxMessageBytes?: number;
+  /**
+   * Most tensors (binary attachments) per message (default `MAX_ATTACHMENTS`: what the hub's
+   * `shardhubParser` accepts). See `protocol/socket-parser.ts`.
+   */
+  maxAttachments?: number;
+  logger?: WorkerLogger;
+}
+
+type Message = { kind: 'done'; results: ItemResult[] } | { kind: 'failed'; failures: ItemFailure[] };
+
+/** Figures the run loop shows. */
+export interface OutboxCounts {
+  /** Results and failures waiting to be sent. */
+  pending: number;
+  /** Messages sent and not yet acked. */
+  inFlight: number;
+  /** Results the hub acknowledged (accepted, dropped or refused). */
+  acked: number;
+}
+
+/** Batches results and failures to the hub with bounded in-flight messages; see the file comment. */
+export class Outbox {
+  private readonly flushItems: number;
+  private readonly flushMs: number;
+  private readonly maxInFlight: number;
+  private readonly ackTimeoutMs: number;
+  private readonly maxMessageBytes: number;
+  private readonly maxAttachments: number;
+  private readonly log: WorkerLogger;
+  private results: ItemResult[] = [];
+  private failures: ItemFailure[] = [];
+  private oldest = 0;
+  private online = false;
+  private closed = false;
+  private seq = 0;
+  private readonly inFlight = new Map<number, Message>();
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private idleWaiters: (() => void)[] = [];
+  private ackedCount = 0;
+
+  constructor(
+    private readonly socket: WorkerSocket,
+    opts: OutboxOptions = {},
+  ) {
+    this.flushItems = positive('flushItems', opts.flushItems ?? 10);
+    this.flushMs = nonNegative('flushMs', opts.flushMs ?? 5);
+    this.maxInFlight = positive('maxInFlight', opts.maxInFlight ?? 4);
+    this.ackTimeoutMs = positive('ackTimeoutMs', opts.ackTimeoutMs ?? 30_000);
+    this.maxMessageBytes = positive('maxMessageBytes', opts.maxMessageBytes ?? LIMITS.socketMessageBytes / 4);
+    this.maxAttachments = positive('maxAttachments', opts.maxAttachments ?? MAX_ATTACHMENTS);
+    this.log = opts.logger ?? silentLogger;
+  }
+
+  /** Current figures. */
+  get counts(): OutboxCounts {
+    return {
+      pending: this.results.length + this.failures.length,
+      inFlight: this.inFlight.size,
+      acked: this.ackedCount,
+    };
+  }
+
+  /** True when nothing waits and nothing is in flight. */
+  get idle(): boolean {
+    return this.results.length === 0 && this.failures.length === 0 && this.inFlight.size === 0;
+  }
+
+  /** Queues a result. */
+  addResult(result: ItemResult): void {
+    if (this.closed) return;
+    if (this.results.length === 0) this.oldest = Date.now();
+    this.results.push(result);
+    this.pump();
+  }
+
+  /** Queues a failure; failures go out without waiting for a batch. */
+  addFailure(failure: ItemFailure): void {
+    if (this.closed) return;
+    this.failures.push(failure);
+    this.pump();
+  }
+
+  /**
+   * Online means registered on a live connection. Going offline puts every in-flight message back
+   * in the queue (its ack will never come) so it is sent again after the next registration.
+   */
+  setOnline(online: boolean): void {
+    this.online = online;
+    if (!online) {
+      const back = [...this.inFlight.values()];
+      this.inFlight.clear();
+      for (const m of back.reverse()) this.requeue(m);
+      this.clearTimer();
+    }
+    this.pump();
+  }
+
+  /** Resolves when nothing waits and nothing is in flight. */
+  whenIdle(): Promise<void> {
+    if (this.idle) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Stops sending; what is still queued is dropped (the hub will time those items out). */
+  close(): void {
+    this.closed = true;
+    this.clearTimer();
+    this.results = [];
+    this.failures = [];
+    this.inFlight.clear();
+    this.notifyIdle();
+  }
+
+  private pump(): void {
+    if (this.closed || !this.online) return;
+    while (this.inFlight.size < this.maxInFlight) {
+      if (this.failures.length > 0) {
+        this.send({ kind: 'failed', failures: this.failures.splice(0, LIMITS.itemsPerMessage) });
+        continue;
+      }
+      if (this.results.length === 0) break;
+      const due = this.results.length >= this.flushItems || Date.now() - this.oldest >= this.flushMs;
+      if (!due) {
+        this.armTimer();
+        break;
+      }
+      this.send({ kind: 'done', results: this.takeResults() });
+    }
+    if (this.results.length === 0) this.clearTimer();
+    if (this.idle) this.notifyIdle();
+  }
+
+  private takeResults(): ItemResult[] {
+    let bytes = 0;
+    let tensors = 0;
+    let n = 0;
+    while (n < this.results.length && n < LIMITS.itemsPerMessage) {
+      const outputs = (this.results[n] as ItemResult).outputs;
+      const size = tensorBytes(outputs);
+      // Always at least one result per message, whatever its size.
+      if (n > 0 && (bytes + size > this.maxMessageBytes || tensors + outputs.length > this.maxAttachments))
+        break;
+      bytes += size;
+      tensors += outputs.length;
+      n++;
+    }
+    const taken = this.results.splice(0, n);
+    this.oldest = Date.now();
+    return taken;
+  }
+
+  private send(msg: Message): void {
+    const id = ++this.seq;
+    this.inFlight.set(id, msg);
+    const sock = this.socket.timeout(this.ackTimeoutMs);
+    const reply =
+      msg.kind === 'done'
+        ? sock.emitWithAck('items:done', { results: msg.results })
+        : sock.emitWithAck('items:failed', { failures: msg.failures });
+    reply.then(
+      (res) => {
+        if (!this.inFlight.delete(id)) return; // already requeued after a disconnect
+        const count = msg.kind === 'done' ? msg.results.length : msg.failures.length;
+        if ('error' in res) {
+          // The hub refused the whole message (e.g. a schema error): resending would fail the same way.
+          this.log.error(
+            { kind: msg.kind, count, code: res.error.code, error: res.error.message },
+            'hub refused results message',
+          );
+        } else {
+          this.ackedCount += count;
+          const refused = msg.kind === 'done' ? ((res.data as ItemsDoneReply).refused ?? []) : [];
+          // One line per message, not per item: a systematic refusal would otherwise flood the log.
+          if (refused.length > 0) {
+            this.log.warn(
+              {
+                refused: refused.length,
+                of: count,
+                first: refused[0],
+                itemIds: refused.slice(0, 20).map((r) => r.itemId),
+              },
+              'hub refused results',
+            );
+          }
+        }
+        this.pump();
+      },
+      (err: unknown) => {
+        if (!this.inFlight.delete(id)) return;
+        this.log.warn(
+          { kind: msg.kind, error: errorMessage(err) },
+          'results message not acknowledged; will resend',
+        );
+        this.requeue(msg);
+        this.pump();
+      },
+    );
+  }
+
+  private requeue(msg: Message): void {
+    if (msg.kind === 'done') {
+      this.results.unshift(...msg.results);
+      this.oldest = 0; // overdue: send as soon as possible
+    } else {
+      this.failures.unshift(...msg.failures);
+    }
+  }
+
+  private armTimer(): void {
+    if (this.timer !== undefined) return;
+    const wait = Math.max(0, this.flushMs - (Date.now() - this.oldest));
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.pump();
+    }, wait);
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private notifyIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+}
+
+function positive(name: string, v: number): number {
+  if (!(Number.isFinite(v) && v > 0)) throw new RangeError(`${name} must be greater than 0`);
+  return v;
+}
+
+function nonNegative(name: string, v: number): number {
+  if (!(Number.isFinite(v) && v >= 0)) throw new RangeError(`${name} must be 0 or more`);
+  return v;
+}

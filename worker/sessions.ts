@@ -1,0 +1,129 @@
+/**
+ * Loaded models per runner: each runner of a worker holds its own session of a model (sessions are
+ * not shared between concurrent runs), loaded from bytes fetched once per worker. A runner keeps
+ * its `modelsPerRunner` most recently used models; older ones are disposed unless in use.
+ */
+import type { ModelInfo } from '../protocol/model.ts';
+import type { LoadedModel } from './backend.ts';
+import { fetchModel, type ModelStore } from './model-cache.ts';
+
+/** A model download in progress (or the last one, complete). */
+export interface DownloadProgress {
+  model: string;
+  sha256: string;
+  loaded: number;
+  total: number;
+}
+
+/** A runner's use of a session: `release()` once the run (or benchmark) is over. */
+export interface SessionLease {
+  session: Promise<LoadedModel>;
+  release(): void;
+}
+
+/** Options of {@link ModelSessions}. */
+export interface ModelSessionsOptions {
+  runners: number;
+  hubUrl: string;
+  store: ModelStore;
+  /** Loads bytes into a session (the backend's `load`). */
+  load: (model: ModelInfo, bytes: Uint8Array) => Promise<LoadedModel>;
+  headers?: Record<string, string>;
+  modelsPerRunner?: number;
+  /** Aborts downloads (the worker is closing). */
+  signal?: AbortSignal;
+  onProgress?: (p: DownloadProgress) => void;
+}
+
+interface Entry {
+  promise: Promise<LoadedModel>;
+  lastUsed: number;
+  inUse: number;
+}
+
+/** Model bytes and per-runner sessions; see the file comment. */
+export class ModelSessions {
+  private readonly perRunner: Map<string, Entry>[];
+  private readonly downloads = new Map<string, Promise<Uint8Array>>();
+  private readonly max: number;
+
+  constructor(private readonly opts: ModelSessionsOptions) {
+    this.max = opts.modelsPerRunner ?? 2;
+    if (!Number.isInteger(this.max) || this.max < 1)
+      throw new RangeError('modelsPerRunner must be at least 1');
+    this.perRunner = Array.from({ length: opts.runners }, () => new Map());
+  }
+
+  /** Starts fetching a model's bytes (if not already), so they are ready when a runner needs them. */
+  prefetch(model: ModelInfo): void {
+    this.bytes(model).catch(() => undefined);
+  }
+
+  /** Runner `runner`'s session of `model`, loading it on first use. */
+  acquire(runner: number, model: ModelInfo): SessionLease {
+    const sessions = this.perRunner[runner];
+    if (!sessions) throw new RangeError(`no runner ${runner}`);
+    let entry = sessions.get(model.sha256);
+    if (!entry) {
+      const promise = this.bytes(model).then((bytes) => this.opts.load(model, bytes));
+      const created: Entry = { promise, lastUsed: 0, inUse: 0 };
+      entry = created;
+      sessions.set(model.sha256, created);
+      // A failed load is forgotten, so the next item of that model tries again.
+      promise.catch(() => {
+        if (sessions.get(model.sha256) === created) sessions.delete(model.sha256);
+      });
+      this.evict(sessions, model.sha256);
+    }
+    const held = entry;
+    held.inUse++;
+    held.lastUsed = performance.now();
+    let released = false;
+    return {
+      session: held.promise,
+      release: () => {
+        if (released) return;
+        released = true;
+        held.inUse--;
+      },
+    };
+  }
+
+  /** Disposes every session (the worker is closing). */
+  async disposeAll(): Promise<void> {
+    const all = this.perRunner.flatMap((m) => [...m.values()]);
+    for (const m of this.perRunner) m.clear();
+    this.downloads.clear();
+    await Promise.all(all.map((e) => e.promise.then((s) => s.dispose()).catch(() => undefined)));
+  }
+
+  private evict(sessions: Map<string, Entry>, keep: string): void {
+    while (sessions.size > this.max) {
+      let victim: [string, Entry] | undefined;
+      for (const [sha, e] of sessions) {
+        if (sha === keep || e.inUse > 0) continue;
+        if (!victim || e.lastUsed < victim[1].lastUsed) victim = [sha, e];
+      }
+      if (!victim) return; // everything is in use: keep one more for now
+      sessions.delete(victim[0]);
+      victim[1].promise.then((s) => s.dispose()).catch(() => undefined);
+    }
+  }
+
+  private bytes(model: ModelInfo): Promise<Uint8Array> {
+    const existing = this.downloads.get(model.sha256);
+    if (existing) return existing;
+    const promise = fetchModel(this.opts.hubUrl, model, this.opts.store, {
+      signal: this.opts.signal,
+      headers: this.opts.headers,
+      onProgress: (loaded, total) =>
+        this.opts.onProgress?.({ model: model.name, sha256: model.sha256, loaded, total }),
+    });
+    this.downloads.set(model.sha256, promise);
+    promise.catch(() => this.downloads.delete(model.sha256));
+    // Keep the bytes of the most recent models in memory: runners load their sessions from them.
+    while (this.downloads.size > this.max)
+      this.downloads.delete(this.downloads.keys().next().value as string);
+    return promise;
+  }
+}

@@ -1,0 +1,51 @@
+/**
+ * Tensors at the socket edge: Socket.IO hands binary attachments over as `Buffer` in Node and
+ * `ArrayBuffer` in browsers, so every incoming tensor is normalized to a plain `Uint8Array` here,
+ * once. Outgoing outputs are checked before they are sent, so a broken run is reported as
+ * `invalid_output` by the worker instead of being refused by the hub.
+ */
+import type { ModelInfo } from '../protocol/model.ts';
+import { DTYPES, tensorSizeError, toNumbers, toTypedArray, type WireTensor } from '../protocol/tensor.ts';
+
+/** Views binary data from a socket (Buffer, ArrayBuffer, any typed array) as a plain Uint8Array (no copy). */
+export function toBytes(data: unknown): Uint8Array {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  throw new TypeError('tensor data is not binary');
+}
+
+/** Normalizes a tensor received from the hub (checks its size against its dims). */
+export function toWireTensor(t: WireTensor): WireTensor {
+  if (!t || typeof t.name !== 'string' || !DTYPES.includes(t.dtype) || !Array.isArray(t.dims)) {
+    throw new TypeError('malformed tensor');
+  }
+  const tensor: WireTensor = { name: t.name, dtype: t.dtype, dims: [...t.dims], data: toBytes(t.data) };
+  const problem = tensorSizeError(tensor);
+  if (problem) throw new TypeError(problem);
+  return tensor;
+}
+
+/**
+ * Says what is wrong with one item's outputs, or undefined when they are fine: at least one
+ * output, known dtypes, bytes matching dims, and finite floats unless the model allows otherwise.
+ */
+export function checkOutputs(
+  model: Pick<ModelInfo, 'allowNonFinite'>,
+  outputs: readonly WireTensor[],
+): string | undefined {
+  if (!Array.isArray(outputs) || outputs.length === 0) return 'the run produced no outputs';
+  for (const t of outputs) {
+    if (!DTYPES.includes(t.dtype)) return `output "${t.name}" has unsupported dtype ${String(t.dtype)}`;
+    const size = tensorSizeError(t);
+    if (size) return size;
+    if (model.allowNonFinite) continue;
+    if (t.dtype === 'float32' || t.dtype === 'float64' || t.dtype === 'float16') {
+      const values = t.dtype === 'float16' ? toNumbers(t) : (toTypedArray(t) as Float32Array | Float64Array);
+      for (let i = 0; i < values.length; i++) {
+        if (!Number.isFinite(values[i]))
+          return `output "${t.name}" has a non-finite value (${values[i]}) at ${i}`;
+      }
+    }
+  }
+  return undefined;
+}
