@@ -1,0 +1,354 @@
+/**
+ * The REST API under `/api`. Every route but health and model bytes needs the operator token
+ * (`Authorization: Bearer <token>`). Bodies are size-bounded and validated with zod; errors are
+ * JSON `{error: {code, message}}` with a fitting status.
+ */
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { createReadStream } from 'node:fs';
+import { z } from 'zod';
+import { LIMITS } from '../protocol/limits.ts';
+import { PackError, packTensors, unpackItems, unpackTensors } from '../protocol/pack.ts';
+import { DTYPES, type WireTensor } from '../protocol/tensor.ts';
+import { describeZodError } from '../protocol/schemas.ts';
+import { UploadManifestSchema } from '../models/manifest-schema.ts';
+import { readOnnxSignature } from '../models/onnx-signature.ts';
+import { bearer, tokenMatches } from './auth.ts';
+import { inputProblem } from './check.ts';
+import { type Hub, HubError } from './hub.ts';
+import { jobJson, jobStatus } from './job-view.ts';
+import { clean } from './logger.ts';
+import { matchesFilter } from './scheduler/filter.ts';
+import { writeNpy } from './io/npy.ts';
+import { tarEnd, tarEntryHeader, tarPadding } from './io/tar.ts';
+import { workerJson } from './workers.ts';
+
+const FilterSchema = z.strictObject({
+  kind: z.enum(['browser', 'native']).optional(),
+  backend: z.string().max(16).optional(),
+  pool: z.string().max(LIMITS.nameChars).optional(),
+  minGpuMemoryBytes: z.number().min(0).optional(),
+  minCores: z.number().int().min(0).optional(),
+});
+
+const InlineTensorSchema = z.strictObject({
+  name: z.string().min(1).max(LIMITS.nameChars),
+  dtype: z.enum(DTYPES),
+  dims: z.array(z.number().int().min(0)).max(LIMITS.dimsPerTensor),
+  /** base64 of the raw little-endian bytes */
+  data: z.string().max(LIMITS.jsonBodyBytes * 16),
+});
+
+const CreateJobSchema = z.strictObject({
+  model: z.string().min(1).max(LIMITS.nameChars),
+  priority: z.number().int().min(-100).max(100).default(0),
+  redundancy: z.number().int().min(1).max(5).default(1),
+  deadline: z.number().int().positive().nullable().default(null),
+  requirements: FilterSchema.nullable().default(null),
+  options: z.record(z.string().max(64), z.unknown()).default({}),
+  /** Items inline (small jobs): the job is sealed at once. Without them it stays open for uploads. */
+  items: z
+    .array(
+      z.strictObject({
+        name: z.string().min(1).max(LIMITS.nameChars).optional(),
+        inputs: z.array(InlineTensorSchema).max(LIMITS.tensorsPerItem),
+      }),
+    )
+    .min(1)
+    .max(10_000)
+    .optional(),
+});
+
+const PatchJobSchema = z.strictObject({ priority: z.number().int().min(-100).max(100) });
+
+const WorkersQuerySchema = z.object({
+  kind: z.enum(['browser', 'native']).optional(),
+  backend: z.string().max(16).optional(),
+  pool: z.string().max(LIMITS.nameChars).optional(),
+  online: z.enum(['true', 'false']).optional(),
+  minGpuMemory: z.coerce.number().min(0).optional(),
+  minCores: z.coerce.number().int().min(0).optional(),
+});
+
+const PageSchema = z.object({
+  offset: z.coerce.number().int().min(0).default(0),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  state: z.enum(['pending', 'done', 'failed']).optional(),
+});
+
+function parse<T>(schema: z.ZodType<T>, value: unknown): T {
+  const r = schema.safeParse(value);
+  if (!r.success) throw new HubError('invalid_request', describeZodError(r.error), 400);
+  return r.data;
+}
+
+function param(req: Request, name: string): string {
+  const v = req.params[name];
+  if (typeof v !== 'string' || v.length > LIMITS.nameChars)
+    throw new HubError('invalid_request', `bad ${name}`, 400);
+  return v;
+}
+
+/** Builds the `/api` router. */
+export function apiRouter(hub: Hub, operatorToken: string): express.Router {
+  const r = express.Router();
+  const json = express.json({ limit: LIMITS.jsonBodyBytes * 16 });
+  const raw = (limit: number) => express.raw({ type: () => true, limit });
+
+  r.get('/health', (_req, res) => {
+    res.json({
+      data: { ok: true, workers: [...hub.workers.values()].filter((w) => w.state !== 'offline').length },
+    });
+  });
+
+  // Model bytes are public: browser contributors are anonymous and models are addressed by hash.
+  r.get('/models/:sha', (req, res) => {
+    const sha = param(req, 'sha');
+    const path = /^[0-9a-f]{64}$/.test(sha) ? hub.models.filePath(sha) : undefined;
+    if (!path) throw new HubError('unknown_model', 'no model with that sha256', 404);
+    res.setHeader('Content-Type', 'application/octet-stream');
+    res.setHeader('Cache-Control', 'public, max-age=31536000, immutable');
+    res.setHeader('Cross-Origin-Resource-Policy', 'same-origin');
+    createReadStream(path).pipe(res);
+  });
+
+  r.use((req, _res, next) => {
+    if (!tokenMatches(bearer(req.headers.authorization), operatorToken)) {
+      throw new HubError('unauthorized', 'this needs the operator token: Authorization: Bearer <token>', 401);
+    }
+    next();
+  });
+
+  r.get('/models', (_req, res) => {
+    res.json({ data: { models: hub.models.list(), problems: hub.models.problems() } });
+  });
+
+  r.post('/models', raw(LIMITS.modelBytes), async (req, res) => {
+    const body = req.body as unknown;
+    if (!(body instanceof Uint8Array) || body.byteLength === 0) {
+      throw new HubError(
+        'invalid_request',
+        'send the ONNX file as the request body (application/octet-stream)',
+        400,
+      );
+    }
+    let sig;
+    try {
+      sig = readOnnxSignature(body);
+    } catch (err) {
+      throw new HubError('invalid_model', (err as Error).message, 400);
+    }
+    const q = req.query;
+    const unsupported = [...sig.inputs, ...sig.outputs].find((v) => !v.dtype || !v.shape);
+    if (unsupported)
+      throw new HubError(
+        'invalid_model',
+        `tensor "${clean(unsupported.name, 80)}" has an unsupported type or no shape`,
+        400,
+      );
+    const shape = (s: (number | string | null)[] | undefined) =>
+      (s ?? []).map((d, i) => (d === null ? `d${i}` : d));
+    const manifest = parse(UploadManifestSchema, {
+      name: typeof q.name === 'string' ? q.name : '',
+      description: typeof q.description === 'string' ? q.description.slice(0, 500) : 'uploaded model',
+      inputs: sig.inputs.map((v) => ({ name: v.name, dtype: v.dtype, shape: shape(v.shape) })),
+      outputs: sig.outputs.map((v) => ({ name: v.name, dtype: v.dtype, shape: shape(v.shape) })),
+      batchable: q.batchable === 'true',
+      batchSize: q.batchable === 'true' ? Number(q.batchSize ?? 8) : 1,
+      tolerance: { atol: Number(q.atol ?? 1e-3), rtol: Number(q.rtol ?? 1e-2) },
+      calibration: {
+        dims: Object.fromEntries(
+          sig.inputs.map((v) => [v.name, (v.shape ?? []).map((d) => (typeof d === 'number' ? d : 1))]),
+        ),
+        seed: 1,
+      },
+    });
+    try {
+      const info = await hub.models.addUpload(body, manifest);
+      res.status(201).json({ data: info });
+    } catch (err) {
+      throw new HubError('invalid_model', (err as Error).message, 400);
+    }
+  });
+
+  r.post('/jobs', json, (req, res) => {
+    const spec = parse(CreateJobSchema, req.body);
+    const { items, ...rest } = spec;
+    let decoded: { name: string; inputs: Uint8Array }[] = [];
+    if (items) {
+      const model = /^[0-9a-f]{64}$/.test(spec.model)
+        ? hub.models.bySha(spec.model)
+        : hub.models.byName(spec.model);
+      if (!model) throw new HubError('unknown_model', `unknown model "${clean(spec.model, 80)}"`, 404);
+      decoded = items.map((it, i) => {
+        const tensors: WireTensor[] = it.inputs.map((t) => ({
+          ...t,
+          data: new Uint8Array(Buffer.from(t.data, 'base64')),
+        }));
+        const problem = inputProblem(model, tensors);
+        if (problem) throw new HubError('invalid_item', `item ${i}: ${problem}`, 400);
+        return { name: it.name ?? String(i).padStart(6, '0'), inputs: packTensors(tensors) };
+      });
+    }
+    let job = hub.createJob({ ...rest, state: 'open' });
+    if (items) {
+      hub.store.appendItems(job.id, decoded);
+      job = hub.sealJob(job.id);
+    }
+    res.status(201).json({ data: jobJson(hub, job) });
+  });
+
+  r.post('/jobs/:id/items', raw(LIMITS.binaryBodyBytes), (req, res) => {
+    const job = hub.requireJob(param(req, 'id'));
+    if (job.state !== 'open')
+      throw new HubError(
+        'job_not_open',
+        `job ${job.id} is ${job.state}; items can only be added while open`,
+        409,
+      );
+    const model = hub.modelOf(job);
+    if (!model) throw new HubError('unknown_model', 'the job’s model is gone', 409);
+    const body = req.body as unknown;
+    if (!(body instanceof Uint8Array) || body.byteLength === 0) {
+      throw new HubError(
+        'invalid_request',
+        'send items as application/octet-stream (protocol/pack.ts packItems)',
+        400,
+      );
+    }
+    const items: { name: string; inputs: Uint8Array }[] = [];
+    try {
+      for (const it of unpackItems(body)) {
+        if (it.name.length > LIMITS.nameChars)
+          throw new HubError('invalid_item', `item name longer than ${LIMITS.nameChars}`, 400);
+        const problem = inputProblem(model, unpackTensors(it.pack));
+        if (problem) throw new HubError('invalid_item', `item "${clean(it.name, 80)}": ${problem}`, 400);
+        items.push({ name: it.name, inputs: it.pack.slice() });
+      }
+    } catch (err) {
+      if (err instanceof PackError) throw new HubError('invalid_item', err.message, 400);
+      throw err;
+    }
+    const ids = hub.store.appendItems(job.id, items);
+    res.status(201).json({ data: { added: ids.length, itemCount: job.itemCount + ids.length } });
+  });
+
+  r.post('/jobs/:id/seal', (req, res) => {
+    res.json({ data: jobJson(hub, hub.sealJob(param(req, 'id'))) });
+  });
+
+  r.get('/jobs', (req, res) => {
+    const limit = parse(z.coerce.number().int().min(1).max(1000).default(100), req.query.limit);
+    res.json({ data: { jobs: hub.store.listJobs({ limit }).map((j) => jobJson(hub, j)) } });
+  });
+
+  r.get('/jobs/:id', (req, res) => {
+    res.json({ data: jobStatus(hub, hub.requireJob(param(req, 'id'))) });
+  });
+
+  r.patch('/jobs/:id', json, (req, res) => {
+    const patch = parse(PatchJobSchema, req.body);
+    res.json({ data: jobJson(hub, hub.setPriority(param(req, 'id'), patch.priority)) });
+  });
+
+  r.post('/jobs/:id/cancel', (req, res) => {
+    res.json({ data: jobJson(hub, hub.cancelJob(param(req, 'id'))) });
+  });
+
+  r.get('/jobs/:id/events', (req, res) => {
+    const job = hub.requireJob(param(req, 'id'));
+    res.json({ data: { events: hub.store.listEvents(job.id, { limit: 1000 }) } });
+  });
+
+  r.get('/jobs/:id/items', (req, res) => {
+    const job = hub.requireJob(param(req, 'id'));
+    const page = parse(PageSchema, req.query);
+    res.json({ data: { items: hub.store.listItems(job.id, page), itemCount: job.itemCount } });
+  });
+
+  // One item's outputs: the tensor pack, or one output as .npy with ?output=NAME.
+  r.get('/jobs/:id/items/:itemId/result', (req, res) => {
+    const job = hub.requireJob(param(req, 'id'));
+    const itemId = parse(z.coerce.number().int().min(1), req.params.itemId);
+    const item = hub.store.getItem(itemId);
+    const result = item && item.jobId === job.id ? hub.store.getResult(itemId) : undefined;
+    if (!result) throw new HubError('no_result', `item ${itemId} of job ${job.id} has no result (yet)`, 404);
+    const output = typeof req.query.output === 'string' ? req.query.output : undefined;
+    res.setHeader('Content-Type', 'application/octet-stream');
+    if (!output) return void res.send(Buffer.from(result.outputs));
+    const t = unpackTensors(result.outputs).find((x) => x.name === output);
+    if (!t) throw new HubError('no_output', `item ${itemId} has no output "${clean(output, 80)}"`, 404);
+    res.send(Buffer.from(writeNpy(t)));
+  });
+
+  // All results as one tar of .npy files, streamed page by page from the store.
+  r.get('/jobs/:id/results.tar', async (req, res) => {
+    const job = hub.requireJob(param(req, 'id'));
+    res.setHeader('Content-Type', 'application/x-tar');
+    res.setHeader('Content-Disposition', `attachment; filename="${job.id}-results.tar"`);
+    const write = (chunk: Uint8Array) =>
+      res.write(chunk) ? Promise.resolve() : new Promise<void>((ok) => res.once('drain', () => ok()));
+    for (const r of hub.store.iterateResults(job.id)) {
+      for (const t of unpackTensors(r.outputs)) {
+        const npy = writeNpy(t);
+        const name = `results/${safeName(r.name)}/${safeName(t.name)}.npy`;
+        await write(tarEntryHeader(name, npy.byteLength));
+        await write(npy);
+        await write(tarPadding(npy.byteLength));
+      }
+    }
+    res.end(Buffer.from(tarEnd()));
+  });
+
+  r.get('/workers', (req, res) => {
+    const q = parse(WorkersQuerySchema, req.query);
+    const filter = {
+      kind: q.kind,
+      backend: q.backend,
+      pool: q.pool,
+      minCores: q.minCores,
+      minGpuMemoryBytes: q.minGpuMemory,
+    };
+    const live = [...hub.workers.values()].filter(
+      (w) =>
+        matchesFilter(w, filter) &&
+        (q.online === undefined || (w.state !== 'offline') === (q.online === 'true')),
+    );
+    res.json({ data: { workers: live.map((w) => workerJson(w)) } });
+  });
+
+  r.post('/workers/:id/:action', (req, res) => {
+    const action = parse(z.enum(['pause', 'resume', 'drain', 'evict']), req.params.action);
+    res.json({ data: workerJson(hub.controlWorker(param(req, 'id'), action)) });
+  });
+
+  r.use((_req, _res) => {
+    throw new HubError('not_found', 'no such API route', 404);
+  });
+
+  r.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    void _next;
+    if (err instanceof HubError)
+      return void res.status(err.status).json({ error: { code: err.code, message: err.message } });
+    const e = err as { type?: string; status?: number; message?: string };
+    if (e.type === 'entity.too.large')
+      return void res.status(413).json({ error: { code: 'too_large', message: 'request body too large' } });
+    if (e.type === 'entity.parse.failed')
+      return void res
+        .status(400)
+        .json({ error: { code: 'invalid_json', message: 'request body is not valid JSON' } });
+    if (typeof e.status === 'number' && e.status >= 400 && e.status < 500) {
+      return void res
+        .status(e.status)
+        .json({ error: { code: 'bad_request', message: clean(e.message ?? 'bad request') } });
+    }
+    hub.log.error({ err }, 'API error');
+    res.status(500).json({ error: { code: 'internal', message: 'internal error' } });
+  });
+  return r;
+}
+
+/** Item and output names as they may appear in archive paths: no separators, no dot-dot. */
+function safeName(s: string): string {
+  const cleaned = s.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '_');
+  return cleaned.slice(0, 60) || '_';
+}

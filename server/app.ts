@@ -1,0 +1,153 @@
+/**
+ * Puts the hub on the network: Express (REST API, model bytes, static pages) and Socket.IO
+ * (`/worker` for workers, `/operator` for the dashboard) on one HTTP server.
+ * `HubServer.start(config)` is what the CLI and the tests use: port 0 gives a free port.
+ */
+import express from 'express';
+import { existsSync } from 'node:fs';
+import { createServer, type Server as HttpServer } from 'node:http';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Server } from 'socket.io';
+import { LIMITS } from '../protocol/limits.ts';
+import { shardhubParser } from '../protocol/socket-parser.ts';
+import { ModelRegistry } from '../models/registry.ts';
+import { apiRouter } from './api.ts';
+import { loadTokens, type Tokens } from './auth.ts';
+import { attachWorkerGateway } from './gateway.ts';
+import { DEFAULT_HUB_OPTIONS, Hub, type HubOptions } from './hub.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { attachOperatorNamespace } from './operator.ts';
+import { SqliteStore } from './store/sqlite.ts';
+
+const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
+
+/** Everything `shardhub serve` can be told. */
+export interface HubConfig {
+  host: string;
+  port: number;
+  dataDir: string;
+  modelsDir: string;
+  operatorToken?: string;
+  joinToken?: string;
+  contributorToken?: string;
+  corsOrigins: string[];
+  hub: Partial<HubOptions>;
+  /** Built client pages (vite build output). */
+  staticDir: string;
+}
+
+/** Defaults for a hub config. */
+export function defaultHubConfig(): HubConfig {
+  return {
+    host: '0.0.0.0',
+    port: 8080,
+    dataDir: './data',
+    modelsDir: join(ROOT, 'models'),
+    corsOrigins: [],
+    hub: {},
+    staticDir: join(ROOT, 'dist', 'client'),
+  };
+}
+
+/** A running hub: HTTP + sockets + core. */
+export class HubServer {
+  private closing?: Promise<void>;
+
+  private constructor(
+    readonly hub: Hub,
+    readonly http: HttpServer,
+    readonly io: Server,
+    readonly tokens: Tokens,
+    readonly log: Logger,
+    readonly url: string,
+    readonly port: number,
+  ) {}
+
+  /** Opens the store, loads models, listens. */
+  static async start(partial: Partial<HubConfig> = {}, log = createLogger('hub')): Promise<HubServer> {
+    const config = { ...defaultHubConfig(), ...partial };
+    const dataDir = resolve(config.dataDir);
+    const tokens = loadTokens(dataDir, { operatorToken: config.operatorToken, joinToken: config.joinToken });
+    const models = await ModelRegistry.open({
+      modelsDir: config.modelsDir,
+      uploadDir: join(dataDir, 'models'),
+    });
+    for (const p of models.problems()) log.warn({ problem: p }, 'model skipped');
+    const store = SqliteStore.open(join(dataDir, 'hub.sqlite'));
+    const hub = new Hub(store, models, log, { ...DEFAULT_HUB_OPTIONS, ...config.hub });
+
+    const app = express();
+    app.disable('x-powered-by');
+    app.use((req, res, next) => {
+      res.setHeader('X-Content-Type-Options', 'nosniff');
+      res.setHeader('Referrer-Policy', 'no-referrer');
+      res.setHeader('X-Frame-Options', 'DENY');
+      // Cross-origin isolation: lets the contributor page use multi-threaded WASM.
+      res.setHeader('Cross-Origin-Opener-Policy', 'same-origin');
+      res.setHeader('Cross-Origin-Embedder-Policy', 'require-corp');
+      const origin = req.headers.origin;
+      if (origin && config.corsOrigins.includes(origin)) {
+        res.setHeader('Access-Control-Allow-Origin', origin);
+        res.setHeader('Vary', 'Origin');
+        res.setHeader('Access-Control-Allow-Headers', 'Authorization, Content-Type');
+        res.setHeader('Access-Control-Allow-Methods', 'GET, POST, PATCH');
+        if (req.method === 'OPTIONS') return void res.sendStatus(204);
+      }
+      next();
+    });
+    app.use('/api', apiRouter(hub, tokens.operatorToken));
+    if (existsSync(config.staticDir)) {
+      app.use(express.static(config.staticDir, { index: 'index.html' }));
+      app.get('/dashboard', (_req, res) => res.sendFile(join(config.staticDir, 'dashboard.html')));
+    } else {
+      app.get('/', (_req, res) => {
+        res
+          .type('text')
+          .send(
+            'shardhub hub is running. Build the pages with `npm run build` to contribute from a browser.',
+          );
+      });
+    }
+
+    const http = createServer(app);
+    const io = new Server(http, {
+      maxHttpBufferSize: LIMITS.socketMessageBytes,
+      parser: shardhubParser,
+      cors: { origin: config.corsOrigins },
+      pingInterval: Math.max(
+        1000,
+        Math.floor((config.hub.heartbeatMs ?? DEFAULT_HUB_OPTIONS.heartbeatMs) * 2),
+      ),
+      pingTimeout: Math.max(2000, config.hub.offlineAfterMs ?? DEFAULT_HUB_OPTIONS.offlineAfterMs),
+    });
+    attachWorkerGateway(io.of('/worker'), hub, {
+      joinToken: tokens.joinToken,
+      contributorToken: config.contributorToken,
+    });
+    attachOperatorNamespace(io.of('/operator'), hub, tokens.operatorToken);
+
+    await new Promise<void>((ok, fail) => {
+      http.once('error', fail);
+      http.listen(config.port, config.host, () => ok());
+    });
+    const addr = http.address();
+    const port = typeof addr === 'object' && addr ? addr.port : config.port;
+    const shownHost = config.host === '0.0.0.0' || config.host === '::' ? 'localhost' : config.host;
+    const server = new HubServer(hub, http, io, tokens, log, `http://${shownHost}:${port}`, port);
+    log.info({ url: server.url, dataDir }, 'hub listening');
+    return server;
+  }
+
+  /** Stops accepting, disconnects everyone, closes the store. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.hub.close();
+      this.io.disconnectSockets(true);
+      await new Promise<void>((ok) => this.io.close(() => ok()));
+      this.http.closeAllConnections?.();
+      this.hub.store.close();
+    })();
+    return this.closing;
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * `shardhub serve`: starts a hub. By default (the `npm start` experience) it also starts one local
+ * native node and queues a demo job on a bundled real model, so work flows at once.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { packTensors } from '../protocol/pack.ts';
+import { calibrationInputs } from '../worker/calibration.ts';
+import { HubServer, defaultHubConfig } from './app.ts';
+import { createLogger } from './logger.ts';
+import { helpText, parseOptions, type OptionTable } from './options.ts';
+
+const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
+
+export const SERVE_OPTIONS: OptionTable = {
+  port: {
+    type: 'int',
+    help: 'port to listen on (0: any free port)',
+    env: 'SHARDHUB_PORT',
+    default: 8080,
+    min: 0,
+  },
+  host: { type: 'string', help: 'address to bind', env: 'SHARDHUB_HOST', default: '0.0.0.0' },
+  data: {
+    type: 'string',
+    help: 'data dir: SQLite store, tokens, uploaded models',
+    env: 'SHARDHUB_DATA',
+    default: './data',
+    arg: 'DIR',
+  },
+  models: { type: 'string', help: 'folder of model manifests', env: 'SHARDHUB_MODELS', arg: 'DIR' },
+  'operator-token': {
+    type: 'string',
+    help: 'operator token (else generated once and kept in the data dir)',
+    env: 'SHARDHUB_OPERATOR_TOKEN',
+    arg: 'TOKEN',
+  },
+  'join-token': {
+    type: 'string',
+    help: 'join token for native nodes (else generated and kept)',
+    env: 'SHARDHUB_JOIN_TOKEN',
+    arg: 'TOKEN',
+  },
+  'contributor-token': {
+    type: 'string',
+    help: 'require this token from browser contributors (default: anonymous)',
+    env: 'SHARDHUB_CONTRIBUTOR_TOKEN',
+    arg: 'TOKEN',
+  },
+  cors: {
+    type: 'string',
+    help: 'comma-separated origins allowed to call the API',
+    env: 'SHARDHUB_CORS',
+    arg: 'ORIGINS',
+  },
+  'heartbeat-ms': {
+    type: 'int',
+    help: 'how often workers send heartbeats',
+    env: 'SHARDHUB_HEARTBEAT_MS',
+    default: 2000,
+    min: 100,
+  },
+  'offline-after-ms': {
+    type: 'int',
+    help: 'silence after which a worker is offline and loses its items',
+    env: 'SHARDHUB_OFFLINE_AFTER_MS',
+    default: 6000,
+    min: 200,
+  },
+  'max-attempts': {
+    type: 'int',
+    help: 'attempts per item before it ends as failed',
+    env: 'SHARDHUB_MAX_ATTEMPTS',
+    default: 3,
+    min: 1,
+  },
+  weighting: { type: 'boolean', help: 'weight shares by measured speed', default: true, negatable: true },
+  demo: {
+    type: 'boolean',
+    help: 'queue a demo job on a bundled real model at start',
+    env: 'SHARDHUB_DEMO',
+    default: true,
+    negatable: true,
+  },
+  'local-node': {
+    type: 'boolean',
+    help: 'also run one native node on this machine',
+    env: 'SHARDHUB_LOCAL_NODE',
+    default: true,
+    negatable: true,
+  },
+};
+
+/** Runs the hub until SIGINT/SIGTERM. */
+export async function serveCommand(argv: string[]): Promise<number> {
+  const { help, values: v } = parseOptions(argv, SERVE_OPTIONS);
+  if (help) {
+    process.stdout.write(
+      helpText(
+        'shardhub serve [options]',
+        'Run a hub: REST API, worker and operator sockets, contributor page and dashboard.',
+        SERVE_OPTIONS,
+        [
+          'shardhub serve                       # hub + local node + demo job on :8080',
+          'shardhub serve --no-demo --no-local-node --port 9000 --data /var/lib/shardhub',
+        ],
+      ),
+    );
+    return 0;
+  }
+  const log = createLogger('hub');
+  const defaults = defaultHubConfig();
+  const server = await HubServer.start(
+    {
+      port: v.port as number,
+      host: v.host as string,
+      dataDir: v.data as string,
+      modelsDir: (v.models as string | undefined) ?? defaults.modelsDir,
+      operatorToken: v['operator-token'] as string | undefined,
+      joinToken: v['join-token'] as string | undefined,
+      contributorToken: v['contributor-token'] as string | undefined,
+      corsOrigins:
+        typeof v.cors === 'string'
+          ? v.cors
+              .split(',')
+              .map((s) => s.trim())
+              .filter(Boolean)
+          : [],
+      hub: {
+        heartbeatMs: v['heartbeat-ms'] as number,
+        offlineAfterMs: v['offline-after-ms'] as number,
+        maxAttempts: v['max-attempts'] as number,
+        scheduler: { weighting: v.weighting as boolean },
+      },
+    },
+    log,
+  );
+  const { operatorToken, joinToken } = server.tokens;
+  process.stdout.write(
+    [
+      '',
+      `shardhub hub is up`,
+      `  contribute a GPU:  ${server.url}/`,
+      `  dashboard:         ${server.url}/dashboard`,
+      `  operator token:    ${operatorToken}`,
+      `  node join token:   ${joinToken}`,
+      `  add a server:      npm run shardhub -- node --hub ${server.url} --token ${joinToken}`,
+      `  submit a job:      npm run shardhub -- submit --hub ${server.url} --token ${operatorToken} --model ppocr-det --inputs DIR --out results`,
+      '',
+    ].join('\n') + '\n',
+  );
+
+  let node: ChildProcess | undefined;
+  if (v['local-node']) node = startLocalNode(server.url, joinToken, resolve(v.data as string, 'local-node'));
+  if (v.demo) queueDemo(server, log);
+
+  return new Promise<number>((done) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal }, 'shutting down');
+      node?.kill('SIGINT');
+      const wait =
+        node && node.exitCode === null ? new Promise((ok) => node?.once('exit', ok)) : Promise.resolve();
+      void Promise.race([wait, new Promise((ok) => setTimeout(ok, 5000))])
+        .then(() => server.close())
+        .then(() => done(0));
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+}
+
+function startLocalNode(url: string, token: string, stateDir: string): ChildProcess {
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      resolve(ROOT, 'native/main.ts'),
+      '--hub',
+      url,
+      '--token',
+      token,
+      '--state',
+      stateDir,
+      '--name',
+      'local-node',
+    ],
+    { stdio: 'inherit', cwd: ROOT },
+  );
+  child.on('exit', (code, signal) => {
+    if (code !== 0 && signal !== 'SIGINT')
+      process.stderr.write(`local node exited (code ${code}, signal ${signal})\n`);
+  });
+  return child;
+}
+
+/** Queues 24 images' worth of PaddleOCR detection so a newcomer sees the grid work. */
+function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>): void {
+  const hub = server.hub;
+  const model = hub.models.byName('ppocr-det') ?? hub.models.byName('mlp-small');
+  if (!model) {
+    log.warn('no demo model available; run `npm run models`');
+    return;
+  }
+  const job = hub.createJob({
+    model: model.name,
+    priority: 0,
+    redundancy: 1,
+    deadline: null,
+    requirements: null,
+    options: { demo: true },
+    state: 'open',
+  });
+  const items = Array.from({ length: 24 }, (_, i) => ({
+    name: `demo-${String(i).padStart(3, '0')}`,
+    inputs: packTensors(calibrationInputs(model, 1000 + i)),
+  }));
+  hub.store.appendItems(job.id, items);
+  hub.sealJob(job.id);
+  process.stdout.write(
+    `  demo job:          ${job.id} (${items.length} items on ${model.name}); watch ${server.url}/api/jobs/${job.id}\n\n`,
+  );
+}

@@ -1,0 +1,182 @@
+/**
+ * The `/worker` Socket.IO namespace: authenticates workers, validates every payload against its
+ * schema, and hands clean requests to the Hub. A bad payload gets an error ack (or is dropped with
+ * a logged reason when it has no ack); it never reaches the hub's logic and never throws.
+ */
+import type { Namespace } from 'socket.io';
+import type { z } from 'zod';
+import type { Ack, ErrorBody, HubToWorkerEvents, WorkerToHubEvents } from '../protocol/events.ts';
+import {
+  HeartbeatSchema,
+  ItemsDoneSchema,
+  ItemsFailedSchema,
+  ItemsReleaseSchema,
+  RegisterRequestSchema,
+  WorkerAuthSchema,
+  describeZodError,
+} from '../protocol/schemas.ts';
+import { hashSecret, tokenMatches } from './auth.ts';
+import type { Hub, WorkerSocket } from './hub.ts';
+import { clean } from './logger.ts';
+
+/** Per-socket data kept by Socket.IO. */
+export interface WorkerSocketData {
+  workerId: string;
+  registered: boolean;
+}
+
+export interface GatewayOptions {
+  joinToken: string;
+  /** When set, browsers must present it too; otherwise they are anonymous. */
+  contributorToken?: string;
+}
+
+/** Wires the worker namespace to the hub. */
+export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOptions): void {
+  const nsp = anyNsp as unknown as Namespace<
+    WorkerToHubEvents,
+    HubToWorkerEvents,
+    Record<string, never>,
+    WorkerSocketData
+  >;
+  nsp.use((socket, next) => {
+    const auth = WorkerAuthSchema.safeParse(socket.handshake.auth);
+    if (!auth.success) return next(new Error(`bad handshake: ${describeZodError(auth.error)}`));
+    const known = hub.store.getWorker(auth.data.workerId);
+    if (known && known.secretHash !== hashSecret(auth.data.workerSecret)) {
+      hub.log.warn(
+        { workerId: auth.data.workerId, address: socket.handshake.address },
+        'worker id presented with the wrong secret',
+      );
+      return next(new Error('unauthorized: this worker id belongs to another worker'));
+    }
+    socket.data = { workerId: auth.data.workerId, registered: false };
+    return next();
+  });
+
+  nsp.on('connection', (raw) => {
+    const socket = raw as unknown as WorkerSocket & { data: WorkerSocketData };
+    const auth = WorkerAuthSchema.parse(socket.handshake.auth);
+    const workerId = auth.workerId;
+    const address = socket.handshake.address;
+    const fail = (ack: unknown, code: string, message: string): void => {
+      hub.log.warn({ workerId, code, message: clean(message) }, 'worker request refused');
+      if (typeof ack === 'function') (ack as Ack<never>)({ error: { code, message } satisfies ErrorBody });
+    };
+    const parse = <T>(schema: z.ZodType<T>, payload: unknown, ack: unknown): T | undefined => {
+      const r = schema.safeParse(payload);
+      if (r.success) return r.data;
+      fail(ack, 'invalid_payload', describeZodError(r.error));
+      return undefined;
+    };
+    const guard = (event: string, ack: unknown): boolean => {
+      if (!socket.data.registered) {
+        fail(ack, 'not_registered', `${event} before worker:register`);
+        return false;
+      }
+      hub.touch(workerId);
+      return true;
+    };
+    const safely = (event: string, ack: unknown, fn: () => void): void => {
+      try {
+        fn();
+      } catch (err) {
+        hub.log.error({ workerId, event, err }, 'handler failed');
+        fail(ack, 'internal', `the hub could not handle ${event}`);
+      }
+    };
+
+    socket.on('worker:register', (payload, ack) =>
+      safely('worker:register', ack, () => {
+        if (typeof ack !== 'function') return fail(ack, 'no_ack', 'worker:register needs an ack');
+        const req = parse(RegisterRequestSchema, payload, ack);
+        if (!req) return;
+        const needsJoin = req.kind === 'native';
+        if (needsJoin && !tokenMatches(auth.token, opts.joinToken)) {
+          fail(ack, 'unauthorized', 'native nodes need the hub join token (--token)');
+          socket.disconnect(true);
+          return;
+        }
+        if (!needsJoin && opts.contributorToken && !tokenMatches(auth.token, opts.contributorToken)) {
+          fail(ack, 'unauthorized', 'this hub needs a contributor link token');
+          socket.disconnect(true);
+          return;
+        }
+        const now = Date.now();
+        const known = hub.store.getWorker(workerId);
+        hub.store.upsertWorker({
+          id: workerId,
+          secretHash: hashSecret(auth.workerSecret),
+          kind: req.kind,
+          backend: req.backend,
+          name: req.name,
+          pool: req.pool ?? null,
+          concurrency: req.concurrency,
+          capabilities: req.capabilities as unknown as Record<string, unknown>,
+          firstSeen: known?.firstSeen ?? now,
+          lastSeen: now,
+          itemsDone: known?.itemsDone ?? 0,
+        });
+        socket.data.registered = true;
+        hub.registerWorker(socket, workerId, req, address);
+        ack({
+          data: { workerId, heartbeatMs: hub.opts.heartbeatMs, offlineAfterMs: hub.opts.offlineAfterMs },
+        });
+      }),
+    );
+
+    socket.on('worker:heartbeat', (payload) =>
+      safely('worker:heartbeat', undefined, () => {
+        if (!guard('worker:heartbeat', undefined)) return;
+        const hb = parse(HeartbeatSchema, payload, undefined);
+        if (hb) hub.touch(workerId, hb);
+      }),
+    );
+
+    socket.on('items:done', (payload, ack) =>
+      safely('items:done', ack, () => {
+        if (!guard('items:done', ack)) return;
+        const msg = parse(ItemsDoneSchema, payload, ack);
+        if (!msg) return;
+        const reply = hub.acceptResults(workerId, msg.results);
+        if (typeof ack === 'function') ack({ data: reply });
+      }),
+    );
+
+    socket.on('items:failed', (payload, ack) =>
+      safely('items:failed', ack, () => {
+        if (!guard('items:failed', ack)) return;
+        const msg = parse(ItemsFailedSchema, payload, ack);
+        if (!msg) return;
+        const reply = hub.recordFailures(workerId, msg.failures);
+        if (typeof ack === 'function') ack({ data: reply });
+      }),
+    );
+
+    socket.on('items:release', (payload, ack) =>
+      safely('items:release', ack, () => {
+        if (!guard('items:release', ack)) return;
+        const msg = parse(ItemsReleaseSchema, payload, ack);
+        if (!msg) return;
+        const released = hub.releaseItems(workerId, msg.itemIds);
+        if (typeof ack === 'function') ack({ data: { released } });
+      }),
+    );
+
+    const handled = new Set([
+      'worker:register',
+      'worker:heartbeat',
+      'items:done',
+      'items:failed',
+      'items:release',
+    ]);
+    socket.onAny((event: unknown, ...args: unknown[]) => {
+      if (!handled.has(String(event)))
+        fail(args.at(-1), 'unknown_event', `unknown event "${clean(event, 60)}"`);
+    });
+
+    socket.on('disconnect', (reason) => {
+      if (socket.data.registered) hub.workerGone(workerId, `disconnected: ${reason}`, socket.id);
+    });
+  });
+}

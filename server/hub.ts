@@ -1,0 +1,522 @@
+/**
+ * The hub's core: live workers, active jobs and dispatch. It owns the scheduler and the store and
+ * carries out the scheduler's decisions over the workers' sockets. Transport (Socket.IO handlers,
+ * REST routes) lives in gateway.ts and api.ts and calls in here; nothing in here parses input.
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'socket.io';
+import type {
+  BenchmarkReply,
+  HubToWorkerEvents,
+  ItemFailure,
+  ItemResult,
+  ItemsDoneReply,
+  RegisterRequest,
+  Response,
+  WorkerToHubEvents,
+} from '../protocol/events.ts';
+import type { ModelInfo } from '../protocol/model.ts';
+import { packTensors, unpackTensors } from '../protocol/pack.ts';
+import type { ModelRegistry } from '../models/registry.ts';
+import { clean, type Logger } from './logger.ts';
+import { outputProblem } from './check.ts';
+import { Scheduler, type Assignment, type SchedulerOptions } from './scheduler/scheduler.ts';
+import type { JobRecord, NewFailure, NewJob, NewResult, Store } from './store/store.ts';
+import { workerFacts, type LiveWorker } from './workers.ts';
+
+/** A worker's socket as the hub types it. */
+export type WorkerSocket = Socket<WorkerToHubEvents, HubToWorkerEvents>;
+
+/** Hub timing and policy knobs. */
+export interface HubOptions {
+  heartbeatMs: number;
+  offlineAfterMs: number;
+  benchmarkTimeoutMs: number;
+  maxAttempts: number;
+  scheduler: Partial<SchedulerOptions>;
+}
+
+export const DEFAULT_HUB_OPTIONS: HubOptions = {
+  heartbeatMs: 2000,
+  offlineAfterMs: 6000,
+  benchmarkTimeoutMs: 120_000,
+  maxAttempts: 3,
+  scheduler: {},
+};
+
+/** Events the hub emits for observers (operator namespace, CLI progress, tests). */
+export interface HubEvents {
+  'job:updated': [jobId: string];
+  'job:completed': [jobId: string];
+  'worker:updated': [workerId: string];
+  'items:requeued': [info: { workerId: string; jobId: string; items: number; reason: string; at: number }];
+}
+
+/** Error with a stable code for API replies. */
+export class HubError extends Error {
+  override name = 'HubError';
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status = 400,
+  ) {
+    super(message);
+  }
+}
+
+interface ActiveJob {
+  record: JobRecord;
+  model: ModelInfo;
+}
+
+export class Hub extends EventEmitter<HubEvents> {
+  readonly workers = new Map<string, LiveWorker>();
+  readonly scheduler: Scheduler;
+  private readonly sockets = new Map<string, WorkerSocket>();
+  private readonly active = new Map<string, ActiveJob>();
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(
+    readonly store: Store,
+    readonly models: ModelRegistry,
+    readonly log: Logger,
+    readonly opts: HubOptions = DEFAULT_HUB_OPTIONS,
+  ) {
+    super();
+    this.scheduler = new Scheduler({ maxAttempts: opts.maxAttempts, ...opts.scheduler });
+    this.timer = setInterval(() => this.tick(), Math.min(1000, Math.max(100, opts.heartbeatMs / 2)));
+    this.timer.unref();
+    this.resume();
+  }
+
+  /** After a restart: every sealed, unfinished job goes back to the scheduler with its pending items. */
+  private resume(): void {
+    for (const job of this.store.listJobs({ states: ['queued', 'running'] })) {
+      const model = this.models.bySha(job.modelSha256);
+      if (!model) {
+        this.log.error(
+          { jobId: job.id, model: job.modelName },
+          'model of an unfinished job is gone; job cancelled',
+        );
+        this.store.updateJob(job.id, { state: 'cancelled', finishedAt: Date.now() });
+        continue;
+      }
+      this.activate(job, model);
+      this.log.info({ jobId: job.id, pending: this.scheduler.queued(job.id) }, 'job resumed');
+      this.checkComplete(job.id);
+    }
+  }
+
+  // ---------------------------------------------------------------- jobs
+
+  /** Creates a job on a model known to the registry. */
+  createJob(spec: Omit<NewJob, 'id' | 'modelSha256' | 'modelName'> & { model: string }): JobRecord {
+    const model = /^[0-9a-f]{64}$/.test(spec.model)
+      ? this.models.bySha(spec.model)
+      : this.models.byName(spec.model);
+    if (!model) {
+      throw new HubError(
+        'unknown_model',
+        `unknown model "${clean(spec.model, 80)}"; see GET /api/models`,
+        404,
+      );
+    }
+    const id = `j_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
+    const { model: _m, ...rest } = spec;
+    void _m;
+    const job = this.store.createJob({ ...rest, id, modelName: model.name, modelSha256: model.sha256 });
+    this.log.info({ jobId: id, model: model.name }, 'job created');
+    return job;
+  }
+
+  /** The model a job runs. */
+  modelOf(job: JobRecord): ModelInfo | undefined {
+    return this.models.bySha(job.modelSha256);
+  }
+
+  /** Seals an open job: no more items; it is queued and scheduled. */
+  sealJob(jobId: string): JobRecord {
+    const job = this.requireJob(jobId);
+    if (job.state !== 'open')
+      throw new HubError('job_not_open', `job ${jobId} is ${job.state}, not open`, 409);
+    if (job.itemCount === 0) throw new HubError('job_empty', `job ${jobId} has no items`, 400);
+    this.store.updateJob(jobId, { state: 'queued' });
+    const sealed = this.requireJob(jobId);
+    const model = this.modelOf(sealed);
+    if (!model) throw new HubError('unknown_model', `model of job ${jobId} is gone`, 409);
+    this.activate(sealed, model);
+    this.log.info({ jobId, items: sealed.itemCount }, 'job queued');
+    this.emit('job:updated', jobId);
+    this.pump();
+    return sealed;
+  }
+
+  private activate(job: JobRecord, model: ModelInfo): void {
+    this.active.set(job.id, { record: job, model });
+    this.scheduler.addJob(
+      {
+        id: job.id,
+        priority: job.priority,
+        deadline: job.deadline,
+        modelSha256: job.modelSha256,
+        batchSize: model.batchable ? model.batchSize : 1,
+        requirements: job.requirements,
+      },
+      this.store.pendingItemIds(job.id),
+    );
+  }
+
+  /** Cancels a job: queued items are dropped, workers told to stop its items. */
+  cancelJob(jobId: string): JobRecord {
+    const job = this.requireJob(jobId);
+    if (job.state === 'completed' || job.state === 'cancelled') {
+      throw new HubError('job_finished', `job ${jobId} is already ${job.state}`, 409);
+    }
+    this.store.updateJob(jobId, { state: 'cancelled', finishedAt: Date.now() });
+    this.deactivate(jobId, 'job cancelled');
+    this.log.info({ jobId }, 'job cancelled');
+    this.emit('job:updated', jobId);
+    this.pump();
+    return this.requireJob(jobId);
+  }
+
+  /** Changes a job's priority. */
+  setPriority(jobId: string, priority: number): JobRecord {
+    this.requireJob(jobId);
+    this.store.updateJob(jobId, { priority });
+    this.scheduler.setPriority(jobId, priority);
+    this.emit('job:updated', jobId);
+    return this.requireJob(jobId);
+  }
+
+  private deactivate(jobId: string, reason: string): void {
+    this.active.delete(jobId);
+    for (const [workerId, itemIds] of this.scheduler.removeJob(jobId)) {
+      this.sockets.get(workerId)?.emit('items:cancel', { itemIds, reason });
+    }
+  }
+
+  requireJob(jobId: string): JobRecord {
+    const job = this.store.getJob(jobId);
+    if (!job) throw new HubError('unknown_job', `no job "${clean(jobId, 80)}"`, 404);
+    return job;
+  }
+
+  private checkComplete(jobId: string): void {
+    const job = this.store.getJob(jobId);
+    if (!job || (job.state !== 'running' && job.state !== 'queued')) return;
+    if (job.doneCount + job.failedCount < job.itemCount) return;
+    this.store.updateJob(jobId, { state: 'completed', finishedAt: Date.now() });
+    this.deactivate(jobId, 'job completed');
+    this.log.info({ jobId, done: job.doneCount, failed: job.failedCount }, 'job completed');
+    this.emit('job:updated', jobId);
+    this.emit('job:completed', jobId);
+  }
+
+  // ---------------------------------------------------------------- workers
+
+  /** A worker registered (new, or the same worker again after a reconnect). */
+  registerWorker(socket: WorkerSocket, workerId: string, req: RegisterRequest, address: string): LiveWorker {
+    const now = Date.now();
+    const prev = this.workers.get(workerId);
+    const oldSocket = this.sockets.get(workerId);
+    if (oldSocket && oldSocket.id !== socket.id) {
+      // The same worker on a new connection: the old one is dead to us.
+      this.workerGone(workerId, 'replaced by a new connection');
+      oldSocket.disconnect(true);
+    }
+    const w: LiveWorker = {
+      ...workerFacts(req),
+      id: workerId,
+      name: req.name,
+      kind: req.kind,
+      backend: req.backend,
+      concurrency: req.concurrency,
+      capabilities: req.capabilities,
+      state: 'online',
+      socketId: socket.id,
+      address,
+      connectedAt: now,
+      lastSeen: now,
+      load: null,
+      queued: 0,
+      running: 0,
+      itemsDone: prev?.itemsDone ?? 0,
+      itemsFailed: prev?.itemsFailed ?? 0,
+      reconnects: prev ? prev.reconnects + 1 : 0,
+    };
+    this.workers.set(workerId, w);
+    this.sockets.set(workerId, socket);
+    this.scheduler.addWorker({
+      id: workerId,
+      name: req.name,
+      concurrency: req.concurrency,
+      ...workerFacts(req),
+    });
+    this.log.info(
+      { workerId, kind: req.kind, backend: req.backend, name: clean(req.name), reconnect: !!prev },
+      prev ? 'worker reconnected' : 'worker registered',
+    );
+    this.emit('worker:updated', workerId);
+    this.pump(workerId);
+    return w;
+  }
+
+  /** Marks a worker seen (any message counts) and records heartbeat figures. */
+  touch(
+    workerId: string,
+    hb?: { load: LiveWorker['load']; queued: number; running: number; paused: boolean },
+  ): void {
+    const w = this.workers.get(workerId);
+    if (!w) return;
+    w.lastSeen = Date.now();
+    if (hb) {
+      w.load = hb.load;
+      w.queued = hb.queued;
+      w.running = hb.running;
+      const state = hb.paused ? 'paused' : w.state === 'paused' ? 'online' : w.state;
+      if (state !== w.state) {
+        w.state = state;
+        this.scheduler.setReady(workerId, state === 'online');
+        this.emit('worker:updated', workerId);
+      }
+    }
+  }
+
+  /** A worker's connection ended or it stopped answering: its unfinished items go back at once. */
+  workerGone(workerId: string, reason: string, socketId?: string): void {
+    const w = this.workers.get(workerId);
+    if (!w || (socketId && w.socketId !== socketId)) return; // a stale socket of a reconnected worker
+    const at = Date.now();
+    w.state = 'offline';
+    w.socketId = null;
+    this.sockets.delete(workerId);
+    const back = this.scheduler.removeWorker(workerId);
+    let n = 0;
+    for (const [jobId, items] of back) {
+      n += items.length;
+      this.store.addEvent(jobId, 'requeue', { workerId, items: items.length, reason }, at);
+      this.emit('items:requeued', { workerId, jobId, items: items.length, reason, at });
+    }
+    this.store.addWorkerItems(workerId, 0, w.lastSeen);
+    this.log.warn({ workerId, reason, requeued: n }, 'worker offline');
+    this.emit('worker:updated', workerId);
+    this.pump();
+  }
+
+  /** Pause, resume or drain a worker (operator action). */
+  controlWorker(workerId: string, action: 'pause' | 'resume' | 'drain' | 'evict'): LiveWorker {
+    const w = this.workers.get(workerId);
+    const socket = this.sockets.get(workerId);
+    if (!w || !socket) throw new HubError('unknown_worker', `no online worker "${clean(workerId, 80)}"`, 404);
+    if (action === 'evict') {
+      this.workerGone(workerId, 'evicted by operator');
+      socket.disconnect(true);
+      return w;
+    }
+    socket.emit('worker:control', { action });
+    w.state = action === 'pause' ? 'paused' : action === 'drain' ? 'draining' : 'online';
+    this.scheduler.setReady(workerId, w.state === 'online');
+    this.emit('worker:updated', workerId);
+    if (w.state === 'online') this.pump(workerId);
+    return w;
+  }
+
+  /** Items a worker handed back unstarted. */
+  releaseItems(workerId: string, itemIds: number[]): number {
+    const back = this.scheduler.release(workerId, itemIds);
+    let n = 0;
+    for (const [jobId, items] of back) {
+      n += items.length;
+      this.store.addEvent(jobId, 'release', { workerId, items: items.length }, Date.now());
+    }
+    this.pump();
+    return n;
+  }
+
+  // ---------------------------------------------------------------- results
+
+  /** Stores a batch of results: exactly once per item, after checking them against the model. */
+  acceptResults(workerId: string, results: ItemResult[]): ItemsDoneReply {
+    const now = Date.now();
+    const rows: NewResult[] = [];
+    const refused: ItemsDoneReply['refused'] = [];
+    const invalid: ItemFailure[] = [];
+    const dropped: number[] = [];
+    for (const r of results) {
+      const job = this.active.get(r.jobId);
+      if (!job) {
+        dropped.push(r.itemId); // job finished or cancelled: nothing to store
+        continue;
+      }
+      if (r.modelSha256 !== job.model.sha256) {
+        refused.push({
+          itemId: r.itemId,
+          reason: `computed with model ${r.modelSha256.slice(0, 12)}…, job runs ${job.model.sha256.slice(0, 12)}…`,
+        });
+        invalid.push({
+          itemId: r.itemId,
+          jobId: r.jobId,
+          category: 'invalid_output',
+          message: 'wrong model hash',
+        });
+        continue;
+      }
+      const problem = outputProblem(job.model, r.outputs);
+      if (problem) {
+        refused.push({ itemId: r.itemId, reason: problem });
+        invalid.push({ itemId: r.itemId, jobId: r.jobId, category: 'invalid_output', message: problem });
+        continue;
+      }
+      rows.push({
+        itemId: r.itemId,
+        jobId: r.jobId,
+        workerId,
+        modelSha256: r.modelSha256,
+        ms: r.ms,
+        outputs: packTensors(r.outputs),
+        at: now,
+      });
+    }
+    const stored = rows.length ? this.store.recordResults(rows) : { accepted: [], dropped: [] };
+    dropped.push(...stored.dropped);
+    // An item now done may still be held elsewhere (requeued after a disconnect): cancel it there.
+    const elsewhere = new Map<string, number[]>();
+    for (const id of stored.accepted) {
+      const h = this.scheduler.holderOf(id);
+      if (h && h !== workerId) elsewhere.set(h, [...(elsewhere.get(h) ?? []), id]);
+    }
+    this.scheduler.finished(workerId, [...stored.accepted, ...dropped]);
+    for (const [other, itemIds] of elsewhere) {
+      this.sockets.get(other)?.emit('items:cancel', { itemIds, reason: 'completed by another worker' });
+    }
+    const w = this.workers.get(workerId);
+    if (w) {
+      w.itemsDone += stored.accepted.length;
+      w.lastSeen = now;
+    }
+    if (stored.accepted.length) this.store.addWorkerItems(workerId, stored.accepted.length, now);
+    if (invalid.length) this.recordFailures(workerId, invalid);
+    for (const jobId of new Set(results.map((r) => r.jobId))) {
+      this.emit('job:updated', jobId);
+      this.checkComplete(jobId);
+    }
+    this.pump(workerId);
+    return { accepted: stored.accepted, dropped, refused };
+  }
+
+  /** Records failed runs: each item is retried elsewhere or, out of options, ends failed. */
+  recordFailures(workerId: string, failures: ItemFailure[]): { retried: number; failed: number } {
+    const now = Date.now();
+    const rows: NewFailure[] = [];
+    let retried = 0;
+    let failed = 0;
+    for (const f of failures) {
+      if (!this.active.has(f.jobId)) continue;
+      if (this.scheduler.holderOf(f.itemId) !== workerId) continue; // not (or no longer) this worker's
+      const outcome = this.scheduler.failed(workerId, f.jobId, f.itemId);
+      if (outcome === 'final') failed++;
+      else retried++;
+      rows.push({ ...f, workerId, message: clean(f.message, 500), at: now, final: outcome === 'final' });
+    }
+    if (rows.length) this.store.recordFailures(rows);
+    const w = this.workers.get(workerId);
+    if (w) w.itemsFailed += rows.length;
+    if (rows.length)
+      this.log.warn({ workerId, retried, failed, category: rows[0]?.category }, 'items failed');
+    for (const jobId of new Set(rows.map((r) => r.jobId))) {
+      this.emit('job:updated', jobId);
+      this.checkComplete(jobId);
+    }
+    this.pump();
+    return { retried, failed };
+  }
+
+  // ---------------------------------------------------------------- dispatch
+
+  /** Asks the scheduler what to send now and sends it. */
+  pump(workerId?: string): void {
+    if (this.closed) return;
+    const { assign, benchmark } = this.scheduler.plan(workerId);
+    for (const b of benchmark) void this.benchmark(b.workerId, b.modelSha256);
+    for (const a of assign) this.send(a);
+  }
+
+  private send(a: Assignment): void {
+    const socket = this.sockets.get(a.workerId);
+    const job = this.active.get(a.jobId);
+    if (!socket || !job) {
+      this.scheduler.release(a.workerId, a.itemIds);
+      return;
+    }
+    const now = Date.now();
+    const inputs = this.store.itemInputs(a.itemIds);
+    const shardId = `s_${randomBytes(6).toString('hex')}`;
+    const items = a.itemIds.map((id) => ({ id, inputs: unpackTensors(inputs.get(id) as Uint8Array) }));
+    this.store.recordAssignments(
+      a.itemIds.map((itemId) => ({ itemId, workerId: a.workerId, shardId, at: now })),
+    );
+    if (job.record.state === 'queued') {
+      this.store.updateJob(a.jobId, { state: 'running', startedAt: now });
+      job.record = this.requireJob(a.jobId);
+      this.emit('job:updated', a.jobId);
+    }
+    socket.emit('shard:assign', { shardId, jobId: a.jobId, model: job.model, items });
+  }
+
+  private async benchmark(workerId: string, sha: string): Promise<void> {
+    const socket = this.sockets.get(workerId);
+    const model = this.models.bySha(sha);
+    if (!socket || !model) return;
+    const started = Date.now();
+    let res: Response<BenchmarkReply>;
+    try {
+      res = await socket.timeout(this.opts.benchmarkTimeoutMs).emitWithAck('benchmark:run', { model });
+    } catch {
+      res = {
+        error: { code: 'timeout', message: `no benchmark reply in ${this.opts.benchmarkTimeoutMs} ms` },
+      };
+    }
+    if (this.sockets.get(workerId) !== socket) return; // reconnected meanwhile: the new socket benchmarks
+    if ('error' in res || !(res.data.itemsPerSec > 0)) {
+      const why = 'error' in res ? clean(res.error.message) : 'non-positive rate';
+      this.scheduler.setUnusable(workerId, sha);
+      this.log.warn({ workerId, model: model.name, why }, 'benchmark failed; worker skips this model');
+    } else {
+      this.scheduler.setBenchmark(workerId, sha, res.data.itemsPerSec);
+      const w = this.workers.get(workerId);
+      this.log.info(
+        {
+          workerId,
+          device: w?.capabilities.gpu?.name ?? w?.backend,
+          model: model.name,
+          itemsPerSec: Number(res.data.itemsPerSec.toFixed(2)),
+          ms: Date.now() - started,
+        },
+        'benchmarked',
+      );
+    }
+    this.emit('worker:updated', workerId);
+    this.pump();
+  }
+
+  /** Liveness: a worker silent for offlineAfterMs is offline; its connection is closed. */
+  private tick(): void {
+    const now = Date.now();
+    for (const w of this.workers.values()) {
+      if (w.state === 'offline' || now - w.lastSeen <= this.opts.offlineAfterMs) continue;
+      const socket = this.sockets.get(w.id);
+      this.workerGone(w.id, `no heartbeat for ${now - w.lastSeen} ms`);
+      socket?.disconnect(true);
+    }
+    this.pump();
+  }
+
+  /** Stops timers. Sockets and the store are closed by their owners. */
+  close(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+  }
+}

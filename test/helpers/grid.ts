@@ -1,0 +1,206 @@
+/**
+ * Test helpers: a real hub (in-process or as a child process), real native nodes as child
+ * processes, a REST client, polling, and reference outputs from a standalone onnxruntime-node session.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-node';
+import type { ModelInfo } from '../../protocol/model.ts';
+import { packItems, type NamedItem } from '../../protocol/pack.ts';
+import { bytesOf, type WireTensor } from '../../protocol/tensor.ts';
+import { HubServer, type HubConfig } from '../../server/app.ts';
+import { createLogger } from '../../server/logger.ts';
+
+export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+
+/** A fresh temp dir, removed by the returned cleanup. */
+export function tempDir(prefix = 'shardhub-test-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A TCP port free right now on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.once('error', fail);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      s.close(() => ok(port));
+    });
+  });
+}
+
+/** Starts an in-process hub on 127.0.0.1, port 0, fast liveness settings. */
+export async function startHub(dataDir: string, config: Partial<HubConfig> = {}): Promise<HubServer> {
+  return HubServer.start(
+    {
+      host: '127.0.0.1',
+      port: 0,
+      dataDir,
+      ...config,
+      hub: { heartbeatMs: 500, offlineAfterMs: 2000, ...config.hub },
+    },
+    createLogger('hub', process.env.SHARDHUB_LOG_LEVEL ?? 'warn'),
+  );
+}
+
+/** A child process with its output kept for assertions and failure messages. */
+export interface Proc {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Spawns `node --import tsx <script> ...args` from the repo root. */
+export function spawnTs(script: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+  const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, script), ...args], {
+    cwd: ROOT,
+    env: { ...process.env, SHARDHUB_LOG_LEVEL: process.env.SHARDHUB_LOG_LEVEL ?? 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((ok) =>
+    child.once('exit', (code, signal) => ok({ code, signal })),
+  );
+  return { child, output: () => out, exited };
+}
+
+/** Starts a native node child process. */
+export function startNode(hubUrl: string, token: string, stateDir: string, extra: string[] = []): Proc {
+  return spawnTs('native/main.ts', [
+    '--hub',
+    hubUrl,
+    '--token',
+    token,
+    '--state',
+    stateDir,
+    '--cache',
+    join(stateDir, 'cache'),
+    ...extra,
+  ]);
+}
+
+/** Polls until `check` returns a truthy value or the time runs out. */
+export async function waitFor<T>(
+  what: string,
+  check: () => T | Promise<T>,
+  timeoutMs = 60_000,
+  everyMs = 50,
+): Promise<NonNullable<T>> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v as NonNullable<T>;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((ok) => setTimeout(ok, everyMs));
+  }
+}
+
+/** A REST client for tests. */
+export class Rest {
+  constructor(
+    readonly url: string,
+    readonly token: string | undefined,
+  ) {}
+
+  async req(
+    method: string,
+    path: string,
+    body?: unknown,
+    raw?: Uint8Array,
+  ): Promise<{ status: number; json: any; bytes: Uint8Array }> {
+    const res = await fetch(this.url + path, {
+      method,
+      headers: {
+        ...(this.token ? { Authorization: `Bearer ${this.token}` } : {}),
+        ...(raw
+          ? { 'Content-Type': 'application/octet-stream' }
+          : body !== undefined
+            ? { 'Content-Type': 'application/json' }
+            : {}),
+      },
+      body: raw
+        ? raw.slice()
+        : body !== undefined
+          ? typeof body === 'string'
+            ? body
+            : JSON.stringify(body)
+          : undefined,
+    });
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    let json: any = undefined;
+    try {
+      json = JSON.parse(Buffer.from(bytes).toString('utf8'));
+    } catch {
+      /* binary */
+    }
+    return { status: res.status, json, bytes };
+  }
+
+  async data(method: string, path: string, body?: unknown, raw?: Uint8Array): Promise<any> {
+    const r = await this.req(method, path, body, raw);
+    if (r.status >= 400) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(r.json)}`);
+    return r.json.data;
+  }
+
+  /** Creates a job, uploads items in chunks, seals it. */
+  async submit(model: string, items: NamedItem[], opts: Record<string, unknown> = {}): Promise<string> {
+    const job = await this.data('POST', '/api/jobs', { model, ...opts });
+    for (let i = 0; i < items.length; i += 200) {
+      await this.data('POST', `/api/jobs/${job.id}/items`, undefined, packItems(items.slice(i, i + 200)));
+    }
+    await this.data('POST', `/api/jobs/${job.id}/seal`);
+    return job.id as string;
+  }
+}
+
+/** Runs a model standalone in onnxruntime-node: the reference every grid result is compared with. */
+export class Reference {
+  private constructor(private readonly session: ort.InferenceSession) {}
+
+  static async open(path: string): Promise<Reference> {
+    return new Reference(await ort.InferenceSession.create(readFileSync(path), { intraOpNumThreads: 1 }));
+  }
+
+  async run(inputs: WireTensor[]): Promise<WireTensor[]> {
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const t of inputs) {
+      const copy = new Uint8Array(t.data);
+      const typed =
+        t.dtype === 'float32'
+          ? new Float32Array(copy.buffer)
+          : t.dtype === 'int64'
+            ? new BigInt64Array(copy.buffer)
+            : t.dtype === 'int32'
+              ? new Int32Array(copy.buffer)
+              : copy;
+      feeds[t.name] = new ort.Tensor(t.dtype as 'float32', typed as Float32Array, t.dims);
+    }
+    const out = await this.session.run(feeds);
+    return Object.entries(out).map(([name, v]) => ({
+      name,
+      dtype: v.type as WireTensor['dtype'],
+      dims: [...v.dims],
+      data: bytesOf(v.data as Float32Array).slice(),
+    }));
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+/** Path of a registry model's file, through the hub's registry. */
+export function modelPath(hub: HubServer, model: ModelInfo): string {
+  const p = hub.hub.models.filePath(model.sha256);
+  if (!p) throw new Error(`no file for ${model.name}`);
+  return p;
+}

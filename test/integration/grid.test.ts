@@ -1,0 +1,170 @@
+/**
+ * The grid end to end: a real hub on loopback, real native nodes (child processes running
+ * onnxruntime-node) over real sockets, real models. Every result is compared with a standalone
+ * onnxruntime-node session within the model's tolerance.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { join } from 'node:path';
+import { unpackTensors, type NamedItem } from '../../protocol/pack.ts';
+import { compareTensors } from '../../protocol/tensor.ts';
+import type { HubServer } from '../../server/app.ts';
+import { calibrationInputs } from '../../worker/calibration.ts';
+import {
+  Reference,
+  Rest,
+  modelPath,
+  startHub,
+  startNode,
+  tempDir,
+  waitFor,
+  type Proc,
+} from '../helpers/grid.ts';
+
+function items(
+  model: Parameters<typeof calibrationInputs>[0],
+  n: number,
+  dims?: Record<string, number[]>,
+): NamedItem[] {
+  const m = dims ? { ...model, calibration: { ...model.calibration, dims } } : model;
+  return Array.from({ length: n }, (_, i) => ({
+    name: `item-${String(i).padStart(5, '0')}`,
+    tensors: calibrationInputs(m, 7 + i),
+  }));
+}
+
+/** Asserts every item of the job has exactly one result equal to the reference. */
+async function checkResults(hub: HubServer, jobId: string, sent: NamedItem[]): Promise<void> {
+  const job = hub.hub.store.getJob(jobId);
+  assert.ok(job);
+  const model = hub.hub.models.bySha(job.modelSha256);
+  assert.ok(model);
+  const ref = await Reference.open(modelPath(hub, model));
+  try {
+    const byName = new Map(sent.map((it) => [it.name, it]));
+    const seen = new Set<string>();
+    for (const r of hub.hub.store.iterateResults(jobId)) {
+      assert.ok(!seen.has(r.name), `item ${r.name} has two results`);
+      seen.add(r.name);
+      const input = byName.get(r.name);
+      assert.ok(input, `result for unknown item ${r.name}`);
+      const want = await ref.run(input.tensors);
+      const got = unpackTensors(r.outputs);
+      for (const w of want) {
+        const g = got.find((t) => t.name === w.name);
+        assert.ok(g, `item ${r.name} lacks output ${w.name}`);
+        const diff = compareTensors(g, w, model.tolerance);
+        assert.equal(diff, undefined, `item ${r.name} output ${w.name} differs from the reference: ${diff}`);
+      }
+    }
+    assert.equal(seen.size, sent.length, 'every item has a result');
+  } finally {
+    await ref.close();
+  }
+}
+
+describe('grid with native nodes', () => {
+  const tmp = tempDir();
+  let hub: HubServer;
+  let rest: Rest;
+  const nodes: Proc[] = [];
+
+  before(async () => {
+    hub = await startHub(join(tmp.dir, 'hub'));
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
+    for (const [i, c] of [1, 2, 1].entries()) {
+      nodes.push(
+        startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, `node${i}`), [
+          '--concurrency',
+          String(c),
+          '--name',
+          `n${i}`,
+        ]),
+      );
+    }
+    await waitFor(
+      '3 nodes online',
+      () => [...hub.hub.workers.values()].filter((w) => w.state === 'online').length === 3,
+      60_000,
+    );
+  });
+
+  after(async () => {
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+    tmp.cleanup();
+  });
+
+  test('3 nodes with different concurrency complete a 500-item job; every result equals the reference', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model, 'mlp-small is built (npm run models)');
+    const sent = items(model, 500);
+    const jobId = await rest.submit('mlp-small', sent);
+    const status = await waitFor(
+      'job done',
+      async () => {
+        const s = await rest.data('GET', `/api/jobs/${jobId}`);
+        return s.state === 'completed' ? s : undefined;
+      },
+      120_000,
+    );
+    assert.equal(status.done, 500);
+    assert.equal(status.failed, 0);
+    await checkResults(hub, jobId, sent);
+    const workers = [...hub.hub.workers.values()];
+    assert.equal(
+      workers.reduce((n, w) => n + w.itemsDone, 0),
+      500,
+      'accepted results add up to the item count',
+    );
+  });
+
+  test('the real PaddleOCR detection model runs on small images and matches the reference', async () => {
+    const model = hub.hub.models.byName('ppocr-det');
+    assert.ok(model);
+    const sent = items(model, 12, { x: [1, 3, 96, 96] });
+    const jobId = await rest.submit('ppocr-det', sent);
+    await waitFor(
+      'det job done',
+      async () => (await rest.data('GET', `/api/jobs/${jobId}`)).state === 'completed',
+      180_000,
+      200,
+    );
+    await checkResults(hub, jobId, sent);
+  });
+
+  test('a node SIGKILLed mid-job loses its items to the others; the job completes with one result per item', async () => {
+    // Real compute slow enough (PaddleOCR det at 160x160) that the victim surely holds items.
+    const model = hub.hub.models.byName('ppocr-det');
+    assert.ok(model);
+    const n = 400;
+    const sent = items(model, n, { x: [1, 3, 160, 160] });
+    const victim = nodes[1] as Proc;
+    const victimId = [...hub.hub.workers.values()].find((w) => w.name === 'n1')?.id as string;
+    const jobId = await rest.submit('ppocr-det', sent);
+    await waitFor(
+      'the victim holds items mid-job',
+      () =>
+        hub.hub.scheduler.heldBy(victimId).length > 0 && (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 0,
+      60_000,
+      1,
+    );
+    victim.child.kill('SIGKILL');
+    await victim.exited;
+    const status = await waitFor(
+      'job done after kill',
+      async () => {
+        const s = await rest.data('GET', `/api/jobs/${jobId}`);
+        return s.state === 'completed' ? s : undefined;
+      },
+      120_000,
+    );
+    assert.equal(status.done, n);
+    const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as { type: string }[];
+    assert.ok(
+      events.some((e) => e.type === 'requeue'),
+      'the lost node’s items were requeued',
+    );
+    await checkResults(hub, jobId, sent);
+  });
+});
