@@ -204,7 +204,10 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   if (choice === 'sim') {
     backendFactory = async (): Promise<Backend> => {
       const { SimBackend } = await import('./sim-backend.ts');
-      return SimBackend.create({ ...opts.sim, die: opts.simDie });
+      const sim = await SimBackend.create({ ...opts.sim, die: opts.simDie });
+      // Straggler scenarios: `kill -USR1 <pid>` slows the node down from that moment.
+      if (opts.handleSignals) process.on('SIGUSR1', () => sim.slowNow());
+      return sim;
     };
   } else {
     // Loaded only when needed: a sim node never loads onnxruntime's native libraries.

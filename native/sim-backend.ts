@@ -7,7 +7,8 @@
  * and the declared shape with every dynamic dim set to 1 (`y[N,1]` gives `[1,1]`, `y[N,16]` gives
  * `[1,16]`): the hub checks outputs against the manifest, and a sim worker's results must pass.
  * Scripted events, all timed from the first item this backend runs: `slowAtS` (runs become
- * `slowFactor` times slower) and `dieAtS` (a hard exit, like a crashed or killed machine).
+ * `slowFactor` times slower) and `dieAtS` (a hard exit, like a crashed or killed machine); or
+ * `slowNow()` (SIGUSR1 to a sim node) for a slowdown at a moment chosen from outside.
  */
 import type { ModelInfo, TensorSpec } from '../protocol/model.ts';
 import { DTYPE_BYTES, elementCount, toNumbers, type WireTensor } from '../protocol/tensor.ts';
@@ -38,6 +39,7 @@ export class SimBackend implements Backend {
   private readonly itemMs: number;
   private readonly slowFactor: number;
   private firstRunAt: number | undefined;
+  private slowedAt: number | undefined;
   private dieTimer: ReturnType<typeof setTimeout> | undefined;
 
   private constructor(private readonly opts: SimOptions) {
@@ -57,6 +59,7 @@ export class SimBackend implements Backend {
   /** Milliseconds one item takes now (after `slowAtS` it is `slowFactor` times longer). */
   msPerItem(now = Date.now()): number {
     const base = this.itemMs / this.speed;
+    if (this.slowedAt !== undefined && now >= this.slowedAt) return base * this.slowFactor;
     const { slowAtS } = this.opts;
     if (slowAtS !== undefined && this.firstRunAt !== undefined && now - this.firstRunAt >= slowAtS * 1000) {
       return base * this.slowFactor;
@@ -64,15 +67,29 @@ export class SimBackend implements Backend {
     return base;
   }
 
+  /** Becomes `slowFactor` times slower from now on (a node does this on SIGUSR1). */
+  slowNow(): void {
+    this.slowedAt ??= Date.now();
+  }
+
   async load(model: ModelInfo): Promise<LoadedModel> {
     const specs: TensorSpec[] =
       model.outputs.length > 0 ? model.outputs : [{ name: 'y', dtype: 'float32', shape: [1, 1] }];
     let disposed = false;
+    // Timers have 1 ms resolution and wake late on a busy machine: each run ends at an exact
+    // deadline after the previous one, so neither rounding nor wake-up lateness (up to LATE_MS)
+    // accumulates and speeds stay as configured. The sim models a device computing back to back;
+    // a run that starts after a real gap (the worker had nothing to do) starts from now.
+    let nextFree = 0;
     return {
       run: async (items: WireTensor[][]): Promise<WireTensor[][]> => {
         if (disposed) throw new Error('sim session is disposed');
         this.started();
-        await sleep(items.length * this.msPerItem());
+        const now = performance.now();
+        const start = now - nextFree <= LATE_MS ? nextFree : now;
+        const end = start + items.length * this.msPerItem();
+        nextFree = end;
+        await sleep(end - now);
         return items.map((inputs) => {
           const value = firstInputValue(inputs);
           return specs.map((spec) => filledTensor(spec, value));
@@ -148,6 +165,9 @@ function check(name: string, v: number, ok: (v: number) => boolean, want: string
   if (!Number.isFinite(v) || !ok(v)) throw new RangeError(`${name} must be ${want}`);
   return v;
 }
+
+/** Lateness of a run's start that is put down to the timer, not to an idle worker. */
+const LATE_MS = 5;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

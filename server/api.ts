@@ -254,6 +254,13 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     res.json({ data: jobJson(hub, hub.cancelJob(param(req, 'id'))) });
   });
 
+  r.get('/jobs/:id/fairness', (req, res) => {
+    const job = hub.requireJob(param(req, 'id'));
+    const report = hub.fairnessOf(job.id, job.state === 'completed' || job.state === 'cancelled');
+    if (!report) throw new HubError('no_fairness', `job ${job.id} has not started`, 404);
+    res.json({ data: report });
+  });
+
   r.get('/jobs/:id/events', (req, res) => {
     const job = hub.requireJob(param(req, 'id'));
     res.json({ data: { events: hub.store.listEvents(job.id, { limit: 1000 }) } });

@@ -62,6 +62,7 @@ export class HubServer {
     readonly log: Logger,
     readonly url: string,
     readonly port: number,
+    private readonly stopOperator: () => void,
   ) {}
 
   /** Opens the store, loads models, listens. */
@@ -125,7 +126,7 @@ export class HubServer {
       joinToken: tokens.joinToken,
       contributorToken: config.contributorToken,
     });
-    attachOperatorNamespace(io.of('/operator'), hub, tokens.operatorToken);
+    const stopOperator = attachOperatorNamespace(io.of('/operator'), hub, tokens.operatorToken);
 
     await new Promise<void>((ok, fail) => {
       http.once('error', fail);
@@ -134,7 +135,16 @@ export class HubServer {
     const addr = http.address();
     const port = typeof addr === 'object' && addr ? addr.port : config.port;
     const shownHost = config.host === '0.0.0.0' || config.host === '::' ? 'localhost' : config.host;
-    const server = new HubServer(hub, http, io, tokens, log, `http://${shownHost}:${port}`, port);
+    const server = new HubServer(
+      hub,
+      http,
+      io,
+      tokens,
+      log,
+      `http://${shownHost}:${port}`,
+      port,
+      stopOperator,
+    );
     log.info({ url: server.url, dataDir }, 'hub listening');
     return server;
   }
@@ -143,6 +153,7 @@ export class HubServer {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.hub.close();
+      this.stopOperator();
       this.io.disconnectSockets(true);
       await new Promise<void>((ok) => this.io.close(() => ok()));
       this.http.closeAllConnections?.();

@@ -76,6 +76,24 @@ export const SERVE_OPTIONS: OptionTable = {
     min: 1,
   },
   weighting: { type: 'boolean', help: 'weight shares by measured speed', default: true, negatable: true },
+  factoring: {
+    type: 'boolean',
+    help: 'dynamic shards that shrink near the end (off: one static split)',
+    default: true,
+    negatable: true,
+  },
+  stealing: {
+    type: 'boolean',
+    help: 'idle workers take unstarted items from slow ones',
+    default: true,
+    negatable: true,
+  },
+  speculation: {
+    type: 'boolean',
+    help: 'run straggling items a second time near the end',
+    default: true,
+    negatable: true,
+  },
   demo: {
     type: 'boolean',
     help: 'queue a demo job on a bundled real model at start',
@@ -131,7 +149,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
         heartbeatMs: v['heartbeat-ms'] as number,
         offlineAfterMs: v['offline-after-ms'] as number,
         maxAttempts: v['max-attempts'] as number,
-        scheduler: { weighting: v.weighting as boolean },
+        scheduler: {
+          weighting: v.weighting as boolean,
+          factoring: v.factoring as boolean,
+          stealing: v.stealing as boolean,
+          speculation: v.speculation as boolean,
+        },
       },
     },
     log,

@@ -21,7 +21,9 @@ import { packTensors, unpackTensors } from '../protocol/pack.ts';
 import type { ModelRegistry } from '../models/registry.ts';
 import { clean, type Logger } from './logger.ts';
 import { outputProblem } from './check.ts';
-import { Scheduler, type Assignment, type SchedulerOptions } from './scheduler/scheduler.ts';
+import { FairnessTracker } from './scheduler/fairness.ts';
+import { Scheduler, type Assignment, type SchedulerOptions, type StealPlan } from './scheduler/scheduler.ts';
+import type { FairnessReport } from '../protocol/fairness.ts';
 import type { JobRecord, NewFailure, NewJob, NewResult, Store } from './store/store.ts';
 import { workerFacts, type LiveWorker } from './workers.ts';
 
@@ -68,6 +70,7 @@ export class HubError extends Error {
 interface ActiveJob {
   record: JobRecord;
   model: ModelInfo;
+  fairness: FairnessTracker;
 }
 
 export class Hub extends EventEmitter<HubEvents> {
@@ -85,7 +88,11 @@ export class Hub extends EventEmitter<HubEvents> {
     readonly opts: HubOptions = DEFAULT_HUB_OPTIONS,
   ) {
     super();
-    this.scheduler = new Scheduler({ maxAttempts: opts.maxAttempts, ...opts.scheduler });
+    this.scheduler = new Scheduler({
+      maxAttempts: opts.maxAttempts,
+      ...opts.scheduler,
+      onHeld: (jobId, workerId, count) => this.active.get(jobId)?.fairness.held(workerId, count, Date.now()),
+    });
     this.timer = setInterval(() => this.tick(), Math.min(1000, Math.max(100, opts.heartbeatMs / 2)));
     this.timer.unref();
     this.resume();
@@ -154,7 +161,8 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   private activate(job: JobRecord, model: ModelInfo): void {
-    this.active.set(job.id, { record: job, model });
+    const fairness = new FairnessTracker(job.id);
+    this.active.set(job.id, { record: job, model, fairness });
     this.scheduler.addJob(
       {
         id: job.id,
@@ -192,10 +200,42 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   private deactivate(jobId: string, reason: string): void {
+    const job = this.active.get(jobId);
+    if (job) {
+      job.fairness.finish(Date.now());
+      const report = this.fairnessOf(jobId, true);
+      if (report)
+        this.store.addEvent(jobId, 'fairness', report as unknown as Record<string, unknown>, Date.now());
+    }
     this.active.delete(jobId);
     for (const [workerId, itemIds] of this.scheduler.removeJob(jobId)) {
       this.sockets.get(workerId)?.emit('items:cancel', { itemIds, reason });
     }
+  }
+
+  /** The job's fairness figures: live while it runs, the stored final ones after. */
+  fairnessOf(jobId: string, final = false): FairnessReport | undefined {
+    const job = this.active.get(jobId);
+    if (!job) {
+      const saved = this.store.listEvents(jobId, { type: 'fairness', limit: 1 })[0];
+      return saved ? (saved.data as unknown as FairnessReport) : undefined;
+    }
+    const record = this.store.getJob(jobId);
+    return job.fairness.report({
+      items: record?.itemCount ?? 0,
+      final,
+      now: Date.now(),
+      lookup: (workerId) => {
+        const w = this.workers.get(workerId);
+        return {
+          name: w?.name ?? workerId,
+          backend: w?.backend ?? '?',
+          device: w?.capabilities.gpu?.name ?? w?.capabilities.hostname ?? w?.backend ?? '?',
+          benchmark: this.scheduler.benchmark(workerId, job.model.sha256) ?? null,
+          weight: this.scheduler.weight(workerId, job.model.sha256) ?? null,
+        };
+      },
+    });
   }
 
   requireJob(jobId: string): JobRecord {
@@ -253,8 +293,12 @@ export class Hub extends EventEmitter<HubEvents> {
       id: workerId,
       name: req.name,
       concurrency: req.concurrency,
+      device: req.capabilities.gpu?.name,
       ...workerFacts(req),
     });
+    for (const job of this.active.values()) {
+      if (this.scheduler.eligible(workerId, job.record.id)) job.fairness.present(workerId, now);
+    }
     this.log.info(
       { workerId, kind: req.kind, backend: req.backend, name: clean(req.name), reconnect: !!prev },
       prev ? 'worker reconnected' : 'worker registered',
@@ -294,9 +338,11 @@ export class Hub extends EventEmitter<HubEvents> {
     w.socketId = null;
     this.sockets.delete(workerId);
     const back = this.scheduler.removeWorker(workerId);
+    for (const job of this.active.values()) job.fairness.gone(workerId, at);
     let n = 0;
     for (const [jobId, items] of back) {
       n += items.length;
+      this.active.get(jobId)?.fairness.requeue(workerId, items.length, reason, at);
       this.store.addEvent(jobId, 'requeue', { workerId, items: items.length, reason }, at);
       this.emit('items:requeued', { workerId, jobId, items: items.length, reason, at });
     }
@@ -382,14 +428,19 @@ export class Hub extends EventEmitter<HubEvents> {
     }
     const stored = rows.length ? this.store.recordResults(rows) : { accepted: [], dropped: [] };
     dropped.push(...stored.dropped);
-    // An item now done may still be held elsewhere (requeued after a disconnect): cancel it there.
-    const elsewhere = new Map<string, number[]>();
-    for (const id of stored.accepted) {
-      const h = this.scheduler.holderOf(id);
-      if (h && h !== workerId) elsewhere.set(h, [...(elsewhere.get(h) ?? []), id]);
+    // An item now done may still be held elsewhere (a speculative copy, or requeued after a
+    // disconnect): cancel it there; that run is wasted work.
+    const { cancel } = this.scheduler.finished(workerId, [...stored.accepted, ...dropped]);
+    const jobOfItem = new Map(results.map((r) => [r.itemId, r.jobId]));
+    for (const itemIds of cancel.values()) {
+      for (const id of itemIds) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
     }
-    this.scheduler.finished(workerId, [...stored.accepted, ...dropped]);
-    for (const [other, itemIds] of elsewhere) {
+    for (const id of stored.dropped) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
+    const acceptedSet = new Set(stored.accepted);
+    const perJob = new Map<string, number>();
+    for (const r of rows) if (acceptedSet.has(r.itemId)) perJob.set(r.jobId, (perJob.get(r.jobId) ?? 0) + 1);
+    for (const [jobId, k] of perJob) this.active.get(jobId)?.fairness.done(workerId, k, now);
+    for (const [other, itemIds] of cancel) {
       this.sockets.get(other)?.emit('items:cancel', { itemIds, reason: 'completed by another worker' });
     }
     const w = this.workers.get(workerId);
@@ -439,9 +490,41 @@ export class Hub extends EventEmitter<HubEvents> {
   /** Asks the scheduler what to send now and sends it. */
   pump(workerId?: string): void {
     if (this.closed) return;
-    const { assign, benchmark } = this.scheduler.plan(workerId);
+    const { assign, benchmark, steal } = this.scheduler.plan(workerId);
     for (const b of benchmark) void this.benchmark(b.workerId, b.modelSha256);
     for (const a of assign) this.send(a);
+    for (const st of steal) void this.steal(st);
+  }
+
+  /** Carries out a steal: revoke from the victim, hand what it gave up to the thief. */
+  private async steal(st: StealPlan): Promise<void> {
+    const victim = this.sockets.get(st.victim);
+    let revoked: number[] = [];
+    if (victim) {
+      try {
+        const res = await victim.timeout(5000).emitWithAck('shard:revoke', { itemIds: st.itemIds });
+        if ('data' in res && Array.isArray(res.data?.revoked))
+          revoked = res.data.revoked.filter((x) => Number.isInteger(x));
+      } catch {
+        revoked = []; // no answer: the victim keeps them; if it is gone, its items are requeued anyway
+      }
+    }
+    const a = this.scheduler.stealDone(st, revoked);
+    const now = Date.now();
+    if (a) {
+      const data = {
+        thief: st.thief,
+        victim: st.victim,
+        items: a.itemIds.length,
+        asked: st.itemIds.length,
+        reason: st.reason,
+      };
+      this.store.addEvent(st.jobId, 'steal', data, now);
+      this.active.get(st.jobId)?.fairness.steal(st.thief, st.victim, a.itemIds.length, st.reason, now);
+      this.log.debug({ jobId: st.jobId, ...data }, 'steal');
+      this.send(a);
+    }
+    this.pump();
   }
 
   private send(a: Assignment): void {
@@ -458,6 +541,23 @@ export class Hub extends EventEmitter<HubEvents> {
     this.store.recordAssignments(
       a.itemIds.map((itemId) => ({ itemId, workerId: a.workerId, shardId, at: now })),
     );
+    job.fairness.start(now);
+    if (a.speculative) {
+      const data = {
+        worker: a.workerId,
+        from: a.speculative.fromWorkerId,
+        items: a.itemIds,
+        reason: a.speculative.reason,
+      };
+      this.store.addEvent(a.jobId, 'speculate', data, now);
+      job.fairness.speculate(
+        a.workerId,
+        a.speculative.fromWorkerId,
+        a.itemIds.length,
+        a.speculative.reason,
+        now,
+      );
+    }
     if (job.record.state === 'queued') {
       this.store.updateJob(a.jobId, { state: 'running', startedAt: now });
       job.record = this.requireJob(a.jobId);

@@ -4,6 +4,7 @@
  * and sent at most a few times a second.
  */
 import type { Namespace } from 'socket.io';
+import type { FairnessReport } from '../protocol/fairness.ts';
 import { tokenMatches } from './auth.ts';
 import type { Hub } from './hub.ts';
 import { jobJson } from './job-view.ts';
@@ -13,6 +14,7 @@ import { workerJson } from './workers.ts';
 export interface OperatorEvents {
   'job:updated': (job: Record<string, unknown>) => void;
   'worker:updated': (worker: Record<string, unknown>) => void;
+  'job:fairness': (report: FairnessReport) => void;
 }
 
 /** Wires the operator namespace; returns a function that stops its timer. */
@@ -34,7 +36,10 @@ export function attachOperatorNamespace(
   const timer = setInterval(() => {
     for (const id of jobs) {
       const job = hub.store.getJob(id);
-      if (job) nsp.emit('job:updated', jobJson(hub, job));
+      if (!job) continue;
+      nsp.emit('job:updated', jobJson(hub, job));
+      const fairness = hub.fairnessOf(id, job.state === 'completed' || job.state === 'cancelled');
+      if (fairness) nsp.emit('job:fairness', fairness);
     }
     for (const id of workers) {
       const w = hub.workers.get(id);

@@ -3,33 +3,59 @@
  * injected clock — no sockets, no store — so its choices can be unit-tested deterministically.
  * The hub (server/hub.ts) carries out what it decides.
  *
- * Model: each job keeps a queue of unassigned items; each worker holds the items assigned to it and
- * not yet finished. A worker is topped up whenever its holding falls below a low-water mark (so it
- * never waits on the hub), with a chunk sized by weighted factoring: a share of the remaining items
- * proportional to its weight, halving as the job drains so the tail is fine-grained.
+ * - Each job keeps a queue of unassigned items; each worker holds the items assigned to it and not
+ *   finished, in assignment order (the newest are the least likely to have started).
+ * - Dynamic shards (`factoring`): a worker is topped up whenever its holding falls below a
+ *   low-water mark, with a weighted-factoring chunk, so it never waits on the hub and the tail of a
+ *   job is fine-grained. Without factoring, a job is split once, statically, by weight (or equally).
+ * - Stealing: a worker with room and no queued work asks the worker predicted to finish last for its
+ *   newest items, when the imbalance is significant. The hub revokes them; only the items the victim
+ *   confirms unstarted move (`stealDone`), so no item is ever held by two workers through stealing.
+ * - Speculation: near the end, an idle worker runs a copy of an item whose holder is predicted to
+ *   finish much later; the first valid result wins and the other copy is cancelled.
  */
-import { matchesFilter, type FilterableWorker } from './filter.ts';
 import type { WorkerFilter } from '../store/store.ts';
+import { matchesFilter, type FilterableWorker } from './filter.ts';
+import {
+  DEFAULT_POLICY,
+  factoringChunk,
+  isImbalanced,
+  predictedFinish,
+  shouldSpeculate,
+  speculationCap,
+  stealSize,
+  type PolicyOptions,
+} from './policy.ts';
+import { DEFAULT_RATE_OPTIONS, RateEstimate, priorWeight, type RateOptions } from './weights.ts';
 
 /** Switches and knobs. */
-export interface SchedulerOptions {
+export interface SchedulerOptions extends PolicyOptions {
   clock: () => number;
-  /** false: every worker weighs the same (equal split). */
+  /** false: every worker weighs the same. */
   weighting: boolean;
+  /** false: a job is split once, statically, when it starts. */
+  factoring: boolean;
+  stealing: boolean;
+  speculation: boolean;
   /** Seconds of work a worker holds beyond what it is running. */
   prefetchSeconds: number;
   /** Attempts per item before it ends as failed. */
   maxAttempts: number;
-  /** Smoothing of the observed rate (weight of the newest sample). */
-  rateAlpha: number;
+  rate: RateOptions;
+  /** Told whenever a worker's holding of a job's items changes (fairness bookkeeping). */
+  onHeld?: (jobId: string, workerId: string, count: number) => void;
 }
 
 export const DEFAULT_SCHEDULER_OPTIONS: SchedulerOptions = {
+  ...DEFAULT_POLICY,
   clock: () => Date.now(),
   weighting: true,
-  prefetchSeconds: 0.5,
+  factoring: true,
+  stealing: true,
+  speculation: true,
+  prefetchSeconds: 0.3,
   maxAttempts: 3,
-  rateAlpha: 0.3,
+  rate: DEFAULT_RATE_OPTIONS,
 };
 
 /** A job as the scheduler sees it. */
@@ -47,6 +73,8 @@ export interface SchedWorker extends FilterableWorker {
   id: string;
   name: string;
   concurrency: number;
+  /** GPU or adapter name, for the prior weight and for logs. */
+  device?: string;
 }
 
 /** Items to send to a worker. */
@@ -54,6 +82,24 @@ export interface Assignment {
   workerId: string;
   jobId: string;
   itemIds: number[];
+  /** Copies of items another worker is running. */
+  speculative?: { fromWorkerId: string; reason: string };
+}
+
+/** A steal to carry out: revoke `itemIds` from the victim, then `stealDone` with what it gave up. */
+export interface StealPlan {
+  thief: string;
+  victim: string;
+  jobId: string;
+  itemIds: number[];
+  reason: string;
+}
+
+/** Everything a plan asks the hub to do. */
+export interface Plan {
+  assign: Assignment[];
+  benchmark: { workerId: string; modelSha256: string }[];
+  steal: StealPlan[];
 }
 
 interface JobRun extends SchedJob {
@@ -61,37 +107,39 @@ interface JobRun extends SchedJob {
   freshHead: number;
   /** Items handed back (worker lost, released, failed): they go out before fresh ones. */
   requeued: number[];
-  /** Workers an item already failed on. */
   failedOn: Map<number, Set<string>>;
   attempts: Map<number, number>;
+  heldBy: Map<string, number>;
   held: number;
+  /** Static mode: the one-time split has happened. */
+  split: boolean;
 }
 
 interface WorkerRun {
   info: SchedWorker;
   ready: boolean;
-  /** Benchmarked items/s per model. */
-  bench: Map<string, number>;
-  /** Observed items/s per model (EWMA). */
-  observed: Map<string, number>;
+  rates: Map<string, RateEstimate>;
   benchmarking: Set<string>;
   unusable: Set<string>;
-  /** itemId → jobId of items assigned and not finished. */
   held: Map<number, string>;
-  /** For the observed rate: when the current window started and items done in it. */
-  windowStart: number;
-  windowDone: number;
+  /** A steal by this worker is in flight. */
+  stealing: boolean;
+  /** A steal from this worker is in flight. */
+  revoking: boolean;
+  /** Its last revoke gave nothing back (all running): not a steal victim until then. */
+  noStealUntil: number;
 }
 
 /** What happened to a failed item. */
 export type FailureOutcome = 'retry' | 'final';
 
 export class Scheduler {
-  private readonly opts: SchedulerOptions;
+  readonly opts: SchedulerOptions;
   private readonly jobs = new Map<string, JobRun>();
   private readonly workers = new Map<string, WorkerRun>();
-  /** itemId → workerId holding it. */
-  private readonly holder = new Map<number, string>();
+  /** itemId → workers holding it (the first is the original; more are speculative copies). */
+  private readonly holders = new Map<number, string[]>();
+  private copies = 0;
 
   constructor(opts: Partial<SchedulerOptions> = {}) {
     this.opts = { ...DEFAULT_SCHEDULER_OPTIONS, ...opts };
@@ -99,7 +147,7 @@ export class Scheduler {
     if (this.opts.maxAttempts < 1) throw new Error('maxAttempts must be >= 1');
   }
 
-  // ---- jobs ----
+  // ---------------------------------------------------------------- jobs
 
   /** Adds a job with its unfinished items (in order). */
   addJob(job: SchedJob, pending: number[]): void {
@@ -111,11 +159,12 @@ export class Scheduler {
       requeued: [],
       failedOn: new Map(),
       attempts: new Map(),
+      heldBy: new Map(),
       held: 0,
+      split: false,
     });
   }
 
-  /** Changes a job's priority. */
   setPriority(jobId: string, priority: number): void {
     const j = this.jobs.get(jobId);
     if (j) j.priority = priority;
@@ -124,17 +173,15 @@ export class Scheduler {
   /** Removes a job; returns, per worker, the items it still held (to cancel there). */
   removeJob(jobId: string): Map<string, number[]> {
     const out = new Map<string, number[]>();
-    if (!this.jobs.delete(jobId)) return out;
+    if (!this.jobs.has(jobId)) return out;
     for (const w of this.workers.values()) {
       for (const [itemId, j] of w.held) {
         if (j !== jobId) continue;
-        w.held.delete(itemId);
-        this.holder.delete(itemId);
-        const list = out.get(w.info.id) ?? [];
-        list.push(itemId);
-        out.set(w.info.id, list);
+        this.unhold(w, itemId);
+        push(out, w.info.id, itemId);
       }
     }
+    this.jobs.delete(jobId);
     return out;
   }
 
@@ -144,7 +191,7 @@ export class Scheduler {
     return j ? j.fresh.length - j.freshHead + j.requeued.length : 0;
   }
 
-  /** Items of a job currently held by workers. */
+  /** Items of a job currently held by workers (copies counted once per holder). */
   inFlight(jobId: string): number {
     return this.jobs.get(jobId)?.held ?? 0;
   }
@@ -153,9 +200,20 @@ export class Scheduler {
     return this.jobs.has(jobId);
   }
 
-  // ---- workers ----
+  /** Whether a worker could run a job (requirements, model usable). */
+  eligible(workerId: string, jobId: string): boolean {
+    const w = this.workers.get(workerId);
+    const j = this.jobs.get(jobId);
+    return !!w && !!j && this.fits(w, j);
+  }
 
-  /** Adds (or re-adds after a reconnect) a worker; it holds nothing until planned. */
+  private fits(w: WorkerRun, j: JobRun): boolean {
+    return matchesFilter(w.info, j.requirements) && !w.unusable.has(j.modelSha256);
+  }
+
+  // ---------------------------------------------------------------- workers
+
+  /** Adds (or updates after a reconnect) a worker; it holds nothing until planned. */
   addWorker(info: SchedWorker): void {
     const old = this.workers.get(info.id);
     if (old) {
@@ -165,13 +223,13 @@ export class Scheduler {
     this.workers.set(info.id, {
       info,
       ready: true,
-      bench: new Map(),
-      observed: new Map(),
+      rates: new Map(),
       benchmarking: new Set(),
       unusable: new Set(),
       held: new Map(),
-      windowStart: this.opts.clock(),
-      windowDone: 0,
+      stealing: false,
+      revoking: false,
+      noStealUntil: 0,
     });
   }
 
@@ -184,54 +242,109 @@ export class Scheduler {
     return back;
   }
 
-  /** Pauses or resumes a worker (paused workers get nothing new). */
+  /** Pauses or resumes a worker (paused and draining workers get nothing new). */
   setReady(workerId: string, ready: boolean): void {
     const w = this.workers.get(workerId);
     if (w) w.ready = ready;
   }
 
-  /** Items a worker holds. */
+  hasWorker(workerId: string): boolean {
+    return this.workers.has(workerId);
+  }
+
+  /** Items a worker holds, in assignment order. */
   heldBy(workerId: string): number[] {
     return [...(this.workers.get(workerId)?.held.keys() ?? [])];
   }
 
-  /** The worker holding an item, if any. */
+  /** The original worker holding an item, if any. */
   holderOf(itemId: number): string | undefined {
-    return this.holder.get(itemId);
+    return this.holders.get(itemId)?.[0];
   }
 
-  /** Hands items back from a worker (it released them, or they were revoked). */
+  /** Every worker holding an item (more than one while speculated). */
+  holdersOf(itemId: number): readonly string[] {
+    return this.holders.get(itemId) ?? [];
+  }
+
+  /** Hands items back from a worker (released unstarted). They go back to their queues. */
   release(workerId: string, itemIds: readonly number[]): Map<string, number[]> {
     const w = this.workers.get(workerId);
     return w ? this.takeBack(w, itemIds) : new Map();
   }
 
+  private hold(w: WorkerRun, j: JobRun, itemId: number): void {
+    w.held.set(itemId, j.id);
+    const h = this.holders.get(itemId);
+    if (h) {
+      h.push(w.info.id);
+      this.copies++;
+    } else this.holders.set(itemId, [w.info.id]);
+    j.held++;
+    j.heldBy.set(w.info.id, (j.heldBy.get(w.info.id) ?? 0) + 1);
+    this.rateOf(w, j.modelSha256).busy(this.opts.clock());
+  }
+
+  /** Drops one worker's hold on an item. Returns the job it belonged to. */
+  private unhold(w: WorkerRun, itemId: number): JobRun | undefined {
+    const jobId = w.held.get(itemId);
+    if (jobId === undefined) return undefined;
+    w.held.delete(itemId);
+    const h = this.holders.get(itemId);
+    if (h) {
+      const i = h.indexOf(w.info.id);
+      if (i >= 0) h.splice(i, 1);
+      if (h.length === 0) this.holders.delete(itemId);
+      else if (i >= 0) this.copies--;
+    }
+    const j = this.jobs.get(jobId);
+    if (!j) return undefined;
+    j.held--;
+    const n = (j.heldBy.get(w.info.id) ?? 1) - 1;
+    if (n > 0) j.heldBy.set(w.info.id, n);
+    else j.heldBy.delete(w.info.id);
+    if (w.held.size === 0) this.rateOf(w, j.modelSha256).idle(this.opts.clock());
+    return j;
+  }
+
+  private notifyHeld(j: JobRun, workerId: string): void {
+    this.opts.onHeld?.(j.id, workerId, j.heldBy.get(workerId) ?? 0);
+  }
+
   private takeBack(w: WorkerRun, itemIds: readonly number[]): Map<string, number[]> {
     const out = new Map<string, number[]>();
+    const touched = new Set<JobRun>();
     for (const itemId of itemIds) {
-      const jobId = w.held.get(itemId);
-      if (jobId === undefined) continue;
-      w.held.delete(itemId);
-      this.holder.delete(itemId);
-      const j = this.jobs.get(jobId);
+      const j = this.unhold(w, itemId);
       if (!j) continue;
-      j.held--;
-      j.requeued.push(itemId);
-      const list = out.get(jobId) ?? [];
-      list.push(itemId);
-      out.set(jobId, list);
+      touched.add(j);
+      // A speculated item still has another holder: no need to queue it again.
+      if (!this.holders.has(itemId)) {
+        j.requeued.push(itemId);
+        push(out, j.id, itemId);
+      }
     }
+    for (const j of touched) this.notifyHeld(j, w.info.id);
     return out;
   }
 
-  // ---- weights ----
+  // ---------------------------------------------------------------- weights
+
+  private rateOf(w: WorkerRun, sha: string): RateEstimate {
+    let r = w.rates.get(sha);
+    if (!r) {
+      r = new RateEstimate(this.opts.rate);
+      w.rates.set(sha, r);
+    }
+    return r;
+  }
 
   /** Records a benchmark result (items/s) of a worker on a model. */
   setBenchmark(workerId: string, modelSha256: string, itemsPerSec: number): void {
     const w = this.workers.get(workerId);
     if (!w) return;
     w.benchmarking.delete(modelSha256);
-    w.bench.set(modelSha256, Math.max(itemsPerSec, 1e-6));
+    this.rateOf(w, modelSha256).bench = Math.max(itemsPerSec, 1e-6);
   }
 
   /** Marks a model as not runnable on a worker (its benchmark failed). */
@@ -242,71 +355,65 @@ export class Scheduler {
     w.unusable.add(modelSha256);
   }
 
-  /** A worker's weight on a model: observed rate once known, else its benchmark, else undefined. */
+  /** A worker's weight on a model now: observed rate, else benchmark, else undefined. */
   weight(workerId: string, modelSha256: string): number | undefined {
     const w = this.workers.get(workerId);
-    if (!w) return undefined;
-    return w.observed.get(modelSha256) ?? w.bench.get(modelSha256);
+    return w ? w.rates.get(modelSha256)?.at(this.opts.clock()) : undefined;
   }
 
   /** Benchmark figure of a worker on a model. */
   benchmark(workerId: string, modelSha256: string): number | undefined {
-    return this.workers.get(workerId)?.bench.get(modelSha256);
+    return this.workers.get(workerId)?.rates.get(modelSha256)?.bench;
   }
 
-  // ---- results ----
+  /** Weight used for sharing: measured, else a GPU-table prior scaled to the measured ones. */
+  private shareWeight(w: WorkerRun, j: JobRun): number {
+    if (!this.opts.weighting) return 1;
+    const own = w.rates.get(j.modelSha256)?.at(this.opts.clock());
+    if (own !== undefined) return own;
+    let sum = 0;
+    let priors = 0;
+    for (const o of this.workers.values()) {
+      const v = o.rates.get(j.modelSha256)?.value;
+      if (v !== undefined) {
+        sum += v / priorWeight(o.info.device);
+        priors++;
+      }
+    }
+    return (priors ? sum / priors : 1) * priorWeight(w.info.device);
+  }
+
+  // ---------------------------------------------------------------- results
 
   /**
-   * Marks items finished (accepted, or dropped as already complete). Returns the ids that the
-   * worker actually held. Feeds the observed rate.
+   * Marks items finished (accepted, or dropped as already complete) by `workerId`. Every hold on
+   * them is released; holders other than `workerId` are returned so the hub can cancel there.
+   * Feeds the observed rate.
    */
-  finished(workerId: string, itemIds: readonly number[]): number[] {
+  finished(workerId: string, itemIds: readonly number[]): { mine: number[]; cancel: Map<string, number[]> } {
     const now = this.opts.clock();
-    const held: number[] = [];
+    const mine: number[] = [];
+    const cancel = new Map<string, number[]>();
+    const touched = new Map<JobRun, Set<string>>();
+    const me = this.workers.get(workerId);
+    let sha: string | undefined;
     for (const itemId of itemIds) {
-      const h = this.holder.get(itemId);
-      if (h === undefined) continue;
-      const w = this.workers.get(h);
-      const jobId = w?.held.get(itemId);
-      w?.held.delete(itemId);
-      this.holder.delete(itemId);
-      if (jobId !== undefined) {
-        const j = this.jobs.get(jobId);
-        if (j) j.held--;
+      for (const h of [...(this.holders.get(itemId) ?? [])]) {
+        const w = this.workers.get(h);
+        if (!w) continue;
+        const j = this.unhold(w, itemId);
+        if (!j) continue;
+        sha = j.modelSha256;
+        const set = touched.get(j) ?? new Set<string>();
+        set.add(h);
+        touched.set(j, set);
+        if (h === workerId) mine.push(itemId);
+        else push(cancel, h, itemId);
       }
-      if (h === workerId) held.push(itemId);
     }
-    const w = this.workers.get(workerId);
-    if (w && held.length) this.observe(w, held.length, now);
-    return held;
-  }
-
-  /** Items completed elsewhere: forget them wherever they are still held or queued. */
-  private observe(w: WorkerRun, n: number, now: number): void {
-    w.windowDone += n;
-    const elapsed = (now - w.windowStart) / 1000;
-    if (elapsed < 0.5) return;
-    const sha = this.currentModel(w);
-    if (sha) {
-      const sample = w.windowDone / elapsed;
-      const prev = w.observed.get(sha) ?? w.bench.get(sha);
-      w.observed.set(sha, prev === undefined ? sample : prev + this.opts.rateAlpha * (sample - prev));
-    }
-    w.windowStart = now;
-    w.windowDone = 0;
-  }
-
-  private currentModel(w: WorkerRun): string | undefined {
-    for (const jobId of w.held.values()) return this.jobs.get(jobId)?.modelSha256;
-    return undefined;
-  }
-
-  /** Starts a fresh rate window when a worker goes from idle to busy (idle time is not slowness). */
-  private touchWindow(w: WorkerRun): void {
-    if (w.held.size === 0) {
-      w.windowStart = this.opts.clock();
-      w.windowDone = 0;
-    }
+    if (me && sha && mine.length) this.rateOf(me, sha).done(mine.length, now);
+    for (const [j, ws] of touched) for (const id of ws) this.notifyHeld(j, id);
+    return { mine, cancel };
   }
 
   /**
@@ -317,19 +424,17 @@ export class Scheduler {
     const j = this.jobs.get(jobId);
     const w = this.workers.get(workerId);
     if (w?.held.get(itemId) === jobId) {
-      w.held.delete(itemId);
-      this.holder.delete(itemId);
-      if (j) j.held--;
+      this.unhold(w, itemId);
+      if (j) this.notifyHeld(j, workerId);
     }
     if (!j) return 'final';
+    if (this.holders.has(itemId)) return 'retry'; // a speculative copy is still running elsewhere
     const attempts = (j.attempts.get(itemId) ?? 0) + 1;
     j.attempts.set(itemId, attempts);
     const on = j.failedOn.get(itemId) ?? new Set<string>();
     on.add(workerId);
     j.failedOn.set(itemId, on);
-    const someoneElse = [...this.workers.values()].some(
-      (o) => !on.has(o.info.id) && matchesFilter(o.info, j.requirements) && !o.unusable.has(j.modelSha256),
-    );
+    const someoneElse = [...this.workers.values()].some((o) => !on.has(o.info.id) && this.fits(o, j));
     if (attempts >= this.opts.maxAttempts || !someoneElse) {
       j.failedOn.delete(itemId);
       j.attempts.delete(itemId);
@@ -339,48 +444,28 @@ export class Scheduler {
     return 'retry';
   }
 
-  // ---- planning ----
+  // ---------------------------------------------------------------- planning
 
-  /** Effective priority: the job's priority, raised as its deadline nears. */
   private effectivePriority(j: JobRun, now: number): number {
     if (j.deadline === null) return j.priority;
     const left = (j.deadline - now) / 1000;
     return j.priority + (left <= 0 ? 10 : Math.min(10, 60 / Math.max(left, 1)));
   }
 
-  /** Jobs this worker could run now, best first. */
+  /** Jobs this worker could run, best first: priority (deadline-raised), then fewest items in flight. */
   private jobsFor(w: WorkerRun, now: number): JobRun[] {
-    const list = [...this.jobs.values()].filter(
-      (j) => matchesFilter(w.info, j.requirements) && !w.unusable.has(j.modelSha256),
-    );
-    return list.sort(
-      (a, b) => this.effectivePriority(b, now) - this.effectivePriority(a, now) || a.held - b.held,
-    );
+    return [...this.jobs.values()]
+      .filter((j) => this.fits(w, j))
+      .sort((a, b) => this.effectivePriority(b, now) - this.effectivePriority(a, now) || a.held - b.held);
   }
 
-  /** How many items a worker should hold on a job to never run dry. */
   private lowWater(w: WorkerRun, j: JobRun): number {
     const rate = this.weight(w.info.id, j.modelSha256) ?? 1;
-    const base = w.info.concurrency * j.batchSize * 2;
-    return Math.max(base, Math.ceil(rate * this.opts.prefetchSeconds));
-  }
-
-  /** Weighted factoring: this worker's share of half the remaining items. */
-  private chunk(w: WorkerRun, j: JobRun, remaining: number): number {
-    let total = 0;
-    for (const o of this.workers.values()) {
-      if (!o.ready || !matchesFilter(o.info, j.requirements) || o.unusable.has(j.modelSha256)) continue;
-      total += this.opts.weighting ? (this.weight(o.info.id, j.modelSha256) ?? 0) : 1;
-    }
-    const mine = this.opts.weighting ? (this.weight(w.info.id, j.modelSha256) ?? 0) : 1;
-    const share = total > 0 ? mine / total : 1;
-    const size = Math.ceil((remaining * share) / 2);
-    return Math.min(remaining, Math.max(size, w.info.concurrency * j.batchSize));
+    return Math.max(w.info.concurrency * j.batchSize * 2, Math.ceil(rate * this.opts.prefetchSeconds));
   }
 
   private take(j: JobRun, w: WorkerRun, n: number): number[] {
     const out: number[] = [];
-    // Requeued items first, skipping those that already failed on this worker.
     for (let i = 0; i < j.requeued.length && out.length < n;) {
       const id = j.requeued[i] as number;
       if (j.failedOn.get(id)?.has(w.info.id)) {
@@ -390,7 +475,9 @@ export class Scheduler {
       j.requeued.splice(i, 1);
       out.push(id);
     }
-    while (out.length < n && j.freshHead < j.fresh.length) out.push(j.fresh[j.freshHead++] as number);
+    if (this.opts.factoring || !j.split) {
+      while (out.length < n && j.freshHead < j.fresh.length) out.push(j.fresh[j.freshHead++] as number);
+    }
     if (j.freshHead > 4096 && j.freshHead * 2 > j.fresh.length) {
       j.fresh = j.fresh.slice(j.freshHead);
       j.freshHead = 0;
@@ -398,47 +485,201 @@ export class Scheduler {
     return out;
   }
 
+  private assign(
+    w: WorkerRun,
+    j: JobRun,
+    ids: number[],
+    out: Assignment[],
+    spec?: Assignment['speculative'],
+  ): void {
+    for (const id of ids) this.hold(w, j, id);
+    this.notifyHeld(j, w.info.id);
+    out.push({ workerId: w.info.id, jobId: j.id, itemIds: ids, ...(spec ? { speculative: spec } : {}) });
+  }
+
   /**
-   * Decides what to send now. Returns assignments to make and benchmarks to ask for. A worker with
+   * Decides what to do now: assignments, benchmarks to ask for, steals to carry out. A worker with
    * no figure for a job's model is benchmarked before it gets that job's items.
    */
-  plan(onlyWorker?: string): {
-    assign: Assignment[];
-    benchmark: { workerId: string; modelSha256: string }[];
-  } {
+  plan(onlyWorker?: string): Plan {
     const now = this.opts.clock();
-    const assign: Assignment[] = [];
-    const benchmark: { workerId: string; modelSha256: string }[] = [];
+    const plan: Plan = { assign: [], benchmark: [], steal: [] };
+    if (!this.opts.factoring) this.staticSplits(plan);
     const workers = onlyWorker
       ? [this.workers.get(onlyWorker)].filter((w): w is WorkerRun => !!w)
       : [...this.workers.values()];
     for (const w of workers) {
       if (!w.ready) continue;
+      let topped = false;
       for (const j of this.jobsFor(w, now)) {
-        const remaining = this.queued(j.id);
-        if (remaining === 0) continue;
-        if (!w.bench.has(j.modelSha256)) {
-          if (!w.benchmarking.has(j.modelSha256)) {
+        if (!w.rates.get(j.modelSha256)?.bench) {
+          if (!w.benchmarking.has(j.modelSha256) && this.queued(j.id) + j.held > 0) {
             w.benchmarking.add(j.modelSha256);
-            benchmark.push({ workerId: w.info.id, modelSha256: j.modelSha256 });
+            plan.benchmark.push({ workerId: w.info.id, modelSha256: j.modelSha256 });
           }
           continue;
         }
         const low = this.lowWater(w, j);
-        if (w.held.size >= low) break;
-        const n = Math.max(this.chunk(w, j, remaining), low - w.held.size);
+        if (w.held.size >= low) {
+          topped = true;
+          break;
+        }
+        const remaining = this.queued(j.id);
+        if (remaining === 0) continue;
+        if (!this.opts.factoring && !j.split) continue; // waiting for the static split
+        const n = this.opts.factoring
+          ? Math.max(
+              factoringChunk(remaining, this.shareWeight(w, j), this.totalWeight(j), 1),
+              low - w.held.size,
+            )
+          : low - w.held.size;
         const ids = this.take(j, w, n);
         if (ids.length === 0) continue;
-        this.touchWindow(w);
-        for (const id of ids) {
-          w.held.set(id, j.id);
-          this.holder.set(id, w.info.id);
+        this.assign(w, j, ids, plan.assign);
+        topped = true;
+        break;
+      }
+      if (!topped && this.opts.stealing) this.planSteal(w, now, plan);
+      if (!topped && this.opts.speculation && w.held.size === 0 && !w.stealing)
+        this.planSpeculation(w, now, plan);
+    }
+    return plan;
+  }
+
+  private totalWeight(j: JobRun): number {
+    let total = 0;
+    for (const o of this.workers.values()) if (o.ready && this.fits(o, j)) total += this.shareWeight(o, j);
+    return total;
+  }
+
+  /** Static mode: once every eligible worker has a benchmark, split the job's items by weight. */
+  private staticSplits(plan: Plan): void {
+    for (const j of this.jobs.values()) {
+      if (j.split || this.queued(j.id) === 0) continue;
+      const ws = [...this.workers.values()].filter((w) => w.ready && this.fits(w, j));
+      if (ws.length === 0) continue;
+      if (ws.some((w) => !w.rates.get(j.modelSha256)?.bench)) {
+        for (const w of ws) {
+          if (!w.rates.get(j.modelSha256)?.bench && !w.benchmarking.has(j.modelSha256)) {
+            w.benchmarking.add(j.modelSha256);
+            plan.benchmark.push({ workerId: w.info.id, modelSha256: j.modelSha256 });
+          }
         }
-        j.held += ids.length;
-        assign.push({ workerId: w.info.id, jobId: j.id, itemIds: ids });
-        break; // one job per worker per plan: the next plan tops up again
+        continue;
+      }
+      const weights = ws.map((w) => this.shareWeight(w, j));
+      const total = weights.reduce((a, b) => a + b, 0);
+      let left = this.queued(j.id);
+      const all = this.take(j, ws[0] as WorkerRun, left);
+      let off = 0;
+      ws.forEach((w, i) => {
+        const n = i === ws.length - 1 ? left : Math.round((all.length * (weights[i] as number)) / total);
+        const ids = all.slice(off, off + Math.min(n, left));
+        off += ids.length;
+        left -= ids.length;
+        if (ids.length) this.assign(w, j, ids, plan.assign);
+      });
+      j.split = true;
+    }
+  }
+
+  /** An underloaded worker with nothing queued steals from the worker predicted to finish last. */
+  private planSteal(thief: WorkerRun, now: number, plan: Plan): void {
+    if (thief.stealing) return;
+    let best: { victim: WorkerRun; job: JobRun; finish: number; thiefFinish: number; k: number } | undefined;
+    for (const j of this.jobsFor(thief, now)) {
+      if (this.queued(j.id) > 0 || j.held === 0) continue;
+      const rt = this.weight(thief.info.id, j.modelSha256);
+      if (!rt) continue;
+      const ht = thief.held.size;
+      for (const [vid, hv] of j.heldBy) {
+        const v = this.workers.get(vid);
+        if (!v || v === thief || v.revoking || v.noStealUntil > now) continue;
+        const rv = this.weight(vid, j.modelSha256) ?? 0;
+        const finish = predictedFinish(v.held.size, rv);
+        const thiefFinish = predictedFinish(ht, rt) + 1 / rt;
+        if (!isImbalanced(finish, thiefFinish, this.opts)) continue;
+        const k = Math.min(hv, stealSize(v.held.size, rv, ht, rt));
+        if (k < 1) continue;
+        if (!best || finish > best.finish) best = { victim: v, job: j, finish, thiefFinish, k };
+      }
+      if (best) break; // steal for the best job first
+    }
+    if (!best) return;
+    const { victim, job, k } = best;
+    // The newest items of that job at the victim: the least likely to have started.
+    const mine = [...victim.held].filter(([, jid]) => jid === job.id).map(([id]) => id);
+    const itemIds = mine.slice(-k).filter((id) => (this.holders.get(id)?.length ?? 0) === 1);
+    if (itemIds.length === 0) return;
+    thief.stealing = true;
+    victim.revoking = true;
+    plan.steal.push({
+      thief: thief.info.id,
+      victim: victim.info.id,
+      jobId: job.id,
+      itemIds,
+      reason: `victim predicted to finish in ${best.finish.toFixed(2)}s, thief in ${best.thiefFinish.toFixed(2)}s`,
+    });
+  }
+
+  /**
+   * The victim gave up `revoked` (unstarted) items of a steal: they move to the thief. Returns the
+   * assignment to send the thief (none if it is gone, in which case the items are queued again).
+   */
+  stealDone(s: StealPlan, revoked: readonly number[]): Assignment | undefined {
+    const thief = this.workers.get(s.thief);
+    const victim = this.workers.get(s.victim);
+    const j = this.jobs.get(s.jobId);
+    if (thief) thief.stealing = false;
+    if (victim) {
+      victim.revoking = false;
+      if (revoked.length === 0) victim.noStealUntil = this.opts.clock() + 250;
+    }
+    if (!victim || !j) return undefined;
+    const asked = new Set(s.itemIds);
+    const moved = revoked.filter((id) => asked.has(id) && victim.held.get(id) === j.id);
+    for (const id of moved) this.unhold(victim, id);
+    this.notifyHeld(j, victim.info.id);
+    if (moved.length === 0) return undefined;
+    if (!thief || !thief.ready) {
+      j.requeued.push(...moved);
+      return undefined;
+    }
+    const out: Assignment[] = [];
+    this.assign(thief, j, moved, out);
+    return out[0];
+  }
+
+  /** An idle worker runs a copy of a straggling item, within the cap on copies. */
+  private planSpeculation(w: WorkerRun, now: number, plan: Plan): void {
+    if (this.copies >= speculationCap(this.workers.size, this.opts)) return;
+    let best: { victim: WorkerRun; job: JobRun; finish: number; itemId: number } | undefined;
+    for (const j of this.jobsFor(w, now)) {
+      if (this.queued(j.id) > 0 || j.held === 0) continue;
+      const rw = this.weight(w.info.id, j.modelSha256);
+      if (!rw) continue;
+      for (const [vid] of j.heldBy) {
+        const v = this.workers.get(vid);
+        if (!v || v === w || v.revoking) continue;
+        const finish = predictedFinish(v.held.size, this.weight(vid, j.modelSha256) ?? 0);
+        if (!shouldSpeculate(finish, rw, this.opts) || (best && finish <= best.finish)) continue;
+        const itemId = [...v.held].find(
+          ([id, jid]) =>
+            jid === j.id && (this.holders.get(id)?.length ?? 0) === 1 && !j.failedOn.get(id)?.has(w.info.id),
+        )?.[0];
+        if (itemId !== undefined) best = { victim: v, job: j, finish, itemId };
       }
     }
-    return { assign, benchmark };
+    if (!best) return;
+    this.assign(w, best.job, [best.itemId], plan.assign, {
+      fromWorkerId: best.victim.info.id,
+      reason: `holder predicted to finish in ${best.finish.toFixed(2)}s`,
+    });
   }
+}
+
+function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
+  const list = m.get(k);
+  if (list) list.push(v);
+  else m.set(k, [v]);
 }

@@ -1,0 +1,194 @@
+/**
+ * The scheduler over real sockets, with sim nodes (real node processes that sleep instead of
+ * computing): shares follow speed, a slowed node's unstarted items move, a killed node's items
+ * complete elsewhere, and no item ever has two accepted results.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import type { NamedItem } from '../../protocol/pack.ts';
+import type { HubServer } from '../../server/app.ts';
+import { calibrationInputs } from '../../worker/calibration.ts';
+import { Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+
+const NOOP = {
+  inputs: [{ name: 'x', dtype: 'float32' as const, shape: ['N', 4] }],
+  calibration: { dims: { x: [1, 4] }, seed: 1 },
+};
+
+function items(n: number, seed = 1): NamedItem[] {
+  return Array.from({ length: n }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(NOOP, seed + i) }));
+}
+
+async function withGrid(
+  tmp: string,
+  speeds: { speed: number; extra?: string[] }[],
+  fn: (hub: HubServer, rest: Rest, nodes: Proc[], ids: string[]) => Promise<void>,
+): Promise<void> {
+  const hub = await startHub(join(tmp, `hub-${Date.now()}`));
+  const nodes: Proc[] = [];
+  try {
+    speeds.forEach((s, i) =>
+      nodes.push(
+        startNode(hub.url, hub.tokens.joinToken, join(tmp, `n-${Date.now()}-${i}`), [
+          '--backend',
+          'sim',
+          '--speed',
+          String(s.speed),
+          '--item-ms',
+          '10',
+          '--name',
+          `w${i}`,
+          ...(s.extra ?? []),
+        ]),
+      ),
+    );
+    await waitFor(
+      'nodes online',
+      () => [...hub.hub.workers.values()].filter((w) => w.state === 'online').length === speeds.length,
+      60_000,
+    );
+    const ids = speeds.map(
+      (_, i) => [...hub.hub.workers.values()].find((w) => w.name === `w${i}`)?.id as string,
+    );
+    await fn(hub, new Rest(hub.url, hub.tokens.operatorToken), nodes, ids);
+  } finally {
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+}
+
+function assertOneResultEach(hub: HubServer, jobId: string, n: number): void {
+  const names = [...hub.hub.store.iterateResults(jobId)].map((r) => r.name);
+  assert.equal(names.length, n, 'every item has a result');
+  assert.equal(new Set(names).size, n, 'no item has two accepted results');
+}
+
+async function done(rest: Rest, jobId: string): Promise<any> {
+  return waitFor(
+    'job completed',
+    async () => {
+      const s = await rest.data('GET', `/api/jobs/${jobId}`);
+      return s.state === 'completed' ? s : undefined;
+    },
+    120_000,
+    50,
+  );
+}
+
+describe('scheduler over real sockets', () => {
+  const tmp = tempDir();
+  after(() => tmp.cleanup());
+
+  test('a fast node completes more items than a slow one, in proportion to speed', async () => {
+    await withGrid(tmp.dir, [{ speed: 1 }, { speed: 4 }], async (hub, rest, _nodes, [slow, fast]) => {
+      const jobId = await rest.submit('noop', items(1000));
+      await done(rest, jobId);
+      assertOneResultEach(hub, jobId, 1000);
+      const f = await rest.data('GET', `/api/jobs/${jobId}/fairness`);
+      const by = new Map(f.workers.map((w: any) => [w.workerId, w.items]));
+      const ratio = (by.get(fast) as number) / (by.get(slow) as number);
+      assert.ok(ratio > 2.8 && ratio < 5.5, `fast/slow items ${ratio.toFixed(2)} should be near 4`);
+      assert.ok(f.jain > 0.9, `Jain's index ${f.jain}`);
+      assert.ok(f.final);
+    });
+  });
+
+  test('when a node slows down, its unstarted items move to the others', async () => {
+    // w1 becomes 20x slower 0.5 s after its first item (its benchmark counts as the first).
+    await withGrid(
+      tmp.dir,
+      [{ speed: 2 }, { speed: 2, extra: ['--slow-at-s', '0.5', '--slow-factor', '20'] }],
+      async (hub, rest, _n, [, slowed]) => {
+        const jobId = await rest.submit('noop', items(800));
+        await done(rest, jobId);
+        assertOneResultEach(hub, jobId, 800);
+        const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
+          type: string;
+          data: any;
+        }[];
+        const steals = events.filter((e) => e.type === 'steal' && e.data.victim === slowed);
+        assert.ok(steals.length > 0, 'items were stolen from the slowed node');
+        const f = await rest.data('GET', `/api/jobs/${jobId}/fairness`);
+        const w = f.workers.find((x: any) => x.workerId === slowed);
+        assert.ok(w.items < 250, `the slowed node did ${w.items} of 800`);
+      },
+    );
+  });
+
+  test('a killed node’s items complete elsewhere', async () => {
+    await withGrid(tmp.dir, [{ speed: 2 }, { speed: 2 }, { speed: 2 }], async (hub, rest, nodes, ids) => {
+      const jobId = await rest.submit('noop', items(900));
+      const victim = ids[2] as string;
+      await waitFor(
+        'victim holds items',
+        () =>
+          hub.hub.scheduler.heldBy(victim).length > 0 && (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 50,
+        60_000,
+        5,
+      );
+      const t0 = Date.now();
+      nodes[2]?.child.kill('SIGKILL');
+      await waitFor('victim offline', () => hub.hub.workers.get(victim)?.state === 'offline', 10_000, 5);
+      const detectMs = Date.now() - t0;
+      assert.ok(detectMs < 10_000, `death noticed in ${detectMs} ms`);
+      await done(rest, jobId);
+      assertOneResultEach(hub, jobId, 900);
+      const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
+        type: string;
+        data: any;
+      }[];
+      assert.ok(events.some((e) => e.type === 'requeue' && e.data.workerId === victim && e.data.items > 0));
+    });
+  });
+
+  test('a node that joins mid-job gets work at once', async () => {
+    const hub = await startHub(join(tmp.dir, 'hub-join'));
+    const nodes: Proc[] = [];
+    try {
+      nodes.push(
+        startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'j0'), [
+          '--backend',
+          'sim',
+          '--speed',
+          '1',
+          '--item-ms',
+          '10',
+        ]),
+      );
+      await waitFor('first node', () => hub.hub.workers.size === 1, 60_000);
+      const rest = new Rest(hub.url, hub.tokens.operatorToken);
+      const jobId = await rest.submit('noop', items(600));
+      await waitFor('progress', () => (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 20, 60_000, 10);
+      nodes.push(
+        startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'j1'), [
+          '--backend',
+          'sim',
+          '--speed',
+          '4',
+          '--item-ms',
+          '10',
+          '--name',
+          'late',
+        ]),
+      );
+      const late = await waitFor(
+        'joiner',
+        () => [...hub.hub.workers.values()].find((w) => w.name === 'late'),
+        60_000,
+      );
+      await waitFor(
+        'joiner gets items',
+        () => hub.hub.scheduler.heldBy(late.id).length > 0 || late.itemsDone > 0,
+        20_000,
+        5,
+      );
+      await done(rest, jobId);
+      assertOneResultEach(hub, jobId, 600);
+      assert.ok((hub.hub.workers.get(late.id)?.itemsDone ?? 0) > 100, 'the joiner did a real share');
+    } finally {
+      for (const n of nodes) n.child.kill('SIGKILL');
+      await hub.close();
+    }
+  });
+});

@@ -1,0 +1,316 @@
+/**
+ * The scheduler's decisions, with an injected clock: weights, shard sizing, steal thresholds and
+ * sizes, speculation, membership changes, requirements, priorities, failures.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import {
+  Scheduler,
+  type SchedJob,
+  type SchedWorker,
+  type SchedulerOptions,
+} from '../../server/scheduler/scheduler.ts';
+import {
+  factoringChunk,
+  isImbalanced,
+  shouldSpeculate,
+  speculationCap,
+  stealSize,
+} from '../../server/scheduler/policy.ts';
+import { RateEstimate, priorWeight } from '../../server/scheduler/weights.ts';
+
+const SHA = 'a'.repeat(64);
+
+function clock(start = 1_000_000) {
+  let now = start;
+  return { now: () => now, advance: (ms: number) => (now += ms) };
+}
+
+function job(id: string, extra: Partial<SchedJob> = {}): SchedJob {
+  return { id, priority: 0, deadline: null, modelSha256: SHA, batchSize: 1, requirements: null, ...extra };
+}
+
+function worker(id: string, extra: Partial<SchedWorker> = {}): SchedWorker {
+  return {
+    id,
+    name: id,
+    concurrency: 1,
+    kind: 'native',
+    backend: 'sim',
+    pool: null,
+    cores: 4,
+    gpuMemoryBytes: null,
+    ...extra,
+  };
+}
+
+function ids(n: number, from = 1): number[] {
+  return Array.from({ length: n }, (_, i) => from + i);
+}
+
+function make(opts: Partial<SchedulerOptions> = {}) {
+  const c = clock();
+  const s = new Scheduler({ clock: c.now, ...opts });
+  return { s, c };
+}
+
+describe('policy functions', () => {
+  test('weighted factoring gives a worker its weight’s share of half the remaining items', () => {
+    assert.equal(factoringChunk(1000, 1, 4, 1), 125);
+    assert.equal(factoringChunk(1000, 3, 4, 1), 375);
+    assert.equal(factoringChunk(10, 1, 4, 4), 4, 'never below the minimum');
+    assert.equal(factoringChunk(3, 1, 1, 8), 3, 'never above what is left');
+  });
+
+  test('a balanced load is not worth a steal; a significant imbalance is', () => {
+    assert.equal(isImbalanced(1.0, 0.95), false);
+    assert.equal(isImbalanced(0.04, 0.0), false, 'gaps under the absolute threshold are ignored');
+    assert.equal(isImbalanced(2.0, 0.2), true);
+  });
+
+  test('steal size balances predicted finish times', () => {
+    // victim: 100 items at 10/s (10 s); thief: 0 items at 30/s → move 75: both finish in 2.5 s.
+    assert.equal(stealSize(100, 10, 0, 30), 75);
+    assert.equal(stealSize(10, 10, 10, 10), 0, 'equal loads: nothing to move');
+  });
+
+  test('speculation only when the holder is predicted to finish well after the idle worker could', () => {
+    assert.equal(shouldSpeculate(1.0, 10), true); // idle worker: 0.1 s per item
+    assert.equal(shouldSpeculate(0.15, 10), false);
+    assert.equal(speculationCap(8), 1);
+    assert.equal(speculationCap(40), 4);
+  });
+
+  test('GPU priors rank known devices and default unknown ones to 1', () => {
+    assert.equal(priorWeight('NVIDIA GeForce RTX 3090'), 1);
+    assert.equal(priorWeight('NVIDIA GeForce RTX 4090'), 1.5);
+    assert.equal(priorWeight('NVIDIA H100 80GB HBM3'), 2.5);
+    assert.equal(priorWeight('Mystery Accelerator'), 1);
+    assert.equal(priorWeight(undefined), 1);
+  });
+});
+
+describe('rate estimate', () => {
+  test('a worker that slows down loses weight within seconds of busy time', () => {
+    const r = new RateEstimate({ tauS: 1, windowS: 0.25 });
+    r.bench = 100;
+    let t = 0;
+    r.busy(t);
+    for (let i = 0; i < 40; i++) r.done(10, (t += 100)); // 100 items/s for 4 s
+    assert.ok(Math.abs((r.value ?? 0) - 100) < 5, `steady near 100, got ${r.value}`);
+    for (let i = 0; i < 20; i++) r.done(1, (t += 100)); // now 10 items/s for 2 s
+    assert.ok((r.value ?? 100) < 25, `after 2 s at 10/s the weight is near 10, got ${r.value}`);
+  });
+
+  test('idle time is not counted as slowness', () => {
+    const r = new RateEstimate({ tauS: 1, windowS: 0.25 });
+    r.busy(0);
+    r.done(50, 500); // 100/s
+    r.idle(500);
+    r.busy(10_500); // 10 s idle
+    r.done(50, 11_000);
+    assert.ok(Math.abs((r.value ?? 0) - 100) < 1, `still 100/s, got ${r.value}`);
+  });
+
+  test('a busy worker that has gone quiet is marked down before its items finish', () => {
+    const r = new RateEstimate({ tauS: 1, windowS: 0.25 });
+    r.bench = 100;
+    r.busy(0);
+    assert.equal(r.at(10), 100);
+    assert.ok((r.at(5000) ?? 100) < 1, 'no result for 5 s at a predicted 100/s');
+  });
+});
+
+describe('scheduler', () => {
+  test('a worker is benchmarked before it gets a job’s items', () => {
+    const { s } = make();
+    s.addWorker(worker('w1'));
+    s.addJob(job('j'), ids(10));
+    const p = s.plan();
+    assert.deepEqual(p.benchmark, [{ workerId: 'w1', modelSha256: SHA }]);
+    assert.equal(p.assign.length, 0);
+    assert.equal(s.plan().benchmark.length, 0, 'asked once');
+    s.setBenchmark('w1', SHA, 10);
+    assert.equal(s.plan().assign.length, 1);
+  });
+
+  test('a single worker gets everything, in shards, until the job is drained', () => {
+    const { s } = make();
+    s.addWorker(worker('w1'));
+    s.setBenchmark('w1', SHA, 100);
+    s.addJob(job('j'), ids(100));
+    let total = 0;
+    for (let i = 0; i < 50 && s.queued('j') > 0; i++) {
+      const p = s.plan();
+      for (const a of p.assign) {
+        total += a.itemIds.length;
+        s.finished('w1', a.itemIds);
+      }
+    }
+    assert.equal(total, 100);
+    assert.equal(s.queued('j'), 0);
+  });
+
+  test('shards follow weight and shrink as the job drains', () => {
+    const { s } = make();
+    s.addWorker(worker('fast'));
+    s.addWorker(worker('slow'));
+    s.setBenchmark('fast', SHA, 30);
+    s.setBenchmark('slow', SHA, 10);
+    s.addJob(job('j'), ids(1000));
+    const first = s.plan().assign;
+    const fast = first.find((a) => a.workerId === 'fast')?.itemIds.length ?? 0;
+    const slow = first.find((a) => a.workerId === 'slow')?.itemIds.length ?? 0;
+    assert.equal(fast, 375, 'fast: 3/4 of half of 1000');
+    assert.ok(slow < fast && slow > 0);
+    s.finished('fast', first.find((a) => a.workerId === 'fast')?.itemIds ?? []);
+    const next = s.plan().assign.find((a) => a.workerId === 'fast')?.itemIds.length ?? 0;
+    assert.ok(next < fast, `next shard ${next} smaller than the first ${fast}`);
+  });
+
+  test('an idle worker steals the newest items from the worker predicted to finish last', () => {
+    const { s } = make({ factoring: false, speculation: false });
+    s.addWorker(worker('slow'));
+    s.setBenchmark('slow', SHA, 10);
+    s.addJob(job('j'), ids(100));
+    s.plan(); // static split: the only worker takes all 100
+    assert.equal(s.heldBy('slow').length, 100);
+    s.addWorker(worker('fast'));
+    s.setBenchmark('fast', SHA, 30);
+    const p = s.plan();
+    assert.equal(p.steal.length, 1, 'a joining worker gets work at once, by stealing');
+    const st = p.steal[0];
+    assert.ok(st);
+    assert.equal(st.thief, 'fast');
+    assert.equal(st.victim, 'slow');
+    assert.equal(st.itemIds.length, 75);
+    assert.deepEqual(st.itemIds, ids(75, 26), 'the newest items');
+    assert.equal(s.plan().steal.length, 0, 'one steal in flight per victim and thief');
+    // The victim had already started items 26..30: only the rest move.
+    const revoked = ids(70, 31);
+    const a = s.stealDone(st, revoked);
+    assert.deepEqual(a?.itemIds, revoked);
+    assert.equal(s.heldBy('slow').length, 30);
+    assert.equal(s.heldBy('fast').length, 70);
+    for (const id of ids(100)) assert.ok(s.holdersOf(id).length <= 1, `item ${id} held once`);
+  });
+
+  test('no steal when the load is balanced', () => {
+    const { s } = make({ factoring: false, speculation: false });
+    s.addWorker(worker('a'));
+    s.addWorker(worker('b'));
+    s.setBenchmark('a', SHA, 10);
+    s.setBenchmark('b', SHA, 10);
+    s.addJob(job('j'), ids(100));
+    s.plan();
+    assert.equal(s.heldBy('a').length, 50);
+    s.finished('a', s.heldBy('a').slice(0, 2));
+    assert.equal(s.plan().steal.length, 0);
+  });
+
+  test('speculation: an idle fast worker copies a straggler’s running item, capped, first result wins', () => {
+    const { s } = make({ factoring: false });
+    s.addWorker(worker('slow'));
+    s.addWorker(worker('fast'));
+    s.setBenchmark('slow', SHA, 10);
+    s.setBenchmark('fast', SHA, 100);
+    s.addJob(job('j'), ids(22));
+    const split = s.plan().assign;
+    // fast finishes its share; slow still holds its items, all started (revoke gave nothing back).
+    for (const a of split) if (a.workerId === 'fast') s.finished('fast', a.itemIds);
+    const slowHeld = s.heldBy('slow');
+    assert.ok(slowHeld.length > 0);
+    const p1 = s.plan();
+    const st = p1.steal[0];
+    assert.ok(st, 'first a steal is tried');
+    s.stealDone(st, []);
+    const p2 = s.plan();
+    const copy = p2.assign.find((a) => a.speculative);
+    assert.ok(copy, 'then a speculative copy');
+    assert.equal(copy.workerId, 'fast');
+    assert.equal(copy.itemIds.length, 1);
+    const item = copy.itemIds[0] as number;
+    assert.deepEqual([...s.holdersOf(item)], ['slow', 'fast']);
+    assert.equal(s.plan().assign.filter((a) => a.speculative).length, 0, 'cap: one copy among 2 workers');
+    const { mine, cancel } = s.finished('fast', [item]);
+    assert.deepEqual(mine, [item]);
+    assert.deepEqual(cancel.get('slow'), [item], 'the other copy is cancelled');
+    assert.equal(s.holdersOf(item).length, 0);
+  });
+
+  test('a worker that leaves loses its items back to the queue at once', () => {
+    const { s } = make();
+    s.addWorker(worker('a'));
+    s.addWorker(worker('b'));
+    s.setBenchmark('a', SHA, 10);
+    s.setBenchmark('b', SHA, 10);
+    s.addJob(job('j'), ids(100));
+    s.plan();
+    const held = s.heldBy('a');
+    assert.ok(held.length > 0);
+    const back = s.removeWorker('a');
+    assert.deepEqual(
+      back.get('j')?.sort((x, y) => x - y),
+      held.sort((x, y) => x - y),
+    );
+    s.finished('b', s.heldBy('b'));
+    const b = s.plan().assign.find((x) => x.workerId === 'b');
+    assert.ok(b);
+    assert.ok(b.itemIds.includes(held[0] as number), 'requeued items go out first');
+  });
+
+  test('requirements: only matching workers get a job’s items', () => {
+    const { s } = make();
+    s.addWorker(worker('cpu', { backend: 'cpu' }));
+    s.addWorker(worker('gpu', { backend: 'cuda', gpuMemoryBytes: 24e9, pool: 'gpu' }));
+    s.setBenchmark('cpu', SHA, 10);
+    s.setBenchmark('gpu', SHA, 10);
+    s.addJob(job('j', { requirements: { backend: 'cuda', minGpuMemoryBytes: 16e9, pool: 'gpu' } }), ids(10));
+    const p = s.plan();
+    assert.ok(p.assign.every((a) => a.workerId === 'gpu'));
+    assert.ok(p.assign.length > 0);
+  });
+
+  test('higher priority jobs are served first; a near deadline raises priority', () => {
+    const { s, c } = make();
+    s.addWorker(worker('w'));
+    s.setBenchmark('w', SHA, 10);
+    s.addJob(job('low', { priority: 0 }), ids(10, 1));
+    s.addJob(job('high', { priority: 5 }), ids(10, 100));
+    assert.equal(s.plan().assign[0]?.jobId, 'high');
+    const { s: s2 } = make();
+    s2.addWorker(worker('w'));
+    s2.setBenchmark('w', SHA, 10);
+    s2.addJob(job('later', { priority: 1 }), ids(10, 1));
+    s2.addJob(job('urgent', { priority: 0, deadline: c.now() + 2000 }), ids(10, 100));
+    assert.equal(s2.plan().assign[0]?.jobId, 'urgent');
+  });
+
+  test('a failing item is retried on another worker, then ends failed — never a loop', () => {
+    const { s } = make({ maxAttempts: 3 });
+    s.addWorker(worker('a'));
+    s.addWorker(worker('b'));
+    s.setBenchmark('a', SHA, 10);
+    s.setBenchmark('b', SHA, 10);
+    s.addJob(job('j'), [1]);
+    const first = s.plan().assign[0];
+    assert.ok(first);
+    assert.equal(s.failed(first.workerId, 'j', 1), 'retry');
+    const second = s.plan().assign[0];
+    assert.ok(second);
+    assert.notEqual(second.workerId, first.workerId, 'retried elsewhere');
+    assert.equal(s.failed(second.workerId, 'j', 1), 'final', 'failed on every eligible worker');
+    assert.equal(s.queued('j'), 0);
+  });
+
+  test('paused workers get nothing new', () => {
+    const { s } = make();
+    s.addWorker(worker('w'));
+    s.setBenchmark('w', SHA, 10);
+    s.setReady('w', false);
+    s.addJob(job('j'), ids(10));
+    assert.equal(s.plan().assign.length, 0);
+    s.setReady('w', true);
+    assert.equal(s.plan().assign.length, 1);
+  });
+});
