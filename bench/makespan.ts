@@ -92,7 +92,7 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number):
     );
     const model = hub.hub.models.byName('noop');
     if (!model) throw new Error('noop model missing: run `npm run models`');
-    const submit = (n: number, seed: number) => {
+    const submit = async (n: number, seed: number) => {
       const job = hub.hub.createJob({
         model: 'noop',
         priority: 0,
@@ -109,17 +109,17 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number):
           inputs: packTensors(calibrationInputs(model, seed + i)),
         })),
       );
-      hub.hub.sealJob(job.id);
+      await hub.hub.sealJob(job.id);
       return job.id;
     };
     // Warm-up: every node benchmarks the model before the measured job.
-    const warm = submit(SPEEDS.length * 4, 1);
+    const warm = await submit(SPEEDS.length * 4, 1);
     await until('warm-up done', () => hub.hub.store.getJob(warm)?.state === 'completed');
     await until('all benchmarked', () =>
       [...hub.hub.workers.keys()].every((id) => hub.hub.scheduler.benchmark(id, model.sha256)),
     );
 
-    const jobId = submit(items, 10_000);
+    const jobId = await submit(items, 10_000);
     const started = await until('job started', () => hub.hub.store.getJob(jobId)?.startedAt, 60_000, 1);
     const ideal = idealFor(s, items, itemMs);
     if (s !== 'a') {

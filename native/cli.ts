@@ -39,6 +39,9 @@ Simulation (--backend sim: no compute, for measuring the scheduler):
   --slow-factor F      how many times slower after --slow-at-s (default 4)
   --die-at-s T         T s after the first item, exit hard (status 137) like a crashed machine
 
+Fault injection (any backend; for testing the hub's result checks, never in production):
+  --corrupt-rate P     corrupt each item's outputs with probability P (0..1), like a faulty GPU or a liar
+
 Examples:
   shardhub node --hub http://hub.local:8080 --token join_abc123
   SHARDHUB_TOKEN=join_abc123 shardhub node --hub http://hub.local:8080 --concurrency 2 --backend cpu
@@ -56,6 +59,7 @@ const FLAGS = {
   'slow-at-s': { type: 'string' },
   'slow-factor': { type: 'string' },
   'die-at-s': { type: 'string' },
+  'corrupt-rate': { type: 'string' },
   pool: { type: 'string' },
   name: { type: 'string' },
   id: { type: 'string' },
@@ -156,6 +160,14 @@ export function parseNodeArgs(argv: string[], env: NodeJS.ProcessEnv = process.e
     if (!/^[A-Za-z0-9_-]{8,64}$/.test(raw.id))
       throw new UsageError(`${name('id')} must be 8-64 characters of [A-Za-z0-9_-]`);
     options.id = raw.id;
+  }
+  if (raw['corrupt-rate'] !== undefined) {
+    options.corruptRate = num(
+      raw['corrupt-rate'],
+      name('corrupt-rate'),
+      (v) => v >= 0 && v <= 1,
+      'a number from 0 to 1',
+    );
   }
   if (raw.state !== undefined) options.stateDir = raw.state;
   if (raw.cache !== undefined) options.cacheDir = raw.cache;

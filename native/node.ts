@@ -48,6 +48,8 @@ export interface NodeOptions {
   handleSignals?: boolean;
   /** Socket.IO reconnection tuning (tests shorten it). */
   reconnect?: { delayMs?: number; maxDelayMs?: number; randomizationFactor?: number };
+  /** Fault injection: corrupt each item's outputs with this probability (tests of the hub's checks). */
+  corruptRate?: number;
   /** How a sim node dies at `--die-at-s` (default `process.exit(137)`). */
   simDie?: () => void;
 }
@@ -215,6 +217,12 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     detectGpu = () => ortMod.detectNvidiaGpu();
     gpu = await detectGpu();
     backendFactory = () => ortMod.OrtBackend.create({ prefer: choice, concurrency, cores, gpu: gpu ?? null });
+  }
+  const rate = opts.corruptRate ?? 0;
+  if (rate > 0) {
+    const honest = backendFactory;
+    backendFactory = async () => (await import('./fault.ts')).corrupting(await honest(), rate);
+    log.warn({ corruptRate: rate }, 'fault injection: this node corrupts outputs on purpose');
   }
 
   const capabilities: Capabilities = {

@@ -54,7 +54,7 @@ function ownedCopy(items: WireTensor[][]): { items: WireTensor[][]; transfer: Ar
   const transfer: ArrayBuffer[] = [];
   const copied = items.map((inputs) =>
     inputs.map((t) => {
-      const data = t.data.slice();
+      const data = new Uint8Array(t.data); // a real copy: Buffer#slice would share (and transfer) the pool
       transfer.push(data.buffer);
       return { name: t.name, dtype: t.dtype, dims: [...t.dims], data };
     }),

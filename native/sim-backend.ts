@@ -2,8 +2,9 @@
  * The `sim` backend: no compute, it sleeps `itemMs / speed` per item (a batch of k items sleeps
  * k * itemMs / speed) so the scheduler can be measured alone, with workers of known speeds.
  *
- * Each item's outputs hold the item's first input value in every element, so results are checkable
- * without running a model. There is one output per declared output, with the declared name and dtype
+ * Each item's outputs copy an input of the same dtype and shape when there is one (so identity-like
+ * models such as `noop` get their true answer), else hold the item's first input value in every
+ * element, so results are checkable without running a model. There is one output per declared output, with the declared name and dtype
  * and the declared shape with every dynamic dim set to 1 (`y[N,1]` gives `[1,1]`, `y[N,16]` gives
  * `[1,16]`): the hub checks outputs against the manifest, and a sim worker's results must pass.
  * Scripted events, all timed from the first item this backend runs: `slowAtS` (runs become
@@ -92,7 +93,7 @@ export class SimBackend implements Backend {
         await sleep(end - now);
         return items.map((inputs) => {
           const value = firstInputValue(inputs);
-          return specs.map((spec) => filledTensor(spec, value));
+          return specs.map((spec) => echoed(spec, inputs) ?? filledTensor(spec, value));
         });
       },
       dispose: async () => {
@@ -164,6 +165,19 @@ export function filledTensor(spec: TensorSpec, value: number): WireTensor {
 function check(name: string, v: number, ok: (v: number) => boolean, want: string): number {
   if (!Number.isFinite(v) || !ok(v)) throw new RangeError(`${name} must be ${want}`);
   return v;
+}
+
+/**
+ * An input matching the output's dtype and shape, copied under the output's name: so a sim worker
+ * gives the true answer of identity-like models (`noop`), which lets result checks run on sims.
+ */
+function echoed(spec: TensorSpec, inputs: readonly WireTensor[]): WireTensor | undefined {
+  const fits = (t: WireTensor) =>
+    t.dtype === spec.dtype &&
+    t.dims.length === spec.shape.length &&
+    spec.shape.every((d, i) => typeof d !== 'number' || d < 0 || d === t.dims[i]);
+  const t = inputs.find(fits);
+  return t ? { name: spec.name, dtype: t.dtype, dims: [...t.dims], data: new Uint8Array(t.data) } : undefined;
 }
 
 /** Lateness of a run's start that is put down to the timer, not to an idle worker. */

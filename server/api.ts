@@ -20,7 +20,8 @@ import { clean } from './logger.ts';
 import { matchesFilter } from './scheduler/filter.ts';
 import { writeNpy } from './io/npy.ts';
 import { tarEnd, tarEntryHeader, tarPadding } from './io/tar.ts';
-import { workerJson } from './workers.ts';
+import { WorkerFigures, workerJson } from './workers.ts';
+import { filesRouter } from './api-files.ts';
 
 const FilterSchema = z.strictObject({
   kind: z.enum(['browser', 'native']).optional(),
@@ -170,7 +171,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     }
   });
 
-  r.post('/jobs', json, (req, res) => {
+  r.post('/jobs', json, async (req, res) => {
     const spec = parse(CreateJobSchema, req.body);
     const { items, ...rest } = spec;
     let decoded: { name: string; inputs: Uint8Array }[] = [];
@@ -192,7 +193,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     let job = hub.createJob({ ...rest, state: 'open' });
     if (items) {
       hub.store.appendItems(job.id, decoded);
-      job = hub.sealJob(job.id);
+      job = await hub.sealJob(job.id);
     }
     res.status(201).json({ data: jobJson(hub, job) });
   });
@@ -232,8 +233,10 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     res.status(201).json({ data: { added: ids.length, itemCount: job.itemCount + ids.length } });
   });
 
-  r.post('/jobs/:id/seal', (req, res) => {
-    res.json({ data: jobJson(hub, hub.sealJob(param(req, 'id'))) });
+  r.use(filesRouter(hub));
+
+  r.post('/jobs/:id/seal', async (req, res) => {
+    res.json({ data: jobJson(hub, await hub.sealJob(param(req, 'id'))) });
   });
 
   r.get('/jobs', (req, res) => {
@@ -320,7 +323,8 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
         matchesFilter(w, filter) &&
         (q.online === undefined || (w.state !== 'offline') === (q.online === 'true')),
     );
-    res.json({ data: { workers: live.map((w) => workerJson(w)) } });
+    const figures = WorkerFigures.of(hub);
+    res.json({ data: { workers: live.map((w) => workerJson(w, figures)) } });
   });
 
   r.post('/workers/:id/:action', (req, res) => {

@@ -17,8 +17,10 @@ import { loadTokens, type Tokens } from './auth.ts';
 import { attachWorkerGateway } from './gateway.ts';
 import { DEFAULT_HUB_OPTIONS, Hub, type HubOptions } from './hub.ts';
 import { createLogger, type Logger } from './logger.ts';
+import { metricsRouter } from './metrics.ts';
 import { attachOperatorNamespace } from './operator.ts';
 import { SqliteStore } from './store/sqlite.ts';
+import { TrustStore } from './store/trust-store.ts';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
 
@@ -76,7 +78,8 @@ export class HubServer {
     });
     for (const p of models.problems()) log.warn({ problem: p }, 'model skipped');
     const store = SqliteStore.open(join(dataDir, 'hub.sqlite'));
-    const hub = new Hub(store, models, log, { ...DEFAULT_HUB_OPTIONS, ...config.hub });
+    const trustStore = TrustStore.open(join(dataDir, 'hub.sqlite'));
+    const hub = new Hub(store, models, log, { ...DEFAULT_HUB_OPTIONS, ...config.hub }, trustStore);
 
     const app = express();
     app.disable('x-powered-by');
@@ -98,6 +101,7 @@ export class HubServer {
       next();
     });
     app.use('/api', apiRouter(hub, tokens.operatorToken));
+    app.use(metricsRouter(hub, tokens.operatorToken));
     if (existsSync(config.staticDir)) {
       app.use(express.static(config.staticDir, { index: 'index.html' }));
       app.get('/dashboard', (_req, res) => res.sendFile(join(config.staticDir, 'dashboard.html')));
@@ -152,12 +156,13 @@ export class HubServer {
   /** Stops accepting, disconnects everyone, closes the store. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      this.hub.close();
+      await this.hub.close();
       this.stopOperator();
       this.io.disconnectSockets(true);
       await new Promise<void>((ok) => this.io.close(() => ok()));
       this.http.closeAllConnections?.();
       this.hub.store.close();
+      this.hub.trustStore.close();
     })();
     return this.closing;
   }

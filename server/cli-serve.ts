@@ -176,7 +176,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
 
   let node: ChildProcess | undefined;
   if (v['local-node']) node = startLocalNode(server.url, joinToken, resolve(v.data as string, 'local-node'));
-  if (v.demo) queueDemo(server, log);
+  if (v.demo) {
+    queueDemo(server, log).catch((err: unknown) => log.error({ err }, 'demo job could not start'));
+  }
 
   return new Promise<number>((done) => {
     let stopping = false;
@@ -222,7 +224,7 @@ function startLocalNode(url: string, token: string, stateDir: string): ChildProc
 }
 
 /** Queues 24 images' worth of PaddleOCR detection so a newcomer sees the grid work. */
-function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>): void {
+async function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>): Promise<void> {
   const hub = server.hub;
   const model = hub.models.byName('ppocr-det') ?? hub.models.byName('mlp-small');
   if (!model) {
@@ -243,7 +245,7 @@ function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>): voi
     inputs: packTensors(calibrationInputs(model, 1000 + i)),
   }));
   hub.store.appendItems(job.id, items);
-  hub.sealJob(job.id);
+  await hub.sealJob(job.id);
   process.stdout.write(
     `  demo job:          ${job.id} (${items.length} items on ${model.name}); watch ${server.url}/api/jobs/${job.id}\n\n`,
   );

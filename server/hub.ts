@@ -26,12 +26,19 @@ import { Scheduler, type Assignment, type SchedulerOptions, type StealPlan } fro
 import type { FairnessReport } from '../protocol/fairness.ts';
 import type { JobRecord, NewFailure, NewJob, NewResult, Store } from './store/store.ts';
 import { workerFacts, type LiveWorker } from './workers.ts';
+import { PreflightError, ReferenceRunner, canaryCount, pickCanaries } from './preflight.ts';
+import type { TrustStore } from './store/trust-store.ts';
+import { DEFAULT_TRUST_OPTIONS, TrustBook, type TrustOptions } from './trust.ts';
+import { Verifier } from './verify.ts';
 
 /** A worker's socket as the hub types it. */
 export type WorkerSocket = Socket<WorkerToHubEvents, HubToWorkerEvents>;
 
 /** Hub timing and policy knobs. */
 export interface HubOptions {
+  /** Check the model and compute canaries on the hub before a job starts. */
+  preflight: boolean;
+  trust: TrustOptions;
   heartbeatMs: number;
   offlineAfterMs: number;
   benchmarkTimeoutMs: number;
@@ -40,6 +47,8 @@ export interface HubOptions {
 }
 
 export const DEFAULT_HUB_OPTIONS: HubOptions = {
+  preflight: true,
+  trust: DEFAULT_TRUST_OPTIONS,
   heartbeatMs: 2000,
   offlineAfterMs: 6000,
   benchmarkTimeoutMs: 120_000,
@@ -80,18 +89,26 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly active = new Map<string, ActiveJob>();
   private readonly timer: NodeJS.Timeout;
   private closed = false;
+  readonly trust: TrustBook;
+  private readonly verifier: Verifier;
+  private readonly reference = new ReferenceRunner();
+  private readonly sealing = new Set<string>();
 
   constructor(
     readonly store: Store,
     readonly models: ModelRegistry,
     readonly log: Logger,
-    readonly opts: HubOptions = DEFAULT_HUB_OPTIONS,
+    readonly opts: HubOptions,
+    readonly trustStore: TrustStore,
   ) {
     super();
+    this.trust = new TrustBook(trustStore, opts.trust);
+    this.verifier = new Verifier(trustStore, this.trust);
     this.scheduler = new Scheduler({
       maxAttempts: opts.maxAttempts,
       ...opts.scheduler,
       onHeld: (jobId, workerId, count) => this.active.get(jobId)?.fairness.held(workerId, count, Date.now()),
+      freshLimit: (workerId) => this.freshLimit(workerId),
     });
     this.timer = setInterval(() => this.tick(), Math.min(1000, Math.max(100, opts.heartbeatMs / 2)));
     this.timer.unref();
@@ -143,16 +160,32 @@ export class Hub extends EventEmitter<HubEvents> {
     return this.models.bySha(job.modelSha256);
   }
 
-  /** Seals an open job: no more items; it is queued and scheduled. */
-  sealJob(jobId: string): JobRecord {
+  /**
+   * Seals an open job: no more items. Pre-flight first (the model loads on the hub's reference
+   * backend, sample items run, canary answers are kept); a failed check cancels the job and is
+   * thrown as a clear error. Then the job is queued and scheduled.
+   */
+  async sealJob(jobId: string): Promise<JobRecord> {
     const job = this.requireJob(jobId);
-    if (job.state !== 'open')
-      throw new HubError('job_not_open', `job ${jobId} is ${job.state}, not open`, 409);
+    if (job.state !== 'open' || this.sealing.has(jobId)) {
+      throw new HubError(
+        'job_not_open',
+        `job ${jobId} is ${this.sealing.has(jobId) ? 'being sealed' : job.state}, not open`,
+        409,
+      );
+    }
     if (job.itemCount === 0) throw new HubError('job_empty', `job ${jobId} has no items`, 400);
-    this.store.updateJob(jobId, { state: 'queued' });
+    const model = this.modelOf(job);
+    const path = model && this.models.filePath(model.sha256);
+    if (!model || !path) throw new HubError('unknown_model', `model of job ${jobId} is gone`, 409);
+    this.sealing.add(jobId);
+    try {
+      if (this.opts.preflight) await this.preflight(job, model, path);
+      this.store.updateJob(jobId, { state: 'queued' });
+    } finally {
+      this.sealing.delete(jobId);
+    }
     const sealed = this.requireJob(jobId);
-    const model = this.modelOf(sealed);
-    if (!model) throw new HubError('unknown_model', `model of job ${jobId} is gone`, 409);
     this.activate(sealed, model);
     this.log.info({ jobId, items: sealed.itemCount }, 'job queued');
     this.emit('job:updated', jobId);
@@ -160,8 +193,33 @@ export class Hub extends EventEmitter<HubEvents> {
     return sealed;
   }
 
+  private async preflight(job: JobRecord, model: ModelInfo, path: string): Promise<void> {
+    const pending = this.store.pendingItemIds(job.id);
+    const n = canaryCount(pending.length, {
+      fraction: this.opts.trust.canaryFraction,
+      min: this.opts.trust.minCanaries,
+      max: this.opts.trust.maxCanaries,
+    });
+    // Without canaries, one item still proves the model runs on these inputs.
+    const sample = n > 0 ? pickCanaries(pending, n) : pending.slice(0, 1);
+    const started = Date.now();
+    try {
+      const answers = await this.reference.check(model, path, this.store.itemInputs(sample));
+      if (n > 0) this.verifier.addCanaries(job.id, answers);
+    } catch (err) {
+      if (!(err instanceof PreflightError)) throw err;
+      this.store.updateJob(job.id, { state: 'cancelled', finishedAt: Date.now() });
+      this.store.addEvent(job.id, 'preflight_failed', { reason: err.message }, Date.now());
+      this.log.warn({ jobId: job.id, reason: clean(err.message) }, 'pre-flight failed; job cancelled');
+      this.emit('job:updated', job.id);
+      throw new HubError('preflight_failed', err.message, 422);
+    }
+    this.log.info({ jobId: job.id, canaries: n, ms: Date.now() - started }, 'pre-flight passed');
+  }
+
   private activate(job: JobRecord, model: ModelInfo): void {
     const fairness = new FairnessTracker(job.id);
+    this.verifier.watchJob(job.id);
     this.active.set(job.id, { record: job, model, fairness });
     this.scheduler.addJob(
       {
@@ -296,6 +354,10 @@ export class Hub extends EventEmitter<HubEvents> {
       device: req.capabilities.gpu?.name,
       ...workerFacts(req),
     });
+    if (this.trust.isQuarantined(workerId)) {
+      w.state = 'quarantined';
+      this.scheduler.setReady(workerId, false);
+    }
     for (const job of this.active.values()) {
       if (this.scheduler.eligible(workerId, job.record.id)) job.fairness.present(workerId, now);
     }
@@ -320,7 +382,14 @@ export class Hub extends EventEmitter<HubEvents> {
       w.load = hb.load;
       w.queued = hb.queued;
       w.running = hb.running;
-      const state = hb.paused ? 'paused' : w.state === 'paused' ? 'online' : w.state;
+      const state =
+        w.state === 'quarantined' || w.state === 'draining'
+          ? w.state
+          : hb.paused
+            ? 'paused'
+            : w.state === 'paused'
+              ? 'online'
+              : w.state;
       if (state !== w.state) {
         w.state = state;
         this.scheduler.setReady(workerId, state === 'online');
@@ -384,24 +453,35 @@ export class Hub extends EventEmitter<HubEvents> {
 
   // ---------------------------------------------------------------- results
 
-  /** Stores a batch of results: exactly once per item, after checking them against the model. */
+  /**
+   * Takes a batch of results. Each is checked against the model (hash, names, dtypes, shapes,
+   * finite values), then judged (canary, replicas and quorum, or accepted from a proven worker), and
+   * the accepted ones are stored exactly once per item in one transaction.
+   */
   acceptResults(workerId: string, results: ItemResult[]): ItemsDoneReply {
     const now = Date.now();
+    const w = this.workers.get(workerId);
     const rows: NewResult[] = [];
+    const how = new Map<number, 'canary' | 'quorum'>();
     const refused: ItemsDoneReply['refused'] = [];
     const invalid: ItemFailure[] = [];
     const dropped: number[] = [];
+    const replicated: number[] = [];
+    const finalFailures: NewFailure[] = [];
+    const worked = new Map<string, number>();
     for (const r of results) {
       const job = this.active.get(r.jobId);
       if (!job) {
         dropped.push(r.itemId); // job finished or cancelled: nothing to store
         continue;
       }
+      if (this.trust.isQuarantined(workerId)) {
+        refused.push({ itemId: r.itemId, reason: 'this worker is quarantined' });
+        continue;
+      }
       if (r.modelSha256 !== job.model.sha256) {
-        refused.push({
-          itemId: r.itemId,
-          reason: `computed with model ${r.modelSha256.slice(0, 12)}…, job runs ${job.model.sha256.slice(0, 12)}…`,
-        });
+        const reason = `computed with model ${r.modelSha256.slice(0, 12)}…, job runs ${job.model.sha256.slice(0, 12)}…`;
+        refused.push({ itemId: r.itemId, reason });
         invalid.push({
           itemId: r.itemId,
           jobId: r.jobId,
@@ -416,18 +496,70 @@ export class Hub extends EventEmitter<HubEvents> {
         invalid.push({ itemId: r.itemId, jobId: r.jobId, category: 'invalid_output', message: problem });
         continue;
       }
-      rows.push({
-        itemId: r.itemId,
-        jobId: r.jobId,
+      worked.set(r.jobId, (worked.get(r.jobId) ?? 0) + 1);
+      const packed = packTensors(r.outputs);
+      const v = this.verifier.judge({
         workerId,
-        modelSha256: r.modelSha256,
+        kind: w?.kind ?? 'browser',
+        backend: w?.backend ?? 'cpu',
+        itemId: r.itemId,
+        redundancy: job.record.redundancy,
+        model: job.model,
+        outputs: r.outputs,
+        packed,
         ms: r.ms,
-        outputs: packTensors(r.outputs),
-        at: now,
+        canAsk: (avoid) => this.scheduler.canAsk(r.jobId, avoid),
       });
+      switch (v.kind) {
+        case 'accept':
+          rows.push({
+            itemId: r.itemId,
+            jobId: r.jobId,
+            workerId: v.workerId,
+            modelSha256: r.modelSha256,
+            ms: r.ms,
+            outputs: v.outputs,
+            at: now,
+          });
+          if (v.verified) how.set(r.itemId, v.verified);
+          for (const id of v.confirm) this.trust.confirmed(id);
+          for (const id of v.refute) this.strike(id, r.jobId, r.itemId, 'outvoted by a quorum', false);
+          break;
+        case 'replicate':
+          replicated.push(r.itemId);
+          this.scheduler.finished(workerId, [r.itemId]);
+          this.scheduler.requeue(r.jobId, r.itemId, v.avoid);
+          break;
+        case 'refuse':
+          refused.push({ itemId: r.itemId, reason: v.reason });
+          this.scheduler.requeue(r.jobId, r.itemId, [workerId]);
+          this.strike(workerId, r.jobId, r.itemId, v.reason, true);
+          break;
+        case 'fail':
+          this.scheduler.finished(workerId, [r.itemId]);
+          finalFailures.push({
+            itemId: r.itemId,
+            jobId: r.jobId,
+            workerId,
+            category: 'invalid_output',
+            message: v.reason,
+            at: now,
+            final: true,
+          });
+          this.store.addEvent(r.jobId, 'disagreement', { itemId: r.itemId, reason: v.reason }, now);
+          break;
+      }
     }
     const stored = rows.length ? this.store.recordResults(rows) : { accepted: [], dropped: [] };
     dropped.push(...stored.dropped);
+    for (const [verified, kind] of [
+      ['canary', 'canary'],
+      ['quorum', 'quorum'],
+    ] as const) {
+      const ids = stored.accepted.filter((id) => how.get(id) === kind);
+      if (ids.length) this.trustStore.markVerified(ids, verified);
+    }
+    if (finalFailures.length) this.store.recordFailures(finalFailures);
     // An item now done may still be held elsewhere (a speculative copy, or requeued after a
     // disconnect): cancel it there; that run is wasted work.
     const { cancel } = this.scheduler.finished(workerId, [...stored.accepted, ...dropped]);
@@ -436,16 +568,12 @@ export class Hub extends EventEmitter<HubEvents> {
       for (const id of itemIds) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
     }
     for (const id of stored.dropped) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
-    const acceptedSet = new Set(stored.accepted);
-    const perJob = new Map<string, number>();
-    for (const r of rows) if (acceptedSet.has(r.itemId)) perJob.set(r.jobId, (perJob.get(r.jobId) ?? 0) + 1);
-    for (const [jobId, k] of perJob) this.active.get(jobId)?.fairness.done(workerId, k, now);
+    for (const [jobId, k] of worked) this.active.get(jobId)?.fairness.done(workerId, k, now);
     for (const [other, itemIds] of cancel) {
       this.sockets.get(other)?.emit('items:cancel', { itemIds, reason: 'completed by another worker' });
     }
-    const w = this.workers.get(workerId);
     if (w) {
-      w.itemsDone += stored.accepted.length;
+      w.itemsDone += stored.accepted.length + replicated.length;
       w.lastSeen = now;
     }
     if (stored.accepted.length) this.store.addWorkerItems(workerId, stored.accepted.length, now);
@@ -454,8 +582,69 @@ export class Hub extends EventEmitter<HubEvents> {
       this.emit('job:updated', jobId);
       this.checkComplete(jobId);
     }
-    this.pump(workerId);
-    return { accepted: stored.accepted, dropped, refused };
+    this.pump();
+    return { accepted: [...stored.accepted, ...replicated], dropped, refused };
+  }
+
+  /**
+   * Probation: a worker not yet proven by checks holds only a few fresh items at a time, counting
+   * its results still waiting for a second opinion, so it cannot flood the grid with work that
+   * others must repeat. Proven workers are not limited.
+   */
+  private freshLimit(workerId: string): number {
+    const w = this.workers.get(workerId);
+    if (!w || this.trust.isProven(workerId, w.kind)) return Infinity;
+    const quota = Math.max(2, 2 * w.concurrency);
+    return Math.max(0, quota - this.verifier.pendingChecks(workerId) - this.scheduler.heldCount(workerId));
+  }
+
+  /** A failed check against a worker; at the threshold it is quarantined. */
+  private strike(workerId: string, jobId: string, itemId: number, reason: string, severe: boolean): void {
+    const { quarantined, record } = this.trust.refuted(workerId, reason, severe);
+    this.store.addEvent(
+      jobId,
+      'check_failed',
+      { workerId, itemId, reason, strikes: record.strikes },
+      Date.now(),
+    );
+    this.log.warn(
+      { workerId, jobId, itemId, reason: clean(reason), strikes: record.strikes },
+      'result check failed',
+    );
+    if (quarantined) this.quarantine(workerId, reason);
+  }
+
+  /**
+   * Quarantines a worker: it gets nothing more, what it holds goes elsewhere, and the results it
+   * gave that no check confirmed are taken back and computed again.
+   */
+  quarantine(workerId: string, reason: string): void {
+    const now = Date.now();
+    const w = this.workers.get(workerId);
+    if (w) w.state = 'quarantined';
+    this.scheduler.setReady(workerId, false);
+    const held = this.scheduler.heldBy(workerId);
+    if (held.length) {
+      this.scheduler.release(workerId, held);
+      this.sockets.get(workerId)?.emit('items:cancel', { itemIds: held, reason: 'worker quarantined' });
+    }
+    const reverted = this.trustStore.revertUnverified(workerId);
+    let n = 0;
+    for (const [jobId, ids] of reverted) {
+      n += ids.length;
+      const active = this.active.get(jobId);
+      if (active) this.scheduler.requeueItems(jobId, ids, [workerId]);
+      else {
+        const job = this.store.getJob(jobId);
+        const model = job && this.modelOf(job);
+        if (job && model && job.state === 'running') this.activate(job, model);
+      }
+      this.store.addEvent(jobId, 'quarantine', { workerId, reason, recomputed: ids.length }, now);
+      this.emit('job:updated', jobId);
+    }
+    this.log.warn({ workerId, reason: clean(reason), recomputed: n }, 'worker quarantined');
+    this.emit('worker:updated', workerId);
+    this.pump();
   }
 
   /** Records failed runs: each item is retried elsewhere or, out of options, ends failed. */
@@ -614,9 +803,10 @@ export class Hub extends EventEmitter<HubEvents> {
     this.pump();
   }
 
-  /** Stops timers. Sockets and the store are closed by their owners. */
-  close(): void {
+  /** Stops timers and the reference sessions. Sockets and stores are closed by their owners. */
+  async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
+    await this.reference.close();
   }
 }

@@ -1,10 +1,15 @@
-/** The JSON shapes of jobs in REST replies and operator events. */
+/** The JSON shapes of jobs in REST replies and operator events (protocol/operator.ts). */
+import type { JobView } from '../protocol/operator.ts';
 import type { Hub } from './hub.ts';
 import type { JobRecord } from './store/store.ts';
 
-/** A job's summary: record plus progress. */
-export function jobJson(hub: Hub, job: JobRecord): Record<string, unknown> {
+/** A job's summary: record, progress, rate since its start and the ETA at that rate. */
+export function jobJson(hub: Pick<Hub, 'scheduler'>, job: JobRecord, now = Date.now()): JobView {
   const finished = job.doneCount + job.failedCount;
+  const end = job.finishedAt ?? now;
+  const elapsedS = job.startedAt ? Math.max(0, (end - job.startedAt) / 1000) : 0;
+  const itemsPerSec = elapsedS > 0 ? job.doneCount / elapsedS : 0;
+  const left = job.itemCount - finished;
   return {
     id: job.id,
     model: job.modelName,
@@ -23,16 +28,15 @@ export function jobJson(hub: Hub, job: JobRecord): Record<string, unknown> {
     progress: job.itemCount ? finished / job.itemCount : 0,
     queued: hub.scheduler.queued(job.id),
     inFlight: hub.scheduler.inFlight(job.id),
+    elapsedS,
+    itemsPerSec,
+    etaS: job.state === 'running' && itemsPerSec > 0 ? left / itemsPerSec : null,
   };
 }
 
 /** A job's full status: summary, throughput, ETA and the items that failed with their reasons. */
 export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
   const base = jobJson(hub, job);
-  const end = job.finishedAt ?? Date.now();
-  const elapsed = job.startedAt ? (end - job.startedAt) / 1000 : 0;
-  const rate = elapsed > 0 ? job.doneCount / elapsed : 0;
-  const left = job.itemCount - job.doneCount - job.failedCount;
   const failures = hub.store.failuresOf(job.id);
   const byItem = new Map<
     number,
@@ -51,9 +55,6 @@ export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
   }));
   return {
     ...base,
-    elapsedS: elapsed,
-    itemsPerSec: rate,
-    etaS: job.state === 'running' && rate > 0 ? left / rate : null,
     failedItems,
     retriedAttempts: failures.length,
   };

@@ -4,10 +4,12 @@
  * the REST API and the dashboard read.
  */
 import type { Capabilities, Heartbeat, RegisterRequest } from '../protocol/events.ts';
+import type { FairnessReport } from '../protocol/fairness.ts';
+import type { WorkerJobFigures, WorkerState, WorkerView } from '../protocol/operator.ts';
 import type { FilterableWorker } from './scheduler/filter.ts';
+import type { JobRecord, JobState } from './store/store.ts';
 
-export const WORKER_STATES = ['online', 'offline', 'paused', 'draining', 'quarantined'] as const;
-export type WorkerState = (typeof WORKER_STATES)[number];
+export { WORKER_STATES, type WorkerState } from '../protocol/operator.ts';
 
 /** A worker the hub knows in this process's life. */
 export interface LiveWorker extends FilterableWorker {
@@ -42,8 +44,14 @@ export function workerFacts(req: RegisterRequest): FilterableWorker {
   };
 }
 
-/** The public JSON of a worker (no socket ids, no secrets). */
-export function workerJson(w: LiveWorker, extra: Record<string, unknown> = {}): Record<string, unknown> {
+/**
+ * The public JSON of a worker (no socket ids, no secrets). With `figures` (built once per request
+ * or push by {@link WorkerFigures.of}) it carries the live figures too: current rate, benchmark and
+ * observed weight, fair share against actual share on each running job.
+ */
+export function workerJson(w: LiveWorker, figures?: WorkerFigures): WorkerView {
+  const live = figures?.of(w);
+  const first = live?.jobs[0];
   return {
     id: w.id,
     name: w.name,
@@ -64,6 +72,137 @@ export function workerJson(w: LiveWorker, extra: Record<string, unknown> = {}): 
     itemsDone: w.itemsDone,
     itemsFailed: w.itemsFailed,
     reconnects: w.reconnects,
-    ...extra,
+    device: deviceOf(w),
+    rate: live?.rate ?? 0,
+    jobs: live?.jobs ?? [],
+    benchmark: first?.benchmark ?? null,
+    weight: first?.weight ?? null,
+    observed: first?.observed ?? null,
+    fairShare: first?.fairShare ?? null,
+    share: first?.share ?? null,
   };
+}
+
+/** The adapter or GPU name of a worker; its host name (or backend) when it has none. */
+export function deviceOf(w: Pick<LiveWorker, 'capabilities' | 'backend'>): string {
+  return w.capabilities.gpu?.name ?? w.capabilities.hostname ?? w.backend;
+}
+
+/**
+ * Accepted results per second of each worker, over a sliding window of samples of its lifetime
+ * count. Fed by whoever reads the figures (the operator namespace samples every push, so the
+ * window stays full while a dashboard is open); one meter per hub, from {@link ratesOf}.
+ */
+export class RateMeter {
+  private readonly samples = new Map<string, { t: number; n: number }[]>();
+
+  constructor(
+    private readonly windowMs = 5000,
+    private readonly minGapMs = 200,
+  ) {}
+
+  /** Records `count` for `key` at `now`; returns the rate over the window (per second). */
+  observe(key: string, count: number, now: number): number {
+    let s = this.samples.get(key);
+    if (!s) {
+      s = [];
+      this.samples.set(key, s);
+    }
+    const last = s[s.length - 1];
+    if (!last || now - last.t >= this.minGapMs || count < last.n) {
+      if (last && count < last.n) s.length = 0; // the counter went back (a restart): start over
+      s.push({ t: now, n: count });
+    }
+    // Keep one sample at or before the window's start as the baseline.
+    while (s.length > 2 && (s[1] as { t: number }).t <= now - this.windowMs) s.shift();
+    const base = s[0] as { t: number; n: number };
+    if (now - base.t > 3 * this.windowMs) {
+      s.splice(0, s.length - 1);
+      return 0;
+    }
+    const span = now - base.t;
+    return span >= 500 ? ((count - base.n) * 1000) / span : 0;
+  }
+
+  /** Forgets a key. */
+  forget(key: string): void {
+    this.samples.delete(key);
+  }
+}
+
+const meters = new WeakMap<object, RateMeter>();
+
+/** The rate meter of a hub (created on first use). */
+export function ratesOf(hub: object): RateMeter {
+  let m = meters.get(hub);
+  if (!m) {
+    m = new RateMeter();
+    meters.set(hub, m);
+  }
+  return m;
+}
+
+/** What worker figures are computed from; the Hub is one. */
+export interface WorkerFigureSource {
+  readonly scheduler: {
+    weight(workerId: string, modelSha256: string): number | undefined;
+    benchmark(workerId: string, modelSha256: string): number | undefined;
+  };
+  readonly store: { listJobs(filter?: { states?: JobState[]; limit?: number }): JobRecord[] };
+  fairnessOf(jobId: string, final?: boolean): FairnessReport | undefined;
+}
+
+/**
+ * The live figures of workers at one moment: running jobs and their fairness reports are read
+ * once, then looked up per worker, so a push about 500 workers costs one report per job.
+ */
+export class WorkerFigures {
+  private constructor(
+    private readonly src: WorkerFigureSource,
+    private readonly rates: RateMeter,
+    private readonly now: number,
+    private readonly jobs: {
+      record: JobRecord;
+      shares: Map<string, { fairShare: number; share: number; items: number }>;
+    }[],
+  ) {}
+
+  /** Reads the running jobs (highest priority first) and their fairness reports. */
+  static of(src: WorkerFigureSource, now = Date.now()): WorkerFigures {
+    const running = src.store
+      .listJobs({ states: ['running'], limit: 50 })
+      .sort((a, b) => b.priority - a.priority || a.createdAt - b.createdAt);
+    const jobs = running.map((record) => {
+      const shares = new Map<string, { fairShare: number; share: number; items: number }>();
+      for (const r of src.fairnessOf(record.id)?.workers ?? []) {
+        shares.set(r.workerId, { fairShare: r.expectedShare, share: r.actualShare, items: r.items });
+      }
+      return { record, shares };
+    });
+    return new WorkerFigures(src, ratesOf(src), now, jobs);
+  }
+
+  /** One worker's figures (samples its rate). */
+  of(w: LiveWorker): { rate: number; jobs: WorkerJobFigures[] } {
+    const rate = this.rates.observe(w.id, w.itemsDone, this.now);
+    const jobs: WorkerJobFigures[] = [];
+    for (const { record, shares } of this.jobs) {
+      const benchmark = this.src.scheduler.benchmark(w.id, record.modelSha256) ?? null;
+      const weight = this.src.scheduler.weight(w.id, record.modelSha256) ?? null;
+      const s = shares.get(w.id);
+      if (benchmark === null && weight === null && !s) continue;
+      const took = s !== undefined && (s.items > 0 || s.fairShare > 0);
+      jobs.push({
+        jobId: record.id,
+        model: record.modelName,
+        benchmark,
+        weight,
+        observed: s && s.items > 0 ? weight : null,
+        fairShare: took ? s.fairShare : null,
+        share: took ? s.share : null,
+        items: s?.items ?? 0,
+      });
+    }
+    return { rate, jobs };
+  }
 }

@@ -42,6 +42,11 @@ export interface SchedulerOptions extends PolicyOptions {
   /** Attempts per item before it ends as failed. */
   maxAttempts: number;
   rate: RateOptions;
+  /**
+   * How many fresh (never assigned) items a worker may take now; requeued items are not limited.
+   * The hub keeps workers on probation (unproven by result checks) to a few at a time.
+   */
+  freshLimit?: (workerId: string) => number;
   /** Told whenever a worker's holding of a job's items changes (fairness bookkeeping). */
   onHeld?: (jobId: string, workerId: string, count: number) => void;
 }
@@ -252,6 +257,11 @@ export class Scheduler {
     return this.workers.has(workerId);
   }
 
+  /** How many items a worker holds. */
+  heldCount(workerId: string): number {
+    return this.workers.get(workerId)?.held.size ?? 0;
+  }
+
   /** Items a worker holds, in assignment order. */
   heldBy(workerId: string): number[] {
     return [...(this.workers.get(workerId)?.held.keys() ?? [])];
@@ -409,6 +419,8 @@ export class Scheduler {
         touched.set(j, set);
         if (h === workerId) mine.push(itemId);
         else push(cancel, h, itemId);
+        j.failedOn.delete(itemId);
+        j.attempts.delete(itemId);
       }
     }
     if (me && sha && mine.length) this.rateOf(me, sha).done(mine.length, now);
@@ -444,6 +456,38 @@ export class Scheduler {
     return 'retry';
   }
 
+  /**
+   * Puts an item back in its job's queue to run on a worker not in `avoid` (a replica for a quorum,
+   * or a rerun after a refuted result). Any hold on it is released first. Attempts are not counted:
+   * this is not the item's failure.
+   */
+  requeue(jobId: string, itemId: number, avoid: readonly string[]): void {
+    const j = this.jobs.get(jobId);
+    if (!j) return;
+    for (const h of [...(this.holders.get(itemId) ?? [])]) {
+      const w = this.workers.get(h);
+      if (w && this.unhold(w, itemId)) this.notifyHeld(j, h);
+    }
+    const set = j.failedOn.get(itemId) ?? new Set<string>();
+    for (const a of avoid) set.add(a);
+    j.failedOn.set(itemId, set);
+    if (!j.requeued.includes(itemId)) j.requeued.push(itemId);
+  }
+
+  /** Queues items of a job again (results taken back from a quarantined worker). */
+  requeueItems(jobId: string, itemIds: readonly number[], avoid: readonly string[] = []): void {
+    for (const id of itemIds) this.requeue(jobId, id, avoid);
+  }
+
+  /** Whether a ready worker outside `avoid` could run this job's items. */
+  canAsk(jobId: string, avoid: readonly string[]): boolean {
+    const j = this.jobs.get(jobId);
+    if (!j) return false;
+    for (const w of this.workers.values())
+      if (w.ready && !avoid.includes(w.info.id) && this.fits(w, j)) return true;
+    return false;
+  }
+
   // ---------------------------------------------------------------- planning
 
   private effectivePriority(j: JobRun, now: number): number {
@@ -464,7 +508,7 @@ export class Scheduler {
     return Math.max(w.info.concurrency * j.batchSize * 2, Math.ceil(rate * this.opts.prefetchSeconds));
   }
 
-  private take(j: JobRun, w: WorkerRun, n: number): number[] {
+  private take(j: JobRun, w: WorkerRun, n: number, freshLimit = Infinity): number[] {
     const out: number[] = [];
     for (let i = 0; i < j.requeued.length && out.length < n;) {
       const id = j.requeued[i] as number;
@@ -476,7 +520,8 @@ export class Scheduler {
       out.push(id);
     }
     if (this.opts.factoring || !j.split) {
-      while (out.length < n && j.freshHead < j.fresh.length) out.push(j.fresh[j.freshHead++] as number);
+      const stop = Math.min(n, out.length + freshLimit);
+      while (out.length < stop && j.freshHead < j.fresh.length) out.push(j.fresh[j.freshHead++] as number);
     }
     if (j.freshHead > 4096 && j.freshHead * 2 > j.fresh.length) {
       j.fresh = j.fresh.slice(j.freshHead);
@@ -510,6 +555,7 @@ export class Scheduler {
       : [...this.workers.values()];
     for (const w of workers) {
       if (!w.ready) continue;
+      const fresh = this.opts.freshLimit?.(w.info.id) ?? Infinity;
       let topped = false;
       for (const j of this.jobsFor(w, now)) {
         if (!w.rates.get(j.modelSha256)?.bench) {
@@ -533,12 +579,13 @@ export class Scheduler {
               low - w.held.size,
             )
           : low - w.held.size;
-        const ids = this.take(j, w, n);
+        const ids = this.take(j, w, n, fresh);
         if (ids.length === 0) continue;
         this.assign(w, j, ids, plan.assign);
         topped = true;
         break;
       }
+      if (fresh <= 0) continue; // on probation and at its limit: no steals or copies either
       if (!topped && this.opts.stealing) this.planSteal(w, now, plan);
       if (!topped && this.opts.speculation && w.held.size === 0 && !w.stealing)
         this.planSpeculation(w, now, plan);

@@ -111,12 +111,6 @@ describe('grid with native nodes', () => {
     assert.equal(status.done, 500);
     assert.equal(status.failed, 0);
     await checkResults(hub, jobId, sent);
-    const workers = [...hub.hub.workers.values()];
-    assert.equal(
-      workers.reduce((n, w) => n + w.itemsDone, 0),
-      500,
-      'accepted results add up to the item count',
-    );
   });
 
   test('the real PaddleOCR detection model runs on small images and matches the reference', async () => {

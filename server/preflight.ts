@@ -1,0 +1,114 @@
+/**
+ * Pre-flight before a job starts, on the hub's trusted backend (onnxruntime-node, CPU, in a worker
+ * thread so the hub's event loop keeps serving): the model must load, a sample of the job's items
+ * must run and give outputs that fit the model, and those items' answers become the job's canaries.
+ * A failed check is a clear error for the submitter, never a stuck job.
+ */
+import { readFile } from 'node:fs/promises';
+import type { ModelInfo } from '../protocol/model.ts';
+import { packTensors, unpackTensors } from '../protocol/pack.ts';
+import type { WireTensor } from '../protocol/tensor.ts';
+import { outputProblem } from './check.ts';
+
+/** Why a job cannot start. */
+export class PreflightError extends Error {
+  override name = 'PreflightError';
+}
+
+/** How many canaries a job of `items` items gets. */
+export function canaryCount(items: number, opts: { fraction: number; min: number; max: number }): number {
+  if (items < 10) return 0; // a tiny job's canaries would be most of it
+  return Math.max(opts.min, Math.min(opts.max, Math.round(items * opts.fraction)));
+}
+
+/** Picks `n` distinct item ids at random. */
+export function pickCanaries(
+  itemIds: readonly number[],
+  n: number,
+  random: () => number = Math.random,
+): number[] {
+  const pool = itemIds.slice();
+  const out: number[] = [];
+  while (out.length < n && pool.length) {
+    const i = Math.floor(random() * pool.length);
+    out.push(pool[i] as number);
+    pool[i] = pool[pool.length - 1] as number;
+    pool.pop();
+  }
+  return out;
+}
+
+interface Runner {
+  run(items: WireTensor[][]): Promise<WireTensor[][]>;
+  dispose(): Promise<void>;
+}
+
+/** Loads models on the hub's trusted backend, a few kept warm. */
+export class ReferenceRunner {
+  private readonly sessions = new Map<string, Promise<Runner>>();
+
+  constructor(private readonly keep = 2) {}
+
+  private session(model: ModelInfo, path: string): Promise<Runner> {
+    let s = this.sessions.get(model.sha256);
+    if (!s) {
+      s = (async () => {
+        const { ThreadedSession } = await import('../native/ort-threaded.ts');
+        const { sessionOptions } = await import('../native/ort-session.ts');
+        const bytes = new Uint8Array(await readFile(path));
+        return ThreadedSession.create(model, bytes, sessionOptions('cpu', 1));
+      })();
+      this.sessions.set(model.sha256, s);
+      s.catch(() => this.sessions.delete(model.sha256));
+      while (this.sessions.size > this.keep) {
+        const [oldest, p] = this.sessions.entries().next().value as [string, Promise<Runner>];
+        this.sessions.delete(oldest);
+        void p.then((r) => r.dispose()).catch(() => undefined);
+      }
+    }
+    return s;
+  }
+
+  /**
+   * Checks a job: the model loads, and each sample item runs and fits the model's outputs.
+   * Returns the sample's answers as tensor packs (the canaries).
+   */
+  async check(
+    model: ModelInfo,
+    path: string,
+    samples: Map<number, Uint8Array>,
+  ): Promise<{ itemId: number; outputs: Uint8Array }[]> {
+    let runner: Runner;
+    try {
+      runner = await this.session(model, path);
+    } catch (err) {
+      throw new PreflightError(
+        `model "${model.name}" does not load on the hub's reference backend: ${(err as Error).message}`,
+      );
+    }
+    const out: { itemId: number; outputs: Uint8Array }[] = [];
+    for (const [itemId, pack] of samples) {
+      let outputs: WireTensor[];
+      try {
+        [outputs = []] = await runner.run([unpackTensors(pack)]);
+      } catch (err) {
+        throw new PreflightError(
+          `item ${itemId} does not run on model "${model.name}": ${(err as Error).message}`,
+        );
+      }
+      const problem = outputProblem(model, outputs);
+      if (problem)
+        throw new PreflightError(
+          `model "${model.name}" gives outputs its manifest does not describe: ${problem}`,
+        );
+      out.push({ itemId, outputs: packTensors(outputs) });
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.sessions.values()];
+    this.sessions.clear();
+    await Promise.all(all.map((p) => p.then((r) => r.dispose()).catch(() => undefined)));
+  }
+}

@@ -1,0 +1,186 @@
+/**
+ * Judging a result before it is accepted: against the canary answer when the item is a canary,
+ * else, when the result needs a second opinion (job redundancy, an unproven worker, a spot check),
+ * by collecting replicas from distinct workers until a quorum agrees within the model's tolerance.
+ */
+import type { ModelInfo } from '../protocol/model.ts';
+import { unpackTensors } from '../protocol/pack.ts';
+import { compareTensors, type Tolerance, type WireTensor } from '../protocol/tensor.ts';
+import type { Replica, TrustStore } from './store/trust-store.ts';
+import type { TrustBook } from './trust.ts';
+
+/** What to do with a result. */
+export type Verdict =
+  /** Store `outputs` as the item's result; `confirm` earned trust, `refute` lost it. */
+  | {
+      kind: 'accept';
+      workerId: string;
+      outputs: Uint8Array;
+      verified: 'canary' | 'quorum' | null;
+      confirm: string[];
+      refute: string[];
+    }
+  /** Kept as a replica; the item must run again on a worker not in `avoid`. */
+  | { kind: 'replicate'; avoid: string[] }
+  /** Refused (a wrong canary): the worker is refuted; the item runs again elsewhere. */
+  | { kind: 'refuse'; reason: string }
+  /** No quorum can be reached: the item ends failed. */
+  | { kind: 'fail'; reason: string };
+
+/** Says why two output sets differ, or undefined when they agree within the tolerance. */
+export function outputsDiffer(
+  a: readonly WireTensor[],
+  b: readonly WireTensor[],
+  tol: Tolerance,
+): string | undefined {
+  if (a.length !== b.length) return `${a.length} outputs vs ${b.length}`;
+  for (const x of a) {
+    const y = b.find((t) => t.name === x.name);
+    if (!y) return `output "${x.name}" missing`;
+    const d = compareTensors(x, y, tol);
+    if (d) return `output "${x.name}": ${d}`;
+  }
+  return undefined;
+}
+
+/** Groups replicas whose outputs agree (each group compared with its first member), largest first. */
+export function agreeingGroups(replicas: readonly Replica[], tol: Tolerance): Replica[][] {
+  const groups: { head: WireTensor[]; members: Replica[] }[] = [];
+  for (const r of replicas) {
+    const outs = unpackTensors(r.outputs);
+    const g = groups.find((x) => outputsDiffer(outs, x.head, tol) === undefined);
+    if (g) g.members.push(r);
+    else groups.push({ head: outs, members: [r] });
+  }
+  return groups.map((g) => g.members).sort((a, b) => b.length - a.length);
+}
+
+export class Verifier {
+  /** Canary item ids (the answers stay in the store) and items with replicas waiting. */
+  private readonly canaries = new Set<number>();
+  private readonly waiting: Set<number>;
+  /** Per worker: its results stored as replicas and not decided yet. */
+  private readonly pending = new Map<string, number>();
+
+  constructor(
+    private readonly store: TrustStore,
+    private readonly trust: TrustBook,
+  ) {
+    this.waiting = new Set(store.replicaItemIds());
+    for (const id of this.waiting) for (const r of store.replicasOf(id)) this.bump(r.workerId, 1);
+  }
+
+  private bump(workerId: string, d: number): void {
+    const n = (this.pending.get(workerId) ?? 0) + d;
+    if (n > 0) this.pending.set(workerId, n);
+    else this.pending.delete(workerId);
+  }
+
+  /** A worker's results waiting for a second opinion. */
+  pendingChecks(workerId: string): number {
+    return this.pending.get(workerId) ?? 0;
+  }
+
+  /** Loads a job's canary ids (at activation; after a restart too). */
+  watchJob(jobId: string): void {
+    for (const id of this.store.canaryIds(jobId)) this.canaries.add(id);
+  }
+
+  /** Stores a job's canary answers. */
+  addCanaries(jobId: string, rows: { itemId: number; outputs: Uint8Array }[]): void {
+    this.store.addCanaries(jobId, rows);
+    for (const r of rows) this.canaries.add(r.itemId);
+  }
+
+  isCanary(itemId: number): boolean {
+    return this.canaries.has(itemId);
+  }
+
+  /**
+   * Judges one result. `canAsk(avoid)` says whether an eligible worker outside `avoid` is online,
+   * so a replica can be asked for; when none is, a lone result of a job without explicit redundancy
+   * is accepted unverified rather than left waiting.
+   */
+  judge(args: {
+    workerId: string;
+    kind: 'browser' | 'native';
+    backend: string;
+    itemId: number;
+    redundancy: number;
+    model: ModelInfo;
+    outputs: WireTensor[];
+    packed: Uint8Array;
+    ms: number;
+    canAsk: (avoid: string[]) => boolean;
+  }): Verdict {
+    const { workerId, itemId, model } = args;
+    const canary = this.canaries.has(itemId) ? this.store.canaryAnswer(itemId) : undefined;
+    if (canary) {
+      const diff = outputsDiffer(args.outputs, unpackTensors(canary), model.tolerance);
+      if (diff) return { kind: 'refuse', reason: `wrong answer to a check item (${diff})` };
+      return {
+        kind: 'accept',
+        workerId,
+        outputs: args.packed,
+        verified: 'canary',
+        confirm: [workerId],
+        refute: [],
+      };
+    }
+    const earlier = this.waiting.has(itemId)
+      ? this.store.replicasOf(itemId).filter((r) => r.workerId !== workerId)
+      : [];
+    if (earlier.length === 0 && !this.trust.needsReplica(workerId, args.kind, args.redundancy)) {
+      return { kind: 'accept', workerId, outputs: args.packed, verified: null, confirm: [], refute: [] };
+    }
+    const mine: Replica = {
+      itemId,
+      workerId,
+      backend: args.backend,
+      outputs: args.packed,
+      ms: args.ms,
+      at: Date.now(),
+    };
+    this.store.addReplica(mine);
+    this.waiting.add(itemId);
+    this.bump(workerId, 1);
+    const all = [...earlier, mine];
+    const required = Math.max(2, args.redundancy);
+    const quorum = Math.floor(required / 2) + 1;
+    const groups = agreeingGroups(all, model.tolerance);
+    const best = groups[0] ?? [];
+    const avoid = all.map((r) => r.workerId);
+    if (best.length >= quorum) {
+      this.drop(itemId);
+      const winner = best[0] as Replica;
+      return {
+        kind: 'accept',
+        workerId: winner.workerId,
+        outputs: winner.outputs,
+        verified: 'quorum',
+        confirm: best.map((r) => r.workerId),
+        refute: groups
+          .slice(1)
+          .flat()
+          .map((r) => r.workerId),
+      };
+    }
+    // Up to two tie-breakers beyond the replicas asked for.
+    if (all.length < required + 2 && args.canAsk(avoid)) return { kind: 'replicate', avoid };
+    if (all.length === 1 && args.redundancy <= 1) {
+      this.drop(itemId);
+      return { kind: 'accept', workerId, outputs: args.packed, verified: null, confirm: [], refute: [] };
+    }
+    this.drop(itemId);
+    return {
+      kind: 'fail',
+      reason: `no ${quorum} of ${all.length} results agree within the model's tolerance`,
+    };
+  }
+
+  private drop(itemId: number): void {
+    this.waiting.delete(itemId);
+    for (const r of this.store.replicasOf(itemId)) this.bump(r.workerId, -1);
+    this.store.dropReplicas(itemId);
+  }
+}
