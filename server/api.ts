@@ -17,6 +17,7 @@ import { inputProblem } from './check.ts';
 import { type Hub, HubError } from './hub.ts';
 import { jobJson, jobStatus } from './job-view.ts';
 import { clean } from './logger.ts';
+import { RateLimiter } from './rate-limit.ts';
 import { matchesFilter } from './scheduler/filter.ts';
 import { writeNpy } from './io/npy.ts';
 import { tarEnd, tarEntryHeader, tarPadding } from './io/tar.ts';
@@ -95,14 +96,23 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
   const json = express.json({ limit: LIMITS.jsonBodyBytes * 16 });
   const raw = (limit: number) => express.raw({ type: () => true, limit });
 
-  r.get('/health', (_req, res) => {
+  // Per address: public routes, and failed sign-ins (a wrong token is refused with 429 after a few).
+  const publicHits = new RateLimiter(50, 200);
+  const badTokens = new RateLimiter(10 / 60, 20);
+  const limitPublic = (req: Request, _res: Response, next: NextFunction) => {
+    if (!publicHits.take(req.ip ?? 'unknown'))
+      throw new HubError('rate_limited', 'too many requests; slow down', 429);
+    next();
+  };
+
+  r.get('/health', limitPublic, (_req, res) => {
     res.json({
       data: { ok: true, workers: [...hub.workers.values()].filter((w) => w.state !== 'offline').length },
     });
   });
 
   // Model bytes are public: browser contributors are anonymous and models are addressed by hash.
-  r.get('/models/:sha', (req, res) => {
+  r.get('/models/:sha', limitPublic, (req, res) => {
     const sha = param(req, 'sha');
     const path = /^[0-9a-f]{64}$/.test(sha) ? hub.models.filePath(sha) : undefined;
     if (!path) throw new HubError('unknown_model', 'no model with that sha256', 404);
@@ -114,6 +124,13 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
 
   r.use((req, _res, next) => {
     if (!tokenMatches(bearer(req.headers.authorization), operatorToken)) {
+      if (!badTokens.take(req.ip ?? 'unknown')) {
+        throw new HubError(
+          'rate_limited',
+          'too many requests without a valid operator token; wait a minute',
+          429,
+        );
+      }
       throw new HubError('unauthorized', 'this needs the operator token: Authorization: Bearer <token>', 401);
     }
     next();

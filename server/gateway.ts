@@ -18,6 +18,7 @@ import {
 import { hashSecret, tokenMatches } from './auth.ts';
 import type { Hub, WorkerSocket } from './hub.ts';
 import { clean } from './logger.ts';
+import { RateLimiter } from './rate-limit.ts';
 
 /** Per-socket data kept by Socket.IO. */
 export interface WorkerSocketData {
@@ -29,6 +30,10 @@ export interface GatewayOptions {
   joinToken: string;
   /** When set, browsers must present it too; otherwise they are anonymous. */
   contributorToken?: string;
+  /** Connections per minute per address without the join token (anonymous browsers). Default 60. */
+  anonymousConnectsPerMinute?: number;
+  /** Messages per second per socket (burst 4x). Default 500. */
+  messagesPerSecond?: number;
 }
 
 /** Wires the worker namespace to the hub. */
@@ -39,7 +44,18 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     Record<string, never>,
     WorkerSocketData
   >;
+  const perMinute = opts.anonymousConnectsPerMinute ?? 60;
+  const connects = new RateLimiter(perMinute / 60, perMinute);
+  const mps = opts.messagesPerSecond ?? 500;
+  const messages = new RateLimiter(mps, mps * 4);
+  let lastFloodLog = 0;
+  let floodDropped = 0;
+  const logs = new RateLimiter(20, 100);
   nsp.use((socket, next) => {
+    const token = (socket.handshake.auth as { token?: unknown } | undefined)?.token;
+    if (!tokenMatches(token, opts.joinToken) && !connects.take(socket.handshake.address)) {
+      return next(new Error('rate_limited: too many connections from this address; retry later'));
+    }
     const auth = WorkerAuthSchema.safeParse(socket.handshake.auth);
     if (!auth.success) return next(new Error(`bad handshake: ${describeZodError(auth.error)}`));
     const known = hub.store.getWorker(auth.data.workerId);
@@ -60,7 +76,9 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     const workerId = auth.workerId;
     const address = socket.handshake.address;
     const fail = (ack: unknown, code: string, message: string): void => {
-      hub.log.warn({ workerId, code, message: clean(message) }, 'worker request refused');
+      // Every refusal is logged, up to a rate: a hostile client must not flood the log either.
+      if (logs.take('refused'))
+        hub.log.warn({ workerId, code, message: clean(message) }, 'worker request refused');
       if (typeof ack === 'function') (ack as Ack<never>)({ error: { code, message } satisfies ErrorBody });
     };
     const parse = <T>(schema: z.ZodType<T>, payload: unknown, ack: unknown): T | undefined => {
@@ -78,6 +96,21 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       return true;
     };
     const safely = (event: string, ack: unknown, fn: () => void): void => {
+      if (!messages.take(socket.id)) {
+        // A flood: drop, answer if asked, and log at most once a second for the whole namespace.
+        if (typeof ack === 'function')
+          (ack as Ack<never>)({ error: { code: 'rate_limited', message: 'too many messages; slow down' } });
+        floodDropped++;
+        if (Date.now() - lastFloodLog > 1000) {
+          lastFloodLog = Date.now();
+          hub.log.warn(
+            { workerId, event: clean(event, 60), dropped: floodDropped },
+            'messages dropped: rate limit',
+          );
+          floodDropped = 0;
+        }
+        return;
+      }
       try {
         fn();
       } catch (err) {
@@ -171,11 +204,12 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       'items:release',
     ]);
     socket.onAny((event: unknown, ...args: unknown[]) => {
-      if (!handled.has(String(event)))
+      if (!handled.has(String(event)) && messages.take(socket.id))
         fail(args.at(-1), 'unknown_event', `unknown event "${clean(event, 60)}"`);
     });
 
     socket.on('disconnect', (reason) => {
+      messages.forget(socket.id);
       if (socket.data.registered) hub.workerGone(workerId, `disconnected: ${reason}`, socket.id);
     });
   });

@@ -466,6 +466,7 @@ export class Hub extends EventEmitter<HubEvents> {
     const refused: ItemsDoneReply['refused'] = [];
     const invalid: ItemFailure[] = [];
     const dropped: number[] = [];
+    const notMine: number[] = [];
     const replicated: number[] = [];
     const finalFailures: NewFailure[] = [];
     const worked = new Map<string, number>();
@@ -477,6 +478,12 @@ export class Hub extends EventEmitter<HubEvents> {
       }
       if (this.trust.isQuarantined(workerId)) {
         refused.push({ itemId: r.itemId, reason: 'this worker is quarantined' });
+        continue;
+      }
+      if (!this.scheduler.holdersOf(r.itemId).includes(workerId)) {
+        // Not (or no longer) this worker's item: a late result after a requeue, or a forgery. It
+        // must not touch anyone else's hold on the item.
+        notMine.push(r.itemId);
         continue;
       }
       if (r.modelSha256 !== job.model.sha256) {
@@ -583,7 +590,7 @@ export class Hub extends EventEmitter<HubEvents> {
       this.checkComplete(jobId);
     }
     this.pump();
-    return { accepted: [...stored.accepted, ...replicated], dropped, refused };
+    return { accepted: [...stored.accepted, ...replicated], dropped: [...dropped, ...notMine], refused };
   }
 
   /**
