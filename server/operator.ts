@@ -5,11 +5,12 @@
  * Updates are coalesced: every `everyMs` the hub sends one `jobs:updated` with the jobs that
  * changed (running jobs at least once a second, for their rate and ETA) and one `workers:updated`
  * with the workers whose state changed; workers whose figures changed follow once a second (a
- * worker's items and heartbeats change without a hub event, so that push compares a fingerprint of
- * what the dashboard shows). With 500 busy workers that is 500 rows a second, not 2000. Fairness reports cost a
- * pass over every worker's per-second series, so they go only to the clients watching that job
- * (`job:watch`), at most once a second while it runs. Nothing is computed while no operator is
- * connected, except sampling the workers' rates.
+ * worker's items and heartbeats change without a hub event, so that push compares a fingerprint
+ * of what the dashboard shows). With 500 busy workers that is 500 rows a second, not 2000.
+ * Fairness reports cost a pass over every worker's per-second series, so they go only to the
+ * clients watching that job (`job:watch`), at most once a second while it runs. Nothing is
+ * computed while no operator is connected, except sampling the workers' rates (every tick, so
+ * `GET /api/workers` and `/metrics` have a current rate too).
  */
 import type { Namespace, Socket } from 'socket.io';
 import { z } from 'zod';
@@ -24,7 +25,7 @@ import { describeZodError } from '../protocol/schemas.ts';
 import { tokenMatches } from './auth.ts';
 import type { Hub } from './hub.ts';
 import { jobJson } from './job-view.ts';
-import { WorkerFigures, workerJson } from './workers.ts';
+import { ratesOf, WorkerFigures, workerJson } from './workers.ts';
 
 /** The operator namespace, typed. */
 export type OperatorNamespace = Namespace<OperatorClientEvents, OperatorServerEvents>;
@@ -62,14 +63,16 @@ export function attachOperatorNamespace(
 
   const timer = setInterval(() => {
     const now = Date.now();
-    const figures = WorkerFigures.of(hub, now);
+    const rates = ratesOf(hub);
+    for (const w of hub.workers.values()) rates.observe(w.id, w.itemsDone, now); // keep the windows full
     if (nsp.sockets.size === 0) {
-      for (const w of hub.workers.values()) figures.of(w); // keep the rate windows full
       jobs.clear();
       fairnessDue.clear();
       sent.clear();
       return;
     }
+    // Reads the running jobs' fairness only if a worker row is built this tick.
+    const figures = WorkerFigures.of(hub, now);
     const everySecond = now - lastSecond >= 1000;
     if (everySecond) {
       lastSecond = now;

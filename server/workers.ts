@@ -90,8 +90,8 @@ export function deviceOf(w: Pick<LiveWorker, 'capabilities' | 'backend'>): strin
 
 /**
  * Accepted results per second of each worker, over a sliding window of samples of its lifetime
- * count. Fed by whoever reads the figures (the operator namespace samples every push, so the
- * window stays full while a dashboard is open); one meter per hub, from {@link ratesOf}.
+ * count. Fed by whoever reads the figures (the operator namespace samples every worker on each
+ * tick, so the window stays full); one meter per hub, from {@link ratesOf}.
  */
 export class RateMeter {
   private readonly samples = new Map<string, { t: number; n: number }[]>();
@@ -142,6 +142,13 @@ export function ratesOf(hub: object): RateMeter {
   return m;
 }
 
+/** A worker's part in one job, from the job's fairness report. */
+interface Share {
+  fairShare: number;
+  share: number;
+  items: number;
+}
+
 /** What worker figures are computed from; the Hub is one. */
 export interface WorkerFigureSource {
   readonly scheduler: {
@@ -157,29 +164,32 @@ export interface WorkerFigureSource {
  * once, then looked up per worker, so a push about 500 workers costs one report per job.
  */
 export class WorkerFigures {
+  private running: { record: JobRecord; shares: Map<string, Share> }[] | undefined;
+
   private constructor(
     private readonly src: WorkerFigureSource,
     private readonly rates: RateMeter,
     private readonly now: number,
-    private readonly jobs: {
-      record: JobRecord;
-      shares: Map<string, { fairShare: number; share: number; items: number }>;
-    }[],
   ) {}
 
-  /** Reads the running jobs (highest priority first) and their fairness reports. */
+  /** Figures at `now`; the running jobs and their reports are read on the first worker asked about. */
   static of(src: WorkerFigureSource, now = Date.now()): WorkerFigures {
-    const running = src.store
+    return new WorkerFigures(src, ratesOf(src), now);
+  }
+
+  /** The running jobs (highest priority first) with each worker's shares in them. */
+  private get jobs(): { record: JobRecord; shares: Map<string, Share> }[] {
+    this.running ??= this.src.store
       .listJobs({ states: ['running'], limit: 50 })
-      .sort((a, b) => b.priority - a.priority || a.createdAt - b.createdAt);
-    const jobs = running.map((record) => {
-      const shares = new Map<string, { fairShare: number; share: number; items: number }>();
-      for (const r of src.fairnessOf(record.id)?.workers ?? []) {
-        shares.set(r.workerId, { fairShare: r.expectedShare, share: r.actualShare, items: r.items });
-      }
-      return { record, shares };
-    });
-    return new WorkerFigures(src, ratesOf(src), now, jobs);
+      .sort((a, b) => b.priority - a.priority || a.createdAt - b.createdAt)
+      .map((record) => {
+        const shares = new Map<string, Share>();
+        for (const r of this.src.fairnessOf(record.id)?.workers ?? []) {
+          shares.set(r.workerId, { fairShare: r.expectedShare, share: r.actualShare, items: r.items });
+        }
+        return { record, shares };
+      });
+    return this.running;
   }
 
   /** One worker's figures (samples its rate). */

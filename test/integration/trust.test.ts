@@ -134,7 +134,8 @@ describe('trust', () => {
       // Every item ran on at least two distinct workers (quorum 2 of 3 agreeing).
       const f = await rest.data('GET', `/api/jobs/${jobId}/fairness`);
       const work = f.workers.reduce((n: number, w: { items: number }) => n + w.items, 0);
-      assert.ok(work >= 120, `at least two runs per item, got ${work} runs for 60 items`);
+      // Two canaries (a canary's answer is known, so one run checks it), 58 items decided by quorum.
+      assert.ok(work >= 2 + 58 * 2, `at least two runs per non-canary item, got ${work} runs for 60 items`);
     } finally {
       for (const n of nodes) n.child.kill('SIGKILL');
       await hub.close();
