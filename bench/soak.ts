@@ -1,0 +1,346 @@
+/**
+ * `npm run bench -- soak [--json] [--seconds 60] [--nodes 6] [--seed 1]`
+ *
+ * Chaos against a real grid: the hub runs as its own process on a fixed port; native nodes run
+ * the real mlp-small model with onnxruntime-node (one of them corrupts every output). For the given
+ * time, at random: nodes are SIGKILLed and restarted (same identity), nodes are evicted from the
+ * server side, nodes are stalled (SIGSTOP for a while, then SIGCONT), the hub is killed with -9 and
+ * restarted on the same data dir, new jobs are submitted concurrently, and bursts of hostile socket
+ * messages and REST requests arrive. Then every job is awaited and the store is audited: each item
+ * has exactly one accepted result, equal to a standalone onnxruntime-node reference within the
+ * model's tolerance. Prints `worker_kills, hub_restarts, hostile_messages, items, lost, duplicated,
+ * corrupted_accepted` (the last three must be 0) and more.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { io as connect } from 'socket.io-client';
+import { packItems, unpackTensors, type NamedItem } from '../protocol/pack.ts';
+import { shardhubParser } from '../protocol/socket-parser.ts';
+import { compareTensors } from '../protocol/tensor.ts';
+import { SqliteStore } from '../server/store/sqlite.ts';
+import { calibrationInputs } from '../worker/calibration.ts';
+import { Reference, freePort } from '../test/helpers/grid.ts';
+import { ROOT, printTable } from './_grid.ts';
+
+function arg(args: string[], name: string, dflt: number): number {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? Number(args[i + 1]) : dflt;
+}
+
+/** A small deterministic PRNG so a soak can be replayed with --seed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
+
+async function req(
+  url: string,
+  token: string | undefined,
+  method: string,
+  path: string,
+  body?: unknown,
+  raw?: Uint8Array,
+): Promise<{ status: number; json: any }> {
+  try {
+    const res = await fetch(url + path, {
+      method,
+      headers: {
+        ...(token ? { Authorization: `Bearer ${token}` } : {}),
+        ...(raw
+          ? { 'Content-Type': 'application/octet-stream' }
+          : body !== undefined
+            ? { 'Content-Type': 'application/json' }
+            : {}),
+      },
+      body: raw ? raw.slice() : body !== undefined ? JSON.stringify(body) : undefined,
+    });
+    return { status: res.status, json: await res.json().catch(() => undefined) };
+  } catch {
+    return { status: 0, json: undefined }; // the hub is down (being restarted)
+  }
+}
+
+export async function main(args: string[]): Promise<void> {
+  const json = args.includes('--json');
+  const seconds = arg(args, 'seconds', 60);
+  const nodeCount = arg(args, 'nodes', 6);
+  const random = prng(arg(args, 'seed', 1));
+  const dir = mkdtempSync(join(tmpdir(), 'shardhub-soak-'));
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const data = join(dir, 'hub');
+  const log = (m: string) => {
+    if (!json) process.stderr.write(`[soak ${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}\n`);
+  };
+  const t0 = Date.now();
+  const counts = {
+    worker_kills: 0,
+    worker_evictions: 0,
+    worker_stalls: 0,
+    hub_restarts: 0,
+    hostile_messages: 0,
+    jobs: 0,
+  };
+
+  let hub: ChildProcess | undefined;
+  const startHub = async () => {
+    hub = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(ROOT, 'server/cli.ts'),
+        'serve',
+        '--port',
+        String(port),
+        '--host',
+        '127.0.0.1',
+        '--data',
+        data,
+        '--no-demo',
+        '--no-local-node',
+      ],
+      {
+        cwd: ROOT,
+        stdio: ['ignore', 'pipe', 'ignore'],
+        env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' },
+      },
+    );
+    let out = '';
+    hub.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    const end = Date.now() + 30_000;
+    while (!out.includes('hub is up')) {
+      if (Date.now() > end) throw new Error('hub did not start');
+      await sleep(50);
+    }
+  };
+  await startHub();
+  const tokens = JSON.parse(readFileSync(join(data, 'tokens.json'), 'utf8')) as {
+    operatorToken: string;
+    joinToken: string;
+  };
+  const op = tokens.operatorToken;
+
+  const nodes: { proc: ChildProcess; liar: boolean; i: number; stopped: boolean }[] = [];
+  const startNode = (i: number, liar: boolean) => {
+    const proc = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(ROOT, 'native/main.ts'),
+        '--hub',
+        url,
+        '--token',
+        tokens.joinToken,
+        '--state',
+        join(dir, `n${i}`),
+        '--cache',
+        join(dir, 'cache'),
+        '--name',
+        liar ? `liar${i}` : `node${i}`,
+        ...(liar ? ['--corrupt-rate', '1'] : []),
+      ],
+      { cwd: ROOT, stdio: 'ignore', env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' } },
+    );
+    nodes[i] = { proc, liar, i, stopped: false };
+  };
+  for (let i = 0; i < nodeCount; i++) startNode(i, i === nodeCount - 1);
+
+  // Inputs: deterministic, so the audit can recompute every item.
+  const calib = {
+    inputs: [{ name: 'x', dtype: 'float32' as const, shape: ['N', 64] }],
+    calibration: { dims: { x: [1, 64] }, seed: 1 },
+  };
+  const jobItems = new Map<string, NamedItem[]>();
+  const submit = async (n: number) => {
+    const seed = 1 + counts.jobs * 100_000;
+    const items = Array.from({ length: n }, (_, i) => ({
+      name: `s${seed}-${i}`,
+      tensors: calibrationInputs(calib, seed + i),
+    }));
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const job = await req(url, op, 'POST', '/api/jobs', { model: 'mlp-small' });
+      if (job.status !== 201) {
+        await sleep(300);
+        continue;
+      }
+      const id = job.json.data.id as string;
+      let ok = true;
+      for (let i = 0; i < items.length && ok; i += 500)
+        ok =
+          (await req(url, op, 'POST', `/api/jobs/${id}/items`, undefined, packItems(items.slice(i, i + 500))))
+            .status === 201;
+      if (ok && (await req(url, op, 'POST', `/api/jobs/${id}/seal`)).status === 200) {
+        jobItems.set(id, items);
+        counts.jobs++;
+        log(`job ${id}: ${n} items`);
+        return;
+      }
+      await sleep(300); // the hub went down mid-submit: this job stays open, unsealed; submit anew
+    }
+  };
+
+  const hostileBurst = async () => {
+    const s = connect(`${url}/worker`, {
+      auth: {
+        workerId: `hostile-${counts.hostile_messages}-xxxx`,
+        workerSecret: randomBytes(16).toString('hex'),
+      },
+      reconnection: false,
+      transports: ['websocket'],
+      parser: shardhubParser,
+    });
+    await new Promise<void>((ok) => {
+      s.once('connect', () => ok());
+      s.once('connect_error', () => ok());
+      setTimeout(ok, 2000);
+    });
+    for (let i = 0; i < 100; i++) {
+      counts.hostile_messages++;
+      const payloads: unknown[] = [
+        null,
+        { results: [{ itemId: i + 1, jobId: 'x', modelSha256: 'f'.repeat(64), ms: 1, outputs: [] }] },
+        'junk',
+        { failures: 7 },
+      ];
+      s.emit(
+        ['items:done', 'items:failed', 'worker:register', 'nope'][i % 4] as 'items:done',
+        payloads[i % payloads.length] as never,
+      );
+    }
+    s.close();
+    for (let i = 0; i < 50; i++) {
+      counts.hostile_messages++;
+      await req(url, i % 2 ? 'wrong' : undefined, 'POST', '/api/jobs', { model: 'mlp-small' });
+    }
+  };
+
+  // Chaos for `seconds`, with jobs submitted concurrently.
+  const submissions: Promise<void>[] = [submit(20_000), submit(15_000)];
+  const end = t0 + seconds * 1000;
+  while (Date.now() < end) {
+    await sleep(1000 + random() * 2000);
+    const r = random();
+    const pick = nodes[Math.floor(random() * nodes.length)] as (typeof nodes)[number];
+    if (r < 0.25) {
+      counts.worker_kills++;
+      log(`SIGKILL node ${pick.i}`);
+      pick.proc.kill('SIGKILL');
+      setTimeout(() => startNode(pick.i, pick.liar), 500 + random() * 1500);
+    } else if (r < 0.4) {
+      const workers = (await req(url, op, 'GET', '/api/workers?online=true')).json?.data?.workers as
+        { id: string }[] | undefined;
+      const w = workers?.[Math.floor(random() * workers.length)];
+      if (w) {
+        counts.worker_evictions++;
+        log(`evict ${w.id}`);
+        await req(url, op, 'POST', `/api/workers/${w.id}/evict`);
+      }
+    } else if (r < 0.55 && !pick.stopped) {
+      counts.worker_stalls++;
+      log(`stall node ${pick.i}`);
+      pick.stopped = true;
+      pick.proc.kill('SIGSTOP');
+      const p = pick.proc;
+      setTimeout(
+        () => {
+          p.kill('SIGCONT');
+          pick.stopped = false;
+        },
+        1000 + random() * 4000,
+      );
+    } else if (r < 0.7) {
+      counts.hub_restarts++;
+      log('kill -9 hub');
+      hub?.kill('SIGKILL');
+      await sleep(300);
+      await startHub();
+    } else if (r < 0.85) {
+      submissions.push(submit(5000 + Math.floor(random() * 10_000)));
+    } else {
+      log('hostile burst');
+      await hostileBurst();
+    }
+  }
+  for (const n of nodes) if (n.stopped) n.proc.kill('SIGCONT');
+  await Promise.all(submissions);
+  log('chaos over; waiting for every job');
+  for (const id of jobItems.keys()) {
+    const deadline = Date.now() + 300_000;
+    for (;;) {
+      const s = await req(url, op, 'GET', `/api/jobs/${id}`);
+      if (s.json?.data?.state === 'completed') break;
+      if (Date.now() > deadline) throw new Error(`job ${id} did not complete`);
+      await sleep(500);
+    }
+  }
+  hub?.kill('SIGKILL');
+  for (const n of nodes) n.proc.kill('SIGKILL');
+
+  // Audit the store against a standalone reference.
+  const store = SqliteStore.open(join(data, 'hub.sqlite'));
+  const modelFile = join(ROOT, 'models/generated/mlp-small.onnx');
+  const ref = await Reference.open(modelFile);
+  let items = 0;
+  let lost = 0;
+  let duplicated = 0;
+  let corrupted = 0;
+  let failed = 0;
+  try {
+    for (const [id, sent] of jobItems) {
+      const job = store.getJob(id);
+      items += sent.length;
+      failed += job?.failedCount ?? 0;
+      const seen = new Map<string, number>();
+      for (const r of store.iterateResults(id)) {
+        seen.set(r.name, (seen.get(r.name) ?? 0) + 1);
+      }
+      const failedNames = new Set<string>();
+      for (let off = 0; ; off += 1000) {
+        const page = store.listItems(id, { offset: off, limit: 1000, state: 'failed' });
+        for (const it of page) failedNames.add(it.name);
+        if (page.length < 1000) break;
+      }
+      for (const it of sent) {
+        const n = seen.get(it.name) ?? 0;
+        if (n === 0 && !failedNames.has(it.name)) lost++;
+        if (n > 1) duplicated += n - 1;
+      }
+      const byName = new Map(sent.map((it) => [it.name, it]));
+      for (const r of store.iterateResults(id)) {
+        const want = (await ref.run((byName.get(r.name) as NamedItem).tensors))[0];
+        const got = unpackTensors(r.outputs)[0];
+        if (!want || !got || compareTensors(got, want, { atol: 1e-4, rtol: 1e-4 })) corrupted++;
+      }
+    }
+  } finally {
+    await ref.close();
+    store.close();
+  }
+  rmSync(dir, { recursive: true, force: true });
+  const result = {
+    ...counts,
+    seconds,
+    nodes: nodeCount,
+    liars: 1,
+    items,
+    failed,
+    lost,
+    duplicated,
+    corrupted_accepted: corrupted,
+  };
+  if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
+  else printTable(Object.entries(result).map(([figure, value]) => ({ figure, value })));
+}
