@@ -1,0 +1,252 @@
+/**
+ * Trust bookkeeping and result judging against a real SQLite file: canaries, replicas and quorum,
+ * strikes and quarantine, reverting unconfirmed results; and the pieces around them (canary counts,
+ * rate limits, fairness figures).
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import type { ModelInfo } from '../../protocol/model.ts';
+import { packTensors } from '../../protocol/pack.ts';
+import type { WireTensor } from '../../protocol/tensor.ts';
+import { canaryCount, pickCanaries } from '../../server/preflight.ts';
+import { RateLimiter } from '../../server/rate-limit.ts';
+import { FairnessTracker } from '../../server/scheduler/fairness.ts';
+import { SqliteStore } from '../../server/store/sqlite.ts';
+import { TrustStore } from '../../server/store/trust-store.ts';
+import { DEFAULT_TRUST_OPTIONS, TrustBook } from '../../server/trust.ts';
+import { Verifier, agreeingGroups } from '../../server/verify.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'shardhub-trust-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const MODEL = {
+  name: 'm',
+  sha256: 'a'.repeat(64),
+  outputs: [{ name: 'y', dtype: 'float32', shape: ['N', 2] }],
+  tolerance: { atol: 1e-3, rtol: 0 },
+} as unknown as ModelInfo;
+
+function y(a: number, b: number): WireTensor[] {
+  return [
+    { name: 'y', dtype: 'float32', dims: [1, 2], data: new Uint8Array(new Float32Array([a, b]).buffer) },
+  ];
+}
+
+function setup(name: string, opts = DEFAULT_TRUST_OPTIONS) {
+  const file = join(dir, `${name}.sqlite`);
+  const store = SqliteStore.open(file);
+  const ts = TrustStore.open(file);
+  const book = new TrustBook(ts, opts, () => 0.99);
+  const verifier = new Verifier(ts, book);
+  return { store, ts, book, verifier };
+}
+
+function judge(
+  v: Verifier,
+  workerId: string,
+  itemId: number,
+  outputs: WireTensor[],
+  canAsk = true,
+  redundancy = 1,
+) {
+  return v.judge({
+    workerId,
+    kind: 'browser',
+    backend: 'wasm',
+    itemId,
+    redundancy,
+    model: MODEL,
+    outputs,
+    packed: packTensors(outputs),
+    ms: 1,
+    canAsk: () => canAsk,
+  });
+}
+
+describe('result judging', () => {
+  test('agreeing groups cluster outputs within the tolerance', () => {
+    const r = (w: string, a: number) => ({
+      itemId: 1,
+      workerId: w,
+      backend: 'cpu',
+      outputs: packTensors(y(a, 0)),
+      ms: 1,
+      at: 0,
+    });
+    const groups = agreeingGroups([r('a', 1), r('b', 1.0005), r('c', 5)], MODEL.tolerance);
+    assert.deepEqual(
+      groups.map((g) => g.map((x) => x.workerId)),
+      [['a', 'b'], ['c']],
+    );
+  });
+
+  test('an unproven worker’s result waits for a second opinion; agreement accepts and confirms both', () => {
+    const { verifier, book } = setup('quorum');
+    const first = judge(verifier, 'w1', 1, y(1, 2));
+    assert.equal(first.kind, 'replicate');
+    assert.deepEqual(first.kind === 'replicate' && first.avoid, ['w1']);
+    assert.equal(verifier.pendingChecks('w1'), 1);
+    const second = judge(verifier, 'w2', 1, y(1, 2));
+    assert.equal(second.kind, 'accept');
+    assert.ok(second.kind === 'accept' && second.verified === 'quorum' && second.confirm.length === 2);
+    assert.equal(verifier.pendingChecks('w1'), 0);
+    void book;
+  });
+
+  test('a disagreement asks a tie-breaker; the outvoted worker is refuted', () => {
+    const { verifier } = setup('tie');
+    judge(verifier, 'honest1', 7, y(1, 2));
+    const clash = judge(verifier, 'liar', 7, y(9, 9));
+    assert.equal(clash.kind, 'replicate');
+    const decided = judge(verifier, 'honest2', 7, y(1, 2));
+    assert.equal(decided.kind, 'accept');
+    assert.ok(decided.kind === 'accept');
+    assert.deepEqual(decided.refute, ['liar']);
+    assert.deepEqual(decided.confirm.sort(), ['honest1', 'honest2']);
+  });
+
+  test('no quorum after the tie-breakers: the item fails rather than loops', () => {
+    const { verifier } = setup('noquorum');
+    assert.equal(judge(verifier, 'a', 3, y(1, 1)).kind, 'replicate');
+    assert.equal(judge(verifier, 'b', 3, y(2, 2)).kind, 'replicate');
+    assert.equal(judge(verifier, 'c', 3, y(3, 3)).kind, 'replicate');
+    assert.equal(judge(verifier, 'd', 3, y(4, 4)).kind, 'fail');
+  });
+
+  test('a lone result is accepted unverified when no other worker can check it', () => {
+    const { verifier } = setup('lone');
+    const v = judge(verifier, 'only', 5, y(1, 1), false);
+    assert.equal(v.kind, 'accept');
+    assert.ok(v.kind === 'accept' && v.verified === null);
+  });
+
+  test('a canary is checked against its known answer', () => {
+    const { verifier } = setup('canary');
+    verifier.addCanaries('j', [{ itemId: 11, outputs: packTensors(y(4, 2)) }]);
+    assert.equal(judge(verifier, 'w', 11, y(4, 2)).kind, 'accept');
+    const wrong = judge(verifier, 'w', 11, y(4, 3));
+    assert.equal(wrong.kind, 'refuse');
+  });
+
+  test('a proven worker is accepted directly, except for spot checks', () => {
+    const file = join(dir, 'proven.sqlite');
+    SqliteStore.open(file);
+    const ts = TrustStore.open(file);
+    let roll = 0.99;
+    const book = new TrustBook(ts, DEFAULT_TRUST_OPTIONS, () => roll);
+    book.confirmed('p', DEFAULT_TRUST_OPTIONS.trustAfter);
+    assert.equal(book.needsReplica('p', 'browser', 1), false);
+    roll = 0.01;
+    assert.equal(book.needsReplica('p', 'browser', 1), true, 'spot check');
+    assert.equal(book.needsReplica('p', 'native', 1), false, 'proven native nodes: canaries only');
+    assert.equal(book.needsReplica('p', 'browser', 3), true, 'explicit redundancy always');
+  });
+});
+
+describe('strikes and quarantine', () => {
+  test('two strikes, or one wrong canary, quarantine a worker; the record survives a restart', () => {
+    const { book, ts } = setup('strikes');
+    assert.equal(book.refuted('w', 'outvoted', false).quarantined, false);
+    assert.equal(book.refuted('w', 'outvoted', false).quarantined, true);
+    assert.equal(book.refuted('x', 'wrong canary', true).quarantined, true);
+    const again = new TrustBook(ts);
+    assert.equal(again.isQuarantined('w'), true);
+    assert.equal(again.isQuarantined('x'), true);
+  });
+
+  test('a quarantined worker’s unconfirmed results are taken back; confirmed ones stay', () => {
+    const { store, ts } = setup('revert');
+    store.createJob({
+      id: 'j',
+      modelName: 'm',
+      modelSha256: 'a'.repeat(64),
+      priority: 0,
+      redundancy: 1,
+      deadline: null,
+      requirements: null,
+      options: {},
+      state: 'open',
+    });
+    const ids = store.appendItems(
+      'j',
+      [1, 2, 3].map((i) => ({ name: `i${i}`, inputs: new Uint8Array([i]) })),
+    );
+    store.updateJob('j', { state: 'running' });
+    store.recordResults(
+      ids.map((itemId) => ({
+        itemId,
+        jobId: 'j',
+        workerId: 'bad',
+        modelSha256: 'a'.repeat(64),
+        ms: 1,
+        outputs: new Uint8Array([9]),
+        at: 1,
+      })),
+    );
+    store.updateJob('j', { state: 'completed', finishedAt: 5 });
+    ts.markVerified([ids[0] as number], 'canary');
+    const back = ts.revertUnverified('bad');
+    assert.deepEqual(back.get('j')?.sort(), ids.slice(1).sort());
+    const job = store.getJob('j');
+    assert.equal(job?.doneCount, 1);
+    assert.equal(job?.state, 'running', 'a completed job runs again');
+    assert.deepEqual(store.pendingItemIds('j'), ids.slice(1));
+    assert.ok(store.getResult(ids[0] as number), 'the confirmed result stays');
+  });
+});
+
+describe('around trust', () => {
+  test('canary counts: none for tiny jobs, a fraction within bounds otherwise', () => {
+    const o = { fraction: 0.01, min: 2, max: 20 };
+    assert.equal(canaryCount(5, o), 0);
+    assert.equal(canaryCount(100, o), 2);
+    assert.equal(canaryCount(1000, o), 10);
+    assert.equal(canaryCount(1_000_000, o), 20);
+    const picked = pickCanaries([1, 2, 3, 4, 5], 3, () => 0.5);
+    assert.equal(new Set(picked).size, 3);
+  });
+
+  test('rate limiter: a burst, then the rate; keys are bounded', () => {
+    let now = 0;
+    const rl = new RateLimiter(2, 3, 2, () => now);
+    assert.deepEqual([rl.take('a'), rl.take('a'), rl.take('a'), rl.take('a')], [true, true, true, false]);
+    now += 500;
+    assert.equal(rl.take('a'), true, 'one token back after half a second at 2/s');
+    rl.take('b');
+    rl.take('c'); // evicts the least recently used key
+    now += 0;
+    assert.equal(rl.take('a'), true, 'an evicted key starts with a full bucket');
+  });
+
+  test('fairness figures: Jain’s index, idle time, shares', () => {
+    const f = new FairnessTracker('j');
+    f.present('a', 0);
+    f.present('b', 0);
+    f.start(0);
+    f.held('a', 10, 0);
+    f.held('b', 10, 500); // b idle for the first 0.5 s
+    f.done('a', 30, 1000);
+    f.done('b', 10, 1000);
+    f.finish(1000);
+    const r = f.report({
+      items: 40,
+      final: true,
+      now: 1000,
+      lookup: (id) => ({
+        name: id,
+        backend: 'sim',
+        device: 'sim',
+        benchmark: null,
+        weight: id === 'a' ? 3 : 1,
+      }),
+    });
+    assert.equal(r.done, 40);
+    assert.ok(Math.abs(r.jain - 1) < 1e-9, `shares match weights exactly: ${r.jain}`);
+    const b = r.workers.find((w) => w.workerId === 'b');
+    assert.ok(b && Math.abs(b.idleS - 0.5) < 1e-9);
+    assert.equal(r.idealS, 10, '40 items at 4 items/s');
+  });
+});
