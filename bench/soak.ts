@@ -71,11 +71,48 @@ async function req(
   }
 }
 
+/** What a soak found. */
+export interface SoakResult {
+  worker_kills: number;
+  worker_evictions: number;
+  worker_stalls: number;
+  hub_restarts: number;
+  hostile_messages: number;
+  jobs: number;
+  seconds: number;
+  nodes: number;
+  liars: number;
+  items: number;
+  failed: number;
+  lost: number;
+  duplicated: number;
+  corrupted_accepted: number;
+}
+
+/** `npm run bench -- soak`: runs a soak and prints what it found. */
 export async function main(args: string[]): Promise<void> {
   const json = args.includes('--json');
-  const seconds = arg(args, 'seconds', 60);
-  const nodeCount = arg(args, 'nodes', 6);
-  const random = prng(arg(args, 'seed', 1));
+  const result = await runSoak({
+    seconds: arg(args, 'seconds', 60),
+    nodes: arg(args, 'nodes', 6),
+    seed: arg(args, 'seed', 1),
+    quiet: json,
+  });
+  if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
+  else printTable(Object.entries(result).map(([figure, value]) => ({ figure, value })));
+}
+
+/** Runs chaos for `seconds`, waits for every job, audits the store. */
+export async function runSoak(opts: {
+  seconds: number;
+  nodes: number;
+  seed: number;
+  quiet: boolean;
+}): Promise<SoakResult> {
+  const json = opts.quiet;
+  const seconds = opts.seconds;
+  const nodeCount = opts.nodes;
+  const random = prng(opts.seed);
   const dir = mkdtempSync(join(tmpdir(), 'shardhub-soak-'));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
@@ -330,7 +367,7 @@ export async function main(args: string[]): Promise<void> {
     store.close();
   }
   rmSync(dir, { recursive: true, force: true });
-  const result = {
+  return {
     ...counts,
     seconds,
     nodes: nodeCount,
@@ -341,6 +378,4 @@ export async function main(args: string[]): Promise<void> {
     duplicated,
     corrupted_accepted: corrupted,
   };
-  if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
-  else printTable(Object.entries(result).map(([figure, value]) => ({ figure, value })));
 }
