@@ -1,0 +1,175 @@
+/**
+ * The `shardhub` command as a user runs it: `--help` everywhere, `submit` from a folder of `.npy`
+ * files and from images (with a progress line and results written as .npy), `jobs` and `workers`.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { PNG } from 'pngjs';
+import { compareTensors } from '../../protocol/tensor.ts';
+import type { HubServer } from '../../server/app.ts';
+import { readNpy, writeNpy } from '../../server/io/npy.ts';
+import { calibrationInputs } from '../../worker/calibration.ts';
+import {
+  Reference,
+  modelPath,
+  spawnTs,
+  startHub,
+  startNode,
+  tempDir,
+  waitFor,
+  type Proc,
+} from '../helpers/grid.ts';
+
+async function cli(args: string[]): Promise<{ code: number | null; out: string }> {
+  const p = spawnTs('server/cli.ts', args);
+  const { code } = await p.exited;
+  return { code, out: p.output() };
+}
+
+describe('shardhub CLI', () => {
+  const tmp = tempDir();
+  let hub: HubServer;
+  let node: Proc;
+
+  before(async () => {
+    hub = await startHub(join(tmp.dir, 'hub'));
+    node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), ['--name', 'cli-node']);
+    await waitFor(
+      'node online',
+      () => [...hub.hub.workers.values()].some((w) => w.state === 'online'),
+      60_000,
+    );
+  });
+
+  after(async () => {
+    node.child.kill('SIGKILL');
+    await hub.close();
+    tmp.cleanup();
+  });
+
+  test('every command has --help, and a bad option is a clear usage error', async () => {
+    for (const cmd of ['serve', 'node', 'submit', 'jobs', 'workers']) {
+      const r = await cli([cmd, '--help']);
+      assert.equal(r.code, 0, `${cmd} --help exits 0`);
+      assert.match(r.out, /Usage: shardhub/, `${cmd} --help shows usage`);
+    }
+    const bad = await cli(['submit', '--hub', hub.url]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.out, /--token is required/);
+    const unknown = await cli(['frobnicate']);
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.out, /unknown command "frobnicate"/);
+  });
+
+  test('submit a folder of .npy files: progress, then one .npy per output equal to the reference', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    const inputs = join(tmp.dir, 'npy-in');
+    mkdirSync(inputs);
+    const sent = Array.from({ length: 20 }, (_, i) => calibrationInputs(model, 500 + i)[0]);
+    sent.forEach((t, i) =>
+      writeFileSync(join(inputs, `item${String(i).padStart(2, '0')}.npy`), writeNpy(t as never)),
+    );
+    const out = join(tmp.dir, 'npy-out');
+    const r = await cli([
+      'submit',
+      '--hub',
+      hub.url,
+      '--token',
+      hub.tokens.operatorToken,
+      '--model',
+      'mlp-small',
+      '--inputs',
+      inputs,
+      '--out',
+      out,
+    ]);
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /20\/20 done/);
+    assert.match(r.out, /wrote 20 results/);
+    const ref = await Reference.open(modelPath(hub, model));
+    try {
+      for (let i = 0; i < 20; i++) {
+        const name = `item${String(i).padStart(2, '0')}`;
+        const got = readNpy(readFileSync(join(out, name, 'y.npy')), 'y');
+        const want = (await ref.run([sent[i] as never]))[0];
+        assert.ok(want);
+        assert.equal(compareTensors(got, want, model.tolerance), undefined, `${name} equals the reference`);
+      }
+    } finally {
+      await ref.close();
+    }
+    const status = JSON.parse(readFileSync(join(out, 'job.json'), 'utf8'));
+    assert.equal(status.state, 'completed');
+  });
+
+  test('submit images to PaddleOCR detection: they are turned into tensors by the manifest', async () => {
+    const dir = join(tmp.dir, 'images');
+    mkdirSync(dir);
+    for (let k = 0; k < 3; k++) {
+      const png = new PNG({ width: 64, height: 48 });
+      for (let i = 0; i < png.data.length; i += 4) {
+        const on = (i / 4) % 64 > 10 + k * 5 && (i / 4) % 64 < 40 ? 0 : 255;
+        png.data[i] = png.data[i + 1] = png.data[i + 2] = on;
+        png.data[i + 3] = 255;
+      }
+      writeFileSync(join(dir, `page${k}.png`), PNG.sync.write(png));
+    }
+    const out = join(tmp.dir, 'img-out');
+    const r = await cli([
+      'submit',
+      '--hub',
+      hub.url,
+      '--token',
+      hub.tokens.operatorToken,
+      '--model',
+      'ppocr-det',
+      '--inputs',
+      dir,
+      '--out',
+      out,
+    ]);
+    assert.equal(r.code, 0, r.out);
+    assert.deepEqual(
+      readdirSync(out)
+        .filter((f) => f.startsWith('page'))
+        .sort(),
+      ['page0', 'page1', 'page2'],
+    );
+    const map = readNpy(readFileSync(join(out, 'page0', 'sigmoid_0.tmp_0.npy')), 'map');
+    assert.deepEqual(map.dims, [1, 1, 320, 320]);
+  });
+
+  test('jobs and workers list what the hub has; a wrong token is a clear error', async () => {
+    const jobs = await cli(['jobs', '--hub', hub.url, '--token', hub.tokens.operatorToken]);
+    assert.equal(jobs.code, 0);
+    assert.match(jobs.out, /mlp-small\s+completed\s+20\/20/);
+    const workers = await cli([
+      'workers',
+      '--hub',
+      hub.url,
+      '--token',
+      hub.tokens.operatorToken,
+      '--kind',
+      'native',
+      '--online',
+    ]);
+    assert.equal(workers.code, 0);
+    assert.match(workers.out, /cli-node\s+native\s+cpu\s+online/);
+    const none = await cli([
+      'workers',
+      '--hub',
+      hub.url,
+      '--token',
+      hub.tokens.operatorToken,
+      '--kind',
+      'browser',
+    ]);
+    assert.doesNotMatch(none.out, /cli-node/);
+    const denied = await cli(['jobs', '--hub', hub.url, '--token', 'op_wrong']);
+    assert.equal(denied.code, 1);
+    assert.match(denied.out, /refused the operator token/);
+  });
+});
