@@ -9,9 +9,10 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
+import assert from 'node:assert/strict';
 import type { ModelInfo } from '../../protocol/model.ts';
-import { packItems, type NamedItem } from '../../protocol/pack.ts';
-import { bytesOf, type WireTensor } from '../../protocol/tensor.ts';
+import { packItems, unpackTensors, type NamedItem } from '../../protocol/pack.ts';
+import { bytesOf, compareTensors, type WireTensor } from '../../protocol/tensor.ts';
 import { HubServer, type HubConfig } from '../../server/app.ts';
 import { createLogger } from '../../server/logger.ts';
 
@@ -203,4 +204,34 @@ export function modelPath(hub: HubServer, model: ModelInfo): string {
   const p = hub.hub.models.filePath(model.sha256);
   if (!p) throw new Error(`no file for ${model.name}`);
   return p;
+}
+
+/** Asserts every item of the job has exactly one result equal to the reference. */
+export async function checkResults(hub: HubServer, jobId: string, sent: NamedItem[]): Promise<void> {
+  const job = hub.hub.store.getJob(jobId);
+  assert.ok(job);
+  const model = hub.hub.models.bySha(job.modelSha256);
+  assert.ok(model);
+  const ref = await Reference.open(modelPath(hub, model));
+  try {
+    const byName = new Map(sent.map((it) => [it.name, it]));
+    const seen = new Set<string>();
+    for (const r of hub.hub.store.iterateResults(jobId)) {
+      assert.ok(!seen.has(r.name), `item ${r.name} has two results`);
+      seen.add(r.name);
+      const input = byName.get(r.name);
+      assert.ok(input, `result for unknown item ${r.name}`);
+      const want = await ref.run(input.tensors);
+      const got = unpackTensors(r.outputs);
+      for (const w of want) {
+        const g = got.find((t) => t.name === w.name);
+        assert.ok(g, `item ${r.name} lacks output ${w.name}`);
+        const diff = compareTensors(g, w, model.tolerance);
+        assert.equal(diff, undefined, `item ${r.name} output ${w.name} differs from the reference: ${diff}`);
+      }
+    }
+    assert.equal(seen.size, sent.length, 'every item has a result');
+  } finally {
+    await ref.close();
+  }
 }

@@ -6,20 +6,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { join } from 'node:path';
-import { unpackTensors, type NamedItem } from '../../protocol/pack.ts';
-import { compareTensors } from '../../protocol/tensor.ts';
+import type { NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
-import {
-  Reference,
-  Rest,
-  modelPath,
-  startHub,
-  startNode,
-  tempDir,
-  waitFor,
-  type Proc,
-} from '../helpers/grid.ts';
+import { Rest, checkResults, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
 
 function items(
   model: Parameters<typeof calibrationInputs>[0],
@@ -31,36 +21,6 @@ function items(
     name: `item-${String(i).padStart(5, '0')}`,
     tensors: calibrationInputs(m, 7 + i),
   }));
-}
-
-/** Asserts every item of the job has exactly one result equal to the reference. */
-async function checkResults(hub: HubServer, jobId: string, sent: NamedItem[]): Promise<void> {
-  const job = hub.hub.store.getJob(jobId);
-  assert.ok(job);
-  const model = hub.hub.models.bySha(job.modelSha256);
-  assert.ok(model);
-  const ref = await Reference.open(modelPath(hub, model));
-  try {
-    const byName = new Map(sent.map((it) => [it.name, it]));
-    const seen = new Set<string>();
-    for (const r of hub.hub.store.iterateResults(jobId)) {
-      assert.ok(!seen.has(r.name), `item ${r.name} has two results`);
-      seen.add(r.name);
-      const input = byName.get(r.name);
-      assert.ok(input, `result for unknown item ${r.name}`);
-      const want = await ref.run(input.tensors);
-      const got = unpackTensors(r.outputs);
-      for (const w of want) {
-        const g = got.find((t) => t.name === w.name);
-        assert.ok(g, `item ${r.name} lacks output ${w.name}`);
-        const diff = compareTensors(g, w, model.tolerance);
-        assert.equal(diff, undefined, `item ${r.name} output ${w.name} differs from the reference: ${diff}`);
-      }
-    }
-    assert.equal(seen.size, sent.length, 'every item has a result');
-  } finally {
-    await ref.close();
-  }
 }
 
 describe('grid with native nodes', () => {
