@@ -1,0 +1,265 @@
+/**
+ * The contributor page's connection to the grid, as a Lit {@link ReactiveController}: it starts the
+ * browser worker when asked, mirrors its figures into the host (re-rendering it), pauses the
+ * worker while the tab is hidden (when the contributor wants that), and closes the worker when the
+ * host leaves the page.
+ */
+import type { ReactiveController, ReactiveControllerHost } from 'lit';
+import type { AgentStats } from '../../worker/agent.ts';
+import { errorMessage } from '../../worker/backend.ts';
+import { startBrowserWorker, type BrowserWorker } from '../browser/browser-worker.ts';
+import type { JobShare } from '../browser/figures.ts';
+import { PageLogger } from '../browser/log.ts';
+import type { EngineInfo } from '../inference/messages.ts';
+import { loadPreferences, savePreferences, type PageParams, type Preferences } from './settings.ts';
+
+/** Where the page is in its life. */
+export type Phase = 'ready' | 'starting' | 'running' | 'stopped' | 'unsupported';
+
+/** Who paused the worker. */
+export type PauseCause = 'you' | 'hidden' | 'hub';
+
+/** The page's one-line status: a stable key (for tests and styling) and words for people. */
+export interface Status {
+  key:
+    | 'ready'
+    | 'unsupported'
+    | 'starting'
+    | 'connecting'
+    | 'registering'
+    | 'paused'
+    | 'downloading'
+    | 'working'
+    | 'waiting'
+    | 'stopped';
+  text: string;
+}
+
+/** The status line for a phase and the worker's figures. */
+export function statusOf(
+  phase: Phase,
+  stats: AgentStats | undefined,
+  pausedBy: PauseCause | undefined,
+  problem?: string,
+): Status {
+  switch (phase) {
+    case 'ready':
+      return { key: 'ready', text: 'Ready: press Start to lend this device to the grid' };
+    case 'unsupported':
+      return { key: 'unsupported', text: `This browser cannot contribute: ${problem ?? 'unknown reason'}` };
+    case 'starting':
+      return { key: 'starting', text: 'Starting: loading onnxruntime-web in a background worker' };
+    case 'stopped':
+      return { key: 'stopped', text: `Stopped${problem ? `: ${problem}` : ''}` };
+    case 'running':
+      break;
+  }
+  if (!stats || stats.status === 'closed')
+    return { key: 'stopped', text: `Stopped${problem ? `: ${problem}` : ''}` };
+  if (!stats.connected) return { key: 'connecting', text: 'Connecting to the hub…' };
+  if (!stats.registered) return { key: 'registering', text: 'Registering with the hub…' };
+  if (stats.paused) {
+    const why =
+      pausedBy === 'hidden' ? ' while this tab is hidden' : pausedBy === 'hub' ? ' by the hub operator' : '';
+    return { key: 'paused', text: `Paused${why}` };
+  }
+  const d = stats.download;
+  if (d && d.total > 0 && d.loaded < d.total)
+    return {
+      key: 'downloading',
+      text: `Downloading model ${d.model} (${Math.floor((100 * d.loaded) / d.total)}%)`,
+    };
+  if (stats.running > 0 || stats.queued > 0) return { key: 'working', text: 'Working' };
+  return { key: 'waiting', text: 'Waiting for work' };
+}
+
+/** The controller; see the file comment. */
+export class ContributorController implements ReactiveController {
+  phase: Phase = 'ready';
+  worker: BrowserWorker | undefined;
+  stats: AgentStats | undefined;
+  shares: readonly JobShare[] | undefined;
+  /** Why the page cannot run or stopped. */
+  problem: string | undefined;
+  prefs: Preferences;
+  userPaused = false;
+  hidden: boolean;
+  readonly log: PageLogger;
+  private ownPaused = false;
+  private refresh: ReturnType<typeof setInterval> | undefined;
+  private readonly unsubscribe: (() => void)[] = [];
+
+  constructor(
+    private readonly host: ReactiveControllerHost,
+    readonly params: PageParams,
+  ) {
+    host.addController(this);
+    this.log = new PageLogger({ console: params.log, debug: params.debug });
+    this.prefs = loadPreferences(safeLocalStorage());
+    this.hidden = document.visibilityState === 'hidden';
+    if (!isSecureContext) {
+      this.phase = 'unsupported';
+      this.problem =
+        'the page is not a secure context. Open the hub over HTTPS (or on localhost): browsers keep WebGPU, threads, storage and hashing from insecure pages';
+    } else if (typeof Worker !== 'function' || typeof WebAssembly !== 'object') {
+      this.phase = 'unsupported';
+      this.problem = 'this browser has no Web Workers or WebAssembly';
+    }
+  }
+
+  hostConnected(): void {
+    document.addEventListener('visibilitychange', this.onVisibility);
+    // The rate decays between events: refresh the figures every second.
+    this.refresh = setInterval(() => {
+      if (this.worker) this.setStats(this.worker.agent.stats);
+    }, 1000);
+    if (this.params.autostart && this.phase === 'ready') void this.start();
+  }
+
+  hostDisconnected(): void {
+    document.removeEventListener('visibilitychange', this.onVisibility);
+    if (this.refresh !== undefined) clearInterval(this.refresh);
+    for (const u of this.unsubscribe.splice(0)) u();
+    void this.worker?.close();
+  }
+
+  /** Who paused the worker, if it is paused. */
+  get pausedBy(): PauseCause | undefined {
+    if (!this.stats?.paused) return undefined;
+    if (this.userPaused) return 'you';
+    if (this.prefs.autoPause && this.hidden) return 'hidden';
+    return 'hub';
+  }
+
+  /** The status line. */
+  get status(): Status {
+    return statusOf(this.phase, this.stats, this.pausedBy, this.problem);
+  }
+
+  /** Starts the worker (once). */
+  async start(): Promise<void> {
+    if (this.phase !== 'ready') return;
+    this.phase = 'starting';
+    this.host.requestUpdate();
+    try {
+      const worker = await startBrowserWorker({
+        hubUrl: location.origin,
+        backend: this.params.backend,
+        numThreads: this.params.threads,
+        token: this.params.token,
+        name: this.params.name,
+        logger: this.log,
+      });
+      this.worker = worker;
+      this.phase = 'running';
+      this.unsubscribe.push(
+        worker.agent.on('stats', (s) => this.setStats(s)),
+        worker.agent.on('closed', () => {
+          this.phase = 'stopped';
+          this.host.requestUpdate();
+        }),
+        worker.onShares((s) => {
+          this.shares = s;
+          this.host.requestUpdate();
+        }),
+        worker.onFatal((err) => {
+          this.problem = err.message;
+          this.host.requestUpdate();
+        }),
+      );
+      worker.agent.setThrottle(this.prefs.throttle);
+      this.applyPause();
+      this.setStats(worker.agent.stats);
+      if (this.params.debug) exposeForTests(this);
+    } catch (err) {
+      this.phase = 'stopped';
+      this.problem = errorMessage(err);
+      this.log.error({ error: this.problem }, 'could not start');
+    }
+    this.host.requestUpdate();
+  }
+
+  /** The contributor's pause button. */
+  setPaused(paused: boolean): void {
+    this.userPaused = paused;
+    // Resuming by hand also lifts a pause the contributor did not make (hidden tab, operator).
+    if (!paused) this.ownPaused = true;
+    this.applyPause();
+  }
+
+  /** The throttle slider: share of time the worker may compute. */
+  setThrottle(fraction: number): void {
+    const f = Math.min(1, Math.max(0.05, fraction));
+    this.prefs = { ...this.prefs, throttle: f };
+    savePreferences(safeLocalStorage(), this.prefs);
+    this.worker?.agent.setThrottle(f);
+    this.host.requestUpdate();
+  }
+
+  /** The "pause while hidden" setting. */
+  setAutoPause(enabled: boolean): void {
+    this.prefs = { ...this.prefs, autoPause: enabled };
+    savePreferences(safeLocalStorage(), this.prefs);
+    this.applyPause();
+  }
+
+  private readonly onVisibility = (): void => {
+    this.hidden = document.visibilityState === 'hidden';
+    this.log.info({ hidden: this.hidden }, this.hidden ? 'tab hidden' : 'tab visible');
+    this.applyPause();
+  };
+
+  /** Pauses or resumes the worker when the page's own reasons to pause change. */
+  private applyPause(): void {
+    const want = this.userPaused || (this.prefs.autoPause && this.hidden);
+    const agent = this.worker?.agent;
+    if (agent && want !== this.ownPaused) {
+      this.ownPaused = want;
+      agent.setPaused(want);
+    }
+    this.host.requestUpdate();
+  }
+
+  private setStats(s: AgentStats): void {
+    this.stats = s;
+    this.host.requestUpdate();
+  }
+}
+
+function safeLocalStorage(): Storage | undefined {
+  try {
+    return localStorage;
+  } catch {
+    return undefined;
+  }
+}
+
+/** What `?debug=1` puts on `window.shardhub`, for end-to-end tests. */
+export interface DebugHandle {
+  stats(): AgentStats | undefined;
+  status(): Status;
+  workerId(): string | undefined;
+  /** What the inference worker reported (provider, threads, onnxruntime-web version). */
+  engineInfo(): EngineInfo | undefined;
+  /** Destroys the WebGPU device as a driver reset would. */
+  loseDevice(): Promise<void>;
+}
+
+declare global {
+  interface Window {
+    shardhub?: DebugHandle;
+  }
+}
+
+function exposeForTests(c: ContributorController): void {
+  window.shardhub = {
+    stats: () => c.worker?.agent.stats,
+    status: () => c.status,
+    workerId: () => c.worker?.workerId,
+    engineInfo: () => c.worker?.backend.info,
+    loseDevice: async () => {
+      // The worker may be gone before it confirms: the loss is what was asked for either way.
+      await c.worker?.backend.loseDevice().catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,2 @@
+/** Entry of the contributor page (`index.html`): defines its elements. */
+import './sh-contributor-page.ts';

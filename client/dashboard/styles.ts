@@ -1,0 +1,151 @@
+/** Styles the dashboard's elements share: buttons, state pills, figure cards, progress bars. */
+import { css } from 'lit';
+
+/** Shared styles; add to an element's `static styles`. */
+export const shared = css`
+  :host {
+    font-family: system-ui, sans-serif;
+    color: #1f2933;
+    font-size: 0.9rem;
+  }
+  button,
+  select,
+  input {
+    font: inherit;
+  }
+  button {
+    padding: 0.25rem 0.6rem;
+    border: 1px solid #9aa5b1;
+    border-radius: 0.3rem;
+    background: #fff;
+    cursor: pointer;
+    white-space: nowrap;
+  }
+  button:hover:not([disabled]) {
+    background: #eef2f6;
+  }
+  button[disabled] {
+    opacity: 0.45;
+    cursor: default;
+  }
+  button.danger {
+    border-color: #d92d20;
+    color: #b42318;
+  }
+  button.confirm {
+    background: #d92d20;
+    border-color: #d92d20;
+    color: #fff;
+  }
+  button.primary {
+    background: #2563eb;
+    border-color: #2563eb;
+    color: #fff;
+    font-weight: 600;
+  }
+  button.primary:hover:not([disabled]) {
+    background: #1d4ed8;
+  }
+  button.confirm:hover:not([disabled]) {
+    background: #b42318;
+  }
+  .pill {
+    display: inline-block;
+    padding: 0.05rem 0.5rem;
+    border-radius: 1rem;
+    font-size: 0.78rem;
+    font-weight: 600;
+    background: #e4e7eb;
+    color: #323f4b;
+  }
+  .pill.online,
+  .pill.running,
+  .pill.live {
+    background: #dcfce7;
+    color: #166534;
+  }
+  .pill.paused,
+  .pill.queued,
+  .pill.open,
+  .pill.connecting {
+    background: #fef9c3;
+    color: #854d0e;
+  }
+  .pill.draining {
+    background: #e0e7ff;
+    color: #3730a3;
+  }
+  .pill.quarantined,
+  .pill.cancelled,
+  .pill.reconnecting {
+    background: #fee2e2;
+    color: #991b1b;
+  }
+  .pill.completed,
+  .pill.final {
+    background: #dbeafe;
+    color: #1e40af;
+  }
+  .pill.offline {
+    background: #e4e7eb;
+    color: #616e7c;
+  }
+  .cards {
+    display: grid;
+    grid-template-columns: repeat(auto-fill, minmax(9.5rem, 1fr));
+    gap: 0.6rem;
+  }
+  .card {
+    background: #fff;
+    border: 1px solid #d5dbe1;
+    border-radius: 0.45rem;
+    padding: 0.55rem 0.75rem;
+  }
+  .card .label {
+    color: #616e7c;
+    font-size: 0.75rem;
+    text-transform: uppercase;
+    letter-spacing: 0.03em;
+  }
+  .card .value {
+    font-size: 1.35rem;
+    font-weight: 650;
+    font-variant-numeric: tabular-nums;
+  }
+  .card .sub {
+    color: #616e7c;
+    font-size: 0.78rem;
+  }
+  .panel {
+    background: #fff;
+    border: 1px solid #d5dbe1;
+    border-radius: 0.45rem;
+    padding: 0.75rem 1rem;
+  }
+  .bar {
+    position: relative;
+    height: 0.7rem;
+    background: #e4e7eb;
+    border-radius: 0.35rem;
+    overflow: hidden;
+  }
+  .bar > .fill {
+    position: absolute;
+    inset: 0 auto 0 0;
+    background: #2563eb;
+    transition: width 0.3s ease;
+  }
+  .bar > .fill.failed {
+    background: #dc2626;
+  }
+  .num {
+    font-variant-numeric: tabular-nums;
+    text-align: right;
+  }
+  .muted {
+    color: #616e7c;
+  }
+  a {
+    color: #1d4ed8;
+  }
+`;

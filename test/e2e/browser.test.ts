@@ -1,0 +1,491 @@
+/**
+ * Browser workers end to end: a real hub (in-process) serving the built pages (`npm run build`),
+ * Debian's Chromium driven by Playwright (headless; WebGPU through SwiftShader), a real native
+ * node, real models. Every result is compared with a standalone onnxruntime-node session within
+ * the model's tolerance.
+ *
+ * Headless Chromium reports every page as visible (a tab in front, a minimized window: still
+ * `visible`), so "hiding a tab" is emulated: `document.visibilityState` is overridden and a
+ * `visibilitychange` event dispatched, which is exactly what the page listens to.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { NamedItem } from '../../protocol/pack.ts';
+import type { HubServer } from '../../server/app.ts';
+import type { AgentStats } from '../../worker/agent.ts';
+import { calibrationInputs } from '../../worker/calibration.ts';
+import {
+  ROOT,
+  Rest,
+  checkResults,
+  startHub,
+  startNode,
+  tempDir,
+  waitFor,
+  type Proc,
+} from '../helpers/grid.ts';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const DIST = join(ROOT, 'dist', 'client');
+const RESULTS = join(ROOT, 'test-results');
+/**
+ * The hub under test serves the built pages. A benchmark still awaited when the hub closes keeps
+ * its ack timer running (and this process alive) until it times out: keep that short.
+ */
+const HUB_CONFIG = {
+  staticDir: DIST,
+  hub: { heartbeatMs: 500, offlineAfterMs: 2000, benchmarkTimeoutMs: 30_000 },
+};
+
+/**
+ * `n` items of a model, from seed `seed` on. `rows` > 1 makes each item that many rows (dim 0) of
+ * the model's calibration input: heavier items keep a job running long enough for every worker to
+ * take part, without thousands of tiny items.
+ */
+function items(model: Parameters<typeof calibrationInputs>[0], n: number, seed = 7, rows = 1): NamedItem[] {
+  const m =
+    rows === 1
+      ? model
+      : {
+          ...model,
+          calibration: {
+            ...model.calibration,
+            dims: Object.fromEntries(
+              Object.entries(model.calibration.dims).map(([k, d]) => [k, [rows, ...d.slice(1)]]),
+            ),
+          },
+        };
+  return Array.from({ length: n }, (_, i) => ({
+    name: `item-${String(i).padStart(5, '0')}`,
+    tensors: calibrationInputs(m, seed + i),
+  }));
+}
+
+/** `n` items of a model with the given input dims. */
+function itemsOfDims(
+  model: Parameters<typeof calibrationInputs>[0],
+  n: number,
+  seed: number,
+  dims: Record<string, number[]>,
+): NamedItem[] {
+  const m = { ...model, calibration: { ...model.calibration, dims } };
+  return Array.from({ length: n }, (_, i) => ({
+    name: `item-${String(i).padStart(5, '0')}`,
+    tensors: calibrationInputs(m, seed + i),
+  }));
+}
+
+/** Rows per item in the mixed jobs (see {@link items}). */
+const ROWS = 64;
+
+/** A contributor tab and what it logged (kept for failure messages). */
+interface Tab {
+  page: Page;
+  workerId: string;
+  logs: string[];
+}
+
+async function openTab(context: BrowserContext, hubUrl: string, query: string): Promise<Tab> {
+  const page = await context.newPage();
+  const logs: string[] = [];
+  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  await page.goto(`${hubUrl}/?autostart=1&debug=1&log=1&${query}`);
+  const workerId = await waitFor(
+    `tab ${query} registered`,
+    () =>
+      page.evaluate(() => (window.shardhub?.stats()?.registered ? window.shardhub.workerId() : undefined)),
+    60_000,
+    100,
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}\n${logs.join('\n')}`);
+  });
+  return { page, workerId, logs };
+}
+
+function stats(tab: Tab): Promise<AgentStats> {
+  return tab.page.evaluate(() => {
+    const s = window.shardhub?.stats();
+    if (!s) throw new Error('no worker on this page');
+    return s;
+  });
+}
+
+/** Emulates the tab being hidden or shown (see the file comment). */
+async function setHidden(tab: Tab, hidden: boolean): Promise<void> {
+  await tab.page.evaluate(`(() => { ${visibilityScript(hidden)} })()`);
+}
+
+/**
+ * Waits, inside the page, until the worker's figures satisfy `when` (a JS expression over `s`),
+ * then runs `then` in the same task, so nothing can change in between (a queue seen non-empty is
+ * still non-empty when the tab hides). Resolves with the figures at that moment. Strings, not
+ * functions: tsx would wrap a function's inner arrows in a helper the page lacks.
+ */
+async function whenInPage(tab: Tab, when: string, then: string, timeoutMs = 60_000): Promise<AgentStats> {
+  return tab.page.evaluate(`new Promise((resolve, reject) => {
+    const end = Date.now() + ${timeoutMs};
+    const tick = () => {
+      const s = window.shardhub && window.shardhub.stats();
+      if (s && (${when})) {
+        Promise.resolve((() => { ${then} })()).then(() => resolve(s), reject);
+      } else if (Date.now() > end) {
+        reject(new Error('timed out waiting in the page for: ${when.replace(/'/g, '')}'));
+      } else {
+        setTimeout(tick, 1);
+      }
+    };
+    tick();
+  })`);
+}
+
+/** The page script that emulates hiding or showing the tab (see the file comment). */
+function visibilityScript(hidden: boolean): string {
+  return `
+    Object.defineProperty(document, 'visibilityState', { configurable: true, value: '${hidden ? 'hidden' : 'visible'}' });
+    Object.defineProperty(document, 'hidden', { configurable: true, value: ${hidden} });
+    document.dispatchEvent(new Event('visibilitychange'));`;
+}
+
+/** Moves the tab's throttle slider (percent of time it may compute) and waits for the worker to take it. */
+async function setThrottle(tab: Tab, percent: number): Promise<void> {
+  await tab.page.locator('[data-control=throttle]').fill(String(percent));
+  await waitFor(`throttle ${percent}%`, async () => (await stats(tab)).throttle === percent / 100, 5000);
+}
+
+async function jobDone(rest: Rest, jobId: string, timeoutMs = 120_000): Promise<any> {
+  return waitFor(
+    `job ${jobId} completed`,
+    async () => {
+      const s = await rest.data('GET', `/api/jobs/${jobId}`);
+      return s.state === 'completed' ? s : undefined;
+    },
+    timeoutMs,
+    100,
+  );
+}
+
+describe('browser workers', () => {
+  const tmp = tempDir('shardhub-e2e-');
+  let hub: HubServer;
+  let rest: Rest;
+  let browser: Browser;
+  let context: BrowserContext;
+  let gpuTab: Tab;
+  let wasmTab: Tab;
+  let node: Proc;
+
+  before(async () => {
+    assert.ok(existsSync(join(DIST, 'index.html')), 'the pages are built (npm run build)');
+    assert.ok(
+      existsSync(CHROMIUM),
+      `Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`,
+    );
+    mkdirSync(RESULTS, { recursive: true });
+    hub = await startHub(join(tmp.dir, 'hub'), HUB_CONFIG);
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        '--no-sandbox',
+        '--enable-unsafe-webgpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--no-first-run',
+      ],
+    });
+    context = await browser.newContext({ viewport: { width: 1100, height: 1200 } });
+    node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), ['--name', 'native-1']);
+    [gpuTab, wasmTab] = await Promise.all([
+      openTab(context, hub.url, 'backend=webgpu'),
+      openTab(context, hub.url, 'backend=wasm'),
+    ]);
+    await waitFor(
+      'two tabs and a node online',
+      () => [...hub.hub.workers.values()].filter((w) => w.state === 'online').length === 3,
+      60_000,
+    );
+  });
+
+  after(async () => {
+    node?.child.kill('SIGKILL');
+    await browser?.close();
+    await hub?.close();
+    tmp.cleanup();
+  });
+
+  test('the pages are cross-origin isolated and say which backend runs and why', async () => {
+    assert.equal(
+      await gpuTab.page.evaluate(() => crossOriginIsolated),
+      true,
+      'COOP/COEP make the page isolated',
+    );
+    const backend = (tab: Tab) => tab.page.locator('[data-field=backend]').textContent();
+    const reason = (tab: Tab) => tab.page.locator('[data-field=backend-reason]').textContent();
+    assert.equal((await backend(gpuTab))?.trim(), 'webgpu');
+    assert.match((await reason(gpuTab)) ?? '', /WebGPU requested .* swiftshader/i);
+    assert.equal((await backend(wasmTab))?.trim(), 'wasm');
+    assert.match((await reason(wasmTab)) ?? '', /WASM requested/);
+    assert.match(
+      (await wasmTab.page.locator('[data-field=threads]').textContent()) ?? '',
+      /cross-origin isolated/,
+    );
+    const workers = [...hub.hub.workers.values()];
+    const gpu = workers.find((w) => w.id === gpuTab.workerId);
+    assert.equal(gpu?.kind, 'browser');
+    assert.equal(gpu?.backend, 'webgpu');
+    assert.equal(gpu?.capabilities.gpu?.architecture, 'swiftshader', 'the adapter is registered');
+    assert.ok(gpu?.capabilities.gpu?.limits?.maxBufferSize, 'adapter limits are registered');
+    assert.equal(workers.find((w) => w.id === wasmTab.workerId)?.backend, 'wasm');
+  });
+
+  test('a WebGPU tab, a WASM tab and a native node complete a job; every result equals the reference', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model, 'mlp-small is built (npm run models)');
+    const sent = items(model, 3000, 7, ROWS);
+    const jobId = await rest.submit('mlp-small', sent);
+    const status = await jobDone(rest, jobId);
+    assert.equal(status.done, sent.length);
+    assert.equal(status.failed, 0);
+    await checkResults(hub, jobId, sent);
+    const done = (id: string) => hub.hub.workers.get(id)?.itemsDone ?? 0;
+    assert.ok(done(gpuTab.workerId) > 0, `the WebGPU tab did items (${done(gpuTab.workerId)})`);
+    assert.ok(done(wasmTab.workerId) > 0, `the WASM tab did items (${done(wasmTab.workerId)})`);
+    assert.ok((await stats(gpuTab)).itemsDone > 0, 'the WebGPU tab counts its items');
+  });
+
+  test('a screenshot shows the tab working on WebGPU, with its figures', async () => {
+    const page = gpuTab.page;
+    const path = join(RESULTS, 'browser-worker-webgpu.png');
+    // Read what the page says at the moment of the screenshot.
+    const [status, backend, done] = await Promise.all([
+      page.locator('.status').textContent(),
+      page.locator('[data-field=backend]').textContent(),
+      page.locator('[data-field=items-done]').textContent(),
+    ]);
+    await page.screenshot({ path, fullPage: true });
+    assert.ok(statSync(path).size > 10_000, 'the screenshot was written');
+    assert.equal(status?.trim(), 'Waiting for work', 'connected, registered, idle between jobs');
+    assert.equal(backend?.trim(), 'webgpu');
+    assert.ok(Number(done) > 0, `items done is shown (${done})`);
+  });
+
+  test('hiding a tab pauses it; its unstarted items go to the others', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    // Throttled, the tab holds a queue long enough to be caught holding it.
+    await setThrottle(wasmTab, 10);
+    const sent = items(model, 3000, 100_000, ROWS);
+    const jobId = await rest.submit('mlp-small', sent);
+    // Hidden the moment it holds unstarted items.
+    const atHide = await whenInPage(wasmTab, 's.queued > 0', visibilityScript(true));
+    await waitFor('the tab pauses', async () => (await stats(wasmTab)).paused, 5000);
+    assert.equal((await stats(wasmTab)).queued, 0, 'nothing stays queued in a paused tab');
+    await waitFor(
+      'the hub sees it paused',
+      () => hub.hub.workers.get(wasmTab.workerId)?.state === 'paused',
+      5000,
+    );
+    const path = join(RESULTS, 'browser-worker-paused.png');
+    const shown = await wasmTab.page.locator('.status').textContent();
+    await wasmTab.page.screenshot({ path, fullPage: true });
+    assert.equal(shown?.trim(), 'Paused while this tab is hidden');
+
+    await jobDone(rest, jobId);
+    await checkResults(hub, jobId, sent);
+    const after = await stats(wasmTab);
+    // Only what was already running when the tab was hidden may have finished since.
+    assert.ok(
+      after.itemsDone - atHide.itemsDone <= atHide.running + model.batchSize,
+      `a hidden tab starts nothing (done ${atHide.itemsDone} → ${after.itemsDone}, held ${atHide.queued})`,
+    );
+    // What the tab handed back when it paused (the page's log); the job completed with every
+    // result (above), so the others ran them.
+    const released = wasmTab.logs
+      .map((l) => /releasing unstarted items (\{.*\})/.exec(l)?.[1])
+      .filter((x): x is string => !!x)
+      .map((x) => JSON.parse(x) as { items: number; why: string });
+    assert.ok(
+      released.some((r) => r.why === 'paused' && r.items > 0),
+      `the paused tab handed its unstarted items back: ${JSON.stringify(released)}`,
+    );
+
+    await setHidden(wasmTab, false);
+    await setThrottle(wasmTab, 100);
+    await waitFor('the tab resumes when shown', async () => !(await stats(wasmTab)).paused, 5000);
+    await waitFor(
+      'the hub sees it online',
+      () => hub.hub.workers.get(wasmTab.workerId)?.state === 'online',
+      5000,
+    );
+  });
+
+  test('a lost WebGPU device: running items fail as device_lost, a new device carries on, repeated losses fall back to WASM', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    // Only the WebGPU tab may run this job: nobody else completes (or speculates on) its items, so
+    // the batch it runs when the device is lost is surely reported failed.
+    const sent = items(model, 300, 200_000, ROWS);
+    const jobId = await rest.submit('mlp-small', sent, { requirements: { backend: 'webgpu' } });
+    await whenInPage(gpuTab, 's.running > 0', 'return window.shardhub.loseDevice();');
+    const status = await jobDone(rest, jobId);
+    // The hub retries a failed item on another worker, and there is none here: those items may end
+    // failed. Everything else completes on the new device.
+    assert.equal(status.done + status.failed, sent.length);
+    await checkResults(hub, jobId, sent, status.failed);
+    const failures = hub.hub.store.failuresOf(jobId);
+    assert.ok(
+      failures.length > 0,
+      `the items running when the device was lost went back to the hub\n${gpuTab.logs.slice(-30).join('\n')}`,
+    );
+    assert.ok(
+      failures.every((f) => f.category === 'device_lost'),
+      `with the reason device_lost: ${JSON.stringify(failures.map((f) => [f.category, f.message]))}`,
+    );
+    assert.equal((await gpuTab.page.locator('[data-field=backend]').textContent())?.trim(), 'webgpu');
+    assert.match(
+      (await gpuTab.page.locator('[data-field=backend-reason]').textContent()) ?? '',
+      /device lost 1×/,
+    );
+
+    // Two more losses within the window: WebGPU is given up for WASM, and the tab registers again.
+    const reason = async () => (await gpuTab.page.locator('[data-field=backend-reason]').textContent()) ?? '';
+    await gpuTab.page.evaluate(() => window.shardhub?.loseDevice());
+    await waitFor('the second device is replaced', async () => /device lost 2×/.test(await reason()), 30_000);
+    await gpuTab.page.evaluate(() => window.shardhub?.loseDevice());
+    await waitFor(
+      'the page falls back to WASM',
+      async () => (await gpuTab.page.locator('[data-field=backend]').textContent())?.trim() === 'wasm',
+      30_000,
+    );
+    assert.match(await reason(), /WebGPU device lost 3×.*fell back to WASM/);
+    await waitFor(
+      'the hub has the tab as a WASM worker',
+      () => {
+        const w = hub.hub.workers.get(gpuTab.workerId);
+        return w?.backend === 'wasm' && w.state === 'online';
+      },
+      30_000,
+    );
+  });
+
+  test('a reload keeps the tab’s identity and its cached model (no second download)', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    const downloads: string[] = [];
+    wasmTab.page.on('request', (r) => {
+      if (r.url().includes(`/api/models/${model.sha256}`)) downloads.push(r.url());
+    });
+    const before = wasmTab.workerId;
+    await wasmTab.page.reload();
+    const after = await waitFor(
+      'the reloaded tab registered',
+      () =>
+        wasmTab.page.evaluate(() =>
+          window.shardhub?.stats()?.registered ? window.shardhub.workerId() : undefined,
+        ),
+      60_000,
+      100,
+    );
+    assert.equal(after, before, 'same worker id after a reload (sessionStorage)');
+    const sent = items(model, 200, 300_000);
+    const jobId = await rest.submit('mlp-small', sent, { requirements: { backend: 'wasm' } });
+    await jobDone(rest, jobId);
+    await checkResults(hub, jobId, sent);
+    assert.ok((await stats(wasmTab)).itemsDone > 0, 'the reloaded tab ran the job');
+    assert.deepEqual(downloads, [], 'the model came from Cache Storage');
+  });
+
+  test('closing a tab mid-shard: its items are reassigned; one result per item', async () => {
+    // PaddleOCR detection at 480x480: a run takes about a second on one WASM thread, long enough to
+    // close the tab during it.
+    const model = hub.hub.models.byName('ppocr-det');
+    assert.ok(model);
+    const victim = await openTab(context, hub.url, 'backend=wasm');
+    await waitFor(
+      'the new tab is online',
+      () => hub.hub.workers.get(victim.workerId)?.state === 'online',
+      10_000,
+    );
+    // The victim alone may take the job at first: the job asks for WASM and the other tabs (the
+    // first one runs WASM too since its device losses) pause with their Pause buttons.
+    const others = [wasmTab, gpuTab];
+    for (const tab of others) {
+      await tab.page.locator('[data-control=pause]').click();
+      await waitFor(
+        'the other tabs are paused',
+        () => hub.hub.workers.get(tab.workerId)?.state === 'paused',
+        5000,
+      );
+    }
+    const sent = itemsOfDims(model, 4, 400_000, { x: [1, 3, 480, 480] });
+    const jobId = await rest.submit('ppocr-det', sent, { requirements: { backend: 'wasm' } });
+    const holding = await waitFor(
+      'the tab runs items',
+      async () => {
+        const s = await stats(victim);
+        return s.running > 0 && hub.hub.scheduler.heldBy(victim.workerId).length > 0 ? s : undefined;
+      },
+      90_000,
+      5,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\n${victim.logs.join('\n')}`);
+    });
+    await victim.page.close();
+    await waitFor(
+      'the closed tab is offline',
+      () => hub.hub.workers.get(victim.workerId)?.state === 'offline',
+      10_000,
+    );
+    for (const tab of others) await tab.page.locator('[data-control=pause]').click();
+    const status = await jobDone(rest, jobId);
+    assert.equal(status.done, sent.length);
+    await checkResults(hub, jobId, sent);
+    const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
+      type: string;
+      data: { workerId?: string; items?: number };
+    }[];
+    const requeued = events.filter((e) => e.type === 'requeue' && e.data.workerId === victim.workerId);
+    assert.ok(
+      requeued.some((e) => (e.data.items ?? 0) > 0),
+      `the closed tab’s items (it held ${holding.queued + holding.running}) were requeued: ${JSON.stringify(requeued)}`,
+    );
+    for (const tab of others)
+      await waitFor('the other tabs resume', async () => !(await stats(tab)).paused, 5000);
+  });
+
+  test('after a hub restart the tabs reconnect, with backoff, as the same workers', async () => {
+    const port = hub.port;
+    const ids = [gpuTab.workerId, wasmTab.workerId];
+    await hub.close();
+    await waitFor('the tabs see the hub gone', async () => !(await stats(wasmTab)).connected, 10_000);
+    // Down for a moment, as a restart is; then up again on the same port and data.
+    await new Promise((ok) => setTimeout(ok, 1000));
+    hub = await startHub(join(tmp.dir, 'hub'), { ...HUB_CONFIG, port });
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
+    await waitFor(
+      'both tabs registered again',
+      () => ids.every((id) => hub.hub.workers.get(id)?.state === 'online'),
+      30_000,
+      100,
+    );
+    for (const tab of [gpuTab, wasmTab]) {
+      assert.equal(
+        await tab.page.evaluate(() => window.shardhub?.workerId()),
+        tab.workerId,
+        'same worker id',
+      );
+      assert.equal((await stats(tab)).registered, true);
+    }
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    const sent = items(model, 100, 500_000);
+    const jobId = await rest.submit('mlp-small', sent, { requirements: { backend: 'wasm' } });
+    await jobDone(rest, jobId);
+    await checkResults(hub, jobId, sent);
+  });
+});
