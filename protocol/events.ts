@@ -172,6 +172,22 @@ export interface ItemsRelease {
   itemIds: number[];
 }
 
+/** `worker:figures`: this worker's part in the jobs it works on (for the contributor page). */
+export interface WorkerFigures {
+  jobs: {
+    jobId: string;
+    model: string;
+    /** Items in the job. */
+    items: number;
+    /** Items of the job done by anyone. */
+    done: number;
+    /** Runs of the job's items done by this worker. */
+    doneHere: number;
+    /** This worker's weight over the weights of the job's workers (its fair share), 0..1. */
+    weightShare?: number;
+  }[];
+}
+
 /** Events the hub sends to a worker. */
 export interface HubToWorkerEvents {
   'shard:assign': (shard: ShardAssign) => void;
@@ -179,6 +195,7 @@ export interface HubToWorkerEvents {
   'benchmark:run': (req: BenchmarkRequest, ack: Ack<BenchmarkReply>) => void;
   'items:cancel': (notice: CancelNotice) => void;
   'worker:control': (notice: ControlNotice) => void;
+  'worker:figures': (figures: WorkerFigures) => void;
 }
 
 /** Events a worker sends to the hub. */

@@ -107,3 +107,23 @@ export function describeZodError(err: z.ZodError): string {
   const path = issue.path.length ? issue.path.join('.') : '(root)';
   return `${path}: ${issue.message}`;
 }
+
+/** Replies workers send to the hub's requests (acks are payloads too: checked like the rest). */
+export const BenchmarkReplySchema = z.object({
+  itemsPerSec: z.number().finite().min(0),
+  batchSize: z.number().int().min(1),
+  runs: count,
+  ms: z.number().finite().min(0),
+});
+
+export const RevokeReplySchema = z.object({
+  revoked: z.array(itemId).max(LIMITS.itemsPerMessage * 16),
+});
+
+/** An ack reply: `{data}` checked against `data`'s schema, or `{error}`. */
+export function responseSchema<T>(data: z.ZodType<T>) {
+  return z.union([
+    z.object({ data }),
+    z.object({ error: z.object({ code: z.string().max(64), message: z.string().max(LIMITS.textChars) }) }),
+  ]);
+}

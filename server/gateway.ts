@@ -208,6 +208,12 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         fail(args.at(-1), 'unknown_event', `unknown event "${clean(event, 60)}"`);
     });
 
+    // Socket.IO's own ping/pong counts as a sign of life too: a hidden browser tab's timers (and
+    // so its heartbeats) are throttled to about once a minute, but it still answers pings.
+    socket.conn.on('heartbeat', () => {
+      if (socket.data.registered) hub.touch(workerId);
+    });
+
     socket.on('disconnect', (reason) => {
       messages.forget(socket.id);
       if (socket.data.registered) hub.workerGone(workerId, `disconnected: ${reason}`, socket.id);

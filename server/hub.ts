@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'socket.io';
 import type {
-  BenchmarkReply,
+  WorkerFigures,
   HubToWorkerEvents,
   ItemFailure,
   ItemResult,
@@ -17,6 +17,13 @@ import type {
   WorkerToHubEvents,
 } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
+import {
+  BenchmarkReplySchema,
+  RevokeReplySchema,
+  describeZodError,
+  responseSchema,
+} from '../protocol/schemas.ts';
+import type { z } from 'zod';
 import { packTensors, unpackTensors } from '../protocol/pack.ts';
 import type { ModelRegistry } from '../models/registry.ts';
 import { clean, type Logger } from './logger.ts';
@@ -93,6 +100,7 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly verifier: Verifier;
   private readonly reference = new ReferenceRunner();
   private readonly sealing = new Set<string>();
+  private lastFigures = 0;
 
   constructor(
     readonly store: Store,
@@ -307,6 +315,7 @@ export class Hub extends EventEmitter<HubEvents> {
     if (!job || (job.state !== 'running' && job.state !== 'queued')) return;
     if (job.doneCount + job.failedCount < job.itemCount) return;
     this.store.updateJob(jobId, { state: 'completed', finishedAt: Date.now() });
+    this.sendFigures(); // the workers' last word on their part in it
     this.deactivate(jobId, 'job completed');
     this.log.info({ jobId, done: job.doneCount, failed: job.failedCount }, 'job completed');
     this.emit('job:updated', jobId);
@@ -516,6 +525,10 @@ export class Hub extends EventEmitter<HubEvents> {
         packed,
         ms: r.ms,
         canAsk: (avoid) => this.scheduler.canAsk(r.jobId, avoid),
+        otherBackends: (backend) =>
+          [...this.workers.values()]
+            .filter((x) => x.state !== 'offline' && x.backend !== backend)
+            .map((x) => x.id),
       });
       switch (v.kind) {
         case 'accept':
@@ -663,7 +676,8 @@ export class Hub extends EventEmitter<HubEvents> {
     for (const f of failures) {
       if (!this.active.has(f.jobId)) continue;
       if (this.scheduler.holderOf(f.itemId) !== workerId) continue; // not (or no longer) this worker's
-      const outcome = this.scheduler.failed(workerId, f.jobId, f.itemId);
+      // A lost device is recreated by the worker: the same worker may try again (within maxAttempts).
+      const outcome = this.scheduler.failed(workerId, f.jobId, f.itemId, f.category === 'device_lost');
       if (outcome === 'final') failed++;
       else retried++;
       rows.push({ ...f, workerId, message: clean(f.message, 500), at: now, final: outcome === 'final' });
@@ -697,13 +711,11 @@ export class Hub extends EventEmitter<HubEvents> {
     const victim = this.sockets.get(st.victim);
     let revoked: number[] = [];
     if (victim) {
-      try {
-        const res = await victim.timeout(5000).emitWithAck('shard:revoke', { itemIds: st.itemIds });
-        if ('data' in res && Array.isArray(res.data?.revoked))
-          revoked = res.data.revoked.filter((x) => Number.isInteger(x));
-      } catch {
-        revoked = []; // no answer: the victim keeps them; if it is gone, its items are requeued anyway
-      }
+      // No answer in time: the victim keeps them; if it is gone, its items are requeued anyway.
+      const res = await ask(5000, RevokeReplySchema, (ack) =>
+        victim.emit('shard:revoke', { itemIds: st.itemIds }, ack),
+      );
+      if ('data' in res) revoked = res.data.revoked;
     }
     const a = this.scheduler.stealDone(st, revoked);
     const now = Date.now();
@@ -767,14 +779,9 @@ export class Hub extends EventEmitter<HubEvents> {
     const model = this.models.bySha(sha);
     if (!socket || !model) return;
     const started = Date.now();
-    let res: Response<BenchmarkReply>;
-    try {
-      res = await socket.timeout(this.opts.benchmarkTimeoutMs).emitWithAck('benchmark:run', { model });
-    } catch {
-      res = {
-        error: { code: 'timeout', message: `no benchmark reply in ${this.opts.benchmarkTimeoutMs} ms` },
-      };
-    }
+    const res = await ask(this.opts.benchmarkTimeoutMs, BenchmarkReplySchema, (ack) =>
+      socket.emit('benchmark:run', { model }, ack),
+    );
     if (this.sockets.get(workerId) !== socket) return; // reconnected meanwhile: the new socket benchmarks
     if ('error' in res || !(res.data.itemsPerSec > 0)) {
       const why = 'error' in res ? clean(res.error.message) : 'non-positive rate';
@@ -798,9 +805,44 @@ export class Hub extends EventEmitter<HubEvents> {
     this.pump();
   }
 
+  /** Tells each connected worker its part in the jobs it works on (the contributor page shows it). */
+  private sendFigures(): void {
+    const perWorker = new Map<string, WorkerFigures['jobs']>();
+    for (const job of this.active.values()) {
+      const byWorker = job.fairness.itemsByWorker();
+      if (byWorker.size === 0) continue;
+      const record = this.store.getJob(job.record.id);
+      if (!record) continue;
+      let total = 0;
+      const weights = new Map<string, number>();
+      for (const id of byWorker.keys()) {
+        const wgt = this.scheduler.weight(id, job.model.sha256) ?? 0;
+        weights.set(id, wgt);
+        total += wgt;
+      }
+      for (const [id, n] of byWorker) {
+        const list = perWorker.get(id) ?? [];
+        list.push({
+          jobId: record.id,
+          model: record.modelName,
+          items: record.itemCount,
+          done: record.doneCount,
+          doneHere: n,
+          ...(total > 0 ? { weightShare: (weights.get(id) ?? 0) / total } : {}),
+        });
+        perWorker.set(id, list);
+      }
+    }
+    for (const [id, jobs] of perWorker) this.sockets.get(id)?.emit('worker:figures', { jobs });
+  }
+
   /** Liveness: a worker silent for offlineAfterMs is offline; its connection is closed. */
   private tick(): void {
     const now = Date.now();
+    if (now - this.lastFigures >= 1500) {
+      this.lastFigures = now;
+      this.sendFigures();
+    }
     for (const w of this.workers.values()) {
       if (w.state === 'offline' || now - w.lastSeen <= this.opts.offlineAfterMs) continue;
       const socket = this.sockets.get(w.id);
@@ -816,4 +858,33 @@ export class Hub extends EventEmitter<HubEvents> {
     clearInterval(this.timer);
     await this.reference.close();
   }
+}
+
+/**
+ * Sends a request with an ack and waits at most `ms` for the reply, which is checked against its
+ * schema like every other payload (a malformed reply counts as an error). Unlike Socket.IO's own
+ * `timeout()`, the timer does not keep the process alive after the hub closes.
+ */
+function ask<T>(
+  ms: number,
+  schema: z.ZodType<T>,
+  send: (ack: (res: unknown) => void) => void,
+): Promise<Response<T>> {
+  const reply = responseSchema(schema);
+  return new Promise((resolve) => {
+    const timer = setTimeout(
+      () => resolve({ error: { code: 'timeout', message: `no reply in ${ms} ms` } }),
+      ms,
+    );
+    timer.unref();
+    send((res) => {
+      clearTimeout(timer);
+      const r = reply.safeParse(res);
+      resolve(
+        r.success
+          ? (r.data as Response<T>)
+          : { error: { code: 'invalid_reply', message: describeZodError(r.error) } },
+      );
+    });
+  });
 }

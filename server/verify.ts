@@ -112,6 +112,8 @@ export class Verifier {
     packed: Uint8Array;
     ms: number;
     canAsk: (avoid: string[]) => boolean;
+    /** Ids of online workers on a backend other than this one (for like-with-like tie-breakers). */
+    otherBackends?: (backend: string) => string[];
   }): Verdict {
     const { workerId, itemId, model } = args;
     const canary = this.canaries.has(itemId) ? this.store.canaryAnswer(itemId) : undefined;
@@ -159,14 +161,25 @@ export class Verifier {
         outputs: winner.outputs,
         verified: 'quorum',
         confirm: best.map((r) => r.workerId),
+        // Like with like: only a dissenter on a backend of the majority is held to have erred;
+        // another backend may legitimately differ beyond the tolerance.
         refute: groups
           .slice(1)
           .flat()
+          .filter((r) => best.some((b) => b.backend === r.backend))
           .map((r) => r.workerId),
       };
     }
-    // Up to two tie-breakers beyond the replicas asked for.
-    if (all.length < required + 2 && args.canAsk(avoid)) return { kind: 'replicate', avoid };
+    // Up to two tie-breakers beyond the replicas asked for: when the disagreeing results come from
+    // different backends, from the first result's backend if such a worker is there (like with like).
+    if (all.length < required + 2) {
+      const backends = new Set(all.map((r) => r.backend));
+      if (backends.size > 1 && args.otherBackends) {
+        const like = [...avoid, ...args.otherBackends((all[0] as Replica).backend)];
+        if (args.canAsk(like)) return { kind: 'replicate', avoid: like };
+      }
+      if (args.canAsk(avoid)) return { kind: 'replicate', avoid };
+    }
     if (all.length === 1 && args.redundancy <= 1) {
       this.drop(itemId);
       return { kind: 'accept', workerId, outputs: args.packed, verified: null, confirm: [], refute: [] };

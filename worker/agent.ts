@@ -364,10 +364,12 @@ export class WorkerAgent {
       const sessions = await Promise.all(leases.map((l) => l.session)).catch((err: unknown) => {
         throw new BackendError(classifyError(err, 'load'), errorMessage(err), { cause: err });
       });
-      const reply = await runBenchmark(model, sessions, {
+      const measured = await runBenchmark(model, sessions, {
         ...this.opts.benchmark,
         signal: this.fetchAbort.signal,
       });
+      // A throttled worker computes only part of the time: its weight is what it will deliver.
+      const reply = { ...measured, itemsPerSec: measured.itemsPerSec * this.throttleFraction };
       this.log.info(
         { model: model.name, itemsPerSec: reply.itemsPerSec, runs: reply.runs },
         'benchmark done',

@@ -235,16 +235,13 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
   agent.on('error', (err) => {
     if (!refused(err.message)) log.error({ code: err.code, error: err.message }, 'hub refused registration');
   });
-  // Not (yet) in the typed protocol: see figures.ts.
-  (socket as unknown as { on(ev: string, fn: (payload: unknown) => void): void }).on(
-    'worker:figures',
-    (payload) => {
-      const parsed = parseFigures(payload);
-      if (!parsed) return;
-      shares = parsed;
-      for (const l of shareListeners) l(parsed);
-    },
-  );
+  // Typed in the protocol, still parsed defensively: see figures.ts.
+  socket.on('worker:figures', (payload: unknown) => {
+    const parsed = parseFigures(payload);
+    if (!parsed) return;
+    shares = parsed;
+    for (const l of shareListeners) l(parsed);
+  });
   agent.on('closed', () => {
     if (retryTimer !== undefined) clearTimeout(retryTimer);
     claimed.close();

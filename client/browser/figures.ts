@@ -1,8 +1,8 @@
 /**
  * The worker's share of each job, as the hub reports it in a `worker:figures` message (hub → worker):
- * `{ jobs: [{ jobId, model?, items, done, doneHere, weightShare? }] }`. The event is not part of
- * `protocol/events.ts` yet, so its payload is read defensively here: a hub that never sends it
- * leaves the page showing "not reported by this hub", and a malformed one is ignored.
+ * `WorkerFigures` in `protocol/events.ts`. Its payload is still read defensively here (what comes
+ * over a socket is data, not a promise): an older hub that never sends it leaves the page showing
+ * "not reported by this hub", and a malformed one is ignored.
  */
 
 /** One job's figures for this worker. */

@@ -152,6 +152,11 @@ export class FairnessTracker {
     this.wasted += n;
   }
 
+  /** Runs done per worker so far (cheap: no report). */
+  itemsByWorker(): Map<string, number> {
+    return new Map([...this.workers].map(([id, w]) => [id, w.items]));
+  }
+
   /** The figures now. */
   report(opts: {
     items: number;

@@ -430,9 +430,10 @@ export class Scheduler {
 
   /**
    * Records a failed attempt. The item is retried on a worker it has not failed on, unless it has
-   * used up its attempts or no eligible worker is left: then it is final.
+   * used up its attempts or no eligible worker is left: then it is final. A `transient` failure (the
+   * device was lost and recreated) may be retried on the same worker.
    */
-  failed(workerId: string, jobId: string, itemId: number): FailureOutcome {
+  failed(workerId: string, jobId: string, itemId: number, transient = false): FailureOutcome {
     const j = this.jobs.get(jobId);
     const w = this.workers.get(workerId);
     if (w?.held.get(itemId) === jobId) {
@@ -444,7 +445,7 @@ export class Scheduler {
     const attempts = (j.attempts.get(itemId) ?? 0) + 1;
     j.attempts.set(itemId, attempts);
     const on = j.failedOn.get(itemId) ?? new Set<string>();
-    on.add(workerId);
+    if (!transient) on.add(workerId);
     j.failedOn.set(itemId, on);
     const someoneElse = [...this.workers.values()].some((o) => !on.has(o.info.id) && this.fits(o, j));
     if (attempts >= this.opts.maxAttempts || !someoneElse) {

@@ -262,16 +262,18 @@ describe('browser workers', () => {
     const page = gpuTab.page;
     const path = join(RESULTS, 'browser-worker-webgpu.png');
     // Read what the page says at the moment of the screenshot.
-    const [status, backend, done] = await Promise.all([
+    const [status, backend, done, share] = await Promise.all([
       page.locator('.status').textContent(),
       page.locator('[data-field=backend]').textContent(),
       page.locator('[data-field=items-done]').textContent(),
+      page.locator('[data-field=share]').textContent(),
     ]);
     await page.screenshot({ path, fullPage: true });
     assert.ok(statSync(path).size > 10_000, 'the screenshot was written');
     assert.equal(status?.trim(), 'Waiting for work', 'connected, registered, idle between jobs');
     assert.equal(backend?.trim(), 'webgpu');
     assert.ok(Number(done) > 0, `items done is shown (${done})`);
+    assert.match(share ?? '', /\d+(\.\d)?% of mlp-small/, `its share of the job is shown (${share})`);
   });
 
   test('hiding a tab pauses it; its unstarted items go to the others', async () => {

@@ -108,6 +108,33 @@ describe('result judging', () => {
     assert.deepEqual(decided.confirm.sort(), ['honest1', 'honest2']);
   });
 
+  test('like with like: across backends a tie-breaker comes from the first backend, and the other backend is not blamed', () => {
+    const { verifier } = setup('like');
+    const args = (workerId: string, backend: string, outputs: WireTensor[]) => ({
+      workerId,
+      kind: 'browser' as const,
+      backend,
+      itemId: 9,
+      redundancy: 1,
+      model: MODEL,
+      outputs,
+      packed: packTensors(outputs),
+      ms: 1,
+      canAsk: () => true,
+      otherBackends: (b: string) => (b === 'wasm' ? ['gpu1', 'gpu2'] : ['cpu1']),
+    });
+    verifier.judge(args('cpu1', 'wasm', y(1, 2)));
+    const clash = verifier.judge(args('gpu1', 'webgpu', y(1.5, 2)));
+    assert.equal(clash.kind, 'replicate');
+    assert.ok(
+      clash.kind === 'replicate' && clash.avoid.includes('gpu2'),
+      'the tie-breaker must not be another webgpu worker',
+    );
+    const decided = verifier.judge(args('cpu2', 'wasm', y(1, 2)));
+    assert.ok(decided.kind === 'accept');
+    assert.deepEqual(decided.refute, [], 'a webgpu result that differs from wasm ones is not a lie');
+  });
+
   test('no quorum after the tie-breakers: the item fails rather than loops', () => {
     const { verifier } = setup('noquorum');
     assert.equal(judge(verifier, 'a', 3, y(1, 1)).kind, 'replicate');
