@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { runNode, type NodeHandle } from '../native/node.ts';
 import { packTensors } from '../protocol/pack.ts';
 import { createLogger } from '../server/logger.ts';
+import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import type { SchedulerOptions } from '../server/scheduler/scheduler.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { benchHub, printTable, spawnNode, until } from './_grid.ts';
@@ -67,7 +68,11 @@ function idealFor(s: Scenario, items: number, itemMs: number): number {
 }
 
 async function runOne(s: Scenario, mode: string, items: number, itemMs: number): Promise<Row> {
-  const { hub, done } = await benchHub({ hub: { scheduler: MODES[mode] } });
+  // The operator's own nodes: trusted from the start (`--trust-native`), so probation replicas do
+  // not blur what is measured here, the scheduler. Canaries still run.
+  const { hub, done } = await benchHub({
+    hub: { scheduler: MODES[mode], trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: true } },
+  });
   const dir = mkdtempSync(join(tmpdir(), 'shardhub-makespan-'));
   const nodes: ChildProcess[] = [];
   let joiner: NodeHandle | undefined;

@@ -9,6 +9,7 @@ import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { HubServer, defaultHubConfig } from './app.ts';
 import { createLogger } from './logger.ts';
+import { DEFAULT_TRUST_OPTIONS } from './trust.ts';
 import { helpText, parseOptions, type OptionTable } from './options.ts';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
@@ -94,6 +95,12 @@ export const SERVE_OPTIONS: OptionTable = {
     default: true,
     negatable: true,
   },
+  'trust-native': {
+    type: 'boolean',
+    help: 'native nodes (they hold the join token) start trusted: no probation replicas, canaries only',
+    env: 'SHARDHUB_TRUST_NATIVE',
+    default: false,
+  },
   demo: {
     type: 'boolean',
     help: 'queue a demo job on a bundled real model at start',
@@ -149,6 +156,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
         heartbeatMs: v['heartbeat-ms'] as number,
         offlineAfterMs: v['offline-after-ms'] as number,
         maxAttempts: v['max-attempts'] as number,
+        trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: v['trust-native'] as boolean },
         scheduler: {
           weighting: v.weighting as boolean,
           factoring: v.factoring as boolean,
