@@ -1,0 +1,191 @@
+/**
+ * `npm run bench -- connections [--json] [--workers 2000] [--procs 4] [--item-ms 1000]
+ *  [--seconds 20] [--profile DIR]`
+ *
+ * Thousands of workers on one hub: 2,000 sim workers (the real run loop, `WorkerAgent`, each on its
+ * own Socket.IO connection with heartbeats at the hub's default interval of 2 s), spread over
+ * `--procs` processes, while a job runs; the hub in a process of its own.
+ *
+ * - Hub RSS: the peak resident memory of the hub process while the job runs (sampled every second)
+ *   and over its whole life (`resourceUsage().maxRSS`), all connections open.
+ * - Assignment latency, as a worker sees it: from the moment one of its items finished (its
+ *   capacity freed) to the arrival of the shard the hub sent in answer to that result. It includes
+ *   the worker's own result batching, the hub's queueing behind 2,000 other connections, its work on
+ *   the result and the shard, and the wire. Measured for every shard sent while the worker had a
+ *   results message unacknowledged (the hub tops a worker up while handling its results and sends
+ *   the shard before the ack); see `_worker-child.ts`. Items take `--item-ms` (1 s: every worker
+ *   finishes one item a second, 2,000 items/s in all), so the hub is loaded but not saturated: the
+ *   figure is the latency of a busy hub, not of a queue that grows without bound. Worker speeds
+ *   are spread +-20% (`--spread`): with identical speeds every worker finishes at the same instant
+ *   each second and the figure measures a 2,000-message burst instead (`--spread 0` shows that).
+ * - All clocks are wall clocks of one machine (`performance.timeOrigin + now()`).
+ * - Needs one file descriptor per connection in the hub and in the worker processes: the benchmark
+ *   checks `ulimit -n` first and says what to raise.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ROOT, printTable } from './_grid.ts';
+import type { RpcChild } from './_rpc.ts';
+import {
+  flag,
+  numFlag,
+  percentile,
+  profiled,
+  startHubProcess,
+  startWorkerProcesses,
+  stopAll,
+  trustedNodes,
+  warmUp,
+} from './_scale.ts';
+
+/** The soft limit on open files of this process (inherited by the children), or undefined. */
+function openFilesLimit(): number | undefined {
+  try {
+    const line = readFileSync('/proc/self/limits', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Max open files'));
+    const soft = line?.split(/\s{2,}/)[1];
+    return soft === 'unlimited' ? Number.POSITIVE_INFINITY : Number(soft);
+  } catch {
+    return undefined;
+  }
+}
+
+interface Samples {
+  freed: Float64Array;
+  sent: Float64Array;
+  at: Float64Array;
+  untimed: number;
+}
+
+/** Runs the connections benchmark and prints its table (or JSON). */
+export async function main(args: string[]): Promise<void> {
+  const json = args.includes('--json');
+  const workers = numFlag(args, 'workers', 2000);
+  const procs = numFlag(args, 'procs', 4);
+  const itemMs = numFlag(args, 'item-ms', 1000);
+  const seconds = numFlag(args, 'seconds', 20);
+  const spread = numFlag(args, 'spread', 0.2);
+  const profile = flag(args, 'profile') ? join(ROOT, flag(args, 'profile') as string) : undefined;
+  const limit = openFilesLimit();
+  const need = workers + 200;
+  if (limit !== undefined && limit < need) {
+    throw new Error(
+      `open files limit is ${limit}; ${workers} connections need about ${need} in the hub: run \`ulimit -n ${need * 2}\` first`,
+    );
+  }
+  const log = (s: string) => !json && process.stderr.write(`${s}\n`);
+
+  const hub = await startHubProcess(trustedNodes());
+  let children: RpcChild[] = [];
+  try {
+    const t0 = Date.now();
+    children = await startWorkerProcesses(hub, {
+      count: workers,
+      procs,
+      concurrency: 1,
+      itemMs,
+      spread,
+      timing: true,
+      connectBatch: 50,
+    });
+    log(`${workers} workers registered in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    // Every worker benchmarks the model (a warm-up job of two items each).
+    await warmUp(hub, 'noop', workers, workers * 2);
+    log('warm-up done');
+    const memIdle = await hub.rpc.call<{ rssMb: number }>('mem');
+    for (const c of children) await c.call('takeSamples');
+
+    // Enough items to keep every worker busy for `seconds`.
+    const items = Math.round((workers * seconds * 1000) / itemMs);
+    const jobId = await hub.rpc.call<string>('submit', { model: 'noop', items });
+    let peakRss = memIdle.rssMb;
+    const { start, end, lag } = await profiled([hub.rpc], profile, 'connections', async () => {
+      await hub.rpc.call('lagStart');
+      const start = await hub.rpc.call<{ cpuUs: number; t: number }>('seal', { jobId });
+      const sampler = setInterval(() => {
+        void hub.rpc
+          .call<{ rssMb: number }>('mem')
+          .then((m) => (peakRss = Math.max(peakRss, m.rssMb)))
+          .catch(() => undefined);
+      }, 1000);
+      try {
+        const end = await hub.rpc.call<{ cpuUs: number; t: number }>('waitJob', { jobId });
+        const lag = await hub.rpc.call<{ p50Ms: number; p99Ms: number; maxMs: number }>('lagStop');
+        return { start, end, lag };
+      } finally {
+        clearInterval(sampler);
+      }
+    });
+    const mem = await hub.rpc.call<{ rssMb: number; maxRssMb: number; heapMb: number }>('mem');
+    peakRss = Math.max(peakRss, mem.rssMb);
+    const stats = await Promise.all(
+      children.map((c) => c.call<{ connected: number; serverDisconnects: number }>('stats')),
+    );
+    const samples = await Promise.all(children.map((c) => c.call<Samples>('takeSamples')));
+    const freed = Float64Array.from(samples.flatMap((s) => [...s.freed])).sort();
+    const sent = Float64Array.from(samples.flatMap((s) => [...s.sent])).sort();
+    const untimed = samples.reduce((n, s) => n + s.untimed, 0);
+    if (process.env.SHARDHUB_BENCH_DEBUG) {
+      // p99 per second of the job: where the slow refills are.
+      const bySecond = new Map<number, number[]>();
+      for (const s of samples)
+        s.at.forEach((t, i) => {
+          const sec = Math.floor((t - start.t) / 1000);
+          bySecond.set(sec, [...(bySecond.get(sec) ?? []), s.freed[i] as number]);
+        });
+      for (const [sec, xs] of [...bySecond].sort((a, b) => a[0] - b[0])) {
+        const sorted = Float64Array.from(xs).sort();
+        process.stderr.write(
+          `second ${sec}: n=${xs.length} p50=${percentile(sorted, 50).toFixed(1)} p99=${percentile(sorted, 99).toFixed(1)} max=${(sorted[sorted.length - 1] as number).toFixed(1)}\n`,
+        );
+      }
+    }
+    const wall = (end.t - start.t) / 1000;
+    const row = {
+      workers,
+      connected: stats.reduce((n, s) => n + s.connected, 0),
+      reconnects: stats.reduce((n, s) => n + s.serverDisconnects, 0),
+      items,
+      items_per_s: items / wall,
+      rss_mb: peakRss,
+      rss_idle_mb: memIdle.rssMb,
+      max_rss_mb: mem.maxRssMb,
+      p50_ms: percentile(freed, 50),
+      p99_ms: percentile(freed, 99),
+      max_ms: freed.length ? (freed[freed.length - 1] as number) : Number.NaN,
+      sent_p50_ms: percentile(sent, 50),
+      sent_p99_ms: percentile(sent, 99),
+      samples: freed.length,
+      untimed,
+      hub_cores: (end.cpuUs - start.cpuUs) / 1e6 / wall,
+      loop_p99_ms: lag.p99Ms,
+      loop_max_ms: lag.maxMs,
+    };
+    if (json) {
+      process.stdout.write(
+        `${JSON.stringify({
+          workers: row.connected,
+          rss_mb: Math.round(row.rss_mb),
+          p50_ms: Number(row.p50_ms.toFixed(2)),
+          p99_ms: Number(row.p99_ms.toFixed(2)),
+        })}\n`,
+      );
+      return;
+    }
+    process.stdout.write(
+      `connections: ${workers} sim workers (WorkerAgent, own Socket.IO connection each, heartbeats every 2 s) ` +
+        `in ${procs} processes, ${itemMs} ms items (speeds +-${spread * 100}%); hub in its own process\n\n`,
+    );
+    printTable([row]);
+    process.stdout.write(
+      `\np50/p99/max_ms: a worker's item finishing -> the hub's refill arriving at that worker` +
+        ` (sent_*: from its results message leaving instead); samples: refills timed; untimed:` +
+        ` other shards. rss_mb: hub peak RSS during the job (idle: before it; max: process life).` +
+        ` loop_p99_ms: hub event-loop delay. Targets: p99 <= 50 ms, RSS <= 1 GB.\n`,
+    );
+  } finally {
+    await stopAll(children);
+    await hub.stop();
+  }
+}

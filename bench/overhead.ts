@@ -1,0 +1,242 @@
+/**
+ * `npm run bench -- overhead [--json] [--items 240] [--rounds 3] [--model ppocr-det] [--profile DIR]`
+ *
+ * What the grid costs on real compute: one native node (`shardhub node --backend cpu`, a process of
+ * its own, onnxruntime-node in a session thread) running a job through a hub (a process of its own)
+ * against standalone onnxruntime-node in this process, on PaddleOCR detection at 320x320, on the
+ * same machine, in one run.
+ *
+ * - Same work: the same calibration inputs (`worker/calibration.ts`, one seed per item), the same
+ *   session options (`native/ort-session.ts` `sessionOptions`: cpu, intra-op threads = cores /
+ *   concurrency = all cores, one inter-op thread, sequential) and the same batching (the model's
+ *   batch size, 4, through `OrtSession.run`, which is what the node's session thread runs).
+ * - Standalone and grid runs alternate (`--rounds` grid runs, standalone first and last). The
+ *   figure (JSON `ratio`) is best grid run over best standalone run: on a machine shared with other
+ *   work, the best run of each is the closest to a quiet machine. The table also gives each round's
+ *   ratio to the standalone runs around it, and CPU time per item: standalone (this process, all
+ *   threads) vs the node process plus the hub process, a measure that contention disturbs little.
+ * - The grid's node has benchmarked the model and been proven by canaries (warm-up jobs) first, as
+ *   any node is after its first jobs: a node on probation holds only two fresh items at a time.
+ *   Grid items/s runs from the job's first assignment to its last result (the hub's own times),
+ *   so the hub's pre-flight check of the model, once per job, is not counted.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { OrtSession, sessionOptions } from '../native/ort-session.ts';
+import { ModelRegistry } from '../models/registry.ts';
+import { calibrationInputs } from '../worker/calibration.ts';
+import { ROOT, printTable } from './_grid.ts';
+import { flag, numFlag, profiled, startHubProcess, warmUp } from './_scale.ts';
+
+/** CPU time (user + system, all threads) of another process so far, ms; Linux only. */
+function procCpuMs(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // utime and stime are fields 14 and 15 of the line, in clock ticks (100 per second on Linux).
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+const cpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
+
+/** One timed run: items/s and CPU milliseconds per item (all threads of the processes doing it). */
+interface Run {
+  itemsPerS: number;
+  cpuMsPerItem: number;
+  hubCpuMsPerItem?: number;
+}
+
+/** Standalone onnxruntime-node in this process: the model loaded once, then timed runs. */
+async function standaloneRunner(
+  model: string,
+): Promise<{ run: (items: number) => Promise<Run>; close: () => Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'shardhub-overhead-'));
+  try {
+    const registry = await ModelRegistry.open({ modelsDir: join(ROOT, 'models'), uploadDir: dir });
+    const info = registry.byName(model);
+    const path = info && registry.filePath(info.sha256);
+    if (!info || !path) throw new Error(`model ${model} missing`);
+    const session = await OrtSession.create(
+      info,
+      new Uint8Array(readFileSync(path)),
+      // A node with --concurrency 1: all cores to its one session (native/ort-backend.ts).
+      sessionOptions('cpu', Math.max(1, Math.floor(availableParallelism() / 1))),
+    );
+    const batch = info.batchable ? info.batchSize : 1;
+    const inputs = (n: number) =>
+      Array.from({ length: n }, (_, i) => calibrationInputs(info, info.calibration.seed + i));
+    await session.run(inputs(batch)); // warm-up: allocations, first-run costs
+    return {
+      /** `items` items in batches of the model's size, back to back; items/s. */
+      run: async (items: number) => {
+        const all = inputs(items);
+        const c0 = cpuMs();
+        const t0 = performance.now();
+        for (let off = 0; off < items; off += batch) await session.run(all.slice(off, off + batch));
+        const t1 = performance.now();
+        return { itemsPerS: items / ((t1 - t0) / 1000), cpuMsPerItem: (cpuMs() - c0) / items };
+      },
+      close: () => session.dispose(),
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The grid: a hub process and one native node process, warmed up; `run` does one job. */
+async function gridRunner(
+  model: string,
+  log: (s: string) => void,
+  profile?: string,
+): Promise<{ run: (items: number) => Promise<Run>; close: () => Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'shardhub-overhead-node-'));
+  const hub = await startHubProcess({});
+  const node: ChildProcess = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      // With --profile the node records its whole life and writes the profile when it exits.
+      ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${profile}`] : []),
+      join(ROOT, 'native/main.ts'),
+      ...['--hub', hub.url, '--token', hub.joinToken, '--backend', 'cpu', '--concurrency', '1'],
+      ...['--state', join(dir, 'state'), '--cache', join(dir, 'cache'), '--name', 'overhead-node'],
+    ],
+    { cwd: ROOT, stdio: 'ignore', env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' } },
+  );
+  const close = async () => {
+    if (profile) {
+      // A graceful exit (SIGTERM drains), so that the node writes its profile.
+      const exited = new Promise((ok) => node.once('exit', ok));
+      node.kill('SIGTERM');
+      await Promise.race([exited, new Promise((ok) => setTimeout(ok, 10_000))]);
+    }
+    node.kill('SIGKILL');
+    await hub.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    // Jobs of 12 items: the smallest with canaries (2), the checks that prove a node.
+    const warm = await warmUp(hub, model, 1, 12, { maxJobs: 30, inputs: 'calibration' });
+    log(`node benchmarked and proven after ${warm.jobs} warm-up job(s)`);
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  let jobs = 0;
+  return {
+    run: async (items: number) => {
+      const jobId = await hub.rpc.call<string>('submit', { model, items, inputs: 'calibration' });
+      const node0 = procCpuMs(node.pid);
+      const { start, end } = await profiled([hub.rpc], profile, `overhead-hub-${++jobs}`, async () => {
+        const start = await hub.rpc.call<{ cpuUs: number }>('seal', { jobId });
+        const end = await hub.rpc.call<{
+          cpuUs: number;
+          job: { startedAt: number; finishedAt: number; done: number };
+        }>('waitJob', { jobId });
+        return { start, end };
+      });
+      const node1 = procCpuMs(node.pid);
+      if (end.job.done !== items) throw new Error(`only ${end.job.done} of ${items} items done`);
+      return {
+        itemsPerS: items / ((end.job.finishedAt - end.job.startedAt) / 1000),
+        cpuMsPerItem: (node1 - node0) / items,
+        hubCpuMsPerItem: (end.cpuUs - start.cpuUs) / 1000 / items,
+      };
+    },
+    close,
+  };
+}
+
+/**
+ * Alternates standalone and grid runs (standalone first and last) and prints the table (or JSON);
+ * see the file comment for the figures.
+ */
+export async function main(args: string[]): Promise<void> {
+  const json = args.includes('--json');
+  const items = numFlag(args, 'items', 240);
+  const rounds = numFlag(args, 'rounds', 3);
+  const model = flag(args, 'model') ?? 'ppocr-det';
+  const log = (s: string) => !json && process.stderr.write(`${s}\n`);
+  const alone = await standaloneRunner(model);
+  const profile = flag(args, 'profile') ? join(ROOT, flag(args, 'profile') as string) : undefined;
+  const inGrid = await gridRunner(model, log, profile);
+  const rows: Record<string, number | string>[] = [];
+  const standaloneRuns: Run[] = [];
+  const gridRuns: Run[] = [];
+  try {
+    standaloneRuns.push(await alone.run(items));
+    for (let r = 1; r <= rounds; r++) {
+      gridRuns.push(await inGrid.run(items));
+      standaloneRuns.push(await alone.run(items));
+      const [b, g, a] = [standaloneRuns[r - 1], gridRuns[r - 1], standaloneRuns[r]] as Run[];
+      const mean = (b.itemsPerS + a.itemsPerS) / 2;
+      log(
+        `round ${r}: grid ${g.itemsPerS.toFixed(2)} items/s, standalone ${b.itemsPerS.toFixed(2)} / ${a.itemsPerS.toFixed(2)}`,
+      );
+      rows.push({
+        run: `round ${r}`,
+        standalone_items_per_s: mean,
+        grid_items_per_s: g.itemsPerS,
+        ratio: g.itemsPerS / mean,
+        standalone_cpu_ms_per_item: (b.cpuMsPerItem + a.cpuMsPerItem) / 2,
+        node_cpu_ms_per_item: g.cpuMsPerItem,
+        hub_cpu_ms_per_item: g.hubCpuMsPerItem ?? Number.NaN,
+      });
+    }
+  } finally {
+    await inGrid.close();
+    await alone.close();
+  }
+  const best = (runs: Run[]) => Math.max(...runs.map((r) => r.itemsPerS));
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+  const bestGrid = best(gridRuns);
+  const bestAlone = best(standaloneRuns);
+  const aloneCpu = median(standaloneRuns.map((r) => r.cpuMsPerItem));
+  const nodeCpu = median(gridRuns.map((r) => r.cpuMsPerItem));
+  const hubCpu = median(gridRuns.map((r) => r.hubCpuMsPerItem ?? Number.NaN));
+  if (json) {
+    process.stdout.write(
+      `${JSON.stringify({
+        grid_items_per_s: Number(bestGrid.toFixed(2)),
+        standalone_items_per_s: Number(bestAlone.toFixed(2)),
+        ratio: Number((bestGrid / bestAlone).toFixed(3)),
+        median_round_ratio: Number(median(rows.map((r) => r.ratio as number)).toFixed(3)),
+        cpu_ratio: Number((aloneCpu / (nodeCpu + hubCpu)).toFixed(3)),
+      })}\n`,
+    );
+    return;
+  }
+  process.stdout.write(
+    `overhead: ${model}, ${items} items per run, batches of the model's size; one native node (cpu,` +
+      ` concurrency 1, ${availableParallelism()} intra-op threads) through a hub vs standalone onnxruntime-node` +
+      ` (same options, same inputs), alternated\n\n`,
+  );
+  printTable([
+    ...rows,
+    {
+      run: 'best runs / medians',
+      standalone_items_per_s: bestAlone,
+      grid_items_per_s: bestGrid,
+      ratio: bestGrid / bestAlone,
+      standalone_cpu_ms_per_item: aloneCpu,
+      node_cpu_ms_per_item: nodeCpu,
+      hub_cpu_ms_per_item: hubCpu,
+    },
+  ]);
+  process.stdout.write(
+    `\nround ratios: a grid run over the mean of the standalone runs around it; last row: best run of` +
+      ` each (the machine at its quietest) and median CPU. cpu_ms_per_item: CPU time of the processes` +
+      ` doing the work (all threads); standalone / (node + hub) = ${(aloneCpu / (nodeCpu + hubCpu)).toFixed(3)}` +
+      ` bounds the throughput ratio on a dedicated machine. Target: ratio >= 0.95.\n`,
+  );
+}
