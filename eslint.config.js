@@ -4,7 +4,7 @@ import tseslint from 'typescript-eslint';
 import globals from 'globals';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', 'data/', 'models/generated/', 'test-results/', '.cache/'] },
+  { ignores: ['node_modules/', 'dist/', 'data/', 'models/generated/', 'test-results/', '.cache/', '.perf/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
