@@ -170,6 +170,7 @@ export async function runSoak(opts: {
   const op = tokens.operatorToken;
 
   const nodes: { proc: ChildProcess; liar: boolean; i: number; stopped: boolean }[] = [];
+  const restarts: ReturnType<typeof setTimeout>[] = [];
   const startNode = (i: number, liar: boolean) => {
     const proc = spawn(
       process.execPath,
@@ -275,7 +276,7 @@ export async function runSoak(opts: {
       counts.worker_kills++;
       log(`SIGKILL node ${pick.i}`);
       pick.proc.kill('SIGKILL');
-      setTimeout(() => startNode(pick.i, pick.liar), 500 + random() * 1500);
+      restarts.push(setTimeout(() => startNode(pick.i, pick.liar), 500 + random() * 1500));
     } else if (r < 0.4) {
       const workers = (await req(url, op, 'GET', '/api/workers?online=true')).json?.data?.workers as
         { id: string }[] | undefined;
@@ -324,6 +325,8 @@ export async function runSoak(opts: {
     }
   }
   hub?.kill('SIGKILL');
+  // No node may outlive the soak: pending restarts are cancelled before the last kill.
+  for (const t of restarts) clearTimeout(t);
   for (const n of nodes) n.proc.kill('SIGKILL');
 
   // Audit the store against a standalone reference.

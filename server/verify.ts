@@ -152,7 +152,10 @@ export class Verifier {
     const groups = agreeingGroups(all, model.tolerance);
     const best = groups[0] ?? [];
     const avoid = all.map((r) => r.workerId);
-    if (best.length >= quorum) {
+    // Colluding or identically broken workers agree with each other: a group of workers none of
+    // whom is proven needs one member more than the quorum.
+    const needed = best.some((r) => this.trust.isProven(r.workerId, 'browser')) ? quorum : quorum + 1;
+    if (best.length >= needed) {
       this.drop(itemId);
       const winner = best[0] as Replica;
       return {
@@ -172,7 +175,7 @@ export class Verifier {
     }
     // Up to two tie-breakers beyond the replicas asked for: when the disagreeing results come from
     // different backends, from the first result's backend if such a worker is there (like with like).
-    if (all.length < required + 2) {
+    if (all.length < required + 3) {
       const backends = new Set(all.map((r) => r.backend));
       if (backends.size > 1 && args.otherBackends) {
         const like = [...avoid, ...args.otherBackends((all[0] as Replica).backend)];

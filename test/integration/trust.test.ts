@@ -52,7 +52,8 @@ describe('trust', () => {
         100,
       );
       assert.equal(status.done + status.failed, 1500);
-      assert.equal(status.failed, 0, 'no item failed');
+      // An item whose replicas met two identical liars may end failed (no quorum): never corrupted.
+      assert.ok(status.failed <= 15, `${status.failed} items failed`);
 
       const liars = [...hub.hub.workers.values()].filter((w) => w.name.startsWith('liar'));
       for (const l of liars)
@@ -60,7 +61,7 @@ describe('trust', () => {
       const honest = [...hub.hub.workers.values()].filter((w) => w.name.startsWith('honest'));
       for (const h of honest) assert.equal(hub.hub.trust.isQuarantined(h.id), false, `${h.name} is not`);
 
-      await checkResults(hub, jobId, sent);
+      await checkResults(hub, jobId, sent, status.failed);
       for (const r of hub.hub.store.iterateResults(jobId)) {
         assert.ok(!liars.some((l) => l.id === r.workerId), `item ${r.name}'s result is credited to a liar`);
       }

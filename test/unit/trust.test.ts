@@ -85,6 +85,7 @@ describe('result judging', () => {
 
   test('an unproven worker’s result waits for a second opinion; agreement accepts and confirms both', () => {
     const { verifier, book } = setup('quorum');
+    book.confirmed('w2', DEFAULT_TRUST_OPTIONS.trustAfter); // a proven worker confirms
     const first = judge(verifier, 'w1', 1, y(1, 2));
     assert.equal(first.kind, 'replicate');
     assert.deepEqual(first.kind === 'replicate' && first.avoid, ['w1']);
@@ -97,7 +98,8 @@ describe('result judging', () => {
   });
 
   test('a disagreement asks a tie-breaker; the outvoted worker is refuted', () => {
-    const { verifier } = setup('tie');
+    const { verifier, book } = setup('tie');
+    book.confirmed('honest2', DEFAULT_TRUST_OPTIONS.trustAfter);
     judge(verifier, 'honest1', 7, y(1, 2));
     const clash = judge(verifier, 'liar', 7, y(9, 9));
     assert.equal(clash.kind, 'replicate');
@@ -109,7 +111,8 @@ describe('result judging', () => {
   });
 
   test('like with like: across backends a tie-breaker comes from the first backend, and the other backend is not blamed', () => {
-    const { verifier } = setup('like');
+    const { verifier, book } = setup('like');
+    book.confirmed('cpu2', DEFAULT_TRUST_OPTIONS.trustAfter);
     const args = (workerId: string, backend: string, outputs: WireTensor[]) => ({
       workerId,
       kind: 'browser' as const,
@@ -140,7 +143,16 @@ describe('result judging', () => {
     assert.equal(judge(verifier, 'a', 3, y(1, 1)).kind, 'replicate');
     assert.equal(judge(verifier, 'b', 3, y(2, 2)).kind, 'replicate');
     assert.equal(judge(verifier, 'c', 3, y(3, 3)).kind, 'replicate');
-    assert.equal(judge(verifier, 'd', 3, y(4, 4)).kind, 'fail');
+    assert.equal(judge(verifier, 'd', 3, y(4, 4)).kind, 'replicate');
+    assert.equal(judge(verifier, 'e', 3, y(5, 5)).kind, 'fail');
+  });
+
+  test('two unproven workers that agree are not enough: identical liars cannot confirm each other', () => {
+    const { verifier } = setup('collude');
+    assert.equal(judge(verifier, 'liar1', 4, y(9, 9)).kind, 'replicate');
+    assert.equal(judge(verifier, 'liar2', 4, y(9, 9)).kind, 'replicate', 'a third opinion is asked');
+    const v = judge(verifier, 'honest', 4, y(1, 1));
+    assert.equal(v.kind, 'replicate', 'still no group of three, nor a proven member');
   });
 
   test('a lone result is accepted unverified when no other worker can check it', () => {
