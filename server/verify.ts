@@ -153,8 +153,11 @@ export class Verifier {
     const best = groups[0] ?? [];
     const avoid = all.map((r) => r.workerId);
     // Colluding or identically broken workers agree with each other: a group of workers none of
-    // whom is proven needs one member more than the quorum.
-    const needed = best.some((r) => this.trust.isProven(r.workerId, 'browser')) ? quorum : quorum + 1;
+    // whom is proven needs one member more than the quorum, when another worker can be asked (a
+    // small grid of new workers must still be able to agree, or nothing would ever be accepted).
+    const avoidAll = all.map((r) => r.workerId);
+    const provenMember = best.some((r) => this.trust.isProven(r.workerId, 'browser'));
+    const needed = provenMember || !args.canAsk(avoidAll) ? quorum : quorum + 1;
     if (best.length >= needed) {
       this.drop(itemId);
       const winner = best[0] as Replica;

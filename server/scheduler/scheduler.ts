@@ -484,8 +484,11 @@ export class Scheduler {
   canAsk(jobId: string, avoid: readonly string[]): boolean {
     const j = this.jobs.get(jobId);
     if (!j) return false;
-    for (const w of this.workers.values())
-      if (w.ready && !avoid.includes(w.info.id) && this.fits(w, j)) return true;
+    for (const w of this.workers.values()) {
+      // Only a worker that has benchmarked the model can take its items now.
+      const benchmarked = w.rates.get(j.modelSha256)?.bench !== undefined;
+      if (w.ready && benchmarked && !avoid.includes(w.info.id) && this.fits(w, j)) return true;
+    }
     return false;
   }
 
