@@ -244,7 +244,26 @@ export class Scheduler {
     if (!w) return new Map();
     const back = this.takeBack(w, [...w.held.keys()]);
     this.workers.delete(workerId);
+    this.unstrand();
     return back;
+  }
+
+  /**
+   * After a worker left: a queued item whose avoid list now covers every remaining eligible worker
+   * (it was waiting for a replica only the departed worker could give) may go to any of them again,
+   * rather than wait forever. Attempts still bound retries of failing items.
+   */
+  private unstrand(): void {
+    for (const j of this.jobs.values()) {
+      for (const id of j.requeued) {
+        const avoid = j.failedOn.get(id);
+        if (!avoid || avoid.size === 0) continue;
+        const someone = [...this.workers.values()].some(
+          (w) => w.ready && !avoid.has(w.info.id) && this.fits(w, j),
+        );
+        if (!someone) j.failedOn.delete(id);
+      }
+    }
   }
 
   /** Pauses or resumes a worker (paused and draining workers get nothing new). */
