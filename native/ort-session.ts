@@ -9,7 +9,13 @@ import { bytesOf, DTYPES, toTypedArray, type DType, type WireTensor } from '../p
 import { BackendError, classifyError, errorMessage, type LoadedModel } from '../worker/backend.ts';
 import { runBatched } from '../worker/batching.ts';
 
-/** Session options for a provider and a thread budget. */
+/**
+ * Session options for a provider and a thread budget. Intra-op threads do not spin between parallel
+ * sections: a node shares the machine with its own event loop (sockets, results) and often with a
+ * hub, and a spinning pool thread takes their CPU, while a preempted one holds up every parallel
+ * section. Measured on PaddleOCR detection, 2 threads: 135 -> 140 items/s alone, 14.7 -> 12.9 ms of
+ * CPU per item.
+ */
 export function sessionOptions(
   provider: 'cuda' | 'cpu',
   intraOpNumThreads: number,
@@ -21,6 +27,7 @@ export function sessionOptions(
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
     logSeverityLevel: 3,
+    extra: { session: { intra_op: { allow_spinning: '0' } } },
   };
 }
 
