@@ -210,6 +210,12 @@ serve(
       return { cpuUs: cpuUs(), t: now() };
     },
 
+    /** A full garbage collection (the hub process runs with --expose-gc), then the heap in use. */
+    retained() {
+      (globalThis as { gc?: () => void }).gc?.();
+      return { heapMb: process.memoryUsage().heapUsed / 2 ** 20 };
+    },
+
     /** Results messages and shards handled so far (and resets the counts). */
     counts() {
       const out = { ...counts };

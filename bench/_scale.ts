@@ -59,7 +59,8 @@ export interface HubProc {
 /** Starts a hub in its own process on 127.0.0.1 with a throwaway data dir. */
 export async function startHubProcess(config: Partial<HubConfig> = {}): Promise<HubProc> {
   const dataDir = mkdtempSync(join(tmpdir(), 'shardhub-bench-'));
-  const rpc = RpcChild.start(join(ROOT, 'bench/_hub-child.ts'));
+  // --expose-gc: benchmarks can ask for the heap the hub retains (`retained`), not just its peak.
+  const rpc = RpcChild.start(join(ROOT, 'bench/_hub-child.ts'), { nodeArgs: ['--expose-gc'] });
   const info = await rpc.call<{ url: string; joinToken: string; operatorToken: string; pid: number }>(
     'start',
     { config: { dataDir, ...config } },

@@ -21,6 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { io } from 'socket.io-client';
 import { SimBackend } from '../native/sim-backend.ts';
 import type { ItemsDone, ShardAssign } from '../protocol/events.ts';
+import { unpackTensors } from '../protocol/pack.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { WorkerAgent, type WorkerSocket } from '../worker/agent.ts';
@@ -131,11 +132,19 @@ function instrument(socket: WorkerSocket, timed: Timed): void {
     if (ev === 'items:done' && typeof ack === 'function') {
       const msg = args[0] as ItemsDone;
       let freedAt = Number.POSITIVE_INFINITY;
-      for (const r of msg.results) {
-        const n = firstFloat(r.outputs[0]);
+      const item = (n: number) => {
         const f = timed.finished.get(n);
         timed.finished.delete(n);
         if (f !== undefined && f < freedAt) freedAt = f;
+      };
+      for (const r of msg.results) item(firstFloat(r.outputs[0]));
+      // Results with packed outputs (`ItemsDone.packed`), where the hub takes them.
+      const packed = (msg as { packed?: { ends: number[]; data: Uint8Array }[] }).packed ?? [];
+      for (const g of packed) {
+        g.ends.forEach((end, i) => {
+          const pack = g.data.subarray(i === 0 ? 0 : (g.ends[i - 1] as number), end);
+          item(firstFloat(unpackTensors(pack)[0]));
+        });
       }
       const entry = { freedAt, sentAt: clock(), answered: false };
       timed.unacked.push(entry);

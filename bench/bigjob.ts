@@ -45,6 +45,8 @@ interface Row {
   rss_run_mb: number;
   rss_download_mb: number;
   rss_start_mb: number;
+  heap_mb: number;
+  retained_mb: number;
 }
 
 /** `fetch` against the hub's REST API with the operator token; throws on an error status. */
@@ -120,8 +122,10 @@ function rssSampler(hub: HubProc) {
   const peaks = new Map<string, number>();
   let phase = 'start';
   const take = async () => {
-    const m = await hub.rpc.call<{ rssMb: number }>('mem').catch(() => undefined);
-    if (m) peaks.set(phase, Math.max(peaks.get(phase) ?? 0, m.rssMb));
+    const m = await hub.rpc.call<{ rssMb: number; heapMb: number }>('mem').catch(() => undefined);
+    if (!m) return;
+    peaks.set(phase, Math.max(peaks.get(phase) ?? 0, m.rssMb));
+    peaks.set('heap', Math.max(peaks.get('heap') ?? 0, m.heapMb));
   };
   const timer = setInterval(() => void take(), 250);
   return {
@@ -181,6 +185,8 @@ async function runSize(
     const tar = await countTar(res.body);
     const t3 = performance.now();
     const peaks = await rss.stop();
+    // What the hub keeps once the job is done and its results are out, after a full collection.
+    const retained = await hub.rpc.call<{ heapMb: number }>('retained');
     if (tar.entries !== items || end.job.done !== items) {
       throw new Error(`results.tar has ${tar.entries} entries, job ${end.job.done} done, of ${items} items`);
     }
@@ -196,11 +202,13 @@ async function runSize(
       upload_items_per_s: items / uploadS,
       download_items_per_s: items / downloadS,
       tar_mb: tar.bytes / 2 ** 20,
-      rss_mb: Math.max(...peaks.values()),
+      rss_mb: Math.max(...[...peaks].filter(([k]) => k !== 'heap').map(([, v]) => v)),
       rss_upload_mb: peaks.get('upload') ?? Number.NaN,
       rss_run_mb: peaks.get('run') ?? Number.NaN,
       rss_download_mb: peaks.get('download') ?? Number.NaN,
       rss_start_mb: peaks.get('start') ?? Number.NaN,
+      heap_mb: peaks.get('heap') ?? Number.NaN,
+      retained_mb: retained.heapMb,
     };
   } finally {
     await stopAll(children);
@@ -214,7 +222,7 @@ export async function main(args: string[]): Promise<void> {
   const sizes = (flag(args, 'sizes') ?? '10000,100000,1000000').split(',').map(Number);
   const o = {
     workers: numFlag(args, 'workers', 32),
-    procs: numFlag(args, 'procs', 2),
+    procs: numFlag(args, 'procs', 4),
     concurrency: numFlag(args, 'concurrency', 4),
     chunk: numFlag(args, 'chunk', 10_000),
   };
@@ -241,6 +249,7 @@ export async function main(args: string[]): Promise<void> {
   printTable(rows as unknown as Record<string, unknown>[]);
   process.stdout.write(
     `\nitems_per_s: items / (seal request -> job:completed). rss_*: hub peak RSS in each phase (start:` +
-      ` after the workers' warm-up).\n`,
+      ` after the workers' warm-up); heap_mb: peak V8 heap in use (garbage included); retained_mb: V8 heap` +
+      ` after a full collection once the results are downloaded.\n`,
   );
 }

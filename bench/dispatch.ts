@@ -113,7 +113,7 @@ export async function main(args: string[]): Promise<void> {
   const o = {
     items: numFlag(args, 'items', 200_000),
     workers: numFlag(args, 'workers', 32),
-    procs: numFlag(args, 'procs', 2),
+    procs: numFlag(args, 'procs', 4),
     concurrency: numFlag(args, 'concurrency', 4),
     profile: flag(args, 'profile') ? join(ROOT, flag(args, 'profile') as string) : undefined,
   };
