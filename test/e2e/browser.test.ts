@@ -394,11 +394,21 @@ describe('browser workers', () => {
       100,
     );
     assert.equal(after, before, 'same worker id after a reload (sessionStorage)');
+    // The other tab runs WASM too since its device losses: paused, so that the reloaded tab is the
+    // only one that may take this job.
+    await gpuTab.page.locator('[data-control=pause]').click();
+    await waitFor(
+      'the other tab is paused',
+      () => hub.hub.workers.get(gpuTab.workerId)?.state === 'paused',
+      5000,
+    );
     const sent = items(model, 200, 300_000);
     const jobId = await rest.submit('mlp-small', sent, { requirements: { backend: 'wasm' } });
     await jobDone(rest, jobId);
     await checkResults(hub, jobId, sent);
     assert.ok((await stats(wasmTab)).itemsDone > 0, 'the reloaded tab ran the job');
+    await gpuTab.page.locator('[data-control=pause]').click();
+    await waitFor('the other tab resumes', async () => !(await stats(gpuTab)).paused, 5000);
     assert.deepEqual(downloads, [], 'the model came from Cache Storage');
   });
 
