@@ -69,12 +69,28 @@ export interface RegisterRequest {
   pool?: string;
   concurrency: number;
   capabilities: Capabilities;
+  /** The worker takes shards whose inputs come packed (`ShardAssign.packed`). */
+  packed?: boolean;
 }
 /** `worker:register` reply. */
 export interface RegisterReply {
   workerId: string;
   heartbeatMs: number;
   offlineAfterMs: number;
+  /** The hub takes results whose outputs come packed (`ItemsDone.packed`). */
+  packed?: boolean;
+}
+
+/**
+ * Tensors of many items in one binary attachment: item `i`'s tensor pack (protocol/pack.ts) is
+ * `data[ends[i - 1] ?? 0 .. ends[i])`. Socket.IO sends every attachment as a WebSocket frame (and
+ * a socket write) of its own; per tensor, that framing cost the hub and the workers more than small
+ * items themselves.
+ */
+export interface PackedTensors {
+  ids: number[];
+  ends: number[];
+  data: Uint8Array;
 }
 
 /** `worker:heartbeat` payload: load figures. */
@@ -101,7 +117,9 @@ export interface ShardAssign {
   shardId: string;
   jobId: string;
   model: ModelInfo;
+  /** Empty when the inputs come in `packed` (workers that registered with `packed: true`). */
   items: AssignedItem[];
+  packed?: PackedTensors;
 }
 
 /** `benchmark:run` request and reply. */
@@ -144,9 +162,19 @@ export interface ItemResult {
   modelSha256: string;
   ms: number;
   outputs: WireTensor[];
+  /** Hub side: the outputs' tensor pack as it arrived (packed results), stored as is. */
+  pack?: Uint8Array;
+}
+/** Results of one job and model with their outputs packed; `ms[i]` goes with `ids[i]`. */
+export interface PackedResults extends PackedTensors {
+  jobId: string;
+  modelSha256: string;
+  ms: number[];
 }
 export interface ItemsDone {
   results: ItemResult[];
+  /** Results with packed outputs, to hubs whose register reply said `packed: true`. */
+  packed?: PackedResults[];
 }
 export interface ItemsDoneReply {
   accepted: number[];

@@ -60,6 +60,7 @@ export const RegisterRequestSchema = z.object({
   pool: name.optional(),
   concurrency: z.number().int().min(1).max(256),
   capabilities: CapabilitiesSchema,
+  packed: z.boolean().optional(),
 });
 
 export const HeartbeatSchema = z.object({
@@ -74,20 +75,52 @@ export const HeartbeatSchema = z.object({
   paused: z.boolean(),
 });
 
-export const ItemsDoneSchema = z.object({
-  results: z
-    .array(
-      z.object({
-        itemId,
-        jobId: name,
-        modelSha256: z.string().regex(/^[0-9a-f]{64}$/),
-        ms: z.number().finite().min(0),
-        outputs: z.array(WireTensorSchema).max(LIMITS.tensorsPerItem),
-      }),
-    )
-    .min(1)
-    .max(LIMITS.itemsPerMessage),
+/** Whether `ends` cut `data` into `ids.length` consecutive, non-empty-or-empty, in-bounds slices. */
+function packedFits(p: { ids: unknown[]; ends: number[]; data: Uint8Array }): boolean {
+  if (p.ends.length !== p.ids.length) return false;
+  let prev = 0;
+  for (const e of p.ends) {
+    if (e < prev) return false;
+    prev = e;
+  }
+  return prev === p.data.byteLength;
+}
+
+export const PackedResultsSchema = z
+  .object({
+    jobId: name,
+    modelSha256: z.string().regex(/^[0-9a-f]{64}$/),
+    ids: z.array(itemId).max(LIMITS.itemsPerMessage),
+    ms: z.array(z.number().finite().min(0)).max(LIMITS.itemsPerMessage),
+    ends: z.array(z.number().int().min(0)).max(LIMITS.itemsPerMessage),
+    data: z
+      .instanceof(Uint8Array)
+      .refine((d) => d.byteLength <= LIMITS.socketMessageBytes, 'packed outputs too large'),
+  })
+  .refine((p) => p.ms.length === p.ids.length && packedFits(p), {
+    message: 'ids, ms and ends must have one entry per item, ends ascending to the end of data',
+  });
+
+const ResultSchema = z.object({
+  itemId,
+  jobId: name,
+  modelSha256: z.string().regex(/^[0-9a-f]{64}$/),
+  ms: z.number().finite().min(0),
+  outputs: z.array(WireTensorSchema).max(LIMITS.tensorsPerItem),
 });
+
+export const ItemsDoneSchema = z
+  .object({
+    results: z.array(ResultSchema).max(LIMITS.itemsPerMessage),
+    packed: z.array(PackedResultsSchema).max(LIMITS.itemsPerMessage).optional(),
+  })
+  .refine(
+    (m) => {
+      const n = m.results.length + (m.packed ?? []).reduce((k, p) => k + p.ids.length, 0);
+      return n >= 1 && n <= LIMITS.itemsPerMessage;
+    },
+    { path: ['results'], message: `between 1 and ${LIMITS.itemsPerMessage} results per message` },
+  );
 
 export const ItemsFailedSchema = z.object({
   failures: z

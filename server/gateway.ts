@@ -5,7 +5,16 @@
  */
 import type { Namespace } from 'socket.io';
 import type { z } from 'zod';
-import type { Ack, ErrorBody, HubToWorkerEvents, WorkerToHubEvents } from '../protocol/events.ts';
+import type {
+  Ack,
+  ErrorBody,
+  HubToWorkerEvents,
+  ItemResult,
+  PackedResults,
+  WorkerToHubEvents,
+} from '../protocol/events.ts';
+import { LIMITS } from '../protocol/limits.ts';
+import { PackError, unpackTensors } from '../protocol/pack.ts';
 import {
   HeartbeatSchema,
   ItemsDoneSchema,
@@ -34,6 +43,37 @@ export interface GatewayOptions {
   anonymousConnectsPerMinute?: number;
   /** Messages per second per socket (burst 4x). Default 500. */
   messagesPerSecond?: number;
+}
+
+/**
+ * Packed results as the hub's `ItemResult`s: each item's outputs unpacked as views into the message's
+ * bytes, its pack kept to be stored as is. Says what is wrong (a string) instead when a pack is
+ * malformed or breaks the limits `WireTensorSchema` enforces on unpacked outputs.
+ */
+export function unpackResults(groups: readonly PackedResults[]): ItemResult[] | string {
+  const out: ItemResult[] = [];
+  for (const g of groups) {
+    let start = 0;
+    for (let i = 0; i < g.ids.length; i++) {
+      const end = g.ends[i] as number;
+      const pack = g.data.subarray(start, end);
+      start = end;
+      let outputs;
+      try {
+        outputs = unpackTensors(pack);
+      } catch (err) {
+        return `packed.ids.${i}: ${err instanceof PackError ? err.message : 'malformed outputs'}`;
+      }
+      if (outputs.length > LIMITS.tensorsPerItem) return `packed.ids.${i}: too many outputs`;
+      for (const t of outputs) {
+        if (t.name.length === 0 || t.name.length > LIMITS.nameChars || t.dims.length > LIMITS.dimsPerTensor)
+          return `packed.ids.${i}: output name or dims out of bounds`;
+      }
+      const itemId = g.ids[i] as number;
+      out.push({ itemId, jobId: g.jobId, modelSha256: g.modelSha256, ms: g.ms[i] as number, outputs, pack });
+    }
+  }
+  return out;
 }
 
 /** Wires the worker namespace to the hub. */
@@ -153,7 +193,12 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         socket.data.registered = true;
         hub.registerWorker(socket, workerId, req, address);
         ack({
-          data: { workerId, heartbeatMs: hub.opts.heartbeatMs, offlineAfterMs: hub.opts.offlineAfterMs },
+          data: {
+            workerId,
+            heartbeatMs: hub.opts.heartbeatMs,
+            offlineAfterMs: hub.opts.offlineAfterMs,
+            packed: true,
+          },
         });
       }),
     );
@@ -171,7 +216,13 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         if (!guard('items:done', ack)) return;
         const msg = parse(ItemsDoneSchema, payload, ack);
         if (!msg) return;
-        const reply = hub.acceptResults(workerId, msg.results);
+        let results: ItemResult[] = msg.results;
+        if (msg.packed?.length) {
+          const unpacked = unpackResults(msg.packed);
+          if (typeof unpacked === 'string') return fail(ack, 'invalid_payload', unpacked);
+          results = results.length ? [...results, ...unpacked] : unpacked;
+        }
+        const reply = hub.acceptResults(workerId, results);
         if (typeof ack === 'function') ack({ data: reply });
       }),
     );

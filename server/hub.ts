@@ -14,6 +14,7 @@ import type {
   ItemsDoneReply,
   RegisterRequest,
   Response,
+  ShardAssign,
   WorkerToHubEvents,
 } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
@@ -24,7 +25,9 @@ import {
   responseSchema,
 } from '../protocol/schemas.ts';
 import type { z } from 'zod';
+import type { WireTensor } from '../protocol/tensor.ts';
 import { packTensors, unpackTensors } from '../protocol/pack.ts';
+import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
 import type { ModelRegistry } from '../models/registry.ts';
 import { clean, type Logger } from './logger.ts';
 import { outputProblem } from './check.ts';
@@ -37,6 +40,18 @@ import { PreflightError, ReferenceRunner, canaryCount, pickCanaries } from './pr
 import type { TrustStore } from './store/trust-store.ts';
 import { DEFAULT_TRUST_OPTIONS, TrustBook, type TrustOptions } from './trust.ts';
 import { Verifier } from './verify.ts';
+
+/** Least time between two plans of waiting workers asked for by events (see `pumpAllSoon`). */
+const PUMP_ALL_MS = 20;
+
+/** Most waiting workers planned at once by `pumpAllSoon`. */
+const PUMP_ALL_MAX = 64;
+
+/** Most items in one `shard:assign` message. */
+const SHARD_MESSAGE_ITEMS = 2048;
+
+/** Most input bytes in one `shard:assign` message (a single larger item still goes alone). */
+const SHARD_MESSAGE_BYTES = 16 * 1024 * 1024;
 
 /** A worker's socket as the hub types it. */
 export type WorkerSocket = Socket<WorkerToHubEvents, HubToWorkerEvents>;
@@ -101,6 +116,11 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly reference = new ReferenceRunner();
   private readonly sealing = new Set<string>();
   private lastFigures = 0;
+  private pumpQueued = false;
+  private lastPumpAll = 0;
+  private hungryCursor = 0;
+  /** Workers that take shards with packed inputs (`RegisterRequest.packed`). */
+  private readonly packedShards = new Set<string>();
 
   constructor(
     readonly store: Store,
@@ -356,6 +376,8 @@ export class Hub extends EventEmitter<HubEvents> {
     };
     this.workers.set(workerId, w);
     this.sockets.set(workerId, socket);
+    if (req.packed) this.packedShards.add(workerId);
+    else this.packedShards.delete(workerId);
     this.scheduler.addWorker({
       id: workerId,
       name: req.name,
@@ -427,7 +449,34 @@ export class Hub extends EventEmitter<HubEvents> {
     this.store.addWorkerItems(workerId, 0, w.lastSeen);
     this.log.warn({ workerId, reason, requeued: n }, 'worker offline');
     this.emit('worker:updated', workerId);
-    this.pump();
+    this.pumpAllSoon();
+  }
+
+  /**
+   * Plans every waiting worker soon: at most once per PUMP_ALL_MS, however many events ask. Idle workers
+   * have no messages of their own to be planned on: this is when they steal or copy a straggler's
+   * item. Planning every worker on each event instead is O(workers) per results message, and
+   * O(workers²) when N workers drop at once.
+   */
+  private pumpAllSoon(): void {
+    if (this.pumpQueued || this.closed) return;
+    this.pumpQueued = true;
+    const wait = Math.max(0, this.lastPumpAll + PUMP_ALL_MS - Date.now());
+    const run = () => {
+      this.pumpQueued = false;
+      this.lastPumpAll = Date.now();
+      // The others are topped up: planning them would change nothing (the tick plans everyone).
+      // At a job's end thousands may wait: a bounded, rotating share of them each time.
+      const hungry = this.scheduler.hungryWorkers();
+      if (hungry.length <= PUMP_ALL_MAX) return this.pump(hungry);
+      const from = this.hungryCursor % hungry.length;
+      this.hungryCursor = from + PUMP_ALL_MAX;
+      const share = hungry.slice(from, from + PUMP_ALL_MAX);
+      if (share.length < PUMP_ALL_MAX) share.push(...hungry.slice(0, PUMP_ALL_MAX - share.length));
+      this.pump(share);
+    };
+    if (wait === 0) setImmediate(run);
+    else setTimeout(run, wait).unref();
   }
 
   /** Pause, resume or drain a worker (operator action). */
@@ -513,7 +562,7 @@ export class Hub extends EventEmitter<HubEvents> {
         continue;
       }
       worked.set(r.jobId, (worked.get(r.jobId) ?? 0) + 1);
-      const packed = packTensors(r.outputs);
+      const packed = r.pack ?? packTensors(r.outputs);
       const v = this.verifier.judge({
         workerId,
         kind: w?.kind ?? 'browser',
@@ -598,11 +647,16 @@ export class Hub extends EventEmitter<HubEvents> {
     }
     if (stored.accepted.length) this.store.addWorkerItems(workerId, stored.accepted.length, now);
     if (invalid.length) this.recordFailures(workerId, invalid);
+    const activeJobs = this.active.size;
     for (const jobId of new Set(results.map((r) => r.jobId))) {
       this.emit('job:updated', jobId);
       this.checkComplete(jobId);
     }
-    this.pump();
+    // Only this worker's room changed, unless items went back to a queue (replicas, refusals) or a
+    // job ended: planning every worker on every results message is O(workers) per message.
+    const others = replicated.length > 0 || refused.length > 0 || this.active.size !== activeJobs;
+    this.pump(others ? undefined : workerId);
+    if (!others) this.pumpAllSoon();
     return { accepted: [...stored.accepted, ...replicated], dropped: [...dropped, ...notMine], refused };
   }
 
@@ -697,12 +751,12 @@ export class Hub extends EventEmitter<HubEvents> {
 
   // ---------------------------------------------------------------- dispatch
 
-  /** Asks the scheduler what to send now and sends it. */
-  pump(workerId?: string): void {
+  /** Asks the scheduler what to send now (to these workers, or all) and sends it. */
+  pump(workers?: string | readonly string[]): void {
     if (this.closed) return;
-    const { assign, benchmark, steal } = this.scheduler.plan(workerId);
+    const { assign, benchmark, steal } = this.scheduler.plan(workers);
     for (const b of benchmark) void this.benchmark(b.workerId, b.modelSha256);
-    for (const a of assign) this.send(a);
+    this.send(assign);
     for (const st of steal) void this.steal(st);
   }
 
@@ -730,12 +784,33 @@ export class Hub extends EventEmitter<HubEvents> {
       this.store.addEvent(st.jobId, 'steal', data, now);
       this.active.get(st.jobId)?.fairness.steal(st.thief, st.victim, a.itemIds.length, st.reason, now);
       this.log.debug({ jobId: st.jobId, ...data }, 'steal');
-      this.send(a);
+      this.send([a]);
     }
-    this.pump();
+    // The thief's and the victim's holdings changed now; the others' turn comes soon.
+    this.pump(st.thief);
+    this.pump(st.victim);
+    this.pumpAllSoon();
   }
 
-  private send(a: Assignment): void {
+  /**
+   * Sends assignments: every message is built first and all their assignment rows are recorded in
+   * one transaction, then they are emitted. A job's start assigns every worker at once; one commit
+   * per worker made that burst thousands of commits long.
+   */
+  private send(assignments: Assignment[]): void {
+    const out: { socket: WorkerSocket; msg: ShardAssign }[] = [];
+    const rows: { itemId: number; workerId: string; shardId: string; at: number }[] = [];
+    for (const a of assignments) this.prepare(a, out, rows);
+    if (rows.length > 0) this.store.recordAssignments(rows);
+    for (const { socket, msg } of out) socket.emit('shard:assign', msg);
+  }
+
+  /** Builds an assignment's messages (several for a large one) and their assignment rows. */
+  private prepare(
+    a: Assignment,
+    out: { socket: WorkerSocket; msg: ShardAssign }[],
+    rows: { itemId: number; workerId: string; shardId: string; at: number }[],
+  ): void {
     const socket = this.sockets.get(a.workerId);
     const job = this.active.get(a.jobId);
     if (!socket || !job) {
@@ -743,12 +818,6 @@ export class Hub extends EventEmitter<HubEvents> {
       return;
     }
     const now = Date.now();
-    const inputs = this.store.itemInputs(a.itemIds);
-    const shardId = `s_${randomBytes(6).toString('hex')}`;
-    const items = a.itemIds.map((id) => ({ id, inputs: unpackTensors(inputs.get(id) as Uint8Array) }));
-    this.store.recordAssignments(
-      a.itemIds.map((itemId) => ({ itemId, workerId: a.workerId, shardId, at: now })),
-    );
     job.fairness.start(now);
     if (a.speculative) {
       const data = {
@@ -771,7 +840,46 @@ export class Hub extends EventEmitter<HubEvents> {
       job.record = this.requireJob(a.jobId);
       this.emit('job:updated', a.jobId);
     }
-    socket.emit('shard:assign', { shardId, jobId: a.jobId, model: job.model, items });
+    // A large assignment goes out as several messages: each within the receiver's limit on
+    // attachments (one per tensor, unless packed) and a bounded size.
+    const packed = this.packedShards.has(a.workerId);
+    for (let off = 0; off < a.itemIds.length; off += SHARD_MESSAGE_ITEMS) {
+      const ids = a.itemIds.slice(off, off + SHARD_MESSAGE_ITEMS);
+      const inputs = this.store.itemInputs(ids);
+      let batch: { id: number; pack: Uint8Array; tensors: WireTensor[] }[] = [];
+      let bytes = 0;
+      let tensors = 0;
+      const cut = () => {
+        const shardId = `s_${randomBytes(6).toString('hex')}`;
+        const msg: ShardAssign = { shardId, jobId: a.jobId, model: job.model, items: [] };
+        if (packed) {
+          // The stored packs are the wire format: one attachment, nothing unpacked.
+          let end = 0;
+          msg.packed = {
+            ids: batch.map((b) => b.id),
+            ends: batch.map((b) => (end += b.pack.byteLength)),
+            data: Buffer.concat(batch.map((b) => b.pack)),
+          };
+        } else {
+          msg.items = batch.map((b) => ({ id: b.id, inputs: b.tensors }));
+        }
+        for (const b of batch) rows.push({ itemId: b.id, workerId: a.workerId, shardId, at: now });
+        out.push({ socket, msg });
+        batch = [];
+        bytes = 0;
+        tensors = 0;
+      };
+      for (const id of ids) {
+        const pack = inputs.get(id) as Uint8Array;
+        const t = packed ? [] : unpackTensors(pack);
+        const full = bytes + pack.byteLength > SHARD_MESSAGE_BYTES || tensors + t.length > MAX_ATTACHMENTS;
+        if (batch.length > 0 && full) cut();
+        batch.push({ id, pack, tensors: t });
+        bytes += pack.byteLength;
+        tensors += t.length;
+      }
+      if (batch.length > 0) cut();
+    }
   }
 
   private async benchmark(workerId: string, sha: string): Promise<void> {
@@ -802,7 +910,10 @@ export class Hub extends EventEmitter<HubEvents> {
       );
     }
     this.emit('worker:updated', workerId);
-    this.pump();
+    // This worker's options changed now; a plan of every worker per reply was O(workers²) when
+    // thousands of workers benchmark at once: the others' turn comes soon, once.
+    this.pump(workerId);
+    this.pumpAllSoon();
   }
 
   /** Tells each connected worker its part in the jobs it works on (the contributor page shows it). */
@@ -833,7 +944,11 @@ export class Hub extends EventEmitter<HubEvents> {
         perWorker.set(id, list);
       }
     }
-    for (const [id, jobs] of perWorker) this.sockets.get(id)?.emit('worker:figures', { jobs });
+    // Only browser workers show these (the contributor page); a native node has no use for them, and
+    // thousands of nodes would cost the hub thousands of socket writes every 1.5 s.
+    for (const [id, jobs] of perWorker) {
+      if (this.workers.get(id)?.kind === 'browser') this.sockets.get(id)?.emit('worker:figures', { jobs });
+    }
   }
 
   /** Liveness: a worker silent for offlineAfterMs is offline; its connection is closed. */

@@ -27,13 +27,15 @@ export function pickCanaries(
   n: number,
   random: () => number = Math.random,
 ): number[] {
-  const pool = itemIds.slice();
+  // A partial Fisher-Yates shuffle over positions, with only the swapped ones remembered: the same
+  // picks as shuffling a copy, without copying a million-item job's ids to pick twenty.
+  const swapped = new Map<number, number>();
+  const at = (k: number) => swapped.get(k) ?? (itemIds[k] as number);
   const out: number[] = [];
-  while (out.length < n && pool.length) {
-    const i = Math.floor(random() * pool.length);
-    out.push(pool[i] as number);
-    pool[i] = pool[pool.length - 1] as number;
-    pool.pop();
+  for (let len = itemIds.length; out.length < n && len > 0; len--) {
+    const i = Math.floor(random() * len);
+    out.push(at(i));
+    swapped.set(i, at(len - 1));
   }
   return out;
 }

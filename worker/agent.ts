@@ -37,10 +37,12 @@ import {
   type WorkerLogger,
 } from './backend.ts';
 import { benchmarkBatchSize, runBenchmark, type BenchmarkOptions } from './benchmark.ts';
+import { ItemQueue } from './item-queue.ts';
 import type { ModelStore } from './model-cache.ts';
 import { Outbox, type OutboxOptions, type WorkerSocket } from './outbox.ts';
 import { ModelSessions, type DownloadProgress, type SessionLease } from './sessions.ts';
-import { checkOutputs, toWireTensor } from './wire.ts';
+import { unpackTensors } from '../protocol/pack.ts';
+import { checkOutputs, toBytes, toWireTensor } from './wire.ts';
 
 export type { WorkerSocket } from './outbox.ts';
 export type { DownloadProgress } from './sessions.ts';
@@ -135,7 +137,7 @@ export class WorkerAgent {
   private state: AgentStatus = 'idle';
   private paused = false;
   private throttleFraction = 1;
-  private queue: QueueEntry[] = [];
+  private readonly queue = new ItemQueue<QueueEntry>();
   private readonly running = new Map<number, QueueEntry>();
   /** Running items whose results are no longer wanted (cancelled while running). */
   private readonly discard = new Set<number>();
@@ -320,7 +322,7 @@ export class WorkerAgent {
     const wasStarted = this.state !== 'idle';
     this.state = 'closed';
     this.closePromise = (async () => {
-      this.queue = [];
+      this.queue.clear();
       this.fetchAbort.abort(new Error('worker closed'));
       this.wake();
       await Promise.all(this.loops);
@@ -400,7 +402,7 @@ export class WorkerAgent {
     this.connGen++;
     this.connected = true;
     // The hub requeued every unstarted item when the old connection dropped.
-    this.queue = [];
+    this.queue.clear();
     this.changed();
     if (this.backend && this.state !== 'closed') void this.register();
   }
@@ -411,8 +413,7 @@ export class WorkerAgent {
     this.registered = false;
     this.stopHeartbeat();
     this.outbox.setOnline(false);
-    const dropped = this.queue.length;
-    this.queue = [];
+    const dropped = this.queue.clear().length;
     this.log.warn({ reason, droppedQueued: dropped, running: this.running.size }, 'disconnected from hub');
     this.changed();
   }
@@ -425,6 +426,7 @@ export class WorkerAgent {
       ...base,
       backend: backend.name,
       concurrency: this.concurrency,
+      packed: true,
       capabilities: {
         ...base.capabilities,
         backendReason: backend.reason ?? base.capabilities.backendReason,
@@ -456,6 +458,7 @@ export class WorkerAgent {
     this.workerId = res.data.workerId;
     this.log.info({ workerId: res.data.workerId, heartbeatMs: res.data.heartbeatMs }, 'registered');
     this.startHeartbeat(res.data.heartbeatMs);
+    this.outbox.setPacked(res.data.packed === true);
     this.outbox.setOnline(true);
     for (const l of this.listeners.registered) l(res.data);
     this.changed();
@@ -463,26 +466,24 @@ export class WorkerAgent {
 
   private onAssign(shard: ShardAssign): void {
     if (this.state === 'closed' || this.state === 'idle') return;
-    const items: AssignedItem[] = Array.isArray(shard?.items) ? shard.items : [];
+    const items = shardItems(shard);
     const ids = items.map((i) => i.id);
     if (this.state === 'draining' || this.paused) {
       this.release(ids, this.paused ? 'paused' : 'draining');
       return;
     }
-    const queued = new Set(this.queue.map((e) => e.itemId));
     let added = 0;
     for (const item of items) {
-      if (this.running.has(item.id) || queued.has(item.id)) continue; // already here: a resend
+      if (this.running.has(item.id) || this.queue.has(item.id)) continue; // already here: a resend
       const entry = { itemId: item.id, jobId: shard.jobId, shardId: shard.shardId, model: shard.model };
       let inputs: WireTensor[];
       try {
-        inputs = item.inputs.map(toWireTensor);
+        inputs = item.inputs();
       } catch (err) {
         this.fail(entry, 'other', `malformed input: ${errorMessage(err)}`);
         continue;
       }
       this.queue.push({ ...entry, inputs });
-      queued.add(item.id);
       added++;
     }
     this.log.debug({ shardId: shard.shardId, jobId: shard.jobId, items: added }, 'shard assigned');
@@ -494,12 +495,7 @@ export class WorkerAgent {
 
   private onRevoke(req: { itemIds: number[] }, ack: unknown): void {
     const want = new Set(Array.isArray(req?.itemIds) ? req.itemIds : []);
-    const revoked: number[] = [];
-    this.queue = this.queue.filter((e) => {
-      if (!want.has(e.itemId)) return true;
-      revoked.push(e.itemId);
-      return false;
-    });
+    const revoked = this.queue.remove((e) => want.has(e.itemId)).map((e) => e.itemId);
     this.log.debug({ asked: want.size, revoked: revoked.length }, 'revoke');
     reply(ack, { data: { revoked } });
     this.changed();
@@ -507,7 +503,7 @@ export class WorkerAgent {
 
   private onCancel(notice: { itemIds: number[]; reason: string }): void {
     const ids = new Set(Array.isArray(notice?.itemIds) ? notice.itemIds : []);
-    this.queue = this.queue.filter((e) => !ids.has(e.itemId));
+    this.queue.remove((e) => ids.has(e.itemId));
     for (const id of ids) if (this.running.has(id)) this.discard.add(id);
     this.log.debug({ items: ids.size, reason: notice?.reason }, 'items cancelled');
     this.changed();
@@ -549,7 +545,7 @@ export class WorkerAgent {
 
   private async runLoop(runner: number): Promise<void> {
     while (this.state === 'running' || (this.state === 'draining' && this.queue.length > 0)) {
-      const head = this.canStart() ? this.queue[0] : undefined;
+      const head = this.canStart() ? this.queue.peek() : undefined;
       if (!head) {
         await this.nextWake();
         continue;
@@ -583,12 +579,7 @@ export class WorkerAgent {
   }
 
   private takeBatch(sha256: string, max: number): QueueEntry[] {
-    const batch: QueueEntry[] = [];
-    this.queue = this.queue.filter((e) => {
-      if (batch.length >= max || e.model.sha256 !== sha256) return true;
-      batch.push(e);
-      return false;
-    });
+    const batch = this.queue.take(sha256, max);
     for (const e of batch) this.running.set(e.itemId, e);
     return batch;
   }
@@ -675,9 +666,7 @@ export class WorkerAgent {
   // ---- releasing, heartbeats, figures --------------------------------------------------------
 
   private releaseQueue(why: string): void {
-    const ids = this.queue.map((e) => e.itemId);
-    this.queue = [];
-    this.release(ids, why);
+    this.release(this.queue.clear(), why);
   }
 
   private release(ids: number[], why: string): void {
@@ -774,6 +763,28 @@ export class WorkerAgent {
       signal.addEventListener('abort', done, { once: true });
     });
   }
+}
+
+/**
+ * A shard's items, each with a function that yields its inputs (checked; a malformed item throws):
+ * from `items`, or from `packed` (views into the one attachment, nothing copied).
+ */
+function shardItems(shard: ShardAssign): { id: number; inputs: () => WireTensor[] }[] {
+  const p = shard?.packed;
+  if (p && Array.isArray(p.ids) && Array.isArray(p.ends) && p.ends.length === p.ids.length) {
+    const data = toBytes(p.data);
+    return p.ids.map((id, i) => ({
+      id,
+      inputs: () => {
+        const start = i === 0 ? 0 : (p.ends[i - 1] as number);
+        const end = p.ends[i] as number;
+        if (!(start >= 0 && end >= start && end <= data.byteLength)) throw new TypeError('bad pack bounds');
+        return unpackTensors(data.subarray(start, end));
+      },
+    }));
+  }
+  const items: AssignedItem[] = Array.isArray(shard?.items) ? shard.items : [];
+  return items.map((item) => ({ id: item.id, inputs: () => item.inputs.map(toWireTensor) }));
 }
 
 /** Calls an ack if the hub sent one (a malformed emit may not have). */

@@ -2,7 +2,11 @@
  * The worker's outbox: results and failures on their way to the hub.
  *
  * Results are sent in batches (`items:done`) when `flushItems` have accumulated or the oldest has
- * waited `flushMs`, with at most `maxInFlight` messages awaiting their ack. A message whose emit fails
+ * waited `flushMs`, with at most `maxInFlight` messages awaiting their ack; and at once (at the end
+ * of the current turn, so results of one batch travel together) when no message awaits its ack: a
+ * worker whose results trickle in does not make the hub wait `flushMs` for each (that wait was most
+ * of its assignment latency), and one whose results pour in still batches them, behind the acks it
+ * awaits. A message whose emit fails
  * (timeout, disconnect) goes back to the front of the queue and is sent again once the worker is
  * registered again; the hub drops duplicates, so resending is always safe. Nothing is sent while
  * offline: socket.io would buffer it and replay it blindly on reconnect.
@@ -13,6 +17,7 @@ import type {
   ItemFailure,
   ItemResult,
   ItemsDoneReply,
+  PackedResults,
   WorkerToHubEvents,
 } from '../protocol/events.ts';
 import { LIMITS } from '../protocol/limits.ts';
@@ -74,6 +79,12 @@ export class Outbox {
   private timer: ReturnType<typeof setTimeout> | undefined;
   private idleWaiters: (() => void)[] = [];
   private ackedCount = 0;
+  /** A send at the end of this turn is scheduled (nothing was in flight). */
+  private soon = false;
+  /** That send is running: results are due whatever their number or age. */
+  private urgent = false;
+  /** The hub takes packed results (its register reply said so). */
+  private packed = false;
 
   constructor(
     private readonly socket: WorkerSocket,
@@ -107,6 +118,15 @@ export class Outbox {
     if (this.closed) return;
     if (this.results.length === 0) this.oldest = Date.now();
     this.results.push(result);
+    if (this.inFlight.size === 0 && !this.soon) {
+      this.soon = true;
+      queueMicrotask(() => {
+        this.soon = false;
+        this.urgent = true;
+        this.pump();
+        this.urgent = false;
+      });
+    }
     this.pump();
   }
 
@@ -130,6 +150,14 @@ export class Outbox {
       this.clearTimer();
     }
     this.pump();
+  }
+
+  /**
+   * Sends results packed (one attachment per message, `ItemsDone.packed`) from now on, or as plain
+   * tensors: set on each registration, from the hub's reply.
+   */
+  setPacked(packed: boolean): void {
+    this.packed = packed;
   }
 
   /** Resolves when nothing waits and nothing is in flight. */
@@ -156,7 +184,8 @@ export class Outbox {
         continue;
       }
       if (this.results.length === 0) break;
-      const due = this.results.length >= this.flushItems || Date.now() - this.oldest >= this.flushMs;
+      const due =
+        this.urgent || this.results.length >= this.flushItems || Date.now() - this.oldest >= this.flushMs;
       if (!due) {
         this.armTimer();
         break;
@@ -192,7 +221,10 @@ export class Outbox {
     const sock = this.socket.timeout(this.ackTimeoutMs);
     const reply =
       msg.kind === 'done'
-        ? sock.emitWithAck('items:done', { results: msg.results })
+        ? sock.emitWithAck(
+            'items:done',
+            this.packed ? { results: [], packed: packResults(msg.results) } : { results: msg.results },
+          )
         : sock.emitWithAck('items:failed', { failures: msg.failures });
     reply.then(
       (res) => {
@@ -262,6 +294,53 @@ export class Outbox {
     this.idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * Results as `ItemsDone.packed`: one group per run of results of the same job and model, each
+ * result's outputs as a tensor pack (protocol/pack.ts), all packs of a group in one buffer, written
+ * once (no intermediate pack per result).
+ */
+export function packResults(results: readonly ItemResult[]): PackedResults[] {
+  const groups: PackedResults[] = [];
+  for (let i = 0; i < results.length;) {
+    const first = results[i] as ItemResult;
+    let j = i;
+    const headers: Uint8Array[] = [];
+    let size = 0;
+    for (; j < results.length; j++) {
+      const r = results[j] as ItemResult;
+      if (r.jobId !== first.jobId || r.modelSha256 !== first.modelSha256) break;
+      const h = encoder.encode(JSON.stringify(r.outputs.map((t) => ({ n: t.name, t: t.dtype, d: t.dims }))));
+      headers.push(h);
+      size += 4 + h.byteLength + tensorBytes(r.outputs);
+    }
+    const data = new Uint8Array(size);
+    const view = new DataView(data.buffer);
+    const ids: number[] = [];
+    const ms: number[] = [];
+    const ends: number[] = [];
+    let off = 0;
+    for (let k = i; k < j; k++) {
+      const r = results[k] as ItemResult;
+      const h = headers[k - i] as Uint8Array;
+      view.setUint32(off, h.byteLength, true);
+      data.set(h, off + 4);
+      off += 4 + h.byteLength;
+      for (const t of r.outputs) {
+        data.set(t.data, off);
+        off += t.data.byteLength;
+      }
+      ids.push(r.itemId);
+      ms.push(r.ms);
+      ends.push(off);
+    }
+    groups.push({ jobId: first.jobId, modelSha256: first.modelSha256, ids, ms, ends, data });
+    i = j;
+  }
+  return groups;
 }
 
 function positive(name: string, v: number): number {

@@ -40,10 +40,21 @@ export function checkOutputs(
     if (size) return size;
     if (model.allowNonFinite) continue;
     if (t.dtype === 'float32' || t.dtype === 'float64' || t.dtype === 'float16') {
-      const values = t.dtype === 'float16' ? toNumbers(t) : (toTypedArray(t) as Float32Array | Float64Array);
+      // In place when aligned (an output's own buffer always is): a copy per output cost ~0.3 ms of
+      // the node's main thread per 400 KB output.
+      const size = t.dtype === 'float64' ? 8 : 4;
+      const aligned = t.dtype !== 'float16' && t.data.byteOffset % size === 0;
+      const n = Math.floor(t.data.byteLength / size);
+      const values = !aligned
+        ? t.dtype === 'float16'
+          ? toNumbers(t)
+          : (toTypedArray(t) as Float32Array | Float64Array)
+        : size === 4
+          ? new Float32Array(t.data.buffer, t.data.byteOffset, n)
+          : new Float64Array(t.data.buffer, t.data.byteOffset, n);
       for (let i = 0; i < values.length; i++) {
-        if (!Number.isFinite(values[i]))
-          return `output "${t.name}" has a non-finite value (${values[i]}) at ${i}`;
+        const v = values[i] as number;
+        if (v - v !== 0) return `output "${t.name}" has a non-finite value (${v}) at ${i}`;
       }
     }
   }

@@ -39,6 +39,19 @@ export interface SchedulerOptions extends PolicyOptions {
   speculation: boolean;
   /** Seconds of work a worker holds beyond what it is running. */
   prefetchSeconds: number;
+  /**
+   * Most seconds of work (at the worker's weight) one top-up brings a worker to, whatever weighted
+   * factoring would give: half a million-item job at once is memory held by the hub's sockets and
+   * the worker, and items a thief must later take back through steals.
+   */
+  maxShardSeconds: number;
+  /**
+   * Most items a worker holds, whatever its weight says. A weight can overstate what a worker gets
+   * done through the grid (a no-op model benchmarks at ~30,000 items/s; through one hub it gets a
+   * share of the hub's ceiling): the holding it buys is then stolen back and forth, every steal
+   * sending the items again.
+   */
+  maxHeldItems: number;
   /** Attempts per item before it ends as failed. */
   maxAttempts: number;
   rate: RateOptions;
@@ -59,6 +72,8 @@ export const DEFAULT_SCHEDULER_OPTIONS: SchedulerOptions = {
   stealing: true,
   speculation: true,
   prefetchSeconds: 0.3,
+  maxShardSeconds: 2,
+  maxHeldItems: 4096,
   maxAttempts: 3,
   rate: DEFAULT_RATE_OPTIONS,
 };
@@ -135,6 +150,18 @@ interface WorkerRun {
   noStealUntil: number;
 }
 
+/**
+ * How long a job's total weight and its ranking of likely steal (and speculation) victims may be
+ * reused (ms). Both take a pass over every worker; computing them afresh for every worker planned
+ * made a plan of all workers O(workers²): with 2,000 workers, one such plan (every benchmark reply,
+ * every tick) took seconds. Within this window a worker's weight moves little (rates are averaged
+ * over ~1 s), and a ranked victim is checked against its current figures before it is used.
+ */
+const PLAN_CACHE_MS = 50;
+
+/** Ranked victims looked at per steal or speculation decision (busy ones included). */
+const VICTIMS_CHECKED = 32;
+
 /** What happened to a failed item. */
 export type FailureOutcome = 'retry' | 'final';
 
@@ -145,21 +172,30 @@ export class Scheduler {
   /** itemId → workers holding it (the first is the original; more are speculative copies). */
   private readonly holders = new Map<number, string[]>();
   private copies = 0;
+  /** Bumped when workers join, leave, pause or get a figure: cached totals and rankings are stale. */
+  private version = 0;
+  private readonly totals = new Map<string, { at: number; version: number; value: number }>();
+  private readonly rankings = new Map<string, { at: number; version: number; victims: WorkerRun[] }>();
+  /** Ready workers whose last plan left them below their low-water mark: they wait for work. */
+  private readonly hungry = new Set<string>();
 
   constructor(opts: Partial<SchedulerOptions> = {}) {
     this.opts = { ...DEFAULT_SCHEDULER_OPTIONS, ...opts };
     if (this.opts.prefetchSeconds < 0) throw new Error('prefetchSeconds must be >= 0');
+    if (!(this.opts.maxShardSeconds > 0)) throw new Error('maxShardSeconds must be greater than 0');
+    if (!(this.opts.maxHeldItems >= 1)) throw new Error('maxHeldItems must be 1 or more');
     if (this.opts.maxAttempts < 1) throw new Error('maxAttempts must be >= 1');
   }
 
   // ---------------------------------------------------------------- jobs
 
-  /** Adds a job with its unfinished items (in order). */
+  /** Adds a job with its unfinished items (in order); takes `pending` over: the caller lets go of it. */
   addJob(job: SchedJob, pending: number[]): void {
     if (this.jobs.has(job.id)) throw new Error(`job ${job.id} already scheduled`);
     this.jobs.set(job.id, {
       ...job,
-      fresh: pending.slice(),
+      // Kept as given (not copied): a million-item job's ids are 8 MB a copy.
+      fresh: pending,
       freshHead: 0,
       requeued: [],
       failedOn: new Map(),
@@ -187,6 +223,8 @@ export class Scheduler {
       }
     }
     this.jobs.delete(jobId);
+    this.totals.delete(jobId);
+    this.rankings.delete(jobId);
     return out;
   }
 
@@ -220,6 +258,7 @@ export class Scheduler {
 
   /** Adds (or updates after a reconnect) a worker; it holds nothing until planned. */
   addWorker(info: SchedWorker): void {
+    this.version++;
     const old = this.workers.get(info.id);
     if (old) {
       old.info = info;
@@ -240,6 +279,8 @@ export class Scheduler {
 
   /** Removes a worker; every item it held goes back to its job's queue. Returns them per job. */
   removeWorker(workerId: string): Map<string, number[]> {
+    this.version++;
+    this.hungry.delete(workerId);
     const w = this.workers.get(workerId);
     if (!w) return new Map();
     const back = this.takeBack(w, [...w.held.keys()]);
@@ -268,6 +309,7 @@ export class Scheduler {
 
   /** Pauses or resumes a worker (paused and draining workers get nothing new). */
   setReady(workerId: string, ready: boolean): void {
+    this.version++;
     const w = this.workers.get(workerId);
     if (w) w.ready = ready;
   }
@@ -370,6 +412,7 @@ export class Scheduler {
 
   /** Records a benchmark result (items/s) of a worker on a model. */
   setBenchmark(workerId: string, modelSha256: string, itemsPerSec: number): void {
+    this.version++;
     const w = this.workers.get(workerId);
     if (!w) return;
     w.benchmarking.delete(modelSha256);
@@ -378,6 +421,7 @@ export class Scheduler {
 
   /** Marks a model as not runnable on a worker (its benchmark failed). */
   setUnusable(workerId: string, modelSha256: string): void {
+    this.version++;
     const w = this.workers.get(workerId);
     if (!w) return;
     w.benchmarking.delete(modelSha256);
@@ -400,6 +444,11 @@ export class Scheduler {
     if (!this.opts.weighting) return 1;
     const own = w.rates.get(j.modelSha256)?.at(this.opts.clock());
     if (own !== undefined) return own;
+    return this.priorScale(j) * priorWeight(w.info.device);
+  }
+
+  /** Measured weight per unit of GPU-table prior, averaged over the workers with a figure (else 1). */
+  private priorScale(j: JobRun): number {
     let sum = 0;
     let priors = 0;
     for (const o of this.workers.values()) {
@@ -409,7 +458,7 @@ export class Scheduler {
         priors++;
       }
     }
-    return (priors ? sum / priors : 1) * priorWeight(w.info.device);
+    return priors ? sum / priors : 1;
   }
 
   // ---------------------------------------------------------------- results
@@ -526,21 +575,32 @@ export class Scheduler {
       .sort((a, b) => this.effectivePriority(b, now) - this.effectivePriority(a, now) || a.held - b.held);
   }
 
+  /** A worker's items/s on a job's model now (1 before any figure). */
+  private rateFor(w: WorkerRun, j: JobRun): number {
+    return this.weight(w.info.id, j.modelSha256) ?? 1;
+  }
+
   private lowWater(w: WorkerRun, j: JobRun): number {
-    const rate = this.weight(w.info.id, j.modelSha256) ?? 1;
-    return Math.max(w.info.concurrency * j.batchSize * 2, Math.ceil(rate * this.opts.prefetchSeconds));
+    const rate = this.rateFor(w, j);
+    const low = Math.max(w.info.concurrency * j.batchSize * 2, Math.ceil(rate * this.opts.prefetchSeconds));
+    return Math.min(low, this.opts.maxHeldItems);
   }
 
   private take(j: JobRun, w: WorkerRun, n: number, freshLimit = Infinity): number[] {
     const out: number[] = [];
-    for (let i = 0; i < j.requeued.length && out.length < n;) {
-      const id = j.requeued[i] as number;
-      if (j.failedOn.get(id)?.has(w.info.id)) {
-        i++;
-        continue;
-      }
-      j.requeued.splice(i, 1);
-      out.push(id);
+    // Taken from the front in one splice (V8 trims an array's front in place): one splice per
+    // item taken was O(n²) for a long queue, and stalled a hub that had 500,000 items requeued
+    // for minutes. Items this worker failed on go back to the front, in order.
+    let scanned = 0;
+    const skipped: number[] = [];
+    for (; scanned < j.requeued.length && out.length < n; scanned++) {
+      const id = j.requeued[scanned] as number;
+      if (j.failedOn.get(id)?.has(w.info.id)) skipped.push(id);
+      else out.push(id);
+    }
+    if (scanned > 0) {
+      j.requeued.splice(0, scanned);
+      if (skipped.length > 0) j.requeued.unshift(...skipped);
     }
     if (this.opts.factoring || !j.split) {
       const stop = Math.min(n, out.length + freshLimit);
@@ -569,15 +629,21 @@ export class Scheduler {
    * Decides what to do now: assignments, benchmarks to ask for, steals to carry out. A worker with
    * no figure for a job's model is benchmarked before it gets that job's items.
    */
-  plan(onlyWorker?: string): Plan {
+  plan(only?: string | readonly string[]): Plan {
     const now = this.opts.clock();
     const plan: Plan = { assign: [], benchmark: [], steal: [] };
     if (!this.opts.factoring) this.staticSplits(plan);
-    const workers = onlyWorker
-      ? [this.workers.get(onlyWorker)].filter((w): w is WorkerRun => !!w)
-      : [...this.workers.values()];
+    const workers =
+      only === undefined
+        ? [...this.workers.values()]
+        : (typeof only === 'string' ? [only] : only)
+            .map((id) => this.workers.get(id))
+            .filter((w): w is WorkerRun => !!w);
     for (const w of workers) {
-      if (!w.ready) continue;
+      if (!w.ready) {
+        this.hungry.delete(w.info.id);
+        continue;
+      }
       const fresh = this.opts.freshLimit?.(w.info.id) ?? Infinity;
       let topped = false;
       for (const j of this.jobsFor(w, now)) {
@@ -596,9 +662,14 @@ export class Scheduler {
         const remaining = this.queued(j.id);
         if (remaining === 0) continue;
         if (!this.opts.factoring && !j.split) continue; // waiting for the static split
+        const cap =
+          Math.min(
+            Math.max(low, Math.ceil(this.rateFor(w, j) * this.opts.maxShardSeconds)),
+            this.opts.maxHeldItems,
+          ) - w.held.size;
         const n = this.opts.factoring
           ? Math.max(
-              factoringChunk(remaining, this.shareWeight(w, j), this.totalWeight(j), 1),
+              Math.min(factoringChunk(remaining, this.shareWeight(w, j), this.totalWeight(j), 1), cap),
               low - w.held.size,
             )
           : low - w.held.size;
@@ -608,6 +679,8 @@ export class Scheduler {
         topped = true;
         break;
       }
+      if (topped) this.hungry.delete(w.info.id);
+      else this.hungry.add(w.info.id);
       if (fresh <= 0) continue; // on probation and at its limit: no steals or copies either
       if (!topped && this.opts.stealing) this.planSteal(w, now, plan);
       if (!topped && this.opts.speculation && w.held.size === 0 && !w.stealing)
@@ -616,10 +689,45 @@ export class Scheduler {
     return plan;
   }
 
+  /** Sum of the share weights of the workers that could run `j` (cached, see PLAN_CACHE_MS). */
+  /** Workers whose last plan left them waiting for work (the ones worth planning again soon). */
+  hungryWorkers(): string[] {
+    return [...this.hungry];
+  }
+
   private totalWeight(j: JobRun): number {
+    const now = this.opts.clock();
+    const cached = this.totals.get(j.id);
+    if (cached && cached.version === this.version && now - cached.at < PLAN_CACHE_MS) return cached.value;
+    // shareWeight's prior for workers without a figure, computed once instead of once per worker.
+    const scale = this.priorScale(j);
     let total = 0;
-    for (const o of this.workers.values()) if (o.ready && this.fits(o, j)) total += this.shareWeight(o, j);
+    for (const o of this.workers.values()) {
+      if (!o.ready || !this.fits(o, j)) continue;
+      total += this.opts.weighting
+        ? (o.rates.get(j.modelSha256)?.at(now) ?? scale * priorWeight(o.info.device))
+        : 1;
+    }
+    this.totals.set(j.id, { at: now, version: this.version, value: total });
     return total;
+  }
+
+  /**
+   * The workers holding `j`'s items, latest predicted finish first (cached, see PLAN_CACHE_MS): the
+   * candidates a thief or an idle worker looks at first, each checked against its current figures.
+   */
+  private victimsOf(j: JobRun, now: number): WorkerRun[] {
+    const cached = this.rankings.get(j.id);
+    if (cached && cached.version === this.version && now - cached.at < PLAN_CACHE_MS) return cached.victims;
+    const ranked: { w: WorkerRun; finish: number }[] = [];
+    for (const vid of j.heldBy.keys()) {
+      const w = this.workers.get(vid);
+      if (w) ranked.push({ w, finish: predictedFinish(w.held.size, this.weight(vid, j.modelSha256) ?? 0) });
+    }
+    ranked.sort((a, b) => b.finish - a.finish);
+    const victims = ranked.map((r) => r.w);
+    this.rankings.set(j.id, { at: now, version: this.version, victims });
+    return victims;
   }
 
   /** Static mode: once every eligible worker has a benchmark, split the job's items by weight. */
@@ -662,14 +770,16 @@ export class Scheduler {
       const rt = this.weight(thief.info.id, j.modelSha256);
       if (!rt) continue;
       const ht = thief.held.size;
-      for (const [vid, hv] of j.heldBy) {
-        const v = this.workers.get(vid);
-        if (!v || v === thief || v.revoking || v.noStealUntil > now) continue;
-        const rv = this.weight(vid, j.modelSha256) ?? 0;
+      let checked = 0;
+      for (const v of this.victimsOf(j, now)) {
+        if (checked++ >= VICTIMS_CHECKED) break;
+        const hv = j.heldBy.get(v.info.id) ?? 0;
+        if (hv === 0 || v === thief || v.revoking || v.noStealUntil > now) continue;
+        const rv = this.weight(v.info.id, j.modelSha256) ?? 0;
         const finish = predictedFinish(v.held.size, rv);
         const thiefFinish = predictedFinish(ht, rt) + 1 / rt;
         if (!isImbalanced(finish, thiefFinish, this.opts)) continue;
-        const k = Math.min(hv, stealSize(v.held.size, rv, ht, rt));
+        const k = Math.min(hv, stealSize(v.held.size, rv, ht, rt), this.opts.maxHeldItems - ht);
         if (k < 1) continue;
         if (!best || finish > best.finish) best = { victim: v, job: j, finish, thiefFinish, k };
       }
@@ -728,15 +838,19 @@ export class Scheduler {
       if (this.queued(j.id) > 0 || j.held === 0) continue;
       const rw = this.weight(w.info.id, j.modelSha256);
       if (!rw) continue;
-      for (const [vid] of j.heldBy) {
-        const v = this.workers.get(vid);
-        if (!v || v === w || v.revoking) continue;
-        const finish = predictedFinish(v.held.size, this.weight(vid, j.modelSha256) ?? 0);
+      let checked = 0;
+      for (const v of this.victimsOf(j, now)) {
+        if (checked++ >= VICTIMS_CHECKED) break;
+        if (v === w || v.revoking || !j.heldBy.has(v.info.id)) continue;
+        const finish = predictedFinish(v.held.size, this.weight(v.info.id, j.modelSha256) ?? 0);
         if (!shouldSpeculate(finish, rw, this.opts) || (best && finish <= best.finish)) continue;
-        const itemId = [...v.held].find(
-          ([id, jid]) =>
-            jid === j.id && (this.holders.get(id)?.length ?? 0) === 1 && !j.failedOn.get(id)?.has(w.info.id),
-        )?.[0];
+        let itemId: number | undefined;
+        for (const [id, jid] of v.held) {
+          if (jid !== j.id || (this.holders.get(id)?.length ?? 0) !== 1 || j.failedOn.get(id)?.has(w.info.id))
+            continue;
+          itemId = id;
+          break;
+        }
         if (itemId !== undefined) best = { victim: v, job: j, finish, itemId };
       }
     }

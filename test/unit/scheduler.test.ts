@@ -152,7 +152,7 @@ describe('scheduler', () => {
   });
 
   test('shards follow weight and shrink as the job drains', () => {
-    const { s } = make();
+    const { s } = make({ maxShardSeconds: Infinity });
     s.addWorker(worker('fast'));
     s.addWorker(worker('slow'));
     s.setBenchmark('fast', SHA, 30);
@@ -166,6 +166,18 @@ describe('scheduler', () => {
     s.finished('fast', first.find((a) => a.workerId === 'fast')?.itemIds ?? []);
     const next = s.plan().assign.find((a) => a.workerId === 'fast')?.itemIds.length ?? 0;
     assert.ok(next < fast, `next shard ${next} smaller than the first ${fast}`);
+  });
+
+  test('a top-up brings a worker to at most maxShardSeconds of work, never below its low-water mark', () => {
+    const { s } = make({ maxShardSeconds: 2 });
+    s.addWorker(worker('fast'));
+    s.addWorker(worker('slow'));
+    s.setBenchmark('fast', SHA, 30);
+    s.setBenchmark('slow', SHA, 0.5);
+    s.addJob(job('j'), ids(1000));
+    const first = s.plan().assign;
+    assert.equal(first.find((a) => a.workerId === 'fast')?.itemIds.length, 60, '2 s at 30 items/s');
+    assert.equal(first.find((a) => a.workerId === 'slow')?.itemIds.length, 2, 'its low-water mark');
   });
 
   test('an idle worker steals the newest items from the worker predicted to finish last', () => {
