@@ -36,6 +36,7 @@ import { Scheduler, type Assignment, type SchedulerOptions, type StealPlan } fro
 import type { FairnessReport } from '../protocol/fairness.ts';
 import type { JobRecord, NewFailure, NewJob, NewResult, Store } from './store/store.ts';
 import { workerFacts, type LiveWorker } from './workers.ts';
+import { IdRuns } from './scheduler/id-runs.ts';
 import { PreflightError, ReferenceRunner, canaryCount, pickCanaries } from './preflight.ts';
 import type { TrustStore } from './store/trust-store.ts';
 import { DEFAULT_TRUST_OPTIONS, TrustBook, type TrustOptions } from './trust.ts';
@@ -222,14 +223,14 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   private async preflight(job: JobRecord, model: ModelInfo, path: string): Promise<void> {
-    const pending = this.store.pendingItemIds(job.id);
-    const n = canaryCount(pending.length, {
+    const pending = IdRuns.of(this.store.pendingItemRuns(job.id));
+    const n = canaryCount(pending.size, {
       fraction: this.opts.trust.canaryFraction,
       min: this.opts.trust.minCanaries,
       max: this.opts.trust.maxCanaries,
     });
     // Without canaries, one item still proves the model runs on these inputs.
-    const sample = n > 0 ? pickCanaries(pending, n) : pending.slice(0, 1);
+    const sample = n > 0 ? pickCanaries(pending, n) : pending.size > 0 ? [pending.at(0)] : [];
     const started = Date.now();
     try {
       const answers = await this.reference.check(model, path, this.store.itemInputs(sample));
@@ -258,7 +259,7 @@ export class Hub extends EventEmitter<HubEvents> {
         batchSize: model.batchable ? model.batchSize : 1,
         requirements: job.requirements,
       },
-      this.store.pendingItemIds(job.id),
+      IdRuns.of(this.store.pendingItemRuns(job.id)),
     );
   }
 

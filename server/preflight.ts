@@ -4,6 +4,7 @@
  * must run and give outputs that fit the model, and those items' answers become the job's canaries.
  * A failed check is a clear error for the submitter, never a stuck job.
  */
+import { IdRuns } from './scheduler/id-runs.ts';
 import { readFile } from 'node:fs/promises';
 import type { ModelInfo } from '../protocol/model.ts';
 import { packTensors, unpackTensors } from '../protocol/pack.ts';
@@ -23,16 +24,18 @@ export function canaryCount(items: number, opts: { fraction: number; min: number
 
 /** Picks `n` distinct item ids at random. */
 export function pickCanaries(
-  itemIds: readonly number[],
+  itemIds: readonly number[] | IdRuns,
   n: number,
   random: () => number = Math.random,
 ): number[] {
+  const size = itemIds instanceof IdRuns ? itemIds.size : itemIds.length;
+  const nth = (k: number) => (itemIds instanceof IdRuns ? itemIds.at(k) : (itemIds[k] as number));
   // A partial Fisher-Yates shuffle over positions, with only the swapped ones remembered: the same
   // picks as shuffling a copy, without copying a million-item job's ids to pick twenty.
   const swapped = new Map<number, number>();
-  const at = (k: number) => swapped.get(k) ?? (itemIds[k] as number);
+  const at = (k: number) => swapped.get(k) ?? nth(k);
   const out: number[] = [];
-  for (let len = itemIds.length; out.length < n && len > 0; len--) {
+  for (let len = size; out.length < n && len > 0; len--) {
     const i = Math.floor(random() * len);
     out.push(at(i));
     swapped.set(i, at(len - 1));

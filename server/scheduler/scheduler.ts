@@ -16,6 +16,7 @@
  */
 import type { WorkerFilter } from '../store/store.ts';
 import { matchesFilter, type FilterableWorker } from './filter.ts';
+import { IdRuns } from './id-runs.ts';
 import {
   DEFAULT_POLICY,
   factoringChunk,
@@ -123,8 +124,7 @@ export interface Plan {
 }
 
 interface JobRun extends SchedJob {
-  fresh: number[];
-  freshHead: number;
+  fresh: IdRuns;
   /** Items handed back (worker lost, released, failed): they go out before fresh ones. */
   requeued: number[];
   failedOn: Map<number, Set<string>>;
@@ -190,13 +190,12 @@ export class Scheduler {
   // ---------------------------------------------------------------- jobs
 
   /** Adds a job with its unfinished items (in order); takes `pending` over: the caller lets go of it. */
-  addJob(job: SchedJob, pending: number[]): void {
+  /** Schedules a job's pending items: runs of ids from the store, or a list of ids. */
+  addJob(job: SchedJob, pending: IdRuns | readonly number[]): void {
     if (this.jobs.has(job.id)) throw new Error(`job ${job.id} already scheduled`);
     this.jobs.set(job.id, {
       ...job,
-      // Kept as given (not copied): a million-item job's ids are 8 MB a copy.
-      fresh: pending,
-      freshHead: 0,
+      fresh: pending instanceof IdRuns ? pending : IdRuns.fromIds(pending),
       requeued: [],
       failedOn: new Map(),
       attempts: new Map(),
@@ -231,7 +230,7 @@ export class Scheduler {
   /** Unassigned items of a job. */
   queued(jobId: string): number {
     const j = this.jobs.get(jobId);
-    return j ? j.fresh.length - j.freshHead + j.requeued.length : 0;
+    return j ? j.fresh.size + j.requeued.length : 0;
   }
 
   /** Items of a job currently held by workers (copies counted once per holder). */
@@ -604,11 +603,7 @@ export class Scheduler {
     }
     if (this.opts.factoring || !j.split) {
       const stop = Math.min(n, out.length + freshLimit);
-      while (out.length < stop && j.freshHead < j.fresh.length) out.push(j.fresh[j.freshHead++] as number);
-    }
-    if (j.freshHead > 4096 && j.freshHead * 2 > j.fresh.length) {
-      j.fresh = j.fresh.slice(j.freshHead);
-      j.freshHead = 0;
+      j.fresh.takeInto(stop - out.length, out);
     }
     return out;
   }

@@ -28,6 +28,7 @@
  *   checkpoints itself past `BACKSTOP_PAGES`.
  */
 import Database from 'better-sqlite3';
+import type { IdRun } from '../scheduler/id-runs.ts';
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
@@ -403,6 +404,13 @@ export class SqliteStore implements Store {
       pendingItemIds: db
         .prepare<[string], number>("SELECT id FROM items WHERE job_id = ? AND state = 'pending' ORDER BY seq")
         .pluck(),
+      // Gaps and islands: within a run of consecutive ids, id minus its rank in seq order is constant.
+      pendingItemRuns: db.prepare<[string], IdRun>(
+        `SELECT min(id) AS first, max(id) AS last FROM (
+           SELECT id, id - row_number() OVER (ORDER BY seq) AS grp
+           FROM items WHERE job_id = ? AND state = 'pending')
+         GROUP BY grp ORDER BY first`,
+      ),
       getItem: db.prepare<[number], ItemRecord>(
         'SELECT id, job_id AS jobId, seq, name, state, attempts FROM items WHERE id = ?',
       ),
@@ -640,6 +648,10 @@ export class SqliteStore implements Store {
 
   pendingItemIds(jobId: string): number[] {
     return this.sql.pendingItemIds.all(jobId);
+  }
+
+  pendingItemRuns(jobId: string): IdRun[] {
+    return this.sql.pendingItemRuns.all(jobId);
   }
 
   getItem(id: number): ItemRecord | undefined {

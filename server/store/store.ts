@@ -7,6 +7,7 @@
  * transaction, and says which were accepted and which were dropped. Callers ack a worker only after
  * it returns.
  */
+import type { IdRun } from '../scheduler/id-runs.ts';
 import type { FailureCategory } from '../../protocol/events.ts';
 
 export const JOB_STATES = ['open', 'queued', 'running', 'completed', 'cancelled'] as const;
@@ -148,6 +149,11 @@ export interface Store {
 
   /** Ids of a job's pending items in seq order. */
   pendingItemIds(jobId: string): number[];
+  /**
+   * The same ids as runs of consecutive ids, in seq order: what a job's queue is built from, in
+   * memory that does not grow with the job's size.
+   */
+  pendingItemRuns(jobId: string): IdRun[];
   getItem(id: number): ItemRecord | undefined;
   listItems(jobId: string, opts: { offset: number; limit: number; state?: ItemState }): ItemRecord[];
   /** Input packs of these items (missing ids are absent from the map). */

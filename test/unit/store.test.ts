@@ -255,6 +255,23 @@ describe('SqliteStore', () => {
     assert.equal(store.getJob('j2')?.failedCount, 0);
   });
 
+  test('pendingItemRuns gives the pending ids as runs of consecutive ids, uploads of other jobs between', () => {
+    store.createJob(newJob('j1'));
+    store.createJob(newJob('other'));
+    const a = store.appendItems('j1', items(5));
+    store.appendItems('other', items(2));
+    const b = store.appendItems('j1', items(3, 'more'));
+    store.recordResults([result(a[2], 'j1')]);
+    const runs = store.pendingItemRuns('j1');
+    assert.deepEqual(runs, [
+      { first: a[0], last: a[1] },
+      { first: a[3], last: a[4] },
+      { first: b[0], last: b[2] },
+    ]);
+    const expanded = runs.flatMap((r) => Array.from({ length: r.last - r.first + 1 }, (_, i) => r.first + i));
+    assert.deepEqual(expanded, store.pendingItemIds('j1'));
+  });
+
   test('pendingItemIds lists what is still pending in seq order after a mix of outcomes', () => {
     store.createJob(newJob('j1'));
     store.createJob(newJob('other'));
@@ -263,6 +280,11 @@ describe('SqliteStore', () => {
     store.recordResults([result(ids[1], 'j1'), result(ids[4], 'j1')]);
     store.recordFailures([failure(ids[2], 'j1', true), failure(ids[3], 'j1', false)]);
     assert.deepEqual(store.pendingItemIds('j1'), [ids[0], ids[3], ids[5]]);
+    assert.deepEqual(store.pendingItemRuns('j1'), [
+      { first: ids[0], last: ids[0] },
+      { first: ids[3], last: ids[3] },
+      { first: ids[5], last: ids[5] },
+    ]);
 
     assert.deepEqual(
       store.listItems('j1', { offset: 0, limit: 10, state: 'done' }).map((i) => i.id),
