@@ -312,9 +312,22 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     const job = hub.requireJob(param(req, 'id'));
     res.setHeader('Content-Type', 'application/x-tar');
     res.setHeader('Content-Disposition', `attachment; filename="${job.id}-results.tar"`);
+    // Waits for the client when its buffer is full; a client gone mid-download ends the loop (a
+    // 'drain' that never comes must not hold the handler, and the store's iterator, forever).
     const write = (chunk: Uint8Array) =>
-      res.write(chunk) ? Promise.resolve() : new Promise<void>((ok) => res.once('drain', () => ok()));
+      res.write(chunk)
+        ? Promise.resolve()
+        : new Promise<void>((ok) => {
+            const done = () => {
+              res.off('drain', done);
+              res.off('close', done);
+              ok();
+            };
+            res.once('drain', done);
+            res.once('close', done);
+          });
     for (const r of hub.store.iterateResults(job.id)) {
+      if (res.destroyed) return;
       for (const t of unpackTensors(r.outputs)) {
         const npy = writeNpy(t);
         const name = `results/${safeName(r.name)}/${safeName(t.name)}.npy`;
