@@ -18,15 +18,26 @@
  * has nobody to be cross-checked against, and checks are the scheduler's cost, not the browser's.
  * Needs `npm run build` and Chromium (`CHROMIUM_PATH`, default /usr/bin/chromium). Prints figures;
  * never fails on time.
+ *
+ * Chromium is driven over its DevTools pipe by the few commands the bench needs (open a tab,
+ * evaluate an expression), not by Playwright. Playwright enables the DevTools `Network` domain on
+ * every page it drives, and Chromium then copies every WebSocket frame, base64-encoded, into an
+ * event for the driver: the grid page's traffic (each item's inputs in, outputs out, ~27 MB/s here)
+ * cost the browser process, the renderer and the bench's own Node process about 2 s of CPU per
+ * 8 s job, on the same two cores as the inference worker, while the standalone page (no traffic)
+ * paid nothing. A contributor's browser has no driver attached; neither page has one here.
  */
-import { existsSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Readable, Writable } from 'node:stream';
 import type { ModelInfo } from '../protocol/model.ts';
 import { packItems, type NamedItem } from '../protocol/pack.ts';
 import type { HubServer } from '../server/app.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
+import type { EngineInfo } from '../client/inference/messages.ts';
 import type { StandaloneResult } from '../client/standalone/messages.ts';
 import { ROOT, benchHub, printTable, until } from './_grid.ts';
 
@@ -56,13 +67,160 @@ export interface BrowserBenchRow {
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARGS = [
+  '--headless',
   '--no-sandbox',
   '--enable-unsafe-webgpu',
   '--disable-background-networking',
   '--disable-component-update',
   '--disable-sync',
   '--no-first-run',
+  // As Playwright launches it: a tab the bench is not looking at still runs at full speed.
+  '--disable-background-timer-throttling',
+  '--disable-backgrounding-occluded-windows',
+  '--disable-renderer-backgrounding',
+  '--disable-extensions',
+  '--disable-dev-shm-usage',
+  '--mute-audio',
 ];
+
+/**
+ * Chromium over `--remote-debugging-pipe` (requests on fd 3, replies and events on fd 4, each a
+ * JSON message ended by a NUL byte), with only the commands the bench sends; see the file comment.
+ */
+class Chromium {
+  private nextId = 0;
+  private readonly pending = new Map<number, { ok: (v: unknown) => void; fail: (e: Error) => void }>();
+  private buffered = '';
+
+  private constructor(
+    private readonly proc: ChildProcess,
+    private readonly dataDir: string,
+  ) {
+    const out = proc.stdio[4] as Readable;
+    out.setEncoding('utf8');
+    out.on('data', (chunk: string) => this.onData(chunk));
+    proc.once('exit', (code, signal) => {
+      for (const p of this.pending.values()) p.fail(new Error(`Chromium exited (${code ?? signal})`));
+      this.pending.clear();
+    });
+  }
+
+  static async launch(): Promise<Chromium> {
+    const dataDir = mkdtempSync(join(tmpdir(), 'shardhub-chromium-'));
+    const proc = spawn(
+      CHROMIUM,
+      [...ARGS, `--user-data-dir=${dataDir}`, '--remote-debugging-pipe', '--no-startup-window'],
+      // stdout and stderr are pipes, drained: with them sent to /dev/null the pipe stayed silent.
+      { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'] },
+    );
+    proc.stdout?.resume();
+    proc.stderr?.resume();
+    const chrome = new Chromium(proc, dataDir);
+    await chrome.send('Browser.getVersion');
+    return chrome;
+  }
+
+  /**
+   * Opens `url` in a window of its own: a second tab in the same window would hide the first one,
+   * and the contributor page pauses while it is hidden.
+   */
+  async open(url: string): Promise<Tab> {
+    const { targetId } = (await this.send('Target.createTarget', { url, newWindow: true })) as {
+      targetId: string;
+    };
+    const { sessionId } = (await this.send('Target.attachToTarget', { targetId, flatten: true })) as {
+      sessionId: string;
+    };
+    return new Tab(this, targetId, sessionId);
+  }
+
+  /** Sends a command; rejects if no reply comes within `timeoutMs`. */
+  send(method: string, params: object = {}, sessionId?: string, timeoutMs = 120_000): Promise<unknown> {
+    const id = ++this.nextId;
+    return new Promise((ok, fail) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        fail(new Error(`Chromium did not answer ${method} in ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, {
+        ok: (v) => {
+          clearTimeout(timer);
+          ok(v);
+        },
+        fail: (e) => {
+          clearTimeout(timer);
+          fail(e);
+        },
+      });
+      (this.proc.stdio[3] as Writable).write(`${JSON.stringify({ id, method, params, sessionId })}\0`);
+    });
+  }
+
+  async close(): Promise<void> {
+    const exited = new Promise((ok) => this.proc.once('exit', ok));
+    await this.send('Browser.close').catch(() => undefined);
+    await Promise.race([exited, new Promise((ok) => setTimeout(ok, 5000))]);
+    this.proc.kill('SIGKILL');
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+
+  private onData(chunk: string): void {
+    this.buffered += chunk;
+    for (let end = this.buffered.indexOf('\0'); end >= 0; end = this.buffered.indexOf('\0')) {
+      const msg = JSON.parse(this.buffered.slice(0, end)) as {
+        id?: number;
+        result?: unknown;
+        error?: { message: string };
+      };
+      this.buffered = this.buffered.slice(end + 1);
+      const p = msg.id === undefined ? undefined : this.pending.get(msg.id);
+      if (!p) continue; // an event: nothing here subscribes to any
+      this.pending.delete(msg.id as number);
+      if (msg.error) p.fail(new Error(msg.error.message));
+      else p.ok(msg.result);
+    }
+  }
+}
+
+/** A tab of {@link Chromium}. */
+class Tab {
+  constructor(
+    private readonly chrome: Chromium,
+    private readonly targetId: string,
+    private readonly sessionId: string,
+  ) {}
+
+  /** Evaluates an expression in the page, awaiting it if it is a promise; returns its value as JSON. */
+  async evaluate<T>(expression: string): Promise<T> {
+    const res = (await this.chrome.send(
+      'Runtime.evaluate',
+      { expression, awaitPromise: true, returnByValue: true },
+      this.sessionId,
+    )) as {
+      result: { value?: unknown };
+      exceptionDetails?: { text: string; exception?: { description?: string } };
+    };
+    if (res.exceptionDetails) {
+      const e = res.exceptionDetails;
+      throw new Error(e.exception?.description ?? e.text);
+    }
+    return res.result.value as T;
+  }
+
+  /** Polls `expression` until it is truthy. */
+  async waitFor(what: string, expression: string, timeoutMs = 60_000): Promise<void> {
+    for (const end = Date.now() + timeoutMs; ;) {
+      // Before the page's document exists, evaluating may fail: that is "not yet".
+      if (await this.evaluate<boolean>(expression).catch(() => false)) return;
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.chrome.send('Target.closeTarget', { targetId: this.targetId });
+  }
+}
 
 function parseArgs(args: string[]): {
   json: boolean;
@@ -134,23 +292,16 @@ async function runJob(hub: HubServer, model: string, items: NamedItem[]): Promis
   return (items.length * 1000) / Math.max(1, job.finishedAt - job.startedAt);
 }
 
-async function openContributor(browser: Browser, hub: HubServer, backend: BrowserBackend): Promise<Page> {
-  const page = await browser.newPage();
-  await page.goto(`${hub.url}/?autostart=1&debug=1&backend=${backend}`);
-  await until('the page', () => true);
-  for (let t = Date.now(); ;) {
-    const ready = await page.evaluate(() => window.shardhub?.stats()?.registered === true);
-    if (ready) break;
-    if (Date.now() - t > 60_000) throw new Error(`the ${backend} page did not register`);
-    await new Promise((ok) => setTimeout(ok, 100));
-  }
-  const info = await page.evaluate(() => window.shardhub?.engineInfo());
+async function openContributor(browser: Chromium, hub: HubServer, backend: BrowserBackend): Promise<Tab> {
+  const page = await browser.open(`${hub.url}/?autostart=1&debug=1&backend=${backend}`);
+  await page.waitFor(`the ${backend} page to register`, 'window.shardhub?.stats()?.registered === true');
+  const info = await page.evaluate<EngineInfo | undefined>('window.shardhub?.engineInfo()');
   if (info?.backend !== backend) throw new Error(`the page runs ${info?.backend}, not ${backend}`);
   return page;
 }
 
 async function benchBackend(
-  browser: Browser,
+  browser: Chromium,
   hub: HubServer,
   c: Case,
   seconds: number,
@@ -162,7 +313,7 @@ async function benchBackend(
 
   // Grid: the contributor page as the only worker; warmed up once (download, session, benchmark).
   const page = await openContributor(browser, hub, c.backend);
-  const threads = (await page.evaluate(() => window.shardhub?.engineInfo()?.numThreads)) ?? 1;
+  const threads = (await page.evaluate<number | undefined>('window.shardhub?.engineInfo()?.numThreads')) ?? 1;
   const warmRate = await runJob(hub, c.model, itemsOf(model, c.dims, c.warmup, 1));
   const n = Math.max(c.warmup, Math.round(warmRate * seconds));
   note(`${c.backend}: warm-up ${warmRate.toFixed(1)} items/s; measuring ${n} items, ${rounds} round(s)`);
@@ -170,18 +321,16 @@ async function benchBackend(
   // Standalone: the same browser, onnxruntime-web alone, same inputs, batch and threads. The
   // contributor page stays open meanwhile, idle. Rounds alternate; each side keeps its best round,
   // so a burst of load from elsewhere on the machine penalizes neither.
-  const alone = await browser.newPage();
-  await alone.goto(`${hub.url}/standalone.html`);
+  const alone = await browser.open(`${hub.url}/standalone.html`);
+  await alone.waitFor('standalone.html', "typeof window.shardhubStandalone === 'function'");
   const request = { model, backend: c.backend, numThreads: threads, dims: c.dims, minMs: seconds * 1000 };
   let grid = 0;
   let standalone = 0;
   for (let r = 0; r < rounds; r++) {
     const g = await runJob(hub, c.model, itemsOf(model, c.dims, n, 100_000 * (r + 1)));
-    const result = (await alone.evaluate((req) => {
-      const run = window.shardhubStandalone;
-      if (!run) throw new Error('standalone.html did not load');
-      return run(req);
-    }, request)) as StandaloneResult;
+    const result = await alone.evaluate<StandaloneResult>(
+      `window.shardhubStandalone(${JSON.stringify(request)})`,
+    );
     note(
       `${c.backend} round ${r + 1}: grid ${g.toFixed(2)}, standalone ${result.itemsPerSec.toFixed(2)} items/s`,
     );
@@ -226,7 +375,7 @@ export async function main(args: string[]): Promise<void> {
     staticDir: dist,
     hub: { preflight: false, trust: { ...DEFAULT_TRUST_OPTIONS, trustAfter: 0, spotCheck: 0 } },
   });
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  const browser = await Chromium.launch();
   const results: BrowserBackendResult[] = [];
   try {
     for (const b of opts.backends)
