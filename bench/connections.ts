@@ -1,6 +1,6 @@
 /**
- * `npm run bench -- connections [--json] [--workers 2000] [--procs 4] [--item-ms 1000]
- *  [--seconds 20] [--profile DIR]`
+ * `npm run bench -- connections [--json] [--workers 2000] [--baseline 32] [--procs 4]
+ *  [--item-ms 1000] [--seconds 20] [--profile DIR]`
  *
  * Thousands of workers on one hub: 2,000 sim workers (the real run loop, `WorkerAgent`, each on its
  * own Socket.IO connection with heartbeats at the hub's default interval of 2 s), spread over
@@ -18,6 +18,9 @@
  *   figure is the latency of a busy hub, not of a queue that grows without bound. Worker speeds
  *   are spread +-20% (`--spread`): with identical speeds every worker finishes at the same instant
  *   each second and the figure measures a 2,000-message burst instead (`--spread 0` shows that).
+ * - Baseline, in the same run: the same measurement with `--baseline` workers (32) first, a fresh
+ *   hub each time: the latency a small grid sees, and the hub's memory without the connections.
+ *   `--json` prints one object per run, the baseline's marked `"baseline": true`.
  * - All clocks are wall clocks of one machine (`performance.timeOrigin + now()`).
  * - Needs one file descriptor per connection in the hub and in the worker processes: the benchmark
  *   checks `ulimit -n` first and says what to raise.
@@ -66,6 +69,7 @@ export async function main(args: string[]): Promise<void> {
   const itemMs = numFlag(args, 'item-ms', 1000);
   const seconds = numFlag(args, 'seconds', 20);
   const spread = numFlag(args, 'spread', 0.2);
+  const baseline = numFlag(args, 'baseline', 32);
   const profile = flag(args, 'profile') ? join(ROOT, flag(args, 'profile') as string) : undefined;
   const limit = openFilesLimit();
   const need = workers + 200;
@@ -76,6 +80,50 @@ export async function main(args: string[]): Promise<void> {
   }
   const log = (s: string) => !json && process.stderr.write(`${s}\n`);
 
+  // Baseline in the same run: the same job, per worker, with a small grid.
+  const counts = baseline > 0 && baseline < workers ? [baseline, workers] : [workers];
+  const rows: Row[] = [];
+  for (const n of counts) {
+    rows.push(await measure(n, { procs: Math.min(procs, n), itemMs, seconds, spread, profile }, log));
+  }
+  const row = rows[rows.length - 1] as Row;
+  if (json) {
+    for (const r of rows) {
+      process.stdout.write(
+        `${JSON.stringify({
+          workers: r.connected,
+          rss_mb: Math.round(r.rss_mb),
+          p50_ms: Number(r.p50_ms.toFixed(2)),
+          p99_ms: Number(r.p99_ms.toFixed(2)),
+          ...(r === row ? {} : { baseline: true }),
+        })}\n`,
+      );
+    }
+    return;
+  }
+  process.stdout.write(
+    `connections: ${workers} sim workers (WorkerAgent, own Socket.IO connection each, heartbeats every 2 s) ` +
+      `in ${procs} processes, ${itemMs} ms items (speeds +-${spread * 100}%); hub in its own process;` +
+      ` first row: the baseline, the same load per worker with ${counts[0]} workers\n\n`,
+  );
+  printTable(rows as unknown as Record<string, unknown>[]);
+  process.stdout.write(
+    `\np50/p99/max_ms: a worker's item finishing -> the hub's refill arriving at that worker` +
+      ` (sent_*: from its results message leaving instead); samples: refills timed; untimed:` +
+      ` other shards. rss_mb: hub peak RSS during the job (idle: before it; max: process life).` +
+      ` loop_p99_ms: hub event-loop delay. Targets: p99 <= 50 ms, RSS <= 1 GB.\n`,
+  );
+}
+
+type Row = Awaited<ReturnType<typeof measure>>;
+
+/** One hub process and `workers` sim workers: connect, warm up, run a job, take the figures. */
+async function measure(
+  workers: number,
+  o: { procs: number; itemMs: number; seconds: number; spread: number; profile?: string },
+  log: (s: string) => void,
+) {
+  const { procs, itemMs, seconds, spread, profile } = o;
   const hub = await startHubProcess(trustedNodes());
   let children: RpcChild[] = [];
   try {
@@ -142,7 +190,7 @@ export async function main(args: string[]): Promise<void> {
       }
     }
     const wall = (end.t - start.t) / 1000;
-    const row = {
+    return {
       workers,
       connected: stats.reduce((n, s) => n + s.connected, 0),
       reconnects: stats.reduce((n, s) => n + s.serverDisconnects, 0),
@@ -162,28 +210,6 @@ export async function main(args: string[]): Promise<void> {
       loop_p99_ms: lag.p99Ms,
       loop_max_ms: lag.maxMs,
     };
-    if (json) {
-      process.stdout.write(
-        `${JSON.stringify({
-          workers: row.connected,
-          rss_mb: Math.round(row.rss_mb),
-          p50_ms: Number(row.p50_ms.toFixed(2)),
-          p99_ms: Number(row.p99_ms.toFixed(2)),
-        })}\n`,
-      );
-      return;
-    }
-    process.stdout.write(
-      `connections: ${workers} sim workers (WorkerAgent, own Socket.IO connection each, heartbeats every 2 s) ` +
-        `in ${procs} processes, ${itemMs} ms items (speeds +-${spread * 100}%); hub in its own process\n\n`,
-    );
-    printTable([row]);
-    process.stdout.write(
-      `\np50/p99/max_ms: a worker's item finishing -> the hub's refill arriving at that worker` +
-        ` (sent_*: from its results message leaving instead); samples: refills timed; untimed:` +
-        ` other shards. rss_mb: hub peak RSS during the job (idle: before it; max: process life).` +
-        ` loop_p99_ms: hub event-loop delay. Targets: p99 <= 50 ms, RSS <= 1 GB.\n`,
-    );
   } finally {
     await stopAll(children);
     await hub.stop();

@@ -19,7 +19,12 @@
  *   any node is after its first jobs: a node on probation holds only two fresh items at a time.
  *   Grid items/s runs from the job's first assignment to its last result (the hub's own times),
  *   so the hub's pre-flight check of the model, once per job, is not counted.
+ * - The gap is split in two: `node_busy`, the share of the job's wall time the node's session was
+ *   running (the results' `ms` summed, from the hub's SQLite file: is the hub keeping the node
+ *   fed?), and `run_ms_per_item` against standalone's, how much slower each run is in the grid
+ *   (the node's and the hub's own work taking cores from onnxruntime's threads).
  */
+import Database from 'better-sqlite3';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -53,6 +58,22 @@ interface Run {
   itemsPerS: number;
   cpuMsPerItem: number;
   hubCpuMsPerItem?: number;
+  /** Grid: the node's session busy time (the results' `ms`, summed) over the job's wall time. */
+  busy?: number;
+  /** Wall ms per item of the session's runs: grid from the results' `ms`, standalone 1000 / items/s. */
+  runMsPerItem?: number;
+}
+
+/** The session time a job's results report (the node's `ms`, summed), from the hub's SQLite file. */
+function sessionMs(dataDir: string, jobId: string): number {
+  const db = new Database(join(dataDir, 'hub.sqlite'), { readonly: true });
+  try {
+    return (
+      db.prepare<[string], number>('SELECT SUM(ms) FROM results WHERE job_id = ?').pluck().get(jobId) ?? 0
+    );
+  } finally {
+    db.close();
+  }
 }
 
 /** Standalone onnxruntime-node in this process: the model loaded once, then timed runs. */
@@ -83,7 +104,11 @@ async function standaloneRunner(
         const t0 = performance.now();
         for (let off = 0; off < items; off += batch) await session.run(all.slice(off, off + batch));
         const t1 = performance.now();
-        return { itemsPerS: items / ((t1 - t0) / 1000), cpuMsPerItem: (cpuMs() - c0) / items };
+        return {
+          itemsPerS: items / ((t1 - t0) / 1000),
+          cpuMsPerItem: (cpuMs() - c0) / items,
+          runMsPerItem: (t1 - t0) / items,
+        };
       },
       close: () => session.dispose(),
     };
@@ -147,8 +172,12 @@ async function gridRunner(
       });
       const node1 = procCpuMs(node.pid);
       if (end.job.done !== items) throw new Error(`only ${end.job.done} of ${items} items done`);
+      const wallMs = end.job.finishedAt - end.job.startedAt;
+      const busyMs = sessionMs(hub.dataDir, jobId);
       return {
-        itemsPerS: items / ((end.job.finishedAt - end.job.startedAt) / 1000),
+        itemsPerS: items / (wallMs / 1000),
+        busy: busyMs / wallMs,
+        runMsPerItem: busyMs / items,
         cpuMsPerItem: (node1 - node0) / items,
         hubCpuMsPerItem: (end.cpuUs - start.cpuUs) / 1000 / items,
       };
@@ -191,6 +220,9 @@ export async function main(args: string[]): Promise<void> {
         standalone_cpu_ms_per_item: (b.cpuMsPerItem + a.cpuMsPerItem) / 2,
         node_cpu_ms_per_item: g.cpuMsPerItem,
         hub_cpu_ms_per_item: g.hubCpuMsPerItem ?? Number.NaN,
+        node_busy: g.busy ?? Number.NaN,
+        run_ms_per_item: g.runMsPerItem ?? Number.NaN,
+        standalone_run_ms_per_item: ((b.runMsPerItem ?? 0) + (a.runMsPerItem ?? 0)) / 2,
       });
     }
   } finally {
@@ -204,6 +236,9 @@ export async function main(args: string[]): Promise<void> {
   const aloneCpu = median(standaloneRuns.map((r) => r.cpuMsPerItem));
   const nodeCpu = median(gridRuns.map((r) => r.cpuMsPerItem));
   const hubCpu = median(gridRuns.map((r) => r.hubCpuMsPerItem ?? Number.NaN));
+  const busy = median(gridRuns.map((r) => r.busy ?? Number.NaN));
+  const runMs = median(gridRuns.map((r) => r.runMsPerItem ?? Number.NaN));
+  const aloneRunMs = median(standaloneRuns.map((r) => r.runMsPerItem ?? Number.NaN));
   if (json) {
     process.stdout.write(
       `${JSON.stringify({
@@ -212,6 +247,8 @@ export async function main(args: string[]): Promise<void> {
         ratio: Number((bestGrid / bestAlone).toFixed(3)),
         median_round_ratio: Number(median(rows.map((r) => r.ratio as number)).toFixed(3)),
         cpu_ratio: Number((aloneCpu / (nodeCpu + hubCpu)).toFixed(3)),
+        node_busy: Number(busy.toFixed(3)),
+        run_slowdown: Number((runMs / aloneRunMs).toFixed(3)),
       })}\n`,
     );
     return;
@@ -231,12 +268,18 @@ export async function main(args: string[]): Promise<void> {
       standalone_cpu_ms_per_item: aloneCpu,
       node_cpu_ms_per_item: nodeCpu,
       hub_cpu_ms_per_item: hubCpu,
+      node_busy: busy,
+      run_ms_per_item: runMs,
+      standalone_run_ms_per_item: aloneRunMs,
     },
   ]);
   process.stdout.write(
     `\nround ratios: a grid run over the mean of the standalone runs around it; last row: best run of` +
       ` each (the machine at its quietest) and median CPU. cpu_ms_per_item: CPU time of the processes` +
       ` doing the work (all threads); standalone / (node + hub) = ${(aloneCpu / (nodeCpu + hubCpu)).toFixed(3)}` +
-      ` bounds the throughput ratio on a dedicated machine. Target: ratio >= 0.95.\n`,
+      ` bounds the throughput ratio on a dedicated machine. node_busy: the node's session busy` +
+      ` over the job's wall time (is the node kept fed?); run_ms_per_item: the session's time per` +
+      ` item in the grid vs alone (how much the node's and hub's own work slows the runs down on` +
+      ` shared cores); ratio ~= node_busy x standalone_run_ms / run_ms. Target: ratio >= 0.95.\n`,
   );
 }

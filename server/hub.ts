@@ -48,6 +48,9 @@ const PUMP_ALL_MS = 20;
 /** Most waiting workers planned at once by `pumpAllSoon`. */
 const PUMP_ALL_MAX = 64;
 
+/** Workers planned per turn of the event loop when all are planned (see `pumpInChunks`). */
+const PUMP_CHUNK = 256;
+
 /** Most items in one `shard:assign` message. */
 const SHARD_MESSAGE_ITEMS = 2048;
 
@@ -120,6 +123,8 @@ export class Hub extends EventEmitter<HubEvents> {
   private pumpQueued = false;
   private lastPumpAll = 0;
   private hungryCursor = 0;
+  /** A plan of every worker in progress, chunk by chunk (`pumpInChunks`). */
+  private chunkedPass: { ids: string[]; at: number; again: boolean } | undefined;
   /** Workers that take shards with packed inputs (`RegisterRequest.packed`). */
   private readonly packedShards = new Set<string>();
 
@@ -755,10 +760,34 @@ export class Hub extends EventEmitter<HubEvents> {
   /** Asks the scheduler what to send now (to these workers, or all) and sends it. */
   pump(workers?: string | readonly string[]): void {
     if (this.closed) return;
+    if (workers === undefined && this.workers.size > PUMP_CHUNK) return this.pumpInChunks();
     const { assign, benchmark, steal } = this.scheduler.plan(workers);
     for (const b of benchmark) void this.benchmark(b.workerId, b.modelSha256);
     this.send(assign);
     for (const st of steal) void this.steal(st);
+  }
+
+  /**
+   * Plans every worker, PUMP_CHUNK at a time with the event loop free in between: a job's start
+   * on 2,000 workers is 2,000 shards, one stretch of ~240 ms when sent at once, during which no
+   * result, heartbeat or refill is handled. Asked again while a pass runs, one more pass follows it.
+   */
+  private pumpInChunks(): void {
+    if (this.chunkedPass) {
+      this.chunkedPass.again = true;
+      return;
+    }
+    const pass = { ids: [...this.workers.keys()], at: 0, again: false };
+    this.chunkedPass = pass;
+    const step = () => {
+      if (this.closed) return;
+      this.pump(pass.ids.slice(pass.at, pass.at + PUMP_CHUNK));
+      pass.at += PUMP_CHUNK;
+      if (pass.at < pass.ids.length) return void setImmediate(step);
+      this.chunkedPass = undefined;
+      if (pass.again) this.pumpInChunks();
+    };
+    step();
   }
 
   /** Carries out a steal: revoke from the victim, hand what it gave up to the thief. */
