@@ -2,7 +2,9 @@
  * The worker's run loop, the same in browsers and on native nodes: it registers with the hub on
  * every (re)connect, keeps a local queue of assigned items that the hub keeps fed, runs them on
  * `concurrency` runners (each with its own loaded session), and sends results back through the
- * {@link Outbox}.
+ * {@link Outbox}. A runner may hand its session the next batch before the current one is done
+ * (`batchesInFlight`): a backend that runs elsewhere (the browser's inference Web Worker) then
+ * starts it the moment the first one ends, instead of idling for a round trip to the agent.
  *
  * Stealing depends on one invariant: an item is either in the local queue (revocable) or taken by a
  * runner (it will produce a result or a failure here). Every handler that touches the queue runs
@@ -100,6 +102,14 @@ export interface WorkerAgentOptions extends OutboxOptions {
   logger?: WorkerLogger;
   /** Runners, each with its own loaded session (default 1). */
   concurrency?: number;
+  /**
+   * Batches each runner hands its session at once (default 1: the next batch is taken when the
+   * last one is done). More suits a backend that queues runs and carries them out in order, in a
+   * thread of its own (the browser's inference worker): with 2, the next batch is already there
+   * when one ends. Items handed over count as running: they can no longer be revoked. A throttled
+   * worker keeps one batch in flight, so its sleeps follow its busy time.
+   */
+  batchesInFlight?: number;
   /** Load figures for heartbeats (default zeros: browsers). */
   load?: () => Heartbeat['load'];
   /** Headers for model downloads (e.g. authorization). */
@@ -129,6 +139,7 @@ export class WorkerAgent {
   private readonly socket: WorkerSocket;
   private readonly log: WorkerLogger;
   private readonly concurrency: number;
+  private readonly batchesInFlight: number;
   private readonly outbox: Outbox;
   private readonly sessions: ModelSessions;
   /** Each runner's loop, once started. */
@@ -174,6 +185,10 @@ export class WorkerAgent {
     const concurrency = opts.concurrency ?? 1;
     if (!Number.isInteger(concurrency) || concurrency < 1)
       throw new RangeError('concurrency must be an integer >= 1');
+    const inFlight = opts.batchesInFlight ?? 1;
+    if (!Number.isInteger(inFlight) || inFlight < 1)
+      throw new RangeError('batchesInFlight must be an integer >= 1');
+    this.batchesInFlight = inFlight;
     this.opts = opts;
     this.socket = opts.socket;
     this.log = opts.logger ?? silentLogger;
@@ -544,7 +559,16 @@ export class WorkerAgent {
   }
 
   private async runLoop(runner: number): Promise<void> {
+    // Batches handed to the session and not finished, oldest first; `lastEnd` is when the latest
+    // finished, so a batch that waited behind another is timed from then, not from its handover.
+    const inFlight = new Set<Promise<number>>();
+    const clock = { lastEnd: 0 };
     while (this.state === 'running' || (this.state === 'draining' && this.queue.length > 0)) {
+      const room = this.throttleFraction < 1 ? 1 : this.batchesInFlight;
+      if (inFlight.size >= room) {
+        await Promise.race(inFlight);
+        continue;
+      }
       const head = this.canStart() ? this.queue.peek() : undefined;
       if (!head) {
         await this.nextWake();
@@ -566,16 +590,21 @@ export class WorkerAgent {
         lease.release();
         continue;
       }
-      let busy: number;
-      try {
-        busy = await this.runBatch(session, model, batch);
-      } finally {
-        lease.release();
-      }
+      const run = this.runBatch(session, model, batch, clock).finally(() => lease.release());
+      inFlight.add(run);
+      run.then(
+        () => inFlight.delete(run),
+        (err: unknown) => {
+          inFlight.delete(run);
+          this.log.error({ model: model.name, error: errorMessage(err) }, 'routing a batch failed');
+        },
+      );
       if (this.throttleFraction < 1) {
+        const busy = await run;
         await this.sleep((busy * (1 - this.throttleFraction)) / this.throttleFraction);
       }
     }
+    await Promise.all(inFlight);
   }
 
   private takeBatch(sha256: string, max: number): QueueEntry[] {
@@ -584,12 +613,20 @@ export class WorkerAgent {
     return batch;
   }
 
-  /** Runs one batch and routes its results; returns the busy time in ms. */
-  private async runBatch(session: LoadedModel, model: ModelInfo, batch: QueueEntry[]): Promise<number> {
+  /**
+   * Runs one batch and routes its results; returns the busy time in ms: from its handover, or from
+   * the end of the runner's previous batch (`clock.lastEnd`) if it waited behind that one.
+   */
+  private async runBatch(
+    session: LoadedModel,
+    model: ModelInfo,
+    batch: QueueEntry[],
+    clock: { lastEnd: number },
+  ): Promise<number> {
     this.activeBatches++;
     this.changed();
     if (this.firstRunAt === 0) this.firstRunAt = Date.now();
-    const t0 = performance.now();
+    const handedOver = performance.now();
     let outputs: WireTensor[][] | undefined;
     let error: unknown;
     try {
@@ -602,7 +639,9 @@ export class WorkerAgent {
     } catch (err) {
       error = err;
     }
-    const ms = performance.now() - t0;
+    const end = performance.now();
+    const ms = end - Math.max(handedOver, clock.lastEnd);
+    clock.lastEnd = end;
     this.activeBatches--;
     let finished = 0;
     batch.forEach((e, i) => {

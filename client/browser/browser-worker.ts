@@ -161,6 +161,9 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
     },
     logger: log,
     concurrency: 1,
+    // The inference worker runs requests in order: with the next batch already posted, it starts
+    // that batch the moment one ends instead of waiting for this thread to send it.
+    batchesInFlight: 2,
     fetchHeaders: opts.token ? { authorization: `Bearer ${opts.token}` } : undefined,
   });
 
