@@ -73,6 +73,9 @@ export function statusOf(
   return { key: 'waiting', text: 'Waiting for work' };
 }
 
+/** How often the worker's figures are redrawn at most while they change (ms). */
+const FIGURES_MS = 250;
+
 /** The controller; see the file comment. */
 export class ContributorController implements ReactiveController {
   phase: Phase = 'ready';
@@ -87,6 +90,7 @@ export class ContributorController implements ReactiveController {
   readonly log: PageLogger;
   private ownPaused = false;
   private refresh: ReturnType<typeof setInterval> | undefined;
+  private redrawTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly unsubscribe: (() => void)[] = [];
 
   constructor(
@@ -119,6 +123,8 @@ export class ContributorController implements ReactiveController {
   hostDisconnected(): void {
     document.removeEventListener('visibilitychange', this.onVisibility);
     if (this.refresh !== undefined) clearInterval(this.refresh);
+    if (this.redrawTimer !== undefined) clearTimeout(this.redrawTimer);
+    this.redrawTimer = undefined;
     for (const u of this.unsubscribe.splice(0)) u();
     void this.worker?.close();
   }
@@ -220,8 +226,34 @@ export class ContributorController implements ReactiveController {
     this.host.requestUpdate();
   }
 
+  /**
+   * Takes the agent's figures and redraws at most every {@link FIGURES_MS}; a change of state
+   * (connected, registered, paused, closed, working or waiting) redraws at once. The agent reports
+   * a change on every batch, assignment and ack, tens of times a second: redrawing the page each
+   * time (style, layout, paint, compositing in the renderer, GPU and browser processes) took CPU
+   * from the inference worker on a small machine, for figures nobody reads that fast.
+   */
   private setStats(s: AgentStats): void {
+    const before = this.stats;
     this.stats = s;
+    const urgent =
+      !before ||
+      before.status !== s.status ||
+      before.connected !== s.connected ||
+      before.registered !== s.registered ||
+      before.paused !== s.paused ||
+      before.lastError !== s.lastError ||
+      before.running + before.queued > 0 !== s.running + s.queued > 0;
+    if (urgent) {
+      this.redraw();
+      return;
+    }
+    this.redrawTimer ??= setTimeout(() => this.redraw(), FIGURES_MS);
+  }
+
+  private redraw(): void {
+    if (this.redrawTimer !== undefined) clearTimeout(this.redrawTimer);
+    this.redrawTimer = undefined;
     this.host.requestUpdate();
   }
 }
