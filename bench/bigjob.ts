@@ -46,6 +46,7 @@ interface Row {
   rss_download_mb: number;
   rss_start_mb: number;
   heap_mb: number;
+  retained_mid_mb: number;
   retained_mb: number;
 }
 
@@ -142,6 +143,19 @@ function rssSampler(hub: HubProc) {
   };
 }
 
+/**
+ * The heap the hub keeps halfway through the job (after a full collection, taken once when half the
+ * items are done): what the running job holds, without the garbage that `heap_mb` includes.
+ */
+async function heapMidway(hub: HubProc, jobId: string, items: number): Promise<number> {
+  for (;;) {
+    const job = await hub.rpc.call<{ done: number; state: string }>('job', { jobId });
+    if (job.state !== 'running' && job.state !== 'queued') return Number.NaN; // finished first
+    if (job.done >= items / 2) return (await hub.rpc.call<{ heapMb: number }>('retained')).heapMb;
+    await new Promise((ok) => setTimeout(ok, 50));
+  }
+}
+
 async function runSize(
   items: number,
   o: { workers: number; procs: number; concurrency: number; chunk: number },
@@ -172,7 +186,9 @@ async function runSize(
     await rss.phase('run');
     const sealAt = performance.timeOrigin + performance.now();
     await api(hub, 'POST', `/jobs/${jobId}/seal`);
+    const midway = heapMidway(hub, jobId, items);
     const end = await hub.rpc.call<{ t: number; job: { done: number } }>('waitJob', { jobId });
+    const retainedMidway = await midway;
     const runS = (end.t - sealAt) / 1000;
     log(`${items}: ran in ${runS.toFixed(1)} s`);
 
@@ -208,6 +224,7 @@ async function runSize(
       rss_download_mb: peaks.get('download') ?? Number.NaN,
       rss_start_mb: peaks.get('start') ?? Number.NaN,
       heap_mb: peaks.get('heap') ?? Number.NaN,
+      retained_mid_mb: retainedMidway,
       retained_mb: retained.heapMb,
     };
   } finally {
@@ -249,7 +266,7 @@ export async function main(args: string[]): Promise<void> {
   printTable(rows as unknown as Record<string, unknown>[]);
   process.stdout.write(
     `\nitems_per_s: items / (seal request -> job:completed). rss_*: hub peak RSS in each phase (start:` +
-      ` after the workers' warm-up); heap_mb: peak V8 heap in use (garbage included); retained_mb: V8 heap` +
-      ` after a full collection once the results are downloaded.\n`,
+      ` after the workers' warm-up); heap_mb: peak V8 heap in use (garbage included); retained_mid_mb: V8 heap` +
+      ` after a full collection with half the items done; retained_mb: the same once the results are downloaded.\n`,
   );
 }
