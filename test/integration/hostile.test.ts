@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { io as connect, type Socket } from 'socket.io-client';
-import { unpackTensors } from '../../protocol/pack.ts';
+import { packTensors, unpackTensors } from '../../protocol/pack.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { compareTensors } from '../../protocol/tensor.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
@@ -135,6 +135,46 @@ test('over 1,000 hostile messages and requests change nothing', async () => {
         ],
       });
       if ('data' in r && r.data.dropped.includes(it.id)) answered++;
+    }
+    // Packed results (one attachment, item offsets): malformed ones are refused whole...
+    const pack = packTensors([
+      { name: 'y', dtype: 'float32', dims: [1, 4], data: new Uint8Array(16).fill(7) },
+    ]);
+    const two = new Uint8Array([...pack, ...pack]);
+    const group = (over: Record<string, unknown>) => ({
+      jobId,
+      modelSha256: model.sha256,
+      ids: [items[0]?.id, items[1]?.id],
+      ms: [1, 1],
+      ends: [pack.length, two.length],
+      data: two,
+      ...over,
+    });
+    const badPacked = [
+      group({ ends: [pack.length] }), // fewer offsets than ids
+      group({ ms: [1] }), // fewer times than ids
+      group({ ends: [two.length, pack.length] }), // offsets going back
+      group({ ends: [pack.length, two.length + 100] }), // past the end of the data
+      group({ data: randomBytes(two.length) }), // not tensor packs
+      group({ ends: [3, two.length] }), // a pack cut short
+      group({ ids: [-1, 0.5] }), // not item ids
+      group({ data: 'not bytes' }),
+    ];
+    for (let i = 0; i < 100; i++)
+      expectError(
+        await s
+          .timeout(5000)
+          .emitWithAck('items:done', { results: [], packed: [badPacked[i % badPacked.length]] } as never)
+          .catch(() => undefined),
+      );
+    // ...and well-formed ones for items this socket does not hold are dropped.
+    for (let i = 0; i + 1 < items.length && i < 60; i += 2) {
+      hostile++;
+      const ids = [items[i]?.id as number, items[i + 1]?.id as number];
+      const r = await s
+        .timeout(5000)
+        .emitWithAck('items:done', { results: [], packed: [group({ ids })] } as never);
+      if ('data' in r && ids.every((id) => r.data.dropped.includes(id))) answered++;
     }
     for (let i = 0; i < 100; i++)
       expectError(
