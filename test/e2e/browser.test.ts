@@ -261,6 +261,13 @@ describe('browser workers', () => {
   test('a screenshot shows the tab working on WebGPU, with its figures', async () => {
     const page = gpuTab.page;
     const path = join(RESULTS, 'browser-worker-webgpu.png');
+    // The job may have ended on other workers' copies of this tab's last items: the batches it had
+    // already handed its inference worker (two at a time) still run, their results unwanted.
+    await waitFor(
+      'the tab to go idle',
+      async () => (await page.locator('.status').textContent())?.trim() === 'Waiting for work',
+      10_000,
+    );
     // Read what the page says at the moment of the screenshot.
     const [status, backend, done, share] = await Promise.all([
       page.locator('.status').textContent(),
