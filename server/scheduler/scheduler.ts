@@ -295,13 +295,13 @@ export class Scheduler {
    */
   private unstrand(): void {
     for (const j of this.jobs.values()) {
-      for (const id of j.requeued) {
-        const avoid = j.failedOn.get(id);
-        if (!avoid || avoid.size === 0) continue;
-        const someone = [...this.workers.values()].some(
-          (w) => w.ready && !avoid.has(w.info.id) && this.fits(w, j),
-        );
-        if (!someone) j.failedOn.delete(id);
+      if (j.failedOn.size === 0) continue;
+      // Only items with an avoid list can be stranded: walking those, not every requeued item,
+      // keeps a mass departure (each leaver requeues up to 4,096 items) from going quadratic.
+      const eligible = [...this.workers.values()].filter((w) => w.ready && this.fits(w, j));
+      for (const [id, avoid] of j.failedOn) {
+        if (avoid.size === 0 || this.holders.has(id)) continue; // held: not waiting for anyone
+        if (!eligible.some((w) => !avoid.has(w.info.id))) j.failedOn.delete(id);
       }
     }
   }

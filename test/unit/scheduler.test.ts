@@ -315,6 +315,28 @@ describe('scheduler', () => {
     assert.equal(s.queued('j'), 0);
   });
 
+  test('an item waiting for a replica only a departed worker could give goes to anyone again', () => {
+    const { s } = make();
+    s.addWorker(worker('a'));
+    s.addWorker(worker('b'));
+    s.setBenchmark('a', SHA, 10);
+    s.setBenchmark('b', SHA, 10);
+    s.addJob(job('j'), [1, 2]);
+    const plan = s.plan().assign;
+    const first = plan.find((a) => a.itemIds.includes(1));
+    assert.ok(first);
+    const other = first.workerId === 'a' ? 'b' : 'a';
+    // Item 1 needs a replica from a worker other than the first; item 2 is in nobody's way.
+    s.requeue('j', 1, [first.workerId]);
+    s.removeWorker(other);
+    const again = s.plan().assign.flatMap((a) => a.itemIds.map((id) => [a.workerId, id]));
+    assert.deepEqual(
+      again.filter(([, id]) => id === 1),
+      [[first.workerId, 1]],
+      'with the only other worker gone, the item may go back to the first',
+    );
+  });
+
   test('paused workers get nothing new', () => {
     const { s } = make();
     s.addWorker(worker('w'));
