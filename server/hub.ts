@@ -579,7 +579,7 @@ export class Hub extends EventEmitter<HubEvents> {
         outputs: r.outputs,
         packed,
         ms: r.ms,
-        canAsk: (avoid) => this.scheduler.canAsk(r.jobId, avoid),
+        canAsk: (avoid, soon) => this.scheduler.canAsk(r.jobId, avoid, soon),
         otherBackends: (backend) =>
           [...this.workers.values()]
             .filter((x) => x.state !== 'offline' && x.backend !== backend)

@@ -97,9 +97,10 @@ export class Verifier {
   }
 
   /**
-   * Judges one result. `canAsk(avoid)` says whether an eligible worker outside `avoid` is online,
-   * so a replica can be asked for; when none is, a lone result of a job without explicit redundancy
-   * is accepted unverified rather than left waiting.
+   * Judges one result. `canAsk(avoid)` says whether an eligible worker outside `avoid` that has
+   * benchmarked the model is online; `canAsk(avoid, true)` also counts one benchmarking it now, so
+   * a replica can be asked for and waits for it; when none is, a lone result of a job without
+   * explicit redundancy is accepted unverified rather than left waiting.
    */
   judge(args: {
     workerId: string;
@@ -111,7 +112,7 @@ export class Verifier {
     outputs: WireTensor[];
     packed: Uint8Array;
     ms: number;
-    canAsk: (avoid: string[]) => boolean;
+    canAsk: (avoid: string[], soon?: boolean) => boolean;
     /** Ids of online workers on a backend other than this one (for like-with-like tie-breakers). */
     otherBackends?: (backend: string) => string[];
   }): Verdict {
@@ -182,9 +183,9 @@ export class Verifier {
       const backends = new Set(all.map((r) => r.backend));
       if (backends.size > 1 && args.otherBackends) {
         const like = [...avoid, ...args.otherBackends((all[0] as Replica).backend)];
-        if (args.canAsk(like)) return { kind: 'replicate', avoid: like };
+        if (args.canAsk(like, true)) return { kind: 'replicate', avoid: like };
       }
-      if (args.canAsk(avoid)) return { kind: 'replicate', avoid };
+      if (args.canAsk(avoid, true)) return { kind: 'replicate', avoid };
     }
     if (all.length === 1 && args.redundancy <= 1) {
       this.drop(itemId);

@@ -425,6 +425,7 @@ export class Scheduler {
     if (!w) return;
     w.benchmarking.delete(modelSha256);
     w.unusable.add(modelSha256);
+    this.unstrand(); // items waiting for a replica from this worker may go to anyone again
   }
 
   /** A worker's weight on a model now: observed rate, else benchmark, else undefined. */
@@ -547,14 +548,18 @@ export class Scheduler {
     for (const id of itemIds) this.requeue(jobId, id, avoid);
   }
 
-  /** Whether a ready worker outside `avoid` could run this job's items. */
-  canAsk(jobId: string, avoid: readonly string[]): boolean {
+  /** Whether a ready worker outside `avoid` could run this job's items (with `soon`: shortly). */
+  canAsk(jobId: string, avoid: readonly string[], soon = false): boolean {
     const j = this.jobs.get(jobId);
     if (!j) return false;
+    const sha = j.modelSha256;
     for (const w of this.workers.values()) {
-      // Only a worker that has benchmarked the model can take its items now.
-      const benchmarked = w.rates.get(j.modelSha256)?.bench !== undefined;
-      if (w.ready && benchmarked && !avoid.includes(w.info.id) && this.fits(w, j)) return true;
+      // A worker that has benchmarked the model can take its items now; with `soon`, one that is
+      // benchmarking it counts too. Without that, a replicated item failed outright at a job's
+      // start while the other workers were still benchmarking. One whose benchmark fails stops
+      // counting (`fits`), and the items waiting for it are unstranded then.
+      const able = w.rates.get(sha)?.bench !== undefined || (soon && w.benchmarking.has(sha));
+      if (w.ready && able && !avoid.includes(w.info.id) && this.fits(w, j)) return true;
     }
     return false;
   }

@@ -110,6 +110,12 @@ describe('trust', () => {
         60_000,
         50,
       );
+      // None failed: replicas wait for workers still benchmarking the model (they did not, once).
+      assert.equal(
+        (await rest.data('GET', `/api/jobs/${jobId}`)).failed,
+        0,
+        'no item failed for want of a quorum',
+      );
       // Every item ran on at least two distinct workers (quorum 2 of 3 agreeing).
       const f = await rest.data('GET', `/api/jobs/${jobId}/fairness`);
       const work = f.workers.reduce((n: number, w: { items: number }) => n + w.items, 0);
