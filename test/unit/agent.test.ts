@@ -46,7 +46,7 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
-async function setup(sim: SimOptions, concurrency = 1) {
+async function setup(sim: SimOptions, concurrency = 1, batchesInFlight = 1) {
   const hub = new FakeHub();
   await hub.listen();
   cleanups.push(() => hub.close());
@@ -65,6 +65,7 @@ async function setup(sim: SimOptions, concurrency = 1) {
     hubUrl: hub.url,
     register: { kind: 'native', name: 'test-node', capabilities: { cores: 2, memoryBytes: 1 } },
     concurrency,
+    batchesInFlight,
     benchmark: { minMs: 200 },
   });
   cleanups.push(() => agent.close());
@@ -121,6 +122,26 @@ describe('WorkerAgent', () => {
       loaded: modelBytes.byteLength,
       total: modelBytes.byteLength,
     });
+  });
+
+  it('with two batches in flight, the next is handed over before the first ends, and cannot be revoked', async () => {
+    const { hub, ran } = await setup({ itemMs: 60 }, 1, 2);
+    const ids = range(1, 6);
+    hub.assign(ids);
+    // Both handed over at once: the sim backend records an item when its run is called.
+    await waitFor('two items handed over', () => ran.length === 2, 1000);
+    assert.equal(hub.results.length, 0, 'the first has not finished yet');
+    const reply = await hub.last.timeout(2000).emitWithAck('shard:revoke', { itemIds: ids });
+    assert.ok('data' in reply);
+    const revoked = reply.data.revoked;
+    assert.ok(!revoked.includes(1) && !revoked.includes(2), `handed-over items stay: ${revoked.join(',')}`);
+    await waitFor('the rest finish', () => hub.results.length === ids.length - revoked.length);
+    await sleep(150);
+    assert.deepEqual(
+      [...hub.resultIds(), ...revoked].sort((a, b) => a - b),
+      ids,
+      'every item either ran once or came back',
+    );
   });
 
   it('shard:revoke returns exactly the unstarted items, and those never run', async () => {
