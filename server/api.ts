@@ -4,6 +4,7 @@
  * JSON `{error: {code, message}}` with a fitting status.
  */
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { z } from 'zod';
 import { LIMITS } from '../protocol/limits.ts';
@@ -391,5 +392,8 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
 /** Item and output names as they may appear in archive paths: no separators, no dot-dot. */
 function safeName(s: string): string {
   const cleaned = s.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '_');
-  return cleaned.slice(0, 60) || '_';
+  if (cleaned.length <= 60) return cleaned || '_';
+  // Cut short, with a hash of the whole name: names that differ only after the cut (scan-0001…,
+  // scan-0002…) would otherwise land on one path and overwrite each other when extracted.
+  return `${cleaned.slice(0, 51)}-${createHash('sha256').update(s).digest('hex').slice(0, 8)}`;
 }
