@@ -4,10 +4,10 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ModelInfo } from '../protocol/model.ts';
-import { packItems, unpackTensors, type NamedItem } from '../protocol/pack.ts';
+import { packItems, type NamedItem } from '../protocol/pack.ts';
 import { tensorBytes } from '../protocol/pack.ts';
 import { readInputsFolder } from './io/inputs.ts';
-import { writeNpy } from './io/npy.ts';
+import { readTar } from './io/tar.ts';
 import { helpText, parseOptions, type OptionTable } from './options.ts';
 
 const CONN: OptionTable = {
@@ -49,16 +49,31 @@ class Api {
         `cannot reach the hub at ${this.hub}: ${(err as Error).cause ?? (err as Error).message}`,
       );
     }
-    if (path.includes('/result')) {
-      if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status}`);
-      return new Uint8Array(await res.arrayBuffer()) as T;
-    }
+
     const json = (await res.json().catch(() => ({}))) as { data?: T; error?: { message: string } };
     if (!res.ok || json.error) {
       const why = json.error?.message ?? `HTTP ${res.status}`;
       throw new Error(res.status === 401 ? `the hub refused the operator token (${why})` : why);
     }
     return json.data as T;
+  }
+
+  /** A GET whose body is read as a stream (large downloads). */
+  async stream(path: string): Promise<AsyncIterable<Uint8Array>> {
+    const url = new URL(path, this.hub).toString();
+    let res: globalThis.Response;
+    try {
+      res = await fetch(url, { headers: { Authorization: `Bearer ${this.token}` } });
+    } catch (err) {
+      throw new Error(
+        `cannot reach the hub at ${this.hub}: ${(err as Error).cause ?? (err as Error).message}`,
+      );
+    }
+    if (!res.ok || !res.body) {
+      const json = (await res.json().catch(() => ({}))) as { error?: { message: string } };
+      throw new Error(`GET ${path}: ${json.error?.message ?? `HTTP ${res.status}`}`);
+    }
+    return res.body as unknown as AsyncIterable<Uint8Array>;
   }
 }
 
@@ -174,25 +189,26 @@ async function waitForJob(api: Api, id: string): Promise<JobStatus> {
   }
 }
 
+/**
+ * Streams the job's results as one tar (`GET /api/jobs/:id/results.tar`) into `<out>/<item>/<output>.npy`,
+ * one entry in memory at a time; returns how many items were written.
+ */
 async function downloadResults(api: Api, id: string, out: string): Promise<number> {
   mkdirSync(out, { recursive: true });
-  let n = 0;
-  for (let offset = 0; ; offset += 500) {
-    const page = await api.call<{ items: { id: number; name: string }[] }>(
-      'GET',
-      `/api/jobs/${id}/items?state=done&offset=${offset}&limit=500`,
-    );
-    for (const item of page.items) {
-      const pack = await api.call<Uint8Array>('GET', `/api/jobs/${id}/items/${item.id}/result`);
-      const dir = join(out, item.name.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '_'));
-      mkdirSync(dir, { recursive: true });
-      for (const t of unpackTensors(pack)) {
-        writeFileSync(join(dir, `${t.name.replace(/[^A-Za-z0-9._-]/g, '_')}.npy`), writeNpy(t));
-      }
-      n++;
+  const safe = (s: string) => s.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '_');
+  const items = new Set<string>();
+  for await (const entry of readTar(await api.stream(`/api/jobs/${id}/results.tar`))) {
+    // The hub writes results/<item>/<output>.npy; anything else (or any other depth) is refused.
+    const parts = entry.name.split('/');
+    if (parts.length !== 3 || parts[0] !== 'results' || !parts[2]?.endsWith('.npy')) {
+      throw new Error(`unexpected entry "${entry.name.slice(0, 200)}" in the results of job ${id}`);
     }
-    if (page.items.length < 500) return n;
+    const dir = join(out, safe(parts[1] as string));
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, safe(parts[2] as string)), entry.data);
+    items.add(dir);
   }
+  return items.size;
 }
 
 const JOBS: OptionTable = {

@@ -145,3 +145,64 @@ export class TarWriter {
     });
   }
 }
+
+/** A file read from a tar stream. */
+export interface TarEntry {
+  /** Its path (the ustar prefix and name joined). */
+  name: string;
+  data: Uint8Array;
+}
+
+/**
+ * Reads the regular files of a ustar stream as they come, one entry in memory at a time (each at
+ * most `maxEntryBytes`); checksums are verified. Ends at the end-of-archive marker; a stream that
+ * ends before it, a bad checksum or an oversized entry is a `TarError`.
+ */
+export async function* readTar(
+  chunks: AsyncIterable<Uint8Array>,
+  maxEntryBytes = 256 * 1024 * 1024,
+): AsyncGenerator<TarEntry> {
+  const it = chunks[Symbol.asyncIterator]();
+  // Bytes read and not yet used, as the chunks came (joined only when taken).
+  let pending: Uint8Array[] = [];
+  let have = 0;
+  const take = async (n: number): Promise<Uint8Array> => {
+    while (have < n) {
+      const next = await it.next();
+      if (next.done) throw new TarError('tar stream ended before the end-of-archive marker');
+      pending.push(next.value);
+      have += next.value.byteLength;
+    }
+    const out = new Uint8Array(n);
+    let off = 0;
+    while (off < n) {
+      const c = pending[0] as Uint8Array;
+      const k = Math.min(n - off, c.byteLength);
+      out.set(c.subarray(0, k), off);
+      off += k;
+      if (k === c.byteLength) pending.shift();
+      else pending[0] = c.subarray(k);
+    }
+    have -= n;
+    if (pending.length === 0) pending = [];
+    return out;
+  };
+  const text = (h: Uint8Array, off: number, len: number) =>
+    new TextDecoder().decode(h.subarray(off, off + len)).replace(/\0.*$/s, '');
+  for (;;) {
+    const h = await take(TAR_BLOCK);
+    if (h.every((b) => b === 0)) return; // end of archive
+    let sum = 0;
+    for (let i = 0; i < TAR_BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (h[i] as number);
+    if (parseInt(text(h, 148, 8).trim(), 8) !== sum) throw new TarError('tar header checksum mismatch');
+    const size = parseInt(text(h, 124, 12).trim() || '0', 8);
+    if (!Number.isSafeInteger(size) || size < 0 || size > maxEntryBytes) {
+      throw new TarError(`tar entry of ${size} bytes is out of range (0..${maxEntryBytes})`);
+    }
+    const prefix = text(h, 345, 155);
+    const name = prefix ? `${prefix}/${text(h, 0, 100)}` : text(h, 0, 100);
+    const data = (await take(size + tarPadding(size).byteLength)).subarray(0, size);
+    const type = String.fromCharCode(h[156] as number);
+    if (type === '0' || type === '\0') yield { name, data };
+  }
+}

@@ -69,9 +69,11 @@ describe('shardhub CLI', () => {
     const inputs = join(tmp.dir, 'npy-in');
     mkdirSync(inputs);
     const sent = Array.from({ length: 20 }, (_, i) => calibrationInputs(model, 500 + i)[0]);
-    sent.forEach((t, i) =>
-      writeFileSync(join(inputs, `item${String(i).padStart(2, '0')}.npy`), writeNpy(t as never)),
-    );
+    // The last two have long names that differ only at their end: the results archive shortens
+    // them, and they must still land in two places.
+    const fileName = (i: number) =>
+      i < 18 ? `item${String(i).padStart(2, '0')}` : `scan-${'x'.repeat(70)}-${i}`;
+    sent.forEach((t, i) => writeFileSync(join(inputs, `${fileName(i)}.npy`), writeNpy(t as never)));
     const out = join(tmp.dir, 'npy-out');
     const r = await cli([
       'submit',
@@ -91,13 +93,25 @@ describe('shardhub CLI', () => {
     assert.match(r.out, /wrote 20 results/);
     const ref = await Reference.open(modelPath(hub, model));
     try {
-      for (let i = 0; i < 20; i++) {
-        const name = `item${String(i).padStart(2, '0')}`;
+      for (let i = 0; i < 18; i++) {
+        const name = fileName(i);
         const got = readNpy(readFileSync(join(out, name, 'y.npy')), 'y');
         const want = (await ref.run([sent[i] as never]))[0];
         assert.ok(want);
         assert.equal(compareTensors(got, want, model.tolerance), undefined, `${name} equals the reference`);
       }
+      const long = readdirSync(out).filter((d) => d.startsWith('scan-'));
+      assert.equal(long.length, 2, `two directories for the two long names: ${long.join(', ')}`);
+      const wants = [(await ref.run([sent[18] as never]))[0], (await ref.run([sent[19] as never]))[0]];
+      const matched = long.map((d) =>
+        wants.findIndex(
+          (w) =>
+            w &&
+            compareTensors(readNpy(readFileSync(join(out, d, 'y.npy')), 'y'), w, model.tolerance) ===
+              undefined,
+        ),
+      );
+      assert.deepEqual(matched.sort(), [0, 1], 'each long-named item has its own result');
     } finally {
       await ref.close();
     }

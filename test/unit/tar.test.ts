@@ -5,7 +5,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
-import { splitTarName, TarError, tarEntryHeader, TarWriter } from '../../server/io/tar.ts';
+import { readTar, splitTarName, TarError, tarEntryHeader, TarWriter } from '../../server/io/tar.ts';
 import { readNpy, writeNpy } from '../../server/io/npy.ts';
 import { bytesOf, toNumbers } from '../../protocol/tensor.ts';
 
@@ -155,4 +155,57 @@ test('the writer waits for a slow reader (backpressure) and fails when the reade
   const pending = w2.add('x.bin', new Uint8Array(4096));
   setTimeout(() => gone.destroy(), 5);
   await assert.rejects(pending, /closed/);
+});
+
+/** `bytes` as a stream of chunks of `size` bytes (the last shorter). */
+async function* chunked(bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
+  for (let off = 0; off < bytes.byteLength; off += size) yield bytes.subarray(off, off + size);
+}
+
+async function readAll(bytes: Uint8Array, size: number, max?: number) {
+  const out: { name: string; data: Uint8Array }[] = [];
+  for await (const e of readTar(chunked(bytes, size), max)) out.push(e);
+  return out;
+}
+
+test('readTar gives back what the writer wrote, however the stream is cut', async () => {
+  const big = new Uint8Array(5000).map((_, i) => (i * 7) & 0xff);
+  const archive = await collect(async (w) => {
+    await w.add('results/a/y.npy', new Uint8Array([1, 2, 3]));
+    await w.add('results/b/empty.bin', new Uint8Array(0));
+    await w.add(`results/${longItem}/big.bin`, big);
+    await w.finish();
+  });
+  for (const size of [1, 7, 512, 513, 4096, archive.byteLength]) {
+    const entries = await readAll(archive, size);
+    assert.deepEqual(
+      entries.map((e) => [e.name, e.data.byteLength]),
+      [
+        ['results/a/y.npy', 3],
+        ['results/b/empty.bin', 0],
+        [`results/${longItem}/big.bin`, 5000],
+      ],
+      `chunks of ${size}`,
+    );
+    assert.deepEqual(entries[0]?.data, new Uint8Array([1, 2, 3]));
+    assert.deepEqual(entries[2]?.data, big);
+  }
+});
+
+test('readTar refuses a cut-short stream, a bad checksum and an oversized entry', async () => {
+  const archive = await collect(async (w) => {
+    await w.add('results/a/y.bin', new Uint8Array(2000));
+    await w.finish();
+  });
+  await assert.rejects(
+    readAll(archive.subarray(0, 1000), 256),
+    (e) => e instanceof TarError && /ended/.test(e.message),
+  );
+  const bad = archive.slice();
+  bad[0] = 0x5a; // the name changes; the checksum no longer matches
+  await assert.rejects(readAll(bad, 512), (e) => e instanceof TarError && /checksum/.test(e.message));
+  await assert.rejects(
+    readAll(archive, 512, 1000),
+    (e) => e instanceof TarError && /out of range/.test(e.message),
+  );
 });
