@@ -735,7 +735,11 @@ export class Hub extends EventEmitter<HubEvents> {
     let failed = 0;
     for (const f of failures) {
       if (!this.active.has(f.jobId)) continue;
-      if (this.scheduler.holderOf(f.itemId) !== workerId) continue; // not (or no longer) this worker's
+      if (this.scheduler.holderOf(f.itemId) !== workerId) {
+        // Not (or no longer) this worker's: taken back, or completed elsewhere. Nothing to record.
+        this.log.debug({ workerId, itemId: f.itemId, category: f.category }, 'failure for an item not held');
+        continue;
+      }
       // A lost device is recreated by the worker: the same worker may try again (within maxAttempts).
       const outcome = this.scheduler.failed(workerId, f.jobId, f.itemId, f.category === 'device_lost');
       if (outcome === 'final') failed++;
