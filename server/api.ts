@@ -21,7 +21,7 @@ import { clean } from './logger.ts';
 import { RateLimiter } from './rate-limit.ts';
 import { matchesFilter } from './scheduler/filter.ts';
 import { writeNpy } from './io/npy.ts';
-import { tarEnd, tarEntryHeader, tarPadding } from './io/tar.ts';
+import { TarError, TarWriter } from './io/tar.ts';
 import { WorkerFigures, workerJson } from './workers.ts';
 import { filesRouter } from './api-files.ts';
 
@@ -313,31 +313,20 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     const job = hub.requireJob(param(req, 'id'));
     res.setHeader('Content-Type', 'application/x-tar');
     res.setHeader('Content-Disposition', `attachment; filename="${job.id}-results.tar"`);
-    // Waits for the client when its buffer is full; a client gone mid-download ends the loop (a
-    // 'drain' that never comes must not hold the handler, and the store's iterator, forever).
-    const write = (chunk: Uint8Array) =>
-      res.write(chunk)
-        ? Promise.resolve()
-        : new Promise<void>((ok) => {
-            const done = () => {
-              res.off('drain', done);
-              res.off('close', done);
-              ok();
-            };
-            res.once('drain', done);
-            res.once('close', done);
-          });
-    for (const r of hub.store.iterateResults(job.id)) {
-      if (res.destroyed) return;
-      for (const t of unpackTensors(r.outputs)) {
-        const npy = writeNpy(t);
-        const name = `results/${safeName(r.name)}/${safeName(t.name)}.npy`;
-        await write(tarEntryHeader(name, npy.byteLength));
-        await write(npy);
-        await write(tarPadding(npy.byteLength));
+    // The writer waits for the client when its buffer is full, and refuses further entries once the
+    // client has gone: a download abandoned midway ends here instead of waiting for a 'drain'.
+    const tar = new TarWriter(res);
+    try {
+      for (const r of hub.store.iterateResults(job.id)) {
+        for (const t of unpackTensors(r.outputs)) {
+          await tar.add(`results/${safeName(r.name)}/${safeName(t.name)}.npy`, writeNpy(t));
+        }
       }
+      await tar.finish();
+    } catch (err) {
+      if (err instanceof TarError && res.destroyed) return;
+      throw err;
     }
-    res.end(Buffer.from(tarEnd()));
   });
 
   r.get('/workers', (req, res) => {
