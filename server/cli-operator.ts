@@ -29,52 +29,53 @@ class Api {
   ) {}
 
   async call<T>(method: string, path: string, body?: unknown, raw?: Uint8Array): Promise<T> {
-    const url = new URL(path, this.hub).toString();
-    let res: globalThis.Response;
+    const res = await this.request(method, path, {
+      headers: raw
+        ? { 'Content-Type': 'application/octet-stream' }
+        : body !== undefined
+          ? { 'Content-Type': 'application/json' }
+          : {},
+      body: raw ? raw.slice() : body !== undefined ? JSON.stringify(body) : undefined,
+    });
+    const json = (await res.json().catch(() => ({}))) as { data?: T; error?: { message: string } };
+    if (!res.ok || json.error) throw refusal(res.status, json.error?.message);
+    return json.data as T;
+  }
+
+  /** A GET whose body is read as a stream (large downloads). */
+  async stream(path: string): Promise<AsyncIterable<Uint8Array>> {
+    const res = await this.request('GET', path, { headers: {} });
+    if (!res.ok || !res.body) {
+      const json = (await res.json().catch(() => ({}))) as { error?: { message: string } };
+      throw refusal(res.status, json.error?.message);
+    }
+    return res.body as unknown as AsyncIterable<Uint8Array>;
+  }
+
+  /** `fetch` with the operator token; a hub that cannot be reached is a clear error. */
+  private async request(
+    method: string,
+    path: string,
+    init: { headers: Record<string, string>; body?: BodyInit },
+  ): Promise<globalThis.Response> {
     try {
-      res = await fetch(url, {
+      return await fetch(new URL(path, this.hub).toString(), {
         method,
-        headers: {
-          Authorization: `Bearer ${this.token}`,
-          ...(raw
-            ? { 'Content-Type': 'application/octet-stream' }
-            : body !== undefined
-              ? { 'Content-Type': 'application/json' }
-              : {}),
-        },
-        body: raw ? raw.slice() : body !== undefined ? JSON.stringify(body) : undefined,
+        headers: { Authorization: `Bearer ${this.token}`, ...init.headers },
+        body: init.body,
       });
     } catch (err) {
       throw new Error(
         `cannot reach the hub at ${this.hub}: ${(err as Error).cause ?? (err as Error).message}`,
       );
     }
-
-    const json = (await res.json().catch(() => ({}))) as { data?: T; error?: { message: string } };
-    if (!res.ok || json.error) {
-      const why = json.error?.message ?? `HTTP ${res.status}`;
-      throw new Error(res.status === 401 ? `the hub refused the operator token (${why})` : why);
-    }
-    return json.data as T;
   }
+}
 
-  /** A GET whose body is read as a stream (large downloads). */
-  async stream(path: string): Promise<AsyncIterable<Uint8Array>> {
-    const url = new URL(path, this.hub).toString();
-    let res: globalThis.Response;
-    try {
-      res = await fetch(url, { headers: { Authorization: `Bearer ${this.token}` } });
-    } catch (err) {
-      throw new Error(
-        `cannot reach the hub at ${this.hub}: ${(err as Error).cause ?? (err as Error).message}`,
-      );
-    }
-    if (!res.ok || !res.body) {
-      const json = (await res.json().catch(() => ({}))) as { error?: { message: string } };
-      throw new Error(`GET ${path}: ${json.error?.message ?? `HTTP ${res.status}`}`);
-    }
-    return res.body as unknown as AsyncIterable<Uint8Array>;
-  }
+/** The error for a refused request: the hub's own message, and a word on the token for a 401. */
+function refusal(status: number, message: string | undefined): Error {
+  const why = message ?? `HTTP ${status}`;
+  return new Error(status === 401 ? `the hub refused the operator token (${why})` : why);
 }
 
 const SUBMIT: OptionTable = {
