@@ -18,6 +18,7 @@
  * grew with the item count would show as a peak rising from 10k to 1M items.
  */
 import { packItems, type NamedItem } from '../protocol/pack.ts';
+import { readTar } from '../server/io/tar.ts';
 import { printTable } from './_grid.ts';
 import {
   flag,
@@ -78,43 +79,18 @@ function chunkOf(from: number, n: number): Uint8Array {
   return packItems(items);
 }
 
-/** Reads a tar stream to its end, counting regular-file entries and bytes; keeps nothing. */
+/** Reads a tar stream to its end, counting regular-file entries (checksums verified) and bytes. */
 async function countTar(body: ReadableStream<Uint8Array>): Promise<{ entries: number; bytes: number }> {
-  let entries = 0;
   let bytes = 0;
-  let skip = 0; // bytes of entry data (padded) still to skip
-  let header = new Uint8Array(512);
-  let have = 0; // bytes of the current header read so far
-  let ended = false;
-  for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
-    bytes += chunk.byteLength;
-    let off = 0;
-    while (off < chunk.byteLength && !ended) {
-      if (skip > 0) {
-        const n = Math.min(skip, chunk.byteLength - off);
-        skip -= n;
-        off += n;
-        continue;
-      }
-      const n = Math.min(512 - have, chunk.byteLength - off);
-      header.set(chunk.subarray(off, off + n), have);
-      have += n;
-      off += n;
-      if (have < 512) continue;
-      have = 0;
-      if (header.every((b) => b === 0)) {
-        ended = true; // end-of-archive marker
-        break;
-      }
-      const size = parseInt(
-        new TextDecoder().decode(header.subarray(124, 136)).replace(/\0.*$/, '').trim(),
-        8,
-      );
-      entries++;
-      skip = Math.ceil(size / 512) * 512;
-      header = new Uint8Array(512);
+  const chunks = (async function* () {
+    for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
+      bytes += chunk.byteLength;
+      yield chunk;
     }
-  }
+  })();
+  let entries = 0;
+  for await (const _ of readTar(chunks)) entries++;
+  for await (const _ of chunks); // what follows the end marker: counted, not parsed
   return { entries, bytes };
 }
 
