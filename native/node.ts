@@ -21,6 +21,7 @@ import { clean, createLogger, type Logger } from '../server/logger.ts';
 import { WorkerAgent, type WorkerSocket } from '../worker/agent.ts';
 import type { Backend, BackendFactory } from '../worker/backend.ts';
 import type { ModelStore } from '../worker/model-cache.ts';
+import { Reconnector } from '../worker/reconnect.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { GpuInfo } from './ort-backend.ts';
 import type { SimOptions } from './sim-backend.ts';
@@ -297,23 +298,11 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   });
   done.catch(() => undefined); // callers may not await `done`; a fatal stop must not crash the process
   let fatal: NodeFatalError | undefined;
-  let attempt = 0;
-  let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let failures = 0;
 
   const stopping = () => fatal !== undefined || agent.status === 'closed';
-  // Socket.IO stops reconnecting after a server-side disconnect or a middleware refusal: back off
-  // and jitter like it does, then connect again.
-  const reconnectLater = () => {
-    if (stopping() || retryTimer !== undefined) return;
-    const base = Math.min(maxDelayMs, delayMs * 2 ** attempt++);
-    const wait = Math.max(0, base + (Math.random() * 2 - 1) * jitter * base);
-    log.info({ inMs: Math.round(wait) }, 'reconnecting to hub');
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      if (!stopping() && !socket.connected && !socket.active) socket.connect();
-    }, wait);
-  };
+  // Socket.IO stops reconnecting after a server-side disconnect or a middleware refusal.
+  const reconnect = new Reconnector({ socket, log, delayMs, maxDelayMs, jitter, stopping });
   const stopFatal = (err: NodeFatalError) => {
     if (fatal) return;
     fatal = err;
@@ -344,12 +333,12 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   };
 
   socket.on('connect', () => {
-    attempt = 0;
+    reconnect.reset();
     failures = 0;
     log.info({ hub: clean(hub), workerId: identity.workerId }, 'connected to hub');
   });
   socket.on('disconnect', (reason) => {
-    if (reason === 'io server disconnect') reconnectLater();
+    if (reason === 'io server disconnect') reconnect.later();
   });
   socket.on('connect_error', (err: Error & { data?: { code?: unknown } }) => {
     failures++;
@@ -363,7 +352,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     const message = clean(err.message);
     if (refused(err.message, err.data?.code)) return;
     log.warn({ error: message }, 'hub refused the connection');
-    reconnectLater();
+    reconnect.later();
   });
   // The hub checks the join token at registration: it refuses, then disconnects.
   agent.on('error', (err) => {
@@ -373,7 +362,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
 
   const signals: [NodeJS.Signals, () => void][] = [];
   const cleanup = () => {
-    if (retryTimer !== undefined) clearTimeout(retryTimer);
+    reconnect.cancel();
     if (gpuTimer !== undefined) clearInterval(gpuTimer);
     for (const [sig, fn] of signals) process.off(sig, fn);
     socket.off();

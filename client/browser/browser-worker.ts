@@ -15,6 +15,7 @@ import { io } from 'socket.io-client';
 import type { Capabilities, WorkerAuth } from '../../protocol/events.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { WorkerAgent, type WorkerSocket } from '../../worker/agent.ts';
+import { Reconnector } from '../../worker/reconnect.ts';
 import { errorMessage, type WorkerLogger } from '../../worker/backend.ts';
 import { MemoryModelStore, type ModelStore } from '../../worker/model-cache.ts';
 import { WebBackend } from '../inference/web-backend.ts';
@@ -174,21 +175,10 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
   const shareListeners = new Set<(s: readonly JobShare[]) => void>();
   const fatalListeners = new Set<(e: Error) => void>();
   let fatal: Error | undefined;
-  let attempt = 0;
-  let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let failures = 0;
 
   const stopping = () => fatal !== undefined || agent.status === 'closed';
-  const reconnectLater = () => {
-    if (stopping() || retryTimer !== undefined) return;
-    const base = Math.min(maxDelayMs, delayMs * 2 ** attempt++);
-    const wait = Math.max(0, base + (Math.random() * 2 - 1) * jitter * base);
-    log.info({ inMs: Math.round(wait) }, 'reconnecting to hub');
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      if (!stopping() && !socket.connected && !socket.active) socket.connect();
-    }, wait);
-  };
+  const reconnect = new Reconnector({ socket, log, delayMs, maxDelayMs, jitter, stopping });
   const stopFatal = (err: Error) => {
     if (fatal) return;
     fatal = err;
@@ -204,7 +194,7 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
         { workerId: renewed.workerId },
         'the hub refused this tab’s identity; joining as a new worker',
       );
-      reconnectLater();
+      reconnect.later();
       return true;
     }
     if (/token|unauthori[sz]ed|forbidden/i.test(message)) {
@@ -219,13 +209,13 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
   };
 
   socket.on('connect', () => {
-    attempt = 0;
+    reconnect.reset();
     failures = 0;
     log.info({ workerId: claimed.identity.workerId }, 'connected to hub');
   });
   socket.on('disconnect', (reason) => {
     log.warn({ reason }, 'disconnected');
-    if (reason === 'io server disconnect') reconnectLater();
+    if (reason === 'io server disconnect') reconnect.later();
   });
   socket.on('connect_error', (err: Error) => {
     failures++;
@@ -236,7 +226,7 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
     }
     if (refused(err.message)) return;
     log.warn({ error: err.message }, 'hub refused the connection');
-    reconnectLater();
+    reconnect.later();
   });
   agent.on('error', (err) => {
     if (!refused(err.message)) log.error({ code: err.code, error: err.message }, 'hub refused registration');
@@ -249,7 +239,7 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
     for (const l of shareListeners) l(parsed);
   });
   agent.on('closed', () => {
-    if (retryTimer !== undefined) clearTimeout(retryTimer);
+    reconnect.cancel();
     claimed.close();
   });
 
