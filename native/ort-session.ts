@@ -5,8 +5,14 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { ModelInfo } from '../protocol/model.ts';
-import { bytesOf, DTYPES, toTypedArray, type DType, type WireTensor } from '../protocol/tensor.ts';
-import { BackendError, classifyError, errorMessage, type LoadedModel } from '../worker/backend.ts';
+import { toTypedArray, type WireTensor } from '../protocol/tensor.ts';
+import {
+  BackendError,
+  classifyError,
+  errorMessage,
+  outputToWire,
+  type LoadedModel,
+} from '../worker/backend.ts';
 import { runBatched } from '../worker/batching.ts';
 
 /**
@@ -79,22 +85,8 @@ export class OrtSession implements LoadedModel {
     } catch (err) {
       throw new BackendError(classifyError(err, 'run'), errorMessage(err), { cause: err });
     }
-    return this.session.outputNames.map((name) => fromOrt(name, results[name]));
-  }
-}
-
-/** Copies an onnxruntime output into a wire tensor (its own bytes, independent of the session). */
-function fromOrt(name: string, value: ort.OnnxValue | undefined): WireTensor {
-  if (!value || !(value instanceof ort.Tensor))
-    throw new BackendError('invalid_output', `output "${name}" is not a tensor`);
-  const dtype = value.type as DType;
-  if (!DTYPES.includes(dtype)) {
-    throw new BackendError(
-      'invalid_output',
-      `output "${name}" has dtype ${value.type}, which shardhub does not carry`,
+    return this.session.outputNames.map((name) =>
+      outputToWire(name, results[name] instanceof ort.Tensor ? results[name] : undefined),
     );
   }
-  const data = value.data;
-  if (!ArrayBuffer.isView(data)) throw new BackendError('invalid_output', `output "${name}" has no CPU data`);
-  return { name, dtype, dims: [...value.dims], data: bytesOf(data).slice() };
 }

@@ -9,7 +9,7 @@
  */
 import type { Backend as BackendName, FailureCategory } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
-import type { WireTensor } from '../protocol/tensor.ts';
+import { bytesOf, DTYPES, type DType, type WireTensor } from '../protocol/tensor.ts';
 
 /** Something that loads models for one kind of compute. */
 export interface Backend {
@@ -93,4 +93,29 @@ export function errorMessage(err: unknown): string {
   } catch {
     return String(err);
   }
+}
+
+/** What onnxruntime (node or web) gives for a tensor output. */
+export interface OrtTensorLike {
+  type: string;
+  dims: readonly number[];
+  data: unknown;
+}
+
+/**
+ * Copies an onnxruntime output (node or web) into a wire tensor with its own bytes, independent
+ * of the session. `value` is undefined when the output is missing or is not a tensor.
+ */
+export function outputToWire(name: string, value: OrtTensorLike | undefined): WireTensor {
+  if (!value) throw new BackendError('invalid_output', `output "${name}" is not a tensor`);
+  const dtype = value.type as DType;
+  if (!DTYPES.includes(dtype)) {
+    throw new BackendError(
+      'invalid_output',
+      `output "${name}" has dtype ${value.type}, which shardhub does not carry`,
+    );
+  }
+  const data = value.data;
+  if (!ArrayBuffer.isView(data)) throw new BackendError('invalid_output', `output "${name}" has no CPU data`);
+  return { name, dtype, dims: [...value.dims], data: bytesOf(data).slice() };
 }

@@ -9,8 +9,8 @@
  * with `device_lost`: its sessions are gone with the device. The page then replaces the worker.
  */
 import type { FailureCategory } from '../../protocol/events.ts';
-import { bytesOf, DTYPES, toTypedArray, type DType, type WireTensor } from '../../protocol/tensor.ts';
-import { BackendError, classifyError, errorMessage } from '../../worker/backend.ts';
+import { toTypedArray, type WireTensor } from '../../protocol/tensor.ts';
+import { BackendError, classifyError, errorMessage, outputToWire } from '../../worker/backend.ts';
 import { runBatched } from '../../worker/batching.ts';
 import type { EngineBackend, FromEngine, SessionModel, ToEngine } from './messages.ts';
 import { initOrt, ort, sessionOptions } from './ort-setup.ts';
@@ -97,26 +97,12 @@ async function runOne(session: ort.InferenceSession, inputs: WireTensor[]): Prom
   }
   const results = await session.run(feeds);
   try {
-    return session.outputNames.map((name) => fromOrt(name, results[name]));
+    return session.outputNames.map((name) =>
+      outputToWire(name, results[name] instanceof ort.Tensor ? results[name] : undefined),
+    );
   } finally {
     for (const v of Object.values(results)) v.dispose();
   }
-}
-
-/** Copies an onnxruntime-web output into a wire tensor with its own buffer. */
-function fromOrt(name: string, value: ort.OnnxValue | undefined): WireTensor {
-  if (!value || !(value instanceof ort.Tensor))
-    throw new BackendError('invalid_output', `output "${name}" is not a tensor`);
-  const dtype = value.type as DType;
-  if (!DTYPES.includes(dtype)) {
-    throw new BackendError(
-      'invalid_output',
-      `output "${name}" has dtype ${value.type}, which shardhub does not carry`,
-    );
-  }
-  const data = value.data;
-  if (!ArrayBuffer.isView(data)) throw new BackendError('invalid_output', `output "${name}" has no CPU data`);
-  return { name, dtype, dims: [...value.dims], data: bytesOf(data).slice() };
 }
 
 async function release(id: number, handle: number): Promise<void> {
