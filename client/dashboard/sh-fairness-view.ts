@@ -12,7 +12,7 @@ import type { JobView } from '../../protocol/operator.ts';
 import { barOptions, chartWorkers, idleData, shareData, timelineData, timelineOptions } from './charts.ts';
 import { count, duration, fixed, percent, rate } from './format.ts';
 import './sh-chart.ts';
-import { shared } from './styles.ts';
+import { shared, viewStyles } from './styles.ts';
 
 const TABLE_ROWS = 100;
 
@@ -21,21 +21,8 @@ const TABLE_ROWS = 100;
 export class ShFairnessView extends LitElement {
   static override styles = [
     shared,
+    viewStyles,
     css`
-      :host {
-        display: grid;
-        gap: 0.9rem;
-      }
-      header {
-        display: flex;
-        flex-wrap: wrap;
-        align-items: center;
-        gap: 0.6rem 1rem;
-      }
-      h2 {
-        margin: 0;
-        font-size: 1.2rem;
-      }
       select {
         padding: 0.25rem;
         border: 1px solid #9aa5b1;

@@ -15,28 +15,15 @@ import { colour, contributionSeries, lineOptions, throughputData } from './chart
 import { JobCancelEvent, JobPriorityEvent, ResultsDownloadEvent } from './events.ts';
 import { count, duration, percent, rate } from './format.ts';
 import './sh-chart.ts';
-import { shared } from './styles.ts';
+import { shared, viewStyles } from './styles.ts';
 
 /** The job page; see the file comment. */
 @customElement('sh-job-detail')
 export class ShJobDetail extends LitElement {
   static override styles = [
     shared,
+    viewStyles,
     css`
-      :host {
-        display: grid;
-        gap: 0.9rem;
-      }
-      header {
-        display: flex;
-        flex-wrap: wrap;
-        align-items: center;
-        gap: 0.6rem 1rem;
-      }
-      h2 {
-        margin: 0;
-        font-size: 1.2rem;
-      }
       .grow {
         flex: 1;
       }

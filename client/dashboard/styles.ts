@@ -149,3 +149,21 @@ export const shared = css`
     color: #1d4ed8;
   }
 `;
+
+/** A detail view (a job, its fairness): a grid of sections under a header with its title. */
+export const viewStyles = css`
+  :host {
+    display: grid;
+    gap: 0.9rem;
+  }
+  header {
+    display: flex;
+    flex-wrap: wrap;
+    align-items: center;
+    gap: 0.6rem 1rem;
+  }
+  h2 {
+    margin: 0;
+    font-size: 1.2rem;
+  }
+`;
