@@ -189,8 +189,7 @@ export class Scheduler {
 
   // ---------------------------------------------------------------- jobs
 
-  /** Adds a job with its unfinished items (in order); takes `pending` over: the caller lets go of it. */
-  /** Schedules a job's pending items: runs of ids from the store, or a list of ids. */
+  /** Adds a job with its unfinished items, in order: runs of ids from the store (taken over), or a list. */
   addJob(job: SchedJob, pending: IdRuns | readonly number[]): void {
     if (this.jobs.has(job.id)) throw new Error(`job ${job.id} already scheduled`);
     this.jobs.set(job.id, {
@@ -604,7 +603,8 @@ export class Scheduler {
     }
     if (scanned > 0) {
       j.requeued.splice(0, scanned);
-      if (skipped.length > 0) j.requeued.unshift(...skipped);
+      // concat, not unshift(...skipped): spreading a long list overflows the call stack.
+      if (skipped.length > 0) j.requeued = skipped.concat(j.requeued);
     }
     if (this.opts.factoring || !j.split) {
       const stop = Math.min(n, out.length + freshLimit);
