@@ -12,7 +12,7 @@ import type { JobView } from '../../protocol/operator.ts';
 import { barOptions, chartWorkers, idleData, shareData, timelineData, timelineOptions } from './charts.ts';
 import { count, duration, fixed, percent, rate } from './format.ts';
 import './sh-chart.ts';
-import { shared, viewStyles } from './styles.ts';
+import { figureCard, shared, viewStyles } from './styles.ts';
 
 const TABLE_ROWS = 100;
 
@@ -115,8 +115,8 @@ export class ShFairnessView extends LitElement {
     return html`
       ${header}
       <div class="cards">
-        ${this.card('Jain’s index', fixed(r.jain, 3), 'of share ÷ fair share; 1 = perfectly fair', 'jain')}
-        ${this.card('CV of finish times', fixed(r.cvFinish, 3), 'spread of when workers finished', 'cv')}
+        ${figureCard('Jain’s index', fixed(r.jain, 3), 'of share ÷ fair share; 1 = perfectly fair', 'jain')}
+        ${figureCard('CV of finish times', fixed(r.cvFinish, 3), 'spread of when workers finished', 'cv')}
         <div class="card makespan" data-figure="makespan">
           <div class="label">Makespan vs ideal</div>
           <div class="value">${duration(r.makespanS)}</div>
@@ -125,10 +125,10 @@ export class ShFairnessView extends LitElement {
           </div>
           <div class="bar"><div class="fill" style="width:${Math.min(100, r.efficiency * 100)}%"></div></div>
         </div>
-        ${this.card('Steals', count(r.steals), `${count(r.stolenItems)} items moved`, 'steals')}
-        ${this.card('Speculative copies', count(r.speculative), 'in-flight items run twice', 'speculative')}
-        ${this.card('Wasted runs', count(r.wastedItems), 'results not used', 'wasted')}
-        ${this.card('Results', count(r.done), `accepted runs, for ${count(r.items)} items`, 'done')}
+        ${figureCard('Steals', count(r.steals), `${count(r.stolenItems)} items moved`, 'steals')}
+        ${figureCard('Speculative copies', count(r.speculative), 'in-flight items run twice', 'speculative')}
+        ${figureCard('Wasted runs', count(r.wastedItems), 'results not used', 'wasted')}
+        ${figureCard('Results', count(r.done), `accepted runs, for ${count(r.items)} items`, 'done')}
       </div>
       <div class="charts">
         <sh-chart
@@ -219,14 +219,6 @@ export class ShFairnessView extends LitElement {
         }
       </div>
     `;
-  }
-
-  private card(label: string, value: string, sub: string, test: string) {
-    return html`<div class="card" data-figure=${test}>
-      <div class="label">${label}</div>
-      <div class="value">${value}</div>
-      <div class="sub">${sub}</div>
-    </div>`;
   }
 
   private _choose(e: Event): void {

@@ -15,7 +15,7 @@ import { colour, contributionSeries, lineOptions, throughputData } from './chart
 import { JobCancelEvent, JobPriorityEvent, ResultsDownloadEvent } from './events.ts';
 import { count, duration, percent, rate } from './format.ts';
 import './sh-chart.ts';
-import { shared, viewStyles } from './styles.ts';
+import { figureCard, shared, viewStyles } from './styles.ts';
 
 /** The job page; see the file comment. */
 @customElement('sh-job-detail')
@@ -113,14 +113,14 @@ export class ShJobDetail extends LitElement {
         >
       </div>
       <div class="cards">
-        ${this.card('Done', count(j.done), `of ${count(j.items)}`, 'done')}
-        ${this.card('Failed', count(j.failed), 'after retries', 'failed')}
-        ${this.card('In flight', count(j.inFlight), 'held by workers', 'in-flight')}
-        ${this.card('Queued', count(j.queued), 'not handed out', 'queued')}
-        ${this.card('Rate', rate(j.itemsPerSec), 'items/s since start', 'rate')}
-        ${this.card('Elapsed', duration(j.startedAt ? j.elapsedS : null), finished ? 'final' : 'so far', 'elapsed')}
-        ${this.card('ETA', finished ? 'done' : duration(j.etaS), 'at that rate', 'eta')}
-        ${this.card('Priority', String(j.priority), 'higher runs first', 'priority')}
+        ${figureCard('Done', count(j.done), `of ${count(j.items)}`, 'done')}
+        ${figureCard('Failed', count(j.failed), 'after retries', 'failed')}
+        ${figureCard('In flight', count(j.inFlight), 'held by workers', 'in-flight')}
+        ${figureCard('Queued', count(j.queued), 'not handed out', 'queued')}
+        ${figureCard('Rate', rate(j.itemsPerSec), 'items/s since start', 'rate')}
+        ${figureCard('Elapsed', duration(j.startedAt ? j.elapsedS : null), finished ? 'final' : 'so far', 'elapsed')}
+        ${figureCard('ETA', finished ? 'done' : duration(j.etaS), 'at that rate', 'eta')}
+        ${figureCard('Priority', String(j.priority), 'higher runs first', 'priority')}
       </div>
       <div class="panel controls">
         <label
@@ -184,14 +184,6 @@ export class ShJobDetail extends LitElement {
         ></sh-chart>
       </div>
     `;
-  }
-
-  private card(label: string, value: string, sub: string, test: string) {
-    return html`<div class="card" data-figure=${test}>
-      <div class="label">${label}</div>
-      <div class="value">${value}</div>
-      <div class="sub">${sub}</div>
-    </div>`;
   }
 
   private _setPriority(): void {

@@ -1,5 +1,5 @@
-/** Styles the dashboard's elements share: buttons, state pills, figure cards, progress bars. */
-import { css } from 'lit';
+/** Styles the dashboard's elements share (buttons, state pills, figure cards, progress bars), and the figure card itself. */
+import { css, html, type TemplateResult } from 'lit';
 
 /** Shared styles; add to an element's `static styles`. */
 export const shared = css`
@@ -167,3 +167,12 @@ export const viewStyles = css`
     font-size: 1.2rem;
   }
 `;
+
+/** A figure card (styled by `shared`): a label, the figure, a line under it; `test` names it for tests. */
+export function figureCard(label: string, value: string, sub: string, test: string): TemplateResult {
+  return html`<div class="card" data-figure=${test}>
+    <div class="label">${label}</div>
+    <div class="value">${value}</div>
+    <div class="sub">${sub}</div>
+  </div>`;
+}
