@@ -288,6 +288,11 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     },
     logger: log,
     concurrency,
+    // onnxruntime runs in session threads: with the next batch already posted, a session thread
+    // starts it the moment the last one ends instead of waiting a round trip through the event
+    // loop (overhead bench: the session idled 6% of a job with one). A sim node computes on timers
+    // in this thread, where a second batch would run alongside the first.
+    batchesInFlight: choice === 'sim' ? 1 : 2,
     load,
     fetchHeaders: opts.token ? { authorization: `Bearer ${opts.token}` } : undefined,
   });
