@@ -63,7 +63,7 @@ export class OrtSession implements LoadedModel {
 
   run(items: WireTensor[][]): Promise<WireTensor[][]> {
     if (this.disposed) return Promise.reject(new Error('session is disposed'));
-    return runBatched(this.model, items, (inputs) => this.runOne(inputs));
+    return runBatched(this.model, items, (inputs) => this.runInputs(inputs));
   }
 
   async dispose(): Promise<void> {
@@ -72,7 +72,12 @@ export class OrtSession implements LoadedModel {
     await this.session.release();
   }
 
-  private async runOne(inputs: WireTensor[]): Promise<WireTensor[]> {
+  /**
+   * Runs one set of inputs as they are (one item, or a batch already concatenated along dim 0):
+   * the session thread's entry, whose batches are made on the node's main thread.
+   */
+  async runInputs(inputs: WireTensor[]): Promise<WireTensor[]> {
+    if (this.disposed) throw new Error('session is disposed');
     const feeds: Record<string, ort.Tensor> = {};
     for (const name of this.session.inputNames) {
       const t = inputs.find((i) => i.name === name);
@@ -85,8 +90,10 @@ export class OrtSession implements LoadedModel {
     } catch (err) {
       throw new BackendError(classifyError(err, 'run'), errorMessage(err), { cause: err });
     }
+    // onnxruntime-node copies each output into an ArrayBuffer of its own (a unit test checks that a
+    // later run leaves earlier outputs alone): no second copy.
     return this.session.outputNames.map((name) =>
-      outputToWire(name, results[name] instanceof ort.Tensor ? results[name] : undefined),
+      outputToWire(name, results[name] instanceof ort.Tensor ? results[name] : undefined, false),
     );
   }
 }

@@ -5,6 +5,13 @@
  * wrapped in a promise). On the main thread that would stall the socket (heartbeats, revoke replies)
  * for the length of every run, and N runners would take turns instead of computing in parallel. So
  * each runner's session lives in a `worker_threads` Worker running `ort-thread.ts`.
+ *
+ * Inputs cross to the thread through shared memory: the main thread writes each batch, already
+ * concatenated, into a slot of a `SharedArrayBuffer` it shared with the thread once, and the thread
+ * copies it into buffers of its own that it reuses (onnxruntime-node refuses shared memory). The
+ * main thread, whose heap the sockets keep busy, then allocates nothing per batch: a fresh megabyte
+ * buffer per item brought a full garbage collection of its heap every few batches. Outputs come
+ * back as onnxruntime-node made them, transferred, and are split per item as views.
  */
 import { Worker } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
@@ -12,6 +19,7 @@ import type { FailureCategory } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { BackendError, type LoadedModel } from '../worker/backend.ts';
+import { planBatches, splitOutputs } from '../worker/batching.ts';
 
 /** Messages to a session thread. */
 export type ToThread =
@@ -21,17 +29,23 @@ export type ToThread =
       bytes: Uint8Array;
       options: InferenceSession.SessionOptions;
     }
-  | { type: 'run'; id: number; items: WireTensor[][] }
+  /** A shared slot for batches' inputs (`InputSlots`); the thread keeps it until told to forget it. */
+  | { type: 'slot'; slot: number; buffer: SharedArrayBuffer }
+  | { type: 'forget'; slot: number }
+  /** Batches written into `slot` by `writeBatches`, each run as it is. */
+  | { type: 'run'; id: number; slot: number; batches: SlotTensor[][] }
   | { type: 'dispose' };
 
 /** Messages from a session thread. `id` null: about the load (or the thread itself). */
 export type FromThread =
   | { type: 'loaded' }
+  /** Each batch's outputs, whole (split per item on the main thread); buffers transferred. */
   | { type: 'result'; id: number; outputs: WireTensor[][] }
   | { type: 'error'; id: number | null; category: FailureCategory; message: string }
   | { type: 'disposed' };
 
 interface Pending {
+  /** Each batch's outputs, whole. */
   resolve: (outputs: WireTensor[][]) => void;
   reject: (err: Error) => void;
 }
@@ -49,17 +63,88 @@ function startThread(): Worker {
   return new Worker(boot, { eval: true });
 }
 
-/** Copies tensor bytes into buffers of their own so they can be transferred (a view's whole buffer would be). */
-function ownedCopy(items: WireTensor[][]): { items: WireTensor[][]; transfer: ArrayBuffer[] } {
-  const transfer: ArrayBuffer[] = [];
-  const copied = items.map((inputs) =>
-    inputs.map((t) => {
-      const data = new Uint8Array(t.data); // a real copy: Buffer#slice would share (and transfer) the pool
-      transfer.push(data.buffer);
-      return { name: t.name, dtype: t.dtype, dims: [...t.dims], data };
+/** A tensor of a batch in an input slot: its bytes are `byteLength` bytes at `offset`. */
+export interface SlotTensor {
+  name: string;
+  dtype: WireTensor['dtype'];
+  dims: number[];
+  offset: number;
+  byteLength: number;
+}
+
+/** Items grouped into the batches their session runs (`planBatches`), and the room they take in a slot. */
+export function planSlot(
+  model: Pick<ModelInfo, 'batchable' | 'batchSize'>,
+  items: WireTensor[][],
+): { groups: number[][]; batches: WireTensor[][][]; bytes: number } {
+  const groups = planBatches(items, model.batchable ? model.batchSize : 1);
+  const batches = groups.map((g) => g.map((i) => items[i] as WireTensor[]));
+  let bytes = 0;
+  for (const members of batches)
+    for (const t of members[0] ?? []) bytes += align8(t.data.byteLength * members.length);
+  return { groups, batches, bytes };
+}
+
+/** Each tensor in a slot starts 8-byte aligned, as typed arrays of every dtype need. */
+const align8 = (n: number) => Math.ceil(n / 8) * 8;
+
+/**
+ * Writes planned batches into a slot, each batch's inputs concatenated along dim 0 (as
+ * `concatItems` would), and returns their layout. This copy is the one the session thread would
+ * otherwise make to concatenate them.
+ */
+export function writeBatches(batches: WireTensor[][][], slot: SharedArrayBuffer): SlotTensor[][] {
+  const mem = new Uint8Array(slot);
+  let offset = 0;
+  return batches.map((members) =>
+    (members[0] ?? []).map((t, j) => {
+      const size = t.data.byteLength;
+      members.forEach((inputs, k) => mem.set((inputs[j] as WireTensor).data, offset + k * size));
+      // A scalar input has no dim 0 and runs alone (planBatches).
+      const dims = t.dims.length === 0 ? [] : [(t.dims[0] as number) * members.length, ...t.dims.slice(1)];
+      const out: SlotTensor = {
+        name: t.name,
+        dtype: t.dtype,
+        dims,
+        offset,
+        byteLength: size * members.length,
+      };
+      offset += align8(out.byteLength);
+      return out;
     }),
   );
-  return { items: copied, transfer };
+}
+
+/**
+ * Shared slots for batches' inputs, reused: a run takes one big enough (making one, shared with
+ * the thread, when none is free) and gives it back when its results are in. At most `keep` free
+ * slots are kept; the thread is told to forget the others.
+ */
+class InputSlots {
+  private readonly free: { id: number; buffer: SharedArrayBuffer }[] = [];
+  private nextId = 0;
+
+  constructor(
+    private readonly post: (msg: ToThread) => void,
+    private readonly keep = 4,
+  ) {}
+
+  take(bytes: number): { id: number; buffer: SharedArrayBuffer } {
+    const i = this.free.findIndex((s) => s.buffer.byteLength >= bytes);
+    if (i >= 0) return this.free.splice(i, 1)[0] as { id: number; buffer: SharedArrayBuffer };
+    // Rounded up to a MiB, so that batches a little larger than the last reuse the slot.
+    const buffer = new SharedArrayBuffer(Math.max(1, Math.ceil(bytes / 2 ** 20)) * 2 ** 20);
+    const slot = { id: ++this.nextId, buffer };
+    this.post({ type: 'slot', slot: slot.id, buffer });
+    return slot;
+  }
+
+  give(slot: { id: number; buffer: SharedArrayBuffer }): void {
+    this.free.push(slot);
+    if (this.free.length <= this.keep) return;
+    this.free.sort((a, b) => b.buffer.byteLength - a.buffer.byteLength);
+    for (const dropped of this.free.splice(this.keep)) this.post({ type: 'forget', slot: dropped.id });
+  }
 }
 
 /** A session in a worker thread; see the file comment. */
@@ -69,7 +154,13 @@ export class ThreadedSession implements LoadedModel {
   private disposed: Promise<void> | undefined;
   private dead: Error | undefined;
 
-  private constructor(private readonly worker: Worker) {
+  private readonly slots: InputSlots;
+
+  private constructor(
+    private readonly worker: Worker,
+    private readonly model: Pick<ModelInfo, 'batchable' | 'batchSize'>,
+  ) {
+    this.slots = new InputSlots((msg) => worker.postMessage(msg));
     worker.on('message', (msg: FromThread) => this.onMessage(msg));
     worker.on('error', (err) =>
       this.fail(new BackendError('other', `session thread failed: ${err.message}`)),
@@ -113,19 +204,36 @@ export class ThreadedSession implements LoadedModel {
       await worker.terminate();
       throw err;
     }
-    return new ThreadedSession(worker);
+    return new ThreadedSession(worker, model);
   }
 
   run(items: WireTensor[][]): Promise<WireTensor[][]> {
     if (this.disposed) return Promise.reject(new Error('session is disposed'));
     if (this.dead) return Promise.reject(this.dead);
     const id = ++this.nextId;
-    const { items: copied, transfer } = ownedCopy(items);
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      const msg: ToThread = { type: 'run', id, items: copied };
-      this.worker.postMessage(msg, transfer);
-    });
+    const plan = planSlot(this.model, items);
+    const slot = this.slots.take(plan.bytes);
+    const batches = writeBatches(plan.batches, slot.buffer);
+    const { groups } = plan;
+    return (
+      new Promise<WireTensor[][]>((resolve, reject) => {
+        this.pending.set(id, { resolve, reject });
+        const msg: ToThread = { type: 'run', id, slot: slot.id, batches };
+        this.worker.postMessage(msg);
+      })
+        // The thread has answered (or is gone): it is done with the slot.
+        .finally(() => this.slots.give(slot))
+        .then((outputs) => {
+          // Items' outputs are views of their batch's: the batch's buffers came over whole, not copied.
+          const perItem = new Array<WireTensor[]>(items.length);
+          groups.forEach((group, b) =>
+            splitOutputs(outputs[b] ?? [], group.length, false).forEach((out, k) => {
+              perItem[group[k] as number] = out;
+            }),
+          );
+          return perItem;
+        })
+    );
   }
 
   dispose(): Promise<void> {

@@ -103,10 +103,12 @@ export interface OrtTensorLike {
 }
 
 /**
- * Copies an onnxruntime output (node or web) into a wire tensor with its own bytes, independent
- * of the session. `value` is undefined when the output is missing or is not a tensor.
+ * An onnxruntime output (node or web) as a wire tensor with bytes of its own, independent of the
+ * session. The bytes are copied unless `copy` is false, for a runtime that already hands each
+ * output a buffer of its own (onnxruntime-node does; onnxruntime-web's may be views of memory the
+ * session reuses). `value` is undefined when the output is missing or is not a tensor.
  */
-export function outputToWire(name: string, value: OrtTensorLike | undefined): WireTensor {
+export function outputToWire(name: string, value: OrtTensorLike | undefined, copy = true): WireTensor {
   if (!value) throw new BackendError('invalid_output', `output "${name}" is not a tensor`);
   const dtype = value.type as DType;
   if (!DTYPES.includes(dtype)) {
@@ -117,5 +119,6 @@ export function outputToWire(name: string, value: OrtTensorLike | undefined): Wi
   }
   const data = value.data;
   if (!ArrayBuffer.isView(data)) throw new BackendError('invalid_output', `output "${name}" has no CPU data`);
-  return { name, dtype, dims: [...value.dims], data: bytesOf(data).slice() };
+  const bytes = bytesOf(data);
+  return { name, dtype, dims: [...value.dims], data: copy ? bytes.slice() : bytes };
 }

@@ -76,11 +76,13 @@ export function concatItems(items: readonly (readonly WireTensor[])[]): WireTens
 }
 
 /**
- * Splits a batch's outputs back into `count` items along dim 0 (bytes copied, so each item owns its
- * data). Throws a {@link BackendError} (`invalid_output`) when an output's dim 0 does not divide evenly:
- * the model's outputs are then not batched along dim 0, and it should not be marked batchable.
+ * Splits a batch's outputs back into `count` items along dim 0. Each item's bytes are copied, so it
+ * owns them, unless `copy` is false: then they are views of the batch's buffers (a caller that
+ * holds the batch anyway saves a copy of every output). Throws a {@link BackendError}
+ * (`invalid_output`) when an output's dim 0 does not divide evenly: the model's outputs are then not
+ * batched along dim 0, and it should not be marked batchable.
  */
-export function splitOutputs(outputs: readonly WireTensor[], count: number): WireTensor[][] {
+export function splitOutputs(outputs: readonly WireTensor[], count: number, copy = true): WireTensor[][] {
   if (count === 1) return [[...outputs]];
   const perItem: WireTensor[][] = Array.from({ length: count }, () => []);
   for (const t of outputs) {
@@ -94,21 +96,18 @@ export function splitOutputs(outputs: readonly WireTensor[], count: number): Wir
     const size = t.data.byteLength / count;
     const dims = [d0 / count, ...t.dims.slice(1)];
     for (let i = 0; i < count; i++) {
+      const [from, to] = [i * size, (i + 1) * size];
       (perItem[i] as WireTensor[]).push({
         name: t.name,
         dtype: t.dtype,
         dims: [...dims],
-        data: t.data.slice(i * size, (i + 1) * size),
+        data: copy ? t.data.slice(from, to) : t.data.subarray(from, to),
       });
     }
   }
   return perItem;
 }
 
-/**
- * Runs items through `runOne`, batched as the model allows: batchable models get same-shaped items
- * concatenated (up to `batchSize`), others run one by one. Returns each item's outputs in order.
- */
 export async function runBatched(
   model: Pick<ModelInfo, 'batchable' | 'batchSize'>,
   items: readonly WireTensor[][],

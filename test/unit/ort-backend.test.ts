@@ -140,6 +140,16 @@ describe('OrtBackend', () => {
         compareTensors(a[0]?.[0] as WireTensor, a[1]?.[0] as WireTensor, { atol: 0, rtol: 0 }),
         undefined,
       );
+      // Outputs are not copied out of onnxruntime-node a second time: they must own their bytes, so
+      // that a later run leaves them alone.
+      const before = a.map((out) => out.map((t) => ({ ...t, data: t.data.slice() })));
+      await batched.run(items.map((_, i) => calibrationInputs(model, 900 + i)));
+      a.forEach((out, i) =>
+        assert.equal(
+          compareTensors(out[0] as WireTensor, before[i]?.[0] as WireTensor, { atol: 0, rtol: 0 }),
+          undefined,
+        ),
+      );
       // The caller's inputs are left intact (threads get copies).
       assert.equal(
         items[0]?.[0]?.data.byteLength,
@@ -160,6 +170,31 @@ describe('OrtBackend', () => {
       );
     });
   }
+
+  it('keeps runs in flight at once on a session thread apart (each in an input slot of its own)', async () => {
+    const { model, bytes } = mlpUnderTest();
+    const threaded = await (await OrtBackend.create({ prefer: 'cpu', threads: true })).load(model, bytes);
+    const inline = await (await OrtBackend.create({ prefer: 'cpu', threads: false })).load(model, bytes);
+    try {
+      const runs = [3, 5, 1, 4].map((n, r) =>
+        Array.from({ length: n }, (_, i) => calibrationInputs(model, 1000 + 10 * r + i)),
+      );
+      const together = await Promise.all(runs.map((items) => threaded.run(items)));
+      for (const [r, items] of runs.entries()) {
+        const alone = await inline.run(items);
+        for (let i = 0; i < items.length; i++) {
+          const diff = compareTensors(together[r]?.[i]?.[0] as WireTensor, alone[i]?.[0] as WireTensor, {
+            atol: 1e-5,
+            rtol: 1e-5,
+          });
+          assert.equal(diff, undefined, `run ${r}, item ${i}`);
+        }
+      }
+    } finally {
+      await threaded.dispose();
+      await inline.dispose();
+    }
+  });
 
   it('carries int64 tensors as BigInt64Array both ways', async () => {
     const bytes = encode({
