@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HubServer, type HubConfig } from '../server/app.ts';
 import { createLogger } from '../server/logger.ts';
+import { NODE_V8_FLAGS } from '../native/launch.ts';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
 
@@ -40,6 +41,7 @@ export function spawnNode(hub: HubServer, stateDir: string, args: string[]): Chi
     [
       '--import',
       'tsx',
+      ...NODE_V8_FLAGS, // as `shardhub node` runs (native/launch.ts)
       join(ROOT, 'native/main.ts'),
       '--hub',
       hub.url,

@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, printTable } from './_grid.ts';
 import { flag, numFlag, startHubProcess, waitFor, type HubProc } from './_scale.ts';
+import { NODE_V8_FLAGS } from '../native/launch.ts';
 
 /** Starts `shardhub node` as its own process, with a fixed worker id. */
 function startNode(hub: HubProc, dir: string, id: string, backend: string): ChildProcess {
@@ -30,6 +31,7 @@ function startNode(hub: HubProc, dir: string, id: string, backend: string): Chil
     [
       '--import',
       'tsx',
+      ...NODE_V8_FLAGS, // as `shardhub node` runs (native/launch.ts)
       join(ROOT, 'native/main.ts'),
       ...['--hub', hub.url, '--token', hub.joinToken, '--id', id, '--backend', backend],
       ...['--state', join(dir, id), '--cache', join(dir, 'cache'), ...sim],

@@ -24,6 +24,7 @@ import { SqliteStore } from '../server/store/sqlite.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { Reference, freePort } from '../test/helpers/grid.ts';
 import { ROOT, printTable } from './_grid.ts';
+import { NODE_V8_FLAGS } from '../native/launch.ts';
 
 function arg(args: string[], name: string, dflt: number): number {
   const i = args.indexOf(`--${name}`);
@@ -177,6 +178,7 @@ export async function runSoak(opts: {
       [
         '--import',
         'tsx',
+        ...NODE_V8_FLAGS, // as `shardhub node` runs (native/launch.ts)
         join(ROOT, 'native/main.ts'),
         '--hub',
         url,

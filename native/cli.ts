@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { hasNodeFlags, relaunchWithFlags, watchParent } from './launch.ts';
 import { NodeFatalError, runNode, type NodeBackendChoice, type NodeOptions } from './node.ts';
 
 /** Usage text of `shardhub node`. */
@@ -236,7 +237,12 @@ export interface CommandIo {
  * Runs `shardhub node` until the node stops; returns the process exit code (0 drained, 1 fatal,
  * 2 usage). Installs SIGINT/SIGTERM handlers that drain the node.
  */
-export async function nodeCommand(argv: string[], cio: Partial<CommandIo> = {}): Promise<number> {
+export async function nodeCommand(
+  argv: string[],
+  cio: Partial<CommandIo> = {},
+  /** The command is this process's entry: without the node's V8 flags it runs itself again with them. */
+  entry: { relaunch?: boolean } = {},
+): Promise<number> {
   const stdout = cio.stdout ?? process.stdout;
   const stderr = cio.stderr ?? process.stderr;
   let parsed: ParsedNodeArgs;
@@ -251,8 +257,11 @@ export async function nodeCommand(argv: string[], cio: Partial<CommandIo> = {}):
     stdout.write(NODE_USAGE);
     return 0;
   }
+  if (entry.relaunch && !hasNodeFlags()) return relaunchWithFlags();
   try {
     const node = await runNode({ ...parsed.options, handleSignals: true });
+    // Started by a parent that has since died without a word (SIGKILL): drain, as on SIGTERM.
+    watchParent(() => process.kill(process.pid, 'SIGTERM'));
     await node.done;
     return 0;
   } catch (err) {

@@ -11,7 +11,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   },
   node: {
     summary: 'run a native node that lends this machine to a hub',
-    run: async (a) => (await import('../native/cli.ts')).nodeCommand(a),
+    run: async (a) => (await import('../native/cli.ts')).nodeCommand(a, {}, { relaunch: true }),
   },
   submit: {
     summary: 'submit a job and download its results',

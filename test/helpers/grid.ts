@@ -15,6 +15,7 @@ import { packItems, unpackTensors, type NamedItem } from '../../protocol/pack.ts
 import { bytesOf, compareTensors, type WireTensor } from '../../protocol/tensor.ts';
 import { HubServer, type HubConfig } from '../../server/app.ts';
 import { createLogger } from '../../server/logger.ts';
+import { NODE_V8_FLAGS } from '../../native/launch.ts';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 
@@ -59,8 +60,13 @@ export interface Proc {
 }
 
 /** Spawns `node --import tsx <script> ...args` from the repo root. */
-export function spawnTs(script: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, script), ...args], {
+export function spawnTs(
+  script: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  nodeFlags: readonly string[] = [],
+): Proc {
+  const child = spawn(process.execPath, ['--import', 'tsx', ...nodeFlags, resolve(ROOT, script), ...args], {
     cwd: ROOT,
     env: { ...process.env, SHARDHUB_LOG_LEVEL: process.env.SHARDHUB_LOG_LEVEL ?? 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -74,19 +80,17 @@ export function spawnTs(script: string, args: string[], env: NodeJS.ProcessEnv =
   return { child, output: () => out, exited };
 }
 
-/** Starts a native node child process. */
+/**
+ * Starts a native node child process, with the flags `shardhub node` runs with (so it does not
+ * start a child of its own, and a test's signals reach the node itself).
+ */
 export function startNode(hubUrl: string, token: string, stateDir: string, extra: string[] = []): Proc {
-  return spawnTs('native/main.ts', [
-    '--hub',
-    hubUrl,
-    '--token',
-    token,
-    '--state',
-    stateDir,
-    '--cache',
-    join(stateDir, 'cache'),
-    ...extra,
-  ]);
+  return spawnTs(
+    'native/main.ts',
+    ['--hub', hubUrl, '--token', token, '--state', stateDir, '--cache', join(stateDir, 'cache'), ...extra],
+    {},
+    NODE_V8_FLAGS,
+  );
 }
 
 /** Polls until `check` returns a truthy value or the time runs out. */

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { nodeCommand, parseNodeArgs, UsageError } from '../../native/cli.ts';
 import { FakeHub, range, waitFor } from './fake-hub.ts';
+import { NODE_V8_FLAGS } from '../../native/launch.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 let dir: string;
@@ -101,18 +102,23 @@ describe('shardhub node arguments', () => {
   });
 });
 
-/** Spawns `native/main.ts` like the tests of the whole system do. */
-function spawnNode(args: string[]) {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'native/main.ts', ...args], {
+/**
+ * Spawns `native/main.ts` like the tests of the whole system do: with the node's V8 flags, unless
+ * `relaunch`, when it is started as a user would start it and runs itself again with them.
+ */
+function spawnNode(args: string[], relaunch = false) {
+  const flags = relaunch ? [] : NODE_V8_FLAGS;
+  const child = spawn(process.execPath, ['--import', 'tsx', ...flags, 'native/main.ts', ...args], {
     cwd: root,
-    env: { ...process.env, SHARDHUB_LOG_LEVEL: 'warn', SHARDHUB_TOKEN: '' },
+    env: { ...process.env, SHARDHUB_LOG_LEVEL: relaunch ? 'info' : 'warn', SHARDHUB_TOKEN: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
+  let stdout = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  child.stdout.resume();
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, exit, stderr: () => stderr };
+  return { child, exit, stderr: () => stderr, stdout: () => stdout };
 }
 
 describe('shardhub node process', () => {
@@ -150,15 +156,23 @@ describe('shardhub node process', () => {
   it('drains on SIGTERM: unstarted items go back, the running one finishes, exit 0', async () => {
     const hub = new FakeHub({ joinToken: 'good-token' });
     await hub.listen();
-    const node = spawnNode([
-      ...['--hub', hub.url, '--token', 'good-token', '--backend', 'sim', '--item-ms', '300'],
-      ...['--id', 'cli-test-node', '--state', dir, '--cache', join(dir, 'models')],
-    ]);
+    // Started without the node's V8 flags, as a user starts it: the node runs in a child that has
+    // them, and the SIGTERM sent to the parent reaches it.
+    const node = spawnNode(
+      [
+        ...['--hub', hub.url, '--token', 'good-token', '--backend', 'sim', '--item-ms', '300'],
+        ...['--id', 'cli-test-node', '--state', dir, '--cache', join(dir, 'models')],
+      ],
+      true,
+    );
     try {
       await waitFor('registration', () => hub.registers.length === 1, 15_000);
       assert.equal(hub.registers[0]?.auth.workerId, 'cli-test-node');
       hub.assign(range(1, 4));
       await waitFor('item 1 running', () => hub.heartbeats.some((h) => h.running === 1));
+      const started = /"pid":(\d+)[^\n]*"msg":"starting node"/.exec(node.stdout());
+      assert.ok(started, 'the node logs its start');
+      assert.notEqual(Number(started[1]), node.child.pid, 'the node runs in a child process');
       node.child.kill('SIGTERM');
       assert.equal(await node.exit, 0, node.stderr());
       assert.deepEqual(hub.resultIds(), [1]);
