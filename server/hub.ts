@@ -25,7 +25,6 @@ import {
   responseSchema,
 } from '../protocol/schemas.ts';
 import type { z } from 'zod';
-import type { WireTensor } from '../protocol/tensor.ts';
 import { packTensors, unpackTensors } from '../protocol/pack.ts';
 import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
 import type { ModelRegistry } from '../models/registry.ts';
@@ -56,6 +55,17 @@ const SHARD_MESSAGE_ITEMS = 2048;
 
 /** Most input bytes in one `shard:assign` message (a single larger item still goes alone). */
 const SHARD_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+/** A `shard:assign` message planned by `send`: its inputs are read when it goes out. */
+interface OutgoingShard {
+  workerId: string;
+  socket: WorkerSocket;
+  jobId: string;
+  shardId: string;
+  ids: number[];
+  /** Its items' input bytes. */
+  bytes: number;
+}
 
 /** A worker's socket as the hub types it. */
 export type WorkerSocket = Socket<WorkerToHubEvents, HubToWorkerEvents>;
@@ -127,6 +137,9 @@ export class Hub extends EventEmitter<HubEvents> {
   private chunkedPass: { ids: string[]; at: number; again: boolean } | undefined;
   /** Workers that take shards with packed inputs (`RegisterRequest.packed`). */
   private readonly packedShards = new Set<string>();
+  /** Planned `shard:assign` messages not yet sent, oldest first (`flushOutgoing`). */
+  private readonly outgoing: OutgoingShard[] = [];
+  private flushQueued = false;
 
   constructor(
     readonly store: Store,
@@ -827,22 +840,21 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   /**
-   * Sends assignments: every message is built first and all their assignment rows are recorded in
-   * one transaction, then they are emitted. A job's start assigns every worker at once; one commit
-   * per worker made that burst thousands of commits long.
+   * Sends assignments. Every message is planned first, from the sizes of its items' inputs, and all
+   * their assignment rows are recorded in one transaction (a job's start assigns every worker at
+   * once; one commit per worker made that burst thousands of commits long). Then the messages go
+   * out in order, their inputs read as each goes (`flushOutgoing`).
    */
   private send(assignments: Assignment[]): void {
-    const out: { socket: WorkerSocket; msg: ShardAssign }[] = [];
     const rows: { itemId: number; workerId: string; shardId: string; at: number }[] = [];
-    for (const a of assignments) this.prepare(a, out, rows);
+    for (const a of assignments) this.prepare(a, rows);
     if (rows.length > 0) this.store.recordAssignments(rows);
-    for (const { socket, msg } of out) socket.emit('shard:assign', msg);
+    this.flushOutgoing();
   }
 
-  /** Builds an assignment's messages (several for a large one) and their assignment rows. */
+  /** Plans an assignment's messages (several for a large one) and records their assignment rows. */
   private prepare(
     a: Assignment,
-    out: { socket: WorkerSocket; msg: ShardAssign }[],
     rows: { itemId: number; workerId: string; shardId: string; at: number }[],
   ): void {
     const socket = this.sockets.get(a.workerId);
@@ -874,46 +886,87 @@ export class Hub extends EventEmitter<HubEvents> {
       job.record = this.requireJob(a.jobId);
       this.emit('job:updated', a.jobId);
     }
-    // A large assignment goes out as several messages: each within the receiver's limit on
-    // attachments (one per tensor, unless packed) and a bounded size.
-    const packed = this.packedShards.has(a.workerId);
+    // A large assignment goes out as several messages, each of a bounded size.
     for (let off = 0; off < a.itemIds.length; off += SHARD_MESSAGE_ITEMS) {
       const ids = a.itemIds.slice(off, off + SHARD_MESSAGE_ITEMS);
-      const inputs = this.store.itemInputs(ids);
-      let batch: { id: number; pack: Uint8Array; tensors: WireTensor[] }[] = [];
+      const sizes = this.store.itemInputSizes(ids);
+      let batch: number[] = [];
       let bytes = 0;
-      let tensors = 0;
       const cut = () => {
         const shardId = `s_${randomBytes(6).toString('hex')}`;
-        const msg: ShardAssign = { shardId, jobId: a.jobId, model: job.model, items: [] };
-        if (packed) {
-          // The stored packs are the wire format: one attachment, nothing unpacked.
-          let end = 0;
-          msg.packed = {
-            ids: batch.map((b) => b.id),
-            ends: batch.map((b) => (end += b.pack.byteLength)),
-            data: Buffer.concat(batch.map((b) => b.pack)),
-          };
-        } else {
-          msg.items = batch.map((b) => ({ id: b.id, inputs: b.tensors }));
-        }
-        for (const b of batch) rows.push({ itemId: b.id, workerId: a.workerId, shardId, at: now });
-        out.push({ socket, msg });
+        for (const itemId of batch) rows.push({ itemId, workerId: a.workerId, shardId, at: now });
+        this.outgoing.push({ workerId: a.workerId, socket, jobId: a.jobId, shardId, ids: batch, bytes });
         batch = [];
         bytes = 0;
-        tensors = 0;
       };
       for (const id of ids) {
-        const pack = inputs.get(id) as Uint8Array;
-        const t = packed ? [] : unpackTensors(pack);
-        const full = bytes + pack.byteLength > SHARD_MESSAGE_BYTES || tensors + t.length > MAX_ATTACHMENTS;
-        if (batch.length > 0 && full) cut();
-        batch.push({ id, pack, tensors: t });
-        bytes += pack.byteLength;
-        tensors += t.length;
+        const size = sizes.get(id) ?? 0;
+        if (batch.length > 0 && bytes + size > SHARD_MESSAGE_BYTES) cut();
+        batch.push(id);
+        bytes += size;
       }
       if (batch.length > 0) cut();
     }
+  }
+
+  /**
+   * Emits planned messages in order, reading each one's inputs only as it goes. Up to
+   * {@link SHARD_MESSAGE_BYTES} of them go in one turn of the event loop, the rest in later turns:
+   * a job of large items then reaches a worker a message at a time, and it starts on the first
+   * while the rest are read and sent (PaddleOCR, 2 s of work at once: its first item started after
+   * about 130 ms when all 150 MB were read first). Small items all go at once, as before.
+   * A message whose worker has gone (its items were requeued) or whose job has ended is dropped.
+   */
+  private flushOutgoing(): void {
+    if (this.flushQueued) return;
+    let spent = 0;
+    while (this.outgoing.length > 0 && spent < SHARD_MESSAGE_BYTES && !this.closed) {
+      const o = this.outgoing.shift() as OutgoingShard;
+      if (this.sockets.get(o.workerId) !== o.socket) continue;
+      const job = this.active.get(o.jobId);
+      if (!job) continue;
+      this.emitShard(o, job.model);
+      spent += Math.max(o.bytes, 1);
+    }
+    if (this.outgoing.length > 0 && !this.closed) {
+      this.flushQueued = true;
+      setImmediate(() => {
+        this.flushQueued = false;
+        this.flushOutgoing();
+      });
+    }
+  }
+
+  /** Reads a planned message's inputs and emits it (packed, or one attachment per tensor). */
+  private emitShard(o: OutgoingShard, model: ModelInfo): void {
+    const inputs = this.store.itemInputs(o.ids);
+    const head = { shardId: o.shardId, jobId: o.jobId, model };
+    if (this.packedShards.has(o.workerId)) {
+      // The stored packs are the wire format: one attachment, nothing unpacked.
+      const packs = o.ids.map((id) => inputs.get(id) as Uint8Array);
+      let end = 0;
+      const packed = {
+        ids: o.ids,
+        ends: packs.map((p) => (end += p.byteLength)),
+        data: Buffer.concat(packs),
+      };
+      o.socket.emit('shard:assign', { ...head, items: [], packed });
+      return;
+    }
+    // Unpacked: each message within the receiver's limit on attachments, one per tensor.
+    let items: ShardAssign['items'] = [];
+    let tensors = 0;
+    for (const id of o.ids) {
+      const t = unpackTensors(inputs.get(id) as Uint8Array);
+      if (items.length > 0 && tensors + t.length > MAX_ATTACHMENTS) {
+        o.socket.emit('shard:assign', { ...head, items });
+        items = [];
+        tensors = 0;
+      }
+      items.push({ id, inputs: t });
+      tensors += t.length;
+    }
+    o.socket.emit('shard:assign', { ...head, items });
   }
 
   private async benchmark(workerId: string, sha: string): Promise<void> {

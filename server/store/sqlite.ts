@@ -27,7 +27,7 @@
  *   fsyncs at checkpoints, now done by that thread. Should it fall behind, the main connection
  *   checkpoints itself past `BACKSTOP_PAGES`.
  */
-import Database from 'better-sqlite3';
+import Database, { type Statement } from 'better-sqlite3';
 import type { IdRun } from '../scheduler/id-runs.ts';
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -424,12 +424,24 @@ export class SqliteStore implements Store {
          WHERE job_id = @jobId AND (@state IS NULL OR state = @state)
          ORDER BY seq LIMIT @limit OFFSET @offset`,
       ),
-      itemInputs: db.prepare<[string], { id: number; inputs: Buffer }>(
-        'SELECT item_id AS id, inputs FROM item_inputs WHERE item_id IN (SELECT value FROM json_each(?))',
-      ),
+      itemInputs: db
+        .prepare<[string], [number, Buffer]>(
+          'SELECT item_id, inputs FROM item_inputs WHERE item_id IN (SELECT value FROM json_each(?))',
+        )
+        .raw(),
       inputsRange: db
         .prepare<[number, number], [number, Buffer]>(
           'SELECT item_id, inputs FROM item_inputs WHERE item_id BETWEEN ? AND ?',
+        )
+        .raw(),
+      inputSizes: db
+        .prepare<[string], [number, number]>(
+          'SELECT item_id, length(inputs) FROM item_inputs WHERE item_id IN (SELECT value FROM json_each(?))',
+        )
+        .raw(),
+      inputSizesRange: db
+        .prepare<[number, number], [number, number]>(
+          'SELECT item_id, length(inputs) FROM item_inputs WHERE item_id BETWEEN ? AND ?',
         )
         .raw(),
 
@@ -688,7 +700,24 @@ export class SqliteStore implements Store {
    * rest with one `json_each` lookup.
    */
   itemInputs(ids: readonly number[]): Map<number, Uint8Array> {
-    const out = new Map<number, Uint8Array>();
+    return this.byIds(ids, this.sql.inputsRange, this.sql.itemInputs);
+  }
+
+  /**
+   * The size in bytes of each item's stored inputs, without reading them: SQLite answers `length()`
+   * of a blob from its record header.
+   */
+  itemInputSizes(ids: readonly number[]): Map<number, number> {
+    return this.byIds(ids, this.sql.inputSizesRange, this.sql.inputSizes);
+  }
+
+  /** One value per id: runs of consecutive ids through `range`, the rest through `list`. */
+  private byIds<T>(
+    ids: readonly number[],
+    range: Statement<[number, number], [number, T]>,
+    list: Statement<[string], [number, T]>,
+  ): Map<number, T> {
+    const out = new Map<number, T>();
     if (ids.length === 0) return out;
     const sorted = Float64Array.from(ids).sort();
     const loose: number[] = [];
@@ -696,15 +725,13 @@ export class SqliteStore implements Store {
       let j = i + 1;
       while (j < sorted.length && sorted[j] - sorted[j - 1] <= 1) j++;
       if (sorted[j - 1] - sorted[i] >= MIN_RUN - 1) {
-        for (const [id, inputs] of this.sql.inputsRange.all(sorted[i], sorted[j - 1])) out.set(id, inputs);
+        for (const [id, value] of range.all(sorted[i], sorted[j - 1])) out.set(id, value);
       } else {
         for (let k = i; k < j; k++) if (k === i || sorted[k] !== sorted[k - 1]) loose.push(sorted[k]);
       }
       i = j;
     }
-    if (loose.length > 0) {
-      for (const row of this.sql.itemInputs.all(JSON.stringify(loose))) out.set(row.id, row.inputs);
-    }
+    if (loose.length > 0) for (const [id, value] of list.all(JSON.stringify(loose))) out.set(id, value);
     return out;
   }
 

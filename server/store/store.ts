@@ -158,6 +158,8 @@ export interface Store {
   listItems(jobId: string, opts: { offset: number; limit: number; state?: ItemState }): ItemRecord[];
   /** Input packs of these items (missing ids are absent from the map). */
   itemInputs(ids: readonly number[]): Map<number, Uint8Array>;
+  /** Sizes in bytes of these items' input packs, without reading them (missing ids are absent). */
+  itemInputSizes(ids: readonly number[]): Map<number, number>;
 
   recordAssignments(rows: { itemId: number; workerId: string; shardId: string; at: number }[]): void;
   /** Stores results for pending items, drops the rest. Updates item state and job counters. */
