@@ -13,7 +13,6 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
-import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import type { ModelInfo } from '../protocol/model.ts';
 import { errorMessage, type Backend, type LoadedModel } from '../worker/backend.ts';
@@ -104,9 +103,13 @@ function cudaLibraryName(): string {
   return 'libonnxruntime_providers_cuda.so';
 }
 
-/** A one-node Identity model: enough to see whether an execution provider starts. */
-function probeModel(): Uint8Array {
-  const { onnx } = onnxProto;
+/**
+ * A one-node Identity model: enough to see whether an execution provider starts. onnx-proto is
+ * loaded only here, on a machine with the CUDA provider installed: the ONNX schema it brings is
+ * about a tenth of a CPU node's heap, which every garbage collection would walk.
+ */
+async function probeModel(): Promise<Uint8Array> {
+  const { onnx } = (await import('onnx-proto')).default;
   const vi = (name: string) => ({
     name,
     type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: { dim: [{ dimValue: 1 }] } } },
@@ -145,7 +148,7 @@ async function chooseProvider(
     };
   }
   try {
-    const session = await ort.InferenceSession.create(probeModel(), {
+    const session = await ort.InferenceSession.create(await probeModel(), {
       executionProviders: ['cuda'],
       logSeverityLevel: 3,
     });
