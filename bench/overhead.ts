@@ -25,7 +25,7 @@
  *   (the node's and the hub's own work taking cores from onnxruntime's threads).
  */
 import Database from 'better-sqlite3';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +34,28 @@ import { ModelRegistry } from '../models/registry.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { ROOT, printTable } from './_grid.ts';
 import { flag, numFlag, profiled, startHubProcess, warmUp } from './_scale.ts';
+import { NODE_V8_FLAGS } from '../native/launch.ts';
+
+/**
+ * `--pin`: the hub gets CPU 0 and the node and standalone the other CPUs (`taskset`, Linux), as
+ * when the hub runs on a machine of its own; both sides then size their intra-op pools from the
+ * CPUs left to them, so they keep the same threads. Without it, all three share every CPU.
+ */
+interface Pinning {
+  hub: string;
+  worker: string;
+}
+
+function pinning(): Pinning {
+  const n = availableParallelism();
+  if (n < 2) throw new Error('--pin needs at least 2 CPUs: one for the hub, the rest for the node');
+  return { hub: '0', worker: n === 2 ? '1' : `1-${n - 1}` };
+}
+
+/** Pins every thread of process `pid` (taskset -a) to `cpus`; threads it starts later inherit. */
+function pin(pid: number, cpus: string): void {
+  execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+}
 
 /** CPU time (user + system, all threads) of another process so far, ms; Linux only. */
 function procCpuMs(pid: number | undefined): number {
@@ -121,15 +143,19 @@ async function standaloneRunner(
 async function gridRunner(
   model: string,
   log: (s: string) => void,
-  profile?: string,
+  profile: string | undefined,
+  pins: Pinning | undefined,
 ): Promise<{ run: (items: number) => Promise<Run>; close: () => Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'shardhub-overhead-node-'));
   const hub = await startHubProcess({});
+  if (pins) pin(hub.pid, pins.hub);
   const node: ChildProcess = spawn(
-    process.execPath,
+    pins ? 'taskset' : process.execPath,
     [
+      ...(pins ? ['-c', pins.worker, process.execPath] : []),
       '--import',
       'tsx',
+      ...NODE_V8_FLAGS, // as `shardhub node` runs (native/launch.ts), with signals going straight to it
       // With --profile the node records its whole life and writes the profile when it exits.
       ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${profile}`] : []),
       join(ROOT, 'native/main.ts'),
@@ -196,9 +222,12 @@ export async function main(args: string[]): Promise<void> {
   const rounds = numFlag(args, 'rounds', 3);
   const model = flag(args, 'model') ?? 'ppocr-det';
   const log = (s: string) => !json && process.stderr.write(`${s}\n`);
+  const pins = args.includes('--pin') ? pinning() : undefined;
+  // Pinned before any session or child exists: the standalone session's threads inherit it.
+  if (pins) pin(process.pid, pins.worker);
   const alone = await standaloneRunner(model);
   const profile = flag(args, 'profile') ? join(ROOT, flag(args, 'profile') as string) : undefined;
-  const inGrid = await gridRunner(model, log, profile);
+  const inGrid = await gridRunner(model, log, profile, pins);
   const rows: Record<string, number | string>[] = [];
   const standaloneRuns: Run[] = [];
   const gridRuns: Run[] = [];
