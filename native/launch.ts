@@ -7,9 +7,12 @@
  *
  * - `--single-threaded-gc`: V8 collects in the node's own threads instead of helper threads that
  *   take cores from onnxruntime, whose session threads already fill every core. A node's heap is
- *   small, but its megabyte tensor buffers bring frequent full collections. Overhead bench, hub on a
- *   core of its own: the node's CPU per PaddleOCR item above standalone's went from 2.3-2.8 ms to
- *   1.2-1.8 ms (README, Performance).
+ *   small (about 10 MB), but the megabyte tensor buffers its sockets allocate bring a full
+ *   collection every 100-300 ms. Overhead bench, hub on a core of its own: the node's CPU per
+ *   PaddleOCR item above standalone's went from 2.3-2.8 ms to 1.2-1.8 ms.
+ * - `--no-incremental-marking`: each of those collections marks the heap in one go (a pause of a
+ *   few milliseconds, nothing to a node) instead of in a hundred and more steps between tasks. The
+ *   main thread's CPU per item went from 2.6 to 1.6 ms (same bench, two runs of each).
  *
  * The child is in a process group of its own, so a terminal's Ctrl-C reaches only this parent,
  * which passes it on once (the node drains on the first, quits on the second). SIGTERM and SIGHUP
@@ -20,7 +23,7 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
 
 /** The V8 flags a native node runs with; see the file comment. */
-export const NODE_V8_FLAGS: readonly string[] = ['--single-threaded-gc'];
+export const NODE_V8_FLAGS: readonly string[] = ['--single-threaded-gc', '--no-incremental-marking'];
 
 /** Set in the child's environment: it was started by {@link relaunchWithFlags}. */
 const CHILD_ENV = 'SHARDHUB_NODE_RELAUNCHED';

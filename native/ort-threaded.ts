@@ -6,12 +6,14 @@
  * for the length of every run, and N runners would take turns instead of computing in parallel. So
  * each runner's session lives in a `worker_threads` Worker running `ort-thread.ts`.
  *
- * Inputs cross to the thread through shared memory: the main thread writes each batch, already
- * concatenated, into a slot of a `SharedArrayBuffer` it shared with the thread once, and the thread
- * copies it into buffers of its own that it reuses (onnxruntime-node refuses shared memory). The
- * main thread, whose heap the sockets keep busy, then allocates nothing per batch: a fresh megabyte
- * buffer per item brought a full garbage collection of its heap every few batches. Outputs come
- * back as onnxruntime-node made them, transferred, and are split per item as views.
+ * Inputs cross to the thread in buffers that go back and forth: the main thread writes each batch,
+ * already concatenated, into a buffer of its pool (`InputBuffers`) and transfers it; the session
+ * runs on it as it is, and the thread transfers it back with the outputs. The main thread, whose
+ * heap the sockets keep busy, then allocates nothing per batch: a fresh megabyte buffer per item
+ * brought a full garbage collection of its heap every few batches, while buffers that come back
+ * are not new memory to V8. (Shared memory would not do: onnxruntime-node refuses it, and V8
+ * copies into it byte by byte.) Outputs come back as onnxruntime-node made them, transferred, and
+ * are split per item as views.
  */
 import { Worker } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
@@ -29,19 +31,23 @@ export type ToThread =
       bytes: Uint8Array;
       options: InferenceSession.SessionOptions;
     }
-  /** A shared slot for batches' inputs (`InputSlots`); the thread keeps it until told to forget it. */
-  | { type: 'slot'; slot: number; buffer: SharedArrayBuffer }
-  | { type: 'forget'; slot: number }
-  /** Batches written into `slot` by `writeBatches`, each run as it is. */
-  | { type: 'run'; id: number; slot: number; batches: SlotTensor[][] }
+  /** Batches written into `buffer` by `writeBatches` (transferred), each run as it is. */
+  | { type: 'run'; id: number; buffer: ArrayBuffer; batches: BufferTensor[][] }
   | { type: 'dispose' };
 
 /** Messages from a session thread. `id` null: about the load (or the thread itself). */
 export type FromThread =
   | { type: 'loaded' }
-  /** Each batch's outputs, whole (split per item on the main thread); buffers transferred. */
-  | { type: 'result'; id: number; outputs: WireTensor[][] }
-  | { type: 'error'; id: number | null; category: FailureCategory; message: string }
+  /** Each batch's outputs, whole (split per item on the main thread), and the inputs' buffer back; transferred. */
+  | { type: 'result'; id: number; outputs: WireTensor[][]; buffer: ArrayBuffer }
+  | {
+      type: 'error';
+      id: number | null;
+      category: FailureCategory;
+      message: string;
+      /** The inputs' buffer back, after a failed run. */
+      buffer?: ArrayBuffer;
+    }
   | { type: 'disposed' };
 
 interface Pending {
@@ -63,8 +69,8 @@ function startThread(): Worker {
   return new Worker(boot, { eval: true });
 }
 
-/** A tensor of a batch in an input slot: its bytes are `byteLength` bytes at `offset`. */
-export interface SlotTensor {
+/** A tensor of a batch in an input buffer: its bytes are `byteLength` bytes at `offset`. */
+export interface BufferTensor {
   name: string;
   dtype: WireTensor['dtype'];
   dims: number[];
@@ -72,8 +78,8 @@ export interface SlotTensor {
   byteLength: number;
 }
 
-/** Items grouped into the batches their session runs (`planBatches`), and the room they take in a slot. */
-export function planSlot(
+/** Items grouped into the batches their session runs (`planBatches`), and the room they take in a buffer. */
+export function planBuffer(
   model: Pick<ModelInfo, 'batchable' | 'batchSize'>,
   items: WireTensor[][],
 ): { groups: number[][]; batches: WireTensor[][][]; bytes: number } {
@@ -85,16 +91,16 @@ export function planSlot(
   return { groups, batches, bytes };
 }
 
-/** Each tensor in a slot starts 8-byte aligned, as typed arrays of every dtype need. */
+/** Each tensor in a buffer starts 8-byte aligned, as typed arrays of every dtype need. */
 const align8 = (n: number) => Math.ceil(n / 8) * 8;
 
 /**
- * Writes planned batches into a slot, each batch's inputs concatenated along dim 0 (as
+ * Writes planned batches into a buffer, each batch's inputs concatenated along dim 0 (as
  * `concatItems` would), and returns their layout. This copy is the one the session thread would
  * otherwise make to concatenate them.
  */
-export function writeBatches(batches: WireTensor[][][], slot: SharedArrayBuffer): SlotTensor[][] {
-  const mem = new Uint8Array(slot);
+export function writeBatches(batches: WireTensor[][][], buffer: ArrayBuffer): BufferTensor[][] {
+  const mem = new Uint8Array(buffer);
   let offset = 0;
   return batches.map((members) =>
     (members[0] ?? []).map((t, j) => {
@@ -102,7 +108,7 @@ export function writeBatches(batches: WireTensor[][][], slot: SharedArrayBuffer)
       members.forEach((inputs, k) => mem.set((inputs[j] as WireTensor).data, offset + k * size));
       // A scalar input has no dim 0 and runs alone (planBatches).
       const dims = t.dims.length === 0 ? [] : [(t.dims[0] as number) * members.length, ...t.dims.slice(1)];
-      const out: SlotTensor = {
+      const out: BufferTensor = {
         name: t.name,
         dtype: t.dtype,
         dims,
@@ -116,34 +122,28 @@ export function writeBatches(batches: WireTensor[][][], slot: SharedArrayBuffer)
 }
 
 /**
- * Shared slots for batches' inputs, reused: a run takes one big enough (making one, shared with
- * the thread, when none is free) and gives it back when its results are in. At most `keep` free
- * slots are kept; the thread is told to forget the others.
+ * Input buffers that go to the session thread and come back: a run takes one big enough (a new one
+ * when none is free), and its buffer is given back when it returns with the results. At most `keep`
+ * are kept, the largest.
  */
-class InputSlots {
-  private readonly free: { id: number; buffer: SharedArrayBuffer }[] = [];
-  private nextId = 0;
+class InputBuffers {
+  private readonly free: ArrayBuffer[] = [];
 
-  constructor(
-    private readonly post: (msg: ToThread) => void,
-    private readonly keep = 4,
-  ) {}
+  constructor(private readonly keep = 4) {}
 
-  take(bytes: number): { id: number; buffer: SharedArrayBuffer } {
-    const i = this.free.findIndex((s) => s.buffer.byteLength >= bytes);
-    if (i >= 0) return this.free.splice(i, 1)[0] as { id: number; buffer: SharedArrayBuffer };
-    // Rounded up to a MiB, so that batches a little larger than the last reuse the slot.
-    const buffer = new SharedArrayBuffer(Math.max(1, Math.ceil(bytes / 2 ** 20)) * 2 ** 20);
-    const slot = { id: ++this.nextId, buffer };
-    this.post({ type: 'slot', slot: slot.id, buffer });
-    return slot;
+  take(bytes: number): ArrayBuffer {
+    const i = this.free.findIndex((b) => b.byteLength >= bytes);
+    if (i >= 0) return this.free.splice(i, 1)[0] as ArrayBuffer;
+    // Rounded up to a MiB, so that batches a little larger than the last can reuse it.
+    return new ArrayBuffer(Math.max(1, Math.ceil(bytes / 2 ** 20)) * 2 ** 20);
   }
 
-  give(slot: { id: number; buffer: SharedArrayBuffer }): void {
-    this.free.push(slot);
+  give(buffer: ArrayBuffer | undefined): void {
+    if (!buffer || buffer.byteLength === 0) return;
+    this.free.push(buffer);
     if (this.free.length <= this.keep) return;
-    this.free.sort((a, b) => b.buffer.byteLength - a.buffer.byteLength);
-    for (const dropped of this.free.splice(this.keep)) this.post({ type: 'forget', slot: dropped.id });
+    this.free.sort((a, b) => b.byteLength - a.byteLength);
+    this.free.length = this.keep;
   }
 }
 
@@ -154,13 +154,12 @@ export class ThreadedSession implements LoadedModel {
   private disposed: Promise<void> | undefined;
   private dead: Error | undefined;
 
-  private readonly slots: InputSlots;
+  private readonly buffers = new InputBuffers();
 
   private constructor(
     private readonly worker: Worker,
     private readonly model: Pick<ModelInfo, 'batchable' | 'batchSize'>,
   ) {
-    this.slots = new InputSlots((msg) => worker.postMessage(msg));
     worker.on('message', (msg: FromThread) => this.onMessage(msg));
     worker.on('error', (err) =>
       this.fail(new BackendError('other', `session thread failed: ${err.message}`)),
@@ -211,29 +210,24 @@ export class ThreadedSession implements LoadedModel {
     if (this.disposed) return Promise.reject(new Error('session is disposed'));
     if (this.dead) return Promise.reject(this.dead);
     const id = ++this.nextId;
-    const plan = planSlot(this.model, items);
-    const slot = this.slots.take(plan.bytes);
-    const batches = writeBatches(plan.batches, slot.buffer);
+    const plan = planBuffer(this.model, items);
+    const buffer = this.buffers.take(plan.bytes);
+    const batches = writeBatches(plan.batches, buffer);
     const { groups } = plan;
-    return (
-      new Promise<WireTensor[][]>((resolve, reject) => {
-        this.pending.set(id, { resolve, reject });
-        const msg: ToThread = { type: 'run', id, slot: slot.id, batches };
-        this.worker.postMessage(msg);
-      })
-        // The thread has answered (or is gone): it is done with the slot.
-        .finally(() => this.slots.give(slot))
-        .then((outputs) => {
-          // Items' outputs are views of their batch's: the batch's buffers came over whole, not copied.
-          const perItem = new Array<WireTensor[]>(items.length);
-          groups.forEach((group, b) =>
-            splitOutputs(outputs[b] ?? [], group.length, false).forEach((out, k) => {
-              perItem[group[k] as number] = out;
-            }),
-          );
-          return perItem;
-        })
-    );
+    return new Promise<WireTensor[][]>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      const msg: ToThread = { type: 'run', id, buffer, batches };
+      this.worker.postMessage(msg, [buffer]);
+    }).then((outputs) => {
+      // Items' outputs are views of their batch's: the batch's buffers came over whole, not copied.
+      const perItem = new Array<WireTensor[]>(items.length);
+      groups.forEach((group, b) =>
+        splitOutputs(outputs[b] ?? [], group.length, false).forEach((out, k) => {
+          perItem[group[k] as number] = out;
+        }),
+      );
+      return perItem;
+    });
   }
 
   dispose(): Promise<void> {
@@ -259,11 +253,13 @@ export class ThreadedSession implements LoadedModel {
   private onMessage(msg: FromThread): void {
     switch (msg.type) {
       case 'result':
+        this.buffers.give(msg.buffer);
         this.pending.get(msg.id)?.resolve(msg.outputs);
         this.pending.delete(msg.id);
         return;
       case 'error':
         if (msg.id === null) return;
+        this.buffers.give(msg.buffer);
         this.pending.get(msg.id)?.reject(new BackendError(msg.category, msg.message));
         this.pending.delete(msg.id);
         return;

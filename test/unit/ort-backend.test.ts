@@ -171,7 +171,7 @@ describe('OrtBackend', () => {
     });
   }
 
-  it('keeps runs in flight at once on a session thread apart (each in an input slot of its own)', async () => {
+  it('keeps runs in flight at once on a session thread apart (each in an input buffer of its own)', async () => {
     const { model, bytes } = mlpUnderTest();
     const threaded = await (await OrtBackend.create({ prefer: 'cpu', threads: true })).load(model, bytes);
     const inline = await (await OrtBackend.create({ prefer: 'cpu', threads: false })).load(model, bytes);
