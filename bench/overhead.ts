@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- overhead [--json] [--items 240] [--rounds 3] [--model ppocr-det] [--profile DIR]`
+ * `npm run bench -- overhead [--json] [--pin] [--items 240] [--rounds 3] [--model ppocr-det] [--profile DIR]`
  *
  * What the grid costs on real compute: one native node (`shardhub node --backend cpu`, a process of
  * its own, onnxruntime-node in a session thread) running a job through a hub (a process of its own)
@@ -23,6 +23,11 @@
  *   running (the results' `ms` summed, from the hub's SQLite file: is the hub keeping the node
  *   fed?), and `run_ms_per_item` against standalone's, how much slower each run is in the grid
  *   (the node's and the hub's own work taking cores from onnxruntime's threads).
+ * - Two set-ups. By default the hub, the node and standalone share every CPU: on a small machine the
+ *   hub's own CPU (about 3.5 ms per 1.6 MB item, half of it garbage collection) comes out of
+ *   onnxruntime's. With `--pin` the hub has CPU 0 and the node and standalone the others, as with a
+ *   hub on a machine of its own; both then size their pools from the CPUs left to them (1 intra-op
+ *   thread on 2 CPUs), so the ratio is what the node itself costs and whether it is kept fed.
  */
 import Database from 'better-sqlite3';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -271,11 +276,16 @@ export async function main(args: string[]): Promise<void> {
   if (json) {
     process.stdout.write(
       `${JSON.stringify({
+        pinned: pins !== undefined,
+        intra_op_threads: availableParallelism(),
         grid_items_per_s: Number(bestGrid.toFixed(2)),
         standalone_items_per_s: Number(bestAlone.toFixed(2)),
         ratio: Number((bestGrid / bestAlone).toFixed(3)),
         median_round_ratio: Number(median(rows.map((r) => r.ratio as number)).toFixed(3)),
         cpu_ratio: Number((aloneCpu / (nodeCpu + hubCpu)).toFixed(3)),
+        standalone_cpu_ms_per_item: Number(aloneCpu.toFixed(2)),
+        node_cpu_ms_per_item: Number(nodeCpu.toFixed(2)),
+        hub_cpu_ms_per_item: Number(hubCpu.toFixed(2)),
         node_busy: Number(busy.toFixed(3)),
         run_slowdown: Number((runMs / aloneRunMs).toFixed(3)),
       })}\n`,
@@ -285,7 +295,7 @@ export async function main(args: string[]): Promise<void> {
   process.stdout.write(
     `overhead: ${model}, ${items} items per run, batches of the model's size; one native node (cpu,` +
       ` concurrency 1, ${availableParallelism()} intra-op threads) through a hub vs standalone onnxruntime-node` +
-      ` (same options, same inputs), alternated\n\n`,
+      ` (same options, same inputs), alternated; ${pins ? `hub on CPU ${pins.hub}, node and standalone on CPU ${pins.worker}` : 'all sharing every CPU'}\n\n`,
   );
   printTable([
     ...rows,
