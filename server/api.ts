@@ -378,11 +378,15 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
   return r;
 }
 
-/** Item and output names as they may appear in archive paths: no separators, no dot-dot. */
+/**
+ * Item and output names as they may appear in archive paths: no separators, no dot-dot, at most 60
+ * characters. A name that had to change ends in a hash of the whole original name: two names that
+ * differ only in what was replaced (`a b`, `a_b`) or cut off (`scan-0001…`, `scan-0002…`) would
+ * otherwise land on one path and overwrite each other when extracted. Names already safe stay as
+ * they are.
+ */
 function safeName(s: string): string {
   const cleaned = s.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '_');
-  if (cleaned.length <= 60) return cleaned || '_';
-  // Cut short, with a hash of the whole name: names that differ only after the cut (scan-0001…,
-  // scan-0002…) would otherwise land on one path and overwrite each other when extracted.
+  if (cleaned === s && cleaned.length > 0 && cleaned.length <= 60) return cleaned;
   return `${cleaned.slice(0, 51)}-${createHash('sha256').update(s).digest('hex').slice(0, 8)}`;
 }

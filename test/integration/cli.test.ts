@@ -69,10 +69,15 @@ describe('shardhub CLI', () => {
     const inputs = join(tmp.dir, 'npy-in');
     mkdirSync(inputs);
     const sent = Array.from({ length: 20 }, (_, i) => calibrationInputs(model, 500 + i)[0]);
-    // The last two have long names that differ only at their end: the results archive shortens
-    // them, and they must still land in two places.
+    // Items 16 and 17 have names that are one path once made safe for an archive (a space becomes
+    // `_`), and the last two long names that differ only at their end, which the archive shortens:
+    // each must still land in a place of its own.
     const fileName = (i: number) =>
-      i < 18 ? `item${String(i).padStart(2, '0')}` : `scan-${'x'.repeat(70)}-${i}`;
+      i < 16
+        ? `item${String(i).padStart(2, '0')}`
+        : i < 18
+          ? ['pair a', 'pair_a'][i - 16]
+          : `scan-${'x'.repeat(70)}-${i}`;
     sent.forEach((t, i) => writeFileSync(join(inputs, `${fileName(i)}.npy`), writeNpy(t as never)));
     const out = join(tmp.dir, 'npy-out');
     const r = await cli([
@@ -93,25 +98,33 @@ describe('shardhub CLI', () => {
     assert.match(r.out, /wrote 20 results/);
     const ref = await Reference.open(modelPath(hub, model));
     try {
-      for (let i = 0; i < 18; i++) {
+      for (let i = 0; i < 16; i++) {
         const name = fileName(i);
         const got = readNpy(readFileSync(join(out, name, 'y.npy')), 'y');
         const want = (await ref.run([sent[i] as never]))[0];
         assert.ok(want);
         assert.equal(compareTensors(got, want, model.tolerance), undefined, `${name} equals the reference`);
       }
-      const long = readdirSync(out).filter((d) => d.startsWith('scan-'));
-      assert.equal(long.length, 2, `two directories for the two long names: ${long.join(', ')}`);
-      const wants = [(await ref.run([sent[18] as never]))[0], (await ref.run([sent[19] as never]))[0]];
-      const matched = long.map((d) =>
-        wants.findIndex(
-          (w) =>
-            w &&
-            compareTensors(readNpy(readFileSync(join(out, d, 'y.npy')), 'y'), w, model.tolerance) ===
-              undefined,
-        ),
-      );
-      assert.deepEqual(matched.sort(), [0, 1], 'each long-named item has its own result');
+      for (const [prefix, first] of [
+        ['pair', 16],
+        ['scan-', 18],
+      ] as const) {
+        const dirs = readdirSync(out).filter((d) => d.startsWith(prefix));
+        assert.equal(dirs.length, 2, `two directories for the two ${prefix} names: ${dirs.join(', ')}`);
+        const wants = [
+          (await ref.run([sent[first] as never]))[0],
+          (await ref.run([sent[first + 1] as never]))[0],
+        ];
+        const matched: number[] = dirs.map((d): number =>
+          wants.findIndex(
+            (w) =>
+              w &&
+              compareTensors(readNpy(readFileSync(join(out, d, 'y.npy')), 'y'), w, model.tolerance) ===
+                undefined,
+          ),
+        );
+        assert.deepEqual(matched.sort(), [0, 1], `each ${prefix} item has its own result`);
+      }
     } finally {
       await ref.close();
     }
