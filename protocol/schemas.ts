@@ -61,6 +61,7 @@ export const RegisterRequestSchema = z.object({
   concurrency: z.number().int().min(1).max(256),
   capabilities: CapabilitiesSchema,
   packed: z.boolean().optional(),
+  packedParts: z.boolean().optional(),
 });
 
 export const HeartbeatSchema = z.object({

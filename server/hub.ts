@@ -143,6 +143,8 @@ export class Hub extends EventEmitter<HubEvents> {
   private chunkedPass: { ids: string[]; at: number; again: boolean } | undefined;
   /** Workers that take shards with packed inputs (`RegisterRequest.packed`). */
   private readonly packedShards = new Set<string>();
+  /** Of those, workers that take them as one attachment per item (`RegisterRequest.packedParts`). */
+  private readonly packedParts = new Set<string>();
   /** Planned `shard:assign` messages not yet sent, oldest first (`flushOutgoing`). */
   private readonly outgoing: OutgoingShard[] = [];
   private flushQueued = false;
@@ -403,6 +405,8 @@ export class Hub extends EventEmitter<HubEvents> {
     this.sockets.set(workerId, socket);
     if (req.packed) this.packedShards.add(workerId);
     else this.packedShards.delete(workerId);
+    if (req.packed && req.packedParts) this.packedParts.add(workerId);
+    else this.packedParts.delete(workerId);
     this.scheduler.addWorker({
       id: workerId,
       name: req.name,
@@ -462,6 +466,8 @@ export class Hub extends EventEmitter<HubEvents> {
     w.state = 'offline';
     w.socketId = null;
     this.sockets.delete(workerId);
+    this.packedShards.delete(workerId); // its next registration says again
+    this.packedParts.delete(workerId);
     const back = this.scheduler.removeWorker(workerId);
     for (const job of this.active.values()) job.fairness.gone(workerId, at);
     let n = 0;
@@ -948,8 +954,13 @@ export class Hub extends EventEmitter<HubEvents> {
     const inputs = this.store.itemInputs(o.ids);
     const head = { shardId: o.shardId, jobId: o.jobId, model };
     if (this.packedShards.has(o.workerId)) {
-      // The stored packs are the wire format: one attachment, nothing unpacked.
+      // The stored packs are the wire format: nothing unpacked. As they are, one attachment each,
+      // or joined into one for workers that take only that.
       const packs = o.ids.map((id) => inputs.get(id) as Uint8Array);
+      if (this.packedParts.has(o.workerId)) {
+        o.socket.emit('shard:assign', { ...head, items: [], packed: { ids: o.ids, parts: packs } });
+        return;
+      }
       let end = 0;
       const packed = {
         ids: o.ids,

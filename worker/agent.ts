@@ -442,6 +442,7 @@ export class WorkerAgent {
       backend: backend.name,
       concurrency: this.concurrency,
       packed: true,
+      packedParts: true,
       capabilities: {
         ...base.capabilities,
         backendReason: backend.reason ?? base.capabilities.backendReason,
@@ -806,11 +807,21 @@ export class WorkerAgent {
 
 /**
  * A shard's items, each with a function that yields its inputs (checked; a malformed item throws):
- * from `items`, or from `packed` (views into the one attachment, nothing copied).
+ * from `items`, or from `packed` (views into its attachment or its item's part, nothing copied).
  */
 function shardItems(shard: ShardAssign): { id: number; inputs: () => WireTensor[] }[] {
   const p = shard?.packed;
-  if (p && Array.isArray(p.ids) && Array.isArray(p.ends) && p.ends.length === p.ids.length) {
+  if (
+    p &&
+    'parts' in p &&
+    Array.isArray(p.ids) &&
+    Array.isArray(p.parts) &&
+    p.parts.length === p.ids.length
+  ) {
+    const parts = p.parts;
+    return p.ids.map((id, i) => ({ id, inputs: () => unpackTensors(toBytes(parts[i])) }));
+  }
+  if (p && 'ends' in p && Array.isArray(p.ids) && Array.isArray(p.ends) && p.ends.length === p.ids.length) {
     const data = toBytes(p.data);
     return p.ids.map((id, i) => ({
       id,
