@@ -62,6 +62,13 @@ const SHARD_MESSAGE_ITEMS = 2048;
  */
 const SHARD_MESSAGE_BYTES = 4 * 1024 * 1024;
 
+/**
+ * Items at least this large (on average in a message) go to workers that take them as one
+ * attachment each (`PackedParts`); smaller ones are joined into one: an attachment is a WebSocket
+ * frame of its own, whose cost on both sides outweighs the copy for small items.
+ */
+const PART_MIN_BYTES = 64 * 1024;
+
 /** A `shard:assign` message planned by `send`: its inputs are read when it goes out. */
 interface OutgoingShard {
   workerId: string;
@@ -955,9 +962,9 @@ export class Hub extends EventEmitter<HubEvents> {
     const head = { shardId: o.shardId, jobId: o.jobId, model };
     if (this.packedShards.has(o.workerId)) {
       // The stored packs are the wire format: nothing unpacked. As they are, one attachment each,
-      // or joined into one for workers that take only that.
+      // or joined into one (small items, or workers that take only that).
       const packs = o.ids.map((id) => inputs.get(id) as Uint8Array);
-      if (this.packedParts.has(o.workerId)) {
+      if (this.packedParts.has(o.workerId) && o.bytes >= PART_MIN_BYTES * o.ids.length) {
         o.socket.emit('shard:assign', { ...head, items: [], packed: { ids: o.ids, parts: packs } });
         return;
       }

@@ -49,7 +49,7 @@ async function worker(url: string, id: string, flags: { packed?: boolean; packed
   return shards;
 }
 
-test('shard inputs come joined with offsets, or one attachment per item to workers that take parts', async () => {
+test('large items come one attachment each to workers that take parts, joined with offsets to others', async () => {
   const hub = await startHub(join(tmp.dir, 'hub'));
   try {
     const joined = await worker(hub.url, 'packing-joined-1', { packed: true });
@@ -57,8 +57,10 @@ test('shard inputs come joined with offsets, or one attachment per item to worke
     const model = hub.hub.models.byName('noop');
     assert.ok(model);
     const sent = new Map<string, WireTensor[]>();
+    // 128 KB per item: smaller items are joined even for workers that take parts.
+    const big = { ...model, calibration: { ...model.calibration, dims: { x: [8192, 4] } } };
     const items = Array.from({ length: 8 }, (_, i) => {
-      const tensors = calibrationInputs(model, 40 + i);
+      const tensors = calibrationInputs(big, 40 + i);
       sent.set(`p${i}`, tensors);
       return { name: `p${i}`, tensors };
     });
