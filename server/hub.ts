@@ -5,17 +5,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Socket } from 'socket.io';
 import type {
   WorkerFigures,
-  HubToWorkerEvents,
   ItemFailure,
   ItemResult,
   ItemsDoneReply,
   RegisterRequest,
   Response,
-  ShardAssign,
-  WorkerToHubEvents,
 } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
 import {
@@ -25,8 +21,7 @@ import {
   responseSchema,
 } from '../protocol/schemas.ts';
 import type { z } from 'zod';
-import { packTensors, unpackTensors } from '../protocol/pack.ts';
-import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
+import { packTensors } from '../protocol/pack.ts';
 import type { ModelRegistry } from '../models/registry.ts';
 import { clean, type Logger } from './logger.ts';
 import { outputProblem } from './check.ts';
@@ -40,6 +35,7 @@ import { PreflightError, ReferenceRunner, canaryCount, pickCanaries } from './pr
 import type { TrustStore } from './store/trust-store.ts';
 import { DEFAULT_TRUST_OPTIONS, TrustBook, type TrustOptions } from './trust.ts';
 import { Verifier } from './verify.ts';
+import { ShardSender, type AssignmentRow, type WorkerSocket } from './shard-sender.ts';
 
 /** Least time between two plans of waiting workers asked for by events (see `pumpAllSoon`). */
 const PUMP_ALL_MS = 20;
@@ -50,38 +46,7 @@ const PUMP_ALL_MAX = 64;
 /** Workers planned per turn of the event loop when all are planned (see `pumpInChunks`). */
 const PUMP_CHUNK = 256;
 
-/** Most items in one `shard:assign` message. */
-const SHARD_MESSAGE_ITEMS = 2048;
-
-/**
- * Most input bytes in one `shard:assign` message (a single larger item still goes alone), and in
- * one turn of the event loop (`flushOutgoing`). Overhead bench (PaddleOCR, 1.2 MB per item): with
- * 16 MB the node idled 2-3% of a job waiting for its first message, and each message was a fresh
- * 16 MB buffer on its side; 4 MB: 0.4%. With 1 MB (one item per message) the node's CPU per item
- * rose.
- */
-const SHARD_MESSAGE_BYTES = 4 * 1024 * 1024;
-
-/**
- * Items at least this large (on average in a message) go to workers that take them as one
- * attachment each (`PackedParts`); smaller ones are joined into one: an attachment is a WebSocket
- * frame of its own, whose cost on both sides outweighs the copy for small items.
- */
-const PART_MIN_BYTES = 64 * 1024;
-
-/** A `shard:assign` message planned by `send`: its inputs are read when it goes out. */
-interface OutgoingShard {
-  workerId: string;
-  socket: WorkerSocket;
-  jobId: string;
-  shardId: string;
-  ids: number[];
-  /** Its items' input bytes. */
-  bytes: number;
-}
-
-/** A worker's socket as the hub types it. */
-export type WorkerSocket = Socket<WorkerToHubEvents, HubToWorkerEvents>;
+export type { WorkerSocket } from './shard-sender.ts';
 
 /** Hub timing and policy knobs. */
 export interface HubOptions {
@@ -135,6 +100,8 @@ export class Hub extends EventEmitter<HubEvents> {
   readonly workers = new Map<string, LiveWorker>();
   readonly scheduler: Scheduler;
   private readonly sockets = new Map<string, WorkerSocket>();
+  /** Plans and sends `shard:assign` messages. */
+  private readonly shards: ShardSender;
   private readonly active = new Map<string, ActiveJob>();
   private readonly timer: NodeJS.Timeout;
   private closed = false;
@@ -149,12 +116,6 @@ export class Hub extends EventEmitter<HubEvents> {
   /** A plan of every worker in progress, chunk by chunk (`pumpInChunks`). */
   private chunkedPass: { ids: string[]; at: number; again: boolean } | undefined;
   /** Workers that take shards with packed inputs (`RegisterRequest.packed`). */
-  private readonly packedShards = new Set<string>();
-  /** Of those, workers that take them as one attachment per item (`RegisterRequest.packedParts`). */
-  private readonly packedParts = new Set<string>();
-  /** Planned `shard:assign` messages not yet sent, oldest first (`flushOutgoing`). */
-  private readonly outgoing: OutgoingShard[] = [];
-  private flushQueued = false;
 
   constructor(
     readonly store: Store,
@@ -166,6 +127,11 @@ export class Hub extends EventEmitter<HubEvents> {
     super();
     this.trust = new TrustBook(trustStore, opts.trust);
     this.verifier = new Verifier(trustStore, this.trust);
+    this.shards = new ShardSender({
+      store,
+      socketOf: (workerId) => this.sockets.get(workerId),
+      modelOf: (jobId) => this.active.get(jobId)?.model,
+    });
     this.scheduler = new Scheduler({
       maxAttempts: opts.maxAttempts,
       ...opts.scheduler,
@@ -410,10 +376,7 @@ export class Hub extends EventEmitter<HubEvents> {
     };
     this.workers.set(workerId, w);
     this.sockets.set(workerId, socket);
-    if (req.packed) this.packedShards.add(workerId);
-    else this.packedShards.delete(workerId);
-    if (req.packed && req.packedParts) this.packedParts.add(workerId);
-    else this.packedParts.delete(workerId);
+    this.shards.registered(workerId, req);
     this.scheduler.addWorker({
       id: workerId,
       name: req.name,
@@ -473,8 +436,7 @@ export class Hub extends EventEmitter<HubEvents> {
     w.state = 'offline';
     w.socketId = null;
     this.sockets.delete(workerId);
-    this.packedShards.delete(workerId); // its next registration says again
-    this.packedParts.delete(workerId);
+    this.shards.gone(workerId);
     const back = this.scheduler.removeWorker(workerId);
     for (const job of this.active.values()) job.fairness.gone(workerId, at);
     let n = 0;
@@ -859,23 +821,19 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   /**
-   * Sends assignments. Every message is planned first, from the sizes of its items' inputs, and all
-   * their assignment rows are recorded in one transaction (a job's start assigns every worker at
-   * once; one commit per worker made that burst thousands of commits long). Then the messages go
-   * out in order, their inputs read as each goes (`flushOutgoing`).
+   * Sends assignments: every message is planned first (`ShardSender.plan`) and all their assignment
+   * rows are recorded in one transaction (a job's start assigns every worker at once; one commit
+   * per worker made that burst thousands of commits long), then they go out in order.
    */
   private send(assignments: Assignment[]): void {
-    const rows: { itemId: number; workerId: string; shardId: string; at: number }[] = [];
+    const rows: AssignmentRow[] = [];
     for (const a of assignments) this.prepare(a, rows);
     if (rows.length > 0) this.store.recordAssignments(rows);
-    this.flushOutgoing();
+    this.shards.flush();
   }
 
-  /** Plans an assignment's messages (several for a large one) and records their assignment rows. */
-  private prepare(
-    a: Assignment,
-    rows: { itemId: number; workerId: string; shardId: string; at: number }[],
-  ): void {
+  /** Does an assignment's bookkeeping (job started, speculation) and plans its messages. */
+  private prepare(a: Assignment, rows: AssignmentRow[]): void {
     const socket = this.sockets.get(a.workerId);
     const job = this.active.get(a.jobId);
     if (!socket || !job) {
@@ -905,92 +863,7 @@ export class Hub extends EventEmitter<HubEvents> {
       job.record = this.requireJob(a.jobId);
       this.emit('job:updated', a.jobId);
     }
-    // A large assignment goes out as several messages, each of a bounded size.
-    for (let off = 0; off < a.itemIds.length; off += SHARD_MESSAGE_ITEMS) {
-      const ids = a.itemIds.slice(off, off + SHARD_MESSAGE_ITEMS);
-      const sizes = this.store.itemInputSizes(ids);
-      let batch: number[] = [];
-      let bytes = 0;
-      const cut = () => {
-        const shardId = `s_${randomBytes(6).toString('hex')}`;
-        for (const itemId of batch) rows.push({ itemId, workerId: a.workerId, shardId, at: now });
-        this.outgoing.push({ workerId: a.workerId, socket, jobId: a.jobId, shardId, ids: batch, bytes });
-        batch = [];
-        bytes = 0;
-      };
-      for (const id of ids) {
-        const size = sizes.get(id) ?? 0;
-        if (batch.length > 0 && bytes + size > SHARD_MESSAGE_BYTES) cut();
-        batch.push(id);
-        bytes += size;
-      }
-      if (batch.length > 0) cut();
-    }
-  }
-
-  /**
-   * Emits planned messages in order, reading each one's inputs only as it goes. Up to
-   * {@link SHARD_MESSAGE_BYTES} of them go in one turn of the event loop, the rest in later turns:
-   * a job of large items then reaches a worker a message at a time, and it starts on the first
-   * while the rest are read and sent (PaddleOCR, 2 s of work at once: its first item started after
-   * about 130 ms when all 150 MB were read first). Small items all go at once.
-   * A message whose worker has gone (its items were requeued) or whose job has ended is dropped.
-   */
-  private flushOutgoing(): void {
-    if (this.flushQueued) return;
-    let spent = 0;
-    while (this.outgoing.length > 0 && spent < SHARD_MESSAGE_BYTES && !this.closed) {
-      const o = this.outgoing.shift() as OutgoingShard;
-      if (this.sockets.get(o.workerId) !== o.socket) continue;
-      const job = this.active.get(o.jobId);
-      if (!job) continue;
-      this.emitShard(o, job.model);
-      spent += Math.max(o.bytes, 1);
-    }
-    if (this.outgoing.length > 0 && !this.closed) {
-      this.flushQueued = true;
-      setImmediate(() => {
-        this.flushQueued = false;
-        this.flushOutgoing();
-      });
-    }
-  }
-
-  /** Reads a planned message's inputs and emits it (packed, or one attachment per tensor). */
-  private emitShard(o: OutgoingShard, model: ModelInfo): void {
-    const inputs = this.store.itemInputs(o.ids);
-    const head = { shardId: o.shardId, jobId: o.jobId, model };
-    if (this.packedShards.has(o.workerId)) {
-      // The stored packs are the wire format: nothing unpacked. As they are, one attachment each,
-      // or joined into one (small items, or workers that take only that).
-      const packs = o.ids.map((id) => inputs.get(id) as Uint8Array);
-      if (this.packedParts.has(o.workerId) && o.bytes >= PART_MIN_BYTES * o.ids.length) {
-        o.socket.emit('shard:assign', { ...head, items: [], packed: { ids: o.ids, parts: packs } });
-        return;
-      }
-      let end = 0;
-      const packed = {
-        ids: o.ids,
-        ends: packs.map((p) => (end += p.byteLength)),
-        data: Buffer.concat(packs),
-      };
-      o.socket.emit('shard:assign', { ...head, items: [], packed });
-      return;
-    }
-    // Unpacked: each message within the receiver's limit on attachments, one per tensor.
-    let items: ShardAssign['items'] = [];
-    let tensors = 0;
-    for (const id of o.ids) {
-      const t = unpackTensors(inputs.get(id) as Uint8Array);
-      if (items.length > 0 && tensors + t.length > MAX_ATTACHMENTS) {
-        o.socket.emit('shard:assign', { ...head, items });
-        items = [];
-        tensors = 0;
-      }
-      items.push({ id, inputs: t });
-      tensors += t.length;
-    }
-    o.socket.emit('shard:assign', { ...head, items });
+    this.shards.plan(a.workerId, socket, a.jobId, a.itemIds, now, rows);
   }
 
   private async benchmark(workerId: string, sha: string): Promise<void> {
@@ -1081,6 +954,7 @@ export class Hub extends EventEmitter<HubEvents> {
   /** Stops timers and the reference sessions. Sockets and stores are closed by their owners. */
   async close(): Promise<void> {
     this.closed = true;
+    this.shards.close();
     clearInterval(this.timer);
     await this.reference.close();
   }
