@@ -3,8 +3,9 @@
  * of their items' inputs and sent in order, each one's inputs read from the store only as it goes.
  *
  * - A message holds at most {@link SHARD_MESSAGE_ITEMS} items and {@link SHARD_MESSAGE_BYTES} of
- *   inputs (a single larger item goes alone). Planning needs only sizes (SQLite `length()`), so the
- *   hub records every assignment row in one transaction before anything is read.
+ *   inputs (a single larger item goes alone). Planning reads the sizes (SQLite `length()`), and the
+ *   inputs themselves only of items up to {@link PART_MIN_BYTES}: the hub records every assignment
+ *   row in one transaction before large inputs are read, and small ones are read once.
  * - Up to {@link SHARD_MESSAGE_BYTES} go out per turn of the event loop, the rest in later turns: a
  *   job of large items reaches a worker a message at a time, and the worker starts on the first
  *   while the rest are read (PaddleOCR, 2 s of work at once: its first item started after about
@@ -66,6 +67,8 @@ interface Outgoing {
   ids: number[];
   /** Its items' input bytes. */
   bytes: number;
+  /** Its items' input packs when planning read them all (small items), else read as it goes. */
+  packs: Uint8Array[] | undefined;
 }
 
 /** What {@link ShardSender} asks of the hub. */
@@ -112,18 +115,20 @@ export class ShardSender {
   ): void {
     for (let off = 0; off < itemIds.length; off += SHARD_MESSAGE_ITEMS) {
       const ids = itemIds.slice(off, off + SHARD_MESSAGE_ITEMS);
-      const sizes = this.host.store.itemInputSizes(ids);
+      const sized = this.host.store.itemInputsUpTo(ids, PART_MIN_BYTES);
       let batch: number[] = [];
       let bytes = 0;
       const cut = () => {
         const shardId = `s_${randomBytes(6).toString('hex')}`;
         for (const itemId of batch) rows.push({ itemId, workerId, shardId, at });
-        this.outgoing.push({ workerId, socket, jobId, shardId, ids: batch, bytes });
+        const packs = batch.map((id) => sized.get(id)?.pack);
+        const read = packs.every((p) => p) ? (packs as Uint8Array[]) : undefined;
+        this.outgoing.push({ workerId, socket, jobId, shardId, ids: batch, bytes, packs: read });
         batch = [];
         bytes = 0;
       };
       for (const id of ids) {
-        const size = sizes.get(id) ?? 0;
+        const size = sized.get(id)?.bytes ?? 0;
         if (batch.length > 0 && bytes + size > SHARD_MESSAGE_BYTES) cut();
         batch.push(id);
         bytes += size;
@@ -159,17 +164,14 @@ export class ShardSender {
     this.outgoing.length = 0;
   }
 
-  /** Reads a planned message's inputs and emits it in the worker's form. */
+  /** Emits a planned message in the worker's form, reading its inputs if planning did not. */
   private emit(o: Outgoing, model: ModelInfo): void {
-    const inputs = this.host.store.itemInputs(o.ids);
+    const packs = o.packs ?? this.read(o.ids);
     const head = { shardId: o.shardId, jobId: o.jobId, model };
     const packing = this.packing.get(o.workerId);
-    if (packing) {
-      const packs = o.ids.map((id) => inputs.get(id) as Uint8Array);
-      if (packing === 'parts' && o.bytes >= PART_MIN_BYTES * o.ids.length) {
-        o.socket.emit('shard:assign', { ...head, items: [], packed: { ids: o.ids, parts: packs } });
-        return;
-      }
+    if (packing === 'parts' && o.bytes >= PART_MIN_BYTES * o.ids.length) {
+      o.socket.emit('shard:assign', { ...head, items: [], packed: { ids: o.ids, parts: packs } });
+    } else if (packing) {
       let end = 0;
       const ends = packs.map((p) => (end += p.byteLength));
       o.socket.emit('shard:assign', {
@@ -177,21 +179,27 @@ export class ShardSender {
         items: [],
         packed: { ids: o.ids, ends, data: Buffer.concat(packs) },
       });
-      return;
+    } else {
+      // Unpacked: each message within the receiver's limit on attachments, one per tensor.
+      let items: ShardAssign['items'] = [];
+      let tensors = 0;
+      o.ids.forEach((id, i) => {
+        const t = unpackTensors(packs[i] as Uint8Array);
+        if (items.length > 0 && tensors + t.length > MAX_ATTACHMENTS) {
+          o.socket.emit('shard:assign', { ...head, items });
+          items = [];
+          tensors = 0;
+        }
+        items.push({ id, inputs: t });
+        tensors += t.length;
+      });
+      o.socket.emit('shard:assign', { ...head, items });
     }
-    // Unpacked: each message within the receiver's limit on attachments, one per tensor.
-    let items: ShardAssign['items'] = [];
-    let tensors = 0;
-    for (const id of o.ids) {
-      const t = unpackTensors(inputs.get(id) as Uint8Array);
-      if (items.length > 0 && tensors + t.length > MAX_ATTACHMENTS) {
-        o.socket.emit('shard:assign', { ...head, items });
-        items = [];
-        tensors = 0;
-      }
-      items.push({ id, inputs: t });
-      tensors += t.length;
-    }
-    o.socket.emit('shard:assign', { ...head, items });
+  }
+
+  /** Items' input packs, in the order of `ids`. */
+  private read(ids: number[]): Uint8Array[] {
+    const inputs = this.host.store.itemInputs(ids);
+    return ids.map((id) => inputs.get(id) as Uint8Array);
   }
 }

@@ -27,7 +27,7 @@
  *   fsyncs at checkpoints, now done by that thread. Should it fall behind, the main connection
  *   checkpoints itself past `BACKSTOP_PAGES`.
  */
-import Database, { type Statement } from 'better-sqlite3';
+import Database from 'better-sqlite3';
 import type { IdRun } from '../scheduler/id-runs.ts';
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -44,6 +44,7 @@ import type {
   NewJob,
   NewResult,
   ResultRecord,
+  SizedInputs,
   Store,
   WorkerFilter,
   WorkerRecord,
@@ -434,14 +435,17 @@ export class SqliteStore implements Store {
           'SELECT item_id, inputs FROM item_inputs WHERE item_id BETWEEN ? AND ?',
         )
         .raw(),
-      inputSizes: db
-        .prepare<[string], [number, number]>(
-          'SELECT item_id, length(inputs) FROM item_inputs WHERE item_id IN (SELECT value FROM json_each(?))',
+      // The blob only when it is at most @max bytes: SQLite answers length() from the record header.
+      smallInputs: db
+        .prepare<[{ max: number; list: string }], [number, number, Buffer | null]>(
+          `SELECT item_id, length(inputs), CASE WHEN length(inputs) <= @max THEN inputs END
+           FROM item_inputs WHERE item_id IN (SELECT value FROM json_each(@list))`,
         )
         .raw(),
-      inputSizesRange: db
-        .prepare<[number, number], [number, number]>(
-          'SELECT item_id, length(inputs) FROM item_inputs WHERE item_id BETWEEN ? AND ?',
+      smallInputsRange: db
+        .prepare<[{ max: number; lo: number; hi: number }], [number, number, Buffer | null]>(
+          `SELECT item_id, length(inputs), CASE WHEN length(inputs) <= @max THEN inputs END
+           FROM item_inputs WHERE item_id BETWEEN @lo AND @hi`,
         )
         .raw(),
 
@@ -700,39 +704,48 @@ export class SqliteStore implements Store {
    * rest with one `json_each` lookup.
    */
   itemInputs(ids: readonly number[]): Map<number, Uint8Array> {
-    return this.byIds(ids, this.sql.inputsRange, this.sql.itemInputs);
+    const out = new Map<number, Uint8Array>();
+    this.byIds(
+      ids,
+      (lo, hi) => this.sql.inputsRange.all(lo, hi),
+      (list) => this.sql.itemInputs.all(list),
+      (row) => out.set(row[0], row[1]),
+    );
+    return out;
   }
 
-  /**
-   * The size in bytes of each item's stored inputs, without reading them: SQLite answers `length()`
-   * of a blob from its record header.
-   */
-  itemInputSizes(ids: readonly number[]): Map<number, number> {
-    return this.byIds(ids, this.sql.inputSizesRange, this.sql.inputSizes);
+  itemInputsUpTo(ids: readonly number[], maxBytes: number): Map<number, SizedInputs> {
+    const out = new Map<number, SizedInputs>();
+    this.byIds(
+      ids,
+      (lo, hi) => this.sql.smallInputsRange.all({ max: maxBytes, lo, hi }),
+      (list) => this.sql.smallInputs.all({ max: maxBytes, list }),
+      (row) => out.set(row[0], { bytes: row[1], pack: row[2] }),
+    );
+    return out;
   }
 
-  /** One value per id: runs of consecutive ids through `range`, the rest through `list`. */
-  private byIds<T>(
+  /** Rows for these ids: runs of consecutive ids through `range`, the rest through `list` (JSON). */
+  private byIds<R>(
     ids: readonly number[],
-    range: Statement<[number, number], [number, T]>,
-    list: Statement<[string], [number, T]>,
-  ): Map<number, T> {
-    const out = new Map<number, T>();
-    if (ids.length === 0) return out;
+    range: (lo: number, hi: number) => R[],
+    list: (json: string) => R[],
+    each: (row: R) => void,
+  ): void {
+    if (ids.length === 0) return;
     const sorted = Float64Array.from(ids).sort();
     const loose: number[] = [];
     for (let i = 0; i < sorted.length;) {
       let j = i + 1;
       while (j < sorted.length && sorted[j] - sorted[j - 1] <= 1) j++;
       if (sorted[j - 1] - sorted[i] >= MIN_RUN - 1) {
-        for (const [id, value] of range.all(sorted[i], sorted[j - 1])) out.set(id, value);
+        for (const row of range(sorted[i], sorted[j - 1])) each(row);
       } else {
         for (let k = i; k < j; k++) if (k === i || sorted[k] !== sorted[k - 1]) loose.push(sorted[k]);
       }
       i = j;
     }
-    if (loose.length > 0) for (const [id, value] of list.all(JSON.stringify(loose))) out.set(id, value);
-    return out;
+    if (loose.length > 0) for (const row of list(JSON.stringify(loose))) each(row);
   }
 
   recordAssignments(rows: { itemId: number; workerId: string; shardId: string; at: number }[]): void {

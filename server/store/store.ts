@@ -132,6 +132,12 @@ export interface ResultRecord {
   outputs: Uint8Array;
 }
 
+/** An item's input pack size, and the pack when it was small enough to read with it. */
+export interface SizedInputs {
+  bytes: number;
+  pack: Uint8Array | null;
+}
+
 /** The hub's store. Every method is synchronous and atomic. */
 export interface Store {
   getSetting(key: string): string | undefined;
@@ -158,8 +164,11 @@ export interface Store {
   listItems(jobId: string, opts: { offset: number; limit: number; state?: ItemState }): ItemRecord[];
   /** Input packs of these items (missing ids are absent from the map). */
   itemInputs(ids: readonly number[]): Map<number, Uint8Array>;
-  /** Sizes in bytes of these items' input packs, without reading them (missing ids are absent). */
-  itemInputSizes(ids: readonly number[]): Map<number, number>;
+  /**
+   * The size of each item's input pack, and the pack itself when it is at most `maxBytes` (larger
+   * ones are not read). Missing ids are absent.
+   */
+  itemInputsUpTo(ids: readonly number[], maxBytes: number): Map<number, SizedInputs>;
 
   recordAssignments(rows: { itemId: number; workerId: string; shardId: string; at: number }[]): void;
   /** Stores results for pending items, drops the rest. Updates item state and job counters. */

@@ -165,6 +165,26 @@ describe('SqliteStore', () => {
     assert.equal(store.itemInputs([]).size, 0);
   });
 
+  test('itemInputsUpTo gives every size, and the bytes only of inputs up to the limit', () => {
+    store.createJob(newJob('j1'));
+    // Five consecutive ids (read as a range) and one loose id.
+    const sizes = [3, 10, 4, 11, 2];
+    const ids = store.appendItems(
+      'j1',
+      sizes.map((n, i) => ({ name: `i${i}`, inputs: new Uint8Array(n).fill(i + 1) })),
+    );
+    const got = store.itemInputsUpTo([...ids, 9999], 4);
+    assert.equal(got.size, 5);
+    ids.forEach((id, i) => {
+      const r = got.get(id)!;
+      assert.equal(r.bytes, sizes[i]);
+      if ((sizes[i] as number) <= 4) assert.deepEqual([...r.pack!], new Array(sizes[i]).fill(i + 1));
+      else assert.equal(r.pack, null);
+    });
+    const loose = store.itemInputsUpTo([ids[3] as number], 100).get(ids[3] as number)!;
+    assert.deepEqual([loose.bytes, loose.pack?.byteLength], [11, 11]);
+  });
+
   test('a result is accepted once: a repeat for the same item is dropped and the stored one kept', () => {
     store.createJob(newJob('j1'));
     const [a, b] = store.appendItems('j1', items(2));
