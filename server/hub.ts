@@ -115,7 +115,6 @@ export class Hub extends EventEmitter<HubEvents> {
   private hungryCursor = 0;
   /** A plan of every worker in progress, chunk by chunk (`pumpInChunks`). */
   private chunkedPass: { ids: string[]; at: number; again: boolean } | undefined;
-  /** Workers that take shards with packed inputs (`RegisterRequest.packed`). */
 
   constructor(
     readonly store: Store,

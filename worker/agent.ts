@@ -3,8 +3,9 @@
  * every (re)connect, keeps a local queue of assigned items that the hub keeps fed, runs them on
  * `concurrency` runners (each with its own loaded session), and sends results back through the
  * {@link Outbox}. A runner may hand its session the next batch before the current one is done
- * (`batchesInFlight`): a backend that runs elsewhere (the browser's inference Web Worker) then
- * starts it the moment the first one ends, instead of idling for a round trip to the agent.
+ * (`batchesInFlight`): a backend that runs elsewhere (the browser's inference Web Worker, a native
+ * node's session thread) then starts it the moment the first one ends, instead of idling for a
+ * round trip to the agent.
  *
  * Stealing depends on one invariant: an item is either in the local queue (revocable) or taken by a
  * runner (it will produce a result or a failure here). Every handler that touches the queue runs
@@ -105,8 +106,8 @@ export interface WorkerAgentOptions extends OutboxOptions {
   /**
    * Batches each runner hands its session at once (default 1: the next batch is taken when the
    * last one is done). More suits a backend that queues runs and carries them out in order, in a
-   * thread of its own (the browser's inference worker): with 2, the next batch is already there
-   * when one ends. Items handed over count as running: they can no longer be revoked. A throttled
+   * thread of its own (the browser's inference worker, a native node's session threads): with 2,
+   * the next batch is already there when one ends. Items handed over count as running: they can no longer be revoked. A throttled
    * worker keeps one batch in flight, so its sleeps follow its busy time.
    */
   batchesInFlight?: number;
