@@ -21,7 +21,7 @@ import type { FailureCategory } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { BackendError, type LoadedModel } from '../worker/backend.ts';
-import { planBatches, splitOutputs } from '../worker/batching.ts';
+import { concatItems, planBatches, splitOutputs } from '../worker/batching.ts';
 
 /** Messages to a session thread. */
 export type ToThread =
@@ -95,29 +95,25 @@ export function planBuffer(
 const align8 = (n: number) => Math.ceil(n / 8) * 8;
 
 /**
- * Writes planned batches into a buffer, each batch's inputs concatenated along dim 0 (as
- * `concatItems` would), and returns their layout. This copy is the one the session thread would
+ * Writes planned batches into a buffer, each batch's inputs concatenated along dim 0
+ * (`concatItems`), and returns their layout. This copy is the one the session thread would
  * otherwise make to concatenate them.
  */
 export function writeBatches(batches: WireTensor[][][], buffer: ArrayBuffer): BufferTensor[][] {
-  const mem = new Uint8Array(buffer);
   let offset = 0;
+  const into = (byteLength: number) => {
+    const view = new Uint8Array(buffer, offset, byteLength);
+    offset += align8(byteLength);
+    return view;
+  };
   return batches.map((members) =>
-    (members[0] ?? []).map((t, j) => {
-      const size = t.data.byteLength;
-      members.forEach((inputs, k) => mem.set((inputs[j] as WireTensor).data, offset + k * size));
-      // A scalar input has no dim 0 and runs alone (planBatches).
-      const dims = t.dims.length === 0 ? [] : [(t.dims[0] as number) * members.length, ...t.dims.slice(1)];
-      const out: BufferTensor = {
-        name: t.name,
-        dtype: t.dtype,
-        dims,
-        offset,
-        byteLength: size * members.length,
-      };
-      offset += align8(out.byteLength);
-      return out;
-    }),
+    concatItems(members, into).map((t) => ({
+      name: t.name,
+      dtype: t.dtype,
+      dims: t.dims,
+      offset: t.data.byteOffset,
+      byteLength: t.data.byteLength,
+    })),
   );
 }
 

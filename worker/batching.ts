@@ -51,27 +51,33 @@ export function planBatches(items: readonly (readonly WireTensor[])[], maxBatch:
   return groups;
 }
 
-/** Concatenates same-shaped items along dim 0 into one set of inputs (a single item is returned as is). */
-export function concatItems(items: readonly (readonly WireTensor[])[]): WireTensor[] {
+/**
+ * Concatenates same-shaped items along dim 0 into one set of inputs. Each input's bytes go into a
+ * new buffer, or into what `into(byteLength)` gives (a view of a buffer the caller owns); without
+ * `into`, a single item is returned as is.
+ */
+export function concatItems(
+  items: readonly (readonly WireTensor[])[],
+  into?: (byteLength: number) => Uint8Array,
+): WireTensor[] {
   const first = items[0];
   if (!first) throw new RangeError('concatItems needs at least one item');
-  if (items.length === 1) return [...first];
-  const key = batchKey(first);
-  if (key === undefined) throw new RangeError('items with scalar inputs cannot be concatenated');
-  for (const inputs of items) {
-    if (batchKey(inputs) !== key)
-      throw new RangeError('items to concatenate must have the same input shapes');
+  if (items.length === 1 && !into) return [...first];
+  if (items.length > 1) {
+    const key = batchKey(first);
+    if (key === undefined) throw new RangeError('items with scalar inputs cannot be concatenated');
+    for (const inputs of items) {
+      if (batchKey(inputs) !== key)
+        throw new RangeError('items to concatenate must have the same input shapes');
+    }
   }
   return first.map((t, j) => {
     const size = t.data.byteLength;
-    const data = new Uint8Array(size * items.length);
+    const data = into ? into(size * items.length) : new Uint8Array(size * items.length);
     items.forEach((inputs, i) => data.set((inputs[j] as WireTensor).data, i * size));
-    return {
-      name: t.name,
-      dtype: t.dtype,
-      dims: [(t.dims[0] as number) * items.length, ...t.dims.slice(1)],
-      data,
-    };
+    const dims =
+      items.length === 1 ? [...t.dims] : [(t.dims[0] as number) * items.length, ...t.dims.slice(1)];
+    return { name: t.name, dtype: t.dtype, dims, data };
   });
 }
 
