@@ -5,7 +5,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { ModelInfo } from '../protocol/model.ts';
-import { toTypedArray, type WireTensor } from '../protocol/tensor.ts';
+import { asTypedArray, type WireTensor } from '../protocol/tensor.ts';
 import {
   BackendError,
   classifyError,
@@ -82,7 +82,9 @@ export class OrtSession implements LoadedModel {
     for (const name of this.session.inputNames) {
       const t = inputs.find((i) => i.name === name);
       if (!t) throw new BackendError('other', `item has no input "${name}"`);
-      feeds[name] = new ort.Tensor(t.dtype, toTypedArray(t), t.dims);
+      // A view of the input's bytes when aligned (the session thread's batch buffer always is): the
+      // run only reads them, and a copy cost 1.2 MB of memory traffic per PaddleOCR item.
+      feeds[name] = new ort.Tensor(t.dtype, asTypedArray(t), t.dims);
     }
     let results: ort.InferenceSession.OnnxValueMapType;
     try {

@@ -51,23 +51,37 @@ type TypedArray =
 export function toTypedArray(t: Pick<WireTensor, 'dtype' | 'data'>): TypedArray {
   // A real copy (Buffer#slice would only make a view): guarantees alignment and ownership.
   const bytes = new Uint8Array(t.data);
-  const buf = bytes.buffer;
-  switch (t.dtype) {
+  return typedView(t.dtype, bytes.buffer, 0, bytes.byteLength);
+}
+
+/**
+ * A typed array of the tensor's dtype over its bytes: a view when they are aligned for the dtype
+ * (no copy), else a copy. The view shares the tensor's memory, so use it only while nothing else
+ * writes those bytes (a run's inputs, a check of outputs).
+ */
+export function asTypedArray(t: Pick<WireTensor, 'dtype' | 'data'>): TypedArray {
+  const { buffer, byteOffset, byteLength } = t.data;
+  if (byteOffset % DTYPE_BYTES[t.dtype] !== 0 || !(buffer instanceof ArrayBuffer)) return toTypedArray(t);
+  return typedView(t.dtype, buffer, byteOffset, byteLength);
+}
+
+function typedView(dtype: DType, buf: ArrayBuffer, offset: number, byteLength: number): TypedArray {
+  switch (dtype) {
     case 'float32':
-      return new Float32Array(buf, 0, bytes.byteLength / 4);
+      return new Float32Array(buf, offset, byteLength / 4);
     case 'float64':
-      return new Float64Array(buf, 0, bytes.byteLength / 8);
+      return new Float64Array(buf, offset, byteLength / 8);
     case 'float16':
-      return new Uint16Array(buf, 0, bytes.byteLength / 2);
+      return new Uint16Array(buf, offset, byteLength / 2);
     case 'int32':
-      return new Int32Array(buf, 0, bytes.byteLength / 4);
+      return new Int32Array(buf, offset, byteLength / 4);
     case 'int64':
-      return new BigInt64Array(buf, 0, bytes.byteLength / 8);
+      return new BigInt64Array(buf, offset, byteLength / 8);
     case 'uint8':
     case 'bool':
-      return bytes;
+      return new Uint8Array(buf, offset, byteLength);
     case 'int8':
-      return new Int8Array(buf, 0, bytes.byteLength);
+      return new Int8Array(buf, offset, byteLength);
   }
 }
 

@@ -5,7 +5,7 @@
  * `invalid_output` by the worker instead of being refused by the hub.
  */
 import type { ModelInfo } from '../protocol/model.ts';
-import { DTYPES, tensorSizeError, toNumbers, toTypedArray, type WireTensor } from '../protocol/tensor.ts';
+import { asTypedArray, DTYPES, tensorSizeError, toNumbers, type WireTensor } from '../protocol/tensor.ts';
 
 /** Views binary data from a socket (Buffer, ArrayBuffer, any typed array) as a plain Uint8Array (no copy). */
 export function toBytes(data: unknown): Uint8Array {
@@ -42,16 +42,7 @@ export function checkOutputs(
     if (t.dtype === 'float32' || t.dtype === 'float64' || t.dtype === 'float16') {
       // In place when aligned (an output's own buffer always is): a copy per output cost ~0.3 ms of
       // the node's main thread per 400 KB output.
-      const size = t.dtype === 'float64' ? 8 : 4;
-      const aligned = t.dtype !== 'float16' && t.data.byteOffset % size === 0;
-      const n = Math.floor(t.data.byteLength / size);
-      const values = !aligned
-        ? t.dtype === 'float16'
-          ? toNumbers(t)
-          : (toTypedArray(t) as Float32Array | Float64Array)
-        : size === 4
-          ? new Float32Array(t.data.buffer, t.data.byteOffset, n)
-          : new Float64Array(t.data.buffer, t.data.byteOffset, n);
+      const values = t.dtype === 'float16' ? toNumbers(t) : (asTypedArray(t) as Float32Array | Float64Array);
       for (let i = 0; i < values.length; i++) {
         const v = values[i] as number;
         if (v - v !== 0) return `output "${t.name}" has a non-finite value (${v}) at ${i}`;
