@@ -25,6 +25,7 @@ import { Reconnector } from '../worker/reconnect.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { GpuInfo } from './ort-backend.ts';
 import type { SimOptions } from './sim-backend.ts';
+import { UnmaskedWebSocket } from './ws-transport.ts';
 
 /** Which backend a node runs: `auto` is CUDA where usable, else CPU. */
 export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'sim';
@@ -245,7 +246,8 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const socket = io(`${hub}/worker`, {
     auth,
     autoConnect: false,
-    transports: ['websocket'],
+    // WebSocket only, its frames sent without masking (native/ws-transport.ts).
+    transports: [UnmaskedWebSocket],
     reconnection: true,
     reconnectionDelay: delayMs,
     reconnectionDelayMax: maxDelayMs,
