@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HubServer, type HubConfig } from '../server/app.ts';
 import { createLogger } from '../server/logger.ts';
-import { NODE_V8_FLAGS } from '../native/launch.ts';
+import { NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
 
@@ -53,7 +53,7 @@ export function spawnNode(hub: HubServer, stateDir: string, args: string[]): Chi
       join(stateDir, 'cache'),
       ...args,
     ],
-    { cwd: ROOT, stdio: 'ignore', env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' } },
+    { cwd: ROOT, stdio: 'ignore', env: nodeEnv({ ...process.env, SHARDHUB_LOG_LEVEL: 'error' }) },
   );
 }
 

@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, printTable } from './_grid.ts';
 import { flag, numFlag, startHubProcess, waitFor, type HubProc } from './_scale.ts';
-import { NODE_V8_FLAGS } from '../native/launch.ts';
+import { NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
 
 /** Starts `shardhub node` as its own process, with a fixed worker id. */
 function startNode(hub: HubProc, dir: string, id: string, backend: string): ChildProcess {
@@ -36,7 +36,7 @@ function startNode(hub: HubProc, dir: string, id: string, backend: string): Chil
       ...['--hub', hub.url, '--token', hub.joinToken, '--id', id, '--backend', backend],
       ...['--state', join(dir, id), '--cache', join(dir, 'cache'), ...sim],
     ],
-    { cwd: ROOT, stdio: 'ignore', env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' } },
+    { cwd: ROOT, stdio: 'ignore', env: nodeEnv({ ...process.env, SHARDHUB_LOG_LEVEL: 'error' }) },
   );
 }
 

@@ -30,7 +30,7 @@
  *   thread on 2 CPUs), so the ratio is what the node itself costs and whether it is kept fed.
  */
 import Database from 'better-sqlite3';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,7 +39,7 @@ import { ModelRegistry } from '../models/registry.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { ROOT, printTable } from './_grid.ts';
 import { flag, numFlag, profiled, startHubProcess, warmUp } from './_scale.ts';
-import { NODE_V8_FLAGS } from '../native/launch.ts';
+import { hasMallocEnv, NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
 
 /**
  * `--pin`: the hub gets CPU 0 and the node and standalone the other CPUs (`taskset`, Linux), as
@@ -62,11 +62,14 @@ function pin(pid: number, cpus: string): void {
   execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
 }
 
-/** CPU time (user + system, all threads) of another process so far, ms; Linux only. */
-function procCpuMs(pid: number | undefined): number {
+/**
+ * CPU time (user + system) of another process so far, ms, Linux only: all its threads, or with
+ * `mainThread` its main thread alone (the one whose id is the process's).
+ */
+function procCpuMs(pid: number | undefined, mainThread = false): number {
   if (pid === undefined) return Number.NaN;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(mainThread ? `/proc/${pid}/task/${pid}/stat` : `/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     // utime and stime are fields 14 and 15 of the line, in clock ticks (100 per second on Linux).
     return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
@@ -84,6 +87,8 @@ const cpuMs = () => {
 interface Run {
   itemsPerS: number;
   cpuMsPerItem: number;
+  /** Grid: the node's main thread's share of `cpuMsPerItem` (sockets, batching, results). */
+  mainCpuMsPerItem?: number;
   hubCpuMsPerItem?: number;
   /** Grid: the node's session busy time (the results' `ms`, summed) over the job's wall time. */
   busy?: number;
@@ -167,7 +172,7 @@ async function gridRunner(
       ...['--hub', hub.url, '--token', hub.joinToken, '--backend', 'cpu', '--concurrency', '1'],
       ...['--state', join(dir, 'state'), '--cache', join(dir, 'cache'), '--name', 'overhead-node'],
     ],
-    { cwd: ROOT, stdio: 'ignore', env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' } },
+    { cwd: ROOT, stdio: 'ignore', env: nodeEnv({ ...process.env, SHARDHUB_LOG_LEVEL: 'error' }) },
   );
   const close = async () => {
     if (profile) {
@@ -193,6 +198,7 @@ async function gridRunner(
     run: async (items: number) => {
       const jobId = await hub.rpc.call<string>('submit', { model, items, inputs: 'calibration' });
       const node0 = procCpuMs(node.pid);
+      const main0 = procCpuMs(node.pid, true);
       const { start, end } = await profiled([hub.rpc], profile, `overhead-hub-${++jobs}`, async () => {
         const start = await hub.rpc.call<{ cpuUs: number }>('seal', { jobId });
         const end = await hub.rpc.call<{
@@ -202,6 +208,7 @@ async function gridRunner(
         return { start, end };
       });
       const node1 = procCpuMs(node.pid);
+      const main1 = procCpuMs(node.pid, true);
       if (end.job.done !== items) throw new Error(`only ${end.job.done} of ${items} items done`);
       const wallMs = end.job.finishedAt - end.job.startedAt;
       const busyMs = sessionMs(hub.dataDir, jobId);
@@ -210,6 +217,7 @@ async function gridRunner(
         busy: busyMs / wallMs,
         runMsPerItem: busyMs / items,
         cpuMsPerItem: (node1 - node0) / items,
+        mainCpuMsPerItem: (main1 - main0) / items,
         hubCpuMsPerItem: (end.cpuUs - start.cpuUs) / 1000 / items,
       };
     },
@@ -222,6 +230,16 @@ async function gridRunner(
  * see the file comment for the figures.
  */
 export async function main(args: string[]): Promise<void> {
+  if (!hasMallocEnv()) {
+    // The standalone side runs in this process: it gets the malloc settings the node runs with
+    // (native/launch.ts), which glibc reads only when a process starts. So the bench runs again.
+    const again = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+      stdio: 'inherit',
+      env: nodeEnv(process.env),
+    });
+    process.exitCode = again.status ?? 1;
+    return;
+  }
   const json = args.includes('--json');
   const items = numFlag(args, 'items', 240);
   const rounds = numFlag(args, 'rounds', 3);
@@ -253,6 +271,7 @@ export async function main(args: string[]): Promise<void> {
         ratio: g.itemsPerS / mean,
         standalone_cpu_ms_per_item: (b.cpuMsPerItem + a.cpuMsPerItem) / 2,
         node_cpu_ms_per_item: g.cpuMsPerItem,
+        node_main_cpu_ms_per_item: g.mainCpuMsPerItem ?? Number.NaN,
         hub_cpu_ms_per_item: g.hubCpuMsPerItem ?? Number.NaN,
         node_busy: g.busy ?? Number.NaN,
         run_ms_per_item: g.runMsPerItem ?? Number.NaN,
@@ -269,6 +288,7 @@ export async function main(args: string[]): Promise<void> {
   const bestAlone = best(standaloneRuns);
   const aloneCpu = median(standaloneRuns.map((r) => r.cpuMsPerItem));
   const nodeCpu = median(gridRuns.map((r) => r.cpuMsPerItem));
+  const mainCpu = median(gridRuns.map((r) => r.mainCpuMsPerItem ?? Number.NaN));
   const hubCpu = median(gridRuns.map((r) => r.hubCpuMsPerItem ?? Number.NaN));
   const busy = median(gridRuns.map((r) => r.busy ?? Number.NaN));
   const runMs = median(gridRuns.map((r) => r.runMsPerItem ?? Number.NaN));
@@ -285,6 +305,7 @@ export async function main(args: string[]): Promise<void> {
         cpu_ratio: Number((aloneCpu / (nodeCpu + hubCpu)).toFixed(3)),
         standalone_cpu_ms_per_item: Number(aloneCpu.toFixed(2)),
         node_cpu_ms_per_item: Number(nodeCpu.toFixed(2)),
+        node_main_cpu_ms_per_item: Number(mainCpu.toFixed(2)),
         hub_cpu_ms_per_item: Number(hubCpu.toFixed(2)),
         node_busy: Number(busy.toFixed(3)),
         run_slowdown: Number((runMs / aloneRunMs).toFixed(3)),
@@ -306,6 +327,7 @@ export async function main(args: string[]): Promise<void> {
       ratio: bestGrid / bestAlone,
       standalone_cpu_ms_per_item: aloneCpu,
       node_cpu_ms_per_item: nodeCpu,
+      node_main_cpu_ms_per_item: mainCpu,
       hub_cpu_ms_per_item: hubCpu,
       node_busy: busy,
       run_ms_per_item: runMs,
@@ -315,7 +337,7 @@ export async function main(args: string[]): Promise<void> {
   process.stdout.write(
     `\nround ratios: a grid run over the mean of the standalone runs around it; last row: best run of` +
       ` each (the machine at its quietest) and median CPU. cpu_ms_per_item: CPU time of the processes` +
-      ` doing the work (all threads); standalone / (node + hub) = ${(aloneCpu / (nodeCpu + hubCpu)).toFixed(3)}` +
+      ` doing the work (all threads), node_main the node's main thread (sockets, batching, results); standalone / (node + hub) = ${(aloneCpu / (nodeCpu + hubCpu)).toFixed(3)}` +
       ` bounds the throughput ratio on a dedicated machine. node_busy: the node's session busy` +
       ` over the job's wall time (is the node kept fed?); run_ms_per_item: the session's time per` +
       ` item in the grid vs alone (how much the node's and hub's own work slows the runs down on` +

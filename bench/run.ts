@@ -17,4 +17,4 @@ if (!name || !names.includes(name)) {
 }
 const mod = (await import(`./${name}.ts`)) as { main: (args: string[]) => Promise<void> };
 await mod.main(args);
-process.exit(0);
+process.exit(); // with process.exitCode, which a bench may set

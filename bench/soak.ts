@@ -24,7 +24,7 @@ import { SqliteStore } from '../server/store/sqlite.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { Reference, freePort } from '../test/helpers/grid.ts';
 import { ROOT, printTable } from './_grid.ts';
-import { NODE_V8_FLAGS } from '../native/launch.ts';
+import { NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
 
 function arg(args: string[], name: string, dflt: number): number {
   const i = args.indexOf(`--${name}`);
@@ -192,7 +192,7 @@ export async function runSoak(opts: {
         liar ? `liar${i}` : `node${i}`,
         ...(liar ? ['--corrupt-rate', '1'] : []),
       ],
-      { cwd: ROOT, stdio: 'ignore', env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' } },
+      { cwd: ROOT, stdio: 'ignore', env: nodeEnv({ ...process.env, SHARDHUB_LOG_LEVEL: 'error' }) },
     );
     nodes[i] = { proc, liar, i, stopped: false };
   };

@@ -15,7 +15,7 @@ import { packItems, unpackTensors, type NamedItem } from '../../protocol/pack.ts
 import { bytesOf, compareTensors, type WireTensor } from '../../protocol/tensor.ts';
 import { HubServer, type HubConfig } from '../../server/app.ts';
 import { createLogger } from '../../server/logger.ts';
-import { NODE_V8_FLAGS } from '../../native/launch.ts';
+import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 
@@ -81,14 +81,14 @@ export function spawnTs(
 }
 
 /**
- * Starts a native node child process, with the flags `shardhub node` runs with (so it does not
- * start a child of its own, and a test's signals reach the node itself).
+ * Starts a native node child process, with the flags and malloc settings `shardhub node` runs with
+ * (so it does not start a child of its own, and a test's signals reach the node itself).
  */
 export function startNode(hubUrl: string, token: string, stateDir: string, extra: string[] = []): Proc {
   return spawnTs(
     'native/main.ts',
     ['--hub', hubUrl, '--token', token, '--state', stateDir, '--cache', join(stateDir, 'cache'), ...extra],
-    {},
+    nodeEnv({}),
     NODE_V8_FLAGS,
   );
 }

@@ -5,13 +5,14 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { nodeCommand, parseNodeArgs, UsageError } from '../../native/cli.ts';
 import { FakeHub, range, waitFor } from './fake-hub.ts';
-import { NODE_V8_FLAGS } from '../../native/launch.ts';
+import { NODE_MALLOC_ENV, NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 let dir: string;
@@ -103,14 +104,19 @@ describe('shardhub node arguments', () => {
 });
 
 /**
- * Spawns `native/main.ts` like the tests of the whole system do: with the node's V8 flags, unless
- * `relaunch`, when it is started as a user would start it and runs itself again with them.
+ * Spawns `native/main.ts` like the tests of the whole system do: with the node's V8 flags and malloc
+ * settings, unless `relaunch`, when it is started as a user would start it and runs itself again
+ * with them.
  */
 function spawnNode(args: string[], relaunch = false) {
   const flags = relaunch ? [] : NODE_V8_FLAGS;
   const child = spawn(process.execPath, ['--import', 'tsx', ...flags, 'native/main.ts', ...args], {
     cwd: root,
-    env: { ...process.env, SHARDHUB_LOG_LEVEL: relaunch ? 'info' : 'warn', SHARDHUB_TOKEN: '' },
+    env: (relaunch ? (e: NodeJS.ProcessEnv) => e : nodeEnv)({
+      ...process.env,
+      SHARDHUB_LOG_LEVEL: relaunch ? 'info' : 'warn',
+      SHARDHUB_TOKEN: '',
+    }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
@@ -172,7 +178,15 @@ describe('shardhub node process', () => {
       await waitFor('item 1 running', () => hub.heartbeats.some((h) => h.running === 1));
       const started = /"pid":(\d+)[^\n]*"msg":"starting node"/.exec(node.stdout());
       assert.ok(started, 'the node logs its start');
-      assert.notEqual(Number(started[1]), node.child.pid, 'the node runs in a child process');
+      const child = Number(started[1]);
+      assert.notEqual(child, node.child.pid, 'the node runs in a child process');
+      // ... which has the node's V8 flags and malloc settings (Linux's view of the process).
+      const cmdline = readFileSync(`/proc/${child}/cmdline`, 'utf8').split('\0');
+      for (const f of NODE_V8_FLAGS) assert.ok(cmdline.includes(f), `the child runs with ${f}`);
+      const environ = readFileSync(`/proc/${child}/environ`, 'utf8').split('\0');
+      for (const [k, v] of Object.entries(NODE_MALLOC_ENV)) {
+        assert.ok(environ.includes(`${k}=${v}`), `the child's environment has ${k}=${v}`);
+      }
       node.child.kill('SIGTERM');
       assert.equal(await node.exit, 0, node.stderr());
       assert.deepEqual(hub.resultIds(), [1]);
