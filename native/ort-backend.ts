@@ -15,9 +15,11 @@ import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { ModelInfo } from '../protocol/model.ts';
+import type { WireTensor } from '../protocol/tensor.ts';
 import { errorMessage, type Backend, type LoadedModel } from '../worker/backend.ts';
 import { OrtSession, sessionOptions } from './ort-session.ts';
 import { ThreadedSession } from './ort-threaded.ts';
+import { Stager } from './staging.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -164,6 +166,9 @@ async function chooseProvider(
 
 /** The onnxruntime-node backend; see the file comment. */
 export class OrtBackend implements Backend {
+  /** Stages arriving items into batch buffers for the session threads (`staging.ts`). */
+  private readonly stager: Stager | undefined;
+
   private constructor(
     readonly name: 'cuda' | 'cpu',
     readonly reason: string,
@@ -173,7 +178,9 @@ export class OrtBackend implements Backend {
     readonly gpu: GpuInfo | undefined,
     /** Whether each session runs in its own worker thread. */
     readonly threads: boolean,
-  ) {}
+  ) {
+    this.stager = threads ? new Stager() : undefined;
+  }
 
   /** Chooses the provider (see {@link chooseProvider}) and sizes the thread pools. */
   static async create(opts: OrtBackendOptions = {}): Promise<OrtBackend> {
@@ -198,7 +205,11 @@ export class OrtBackend implements Backend {
 
   load(model: ModelInfo, bytes: Uint8Array): Promise<LoadedModel> {
     return this.threads
-      ? ThreadedSession.create(model, bytes, this.sessionOptions)
+      ? ThreadedSession.create(model, bytes, this.sessionOptions, this.stager)
       : OrtSession.create(model, bytes, this.sessionOptions);
+  }
+
+  stage(model: ModelInfo, inputs: WireTensor[]): WireTensor[] {
+    return this.stager ? this.stager.stage(model, inputs) : inputs;
   }
 }

@@ -14,6 +14,9 @@
  * are not new memory to V8. (Shared memory would not do: onnxruntime-node refuses it, and V8
  * copies into it byte by byte.) Outputs come back as onnxruntime-node made them, transferred, and
  * are split per item as views.
+ *
+ * On a native node most batches are not written at run time at all: their items were staged into
+ * a batch buffer as they arrived (`staging.ts`), and that buffer is the one transferred.
  */
 import { Worker } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
@@ -22,6 +25,7 @@ import type { ModelInfo } from '../protocol/model.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { BackendError, type LoadedModel } from '../worker/backend.ts';
 import { concatItems, planBatches, splitOutputs } from '../worker/batching.ts';
+import type { Stager } from './staging.ts';
 
 /** Messages to a session thread. */
 export type ToThread =
@@ -54,6 +58,8 @@ interface Pending {
   /** Each batch's outputs, whole. */
   resolve: (outputs: WireTensor[][]) => void;
   reject: (err: Error) => void;
+  /** The inputs' buffer is a staging buffer (goes back to the stager, not to `InputBuffers`). */
+  staged: boolean;
 }
 
 const ENTRY = new URL('./ort-thread.ts', import.meta.url);
@@ -155,6 +161,7 @@ export class ThreadedSession implements LoadedModel {
   private constructor(
     private readonly worker: Worker,
     private readonly model: Pick<ModelInfo, 'batchable' | 'batchSize'>,
+    private readonly stager: Stager | undefined,
   ) {
     worker.on('message', (msg: FromThread) => this.onMessage(msg));
     worker.on('error', (err) =>
@@ -163,11 +170,15 @@ export class ThreadedSession implements LoadedModel {
     worker.on('exit', (code) => this.fail(new BackendError('other', `session thread exited (code ${code})`)));
   }
 
-  /** Starts a thread and loads the model in it; rejects with the thread's {@link BackendError}. */
+  /**
+   * Starts a thread and loads the model in it; rejects with the thread's {@link BackendError}.
+   * With a `stager`, batches whose items it staged go to the thread in its buffer.
+   */
   static async create(
     model: Pick<ModelInfo, 'name' | 'batchable' | 'batchSize'>,
     bytes: Uint8Array,
     options: InferenceSession.SessionOptions,
+    stager?: Stager,
   ): Promise<ThreadedSession> {
     const worker = startThread();
     const loaded = new Promise<void>((resolve, reject) => {
@@ -199,19 +210,31 @@ export class ThreadedSession implements LoadedModel {
       await worker.terminate();
       throw err;
     }
-    return new ThreadedSession(worker, model);
+    return new ThreadedSession(worker, model, stager);
   }
 
   run(items: WireTensor[][]): Promise<WireTensor[][]> {
     if (this.disposed) return Promise.reject(new Error('session is disposed'));
     if (this.dead) return Promise.reject(this.dead);
     const id = ++this.nextId;
-    const plan = planBuffer(this.model, items);
-    const buffer = this.buffers.take(plan.bytes);
-    const batches = writeBatches(plan.batches, buffer);
-    const { groups } = plan;
+    const max = this.model.batchable ? this.model.batchSize : 1;
+    const claimed = items.length <= max ? this.stager?.claim(items) : undefined;
+    let buffer: ArrayBuffer;
+    let batches: BufferTensor[][];
+    let groups: number[][];
+    if (claimed) {
+      // The items are one staging buffer's, in order: it is the batch already.
+      ({ buffer } = claimed);
+      batches = [claimed.batch];
+      groups = [items.map((_, i) => i)];
+    } else {
+      const plan = planBuffer(this.model, items);
+      buffer = this.buffers.take(plan.bytes);
+      batches = writeBatches(plan.batches, buffer);
+      ({ groups } = plan);
+    }
     return new Promise<WireTensor[][]>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, staged: claimed !== undefined });
       const msg: ToThread = { type: 'run', id, buffer, batches };
       this.worker.postMessage(msg, [buffer]);
     }).then((outputs) => {
@@ -249,13 +272,13 @@ export class ThreadedSession implements LoadedModel {
   private onMessage(msg: FromThread): void {
     switch (msg.type) {
       case 'result':
-        this.buffers.give(msg.buffer);
+        this.giveBack(msg.id, msg.buffer);
         this.pending.get(msg.id)?.resolve(msg.outputs);
         this.pending.delete(msg.id);
         return;
       case 'error':
         if (msg.id === null) return;
-        this.buffers.give(msg.buffer);
+        this.giveBack(msg.id, msg.buffer);
         this.pending.get(msg.id)?.reject(new BackendError(msg.category, msg.message));
         this.pending.delete(msg.id);
         return;
@@ -263,6 +286,13 @@ export class ThreadedSession implements LoadedModel {
       case 'disposed':
         return;
     }
+  }
+
+  /** A run's inputs buffer, back from the thread, to the pool it came from. */
+  private giveBack(id: number, buffer: ArrayBuffer | undefined): void {
+    if (!buffer) return;
+    if (this.pending.get(id)?.staged) this.stager?.give(buffer);
+    else this.buffers.give(buffer);
   }
 
   private fail(err: Error): void {

@@ -500,6 +500,15 @@ export class WorkerAgent {
         this.fail(entry, 'other', `malformed input: ${errorMessage(err)}`);
         continue;
       }
+      // Out of the message's buffer now, not when the item runs (native/staging.ts).
+      try {
+        if (this.backend?.stage) inputs = this.backend.stage(shard.model, inputs);
+      } catch (err) {
+        this.log.warn(
+          { itemId: item.id, error: errorMessage(err) },
+          'staging inputs failed; queued as they came',
+        );
+      }
       this.queue.push({ ...entry, inputs });
       added++;
     }

@@ -19,6 +19,12 @@ export interface Backend {
   readonly reason?: string;
   /** Loads a model's bytes into something that runs items. Rejects with a {@link BackendError}. */
   load(model: ModelInfo, bytes: Uint8Array): Promise<LoadedModel>;
+  /**
+   * Takes over an item's inputs as its shard arrives (optional), returning what to queue instead:
+   * a native node copies them into the batch buffer they will run from (`native/staging.ts`).
+   * Returns the inputs as they are when it cannot.
+   */
+  stage?(model: ModelInfo, inputs: WireTensor[]): WireTensor[];
   /** Releases what the backend holds beyond its loaded models (optional). */
   dispose?(): Promise<void>;
 }

@@ -124,6 +124,67 @@ describe('WorkerAgent', () => {
     });
   });
 
+  it('hands each item to the backend to stage as its shard arrives, and runs what it staged', async () => {
+    const hub = new FakeHub();
+    await hub.listen();
+    cleanups.push(() => hub.close());
+    const { factory } = recordingSim({ itemMs: 5 });
+    const staged = new WeakSet<Uint8Array>();
+    let stagedCount = 0;
+    let queuedWhenStaged = -1;
+    let ranStaged = 0;
+    let ranOther = 0;
+    const agent: WorkerAgent = new WorkerAgent({
+      socket: io(`${hub.url}/worker`, {
+        auth: { workerId: 'worker-stage', workerSecret: 'secret-secret-secret' },
+        transports: ['websocket'],
+        parser: shardhubParser,
+      }) as WorkerSocket,
+      backend: async () => {
+        const inner = await factory();
+        return {
+          ...inner,
+          stage: (_model, inputs) => {
+            if (stagedCount++ === 0) queuedWhenStaged = agent.stats.queued;
+            return inputs.map((t) => {
+              const data = t.data.slice();
+              staged.add(data);
+              return { ...t, data };
+            });
+          },
+          load: async (model, bytes) => {
+            const loaded = await inner.load(model, bytes);
+            return {
+              run: (batch) => {
+                for (const inputs of batch) {
+                  for (const t of inputs) {
+                    if (staged.has(t.data)) ranStaged++;
+                    else ranOther++;
+                  }
+                }
+                return loaded.run(batch);
+              },
+              dispose: () => loaded.dispose(),
+            };
+          },
+        };
+      },
+      store: new MemoryModelStore(),
+      hubUrl: hub.url,
+      register: { kind: 'native', name: 'test-node', capabilities: { cores: 2, memoryBytes: 1 } },
+    });
+    cleanups.push(() => agent.close());
+    await agent.start();
+    await waitFor('registration', () => hub.registers.length === 1);
+    hub.assign(range(1, 6));
+    await waitFor('6 results', () => hub.results.length === 6);
+    assert.equal(stagedCount, 6, 'every item staged once');
+    assert.equal(queuedWhenStaged, 0, 'staged before it was queued');
+    assert.deepEqual({ ranStaged, ranOther }, { ranStaged: 6, ranOther: 0 }, 'the run got the staged inputs');
+    assert.deepEqual(hub.resultIds(), range(1, 6));
+    for (const r of hub.results) assert.equal(toNumbers(r.outputs[0] as WireTensor)[0], r.itemId);
+  });
+
   it('with two batches in flight, the next is handed over before the first ends, and cannot be revoked', async () => {
     const { hub, ran } = await setup({ itemMs: 60 }, 1, 2);
     const ids = range(1, 6);

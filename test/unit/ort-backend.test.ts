@@ -196,6 +196,68 @@ describe('OrtBackend', () => {
     }
   });
 
+  it('runs a staged batch from its staging buffer, other batches by copy, with the same outputs', async () => {
+    const { model, bytes } = mlpUnderTest();
+    const backend = await OrtBackend.create({ prefer: 'cpu', threads: true });
+    const threaded = await backend.load(model, bytes);
+    const inline = await (await OrtBackend.create({ prefer: 'cpu', threads: false })).load(model, bytes);
+    try {
+      const n = model.batchSize;
+      const originals = Array.from({ length: 3 * n }, (_, i) => calibrationInputs(model, 2000 + i));
+      const staged = originals.map((inputs) => backend.stage(model, inputs));
+      const expected = await inline.run(originals);
+      const check = (outputs: WireTensor[][], indices: number[]) =>
+        indices.forEach((k, i) =>
+          assert.equal(
+            compareTensors(outputs[i]?.[0] as WireTensor, expected[k]?.[0] as WireTensor, {
+              atol: 1e-5,
+              rtol: 1e-5,
+            }),
+            undefined,
+            `item ${k}`,
+          ),
+        );
+      const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
+
+      // The first buffer's items, in order: the staging buffer itself goes to the thread (its views
+      // here are emptied by the transfer).
+      check(await threaded.run(range(0, n).map((k) => staged[k] as WireTensor[])), range(0, n));
+      assert.equal(staged[0]?.[0]?.data.byteLength, 0, 'the staging buffer was transferred');
+
+      // The second buffer's items, one revoked out of the middle: copied as before, views intact.
+      const some = [...range(n, n + 2), ...range(n + 3, 2 * n)];
+      check(await threaded.run(some.map((k) => staged[k] as WireTensor[])), some);
+      assert.equal(
+        staged[n]?.[0]?.data.byteLength,
+        originals[n]?.[0]?.data.byteLength,
+        'copied, not transferred',
+      );
+
+      // The third buffer, staged before the first came back, runs from its own buffer too.
+      check(
+        await threaded.run(range(2 * n, 3 * n).map((k) => staged[k] as WireTensor[])),
+        range(2 * n, 3 * n),
+      );
+      assert.equal(staged[2 * n]?.[0]?.data.byteLength, 0);
+
+      // The first buffer is back and is reused for the next items staged.
+      const again = Array.from({ length: n }, (_, i) => calibrationInputs(model, 3000 + i));
+      const restaged = again.map((inputs) => backend.stage(model, inputs));
+      const reference = await inline.run(again);
+      const outputs = await threaded.run(restaged);
+      outputs.forEach((out, i) =>
+        assert.equal(
+          compareTensors(out[0] as WireTensor, reference[i]?.[0] as WireTensor, { atol: 1e-5, rtol: 1e-5 }),
+          undefined,
+          `restaged item ${i}`,
+        ),
+      );
+    } finally {
+      await threaded.dispose();
+      await inline.dispose();
+    }
+  });
+
   it('carries int64 tensors as BigInt64Array both ways', async () => {
     const bytes = encode({
       name: 'int64',

@@ -1,0 +1,156 @@
+/**
+ * Staging: a native node copies each item's inputs, the moment its shard arrives, into the batch
+ * buffer its session thread will later run on, and the run loop's batch then goes to the thread as
+ * it is (transferred, no copy at run time).
+ *
+ * Why at arrival: an item waits in the node's queue for the hub's prefetch (about two seconds of
+ * work). Its inputs used to stay in the socket's message buffer all that time: long enough for V8
+ * to move the buffer to its old generation, where only a full collection frees it, and megabyte
+ * buffers freed that way set one off every 50 or so items (a 25 ms pause on the thread that also
+ * reads the socket). Staged, the message buffer dies young; the batch buffers are reused, so the
+ * node's heap no longer grows by an item's size per item. The copy is the one the batch's
+ * concatenation used to make, made earlier.
+ *
+ * A staging buffer holds up to the model's batch size of same-shaped items, laid out as the batch
+ * (each input's items one after another, 8-byte aligned). The run loop takes items in the order
+ * they came, so a batch it takes is usually one staging buffer's items, in order: then
+ * {@link Stager.claim} hands that buffer over. Anything else (an item revoked out of the middle,
+ * items of two shards' buffers in one batch) finds no claim, and the session copies the batch as
+ * before. A buffer whose items ran by copy is left to the collector; a claimed one comes back from
+ * the thread and is kept, up to {@link Stager.keepBytes}, for the next items.
+ */
+import type { ModelInfo } from '../protocol/model.ts';
+import type { WireTensor } from '../protocol/tensor.ts';
+import { batchKey } from '../worker/batching.ts';
+import type { BufferTensor } from './ort-threaded.ts';
+
+/** Where one input's items sit in a staging buffer. */
+interface Region {
+  name: string;
+  dtype: WireTensor['dtype'];
+  /** One item's dims. */
+  dims: number[];
+  offset: number;
+  /** One item's bytes. */
+  itemBytes: number;
+}
+
+/** A staging buffer and the items written into it so far. */
+interface Staged {
+  key: string;
+  buffer: ArrayBuffer;
+  regions: Region[];
+  capacity: number;
+  count: number;
+  /** Handed to a session by {@link Stager.claim}: nothing more is written into it. */
+  claimed: boolean;
+}
+
+const align8 = (n: number) => Math.ceil(n / 8) * 8;
+
+/** Stages items' inputs into batch buffers and hands those over whole; see the file comment. */
+export class Stager {
+  /** The buffer still taking items, per model and input shapes. */
+  private readonly open = new Map<string, Staged>();
+  /** Each staged tensor's bytes (the view handed out) → its buffer and position in it. */
+  private readonly where = new WeakMap<Uint8Array, { staged: Staged; pos: number }>();
+  private readonly free: ArrayBuffer[] = [];
+  private freeBytes = 0;
+
+  /** Most bytes of returned buffers kept for reuse. */
+  constructor(readonly keepBytes = 256 * 2 ** 20) {}
+
+  /**
+   * Copies one item's inputs into the staging buffer for its model and shapes, and returns them as
+   * views of it. Inputs that cannot be batched (a scalar, no inputs) come back as they are.
+   */
+  stage(model: Pick<ModelInfo, 'sha256' | 'batchable' | 'batchSize'>, inputs: WireTensor[]): WireTensor[] {
+    const shapes = batchKey(inputs);
+    if (shapes === undefined) return inputs;
+    const key = `${model.sha256}|${shapes}`;
+    let staged = this.open.get(key);
+    if (!staged) {
+      const capacity = model.batchable ? Math.max(1, Math.floor(model.batchSize)) : 1;
+      staged = this.allocate(key, inputs, capacity);
+      this.open.set(key, staged);
+    }
+    const s = staged;
+    const pos = s.count++;
+    if (s.count === s.capacity) this.open.delete(key);
+    return inputs.map((t, j) => {
+      const r = s.regions[j] as Region;
+      const data = new Uint8Array(s.buffer, r.offset + pos * r.itemBytes, r.itemBytes);
+      data.set(t.data);
+      this.where.set(data, { staged: s, pos });
+      return { name: t.name, dtype: t.dtype, dims: [...t.dims], data };
+    });
+  }
+
+  /**
+   * When `items` are all the items of one staging buffer, in the order they were staged: that
+   * buffer, now the caller's (to transfer to a session thread), and the batch's layout in it.
+   */
+  claim(
+    items: readonly (readonly WireTensor[])[],
+  ): { buffer: ArrayBuffer; batch: BufferTensor[] } | undefined {
+    const first = items[0]?.[0];
+    const s = first && this.where.get(first.data)?.staged;
+    if (!s || s.claimed || s.count !== items.length) return undefined;
+    for (let i = 0; i < items.length; i++) {
+      const inputs = items[i] as readonly WireTensor[];
+      if (inputs.length !== s.regions.length) return undefined;
+      for (const t of inputs) {
+        const at = this.where.get(t.data);
+        if (at?.staged !== s || at.pos !== i) return undefined;
+      }
+    }
+    s.claimed = true;
+    if (this.open.get(s.key) === s) this.open.delete(s.key);
+    const n = s.count;
+    const batch = s.regions.map((r) => ({
+      name: r.name,
+      dtype: r.dtype,
+      dims: n === 1 ? [...r.dims] : [(r.dims[0] as number) * n, ...r.dims.slice(1)],
+      offset: r.offset,
+      byteLength: r.itemBytes * n,
+    }));
+    return { buffer: s.buffer, batch };
+  }
+
+  /** A claimed buffer back from its run: kept for later items (up to {@link keepBytes}). */
+  give(buffer: ArrayBuffer): void {
+    if (buffer.byteLength === 0 || this.freeBytes + buffer.byteLength > this.keepBytes) return;
+    this.free.push(buffer);
+    this.freeBytes += buffer.byteLength;
+  }
+
+  /** Bytes of buffers kept for reuse (for tests and figures). */
+  get keptBytes(): number {
+    return this.freeBytes;
+  }
+
+  private allocate(key: string, inputs: readonly WireTensor[], capacity: number): Staged {
+    let bytes = 0;
+    const regions = inputs.map((t) => {
+      const r: Region = {
+        name: t.name,
+        dtype: t.dtype,
+        dims: [...t.dims],
+        offset: bytes,
+        itemBytes: t.data.byteLength,
+      };
+      bytes += align8(t.data.byteLength * capacity);
+      return r;
+    });
+    // A kept buffer that fits and is not much larger; else a new one.
+    const i = this.free.findIndex((b) => b.byteLength >= bytes && b.byteLength <= 2 * bytes);
+    let buffer: ArrayBuffer;
+    if (i >= 0) {
+      buffer = this.free.splice(i, 1)[0] as ArrayBuffer;
+      this.freeBytes -= buffer.byteLength;
+    } else {
+      buffer = new ArrayBuffer(Math.max(8, bytes));
+    }
+    return { key, buffer, regions, capacity, count: 0, claimed: false };
+  }
+}
