@@ -58,7 +58,7 @@ export class Stager {
   private freeBytes = 0;
 
   /** Most bytes of returned buffers kept for reuse. */
-  constructor(readonly keepBytes = 256 * 2 ** 20) {}
+  constructor(readonly keepBytes = 64 * 2 ** 20) {}
 
   /**
    * Copies one item's inputs into the staging buffer for its model and shapes, and returns them as
