@@ -23,6 +23,11 @@
  *   running (the results' `ms` summed, from the hub's SQLite file: is the hub keeping the node
  *   fed?), and `run_ms_per_item` against standalone's, how much slower each run is in the grid
  *   (the node's and the hub's own work taking cores from onnxruntime's threads).
+   `node_main_cpu_ms_per_item` is the node's main thread alone (sockets, staging, results): with
+   `--pin` it shares its core with the session thread, so it is most of the gap.
+ * - Same process settings: the node runs with the V8 flags and malloc settings of `shardhub node`
+ *   (`native/launch.ts`); this process, which runs the standalone session, runs itself again with
+ *   the same malloc settings when it was started without them (glibc reads them at start).
  * - Two set-ups. By default the hub, the node and standalone share every CPU: on a small machine the
  *   hub's own CPU (about 3.5 ms per 1.6 MB item, half of it garbage collection) comes out of
  *   onnxruntime's. With `--pin` the hub has CPU 0 and the node and standalone the others, as with a
