@@ -26,6 +26,7 @@ import type { WireTensor } from '../protocol/tensor.ts';
 import { BackendError, type LoadedModel } from '../worker/backend.ts';
 import { concatItems, planBatches, splitOutputs } from '../worker/batching.ts';
 import type { Stager } from './staging.ts';
+import { vouchFinite } from '../worker/wire.ts';
 
 /** Messages to a session thread. */
 export type ToThread =
@@ -42,8 +43,12 @@ export type ToThread =
 /** Messages from a session thread. `id` null: about the load (or the thread itself). */
 export type FromThread =
   | { type: 'loaded' }
-  /** Each batch's outputs, whole (split per item on the main thread), and the inputs' buffer back; transferred. */
-  | { type: 'result'; id: number; outputs: WireTensor[][]; buffer: ArrayBuffer }
+  /**
+   * Each batch's outputs, whole (split per item on the main thread), and the inputs' buffer back;
+   * transferred. `finite[b][j]`: batch b's output j was checked in the thread and holds no NaN or
+   * infinity.
+   */
+  | { type: 'result'; id: number; outputs: WireTensor[][]; finite: boolean[][]; buffer: ArrayBuffer }
   | {
       type: 'error';
       id: number | null;
@@ -55,8 +60,8 @@ export type FromThread =
   | { type: 'disposed' };
 
 interface Pending {
-  /** Each batch's outputs, whole. */
-  resolve: (outputs: WireTensor[][]) => void;
+  /** Each batch's outputs, whole, and which the thread found finite. */
+  resolve: (result: { outputs: WireTensor[][]; finite: boolean[][] }) => void;
   reject: (err: Error) => void;
   /** The inputs' buffer is a staging buffer (goes back to the stager, not to `InputBuffers`). */
   staged: boolean;
@@ -233,15 +238,17 @@ export class ThreadedSession implements LoadedModel {
       batches = writeBatches(plan.batches, buffer);
       ({ groups } = plan);
     }
-    return new Promise<WireTensor[][]>((resolve, reject) => {
+    return new Promise<{ outputs: WireTensor[][]; finite: boolean[][] }>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, staged: claimed !== undefined });
       const msg: ToThread = { type: 'run', id, buffer, batches };
       this.worker.postMessage(msg, [buffer]);
-    }).then((outputs) => {
+    }).then(({ outputs, finite }) => {
       // Items' outputs are views of their batch's: the batch's buffers came over whole, not copied.
+      // Those the thread checked are vouched for, so that checkOutputs does not read them again.
       const perItem = new Array<WireTensor[]>(items.length);
       groups.forEach((group, b) =>
         splitOutputs(outputs[b] ?? [], group.length, false).forEach((out, k) => {
+          out.forEach((t, j) => finite[b]?.[j] && vouchFinite(t.data));
           perItem[group[k] as number] = out;
         }),
       );
@@ -273,7 +280,7 @@ export class ThreadedSession implements LoadedModel {
     switch (msg.type) {
       case 'result':
         this.giveBack(msg.id, msg.buffer);
-        this.pending.get(msg.id)?.resolve(msg.outputs);
+        this.pending.get(msg.id)?.resolve({ outputs: msg.outputs, finite: msg.finite });
         this.pending.delete(msg.id);
         return;
       case 'error':

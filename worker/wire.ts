@@ -25,9 +25,21 @@ export function toWireTensor(t: WireTensor): WireTensor {
   return tensor;
 }
 
+/** Output bytes a backend already found free of NaN and infinities (see {@link vouchFinite}). */
+const vouched = new WeakSet<Uint8Array>();
+
+/**
+ * Marks output bytes as checked finite by the backend that made them (a native node's session
+ * thread, while they were in its cache), so that {@link checkOutputs} does not read them again.
+ */
+export function vouchFinite(data: Uint8Array): void {
+  vouched.add(data);
+}
+
 /**
  * Says what is wrong with one item's outputs, or undefined when they are fine: at least one
- * output, known dtypes, bytes matching dims, and finite floats unless the model allows otherwise.
+ * output, known dtypes, bytes matching dims, and finite floats unless the model allows otherwise
+ * (or the backend vouched for them).
  */
 export function checkOutputs(
   model: Pick<ModelInfo, 'allowNonFinite'>,
@@ -38,7 +50,7 @@ export function checkOutputs(
     if (!DTYPES.includes(t.dtype)) return `output "${t.name}" has unsupported dtype ${String(t.dtype)}`;
     const size = tensorSizeError(t);
     if (size) return size;
-    if (model.allowNonFinite) continue;
+    if (model.allowNonFinite || vouched.has(t.data)) continue;
     if (t.dtype === 'float32' || t.dtype === 'float64' || t.dtype === 'float16') {
       // In place when aligned (an output's own buffer always is): a copy per output cost ~0.3 ms of
       // the node's main thread per 400 KB output.

@@ -12,6 +12,7 @@ import { bytesOf, compareTensors, type WireTensor } from '../../protocol/tensor.
 import { detectNvidiaGpu, OrtBackend, parseNvidiaSmi } from '../../native/ort-backend.ts';
 import { BackendError, classifyError } from '../../worker/backend.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
+import { checkOutputs } from '../../worker/wire.ts';
 
 const { onnx } = onnxProto;
 const FLOAT = onnx.TensorProto.DataType.FLOAT;
@@ -150,6 +151,12 @@ describe('OrtBackend', () => {
           undefined,
         ),
       );
+      // A session thread checks float outputs for NaN itself, and vouches for them: spoiled after
+      // the run, they still pass checkOutputs (the main thread does not read them again). Outputs
+      // of a session on the main thread are not vouched for.
+      const spoiled = a[0]?.[0] as WireTensor;
+      new Float32Array(spoiled.data.buffer, spoiled.data.byteOffset, 1)[0] = Number.NaN;
+      assert.equal(checkOutputs({}, [spoiled]) === undefined, threads, 'vouched by the thread');
       // The caller's inputs are left intact (threads get copies).
       assert.equal(
         items[0]?.[0]?.data.byteLength,

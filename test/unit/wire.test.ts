@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { WireTensor } from '../../protocol/tensor.ts';
-import { checkOutputs, firstNonFinite } from '../../worker/wire.ts';
+import { checkOutputs, firstNonFinite, vouchFinite } from '../../worker/wire.ts';
 
 function f32(values: number[], offset = 0): WireTensor {
   // `offset` spare bytes before the data: an output that is a view into a larger buffer.
@@ -62,6 +62,16 @@ describe('checkOutputs', () => {
       data: new Uint8Array(new Uint16Array([0x3c00, 0x7e00]).buffer),
     };
     assert.match(checkOutputs(model, [f16]) ?? '', /"h" has a non-finite value \(NaN\) at 1/);
+  });
+
+  it('trusts bytes a backend vouched for, and only those bytes', () => {
+    const t = f32([1, Number.NaN]);
+    const sameBytesOtherView = { ...t, data: new Uint8Array(t.data.buffer) };
+    vouchFinite(t.data);
+    assert.equal(checkOutputs(model, [t]), undefined, 'vouched: not read again');
+    assert.match(checkOutputs(model, [sameBytesOtherView]) ?? '', /non-finite/, 'another view is checked');
+    const short = { ...t, dims: [1, 3] };
+    assert.match(checkOutputs(model, [short]) ?? '', /needs 12/, 'sizes are still checked');
   });
 
   it('lets non-finite values through for a model that allows them, and checks the rest', () => {
