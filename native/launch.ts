@@ -26,7 +26,8 @@
  *
  *   Overhead bench, hub on a core of its own: the main thread's CPU per PaddleOCR item went from
  *   1.38-1.75 ms to 1.13-1.38 ms, and the round ratio from 0.86-0.87 to 0.92-0.93 (two runs of
- *   each, the standalone side given the same settings).
+ *   each, the standalone side given the same settings). Packing a batch's four 400 KB outputs
+ *   alone (`packResults`, in a loop) takes 16 us per item with them and 85 us without.
  *
  * The child is in a process group of its own, so a terminal's Ctrl-C reaches only this parent,
  * which passes it on once (the node drains on the first, quits on the second). SIGTERM and SIGHUP
