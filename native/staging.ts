@@ -57,8 +57,17 @@ export class Stager {
   private readonly free: ArrayBuffer[] = [];
   private freeBytes = 0;
 
-  /** Most bytes of returned buffers kept for reuse. */
-  constructor(readonly keepBytes = 64 * 2 ** 20) {}
+  /**
+   * `keepBytes`: most bytes of returned buffers kept for reuse. `maxBufferBytes`: a staging buffer
+   * holds fewer items than the model's batch size when that many would take more (at least one
+   * item): a buffer is allocated whole when its first item arrives, and a model with a batch size
+   * of 32 and 10 MB inputs must not cost 320 MB for a job of two items. Batches of such items
+   * span buffers, and run by copy.
+   */
+  constructor(
+    readonly keepBytes = 64 * 2 ** 20,
+    readonly maxBufferBytes = 32 * 2 ** 20,
+  ) {}
 
   /**
    * Copies one item's inputs into the staging buffer for its model and shapes, and returns them as
@@ -70,7 +79,10 @@ export class Stager {
     const key = `${model.sha256}|${shapes}`;
     let staged = this.open.get(key);
     if (!staged) {
-      const capacity = model.batchable ? Math.max(1, Math.floor(model.batchSize)) : 1;
+      const batch = model.batchable ? Math.max(1, Math.floor(model.batchSize)) : 1;
+      let itemBytes = 0;
+      for (const t of inputs) itemBytes += align8(t.data.byteLength);
+      const capacity = Math.max(1, Math.min(batch, Math.floor(this.maxBufferBytes / Math.max(1, itemBytes))));
       staged = this.allocate(key, inputs, capacity);
       this.open.set(key, staged);
     }

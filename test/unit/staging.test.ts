@@ -106,6 +106,26 @@ describe('Stager', () => {
     assert.equal(stager.claim([scalar]), undefined);
   });
 
+  it('caps a buffer at maxBufferBytes: big items get fewer per buffer, and run by copy', () => {
+    // An item takes 16 + 8 = 24 bytes; 50 bytes hold two of them, not the batch size of three.
+    const stager = new Stager(1024, 50);
+    const staged = [1, 2, 3].map((s) => stager.stage(model, item(s)));
+    assert.equal(staged[0]?.[0]?.data.buffer, staged[1]?.[0]?.data.buffer);
+    assert.notEqual(
+      staged[1]?.[0]?.data.buffer,
+      staged[2]?.[0]?.data.buffer,
+      'the third starts a new buffer',
+    );
+    assert.ok((staged[0]?.[0]?.data.buffer.byteLength ?? Infinity) <= 56, 'two items and alignment');
+    assert.equal(stager.claim(staged), undefined, 'a batch of three spans two buffers');
+    const one = new Stager(1024, 10).stage(model, item(4));
+    assert.deepEqual(
+      [...(one[0]?.data ?? [])],
+      [...(item(4)[0]?.data ?? [])],
+      'at least one item per buffer',
+    );
+  });
+
   it('keeps models and shapes apart', () => {
     const stager = new Stager();
     const other = { ...model, sha256: 'b'.repeat(64) };
