@@ -11,7 +11,6 @@ import type { HubConfig } from '../server/app.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import { ROOT } from './_grid.ts';
 import { RpcChild } from './_rpc.ts';
-import { HUB_V8_FLAGS } from '../native/launch.ts';
 import type { WorkerSetup } from './_worker-child.ts';
 
 /** The value of `--name V`, or undefined. */
@@ -61,10 +60,7 @@ export interface HubProc {
 export async function startHubProcess(config: Partial<HubConfig> = {}): Promise<HubProc> {
   const dataDir = mkdtempSync(join(tmpdir(), 'shardhub-bench-'));
   // --expose-gc: benchmarks can ask for the heap the hub retains (`retained`), not just its peak.
-  // With the V8 flags `shardhub serve` runs with (native/launch.ts).
-  const rpc = RpcChild.start(join(ROOT, 'bench/_hub-child.ts'), {
-    nodeArgs: ['--expose-gc', ...HUB_V8_FLAGS],
-  });
+  const rpc = RpcChild.start(join(ROOT, 'bench/_hub-child.ts'), { nodeArgs: ['--expose-gc'] });
   const info = await rpc.call<{ url: string; joinToken: string; operatorToken: string; pid: number }>(
     'start',
     { config: { dataDir, ...config } },

@@ -24,7 +24,7 @@ import { SqliteStore } from '../server/store/sqlite.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { Reference, freePort } from '../test/helpers/grid.ts';
 import { ROOT, printTable } from './_grid.ts';
-import { HUB_V8_FLAGS, NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
+import { NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
 
 function arg(args: string[], name: string, dflt: number): number {
   const i = args.indexOf(`--${name}`);
@@ -138,7 +138,6 @@ export async function runSoak(opts: {
       [
         '--import',
         'tsx',
-        ...HUB_V8_FLAGS, // as `shardhub serve` runs (native/launch.ts), so that kill -9 hits the hub itself
         join(ROOT, 'server/cli.ts'),
         'serve',
         '--port',

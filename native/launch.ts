@@ -1,6 +1,5 @@
 /**
- * A native node's process (and the hub's, see {@link HUB_V8_FLAGS}) runs with V8 flags that Node
- * takes only on its command line: not in
+ * A native node's process runs with V8 flags that Node takes only on its command line: not in
  * NODE_OPTIONS, and not at run time (`v8.setFlagsFromString('--single-threaded-gc')` aborts the
  * process in its next collection). So `shardhub node` started without them (the `shardhub` command,
  * `npm run shardhub -- node`, `node --import tsx native/main.ts`) runs itself once more, as a child
@@ -41,20 +40,6 @@ import { constants } from 'node:os';
 /** The V8 flags a native node runs with; see the file comment. */
 export const NODE_V8_FLAGS: readonly string[] = ['--single-threaded-gc', '--no-incremental-marking'];
 
-/**
- * The V8 flags the hub (`shardhub serve`) runs with, relaunched the same way. On a hub, V8's
- * helper threads cost more than they saved: overhead bench with the hub sharing two cores with
- * the node, hub CPU per PaddleOCR item 2.64-2.70 -> 2.08-2.12 ms; 2,000 connections, assignment
- * p99 22 and 33 ms against 45 ms, RSS 445 against 365 MB; dispatch unchanged (60,700-61,700
- * against 61,300-61,400 items/s). Incremental marking stays on: the hub's pauses are latency.
- */
-export const HUB_V8_FLAGS: readonly string[] = ['--single-threaded-gc'];
-
-/** Whether this process was started with every flag of `flags`. */
-export function hasFlags(flags: readonly string[], execArgv: readonly string[] = process.execArgv): boolean {
-  return flags.every((f) => execArgv.includes(f));
-}
-
 /** The malloc settings a native node runs with; see the file comment. */
 export const NODE_MALLOC_ENV: Readonly<Record<string, string>> = {
   MALLOC_MMAP_THRESHOLD_: String(32 * 1024 * 1024),
@@ -82,23 +67,20 @@ export function hasNodeSetup(
   execArgv: readonly string[] = process.execArgv,
   env: NodeJS.ProcessEnv = process.env,
 ): boolean {
-  return hasFlags(NODE_V8_FLAGS, execArgv) && hasMallocEnv(env);
+  return NODE_V8_FLAGS.every((f) => execArgv.includes(f)) && hasMallocEnv(env);
 }
 
 /**
- * Runs this process's command line again in a child with `flags` and environment `env` (by
- * default a native node's: {@link NODE_V8_FLAGS} and {@link NODE_MALLOC_ENV}), passing signals
- * on; resolves with the child's exit code (128 + the signal's number if a signal ended it).
+ * Runs this process's command line again in a child with {@link NODE_V8_FLAGS} and
+ * {@link NODE_MALLOC_ENV}, passing signals on; resolves with the child's exit code (128 + the
+ * signal's number if a signal ended it).
  */
-export function relaunchWithFlags(
-  flags: readonly string[] = NODE_V8_FLAGS,
-  env: NodeJS.ProcessEnv = nodeEnv(process.env),
-): Promise<number> {
-  const missing = flags.filter((f) => !process.execArgv.includes(f));
-  const child = spawn(process.execPath, [...process.execArgv, ...missing, ...process.argv.slice(1)], {
+export function relaunchWithFlags(): Promise<number> {
+  const flags = NODE_V8_FLAGS.filter((f) => !process.execArgv.includes(f));
+  const child = spawn(process.execPath, [...process.execArgv, ...flags, ...process.argv.slice(1)], {
     stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
     detached: true,
-    env: { ...env, [CHILD_ENV]: '1' },
+    env: { ...nodeEnv(process.env), [CHILD_ENV]: '1' },
   });
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
   const forward = (signal: NodeJS.Signals) => child.kill(signal);
@@ -109,7 +91,7 @@ export function relaunchWithFlags(
       resolve(code);
     };
     child.once('error', (err) => {
-      process.stderr.write(`shardhub: cannot start the process again with its V8 flags: ${err.message}\n`);
+      process.stderr.write(`shardhub node: cannot start the node process: ${err.message}\n`);
       done(1);
     });
     child.once('exit', (code, signal) => done(code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0)));

@@ -7,7 +7,6 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
-import { HUB_V8_FLAGS, hasFlags, relaunchWithFlags, watchParent } from '../native/launch.ts';
 import { HubServer, defaultHubConfig } from './app.ts';
 import { createLogger } from './logger.ts';
 import { DEFAULT_TRUST_OPTIONS } from './trust.ts';
@@ -135,8 +134,6 @@ export async function serveCommand(argv: string[]): Promise<number> {
     );
     return 0;
   }
-  // Started without the hub's V8 flags: run again, as a child that has them (native/launch.ts).
-  if (!hasFlags(HUB_V8_FLAGS)) return relaunchWithFlags(HUB_V8_FLAGS, process.env);
   const log = createLogger('hub');
   const defaults = defaultHubConfig();
   const server = await HubServer.start(
@@ -206,8 +203,6 @@ export async function serveCommand(argv: string[]): Promise<number> {
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
-    // Started by a parent that has since died without a word (SIGKILL): shut down, as on SIGTERM.
-    watchParent(() => stop('parent gone'));
   });
 }
 

@@ -19,7 +19,6 @@ import {
   waitFor,
   type Proc,
 } from '../helpers/grid.ts';
-import { HUB_V8_FLAGS } from '../../native/launch.ts';
 
 describe('hub crash', () => {
   const tmp = tempDir();
@@ -33,27 +32,21 @@ describe('hub crash', () => {
     const port = await freePort();
     const data = join(tmp.dir, 'hub');
     const serve = () =>
-      spawnTs(
-        'server/cli.ts',
-        [
-          'serve',
-          '--port',
-          String(port),
-          '--host',
-          '127.0.0.1',
-          '--data',
-          data,
-          '--no-demo',
-          '--no-local-node',
-          '--heartbeat-ms',
-          '500',
-          '--offline-after-ms',
-          '2000',
-          // With the hub's V8 flags, so it does not run itself again: kill -9 hits the hub itself.
-        ],
-        {},
-        HUB_V8_FLAGS,
-      );
+      spawnTs('server/cli.ts', [
+        'serve',
+        '--port',
+        String(port),
+        '--host',
+        '127.0.0.1',
+        '--data',
+        data,
+        '--no-demo',
+        '--no-local-node',
+        '--heartbeat-ms',
+        '500',
+        '--offline-after-ms',
+        '2000',
+      ]);
     let hub = serve();
     procs.push(hub);
     const url = `http://127.0.0.1:${port}`;
