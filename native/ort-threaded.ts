@@ -103,7 +103,7 @@ export function planBuffer(
 }
 
 /** Each tensor in a buffer starts 8-byte aligned, as typed arrays of every dtype need. */
-const align8 = (n: number) => Math.ceil(n / 8) * 8;
+export const align8 = (n: number) => Math.ceil(n / 8) * 8;
 
 /**
  * Writes planned batches into a buffer, each batch's inputs concatenated along dim 0

@@ -22,7 +22,7 @@
 import type { ModelInfo } from '../protocol/model.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { batchKey } from '../worker/batching.ts';
-import type { BufferTensor } from './ort-threaded.ts';
+import { align8, type BufferTensor } from './ort-threaded.ts';
 
 /** Where one input's items sit in a staging buffer. */
 interface Region {
@@ -45,8 +45,6 @@ interface Staged {
   /** Handed to a session by {@link Stager.claim}: nothing more is written into it. */
   claimed: boolean;
 }
-
-const align8 = (n: number) => Math.ceil(n / 8) * 8;
 
 /** Stages items' inputs into batch buffers and hands those over whole; see the file comment. */
 export class Stager {

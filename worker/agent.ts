@@ -107,8 +107,9 @@ export interface WorkerAgentOptions extends OutboxOptions {
    * Batches each runner hands its session at once (default 1: the next batch is taken when the
    * last one is done). More suits a backend that queues runs and carries them out in order, in a
    * thread of its own (the browser's inference worker, a native node's session threads): with 2,
-   * the next batch is already there when one ends. Items handed over count as running: they can no longer be revoked. A throttled
-   * worker keeps one batch in flight, so its sleeps follow its busy time.
+   * the next batch is already there when one ends. Items handed over count as running: they can
+   * no longer be revoked. A throttled worker keeps one batch in flight, so its sleeps follow its
+   * busy time.
    */
   batchesInFlight?: number;
   /** Load figures for heartbeats (default zeros: browsers). */
