@@ -46,7 +46,13 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
-async function setup(sim: SimOptions, concurrency = 1, batchesInFlight = 1) {
+/** A fake hub and an agent on the recording sim backend; `wrap` may change that backend. */
+async function setup(
+  sim: SimOptions,
+  concurrency = 1,
+  batchesInFlight = 1,
+  wrap: (backend: Backend) => Backend = (b) => b,
+) {
   const hub = new FakeHub();
   await hub.listen();
   cleanups.push(() => hub.close());
@@ -60,7 +66,7 @@ async function setup(sim: SimOptions, concurrency = 1, batchesInFlight = 1) {
   const { ran, factory } = recordingSim(sim);
   const agent = new WorkerAgent({
     socket,
-    backend: factory,
+    backend: async () => wrap(await factory()),
     store: new MemoryModelStore(),
     hubUrl: hub.url,
     register: { kind: 'native', name: 'test-node', capabilities: { cores: 2, memoryBytes: 1 } },
@@ -125,57 +131,41 @@ describe('WorkerAgent', () => {
   });
 
   it('hands each item to the backend to stage as its shard arrives, and runs what it staged', async () => {
-    const hub = new FakeHub();
-    await hub.listen();
-    cleanups.push(() => hub.close());
-    const { factory } = recordingSim({ itemMs: 5 });
     const staged = new WeakSet<Uint8Array>();
     let stagedCount = 0;
     let queuedWhenStaged = -1;
     let ranStaged = 0;
     let ranOther = 0;
-    const agent: WorkerAgent = new WorkerAgent({
-      socket: io(`${hub.url}/worker`, {
-        auth: { workerId: 'worker-stage', workerSecret: 'secret-secret-secret' },
-        transports: ['websocket'],
-        parser: shardhubParser,
-      }) as WorkerSocket,
-      backend: async () => {
-        const inner = await factory();
+    let agent: WorkerAgent | undefined;
+    const stagingBackend = (inner: Backend): Backend => ({
+      ...inner,
+      stage: (_model, inputs) => {
+        if (stagedCount++ === 0) queuedWhenStaged = agent?.stats.queued ?? -1;
+        return inputs.map((t) => {
+          const data = t.data.slice();
+          staged.add(data);
+          return { ...t, data };
+        });
+      },
+      load: async (model, bytes) => {
+        const loaded = await inner.load(model, bytes);
         return {
-          ...inner,
-          stage: (_model, inputs) => {
-            if (stagedCount++ === 0) queuedWhenStaged = agent.stats.queued;
-            return inputs.map((t) => {
-              const data = t.data.slice();
-              staged.add(data);
-              return { ...t, data };
-            });
+          run: (batch) => {
+            for (const inputs of batch) {
+              for (const t of inputs) {
+                if (staged.has(t.data)) ranStaged++;
+                else ranOther++;
+              }
+            }
+            return loaded.run(batch);
           },
-          load: async (model, bytes) => {
-            const loaded = await inner.load(model, bytes);
-            return {
-              run: (batch) => {
-                for (const inputs of batch) {
-                  for (const t of inputs) {
-                    if (staged.has(t.data)) ranStaged++;
-                    else ranOther++;
-                  }
-                }
-                return loaded.run(batch);
-              },
-              dispose: () => loaded.dispose(),
-            };
-          },
+          dispose: () => loaded.dispose(),
         };
       },
-      store: new MemoryModelStore(),
-      hubUrl: hub.url,
-      register: { kind: 'native', name: 'test-node', capabilities: { cores: 2, memoryBytes: 1 } },
     });
-    cleanups.push(() => agent.close());
-    await agent.start();
-    await waitFor('registration', () => hub.registers.length === 1);
+    const started = await setup({ itemMs: 5 }, 1, 1, stagingBackend);
+    const { hub } = started;
+    agent = started.agent;
     hub.assign(range(1, 6));
     await waitFor('6 results', () => hub.results.length === 6);
     assert.equal(stagedCount, 6, 'every item staged once');
