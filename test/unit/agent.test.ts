@@ -136,11 +136,11 @@ describe('WorkerAgent', () => {
     let queuedWhenStaged = -1;
     let ranStaged = 0;
     let ranOther = 0;
-    let agent: WorkerAgent | undefined;
+    const the: { agent?: WorkerAgent } = {}; // set once setup returns, read when items arrive
     const stagingBackend = (inner: Backend): Backend => ({
       ...inner,
       stage: (_model, inputs) => {
-        if (stagedCount++ === 0) queuedWhenStaged = agent?.stats.queued ?? -1;
+        if (stagedCount++ === 0) queuedWhenStaged = the.agent?.stats.queued ?? -1;
         return inputs.map((t) => {
           const data = t.data.slice();
           staged.add(data);
@@ -163,9 +163,8 @@ describe('WorkerAgent', () => {
         };
       },
     });
-    const started = await setup({ itemMs: 5 }, 1, 1, stagingBackend);
-    const { hub } = started;
-    agent = started.agent;
+    const { hub, agent } = await setup({ itemMs: 5 }, 1, 1, stagingBackend);
+    the.agent = agent;
     hub.assign(range(1, 6));
     await waitFor('6 results', () => hub.results.length === 6);
     assert.equal(stagedCount, 6, 'every item staged once');
