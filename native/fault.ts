@@ -26,6 +26,7 @@ export function corrupting(inner: Backend, rate: number, random: () => number = 
   };
   if (inner.dispose) wrapped.dispose = () => inner.dispose?.() ?? Promise.resolve();
   if (inner.stage) wrapped.stage = inner.stage.bind(inner);
+  if (inner.reserve) wrapped.reserve = inner.reserve.bind(inner);
   return wrapped;
 }
 

@@ -212,4 +212,8 @@ export class OrtBackend implements Backend {
   stage(model: ModelInfo, inputs: WireTensor[]): WireTensor[] {
     return this.stager ? this.stager.stage(model, inputs) : inputs;
   }
+
+  reserve(model: ModelInfo, inputs: readonly Omit<WireTensor, 'data'>[]): WireTensor[] | undefined {
+    return this.stager?.reserve(model, inputs);
+  }
 }

@@ -20,9 +20,17 @@
  * the thread and is kept, up to {@link Stager.keepBytes}, for the next items.
  */
 import type { ModelInfo } from '../protocol/model.ts';
-import type { WireTensor } from '../protocol/tensor.ts';
+import { DTYPE_BYTES, elementCount, type WireTensor } from '../protocol/tensor.ts';
 import { batchKey } from '../worker/batching.ts';
 import { align8, type BufferTensor } from './ort-threaded.ts';
+
+/** What staging needs of a model. */
+type StagedModel = Pick<ModelInfo, 'sha256' | 'batchable' | 'batchSize'>;
+
+/** Bytes of one tensor of these dtype and dims. */
+function byteSize(t: Omit<WireTensor, 'data'>): number {
+  return elementCount(t.dims) * DTYPE_BYTES[t.dtype];
+}
 
 /** Where one input's items sit in a staging buffer. */
 interface Region {
@@ -71,15 +79,27 @@ export class Stager {
    * Copies one item's inputs into the staging buffer for its model and shapes, and returns them as
    * views of it. Inputs that cannot be batched (a scalar, no inputs) come back as they are.
    */
-  stage(model: Pick<ModelInfo, 'sha256' | 'batchable' | 'batchSize'>, inputs: WireTensor[]): WireTensor[] {
+  stage(model: StagedModel, inputs: WireTensor[]): WireTensor[] {
+    const staged = this.reserve(model, inputs);
+    if (!staged) return inputs;
+    staged.forEach((t, j) => t.data.set((inputs[j] as WireTensor).data));
+    return staged;
+  }
+
+  /**
+   * Places for one item's inputs, of these names, dtypes and dims, in the staging buffer for its
+   * model and shapes, for the caller to fill (the data channel reads sockets into them); undefined
+   * for inputs that cannot be batched. Like {@link stage} without the copy.
+   */
+  reserve(model: StagedModel, inputs: readonly Omit<WireTensor, 'data'>[]): WireTensor[] | undefined {
     const shapes = batchKey(inputs);
-    if (shapes === undefined) return inputs;
+    if (shapes === undefined) return undefined;
     const key = `${model.sha256}|${shapes}`;
     let staged = this.open.get(key);
     if (!staged) {
       const batch = model.batchable ? Math.max(1, Math.floor(model.batchSize)) : 1;
       let itemBytes = 0;
-      for (const t of inputs) itemBytes += align8(t.data.byteLength);
+      for (const t of inputs) itemBytes += align8(byteSize(t));
       const capacity = Math.max(1, Math.min(batch, Math.floor(this.maxBufferBytes / Math.max(1, itemBytes))));
       staged = this.allocate(key, inputs, capacity);
       this.open.set(key, staged);
@@ -90,7 +110,6 @@ export class Stager {
     return inputs.map((t, j) => {
       const r = s.regions[j] as Region;
       const data = new Uint8Array(s.buffer, r.offset + pos * r.itemBytes, r.itemBytes);
-      data.set(t.data);
       this.where.set(data, { staged: s, pos });
       return { name: t.name, dtype: t.dtype, dims: [...t.dims], data };
     });
@@ -139,7 +158,7 @@ export class Stager {
     return this.freeBytes;
   }
 
-  private allocate(key: string, inputs: readonly WireTensor[], capacity: number): Staged {
+  private allocate(key: string, inputs: readonly Omit<WireTensor, 'data'>[], capacity: number): Staged {
     let bytes = 0;
     const regions = inputs.map((t) => {
       const r: Region = {
@@ -147,9 +166,9 @@ export class Stager {
         dtype: t.dtype,
         dims: [...t.dims],
         offset: bytes,
-        itemBytes: t.data.byteLength,
+        itemBytes: byteSize(t),
       };
-      bytes += align8(t.data.byteLength * capacity);
+      bytes += align8(r.itemBytes * capacity);
       return r;
     });
     // A kept buffer that fits and is not much larger; else a new one.

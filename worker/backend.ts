@@ -25,6 +25,12 @@ export interface Backend {
    * Returns the inputs as they are when it cannot.
    */
   stage?(model: ModelInfo, inputs: WireTensor[]): WireTensor[];
+  /**
+   * Places for an item's inputs of these names, dtypes and dims, for the caller to fill in place of
+   * {@link stage}'s copy (optional; a native node's data channel reads its socket into them).
+   * Returns undefined when it has none to offer.
+   */
+  reserve?(model: ModelInfo, inputs: readonly Omit<WireTensor, 'data'>[]): WireTensor[] | undefined;
   /** Releases what the backend holds beyond its loaded models (optional). */
   dispose?(): Promise<void>;
 }

@@ -16,7 +16,7 @@ export type RunOne = (inputs: WireTensor[]) => Promise<WireTensor[]>;
  * The key under which an item may join a batch: every input's name, dtype and dims, in order.
  * Undefined when the item cannot be concatenated (an input with no dims, i.e. a scalar).
  */
-export function batchKey(inputs: readonly WireTensor[]): string | undefined {
+export function batchKey(inputs: readonly Omit<WireTensor, 'data'>[]): string | undefined {
   if (inputs.length === 0) return undefined;
   const parts: string[] = [];
   for (const t of inputs) {

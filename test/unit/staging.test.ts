@@ -57,6 +57,37 @@ describe('Stager', () => {
     assert.equal(stager.claim(staged), undefined, 'a buffer is claimed once');
   });
 
+  it('reserves places in the batch buffer for the caller to fill, which claim like staged inputs', () => {
+    const stager = new Stager();
+    const originals = [4, 5, 6].map(item);
+    const places = originals.map((inputs) =>
+      stager.reserve(
+        model,
+        inputs.map(({ name, dtype, dims }) => ({ name, dtype, dims })),
+      ),
+    );
+    places.forEach((inputs, i) => {
+      assert.ok(inputs);
+      assert.deepEqual(
+        inputs.map((t) => [t.name, t.dtype, t.dims, t.data.byteLength]),
+        originals[i]?.map((t) => [t.name, t.dtype, t.dims, t.data.byteLength]),
+      );
+      inputs.forEach((t, j) => t.data.set((originals[i]?.[j] as WireTensor).data));
+    });
+    assert.equal(places[0]?.[0]?.data.buffer, places[2]?.[1]?.data.buffer, 'all in one buffer');
+    const claim = stager.claim(places as WireTensor[][]);
+    assert.ok(claim);
+    assert.deepEqual(
+      claimedBytes(claim),
+      concatItems(originals).map((t) => t.data),
+    );
+    assert.equal(
+      stager.reserve(model, [{ name: 's', dtype: 'float32', dims: [] }]),
+      undefined,
+      'a scalar has no place in a batch',
+    );
+  });
+
   it('claims nothing but a whole buffer in staging order', () => {
     const stager = new Stager();
     const staged = [1, 2, 3, 4, 5].map((s) => stager.stage(model, item(s)));
