@@ -30,6 +30,8 @@ Options:
   --id ID              a fixed worker id (8-64 of A-Z a-z 0-9 _ -), for several nodes on one machine
   --state DIR          where the node's identity is kept (default ~/.shardhub)
   --cache DIR          where models are cached (default ~/.cache/shardhub/models)
+  --data-channel on|off  large items' inputs over a connection of their own, read straight into
+                       batch buffers (default on; http: hubs only)         [env SHARDHUB_DATA_CHANNEL]
   --config FILE        JSON file with any of these keys, e.g. {"hub": "...", "concurrency": 2}
   --help               show this text
 
@@ -66,6 +68,7 @@ const FLAGS = {
   id: { type: 'string' },
   state: { type: 'string' },
   cache: { type: 'string' },
+  'data-channel': { type: 'string' },
   config: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -78,6 +81,7 @@ const ENV: Partial<Record<Key, string>> = {
   concurrency: 'SHARDHUB_CONCURRENCY',
   backend: 'SHARDHUB_BACKEND',
   pool: 'SHARDHUB_POOL',
+  'data-channel': 'SHARDHUB_DATA_CHANNEL',
 };
 const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim'];
 const SIM_KEYS: readonly Key[] = ['speed', 'item-ms', 'slow-at-s', 'slow-factor', 'die-at-s'];
@@ -169,6 +173,11 @@ export function parseNodeArgs(argv: string[], env: NodeJS.ProcessEnv = process.e
       (v) => v >= 0 && v <= 1,
       'a number from 0 to 1',
     );
+  }
+  if (raw['data-channel'] !== undefined) {
+    const v = raw['data-channel'];
+    if (v !== 'on' && v !== 'off') throw new UsageError(`${name('data-channel')} must be on or off`);
+    options.dataChannel = v === 'on';
   }
   if (raw.state !== undefined) options.stateDir = raw.state;
   if (raw.cache !== undefined) options.cacheDir = raw.cache;

@@ -26,6 +26,7 @@ import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { GpuInfo } from './ort-backend.ts';
 import type { SimOptions } from './sim-backend.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
+import { DataChannelClient } from './data-channel.ts';
 
 /** Which backend a node runs: `auto` is CUDA where usable, else CPU. */
 export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'sim';
@@ -54,6 +55,11 @@ export interface NodeOptions {
   corruptRate?: number;
   /** How a sim node dies at `--die-at-s` (default `process.exit(137)`). */
   simDie?: () => void;
+  /**
+   * Ask for a data channel for large items' inputs (default true; `http:` hubs only, see
+   * `protocol/data-channel.ts`). False: every input comes over Socket.IO.
+   */
+  dataChannel?: boolean;
 }
 
 /** A running node. */
@@ -227,6 +233,12 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     log.warn({ corruptRate: rate }, 'fault injection: this node corrupts outputs on purpose');
   }
 
+  // The data channel reserves places for inputs in the backend's staging buffers.
+  let backend: Backend | undefined;
+  const makeBackend = backendFactory;
+  backendFactory = async () => (backend = await makeBackend());
+  const wantsChannel = opts.dataChannel !== false && new URL(hub).protocol === 'http:';
+
   const capabilities: Capabilities = {
     hostname: hostname().slice(0, 128),
     cores,
@@ -286,6 +298,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
       kind: 'native',
       name: (opts.name ?? hostname()).slice(0, 128) || 'node',
       ...(opts.pool ? { pool: opts.pool } : {}),
+      ...(wantsChannel ? { dataChannel: true } : {}),
       capabilities,
     },
     logger: log,
@@ -345,7 +358,43 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     log.info({ hub: clean(hub), workerId: identity.workerId }, 'connected to hub');
   });
   socket.on('disconnect', (reason) => {
+    channel?.close();
     if (reason === 'io server disconnect') reconnect.later();
+  });
+
+  // The data channel opens after each registration and ends with the connection it belongs to.
+  let channel: DataChannelClient | undefined;
+  agent.on('registered', (reply) => {
+    channel?.close();
+    const offer = reply.dataChannel;
+    if (!offer) return;
+    try {
+      const c: DataChannelClient = new DataChannelClient({
+        hub,
+        path: offer.path,
+        ticket: offer.ticket,
+        reserve: (model, inputs) => backend?.reserve?.(model, inputs),
+        onShard: (shard, items) => agent.assign(shard, items),
+        onOpen: () => log.info({}, 'data channel open'),
+        onClose: (err, opened) => {
+          if (channel === c) channel = undefined;
+          if (!err) return;
+          if (!opened) {
+            log.warn({ error: clean(err.message) }, 'no data channel; large inputs come over Socket.IO');
+            return;
+          }
+          // Frames in flight may be lost: the hub requeues this connection's items when it goes.
+          log.warn({ error: clean(err.message) }, 'data channel lost; reconnecting');
+          if (socket.connected) {
+            socket.disconnect();
+            reconnect.later();
+          }
+        },
+      });
+      channel = c;
+    } catch (err) {
+      log.warn({ error: clean((err as Error).message) }, 'no data channel; large inputs come over Socket.IO');
+    }
   });
   socket.on('connect_error', (err: Error & { data?: { code?: unknown } }) => {
     failures++;
@@ -372,6 +421,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     reconnect.cancel();
     if (gpuTimer !== undefined) clearInterval(gpuTimer);
     for (const [sig, fn] of signals) process.off(sig, fn);
+    channel?.close();
     socket.off();
     socket.disconnect();
   };

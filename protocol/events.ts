@@ -73,6 +73,11 @@ export interface RegisterRequest {
   packed?: boolean;
   /** It also takes them as one attachment per item (`PackedParts`). */
   packedParts?: boolean;
+  /**
+   * It takes large items' inputs over a data channel (native nodes of `http:` hubs only; see
+   * `protocol/data-channel.ts`).
+   */
+  dataChannel?: boolean;
 }
 /** `worker:register` reply. */
 export interface RegisterReply {
@@ -81,6 +86,8 @@ export interface RegisterReply {
   offlineAfterMs: number;
   /** The hub takes results whose outputs come packed (`ItemsDone.packed`). */
   packed?: boolean;
+  /** To a native node that asked for a data channel: where to open it, and its one-use ticket. */
+  dataChannel?: { path: string; ticket: string };
 }
 
 /**

@@ -62,6 +62,7 @@ export const RegisterRequestSchema = z.object({
   capabilities: CapabilitiesSchema,
   packed: z.boolean().optional(),
   packedParts: z.boolean().optional(),
+  dataChannel: z.boolean().optional(),
 });
 
 export const HeartbeatSchema = z.object({

@@ -9,6 +9,7 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Server } from 'socket.io';
+import { DATA_CHANNEL_PATH } from '../protocol/data-channel.ts';
 import { LIMITS } from '../protocol/limits.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import { ModelRegistry } from '../models/registry.ts';
@@ -116,6 +117,11 @@ export class HubServer {
     }
 
     const http = createServer(app);
+    // Native nodes' data channels share the hub's port (protocol/data-channel.ts). Socket.IO's own
+    // upgrade listener ignores other paths.
+    http.on('upgrade', (req, socket, head) => {
+      if ((req.url ?? '').split('?')[0] === DATA_CHANNEL_PATH) hub.data.accept(req, socket, head);
+    });
     const io = new Server(http, {
       maxHttpBufferSize: LIMITS.socketMessageBytes,
       parser: shardhubParser,

@@ -3,6 +3,7 @@
  * schema, and hands clean requests to the Hub. A bad payload gets an error ack (or is dropped with
  * a logged reason when it has no ack); it never reaches the hub's logic and never throws.
  */
+import { DATA_CHANNEL_PATH } from '../protocol/data-channel.ts';
 import type { Namespace } from 'socket.io';
 import type { z } from 'zod';
 import type {
@@ -198,6 +199,9 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
             heartbeatMs: hub.opts.heartbeatMs,
             offlineAfterMs: hub.opts.offlineAfterMs,
             packed: true,
+            ...(req.dataChannel && req.kind === 'native'
+              ? { dataChannel: { path: DATA_CHANNEL_PATH, ticket: hub.data.issue(workerId, socket.id) } }
+              : {}),
           },
         });
       }),

@@ -36,6 +36,7 @@ import type { TrustStore } from './store/trust-store.ts';
 import { DEFAULT_TRUST_OPTIONS, TrustBook, type TrustOptions } from './trust.ts';
 import { Verifier } from './verify.ts';
 import { ShardSender, type AssignmentRow, type WorkerSocket } from './shard-sender.ts';
+import { DataChannels } from './data-channel.ts';
 
 /** Least time between two plans of waiting workers asked for by events (see `pumpAllSoon`). */
 const PUMP_ALL_MS = 20;
@@ -102,6 +103,8 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly sockets = new Map<string, WorkerSocket>();
   /** Plans and sends `shard:assign` messages. */
   private readonly shards: ShardSender;
+  /** Native nodes' data channels (large items' inputs; `server/data-channel.ts`). */
+  readonly data: DataChannels;
   private readonly active = new Map<string, ActiveJob>();
   private readonly timer: NodeJS.Timeout;
   private closed = false;
@@ -126,10 +129,21 @@ export class Hub extends EventEmitter<HubEvents> {
     super();
     this.trust = new TrustBook(trustStore, opts.trust);
     this.verifier = new Verifier(trustStore, this.trust);
+    this.data = new DataChannels({
+      log,
+      socketIdOf: (workerId) => this.sockets.get(workerId)?.id,
+      lost: (workerId, socketId, reason) => {
+        const socket = this.sockets.get(workerId);
+        if (socket?.id !== socketId) return;
+        this.workerGone(workerId, reason, socketId);
+        socket.disconnect(true);
+      },
+    });
     this.shards = new ShardSender({
       store,
       socketOf: (workerId) => this.sockets.get(workerId),
       modelOf: (jobId) => this.active.get(jobId)?.model,
+      data: this.data,
     });
     this.scheduler = new Scheduler({
       maxAttempts: opts.maxAttempts,
@@ -436,6 +450,7 @@ export class Hub extends EventEmitter<HubEvents> {
     w.socketId = null;
     this.sockets.delete(workerId);
     this.shards.gone(workerId);
+    this.data.gone(workerId);
     const back = this.scheduler.removeWorker(workerId);
     for (const job of this.active.values()) job.fairness.gone(workerId, at);
     let n = 0;
@@ -940,6 +955,7 @@ export class Hub extends EventEmitter<HubEvents> {
     if (now - this.lastFigures >= 1500) {
       this.lastFigures = now;
       this.sendFigures();
+      this.data.sweep(now);
     }
     for (const w of this.workers.values()) {
       if (w.state === 'offline' || now - w.lastSeen <= this.opts.offlineAfterMs) continue;
@@ -954,6 +970,7 @@ export class Hub extends EventEmitter<HubEvents> {
   async close(): Promise<void> {
     this.closed = true;
     this.shards.close();
+    this.data.close();
     clearInterval(this.timer);
     await this.reference.close();
   }

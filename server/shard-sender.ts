@@ -13,7 +13,9 @@
  * - A message whose worker has gone (its items were requeued) or whose job has ended is dropped.
  * - Inputs go as the tensor packs the store holds, in the form the worker registered for: one
  *   attachment per item (`PackedParts`), joined into one with offsets (`PackedTensors`), or one
- *   attachment per tensor (workers that take no packs).
+ *   attachment per tensor (workers that take no packs). Large items (at least
+ *   {@link PART_MIN_BYTES} each, on average) of a native node with an open data channel go down
+ *   that channel instead (`server/data-channel.ts`).
  */
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'socket.io';
@@ -27,6 +29,7 @@ import type { ModelInfo } from '../protocol/model.ts';
 import { unpackTensors } from '../protocol/pack.ts';
 import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
 import type { Store } from './store/store.ts';
+import type { DataChannels } from './data-channel.ts';
 
 /** A worker's socket as the hub types it. */
 export type WorkerSocket = Socket<WorkerToHubEvents, HubToWorkerEvents>;
@@ -78,6 +81,8 @@ export interface ShardSenderHost {
   socketOf(workerId: string): WorkerSocket | undefined;
   /** The model of an active job; undefined once the job has ended. */
   modelOf(jobId: string): ModelInfo | undefined;
+  /** Native nodes' data channels, which take large items' inputs instead of their sockets. */
+  data?: Pick<DataChannels, 'of' | 'send'>;
 }
 
 /** Plans and sends `shard:assign` messages; see the file comment. */
@@ -169,7 +174,11 @@ export class ShardSender {
     const packs = o.packs ?? this.read(o.ids);
     const head = { shardId: o.shardId, jobId: o.jobId, model };
     const packing = this.packing.get(o.workerId);
-    if (packing === 'parts' && o.bytes >= PART_MIN_BYTES * o.ids.length) {
+    const large = o.bytes >= PART_MIN_BYTES * o.ids.length;
+    const channel = large ? this.host.data?.of(o.workerId, o.socket.id) : undefined;
+    if (channel) {
+      this.host.data?.send(channel, head, o.ids, packs);
+    } else if (packing === 'parts' && large) {
       o.socket.emit('shard:assign', { ...head, items: [], packed: { ids: o.ids, parts: packs } });
     } else if (packing) {
       let end = 0;

@@ -482,9 +482,27 @@ export class WorkerAgent {
     this.changed();
   }
 
+  /**
+   * A shard whose items' inputs came another way than `shard:assign`, already staged: a native
+   * node's data channel reads them straight into the batch buffers they run from.
+   */
+  assign(
+    shard: Pick<ShardAssign, 'shardId' | 'jobId' | 'model'>,
+    items: { id: number; inputs: () => WireTensor[] }[],
+  ): void {
+    this.take(shard, items, true);
+  }
+
   private onAssign(shard: ShardAssign): void {
+    this.take(shard, shardItems(shard), false);
+  }
+
+  private take(
+    shard: Pick<ShardAssign, 'shardId' | 'jobId' | 'model'>,
+    items: { id: number; inputs: () => WireTensor[] }[],
+    staged: boolean,
+  ): void {
     if (this.state === 'closed' || this.state === 'idle') return;
-    const items = shardItems(shard);
     const ids = items.map((i) => i.id);
     if (this.state === 'draining' || this.paused) {
       this.release(ids, this.paused ? 'paused' : 'draining');
@@ -503,7 +521,7 @@ export class WorkerAgent {
       }
       // Out of the message's buffer now, not when the item runs (native/staging.ts).
       try {
-        if (this.backend?.stage) inputs = this.backend.stage(shard.model, inputs);
+        if (!staged && this.backend?.stage) inputs = this.backend.stage(shard.model, inputs);
       } catch (err) {
         this.log.warn(
           { itemId: item.id, error: errorMessage(err) },

@@ -77,6 +77,7 @@ describe('grid with native nodes', () => {
     const model = hub.hub.models.byName('ppocr-det');
     assert.ok(model);
     const sent = items(model, 12, { x: [1, 3, 96, 96] });
+    const before = hub.hub.data.stats.items;
     const jobId = await rest.submit('ppocr-det', sent);
     await waitFor(
       'det job done',
@@ -85,6 +86,9 @@ describe('grid with native nodes', () => {
       200,
     );
     await checkResults(hub, jobId, sent);
+    // 110 KB per item: large enough that they went down the nodes' data channels, not Socket.IO.
+    assert.equal(hub.hub.data.stats.open, 3, 'each node has its data channel open');
+    assert.ok(hub.hub.data.stats.items - before >= sent.length, 'every item went down a data channel');
   });
 
   test('a node SIGKILLed mid-job loses its items to the others; the job completes with one result per item', async () => {

@@ -44,6 +44,8 @@ describe('shardhub node arguments', () => {
     const d = options(['--hub', 'http://h:9/'], {});
     assert.equal(d?.hub, 'http://h:9');
     assert.equal(d?.concurrency, 1);
+    assert.equal(d?.dataChannel, undefined, 'default: runNode asks for a data channel');
+    assert.equal(options(['--hub', 'http://h:9'], { SHARDHUB_DATA_CHANNEL: 'off' })?.dataChannel, false);
   });
 
   it('says precisely what is wrong', () => {
@@ -64,6 +66,7 @@ describe('shardhub node arguments', () => {
     bad(['--hub', 'http://x', '--backend', 'sim', '--speed', '0'], /--speed must be a number > 0/);
     bad(['--hub', 'http://x', '--id', 'short'], /--id must be 8-64 characters/);
     bad(['--hub', 'http://x', '--nope'], /Unknown option '--nope'/);
+    bad(['--hub', 'http://x', '--data-channel', 'yes'], /--data-channel must be on or off/);
   });
 
   it('parses the sim flags', () => {

@@ -1,0 +1,146 @@
+/**
+ * The data channel: a native node's second connection to the hub, which carries the inputs of
+ * large items (a shard's items of at least 64 KB each) from the hub to the node, one way. Everything
+ * else, results included, stays on Socket.IO.
+ *
+ * Why: on Socket.IO, a 1.2 MB input reaches the node as 19 socket reads of 64 KB, each a fresh
+ * buffer and a stream callback, which `ws` then copies into one frame, which the node then copies
+ * into the batch buffer it runs from. Here the node tells the kernel where each tensor's bytes go
+ * (`net.Socket`'s `onread` buffer) and they land in that batch buffer directly: no copy in user
+ * space and no allocation per read.
+ *
+ * - Opening: the hub's `worker:register` reply to a native node that asked (`dataChannel: true`)
+ *   holds a ticket: single use, bound to that worker's Socket.IO connection, valid for
+ *   {@link DATA_TICKET_TTL_MS}. The node connects to the hub's own port and sends
+ *   `GET /worker-data` with `Upgrade: shardhub-data/1` and `Authorization: Bearer <ticket>`; the hub
+ *   answers exactly {@link DATA_CHANNEL_ACCEPT}, or an HTTP error with a one-line reason and closes.
+ * - Frames, hub to node only: u32le header length, UTF-8 JSON {@link FrameHeader}, then every item's
+ *   tensors' bytes in header order. The node sends nothing after its request.
+ * - The channel lives as long as the worker's Socket.IO connection. If either ends, the other is
+ *   closed too, and the hub requeues the worker's items as for any disconnect: a frame cut off
+ *   half-way is never half-used.
+ * - Plain `http:` hubs only: Node cannot read a TLS socket into buffers of the caller's choosing.
+ *   A node of an `https:` hub does not ask, and gets its inputs over Socket.IO as before.
+ */
+import { z } from 'zod';
+import { LIMITS } from './limits.ts';
+import type { ModelInfo } from './model.ts';
+import { DTYPE_BYTES, DTYPES, elementCount, type DType } from './tensor.ts';
+
+/** The HTTP path the node's upgrade request goes to. */
+export const DATA_CHANNEL_PATH = '/worker-data';
+/** The `Upgrade` protocol token. */
+export const DATA_CHANNEL_PROTOCOL = 'shardhub-data/1';
+/** The hub's answer to an accepted upgrade, byte for byte: the node reads exactly this much. */
+export const DATA_CHANNEL_ACCEPT = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${DATA_CHANNEL_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`;
+/** How long a ticket from a register reply stays valid. */
+export const DATA_TICKET_TTL_MS = 30_000;
+/** Largest frame header. */
+export const MAX_FRAME_HEADER_BYTES = 1024 * 1024;
+/** Largest frame: the same bound as a Socket.IO message. */
+export const MAX_FRAME_BYTES = LIMITS.socketMessageBytes;
+
+/** One tensor in a frame header: name, dtype, dims (its bytes follow the header, in order). */
+export interface FrameTensor {
+  n: string;
+  t: DType;
+  d: number[];
+}
+
+/** A frame's header: a `shard:assign` whose items' tensors come after it as raw bytes. */
+export interface FrameHeader {
+  shardId: string;
+  jobId: string;
+  model: ModelInfo;
+  /** Each item's tensors, or why the hub could not read its inputs (no bytes follow for it). */
+  items: { id: number; tensors?: FrameTensor[]; error?: string }[];
+}
+
+const FrameHeaderSchema = z.object({
+  shardId: z.string().min(1).max(LIMITS.nameChars),
+  jobId: z.string().min(1).max(LIMITS.nameChars),
+  model: z
+    .object({
+      sha256: z.string().regex(/^[0-9a-f]{64}$/),
+      batchable: z.boolean(),
+      batchSize: z.number().int().min(1),
+    })
+    .passthrough(),
+  items: z
+    .array(
+      z.object({
+        id: z.number().int().min(1),
+        tensors: z
+          .array(
+            z.object({
+              n: z.string().min(1).max(LIMITS.nameChars),
+              t: z.enum(DTYPES),
+              d: z
+                .array(
+                  z
+                    .number()
+                    .int()
+                    .min(0)
+                    .max(2 ** 31),
+                )
+                .max(LIMITS.dimsPerTensor),
+            }),
+          )
+          .max(LIMITS.tensorsPerItem)
+          .optional(),
+        error: z.string().max(LIMITS.textChars).optional(),
+      }),
+    )
+    .min(1)
+    .max(LIMITS.itemsPerMessage),
+});
+
+/** A malformed frame or a refused channel. */
+export class DataChannelError extends Error {
+  override name = 'DataChannelError';
+}
+
+/** Bytes of one frame tensor's data. */
+export function frameTensorBytes(t: FrameTensor): number {
+  return elementCount(t.d) * DTYPE_BYTES[t.t];
+}
+
+/**
+ * Parses and checks a frame header: its shape, and that no tensor is over `LIMITS.tensorBytes` and
+ * the frame's bytes are within {@link MAX_FRAME_BYTES}. Throws a {@link DataChannelError}.
+ */
+export function parseFrameHeader(bytes: Uint8Array): FrameHeader {
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    throw new DataChannelError('frame header is not JSON');
+  }
+  const r = FrameHeaderSchema.safeParse(json);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new DataChannelError(
+      `frame header: ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`,
+    );
+  }
+  const header = r.data as unknown as FrameHeader;
+  let total = 0;
+  for (const item of header.items) {
+    for (const t of item.tensors ?? []) {
+      const n = frameTensorBytes(t);
+      if (n > LIMITS.tensorBytes) throw new DataChannelError(`item ${item.id}: tensor "${t.n}" is too large`);
+      total += n;
+    }
+  }
+  if (total > MAX_FRAME_BYTES) throw new DataChannelError(`frame of ${total} bytes is over the limit`);
+  return header;
+}
+
+/** Serializes a frame header with its length prefix. */
+export function encodeFrameHeader(header: FrameHeader): Uint8Array {
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(4 + json.byteLength);
+  new DataView(out.buffer).setUint32(0, json.byteLength, true);
+  out.set(json, 4);
+  return out;
+}
