@@ -209,6 +209,34 @@ export function hubMetrics(hub: Hub): Registry {
       }),
     );
   }
+  new Gauge({
+    name: 'shardhub_data_channels_open',
+    help: "Native nodes' open data channels (large items' inputs)",
+    registers,
+    collect() {
+      this.set(hub.data.stats.open);
+    },
+  });
+  let sentBytes = 0;
+  new Counter({
+    name: 'shardhub_data_channel_bytes_total',
+    help: 'Input bytes sent down data channels',
+    registers,
+    collect() {
+      this.inc(Math.max(0, hub.data.stats.bytes - sentBytes));
+      sentBytes = hub.data.stats.bytes;
+    },
+  });
+  let refused = 0;
+  new Counter({
+    name: 'shardhub_data_channels_refused_total',
+    help: 'Data channel upgrades refused (bad, used or expired tickets; malformed requests)',
+    registers,
+    collect() {
+      this.inc(Math.max(0, hub.data.stats.refused - refused));
+      refused = hub.data.stats.refused;
+    },
+  });
   return register;
 }
 

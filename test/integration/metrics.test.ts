@@ -125,6 +125,9 @@ describe('GET /metrics', () => {
       'work left somewhere',
     );
     assert.equal(value(samples, 'shardhub_jobs', { state: 'running' }), 1);
+    // Both nodes asked for a data channel; the noop model's items are too small to go down it.
+    assert.equal(value(samples, 'shardhub_data_channels_open'), 2);
+    assert.equal(value(samples, 'shardhub_data_channel_bytes_total'), 0);
     assert.ok(
       samples.some((s) => s.name === 'process_cpu_user_seconds_total'),
       'default process metrics',
