@@ -91,6 +91,42 @@ describe('grid with native nodes', () => {
     assert.ok(hub.hub.data.stats.items - before >= sent.length, 'every item went down a data channel');
   });
 
+  test('a data channel cut mid-job: its node’s items are requeued, it comes back with a new channel, and every result is right', async () => {
+    const model = hub.hub.models.byName('ppocr-det');
+    assert.ok(model);
+    const sent = items(model, 120, { x: [1, 3, 160, 160] });
+    const victim = [...hub.hub.workers.values()].find((w) => w.name === 'n0');
+    assert.ok(victim?.socketId);
+    const { id, reconnects } = victim;
+    const jobId = await rest.submit('ppocr-det', sent);
+    await waitFor(
+      'the victim holds items mid-job',
+      () => hub.hub.scheduler.heldBy(id).length > 0 && (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 0,
+      60_000,
+      1,
+    );
+    const channel = hub.hub.data.of(id, victim.socketId);
+    assert.ok(channel, 'the victim has its data channel open');
+    channel.destroy();
+    await waitFor(
+      'job done',
+      async () => (await rest.data('GET', `/api/jobs/${jobId}`)).state === 'completed',
+      120_000,
+      100,
+    );
+    const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as unknown[];
+    assert.ok(
+      events.some((e) => JSON.stringify(e).includes('data channel lost')),
+      'the victim’s items were requeued because its channel was lost',
+    );
+    await waitFor(
+      'the victim reconnected with a new data channel',
+      () => (hub.hub.workers.get(id)?.reconnects ?? 0) > reconnects && hub.hub.data.stats.open === 3,
+      30_000,
+    );
+    await checkResults(hub, jobId, sent);
+  });
+
   test('a node SIGKILLed mid-job loses its items to the others; the job completes with one result per item', async () => {
     // Real compute slow enough (PaddleOCR det at 160x160) that the victim surely holds items.
     const model = hub.hub.models.byName('ppocr-det');
