@@ -25,6 +25,7 @@
 import { z } from 'zod';
 import { LIMITS } from './limits.ts';
 import type { ModelInfo } from './model.ts';
+import { DimsSchema } from './schemas.ts';
 import { DTYPE_BYTES, DTYPES, elementCount, type DType } from './tensor.ts';
 
 /** The HTTP path the node's upgrade request goes to. */
@@ -75,15 +76,7 @@ const FrameHeaderSchema = z.object({
             z.object({
               n: z.string().min(1).max(LIMITS.nameChars),
               t: z.enum(DTYPES),
-              d: z
-                .array(
-                  z
-                    .number()
-                    .int()
-                    .min(0)
-                    .max(2 ** 31),
-                )
-                .max(LIMITS.dimsPerTensor),
+              d: DimsSchema,
             }),
           )
           .max(LIMITS.tensorsPerItem)

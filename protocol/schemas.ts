@@ -13,18 +13,21 @@ const count = z.number().int().min(0);
 const itemId = z.number().int().min(1);
 const bytes = z.number().finite().min(0);
 
+/** A tensor's dims: at most `LIMITS.dimsPerTensor`, each an integer in 0..2^31. */
+export const DimsSchema = z
+  .array(
+    z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 31),
+  )
+  .max(LIMITS.dimsPerTensor);
+
 export const WireTensorSchema = z.object({
   name,
   dtype: z.enum(DTYPES),
-  dims: z
-    .array(
-      z
-        .number()
-        .int()
-        .min(0)
-        .max(2 ** 31),
-    )
-    .max(LIMITS.dimsPerTensor),
+  dims: DimsSchema,
   data: z.instanceof(Uint8Array).refine((d) => d.byteLength <= LIMITS.tensorBytes, 'tensor too large'),
 });
 

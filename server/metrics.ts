@@ -217,26 +217,28 @@ export function hubMetrics(hub: Hub): Registry {
       this.set(hub.data.stats.open);
     },
   });
-  let sentBytes = 0;
-  new Counter({
-    name: 'shardhub_data_channel_bytes_total',
-    help: 'Input bytes sent down data channels',
-    registers,
-    collect() {
-      this.inc(Math.max(0, hub.data.stats.bytes - sentBytes));
-      sentBytes = hub.data.stats.bytes;
-    },
-  });
-  let refused = 0;
-  new Counter({
-    name: 'shardhub_data_channels_refused_total',
-    help: 'Data channel upgrades refused (bad, used or expired tickets; malformed requests)',
-    registers,
-    collect() {
-      this.inc(Math.max(0, hub.data.stats.refused - refused));
-      refused = hub.data.stats.refused;
-    },
-  });
+  // Counters that follow a running total the hub keeps: each scrape adds what it grew by.
+  const following: [string, string, () => number][] = [
+    ['shardhub_data_channel_bytes_total', 'Input bytes sent down data channels', () => hub.data.stats.bytes],
+    [
+      'shardhub_data_channels_refused_total',
+      'Data channel upgrades refused (bad, used or expired tickets; malformed requests)',
+      () => hub.data.stats.refused,
+    ],
+  ];
+  for (const [name, help, total] of following) {
+    let seen = 0;
+    new Counter({
+      name,
+      help,
+      registers,
+      collect() {
+        const now = total();
+        this.inc(Math.max(0, now - seen));
+        seen = now;
+      },
+    });
+  }
   return register;
 }
 
