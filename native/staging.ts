@@ -20,17 +20,12 @@
  * the thread and is kept, up to {@link Stager.keepBytes}, for the next items.
  */
 import type { ModelInfo } from '../protocol/model.ts';
-import { DTYPE_BYTES, elementCount, type WireTensor } from '../protocol/tensor.ts';
+import { byteLengthOf, type WireTensor } from '../protocol/tensor.ts';
 import { batchKey } from '../worker/batching.ts';
 import { align8, type BufferTensor } from './ort-threaded.ts';
 
 /** What staging needs of a model. */
 type StagedModel = Pick<ModelInfo, 'sha256' | 'batchable' | 'batchSize'>;
-
-/** Bytes of one tensor of these dtype and dims. */
-function byteSize(t: Omit<WireTensor, 'data'>): number {
-  return elementCount(t.dims) * DTYPE_BYTES[t.dtype];
-}
 
 /** Where one input's items sit in a staging buffer. */
 interface Region {
@@ -99,7 +94,7 @@ export class Stager {
     if (!staged) {
       const batch = model.batchable ? Math.max(1, Math.floor(model.batchSize)) : 1;
       let itemBytes = 0;
-      for (const t of inputs) itemBytes += align8(byteSize(t));
+      for (const t of inputs) itemBytes += align8(byteLengthOf(t.dtype, t.dims));
       const capacity = Math.max(1, Math.min(batch, Math.floor(this.maxBufferBytes / Math.max(1, itemBytes))));
       staged = this.allocate(key, inputs, capacity);
       this.open.set(key, staged);
@@ -166,7 +161,7 @@ export class Stager {
         dtype: t.dtype,
         dims: [...t.dims],
         offset: bytes,
-        itemBytes: byteSize(t),
+        itemBytes: byteLengthOf(t.dtype, t.dims),
       };
       bytes += align8(r.itemBytes * capacity);
       return r;

@@ -26,7 +26,7 @@ import { z } from 'zod';
 import { LIMITS } from './limits.ts';
 import type { ModelInfo } from './model.ts';
 import { DimsSchema } from './schemas.ts';
-import { DTYPE_BYTES, DTYPES, elementCount, type DType } from './tensor.ts';
+import { byteLengthOf, DTYPES, type DType } from './tensor.ts';
 
 /** The HTTP path the node's upgrade request goes to. */
 export const DATA_CHANNEL_PATH = '/worker-data';
@@ -95,7 +95,7 @@ export class DataChannelError extends Error {
 
 /** Bytes of one frame tensor's data. */
 export function frameTensorBytes(t: FrameTensor): number {
-  return elementCount(t.d) * DTYPE_BYTES[t.t];
+  return byteLengthOf(t.t, t.d);
 }
 
 /**

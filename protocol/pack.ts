@@ -5,7 +5,7 @@
  * Layout: u32le header length, UTF-8 JSON header `[{name, dtype, dims}]`, then each tensor's bytes
  * in header order. Self-describing, so a reader needs no schema; bounded by the caller's limits.
  */
-import { DTYPE_BYTES, DTYPES, elementCount, type DType, type WireTensor } from './tensor.ts';
+import { byteLengthOf, DTYPES, type DType, type WireTensor } from './tensor.ts';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -54,7 +54,7 @@ export function unpackTensors(buf: Uint8Array): WireTensor[] {
     const dims = h.d as unknown[];
     if (!dims.every((d) => Number.isInteger(d) && (d as number) >= 0)) throw new PackError('bad dims');
     const dtype = h.t as DType;
-    const len = elementCount(dims as number[]) * DTYPE_BYTES[dtype];
+    const len = byteLengthOf(dtype, dims as number[]);
     if (off + len > buf.byteLength) throw new PackError(`tensor "${h.n}" runs past the end of the pack`);
     out.push({ name: h.n, dtype, dims: dims as number[], data: buf.subarray(off, off + len) });
     off += len;

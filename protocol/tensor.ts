@@ -35,9 +35,14 @@ export function elementCount(dims: readonly number[]): number {
   return n;
 }
 
+/** Bytes of a tensor of this dtype and these dims. */
+export function byteLengthOf(dtype: DType, dims: readonly number[]): number {
+  return elementCount(dims) * DTYPE_BYTES[dtype];
+}
+
 /** Says what is wrong with a tensor's size, or returns undefined when its bytes match its dims. */
 export function tensorSizeError(t: WireTensor): string | undefined {
-  const want = elementCount(t.dims) * DTYPE_BYTES[t.dtype];
+  const want = byteLengthOf(t.dtype, t.dims);
   if (t.data.byteLength !== want) {
     return `tensor "${t.name}" has ${t.data.byteLength} bytes, but ${t.dtype}[${t.dims.join(',')}] needs ${want}`;
   }

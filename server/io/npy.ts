@@ -5,7 +5,7 @@
  * See https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html
  */
 import { LIMITS } from '../../protocol/limits.ts';
-import { DTYPE_BYTES, elementCount, type DType, type WireTensor } from '../../protocol/tensor.ts';
+import { byteLengthOf, DTYPE_BYTES, type DType, type WireTensor } from '../../protocol/tensor.ts';
 
 /** Largest header accepted: numpy's own reader refuses more than 10 000 bytes by default. */
 export const NPY_MAX_HEADER_BYTES = 64 * 1024;
@@ -70,7 +70,7 @@ export function readNpy(bytes: Uint8Array, name: string): WireTensor {
   );
   const header = parseHeader(text);
   const dataStart = start + headerLen;
-  const want = elementCount(header.shape) * DTYPE_BYTES[header.dtype];
+  const want = byteLengthOf(header.dtype, header.shape);
   const have = bytes.byteLength - dataStart;
   if (have !== want) {
     throw new NpyError(
