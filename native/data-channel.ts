@@ -19,17 +19,12 @@ import {
 import type { ShardAssign } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
+import type { ShardItem } from '../worker/agent.ts';
 
 /** How long the hub has to answer the upgrade request. */
 const OPEN_TIMEOUT_MS = 10_000;
 /** Most bytes of a refusal kept for its message. */
 const REFUSAL_BYTES = 1024;
-
-/** An item as the agent takes it: its inputs, or a throw saying why there are none. */
-export interface ChannelItem {
-  id: number;
-  inputs: () => WireTensor[];
-}
 
 /** Options of {@link DataChannelClient}. */
 export interface DataChannelOptions {
@@ -44,7 +39,7 @@ export interface DataChannelOptions {
    */
   reserve(model: ModelInfo, inputs: Omit<WireTensor, 'data'>[]): WireTensor[] | undefined;
   /** A whole frame arrived: its shard's items, their inputs in place. */
-  onShard(shard: Pick<ShardAssign, 'shardId' | 'jobId' | 'model'>, items: ChannelItem[]): void;
+  onShard(shard: Pick<ShardAssign, 'shardId' | 'jobId' | 'model'>, items: ShardItem[]): void;
   /** The hub accepted the channel. */
   onOpen?(): void;
   /**
@@ -97,11 +92,6 @@ export class DataChannelClient {
       OPEN_TIMEOUT_MS,
     );
     this.openTimer.unref();
-  }
-
-  /** Whether the hub has accepted the channel and it is still open. */
-  get isOpen(): boolean {
-    return this.opened && !this.ended;
   }
 
   /** Ends the channel (no error). */
@@ -162,7 +152,7 @@ export class DataChannelClient {
   /** A frame's header arrived: reserve its tensors' places and read into them, one by one. */
   private header(h: FrameHeader): void {
     const places: Uint8Array[] = [];
-    const items: ChannelItem[] = h.items.map((item) => {
+    const items: ShardItem[] = h.items.map((item) => {
       if (item.error !== undefined || !item.tensors) {
         const why = item.error ?? 'the hub sent no inputs';
         return {

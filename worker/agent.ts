@@ -53,6 +53,12 @@ export type { DownloadProgress } from './sessions.ts';
 /** Lifecycle states of a {@link WorkerAgent}. */
 export type AgentStatus = 'idle' | 'running' | 'draining' | 'closed';
 
+/** An item of a shard as it arrives: its id, and its inputs (a throw says why it has none). */
+export interface ShardItem {
+  id: number;
+  inputs: () => WireTensor[];
+}
+
 /** What a UI shows about a worker. */
 export interface AgentStats {
   status: AgentStatus;
@@ -486,10 +492,7 @@ export class WorkerAgent {
    * A shard whose items' inputs came another way than `shard:assign`, already staged: a native
    * node's data channel reads them straight into the batch buffers they run from.
    */
-  assign(
-    shard: Pick<ShardAssign, 'shardId' | 'jobId' | 'model'>,
-    items: { id: number; inputs: () => WireTensor[] }[],
-  ): void {
+  assign(shard: Pick<ShardAssign, 'shardId' | 'jobId' | 'model'>, items: ShardItem[]): void {
     this.take(shard, items, true);
   }
 
@@ -499,7 +502,7 @@ export class WorkerAgent {
 
   private take(
     shard: Pick<ShardAssign, 'shardId' | 'jobId' | 'model'>,
-    items: { id: number; inputs: () => WireTensor[] }[],
+    items: ShardItem[],
     staged: boolean,
   ): void {
     if (this.state === 'closed' || this.state === 'idle') return;
@@ -838,7 +841,7 @@ export class WorkerAgent {
  * A shard's items, each with a function that yields its inputs (checked; a malformed item throws):
  * from `items`, or from `packed` (views into its attachment or its item's part, nothing copied).
  */
-function shardItems(shard: ShardAssign): { id: number; inputs: () => WireTensor[] }[] {
+function shardItems(shard: ShardAssign): ShardItem[] {
   const p = shard?.packed;
   if (
     p &&

@@ -13,7 +13,8 @@ import { connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { io as connect, type Socket } from 'socket.io-client';
-import { DataChannelClient, type ChannelItem, type DataChannelOptions } from '../../native/data-channel.ts';
+import { DataChannelClient, type DataChannelOptions } from '../../native/data-channel.ts';
+import type { ShardItem } from '../../worker/agent.ts';
 import {
   DATA_CHANNEL_ACCEPT,
   DATA_CHANNEL_PATH,
@@ -65,7 +66,7 @@ async function writeInPieces(sock: NetSocket, bytes: Uint8Array, sizes: number[]
 }
 
 interface Opened {
-  shards: { shardId: string; items: ChannelItem[] }[];
+  shards: { shardId: string; items: ShardItem[] }[];
   closed: Promise<{ err: Error | undefined; opened: boolean }>;
   client: DataChannelClient;
 }
