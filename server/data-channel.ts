@@ -64,12 +64,17 @@ export class DataChannels {
   private lastRefusalLog = 0;
   private readonly channels = new Map<string, Bound>();
   private closed = false;
-  readonly stats: DataChannelStats = { open: 0, frames: 0, items: 0, bytes: 0, refused: 0 };
+  private readonly counts = { frames: 0, items: 0, bytes: 0, refused: 0 };
 
   constructor(
     private readonly host: DataChannelHost,
     readonly ticketTtlMs = DATA_TICKET_TTL_MS,
   ) {}
+
+  /** Open channels, and what has gone down them or been refused since the hub started. */
+  get stats(): DataChannelStats {
+    return { open: this.channels.size, ...this.counts };
+  }
 
   /** A ticket for this worker's connection `socketId` to open its channel with. */
   issue(workerId: string, socketId: string): string {
@@ -86,12 +91,12 @@ export class DataChannels {
   /** Handles an HTTP upgrade to the data channel path: binds the channel, or refuses with a reason. */
   accept(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const refuse = (status: string, reason: string): void => {
-      this.stats.refused++;
+      this.counts.refused++;
       // Logged at most once a second: refusals cost a hostile client nothing to cause.
       if (Date.now() - this.lastRefusalLog >= 1000) {
         this.lastRefusalLog = Date.now();
         this.host.log.warn(
-          { address: clean(req.socket.remoteAddress ?? '', 64), reason, refused: this.stats.refused },
+          { address: clean(req.socket.remoteAddress ?? '', 64), reason, refused: this.counts.refused },
           'data channel refused',
         );
       }
@@ -119,7 +124,6 @@ export class DataChannels {
     this.drop(workerId);
     const bound: Bound = { socket: sock, socketId };
     this.channels.set(workerId, bound);
-    this.stats.open = this.channels.size;
     // The node sends nothing after its request: anything more is a protocol error.
     sock.on('data', () => sock.destroy(new Error('the node sent bytes on the data channel')));
     // The HTTP server's sockets allow half-open connections: the node's end closes the channel.
@@ -164,9 +168,9 @@ export class DataChannels {
     channel.write(encodeFrameHeader({ ...head, items }));
     for (const d of data) channel.write(d);
     channel.uncork();
-    this.stats.frames++;
-    this.stats.items += ids.length;
-    this.stats.bytes += bytes;
+    this.counts.frames++;
+    this.counts.items += ids.length;
+    this.counts.bytes += bytes;
   }
 
   /** Closes a worker's channel (its connection ended) and forgets its ticket. */
@@ -203,14 +207,12 @@ export class DataChannels {
     const b = this.channels.get(workerId);
     if (!b) return;
     this.channels.delete(workerId);
-    this.stats.open = this.channels.size;
     b.socket.destroy();
   }
 
   private ended(workerId: string, bound: Bound, reason: string): void {
     if (this.channels.get(workerId) !== bound) return; // dropped on purpose, or replaced
     this.channels.delete(workerId);
-    this.stats.open = this.channels.size;
     this.host.log.warn({ workerId, reason: clean(reason) }, 'data channel lost; disconnecting the worker');
     this.host.lost(workerId, bound.socketId, `data channel lost: ${reason}`);
   }
