@@ -11,14 +11,13 @@ import {
   DATA_CHANNEL_ACCEPT,
   DATA_CHANNEL_PROTOCOL,
   DataChannelError,
-  frameTensorBytes,
   MAX_FRAME_HEADER_BYTES,
   parseFrameHeader,
   type FrameHeader,
 } from '../protocol/data-channel.ts';
 import type { ShardAssign } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
-import type { WireTensor } from '../protocol/tensor.ts';
+import { byteLengthOf, type WireTensor } from '../protocol/tensor.ts';
 import type { ShardItem } from '../worker/agent.ts';
 
 /** How long the hub has to answer the upgrade request. */
@@ -163,7 +162,7 @@ export class DataChannelClient {
         };
       }
       const wanted = item.tensors.map((t) => ({ name: t.n, dtype: t.t, dims: t.d }));
-      const sizes = item.tensors.map(frameTensorBytes);
+      const sizes = item.tensors.map((t) => byteLengthOf(t.t, t.d));
       let inputs: WireTensor[] | undefined;
       try {
         inputs = this.opts.reserve(h.model, wanted);

@@ -93,11 +93,6 @@ export class DataChannelError extends Error {
   override name = 'DataChannelError';
 }
 
-/** Bytes of one frame tensor's data. */
-export function frameTensorBytes(t: FrameTensor): number {
-  return byteLengthOf(t.t, t.d);
-}
-
 /**
  * Parses and checks a frame header: its shape, and that no tensor is over `LIMITS.tensorBytes` and
  * the frame's bytes are within {@link MAX_FRAME_BYTES}. Throws a {@link DataChannelError}.
@@ -120,7 +115,7 @@ export function parseFrameHeader(bytes: Uint8Array): FrameHeader {
   let total = 0;
   for (const item of header.items) {
     for (const t of item.tensors ?? []) {
-      const n = frameTensorBytes(t);
+      const n = byteLengthOf(t.t, t.d);
       if (n > LIMITS.tensorBytes) throw new DataChannelError(`item ${item.id}: tensor "${t.n}" is too large`);
       total += n;
     }
