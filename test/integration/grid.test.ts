@@ -114,10 +114,16 @@ describe('grid with native nodes', () => {
       120_000,
       100,
     );
-    const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as unknown[];
+    // Both ends see the loss: the hub ('data channel lost') and the node, which disconnects its
+    // socket, and either may reach the hub first. Whichever did, the victim's items went back.
+    // (That the hub disconnects on its own is data-channel.test.ts's, with a node that does not.)
+    const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
+      type: string;
+      data: { workerId?: string; items?: number };
+    }[];
     assert.ok(
-      events.some((e) => JSON.stringify(e).includes('data channel lost')),
-      'the victim’s items were requeued because its channel was lost',
+      events.some((e) => e.type === 'requeue' && e.data.workerId === id && (e.data.items ?? 0) > 0),
+      'the victim’s items were requeued when its channel was lost',
     );
     await waitFor(
       'the victim reconnected with a new data channel',
