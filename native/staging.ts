@@ -5,8 +5,8 @@
  * thread as it is. Staging buffers are shared memory (SharedArrayBuffer): the thread reads the
  * batch from them, and nothing is moved between the threads' heaps (see `ort-threaded.ts`).
  *
- * Why at arrival: an item waits in the node's queue for the hub's prefetch (about two seconds of
- * work). Its inputs used to stay in the socket's message buffer all that time: long enough for V8
+ * Why at arrival: an item waits in the node's queue for the hub's prefetch (a job's first shard
+ * holds up to two seconds of work). Its inputs used to stay in the socket's message buffer all that time: long enough for V8
  * to move the buffer to its old generation, where only a full collection frees it, and megabyte
  * buffers freed that way set one off every 50 or so items (a 25 ms pause on the thread that also
  * reads the socket). Staged, the message buffer dies young; the batch buffers are reused, so the
@@ -21,6 +21,7 @@
  * before. A buffer whose items ran by copy is left to the collector; a claimed one is given back
  * when its run ends and kept, up to {@link Stager.keepBytes}, for the next items.
  */
+import { totalmem } from 'node:os';
 import type { ModelInfo } from '../protocol/model.ts';
 import { byteLengthOf, type WireTensor } from '../protocol/tensor.ts';
 import { batchKey } from '../worker/batching.ts';
@@ -59,17 +60,24 @@ export class Stager {
   private readonly where = new WeakMap<Uint8Array, { staged: Staged; pos: number }>();
   private readonly free: SharedArrayBuffer[] = [];
   private freeBytes = 0;
+  /** Drops the kept buffers once none has come back for {@link idleMs}. */
+  private idleTimer: ReturnType<typeof setTimeout> | undefined;
 
   /**
-   * `keepBytes`: most bytes of returned buffers kept for reuse. `maxBufferBytes`: a staging buffer
-   * holds fewer items than the model's batch size when that many would take more (at least one
-   * item): a buffer is allocated whole when its first item arrives, and a model with a batch size
-   * of 32 and 10 MB inputs must not cost 320 MB for a job of two items. Batches of such items
-   * span buffers, and run by copy.
+   * `keepBytes`: most bytes of returned buffers kept for reuse. A job's first shard to a node holds
+   * up to two seconds of its work (the scheduler's `maxShardSeconds`), and all of it is staged: a
+   * pool smaller than that meant fresh buffers, whose pages the kernel faults in one by one as the
+   * socket fills them, at every job's start. The default is 512 MiB or an eighth of the machine's memory, whichever is less.
+   * `idleMs`: kept buffers are released when none has come back for that long (the node is idle).
+   * `maxBufferBytes`: a staging buffer holds fewer items than the model's batch size when that many
+   * would take more (at least one item): a buffer is allocated whole when its first item arrives,
+   * and a model with a batch size of 32 and 10 MB inputs must not cost 320 MB for a job of two
+   * items. Batches of such items span buffers, and run by copy.
    */
   constructor(
-    readonly keepBytes = 64 * 2 ** 20,
+    readonly keepBytes = Math.min(512 * 2 ** 20, Math.floor(totalmem() / 8)),
     readonly maxBufferBytes = 32 * 2 ** 20,
+    readonly idleMs = 30_000,
   ) {}
 
   /**
@@ -152,6 +160,19 @@ export class Stager {
     if (this.freeBytes + buffer.byteLength > this.keepBytes) return;
     this.free.push(buffer);
     this.freeBytes += buffer.byteLength;
+    if (this.idleTimer) this.idleTimer.refresh();
+    else {
+      this.idleTimer = setTimeout(() => this.release(), this.idleMs);
+      this.idleTimer.unref();
+    }
+  }
+
+  /** Lets go of every kept buffer (the node went idle). */
+  release(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    this.free.length = 0;
+    this.freeBytes = 0;
   }
 
   /** Bytes of buffers kept for reuse (for tests and figures). */

@@ -123,6 +123,20 @@ describe('Stager', () => {
     assert.equal(small.keptBytes, claim.buffer.byteLength, 'no more than keepBytes kept');
   });
 
+  it('lets go of kept buffers once none has come back for idleMs', async () => {
+    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    const stager = new Stager(2 ** 20, 2 ** 20, 200);
+    stager.give(new SharedArrayBuffer(1024));
+    await sleep(120);
+    stager.give(new SharedArrayBuffer(1024));
+    await sleep(120);
+    assert.equal(stager.keptBytes, 2048, 'each buffer given back restarts the wait');
+    await sleep(200);
+    assert.equal(stager.keptBytes, 0, 'released when idle');
+    const next = stager.stage(model, item(1));
+    assert.equal(next[0]?.data.byteLength, 16, 'a new buffer after the release');
+  });
+
   it('gives each item of a model that does not batch a buffer of its own, and leaves scalars alone', () => {
     const stager = new Stager();
     const single = { ...model, batchable: false };
