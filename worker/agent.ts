@@ -201,7 +201,11 @@ export class WorkerAgent {
     this.socket = opts.socket;
     this.log = opts.logger ?? silentLogger;
     this.concurrency = concurrency;
-    this.outbox = new Outbox(opts.socket, { ...opts, logger: this.log });
+    this.outbox = new Outbox(opts.socket, {
+      ...opts,
+      logger: this.log,
+      busy: () => this.queue.length > 0 || this.activeBatches > 0,
+    });
     this.sessions = new ModelSessions({
       runners: concurrency,
       hubUrl: opts.hubUrl,

@@ -6,7 +6,10 @@
  * of the current turn, so results of one batch travel together) when no message awaits its ack: a
  * worker whose results trickle in does not make the hub wait `flushMs` for each (that wait was most
  * of its assignment latency), and one whose results pour in still batches them, behind the acks it
- * awaits. A message whose emit fails
+ * awaits. With `holdMs` (a native node sets 60 ms), results that come while the worker has more
+ * work queued or running wait that long, or until they fill a message, for the next batch's: half
+ * the messages, and their cost on both sides; the last results of a burst of work go at once.
+ * A message whose emit fails
  * (timeout, disconnect) goes back to the front of the queue and is sent again once the worker is
  * registered again; the hub drops duplicates, so resending is always safe. Nothing is sent while
  * offline: socket.io would buffer it and replay it blindly on reconnect.
@@ -34,6 +37,14 @@ export interface OutboxOptions {
   flushItems?: number;
   /** Send whatever waits once the oldest has waited this long (default 5 ms). */
   flushMs?: number;
+  /**
+   * While `busy()` says more results are coming (the worker has items queued or running), results
+   * wait up to this long (default 0: not held), or until they fill a message, instead of going out
+   * at once or by `flushItems` and `flushMs`. See {@link Outbox}.
+   */
+  holdMs?: number;
+  /** Whether the worker has more results coming (items queued or running). */
+  busy?: () => boolean;
   /** Most messages awaiting an ack at once (default 4). */
   maxInFlight?: number;
   /** How long to wait for an ack before resending (default 30 s). */
@@ -64,6 +75,8 @@ export interface OutboxCounts {
 export class Outbox {
   private readonly flushItems: number;
   private readonly flushMs: number;
+  private readonly holdMs: number;
+  private readonly busy: () => boolean;
   private readonly maxInFlight: number;
   private readonly ackTimeoutMs: number;
   private readonly maxMessageBytes: number;
@@ -92,6 +105,8 @@ export class Outbox {
   ) {
     this.flushItems = positive('flushItems', opts.flushItems ?? 10);
     this.flushMs = nonNegative('flushMs', opts.flushMs ?? 5);
+    this.holdMs = nonNegative('holdMs', opts.holdMs ?? 0);
+    this.busy = opts.busy ?? (() => false);
     this.maxInFlight = positive('maxInFlight', opts.maxInFlight ?? 4);
     this.ackTimeoutMs = positive('ackTimeoutMs', opts.ackTimeoutMs ?? 30_000);
     this.maxMessageBytes = positive('maxMessageBytes', opts.maxMessageBytes ?? LIMITS.socketMessageBytes / 4);
@@ -122,7 +137,7 @@ export class Outbox {
       this.soon = true;
       queueMicrotask(() => {
         this.soon = false;
-        this.urgent = true;
+        this.urgent = !this.holding();
         this.pump();
         this.urgent = false;
       });
@@ -184,8 +199,12 @@ export class Outbox {
         continue;
       }
       if (this.results.length === 0) break;
+      const age = Date.now() - this.oldest;
       const due =
-        this.urgent || this.results.length >= this.flushItems || Date.now() - this.oldest >= this.flushMs;
+        this.urgent ||
+        (this.holding()
+          ? age >= this.holdMs || this.fitting() < this.results.length
+          : this.results.length >= this.flushItems || age >= this.flushMs);
       if (!due) {
         this.armTimer();
         break;
@@ -196,7 +215,19 @@ export class Outbox {
     if (this.idle) this.notifyIdle();
   }
 
+  /** Results wait for company: {@link OutboxOptions.holdMs} is set and more are coming. */
+  private holding(): boolean {
+    return this.holdMs > 0 && this.busy();
+  }
+
   private takeResults(): ItemResult[] {
+    const taken = this.results.splice(0, this.fitting());
+    this.oldest = Date.now();
+    return taken;
+  }
+
+  /** How many of the waiting results, from the first, one message takes (at least one). */
+  private fitting(): number {
     let bytes = 0;
     let tensors = 0;
     let n = 0;
@@ -210,9 +241,7 @@ export class Outbox {
       tensors += outputs.length;
       n++;
     }
-    const taken = this.results.splice(0, n);
-    this.oldest = Date.now();
-    return taken;
+    return n;
   }
 
   private send(msg: Message): void {
@@ -277,7 +306,7 @@ export class Outbox {
 
   private armTimer(): void {
     if (this.timer !== undefined) return;
-    const wait = Math.max(0, this.flushMs - (Date.now() - this.oldest));
+    const wait = Math.max(0, (this.holding() ? this.holdMs : this.flushMs) - (Date.now() - this.oldest));
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.pump();

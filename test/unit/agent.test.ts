@@ -52,6 +52,7 @@ async function setup(
   concurrency = 1,
   batchesInFlight = 1,
   wrap: (backend: Backend) => Backend = (b) => b,
+  holdMs?: number,
 ) {
   const hub = new FakeHub();
   await hub.listen();
@@ -73,6 +74,7 @@ async function setup(
     concurrency,
     batchesInFlight,
     benchmark: { minMs: 200 },
+    ...(holdMs !== undefined ? { holdMs } : {}),
   });
   cleanups.push(() => agent.close());
   await agent.start();
@@ -192,6 +194,29 @@ describe('WorkerAgent', () => {
       ids,
       'every item either ran once or came back',
     );
+  });
+
+  it('with holdMs, a busy agent sends results together, and the last at once when its work runs out', async () => {
+    // Without: each result goes alone (nothing is in flight when it comes).
+    const plain = await setup({ itemMs: 20 });
+    plain.hub.assign(range(1, 10));
+    await waitFor('10 results', () => plain.hub.results.length === 10);
+    assert.ok(plain.hub.doneSizes.length >= 5, `messages: ${plain.hub.doneSizes.join(',')}`);
+
+    // Held far longer than the work takes: all in one message, sent when the last item ends.
+    const held = await setup({ itemMs: 20 }, 1, 1, (b) => b, 60_000);
+    held.hub.assign(range(1, 10));
+    // Well before holdMs: sent when there was no more work.
+    await waitFor('10 results', () => held.hub.results.length === 10, 10_000);
+    assert.deepEqual(held.hub.doneSizes, [10]);
+
+    // Held less long than the work takes: results wait no longer than that, in a few messages.
+    const capped = await setup({ itemMs: 20 }, 1, 1, (b) => b, 150);
+    capped.hub.assign(range(1, 40));
+    await waitFor('40 results', () => capped.hub.results.length === 40, 10_000);
+    assert.deepEqual(capped.hub.resultIds(), range(1, 40));
+    const sizes = capped.hub.doneSizes;
+    assert.ok(sizes.length >= 2 && sizes.length <= 20, `messages: ${sizes.join(',')}`);
   });
 
   it('shard:revoke returns exactly the unstarted items, and those never run', async () => {
