@@ -88,6 +88,8 @@ const FrameHeaderSchema = z.object({
     .max(LIMITS.itemsPerMessage),
 });
 
+const decoder = new TextDecoder();
+
 /** A malformed frame or a refused channel. */
 export class DataChannelError extends Error {
   override name = 'DataChannelError';
@@ -100,7 +102,7 @@ export class DataChannelError extends Error {
 export function parseFrameHeader(bytes: Uint8Array): FrameHeader {
   let json: unknown;
   try {
-    json = JSON.parse(new TextDecoder().decode(bytes));
+    json = JSON.parse(decoder.decode(bytes));
   } catch {
     throw new DataChannelError('frame header is not JSON');
   }
