@@ -311,7 +311,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     // Results wait up to 60 ms for the next batch's, while more are coming: half the messages, and
     // their per-message cost, on both sides (overhead bench: the node's main thread 4.4% -> 3.7% of
     // standalone's CPU per item, the hub's CPU per item 3.4-4.1 -> 3.1-3.2 ms). A fifth of the hub's
-    // prefetch (0.3 s), which its refills wait on. A sim node's items take no time; it is left as is.
+    // prefetch (0.3 s), which its refills wait on. A sim node's items take no time: not held.
     holdMs: choice === 'sim' ? 0 : 60,
     load,
     fetchHeaders: opts.token ? { authorization: `Bearer ${opts.token}` } : undefined,

@@ -49,8 +49,8 @@ export type ToThread =
 export type FromThread =
   | { type: 'loaded' }
   /**
-   * Each batch's outputs, whole (split per item on the main thread), transferred. `finite[b][j]`: batch b's output j was checked in the thread and holds no NaN or
-   * infinity.
+   * Each batch's outputs, whole (split per item on the main thread), transferred. `finite[b][j]`:
+   * batch b's output j was checked in the thread and holds no NaN or infinity.
    */
   | { type: 'result'; id: number; outputs: WireTensor[][]; finite: boolean[][] }
   | {
@@ -150,7 +150,6 @@ class InputBuffers {
   }
 
   give(buffer: SharedArrayBuffer): void {
-    if (buffer.byteLength === 0) return;
     this.free.push(buffer);
     if (this.free.length <= this.keep) return;
     this.free.sort((a, b) => b.byteLength - a.byteLength);

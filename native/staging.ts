@@ -6,12 +6,12 @@
  * batch from them, and nothing is moved between the threads' heaps (see `ort-threaded.ts`).
  *
  * Why at arrival: an item waits in the node's queue for the hub's prefetch (a job's first shard
- * holds up to two seconds of work). Its inputs used to stay in the socket's message buffer all that time: long enough for V8
- * to move the buffer to its old generation, where only a full collection frees it, and megabyte
- * buffers freed that way set one off every 50 or so items (a 25 ms pause on the thread that also
- * reads the socket). Staged, the message buffer dies young; the batch buffers are reused, so the
- * node's heap no longer grows by an item's size per item. The copy is the one the batch's
- * concatenation used to make, made earlier.
+ * holds up to two seconds of work). Its inputs used to stay in the socket's message buffer all
+ * that time: long enough for V8 to move the buffer to its old generation, where only a full
+ * collection frees it, and megabyte buffers freed that way set one off every 50 or so items (a
+ * 25 ms pause on the thread that also reads the socket). Staged, the message buffer dies young;
+ * the batch buffers are reused, so the node's heap no longer grows by an item's size per item. The
+ * copy is the one the batch's concatenation used to make, made earlier.
  *
  * A staging buffer holds up to the model's batch size of same-shaped items, laid out as the batch
  * (each input's items one after another, 8-byte aligned). The run loop takes items in the order
@@ -67,7 +67,8 @@ export class Stager {
    * `keepBytes`: most bytes of returned buffers kept for reuse. A job's first shard to a node holds
    * up to two seconds of its work (the scheduler's `maxShardSeconds`), and all of it is staged: a
    * pool smaller than that meant fresh buffers, whose pages the kernel faults in one by one as the
-   * socket fills them, at every job's start. The default is 512 MiB or an eighth of the machine's memory, whichever is less.
+   * socket fills them, at every job's start. The default is 512 MiB or an eighth of the machine's
+   * memory, whichever is less.
    * `idleMs`: kept buffers are released when none has come back for that long (the node is idle).
    * `maxBufferBytes`: a staging buffer holds fewer items than the model's batch size when that many
    * would take more (at least one item): a buffer is allocated whole when its first item arrives,
