@@ -1,8 +1,7 @@
 /**
  * Entry of a session thread (a `worker_threads` Worker): hosts one {@link OrtSession} so its
  * synchronous `run` blocks this thread, not the node's event loop, and N runners compute in
- * parallel. Speaks the tagged messages of `ort-threaded.ts`: inputs come in shared memory and are
- * copied once into this thread's own buffers, outputs go back transferred.
+ * parallel. Speaks the tagged messages of `ort-threaded.ts`; tensor buffers are transferred.
  */
 import { parentPort } from 'node:worker_threads';
 import { asTypedArray, type WireTensor } from '../protocol/tensor.ts';
@@ -39,26 +38,7 @@ function finite(t: WireTensor): boolean {
   return firstNonFinite(asTypedArray(t) as Float32Array | Float64Array) < 0;
 }
 
-/**
- * This thread's own copies of the shared input buffers, one per run in progress: onnxruntime-node
- * refuses shared memory, so each run's inputs are copied out of the main thread's buffer once.
- */
-const copies: ArrayBuffer[] = [];
-
-/** A run's inputs, copied out of the shared `from` into a buffer of this thread's. */
-function copyOf(from: SharedArrayBuffer, batches: BufferTensor[][]): ArrayBuffer {
-  let end = 0;
-  for (const batch of batches) for (const t of batch) end = Math.max(end, t.offset + t.byteLength);
-  const i = copies.findIndex((b) => b.byteLength >= end);
-  const into =
-    i >= 0
-      ? (copies.splice(i, 1)[0] as ArrayBuffer)
-      : new ArrayBuffer(Math.max(1, Math.ceil(end / 2 ** 20)) * 2 ** 20);
-  new Uint8Array(into, 0, end).set(new Uint8Array(from, 0, end));
-  return into;
-}
-
-/** A batch's inputs as views of this thread's copy of them. */
+/** A batch's inputs as views of the buffer the main thread wrote them into: no copy. */
 function viewsOf(buffer: ArrayBuffer, batch: BufferTensor[]): WireTensor[] {
   return batch.map((t) => ({
     name: t.name,
@@ -84,24 +64,25 @@ port.on('message', (msg: ToThread) => {
         send({ type: 'error', id: msg.id, category: 'other', message: 'no model loaded' });
         return;
       }
-      const { id, batches } = msg;
+      const { id, buffer, batches } = msg;
       const run = session;
-      const buffer = copyOf(msg.buffer, batches);
       (async () => {
         const outputs: WireTensor[][] = [];
         for (const batch of batches) outputs.push(await run.runInputs(viewsOf(buffer, batch)));
         return outputs;
       })().then(
         (outputs) => {
-          copies.push(buffer);
-          // Outputs own their buffers (onnxruntime-node's copies): hand them over without a copy.
-          const transfer = new Set(outputs.flatMap((o) => o.map((t) => t.data.buffer as ArrayBuffer)));
-          send({ type: 'result', id, outputs, finite: outputs.map((o) => o.map(finite)) }, [...transfer]);
+          // Outputs own their buffers (onnxruntime-node's copies): hand them over without a copy,
+          // and the inputs' buffer back for the next batch.
+          const transfer = new Set([
+            buffer,
+            ...outputs.flatMap((o) => o.map((t) => t.data.buffer as ArrayBuffer)),
+          ]);
+          send({ type: 'result', id, outputs, finite: outputs.map((o) => o.map(finite)), buffer }, [
+            ...transfer,
+          ]);
         },
-        (err: unknown) => {
-          copies.push(buffer);
-          send(failure(id, err, 'run'));
-        },
+        (err: unknown) => send({ ...failure(id, err, 'run'), buffer }, [buffer]),
       );
       return;
     }

@@ -6,22 +6,17 @@
  * for the length of every run, and N runners would take turns instead of computing in parallel. So
  * each runner's session lives in a `worker_threads` Worker running `ort-thread.ts`.
  *
- * Inputs cross to the thread in shared memory (SharedArrayBuffer): the main thread has each batch,
- * already concatenated, in a buffer of its own (a staging buffer, `staging.ts`, or one of
- * `InputBuffers` that the batch is written into) and posts the buffer, which is shared, not
- * copied or moved. onnxruntime-node refuses shared memory as a tensor's data, so the thread copies
- * the batch once into a buffer of its own (about 0.05 ms per 1.2 MB item) and runs on that. The
- * main thread's buffer goes back to its pool when the run ends.
+ * Inputs cross to the thread in buffers that go back and forth: the main thread writes each batch,
+ * already concatenated, into a buffer of its pool (`InputBuffers`) and transfers it; the session
+ * runs on it as it is, and the thread transfers it back with the outputs. The main thread, whose
+ * heap the sockets keep busy, then allocates nothing per batch: a fresh megabyte buffer per item
+ * brought a full garbage collection of its heap every few batches, while buffers that come back
+ * are not new memory to V8. (Shared memory would not do: onnxruntime-node refuses it, and V8
+ * copies into it byte by byte.) Outputs come back as onnxruntime-node made them, transferred, and
+ * are split per item as views.
  *
- * This replaced transferring each buffer to the thread and back. A transferred buffer is a new
- * ArrayBuffer in the isolate that receives it, and V8 counts its bytes as new external memory
- * there: megabytes per batch, which set off a scavenge of the main thread's heap every 130 ms
- * ("external memory pressure") and a full collection every round of a job. With shared buffers
- * the main thread's collector time over the overhead bench fell from 185 to 44 ms (CPU profile)
- * and its scavenges from 114 to 53.
- *
- * Outputs come back as onnxruntime-node made them, transferred (they are new memory either way),
- * and are split per item as views.
+ * On a native node most batches are not written at run time at all: their items were staged into
+ * a batch buffer as they arrived (`staging.ts`), and that buffer is the one transferred.
  */
 import { Worker } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
@@ -41,23 +36,26 @@ export type ToThread =
       bytes: Uint8Array;
       options: InferenceSession.SessionOptions;
     }
-  /** Batches written into the shared `buffer` (`writeBatches`, or staged), copied out and run. */
-  | { type: 'run'; id: number; buffer: SharedArrayBuffer; batches: BufferTensor[][] }
+  /** Batches written into `buffer` by `writeBatches` (transferred), each run as it is. */
+  | { type: 'run'; id: number; buffer: ArrayBuffer; batches: BufferTensor[][] }
   | { type: 'dispose' };
 
 /** Messages from a session thread. `id` null: about the load (or the thread itself). */
 export type FromThread =
   | { type: 'loaded' }
   /**
-   * Each batch's outputs, whole (split per item on the main thread), transferred. `finite[b][j]`:
-   * batch b's output j was checked in the thread and holds no NaN or infinity.
+   * Each batch's outputs, whole (split per item on the main thread), and the inputs' buffer back;
+   * transferred. `finite[b][j]`: batch b's output j was checked in the thread and holds no NaN or
+   * infinity.
    */
-  | { type: 'result'; id: number; outputs: WireTensor[][]; finite: boolean[][] }
+  | { type: 'result'; id: number; outputs: WireTensor[][]; finite: boolean[][]; buffer: ArrayBuffer }
   | {
       type: 'error';
       id: number | null;
       category: FailureCategory;
       message: string;
+      /** The inputs' buffer back, after a failed run. */
+      buffer?: ArrayBuffer;
     }
   | { type: 'disposed' };
 
@@ -65,8 +63,6 @@ interface Pending {
   /** Each batch's outputs, whole, and which the thread found finite. */
   resolve: (result: { outputs: WireTensor[][]; finite: boolean[][] }) => void;
   reject: (err: Error) => void;
-  /** The run's inputs buffer, free again once the run ends. */
-  buffer: SharedArrayBuffer;
   /** The inputs' buffer is a staging buffer (goes back to the stager, not to `InputBuffers`). */
   staged: boolean;
 }
@@ -114,7 +110,7 @@ export const align8 = (n: number) => Math.ceil(n / 8) * 8;
  * (`concatItems`), and returns their layout. This copy is the one the session thread would
  * otherwise make to concatenate them.
  */
-export function writeBatches(batches: WireTensor[][][], buffer: ArrayBufferLike): BufferTensor[][] {
+export function writeBatches(batches: WireTensor[][][], buffer: ArrayBuffer): BufferTensor[][] {
   let offset = 0;
   const into = (byteLength: number) => {
     const view = new Uint8Array(buffer, offset, byteLength);
@@ -138,18 +134,19 @@ export function writeBatches(batches: WireTensor[][][], buffer: ArrayBufferLike)
  * are kept, the largest.
  */
 class InputBuffers {
-  private readonly free: SharedArrayBuffer[] = [];
+  private readonly free: ArrayBuffer[] = [];
 
   constructor(private readonly keep = 4) {}
 
-  take(bytes: number): SharedArrayBuffer {
+  take(bytes: number): ArrayBuffer {
     const i = this.free.findIndex((b) => b.byteLength >= bytes);
-    if (i >= 0) return this.free.splice(i, 1)[0] as SharedArrayBuffer;
+    if (i >= 0) return this.free.splice(i, 1)[0] as ArrayBuffer;
     // Rounded up to a MiB, so that batches a little larger than the last can reuse it.
-    return new SharedArrayBuffer(Math.max(1, Math.ceil(bytes / 2 ** 20)) * 2 ** 20);
+    return new ArrayBuffer(Math.max(1, Math.ceil(bytes / 2 ** 20)) * 2 ** 20);
   }
 
-  give(buffer: SharedArrayBuffer): void {
+  give(buffer: ArrayBuffer | undefined): void {
+    if (!buffer || buffer.byteLength === 0) return;
     this.free.push(buffer);
     if (this.free.length <= this.keep) return;
     this.free.sort((a, b) => b.byteLength - a.byteLength);
@@ -227,7 +224,7 @@ export class ThreadedSession implements LoadedModel {
     const id = ++this.nextId;
     const max = this.model.batchable ? this.model.batchSize : 1;
     const claimed = items.length <= max ? this.stager?.claim(items) : undefined;
-    let buffer: SharedArrayBuffer;
+    let buffer: ArrayBuffer;
     let batches: BufferTensor[][];
     let groups: number[][];
     if (claimed) {
@@ -242,9 +239,9 @@ export class ThreadedSession implements LoadedModel {
       ({ groups } = plan);
     }
     return new Promise<{ outputs: WireTensor[][]; finite: boolean[][] }>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, buffer, staged: claimed !== undefined });
+      this.pending.set(id, { resolve, reject, staged: claimed !== undefined });
       const msg: ToThread = { type: 'run', id, buffer, batches };
-      this.worker.postMessage(msg);
+      this.worker.postMessage(msg, [buffer]);
     }).then(({ outputs, finite }) => {
       // Items' outputs are views of their batch's: the batch's buffers came over whole, not copied.
       // Those the thread checked are vouched for, so that checkOutputs does not read them again.
@@ -282,13 +279,13 @@ export class ThreadedSession implements LoadedModel {
   private onMessage(msg: FromThread): void {
     switch (msg.type) {
       case 'result':
-        this.giveBack(msg.id);
+        this.giveBack(msg.id, msg.buffer);
         this.pending.get(msg.id)?.resolve({ outputs: msg.outputs, finite: msg.finite });
         this.pending.delete(msg.id);
         return;
       case 'error':
         if (msg.id === null) return;
-        this.giveBack(msg.id);
+        this.giveBack(msg.id, msg.buffer);
         this.pending.get(msg.id)?.reject(new BackendError(msg.category, msg.message));
         this.pending.delete(msg.id);
         return;
@@ -298,12 +295,11 @@ export class ThreadedSession implements LoadedModel {
     }
   }
 
-  /** A finished run's inputs buffer, to the pool it came from. */
-  private giveBack(id: number): void {
-    const p = this.pending.get(id);
-    if (!p) return;
-    if (p.staged) this.stager?.give(p.buffer);
-    else this.buffers.give(p.buffer);
+  /** A run's inputs buffer, back from the thread, to the pool it came from. */
+  private giveBack(id: number, buffer: ArrayBuffer | undefined): void {
+    if (!buffer) return;
+    if (this.pending.get(id)?.staged) this.stager?.give(buffer);
+    else this.buffers.give(buffer);
   }
 
   private fail(err: Error): void {

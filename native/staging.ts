@@ -1,9 +1,7 @@
 /**
- * Staging: a native node puts each item's inputs, the moment its shard arrives, into the batch
- * buffer its session thread will later run from (the data channel reads the socket straight into
- * it; items that come over Socket.IO are copied in), and the run loop's batch then goes to the
- * thread as it is. Staging buffers are shared memory (SharedArrayBuffer): the thread reads the
- * batch from them, and nothing is moved between the threads' heaps (see `ort-threaded.ts`).
+ * Staging: a native node copies each item's inputs, the moment its shard arrives, into the batch
+ * buffer its session thread will later run on, and the run loop's batch then goes to the thread as
+ * it is (transferred, no copy at run time).
  *
  * Why at arrival: an item waits in the node's queue for the hub's prefetch (a job's first shard
  * holds up to two seconds of work). Its inputs used to stay in the socket's message buffer all
@@ -18,8 +16,8 @@
  * they came, so a batch it takes is usually one staging buffer's items, in order: then
  * {@link Stager.claim} hands that buffer over. Anything else (an item revoked out of the middle,
  * items of two shards' buffers in one batch) finds no claim, and the session copies the batch as
- * before. A buffer whose items ran by copy is left to the collector; a claimed one is given back
- * when its run ends and kept, up to {@link Stager.keepBytes}, for the next items.
+ * before. A buffer whose items ran by copy is left to the collector; a claimed one comes back from
+ * the thread and is kept, up to {@link Stager.keepBytes}, for the next items.
  */
 import { totalmem } from 'node:os';
 import type { ModelInfo } from '../protocol/model.ts';
@@ -44,7 +42,7 @@ interface Region {
 /** A staging buffer and the items written into it so far. */
 interface Staged {
   key: string;
-  buffer: SharedArrayBuffer;
+  buffer: ArrayBuffer;
   regions: Region[];
   capacity: number;
   count: number;
@@ -58,7 +56,7 @@ export class Stager {
   private readonly open = new Map<string, Staged>();
   /** Each staged tensor's bytes (the view handed out) → its buffer and position in it. */
   private readonly where = new WeakMap<Uint8Array, { staged: Staged; pos: number }>();
-  private readonly free: SharedArrayBuffer[] = [];
+  private readonly free: ArrayBuffer[] = [];
   private freeBytes = 0;
   /** Drops the kept buffers once none has come back for {@link idleMs}. */
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -123,12 +121,11 @@ export class Stager {
 
   /**
    * When `items` are all the items of one staging buffer, in the order they were staged: that
-   * buffer, now the caller's (to share with a session thread, and give back when the run ends), and
-   * the batch's layout in it.
+   * buffer, now the caller's (to transfer to a session thread), and the batch's layout in it.
    */
   claim(
     items: readonly (readonly WireTensor[])[],
-  ): { buffer: SharedArrayBuffer; batch: BufferTensor[] } | undefined {
+  ): { buffer: ArrayBuffer; batch: BufferTensor[] } | undefined {
     const first = items[0]?.[0];
     const s = first && this.where.get(first.data)?.staged;
     if (!s || s.claimed || s.count !== items.length) return undefined;
@@ -153,12 +150,9 @@ export class Stager {
     return { buffer: s.buffer, batch };
   }
 
-  /**
-   * A claimed buffer whose run ended: kept for later items (up to {@link keepBytes}). Views of it
-   * handed out before must not be read after this: the next items are written over them.
-   */
-  give(buffer: SharedArrayBuffer): void {
-    if (this.freeBytes + buffer.byteLength > this.keepBytes) return;
+  /** A claimed buffer back from its run: kept for later items (up to {@link keepBytes}). */
+  give(buffer: ArrayBuffer): void {
+    if (buffer.byteLength === 0 || this.freeBytes + buffer.byteLength > this.keepBytes) return;
     this.free.push(buffer);
     this.freeBytes += buffer.byteLength;
     if (this.idleTimer) this.idleTimer.refresh();
@@ -196,12 +190,12 @@ export class Stager {
     });
     // A kept buffer that fits and is not much larger; else a new one.
     const i = this.free.findIndex((b) => b.byteLength >= bytes && b.byteLength <= 2 * bytes);
-    let buffer: SharedArrayBuffer;
+    let buffer: ArrayBuffer;
     if (i >= 0) {
-      buffer = this.free.splice(i, 1)[0] as SharedArrayBuffer;
+      buffer = this.free.splice(i, 1)[0] as ArrayBuffer;
       this.freeBytes -= buffer.byteLength;
     } else {
-      buffer = new SharedArrayBuffer(Math.max(8, bytes));
+      buffer = new ArrayBuffer(Math.max(8, bytes));
     }
     return { key, buffer, regions, capacity, count: 0, claimed: false };
   }

@@ -118,17 +118,19 @@ describe('Stager', () => {
     assert.deepEqual([...(next[0]?.data ?? [])], [...(item(7)[0]?.data ?? [])]);
 
     const small = new Stager(claim.buffer.byteLength);
-    small.give(new SharedArrayBuffer(claim.buffer.byteLength));
-    small.give(new SharedArrayBuffer(claim.buffer.byteLength));
+    small.give(new ArrayBuffer(claim.buffer.byteLength));
+    small.give(new ArrayBuffer(claim.buffer.byteLength));
     assert.equal(small.keptBytes, claim.buffer.byteLength, 'no more than keepBytes kept');
+    small.give(new ArrayBuffer(0));
+    assert.equal(small.keptBytes, claim.buffer.byteLength, 'a transferred-away (empty) buffer is not kept');
   });
 
   it('lets go of kept buffers once none has come back for idleMs', async () => {
     const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
     const stager = new Stager(2 ** 20, 2 ** 20, 200);
-    stager.give(new SharedArrayBuffer(1024));
+    stager.give(new ArrayBuffer(1024));
     await sleep(120);
-    stager.give(new SharedArrayBuffer(1024));
+    stager.give(new ArrayBuffer(1024));
     await sleep(120);
     assert.equal(stager.keptBytes, 2048, 'each buffer given back restarts the wait');
     await sleep(200);
