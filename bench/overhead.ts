@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- overhead [--json] [--pin] [--items 240] [--rounds 5] [--model ppocr-det] [--profile DIR]`
+ * `npm run bench -- overhead [--json] [--pin] [--items 240] [--rounds 9] [--model ppocr-det] [--profile DIR]`
  *
  * What the grid costs on real compute: one native node (`shardhub node --backend cpu`, a process of
  * its own, onnxruntime-node in a session thread) running a job through a hub (a process of its own)
@@ -14,7 +14,9 @@
  *   grid run is compared with the mean of the standalone runs on either side of it. The figure
  *   (JSON `ratio`) is the median of those round ratios: runs of the same code on this machine vary
  *   by 10% from one to the next (a shared VM), and pairing each grid run with its neighbours
- *   cancels the slow drift, while the median drops a round that a burst of other work hit.
+ *   cancels the slow drift, while the median drops a round that a burst of other work hit. Nine
+ *   rounds by default: with five, one run's figure moved by ±0.03 from the next; with nine, by
+ *   about half that (about 90 s a run).
  *   `grid_items_per_s` and `standalone_items_per_s` are that median round's. `best_ratio` is best
  *   grid run over best standalone run, the figure before: it compares the best of `rounds + 1`
  *   standalone runs with the best of `rounds` grid runs, so noise alone pulls it below 1. The table
@@ -252,7 +254,7 @@ export async function main(args: string[]): Promise<void> {
   }
   const json = args.includes('--json');
   const items = numFlag(args, 'items', 240);
-  const rounds = numFlag(args, 'rounds', 5);
+  const rounds = numFlag(args, 'rounds', 9);
   const model = flag(args, 'model') ?? 'ppocr-det';
   const log = (s: string) => !json && process.stderr.write(`${s}\n`);
   const pins = args.includes('--pin') ? pinning() : undefined;
