@@ -217,7 +217,7 @@ export function hubMetrics(hub: Hub): Registry {
       this.set(hub.data.stats.open);
     },
   });
-  // Counters that follow a running total the hub keeps: each scrape adds what it grew by.
+  // Running totals the data channels keep: each scrape adds what they grew by (`grown`).
   const following: [string, string, () => number][] = [
     ['shardhub_data_channel_bytes_total', 'Input bytes sent down data channels', () => hub.data.stats.bytes],
     [
@@ -227,15 +227,13 @@ export function hubMetrics(hub: Hub): Registry {
     ],
   ];
   for (const [name, help, total] of following) {
-    let seen = 0;
+    const added = grown(total);
     new Counter({
       name,
       help,
       registers,
       collect() {
-        const now = total();
-        this.inc(Math.max(0, now - seen));
-        seen = now;
+        this.inc(added());
       },
     });
   }
