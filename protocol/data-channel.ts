@@ -89,6 +89,7 @@ const FrameHeaderSchema = z.object({
 });
 
 const decoder = new TextDecoder();
+const encoder = new TextEncoder();
 
 /** A malformed frame or a refused channel. */
 export class DataChannelError extends Error {
@@ -128,7 +129,7 @@ export function parseFrameHeader(bytes: Uint8Array): FrameHeader {
 
 /** Serializes a frame header with its length prefix. */
 export function encodeFrameHeader(header: FrameHeader): Uint8Array {
-  const json = new TextEncoder().encode(JSON.stringify(header));
+  const json = encoder.encode(JSON.stringify(header));
   const out = new Uint8Array(4 + json.byteLength);
   new DataView(out.buffer).setUint32(0, json.byteLength, true);
   out.set(json, 4);
