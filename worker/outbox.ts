@@ -200,16 +200,18 @@ export class Outbox {
       }
       if (this.results.length === 0) break;
       const age = Date.now() - this.oldest;
+      // While holding, a message is due once the waiting results overflow one message.
+      const fits = this.holding() ? this.fitting() : undefined;
       const due =
         this.urgent ||
-        (this.holding()
-          ? age >= this.holdMs || this.fitting() < this.results.length
+        (fits !== undefined
+          ? age >= this.holdMs || fits < this.results.length
           : this.results.length >= this.flushItems || age >= this.flushMs);
       if (!due) {
         this.armTimer();
         break;
       }
-      this.send({ kind: 'done', results: this.takeResults() });
+      this.send({ kind: 'done', results: this.takeResults(fits) });
     }
     if (this.results.length === 0) this.clearTimer();
     if (this.idle) this.notifyIdle();
@@ -220,8 +222,9 @@ export class Outbox {
     return this.holdMs > 0 && this.busy();
   }
 
-  private takeResults(): ItemResult[] {
-    const taken = this.results.splice(0, this.fitting());
+  /** The first `n` waiting results (default: as many as {@link fitting} says one message takes). */
+  private takeResults(n = this.fitting()): ItemResult[] {
+    const taken = this.results.splice(0, n);
     this.oldest = Date.now();
     return taken;
   }
