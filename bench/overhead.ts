@@ -16,7 +16,7 @@
  *   by 10% from one to the next (a shared VM), and pairing each grid run with its neighbours
  *   cancels the slow drift, while the median drops a round that a burst of other work hit. Nine
  *   rounds by default: with five, one run's figure moved by ±0.03 from the next; with nine, by
- *   about half that (about 90 s a run).
+ *   ±0.02 over the nine runs measured (about 90 s a run).
  *   `grid_items_per_s` and `standalone_items_per_s` are that median round's. `best_ratio` is best
  *   grid run over best standalone run, the figure before: it compares the best of `rounds + 1`
  *   standalone runs with the best of `rounds` grid runs, so noise alone pulls it below 1. The table
