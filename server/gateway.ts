@@ -226,8 +226,13 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
           if (typeof unpacked === 'string') return fail(ack, 'invalid_payload', unpacked);
           results = results.length ? [...results, ...unpacked] : unpacked;
         }
-        const reply = hub.acceptResults(workerId, results);
-        if (typeof ack === 'function') ack({ data: reply });
+        hub.acceptResults(workerId, results).then(
+          (reply) => typeof ack === 'function' && ack({ data: reply }),
+          (err: unknown) => {
+            hub.log.error({ workerId, event: 'items:done', err }, 'handler failed');
+            fail(ack, 'internal', 'the hub could not store these results; send them again');
+          },
+        );
       }),
     );
 

@@ -355,6 +355,7 @@ export class SqliteStore implements Store {
   private readonly assignTx;
   private readonly resultsTx;
   private readonly failuresTx;
+  private readonly anyTx;
 
   private constructor(db: Database.Database, file: string) {
     this.db = db;
@@ -577,6 +578,8 @@ export class SqliteStore implements Store {
       return { accepted, dropped };
     });
 
+    this.anyTx = db.transaction((fn: () => unknown) => fn());
+
     this.failuresTx = db.transaction((rows: NewFailure[]) => {
       const failed = new Map<string, number>();
       for (const f of rows) {
@@ -750,6 +753,10 @@ export class SqliteStore implements Store {
 
   recordAssignments(rows: { itemId: number; workerId: string; shardId: string; at: number }[]): void {
     if (rows.length > 0) this.assignTx.immediate(rows);
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.anyTx.immediate(fn) as T;
   }
 
   recordResults(rows: NewResult[]): { accepted: number[]; dropped: number[] } {

@@ -170,6 +170,12 @@ export interface Store {
    */
   itemInputsUpTo(ids: readonly number[], maxBytes: number): Map<number, SizedInputs>;
 
+  /**
+   * Runs `fn` in one transaction: the writes it makes commit together, or none does if it throws
+   * (and the error is thrown on). Calls of the store's own transactional methods inside nest.
+   */
+  transaction<T>(fn: () => T): T;
+
   recordAssignments(rows: { itemId: number; workerId: string; shardId: string; at: number }[]): void;
   /** Stores results for pending items, drops the rest. Updates item state and job counters. */
   recordResults(rows: NewResult[]): { accepted: number[]; dropped: number[] };

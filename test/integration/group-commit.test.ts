@@ -1,0 +1,213 @@
+/**
+ * Group commit: the results messages judged in one turn of the hub's event loop are stored in one
+ * transaction (a real SQLite file), each message is answered with its own share of it, and a commit
+ * that fails answers every message in it with an error while their items stay held, so that the
+ * workers' resends are accepted. The workers are raw Socket.IO clients, so that the test decides
+ * when each result is sent.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { io as connect, type Socket } from 'socket.io-client';
+import type { ItemResult, ShardAssign } from '../../protocol/events.ts';
+import { shardhubParser } from '../../protocol/socket-parser.ts';
+import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
+import type { HubServer } from '../../server/app.ts';
+import { calibrationInputs } from '../../worker/calibration.ts';
+import { Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
+
+/** A native worker that registers, answers benchmarks and keeps the items it is given. */
+interface RawWorker {
+  id: string;
+  socket: Socket;
+  shards: ShardAssign[];
+}
+
+async function rawWorker(hub: HubServer, id: string): Promise<RawWorker> {
+  const socket = connect(`${hub.url}/worker`, {
+    auth: { workerId: id, workerSecret: `${id}-secret`.padEnd(32, 'x'), token: hub.tokens.joinToken },
+    reconnection: false,
+    transports: ['websocket'],
+    parser: shardhubParser,
+  });
+  const w: RawWorker = { id, socket, shards: [] };
+  socket.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
+    ack({ data: { itemsPerSec: 50, batchSize: 1, runs: 1, ms: 10 } }),
+  );
+  socket.on('shard:assign', (shard: ShardAssign) => w.shards.push(shard));
+  await new Promise<void>((ok, fail) => {
+    socket.once('connect', () => ok());
+    socket.once('connect_error', fail);
+  });
+  const reg = await socket.timeout(5000).emitWithAck('worker:register', {
+    kind: 'native',
+    backend: 'cpu',
+    name: id,
+    concurrency: 2,
+    capabilities: { cores: 2, memoryBytes: 2 ** 32 },
+  });
+  assert.ok(reg.data, JSON.stringify(reg));
+  return w;
+}
+
+/** The noop model's result for each item this worker holds (y = x). */
+function resultsOf(w: RawWorker): ItemResult[] {
+  return w.shards.flatMap((s) =>
+    s.items.map((it) => ({
+      itemId: it.id,
+      jobId: s.jobId,
+      modelSha256: s.model.sha256,
+      ms: 1,
+      outputs: [{ ...(it.inputs[0] as ItemResult['outputs'][number]), name: 'y' }],
+    })),
+  );
+}
+
+/**
+ * Three raw workers, benchmarked (on a warm-up job of a few items, answered), and a noop job of
+ * `items` items spread over them, every item held by one worker.
+ */
+async function grid(dir: string, items: number) {
+  // No copies of an item on a second worker (stealing, speculation): each item has one holder here;
+  // and at most 4 items each, so that a job of 12 is spread over the three.
+  const hub = await startHub(dir, {
+    hub: {
+      trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: true },
+      scheduler: { stealing: false, speculation: false, maxHeldItems: 4 },
+    },
+  });
+  const workers: RawWorker[] = [];
+  for (const id of ['worker-a', 'worker-b', 'worker-c']) workers.push(await rawWorker(hub, id));
+  const model = hub.hub.models.byName('noop');
+  assert.ok(model);
+  const rest = new Rest(hub.url, hub.tokens.operatorToken);
+  const job = async (n: number) =>
+    rest.submit(
+      'noop',
+      Array.from({ length: n }, (_, i) => ({ name: `g${i}`, tensors: calibrationInputs(model, 1 + i) })),
+    );
+  const warmUp = await job(6);
+  await waitFor('3 workers benchmarked', () =>
+    workers.every((w) => hub.hub.scheduler.weight(w.id, model.sha256) !== undefined),
+  );
+  await waitFor('the warm-up job done', async () => {
+    for (const w of workers) {
+      const results = resultsOf(w);
+      w.shards.length = 0;
+      if (results.length) await w.socket.timeout(5000).emitWithAck('items:done', { results });
+    }
+    return (await rest.data('GET', `/api/jobs/${warmUp}`)).state === 'completed';
+  });
+  const jobId = await job(items);
+  await waitFor('every item assigned', () => workers.reduce((n, w) => n + resultsOf(w).length, 0) === items);
+  return { hub, workers, rest, jobId };
+}
+
+/** Counts the store's transactions from here on. */
+function countTransactions(hub: HubServer): { count: number } {
+  const seen = { count: 0 };
+  const store = hub.hub.store;
+  const inner = store.transaction.bind(store);
+  store.transaction = <T>(fn: () => T): T => {
+    seen.count++;
+    return inner(fn);
+  };
+  return seen;
+}
+
+describe('group commit', () => {
+  const tmp = tempDir();
+  const sockets: Socket[] = [];
+  after(() => {
+    for (const s of sockets) s.close();
+    tmp.cleanup();
+  });
+
+  test('results messages judged in one turn are stored in one transaction, each answered with its own share', async () => {
+    const { hub, workers, rest, jobId } = await grid(join(tmp.dir, 'one'), 12);
+    sockets.push(...workers.map((w) => w.socket));
+    try {
+      const busy = workers.filter((w) => resultsOf(w).length > 0);
+      assert.ok(busy.length >= 2, `items spread over ${busy.length} worker(s)`);
+      const before = new Map(busy.map((w) => [w.id, hub.hub.store.getWorker(w.id)?.itemsDone ?? 0]));
+      const tx = countTransactions(hub);
+      // One turn: every worker's results, and the first worker's again (a resend after a lost ack):
+      // its items are still held when the second copy is judged, so both copies reach the commit.
+      const [first] = busy as [RawWorker];
+      const calls = busy.map((w) => hub.hub.acceptResults(w.id, resultsOf(w)));
+      calls.push(hub.hub.acceptResults(first.id, resultsOf(first)));
+      const replies = await Promise.all(calls);
+      assert.equal(tx.count, 1, 'one transaction for every message of the turn');
+
+      busy.forEach((w, i) => {
+        const mine = resultsOf(w).map((r) => r.itemId);
+        assert.deepEqual(replies[i]?.accepted, mine, `${w.id}'s reply names its own items`);
+        assert.deepEqual(replies[i]?.dropped, []);
+        for (const id of mine) assert.equal(hub.hub.store.getResult(id)?.workerId, w.id);
+        assert.equal(
+          hub.hub.store.getWorker(w.id)?.itemsDone,
+          (before.get(w.id) ?? 0) + mine.length,
+          `${w.id} is credited once each`,
+        );
+      });
+      // The second copy: every item dropped as done, none stored twice.
+      const again = replies.at(-1);
+      assert.deepEqual(again?.accepted, []);
+      assert.deepEqual(
+        again?.dropped,
+        resultsOf(first).map((r) => r.itemId),
+      );
+      const job = await rest.data('GET', `/api/jobs/${jobId}`);
+      assert.equal(job.state, 'completed');
+      assert.equal(job.done, 12);
+      assert.equal([...hub.hub.store.iterateResults(jobId)].length, 12);
+    } finally {
+      await hub.close();
+    }
+  });
+
+  test('a commit that fails answers every message in it with an error; the items stay held and their resends are stored', async () => {
+    const { hub, workers, rest, jobId } = await grid(join(tmp.dir, 'fail'), 12);
+    sockets.push(...workers.map((w) => w.socket));
+    try {
+      const busy = workers.filter((w) => resultsOf(w).length > 0);
+      // The disk fails once, as SQLite reports it (the machine has no failing disk to test with).
+      const store = hub.hub.store;
+      const record = store.recordResults.bind(store);
+      let failures = 1;
+      store.recordResults = (rows) => {
+        if (failures-- > 0) throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR' });
+        return record(rows);
+      };
+      const calls = busy.map((w) => hub.hub.acceptResults(w.id, resultsOf(w)).then(() => 'stored', String));
+      assert.deepEqual(
+        await Promise.all(calls),
+        busy.map(() => 'Error: disk I/O error'),
+      );
+      for (const w of busy) {
+        for (const r of resultsOf(w)) assert.deepEqual(hub.hub.scheduler.holdersOf(r.itemId), [w.id]);
+      }
+      assert.equal((await rest.data('GET', `/api/jobs/${jobId}`)).done, 0, 'nothing stored');
+
+      // Through the socket this time: the gateway's error, then the resend.
+      failures = 1;
+      const [w] = busy as [RawWorker];
+      const refused = await w.socket.timeout(5000).emitWithAck('items:done', { results: resultsOf(w) });
+      assert.equal(refused.error?.code, 'internal');
+      assert.match(refused.error?.message, /send them again/);
+      for (const x of busy) {
+        const reply = await x.socket.timeout(5000).emitWithAck('items:done', { results: resultsOf(x) });
+        assert.deepEqual(
+          reply.data?.accepted,
+          resultsOf(x).map((r) => r.itemId),
+          JSON.stringify(reply),
+        );
+      }
+      const job = await rest.data('GET', `/api/jobs/${jobId}`);
+      assert.equal(job.state, 'completed');
+      assert.equal(job.done, 12);
+    } finally {
+      await hub.close();
+    }
+  });
+});
