@@ -54,6 +54,11 @@ const PUMP_CHUNK = 256;
  */
 const COMMIT_MAX_MESSAGES = 64;
 const COMMIT_MAX_ROWS = 4096;
+/**
+ * A message with this many results to store is committed at once, with those waiting: its own
+ * commit is already a small cost per result, and waiting a turn would only delay its reply.
+ */
+const COMMIT_AT_ONCE_ROWS = 64;
 
 export type { WorkerSocket } from './shard-sender.ts';
 
@@ -577,7 +582,11 @@ export class Hub extends EventEmitter<HubEvents> {
       const msg = this.judgeResults(workerId, results, resolve, reject);
       this.uncommitted.push(msg);
       this.uncommittedRows += msg.rows.length;
-      if (this.uncommitted.length >= COMMIT_MAX_MESSAGES || this.uncommittedRows >= COMMIT_MAX_ROWS) {
+      if (
+        msg.rows.length >= COMMIT_AT_ONCE_ROWS ||
+        this.uncommitted.length >= COMMIT_MAX_MESSAGES ||
+        this.uncommittedRows >= COMMIT_MAX_ROWS
+      ) {
         this.commitResults();
       } else if (!this.commitQueued) {
         this.commitQueued = true;

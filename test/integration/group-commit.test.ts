@@ -23,7 +23,7 @@ interface RawWorker {
   shards: ShardAssign[];
 }
 
-async function rawWorker(hub: HubServer, id: string): Promise<RawWorker> {
+async function rawWorker(hub: HubServer, id: string, itemsPerSec: number): Promise<RawWorker> {
   const socket = connect(`${hub.url}/worker`, {
     auth: { workerId: id, workerSecret: `${id}-secret`.padEnd(32, 'x'), token: hub.tokens.joinToken },
     reconnection: false,
@@ -32,7 +32,7 @@ async function rawWorker(hub: HubServer, id: string): Promise<RawWorker> {
   });
   const w: RawWorker = { id, socket, shards: [] };
   socket.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
-    ack({ data: { itemsPerSec: 50, batchSize: 1, runs: 1, ms: 10 } }),
+    ack({ data: { itemsPerSec, batchSize: 1, runs: 1, ms: 10 } }),
   );
   socket.on('shard:assign', (shard: ShardAssign) => w.shards.push(shard));
   await new Promise<void>((ok, fail) => {
@@ -67,17 +67,19 @@ function resultsOf(w: RawWorker): ItemResult[] {
  * Three raw workers, benchmarked (on a warm-up job of a few items, answered), and a noop job of
  * `items` items spread over them, every item held by one worker.
  */
-async function grid(dir: string, items: number) {
+async function grid(dir: string, items: number, maxHeldItems = 4) {
   // No copies of an item on a second worker (stealing, speculation): each item has one holder here;
-  // and at most 4 items each, so that a job of 12 is spread over the three.
+  // and at most `maxHeldItems` each (and benchmarks that ask for more), so that a job of 3 times
+  // that is spread over the three.
   const hub = await startHub(dir, {
     hub: {
       trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: true },
-      scheduler: { stealing: false, speculation: false, maxHeldItems: 4 },
+      scheduler: { stealing: false, speculation: false, maxHeldItems },
     },
   });
   const workers: RawWorker[] = [];
-  for (const id of ['worker-a', 'worker-b', 'worker-c']) workers.push(await rawWorker(hub, id));
+  for (const id of ['worker-a', 'worker-b', 'worker-c'])
+    workers.push(await rawWorker(hub, id, maxHeldItems * 10));
   const model = hub.hub.models.byName('noop');
   assert.ok(model);
   const rest = new Rest(hub.url, hub.tokens.operatorToken);
@@ -161,6 +163,27 @@ describe('group commit', () => {
       assert.equal(job.state, 'completed');
       assert.equal(job.done, 12);
       assert.equal([...hub.hub.store.iterateResults(jobId)].length, 12);
+    } finally {
+      await hub.close();
+    }
+  });
+
+  test('a message of 64 results or more is stored at once, without waiting for others', async () => {
+    const { hub, workers, jobId } = await grid(join(tmp.dir, 'big'), 300, 100);
+    sockets.push(...workers.map((w) => w.socket));
+    try {
+      // 300 items over three workers: one holds at least 100.
+      const big = workers.reduce((a, b) => (resultsOf(b).length > resultsOf(a).length ? b : a));
+      const results = resultsOf(big);
+      assert.ok(results.length >= 64, `${results.length} items`);
+      const reply = hub.hub.acceptResults(big.id, results);
+      // Before this turn ends: stored already.
+      for (const r of results) assert.equal(hub.hub.store.getResult(r.itemId)?.workerId, big.id);
+      assert.equal(hub.hub.store.getJob(jobId)?.doneCount, results.length);
+      assert.deepEqual(
+        (await reply).accepted,
+        results.map((r) => r.itemId),
+      );
     } finally {
       await hub.close();
     }
