@@ -8,6 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HubConfig } from '../server/app.ts';
+import { HUB_NODE_FLAGS } from '../server/node-flags.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import { ROOT } from './_grid.ts';
 import { RpcChild } from './_rpc.ts';
@@ -60,7 +61,10 @@ export interface HubProc {
 export async function startHubProcess(config: Partial<HubConfig> = {}): Promise<HubProc> {
   const dataDir = mkdtempSync(join(tmpdir(), 'shardhub-bench-'));
   // --expose-gc: benchmarks can ask for the heap the hub retains (`retained`), not just its peak.
-  const rpc = RpcChild.start(join(ROOT, 'bench/_hub-child.ts'), { nodeArgs: ['--expose-gc'] });
+  // HUB_NODE_FLAGS: the hub runs as `npm start` runs it.
+  const rpc = RpcChild.start(join(ROOT, 'bench/_hub-child.ts'), {
+    nodeArgs: ['--expose-gc', ...HUB_NODE_FLAGS],
+  });
   const info = await rpc.call<{ url: string; joinToken: string; operatorToken: string; pid: number }>(
     'start',
     { config: { dataDir, ...config } },
