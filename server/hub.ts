@@ -62,9 +62,6 @@ const COMMIT_AT_ONCE_ROWS = 64;
 
 export type { WorkerSocket } from './shard-sender.ts';
 
-/** A results message's share of a commit: its rows stored, and those dropped as already done. */
-type StoredShare = { accepted: number[]; dropped: number[] };
-
 /** A results message checked and judged, waiting for its commit (see `Hub.acceptResults`). */
 interface JudgedResults {
   workerId: string;
@@ -76,8 +73,12 @@ interface JudgedResults {
   refused: ItemsDoneReply['refused'];
   /** Results that break the model's contract: recorded as failed attempts. */
   invalid: ItemFailure[];
-  /** Items with nothing to store (the job ended; after the commit also those already done). */
+  /** Items with nothing to store (the job ended). */
   dropped: number[];
+  /** After the commit: the items whose results were stored. */
+  accepted: number[];
+  /** After the commit: the items another result was stored for first (dropped as done). */
+  alreadyDone: number[];
   /** Items this worker does not hold. */
   notMine: number[];
   /** Items whose result waits for replicas elsewhere. */
@@ -615,6 +616,8 @@ export class Hub extends EventEmitter<HubEvents> {
       refused: [],
       invalid: [],
       dropped: [],
+      accepted: [],
+      alreadyDone: [],
       notMine: [],
       replicated: [],
       finalFailures: [],
@@ -738,7 +741,6 @@ export class Hub extends EventEmitter<HubEvents> {
     this.uncommitted = [];
     this.uncommittedRows = 0;
     const now = Date.now();
-    const stored: StoredShare[] = [];
     try {
       this.store.transaction(() => {
         const rows = group.flatMap((m) => m.rows);
@@ -747,51 +749,47 @@ export class Hub extends EventEmitter<HubEvents> {
         // item does (the store keeps the first result of an item and drops later ones, in row order).
         const flipped = new Set(result.accepted);
         for (const m of group) {
-          const mine: StoredShare = { accepted: [], dropped: [] };
-          for (const r of m.rows) (flipped.delete(r.itemId) ? mine.accepted : mine.dropped).push(r.itemId);
-          stored.push(mine);
-          if (mine.accepted.length) this.store.addWorkerItems(m.workerId, mine.accepted.length, now);
+          for (const r of m.rows) (flipped.delete(r.itemId) ? m.accepted : m.alreadyDone).push(r.itemId);
+          if (m.accepted.length) this.store.addWorkerItems(m.workerId, m.accepted.length, now);
         }
         const failures = group.flatMap((m) => m.finalFailures);
         if (failures.length) this.store.recordFailures(failures);
       });
     } catch (err) {
-      this.log.error({ err, messages: group.length }, 'storing results failed');
-      for (const m of group) m.reject(err);
+      for (const m of group) m.reject(err); // each caller reports it (the gateway logs it)
       return;
     }
     // Stored: from here on a failure must still answer every message (the error, so it is sent again
     // and dropped as done), never leave one waiting.
     try {
       for (const kind of ['canary', 'quorum'] as const) {
-        const ids = group.flatMap((m, i) =>
-          (stored[i] as StoredShare).accepted.filter((id) => m.how.get(id) === kind),
-        );
+        const ids = group.flatMap((m) => m.accepted.filter((id) => m.how.get(id) === kind));
         if (ids.length) this.trustStore.markVerified(ids, kind);
       }
       const activeJobs = this.active.size;
       const jobs = new Set<string>();
       const refill = new Set<string>();
       let others = false;
-      const replies: ItemsDoneReply[] = [];
-      group.forEach((m, i) => {
-        const s = stored[i] as StoredShare;
-        m.dropped.push(...s.dropped);
+      for (const m of group) {
         // An item now done may still be held elsewhere (a speculative copy, or requeued after a
         // disconnect): cancel it there; that run is wasted work.
-        const { cancel } = this.scheduler.finished(m.workerId, [...s.accepted, ...m.dropped]);
+        const { cancel } = this.scheduler.finished(m.workerId, [
+          ...m.accepted,
+          ...m.dropped,
+          ...m.alreadyDone,
+        ]);
         const jobOfItem = new Map(m.results.map((r) => [r.itemId, r.jobId]));
         for (const itemIds of cancel.values()) {
           for (const id of itemIds) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
         }
-        for (const id of s.dropped) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
+        for (const id of m.alreadyDone) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
         for (const [jobId, k] of m.worked) this.active.get(jobId)?.fairness.done(m.workerId, k, now);
         for (const [other, itemIds] of cancel) {
           this.sockets.get(other)?.emit('items:cancel', { itemIds, reason: 'completed by another worker' });
         }
         const w = this.workers.get(m.workerId);
         if (w) {
-          w.itemsDone += s.accepted.length + m.replicated.length;
+          w.itemsDone += m.accepted.length + m.replicated.length;
           w.lastSeen = now;
         }
         if (m.invalid.length) this.recordFailures(m.workerId, m.invalid);
@@ -799,12 +797,7 @@ export class Hub extends EventEmitter<HubEvents> {
         // Only this worker's room changed, unless items went back to a queue (replicas, refusals).
         if (m.replicated.length > 0 || m.refused.length > 0) others = true;
         refill.add(m.workerId);
-        replies.push({
-          accepted: [...s.accepted, ...m.replicated],
-          dropped: [...m.dropped, ...m.notMine],
-          refused: m.refused,
-        });
-      });
+      }
       for (const jobId of jobs) {
         this.emit('job:updated', jobId);
         this.checkComplete(jobId);
@@ -816,7 +809,13 @@ export class Hub extends EventEmitter<HubEvents> {
         this.pump([...refill]);
         this.pumpAllSoon();
       }
-      group.forEach((m, i) => m.resolve(replies[i] as ItemsDoneReply));
+      for (const m of group) {
+        m.resolve({
+          accepted: [...m.accepted, ...m.replicated],
+          dropped: [...m.dropped, ...m.alreadyDone, ...m.notMine],
+          refused: m.refused,
+        });
+      }
     } catch (err) {
       this.log.error({ err, messages: group.length }, 'handling stored results failed');
       for (const m of group) m.reject(err);
