@@ -268,6 +268,8 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         fail(args.at(-1), 'unknown_event', `unknown event "${clean(event, 60)}"`);
     });
 
+    hub.writes.adopt(socket.conn);
+
     // Socket.IO's own ping/pong counts as a sign of life too: a hidden browser tab's timers (and
     // so its heartbeats) are throttled to about once a minute, but it still answers pings.
     socket.conn.on('heartbeat', () => {

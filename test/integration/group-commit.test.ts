@@ -2,10 +2,12 @@
  * Group commit: the results messages judged in one turn of the hub's event loop are stored in one
  * transaction (a real SQLite file), each message is answered with its own share of it, and a commit
  * that fails answers every message in it with an error while their items stay held, so that the
- * workers' resends are accepted. The workers are raw Socket.IO clients, so that the test decides
- * when each result is sent.
+ * workers' resends are accepted. What a commit sends a worker (its refill and its ack) leaves the
+ * hub in one TCP write. The workers are raw Socket.IO clients, so that the test decides when each
+ * result is sent.
  */
 import assert from 'node:assert/strict';
+import type { Socket as TcpSocket } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { io as connect, type Socket } from 'socket.io-client';
@@ -65,7 +67,8 @@ function resultsOf(w: RawWorker): ItemResult[] {
 
 /**
  * Three raw workers, benchmarked (on a warm-up job of a few items, answered), and a noop job of
- * `items` items spread over them, every item held by one worker.
+ * `items` items spread over them, each held by one worker (up to `maxHeldItems` each; the rest wait
+ * in the queue).
  */
 async function grid(dir: string, items: number, maxHeldItems = 4) {
   // No copies of an item on a second worker (stealing, speculation): each item has one holder here;
@@ -101,7 +104,11 @@ async function grid(dir: string, items: number, maxHeldItems = 4) {
     return (await rest.data('GET', `/api/jobs/${warmUp}`)).state === 'completed';
   });
   const jobId = await job(items);
-  await waitFor('every item assigned', () => workers.reduce((n, w) => n + resultsOf(w).length, 0) === items);
+  const held = Math.min(items, workers.length * maxHeldItems);
+  await waitFor(
+    `${held} items assigned`,
+    () => workers.reduce((n, w) => n + resultsOf(w).length, 0) === held,
+  );
   return { hub, workers, rest, jobId };
 }
 
@@ -229,6 +236,40 @@ describe('group commit', () => {
       const job = await rest.data('GET', `/api/jobs/${jobId}`);
       assert.equal(job.state, 'completed');
       assert.equal(job.done, 12);
+    } finally {
+      await hub.close();
+    }
+  });
+
+  test("a worker's refill and the ack of its results leave the hub in one write", async () => {
+    // 24 items, at most 4 held by each of the three workers: 12 wait in the queue for refills.
+    const { hub, workers } = await grid(join(tmp.dir, 'write'), 24);
+    sockets.push(...workers.map((w) => w.socket));
+    try {
+      const [w] = workers.filter((x) => resultsOf(x).length > 0) as [RawWorker];
+      const results = resultsOf(w);
+      w.shards.length = 0;
+      // The hub's end of this worker's connection: the upgrade request's TCP socket, which the
+      // WebSocket keeps. Every write system call on it goes through _writev or _write.
+      const conn = [...hub.io.of('/worker').sockets.values()].find((s) => s.data.workerId === w.id);
+      assert.ok(conn, 'the hub has the worker');
+      const tcp = conn.request.socket as TcpSocket & Record<'_writev' | '_write', (...a: unknown[]) => void>;
+      let writes = 0;
+      for (const k of ['_writev', '_write'] as const) {
+        const inner = tcp[k].bind(tcp);
+        tcp[k] = (...a: unknown[]) => {
+          writes++;
+          inner(...a);
+        };
+      }
+      const reply = await w.socket.timeout(5000).emitWithAck('items:done', { results });
+      assert.deepEqual(
+        reply.data?.accepted,
+        results.map((r) => r.itemId),
+      );
+      assert.equal(w.shards.length, 1, 'the refill came before the ack');
+      assert.ok(w.shards[0]?.items.length, 'with items');
+      assert.equal(writes, 1, 'one write for the refill (a JSON and a binary frame) and the ack');
     } finally {
       await hub.close();
     }
