@@ -5,7 +5,7 @@
  */
 import Database from 'better-sqlite3';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HubConfig } from '../server/app.ts';
 import { HUB_NODE_FLAGS } from '../server/node-flags.ts';
@@ -116,9 +116,11 @@ export async function startWorkerProcesses(
   setup: Omit<WorkerSetup, 'hubUrl' | 'joinToken' | 'count' | 'namePrefix'> & {
     count: number;
     procs: number;
+    /** Niceness of the worker processes (0: the hub's; higher yields the CPU to the hub). */
+    nice?: number;
   },
 ): Promise<RpcChild[]> {
-  const { count, procs, ...rest } = setup;
+  const { count, procs, nice = 0, ...rest } = setup;
   const preload = [
     await hub.rpc.call<{ sha256: string; bytes: Uint8Array }>('modelBytes', { model: 'noop' }),
   ];
@@ -130,6 +132,7 @@ export async function startWorkerProcesses(
     if (n === 0) continue;
     const child = RpcChild.start(join(ROOT, 'bench/_worker-child.ts'));
     children.push(child);
+    if (nice !== 0) setPriority(child.pid, nice);
     starts.push(
       child.call('start', {
         ...rest,
