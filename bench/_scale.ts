@@ -8,6 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HubConfig } from '../server/app.ts';
+import { NODE_V8_FLAGS } from '../native/launch.ts';
 import { HUB_NODE_FLAGS } from '../server/node-flags.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import { ROOT } from './_grid.ts';
@@ -130,7 +131,9 @@ export async function startWorkerProcesses(
   for (let p = 0; p < procs; p++) {
     const n = Math.floor(count / procs) + (p < count % procs ? 1 : 0);
     if (n === 0) continue;
-    const child = RpcChild.start(join(ROOT, 'bench/_worker-child.ts'));
+    // The native node's V8 flags, as `shardhub node` runs with them (native/launch.ts): collection
+    // in the process's own threads, not in helper threads on every core.
+    const child = RpcChild.start(join(ROOT, 'bench/_worker-child.ts'), { nodeArgs: [...NODE_V8_FLAGS] });
     children.push(child);
     if (nice !== 0) setPriority(child.pid, nice);
     starts.push(
