@@ -262,14 +262,22 @@ describe('group commit', () => {
           inner(...a);
         };
       }
+      // engine.io's own ping (every few seconds) may fall in this window: a write of its own.
+      let pings = 0;
+      const countPing = (p: { type: string }) => p.type === 'ping' && pings++;
+      conn.conn.on('packetCreate', countPing);
       const reply = await w.socket.timeout(5000).emitWithAck('items:done', { results });
+      conn.conn.off('packetCreate', countPing);
       assert.deepEqual(
         reply.data?.accepted,
         results.map((r) => r.itemId),
       );
       assert.equal(w.shards.length, 1, 'the refill came before the ack');
       assert.ok(w.shards[0]?.items.length, 'with items');
-      assert.equal(writes, 1, 'one write for the refill (a JSON and a binary frame) and the ack');
+      assert.ok(
+        writes >= 1 && writes <= 1 + pings,
+        `one write for the refill (a JSON and a binary frame) and the ack: ${writes} (pings: ${pings})`,
+      );
     } finally {
       await hub.close();
     }
