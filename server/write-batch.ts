@@ -33,7 +33,7 @@ export class WriteBatch {
   private depth = 0;
   private readonly held = new Set<EngineConn>();
   private readonly flushNow = new WeakMap<EngineConn, () => void>();
-  /** Batches closed so far, and the connections flushed when they closed (for tests and benches). */
+  /** Batches closed so far, and the connections flushed when they closed (the tests read them). */
   readonly stats = { batches: 0, flushes: 0 };
 
   /** Makes `conn`'s flushes wait while a batch is open. Adopting a connection twice does nothing. */
