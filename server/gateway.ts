@@ -26,7 +26,7 @@ import {
   describeZodError,
 } from '../protocol/schemas.ts';
 import { hashSecret, tokenMatches } from './auth.ts';
-import type { Hub, WorkerSocket } from './hub.ts';
+import { type Hub, StoredResultsError, type WorkerSocket } from './hub.ts';
 import { clean } from './logger.ts';
 import { RateLimiter } from './rate-limit.ts';
 
@@ -229,6 +229,15 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         hub.acceptResults(workerId, results).then(
           (reply) => typeof ack === 'function' && ack({ data: reply }),
           (err: unknown) => {
+            if (err instanceof StoredResultsError) {
+              // Logged by the hub already.
+              fail(
+                ack,
+                'internal',
+                'the hub stored these results but failed after; send them again to have them acknowledged',
+              );
+              return;
+            }
             hub.log.error({ workerId, event: 'items:done', err }, 'handler failed');
             fail(ack, 'internal', 'the hub could not store these results; send them again');
           },

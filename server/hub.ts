@@ -134,6 +134,18 @@ export class HubError extends Error {
   }
 }
 
+/**
+ * A results message whose results were stored, but whose handling after the commit (freeing its
+ * items, refilling, cancelling copies) failed. Its worker is told to send them again: the resend is
+ * dropped as done, and its handling frees what the failed one did not.
+ */
+export class StoredResultsError extends Error {
+  override name = 'StoredResultsError';
+  constructor(override readonly cause: unknown) {
+    super('results stored, but handling them after the commit failed', { cause });
+  }
+}
+
 interface ActiveJob {
   record: JobRecord;
   model: ModelInfo;
@@ -826,7 +838,8 @@ export class Hub extends EventEmitter<HubEvents> {
       }
     } catch (err) {
       this.log.error({ err, messages: group.length }, 'handling stored results failed');
-      for (const m of group) m.reject(err);
+      const stored = new StoredResultsError(err);
+      for (const m of group) m.reject(stored); // a message answered already keeps its answer
     }
   }
 

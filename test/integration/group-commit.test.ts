@@ -2,9 +2,9 @@
  * Group commit: the results messages judged in one turn of the hub's event loop are stored in one
  * transaction (a real SQLite file), each message is answered with its own share of it, and a commit
  * that fails answers every message in it with an error while their items stay held, so that the
- * workers' resends are accepted. What a commit sends a worker (its refill and its ack) leaves the
- * hub in one TCP write. The workers are raw Socket.IO clients, so that the test decides when each
- * result is sent.
+ * workers' resends are accepted; a failure after the commit says the results were stored. What a
+ * commit sends a worker (its refill and its ack) leaves the hub in one TCP write. The workers are
+ * raw Socket.IO clients, so that the test decides when each result is sent.
  */
 import assert from 'node:assert/strict';
 import type { Socket as TcpSocket } from 'node:net';
@@ -236,6 +236,37 @@ describe('group commit', () => {
       const job = await rest.data('GET', `/api/jobs/${jobId}`);
       assert.equal(job.state, 'completed');
       assert.equal(job.done, 12);
+    } finally {
+      await hub.close();
+    }
+  });
+
+  test('a failure after the commit says the results were stored; the resend is dropped as done and frees the items', async () => {
+    const { hub, workers, rest, jobId } = await grid(join(tmp.dir, 'after'), 12);
+    sockets.push(...workers.map((w) => w.socket));
+    try {
+      const [w] = workers.filter((x) => resultsOf(x).length > 0) as [RawWorker];
+      const results = resultsOf(w);
+      const ids = results.map((r) => r.itemId);
+      // The scheduler fails once, after the results are stored (a bug, as far as the hub knows).
+      const scheduler = hub.hub.scheduler;
+      const finished = scheduler.finished.bind(scheduler);
+      let failures = 1;
+      scheduler.finished = (workerId, itemIds) => {
+        if (failures-- > 0) throw new Error('scheduler bug');
+        return finished(workerId, itemIds);
+      };
+      const failed = await w.socket.timeout(5000).emitWithAck('items:done', { results });
+      assert.equal(failed.error?.code, 'internal');
+      assert.match(failed.error?.message, /stored these results/);
+      for (const r of results) assert.equal(hub.hub.store.getResult(r.itemId)?.workerId, w.id, 'stored');
+      for (const id of ids) assert.deepEqual(scheduler.holdersOf(id), [w.id], 'still held: nothing freed');
+
+      const again = await w.socket.timeout(5000).emitWithAck('items:done', { results });
+      assert.deepEqual(again.data?.accepted, []);
+      assert.deepEqual(again.data?.dropped, ids, 'dropped as done');
+      for (const id of ids) assert.deepEqual(scheduler.holdersOf(id), [], 'freed by the resend');
+      assert.equal((await rest.data('GET', `/api/jobs/${jobId}`)).done, ids.length, 'each stored once');
     } finally {
       await hub.close();
     }
