@@ -11,8 +11,11 @@
  * the messages, and their cost on both sides; the last results of a burst of work go at once.
  * A message whose emit fails
  * (timeout, disconnect) goes back to the front of the queue and is sent again once the worker is
- * registered again; the hub drops duplicates, so resending is always safe. Nothing is sent while
- * offline: socket.io would buffer it and replay it blindly on reconnect.
+ * registered again; the hub drops duplicates, so resending is always safe. So does one the hub
+ * answers with an error that may pass (`internal`: its store failed; `rate_limited`), after a pause
+ * that doubles with each such answer in a row (from `retryMs`, up to 30 s); a message refused for
+ * what it is (a schema error) is not sent again, since it would be refused the same way. Nothing is
+ * sent while offline: socket.io would buffer it and replay it blindly on reconnect.
  */
 import type { Socket } from 'socket.io-client';
 import type {
@@ -49,6 +52,11 @@ export interface OutboxOptions {
   maxInFlight?: number;
   /** How long to wait for an ack before resending (default 30 s). */
   ackTimeoutMs?: number;
+  /**
+   * The pause before resending a message the hub answered with an error that may pass (default
+   * 500 ms), doubled with each such answer in a row, up to {@link MAX_RETRY_MS}.
+   */
+  retryMs?: number;
   /** Most tensor bytes per message (default a quarter of the hub's message limit). */
   maxMessageBytes?: number;
   /**
@@ -61,9 +69,15 @@ export interface OutboxOptions {
 
 type Message = { kind: 'done'; results: ItemResult[] } | { kind: 'failed'; failures: ItemFailure[] };
 
+/** Error codes of a hub's answer that may pass: the message is sent again after a pause. */
+const PASSING_ERRORS: ReadonlySet<string> = new Set(['internal', 'rate_limited']);
+
+/** The longest pause before resending a message the hub answered with an error that may pass. */
+export const MAX_RETRY_MS = 30_000;
+
 /** Figures the run loop shows. */
 export interface OutboxCounts {
-  /** Results and failures waiting to be sent. */
+  /** Results and failures waiting to be sent, or to be sent again after an error. */
   pending: number;
   /** Messages sent and not yet acked. */
   inFlight: number;
@@ -79,6 +93,7 @@ export class Outbox {
   private readonly busy: () => boolean;
   private readonly maxInFlight: number;
   private readonly ackTimeoutMs: number;
+  private readonly retryMs: number;
   private readonly maxMessageBytes: number;
   private readonly maxAttachments: number;
   private readonly log: WorkerLogger;
@@ -89,6 +104,12 @@ export class Outbox {
   private closed = false;
   private seq = 0;
   private readonly inFlight = new Map<number, Message>();
+  /** Messages the hub answered with an error that may pass, each waiting its pause to go back. */
+  private readonly retrying = new Set<ReturnType<typeof setTimeout>>();
+  /** Such answers in a row: the next pause is `retryMs` times 2 to this, less one. */
+  private errorsInARow = 0;
+  /** Results and failures in those messages. */
+  private retryingCount = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private idleWaiters: (() => void)[] = [];
   private ackedCount = 0;
@@ -109,6 +130,7 @@ export class Outbox {
     this.busy = opts.busy ?? (() => false);
     this.maxInFlight = positive('maxInFlight', opts.maxInFlight ?? 4);
     this.ackTimeoutMs = positive('ackTimeoutMs', opts.ackTimeoutMs ?? 30_000);
+    this.retryMs = positive('retryMs', opts.retryMs ?? 500);
     this.maxMessageBytes = positive('maxMessageBytes', opts.maxMessageBytes ?? LIMITS.socketMessageBytes / 4);
     this.maxAttachments = positive('maxAttachments', opts.maxAttachments ?? MAX_ATTACHMENTS);
     this.log = opts.logger ?? silentLogger;
@@ -117,7 +139,7 @@ export class Outbox {
   /** Current figures. */
   get counts(): OutboxCounts {
     return {
-      pending: this.results.length + this.failures.length,
+      pending: this.results.length + this.failures.length + this.retryingCount,
       inFlight: this.inFlight.size,
       acked: this.ackedCount,
     };
@@ -125,7 +147,12 @@ export class Outbox {
 
   /** True when nothing waits and nothing is in flight. */
   get idle(): boolean {
-    return this.results.length === 0 && this.failures.length === 0 && this.inFlight.size === 0;
+    return (
+      this.results.length === 0 &&
+      this.failures.length === 0 &&
+      this.inFlight.size === 0 &&
+      this.retrying.size === 0
+    );
   }
 
   /** Queues a result. */
@@ -185,6 +212,9 @@ export class Outbox {
   close(): void {
     this.closed = true;
     this.clearTimer();
+    for (const t of this.retrying) clearTimeout(t);
+    this.retrying.clear();
+    this.retryingCount = 0;
     this.results = [];
     this.failures = [];
     this.inFlight.clear();
@@ -262,13 +292,21 @@ export class Outbox {
       (res) => {
         if (!this.inFlight.delete(id)) return; // already requeued after a disconnect
         const count = msg.kind === 'done' ? msg.results.length : msg.failures.length;
-        if ('error' in res) {
+        if ('error' in res && PASSING_ERRORS.has(res.error.code)) {
+          const waitMs = Math.min(MAX_RETRY_MS, this.retryMs * 2 ** this.errorsInARow++);
+          this.log.warn(
+            { kind: msg.kind, count, code: res.error.code, error: res.error.message, waitMs },
+            'hub could not take results message; will resend',
+          );
+          this.resendAfter(msg, count, waitMs);
+        } else if ('error' in res) {
           // The hub refused the whole message (e.g. a schema error): resending would fail the same way.
           this.log.error(
             { kind: msg.kind, count, code: res.error.code, error: res.error.message },
             'hub refused results message',
           );
         } else {
+          this.errorsInARow = 0;
           this.ackedCount += count;
           const refused = msg.kind === 'done' ? ((res.data as ItemsDoneReply).refused ?? []) : [];
           // One line per message, not per item: a systematic refusal would otherwise flood the log.
@@ -296,6 +334,18 @@ export class Outbox {
         this.pump();
       },
     );
+  }
+
+  /** Puts a message back in the queue after `ms` (see {@link OutboxOptions.retryMs}). */
+  private resendAfter(msg: Message, count: number, ms: number): void {
+    this.retryingCount += count;
+    const timer = setTimeout(() => {
+      this.retrying.delete(timer);
+      this.retryingCount -= count;
+      this.requeue(msg);
+      this.pump();
+    }, ms);
+    this.retrying.add(timer);
   }
 
   private requeue(msg: Message): void {

@@ -219,6 +219,30 @@ describe('WorkerAgent', () => {
     assert.ok(sizes.length >= 2 && sizes.length <= 20, `messages: ${sizes.join(',')}`);
   });
 
+  it('results the hub could not take are sent again after a pause that doubles; a refused message is not', async () => {
+    const { hub, agent } = await setup({ itemMs: 5 });
+    const internal = { code: 'internal', message: 'the hub could not store these results; send them again' };
+    hub.doneErrors.push(internal, internal);
+    const t0 = Date.now();
+    hub.assign([1]);
+    await waitFor('the first answer', () => hub.doneSizes.length === 1);
+    assert.equal(agent.stats.unsent, 1, 'still unsent while it waits to go again');
+    await waitFor('the result taken', () => hub.results.length === 1, 10_000);
+    assert.deepEqual(hub.doneSizes, [1, 1, 1], 'sent three times');
+    // Pauses of 500 ms, then 1,000 ms.
+    assert.ok(Date.now() - t0 >= 1400, `taken after ${Date.now() - t0} ms`);
+    assert.equal(agent.stats.unsent, 0);
+
+    // Refused for what it is: resending would be refused the same way.
+    hub.doneErrors.push({ code: 'invalid_payload', message: 'results: bad dims' });
+    hub.assign([2]);
+    await waitFor('the refusal', () => hub.doneSizes.length === 4);
+    await sleep(800);
+    assert.equal(hub.doneSizes.length, 4, 'not sent again');
+    assert.deepEqual(hub.resultIds(), [1]);
+    assert.equal(agent.stats.unsent, 0);
+  });
+
   it('shard:revoke returns exactly the unstarted items, and those never run', async () => {
     const { hub, ran } = await setup({ itemMs: 40 });
     const ids = range(1, 10);

@@ -71,6 +71,8 @@ export class FakeHub {
   released: number[] = [];
   doneSizes: number[] = [];
   modelRequests = 0;
+  /** Errors to answer the next `items:done` messages with, one each, instead of taking them. */
+  doneErrors: { code: string; message: string }[] = [];
 
   constructor(opts: { joinToken?: string; checkTokenAt?: 'connect' | 'register' } = {}) {
     const { joinToken, checkTokenAt = 'register' } = opts;
@@ -103,6 +105,8 @@ export class FakeHub {
       socket.on('worker:heartbeat', (hb) => this.heartbeats.push(hb));
       socket.on('items:done', (msg, ack) => {
         this.doneSizes.push(msg.results.length);
+        const error = this.doneErrors.shift();
+        if (error) return ack({ error });
         // Buffers at the edge become plain Uint8Arrays (Buffer#slice does not copy).
         for (const r of msg.results) this.results.push({ ...r, outputs: r.outputs.map(toWireTensor), conn });
         ack({ data: { accepted: msg.results.map((r) => r.itemId), dropped: [], refused: [] } });
