@@ -20,6 +20,7 @@ import { io as connect } from 'socket.io-client';
 import { packItems, unpackTensors, type NamedItem } from '../protocol/pack.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import { compareTensors } from '../protocol/tensor.ts';
+import { HUB_NODE_FLAGS } from '../server/node-flags.ts';
 import { SqliteStore } from '../server/store/sqlite.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { Reference, freePort } from '../test/helpers/grid.ts';
@@ -136,6 +137,9 @@ export async function runSoak(opts: {
     hub = spawn(
       process.execPath,
       [
+        // The hub's flags: without them it would run itself again in a child, and the soak's kills
+        // would reach only the parent.
+        ...HUB_NODE_FLAGS,
         '--import',
         'tsx',
         join(ROOT, 'server/cli.ts'),

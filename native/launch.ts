@@ -57,7 +57,7 @@ export function hasMallocEnv(env: NodeJS.ProcessEnv = process.env): boolean {
 }
 
 /** Set in the child's environment: it was started by {@link relaunchWithFlags}. */
-const CHILD_ENV = 'SHARDHUB_NODE_RELAUNCHED';
+const CHILD_ENV = 'SHARDHUB_RELAUNCHED';
 
 /**
  * Whether this process was started as a native node runs: with every flag of
@@ -70,17 +70,29 @@ export function hasNodeSetup(
   return NODE_V8_FLAGS.every((f) => execArgv.includes(f)) && hasMallocEnv(env);
 }
 
+/** What a command runs itself again with: Node flags, and environment variables it lacks. */
+export interface Relaunch {
+  /** The command, for messages (`node`, `serve`). */
+  command: string;
+  flags: readonly string[];
+  env: Readonly<Record<string, string>>;
+}
+
+/** A native node's: {@link NODE_V8_FLAGS} and {@link NODE_MALLOC_ENV}. */
+export const NODE_RELAUNCH: Relaunch = { command: 'node', flags: NODE_V8_FLAGS, env: NODE_MALLOC_ENV };
+
 /**
- * Runs this process's command line again in a child with {@link NODE_V8_FLAGS} and
- * {@link NODE_MALLOC_ENV}, passing signals on; resolves with the child's exit code (128 + the
- * signal's number if a signal ended it).
+ * Runs this process's command line again in a child with the flags and environment of `how` (by
+ * default a native node's), passing signals on; resolves with the child's exit code (128 + the
+ * signal's number if a signal ended it). `shardhub serve` runs itself again the same way, with the
+ * hub's flags (`server/node-flags.ts`).
  */
-export function relaunchWithFlags(): Promise<number> {
-  const flags = NODE_V8_FLAGS.filter((f) => !process.execArgv.includes(f));
+export function relaunchWithFlags(how: Relaunch = NODE_RELAUNCH): Promise<number> {
+  const flags = how.flags.filter((f) => !process.execArgv.includes(f));
   const child = spawn(process.execPath, [...process.execArgv, ...flags, ...process.argv.slice(1)], {
     stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
     detached: true,
-    env: { ...nodeEnv(process.env), [CHILD_ENV]: '1' },
+    env: { ...how.env, ...process.env, [CHILD_ENV]: '1' },
   });
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
   const forward = (signal: NodeJS.Signals) => child.kill(signal);
@@ -91,7 +103,7 @@ export function relaunchWithFlags(): Promise<number> {
       resolve(code);
     };
     child.once('error', (err) => {
-      process.stderr.write(`shardhub node: cannot start the node process: ${err.message}\n`);
+      process.stderr.write(`shardhub ${how.command}: cannot start its process: ${err.message}\n`);
       done(1);
     });
     child.once('exit', (code, signal) => done(code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0)));

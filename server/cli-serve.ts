@@ -8,7 +8,9 @@ import { fileURLToPath } from 'node:url';
 import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { HubServer, defaultHubConfig } from './app.ts';
+import { relaunchWithFlags, watchParent } from '../native/launch.ts';
 import { createLogger } from './logger.ts';
+import { HUB_RELAUNCH, hasHubFlags } from './node-flags.ts';
 import { DEFAULT_TRUST_OPTIONS } from './trust.ts';
 import { helpText, parseOptions, type OptionTable } from './options.ts';
 
@@ -118,7 +120,11 @@ export const SERVE_OPTIONS: OptionTable = {
 };
 
 /** Runs the hub until SIGINT/SIGTERM. */
-export async function serveCommand(argv: string[]): Promise<number> {
+export async function serveCommand(
+  argv: string[],
+  /** The command is this process's entry: without the hub's Node flags it runs itself again with them. */
+  entry: { relaunch?: boolean } = {},
+): Promise<number> {
   const { help, values: v } = parseOptions(argv, SERVE_OPTIONS);
   if (help) {
     process.stdout.write(
@@ -134,6 +140,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     );
     return 0;
   }
+  if (entry.relaunch && !hasHubFlags()) return relaunchWithFlags(HUB_RELAUNCH);
   const log = createLogger('hub');
   const defaults = defaultHubConfig();
   const server = await HubServer.start(
@@ -203,6 +210,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
+    // Started by a parent that has since died without a word (SIGKILL): stop, as on SIGTERM.
+    watchParent(() => stop('parent gone'));
   });
 }
 

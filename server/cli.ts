@@ -7,7 +7,7 @@ import { UsageError } from './options.ts';
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   serve: {
     summary: 'run a hub (REST API, sockets, pages)',
-    run: async (a) => (await import('./cli-serve.ts')).serveCommand(a),
+    run: async (a) => (await import('./cli-serve.ts')).serveCommand(a, { relaunch: true }),
   },
   node: {
     summary: 'run a native node that lends this machine to a hub',

@@ -1,7 +1,10 @@
+import type { Relaunch } from '../native/launch.ts';
+
 /**
  * The Node flags a hub runs with: `npm start` passes them, and the benchmarks start their hubs with
- * them (`bench/_scale.ts`). `shardhub serve` started some other way runs without them unless given
- * (`node --max-semi-space-size=32 --import tsx server/cli.ts serve`); the hub works either way.
+ * them (`bench/_scale.ts`). `shardhub serve` started without them (the `shardhub` command, `npm run
+ * shardhub -- serve`) runs itself again as a child that has them, as `shardhub node` does with its
+ * own (`native/launch.ts`).
  *
  * - `--max-semi-space-size=32` (MB; Node 20's default is 16): V8's young generation, where every
  *   Socket.IO packet, result and refill of the hub is allocated and most die. Twice the room means
@@ -10,3 +13,11 @@
  *   p99 median 85 -> 39 ms (better in 5 of the 6 pairs).
  */
 export const HUB_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=32'];
+
+/** How `shardhub serve` runs itself again when started without {@link HUB_NODE_FLAGS}. */
+export const HUB_RELAUNCH: Relaunch = { command: 'serve', flags: HUB_NODE_FLAGS, env: {} };
+
+/** Whether this process has every flag of {@link HUB_NODE_FLAGS}. */
+export function hasHubFlags(execArgv: readonly string[] = process.execArgv): boolean {
+  return HUB_NODE_FLAGS.every((f) => execArgv.includes(f));
+}

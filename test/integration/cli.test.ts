@@ -1,6 +1,7 @@
 /**
  * The `shardhub` command as a user runs it: `--help` everywhere, `submit` from a folder of `.npy`
- * files and from images (with a progress line and results written as .npy), `jobs` and `workers`.
+ * files and from images (with a progress line and results written as .npy), `jobs` and `workers`,
+ * and `serve` started as a user starts it (it runs itself again with the hub's Node flags).
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
@@ -11,8 +12,10 @@ import { compareTensors } from '../../protocol/tensor.ts';
 import type { HubServer } from '../../server/app.ts';
 import { readNpy, writeNpy } from '../../server/io/npy.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
+import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
 import {
   Reference,
+  freePort,
   modelPath,
   spawnTs,
   startHub,
@@ -198,5 +201,38 @@ describe('shardhub CLI', () => {
     const denied = await cli(['jobs', '--hub', hub.url, '--token', 'op_wrong']);
     assert.equal(denied.code, 1);
     assert.match(denied.out, /refused the operator token/);
+  });
+
+  test("serve started without the hub's Node flags runs itself again with them; SIGTERM stops both", async () => {
+    const port = await freePort();
+    const serve = spawnTs('server/cli.ts', [
+      'serve',
+      '--port',
+      String(port),
+      '--host',
+      '127.0.0.1',
+      '--data',
+      join(tmp.dir, 'serve'),
+      '--no-demo',
+      '--no-local-node',
+    ]);
+    try {
+      await waitFor('hub up', () => serve.output().includes('hub is up'), 30_000);
+      const pid = serve.child.pid as number;
+      const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(/\s+/).filter(Boolean);
+      assert.equal(children.length, 1, `one child process: [${children.join(' ')}]`);
+      const child = Number(children[0]);
+      // Linux's view of the child: the hub's flags, and the hub is listening there.
+      const cmdline = readFileSync(`/proc/${child}/cmdline`, 'utf8').split('\0');
+      for (const f of HUB_NODE_FLAGS) assert.ok(cmdline.includes(f), `the child runs with ${f}`);
+      assert.ok(cmdline.includes('serve'));
+      const health = await fetch(`http://127.0.0.1:${port}/api/health`);
+      assert.equal(health.status, 200);
+      serve.child.kill('SIGTERM');
+      assert.deepEqual(await serve.exited, { code: 0, signal: null }, serve.output());
+      assert.throws(() => process.kill(child, 0), 'the child is gone');
+    } finally {
+      serve.child.kill('SIGKILL');
+    }
   });
 });

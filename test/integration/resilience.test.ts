@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { io as connect, type Socket } from 'socket.io-client';
+import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
 import { SqliteStore } from '../../server/store/sqlite.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import {
@@ -31,22 +32,29 @@ describe('hub crash', () => {
   test('kill -9 of the hub mid-job, restart on the same data dir: the job completes exactly once', async () => {
     const port = await freePort();
     const data = join(tmp.dir, 'hub');
+    // With the hub's Node flags, so that it does not run itself again in a child: the kill must
+    // reach the hub itself.
     const serve = () =>
-      spawnTs('server/cli.ts', [
-        'serve',
-        '--port',
-        String(port),
-        '--host',
-        '127.0.0.1',
-        '--data',
-        data,
-        '--no-demo',
-        '--no-local-node',
-        '--heartbeat-ms',
-        '500',
-        '--offline-after-ms',
-        '2000',
-      ]);
+      spawnTs(
+        'server/cli.ts',
+        [
+          'serve',
+          '--port',
+          String(port),
+          '--host',
+          '127.0.0.1',
+          '--data',
+          data,
+          '--no-demo',
+          '--no-local-node',
+          '--heartbeat-ms',
+          '500',
+          '--offline-after-ms',
+          '2000',
+        ],
+        {},
+        HUB_NODE_FLAGS,
+      );
     let hub = serve();
     procs.push(hub);
     const url = `http://127.0.0.1:${port}`;
