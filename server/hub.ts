@@ -404,7 +404,14 @@ export class Hub extends EventEmitter<HubEvents> {
     return job;
   }
 
-  private checkComplete(jobId: string): void {
+  /**
+   * Completes a job whose every item is done or failed. With `quick` (after each commit of results,
+   * thousands of times a second), a job that still has items queued or held in the scheduler is
+   * taken to be unfinished without reading its row; the tick checks every active job's row once a
+   * second all the same, so a job the scheduler's view misled about still completes.
+   */
+  private checkComplete(jobId: string, quick = false): void {
+    if (quick && this.scheduler.queued(jobId) + this.scheduler.inFlight(jobId) > 0) return;
     const job = this.store.getJob(jobId);
     if (!job || (job.state !== 'running' && job.state !== 'queued')) return;
     if (job.doneCount + job.failedCount < job.itemCount) return;
@@ -820,7 +827,7 @@ export class Hub extends EventEmitter<HubEvents> {
       }
       for (const jobId of jobs) {
         this.emit('job:updated', jobId);
-        this.checkComplete(jobId);
+        this.checkComplete(jobId, true);
       }
       // Planning every worker on every results message is O(workers) per message: only these
       // workers are, unless items went back to a queue or a job ended.
@@ -1124,6 +1131,7 @@ export class Hub extends EventEmitter<HubEvents> {
       this.sendFigures();
       this.data.sweep(now);
     }
+    for (const jobId of [...this.active.keys()]) this.checkComplete(jobId);
     for (const w of this.workers.values()) {
       if (w.state === 'offline' || now - w.lastSeen <= this.opts.offlineAfterMs) continue;
       const socket = this.sockets.get(w.id);

@@ -272,6 +272,38 @@ describe('group commit', () => {
     }
   });
 
+  test('a job whose items are all stored completes within a tick, even while the scheduler still holds some', async () => {
+    // After each commit the hub reads a job's row only when the scheduler has nothing of it left
+    // queued or held; the tick reads every active job's row. Here the rows are written behind the
+    // scheduler's back, so only the tick can see the job is done.
+    const { hub, workers, rest, jobId } = await grid(join(tmp.dir, 'tick'), 12);
+    sockets.push(...workers.map((w) => w.socket));
+    try {
+      const results = workers.flatMap((w) =>
+        resultsOf(w).map((r) => ({
+          itemId: r.itemId,
+          jobId: r.jobId,
+          workerId: w.id,
+          modelSha256: r.modelSha256,
+          ms: 1,
+          outputs: new Uint8Array(4),
+          at: Date.now(),
+        })),
+      );
+      assert.equal(results.length, 12);
+      hub.hub.store.recordResults(results);
+      assert.ok(hub.hub.scheduler.inFlight(jobId) > 0, 'the scheduler still holds items');
+      // The tick runs every second (half the 2 s heartbeat).
+      await waitFor(
+        'the job completed',
+        async () => (await rest.data('GET', `/api/jobs/${jobId}`)).state === 'completed',
+        3000,
+      );
+    } finally {
+      await hub.close();
+    }
+  });
+
   test("a worker's refill and the ack of its results leave the hub in one write", async () => {
     // 24 items, at most 4 held by each of the three workers: 12 wait in the queue for refills.
     const { hub, workers } = await grid(join(tmp.dir, 'write'), 24);
