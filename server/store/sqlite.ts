@@ -156,8 +156,12 @@ export const SCHEMA_VERSION = MIGRATIONS.length;
 /** Background WAL checkpoints, this often (ms). */
 const CHECKPOINT_EVERY_MS = 200;
 
-/** WAL pages past which a commit on the main connection checkpoints by itself (SQLite's default: 1000). */
-const BACKSTOP_PAGES = 20_000;
+/**
+ * WAL pages past which a commit on the main connection checkpoints by itself (SQLite's default:
+ * 1000). Every other connection that writes to the file (the trust store's) is set the same, or its
+ * commits would checkpoint on the event loop whenever the thread is a few hundred pages behind.
+ */
+export const BACKSTOP_PAGES = 20_000;
 
 /** States of the checkpointing thread, in `Int32Array(ctl)[0]`. */
 const BOOTING = 0;

@@ -4,7 +4,8 @@
  * rate limits, fairness figures).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -234,6 +235,30 @@ describe('strikes and quarantine', () => {
     assert.equal(job?.state, 'running', 'a completed job runs again');
     assert.deepEqual(store.pendingItemIds('j'), ids.slice(1));
     assert.ok(store.getResult(ids[0] as number), 'the confirmed result stays');
+  });
+});
+
+describe('the trust connection', () => {
+  test('its writes leave WAL checkpoints to the store: a write past 1,000 WAL pages does not copy them into the file', () => {
+    const file = join(dir, 'wal.sqlite');
+    SqliteStore.open(file).close(); // the hub's tables, which the trust store's queries name
+    // A connection that never checkpoints, and 4,000 pages in the WAL, none yet in the file.
+    const raw = new Database(file);
+    raw.pragma('journal_mode = WAL');
+    raw.pragma('wal_autocheckpoint = 0');
+    raw.exec('CREATE TABLE filler (b BLOB)');
+    const insert = raw.prepare('INSERT INTO filler VALUES (?)');
+    raw.transaction(() => {
+      for (let i = 0; i < 4000; i++) insert.run(Buffer.alloc(4000));
+    })();
+    const before = statSync(file).size;
+    assert.ok(statSync(`${file}-wal`).size > 1000 * 4096, 'the WAL holds more than 1,000 pages');
+    // Opening (which creates the tables) and a write, each a commit of the trust connection.
+    const ts = TrustStore.open(file);
+    new TrustBook(ts).confirmed('w');
+    // A checkpoint on its commit would have copied the 4,000 pages into the file (16 MB).
+    assert.ok(statSync(file).size < before + 1024 * 1024, `file ${before} -> ${statSync(file).size} bytes`);
+    raw.close();
   });
 });
 
