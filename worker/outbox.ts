@@ -106,7 +106,7 @@ export class Outbox {
   private readonly inFlight = new Map<number, Message>();
   /** Messages the hub answered with an error that may pass, each waiting its pause to go back. */
   private readonly retrying = new Set<ReturnType<typeof setTimeout>>();
-  /** Such answers in a row: the next pause is `retryMs` times 2 to this, less one. */
+  /** Such answers in a row, reset by an ack: the next pause is `retryMs` × 2 to the power of this. */
   private errorsInARow = 0;
   /** Results and failures in those messages. */
   private retryingCount = 0;
