@@ -13,7 +13,10 @@ import type { ModelInfo } from '../protocol/model.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
+import { recordGc } from './_gc.ts';
 import { serve } from './_rpc.ts';
+
+const gc = recordGc();
 
 let server: HubServer | undefined;
 const completed = new Map<string, { cpuUs: number; t: number }>();
@@ -208,6 +211,11 @@ serve(
 
     cpu() {
       return { cpuUs: cpuUs(), t: now() };
+    },
+
+    /** This process's collections since the last call (`_gc.ts`). */
+    gcPauses() {
+      return gc.take();
     },
 
     /** A full garbage collection (the hub process runs with --expose-gc), then the heap in use. */

@@ -28,6 +28,7 @@ import { WorkerAgent, type WorkerSocket } from '../worker/agent.ts';
 import type { Backend, LoadedModel } from '../worker/backend.ts';
 import { MemoryModelStore } from '../worker/model-cache.ts';
 import type { OutboxOptions } from '../worker/outbox.ts';
+import { recordGc } from './_gc.ts';
 import { serve } from './_rpc.ts';
 
 /** What the benchmark asks for. */
@@ -210,6 +211,8 @@ async function startOne(setup: WorkerSetup, i: number): Promise<void> {
   await registered;
 }
 
+const gc = recordGc();
+
 serve(
   {
     /** Starts the workers, `connectBatch` at a time; resolves once all are registered. */
@@ -247,6 +250,11 @@ serve(
       sampleTimes.length = 0;
       untimedAssigns = 0;
       return out;
+    },
+
+    /** This process's collections since the last call (`_gc.ts`). */
+    gcPauses() {
+      return gc.take();
     },
 
     cpu() {

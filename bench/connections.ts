@@ -39,6 +39,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, printTable } from './_grid.ts';
+import type { GcPause } from './_gc.ts';
 import type { RpcChild } from './_rpc.ts';
 import {
   flag,
@@ -168,6 +169,8 @@ async function measure(
     await hub.rpc.call('counts'); // from zero: the warm-up's messages are not the job's
     const workersCpu = () => Promise.all(children.map((c) => c.call<{ cpuUs: number }>('cpu')));
     const cpu0 = await workersCpu();
+    const gcPauses = () => Promise.all([hub.rpc, ...children].map((c) => c.call<GcPause[]>('gcPauses')));
+    await gcPauses(); // from here on
     const { start, end, lag } = await profiled([hub.rpc], profile, 'connections', async () => {
       await hub.rpc.call('lagStart');
       const start = await hub.rpc.call<{ cpuUs: number; t: number }>('seal', { jobId });
@@ -186,6 +189,7 @@ async function measure(
       }
     });
     const cpu1 = await workersCpu();
+    const gcs = await gcPauses();
     const workersCpuUs = cpu1.reduce((n, c, i) => n + c.cpuUs - (cpu0[i]?.cpuUs ?? 0), 0);
     const { resultMsgs } = await hub.rpc.call<{ resultMsgs: number }>('counts');
     const mem = await hub.rpc.call<{ rssMb: number; maxRssMb: number; heapMb: number }>('mem');
@@ -205,6 +209,14 @@ async function measure(
           const sec = Math.floor((t - start.t) / 1000);
           bySecond.set(sec, [...(bySecond.get(sec) ?? []), s.freed[i] as number]);
         });
+      // Collections that held a main thread for 5 ms or more: the hub's, then each worker process's.
+      gcs.forEach((pauses, i) => {
+        for (const g of pauses.filter((x) => x.ms >= 5)) {
+          process.stderr.write(
+            `gc: ${i === 0 ? 'hub' : `workers ${i - 1}`} at ${((g.at - start.t) / 1000).toFixed(2)} s: ${g.ms.toFixed(1)} ms ${g.kind}\n`,
+          );
+        }
+      });
       for (const [sec, xs] of [...bySecond].sort((a, b) => a[0] - b[0])) {
         const sorted = Float64Array.from(xs).sort();
         process.stderr.write(
