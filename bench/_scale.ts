@@ -111,6 +111,19 @@ export async function profiled<T>(
   }
 }
 
+/**
+ * The V8 flags of the processes hosting sim workers: collection in the process's own thread, not in
+ * helper threads on every core, as `shardhub node` runs (`native/launch.ts`). Not the node's other
+ * flag, `--no-incremental-marking`: a process of 1,000 sim workers has a heap a hundred times a
+ * node's, and marking it in one go held its main thread 52-99 ms every 5 s or so (perf_hooks' gc
+ * entries, `SHARDHUB_BENCH_DEBUG=1 npm run bench -- connections`), delaying every one of its workers'
+ * messages; marked in steps, the longest pause was 12-24 ms. Connections, 3 runs of each, alternated:
+ * p99 17.0, 11.7 and 17.0 ms against 11.2, 23.1 and 20.5 (and 36.6, 20.3 and 26.2 with neither
+ * flag: V8's helper threads on both cores). A pause landing in the job's first second is what gave
+ * a run of p99 94 ms.
+ */
+const WORKER_PROCESS_FLAGS = NODE_V8_FLAGS.filter((f) => f !== '--no-incremental-marking');
+
 /** Processes hosting sim workers, `count` spread evenly over `procs`. */
 export async function startWorkerProcesses(
   hub: HubProc,
@@ -131,9 +144,9 @@ export async function startWorkerProcesses(
   for (let p = 0; p < procs; p++) {
     const n = Math.floor(count / procs) + (p < count % procs ? 1 : 0);
     if (n === 0) continue;
-    // The native node's V8 flags, as `shardhub node` runs with them (native/launch.ts): collection
-    // in the process's own threads, not in helper threads on every core.
-    const child = RpcChild.start(join(ROOT, 'bench/_worker-child.ts'), { nodeArgs: [...NODE_V8_FLAGS] });
+    const child = RpcChild.start(join(ROOT, 'bench/_worker-child.ts'), {
+      nodeArgs: [...WORKER_PROCESS_FLAGS],
+    });
     children.push(child);
     if (nice !== 0) setPriority(child.pid, nice);
     starts.push(
