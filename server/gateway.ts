@@ -15,7 +15,7 @@ import type {
   WorkerToHubEvents,
 } from '../protocol/events.ts';
 import { LIMITS } from '../protocol/limits.ts';
-import { PackError, unpackTensors } from '../protocol/pack.ts';
+import { type HeaderCache, PackError, unpackTensors } from '../protocol/pack.ts';
 import {
   HeartbeatSchema,
   ItemsDoneSchema,
@@ -53,6 +53,7 @@ export interface GatewayOptions {
  */
 export function unpackResults(groups: readonly PackedResults[]): ItemResult[] | string {
   const out: ItemResult[] = [];
+  const headers: HeaderCache = {}; // the message's packs nearly always share one header
   for (const g of groups) {
     let start = 0;
     for (let i = 0; i < g.ids.length; i++) {
@@ -61,7 +62,7 @@ export function unpackResults(groups: readonly PackedResults[]): ItemResult[] | 
       start = end;
       let outputs;
       try {
-        outputs = unpackTensors(pack);
+        outputs = unpackTensors(pack, headers);
       } catch (err) {
         return `packed.ids.${i}: ${err instanceof PackError ? err.message : 'malformed outputs'}`;
       }
