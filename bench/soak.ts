@@ -23,7 +23,7 @@ import { compareTensors } from '../protocol/tensor.ts';
 import { HUB_NODE_FLAGS } from '../server/node-flags.ts';
 import { SqliteStore } from '../server/store/sqlite.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
-import { Reference, freePort } from '../test/helpers/grid.ts';
+import { Reference, freePort, serveArgs } from '../test/helpers/grid.ts';
 import { ROOT, printTable } from './_grid.ts';
 import { NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
 
@@ -143,15 +143,7 @@ export async function runSoak(opts: {
         '--import',
         'tsx',
         join(ROOT, 'server/cli.ts'),
-        'serve',
-        '--port',
-        String(port),
-        '--host',
-        '127.0.0.1',
-        '--data',
-        data,
-        '--no-demo',
-        '--no-local-node',
+        ...serveArgs(port, data),
       ],
       {
         cwd: ROOT,

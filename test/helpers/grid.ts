@@ -38,6 +38,22 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** `shardhub serve`'s arguments for a bare hub on 127.0.0.1: no demo job, no local node. */
+export function serveArgs(port: number, dataDir: string, extra: string[] = []): string[] {
+  return [
+    'serve',
+    '--port',
+    String(port),
+    '--host',
+    '127.0.0.1',
+    '--data',
+    dataDir,
+    '--no-demo',
+    '--no-local-node',
+    ...extra,
+  ];
+}
+
 /** Starts an in-process hub on 127.0.0.1, port 0, fast liveness settings. */
 export async function startHub(dataDir: string, config: Partial<HubConfig> = {}): Promise<HubServer> {
   return HubServer.start(

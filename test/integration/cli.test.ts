@@ -17,6 +17,7 @@ import {
   Reference,
   freePort,
   modelPath,
+  serveArgs,
   spawnTs,
   startHub,
   startNode,
@@ -205,17 +206,7 @@ describe('shardhub CLI', () => {
 
   test("serve started without the hub's Node flags runs itself again with them; SIGTERM stops both", async () => {
     const port = await freePort();
-    const serve = spawnTs('server/cli.ts', [
-      'serve',
-      '--port',
-      String(port),
-      '--host',
-      '127.0.0.1',
-      '--data',
-      join(tmp.dir, 'serve'),
-      '--no-demo',
-      '--no-local-node',
-    ]);
+    const serve = spawnTs('server/cli.ts', serveArgs(port, join(tmp.dir, 'serve')));
     try {
       await waitFor('hub up', () => serve.output().includes('hub is up'), 30_000);
       const pid = serve.child.pid as number;

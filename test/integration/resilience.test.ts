@@ -13,6 +13,7 @@ import { calibrationInputs } from '../../worker/calibration.ts';
 import {
   Rest,
   freePort,
+  serveArgs,
   spawnTs,
   startHub,
   startNode,
@@ -37,21 +38,7 @@ describe('hub crash', () => {
     const serve = () =>
       spawnTs(
         'server/cli.ts',
-        [
-          'serve',
-          '--port',
-          String(port),
-          '--host',
-          '127.0.0.1',
-          '--data',
-          data,
-          '--no-demo',
-          '--no-local-node',
-          '--heartbeat-ms',
-          '500',
-          '--offline-after-ms',
-          '2000',
-        ],
+        serveArgs(port, data, ['--heartbeat-ms', '500', '--offline-after-ms', '2000']),
         {},
         HUB_NODE_FLAGS,
       );
