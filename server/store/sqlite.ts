@@ -153,6 +153,13 @@ const MIGRATIONS: readonly string[] = [
 /** The schema version this build writes. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
+/**
+ * Results inserted by one statement, when a batch has that many (recording 100,000 noop results in
+ * batches of 250, old and new alternated in one process: 3.26-3.39 -> 2.84-3.02 us per result with 16
+ * rows a statement, flipping the items included).
+ */
+const RESULT_ROWS = 16;
+
 /** Background WAL checkpoints, this often (ms). */
 const CHECKPOINT_EVERY_MS = 200;
 
@@ -471,6 +478,12 @@ export class SqliteStore implements Store {
         `INSERT INTO results (item_id, job_id, worker_id, model_sha256, ms, outputs, at)
          VALUES (?, ?, ?, ?, ?, ?, ?)`,
       ),
+      // RESULT_ROWS rows a statement: each call from JavaScript into SQLite costs about a
+      // microsecond of its own (a batch of results cannot go through json_each: they carry blobs).
+      insertResults: db.prepare<unknown[]>(
+        `INSERT INTO results (item_id, job_id, worker_id, model_sha256, ms, outputs, at)
+         VALUES ${Array.from({ length: RESULT_ROWS }, () => '(?, ?, ?, ?, ?, ?, ?)').join(', ')}`,
+      ),
       markFailed: db.prepare<[number, string]>(
         "UPDATE items SET state = 'failed', attempts = attempts + 1 WHERE id = ? AND job_id = ? AND state = 'pending'",
       ),
@@ -571,14 +584,23 @@ export class SqliteStore implements Store {
       }
       const accepted: number[] = [];
       const dropped: number[] = [];
+      const params: unknown[] = []; // up to RESULT_ROWS rows' parameters, in row order
       for (const r of rows) {
         if (flipped.delete(r.itemId)) {
-          this.sql.insertResult.run(r.itemId, r.jobId, r.workerId, r.modelSha256, r.ms, r.outputs, r.at);
+          params.push(r.itemId, r.jobId, r.workerId, r.modelSha256, r.ms, r.outputs, r.at);
+          if (params.length === RESULT_ROWS * 7) {
+            this.sql.insertResults.run(params);
+            params.length = 0;
+          }
           accepted.push(r.itemId);
         } else {
           dropped.push(r.itemId);
         }
       }
+      for (let i = 0; i < params.length; i += 7)
+        this.sql.insertResult.run(
+          ...(params.slice(i, i + 7) as Parameters<typeof this.sql.insertResult.run>),
+        );
       return { accepted, dropped };
     });
 
