@@ -342,15 +342,20 @@ export class Scheduler {
     return w ? this.takeBack(w, itemIds) : new Map();
   }
 
-  private hold(w: WorkerRun, j: JobRun, itemId: number): void {
-    w.held.set(itemId, j.id);
-    const h = this.holders.get(itemId);
-    if (h) {
-      h.push(w.info.id);
-      this.copies++;
-    } else this.holders.set(itemId, [w.info.id]);
-    j.held++;
-    j.heldBy.set(w.info.id, (j.heldBy.get(w.info.id) ?? 0) + 1);
+  /** A worker's holds on items of one job; the job's counts are updated once for all of them. */
+  private hold(w: WorkerRun, j: JobRun, itemIds: readonly number[]): void {
+    if (itemIds.length === 0) return;
+    const me = w.info.id;
+    for (const itemId of itemIds) {
+      w.held.set(itemId, j.id);
+      const h = this.holders.get(itemId);
+      if (h) {
+        h.push(me);
+        this.copies++;
+      } else this.holders.set(itemId, [me]);
+    }
+    j.held += itemIds.length;
+    j.heldBy.set(me, (j.heldBy.get(me) ?? 0) + itemIds.length);
     this.rateOf(w, j.modelSha256).busy(this.opts.clock());
   }
 
@@ -475,15 +480,18 @@ export class Scheduler {
     const me = this.workers.get(workerId);
     let sha: string | undefined;
     for (const itemId of itemIds) {
-      for (const h of [...(this.holders.get(itemId) ?? [])]) {
+      const holders = this.holders.get(itemId);
+      if (!holders) continue;
+      // `unhold` changes the list: walk a copy, unless it has one holder (nearly always).
+      for (const h of holders.length === 1 ? holders : [...holders]) {
         const w = this.workers.get(h);
         if (!w) continue;
         const j = this.unhold(w, itemId);
         if (!j) continue;
         sha = j.modelSha256;
-        const set = touched.get(j) ?? new Set<string>();
+        let set = touched.get(j);
+        if (!set) touched.set(j, (set = new Set<string>()));
         set.add(h);
-        touched.set(j, set);
         if (h === workerId) mine.push(itemId);
         else push(cancel, h, itemId);
         j.failedOn.delete(itemId);
@@ -620,7 +628,7 @@ export class Scheduler {
     out: Assignment[],
     spec?: Assignment['speculative'],
   ): void {
-    for (const id of ids) this.hold(w, j, id);
+    this.hold(w, j, ids);
     this.notifyHeld(j, w.info.id);
     out.push({ workerId: w.info.id, jobId: j.id, itemIds: ids, ...(spec ? { speculative: spec } : {}) });
   }
