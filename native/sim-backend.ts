@@ -172,12 +172,17 @@ function check(name: string, v: number, ok: (v: number) => boolean, want: string
  * gives the true answer of identity-like models (`noop`), which lets result checks run on sims.
  */
 function echoed(spec: TensorSpec, inputs: readonly WireTensor[]): WireTensor | undefined {
-  const fits = (t: WireTensor) =>
-    t.dtype === spec.dtype &&
-    t.dims.length === spec.shape.length &&
-    spec.shape.every((d, i) => typeof d !== 'number' || d < 0 || d === t.dims[i]);
-  const t = inputs.find(fits);
-  return t ? { name: spec.name, dtype: t.dtype, dims: [...t.dims], data: new Uint8Array(t.data) } : undefined;
+  // Loops, not closures: this runs for every output of every item a sim worker runs.
+  for (const t of inputs) {
+    if (t.dtype !== spec.dtype || t.dims.length !== spec.shape.length) continue;
+    let fits = true;
+    for (let i = 0; i < spec.shape.length && fits; i++) {
+      const d = spec.shape[i];
+      fits = typeof d !== 'number' || d < 0 || d === t.dims[i];
+    }
+    if (fits) return { name: spec.name, dtype: t.dtype, dims: [...t.dims], data: new Uint8Array(t.data) };
+  }
+  return undefined;
 }
 
 /** Lateness of a run's start that is put down to the timer, not to an idle worker. */

@@ -44,7 +44,7 @@ import { ItemQueue } from './item-queue.ts';
 import type { ModelStore } from './model-cache.ts';
 import { Outbox, type OutboxOptions, type WorkerSocket } from './outbox.ts';
 import { ModelSessions, type DownloadProgress, type SessionLease } from './sessions.ts';
-import { unpackTensors } from '../protocol/pack.ts';
+import { type HeaderCache, unpackTensors } from '../protocol/pack.ts';
 import { checkOutputs, toBytes, toWireTensor } from './wire.ts';
 
 export type { WorkerSocket } from './outbox.ts';
@@ -855,17 +855,19 @@ function shardItems(shard: ShardAssign): ShardItem[] {
     p.parts.length === p.ids.length
   ) {
     const parts = p.parts;
-    return p.ids.map((id, i) => ({ id, inputs: () => unpackTensors(toBytes(parts[i])) }));
+    const headers: HeaderCache = {}; // a shard's items are of one job: nearly always one header
+    return p.ids.map((id, i) => ({ id, inputs: () => unpackTensors(toBytes(parts[i]), headers) }));
   }
   if (p && 'ends' in p && Array.isArray(p.ids) && Array.isArray(p.ends) && p.ends.length === p.ids.length) {
     const data = toBytes(p.data);
+    const headers: HeaderCache = {};
     return p.ids.map((id, i) => ({
       id,
       inputs: () => {
         const start = i === 0 ? 0 : (p.ends[i - 1] as number);
         const end = p.ends[i] as number;
         if (!(start >= 0 && end >= start && end <= data.byteLength)) throw new TypeError('bad pack bounds');
-        return unpackTensors(data.subarray(start, end));
+        return unpackTensors(data.subarray(start, end), headers);
       },
     }));
   }

@@ -28,6 +28,7 @@ import type {
 } from '../protocol/events.ts';
 import { LIMITS } from '../protocol/limits.ts';
 import { tensorBytes } from '../protocol/pack.ts';
+import type { WireTensor } from '../protocol/tensor.ts';
 import { errorMessage, silentLogger, type WorkerLogger } from './backend.ts';
 import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
 
@@ -395,7 +396,12 @@ export function packResults(results: readonly ItemResult[]): PackedResults[] {
     for (; j < results.length; j++) {
       const r = results[j] as ItemResult;
       if (r.jobId !== first.jobId || r.modelSha256 !== first.modelSha256) break;
-      const h = encoder.encode(JSON.stringify(r.outputs.map((t) => ({ n: t.name, t: t.dtype, d: t.dims }))));
+      // Results of one model nearly always have the outputs of the one before: the same header.
+      const prev = j > i ? results[j - 1] : undefined;
+      const h =
+        prev && sameLayout(prev.outputs, r.outputs)
+          ? (headers[headers.length - 1] as Uint8Array)
+          : encoder.encode(JSON.stringify(r.outputs.map((t) => ({ n: t.name, t: t.dtype, d: t.dims }))));
       headers.push(h);
       size += 4 + h.byteLength + tensorBytes(r.outputs);
     }
@@ -423,6 +429,18 @@ export function packResults(results: readonly ItemResult[]): PackedResults[] {
     i = j;
   }
   return groups;
+}
+
+/** Whether two lists of tensors have the same names, dtypes and dims, in order (a pack's header). */
+function sameLayout(a: readonly WireTensor[], b: readonly WireTensor[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i] as WireTensor;
+    const y = b[i] as WireTensor;
+    if (x.name !== y.name || x.dtype !== y.dtype || x.dims.length !== y.dims.length) return false;
+    for (let d = 0; d < x.dims.length; d++) if (x.dims[d] !== y.dims[d]) return false;
+  }
+  return true;
 }
 
 function positive(name: string, v: number): number {

@@ -1,12 +1,15 @@
 /**
  * Tensor packs read with a header cache, as the hub reads a results message's packs: a header the
- * same as the last is not parsed again, and nothing else about the reading changes.
+ * same as the last is not parsed again, and nothing else about the reading changes. And a worker's
+ * packed results (which reuse a header for outputs laid out as the result before) read back as sent.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type HeaderCache, PackError, packTensors, unpackTensors } from '../../protocol/pack.ts';
 import { bytesOf, type WireTensor } from '../../protocol/tensor.ts';
+import type { ItemResult } from '../../protocol/events.ts';
 import { unpackResults } from '../../server/gateway.ts';
+import { packResults } from '../../worker/outbox.ts';
 
 function y(dims: number[], values: number[]): WireTensor[] {
   return [{ name: 'y', dtype: 'float32', dims, data: bytesOf(new Float32Array(values)) }];
@@ -72,5 +75,49 @@ test('a results message of many packs of one header unpacks each result with its
       [13, 3],
       [14, 4],
     ],
+  );
+});
+
+test("a worker's packed results read back item by item, across jobs and changing output shapes", () => {
+  const result = (itemId: number, jobId: string, dims: number[], values: number[]): ItemResult => ({
+    itemId,
+    jobId,
+    modelSha256: 'a'.repeat(64),
+    ms: itemId,
+    outputs: y(dims, values),
+  });
+  // Runs of one header, a header that changes mid-group, and a second job.
+  const sent = [
+    result(1, 'j1', [1, 2], [1, 2]),
+    result(2, 'j1', [1, 2], [3, 4]),
+    result(3, 'j1', [1, 3], [5, 6, 7]),
+    result(4, 'j1', [1, 2], [8, 9]),
+    result(5, 'j2', [1, 2], [10, 11]),
+  ];
+  const groups = packResults(sent);
+  assert.deepEqual(
+    groups.map((g) => [g.jobId, g.ids]),
+    [
+      ['j1', [1, 2, 3, 4]],
+      ['j2', [5]],
+    ],
+  );
+  const got = unpackResults(groups);
+  assert.ok(Array.isArray(got), String(got));
+  assert.deepEqual(
+    got.map((r) => [
+      r.itemId,
+      r.jobId,
+      r.ms,
+      r.outputs[0]?.dims,
+      [...new Float32Array((r.outputs[0] as WireTensor).data.slice().buffer)],
+    ]),
+    sent.map((r) => [
+      r.itemId,
+      r.jobId,
+      r.ms,
+      r.outputs[0]?.dims,
+      [...new Float32Array((r.outputs[0] as WireTensor).data.slice().buffer)],
+    ]),
   );
 });
