@@ -104,20 +104,12 @@ test("a worker's packed results read back item by item, across jobs and changing
   );
   const got = unpackResults(groups);
   assert.ok(Array.isArray(got), String(got));
-  assert.deepEqual(
-    got.map((r) => [
-      r.itemId,
-      r.jobId,
-      r.ms,
-      r.outputs[0]?.dims,
-      [...new Float32Array((r.outputs[0] as WireTensor).data.slice().buffer)],
-    ]),
-    sent.map((r) => [
-      r.itemId,
-      r.jobId,
-      r.ms,
-      r.outputs[0]?.dims,
-      [...new Float32Array((r.outputs[0] as WireTensor).data.slice().buffer)],
-    ]),
-  );
+  const seen = (r: ItemResult) => [
+    r.itemId,
+    r.jobId,
+    r.ms,
+    r.outputs[0]?.dims,
+    [...new Float32Array((r.outputs[0] as WireTensor).data.slice().buffer)],
+  ];
+  assert.deepEqual(got.map(seen), sent.map(seen));
 });
