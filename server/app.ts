@@ -165,8 +165,16 @@ export class HubServer {
       await this.hub.close();
       this.stopOperator();
       this.io.disconnectSockets(true);
-      await new Promise<void>((ok) => this.io.close(() => ok()));
-      this.http.closeAllConnections?.();
+      // io.close() stops the HTTP server once its namespaces are closed, and its callback waits
+      // for every connection to end: a request still in progress (an upload, a download, a
+      // browser's keep-alive request) held it forever. So what is left is dropped until it ends;
+      // a connection accepted before the server stopped listening is dropped on the next round.
+      let closed = false;
+      const done = new Promise<void>((ok) => this.io.close(() => ok())).then(() => (closed = true));
+      while (!closed) {
+        this.http.closeAllConnections?.();
+        await Promise.race([done, new Promise((ok) => setTimeout(ok, 50))]);
+      }
       this.hub.store.close();
       this.hub.trustStore.close();
     })();

@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { io as connect, type Socket } from 'socket.io-client';
@@ -263,5 +264,27 @@ describe('connections and hostile input', () => {
       for (const s of sockets) s.close();
       await hub.close();
     }
+  });
+
+  test('the hub closes while a client is half-way through sending a request', async () => {
+    const hub = await startHub(join(tmp.dir, 'hub-close'));
+    const url = new URL(hub.url);
+    // An operator's request whose body never finishes arriving: the HTTP server counts it as in
+    // progress.
+    const client = createConnection(Number(url.port), url.hostname);
+    await new Promise<void>((ok) => client.once('connect', () => ok()));
+    client.on('error', () => undefined);
+    client.write(
+      `POST /api/jobs HTTP/1.1\r\nhost: ${url.host}\r\nauthorization: Bearer ${hub.tokens.operatorToken}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"model":`,
+    );
+    await new Promise((ok) => setTimeout(ok, 200));
+    const gone = new Promise<void>((ok) => client.once('close', () => ok()));
+    const outcome = await Promise.race([
+      hub.close().then(() => 'closed'),
+      new Promise((ok) => setTimeout(() => ok('still closing after 5 s'), 5000)),
+    ]);
+    assert.equal(outcome, 'closed');
+    await gone; // the hub dropped the connection
+    client.destroy();
   });
 });
