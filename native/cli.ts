@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { hasNodeSetup, relaunchWithFlags, watchParent } from './launch.ts';
+import { relaunchWithFlags, startedAs, watchParent } from './launch.ts';
 import { NodeFatalError, runNode, type NodeBackendChoice, type NodeOptions } from './node.ts';
 
 /** Usage text of `shardhub node`. */
@@ -266,7 +266,7 @@ export async function nodeCommand(
     stdout.write(NODE_USAGE);
     return 0;
   }
-  if (entry.relaunch && !hasNodeSetup()) return relaunchWithFlags();
+  if (entry.relaunch && !startedAs()) return relaunchWithFlags();
   try {
     const node = await runNode({ ...parsed.options, handleSignals: true });
     // Started by a parent that has since died without a word (SIGKILL): drain, as on SIGTERM.

@@ -59,17 +59,6 @@ export function hasMallocEnv(env: NodeJS.ProcessEnv = process.env): boolean {
 /** Set in the child's environment: it was started by {@link relaunchWithFlags}. */
 const CHILD_ENV = 'SHARDHUB_RELAUNCHED';
 
-/**
- * Whether this process was started as a native node runs: with every flag of
- * {@link NODE_V8_FLAGS}, and every variable of {@link NODE_MALLOC_ENV} set (to any value).
- */
-export function hasNodeSetup(
-  execArgv: readonly string[] = process.execArgv,
-  env: NodeJS.ProcessEnv = process.env,
-): boolean {
-  return NODE_V8_FLAGS.every((f) => execArgv.includes(f)) && hasMallocEnv(env);
-}
-
 /** What a command runs itself again with: Node flags, and environment variables it lacks. */
 export interface Relaunch {
   /** The command, for messages (`node`, `serve`). */
@@ -80,6 +69,20 @@ export interface Relaunch {
 
 /** A native node's: {@link NODE_V8_FLAGS} and {@link NODE_MALLOC_ENV}. */
 export const NODE_RELAUNCH: Relaunch = { command: 'node', flags: NODE_V8_FLAGS, env: NODE_MALLOC_ENV };
+
+/**
+ * Whether this process was started as `how` runs: with every one of its flags, and every variable
+ * of its environment set (to any value). A native node's ({@link NODE_RELAUNCH}) by default.
+ */
+export function startedAs(
+  how: Relaunch = NODE_RELAUNCH,
+  execArgv: readonly string[] = process.execArgv,
+  env: NodeJS.ProcessEnv = process.env,
+): boolean {
+  return (
+    how.flags.every((f) => execArgv.includes(f)) && Object.keys(how.env).every((k) => env[k] !== undefined)
+  );
+}
 
 /**
  * Runs this process's command line again in a child with the flags and environment of `how` (by

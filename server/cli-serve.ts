@@ -8,9 +8,9 @@ import { fileURLToPath } from 'node:url';
 import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { HubServer, defaultHubConfig } from './app.ts';
-import { relaunchWithFlags, watchParent } from '../native/launch.ts';
+import { relaunchWithFlags, startedAs, watchParent } from '../native/launch.ts';
 import { createLogger } from './logger.ts';
-import { HUB_RELAUNCH, hasHubFlags } from './node-flags.ts';
+import { HUB_RELAUNCH } from './node-flags.ts';
 import { DEFAULT_TRUST_OPTIONS } from './trust.ts';
 import { helpText, parseOptions, type OptionTable } from './options.ts';
 
@@ -140,7 +140,7 @@ export async function serveCommand(
     );
     return 0;
   }
-  if (entry.relaunch && !hasHubFlags()) return relaunchWithFlags(HUB_RELAUNCH);
+  if (entry.relaunch && !startedAs(HUB_RELAUNCH)) return relaunchWithFlags(HUB_RELAUNCH);
   const log = createLogger('hub');
   const defaults = defaultHubConfig();
   const server = await HubServer.start(

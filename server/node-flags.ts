@@ -16,8 +16,3 @@ export const HUB_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=32'];
 
 /** How `shardhub serve` runs itself again when started without {@link HUB_NODE_FLAGS}. */
 export const HUB_RELAUNCH: Relaunch = { command: 'serve', flags: HUB_NODE_FLAGS, env: {} };
-
-/** Whether this process has every flag of {@link HUB_NODE_FLAGS}. */
-export function hasHubFlags(execArgv: readonly string[] = process.execArgv): boolean {
-  return HUB_NODE_FLAGS.every((f) => execArgv.includes(f));
-}
