@@ -70,6 +70,9 @@ export interface OutboxOptions {
 
 type Message = { kind: 'done'; results: ItemResult[] } | { kind: 'failed'; failures: ItemFailure[] };
 
+/** Results or failures in a message. */
+const sizeOf = (m: Message): number => (m.kind === 'done' ? m.results.length : m.failures.length);
+
 /** Error codes of a hub's answer that may pass: the message is sent again after a pause. */
 const PASSING_ERRORS: ReadonlySet<string> = new Set(['internal', 'rate_limited']);
 
@@ -106,11 +109,9 @@ export class Outbox {
   private seq = 0;
   private readonly inFlight = new Map<number, Message>();
   /** Messages the hub answered with an error that may pass, each waiting its pause to go back. */
-  private readonly retrying = new Set<ReturnType<typeof setTimeout>>();
+  private readonly retrying = new Map<ReturnType<typeof setTimeout>, Message>();
   /** Such answers in a row, reset by an ack: the next pause is `retryMs` × 2 to the power of this. */
   private errorsInARow = 0;
-  /** Results and failures in those messages. */
-  private retryingCount = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private idleWaiters: (() => void)[] = [];
   private ackedCount = 0;
@@ -140,7 +141,10 @@ export class Outbox {
   /** Current figures. */
   get counts(): OutboxCounts {
     return {
-      pending: this.results.length + this.failures.length + this.retryingCount,
+      pending:
+        this.results.length +
+        this.failures.length +
+        [...this.retrying.values()].reduce((n, m) => n + sizeOf(m), 0),
       inFlight: this.inFlight.size,
       acked: this.ackedCount,
     };
@@ -213,9 +217,8 @@ export class Outbox {
   close(): void {
     this.closed = true;
     this.clearTimer();
-    for (const t of this.retrying) clearTimeout(t);
+    for (const t of this.retrying.keys()) clearTimeout(t);
     this.retrying.clear();
-    this.retryingCount = 0;
     this.results = [];
     this.failures = [];
     this.inFlight.clear();
@@ -292,14 +295,14 @@ export class Outbox {
     reply.then(
       (res) => {
         if (!this.inFlight.delete(id)) return; // already requeued after a disconnect
-        const count = msg.kind === 'done' ? msg.results.length : msg.failures.length;
+        const count = sizeOf(msg);
         if ('error' in res && PASSING_ERRORS.has(res.error.code)) {
           const waitMs = Math.min(MAX_RETRY_MS, this.retryMs * 2 ** this.errorsInARow++);
           this.log.warn(
             { kind: msg.kind, count, code: res.error.code, error: res.error.message, waitMs },
             'hub could not take results message; will resend',
           );
-          this.resendAfter(msg, count, waitMs);
+          this.resendAfter(msg, waitMs);
         } else if ('error' in res) {
           // The hub refused the whole message (e.g. a schema error): resending would fail the same way.
           this.log.error(
@@ -338,15 +341,13 @@ export class Outbox {
   }
 
   /** Puts a message back in the queue after `ms` (see {@link OutboxOptions.retryMs}). */
-  private resendAfter(msg: Message, count: number, ms: number): void {
-    this.retryingCount += count;
+  private resendAfter(msg: Message, ms: number): void {
     const timer = setTimeout(() => {
       this.retrying.delete(timer);
-      this.retryingCount -= count;
       this.requeue(msg);
       this.pump();
     }, ms);
-    this.retrying.add(timer);
+    this.retrying.set(timer, msg);
   }
 
   private requeue(msg: Message): void {
