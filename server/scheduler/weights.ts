@@ -36,9 +36,17 @@ export interface RateOptions {
   tauS: number;
   /** Busy time that makes one sample (seconds). */
   windowS: number;
+  /**
+   * Silence allowed on top of three report intervals before a busy worker is marked down (seconds):
+   * its first results of a job come after a transfer and a first batch, whatever its rate.
+   */
+  graceS: number;
 }
 
-export const DEFAULT_RATE_OPTIONS: RateOptions = { tauS: 1.0, windowS: 0.25 };
+export const DEFAULT_RATE_OPTIONS: RateOptions = { tauS: 1.0, windowS: 0.25, graceS: 0.25 };
+
+/** Weight of the newest report in the average size of a worker's reports. */
+const BATCH_EWMA = 0.25;
 
 /**
  * One worker's rate on one model. Only busy time counts (time holding work), so a worker starved
@@ -50,6 +58,10 @@ export class RateEstimate {
   private windowDone = 0;
   private windowBusyMs = 0;
   private busySince: number | undefined;
+  /** When it last reported results, or became busy since: its silence is counted from there. */
+  private heardAt: number | undefined;
+  /** Average results per report: a node that sends 32 at a time is silent between them. */
+  private batch: number | undefined;
 
   constructor(private readonly opts: RateOptions = DEFAULT_RATE_OPTIONS) {}
 
@@ -59,20 +71,24 @@ export class RateEstimate {
   }
 
   /**
-   * The figure at `now`, lowered when a busy worker has gone quiet for much longer than its rate
-   * predicts (a straggler is noticed before its slow items finish).
+   * The figure at `now`, lowered when a busy worker has been silent for much longer than its rate
+   * and the size of its reports predict (a straggler is noticed before its slow items finish).
+   * Allowed: three report intervals plus a grace. Past that the figure falls in proportion to the
+   * silence, from the full rate at the limit.
    */
   at(now: number): number | undefined {
     const v = this.value;
-    if (v === undefined || this.busySince === undefined) return v;
-    const busyS = (this.windowBusyMs + now - this.busySince) / 1000;
-    if (busyS * v < 3 * (this.windowDone + 1)) return v;
-    return Math.min(v, (this.windowDone + 1) / busyS);
+    if (v === undefined || this.heardAt === undefined || this.busySince === undefined) return v;
+    const allowedS = (3 * (this.batch ?? 1)) / v + this.opts.graceS;
+    const silentS = (now - this.heardAt) / 1000;
+    return silentS <= allowedS ? v : (v * allowedS) / silentS;
   }
 
   /** The worker started holding work at `now`. */
   busy(now: number): void {
-    this.busySince ??= now;
+    if (this.busySince !== undefined) return;
+    this.busySince = now;
+    this.heardAt = now;
   }
 
   /** The worker holds nothing any more. */
@@ -81,8 +97,10 @@ export class RateEstimate {
     this.busySince = undefined;
   }
 
-  /** `n` items completed at `now`. */
+  /** `n` items completed at `now` (one report). */
   done(n: number, now: number): void {
+    this.heardAt = now;
+    this.batch = this.batch === undefined ? n : this.batch + BATCH_EWMA * (n - this.batch);
     this.windowDone += n;
     let busy = this.windowBusyMs;
     if (this.busySince !== undefined) busy += now - this.busySince;

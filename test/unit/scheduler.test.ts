@@ -91,8 +91,9 @@ describe('policy functions', () => {
 });
 
 describe('rate estimate', () => {
+  const OPTS = { tauS: 1, windowS: 0.25, graceS: 0.25 };
   test('a worker that slows down loses weight within seconds of busy time', () => {
-    const r = new RateEstimate({ tauS: 1, windowS: 0.25 });
+    const r = new RateEstimate(OPTS);
     r.bench = 100;
     let t = 0;
     r.busy(t);
@@ -103,7 +104,7 @@ describe('rate estimate', () => {
   });
 
   test('idle time is not counted as slowness', () => {
-    const r = new RateEstimate({ tauS: 1, windowS: 0.25 });
+    const r = new RateEstimate(OPTS);
     r.busy(0);
     r.done(50, 500); // 100/s
     r.idle(500);
@@ -113,11 +114,30 @@ describe('rate estimate', () => {
   });
 
   test('a busy worker that has gone quiet is marked down before its items finish', () => {
-    const r = new RateEstimate({ tauS: 1, windowS: 0.25 });
+    const r = new RateEstimate(OPTS);
     r.bench = 100;
     r.busy(0);
     assert.equal(r.at(10), 100);
-    assert.ok((r.at(5000) ?? 100) < 1, 'no result for 5 s at a predicted 100/s');
+    assert.equal(r.at(250), 100, 'its first results may take a moment (the grace)');
+    const late = r.at(5000) ?? 100;
+    assert.ok(late < 10, `no result for 5 s at a predicted 100/s: ${late}`);
+    assert.ok((r.at(10_000) ?? 100) < late, 'and lower the longer it stays quiet');
+  });
+
+  test('a worker that reports in batches is not marked down between them', () => {
+    // A native node sends 32 results at a time, about every 10.7 ms at 3,000 items/s. Between two
+    // messages it has sent nothing for a while, as expected: its rate stays 3,000 all along.
+    const r = new RateEstimate(OPTS);
+    r.bench = 3000;
+    r.busy(0);
+    let lowest = Infinity;
+    for (let t = 32 / 3; t < 2000; t += 32 / 3) {
+      r.done(32, t);
+      for (const dt of [1, 5, 10]) lowest = Math.min(lowest, r.at(t + dt) ?? 0);
+    }
+    assert.ok(lowest > 2900, `between messages the rate stayed near 3,000 (lowest ${lowest.toFixed(0)})`);
+    // The same worker silent for a second is marked down.
+    assert.ok((r.at(3000) ?? 3000) < 1000, 'silent for a second, it is marked down');
   });
 });
 
