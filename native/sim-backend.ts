@@ -1,6 +1,8 @@
 /**
  * The `sim` backend: no compute, it sleeps `itemMs / speed` per item (a batch of k items sleeps
- * k * itemMs / speed) so the scheduler can be measured alone, with workers of known speeds.
+ * k * itemMs / speed) so the scheduler can be measured alone, with workers of known speeds. An item
+ * of R rows (dim 0 of its first input) costs R items: a job's items may cost more than the
+ * one-row calibration item a benchmark runs, as with a real model.
  *
  * Each item's outputs copy an input of the same dtype and shape when there is one (so identity-like
  * models such as `noop` get their true answer), else hold the item's first input value in every
@@ -88,7 +90,9 @@ export class SimBackend implements Backend {
         this.started();
         const now = performance.now();
         const start = now - nextFree <= LATE_MS ? nextFree : now;
-        const end = start + items.length * this.msPerItem();
+        let rows = 0;
+        for (const inputs of items) rows += rowsOf(inputs);
+        const end = start + rows * this.msPerItem();
         nextFree = end;
         await sleep(end - now);
         return items.map((inputs) => {
@@ -118,6 +122,15 @@ export class SimBackend implements Backend {
       this.dieTimer.unref?.();
     }
   }
+}
+
+/**
+ * An item's rows: dim 0 of its first input, at least 1. A model's cost grows with it, as with a
+ * batch; a calibration item has one.
+ */
+export function rowsOf(inputs: readonly WireTensor[]): number {
+  const d = inputs[0]?.dims[0];
+  return typeof d === 'number' && d > 1 ? d : 1;
 }
 
 /** The first element of an item's first input, as a number (0 when there is none). */

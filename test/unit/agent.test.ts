@@ -476,4 +476,21 @@ describe('SimBackend', () => {
     await sim.dispose();
     await assert.rejects(SimBackend.create({ speed: 0 }), /speed must be greater than 0/);
   });
+
+  it('an item of R rows costs R items', async () => {
+    const sim = await SimBackend.create({ itemMs: 20 });
+    const session = await sim.load(simModel());
+    const rows = (r: number): WireTensor[] => [
+      { name: 'x', dtype: 'float32', dims: [r, 1], data: new Uint8Array(new Float32Array(r).buffer) },
+    ];
+    const t0 = performance.now();
+    await session.run([rows(1)]);
+    const one = performance.now() - t0;
+    await sleep(50); // not back to back: the next run starts now, not at the last one's deadline
+    const t1 = performance.now();
+    await session.run([rows(5)]);
+    const five = performance.now() - t1;
+    assert.ok(one >= 19, `one row: ${one.toFixed(1)} ms`);
+    assert.ok(five >= 99, `five rows: ${five.toFixed(1)} ms, five times one`);
+  });
 });
