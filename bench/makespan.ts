@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- makespan [--json] [--items N] [--item-ms C] [--scenario a,b] [--mode all-on]`
+ * `npm run bench -- makespan [--json] [--items N] [--item-ms C] [--rows R] [--scenario a,b] [--mode all-on]`
  *
  * The scheduler alone, over real sockets: N items of C ms (at speed 1) on sim nodes of speeds
  * 1,1,2,2,4,4,8,8, each its own process with its own Socket.IO connection to an in-process hub.
@@ -10,6 +10,9 @@
  * weighted-factoring shards, stealing, speculation). Every node has benchmarked the model (a warm-up
  * job) before the measured job; makespan runs from the job's first assignment to its last result.
  * The ideal is computed from the known speeds, including the scenario's change of capacity.
+ * `--rows R`: the measured job's items have R rows and cost R calibration items each (the sim backend
+ * sleeps per row), so the benchmarks, run on one-row calibration items, are R times the rates the
+ * nodes reach on the job: the case of a real job whose items are not its model's calibration item.
  */
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -36,6 +39,7 @@ type Scenario = keyof typeof SCENARIOS;
 interface Row {
   scenario: string;
   mode: string;
+  rows: number;
   makespan_s: number;
   ideal_s: number;
   efficiency: number;
@@ -67,7 +71,7 @@ function idealFor(s: Scenario, items: number, itemMs: number): number {
   return half + (items - doneAtHalf) / after;
 }
 
-async function runOne(s: Scenario, mode: string, items: number, itemMs: number): Promise<Row> {
+async function runOne(s: Scenario, mode: string, items: number, itemMs: number, rows: number): Promise<Row> {
   // The operator's own nodes: trusted from the start (`--trust-native`), so probation replicas do
   // not blur what is measured here, the scheduler. Canaries still run.
   const { hub, done } = await benchHub({
@@ -97,7 +101,20 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number):
     );
     const model = hub.hub.models.byName('noop');
     if (!model) throw new Error('noop model missing: run `npm run models`');
-    const submit = async (n: number, seed: number) => {
+    // Items of `rows` rows: the calibration item with its dim 0 set to `rows`.
+    const shaped =
+      rows === 1
+        ? model
+        : {
+            ...model,
+            calibration: {
+              ...model.calibration,
+              dims: Object.fromEntries(
+                Object.entries(model.calibration.dims).map(([k, d]) => [k, [rows, ...d.slice(1)]]),
+              ),
+            },
+          };
+    const submit = async (n: number, seed: number, of = model) => {
       const job = hub.hub.createJob({
         model: 'noop',
         priority: 0,
@@ -111,7 +128,7 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number):
         job.id,
         Array.from({ length: n }, (_, i) => ({
           name: `i${i}`,
-          inputs: packTensors(calibrationInputs(model, seed + i)),
+          inputs: packTensors(calibrationInputs(of, seed + i)),
         })),
       );
       await hub.hub.sealJob(job.id);
@@ -124,11 +141,11 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number):
       [...hub.hub.workers.keys()].every((id) => hub.hub.scheduler.benchmark(id, model.sha256)),
     );
 
-    const jobId = await submit(items, 10_000);
+    const jobId = await submit(items, 10_000, shaped);
     const started = await until('job started', () => hub.hub.store.getJob(jobId)?.startedAt, 60_000, 1);
-    const ideal = idealFor(s, items, itemMs);
+    const ideal = idealFor(s, items, itemMs * rows);
     if (s !== 'a') {
-      const at = started + (idealFor('a', items, itemMs) / 2) * 1000;
+      const at = started + (idealFor('a', items, itemMs * rows) / 2) * 1000;
       await new Promise((ok) => setTimeout(ok, Math.max(0, at - Date.now())));
       const fastest = nodes[SPEEDS.length - 1] as ChildProcess;
       if (s === 'b') fastest.kill('SIGUSR1');
@@ -161,6 +178,7 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number):
     return {
       scenario: `${s} ${SCENARIOS[s]}`,
       mode,
+      rows,
       makespan_s: makespan,
       ideal_s: ideal,
       efficiency: ideal / makespan,
@@ -183,13 +201,15 @@ export async function main(args: string[]): Promise<void> {
   const json = args.includes('--json');
   const items = Number(arg(args, 'items') ?? 4000);
   const itemMs = Number(arg(args, 'item-ms') ?? 20);
+  const itemRows = Number(arg(args, 'rows') ?? 1);
+  if (!Number.isInteger(itemRows) || itemRows < 1) throw new Error('--rows must be a whole number >= 1');
   const scenarios = (arg(args, 'scenario')?.split(',') ?? Object.keys(SCENARIOS)) as Scenario[];
   const modes = arg(args, 'mode')?.split(',') ?? Object.keys(MODES);
   const rows: Row[] = [];
   for (const s of scenarios) {
     for (const m of modes) {
       if (!MODES[m] || !(s in SCENARIOS)) throw new Error(`unknown scenario ${s} or mode ${m}`);
-      const row = await runOne(s, m, items, itemMs);
+      const row = await runOne(s, m, items, itemMs, itemRows);
       rows.push(row);
       if (!json) process.stderr.write(`${row.scenario} / ${m}: efficiency ${row.efficiency.toFixed(3)}\n`);
     }
