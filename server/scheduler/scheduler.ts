@@ -176,6 +176,7 @@ export class Scheduler {
   private version = 0;
   private readonly totals = new Map<string, { at: number; version: number; value: number }>();
   private readonly rankings = new Map<string, { at: number; version: number; victims: WorkerRun[] }>();
+  private readonly scales = new Map<string, { at: number; version: number; value: number }>();
   /** Ready workers whose last plan left them below their low-water mark: they wait for work. */
   private readonly hungry = new Set<string>();
 
@@ -432,10 +433,40 @@ export class Scheduler {
     this.unstrand(); // items waiting for a replica from this worker may go to anyone again
   }
 
-  /** A worker's weight on a model now: observed rate, else benchmark, else undefined. */
+  /**
+   * A worker's weight on a model now: observed rate, else benchmark (scaled, see `benchScale`),
+   * else undefined.
+   */
   weight(workerId: string, modelSha256: string): number | undefined {
     const w = this.workers.get(workerId);
-    return w ? w.rates.get(modelSha256)?.at(this.opts.clock()) : undefined;
+    const now = this.opts.clock();
+    return w ? w.rates.get(modelSha256)?.at(now, this.benchScale(modelSha256, now)) : undefined;
+  }
+
+  /**
+   * What a model's items cost against its benchmark's: the median ratio of observed to benchmarked
+   * rate over the workers with both (1 before any). Items of 64 rows against a calibration item of
+   * one: about 1/64. A worker with only a benchmark is weighed at benchmark × this, in the same
+   * units as the workers that have run the job's items (cached, see PLAN_CACHE_MS).
+   */
+  private benchScale(sha: string, now: number): number {
+    const cached = this.scales.get(sha);
+    if (cached && cached.version === this.version && now - cached.at < PLAN_CACHE_MS) return cached.value;
+    const ratios: number[] = [];
+    for (const w of this.workers.values()) {
+      const r = w.rates.get(sha);
+      if (r?.observed !== undefined && r.bench) ratios.push(r.observed / r.bench);
+    }
+    ratios.sort((a, b) => a - b);
+    const n = ratios.length;
+    const value =
+      n === 0
+        ? 1
+        : n % 2
+          ? (ratios[(n - 1) / 2] as number)
+          : ((ratios[n / 2 - 1] as number) + (ratios[n / 2] as number)) / 2;
+    this.scales.set(sha, { at: now, version: this.version, value });
+    return value;
   }
 
   /** Benchmark figure of a worker on a model. */
@@ -446,7 +477,8 @@ export class Scheduler {
   /** Weight used for sharing: measured, else a GPU-table prior scaled to the measured ones. */
   private shareWeight(w: WorkerRun, j: JobRun): number {
     if (!this.opts.weighting) return 1;
-    const own = w.rates.get(j.modelSha256)?.at(this.opts.clock());
+    const now = this.opts.clock();
+    const own = w.rates.get(j.modelSha256)?.at(now, this.benchScale(j.modelSha256, now));
     if (own !== undefined) return own;
     return this.priorScale(j) * priorWeight(w.info.device);
   }
@@ -455,8 +487,9 @@ export class Scheduler {
   private priorScale(j: JobRun): number {
     let sum = 0;
     let priors = 0;
+    const scale = this.benchScale(j.modelSha256, this.opts.clock());
     for (const o of this.workers.values()) {
-      const v = o.rates.get(j.modelSha256)?.value;
+      const v = o.rates.get(j.modelSha256)?.figure(scale);
       if (v !== undefined) {
         sum += v / priorWeight(o.info.device);
         priors++;
@@ -498,7 +531,7 @@ export class Scheduler {
         j.attempts.delete(itemId);
       }
     }
-    if (me && sha && mine.length) this.rateOf(me, sha).done(mine.length, now);
+    if (me && sha && mine.length) this.rateOf(me, sha).done(mine.length, now, this.benchScale(sha, now));
     for (const [j, ws] of touched) for (const id of ws) this.notifyHeld(j, id);
     return { mine, cancel };
   }
@@ -709,11 +742,12 @@ export class Scheduler {
     if (cached && cached.version === this.version && now - cached.at < PLAN_CACHE_MS) return cached.value;
     // shareWeight's prior for workers without a figure, computed once instead of once per worker.
     const scale = this.priorScale(j);
+    const benchScale = this.benchScale(j.modelSha256, now);
     let total = 0;
     for (const o of this.workers.values()) {
       if (!o.ready || !this.fits(o, j)) continue;
       total += this.opts.weighting
-        ? (o.rates.get(j.modelSha256)?.at(now) ?? scale * priorWeight(o.info.device))
+        ? (o.rates.get(j.modelSha256)?.at(now, benchScale) ?? scale * priorWeight(o.info.device))
         : 1;
     }
     this.totals.set(j.id, { at: now, version: this.version, value: total });

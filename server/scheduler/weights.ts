@@ -67,7 +67,16 @@ export class RateEstimate {
 
   /** The best current figure: observed once known, else the benchmark. */
   get value(): number | undefined {
-    return this.observed ?? this.bench;
+    return this.figure();
+  }
+
+  /**
+   * Observed once known, else the benchmark times `benchScale`, the other workers' ratio of observed
+   * to benchmarked rate: a job's items may cost more or less than the calibration item the benchmark
+   * ran, and a figure in benchmark items must not be weighed against figures in job items.
+   */
+  figure(benchScale = 1): number | undefined {
+    return this.observed ?? (this.bench === undefined ? undefined : this.bench * benchScale);
   }
 
   /**
@@ -76,8 +85,8 @@ export class RateEstimate {
    * Allowed: three report intervals plus a grace. Past that the figure falls in proportion to the
    * silence, from the full rate at the limit.
    */
-  at(now: number): number | undefined {
-    const v = this.value;
+  at(now: number, benchScale = 1): number | undefined {
+    const v = this.figure(benchScale);
     if (v === undefined || this.heardAt === undefined || this.busySince === undefined) return v;
     const allowedS = (3 * (this.batch ?? 1)) / v + this.opts.graceS;
     const silentS = (now - this.heardAt) / 1000;
@@ -97,8 +106,8 @@ export class RateEstimate {
     this.busySince = undefined;
   }
 
-  /** `n` items completed at `now` (one report). */
-  done(n: number, now: number): void {
+  /** `n` items completed at `now` (one report). The first sample is averaged with the scaled benchmark. */
+  done(n: number, now: number, benchScale = 1): void {
     this.heardAt = now;
     this.batch = this.batch === undefined ? n : this.batch + BATCH_EWMA * (n - this.batch);
     this.windowDone += n;
@@ -106,7 +115,7 @@ export class RateEstimate {
     if (this.busySince !== undefined) busy += now - this.busySince;
     if (busy < this.opts.windowS * 1000) return;
     const sample = this.windowDone / (busy / 1000);
-    const prev = this.observed ?? this.bench;
+    const prev = this.figure(benchScale);
     if (prev === undefined) this.observed = sample;
     else {
       const k = 1 - Math.exp(-busy / 1000 / this.opts.tauS);

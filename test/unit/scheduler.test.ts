@@ -200,6 +200,28 @@ describe('scheduler', () => {
     assert.equal(first.find((a) => a.workerId === 'slow')?.itemIds.length, 2, 'its low-water mark');
   });
 
+  test('a worker with only a benchmark is weighed in the units of the job’s items', () => {
+    // The job's items cost 10 calibration items: 'a', benchmarked at 100/s, does 10/s of them.
+    const { s, c } = make();
+    s.addWorker(worker('a'));
+    s.setBenchmark('a', SHA, 100);
+    s.addJob(job('j'), ids(2000));
+    const held = s.plan().assign[0]?.itemIds ?? [];
+    for (let i = 0; i < 50; i++) {
+      c.advance(100);
+      s.finished('a', [held[i] as number]);
+    }
+    const a = s.weight('a', SHA) ?? 0;
+    assert.ok(a > 9 && a < 13, `'a' is weighed near its 10 items/s: ${a}`);
+    // 'b' joins with the same benchmark: it is as fast as 'a' on these items, not ten times faster.
+    s.addWorker(worker('b'));
+    s.setBenchmark('b', SHA, 100);
+    const b = s.weight('b', SHA) ?? 0;
+    assert.ok(Math.abs(b - a) < 0.01 * a, `'b' is weighed like 'a': ${b} against ${a}`);
+    const shard = s.plan('b').assign[0]?.itemIds.length ?? 0;
+    assert.ok(shard > 0 && shard <= Math.ceil(2 * a), `its first shard is about 2 s of work: ${shard} items`);
+  });
+
   test('an idle worker steals the newest items from the worker predicted to finish last', () => {
     const { s } = make({ factoring: false, speculation: false });
     s.addWorker(worker('slow'));
