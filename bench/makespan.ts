@@ -23,7 +23,7 @@ import { packTensors } from '../protocol/pack.ts';
 import { createLogger } from '../server/logger.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import type { SchedulerOptions } from '../server/scheduler/scheduler.ts';
-import { calibrationInputs } from '../worker/calibration.ts';
+import { calibrationInputs, withRows } from '../worker/calibration.ts';
 import { benchHub, printTable, spawnNode, until } from './_grid.ts';
 
 const SPEEDS = [1, 1, 2, 2, 4, 4, 8, 8];
@@ -101,19 +101,7 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number, 
     );
     const model = hub.hub.models.byName('noop');
     if (!model) throw new Error('noop model missing: run `npm run models`');
-    // Items of `rows` rows: the calibration item with its dim 0 set to `rows`.
-    const shaped =
-      rows === 1
-        ? model
-        : {
-            ...model,
-            calibration: {
-              ...model.calibration,
-              dims: Object.fromEntries(
-                Object.entries(model.calibration.dims).map(([k, d]) => [k, [rows, ...d.slice(1)]]),
-              ),
-            },
-          };
+    const shaped = withRows(model, rows);
     const submit = async (n: number, seed: number, of = model) => {
       const job = hub.hub.createJob({
         model: 'noop',

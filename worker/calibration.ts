@@ -52,6 +52,19 @@ export function calibrationInputs(
   });
 }
 
+/**
+ * The model with every calibration input's dim 0 set to `rows` (`rows` 1: the model as it is), so
+ * `calibrationInputs` makes items of that many rows: heavier items than the calibration item a
+ * benchmark runs.
+ */
+export function withRows<M extends Pick<ModelInfo, 'calibration'>>(model: M, rows: number): M {
+  if (rows === 1) return model;
+  const dims = Object.fromEntries(
+    Object.entries(model.calibration.dims).map(([k, d]) => [k, [rows, ...d.slice(1)]]),
+  );
+  return { ...model, calibration: { ...model.calibration, dims } };
+}
+
 /** Combines a seed with an input name (FNV-1a over the name), so each input has its own stream. */
 function mixSeed(seed: number, name: string): number {
   let h = (0x811c9dc5 ^ seed) >>> 0;

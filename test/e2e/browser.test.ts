@@ -16,7 +16,7 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import type { NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import type { AgentStats } from '../../worker/agent.ts';
-import { calibrationInputs } from '../../worker/calibration.ts';
+import { calibrationInputs, withRows } from '../../worker/calibration.ts';
 import {
   ROOT,
   Rest,
@@ -46,18 +46,7 @@ const HUB_CONFIG = {
  * take part, without thousands of tiny items.
  */
 function items(model: Parameters<typeof calibrationInputs>[0], n: number, seed = 7, rows = 1): NamedItem[] {
-  const m =
-    rows === 1
-      ? model
-      : {
-          ...model,
-          calibration: {
-            ...model.calibration,
-            dims: Object.fromEntries(
-              Object.entries(model.calibration.dims).map(([k, d]) => [k, [rows, ...d.slice(1)]]),
-            ),
-          },
-        };
+  const m = withRows(model, rows);
   return Array.from({ length: n }, (_, i) => ({
     name: `item-${String(i).padStart(5, '0')}`,
     tensors: calibrationInputs(m, seed + i),

@@ -12,7 +12,7 @@ import { ModelRegistry, ModelRegistryError } from '../../models/registry.ts';
 import { ModelManifestSchema } from '../../models/manifest-schema.ts';
 import { encodeRecipe, GENERATED_DIR, RECIPES } from '../../models/build.ts';
 import { readOnnxSignature, signatureProblems } from '../../models/onnx-signature.ts';
-import { calibrationInputs } from '../../worker/calibration.ts';
+import { calibrationInputs, withRows } from '../../worker/calibration.ts';
 import { toNumbers, toTypedArray, type WireTensor } from '../../protocol/tensor.ts';
 import type { ModelManifest } from '../../protocol/model.ts';
 
@@ -178,6 +178,18 @@ test('calibration inputs are deterministic per seed and honour fixed values', ()
     ids.every((v) => Number.isInteger(v) && v >= 0 && v < 16),
     [...ids].join(','),
   );
+});
+
+test('withRows makes items of that many rows of the calibration input', () => {
+  const model = {
+    inputs: [{ name: 'x', dtype: 'float32', shape: ['N', 4] }],
+    calibration: { dims: { x: [1, 4] }, seed: 1 },
+  } as Parameters<typeof calibrationInputs>[0];
+  assert.equal(withRows(model, 1), model);
+  const [x] = calibrationInputs(withRows(model, 8), 3);
+  assert.deepEqual(x?.dims, [8, 4]);
+  assert.equal(x?.data.byteLength, 8 * 4 * 4);
+  assert.deepEqual(model.calibration.dims.x, [1, 4], 'the model itself is left as it was');
 });
 
 test('manifest schema rejects inconsistent manifests with a message naming the problem', async () => {
