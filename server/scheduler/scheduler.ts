@@ -457,14 +457,7 @@ export class Scheduler {
       const r = w.rates.get(sha);
       if (r?.observed !== undefined && r.bench) ratios.push(r.observed / r.bench);
     }
-    ratios.sort((a, b) => a - b);
-    const n = ratios.length;
-    const value =
-      n === 0
-        ? 1
-        : n % 2
-          ? (ratios[(n - 1) / 2] as number)
-          : ((ratios[n / 2 - 1] as number) + (ratios[n / 2] as number)) / 2;
+    const value = ratios.length ? median(ratios) : 1;
     this.scales.set(sha, { at: now, version: this.version, value });
     return value;
   }
@@ -908,4 +901,11 @@ function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
   const list = m.get(k);
   if (list) list.push(v);
   else m.set(k, [v]);
+}
+
+/** The median of a non-empty list (sorts it). */
+function median(xs: number[]): number {
+  xs.sort((a, b) => a - b);
+  const mid = xs.length >> 1;
+  return xs.length % 2 ? (xs[mid] as number) : ((xs[mid - 1] as number) + (xs[mid] as number)) / 2;
 }
