@@ -36,7 +36,8 @@ Options:
   --help               show this text
 
 Simulation (--backend sim: no compute, for measuring the scheduler):
-  --item-ms C          ms one item costs at speed 1 (default 50)
+  --item-ms C          ms one item costs at speed 1 (default 50); an item of R rows
+                       (dim 0 of its first input) costs R times that
   --speed S            relative speed: an item takes C/S ms (default 1)
   --slow-at-s T        T s after the first item, become --slow-factor times slower
   --slow-factor F      how many times slower after --slow-at-s (default 4)
