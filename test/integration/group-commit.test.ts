@@ -65,6 +65,9 @@ function resultsOf(w: RawWorker): ItemResult[] {
   );
 }
 
+/** Every raw worker's socket, closed after the tests. */
+const sockets: Socket[] = [];
+
 /**
  * Three raw workers, benchmarked (on a warm-up job of a few items, answered), and a noop job of
  * `items` items spread over them, each held by one worker (up to `maxHeldItems` each; the rest wait
@@ -81,8 +84,11 @@ async function grid(dir: string, items: number, maxHeldItems = 4) {
     },
   });
   const workers: RawWorker[] = [];
-  for (const id of ['worker-a', 'worker-b', 'worker-c'])
-    workers.push(await rawWorker(hub, id, maxHeldItems * 10));
+  for (const id of ['worker-a', 'worker-b', 'worker-c']) {
+    const w = await rawWorker(hub, id, maxHeldItems * 10);
+    sockets.push(w.socket);
+    workers.push(w);
+  }
   const model = hub.hub.models.byName('noop');
   assert.ok(model);
   const rest = new Rest(hub.url, hub.tokens.operatorToken);
@@ -126,7 +132,6 @@ function countTransactions(hub: HubServer): { count: number } {
 
 describe('group commit', () => {
   const tmp = tempDir();
-  const sockets: Socket[] = [];
   after(() => {
     for (const s of sockets) s.close();
     tmp.cleanup();
@@ -134,7 +139,6 @@ describe('group commit', () => {
 
   test('results messages judged in one turn are stored in one transaction, each answered with its own share', async () => {
     const { hub, workers, rest, jobId } = await grid(join(tmp.dir, 'one'), 12);
-    sockets.push(...workers.map((w) => w.socket));
     try {
       const busy = workers.filter((w) => resultsOf(w).length > 0);
       assert.ok(busy.length >= 2, `items spread over ${busy.length} worker(s)`);
@@ -177,7 +181,6 @@ describe('group commit', () => {
 
   test('a message of 64 results or more is stored at once, without waiting for others', async () => {
     const { hub, workers, jobId } = await grid(join(tmp.dir, 'big'), 300, 100);
-    sockets.push(...workers.map((w) => w.socket));
     try {
       // 300 items over three workers: one holds at least 100.
       const big = workers.reduce((a, b) => (resultsOf(b).length > resultsOf(a).length ? b : a));
@@ -198,7 +201,6 @@ describe('group commit', () => {
 
   test('a commit that fails answers every message in it with an error; the items stay held and their resends are stored', async () => {
     const { hub, workers, rest, jobId } = await grid(join(tmp.dir, 'fail'), 12);
-    sockets.push(...workers.map((w) => w.socket));
     try {
       const busy = workers.filter((w) => resultsOf(w).length > 0);
       // The disk fails once, as SQLite reports it (the machine has no failing disk to test with).
@@ -243,7 +245,6 @@ describe('group commit', () => {
 
   test('a failure after the commit says the results were stored; the resend is dropped as done and frees the items', async () => {
     const { hub, workers, rest, jobId } = await grid(join(tmp.dir, 'after'), 12);
-    sockets.push(...workers.map((w) => w.socket));
     try {
       const [w] = workers.filter((x) => resultsOf(x).length > 0) as [RawWorker];
       const results = resultsOf(w);
@@ -277,7 +278,6 @@ describe('group commit', () => {
     // queued or held; the tick reads every active job's row. Here the rows are written behind the
     // scheduler's back, so only the tick can see the job is done.
     const { hub, workers, rest, jobId } = await grid(join(tmp.dir, 'tick'), 12);
-    sockets.push(...workers.map((w) => w.socket));
     try {
       const results = workers.flatMap((w) =>
         resultsOf(w).map((r) => ({
@@ -307,7 +307,6 @@ describe('group commit', () => {
   test("a worker's refill and the ack of its results leave the hub in one write", async () => {
     // 24 items, at most 4 held by each of the three workers: 12 wait in the queue for refills.
     const { hub, workers } = await grid(join(tmp.dir, 'write'), 24);
-    sockets.push(...workers.map((w) => w.socket));
     try {
       const [w] = workers.filter((x) => resultsOf(x).length > 0) as [RawWorker];
       const results = resultsOf(w);
