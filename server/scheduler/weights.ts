@@ -65,15 +65,11 @@ export class RateEstimate {
 
   constructor(private readonly opts: RateOptions = DEFAULT_RATE_OPTIONS) {}
 
-  /** The best current figure: observed once known, else the benchmark. */
-  get value(): number | undefined {
-    return this.figure();
-  }
-
   /**
-   * Observed once known, else the benchmark times `benchScale`, the other workers' ratio of observed
-   * to benchmarked rate: a job's items may cost more or less than the calibration item the benchmark
-   * ran, and a figure in benchmark items must not be weighed against figures in job items.
+   * The best current figure: observed once known, else the benchmark times `benchScale`, the other
+   * workers' ratio of observed to benchmarked rate: a job's items may cost more or less than the
+   * calibration item the benchmark ran, and a figure in benchmark items must not be weighed against
+   * figures in job items.
    */
   figure(benchScale = 1): number | undefined {
     return this.observed ?? (this.bench === undefined ? undefined : this.bench * benchScale);
