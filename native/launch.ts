@@ -53,7 +53,12 @@ export function nodeEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 
 /** Whether `env` has every variable of {@link NODE_MALLOC_ENV} (to any value). */
 export function hasMallocEnv(env: NodeJS.ProcessEnv = process.env): boolean {
-  return Object.keys(NODE_MALLOC_ENV).every((k) => env[k] !== undefined);
+  return hasVars(env, NODE_MALLOC_ENV);
+}
+
+/** Whether `env` has every variable of `vars` (to any value). */
+function hasVars(env: NodeJS.ProcessEnv, vars: Readonly<Record<string, string>>): boolean {
+  return Object.keys(vars).every((k) => env[k] !== undefined);
 }
 
 /** Set in the child's environment: it was started by {@link relaunchWithFlags}. */
@@ -79,9 +84,7 @@ export function startedAs(
   execArgv: readonly string[] = process.execArgv,
   env: NodeJS.ProcessEnv = process.env,
 ): boolean {
-  return (
-    how.flags.every((f) => execArgv.includes(f)) && Object.keys(how.env).every((k) => env[k] !== undefined)
-  );
+  return how.flags.every((f) => execArgv.includes(f)) && hasVars(env, how.env);
 }
 
 /**
