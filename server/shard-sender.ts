@@ -38,18 +38,18 @@ export type WorkerSocket = Socket<WorkerToHubEvents, HubToWorkerEvents>;
 export const SHARD_MESSAGE_ITEMS = 2048;
 
 /**
- * Most input bytes in one `shard:assign` message, and per turn of the event loop. Overhead bench
- * (PaddleOCR, 1.2 MB per item): with 16 MB the node idled 2-3% of a job waiting for its first
- * message, and each message was a fresh 16 MB buffer on its side; 4 MB: 0.4%. With 1 MB (one item
- * per message) the node's CPU per item rose.
+ * Most input bytes in one `shard:assign` message, and per turn of the event loop: small enough
+ * that a worker starts on its first message while the rest are read, and that no message is a
+ * huge fresh buffer on the worker's side; large enough that items of about 1 MB (PaddleOCR) do
+ * not go one per message, which costs the worker more per item.
  */
 export const SHARD_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 /**
  * Items at least this large (on average in a message) go to workers that take them as one
  * attachment each; smaller ones are joined into one: an attachment is a WebSocket frame of its own,
- * whose cost on both sides outweighs the copy for small items. Joining 1.2 MB items cost the hub a
- * sixth of its CPU (3.4-3.8 ms per item, 2.8-3.0 without).
+ * whose cost on both sides outweighs the copy for small items, while joining megabyte items costs
+ * the hub a copy of each.
  */
 export const PART_MIN_BYTES = 64 * 1024;
 

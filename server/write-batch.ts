@@ -4,10 +4,8 @@
  * A results message is answered with two packets: the worker's refill (`shard:assign`, a JSON frame
  * and a binary frame) and the ack. engine.io hands a connection's first packet to the transport at
  * once and holds the rest until that write's callback, so they left in six write system calls
- * (test/integration/group-commit.test.ts counts them); now one. The kernel's time in those calls
- * (15% of the hub's CPU with 2,000 workers) fell by only about a fifth (1,113 → 878 ms in CPU
- * profiles of the same 17 s of the connections bench): on loopback most of a write's cost is
- * waking the receiver, once per message either way.
+ * (test/integration/group-commit.test.ts counts them); batched, they leave in one. On loopback most
+ * of a write's cost is waking the receiver, so the gain is in system calls more than in time.
  *
  * While a batch is open, an adopted connection's `flush()` (the one place engine.io hands packets
  * to the transport) only notes the connection. When the batch closes, each noted connection
