@@ -1,0 +1,101 @@
+/**
+ * A real PostgreSQL server for tests and benches: `SHARDHUB_TEST_PG_URL` when set, otherwise one
+ * started here — `initdb` into a temporary folder and `pg_ctl start` on a free port, bound to
+ * 127.0.0.1, fsync off — and stopped (its folder removed) by `stop()`. As root, both run as the
+ * `postgres` user (initdb refuses root). `undefined` with a reason when no binaries are installed.
+ */
+import { execFileSync } from 'node:child_process';
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface TestPostgres {
+  url: string;
+  /** Stops the server this helper started (nothing for an external one). */
+  stop(): Promise<void>;
+}
+
+/** Debian's binaries are not on PATH: the newest `/usr/lib/postgresql/<v>/bin`, else PATH's. */
+export function postgresBin(): string | undefined {
+  const root = '/usr/lib/postgresql';
+  if (existsSync(root)) {
+    const versions = readdirSync(root)
+      .filter((v) => existsSync(join(root, v, 'bin', 'pg_ctl')))
+      .sort((a, b) => Number(b) - Number(a));
+    if (versions.length > 0) return join(root, versions[0], 'bin');
+  }
+  try {
+    const ctl = execFileSync('sh', ['-c', 'command -v pg_ctl'], { encoding: 'utf8' }).trim();
+    return ctl ? ctl.replace(/\/pg_ctl$/, '') : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A server to test against, or a reason there is none. */
+export async function startPostgres(): Promise<TestPostgres | { skip: string }> {
+  const external = process.env.SHARDHUB_TEST_PG_URL;
+  if (external) return { url: external, stop: async () => {} };
+  const bin = postgresBin();
+  if (!bin) {
+    return {
+      skip: 'PostgreSQL binaries not found (install Debian `postgresql`, or set SHARDHUB_TEST_PG_URL)',
+    };
+  }
+  const root = process.getuid?.() === 0;
+  const dir = mkdtempSync(join(tmpdir(), 'shardhub-pg-'));
+  if (root) chownSync(dir, uidOf('postgres'), gidOf('postgres'));
+  const run = (cmd: string, args: string[]) =>
+    root
+      ? execFileSync('runuser', ['-u', 'postgres', '--', join(bin, cmd), ...args], { stdio: 'pipe' })
+      : execFileSync(join(bin, cmd), args, { stdio: 'pipe' });
+  const data = join(dir, 'data');
+  const port = await freePort();
+  try {
+    run('initdb', ['-D', data, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--no-sync']);
+    run('pg_ctl', [
+      '-D',
+      data,
+      '-l',
+      join(dir, 'log'),
+      '-w',
+      '-o',
+      `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200`,
+      'start',
+    ]);
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    const e = err as { stderr?: Buffer; message: string };
+    throw new Error(`could not start PostgreSQL: ${e.stderr?.toString() || e.message}`, { cause: err });
+  }
+  return {
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    stop: async () => {
+      try {
+        run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+function uidOf(user: string): number {
+  return Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim());
+}
+
+function gidOf(user: string): number {
+  return Number(execFileSync('id', ['-g', user], { encoding: 'utf8' }).trim());
+}
