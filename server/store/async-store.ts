@@ -42,6 +42,7 @@ import type {
   NewResult,
   ResultRecord,
   SizedInputs,
+  WorkerFilter,
   WorkerRecord,
 } from './store.ts';
 import type { Replica, TrustRecord } from './trust-store.ts';
@@ -58,6 +59,7 @@ export type {
   NewResult,
   ResultRecord,
   SizedInputs,
+  WorkerFilter,
   WorkerRecord,
   Replica,
   TrustRecord,

@@ -234,7 +234,7 @@ export class PgStore implements AsyncStore {
          FROM unnest($4::text[]) WITH ORDINALITY AS t (name, o)`,
         [first, jobId, count, items.map((it) => it.name)],
       );
-      for (let i = 0; i < n; ) {
+      for (let i = 0; i < n;) {
         const blobs: Uint8Array[] = [];
         let bytes = 0;
         const from = i;
@@ -456,11 +456,7 @@ export class PgStore implements AsyncStore {
       `INSERT INTO job_counters (job_id, slot, ${column})
        SELECT * FROM unnest($1::text[], $2::int[], $3::int[])
        ON CONFLICT (job_id, slot) DO UPDATE SET ${column} = job_counters.${column} + excluded.${column}`,
-      [
-        jobs,
-        jobs.map(() => (lease ? lease.epoch % COUNTER_SLOTS : 0)),
-        jobs.map((j) => perJob.get(j)!),
-      ],
+      [jobs, jobs.map(() => (lease ? lease.epoch % COUNTER_SLOTS : 0)), jobs.map((j) => perJob.get(j)!)],
     );
   }
 
@@ -561,7 +557,9 @@ export class PgStore implements AsyncStore {
   }
 
   async getWorker(id: string): Promise<WorkerRecord | undefined> {
-    const r = await this.pool.query<WorkerRecord>(`SELECT ${WORKER_COLUMNS} FROM workers WHERE id = $1`, [id]);
+    const r = await this.pool.query<WorkerRecord>(`SELECT ${WORKER_COLUMNS} FROM workers WHERE id = $1`, [
+      id,
+    ]);
     return r.rows[0];
   }
 
@@ -605,12 +603,15 @@ export class PgStore implements AsyncStore {
   }
 
   async getModel(sha256: string): Promise<Uint8Array | undefined> {
-    const r = await this.pool.query<{ bytes: Buffer }>('SELECT bytes FROM models WHERE sha256 = $1', [sha256]);
+    const r = await this.pool.query<{ bytes: Buffer }>('SELECT bytes FROM models WHERE sha256 = $1', [
+      sha256,
+    ]);
     return r.rows[0]?.bytes;
   }
 
   async listModels(): Promise<ModelBlob[]> {
-    return (await this.pool.query<ModelBlob>('SELECT sha256, name, size FROM models ORDER BY name, sha256')).rows;
+    return (await this.pool.query<ModelBlob>('SELECT sha256, name, size FROM models ORDER BY name, sha256'))
+      .rows;
   }
 
   async initTokens(candidate: StoredTokens): Promise<StoredTokens> {

@@ -1,0 +1,747 @@
+/**
+ * One conformance suite for every `AsyncStore`: the SQLite store on a temporary file and the
+ * PostgreSQL store on a real server (`SHARDHUB_TEST_PG_URL`, or one started here by
+ * `test/helpers/postgres.ts`). Each test gets a fresh space (a new file; a new schema) that several
+ * clients can open at once, which is how the races run: two writers recording results for the same
+ * items, appending while claiming, two hubs claiming, and a lapsed hub reaped and fenced.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FencedError } from '../../server/store/async-store.ts';
+import type { AsyncStore, Chunk, Lease, NewJob, NewResult } from '../../server/store/async-store.ts';
+import { PgStore } from '../../server/store/pg-store.ts';
+import { SqliteAsyncStore } from '../../server/store/sqlite-async-store.ts';
+import { postgresBin, startPostgres } from '../helpers/postgres.ts';
+import type { TestPostgres } from '../helpers/postgres.ts';
+
+/** A fresh store's data, which any number of clients can open. */
+interface Space {
+  open(opts?: { chunkItems?: number }): Promise<AsyncStore>;
+}
+
+interface Target {
+  name: string;
+  skip: string | false;
+  setUp(): Promise<void>;
+  tearDown(): Promise<void>;
+  space(): Space;
+}
+
+const sqliteTarget = (): Target => {
+  let dir = '';
+  let n = 0;
+  return {
+    name: 'sqlite',
+    skip: false,
+    async setUp() {
+      dir = mkdtempSync(join(tmpdir(), 'shardhub-conf-'));
+    },
+    async tearDown() {
+      rmSync(dir, { recursive: true, force: true });
+    },
+    space() {
+      const file = join(dir, `s${n++}.sqlite`);
+      return { open: (o) => SqliteAsyncStore.open(file, o) };
+    },
+  };
+};
+
+const postgresTarget = (): Target => {
+  let server: TestPostgres | undefined;
+  let n = 0;
+  const run = `t${process.pid}_${Date.now() % 100000}`;
+  return {
+    name: 'postgres',
+    skip:
+      !process.env.SHARDHUB_TEST_PG_URL && !postgresBin()
+        ? 'PostgreSQL binaries not found: install Debian `postgresql` or set SHARDHUB_TEST_PG_URL'
+        : false,
+    async setUp() {
+      const started = await startPostgres();
+      if ('skip' in started) throw new Error(started.skip);
+      server = started;
+    },
+    async tearDown() {
+      await server?.stop();
+    },
+    space() {
+      const schema = `${run}_${n++}`;
+      return { open: (o) => PgStore.open(server!.url, { schema, ...o }) };
+    },
+  };
+};
+
+function newJob(id: string, over: Partial<NewJob> = {}): NewJob {
+  return {
+    id,
+    modelName: 'mlp',
+    modelSha256: 'ab'.repeat(32),
+    priority: 0,
+    redundancy: 1,
+    deadline: null,
+    requirements: null,
+    options: {},
+    state: 'open',
+    ...over,
+  };
+}
+
+function items(n: number, prefix = 'item'): { name: string; inputs: Uint8Array }[] {
+  return Array.from({ length: n }, (_, i) => ({
+    name: `${prefix}-${i}`,
+    inputs: new Uint8Array([i & 0xff, 1, 2]),
+  }));
+}
+
+function result(itemId: number, jobId: string, workerId = 'w1'): NewResult {
+  return {
+    itemId,
+    jobId,
+    workerId,
+    modelSha256: 'ab'.repeat(32),
+    ms: 1.5,
+    outputs: new Uint8Array([itemId & 0xff, workerId.length]),
+    at: 1000,
+  };
+}
+
+/** A sealed job of `n` items; returns their ids. */
+async function sealedJob(
+  s: AsyncStore,
+  id: string,
+  n: number,
+  over: Partial<NewJob> = {},
+): Promise<number[]> {
+  await s.createJob(newJob(id, over));
+  const ids = await s.appendItems(id, items(n));
+  await s.updateJob(id, { state: 'queued' });
+  return ids;
+}
+
+/** Every id of these chunks, asserting none appears twice. */
+function idsOf(chunks: readonly Chunk[]): number[] {
+  const seen = new Set<number>();
+  for (const c of chunks) {
+    for (let id = c.first; id <= c.last; id++) {
+      assert.ok(!seen.has(id), `item ${id} is in two chunks`);
+      seen.add(id);
+    }
+  }
+  return [...seen].sort((a, b) => a - b);
+}
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+function conformance(target: Target): void {
+  describe(`AsyncStore conformance: ${target.name}`, { skip: target.skip }, () => {
+    const open: AsyncStore[] = [];
+    /** A new space, and `k` clients on it. */
+    const clients = async (k: number, opts?: { chunkItems?: number }): Promise<AsyncStore[]> => {
+      const space = target.space();
+      const out: AsyncStore[] = [];
+      for (let i = 0; i < k; i++) out.push(await space.open(opts));
+      open.push(...out);
+      return out;
+    };
+    const one = async (opts?: { chunkItems?: number }) => (await clients(1, opts))[0];
+
+    before(async () => {
+      const t0 = performance.now();
+      await target.setUp();
+      process.stdout.write(`# ${target.name}: set up in ${Math.round(performance.now() - t0)} ms\n`);
+    });
+    after(async () => {
+      await Promise.all(open.map((s) => s.close()));
+      await target.tearDown();
+    });
+
+    test('jobs: created, read back, listed newest first, updated; a duplicate id is refused', async () => {
+      const s = await one();
+      const j = await s.createJob(
+        newJob('a', { priority: 3, requirements: { kind: 'native' }, options: { x: 1 } }),
+      );
+      assert.equal(j.state, 'open');
+      assert.deepEqual(j.requirements, { kind: 'native' });
+      assert.deepEqual(j.options, { x: 1 });
+      assert.equal(j.itemCount, 0);
+      await s.createJob(newJob('b', { state: 'queued' }));
+      await assert.rejects(s.createJob(newJob('a')), /job a already exists/);
+      assert.deepEqual(
+        (await s.listJobs()).map((x) => x.id),
+        ['b', 'a'],
+      );
+      assert.deepEqual(
+        (await s.listJobs({ states: ['queued'] })).map((x) => x.id),
+        ['b'],
+      );
+      assert.deepEqual(
+        (await s.listJobs({ limit: 1 })).map((x) => x.id),
+        ['b'],
+      );
+      await s.updateJob('a', { state: 'running', startedAt: 5, priority: 9 });
+      const a = (await s.getJob('a'))!;
+      assert.equal(a.state, 'running');
+      assert.equal(a.startedAt, 5);
+      assert.equal(a.priority, 9);
+      assert.equal(a.finishedAt, null);
+      await assert.rejects(s.updateJob('nope', { state: 'running' }), /does not exist/);
+      assert.equal(await s.getJob('nope'), undefined);
+    });
+
+    test('append: consecutive ids in seq order, inputs read back, cut into chunks; only to an open job', async () => {
+      const s = await one({ chunkItems: 4 });
+      await s.createJob(newJob('j'));
+      const ids = await s.appendItems('j', items(10));
+      assert.equal(ids.length, 10);
+      ids.forEach((id, i) => assert.equal(id, ids[0] + i));
+      const more = await s.appendItems('j', items(3, 'more'));
+      assert.equal(more[0], ids[9] + 1);
+      assert.deepEqual(
+        (await s.listChunks('j')).map((c) => [c.first - ids[0], c.last - ids[0], c.hubId]),
+        [
+          [0, 3, null],
+          [4, 7, null],
+          [8, 11, null], // the short tail chunk grew to its full size
+          [12, 12, null],
+        ],
+      );
+      assert.equal((await s.getJob('j'))!.itemCount, 13);
+      const item = (await s.getItem(ids[2]))!;
+      assert.deepEqual(item, {
+        id: ids[2],
+        jobId: 'j',
+        seq: 2,
+        name: 'item-2',
+        state: 'pending',
+        attempts: 0,
+      });
+      assert.deepEqual(
+        (await s.listItems('j', { offset: 9, limit: 2 })).map((x) => x.name),
+        ['item-9', 'more-0'],
+      );
+      const inputs = await s.itemInputs([ids[1], ids[3], 999_999]);
+      assert.deepEqual([...inputs.keys()].sort(), [ids[1], ids[3]].sort());
+      assert.deepEqual([...inputs.get(ids[3])!], [3, 1, 2]);
+      const sized = await s.itemInputsUpTo([ids[0]], 2);
+      assert.deepEqual(sized.get(ids[0]), { bytes: 3, pack: null });
+      assert.deepEqual([...(await s.itemInputsUpTo([ids[0]], 3)).get(ids[0])!.pack!], [0, 1, 2]);
+      assert.deepEqual(await s.pendingItemRuns('j'), [{ first: ids[0], last: more[2] }]);
+      await s.updateJob('j', { state: 'queued' });
+      await assert.rejects(s.appendItems('j', items(1)), /job j is queued; items go only to an open job/);
+      await assert.rejects(s.appendItems('nope', items(1)), /job nope does not exist/);
+    });
+
+    test('results: the first result of a pending item is stored, every later one dropped; counts and paging', async () => {
+      const s = await one();
+      const lease = await s.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const ids = await sealedJob(s, 'j', 600);
+      const first = await s.recordResults(lease, [
+        result(ids[0], 'j'),
+        result(ids[1], 'j'),
+        result(ids[0], 'j', 'w2'),
+        result(ids[2], 'other-job'),
+      ]);
+      assert.deepEqual(first.accepted, [ids[0], ids[1]]);
+      assert.deepEqual(first.dropped, [ids[0], ids[2]]);
+      const again = await s.recordResults(lease, [result(ids[1], 'j', 'w3'), result(ids[3], 'j', 'w3')]);
+      assert.deepEqual(again, { accepted: [ids[3]], dropped: [ids[1]] });
+      assert.equal((await s.getResult(ids[1]))!.workerId, 'w1');
+      assert.deepEqual(await s.pendingItemRuns('j', { first: ids[0], last: ids[9] }), [
+        { first: ids[2], last: ids[2] },
+        { first: ids[4], last: ids[9] },
+      ]);
+      await s.recordResults(
+        lease,
+        ids.slice(4).map((id) => result(id, 'j')),
+      );
+      const job = (await s.getJob('j'))!;
+      assert.equal(job.doneCount, 599);
+      const all = await collect(s.iterateResults('j'));
+      assert.equal(all.length, 599);
+      assert.deepEqual(
+        all.map((r) => r.itemId),
+        ids.filter((id) => id !== ids[2]),
+      );
+      assert.equal(all[0].name, 'item-0');
+      assert.deepEqual([...all[5].outputs], [(ids[6] & 0xff) >>> 0, 2]);
+      await s.recordAssignments(lease, [{ itemId: ids[2], workerId: 'w1', shardId: 's1', at: 1 }]);
+    });
+
+    test('failures: each counts an attempt; a final one fails a pending item; unknown items are ignored', async () => {
+      const s = await one();
+      const lease = await s.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const ids = await sealedJob(s, 'j', 3);
+      const f = (itemId: number, final: boolean, jobId = 'j') => ({
+        itemId,
+        jobId,
+        workerId: 'w1',
+        category: 'timeout' as const,
+        message: 'slow',
+        at: 7,
+        final,
+      });
+      await s.recordFailures(lease, [
+        f(ids[0], false),
+        f(ids[0], false),
+        f(ids[1], true),
+        f(ids[2], true, 'zz'),
+      ]);
+      await s.recordResults(lease, [result(ids[2], 'j')]);
+      await s.recordFailures(lease, [f(ids[2], true)]); // done already: counted, not failed
+      assert.deepEqual(
+        [(await s.getItem(ids[0]))!, (await s.getItem(ids[1]))!, (await s.getItem(ids[2]))!].map((i) => [
+          i.state,
+          i.attempts,
+        ]),
+        [
+          ['pending', 2],
+          ['failed', 1],
+          ['done', 1],
+        ],
+      );
+      const job = (await s.getJob('j'))!;
+      assert.equal(job.failedCount, 1);
+      assert.equal(job.doneCount, 1);
+      assert.deepEqual(
+        (await s.failuresOf('j')).map((x) => x.itemId),
+        [ids[0], ids[0], ids[1], ids[2]],
+      );
+    });
+
+    test('workers, events, settings, models by sha256 and tokens are shared through the store', async () => {
+      const [a, b] = await clients(2);
+      const w = {
+        id: 'w1',
+        secretHash: 'h',
+        kind: 'native' as const,
+        backend: 'cpu',
+        name: 'n',
+        pool: null,
+        concurrency: 2,
+        capabilities: { cores: 4 },
+        firstSeen: 1,
+        lastSeen: 1,
+        itemsDone: 0,
+      };
+      await a.upsertWorker(w);
+      await a.addWorkerItems('w1', 5, 9);
+      await a.upsertWorker({ ...w, firstSeen: 100, lastSeen: 50, itemsDone: 0, backend: 'cuda' });
+      const got = (await b.getWorker('w1'))!;
+      assert.deepEqual([got.firstSeen, got.itemsDone, got.lastSeen, got.backend], [1, 5, 50, 'cuda']);
+      assert.deepEqual(got.capabilities, { cores: 4 });
+      assert.equal((await b.listWorkers()).length, 1);
+
+      await a.addEvent('j', 'steal', { n: 1 }, 1);
+      await a.addEvent('j', 'speculate', { n: 2 }, 2);
+      await a.addEvent('j', 'steal', { n: 3 }, 3);
+      assert.deepEqual(
+        (await b.listEvents('j')).map((e) => e.data.n),
+        [3, 2, 1],
+      );
+      assert.deepEqual(
+        (await b.listEvents('j', { type: 'steal', limit: 1 })).map((e) => e.data),
+        [{ n: 3 }],
+      );
+
+      await a.setSetting('k', 'v1');
+      await a.setSetting('k', 'v2');
+      assert.equal(await b.getSetting('k'), 'v2');
+      assert.equal(await b.getSetting('none'), undefined);
+
+      const bytes = new Uint8Array(200_000).map((_, i) => (i * 7) & 0xff);
+      const sha = createHash('sha256').update(bytes).digest('hex');
+      await a.putModel('mlp', sha, bytes);
+      await a.putModel('mlp', sha, bytes);
+      await assert.rejects(a.putModel('bad', 'ab'.repeat(32), bytes), /bytes hash to/);
+      assert.deepEqual(Buffer.compare(Buffer.from((await b.getModel(sha))!), Buffer.from(bytes)), 0);
+      assert.deepEqual(await b.listModels(), [{ sha256: sha, name: 'mlp', size: 200_000 }]);
+      assert.equal(await b.getModel('cd'.repeat(32)), undefined);
+
+      const t1 = await a.initTokens({ operatorToken: 'op-1', joinToken: 'join-1' });
+      const t2 = await b.initTokens({ operatorToken: 'op-2', joinToken: 'join-2' });
+      assert.deepEqual(t1, { operatorToken: 'op-1', joinToken: 'join-1' });
+      assert.deepEqual(t2, t1, 'the first hub to start sets the tokens every hub uses');
+    });
+
+    test('trust: canaries, replicas, verification and quarantines are seen by every client; revert reopens', async () => {
+      const [a, b] = await clients(2);
+      const lease = await a.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const ids = await sealedJob(a, 'j', 4);
+      await a.addCanaries('j', [{ itemId: ids[0], outputs: new Uint8Array([9]) }]);
+      assert.deepEqual(await b.canaryIds('j'), [ids[0]]);
+      assert.deepEqual([...(await b.canaryAnswer(ids[0]))!], [9]);
+      assert.equal(await b.canaryAnswer(ids[1]), undefined);
+      await a.addReplica({
+        itemId: ids[1],
+        workerId: 'w1',
+        backend: 'cpu',
+        outputs: new Uint8Array([1]),
+        ms: 1,
+        at: 1,
+      });
+      await a.addReplica({
+        itemId: ids[1],
+        workerId: 'w2',
+        backend: 'cuda',
+        outputs: new Uint8Array([1]),
+        ms: 1,
+        at: 2,
+      });
+      assert.deepEqual(
+        (await b.replicasOf(ids[1])).map((r) => r.workerId),
+        ['w1', 'w2'],
+      );
+      assert.deepEqual(await b.replicaItemIds(), [ids[1]]);
+      await b.dropReplicas(ids[1]);
+      assert.deepEqual(await a.replicaItemIds(), []);
+
+      await a.recordResults(lease, [
+        result(ids[0], 'j', 'liar'),
+        result(ids[1], 'j', 'liar'),
+        result(ids[2], 'j'),
+      ]);
+      await a.markVerified([ids[0]], 'canary');
+      assert.equal(await b.isVerified(ids[0]), true);
+      assert.equal(await b.isVerified(ids[1]), false);
+      await a.putTrust({
+        workerId: 'liar',
+        validated: 1,
+        streak: 0,
+        strikes: 2,
+        quarantined: true,
+        reason: 'canary',
+        at: 5,
+      });
+      assert.deepEqual(await b.trustOf('liar'), {
+        workerId: 'liar',
+        validated: 1,
+        streak: 0,
+        strikes: 2,
+        quarantined: true,
+        reason: 'canary',
+        at: 5,
+      });
+      assert.equal((await b.allTrust()).length, 1);
+      const reverted = await b.revertUnverified('liar');
+      assert.deepEqual([...reverted], [['j', [ids[1]]]]);
+      assert.equal((await a.getItem(ids[1]))!.state, 'pending');
+      assert.equal(await a.getResult(ids[1]), undefined);
+      assert.equal((await a.getJob('j'))!.doneCount, 2);
+      assert.deepEqual((await a.recordResults(lease, [result(ids[1], 'j', 'honest')])).accepted, [ids[1]]);
+    });
+
+    test('hubs: register, renew, list; a re-registration fences the old epoch and frees its chunks', async () => {
+      const s = await one({ chunkItems: 10 });
+      await sealedJob(s, 'j', 30);
+      const old = await s.registerHub('h1', { url: 'http://h1', ttlMs: 60_000 });
+      assert.equal((await s.claimChunks(old, { maxChunks: 2 })).length, 2);
+      const renewed = await s.renewLease(old);
+      assert.equal(renewed.epoch, old.epoch);
+      assert.ok(renewed.expiresAt >= old.expiresAt);
+      const fresh = await s.registerHub('h1', { url: 'http://h1', ttlMs: 60_000 });
+      assert.ok(fresh.epoch > old.epoch);
+      await assert.rejects(s.renewLease(old), FencedError);
+      await assert.rejects(s.claimChunks(old, { maxChunks: 1 }), FencedError);
+      await assert.rejects(s.recordResults(old, [result(1, 'j')]), /is fenced/);
+      assert.ok(
+        (await s.listChunks('j')).every((c) => c.hubId === null),
+        'the old epoch held nothing after',
+      );
+      const hubs = await s.listHubs();
+      assert.deepEqual(
+        hubs.map((h) => [h.id, h.epoch, h.state, h.leaseHeld, h.chunks]),
+        [['h1', fresh.epoch, 'live', true, 0]],
+      );
+      await assert.rejects(s.registerHub('h2', { url: 'x', ttlMs: 0 }), /ttlMs must be a positive integer/);
+    });
+
+    test('claims: highest priority first, only sealed jobs, each chunk once; advance, split, release, finish', async () => {
+      const s = await one({ chunkItems: 8 });
+      const low = await sealedJob(s, 'low', 16, { priority: 0 });
+      const high = await sealedJob(s, 'high', 16, { priority: 5 });
+      await s.createJob(newJob('open'));
+      await s.appendItems('open', items(8));
+      const a = await s.registerHub('a', { url: 'http://a', ttlMs: 60_000 });
+      const b = await s.registerHub('b', { url: 'http://b', ttlMs: 60_000 });
+      const first = await s.claimChunks(a, { maxChunks: 1 });
+      assert.deepEqual(
+        first.map((c) => [c.jobId, c.first, c.last, c.cursor, c.hubId]),
+        [['high', high[0], high[7], high[0] - 1, 'a']],
+      );
+      assert.equal(
+        await s.splitTail(b, { minItems: 1 }),
+        undefined,
+        'a job with an unheld chunk is not split',
+      );
+      const next = await s.claimChunks(a, { maxChunks: 2 });
+      assert.deepEqual(
+        next.map((c) => [c.jobId, c.first, c.last]),
+        [
+          ['low', low[0], low[7]],
+          ['high', high[8], high[15]],
+        ],
+      );
+      first.push(...next);
+      const rest = await s.claimChunks(b, { maxChunks: 5 });
+      assert.deepEqual(
+        rest.map((c) => [c.jobId, c.first]),
+        [['low', low[8]]],
+        'the open job is not claimed',
+      );
+      assert.deepEqual(await s.claimChunks(b, { maxChunks: 5 }), []);
+
+      // The holder advances its cursor before dispatching; another hub splits the untouched tail.
+      const c = first.find((x) => x.jobId === 'high' && x.first === high[8])!;
+      assert.equal((await s.advanceChunk(a, c.id, high[9]))!.cursor, high[9]);
+      await s.recordResults(b, [result(low[8], 'low')]);
+      const tail = await s.splitTail(b, { minItems: 3 });
+      assert.ok(tail, 'no unheld chunk is left: the largest untouched tail is split');
+      assert.equal(tail.hubId, 'b');
+      assert.equal(tail.jobId, 'high');
+      // high[0..7] untouched (8 left, 4 taken) or high[10..15] (6 left, 3 taken): the larger goes first.
+      assert.deepEqual([tail.first, tail.last], [high[4], high[7]]);
+      const shrunk = (await s.advanceChunk(a, first.find((x) => x.first === high[0])!.id, high[7]))!;
+      assert.deepEqual(
+        [shrunk.last, shrunk.cursor],
+        [high[3], high[3]],
+        'the holder dispatches only up to the new end',
+      );
+      assert.deepEqual(idsOf(await s.listChunks('high')), high);
+
+      // Finishing needs every item of the chunk done; releasing puts a chunk back with its cursor reset.
+      const lowChunk = rest[0];
+      assert.equal(await s.finishChunk(b, lowChunk.id), false);
+      await s.recordResults(
+        b,
+        low.slice(9).map((id) => result(id, 'low')),
+      );
+      assert.equal(await s.finishChunk(a, lowChunk.id), false, 'only the holder finishes a chunk');
+      assert.equal(await s.finishChunk(b, lowChunk.id), true);
+      await s.releaseChunks(b, [tail.id]);
+      const again = await s.claimChunks(a, { maxChunks: 5 });
+      assert.deepEqual(
+        again.map((x) => [x.first, x.cursor, x.hubId]),
+        [[high[4], high[4] - 1, 'a']],
+      );
+      const hubs = await s.listHubs();
+      assert.deepEqual(
+        hubs.map((h) => [h.id, h.chunks]),
+        [
+          ['a', 4],
+          ['b', 0],
+        ],
+      );
+    });
+
+    test('race: two writers record results for the same items at once; each result is stored exactly once', async () => {
+      const [a, b] = await clients(2);
+      const la = await a.registerHub('a', { url: 'http://a', ttlMs: 60_000 });
+      const lb = await b.registerHub('b', { url: 'http://b', ttlMs: 60_000 });
+      const ids = await sealedJob(a, 'j', 2000);
+      // Opposite orders and several batches in flight per writer: a store that locks rows in
+      // arrival order deadlocks here, one without a gate stores results twice.
+      const batches = (order: number[], worker: string) => {
+        const out: NewResult[][] = [];
+        for (let i = 0; i < order.length; i += 50)
+          out.push(order.slice(i, i + 50).map((id) => result(id, 'j', worker)));
+        return out;
+      };
+      const write = async (s: AsyncStore, lease: Lease, list: NewResult[][]) => {
+        const accepted: number[] = [];
+        const lanes = 4;
+        await Promise.all(
+          Array.from({ length: lanes }, async (_, lane) => {
+            for (let i = lane; i < list.length; i += lanes)
+              accepted.push(...(await s.recordResults(lease, list[i])).accepted);
+          }),
+        );
+        return accepted;
+      };
+      const t0 = performance.now();
+      const [fromA, fromB] = await Promise.all([
+        write(a, la, batches(ids, 'wa')),
+        write(b, lb, batches([...ids].reverse(), 'wb')),
+      ]);
+      const ms = performance.now() - t0;
+      const both = new Set([...fromA, ...fromB]);
+      assert.equal(fromA.length + fromB.length, ids.length, 'every item accepted once in all');
+      assert.equal(both.size, ids.length, 'no item accepted by both writers');
+      const stored = await collect(a.iterateResults('j'));
+      assert.equal(stored.length, ids.length);
+      const owner = new Map(stored.map((r) => [r.itemId, r.workerId]));
+      for (const id of fromA) assert.equal(owner.get(id), 'wa');
+      for (const id of fromB) assert.equal(owner.get(id), 'wb');
+      assert.equal((await b.getJob('j'))!.doneCount, ids.length);
+      process.stdout.write(
+        `# ${target.name} race results: 2 writers x 2000 items, accepted ${fromA.length} + ${fromB.length}, ${stored.length} stored, ${Math.round(ms)} ms\n`,
+      );
+    });
+
+    test('race: appending items while another client claims; every item lands in exactly one claimed chunk', async () => {
+      const [appender, claimer] = await clients(2, { chunkItems: 16 });
+      await appender.createJob(newJob('stream'));
+      const lease = await claimer.registerHub('c', { url: 'http://c', ttlMs: 60_000 });
+      const appended: number[] = [];
+      let done = false;
+      const appending = (async () => {
+        for (let i = 0; i < 30; i++)
+          appended.push(...(await appender.appendItems('stream', items(37, `b${i}`))));
+        done = true;
+      })();
+      const claimed: Chunk[] = [];
+      for (;;) {
+        const finished = done;
+        const got = await claimer.claimChunks(lease, { maxChunks: 3, states: ['open'] });
+        claimed.push(...got);
+        if (finished && got.length === 0) break;
+        if (got.length === 0) await sleep(1);
+      }
+      await appending;
+      assert.deepEqual(
+        idsOf(claimed),
+        appended.sort((x, y) => x - y),
+      );
+      process.stdout.write(
+        `# ${target.name} race append/claim: ${appended.length} items, ${claimed.length} chunks\n`,
+      );
+    });
+
+    test('race: two hubs claim at once; no item is claimed twice and none is left', async () => {
+      const [a, b] = await clients(2, { chunkItems: 16 });
+      const ids = await sealedJob(a, 'j', 5000);
+      const la = await a.registerHub('a', { url: 'http://a', ttlMs: 60_000 });
+      const lb = await b.registerHub('b', { url: 'http://b', ttlMs: 60_000 });
+      const claim = async (s: AsyncStore, lease: Lease) => {
+        const got: Chunk[] = [];
+        await Promise.all(
+          Array.from({ length: 3 }, async () => {
+            for (;;) {
+              const c = await s.claimChunks(lease, { maxChunks: 4 });
+              if (c.length === 0) return;
+              got.push(...c);
+            }
+          }),
+        );
+        return got;
+      };
+      const t0 = performance.now();
+      const [ca, cb] = await Promise.all([claim(a, la), claim(b, lb)]);
+      const ms = performance.now() - t0;
+      assert.deepEqual(idsOf([...ca, ...cb]), ids);
+      assert.ok(ca.every((c) => c.hubId === 'a') && cb.every((c) => c.hubId === 'b'));
+      process.stdout.write(
+        `# ${target.name} race claims: ${ca.length} + ${cb.length} chunks of 16, none twice, ${Math.round(ms)} ms\n`,
+      );
+    });
+
+    test('a lapsed lease is reaped by another hub; the fenced hub claims and commits nothing more', async (t) => {
+      const [sa, sb] = await clients(2, { chunkItems: 10 });
+      if (!sa.severalHubs) {
+        t.skip(`${target.name} is a one-hub store: leases never lapse`);
+        return;
+      }
+      const ids = await sealedJob(sa, 'j', 40);
+      const la = await sa.registerHub('a', { url: 'http://a', ttlMs: 300 });
+      const lb = await sb.registerHub('b', { url: 'http://b', ttlMs: 60_000 });
+      const held = await sa.claimChunks(la, { maxChunks: 2 });
+      assert.equal(held.length, 2);
+      await sa.recordResults(la, [result(held[0].first, 'j', 'wa')]);
+      assert.deepEqual(await sb.reapExpired(lb), [], 'a live lease is not reaped');
+      await sleep(600); // past the TTL on the server's clock (a hub paused, e.g. SIGSTOP)
+      assert.equal((await sb.listHubs()).find((h) => h.id === 'a')!.leaseHeld, false);
+      const reaped = await sb.reapExpired(lb);
+      assert.deepEqual(reaped, [{ hubId: 'a', epoch: la.epoch, chunks: 2 }]);
+      // The fenced hub wakes up and tries to carry on.
+      const late = [result(held[0].first + 1, 'j', 'wa'), result(held[1].first, 'j', 'wa')];
+      await assert.rejects(sa.recordResults(la, late), FencedError);
+      await assert.rejects(
+        sa.recordFailures(la, [{ ...late[0], category: 'timeout', message: 'x', final: true }]),
+        FencedError,
+      );
+      await assert.rejects(sa.claimChunks(la, { maxChunks: 5 }), FencedError);
+      await assert.rejects(sa.advanceChunk(la, held[0].id, held[0].last), FencedError);
+      await assert.rejects(sa.renewLease(la), FencedError);
+      // Its chunks went back to the pool; the other hub runs them and its results count.
+      const retaken = await sb.claimChunks(lb, { maxChunks: 10 });
+      assert.deepEqual(idsOf(retaken), ids);
+      assert.deepEqual(await sb.pendingItemRuns('j', { first: held[0].first, last: held[0].last }), [
+        { first: held[0].first + 1, last: held[0].last },
+      ]);
+      const ok = await sb.recordResults(
+        lb,
+        late.map((r) => ({ ...r, workerId: 'wb' })),
+      );
+      assert.equal(ok.accepted.length, 2);
+      const stored = await collect(sb.iterateResults('j'));
+      assert.deepEqual(
+        stored.map((r) => r.workerId),
+        ['wa', 'wb', 'wb'],
+        'nothing the fenced hub sent after the reap was stored',
+      );
+      assert.equal((await sb.listHubs()).find((h) => h.id === 'a')!.state, 'dead');
+      // Registering again is how a fenced hub comes back: a new epoch, nothing held.
+      const back = await sa.registerHub('a', { url: 'http://a', ttlMs: 60_000 });
+      assert.ok(back.epoch > la.epoch);
+      assert.deepEqual(await sa.claimChunks(back, { maxChunks: 5 }), []);
+    });
+
+    test('a reap waits for a commit that passed its fence: that commit is kept, the next is refused', async (t) => {
+      const [sa, sb] = await clients(2);
+      if (!sa.severalHubs) {
+        t.skip(`${target.name} is a one-hub store: leases never lapse`);
+        return;
+      }
+      const ids = await sealedJob(sa, 'j', 2000);
+      const la = await sa.registerHub('a', { url: 'http://a', ttlMs: 400 });
+      const lb = await sb.registerHub('b', { url: 'http://b', ttlMs: 60_000 });
+      // A stream of commits from hub a straddling its expiry while b reaps as soon as it can.
+      const accepted: number[] = [];
+      let refusedAt = -1;
+      const commits = (async () => {
+        for (let i = 0; i < ids.length; i += 20) {
+          try {
+            accepted.push(
+              ...(
+                await sa.recordResults(
+                  la,
+                  ids.slice(i, i + 20).map((id) => result(id, 'j', 'wa')),
+                )
+              ).accepted,
+            );
+          } catch (err) {
+            assert.ok(err instanceof FencedError);
+            refusedAt = i;
+            return;
+          }
+          await sleep(5);
+        }
+      })();
+      let reaped: { hubId: string }[] = [];
+      while (reaped.length === 0) {
+        await sleep(20);
+        reaped = await sb.reapExpired(lb);
+      }
+      await commits;
+      assert.ok(refusedAt >= 0, 'the stream of commits was cut by the fence');
+      const stored = await collect(sb.iterateResults('j'));
+      assert.deepEqual(
+        stored.map((r) => r.itemId),
+        accepted,
+        'exactly the commits acknowledged before the fence are stored',
+      );
+      assert.deepEqual(accepted, ids.slice(0, refusedAt));
+    });
+  });
+}
+
+conformance(sqliteTarget());
+conformance(postgresTarget());
