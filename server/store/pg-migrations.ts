@@ -55,6 +55,10 @@ export const PG_MIGRATIONS: readonly string[] = [
     IF n > 1 THEN PERFORM setval('item_ids', first + n - 1); END IF;
     PERFORM pg_advisory_unlock(7212021);
     RETURN first;
+  EXCEPTION WHEN OTHERS THEN
+    -- A session lock outlives the transaction: never leave it held on a pooled connection.
+    PERFORM pg_advisory_unlock(7212021);
+    RAISE;
   END $$;
 
   CREATE TABLE items (

@@ -5,13 +5,15 @@
  * `postgres` user (initdb refuses root). `undefined` with a reason when no binaries are installed.
  */
 import { execFileSync } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface TestPostgres {
   url: string;
+  /** The postmaster's pid, for a server started here (to read its CPU time). */
+  pid?: number;
   /** Stops the server this helper started (nothing for an external one). */
   stop(): Promise<void>;
 }
@@ -82,6 +84,7 @@ export async function startPostgres(): Promise<TestPostgres | { skip: string }> 
   }
   return {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    pid: Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]),
     stop: async () => {
       try {
         run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);

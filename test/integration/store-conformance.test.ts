@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FencedError } from '../../server/store/async-store.ts';
 import type { AsyncStore, Chunk, Lease, NewJob, NewResult } from '../../server/store/async-store.ts';
+import pg from 'pg';
 import { PgStore } from '../../server/store/pg-store.ts';
 import { SqliteAsyncStore } from '../../server/store/sqlite-async-store.ts';
 import { postgresBin, startPostgres } from '../helpers/postgres.ts';
@@ -67,6 +68,16 @@ const postgresTarget = (): Target => {
       server = started;
     },
     async tearDown() {
+      if (process.env.SHARDHUB_TEST_PG_URL && server) {
+        // Someone else's server: leave it as it was.
+        const c = new pg.Client({ connectionString: server.url });
+        await c.connect();
+        try {
+          for (let i = 0; i < n; i++) await c.query(`DROP SCHEMA IF EXISTS ${run}_${i} CASCADE`);
+        } finally {
+          await c.end();
+        }
+      }
       await server?.stop();
     },
     space() {

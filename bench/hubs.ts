@@ -1,0 +1,246 @@
+/**
+ * `npm run bench -- hubs [--json] [--items 20000] [--chunk 256] [--batch 64] [--hubs 1,2,3]`
+ *
+ * The store's side of several hubs, without sockets or workers: 1, 2 and 3 "hubs" (store clients in
+ * processes of their own, `bench/_hubs-child.ts`) drain one job through the PostgreSQL store,
+ * chunk by chunk, making the calls a hub makes per chunk (claim, advance, pending ids, assignments,
+ * inputs, results in batches, finish); the SQLite store with one hub is the baseline, in the same
+ * run. Reported per case: items committed per second, CPU µs per item of each hub process and of the
+ * PostgreSQL server (postmaster and backends, from /proc), and lock waits sampled every 50 ms from
+ * `pg_stat_activity` (backends waiting on a lock) and `pg_locks` (ungranted locks).
+ *
+ * PostgreSQL runs on this machine (started by `test/helpers/postgres.ts`, fsync off): on 2 cores
+ * more hubs cannot add throughput; what the figures show is what each item costs as hubs are
+ * added, and whether hubs queue on each other's locks.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { ROOT, printTable } from './_grid.ts';
+import { flag, numFlag } from './_scale.ts';
+import type { ChildReport, ChildTask } from './_hubs-child.ts';
+import type { AsyncStore } from '../server/store/async-store.ts';
+import { PgStore } from '../server/store/pg-store.ts';
+import { SqliteAsyncStore } from '../server/store/sqlite-async-store.ts';
+import { startPostgres } from '../test/helpers/postgres.ts';
+
+/** Clock ticks per second of /proc/<pid>/stat times (Linux: USER_HZ, 100 everywhere it runs). */
+const TICKS = 100;
+
+/** CPU µs of a process and of its children, waited-for ones included (backends that have exited). */
+function treeCpuUs(pid: number): number {
+  const stat = (p: number | string) => {
+    const s = readFileSync(`/proc/${p}/stat`, 'utf8');
+    return s.slice(s.lastIndexOf(')') + 2).split(' ');
+  };
+  try {
+    const own = stat(pid); // fields from the 3rd: state=0, ppid=1, utime=11, stime=12, cutime=13, cstime=14
+    let ticks = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
+    for (const p of readdirSync('/proc')) {
+      if (!/^\d+$/.test(p)) continue;
+      try {
+        const f = stat(p);
+        if (Number(f[1]) === pid) ticks += Number(f[11]) + Number(f[12]);
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return (ticks * 1e6) / TICKS;
+  } catch {
+    return NaN;
+  }
+}
+
+interface Case {
+  store: 'sqlite' | 'postgres';
+  hubs: number;
+}
+
+interface Row {
+  store: string;
+  hubs: number;
+  items: number;
+  itemsPerS: number;
+  /** CPU µs per item of each hub process, over the items it committed. */
+  hubCpuUsPerItem: string;
+  /** All hubs' CPU µs over all items. */
+  hubsCpuUsPerItem: number;
+  pgCpuUsPerItem: number | string;
+  lockWaitingMean: number | string;
+  lockWaitingMax: number | string;
+  ungrantedMax: number | string;
+}
+
+async function prepare(store: AsyncStore, jobId: string, items: number): Promise<void> {
+  await store.createJob({
+    id: jobId,
+    modelName: 'bench',
+    modelSha256: 'ab'.repeat(32),
+    priority: 0,
+    redundancy: 1,
+    deadline: null,
+    requirements: null,
+    options: {},
+    state: 'open',
+  });
+  const input = new Uint8Array(16);
+  for (let i = 0; i < items; i += 2000) {
+    const n = Math.min(2000, items - i);
+    await store.appendItems(
+      jobId,
+      Array.from({ length: n }, (_, k) => ({ name: `i${i + k}`, inputs: input })),
+    );
+  }
+  await store.updateJob(jobId, { state: 'queued' });
+}
+
+/** Forks a hub process and gives it its task; resolves once it registered. */
+function startChild(task: ChildTask): Promise<{ child: ChildProcess; done: Promise<ChildReport> }> {
+  const child = fork(join(ROOT, 'bench/_hubs-child.ts'), [], {
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  return new Promise((resolve, reject) => {
+    let resolveDone: (r: ChildReport) => void;
+    let rejectDone: (e: Error) => void;
+    const done = new Promise<ChildReport>((res, rej) => {
+      resolveDone = res;
+      rejectDone = rej;
+    });
+    done.catch(() => {}); // reported where awaited
+    child.on('message', (m: { type: string; report?: ChildReport; message?: string }) => {
+      if (m.type === 'ready') resolve({ child, done });
+      else if (m.type === 'done') resolveDone(m.report!);
+      else if (m.type === 'error') {
+        const err = new Error(`hub ${task.hubId}: ${m.message}`);
+        reject(err);
+        rejectDone(err);
+      }
+    });
+    child.once('exit', (code) => {
+      const err = new Error(`hub ${task.hubId} exited with ${code}`);
+      reject(err);
+      rejectDone(err);
+    });
+    child.send(task);
+  });
+}
+
+/** Samples lock waits on the server until stopped. */
+function sampleLocks(url: string): {
+  stop: () => Promise<{ mean: number; max: number; ungrantedMax: number }>;
+} {
+  const client = new pg.Client({ connectionString: url });
+  let running = true;
+  const waiting: number[] = [];
+  let ungrantedMax = 0;
+  const loop = (async () => {
+    await client.connect();
+    while (running) {
+      const r = await client.query<{ waiting: number; ungranted: number }>(
+        `SELECT (SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock')::int AS waiting,
+                (SELECT count(*) FROM pg_locks WHERE NOT granted)::int AS ungranted`,
+      );
+      waiting.push(r.rows[0].waiting);
+      ungrantedMax = Math.max(ungrantedMax, r.rows[0].ungranted);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    await client.end();
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+      const mean = waiting.reduce((a, b) => a + b, 0) / Math.max(1, waiting.length);
+      return { mean, max: Math.max(0, ...waiting), ungrantedMax };
+    },
+  };
+}
+
+async function runCase(
+  c: Case,
+  opts: { items: number; chunk: number; batch: number; dir: string; pgUrl?: string; pgPid?: number },
+  n: number,
+): Promise<Row> {
+  const jobId = 'bench';
+  const schema = `bench_${n}`;
+  const where = c.store === 'postgres' ? opts.pgUrl! : join(opts.dir, `hubs-${n}.sqlite`);
+  const setup =
+    c.store === 'postgres'
+      ? await PgStore.open(where, { schema, chunkItems: opts.chunk })
+      : await SqliteAsyncStore.open(where, { chunkItems: opts.chunk });
+  await prepare(setup, jobId, opts.items);
+  await setup.close();
+
+  const children = await Promise.all(
+    Array.from({ length: c.hubs }, (_, i) =>
+      startChild({ kind: c.store, where, schema, hubId: `hub${i + 1}`, jobId, batch: opts.batch }),
+    ),
+  );
+  const locks = c.store === 'postgres' ? sampleLocks(where) : undefined;
+  const pg0 = opts.pgPid && c.store === 'postgres' ? treeCpuUs(opts.pgPid) : NaN;
+  for (const ch of children) ch.child.send('go');
+  const reports = await Promise.all(children.map((ch) => ch.done));
+  const lockFigures = await locks?.stop();
+  for (const ch of children) if (ch.child.connected) ch.child.disconnect();
+  await Promise.all(
+    children.map((ch) => (ch.child.exitCode === null ? new Promise((r) => ch.child.once('exit', r)) : null)),
+  );
+  await new Promise((r) => setTimeout(r, 300)); // backends of the closed pools exit and are reaped
+  const pgCpu = opts.pgPid && c.store === 'postgres' ? treeCpuUs(opts.pgPid) - pg0 : NaN;
+
+  const items = reports.reduce((a, r) => a + r.items, 0);
+  if (items !== opts.items)
+    throw new Error(`${c.store} x${c.hubs}: ${items} results stored, expected ${opts.items}`);
+  const wall = Math.max(...reports.map((r) => r.wallMs));
+  const hubsCpu = reports.reduce((a, r) => a + r.cpuUs, 0);
+  return {
+    store: c.store,
+    hubs: c.hubs,
+    items,
+    itemsPerS: Math.round((items / wall) * 1000),
+    hubCpuUsPerItem: reports.map((r) => (r.items ? (r.cpuUs / r.items).toFixed(1) : '-')).join(' / '),
+    hubsCpuUsPerItem: Number((hubsCpu / items).toFixed(1)),
+    pgCpuUsPerItem: Number.isNaN(pgCpu) ? '-' : Number((pgCpu / items).toFixed(1)),
+    lockWaitingMean: lockFigures ? Number(lockFigures.mean.toFixed(2)) : '-',
+    lockWaitingMax: lockFigures ? lockFigures.max : '-',
+    ungrantedMax: lockFigures ? lockFigures.ungrantedMax : '-',
+  };
+}
+
+export async function main(args: string[]): Promise<void> {
+  const json = args.includes('--json');
+  const items = numFlag(args, 'items', 20_000);
+  const chunk = numFlag(args, 'chunk', 256);
+  const batch = numFlag(args, 'batch', 64);
+  const hubCounts = (flag(args, 'hubs') ?? '1,2,3').split(',').map(Number);
+  const dir = mkdtempSync(join(tmpdir(), 'shardhub-hubs-'));
+  const server = await startPostgres();
+  if ('skip' in server) {
+    process.stderr.write(`hubs: ${server.skip}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const rows: Row[] = [];
+  try {
+    const cases: Case[] = [
+      { store: 'sqlite', hubs: 1 },
+      ...hubCounts.map((h) => ({ store: 'postgres' as const, hubs: h })),
+    ];
+    let n = 0;
+    for (const c of cases) {
+      if (!json) process.stderr.write(`${c.store} x${c.hubs}...\n`);
+      rows.push(await runCase(c, { items, chunk, batch, dir, pgUrl: server.url, pgPid: server.pid }, n++));
+    }
+  } finally {
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ bench: 'hubs', items, chunk, batch, rows }, null, 2)}\n`);
+  } else {
+    printTable(rows as unknown as Record<string, unknown>[]);
+  }
+}
