@@ -80,6 +80,11 @@ const CHUNK_RETURNING = `chunks.id, chunks.job_id AS "jobId", chunks.first_id AS
   chunks.cursor, chunks.hub_id AS "hubId", chunks.epoch`;
 const RESULT_SELECT = `SELECT r.item_id AS "itemId", i.name, r.worker_id AS "workerId", r.ms, r.outputs
   FROM results r JOIN items i ON i.id = r.item_id`;
+/** The fencing check of `fenced()`: see `fence()`. */
+const FENCE_CTE = `fence AS (
+  SELECT 1 FROM hubs WHERE id = $1 AND epoch = $2 AND state = 'live' AND expires_at > now() FOR SHARE
+)`;
+const FENCE_OK = '(SELECT count(*) FROM fence)::int AS ok';
 const MS = (col: string) => `(extract(epoch FROM ${col}) * 1000)::float8`;
 
 function pgCode(err: unknown): string | undefined {
@@ -172,6 +177,23 @@ export class PgStore implements AsyncStore {
       [lease.hubId, lease.epoch],
     );
     if (r.rowCount === 0) throw new FencedError(lease, what);
+  }
+
+  /**
+   * A fenced write as one statement (its own transaction, one round trip): \`body\` continues a
+   * \`WITH\` after the \`fence\` CTE, which share-locks the hub's row when the lease holds (\`$1\`
+   * hub id, \`$2\` epoch; \`params\` are \`$3\` on). Each write in \`body\` must be conditioned on
+   * \`EXISTS (SELECT 1 FROM fence)\`, and its final SELECT must include \`FENCE_OK\`: a lapsed lease
+   * then changes nothing and throws \`FencedError\`.
+   */
+  private async fenced<T>(lease: Lease, what: string, body: string, params: unknown[]): Promise<T> {
+    const r = await this.pool.query<T & { ok: number }>(`WITH ${FENCE_CTE}, ${body}`, [
+      lease.hubId,
+      lease.epoch,
+      ...params,
+    ]);
+    if (r.rows[0].ok !== 1) throw new FencedError(lease, what);
+    return r.rows[0];
   }
 
   async getSetting(key: string): Promise<string | undefined> {
@@ -379,68 +401,76 @@ export class PgStore implements AsyncStore {
     rows: { itemId: number; workerId: string; shardId: string; at: number }[],
   ): Promise<void> {
     if (rows.length === 0) return;
-    await this.tx(async (c) => {
-      await this.fence(c, lease, 'assignments');
-      await c.query(
-        `INSERT INTO assignments (item_id, worker_id, shard_id, at)
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])`,
-        [
-          rows.map((r) => r.itemId),
-          rows.map((r) => r.workerId),
-          rows.map((r) => r.shardId),
-          rows.map((r) => r.at),
-        ],
-      );
-    });
+    await this.fenced(
+      lease,
+      'assignments',
+      `ins AS (
+         INSERT INTO assignments (item_id, worker_id, shard_id, at)
+         SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::bigint[]) WHERE EXISTS (SELECT 1 FROM fence)
+       )
+       SELECT ${FENCE_OK}`,
+      [
+        rows.map((r) => r.itemId),
+        rows.map((r) => r.workerId),
+        rows.map((r) => r.shardId),
+        rows.map((r) => r.at),
+      ],
+    );
   }
 
   async recordResults(lease: Lease, rows: NewResult[]): Promise<{ accepted: number[]; dropped: number[] }> {
     if (rows.length === 0) return { accepted: [], dropped: [] };
-    return this.tx(async (c) => {
-      await this.fence(c, lease, 'results');
-      // The gate: lock the batch's pending items in id order, flip them; a row another
-      // transaction flipped first no longer matches once its lock is granted.
-      const flippedRows = await c.query<{ id: number; job_id: string }>(
-        `WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[]) AS r (id, job_id)),
-         locked AS (
-           SELECT i.id FROM items i JOIN r ON r.id = i.id AND r.job_id = i.job_id
-           WHERE i.state = 'pending' ORDER BY i.id FOR UPDATE OF i
-         )
-         UPDATE items SET state = 'done' FROM locked
-         WHERE items.id = locked.id AND items.state = 'pending'
-         RETURNING items.id, items.job_id`,
-        [rows.map((r) => r.itemId), rows.map((r) => r.jobId)],
-      );
-      const flipped = new Set<number>();
-      const perJob = new Map<string, number>();
-      for (const f of flippedRows.rows) {
-        flipped.add(f.id);
-        tally(perJob, f.job_id);
-      }
-      const accepted: NewResult[] = [];
-      const dropped: number[] = [];
-      for (const r of rows) {
-        if (flipped.delete(r.itemId)) accepted.push(r);
-        else dropped.push(r.itemId);
-      }
-      if (accepted.length > 0) {
-        await c.query(
-          `INSERT INTO results (item_id, job_id, worker_id, model_sha256, ms, outputs, at)
-           SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::bytea[], $7::bigint[])`,
-          [
-            accepted.map((r) => r.itemId),
-            accepted.map((r) => r.jobId),
-            accepted.map((r) => r.workerId),
-            accepted.map((r) => r.modelSha256),
-            accepted.map((r) => r.ms),
-            accepted.map((r) => r.outputs),
-            accepted.map((r) => r.at),
-          ],
-        );
-        await this.addCounts(c, lease, perJob, 'done_count');
-      }
-      return { accepted: accepted.map((r) => r.itemId), dropped };
-    });
+    // The gate, one statement: lock the batch's pending items in id order and flip them (a row
+    // another transaction flipped first no longer matches once its lock is granted); only flipped
+    // items insert a result (the first row of each), and the counts follow from what was inserted.
+    const r = await this.fenced<{ accepted: number[] }>(
+      lease,
+      'results',
+      `r AS (
+         SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::bytea[], $9::bigint[])
+           WITH ORDINALITY AS r (item_id, job_id, worker_id, model_sha256, ms, outputs, at, ord)
+       ),
+       locked AS (
+         SELECT i.id FROM items i JOIN (SELECT DISTINCT item_id, job_id FROM r) k ON k.item_id = i.id AND k.job_id = i.job_id
+         WHERE i.state = 'pending' AND EXISTS (SELECT 1 FROM fence) ORDER BY i.id FOR UPDATE OF i
+       ),
+       flipped AS (
+         UPDATE items SET state = 'done' FROM locked WHERE items.id = locked.id AND items.state = 'pending'
+         RETURNING items.id, items.job_id
+       ),
+       firsts AS (
+         SELECT DISTINCT ON (r.item_id) r.* FROM r JOIN flipped f ON f.id = r.item_id AND f.job_id = r.job_id
+         ORDER BY r.item_id, r.ord
+       ),
+       ins AS (
+         INSERT INTO results (item_id, job_id, worker_id, model_sha256, ms, outputs, at)
+         SELECT item_id, job_id, worker_id, model_sha256, ms, outputs, at FROM firsts RETURNING item_id, job_id
+       ),
+       counted AS (
+         INSERT INTO job_counters (job_id, slot, done_count)
+         SELECT job_id, $10::int, count(*) FROM ins GROUP BY job_id ORDER BY job_id
+         ON CONFLICT (job_id, slot) DO UPDATE SET done_count = job_counters.done_count + excluded.done_count
+       )
+       SELECT ${FENCE_OK}, coalesce((SELECT array_agg(item_id::float8) FROM ins), '{}') AS accepted`,
+      [
+        rows.map((x) => x.itemId),
+        rows.map((x) => x.jobId),
+        rows.map((x) => x.workerId),
+        rows.map((x) => x.modelSha256),
+        rows.map((x) => x.ms),
+        rows.map((x) => x.outputs),
+        rows.map((x) => x.at),
+        lease.epoch % COUNTER_SLOTS,
+      ],
+    );
+    const flipped = new Set(r.accepted);
+    const accepted: number[] = [];
+    const dropped: number[] = [];
+    for (const x of rows) {
+      if (flipped.delete(x.itemId)) accepted.push(x.itemId);
+      else dropped.push(x.itemId);
+    }
+    return { accepted, dropped };
   }
 
   /** Adds to jobs' done or failed counts, in the lease's counter slot, in job order. */
@@ -823,34 +853,39 @@ export class PgStore implements AsyncStore {
     opts: { maxChunks: number; states?: readonly JobState[] },
   ): Promise<Chunk[]> {
     if (opts.maxChunks < 1) return [];
-    return this.tx(async (c) => {
-      await this.fence(c, lease, 'claims');
-      const r = await c.query<Chunk>(
-        `WITH pick AS (
-           SELECT c.id FROM chunks c JOIN jobs j ON j.id = c.job_id
-           WHERE c.hub_id IS NULL AND j.state = ANY ($3::text[])
-           ORDER BY j.priority DESC, j.serial, c.first_id
-           LIMIT $4 FOR UPDATE OF c SKIP LOCKED
-         )
+    const r = await this.fenced<{ chunks: Chunk[] }>(
+      lease,
+      'claims',
+      `pick AS (
+         SELECT c.id FROM chunks c JOIN jobs j ON j.id = c.job_id
+         WHERE c.hub_id IS NULL AND j.state = ANY ($3::text[]) AND EXISTS (SELECT 1 FROM fence)
+         ORDER BY j.priority DESC, j.serial, c.first_id
+         LIMIT $4 FOR UPDATE OF c SKIP LOCKED
+       ),
+       taken AS (
          UPDATE chunks SET hub_id = $1, epoch = $2, claimed_at = now(), cursor = first_id - 1
          FROM pick WHERE chunks.id = pick.id
-         RETURNING ${CHUNK_RETURNING}`,
-        [lease.hubId, lease.epoch, opts.states ?? RUNNABLE_STATES, opts.maxChunks],
-      );
-      return r.rows.sort((a, b) => a.id - b.id);
-    });
+         RETURNING ${CHUNK_RETURNING}
+       )
+       SELECT ${FENCE_OK}, coalesce((SELECT json_agg(taken ORDER BY taken.id) FROM taken), '[]') AS chunks`,
+      [opts.states ?? RUNNABLE_STATES, opts.maxChunks],
+    );
+    return r.chunks;
   }
 
   async advanceChunk(lease: Lease, chunkId: number, upto: number): Promise<Chunk | undefined> {
-    return this.tx(async (c) => {
-      await this.fence(c, lease, 'chunk progress');
-      const r = await c.query<Chunk>(
-        `UPDATE chunks SET cursor = greatest(cursor, least($4::bigint, last_id))
-         WHERE id = $1 AND hub_id = $2 AND epoch = $3 RETURNING ${CHUNK_COLUMNS}`,
-        [chunkId, lease.hubId, lease.epoch, upto],
-      );
-      return r.rows[0];
-    });
+    const r = await this.fenced<{ chunk: Chunk | null }>(
+      lease,
+      'chunk progress',
+      `moved AS (
+         UPDATE chunks SET cursor = greatest(cursor, least($4::bigint, last_id))
+         WHERE id = $3 AND hub_id = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM fence)
+         RETURNING ${CHUNK_RETURNING}
+       )
+       SELECT ${FENCE_OK}, (SELECT row_to_json(moved) FROM moved) AS chunk`,
+      [chunkId, upto],
+    );
+    return r.chunk ?? undefined;
   }
 
   async splitTail(
@@ -898,16 +933,19 @@ export class PgStore implements AsyncStore {
   }
 
   async finishChunk(lease: Lease, chunkId: number): Promise<boolean> {
-    return this.tx(async (c) => {
-      await this.fence(c, lease, 'chunk finish');
-      const r = await c.query(
-        `DELETE FROM chunks c WHERE c.id = $1 AND c.hub_id = $2 AND c.epoch = $3
+    const r = await this.fenced<{ n: number }>(
+      lease,
+      'chunk finish',
+      `gone AS (
+         DELETE FROM chunks c WHERE c.id = $3 AND c.hub_id = $1 AND c.epoch = $2 AND EXISTS (SELECT 1 FROM fence)
            AND NOT EXISTS (SELECT 1 FROM items i WHERE i.job_id = c.job_id AND i.state = 'pending'
-                           AND i.id BETWEEN c.first_id AND c.last_id)`,
-        [chunkId, lease.hubId, lease.epoch],
-      );
-      return r.rowCount === 1;
-    });
+                           AND i.id BETWEEN c.first_id AND c.last_id)
+         RETURNING 1
+       )
+       SELECT ${FENCE_OK}, (SELECT count(*) FROM gone)::int AS n`,
+      [chunkId],
+    );
+    return r.n === 1;
   }
 
   async listChunks(jobId: string): Promise<Chunk[]> {
