@@ -187,11 +187,13 @@ export class PgStore implements AsyncStore {
    * then changes nothing and throws \`FencedError\`.
    */
   private async fenced<T>(lease: Lease, what: string, body: string, params: unknown[]): Promise<T> {
-    const r = await this.pool.query<T & { ok: number }>(`WITH ${FENCE_CTE}, ${body}`, [
-      lease.hubId,
-      lease.epoch,
-      ...params,
-    ]);
+    // Named after the operation: prepared once per connection, so a long statement is not parsed
+    // and analysed again on every call.
+    const r = await this.pool.query<T & { ok: number }>({
+      name: `fenced ${what}`,
+      text: `WITH ${FENCE_CTE}, ${body}`,
+      values: [lease.hubId, lease.epoch, ...params],
+    });
     if (r.rows[0].ok !== 1) throw new FencedError(lease, what);
     return r.rows[0];
   }

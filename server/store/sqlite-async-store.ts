@@ -213,6 +213,9 @@ export class SqliteAsyncStore implements AsyncStore {
           .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'")
           .get();
         db.exec(SCHEMA);
+        // sqlite.ts reads its schema version here: these tables are its version 1.
+        db.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+          INSERT INTO meta (key, value) VALUES ('schema_version', '1') ON CONFLICT (key) DO NOTHING`);
         if (!hadChunks) store.chunkExistingItems();
       });
       return store;

@@ -17,6 +17,7 @@ import type { AsyncStore, Chunk, Lease, NewJob, NewResult } from '../../server/s
 import pg from 'pg';
 import { PgStore } from '../../server/store/pg-store.ts';
 import { SqliteAsyncStore } from '../../server/store/sqlite-async-store.ts';
+import { SqliteStore } from '../../server/store/sqlite.ts';
 import { postgresBin, startPostgres } from '../helpers/postgres.ts';
 import type { TestPostgres } from '../helpers/postgres.ts';
 
@@ -756,3 +757,41 @@ function conformance(target: Target): void {
 
 conformance(sqliteTarget());
 conformance(postgresTarget());
+
+describe("SqliteAsyncStore and the hub's SqliteStore open each other's files", () => {
+  test('a hub file from before gets chunks for its pending items; the hub store still opens the file after', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'shardhub-conf-'));
+    try {
+      const file = join(dir, 'hub.sqlite');
+      const old = SqliteStore.open(file);
+      old.createJob(newJob('j'));
+      const ids = old.appendItems('j', items(20));
+      old.updateJob('j', { state: 'queued' });
+      old.recordResults([result(ids[0], 'j')]);
+      old.close();
+      const s = await SqliteAsyncStore.open(file, { chunkItems: 8 });
+      assert.equal((await s.getJob('j'))!.doneCount, 1);
+      assert.deepEqual(
+        (await s.listChunks('j')).map((c) => [c.first, c.last]),
+        [
+          [ids[1], ids[8]],
+          [ids[9], ids[16]],
+          [ids[17], ids[19]],
+        ],
+      );
+      const lease = await s.registerHub('h', { url: 'http://h', ttlMs: 1000 });
+      await s.recordResults(lease, [result(ids[1], 'j')]);
+      await s.close();
+      const again = SqliteStore.open(file);
+      assert.equal(again.getJob('j')!.doneCount, 2);
+      again.close();
+      const fresh = join(dir, 'fresh.sqlite');
+      await (await SqliteAsyncStore.open(fresh)).close();
+      const hub = SqliteStore.open(fresh); // the tables it finds are its schema version 1
+      hub.createJob(newJob('k'));
+      hub.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
