@@ -1,12 +1,15 @@
 /**
  * The `AsyncStore` on PostgreSQL (`pg` Pool): the store several hubs share.
  *
- * Every write is one transaction on one pooled connection, its statements set-based (`unnest` of
- * array parameters, multi-row `INSERT ... SELECT`), so a batch costs a few round trips whatever its
- * size. Rows several transactions may both change are locked in id order (`ORDER BY id FOR UPDATE`)
- * so concurrent batches over the same items queue instead of deadlocking. Fenced operations start by
- * share-locking their hub's row while checking its lease (see `async-store.ts`). Schema: versioned
- * migrations in `pg-migrations.ts`, applied at open.
+ * Statements are set-based (`unnest` of array parameters, multi-row `INSERT ... SELECT`), so a batch
+ * costs the same few round trips whatever its size. The hot fenced writes (results, claims, cursor
+ * moves, assignments, chunk finishes) are each ONE statement, prepared once per connection: a
+ * `fence` CTE share-locks the hub's row when its lease holds, every write in the statement is
+ * conditioned on it, and the statement is its own transaction — one round trip, where
+ * BEGIN/check/write/COMMIT took four to six. The rarer ones (failures, splits, releases, reaps) are
+ * explicit transactions that start with the same check. Rows several transactions may both change
+ * are locked in id order (`ORDER BY id FOR UPDATE`), so concurrent batches over the same items
+ * queue instead of deadlocking. Schema: versioned migrations in `pg-migrations.ts`, applied at open.
  */
 import pg from 'pg';
 import { createHash } from 'node:crypto';
