@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FencedError } from '../../server/store/async-store.ts';
 import type { AsyncStore, Chunk, Lease, NewJob, NewResult } from '../../server/store/async-store.ts';
 import pg from 'pg';
+import { LeaseKeeper } from '../../server/store/lease-keeper.ts';
 import { PgStore } from '../../server/store/pg-store.ts';
 import { SqliteAsyncStore } from '../../server/store/sqlite-async-store.ts';
 import { SqliteStore } from '../../server/store/sqlite.ts';
@@ -145,6 +146,19 @@ function idsOf(chunks: readonly Chunk[]): number[] {
     }
   }
   return [...seen].sort((a, b) => a - b);
+}
+
+/** `p`, or a rejection after `ms` (a timer that keeps the process alive while the keeper's do not). */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
@@ -704,6 +718,41 @@ function conformance(target: Target): void {
       const back = await sa.registerHub('a', { url: 'http://a', ttlMs: 60_000 });
       assert.ok(back.epoch > la.epoch);
       assert.deepEqual(await sa.claimChunks(back, { maxChunks: 5 }), []);
+    });
+
+    test('lease keeper: renews past several TTLs; once stopped, its lease lapses and another hub reaps it', async () => {
+      const [sa, sb] = await clients(2, { chunkItems: 10 });
+      const ids = await sealedJob(sa, 'j', 20);
+      const a = await LeaseKeeper.start(sa, 'a', { url: 'http://a', ttlMs: 600 });
+      await sa.claimChunks(a.lease, { maxChunks: 1 });
+      await sleep(1500); // 2.5 TTLs: only renewals keep it
+      assert.ok(a.held());
+      assert.deepEqual(
+        (await sa.recordResults(a.lease, [result(ids[0], 'j')])).accepted,
+        [ids[0]],
+        'commits pass the fence',
+      );
+      if (!sa.severalHubs) {
+        a.stop();
+        return;
+      }
+      const b = await LeaseKeeper.start(sb, 'b', { url: 'http://b', ttlMs: 10_000, reapEveryMs: 50 });
+      const reaped = new Promise((resolve) => b.once('reaped', resolve));
+      a.stop();
+      assert.deepEqual(await within(reaped, 10_000, 'reap'), [
+        { hubId: 'a', epoch: a.lease.epoch, chunks: 1 },
+      ]);
+      assert.equal(a.held(), false);
+      b.stop();
+    });
+
+    test('lease keeper: a hub registered again elsewhere under the same id is told it is fenced', async () => {
+      const [sa, sb] = await clients(2);
+      const a = await LeaseKeeper.start(sa, 'a', { url: 'http://a', ttlMs: 300 });
+      const fenced = new Promise<unknown>((resolve) => a.once('fenced', resolve));
+      await sb.registerHub('a', { url: 'http://a2', ttlMs: 60_000 });
+      assert.ok((await within(fenced, 10_000, 'fenced')) instanceof FencedError);
+      assert.equal(a.held(), false);
     });
 
     test('a reap waits for a commit that passed its fence: that commit is kept, the next is refused', async (t) => {
