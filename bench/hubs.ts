@@ -71,6 +71,8 @@ interface Row {
   lockWaitingMean: number | string;
   lockWaitingMax: number | string;
   ungrantedMax: number | string;
+  /** Lock-wait samples by wait event (e.g. `extend`: growing a table; `tuple`/`transactionid`: rows). */
+  lockEvents: string;
 }
 
 async function prepare(store: AsyncStore, jobId: string, items: number): Promise<void> {
@@ -128,23 +130,40 @@ function startChild(task: ChildTask): Promise<{ child: ChildProcess; done: Promi
   });
 }
 
-/** Samples lock waits on the server until stopped. */
-function sampleLocks(url: string): {
-  stop: () => Promise<{ mean: number; max: number; ungrantedMax: number }>;
-} {
+/** Lock waits seen by the sampler. */
+interface LockFigures {
+  /** Backends waiting on a lock, mean over samples. */
+  mean: number;
+  max: number;
+  ungrantedMax: number;
+  /** Samples of a backend waiting, by what it waited for (`pg_stat_activity.wait_event`). */
+  byEvent: Record<string, number>;
+}
+
+/** Samples lock waits on the server every 50 ms until stopped. */
+function sampleLocks(url: string): { stop: () => Promise<LockFigures> } {
   const client = new pg.Client({ connectionString: url });
   let running = true;
   const waiting: number[] = [];
+  const byEvent: Record<string, number> = {};
   let ungrantedMax = 0;
   const loop = (async () => {
     await client.connect();
     while (running) {
-      const r = await client.query<{ waiting: number; ungranted: number }>(
-        `SELECT (SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock')::int AS waiting,
-                (SELECT count(*) FROM pg_locks WHERE NOT granted)::int AS ungranted`,
+      const r = await client.query<{ event: string | null; n: number }>(
+        `SELECT wait_event AS event, count(*)::int AS n FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' GROUP BY wait_event
+         UNION ALL SELECT '(ungranted)', count(*)::int FROM pg_locks WHERE NOT granted`,
       );
-      waiting.push(r.rows[0].waiting);
-      ungrantedMax = Math.max(ungrantedMax, r.rows[0].ungranted);
+      let n = 0;
+      for (const row of r.rows) {
+        if (row.event === '(ungranted)') ungrantedMax = Math.max(ungrantedMax, row.n);
+        else {
+          n += row.n;
+          byEvent[row.event ?? '?'] = (byEvent[row.event ?? '?'] ?? 0) + row.n;
+        }
+      }
+      waiting.push(n);
       await new Promise((res) => setTimeout(res, 50));
     }
     await client.end();
@@ -154,7 +173,7 @@ function sampleLocks(url: string): {
       running = false;
       await loop;
       const mean = waiting.reduce((a, b) => a + b, 0) / Math.max(1, waiting.length);
-      return { mean, max: Math.max(0, ...waiting), ungrantedMax };
+      return { mean, max: Math.max(0, ...waiting), ungrantedMax, byEvent };
     },
   };
 }
@@ -207,6 +226,11 @@ async function runCase(
     lockWaitingMean: lockFigures ? Number(lockFigures.mean.toFixed(2)) : '-',
     lockWaitingMax: lockFigures ? lockFigures.max : '-',
     ungrantedMax: lockFigures ? lockFigures.ungrantedMax : '-',
+    lockEvents: lockFigures
+      ? Object.entries(lockFigures.byEvent)
+          .map(([e, n]) => `${e}:${n}`)
+          .join(' ') || 'none'
+      : '-',
   };
 }
 
