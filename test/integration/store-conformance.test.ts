@@ -612,32 +612,47 @@ function conformance(target: Target): void {
       );
     });
 
-    test('race: appending items while another client claims; every item lands in exactly one claimed chunk', async () => {
-      const [appender, claimer] = await clients(2, { chunkItems: 16 });
-      await appender.createJob(newJob('stream'));
+    test('race: two clients append while a third claims; ids stay consecutive per append, every item claimed once', async () => {
+      const [a1, a2, claimer] = await clients(3, { chunkItems: 16 });
+      await a1.createJob(newJob('stream'));
+      await a1.createJob(newJob('other'));
       const lease = await claimer.registerHub('c', { url: 'http://c', ttlMs: 60_000 });
-      const appended: number[] = [];
+      const appends: number[][] = [];
       let done = false;
-      const appending = (async () => {
-        for (let i = 0; i < 30; i++)
-          appended.push(...(await appender.appendItems('stream', items(37, `b${i}`))));
+      // Two writers on one job, and one of them on a second job between, all at once.
+      const appending = Promise.all(
+        [a1, a2].map(async (s, w) => {
+          for (let i = 0; i < 15; i++) {
+            appends.push(await s.appendItems('stream', items(37, `w${w}b${i}`)));
+            if (w === 1) await s.appendItems('other', items(5));
+          }
+        }),
+      ).then(() => {
         done = true;
-      })();
+      });
       const claimed: Chunk[] = [];
       for (;;) {
         const finished = done;
         const got = await claimer.claimChunks(lease, { maxChunks: 3, states: ['open'] });
-        claimed.push(...got);
+        claimed.push(...got.filter((c) => c.jobId === 'stream'));
         if (finished && got.length === 0) break;
         if (got.length === 0) await sleep(1);
       }
       await appending;
+      for (const ids of appends)
+        ids.forEach((id, k) => assert.equal(id, ids[0] + k, 'one append, consecutive ids'));
+      const byId = (await claimer.listItems('stream', { offset: 0, limit: 10_000 })).map((it) => it.id);
+      assert.deepEqual(
+        byId,
+        [...byId].sort((x, y) => x - y),
+        'ids rise with seq',
+      );
       assert.deepEqual(
         idsOf(claimed),
-        appended.sort((x, y) => x - y),
+        appends.flat().sort((x, y) => x - y),
       );
       process.stdout.write(
-        `# ${target.name} race append/claim: ${appended.length} items, ${claimed.length} chunks\n`,
+        `# ${target.name} race append/claim: ${byId.length} items by 2 writers, ${claimed.length} chunks claimed\n`,
       );
     });
 
