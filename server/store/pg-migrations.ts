@@ -8,6 +8,8 @@
  * - Item ids are reserved a block per append by `shardhub_reserve_item_ids(n)` (a sequence moved
  *   under a short advisory lock, not a row lock held to commit): an append's items get consecutive
  *   ids, which is what chunks and the hub's id runs are made of, while other jobs append at once.
+ * - Blobs (inputs, outputs, model bytes) are stored out of line uncompressed (`STORAGE EXTERNAL`):
+ *   tensors barely compress, and reading a length or a page of results then touches no blob.
  * - Inputs in `item_inputs`, not `items`: a `pending → done` flip then writes a small row version,
  *   never a copy of the input (PostgreSQL updates are new row versions).
  * - `results.item_id` is the primary key: exactly-once is the schema's as well as the gate's.
@@ -174,6 +176,13 @@ export const PG_MIGRATIONS: readonly string[] = [
   CREATE INDEX chunks_free ON chunks (job_id, first_id) WHERE hub_id IS NULL;
   CREATE INDEX chunks_hub ON chunks (hub_id) WHERE hub_id IS NOT NULL;
   CREATE INDEX chunks_job ON chunks (job_id, last_id);
+
+  -- Tensors and models barely compress; pglz would spend CPU trying on every write.
+  ALTER TABLE item_inputs ALTER COLUMN inputs SET STORAGE EXTERNAL;
+  ALTER TABLE results ALTER COLUMN outputs SET STORAGE EXTERNAL;
+  ALTER TABLE canaries ALTER COLUMN outputs SET STORAGE EXTERNAL;
+  ALTER TABLE replicas ALTER COLUMN outputs SET STORAGE EXTERNAL;
+  ALTER TABLE models ALTER COLUMN bytes SET STORAGE EXTERNAL;
   `,
 ];
 

@@ -57,6 +57,8 @@ const COUNTER_SLOTS = 16;
 const RESULT_PAGE = 256;
 /** Input bytes per statement in `appendItems`: a bytea[] parameter travels as hex text. */
 const APPEND_BYTES = 8 * 1024 * 1024;
+/** Rows per statement of results or inputs (a statement takes at most 65,535 parameters). */
+const MAX_ROWS = 4096;
 /** Advisory lock key under which hubs starting together migrate once. */
 const MIGRATE_LOCK = 7212020;
 
@@ -89,6 +91,23 @@ const FENCE_CTE = `fence AS (
 )`;
 const FENCE_OK = '(SELECT count(*) FROM fence)::int AS ok';
 const MS = (col: string) => `(extract(epoch FROM ${col}) * 1000)::float8`;
+
+/** The statement size for `n` rows: a power of two, at least 8, so few statements are prepared. */
+function padded(n: number): number {
+  return Math.max(8, 2 ** Math.ceil(Math.log2(n)));
+}
+
+/** `ARRAY[$from::bytea, ..., $(from + n - 1)::bytea]`: one binary parameter per element. */
+const byteaArrays = new Map<string, string>();
+function byteaArray(from: number, n: number): string {
+  const key = `${from}:${n}`;
+  let sql = byteaArrays.get(key);
+  if (!sql) {
+    sql = `ARRAY[${Array.from({ length: n }, (_, i) => `$${from + i}::bytea`).join(', ')}]`;
+    byteaArrays.set(key, sql);
+  }
+  return sql;
+}
 
 function pgCode(err: unknown): string | undefined {
   return (err as { code?: string }).code;
@@ -189,11 +208,17 @@ export class PgStore implements AsyncStore {
    * \`EXISTS (SELECT 1 FROM fence)\`, and its final SELECT must include \`FENCE_OK\`: a lapsed lease
    * then changes nothing and throws \`FencedError\`.
    */
-  private async fenced<T>(lease: Lease, what: string, body: string, params: unknown[]): Promise<T> {
-    // Named after the operation: prepared once per connection, so a long statement is not parsed
-    // and analysed again on every call.
+  private async fenced<T>(
+    lease: Lease,
+    what: string,
+    body: string,
+    params: unknown[],
+    name = what,
+  ): Promise<T> {
+    // Named: prepared once per connection, so a long statement is not parsed and analysed again on
+    // every call.
     const r = await this.pool.query<T & { ok: number }>({
-      name: `fenced ${what}`,
+      name: `fenced ${name}`,
       text: `WITH ${FENCE_CTE}, ${body}`,
       values: [lease.hubId, lease.epoch, ...params],
     });
@@ -261,19 +286,28 @@ export class PgStore implements AsyncStore {
          FROM unnest($4::text[]) WITH ORDINALITY AS t (name, o)`,
         [first, jobId, count, items.map((it) => it.name)],
       );
+      // Inputs as separate binary parameters (see `gate`), a few MiB and at most MAX_ROWS a statement.
       for (let i = 0; i < n;) {
-        const blobs: Uint8Array[] = [];
+        const blobs: (Uint8Array | null)[] = [];
         let bytes = 0;
         const from = i;
-        while (i < n && (blobs.length === 0 || bytes + items[i].inputs.byteLength <= APPEND_BYTES)) {
+        while (
+          i < n &&
+          blobs.length < MAX_ROWS &&
+          (blobs.length === 0 || bytes + items[i].inputs.byteLength <= APPEND_BYTES)
+        ) {
           bytes += items[i].inputs.byteLength;
           blobs.push(items[i++].inputs);
         }
-        await c.query(
-          `INSERT INTO item_inputs (item_id, inputs)
-           SELECT $1::bigint + o - 1, b FROM unnest($2::bytea[]) WITH ORDINALITY AS t (b, o)`,
-          [first + from, blobs],
-        );
+        const size = padded(blobs.length);
+        while (blobs.length < size) blobs.push(null);
+        await c.query({
+          name: `append inputs ${size}`,
+          text: `INSERT INTO item_inputs (item_id, inputs)
+                 SELECT $1::bigint + o - 1, b FROM unnest(${byteaArray(2, size)}) WITH ORDINALITY AS t (b, o)
+                 WHERE b IS NOT NULL`,
+          values: [first + from, ...blobs],
+        });
       }
       await c.query('UPDATE jobs SET item_count = item_count + $1 WHERE id = $2', [n, jobId]);
       await this.cutChunks(c, jobId, first, first + n - 1);
@@ -423,17 +457,43 @@ export class PgStore implements AsyncStore {
     );
   }
 
+  /**
+   * Stores at most `MAX_ROWS` rows per statement (each statement its own transaction): a larger
+   * batch commits a slice at a time. Exactly-once holds either way — it is per item.
+   */
   async recordResults(lease: Lease, rows: NewResult[]): Promise<{ accepted: number[]; dropped: number[] }> {
     if (rows.length === 0) return { accepted: [], dropped: [] };
-    // The gate, one statement: lock the batch's pending items in id order and flip them (a row
-    // another transaction flipped first no longer matches once its lock is granted); only flipped
-    // items insert a result (the first row of each), and the counts follow from what was inserted.
+    const flipped = new Set<number>();
+    for (let i = 0; i < rows.length; i += MAX_ROWS) {
+      for (const id of await this.gate(lease, rows.slice(i, i + MAX_ROWS))) flipped.add(id);
+    }
+    const accepted: number[] = [];
+    const dropped: number[] = [];
+    for (const x of rows) {
+      if (flipped.delete(x.itemId)) accepted.push(x.itemId);
+      else dropped.push(x.itemId);
+    }
+    return { accepted, dropped };
+  }
+
+  /**
+   * The gate, one statement: lock the rows' pending items in id order and flip them (a row
+   * another transaction flipped first no longer matches once its lock is granted); only flipped
+   * items insert a result (the first row of each), and the counts follow from what was inserted.
+   * Outputs go as separate binary parameters (a bytea[] parameter travels as hex text, which the
+   * hub spends CPU writing and Postgres reading), padded with NULLs to a power of two so a few
+   * prepared statements serve every batch size. Returns the ids whose result was stored.
+   */
+  private async gate(lease: Lease, rows: NewResult[]): Promise<number[]> {
+    const n = padded(rows.length);
+    const outputs: (Uint8Array | null)[] = rows.map((x) => x.outputs);
+    while (outputs.length < n) outputs.push(null);
     const r = await this.fenced<{ accepted: number[] }>(
       lease,
       'results',
       `r AS (
-         SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::bytea[], $9::bigint[])
-           WITH ORDINALITY AS r (item_id, job_id, worker_id, model_sha256, ms, outputs, at, ord)
+         SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::bigint[],
+           ${byteaArray(10, n)}) WITH ORDINALITY AS r (item_id, job_id, worker_id, model_sha256, ms, at, outputs, ord)
        ),
        locked AS (
          SELECT i.id FROM items i JOIN (SELECT DISTINCT item_id, job_id FROM r) k ON k.item_id = i.id AND k.job_id = i.job_id
@@ -453,7 +513,7 @@ export class PgStore implements AsyncStore {
        ),
        counted AS (
          INSERT INTO job_counters (job_id, slot, done_count)
-         SELECT job_id, $10::int, count(*) FROM ins GROUP BY job_id ORDER BY job_id
+         SELECT job_id, $9::int, count(*) FROM ins GROUP BY job_id ORDER BY job_id
          ON CONFLICT (job_id, slot) DO UPDATE SET done_count = job_counters.done_count + excluded.done_count
        )
        SELECT ${FENCE_OK}, coalesce((SELECT array_agg(item_id::float8) FROM ins), '{}') AS accepted`,
@@ -463,19 +523,13 @@ export class PgStore implements AsyncStore {
         rows.map((x) => x.workerId),
         rows.map((x) => x.modelSha256),
         rows.map((x) => x.ms),
-        rows.map((x) => x.outputs),
         rows.map((x) => x.at),
         lease.epoch % COUNTER_SLOTS,
+        ...outputs,
       ],
+      `results ${n}`,
     );
-    const flipped = new Set(r.accepted);
-    const accepted: number[] = [];
-    const dropped: number[] = [];
-    for (const x of rows) {
-      if (flipped.delete(x.itemId)) accepted.push(x.itemId);
-      else dropped.push(x.itemId);
-    }
-    return { accepted, dropped };
+    return r.accepted;
   }
 
   /** Adds to jobs' done or failed counts, in the lease's counter slot, in job order. */

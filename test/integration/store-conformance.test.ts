@@ -302,6 +302,19 @@ function conformance(target: Target): void {
       await s.recordAssignments(lease, [{ itemId: ids[2], workerId: 'w1', shardId: 's1', at: 1 }]);
     });
 
+    test('results: a batch larger than one statement is stored whole, a repeat across its slices dropped', async () => {
+      const s = await one();
+      const lease = await s.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const ids = await sealedJob(s, 'big', 4200);
+      const rows = [...ids.map((id) => result(id, 'big')), result(ids[0], 'big', 'again')];
+      const { accepted, dropped } = await s.recordResults(lease, rows);
+      assert.deepEqual(accepted, ids);
+      assert.deepEqual(dropped, [ids[0]]);
+      assert.equal((await s.getJob('big'))!.doneCount, 4200);
+      assert.equal((await s.getResult(ids[0]))!.workerId, 'w1');
+      assert.deepEqual([...(await s.getResult(ids[4199]))!.outputs], [ids[4199] & 0xff, 2]);
+    });
+
     test('failures: each counts an attempt; a final one fails a pending item; unknown items are ignored', async () => {
       const s = await one();
       const lease = await s.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
