@@ -166,7 +166,8 @@ export interface AsyncStore {
   ): Promise<void>;
   /**
    * The exactly-once gate: stores results for items still pending (first row per item wins) and
-   * flips them to done, in one transaction; drops the rest. Fenced.
+   * flips them to done, in one transaction (on PostgreSQL, one per 4,096 rows); drops the rest.
+   * Fenced.
    */
   recordResults(lease: Lease, rows: NewResult[]): Promise<{ accepted: number[]; dropped: number[] }>;
   /** Counts attempts; a final one marks a pending item failed. Rows naming no item of that job are ignored. Fenced. */
