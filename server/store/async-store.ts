@@ -208,8 +208,11 @@ export interface AsyncStore {
   allTrust(): Promise<TrustRecord[]>;
   /** A quarantine is a trust record with `quarantined` set: every hub reads the same one. */
   putTrust(t: TrustRecord): Promise<void>;
-  /** Takes back a worker's unconfirmed results (item pending again, count lowered); per job. */
-  revertUnverified(workerId: string): Promise<Map<string, number[]>>;
+  /**
+   * Takes back a worker's unconfirmed results (item pending again, count lowered); per job. Fenced:
+   * it reopens items, so a hub that lost its lease must not.
+   */
+  revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>>;
 
   /**
    * Registers (or re-registers) a hub: a new epoch, a fresh lease of `ttlMs`. Chunks its earlier

@@ -799,8 +799,9 @@ export class PgStore implements AsyncStore {
     );
   }
 
-  async revertUnverified(workerId: string): Promise<Map<string, number[]>> {
+  async revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>> {
     return this.tx(async (c) => {
+      await this.fence(c, lease, 'reverting results');
       const reopened = await c.query<{ id: number; job_id: string }>(
         `WITH gone AS (
            DELETE FROM results r USING jobs j

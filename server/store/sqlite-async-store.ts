@@ -703,8 +703,9 @@ export class SqliteAsyncStore implements AsyncStore {
     ).run(t.workerId, t.validated, t.streak, t.strikes, t.quarantined ? 1 : 0, t.reason, t.at);
   }
 
-  async revertUnverified(workerId: string): Promise<Map<string, number[]>> {
+  async revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>> {
     return this.write(() => {
+      this.fence(lease, 'reverting results');
       const rows = this.st(
         `SELECT r.item_id AS itemId, r.job_id AS jobId FROM results r
            JOIN jobs j ON j.id = r.job_id LEFT JOIN verified v ON v.item_id = r.item_id

@@ -470,7 +470,10 @@ function conformance(target: Target): void {
         at: 5,
       });
       assert.equal((await b.allTrust()).length, 1);
-      const reverted = await b.revertUnverified('liar');
+      const stale = await b.registerHub('other', { url: 'http://o', ttlMs: 60_000 });
+      await b.registerHub('other', { url: 'http://o', ttlMs: 60_000 }); // replaces `stale`
+      await assert.rejects(b.revertUnverified(stale, 'liar'), FencedError);
+      const reverted = await b.revertUnverified(lease, 'liar');
       assert.deepEqual([...reverted], [['j', [ids[1]]]]);
       assert.equal((await a.getItem(ids[1]))!.state, 'pending');
       assert.equal(await a.getResult(ids[1]), undefined);
