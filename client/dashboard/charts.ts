@@ -224,7 +224,11 @@ export function timelineOptions(workers: string[], spanS: number): ChartOptions 
       {
         label: 't',
         value: (u, v, _s, idx) =>
-          idx === null ? `${u.data[0].length} events` : v === null ? '–' : `${v.toFixed(2)} s`,
+          idx === null
+            ? `${u.data[0].length} event${u.data[0].length === 1 ? '' : 's'}`
+            : v === null
+              ? '–'
+              : `${v.toFixed(2)} s`,
       },
       ...EVENT_TYPES.map((e) => ({
         label: e.label,

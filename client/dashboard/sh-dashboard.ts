@@ -259,6 +259,7 @@ export class ShDashboard extends LitElement {
         const jobId = r.jobId ?? this.defaultJob(jobs)?.id;
         return html`<sh-fairness-view
           .jobs=${jobs}
+          .workers=${op.workers}
           .job=${jobId ? op.jobs.get(jobId) : undefined}
           .report=${jobId && op.fairness?.jobId === jobId ? op.fairness : null}
         ></sh-fairness-view>`;
