@@ -32,6 +32,7 @@ export interface Status {
     | 'benchmarking'
     | 'verifying'
     | 'working'
+    | 'between'
     | 'waiting'
     | 'stopped';
   text: string;
@@ -91,8 +92,8 @@ export function statusOf(
   }
   if (queued > 0)
     return {
-      key: 'waiting',
-      text: `Waiting for work: ${queued.toLocaleString('en-US')} items are queued, none handed to this device yet`,
+      key: 'between',
+      text: `Ready: ${queued.toLocaleString('en-US')} items are queued on the hub; the next ones are on their way`,
     };
   return { key: 'waiting', text: 'Waiting for work' };
 }

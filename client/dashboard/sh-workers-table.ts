@@ -152,6 +152,14 @@ export class ShWorkersTable extends LitElement {
         gap: 0.3rem;
         justify-content: flex-end;
       }
+      .note {
+        margin: 0;
+        padding: 0.45rem 0.75rem;
+        border-radius: 0.35rem;
+        background: #fff7ed;
+        border: 1px solid #fed7aa;
+        color: #7c2d12;
+      }
       .empty {
         padding: 2rem;
         text-align: center;
@@ -223,6 +231,7 @@ export class ShWorkersTable extends LitElement {
           >${count(rows.length)} of ${count(this.workers.length)} workers</span
         >
       </div>
+      ${this.probationNote()}
       <div class="table" role="table" aria-label="workers" aria-rowcount=${rows.length + 1}>
         <div class="row head" role="row">
           ${COLUMNS.map((c) => this.headCell(c))}
@@ -359,6 +368,18 @@ export class ShWorkersTable extends LitElement {
         }
       </div>
     </div>`;
+  }
+
+  /** Why new workers hold few items, once, above the table, while any is on probation. */
+  private probationNote() {
+    const on = this.workers.filter((w) => w.probation && w.state !== 'offline');
+    const p = on[0]?.probation;
+    if (!p) return nothing;
+    return html`<p class="note" data-test="probation-note">
+      <strong>${count(on.length)}</strong> worker${on.length === 1 ? ' is' : 's are'} on probation: until
+      checks confirm ${p.needed} of its results, a new worker holds at most two items per session, and each of
+      its results waits for another worker’s second opinion. That is why a new worker holds few items.
+    </p>`;
   }
 
   /** A probation line under the state: how far from proven, and why it holds few items. */

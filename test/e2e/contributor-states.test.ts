@@ -150,6 +150,10 @@ describe('contributor page states', () => {
       100,
     );
     assert.equal(requests.get(model.sha256), 2, 'one cut-off download and its retry, for both tabs');
+    // The hub says how long the model is (the page's progress bar needs it).
+    const res = await fetch(`${hub.url}/api/models/${model.sha256}`);
+    assert.equal(res.headers.get('content-length'), String(model.bytes));
+    await res.arrayBuffer();
     for (const tab of tabs) {
       const s = await seen(tab);
       assert.ok(!s.includes('stopped'), `tab never stopped: ${s.join(' → ')}`);
@@ -202,7 +206,8 @@ describe('contributor page states', () => {
           'the page to leave the failed download',
           async () => {
             const s = await seen(tab);
-            return s.lastIndexOf('waiting') > s.indexOf('downloading') ? s : undefined;
+            const after = s.slice(s.indexOf('downloading'));
+            return after.some((k) => ['waiting', 'between', 'verifying'].includes(k)) ? s : undefined;
           },
           10_000,
         );

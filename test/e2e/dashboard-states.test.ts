@@ -188,6 +188,11 @@ describe('dashboard states', () => {
     const probation = flakyRow.locator('[data-col=probation]');
     assert.match(await probation.innerText(), /probation 0\/10/);
     assert.match((await probation.getAttribute('title')) ?? '', /holds at most 2 items/);
+    // And once above the table, in words.
+    assert.match(
+      await page.locator('[data-test=probation-note]').innerText(),
+      /3 workers are on probation: until checks confirm 10 of its results, a new worker holds at most two items/,
+    );
     const api = await rest.data('GET', '/api/workers');
     const view = api.workers.find((w: { id: string }) => w.id === 'flaky-gpu-1');
     assert.deepEqual(view.probation, { confirmed: 0, needed: 10, awaitingCheck: 0, maxItems: 2 });
