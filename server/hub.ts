@@ -1104,13 +1104,23 @@ export class Hub extends EventEmitter<HubEvents> {
 
   // ---------------------------------------------------------------- views for the pages (issue 19)
 
-  /** Credits each stored result to the worker whose result it is (see `acceptedBy`). */
+  /**
+   * Credits each stored result of a browser worker to it (see `acceptedBy`; native nodes have no
+   * page to show it). `m.accepted` lists the accepted rows' items in row order, so one pass over the
+   * rows finds them, with no set per message.
+   */
   private countAccepted(group: JudgedResults[]): void {
     for (const m of group) {
       if (m.accepted.length === 0) continue;
-      const accepted = new Set(m.accepted);
+      const senderIsBrowser = this.workers.get(m.workerId)?.kind === 'browser';
+      let k = 0;
       for (const r of m.rows) {
-        if (!accepted.has(r.itemId)) continue;
+        if (r.itemId !== m.accepted[k]) continue;
+        k++;
+        // A quorum's accepted result may be another worker's than the sender's.
+        const browser =
+          r.workerId === m.workerId ? senderIsBrowser : this.workers.get(r.workerId)?.kind === 'browser';
+        if (!browser) continue;
         let byWorker = this.acceptedBy.get(r.jobId);
         if (!byWorker) this.acceptedBy.set(r.jobId, (byWorker = new Map()));
         byWorker.set(r.workerId, (byWorker.get(r.workerId) ?? 0) + 1);
