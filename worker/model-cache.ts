@@ -54,6 +54,8 @@ export interface FetchModelOptions {
   signal?: AbortSignal;
   /** Called as bytes arrive (and once with the full size on a cache hit). `total` may be 0 if unknown. */
   onProgress?(loaded: number, total: number): void;
+  /** Called when another user of the store (another tab) is fetching the model and this one waits. */
+  onWait?(): void;
   /** Extra request headers (e.g. authorization), never logged. */
   headers?: Record<string, string>;
   /**
@@ -99,7 +101,9 @@ export async function fetchModel(
   const expected = model.sha256.toLowerCase();
   const load = () => cachedOrFetched(hubUrl, model, expected, store, opts);
   if (!store.exclusive) return load();
-  return store.exclusive(expected, load, () => opts.onProgress?.(0, model.bytes));
+  return store.exclusive(expected, load, () =>
+    opts.onWait ? opts.onWait() : opts.onProgress?.(0, model.bytes),
+  );
 }
 
 async function cachedOrFetched(

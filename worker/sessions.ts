@@ -15,6 +15,8 @@ export interface DownloadProgress {
   total: number;
   /** Why it failed, when it did (the next item of the model tries again). */
   error?: string;
+  /** Another tab of this browser is downloading it; this one waits for its copy. */
+  waiting?: boolean;
 }
 
 /** A runner's use of a session: `release()` once the run (or benchmark) is over. */
@@ -132,6 +134,14 @@ export class ModelSessions {
       headers: this.opts.headers,
       onProgress: (loaded, total) =>
         this.opts.onProgress?.({ model: model.name, sha256: model.sha256, loaded, total }),
+      onWait: () =>
+        this.opts.onProgress?.({
+          model: model.name,
+          sha256: model.sha256,
+          loaded: 0,
+          total: model.bytes,
+          waiting: true,
+        }),
     });
     this.downloads.set(model.sha256, promise);
     promise.catch((err: unknown) => {

@@ -68,6 +68,8 @@ export function statusOf(
     return { key: 'paused', text: `Paused${why}` };
   }
   const d = stats.download;
+  if (d && !d.error && d.waiting)
+    return { key: 'downloading', text: `Waiting for another tab’s download of model ${d.model}` };
   if (d && !d.error && d.loaded < d.total)
     return {
       key: 'downloading',

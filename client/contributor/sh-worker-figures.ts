@@ -59,10 +59,12 @@ export class ShWorkerFigures extends LitElement {
                     ? html`<span class="error" data-field="download-error"
                         >download failed: ${d.error}; it is tried again with the next work</span
                       >`
-                    : d.total > 0 && d.loaded < d.total
-                      ? html`<progress max=${d.total} .value=${d.loaded}></progress>
-                          ${Math.floor((100 * d.loaded) / d.total)}% of ${mib(d.total)}`
-                      : html`<span class="muted">ready (${mib(d.loaded)})</span>`
+                    : d.waiting
+                      ? html`<span class="muted">another tab of this browser is downloading it</span>`
+                      : d.total > 0 && d.loaded < d.total
+                        ? html`<progress max=${d.total} .value=${d.loaded}></progress>
+                            ${Math.floor((100 * d.loaded) / d.total)}% of ${mib(d.total)}`
+                        : html`<span class="muted">ready (${mib(d.loaded)})</span>`
                 }`
               : html`<span class="muted">none yet</span>`
           }

@@ -52,7 +52,8 @@ async function openTab(context: BrowserContext, hubUrl: string, name: string): P
   await page.evaluate(`(() => {
     window.seenStatus = [];
     setInterval(() => {
-      const k = window.shardhub && window.shardhub.status().key;
+      const st = window.shardhub && window.shardhub.status();
+      const k = st && (st.text.startsWith('Waiting for another tab') ? 'waiting-for-tab' : st.key);
       if (k && window.seenStatus[window.seenStatus.length - 1] !== k) window.seenStatus.push(k);
     }, 20);
   })()`);
@@ -165,6 +166,7 @@ describe('contributor page states', () => {
     const all = [...(await seen(tabs[0] as Tab)), ...(await seen(tabs[1] as Tab))];
     assert.ok(all.includes('benchmarking'), `a tab showed "benchmarking": ${all.join(' ')}`);
     assert.ok(all.includes('verifying'), `a tab showed "being verified": ${all.join(' ')}`);
+    assert.ok(all.includes('waiting-for-tab'), `a tab waited for the other's download: ${all.join(' ')}`);
     // Shares in accepted results: "k of 600 items accepted", k never above 600.
     assert.ok(shares.length > 0, 'a share was shown while the job ran');
     for (const s of shares) {
