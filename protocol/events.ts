@@ -228,11 +228,20 @@ export interface WorkerFigures {
     items: number;
     /** Items of the job done by anyone. */
     done: number;
-    /** Runs of the job's items done by this worker. */
+    /** The job's items whose accepted result is this worker's (never more than `items`). */
     doneHere: number;
     /** This worker's weight over the weights of the job's workers (its fair share), 0..1. */
     weightShare?: number;
+    /** Items of the job not yet handed to any worker. */
+    queued?: number;
   }[];
+  /** Probation: this worker's results wait for a second opinion; absent once it is proven. */
+  probation?: {
+    confirmed: number;
+    needed: number;
+    awaitingCheck: number;
+    maxItems: number;
+  };
 }
 
 /** Events the hub sends to a worker. */

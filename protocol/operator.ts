@@ -68,6 +68,22 @@ export interface WorkerView {
   observed: number | null;
   fairShare: number | null;
   share: number | null;
+  /**
+   * Probation (a worker no check has proven yet holds only a few fresh items, and its results wait
+   * for a second opinion); null once proven. Absent from hubs that do not report it.
+   */
+  probation?: ProbationView | null;
+}
+
+/** Why a worker on probation holds few items, for operators and the contributor page. */
+export interface ProbationView {
+  /** Results confirmed by checks in a row, and how many make it proven. */
+  confirmed: number;
+  needed: number;
+  /** Its results waiting for a second opinion. */
+  awaitingCheck: number;
+  /** Fresh items it may hold at once (pending checks count against this). */
+  maxItems: number;
 }
 
 /** A job's state. */
@@ -121,6 +137,8 @@ export interface OperatorServerEvents {
   'jobs:updated': (jobs: JobView[], at: number) => void;
   /** Workers that changed since the last push; `at` is the hub's clock (epoch ms). */
   'workers:updated': (workers: WorkerView[], at: number) => void;
+  /** Workers the hub no longer lists (an operator removed them while offline). */
+  'workers:removed': (workerIds: string[]) => void;
   /** The watched job's fairness report (live while it runs, final after). */
   'job:fairness': (report: FairnessReport) => void;
 }

@@ -5,7 +5,7 @@
  */
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, statSync } from 'node:fs';
 import { z } from 'zod';
 import { LIMITS } from '../protocol/limits.ts';
 import { PackError, packTensors, unpackItems, unpackTensors } from '../protocol/pack.ts';
@@ -118,6 +118,8 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     const path = /^[0-9a-f]{64}$/.test(sha) ? hub.models.filePath(sha) : undefined;
     if (!path) throw new HubError('unknown_model', 'no model with that sha256', 404);
     res.setHeader('Content-Type', 'application/octet-stream');
+    // A known length lets the contributor page show the download's progress.
+    res.setHeader('Content-Length', String(statSync(path).size));
     res.setHeader('Cache-Control', 'public, max-age=31536000, immutable');
     res.setHeader('Cross-Origin-Resource-Policy', 'same-origin');
     createReadStream(path).pipe(res);
@@ -344,7 +346,25 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
         (q.online === undefined || (w.state !== 'offline') === (q.online === 'true')),
     );
     const figures = WorkerFigures.of(hub);
-    res.json({ data: { workers: live.map((w) => workerJson(w, figures)) } });
+    res.json({
+      data: { workers: live.map((w) => ({ ...workerJson(w, figures), probation: hub.probationOf(w.id) })) },
+    });
+  });
+
+  // Removes an offline worker from the hub's list (the dashboard's Remove). Its history stays in
+  // the store; if it connects again, it is listed again.
+  r.delete('/workers/:id', (req, res) => {
+    const id = param(req, 'id');
+    const w = hub.workers.get(id);
+    if (!w) throw new HubError('unknown_worker', 'no such worker', 404);
+    if (w.state !== 'offline')
+      throw new HubError(
+        'worker_online',
+        `${clean(w.name, 80)} is connected: evict it first, then remove it`,
+        409,
+      );
+    hub.workers.delete(id);
+    res.json({ data: { removed: id } });
   });
 
   r.post('/workers/:id/:action', (req, res) => {

@@ -28,6 +28,7 @@ import { outputProblem } from './check.ts';
 import { FairnessTracker } from './scheduler/fairness.ts';
 import { Scheduler, type Assignment, type SchedulerOptions, type StealPlan } from './scheduler/scheduler.ts';
 import type { FairnessReport } from '../protocol/fairness.ts';
+import type { ProbationView } from '../protocol/operator.ts';
 import type { JobRecord, NewFailure, NewJob, NewResult, Store } from './store/store.ts';
 import { workerFacts, type LiveWorker } from './workers.ts';
 import { IdRuns } from './scheduler/id-runs.ts';
@@ -170,6 +171,13 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly reference = new ReferenceRunner();
   private readonly sealing = new Set<string>();
   private lastFigures = 0;
+  /**
+   * Accepted results per job and worker, counted as they are stored, for the contributor page's
+   * share (`sendFigures`): the fairness tracker counts runs, replicas and wasted copies included.
+   */
+  private readonly acceptedBy = new Map<string, Map<string, number>>();
+  /** What `sendFigures` last sent each browser worker: it sends only what changed. */
+  private readonly figuresSent = new Map<string, string>();
   private pumpQueued = false;
   private lastPumpAll = 0;
   private hungryCursor = 0;
@@ -788,6 +796,7 @@ export class Hub extends EventEmitter<HubEvents> {
 
   /** Frees, refills and answers the messages of a stored commit. */
   private afterCommit(group: JudgedResults[], now: number): void {
+    this.countAccepted(group);
     try {
       for (const kind of ['canary', 'quorum'] as const) {
         const ids = group.flatMap((m) => m.accepted.filter((id) => m.how.get(id) === kind));
@@ -1068,7 +1077,10 @@ export class Hub extends EventEmitter<HubEvents> {
     if ('error' in res || !(res.data.itemsPerSec > 0)) {
       const why = 'error' in res ? clean(res.error.message) : 'non-positive rate';
       this.scheduler.setUnusable(workerId, sha);
-      this.log.warn({ workerId, model: model.name, why }, 'benchmark failed; worker skips this model');
+      this.log.warn(
+        { workerId, model: model.name, why },
+        'benchmark failed; worker skips this model for a while, then is benchmarked again',
+      );
     } else {
       this.scheduler.setBenchmark(workerId, sha, res.data.itemsPerSec);
       const w = this.workers.get(workerId);
@@ -1090,6 +1102,47 @@ export class Hub extends EventEmitter<HubEvents> {
     this.pumpAllSoon();
   }
 
+  // ---------------------------------------------------------------- views for the pages (issue 19)
+
+  /**
+   * Credits each stored result of a browser worker to it (see `acceptedBy`; native nodes have no
+   * page to show it). `m.accepted` lists the accepted rows' items in row order, so one pass over the
+   * rows finds them, with no set per message.
+   */
+  private countAccepted(group: JudgedResults[]): void {
+    for (const m of group) {
+      if (m.accepted.length === 0) continue;
+      const senderIsBrowser = this.workers.get(m.workerId)?.kind === 'browser';
+      let k = 0;
+      for (const r of m.rows) {
+        if (r.itemId !== m.accepted[k]) continue;
+        k++;
+        // A quorum's accepted result may be another worker's than the sender's.
+        const browser =
+          r.workerId === m.workerId ? senderIsBrowser : this.workers.get(r.workerId)?.kind === 'browser';
+        if (!browser) continue;
+        let byWorker = this.acceptedBy.get(r.jobId);
+        if (!byWorker) this.acceptedBy.set(r.jobId, (byWorker = new Map()));
+        byWorker.set(r.workerId, (byWorker.get(r.workerId) ?? 0) + 1);
+      }
+    }
+  }
+
+  /**
+   * A worker's probation, read-only, for the dashboard and the contributor page: how far it is from
+   * proven and why it holds few items (the quota of `freshLimit`). Null once proven or unknown.
+   */
+  probationOf(workerId: string): ProbationView | null {
+    const w = this.workers.get(workerId);
+    if (!w || this.trust.isProven(workerId, w.kind)) return null;
+    return {
+      confirmed: this.trust.record(workerId).streak,
+      needed: this.trust.opts.trustAfter,
+      awaitingCheck: this.verifier.pendingChecks(workerId),
+      maxItems: Math.max(2, 2 * w.concurrency),
+    };
+  }
+
   /**
    * Tells each connected browser worker its part in the jobs it works on (the contributor page shows
    * it). A native node has no use for them: with thousands of nodes, the figures cost thousands of
@@ -1098,29 +1151,47 @@ export class Hub extends EventEmitter<HubEvents> {
    */
   private sendFigures(): void {
     const perWorker = new Map<string, WorkerFigures['jobs']>();
+    for (const id of this.acceptedBy.keys()) if (!this.active.has(id)) this.acceptedBy.delete(id);
+    const browsers = [...this.workers.values()].filter((w) => w.kind === 'browser' && w.state !== 'offline');
     for (const job of this.active.values()) {
       const byWorker = job.fairness.itemsByWorker();
-      const browsers = [...byWorker].filter(([id]) => this.workers.get(id)?.kind === 'browser');
-      if (browsers.length === 0) continue;
+      // Every browser that worked on the job, or could (it is benchmarking or on probation, and the
+      // page says so instead of "waiting for work").
+      const taking = browsers.filter(
+        (w) => byWorker.has(w.id) || this.scheduler.eligible(w.id, job.record.id),
+      );
+      if (taking.length === 0) continue;
       const record = this.store.getJob(job.record.id);
       if (!record) continue;
+      const accepted = this.acceptedBy.get(record.id);
       const weight = (id: string) => this.scheduler.weight(id, job.model.sha256) ?? 0;
       let total = 0;
       for (const id of byWorker.keys()) total += weight(id);
-      for (const [id, n] of browsers) {
-        const list = perWorker.get(id) ?? [];
+      const queued = this.scheduler.queued(record.id);
+      for (const w of taking) {
+        const list = perWorker.get(w.id) ?? [];
         list.push({
           jobId: record.id,
           model: record.modelName,
           items: record.itemCount,
           done: record.doneCount,
-          doneHere: n,
-          ...(total > 0 ? { weightShare: weight(id) / total } : {}),
+          doneHere: Math.min(record.itemCount, accepted?.get(w.id) ?? 0),
+          queued,
+          ...(total > 0 && byWorker.has(w.id) ? { weightShare: weight(w.id) / total } : {}),
         });
-        perWorker.set(id, list);
+        perWorker.set(w.id, list);
       }
     }
-    for (const [id, jobs] of perWorker) this.sockets.get(id)?.emit('worker:figures', { jobs });
+    for (const id of this.figuresSent.keys()) if (!this.sockets.has(id)) this.figuresSent.delete(id);
+    for (const w of browsers) {
+      const probation = this.probationOf(w.id);
+      const figures: WorkerFigures = { jobs: perWorker.get(w.id) ?? [], ...(probation ? { probation } : {}) };
+      const print = JSON.stringify(figures);
+      const socket = this.sockets.get(w.id);
+      if (!socket || this.figuresSent.get(w.id) === print) continue;
+      this.figuresSent.set(w.id, print);
+      socket.emit('worker:figures', figures);
+    }
   }
 
   /** Liveness: a worker silent for offlineAfterMs is offline; its connection is closed. */

@@ -103,13 +103,17 @@ export function attachOperatorNamespace(
     const workerViews: WorkerView[] = [];
     for (const w of hub.workers.values()) {
       if (!everySecond && sent.has(w.id)) continue;
-      const view = workerJson(w, figures);
+      const view: WorkerView = { ...workerJson(w, figures), probation: hub.probationOf(w.id) };
       const print = fingerprint(view);
       if (sent.get(w.id) === print) continue;
       sent.set(w.id, print);
       workerViews.push(view);
     }
     if (workerViews.length) nsp.emit('workers:updated', workerViews, now);
+    // Workers the hub no longer lists (removed by an operator): dashboards drop their rows.
+    const removed = [...sent.keys()].filter((id) => !hub.workers.has(id));
+    for (const id of removed) sent.delete(id);
+    if (removed.length) nsp.emit('workers:removed', removed);
   }, everyMs);
   timer.unref();
   return () => {
@@ -152,6 +156,8 @@ function fingerprint(v: WorkerView): string {
     v.running,
     Math.floor(v.lastSeen / 2000),
     r(v.rate),
+    v.load ? `${r(v.load.cpu)}:${r(v.load.memUsedBytes)}` : '-',
+    v.probation ? `${v.probation.confirmed}:${v.probation.awaitingCheck}` : 'proven',
     ...v.jobs.map((j) => `${j.jobId}:${r(j.benchmark)}:${r(j.weight)}:${r(j.fairShare)}:${r(j.share)}`),
   ].join('|');
 }

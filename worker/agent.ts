@@ -79,6 +79,8 @@ export interface AgentStats {
   /** Results waiting for (or awaiting) the hub's ack. */
   unsent: number;
   download?: DownloadProgress;
+  /** The model being benchmarked now, if any (the hub asks before it sends a model's items). */
+  benchmarking?: string;
   /** The last error worth showing (register refused, model load failed...). */
   lastError?: string;
 }
@@ -162,6 +164,7 @@ export class WorkerAgent {
   private readonly discard = new Set<number>();
   private activeBatches = 0;
   private benchmarking = 0;
+  private benchmarkModel: string | undefined;
   private connected = false;
   private registered = false;
   /** Bumped on every connect and disconnect, so late replies from an old connection are ignored. */
@@ -247,6 +250,7 @@ export class WorkerAgent {
       rate: this.rate(),
       unsent: this.outbox.counts.pending + this.outbox.counts.inFlight,
       download: this.download ? { ...this.download } : undefined,
+      benchmarking: this.benchmarkModel,
       lastError: this.lastError,
     };
   }
@@ -385,6 +389,8 @@ export class WorkerAgent {
   private async benchmarkNow(model: ModelInfo): Promise<BenchmarkReply> {
     if (this.state !== 'running' && this.state !== 'draining') throw new Error(`worker is ${this.state}`);
     this.benchmarking++;
+    this.benchmarkModel = model.name;
+    this.changed();
     const leases: SessionLease[] = [];
     try {
       // Runners finish their current batch and start nothing new until the benchmark is over.
@@ -407,6 +413,8 @@ export class WorkerAgent {
     } finally {
       for (const l of leases) l.release();
       this.benchmarking--;
+      this.benchmarkModel = undefined;
+      this.changed();
       this.wake();
     }
   }
@@ -583,6 +591,8 @@ export class WorkerAgent {
       (data) => reply(ack, { data }),
       (err: unknown) => {
         const message = errorMessage(err);
+        this.lastError = `benchmark of ${req?.model?.name ?? 'a model'} failed: ${message}`;
+        this.changed();
         this.log.warn({ model: req?.model?.name, error: message }, 'benchmark failed');
         reply(ack, { error: { code: classifyError(err, 'run'), message } });
       },

@@ -11,6 +11,12 @@ import type { ModelInfo } from '../protocol/model.ts';
 export interface ModelStore {
   get(sha256: string): Promise<Uint8Array | undefined>;
   put(sha256: string, bytes: Uint8Array): Promise<void>;
+  /**
+   * Optional: runs `fn` while no other user of this store (another tab of the same origin) runs it
+   * for the same model, so one of them downloads and the others then read its copy. `onWait` is
+   * called if another holds it now.
+   */
+  exclusive?<T>(sha256: string, fn: () => Promise<T>, onWait?: () => void): Promise<T>;
 }
 
 /** A store in memory: for browsers without storage, and for tests. */
@@ -48,8 +54,22 @@ export interface FetchModelOptions {
   signal?: AbortSignal;
   /** Called as bytes arrive (and once with the full size on a cache hit). `total` may be 0 if unknown. */
   onProgress?(loaded: number, total: number): void;
+  /** Called when another user of the store (another tab) is fetching the model and this one waits. */
+  onWait?(): void;
   /** Extra request headers (e.g. authorization), never logged. */
   headers?: Record<string, string>;
+  /**
+   * Further tries after a download that failed on the way (network error, cut-off body, HTTP 5xx,
+   * 408 or 429); default 4. A wrong hash or a 404 is not tried again.
+   */
+  retries?: number;
+  /** Wait before the first retry (ms), doubled for each next one; default 500. */
+  retryDelayMs?: number;
+}
+
+/** A download failure worth another try: the network, not the model. */
+class PassingError extends Error {
+  override name = 'PassingError';
 }
 
 /** Lower-case hex sha256 of some bytes. */
@@ -79,6 +99,20 @@ export async function fetchModel(
   opts: FetchModelOptions = {},
 ): Promise<Uint8Array> {
   const expected = model.sha256.toLowerCase();
+  const load = () => cachedOrFetched(hubUrl, model, expected, store, opts);
+  if (!store.exclusive) return load();
+  return store.exclusive(expected, load, () =>
+    opts.onWait ? opts.onWait() : opts.onProgress?.(0, model.bytes),
+  );
+}
+
+async function cachedOrFetched(
+  hubUrl: string,
+  model: Pick<ModelInfo, 'sha256' | 'bytes' | 'url' | 'name'>,
+  expected: string,
+  store: ModelStore,
+  opts: FetchModelOptions,
+): Promise<Uint8Array> {
   const cached = await store.get(expected);
   if (cached) {
     if ((await sha256Hex(cached)) === expected) {
@@ -88,21 +122,76 @@ export async function fetchModel(
     // A corrupt entry is ignored and overwritten by the fetched bytes below.
   }
   const url = modelUrl(hubUrl, model);
-  const res = await fetch(url, { signal: opts.signal, headers: opts.headers });
+  const retries = opts.retries ?? 4;
+  let delay = opts.retryDelayMs ?? 500;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const bytes = await download(url, model, opts);
+      const actual = await sha256Hex(bytes);
+      if (actual !== expected) throw new ModelHashError(expected, actual, url);
+      await store.put(expected, bytes);
+      return bytes;
+    } catch (err) {
+      if (!(err instanceof PassingError) || attempt >= retries || opts.signal?.aborted) {
+        throw err instanceof PassingError
+          ? new Error(`${err.message} (${attempt + 1} tries)`, { cause: err.cause })
+          : err;
+      }
+      opts.onProgress?.(0, model.bytes);
+      await sleep(delay, opts.signal);
+      delay *= 2;
+    }
+  }
+}
+
+/** One try at a model's bytes; failures worth another try are {@link PassingError}s. */
+async function download(
+  url: string,
+  model: Pick<ModelInfo, 'bytes' | 'name'>,
+  opts: FetchModelOptions,
+): Promise<Uint8Array> {
+  const what = `fetching model "${model.name}" from ${url} failed`;
+  let res: Response;
+  try {
+    // The store keeps the model: the browser's HTTP cache would only hold a second copy, and two
+    // tabs writing one entry at once fail (net::ERR_CACHE_WRITE_FAILURE).
+    res = await fetch(url, { signal: opts.signal, headers: opts.headers, cache: 'no-store' });
+  } catch (err) {
+    if (opts.signal?.aborted) throw err;
+    throw new PassingError(`${what}: ${(err as Error).message}`, { cause: err });
+  }
   if (!res.ok) {
     await res.body?.cancel().catch(() => undefined);
-    throw new Error(
-      `fetching model "${model.name}" from ${url} failed: HTTP ${res.status} ${res.statusText}`,
-    );
+    const message = `${what}: HTTP ${res.status} ${res.statusText}`;
+    if (res.status >= 500 || res.status === 408 || res.status === 429) throw new PassingError(message);
+    throw new Error(message);
   }
   const header = Number(res.headers.get('content-length') ?? NaN);
   const total = Number.isFinite(header) && header > 0 ? header : model.bytes;
   const limit = Math.min(LIMITS.modelBytes, Math.max(model.bytes, 0) || LIMITS.modelBytes);
-  const bytes = await readBody(res, total, limit, opts.onProgress);
-  const actual = await sha256Hex(bytes);
-  if (actual !== expected) throw new ModelHashError(expected, actual, url);
-  await store.put(expected, bytes);
-  return bytes;
+  try {
+    return await readBody(res, total, limit, opts.onProgress);
+  } catch (err) {
+    if (opts.signal?.aborted || (err as Error).message.startsWith('model body')) throw err;
+    throw new PassingError(`${what} midway: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Waits `ms`, or until the signal aborts (then throws its reason). */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', abort);
+      resolve();
+    };
+    const abort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason ?? new Error('aborted'));
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', abort, { once: true });
+  });
 }
 
 /** Reads a response body into one buffer, reporting progress and refusing more than `limit` bytes. */

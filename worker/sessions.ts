@@ -13,6 +13,10 @@ export interface DownloadProgress {
   sha256: string;
   loaded: number;
   total: number;
+  /** Why it failed, when it did (the next item of the model tries again). */
+  error?: string;
+  /** Another tab of this browser is downloading it; this one waits for its copy. */
+  waiting?: boolean;
 }
 
 /** A runner's use of a session: `release()` once the run (or benchmark) is over. */
@@ -130,9 +134,27 @@ export class ModelSessions {
       headers: this.opts.headers,
       onProgress: (loaded, total) =>
         this.opts.onProgress?.({ model: model.name, sha256: model.sha256, loaded, total }),
+      onWait: () =>
+        this.opts.onProgress?.({
+          model: model.name,
+          sha256: model.sha256,
+          loaded: 0,
+          total: model.bytes,
+          waiting: true,
+        }),
     });
     this.downloads.set(model.sha256, promise);
-    promise.catch(() => this.downloads.delete(model.sha256));
+    promise.catch((err: unknown) => {
+      this.downloads.delete(model.sha256);
+      // A failed download must not be shown as one still under way.
+      this.opts.onProgress?.({
+        model: model.name,
+        sha256: model.sha256,
+        loaded: 0,
+        total: model.bytes,
+        error: err instanceof Error ? err.message : String(err),
+      });
+    });
     // Keep the bytes of the most recent models in memory: runners load their sessions from them.
     while (this.downloads.size > this.max)
       this.downloads.delete(this.downloads.keys().next().value as string);

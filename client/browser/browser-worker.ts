@@ -19,7 +19,7 @@ import { Reconnector } from '../../worker/reconnect.ts';
 import { errorMessage, type WorkerLogger } from '../../worker/backend.ts';
 import { MemoryModelStore, type ModelStore } from '../../worker/model-cache.ts';
 import { WebBackend } from '../inference/web-backend.ts';
-import { parseFigures, type JobShare } from './figures.ts';
+import { parseFigures, type WorkerReport } from './figures.ts';
 import {
   chooseBackend,
   defaultThreads,
@@ -61,10 +61,11 @@ export interface BrowserWorker {
   readonly gpu: GpuReport;
   readonly workerId: string;
   readonly store: 'cache' | 'memory';
-  /** The jobs this worker carries, from the hub's `worker:figures` (undefined until it sends any). */
-  readonly shares: readonly JobShare[] | undefined;
-  /** Called when shares arrive, or when the worker stops for good (with the reason). */
-  onShares(fn: (shares: readonly JobShare[]) => void): () => void;
+  /** Its jobs and probation, from the hub's `worker:figures` (undefined until it sends any). */
+  readonly figures: WorkerReport | undefined;
+  /** Called when figures arrive. */
+  onFigures(fn: (figures: WorkerReport) => void): () => void;
+  /** Called when the worker stops for good (with the reason). */
   onFatal(fn: (err: Error) => void): () => void;
   close(): Promise<void>;
 }
@@ -171,8 +172,8 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
     fetchHeaders: opts.token ? { authorization: `Bearer ${opts.token}` } : undefined,
   });
 
-  let shares: JobShare[] | undefined;
-  const shareListeners = new Set<(s: readonly JobShare[]) => void>();
+  let figures: WorkerReport | undefined;
+  const figureListeners = new Set<(f: WorkerReport) => void>();
   const fatalListeners = new Set<(e: Error) => void>();
   let fatal: Error | undefined;
   let failures = 0;
@@ -235,8 +236,8 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
   socket.on('worker:figures', (payload: unknown) => {
     const parsed = parseFigures(payload);
     if (!parsed) return;
-    shares = parsed;
-    for (const l of shareListeners) l(parsed);
+    figures = parsed;
+    for (const l of figureListeners) l(parsed);
   });
   agent.on('closed', () => {
     reconnect.cancel();
@@ -259,12 +260,12 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
       return claimed.identity.workerId;
     },
     store: cached ? 'cache' : 'memory',
-    get shares() {
-      return shares;
+    get figures() {
+      return figures;
     },
-    onShares(fn) {
-      shareListeners.add(fn);
-      return () => shareListeners.delete(fn);
+    onFigures(fn) {
+      figureListeners.add(fn);
+      return () => figureListeners.delete(fn);
     },
     onFatal(fn) {
       fatalListeners.add(fn);

@@ -7,6 +7,11 @@
  *
  * Writes that fail (quota, private browsing) are logged and skipped: the model then only lives in
  * memory for this page.
+ *
+ * Tabs of one origin share this cache, and each tab is a worker of its own: two of them asked for
+ * the same model at once would download it twice, side by side. `exclusive` takes a Web Lock named
+ * after the model (`navigator.locks`, one lock manager per origin), so one tab downloads while the
+ * others wait, then read its copy from the cache.
  */
 import { silentLogger, errorMessage, type WorkerLogger } from '../../worker/backend.ts';
 import { sha256Hex, type ModelStore } from '../../worker/model-cache.ts';
@@ -54,6 +59,19 @@ export class CacheModelStore implements ModelStore {
       return undefined;
     }
     return bytes;
+  }
+
+  async exclusive<T>(sha256: string, fn: () => Promise<T>, onWait?: () => void): Promise<T> {
+    const locks = (globalThis.navigator as Navigator | undefined)?.locks;
+    if (!locks) return fn(); // no Web Locks (older browsers): each tab downloads its own copy
+    const name = `shardhub-model-${sha256}`;
+    // Try without waiting first, to say so when another tab holds it.
+    const NOT_FREE = Symbol('held elsewhere');
+    const first = await locks.request(name, { ifAvailable: true }, (lock) => (lock ? fn() : NOT_FREE));
+    if (first !== NOT_FREE) return first as T;
+    this.log.info({ sha256 }, 'another tab is downloading this model; waiting for its copy');
+    onWait?.();
+    return locks.request(name, () => fn());
   }
 
   async put(sha256: string, bytes: Uint8Array): Promise<void> {

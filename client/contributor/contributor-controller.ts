@@ -8,8 +8,8 @@ import type { ReactiveController, ReactiveControllerHost } from 'lit';
 import type { AgentStats } from '../../worker/agent.ts';
 import { errorMessage } from '../../worker/backend.ts';
 import { startBrowserWorker, type BrowserWorker } from '../browser/browser-worker.ts';
-import type { JobShare } from '../browser/figures.ts';
-import { PageLogger } from '../browser/log.ts';
+import type { WorkerReport } from '../browser/figures.ts';
+import { PageLogger, type LogEntry } from '../browser/log.ts';
 import type { EngineInfo } from '../inference/messages.ts';
 import { loadPreferences, savePreferences, type PageParams, type Preferences } from './settings.ts';
 
@@ -29,18 +29,22 @@ export interface Status {
     | 'registering'
     | 'paused'
     | 'downloading'
+    | 'benchmarking'
+    | 'verifying'
     | 'working'
+    | 'between'
     | 'waiting'
     | 'stopped';
   text: string;
 }
 
-/** The status line for a phase and the worker's figures. */
+/** The status line for a phase, the worker's figures and what the hub reports of it. */
 export function statusOf(
   phase: Phase,
   stats: AgentStats | undefined,
   pausedBy: PauseCause | undefined,
   problem?: string,
+  figures?: WorkerReport,
 ): Status {
   switch (phase) {
     case 'ready':
@@ -64,12 +68,35 @@ export function statusOf(
     return { key: 'paused', text: `Paused${why}` };
   }
   const d = stats.download;
-  if (d && d.total > 0 && d.loaded < d.total)
+  if (d && !d.error && d.waiting)
+    return { key: 'downloading', text: `Waiting for another tab’s download of model ${d.model}` };
+  if (d && !d.error && d.loaded < d.total)
     return {
       key: 'downloading',
-      text: `Downloading model ${d.model} (${Math.floor((100 * d.loaded) / d.total)}%)`,
+      text: `Downloading model ${d.model} (${Math.floor((100 * d.loaded) / Math.max(1, d.total))}%)`,
+    };
+  if (stats.benchmarking)
+    return {
+      key: 'benchmarking',
+      text: `Benchmarking ${stats.benchmarking}: measuring this device’s speed before it gets work`,
     };
   if (stats.running > 0 || stats.queued > 0) return { key: 'working', text: 'Working' };
+  const queued = (figures?.jobs ?? []).reduce((n, j) => n + (j.queued ?? 0), 0);
+  const p = figures?.probation;
+  if (p && queued > 0) {
+    const waiting = p.awaitingCheck
+      ? `${p.awaitingCheck} result${p.awaitingCheck === 1 ? '' : 's'} waiting for another device to confirm them`
+      : 'waiting for the next items';
+    return {
+      key: 'verifying',
+      text: `Being verified: ${waiting}. A new device holds at most ${p.maxItems} items until ${p.needed} of its results are confirmed (${Math.min(p.confirmed, p.needed)} so far)`,
+    };
+  }
+  if (queued > 0)
+    return {
+      key: 'between',
+      text: `Ready: ${queued.toLocaleString('en-US')} items are queued on the hub; the next ones are on their way`,
+    };
   return { key: 'waiting', text: 'Waiting for work' };
 }
 
@@ -81,7 +108,10 @@ export class ContributorController implements ReactiveController {
   phase: Phase = 'ready';
   worker: BrowserWorker | undefined;
   stats: AgentStats | undefined;
-  shares: readonly JobShare[] | undefined;
+  /** The hub's report of this worker's jobs and probation. */
+  figures: WorkerReport | undefined;
+  /** The latest error (from the worker or the log), shown on the page until dismissed. */
+  alert: { at: number; text: string } | undefined;
   /** Why the page cannot run or stopped. */
   problem: string | undefined;
   prefs: Preferences;
@@ -113,6 +143,7 @@ export class ContributorController implements ReactiveController {
 
   hostConnected(): void {
     document.addEventListener('visibilitychange', this.onVisibility);
+    this.unsubscribe.push(this.log.subscribe((e) => this.onLog(e)));
     // The rate decays between events: refresh the figures every second.
     this.refresh = setInterval(() => {
       if (this.worker) this.setStats(this.worker.agent.stats);
@@ -139,7 +170,21 @@ export class ContributorController implements ReactiveController {
 
   /** The status line. */
   get status(): Status {
-    return statusOf(this.phase, this.stats, this.pausedBy, this.problem);
+    return statusOf(this.phase, this.stats, this.pausedBy, this.problem, this.figures);
+  }
+
+  /** Hides the alert. */
+  dismissAlert(): void {
+    this.alert = undefined;
+    this.host.requestUpdate();
+  }
+
+  /** Errors reach the page, not only the collapsed log. */
+  private onLog(e: LogEntry): void {
+    if (e.level !== 'error') return;
+    const detail = (e.data as { error?: unknown }).error;
+    this.alert = { at: e.at, text: typeof detail === 'string' && detail ? `${e.msg}: ${detail}` : e.msg };
+    this.host.requestUpdate();
   }
 
   /** Starts the worker (once). */
@@ -164,8 +209,8 @@ export class ContributorController implements ReactiveController {
           this.phase = 'stopped';
           this.host.requestUpdate();
         }),
-        worker.onShares((s) => {
-          this.shares = s;
+        worker.onFigures((f) => {
+          this.figures = f;
           this.host.requestUpdate();
         }),
         worker.onFatal((err) => {
@@ -236,6 +281,7 @@ export class ContributorController implements ReactiveController {
   private setStats(s: AgentStats): void {
     const before = this.stats;
     this.stats = s;
+    if (s.lastError && s.lastError !== before?.lastError) this.alert = { at: Date.now(), text: s.lastError };
     const urgent =
       !before ||
       before.status !== s.status ||
@@ -243,6 +289,8 @@ export class ContributorController implements ReactiveController {
       before.registered !== s.registered ||
       before.paused !== s.paused ||
       before.lastError !== s.lastError ||
+      before.benchmarking !== s.benchmarking ||
+      before.download?.error !== s.download?.error ||
       before.running + before.queued > 0 !== s.running + s.queued > 0;
     if (urgent) {
       this.redraw();

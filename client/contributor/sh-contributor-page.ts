@@ -49,6 +49,33 @@ export class ShContributorPage extends LitElement {
     .status[data-status='working'] {
       background: #dafbe1;
     }
+    .status[data-status='benchmarking'],
+    .status[data-status='verifying'],
+    .status[data-status='downloading'] {
+      background: #ddf4ff;
+    }
+    .alert {
+      display: flex;
+      gap: 0.75rem;
+      align-items: flex-start;
+      margin-top: 0.75rem;
+      padding: 0.6rem 1rem;
+      border-radius: 0.5rem;
+      border: 1px solid #ff8182;
+      background: #ffebe9;
+      color: #82071e;
+    }
+    .alert span {
+      flex: 1;
+      overflow-wrap: anywhere;
+    }
+    .alert button {
+      font: inherit;
+      border: 1px solid #d0d7de;
+      border-radius: 0.35rem;
+      background: #fff;
+      cursor: pointer;
+    }
     .status[data-status='paused'],
     .status[data-status='connecting'] {
       background: #fff8c5;
@@ -115,7 +142,17 @@ export class ShContributorPage extends LitElement {
       </p>
 
       <p class="status" data-status=${status.key} role="status" aria-live="polite">${status.text}</p>
-
+      ${
+        g.alert
+          ? html`<div class="alert" role="alert" data-field="alert">
+              <span
+                ><strong>Problem at ${new Date(g.alert.at).toLocaleTimeString()}:</strong>
+                ${g.alert.text}</span
+              >
+              <button data-control="dismiss-alert" @click=${() => g.dismissAlert()}>Dismiss</button>
+            </div>`
+          : nothing
+      }
       ${
         g.phase === 'ready' || g.phase === 'unsupported'
           ? html`<button
@@ -133,7 +170,7 @@ export class ShContributorPage extends LitElement {
           ? html`
               <section>
                 <h2>Your part</h2>
-                <sh-worker-figures .stats=${g.stats} .shares=${g.shares}></sh-worker-figures>
+                <sh-worker-figures .stats=${g.stats} .figures=${g.figures}></sh-worker-figures>
               </section>
               <section>
                 <h2>Controls</h2>

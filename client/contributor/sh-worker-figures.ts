@@ -1,11 +1,12 @@
 /**
- * `<sh-worker-figures>`: what the worker is doing: model download progress, items done and failed,
- * current rate, and its share of each job it works on (when the hub reports it).
+ * `<sh-worker-figures>`: what the worker is doing: model download progress (or why it failed),
+ * items done and failed, current rate, its probation, and its share of each running job it works
+ * on, counted in accepted results (when the hub reports it). Shares go when their job ends.
  */
 import { css, html, LitElement, nothing } from 'lit';
 import { customElement, property } from 'lit/decorators.js';
 import type { AgentStats } from '../../worker/agent.ts';
-import type { JobShare } from '../browser/figures.ts';
+import type { WorkerReport } from '../browser/figures.ts';
 
 /** The worker's figures. */
 @customElement('sh-worker-figures')
@@ -34,11 +35,14 @@ export class ShWorkerFigures extends LitElement {
     .muted {
       color: #777;
     }
+    .error {
+      color: #82071e;
+    }
   `;
 
   @property({ attribute: false }) stats: AgentStats | undefined;
-  /** Undefined: the hub has not reported shares. */
-  @property({ attribute: false }) shares: readonly JobShare[] | undefined;
+  /** Undefined: the hub has not reported figures. */
+  @property({ attribute: false }) figures: WorkerReport | undefined;
 
   override render() {
     const s = this.stats;
@@ -51,10 +55,16 @@ export class ShWorkerFigures extends LitElement {
             d
               ? html`${d.model}
                 ${
-                  d.total > 0 && d.loaded < d.total
-                    ? html`<progress max=${d.total} .value=${d.loaded}></progress>
-                        ${Math.floor((100 * d.loaded) / d.total)}% of ${mib(d.total)}`
-                    : html`<span class="muted">ready (${mib(d.loaded)})</span>`
+                  d.error
+                    ? html`<span class="error" data-field="download-error"
+                        >download failed: ${d.error}; it is tried again with the next work</span
+                      >`
+                    : d.waiting
+                      ? html`<span class="muted">another tab of this browser is downloading it</span>`
+                      : d.total > 0 && d.loaded < d.total
+                        ? html`<progress max=${d.total} .value=${d.loaded}></progress>
+                            ${Math.floor((100 * d.loaded) / d.total)}% of ${mib(d.total)}`
+                        : html`<span class="muted">ready (${mib(d.loaded)})</span>`
                 }`
               : html`<span class="muted">none yet</span>`
           }
@@ -71,6 +81,16 @@ export class ShWorkerFigures extends LitElement {
         <dd data-field="rate">${(s?.rate ?? 0).toFixed(1)} items/s</dd>
         <dt>Queue</dt>
         <dd data-field="queue">${s?.running ?? 0} running, ${s?.queued ?? 0} waiting</dd>
+        ${
+          this.figures?.probation
+            ? html`<dt>Verification</dt>
+                <dd data-field="probation">
+                  ${Math.min(this.figures.probation.confirmed, this.figures.probation.needed)} of
+                  ${this.figures.probation.needed} results confirmed; ${this.figures.probation.awaitingCheck}
+                  waiting for a second opinion
+                </dd>`
+            : nothing
+        }
         <dt>Share of the job</dt>
         <dd data-field="share">${this.renderShares()}</dd>
       </dl>
@@ -78,13 +98,15 @@ export class ShWorkerFigures extends LitElement {
   }
 
   private renderShares() {
-    if (this.shares === undefined) return html`<span class="muted">not reported by this hub</span>`;
-    const active = this.shares.filter((j) => j.done < j.items || j.doneHere > 0);
+    if (this.figures === undefined) return html`<span class="muted">not reported by this hub</span>`;
+    // The hub lists running jobs only: a job that ended leaves the list.
+    const active = this.figures.jobs;
     if (active.length === 0) return html`<span class="muted">no job right now</span>`;
     return active.map(
       (j) =>
-        html`<div>
-          ${(j.share * 100).toFixed(1)}% of ${j.model ?? 'job'} ${j.jobId} (${j.doneHere} of ${j.items} items)
+        html`<div data-job-id=${j.jobId}>
+          ${(j.share * 100).toFixed(1)}% of ${j.model ?? 'job'} ${j.jobId} (${j.doneHere} of ${j.items} items
+          accepted)
           ${
             j.weightShare !== undefined
               ? html`<span class="muted">, ${(j.weightShare * 100).toFixed(0)}% of its speed</span>`

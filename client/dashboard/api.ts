@@ -38,6 +38,11 @@ export class OperatorApi {
     return this.call<T>('POST', path, body);
   }
 
+  /** DELETE; returns the reply's `data`. */
+  delete<T>(path: string): Promise<T> {
+    return this.call<T>('DELETE', path);
+  }
+
   /** PATCH JSON; returns the reply's `data`. */
   patch<T>(path: string, body: unknown): Promise<T> {
     return this.call<T>('PATCH', path, body);

@@ -27,6 +27,17 @@ export function colour(i: number): string {
 }
 
 const short = (s: string, n = 14) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
+
+/**
+ * A legend shows the values under the cursor; with the cursor off the chart uPlot shows "--".
+ * These show the latest point then (lines), or the first category (bars: the worker that did most).
+ */
+function lastIndex(u: uPlot, sidx: number): number | null {
+  const ys = u.data[sidx] ?? [];
+  for (let i = ys.length - 1; i >= 0; i--) if (ys[i] !== null && ys[i] !== undefined) return i;
+  return null;
+}
+const num3 = (v: number) => String(Number(v.toPrecision(3)));
 const noDrag = { drag: { x: false, y: false } };
 
 /** Lines over seconds since the job's start. */
@@ -42,13 +53,25 @@ export function lineOptions(o: {
     ],
     cursor: noDrag,
     series: [
-      { label: 't', value: (_u, v) => (v === null ? '–' : `${v} s`) },
+      {
+        label: 't',
+        value: (u, v, _s, idx) => {
+          if (idx !== null) return v === null ? '–' : `${v} s`;
+          const at = lastIndex(u, 0);
+          return at === null ? '–' : `${u.data[0][at]} s (latest)`;
+        },
+      },
       ...o.series.map((s) => ({
         label: s.label,
         stroke: s.colour,
         fill: s.fill,
         width: 2,
         points: { show: false },
+        value: (u: uPlot, v: number | null, sidx: number, idx: number | null) => {
+          const at = idx ?? lastIndex(u, sidx);
+          const x = at === null ? null : idx === null ? u.data[sidx]?.[at] : v;
+          return x === null || x === undefined ? '–' : num3(x);
+        },
       })),
     ],
   };
@@ -132,14 +155,21 @@ export function barOptions(o: {
     ],
     cursor: noDrag,
     series: [
-      { label: 'worker', value: (_u, i) => (i === null ? '–' : (o.categories[i] ?? '')) },
+      {
+        label: 'worker',
+        value: (_u, i, _s, idx) =>
+          idx === null ? (o.categories[0] ?? '–') : i === null ? '–' : (o.categories[i] ?? ''),
+      },
       ...o.series.map((s, k) => ({
         label: s.label,
         stroke: s.colour,
         fill: `${s.colour}cc`,
         width: 0,
         points: { show: false },
-        value: (_u: uPlot, v: number | null) => (v === null ? '–' : o.yFormat(v)),
+        value: (u: uPlot, v: number | null, sidx: number, idx: number | null) => {
+          const x = idx === null ? u.data[sidx]?.[0] : v;
+          return x === null || x === undefined ? '–' : o.yFormat(x);
+        },
         paths: bars?.({
           size: [n > 1 ? 0.4 : 0.6, 48],
           align: n === 1 ? 0 : k === 0 ? -1 : 1,
@@ -191,7 +221,15 @@ export function timelineOptions(workers: string[], spanS: number): ChartOptions 
     ],
     cursor: noDrag,
     series: [
-      { label: 't', value: (_u, v) => (v === null ? '–' : `${v.toFixed(2)} s`) },
+      {
+        label: 't',
+        value: (u, v, _s, idx) =>
+          idx === null
+            ? `${u.data[0].length} event${u.data[0].length === 1 ? '' : 's'}`
+            : v === null
+              ? '–'
+              : `${v.toFixed(2)} s`,
+      },
       ...EVENT_TYPES.map((e) => ({
         label: e.label,
         stroke: e.colour,
@@ -199,7 +237,13 @@ export function timelineOptions(workers: string[], spanS: number): ChartOptions 
         width: 0,
         paths: () => null,
         points: { show: true, size: 9, fill: e.colour, stroke: e.colour },
-        value: (_u: uPlot, v: number | null) => (v === null ? '–' : short(workers[v] ?? '', 20)),
+        // Off the chart: how many of this kind; on a point: whose it is.
+        value: (u: uPlot, v: number | null, sidx: number, idx: number | null) =>
+          idx === null
+            ? String(Array.from(u.data[sidx] ?? [], (y) => y ?? null).filter((y) => y !== null).length)
+            : v === null
+              ? '–'
+              : short(workers[v] ?? '', 20),
       })),
     ],
   };

@@ -4,7 +4,7 @@
  */
 
 /** A worker action an operator can take. */
-export type WorkerAction = 'pause' | 'resume' | 'drain' | 'evict';
+export type WorkerAction = 'pause' | 'resume' | 'drain' | 'evict' | 'remove';
 
 /** The operator submitted the sign-in form. */
 export class SignInEvent extends Event {

@@ -20,6 +20,7 @@ import type {
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { ApiError, OperatorApi } from './api.ts';
 import type { WorkerAction } from './events.ts';
+import { RecentRate } from './recent-rate.ts';
 import { clearToken, loadToken, saveToken } from './session.ts';
 
 /** Where the dashboard is: signed out, checking a token, connecting, live, or reconnecting. */
@@ -48,6 +49,8 @@ export class OperatorController implements ReactiveController {
   watched: string | null = null;
   /** Hub clock minus ours (ms), from the pushes' timestamps. */
   skewMs = 0;
+  /** Each running job's recent rate, from the pushes (for ETAs). */
+  readonly recent = new RecentRate();
   /** Bumped when workers or jobs change, so views can skip work when nothing did. */
   version = 0;
   api: OperatorApi | undefined;
@@ -149,10 +152,11 @@ export class OperatorController implements ReactiveController {
       this.buffered?.workers.push(list);
       this.mergeWorkers(list);
     });
+    socket.on('workers:removed', (ids) => this.dropWorkers(ids));
     socket.on('jobs:updated', (list, at) => {
       this.skewMs = at - Date.now();
       this.buffered?.jobs.push(list);
-      this.mergeJobs(list);
+      this.mergeJobs(list, at);
     });
     socket.on('job:fairness', (report) => {
       if (report.jobId !== this.watched) return;
@@ -204,10 +208,28 @@ export class OperatorController implements ReactiveController {
     this.host.requestUpdate();
   }
 
-  private mergeJobs(list: readonly JobView[]): void {
-    for (const j of list) this.jobs.set(j.id, j);
+  private dropWorkers(ids: readonly string[]): void {
+    for (const id of ids) this.workers.delete(id);
     this.version++;
     this.host.requestUpdate();
+  }
+
+  private mergeJobs(list: readonly JobView[], at = this.hubNow): void {
+    for (const j of list) {
+      this.jobs.set(j.id, j);
+      if (j.state === 'running') this.recent.observe(j.id, at, j.done + j.failed);
+      else this.recent.forget(j.id);
+    }
+    this.version++;
+    this.host.requestUpdate();
+  }
+
+  /** A job's items per second lately, and the ETA at that rate (the hub's figures since its start until known). */
+  pace(job: JobView): { itemsPerSec: number; etaS: number | null; recent: boolean } {
+    const r = job.state === 'running' ? this.recent.rate(job.id) : undefined;
+    if (r === undefined) return { itemsPerSec: job.itemsPerSec, etaS: job.etaS, recent: false };
+    const left = job.items - job.done - job.failed;
+    return { itemsPerSec: r, etaS: r > 0 ? left / r : null, recent: true };
   }
 
   /** Shows one job's fairness (and asks the hub to push it); null stops watching. */
@@ -238,9 +260,16 @@ export class OperatorController implements ReactiveController {
     this.host.requestUpdate();
   }
 
-  /** Pause, resume, drain or evict a worker. */
+  /** Pause, resume, drain or evict a worker, or remove an offline one from the list. */
   async workerAction(workerId: string, action: WorkerAction): Promise<void> {
     const name = this.workers.get(workerId)?.name ?? workerId;
+    if (action === 'remove') {
+      return this.act(async (api) => {
+        await api.delete(`/api/workers/${encodeURIComponent(workerId)}`);
+        this.dropWorkers([workerId]);
+        return `${name}: removed`;
+      });
+    }
     await this.act(async (api) => {
       const w = await api.post<WorkerView>(`/api/workers/${encodeURIComponent(workerId)}/${action}`);
       const old = this.workers.get(workerId);

@@ -240,18 +240,26 @@ export class ShDashboard extends LitElement {
     switch (r.view) {
       case 'workers':
         return html`<sh-workers-table .workers=${workers} .now=${op.hubNow}></sh-workers-table>`;
-      case 'jobs':
+      case 'jobs': {
         if (r.jobId) {
+          const job = op.jobs.get(r.jobId);
           return html`<sh-job-detail
-            .job=${op.jobs.get(r.jobId)}
+            .job=${job}
+            .pace=${job ? op.pace(job) : undefined}
+            .api=${op.api}
+            .workers=${op.workers}
             .report=${op.fairness?.jobId === r.jobId ? op.fairness : null}
           ></sh-job-detail>`;
         }
-        return html`<sh-jobs-table .jobs=${jobs} .now=${op.hubNow}></sh-jobs-table>`;
+        // Rates and ETAs from the recent rate, as on the job's page.
+        const paced = jobs.map((j) => ({ ...j, ...op.pace(j) }));
+        return html`<sh-jobs-table .jobs=${paced} .now=${op.hubNow}></sh-jobs-table>`;
+      }
       case 'fairness': {
         const jobId = r.jobId ?? this.defaultJob(jobs)?.id;
         return html`<sh-fairness-view
           .jobs=${jobs}
+          .workers=${op.workers}
           .job=${jobId ? op.jobs.get(jobId) : undefined}
           .report=${jobId && op.fairness?.jobId === jobId ? op.fairness : null}
         ></sh-fairness-view>`;

@@ -8,11 +8,12 @@
 import { css, html, LitElement } from 'lit';
 import { customElement, property } from 'lit/decorators.js';
 import type { FairnessReport } from '../../protocol/fairness.ts';
-import type { JobView } from '../../protocol/operator.ts';
+import type { JobView, WorkerView } from '../../protocol/operator.ts';
 import { barOptions, chartWorkers, idleData, shareData, timelineData, timelineOptions } from './charts.ts';
 import { count, duration, fixed, percent, rate } from './format.ts';
 import './sh-chart.ts';
 import { figureCard, shared, viewStyles } from './styles.ts';
+import { deviceLabel } from './worker-rows.ts';
 
 const TABLE_ROWS = 100;
 
@@ -68,6 +69,8 @@ export class ShFairnessView extends LitElement {
   @property({ attribute: false }) job: JobView | undefined;
   /** Its report (null before it starts). */
   @property({ attribute: false }) report: FairnessReport | null = null;
+  /** Live workers by id: their device as the workers table names it (the report has host names). */
+  @property({ attribute: false }) workers: ReadonlyMap<string, WorkerView> = new Map();
 
   override render() {
     const choices = [...this.jobs]
@@ -195,7 +198,7 @@ export class ShFairnessView extends LitElement {
               (w) =>
                 html`<tr data-worker-id=${w.workerId}>
                   <td title=${w.workerId}>${w.name}</td>
-                  <td>${w.device} (${w.backend})</td>
+                  <td>${this.device(w.workerId, w.device)} (${w.backend})</td>
                   <td class="num">${rate(w.benchmark)}</td>
                   <td class="num">${rate(w.weight)}</td>
                   <td class="num">${percent(w.expectedShare, 1)}</td>
@@ -219,6 +222,11 @@ export class ShFairnessView extends LitElement {
         }
       </div>
     `;
+  }
+
+  private device(workerId: string, reported: string): string {
+    const live = this.workers.get(workerId);
+    return live ? deviceLabel(live) : reported;
   }
 
   private _choose(e: Event): void {

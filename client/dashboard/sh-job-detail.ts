@@ -1,7 +1,8 @@
 /**
  * `<sh-job-detail>`: one job, live: a progress bar, its figures (done, failed, in flight, queued,
- * rate, elapsed, ETA), throughput over time, each worker's contribution over time, and the
- * operator's controls: priority, cancel (asks twice) and the results archive.
+ * recent rate, elapsed, ETA at the recent rate), throughput over time, each worker's contribution
+ * over time, its failed items and events (`<sh-job-log>`), and the operator's controls: priority,
+ * cancel (asks twice) and the results archive.
  *
  * @fires job-priority - {@link JobPriorityEvent} when a new priority is set
  * @fires job-cancel - {@link JobCancelEvent} on the second press of Cancel
@@ -10,11 +11,13 @@
 import { css, html, LitElement } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
 import type { FairnessReport } from '../../protocol/fairness.ts';
-import type { JobView } from '../../protocol/operator.ts';
+import type { JobView, WorkerView } from '../../protocol/operator.ts';
+import type { OperatorApi } from './api.ts';
 import { colour, contributionSeries, lineOptions, throughputData } from './charts.ts';
 import { JobCancelEvent, JobPriorityEvent, ResultsDownloadEvent } from './events.ts';
 import { count, duration, percent, rate } from './format.ts';
 import './sh-chart.ts';
+import './sh-job-log.ts';
 import { figureCard, shared, viewStyles } from './styles.ts';
 
 /** The job page; see the file comment. */
@@ -64,6 +67,12 @@ export class ShJobDetail extends LitElement {
   @property({ attribute: false }) job: JobView | undefined;
   /** Its fairness report (throughput and contributions come from there). */
   @property({ attribute: false }) report: FairnessReport | null = null;
+  /** Rate and ETA to show: recent (from the pushes) once known, else since the start. */
+  @property({ attribute: false }) pace:
+    { itemsPerSec: number; etaS: number | null; recent: boolean } | undefined;
+  /** For the failed items and events. */
+  @property({ attribute: false }) api: OperatorApi | undefined;
+  @property({ attribute: false }) workers: ReadonlyMap<string, WorkerView> = new Map();
 
   @state() private confirmCancel = false;
   @state() private priorityDraft: string | undefined;
@@ -80,6 +89,8 @@ export class ShJobDetail extends LitElement {
     const finished = j.state === 'completed' || j.state === 'cancelled';
     const r = this.report;
     const contrib = r ? contributionSeries(r) : undefined;
+    const pace = this.pace ?? { itemsPerSec: j.itemsPerSec, etaS: j.etaS, recent: false };
+    const since = pace.recent ? 'items/s, last 10 s' : 'items/s since start';
     return html`
       <header>
         <a href="#jobs">← all jobs</a>
@@ -117,9 +128,9 @@ export class ShJobDetail extends LitElement {
         ${figureCard('Failed', count(j.failed), 'after retries', 'failed')}
         ${figureCard('In flight', count(j.inFlight), 'held by workers', 'in-flight')}
         ${figureCard('Queued', count(j.queued), 'not handed out', 'queued')}
-        ${figureCard('Rate', rate(j.itemsPerSec), 'items/s since start', 'rate')}
+        ${figureCard('Rate', rate(finished ? j.itemsPerSec : pace.itemsPerSec), finished ? 'items/s, whole job' : since, 'rate')}
         ${figureCard('Elapsed', duration(j.startedAt ? j.elapsedS : null), finished ? 'final' : 'so far', 'elapsed')}
-        ${figureCard('ETA', finished ? 'done' : duration(j.etaS), 'at that rate', 'eta')}
+        ${figureCard('ETA', finished ? 'done' : duration(pace.etaS), 'at that rate', 'eta')}
         ${figureCard('Priority', String(j.priority), 'higher runs first', 'priority')}
       </div>
       <div class="panel controls">
@@ -183,6 +194,7 @@ export class ShJobDetail extends LitElement {
           .data=${contrib?.data}
         ></sh-chart>
       </div>
+      <sh-job-log .job=${j} .api=${this.api} .workers=${this.workers}></sh-job-log>
     `;
   }
 

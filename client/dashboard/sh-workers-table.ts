@@ -1,22 +1,23 @@
 /**
- * `<sh-workers-table>`: every worker the hub knows, one row each: kind, backend, device, state,
- * weight (benchmark and observed), items done, current rate, share against fair share and the
- * last heartbeat, with pause / resume, drain and evict. Sortable by any column, filterable by text,
+ * `<sh-workers-table>`: every worker the hub knows, one row each: kind, backend, device (GPU or
+ * adapter, else processor), state and probation, CPU and memory load, weight (benchmark and
+ * observed), items done, current rate, share against fair share and the last heartbeat, with
+ * pause / resume, drain and evict, and remove for offline workers. Sortable by any column, filterable by text,
  * state, kind and backend. Rows are virtualized (`@lit-labs/virtualizer`): only the rows in view
  * exist in the DOM, so 500 workers scroll as smoothly as 5.
  *
  * Weight, fair share and share are on the worker's first running job (highest priority); a worker
  * in no running job shows "–".
  *
- * @fires worker-action - {@link WorkerActionEvent} when an action button is pressed (evict asks twice)
+ * @fires worker-action - {@link WorkerActionEvent} when an action button is pressed (evict and remove ask twice)
  */
 import '@lit-labs/virtualizer';
 import { css, html, LitElement, nothing } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
 import { WORKER_STATES, type WorkerView } from '../../protocol/operator.ts';
-import { COLUMNS, visibleWorkers, type WorkerSortKey } from './worker-rows.ts';
+import { COLUMNS, deviceLabel, loadOf, visibleWorkers, type WorkerSortKey } from './worker-rows.ts';
 import { WorkerActionEvent, type WorkerAction } from './events.ts';
-import { ago, count, percent, rate } from './format.ts';
+import { ago, bytes, count, percent, rate } from './format.ts';
 import { shared } from './styles.ts';
 
 /** The workers table; see the file comment. */
@@ -57,7 +58,7 @@ export class ShWorkersTable extends LitElement {
       .row {
         display: grid;
         grid-template-columns:
-          minmax(9rem, 1.3fr) 4.6rem 4.6rem minmax(8rem, 1.2fr) 6.2rem 7.6rem 5rem 4.6rem
+          minmax(9rem, 1.3fr) 4.6rem 4.6rem minmax(8rem, 1.2fr) 6.6rem 6.4rem 7.6rem 5rem 4.6rem
           9.5rem 6rem 13rem;
         align-items: center;
         gap: 0 0.5rem;
@@ -98,8 +99,20 @@ export class ShWorkersTable extends LitElement {
         overflow: hidden;
         text-overflow: ellipsis;
       }
-      .name {
+      .name,
+      .stacked {
         line-height: 1.15;
+      }
+      .stacked small {
+        display: block;
+        color: #7b8794;
+        font-size: 0.72rem;
+        overflow: hidden;
+        text-overflow: ellipsis;
+      }
+      .pill.probation {
+        background: #fff7ed;
+        color: #9a3412;
       }
       /* The wrapper's height is the rows' (bound per render) up to a screenful; the virtualizer
          fills it. Its own inline styles are its business, so nothing is bound on it. */
@@ -138,6 +151,14 @@ export class ShWorkersTable extends LitElement {
         display: flex;
         gap: 0.3rem;
         justify-content: flex-end;
+      }
+      .note {
+        margin: 0;
+        padding: 0.45rem 0.75rem;
+        border-radius: 0.35rem;
+        background: #fff7ed;
+        border: 1px solid #fed7aa;
+        color: #7c2d12;
       }
       .empty {
         padding: 2rem;
@@ -210,6 +231,7 @@ export class ShWorkersTable extends LitElement {
           >${count(rows.length)} of ${count(this.workers.length)} workers</span
         >
       </div>
+      ${this.probationNote()}
       <div class="table" role="table" aria-label="workers" aria-rowcount=${rows.length + 1}>
         <div class="row head" role="row">
           ${COLUMNS.map((c) => this.headCell(c))}
@@ -258,8 +280,25 @@ export class ShWorkersTable extends LitElement {
       <div class="cell name" role="cell" title=${w.id}>${w.name}<small>${w.id}</small></div>
       <div class="cell" role="cell">${w.kind}</div>
       <div class="cell" role="cell">${w.backend}</div>
-      <div class="cell" role="cell" title=${w.capabilities.backendReason ?? w.device}>${w.device}</div>
-      <div class="cell" role="cell"><span class="pill ${w.state}" data-col="state">${w.state}</span></div>
+      <div
+        class="cell"
+        role="cell"
+        data-col="device"
+        title=${
+          [
+            w.capabilities.hostname ? `host ${w.capabilities.hostname}` : '',
+            w.capabilities.backendReason ?? '',
+          ]
+            .filter(Boolean)
+            .join('; ') || deviceLabel(w)
+        }
+      >
+        ${deviceLabel(w)}
+      </div>
+      <div class="cell stacked" role="cell">
+        <span class="pill ${w.state}" data-col="state">${w.state}</span>${this.probation(w)}
+      </div>
+      ${this.load(w)}
       <div
         class="cell num"
         role="cell"
@@ -308,16 +347,65 @@ export class ShWorkersTable extends LitElement {
         >
           Drain
         </button>
-        <button
-          data-action="evict"
-          class=${this.confirming === evictKey ? 'confirm' : 'danger'}
-          ?disabled=${offline}
-          title="disconnect it now; its items go to other workers"
-          @click=${() => this._evict(w)}
-        >
-          ${this.confirming === evictKey ? 'Sure?' : 'Evict'}
-        </button>
+        ${
+          offline
+            ? html`<button
+                data-action="remove"
+                class=${this.confirming === `remove:${w.id}` ? 'confirm' : 'danger'}
+                title="remove this offline worker from the list; it is listed again if it reconnects"
+                @click=${() => this._twice(w, 'remove')}
+              >
+                ${this.confirming === `remove:${w.id}` ? 'Sure?' : 'Remove'}
+              </button>`
+            : html`<button
+                data-action="evict"
+                class=${this.confirming === evictKey ? 'confirm' : 'danger'}
+                title="disconnect it now; its items go to other workers"
+                @click=${() => this._twice(w, 'evict')}
+              >
+                ${this.confirming === evictKey ? 'Sure?' : 'Evict'}
+              </button>`
+        }
       </div>
+    </div>`;
+  }
+
+  /** Why new workers hold few items, once, above the table, while any is on probation. */
+  private probationNote() {
+    const on = this.workers.filter((w) => w.probation && w.state !== 'offline');
+    const p = on[0]?.probation;
+    if (!p) return nothing;
+    return html`<p class="note" data-test="probation-note">
+      <strong>${count(on.length)}</strong> worker${on.length === 1 ? ' is' : 's are'} on probation: until
+      checks confirm ${p.needed} of its results, a new worker holds at most two items per session, and each of
+      its results waits for another worker’s second opinion. That is why a new worker holds few items.
+    </p>`;
+  }
+
+  /** A probation line under the state: how far from proven, and why it holds few items. */
+  private probation(w: WorkerView) {
+    const p = w.probation;
+    if (!p || w.state === 'offline') return nothing;
+    const why =
+      `on probation: ${p.confirmed} of ${p.needed} results confirmed by checks; until then it holds at ` +
+      `most ${p.maxItems} items, and ${p.awaitingCheck} of its results wait for a second opinion`;
+    return html`<small data-col="probation" title=${why}
+      >probation
+      ${Math.min(p.confirmed, p.needed)}/${p.needed}${p.awaitingCheck ? ` · ${p.awaitingCheck} to check` : ''}</small
+    >`;
+  }
+
+  private load(w: WorkerView) {
+    const l = loadOf(w);
+    if (!l || w.state === 'offline')
+      return html`<div class="cell num" role="cell" data-col="load"><span class="muted">–</span></div>`;
+    const title = `CPU load ${percent(l.cpu)} of its cores (1-minute average)${
+      w.load && l.mem !== null
+        ? `; memory ${bytes(w.load.memUsedBytes)} of ${bytes(w.load.memTotalBytes)}`
+        : ''
+    }`;
+    return html`<div class="cell num stacked" role="cell" data-col="load" title=${title}>
+      cpu ${percent(l.cpu)}<small>mem ${percent(l.mem)}</small>
     </div>`;
   }
 
@@ -332,8 +420,9 @@ export class ShWorkersTable extends LitElement {
     this.dispatchEvent(new WorkerActionEvent(w.id, action));
   }
 
-  private _evict(w: WorkerView): void {
-    const key = `evict:${w.id}`;
+  /** Evict and remove ask twice: the first press arms the button for 4 s. */
+  private _twice(w: WorkerView, action: 'evict' | 'remove'): void {
+    const key = `${action}:${w.id}`;
     if (this.confirming !== key) {
       this.confirming = key;
       if (this.confirmTimer !== undefined) clearTimeout(this.confirmTimer);
@@ -341,7 +430,7 @@ export class ShWorkersTable extends LitElement {
       return;
     }
     this.confirming = undefined;
-    this._act(w, 'evict');
+    this._act(w, action);
   }
 }
 

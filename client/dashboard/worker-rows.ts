@@ -6,7 +6,34 @@ import { WORKER_STATES, type WorkerView } from '../../protocol/operator.ts';
 
 /** Columns a table can be sorted by. */
 export type WorkerSortKey =
-  'name' | 'kind' | 'backend' | 'device' | 'state' | 'weight' | 'items' | 'rate' | 'share' | 'heartbeat';
+  | 'name'
+  | 'kind'
+  | 'backend'
+  | 'device'
+  | 'state'
+  | 'load'
+  | 'weight'
+  | 'items'
+  | 'rate'
+  | 'share'
+  | 'heartbeat';
+
+/**
+ * The device a worker computes on: its GPU or WebGPU adapter, else its processor ("CPU, 8 cores").
+ * The host name says where a worker is, not what it computes with; it stays in the row's tooltip.
+ */
+export function deviceLabel(w: Pick<WorkerView, 'capabilities' | 'cores'>): string {
+  const gpu = w.capabilities.gpu?.name;
+  if (gpu) return gpu;
+  return `CPU, ${w.cores} core${w.cores === 1 ? '' : 's'}`;
+}
+
+/** A worker's load as fractions (0..1+), or null where it reports none (browsers). */
+export function loadOf(w: Pick<WorkerView, 'load'>): { cpu: number; mem: number | null } | null {
+  const l = w.load;
+  if (!l || (l.cpu === 0 && l.memTotalBytes === 0)) return null;
+  return { cpu: l.cpu, mem: l.memTotalBytes > 0 ? l.memUsedBytes / l.memTotalBytes : null };
+}
 
 /** The table's sortable columns, in order. */
 export const COLUMNS: { key: WorkerSortKey; label: string; numeric?: boolean; title?: string }[] = [
@@ -14,7 +41,13 @@ export const COLUMNS: { key: WorkerSortKey; label: string; numeric?: boolean; ti
   { key: 'kind', label: 'Kind' },
   { key: 'backend', label: 'Backend' },
   { key: 'device', label: 'Adapter / GPU' },
-  { key: 'state', label: 'State' },
+  { key: 'state', label: 'State', title: 'probation: not yet proven by checks; holds few items' },
+  {
+    key: 'load',
+    label: 'Load',
+    numeric: true,
+    title: 'CPU: 1-minute load average per core; memory in use (native nodes report these)',
+  },
   {
     key: 'weight',
     label: 'Weight',
@@ -42,9 +75,11 @@ function sortValue(w: WorkerView, key: WorkerSortKey): number | string {
     case 'backend':
       return w.backend;
     case 'device':
-      return w.device.toLowerCase();
+      return deviceLabel(w).toLowerCase();
     case 'state':
-      return STATE_ORDER.get(w.state) ?? 99;
+      return (STATE_ORDER.get(w.state) ?? 99) + (w.probation ? 0.5 : 0);
+    case 'load':
+      return loadOf(w)?.cpu ?? -1;
     case 'weight':
       return w.observed ?? w.weight ?? w.benchmark ?? -1;
     case 'items':
@@ -74,6 +109,8 @@ export function visibleWorkers(
         w.name.toLowerCase().includes(text) ||
         w.id.toLowerCase().includes(text) ||
         w.device.toLowerCase().includes(text) ||
+        deviceLabel(w).toLowerCase().includes(text) ||
+        (text === 'probation' && !!w.probation) ||
         (w.pool ?? '').toLowerCase().includes(text)),
   );
   return rows.sort((a, b) => {

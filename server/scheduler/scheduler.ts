@@ -55,6 +55,8 @@ export interface SchedulerOptions extends PolicyOptions {
   maxHeldItems: number;
   /** Attempts per item before it ends as failed. */
   maxAttempts: number;
+  /** How long a worker whose benchmark of a model failed waits before it is benchmarked again (ms). */
+  benchmarkRetryMs: number;
   rate: RateOptions;
   /**
    * How many fresh (never assigned) items a worker may take now; requeued items are not limited.
@@ -76,6 +78,7 @@ export const DEFAULT_SCHEDULER_OPTIONS: SchedulerOptions = {
   maxShardSeconds: 2,
   maxHeldItems: 4096,
   maxAttempts: 3,
+  benchmarkRetryMs: 30_000,
   rate: DEFAULT_RATE_OPTIONS,
 };
 
@@ -140,7 +143,12 @@ interface WorkerRun {
   ready: boolean;
   rates: Map<string, RateEstimate>;
   benchmarking: Set<string>;
-  unusable: Set<string>;
+  /**
+   * Models whose benchmark failed on it, with when it may try again and how many times it failed:
+   * a failure can be passing (a download cut off, a busy tab), so it is retried later, each time
+   * waiting twice as long (`benchmarkRetryMs`, at most 32 times that).
+   */
+  unusable: Map<string, { until: number; failures: number }>;
   held: Map<number, string>;
   /** A steal by this worker is in flight. */
   stealing: boolean;
@@ -250,7 +258,10 @@ export class Scheduler {
   }
 
   private fits(w: WorkerRun, j: JobRun): boolean {
-    return matchesFilter(w.info, j.requirements) && !w.unusable.has(j.modelSha256);
+    return (
+      matchesFilter(w.info, j.requirements) &&
+      !((w.unusable.get(j.modelSha256)?.until ?? 0) > this.opts.clock())
+    );
   }
 
   // ---------------------------------------------------------------- workers
@@ -268,7 +279,7 @@ export class Scheduler {
       ready: true,
       rates: new Map(),
       benchmarking: new Set(),
-      unusable: new Set(),
+      unusable: new Map(),
       held: new Map(),
       stealing: false,
       revoking: false,
@@ -420,16 +431,19 @@ export class Scheduler {
     const w = this.workers.get(workerId);
     if (!w) return;
     w.benchmarking.delete(modelSha256);
+    w.unusable.delete(modelSha256);
     this.rateOf(w, modelSha256).bench = Math.max(itemsPerSec, 1e-6);
   }
 
-  /** Marks a model as not runnable on a worker (its benchmark failed). */
+  /** Marks a model as not runnable on a worker for a while (its benchmark failed); see `unusable`. */
   setUnusable(workerId: string, modelSha256: string): void {
     this.version++;
     const w = this.workers.get(workerId);
     if (!w) return;
     w.benchmarking.delete(modelSha256);
-    w.unusable.add(modelSha256);
+    const failures = (w.unusable.get(modelSha256)?.failures ?? 0) + 1;
+    const wait = this.opts.benchmarkRetryMs * 2 ** Math.min(5, failures - 1);
+    w.unusable.set(modelSha256, { until: this.opts.clock() + wait, failures });
     this.unstrand(); // items waiting for a replica from this worker may go to anyone again
   }
 

@@ -9,6 +9,7 @@ import {
   ModelHashError,
   modelUrl,
   sha256Hex,
+  type ModelStore,
 } from '../../worker/model-cache.ts';
 
 const bytes = new Uint8Array(200_000).map((_, i) => (i * 31) % 251);
@@ -25,11 +26,19 @@ describe('model cache', () => {
   let server: Server;
   let hub: string;
   let requests = 0;
+  /** Responses still to cut off halfway (the connection is destroyed mid-body). */
+  let cutOff = 0;
 
   before(async () => {
     server = createServer((req, res) => {
       requests++;
-      if (req.url === `/api/models/${sha}`) {
+      if (req.url === `/api/models/${sha}` && cutOff > 0) {
+        cutOff--;
+        res.writeHead(200, { 'content-length': bytes.byteLength });
+        res.write(bytes.subarray(0, bytes.byteLength / 2), () => res.destroy());
+      } else if (req.url === '/busy') {
+        res.writeHead(503).end();
+      } else if (req.url === `/api/models/${sha}`) {
         res.writeHead(200, {
           'content-type': 'application/octet-stream',
           'content-length': bytes.byteLength,
@@ -90,5 +99,69 @@ describe('model cache', () => {
 
   it('reports HTTP errors with the status', async () => {
     await assert.rejects(fetchModel(hub, model({ url: '/nope' }), new MemoryModelStore()), /HTTP 404/);
+  });
+
+  it('tries again after a download cut off midway, and reports the progress from zero again', async () => {
+    const store = new MemoryModelStore();
+    cutOff = 2;
+    const before = requests;
+    const progress: [number, number][] = [];
+    const got = await fetchModel(hub, model(), store, {
+      retryDelayMs: 10,
+      onProgress: (l, t) => progress.push([l, t]),
+    });
+    assert.deepEqual(got, bytes);
+    assert.equal(requests - before, 3, 'two cut-off tries, then a whole one');
+    assert.ok(
+      progress.some(([l]) => l === 0),
+      'progress went back to zero for the retry',
+    );
+    assert.deepEqual(progress.at(-1), [bytes.byteLength, bytes.byteLength]);
+  });
+
+  it('gives up after its retries, saying how many tries it made', async () => {
+    const before = requests;
+    await assert.rejects(
+      fetchModel(hub, model({ url: '/busy' }), new MemoryModelStore(), { retries: 2, retryDelayMs: 5 }),
+      /HTTP 503.*\(3 tries\)/,
+    );
+    assert.equal(requests - before, 3);
+  });
+
+  it('does not retry a 404', async () => {
+    const before = requests;
+    await assert.rejects(fetchModel(hub, model({ url: '/nope' }), new MemoryModelStore()), /HTTP 404/);
+    assert.equal(requests - before, 1);
+  });
+
+  it('a store with an exclusive section downloads a model once for concurrent users', async () => {
+    // Two tabs of one origin share one Cache Storage and one lock manager; here, one store and a
+    // promise chain per key stand for them.
+    const shared = new MemoryModelStore();
+    const chains = new Map<string, Promise<unknown>>();
+    let waited = 0;
+    const tab = (): ModelStore => ({
+      get: (k) => shared.get(k),
+      put: (k, b) => shared.put(k, b),
+      exclusive<T>(key: string, fn: () => Promise<T>, onWait?: () => void): Promise<T> {
+        const prev = chains.get(key);
+        if (prev) {
+          waited++;
+          onWait?.();
+        }
+        const run = (prev ?? Promise.resolve()).then(fn, fn);
+        chains.set(
+          key,
+          run.catch(() => undefined),
+        );
+        return run;
+      },
+    });
+    const before = requests;
+    const [a, b] = await Promise.all([fetchModel(hub, model(), tab()), fetchModel(hub, model(), tab())]);
+    assert.deepEqual(a, bytes);
+    assert.deepEqual(b, bytes);
+    assert.equal(requests - before, 1, 'one download, the other tab read its copy');
+    assert.equal(waited, 1);
   });
 });

@@ -154,6 +154,28 @@ describe('scheduler', () => {
     assert.equal(s.plan().assign.length, 1);
   });
 
+  test('a failed benchmark is retried later, each time after a longer wait, not skipped for good', () => {
+    const { s, c } = make({ benchmarkRetryMs: 30_000 });
+    s.addWorker(worker('w1'));
+    s.addJob(job('j'), ids(10));
+    assert.equal(s.plan().benchmark.length, 1);
+    s.setUnusable('w1', SHA);
+    assert.equal(s.eligible('w1', 'j'), false, 'skipped right after the failure');
+    assert.equal(s.plan().benchmark.length, 0);
+    c.advance(29_000);
+    assert.equal(s.plan().benchmark.length, 0, 'not before the wait is over');
+    c.advance(1_000);
+    assert.equal(s.eligible('w1', 'j'), true);
+    assert.deepEqual(s.plan().benchmark, [{ workerId: 'w1', modelSha256: SHA }], 'benchmarked again');
+    s.setUnusable('w1', SHA);
+    c.advance(30_000);
+    assert.equal(s.plan().benchmark.length, 0, 'the second wait is twice as long');
+    c.advance(30_000);
+    assert.equal(s.plan().benchmark.length, 1);
+    s.setBenchmark('w1', SHA, 10);
+    assert.equal(s.plan().assign.length, 1, 'a benchmark that works makes the model usable again');
+  });
+
   test('a single worker gets everything, in shards, until the job is drained', () => {
     const { s } = make();
     s.addWorker(worker('w1'));
