@@ -175,16 +175,20 @@ export class PgStore implements AsyncStore {
   /** Runs `fn` in one transaction on one connection; rolls back and rethrows if it throws. */
   private async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
     const c = await this.pool.connect();
+    // A connection whose ROLLBACK failed is in an unknown state: the pool destroys it, not reuses it.
+    let broken: Error | undefined;
     try {
       await c.query('BEGIN');
       const out = await fn(c);
       await c.query('COMMIT');
       return out;
     } catch (err) {
-      await c.query('ROLLBACK').catch(() => {});
+      await c.query('ROLLBACK').catch((e: Error) => {
+        broken = e;
+      });
       throw err;
     } finally {
-      c.release();
+      c.release(broken);
     }
   }
 

@@ -6,6 +6,8 @@
  * items, appending while claiming, two hubs claiming, and a lapsed hub reaped and fenced.
  */
 import { after, before, describe, test } from 'node:test';
+import { fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -21,10 +23,13 @@ import { SqliteAsyncStore } from '../../server/store/sqlite-async-store.ts';
 import { SqliteStore } from '../../server/store/sqlite.ts';
 import { postgresBin, startPostgres } from '../helpers/postgres.ts';
 import type { TestPostgres } from '../helpers/postgres.ts';
+import type { WriterTask } from '../helpers/results-writer.ts';
 
 /** A fresh store's data, which any number of clients can open. */
 interface Space {
   open(opts?: { chunkItems?: number }): Promise<AsyncStore>;
+  /** Where it is, for a child process to open it. */
+  where: Pick<WriterTask, 'kind' | 'where' | 'schema'>;
 }
 
 interface Target {
@@ -49,7 +54,7 @@ const sqliteTarget = (): Target => {
     },
     space() {
       const file = join(dir, `s${n++}.sqlite`);
-      return { open: (o) => SqliteAsyncStore.open(file, o) };
+      return { open: (o) => SqliteAsyncStore.open(file, o), where: { kind: 'sqlite', where: file } };
     },
   };
 };
@@ -84,7 +89,10 @@ const postgresTarget = (): Target => {
     },
     space() {
       const schema = `${run}_${n++}`;
-      return { open: (o) => PgStore.open(server!.url, { schema, ...o }) };
+      return {
+        open: (o) => PgStore.open(server!.url, { schema, ...o }),
+        where: { kind: 'postgres', where: server!.url, schema },
+      };
     },
   };
 };
@@ -159,6 +167,39 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** A `results-writer.ts` process given `task`, registered; `go()` starts it, `done` is what it accepted. */
+async function writer(task: WriterTask): Promise<{ go: () => void; done: Promise<number[]> }> {
+  const child = fork(fileURLToPath(new URL('../helpers/results-writer.ts', import.meta.url)), [], {
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  let ready!: () => void;
+  let fail!: (e: Error) => void;
+  let finish!: (ids: number[]) => void;
+  const registered = new Promise<void>((res, rej) => {
+    ready = res;
+    fail = rej;
+  });
+  const done = new Promise<number[]>((res, rej) => {
+    finish = res;
+    const prev = fail;
+    fail = (e) => {
+      prev(e);
+      rej(e);
+    };
+  });
+  done.catch(() => {});
+  child.on('message', (m: { type: string; accepted?: number[]; message?: string }) => {
+    if (m.type === 'ready') ready();
+    else if (m.type === 'done') finish(m.accepted!);
+    else fail(new Error(`writer ${task.hubId}: ${m.message}`));
+  });
+  child.once('exit', (code) => fail(new Error(`writer ${task.hubId} exited with ${code}`)));
+  child.send(task);
+  await registered;
+  return { go: () => child.send('go'), done };
 }
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
@@ -625,6 +666,31 @@ function conformance(target: Target): void {
       assert.equal((await b.getJob('j'))!.doneCount, ids.length);
       process.stdout.write(
         `# ${target.name} race results: 2 writers x 2000 items, accepted ${fromA.length} + ${fromB.length}, ${stored.length} stored, ${Math.round(ms)} ms\n`,
+      );
+    });
+
+    test('race across processes: two hub processes record results for the same items; each stored exactly once', async () => {
+      const space = target.space();
+      const s = await space.open();
+      open.push(s);
+      const ids = await sealedJob(s, 'j', 3000);
+      const task = { ...space.where, jobId: 'j', batch: 100 };
+      const [a, b] = await Promise.all([
+        writer({ ...task, hubId: 'pa', ids }),
+        writer({ ...task, hubId: 'pb', ids: [...ids].reverse() }),
+      ]);
+      a.go();
+      b.go();
+      const [fromA, fromB] = await within(Promise.all([a.done, b.done]), 60_000, 'writers');
+      assert.equal(new Set([...fromA, ...fromB]).size, ids.length, 'no item accepted by both');
+      assert.equal(fromA.length + fromB.length, ids.length);
+      const stored = await collect(s.iterateResults('j'));
+      assert.equal(stored.length, ids.length);
+      const owner = new Map(stored.map((r) => [r.itemId, r.workerId]));
+      assert.ok(fromA.every((id) => owner.get(id) === 'pa') && fromB.every((id) => owner.get(id) === 'pb'));
+      assert.equal((await s.getJob('j'))!.doneCount, ids.length);
+      process.stdout.write(
+        `# ${target.name} race across processes: 2 x 3000 items, accepted ${fromA.length} + ${fromB.length}\n`,
       );
     });
 
