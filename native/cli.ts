@@ -24,7 +24,8 @@ Options:
   --hub URL            the hub's address, e.g. http://hub.example:8080          [env SHARDHUB_HUB]
   --token T            the hub's join token                                     [env SHARDHUB_TOKEN]
   --concurrency N      sessions running at once (default 1)                     [env SHARDHUB_CONCURRENCY]
-  --backend B          auto | cpu | cuda | sim (default auto: cuda if usable)   [env SHARDHUB_BACKEND]
+  --backend B          auto | cpu | cuda | webgpu | sim (default auto: cuda, else a
+                       real GPU through webgpu, else cpu; see docs/gpu.md) [env SHARDHUB_BACKEND]
   --pool NAME          the worker pool this node joins                          [env SHARDHUB_POOL]
   --name NAME          the name shown on the dashboard (default: hostname)
   --id ID              a fixed worker id (8-64 of A-Z a-z 0-9 _ -), for several nodes on one machine
@@ -84,7 +85,7 @@ const ENV: Partial<Record<Key, string>> = {
   pool: 'SHARDHUB_POOL',
   'data-channel': 'SHARDHUB_DATA_CHANNEL',
 };
-const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim'];
+const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'webgpu', 'sim'];
 const SIM_KEYS: readonly Key[] = ['speed', 'item-ms', 'slow-at-s', 'slow-factor', 'die-at-s'];
 
 /** A usage problem: the message says what to fix. */
