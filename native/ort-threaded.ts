@@ -44,7 +44,9 @@ export type ToThread =
     }
   /** Batches written into `buffer` by `writeBatches` (transferred), each run as it is. */
   | { type: 'run'; id: number; buffer: ArrayBuffer; batches: BufferTensor[][] }
-  | { type: 'dispose' };
+  | { type: 'dispose' }
+  /** Tests only: the next run fails as a lost device does (see `ThreadedSession.loseDeviceForTest`). */
+  | { type: 'lose-device' };
 
 /** Messages from a session thread. `id` null: about the load (or the thread itself). */
 export type FromThread =
@@ -263,9 +265,14 @@ export class ThreadedSession implements LoadedModel {
     return this.losses.length;
   }
 
-  /** Ends the session thread as a crashing driver would: for tests of the recovery path. */
-  async killThread(): Promise<void> {
-    await this.worker.terminate();
+  /**
+   * Makes the next run fail as onnxruntime reports a lost device, for tests of the recovery path:
+   * onnxruntime-node gives no handle on its Dawn device to destroy, and ending a thread in the
+   * middle of a run aborts the whole process.
+   */
+  loseDeviceForTest(): void {
+    const msg: ToThread = { type: 'lose-device' };
+    this.worker.postMessage(msg);
   }
 
   async run(items: WireTensor[][]): Promise<WireTensor[][]> {
