@@ -85,7 +85,7 @@ const ENV: Partial<Record<Key, string>> = {
   pool: 'SHARDHUB_POOL',
   'data-channel': 'SHARDHUB_DATA_CHANNEL',
 };
-const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'webgpu', 'sim'];
+const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim', 'webgpu'];
 const SIM_KEYS: readonly Key[] = ['speed', 'item-ms', 'slow-at-s', 'slow-factor', 'die-at-s'];
 
 /** A usage problem: the message says what to fix. */

@@ -9,6 +9,7 @@
  * `intraOpNumThreads = max(1, floor(cores / concurrency))` so N sessions share the machine's cores
  * instead of each claiming all of them.
  */
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
@@ -96,11 +97,25 @@ async function startCuda(): Promise<void> {
   await session.release();
 }
 
-/** Probes WebGPU in a child process (`gpu-probe.ts`). */
-export async function probeWebGpuCheck(gpu?: GpuInfo): Promise<WebGpuCheck> {
-  const { probeWebGpu } = await import('./gpu-probe.ts');
+/**
+ * Probes WebGPU in a child process (`gpu-probe.ts`). With `realOnly` (auto: a software adapter would
+ * not be taken anyway), a machine whose PCI bus shows no display controller is answered without
+ * starting Dawn, which costs a CPU node's start a second or more.
+ */
+export async function probeWebGpuCheck(gpu?: GpuInfo, realOnly = false): Promise<WebGpuCheck> {
+  const { pciGpus, probeWebGpu } = await import('./gpu-probe.ts');
+  if (
+    realOnly &&
+    !gpu &&
+    process.platform === 'linux' &&
+    existsSync(PCI_DEVICES) &&
+    pciGpus(PCI_DEVICES).length === 0
+  )
+    return { ok: false, reason: `no GPU on the PCI bus (${PCI_DEVICES} lists no display controller)` };
   return webGpuCheck(await probeWebGpu({ nvidia: gpu ?? null }));
 }
+
+const PCI_DEVICES = '/sys/bus/pci/devices';
 
 /** The onnxruntime-node backend; see the file comment. */
 export class OrtBackend implements Backend {
@@ -138,7 +153,7 @@ export class OrtBackend implements Backend {
     const choice = await decideBackend(
       prefer,
       () => checkCuda(ort.listSupportedBackends?.() ?? [], startCuda, gpu?.name),
-      opts.webgpu ?? (() => probeWebGpuCheck(gpu)),
+      opts.webgpu ?? (() => probeWebGpuCheck(gpu, prefer === 'auto')),
     );
     const intraOp = Math.max(1, Math.floor(cores / concurrency));
     return new OrtBackend(choice.name, choice.reason, intraOp, gpu, opts.threads ?? true, choice.adapter);

@@ -114,7 +114,7 @@ describe('OrtBackend', () => {
     const auto = await OrtBackend.create({ prefer: 'auto', concurrency: 1 });
     assert.equal(auto.name, 'cpu');
     assert.match(auto.reason, /CUDA/);
-    assert.match(auto.reason, /using cpu/);
+    assert.match(auto.reason, /; webgpu: .*; using cpu$/);
     const asked = await OrtBackend.create({ prefer: 'cuda', concurrency: 1, gpu: null });
     assert.equal(asked.name, 'cpu', 'an unusable CUDA falls back to cpu');
     const cpu = await OrtBackend.create({ prefer: 'cpu' });
