@@ -328,7 +328,9 @@ export class ThreadedSession implements LoadedModel {
           };
           this.worker.on('message', onMessage);
           this.worker.once('exit', () => resolve());
-          setTimeout(resolve, 2000).unref();
+          // A thread ended in the middle of a run aborts the process (seen with the WebGPU
+          // provider), and a GPU run on a slow device can take far longer than a CPU one.
+          setTimeout(resolve, onGpu(this.options) ? 120_000 : 2000).unref();
         });
         const msg: ToThread = { type: 'dispose' };
         this.worker.postMessage(msg);
