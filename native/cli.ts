@@ -14,7 +14,8 @@ import { NodeFatalError, runNode, type NodeBackendChoice, type NodeOptions } fro
 export const NODE_USAGE = `Usage: shardhub node --hub URL [options]
 
 Joins this machine to a shardhub hub as a native worker: it benchmarks each job's model, runs the
-items the hub assigns with onnxruntime-node (CUDA where installed, else CPU) and sends results back.
+items the hub assigns with onnxruntime-node (CUDA where installed, else a GPU through WebGPU, else
+CPU) and sends results back.
 Ctrl-C (or SIGTERM) drains: unstarted items go back to the hub, running ones finish. Ctrl-C twice quits.
 CUDA: on a GPU server, add the CUDA provider once with
   ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node
