@@ -87,7 +87,7 @@ const ARGS = [
  * Chromium over `--remote-debugging-pipe` (requests on fd 3, replies and events on fd 4, each a
  * JSON message ended by a NUL byte), with only the commands the bench sends; see the file comment.
  */
-class Chromium {
+export class Chromium {
   private nextId = 0;
   private readonly pending = new Map<number, { ok: (v: unknown) => void; fail: (e: Error) => void }>();
   private buffered = '';
@@ -105,11 +105,12 @@ class Chromium {
     });
   }
 
-  static async launch(): Promise<Chromium> {
+  /** `extraArgs`: more flags (the gpu bench's for a real GPU headless). */
+  static async launch(extraArgs: readonly string[] = []): Promise<Chromium> {
     const dataDir = mkdtempSync(join(tmpdir(), 'shardhub-chromium-'));
     const proc = spawn(
       CHROMIUM,
-      [...ARGS, `--user-data-dir=${dataDir}`, '--remote-debugging-pipe', '--no-startup-window'],
+      [...ARGS, ...extraArgs, `--user-data-dir=${dataDir}`, '--remote-debugging-pipe', '--no-startup-window'],
       // stdout and stderr are pipes, drained: with them sent to /dev/null the pipe stayed silent.
       { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'] },
     );
@@ -183,7 +184,7 @@ class Chromium {
 }
 
 /** A tab of {@link Chromium}. */
-class Tab {
+export class Tab {
   constructor(
     private readonly chrome: Chromium,
     private readonly targetId: string,
@@ -252,7 +253,7 @@ function itemsOf(model: ModelInfo, dims: Record<string, number[]>, n: number, se
 }
 
 /** Creates, fills and seals a job through the hub's REST API; returns its id. */
-async function submit(hub: HubServer, model: string, items: NamedItem[]): Promise<string> {
+export async function submit(hub: HubServer, model: string, items: NamedItem[]): Promise<string> {
   const call = async (method: string, path: string, body?: BodyInit, type?: string) => {
     const res = await fetch(hub.url + path, {
       method,

@@ -14,7 +14,8 @@ import { NodeFatalError, runNode, type NodeBackendChoice, type NodeOptions } fro
 export const NODE_USAGE = `Usage: shardhub node --hub URL [options]
 
 Joins this machine to a shardhub hub as a native worker: it benchmarks each job's model, runs the
-items the hub assigns with onnxruntime-node (CUDA where installed, else CPU) and sends results back.
+items the hub assigns with onnxruntime-node (CUDA where installed, else a GPU through WebGPU, else
+CPU) and sends results back.
 Ctrl-C (or SIGTERM) drains: unstarted items go back to the hub, running ones finish. Ctrl-C twice quits.
 CUDA: on a GPU server, add the CUDA provider once with
   ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node
@@ -24,7 +25,8 @@ Options:
   --hub URL            the hub's address, e.g. http://hub.example:8080          [env SHARDHUB_HUB]
   --token T            the hub's join token                                     [env SHARDHUB_TOKEN]
   --concurrency N      sessions running at once (default 1)                     [env SHARDHUB_CONCURRENCY]
-  --backend B          auto | cpu | cuda | sim (default auto: cuda if usable)   [env SHARDHUB_BACKEND]
+  --backend B          auto | cpu | cuda | webgpu | sim (default auto: cuda, else a
+                       real GPU through webgpu, else cpu; see docs/gpu.md) [env SHARDHUB_BACKEND]
   --pool NAME          the worker pool this node joins                          [env SHARDHUB_POOL]
   --name NAME          the name shown on the dashboard (default: hostname)
   --id ID              a fixed worker id (8-64 of A-Z a-z 0-9 _ -), for several nodes on one machine
@@ -84,7 +86,7 @@ const ENV: Partial<Record<Key, string>> = {
   pool: 'SHARDHUB_POOL',
   'data-channel': 'SHARDHUB_DATA_CHANNEL',
 };
-const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim'];
+const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim', 'webgpu'];
 const SIM_KEYS: readonly Key[] = ['speed', 'item-ms', 'slow-at-s', 'slow-factor', 'die-at-s'];
 
 /** A usage problem: the message says what to fix. */

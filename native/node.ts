@@ -24,12 +24,13 @@ import type { ModelStore } from '../worker/model-cache.ts';
 import { Reconnector } from '../worker/reconnect.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { GpuInfo } from './ort-backend.ts';
+import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
 
-/** Which backend a node runs: `auto` is CUDA where usable, else CPU. */
-export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'sim';
+/** Which backend a node runs: `auto` is CUDA, else a real GPU through WebGPU, else CPU (`backend-select.ts`). */
+export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu' | 'sim';
 
 /** Options of {@link runNode} (the CLI's flags, parsed and validated). */
 export interface NodeOptions {
@@ -236,7 +237,17 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   // The data channel reserves places for inputs in the backend's staging buffers.
   let backend: Backend | undefined;
   const makeBackend = backendFactory;
-  backendFactory = async () => (backend = await makeBackend());
+  backendFactory = async () => {
+    backend = await makeBackend();
+    // A WebGPU node reports its adapter, as a browser does: the hub's GPU priors read its name,
+    // --min-gpu-memory its memory.
+    const adapter = (backend as { adapter?: AdapterInfo }).adapter;
+    if (backend.name === 'webgpu' && adapter) {
+      capabilities.gpu = adapterCapabilities(adapter);
+      log.info({ adapter: capabilities.gpu }, 'WebGPU adapter');
+    }
+    return backend;
+  };
   const wantsChannel = opts.dataChannel !== false && new URL(hub).protocol === 'http:';
 
   const capabilities: Capabilities = {

@@ -1,30 +1,41 @@
 /**
  * The onnxruntime-node backend: `cuda` where the CUDA execution provider is installed and starts,
- * else `cpu`, with the reason recorded either way (it is registered with the hub and shown to
- * operators). The CPU provider ships with the npm package; CUDA is added on a GPU server with
- * `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node`.
+ * `webgpu` (the bundled Dawn, on Vulkan under Linux) where a real GPU adapter is found, else `cpu`,
+ * with the reason recorded either way (it is registered with the hub and shown to operators); see
+ * `backend-select.ts`. The CPU and WebGPU providers ship with the npm package; CUDA is added on a
+ * GPU server with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node`.
  *
  * Each runner gets its own session, in its own worker thread (see `ort-threaded.ts`);
  * `intraOpNumThreads = max(1, floor(cores / concurrency))` so N sessions share the machine's cores
  * instead of each claiming all of them.
  */
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { ModelInfo } from '../protocol/model.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
-import { errorMessage, type Backend, type LoadedModel } from '../worker/backend.ts';
+import { type Backend, type LoadedModel } from '../worker/backend.ts';
+import {
+  checkCuda,
+  decideBackend,
+  webGpuCheck,
+  type BackendPreference,
+  type OrtProvider,
+  type WebGpuCheck,
+} from './backend-select.ts';
+import type { AdapterInfo } from './gpu-probe.ts';
+import { detectNvidiaGpu, type GpuInfo } from './nvidia-smi.ts';
 import { OrtSession, sessionOptions } from './ort-session.ts';
 import { ThreadedSession } from './ort-threaded.ts';
 import { Stager } from './staging.ts';
 
+export { detectNvidiaGpu, parseNvidiaSmi, type GpuInfo } from './nvidia-smi.ts';
+
 const require = createRequire(import.meta.url);
 
-/** Which provider to use: `auto` tries CUDA and falls back to CPU. */
-export type OrtPreference = 'auto' | 'cpu' | 'cuda';
+/** Which provider to use: `auto` tries CUDA, then a real GPU through WebGPU, then CPU. */
+export type OrtPreference = BackendPreference;
 
 /** Options of {@link OrtBackend.create}. */
 export interface OrtBackendOptions {
@@ -40,48 +51,8 @@ export interface OrtBackendOptions {
    * calling thread, so in-thread sessions block the event loop and take turns. See `ort-threaded.ts`.
    */
   threads?: boolean;
-}
-
-/** An NVIDIA GPU as `nvidia-smi` reports it. */
-export interface GpuInfo {
-  name: string;
-  memoryTotalBytes: number;
-  memoryUsedBytes: number;
-}
-
-const MIB = 1024 * 1024;
-
-/**
- * Asks `nvidia-smi` for the first GPU's name and memory. Resolves undefined (silently) when there
- * is no `nvidia-smi`, no GPU, or the output cannot be read.
- */
-export function detectNvidiaGpu(timeoutMs = 3000): Promise<GpuInfo | undefined> {
-  return new Promise((resolve) => {
-    execFile(
-      'nvidia-smi',
-      ['--query-gpu=name,memory.total,memory.used', '--format=csv,noheader,nounits'],
-      { timeout: timeoutMs, windowsHide: true },
-      (err, stdout) => {
-        if (err) return resolve(undefined);
-        resolve(parseNvidiaSmi(stdout)[0]);
-      },
-    );
-  });
-}
-
-/** Parses `nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader,nounits` (MiB). */
-export function parseNvidiaSmi(stdout: string): GpuInfo[] {
-  const gpus: GpuInfo[] = [];
-  for (const line of stdout.split(/\r?\n/)) {
-    const parts = line.split(',').map((s) => s.trim());
-    if (parts.length < 3) continue;
-    const used = Number(parts.pop());
-    const total = Number(parts.pop());
-    const name = parts.join(',');
-    if (!name || !Number.isFinite(total) || !Number.isFinite(used)) continue;
-    gpus.push({ name, memoryTotalBytes: total * MIB, memoryUsedBytes: used * MIB });
-  }
-  return gpus;
+  /** What WebGPU offers here (tests give their own); probed (`gpu-probe.ts`) when omitted and needed. */
+  webgpu?: () => Promise<WebGpuCheck>;
 }
 
 /** The onnxruntime-node version in use (from its package.json, else `ort.env.versions`). */
@@ -91,18 +62,6 @@ export function ortVersion(): string | undefined {
   } catch {
     return ort.env.versions.node ?? ort.env.versions.common;
   }
-}
-
-/** The directory holding onnxruntime-node's native binding and provider libraries. */
-function bindingDir(): string {
-  const root = dirname(dirname(require.resolve('onnxruntime-node')));
-  return join(root, 'bin', 'napi-v6', process.platform, process.arch);
-}
-
-function cudaLibraryName(): string {
-  if (process.platform === 'win32') return 'onnxruntime_providers_cuda.dll';
-  if (process.platform === 'darwin') return 'libonnxruntime_providers_cuda.dylib';
-  return 'libonnxruntime_providers_cuda.so';
 }
 
 /**
@@ -129,40 +88,34 @@ async function probeModel(): Promise<Uint8Array> {
   }).finish();
 }
 
-/**
- * Decides between cuda and cpu. Returns the choice and why, checking cheap facts first (is the
- * provider in this build, is its library installed) so a CPU machine never loads CUDA libraries.
- */
-async function chooseProvider(
-  prefer: OrtPreference,
-  gpu: GpuInfo | undefined,
-): Promise<{ name: 'cuda' | 'cpu'; reason: string }> {
-  if (prefer === 'cpu') return { name: 'cpu', reason: 'cpu requested' };
-  const supported = ort.listSupportedBackends?.() ?? [];
-  if (!supported.some((b) => b.name === 'cuda')) {
-    return { name: 'cpu', reason: 'this onnxruntime-node build has no CUDA provider; using cpu' };
-  }
-  if (!existsSync(join(bindingDir(), cudaLibraryName()))) {
-    return {
-      name: 'cpu',
-      reason:
-        'CUDA provider not installed (install it with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node`); using cpu',
-    };
-  }
-  try {
-    const session = await ort.InferenceSession.create(await probeModel(), {
-      executionProviders: ['cuda'],
-      logSeverityLevel: 3,
-    });
-    await session.release();
-  } catch (err) {
-    return {
-      name: 'cpu',
-      reason: `CUDA provider failed to start (${errorMessage(err).slice(0, 300)}); using cpu`,
-    };
-  }
-  return { name: 'cuda', reason: gpu ? `CUDA provider on ${gpu.name}` : 'CUDA provider started' };
+/** Starts a CUDA session on the probe model (throws when the provider does not start). */
+async function startCuda(): Promise<void> {
+  const session = await ort.InferenceSession.create(await probeModel(), {
+    executionProviders: ['cuda'],
+    logSeverityLevel: 3,
+  });
+  await session.release();
 }
+
+/**
+ * Probes WebGPU in a child process (`gpu-probe.ts`). With `realOnly` (auto: a software adapter would
+ * not be taken anyway), a machine whose PCI bus shows no display controller is answered without
+ * starting Dawn, which costs a CPU node's start a second or more.
+ */
+export async function probeWebGpuCheck(gpu?: GpuInfo, realOnly = false): Promise<WebGpuCheck> {
+  const { pciGpus, probeWebGpu } = await import('./gpu-probe.ts');
+  if (
+    realOnly &&
+    !gpu &&
+    process.platform === 'linux' &&
+    existsSync(PCI_DEVICES) &&
+    pciGpus(PCI_DEVICES).length === 0
+  )
+    return { ok: false, reason: `no GPU on the PCI bus (${PCI_DEVICES} lists no display controller)` };
+  return webGpuCheck(await probeWebGpu({ nvidia: gpu ?? null }));
+}
+
+const PCI_DEVICES = '/sys/bus/pci/devices';
 
 /** The onnxruntime-node backend; see the file comment. */
 export class OrtBackend implements Backend {
@@ -170,7 +123,7 @@ export class OrtBackend implements Backend {
   private readonly stager: Stager | undefined;
 
   private constructor(
-    readonly name: 'cuda' | 'cpu',
+    readonly name: OrtProvider,
     readonly reason: string,
     /** Threads each session uses for one operator. */
     readonly intraOpNumThreads: number,
@@ -178,24 +131,32 @@ export class OrtBackend implements Backend {
     readonly gpu: GpuInfo | undefined,
     /** Whether each session runs in its own worker thread. */
     readonly threads: boolean,
+    /** The WebGPU adapter (with `webgpu`). */
+    readonly adapter: AdapterInfo | undefined,
   ) {
     this.stager = threads ? new Stager() : undefined;
   }
 
-  /** Chooses the provider (see {@link chooseProvider}) and sizes the thread pools. */
+  /** Chooses the provider (`backend-select.ts`) and sizes the thread pools. */
   static async create(opts: OrtBackendOptions = {}): Promise<OrtBackend> {
     const concurrency = opts.concurrency ?? 1;
     if (!Number.isInteger(concurrency) || concurrency < 1)
       throw new RangeError('concurrency must be an integer >= 1');
     const cores = opts.cores ?? availableParallelism();
     const prefer = opts.prefer ?? 'auto';
-    const gpu = opts.gpu === undefined ? await detectNvidiaGpu() : (opts.gpu ?? undefined);
-    const choice =
+    const gpu =
       prefer === 'cpu'
-        ? { name: 'cpu' as const, reason: 'cpu requested' }
-        : await chooseProvider(prefer, gpu);
+        ? (opts.gpu ?? undefined)
+        : opts.gpu === undefined
+          ? await detectNvidiaGpu()
+          : (opts.gpu ?? undefined);
+    const choice = await decideBackend(
+      prefer,
+      () => checkCuda(ort.listSupportedBackends?.() ?? [], startCuda, gpu?.name),
+      opts.webgpu ?? (() => probeWebGpuCheck(gpu, prefer === 'auto')),
+    );
     const intraOp = Math.max(1, Math.floor(cores / concurrency));
-    return new OrtBackend(choice.name, choice.reason, intraOp, gpu, opts.threads ?? true);
+    return new OrtBackend(choice.name, choice.reason, intraOp, gpu, opts.threads ?? true, choice.adapter);
   }
 
   /** The session options every session of this backend gets. */

@@ -21,13 +21,19 @@ import { runBatched } from '../worker/batching.ts';
  * hub, and a spinning pool thread takes their CPU, while a preempted one holds up every parallel
  * section. Measured on PaddleOCR detection, 2 threads: 135 -> 140 items/s alone, 14.7 -> 12.9 ms of
  * CPU per item.
+ *
+ * WebGPU sessions take their inputs from and give their outputs to CPU memory: onnxruntime-node
+ * 1.30 can leave outputs on the device (`preferredOutputLocation: 'gpu-buffer'`), but reading such
+ * an output back (`getData()`) aborts the process, and a node must send every output to the hub;
+ * inputs on the device would need a `GPUBuffer`, which Node has no way to make. See docs/gpu.md.
  */
 export function sessionOptions(
-  provider: 'cuda' | 'cpu',
+  provider: 'cuda' | 'webgpu' | 'cpu',
   intraOpNumThreads: number,
 ): ort.InferenceSession.SessionOptions {
   return {
-    executionProviders: provider === 'cuda' ? ['cuda', 'cpu'] : ['cpu'],
+    // Nodes a GPU provider does not implement run on the CPU provider, listed after it.
+    executionProviders: provider === 'cpu' ? ['cpu'] : [provider, 'cpu'],
     intraOpNumThreads,
     interOpNumThreads: 1,
     executionMode: 'sequential',

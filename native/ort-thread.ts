@@ -14,6 +14,8 @@ const port = parentPort;
 if (!port) throw new Error('ort-thread.ts must run in a worker thread');
 
 let session: OrtSession | undefined;
+/** Set by a test's `lose-device`: the next run fails as a lost device does. */
+let deviceLost = false;
 
 function send(msg: FromThread, transfer: ArrayBuffer[] = []): void {
   (port as NonNullable<typeof port>).postMessage(msg, transfer);
@@ -67,6 +69,7 @@ port.on('message', (msg: ToThread) => {
       const { id, buffer, batches } = msg;
       const run = session;
       (async () => {
+        if (deviceLost) throw new BackendError('device_lost', 'WebGPU device lost (lose-device, a test)');
         const outputs: WireTensor[][] = [];
         for (const batch of batches) outputs.push(await run.runInputs(viewsOf(buffer, batch)));
         return outputs;
@@ -86,6 +89,9 @@ port.on('message', (msg: ToThread) => {
       );
       return;
     }
+    case 'lose-device':
+      deviceLost = true;
+      return;
     case 'dispose':
       void (session?.dispose() ?? Promise.resolve()).finally(() => send({ type: 'disposed' }));
       return;

@@ -17,6 +17,12 @@
  *
  * On a native node most batches are not written at run time at all: their items were staged into
  * a batch buffer as they arrived (`staging.ts`), and that buffer is the one transferred.
+ *
+ * A session whose thread dies, or whose GPU device is lost (a run fails with `device_lost`), fails
+ * the runs in flight (on a GPU provider as `device_lost`: the hub gives their items to others) and
+ * starts again on its next run: a new thread, a new session, and so a new device, as the browser
+ * replaces its inference worker. After {@link MAX_LOSSES} losses within {@link LOSS_WINDOW_MS} it
+ * stays dead, each run failing with the last loss.
  */
 import { Worker } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
@@ -38,7 +44,9 @@ export type ToThread =
     }
   /** Batches written into `buffer` by `writeBatches` (transferred), each run as it is. */
   | { type: 'run'; id: number; buffer: ArrayBuffer; batches: BufferTensor[][] }
-  | { type: 'dispose' };
+  | { type: 'dispose' }
+  /** Tests only: the next run fails as a lost device does (see `ThreadedSession.loseDeviceForTest`). */
+  | { type: 'lose-device' };
 
 /** Messages from a session thread. `id` null: about the load (or the thread itself). */
 export type FromThread =
@@ -68,6 +76,65 @@ interface Pending {
 }
 
 const ENTRY = new URL('./ort-thread.ts', import.meta.url);
+
+/** Losses within {@link LOSS_WINDOW_MS} after which a session gives up (as the browser does). */
+export const MAX_LOSSES = 3;
+/** 10 minutes. */
+export const LOSS_WINDOW_MS = 10 * 60_000;
+
+type SessionModel = Pick<ModelInfo, 'name' | 'batchable' | 'batchSize'>;
+
+/** Whether the options run on a GPU provider, whose losses are `device_lost`. */
+function onGpu(options: InferenceSession.SessionOptions): boolean {
+  return (options.executionProviders ?? []).some((p) => {
+    const name = typeof p === 'string' ? p : p.name;
+    return name !== 'cpu';
+  });
+}
+
+/** Starts a thread and loads the model in it; rejects with the thread's {@link BackendError}. */
+async function startLoaded(
+  model: SessionModel,
+  bytes: Uint8Array,
+  options: InferenceSession.SessionOptions,
+): Promise<Worker> {
+  const worker = startThread();
+  // Only these listeners are removed afterwards: a Worker keeps listeners of its own (they ref and
+  // unref its message port), and without them its messages stop coming.
+  let onMessage!: (msg: FromThread) => void;
+  let onError!: (err: Error) => void;
+  let onExit!: (code: number) => void;
+  const loaded = new Promise<void>((resolve, reject) => {
+    onMessage = (msg: FromThread) => {
+      if (msg.type === 'loaded') resolve();
+      else if (msg.type === 'error' && msg.id === null) reject(new BackendError(msg.category, msg.message));
+    };
+    onError = (err) => reject(new BackendError('model_load', `session thread failed: ${err.message}`));
+    onExit = (code) => reject(new BackendError('model_load', `session thread exited (code ${code})`));
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+  });
+  // Cloned, not transferred: the session keeps its bytes to load them again after a loss.
+  const msg: ToThread = {
+    type: 'load',
+    model: { name: model.name, batchable: model.batchable, batchSize: model.batchSize },
+    bytes,
+    options,
+  };
+  worker.postMessage(msg);
+  try {
+    await loaded;
+  } catch (err) {
+    await worker.terminate();
+    throw err;
+  } finally {
+    worker.off('message', onMessage);
+    worker.off('error', onError);
+    worker.off('exit', onExit);
+  }
+  return worker;
+}
 
 /**
  * Starts a thread running the session entry. Under tsx (a `.ts` entry) the thread first registers
@@ -159,20 +226,23 @@ export class ThreadedSession implements LoadedModel {
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
   private disposed: Promise<void> | undefined;
+  /** Set for good: the session gave up (too many losses, or no new session could be made). */
   private dead: Error | undefined;
+  /** The thread was lost: the next run starts a new one. */
+  private lost: BackendError | undefined;
+  private restarting: Promise<void> | undefined;
+  private readonly losses: number[] = [];
 
   private readonly buffers = new InputBuffers();
 
   private constructor(
-    private readonly worker: Worker,
-    private readonly model: Pick<ModelInfo, 'batchable' | 'batchSize'>,
+    private worker: Worker,
+    private readonly model: SessionModel,
+    private readonly bytes: Uint8Array,
+    private readonly options: InferenceSession.SessionOptions,
     private readonly stager: Stager | undefined,
   ) {
-    worker.on('message', (msg: FromThread) => this.onMessage(msg));
-    worker.on('error', (err) =>
-      this.fail(new BackendError('other', `session thread failed: ${err.message}`)),
-    );
-    worker.on('exit', (code) => this.fail(new BackendError('other', `session thread exited (code ${code})`)));
+    this.attach(worker);
   }
 
   /**
@@ -180,47 +250,39 @@ export class ThreadedSession implements LoadedModel {
    * With a `stager`, batches whose items it staged go to the thread in its buffer.
    */
   static async create(
-    model: Pick<ModelInfo, 'name' | 'batchable' | 'batchSize'>,
+    model: SessionModel,
     bytes: Uint8Array,
     options: InferenceSession.SessionOptions,
     stager?: Stager,
   ): Promise<ThreadedSession> {
-    const worker = startThread();
-    const loaded = new Promise<void>((resolve, reject) => {
-      const onMessage = (msg: FromThread) => {
-        if (msg.type === 'loaded') resolve();
-        else if (msg.type === 'error' && msg.id === null) reject(new BackendError(msg.category, msg.message));
-        else return;
-        worker.off('message', onMessage);
-      };
-      worker.on('message', onMessage);
-      worker.once('error', (err) =>
-        reject(new BackendError('model_load', `session thread failed: ${err.message}`)),
-      );
-      worker.once('exit', (code) =>
-        reject(new BackendError('model_load', `session thread exited (code ${code})`)),
-      );
-    });
     const own = bytes.slice();
-    const msg: ToThread = {
-      type: 'load',
-      model: { name: model.name, batchable: model.batchable, batchSize: model.batchSize },
-      bytes: own,
-      options,
-    };
-    worker.postMessage(msg, [own.buffer]);
-    try {
-      await loaded;
-    } catch (err) {
-      await worker.terminate();
-      throw err;
-    }
-    return new ThreadedSession(worker, model, stager);
+    const worker = await startLoaded(model, own, options);
+    return new ThreadedSession(worker, model, own, options, stager);
   }
 
-  run(items: WireTensor[][]): Promise<WireTensor[][]> {
-    if (this.disposed) return Promise.reject(new Error('session is disposed'));
-    if (this.dead) return Promise.reject(this.dead);
+  /** How many times the session was lost and started again. */
+  get restarts(): number {
+    return this.losses.length;
+  }
+
+  /**
+   * Makes the next run fail as onnxruntime reports a lost device, for tests of the recovery path:
+   * onnxruntime-node gives no handle on its Dawn device to destroy, and ending a thread in the
+   * middle of a run aborts the whole process.
+   */
+  loseDeviceForTest(): void {
+    const msg: ToThread = { type: 'lose-device' };
+    this.worker.postMessage(msg);
+  }
+
+  async run(items: WireTensor[][]): Promise<WireTensor[][]> {
+    if (this.disposed) throw new Error('session is disposed');
+    if (this.lost) await this.restart();
+    if (this.dead) throw this.dead;
+    return this.post(items);
+  }
+
+  private post(items: WireTensor[][]): Promise<WireTensor[][]> {
     const id = ++this.nextId;
     const max = this.model.batchable ? this.model.batchSize : 1;
     const claimed = items.length <= max ? this.stager?.claim(items) : undefined;
@@ -258,14 +320,17 @@ export class ThreadedSession implements LoadedModel {
 
   dispose(): Promise<void> {
     this.disposed ??= (async () => {
-      if (!this.dead) {
+      await this.restarting?.catch(() => undefined);
+      if (!this.dead && !this.lost) {
         const done = new Promise<void>((resolve) => {
           const onMessage = (msg: FromThread) => {
             if (msg.type === 'disposed') resolve();
           };
           this.worker.on('message', onMessage);
           this.worker.once('exit', () => resolve());
-          setTimeout(resolve, 2000).unref();
+          // A thread ended in the middle of a run aborts the process (seen with the WebGPU
+          // provider), and a GPU run on a slow device can take far longer than a CPU one.
+          setTimeout(resolve, onGpu(this.options) ? 120_000 : 2000).unref();
         });
         const msg: ToThread = { type: 'dispose' };
         this.worker.postMessage(msg);
@@ -283,12 +348,16 @@ export class ThreadedSession implements LoadedModel {
         this.pending.get(msg.id)?.resolve({ outputs: msg.outputs, finite: msg.finite });
         this.pending.delete(msg.id);
         return;
-      case 'error':
+      case 'error': {
         if (msg.id === null) return;
         this.giveBack(msg.id, msg.buffer);
-        this.pending.get(msg.id)?.reject(new BackendError(msg.category, msg.message));
+        const err = new BackendError(msg.category, msg.message);
+        this.pending.get(msg.id)?.reject(err);
         this.pending.delete(msg.id);
+        // The session went with its device: the thread is ended and a new one made on the next run.
+        if (msg.category === 'device_lost') this.lose(this.worker, err);
         return;
+      }
       case 'loaded':
       case 'disposed':
         return;
@@ -302,10 +371,62 @@ export class ThreadedSession implements LoadedModel {
     else this.buffers.give(buffer);
   }
 
-  private fail(err: Error): void {
+  /** Listens to a thread; its death is a loss (see the file comment). */
+  private attach(worker: Worker): void {
+    worker.on('message', (msg: FromThread) => {
+      if (worker === this.worker) this.onMessage(msg);
+    });
+    worker.on('error', (err) =>
+      this.lose(worker, new BackendError('other', `session thread failed: ${err.message}`)),
+    );
+    worker.on('exit', (code) =>
+      this.lose(worker, new BackendError('other', `session thread exited (code ${code})`)),
+    );
+  }
+
+  /** The thread (or its device) is gone: runs in flight fail, the next run starts again. */
+  private lose(worker: Worker, cause: BackendError): void {
+    if (worker !== this.worker || this.lost || this.dead) return;
     if (this.disposed && this.pending.size === 0) return;
-    this.dead ??= err;
+    const err = onGpu(this.options)
+      ? new BackendError(
+          'device_lost',
+          cause.category === 'device_lost' ? cause.message : `GPU session lost: ${cause.message}`,
+        )
+      : cause;
+    this.lost = err;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
+    void worker.terminate();
+  }
+
+  /** A new thread and session after a loss, unless there were too many (then dead for good). */
+  private restart(): Promise<void> {
+    this.restarting ??= (async () => {
+      const lost = this.lost as BackendError;
+      const now = Date.now();
+      while (this.losses.length > 0 && now - (this.losses[0] as number) > LOSS_WINDOW_MS) this.losses.shift();
+      this.losses.push(now);
+      if (this.losses.length > MAX_LOSSES) {
+        this.dead = new BackendError(
+          lost.category,
+          `${this.model.name}: lost ${this.losses.length} times in 10 min; giving up (last: ${lost.message})`,
+        );
+        return;
+      }
+      try {
+        this.worker = await startLoaded(this.model, this.bytes, this.options);
+        this.attach(this.worker);
+        this.lost = undefined;
+      } catch (err) {
+        this.dead = new BackendError(
+          lost.category,
+          `${this.model.name}: no new session after a loss (${err instanceof Error ? err.message : String(err)})`,
+        );
+      }
+    })().finally(() => {
+      this.restarting = undefined;
+    });
+    return this.restarting;
   }
 }

@@ -53,6 +53,10 @@ export interface Capabilities {
     name: string;
     vendor?: string;
     architecture?: string;
+    /** The GPU driver (native WebGPU nodes). */
+    driver?: string;
+    /** A software adapter (SwiftShader, llvmpipe): no GPU behind it. */
+    software?: boolean;
     memoryBytes?: number;
     features?: string[];
     limits?: Record<string, number>;

@@ -48,6 +48,8 @@ export const CapabilitiesSchema = z.object({
       name: z.string().max(LIMITS.nameChars),
       vendor: z.string().max(LIMITS.nameChars).optional(),
       architecture: z.string().max(LIMITS.nameChars).optional(),
+      driver: z.string().max(LIMITS.nameChars).optional(),
+      software: z.boolean().optional(),
       memoryBytes: bytes.optional(),
       features: z.array(z.string().max(64)).max(64).optional(),
       limits: z.record(z.string().max(64), z.number()).optional(),

@@ -10,6 +10,20 @@ import onnxProto from 'onnx-proto';
 import type { ModelInfo } from '../../protocol/model.ts';
 import { bytesOf, compareTensors, type WireTensor } from '../../protocol/tensor.ts';
 import { detectNvidiaGpu, OrtBackend, parseNvidiaSmi } from '../../native/ort-backend.ts';
+import {
+  adapterCapabilities,
+  adapterFromDrivers,
+  adapterFromVulkaninfo,
+  parseVulkaninfoSummary,
+  pciGpus,
+  PROBE_MODEL_BASE64,
+  vulkanDrivers,
+} from '../../native/gpu-probe.ts';
+import { webGpuCheck } from '../../native/backend-select.ts';
+import { CapabilitiesSchema } from '../../protocol/schemas.ts';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { BackendError, classifyError } from '../../worker/backend.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { checkOutputs } from '../../worker/wire.ts';
@@ -100,12 +114,12 @@ describe('OrtBackend', () => {
     const auto = await OrtBackend.create({ prefer: 'auto', concurrency: 1 });
     assert.equal(auto.name, 'cpu');
     assert.match(auto.reason, /CUDA/);
-    assert.match(auto.reason, /using cpu/);
+    assert.match(auto.reason, /; webgpu: .*; using cpu$/);
     const asked = await OrtBackend.create({ prefer: 'cuda', concurrency: 1, gpu: null });
     assert.equal(asked.name, 'cpu', 'an unusable CUDA falls back to cpu');
     const cpu = await OrtBackend.create({ prefer: 'cpu' });
     assert.equal(cpu.name, 'cpu');
-    assert.equal(cpu.reason, 'cpu requested');
+    assert.equal(cpu.reason, 'cpu requested (--backend cpu)');
   });
 
   it('divides cores between sessions', async () => {
@@ -309,5 +323,187 @@ describe('OrtBackend', () => {
     const gpu = await detectNvidiaGpu();
     if (gpu === undefined) return; // no nvidia-smi: silently nothing
     assert.equal(typeof gpu.name, 'string');
+  });
+});
+
+/** `vulkaninfo --summary` (1.3) on a machine with an NVIDIA GPU and lavapipe. */
+const VULKANINFO = `==========
+VULKANINFO
+==========
+
+Vulkan Instance Version: 1.3.239
+
+Devices:
+========
+GPU0:
+	apiVersion         = 1.3.242
+	driverVersion      = 535.104.5.0
+	vendorID           = 0x10de
+	deviceID           = 0x2204
+	deviceType         = PHYSICAL_DEVICE_TYPE_DISCRETE_GPU
+	deviceName         = NVIDIA GeForce RTX 3090
+	driverID           = DRIVER_ID_NVIDIA_PROPRIETARY
+	driverName         = NVIDIA
+	driverInfo         = 535.104.05
+	conformanceVersion = 1.3.5.0
+GPU1:
+	apiVersion         = 1.3.230
+	driverVersion      = 0.0.1
+	vendorID           = 0x10005
+	deviceID           = 0x0000
+	deviceType         = PHYSICAL_DEVICE_TYPE_CPU
+	deviceName         = llvmpipe (LLVM 15.0.6, 256 bits)
+	driverID           = DRIVER_ID_MESA_LLVMPIPE
+	driverName         = llvmpipe
+	driverInfo         = Mesa 22.3.6 (LLVM 15.0.6)
+`;
+
+describe('GPU probe: reading what the machine says', () => {
+  it('names the adapter from vulkaninfo, discrete before CPU, memory from nvidia-smi', () => {
+    const devices = parseVulkaninfoSummary(VULKANINFO);
+    assert.equal(devices.length, 2);
+    assert.equal(devices[1]?.deviceType, 'PHYSICAL_DEVICE_TYPE_CPU');
+    const nvidia = { name: 'NVIDIA GeForce RTX 3090', memoryTotalBytes: 24576 * 2 ** 20, memoryUsedBytes: 0 };
+    const a = adapterFromVulkaninfo([...devices].reverse(), [], nvidia);
+    assert.deepEqual(a, {
+      name: 'NVIDIA GeForce RTX 3090',
+      vendor: 'NVIDIA',
+      architecture: '',
+      device: '0x2204',
+      driver: 'NVIDIA 535.104.05',
+      memoryBytes: 24576 * 2 ** 20,
+      software: false,
+      source: 'vulkaninfo',
+    });
+    const soft = adapterFromVulkaninfo(devices.slice(1));
+    assert.equal(soft?.software, true);
+    assert.equal(soft?.architecture, 'llvmpipe');
+  });
+
+  it('reads Vulkan driver manifests and PCI display devices, and matches them', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gpu-probe-'));
+    try {
+      const icd = join(dir, 'icd.d');
+      mkdirSync(icd);
+      const manifest = (lib: string) =>
+        JSON.stringify({ file_format_version: '1.0.0', ICD: { library_path: lib } });
+      writeFileSync(join(icd, 'nvidia_icd.json'), manifest('libGLX_nvidia.so.0'));
+      writeFileSync(join(icd, 'lvp_icd.x86_64.json'), manifest('/usr/lib/libvulkan_lvp.so'));
+      writeFileSync(join(icd, 'broken.json'), '{');
+      const drivers = vulkanDrivers({ VK_ICD_FILENAMES: icd });
+      assert.deepEqual(
+        drivers.map((d) => [d.library, d.software, d.vendorId]),
+        [
+          ['/usr/lib/libvulkan_lvp.so', true, undefined],
+          ['libGLX_nvidia.so.0', false, '10de'],
+        ],
+      );
+      // A PCI tree: a network card, and an AMD GPU with amdgpu's VRAM figure.
+      const pci = join(dir, 'pci');
+      const dev = (id: string, cls: string, vendor: string, device: string) => {
+        mkdirSync(join(pci, id), { recursive: true });
+        writeFileSync(join(pci, id, 'class'), `${cls}\n`);
+        writeFileSync(join(pci, id, 'vendor'), `0x${vendor}\n`);
+        writeFileSync(join(pci, id, 'device'), `0x${device}\n`);
+        return join(pci, id);
+      };
+      dev('0000:00:03.0', '0x020000', '8086', '100e');
+      const amd = dev('0000:01:00.0', '0x030000', '1002', '73bf');
+      writeFileSync(join(amd, 'mem_info_vram_total'), '17163091968\n');
+      mkdirSync(join(dir, 'drivers', 'amdgpu'), { recursive: true });
+      symlinkSync(join(dir, 'drivers', 'amdgpu'), join(amd, 'driver'));
+      const gpus = pciGpus(pci);
+      assert.deepEqual(gpus, [
+        { vendorId: '1002', deviceId: '73bf', kernelDriver: 'amdgpu', memoryBytes: 17163091968 },
+      ]);
+
+      // The NVIDIA driver with no NVIDIA GPU present does not count; lavapipe is what is left.
+      const soft = adapterFromDrivers(drivers, gpus);
+      assert.equal(soft?.software, true);
+      assert.equal(soft?.vendor, 'mesa');
+      // The AMD driver with the AMD GPU present: a real adapter with its memory.
+      const radv = [
+        ...drivers,
+        { file: 'radeon_icd.json', library: 'libvulkan_radeon.so', software: false, vendorId: '1002' },
+      ];
+      const real = adapterFromDrivers(radv, gpus);
+      assert.equal(real?.software, false);
+      assert.equal(real?.vendor, 'AMD');
+      assert.equal(real?.memoryBytes, 17163091968);
+      assert.equal(real?.driver, 'amdgpu, libvulkan_radeon.so');
+      assert.equal(adapterFromDrivers([], gpus), undefined);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("registers an adapter in the hub's schema, and the probe model is onnx-proto's encoding", () => {
+    const caps = {
+      cores: 2,
+      memoryBytes: 1,
+      gpu: adapterCapabilities({
+        name: 'SwiftShader Device (Subzero)',
+        vendor: 'google',
+        architecture: 'swiftshader',
+        device: '',
+        driver: 'libvk_swiftshader.so',
+        software: true,
+        source: 'drivers',
+      }),
+    };
+    assert.deepEqual(CapabilitiesSchema.parse(caps).gpu, {
+      name: 'SwiftShader Device (Subzero)',
+      vendor: 'google',
+      architecture: 'swiftshader',
+      driver: 'libvk_swiftshader.so',
+      software: true,
+    });
+    const vi = (name: string) => ({
+      name,
+      type: { tensorType: { elemType: FLOAT, shape: { dim: [{ dimValue: 1 }, { dimValue: 4 }] } } },
+    });
+    const fresh = onnx.ModelProto.encode({
+      irVersion: 8,
+      opsetImport: [{ domain: '', version: 17 }],
+      producerName: 'shardhub-gpu-probe',
+      graph: {
+        name: 'gpu-probe',
+        node: [{ opType: 'Relu', input: ['x'], output: ['y'] }],
+        input: [vi('x')],
+        output: [vi('y')],
+      },
+    }).finish();
+    assert.equal(Buffer.from(fresh).toString('base64'), PROBE_MODEL_BASE64);
+  });
+
+  it('says what is missing: no provider, no loader, no driver, an unnamed adapter', () => {
+    const base = { provider: true, loader: { found: true }, drivers: [], ms: 1 };
+    assert.equal(
+      webGpuCheck({ ...base, provider: false, adapter: { ok: false, error: 'x' } }).reason,
+      'this onnxruntime-node build has no WebGPU provider',
+    );
+    assert.equal(
+      webGpuCheck({
+        ...base,
+        loader: { found: false, error: 'libvulkan.so.1: cannot open' },
+        adapter: { ok: false, error: 'not tried' },
+      }).reason,
+      'No Vulkan loader (install libvulkan1)',
+    );
+    const noAdapter = webGpuCheck({
+      ...base,
+      drivers: [{ file: 'f', library: 'libvulkan_lvp.so', software: true }],
+      adapter: {
+        ok: false,
+        error: '/src/webgpu_context.cc:136 ... Failed to get a WebGPU adapter: No supported adapters\n',
+      },
+    });
+    assert.equal(noAdapter.ok, false);
+    assert.match(
+      noAdapter.reason,
+      /Dawn found no Vulkan device it supports \(No supported adapters; install/,
+    );
+    const unnamed = webGpuCheck({ ...base, adapter: { ok: true } });
+    assert.equal(unnamed.ok && unnamed.adapter.software, false);
   });
 });

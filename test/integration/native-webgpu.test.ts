@@ -1,0 +1,291 @@
+/**
+ * Native nodes on onnxruntime-node's WebGPU provider (Dawn on Vulkan) over SwiftShader, Chromium's
+ * software Vulkan driver (Debian's `chromium` and `libvulkan1`, installed by `.ci/run`): the probe and
+ * the backend choice in each case (software adapter only, no Vulkan driver, no Vulkan loader, forced
+ * backend), outputs against the CPU provider's within the models' tolerances (mlp-small through the
+ * grid, PaddleOCR detection on the node's backend), and a lost session coming back.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { compareTensors, type WireTensor } from '../../protocol/tensor.ts';
+import type { NamedItem } from '../../protocol/pack.ts';
+import type { HubServer } from '../../server/app.ts';
+import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
+import { decideBackend, webGpuCheck, type CudaCheck } from '../../native/backend-select.ts';
+import { probeWebGpu, vulkanLoaderName } from '../../native/gpu-probe.ts';
+import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
+import { OrtBackend } from '../../native/ort-backend.ts';
+import type { ThreadedSession } from '../../native/ort-threaded.ts';
+import { BackendError } from '../../worker/backend.ts';
+import { calibrationInputs } from '../../worker/calibration.ts';
+import {
+  Rest,
+  checkResults,
+  modelPath,
+  spawnTs,
+  startHub,
+  tempDir,
+  waitFor,
+  type Proc,
+} from '../helpers/grid.ts';
+
+const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
+const swiftshader = existsSync(SWIFTSHADER);
+const skip = swiftshader
+  ? false
+  : `no SwiftShader Vulkan driver at ${SWIFTSHADER} (apt-get install chromium)`;
+const swiftEnv = { ...process.env, VK_ICD_FILENAMES: SWIFTSHADER };
+// This process's own sessions (Dawn reads the variable when it starts) use SwiftShader too.
+if (swiftshader) process.env.VK_ICD_FILENAMES = SWIFTSHADER;
+
+const noCuda = async (): Promise<CudaCheck> => ({ ok: false, reason: 'CUDA provider not installed' });
+
+describe('WebGPU probe and backend choice', { skip }, () => {
+  test('SwiftShader alone: a software adapter, which auto leaves for cpu and --backend webgpu takes', async () => {
+    const probe = await probeWebGpu({ env: swiftEnv, nvidia: null });
+    assert.equal(probe.loader.found, true);
+    assert.deepEqual(probe.adapter, { ok: true });
+    assert.equal(probe.info?.software, true);
+    assert.equal(probe.info?.architecture, 'swiftshader');
+    assert.match(probe.info?.name ?? '', /SwiftShader/);
+    const check = webGpuCheck(probe);
+    const auto = await decideBackend('auto', noCuda, async () => check);
+    assert.equal(auto.name, 'cpu');
+    assert.match(auto.reason, /SwiftShader.*software.*slower than cpu.*--backend webgpu forces it/);
+    const forced = await decideBackend('webgpu', noCuda, async () => check);
+    assert.equal(forced.name, 'webgpu');
+    assert.equal(forced.adapter?.software, true);
+    assert.match(forced.reason, /webgpu requested.*SwiftShader.*software adapter/);
+  });
+
+  test('no Vulkan driver: no adapter, and the reason says to install the vendor driver', async () => {
+    const probe = await probeWebGpu({ env: { ...process.env, VK_ICD_FILENAMES: '/nonexistent/icd.json' } });
+    assert.equal(probe.loader.found, true);
+    assert.equal(probe.adapter.ok, false);
+    assert.deepEqual(probe.drivers, []);
+    const check = webGpuCheck(probe);
+    assert.equal(check.ok, false);
+    assert.match(check.reason, /no WebGPU adapter: no Vulkan driver installed/);
+    const forced = await decideBackend('webgpu', noCuda, async () => check);
+    assert.equal(forced.name, 'cpu');
+    assert.match(
+      forced.reason,
+      /^webgpu requested \(--backend webgpu\), but no WebGPU adapter.*; using cpu$/,
+    );
+  });
+
+  test('no Vulkan loader: "No Vulkan loader (install libvulkan1)"', async (t) => {
+    // The loader is hidden from one process tree in a mount namespace of its own (root only).
+    const loader = vulkanLoaderName();
+    const path = spawnSync('sh', ['-c', `ldconfig -p | grep -m1 '${loader} ' | sed 's/.*=> //'`], {
+      encoding: 'utf8',
+    }).stdout.trim();
+    const script =
+      "import { probeWebGpu } from './native/gpu-probe.ts'; import { webGpuCheck, decideBackend } from './native/backend-select.ts';" +
+      'const check = webGpuCheck(await probeWebGpu({ nvidia: null }));' +
+      "const choice = await decideBackend('auto', async () => ({ ok: false, reason: 'no cuda' }), async () => check);" +
+      'process.stdout.write(JSON.stringify({ check, choice }));';
+    const r = spawnSync(
+      'unshare',
+      [
+        '-m',
+        'sh',
+        '-c',
+        `mount --bind /dev/null "$1" && exec "$2" --import tsx --input-type=module -e "$3"`,
+        'sh',
+        path,
+        process.execPath,
+        script,
+      ],
+      { encoding: 'utf8', env: swiftEnv, timeout: 120_000 },
+    );
+    if (!path || r.status !== 0 || !r.stdout.startsWith('{')) {
+      t.skip(
+        `cannot hide the Vulkan loader here (needs root and unshare): ${(r.stderr || path).slice(0, 200)}`,
+      );
+      return;
+    }
+    const { check, choice } = JSON.parse(r.stdout) as {
+      check: { ok: boolean; reason: string };
+      choice: { name: string; reason: string };
+    };
+    assert.equal(check.ok, false);
+    assert.equal(check.reason, 'No Vulkan loader (install libvulkan1)');
+    assert.equal(choice.name, 'cpu');
+    assert.equal(choice.reason, 'cuda: no cuda; webgpu: No Vulkan loader (install libvulkan1); using cpu');
+  });
+
+  test('a real GPU adapter is taken by auto; cuda, when it works, before it; cpu when asked', async () => {
+    const gpu = {
+      ok: true as const,
+      reason: 'WebGPU adapter NVIDIA GeForce RTX 3090',
+      adapter: {
+        name: 'NVIDIA GeForce RTX 3090',
+        vendor: 'NVIDIA',
+        architecture: '',
+        device: '0x2204',
+        driver: 'NVIDIA 535.104.05',
+        memoryBytes: 24 * 2 ** 30,
+        software: false,
+        source: 'vulkaninfo' as const,
+      },
+    };
+    const auto = await decideBackend('auto', noCuda, async () => gpu);
+    assert.equal(auto.name, 'webgpu');
+    assert.match(auto.reason, /WebGPU adapter NVIDIA GeForce RTX 3090 \(cuda: CUDA provider not installed\)/);
+    let probed = false;
+    const cuda = await decideBackend(
+      'auto',
+      async () => ({ ok: true, reason: 'CUDA provider on RTX 3090' }),
+      async () => {
+        probed = true;
+        return gpu;
+      },
+    );
+    assert.equal(cuda.name, 'cuda');
+    assert.equal(probed, false, 'a working CUDA node never starts Dawn');
+    const cpu = await decideBackend('cpu', noCuda, async () => gpu);
+    assert.deepEqual(cpu, { name: 'cpu', reason: 'cpu requested (--backend cpu)' });
+    const cudaForced = await decideBackend('cuda', noCuda, async () => gpu);
+    assert.equal(cudaForced.name, 'cpu');
+    assert.match(cudaForced.reason, /cuda requested.*but CUDA provider not installed; using cpu/);
+  });
+});
+
+describe('a native node on webgpu over SwiftShader', { skip }, () => {
+  const tmp = tempDir();
+  let hub: HubServer;
+  let rest: Rest;
+  let node: Proc;
+
+  before(async () => {
+    // One worker: no canaries or cross-checks to wait for; results are compared with cpu below.
+    hub = await startHub(join(tmp.dir, 'hub'), {
+      hub: { preflight: false, trust: { ...DEFAULT_TRUST_OPTIONS, trustAfter: 0, spotCheck: 0 } },
+    });
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const state = join(tmp.dir, 'node');
+    node = spawnTs(
+      'native/main.ts',
+      [
+        ...[
+          '--hub',
+          hub.url,
+          '--token',
+          hub.tokens.joinToken,
+          '--state',
+          state,
+          '--cache',
+          join(state, 'cache'),
+        ],
+        ...['--backend', 'webgpu', '--name', 'gpu-node'],
+      ],
+      nodeEnv({ VK_ICD_FILENAMES: SWIFTSHADER }),
+      NODE_V8_FLAGS,
+    );
+    await waitFor(
+      'the webgpu node online',
+      () => [...hub.hub.workers.values()].find((w) => w.state === 'online'),
+      120_000,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\n${node.output()}`);
+    });
+  });
+
+  after(async () => {
+    node?.child.kill('SIGKILL');
+    await hub?.close();
+    tmp.cleanup();
+  });
+
+  test('registers as webgpu with its adapter and the reason', () => {
+    const w = [...hub.hub.workers.values()][0];
+    assert.ok(w);
+    assert.equal(w.backend, 'webgpu');
+    assert.match(w.capabilities.gpu?.name ?? '', /SwiftShader/);
+    assert.equal(w.capabilities.gpu?.architecture, 'swiftshader');
+    assert.equal(w.capabilities.gpu?.vendor, 'google');
+    assert.equal(w.capabilities.gpu?.software, true);
+    assert.match(w.capabilities.backendReason ?? '', /webgpu requested \(--backend webgpu\) on SwiftShader/);
+    // No memory figure for a software adapter: a job asking for GPU memory does not go to it.
+    assert.equal(w.gpuMemoryBytes, null);
+  });
+
+  test('mlp-small through the grid: every result within the manifest tolerance of cpu', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model, 'mlp-small is built (npm run models)');
+    const sent: NamedItem[] = Array.from({ length: 40 }, (_, i) => ({
+      name: `i${i}`,
+      tensors: calibrationInputs(
+        { ...model, calibration: { dims: { x: [1 + (i % 4), 64] }, seed: 1 } },
+        100 + i,
+      ),
+    }));
+    const jobId = await rest.submit('mlp-small', sent);
+    const status = await waitFor(
+      'job done',
+      async () => {
+        const s = await rest.data('GET', `/api/jobs/${jobId}`);
+        return s.state === 'completed' ? s : undefined;
+      },
+      180_000,
+    );
+    assert.equal(status.done, 40);
+    assert.equal(status.failed, 0);
+    await checkResults(hub, jobId, sent); // against a standalone cpu session, within the tolerance
+  });
+
+  test("ppocr-det on the node's webgpu backend matches cpu within the manifest tolerance; a lost session comes back", async () => {
+    // Through the grid, the hub would first benchmark the model at its calibration size (4 images of
+    // 320x320), minutes on SwiftShader; the node's backend runs the same sessions without it.
+    const model = hub.hub.models.byName('ppocr-det');
+    assert.ok(model, 'ppocr-det is in the registry');
+    const bytes = new Uint8Array(readFileSync(modelPath(hub, model)));
+    const webgpu = await OrtBackend.create({
+      prefer: 'webgpu',
+      gpu: null,
+      webgpu: async () => webGpuCheck(await probeWebGpu({ env: swiftEnv, nvidia: null })),
+    });
+    assert.equal(webgpu.name, 'webgpu');
+    const cpu = await OrtBackend.create({ prefer: 'cpu' });
+    const items = [0, 1].map((i) =>
+      calibrationInputs({ ...model, calibration: { dims: { x: [1, 3, 64, 96] }, seed: 1 } }, 7 + i),
+    );
+    const g = await webgpu.load(model, bytes);
+    const c = await cpu.load(model, bytes);
+    try {
+      const [got, want] = await Promise.all([g.run(items), c.run(items)]);
+      assert.equal(got.length, 2);
+      for (let i = 0; i < 2; i++) {
+        const out = (got[i] as WireTensor[])[0] as WireTensor;
+        assert.deepEqual(out.dims, [1, 1, 64, 96]);
+        assert.equal(
+          compareTensors(out, (want[i] as WireTensor[])[0] as WireTensor, model.tolerance),
+          undefined,
+        );
+      }
+
+      // A lost device: the run fails as device_lost, so its items go back to the hub; the session
+      // thread is ended and the next run starts a new one, with a new session and device.
+      const session = g as ThreadedSession;
+      session.loseDeviceForTest();
+      await assert.rejects(
+        session.run(items.slice(0, 1)),
+        (err: unknown) => err instanceof BackendError && err.category === 'device_lost',
+      );
+      const again = await session.run(items.slice(0, 1));
+      assert.equal(session.restarts, 1);
+      const first = (got[0] as WireTensor[])[0] as WireTensor;
+      assert.equal(
+        compareTensors((again[0] as WireTensor[])[0] as WireTensor, first, model.tolerance),
+        undefined,
+      );
+    } finally {
+      await g.dispose();
+      await c.dispose();
+    }
+  });
+});
