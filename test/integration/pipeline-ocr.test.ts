@@ -1,0 +1,133 @@
+/**
+ * OCR as a pipeline on the grid: a real hub, a real native node (onnxruntime-node in a child
+ * process), the real PaddleOCR models. The grid's text must equal the standalone pipeline's on the
+ * same pages (same backend: CPU onnxruntime-node), and bad inputs end as per-page outcomes.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PNG } from 'pngjs';
+import type { HubServer } from '../../server/app.ts';
+import { decodeImage } from '../../server/io/images.ts';
+import { StandaloneOcr } from '../../pipeline/standalone.ts';
+import { scoreOcr } from '../../pipeline/metrics.ts';
+import { Rest, ROOT, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+
+const SAMPLES = join(ROOT, 'models/samples/ocr');
+
+function png(width: number, height: number, value: number): Uint8Array {
+  const img = new PNG({ width, height });
+  img.data.fill(value);
+  return new Uint8Array(PNG.sync.write(img));
+}
+
+describe('OCR pipeline on the grid', () => {
+  const tmp = tempDir();
+  let hub: HubServer;
+  let rest: Rest;
+  let node: Proc;
+
+  before(async () => {
+    hub = await startHub(join(tmp.dir, 'hub'));
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
+    node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), [
+      '--concurrency',
+      '1',
+      '--name',
+      'n0',
+    ]);
+    await waitFor(
+      'node online',
+      () => [...hub.hub.workers.values()].some((w) => w.state === 'online'),
+      60_000,
+    );
+  });
+
+  after(async () => {
+    node.child.kill('SIGKILL');
+    await hub.close();
+    tmp.cleanup();
+  });
+
+  test('pages in, text out: the grid reads what the standalone pipeline reads; stages run as jobs', async () => {
+    const names = ['page-000', 'page-002'];
+    const images = names.map((n) => ({ name: `${n}.png`, bytes: readFileSync(join(SAMPLES, `${n}.png`)) }));
+    const run = await rest.data('POST', '/api/ocr', {
+      images: images.map((im) => ({ name: im.name, data: Buffer.from(im.bytes).toString('base64') })),
+    });
+    assert.match(run.id, /^ocr_/);
+    const done = await waitFor(
+      'OCR run completed',
+      async () => {
+        const v = await rest.data('GET', `/api/ocr/${run.id}`);
+        return v.state === 'completed' ? v : undefined;
+      },
+      180_000,
+      200,
+    );
+    const full = await rest.data('GET', `/api/ocr/${run.id}?results=1`);
+    assert.equal(full.results.length, 2);
+    // Each stage was a job of its own model, and ran its items on the node.
+    for (const stage of ['det', 'cls', 'rec'] as const) {
+      const job = await rest.data('GET', `/api/jobs/${done.jobs[stage]}`);
+      assert.equal(job.state, 'completed', `${stage} job completed`);
+      assert.ok(job.done > 0);
+    }
+    const det = await rest.data('GET', `/api/jobs/${done.jobs.det}`);
+    assert.equal(det.items, 2, 'one detection item per page');
+    const ocr = await StandaloneOcr.create({ threads: 1 });
+    try {
+      const scores = { grid: [] as any[], standalone: [] as any[] };
+      for (const [i, im] of images.entries()) {
+        const want = await ocr.recognize(decodeImage(im.bytes));
+        const got = full.results[i];
+        assert.equal(got.outcome, 'ok');
+        assert.equal(got.name, im.name);
+        assert.deepEqual(
+          got.lines.map((l: any) => l.text),
+          want.lines.map((l) => l.text),
+          `${im.name}: grid text equals standalone text`,
+        );
+        assert.deepEqual(
+          got.lines.map((l: any) => l.box),
+          want.lines.map((l) => l.box),
+        );
+        const truth = JSON.parse(readFileSync(join(SAMPLES, im.name.replace('.png', '.json')), 'utf8')).lines;
+        scores.grid.push({ truth, got: got.lines.map((l: any) => l.text) });
+        scores.standalone.push({ truth, got: want.lines.map((l) => l.text) });
+      }
+      assert.ok(scoreOcr(scores.grid).cer <= scoreOcr(scores.standalone).cer, 'grid CER no worse');
+    } finally {
+      await ocr.dispose();
+    }
+  });
+
+  test('bad inputs: not an image, an empty page, a 20,000-px-wide page: each its own outcome', async () => {
+    const images = [
+      { name: 'notes.txt', bytes: new TextEncoder().encode('this is not an image') },
+      { name: 'blank.png', bytes: png(300, 200, 255) },
+      { name: 'wide.png', bytes: png(20_000, 60, 255) },
+      { name: 'text.png', bytes: readFileSync(join(SAMPLES, 'page-001.png')) },
+    ];
+    const run = await rest.data('POST', '/api/ocr', {
+      images: images.map((im) => ({ name: im.name, data: Buffer.from(im.bytes).toString('base64') })),
+    });
+    const done = await rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+    const by = Object.fromEntries(done.results.map((r: any) => [r.name, r]));
+    assert.equal(by['notes.txt'].outcome, 'invalid_image');
+    assert.equal(by['notes.txt'].error.stage, 'decode');
+    assert.match(by['notes.txt'].error.reason, /not a PNG or JPEG/);
+    assert.equal(by['blank.png'].outcome, 'no_text');
+    assert.equal(by['wide.png'].outcome, 'no_text');
+    assert.equal(by['wide.png'].width, 20_000);
+    assert.equal(by['text.png'].outcome, 'ok');
+    assert.ok(by['text.png'].lines.length >= 2);
+  });
+
+  test('an empty request is refused with a clear message', async () => {
+    const r = await rest.req('POST', '/api/ocr', { images: [] });
+    assert.equal(r.status, 400);
+    assert.equal(r.json.error.code, 'invalid_request');
+  });
+});
