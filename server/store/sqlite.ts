@@ -356,6 +356,9 @@ function migrate(db: Database.Database): void {
  * does nothing. `upsertWorker` keeps an existing worker's `firstSeen` and `itemsDone`: the first is
  * history and the second is only ever changed through `addWorkerItems`.
  */
+/** An item to append: its name and its inputs' tensor pack. */
+type NewItemRow = { name: string; inputs: Uint8Array };
+
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private closed = false;
@@ -532,28 +535,26 @@ export class SqliteStore implements Store {
       ),
     };
 
-    this.appendTx = db.transaction(
-      (jobId: string, items: { name: string; inputs: Uint8Array }[], running = false) => {
-        const job = this.sql.jobForAppend.get(jobId);
-        if (!job) throw new Error(`cannot append items: job ${jobId} does not exist`);
-        // A pipeline stage (server/pipeline.ts) is fed while it runs.
-        const fed = running && (job.state === 'queued' || job.state === 'running');
-        if (job.state !== 'open' && !fed) {
-          throw new Error(`cannot append items: job ${jobId} is ${job.state}; items go only to an open job`);
-        }
-        if (items.length === 0) return [];
-        const names = JSON.stringify(items.map((it) => it.name));
-        const last = Number(this.sql.insertItems.run(jobId, job.itemCount, names).lastInsertRowid);
-        const first = last - items.length + 1;
-        const ids: number[] = new Array<number>(items.length);
-        for (let i = 0; i < items.length; i++) {
-          ids[i] = first + i;
-          this.sql.insertInputs.run(first + i, items[i].inputs);
-        }
-        this.sql.addItemCount.run(items.length, jobId);
-        return ids;
-      },
-    );
+    this.appendTx = db.transaction((jobId: string, items: NewItemRow[], running = false) => {
+      const job = this.sql.jobForAppend.get(jobId);
+      if (!job) throw new Error(`cannot append items: job ${jobId} does not exist`);
+      // A pipeline stage (server/pipeline.ts) is fed while it runs.
+      const fed = running && (job.state === 'queued' || job.state === 'running');
+      if (job.state !== 'open' && !fed) {
+        throw new Error(`cannot append items: job ${jobId} is ${job.state}; items go only to an open job`);
+      }
+      if (items.length === 0) return [];
+      const names = JSON.stringify(items.map((it) => it.name));
+      const last = Number(this.sql.insertItems.run(jobId, job.itemCount, names).lastInsertRowid);
+      const first = last - items.length + 1;
+      const ids: number[] = new Array<number>(items.length);
+      for (let i = 0; i < items.length; i++) {
+        ids[i] = first + i;
+        this.sql.insertInputs.run(first + i, items[i].inputs);
+      }
+      this.sql.addItemCount.run(items.length, jobId);
+      return ids;
+    });
 
     this.assignTx = db.transaction(
       (rows: { itemId: number; workerId: string; shardId: string; at: number }[]) => {
@@ -663,11 +664,7 @@ export class SqliteStore implements Store {
     return this.getJob(job.id)!;
   }
 
-  appendItems(
-    jobId: string,
-    items: { name: string; inputs: Uint8Array }[],
-    opts?: { running?: boolean },
-  ): number[] {
+  appendItems(jobId: string, items: NewItemRow[], opts?: { running?: boolean }): number[] {
     return this.appendTx.immediate(jobId, items, opts?.running ?? false);
   }
 
