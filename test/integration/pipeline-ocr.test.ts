@@ -5,14 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import type { HubServer } from '../../server/app.ts';
 import { decodeImage } from '../../server/io/images.ts';
 import { StandaloneOcr } from '../../pipeline/standalone.ts';
 import { scoreOcr } from '../../pipeline/metrics.ts';
-import { Rest, ROOT, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { Rest, ROOT, spawnTs, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
 
 const SAMPLES = join(ROOT, 'models/samples/ocr');
 
@@ -123,6 +123,37 @@ describe('OCR pipeline on the grid', () => {
     assert.equal(by['wide.png'].width, 20_000);
     assert.equal(by['text.png'].outcome, 'ok');
     assert.ok(by['text.png'].lines.length >= 2);
+  });
+
+  test('shardhub ocr --inputs DIR --out DIR writes a JSON and a text file per page, bad files included', async () => {
+    const inputs = join(tmp.dir, 'scans');
+    const out = join(tmp.dir, 'text');
+    mkdirSync(inputs);
+    copyFileSync(join(SAMPLES, 'page-001.png'), join(inputs, 'a-page.png'));
+    writeFileSync(join(inputs, 'b-broken.png'), 'not really a png');
+    const cli = spawnTs('server/cli.ts', [
+      'ocr',
+      '--hub',
+      hub.url,
+      '--token',
+      hub.tokens.operatorToken,
+      '--inputs',
+      inputs,
+      '--out',
+      out,
+    ]);
+    const { code } = await cli.exited;
+    assert.equal(code, 0, cli.output());
+    const page = JSON.parse(readFileSync(join(out, 'a-page.json'), 'utf8'));
+    assert.equal(page.outcome, 'ok');
+    const truth = JSON.parse(readFileSync(join(SAMPLES, 'page-001.json'), 'utf8')).lines as string[];
+    const text = readFileSync(join(out, 'a-page.txt'), 'utf8');
+    assert.equal(text.trim().split('\n').length, truth.length);
+    assert.equal(text.replace(/\s/g, ''), truth.join('').replace(/\s/g, ''));
+    const broken = JSON.parse(readFileSync(join(out, 'b-broken.json'), 'utf8'));
+    assert.equal(broken.outcome, 'invalid_image');
+    assert.ok(existsSync(join(out, 'b-broken.txt')));
+    assert.match(cli.output(), /b-broken.png: invalid_image/);
   });
 
   test('an empty request is refused with a clear message', async () => {
