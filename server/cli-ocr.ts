@@ -19,6 +19,7 @@ Options:
   --inputs DIR     folder of .png/.jpg/.jpeg pages (or one image file)
   --out DIR        where <name>.json and <name>.txt are written (default: text)
   --priority N     job priority (default 0)
+  --no-cache       read every page again, even those read before
   -h, --help       this help
 `;
 
@@ -66,7 +67,7 @@ async function writePage(out: string, page: OcrPageResult): Promise<string> {
   const why = page.error
     ? ` (${page.error.stage}${page.error.box !== undefined ? ` box ${page.error.box}` : ''}: ${page.error.reason})`
     : '';
-  return `${page.name}: ${page.outcome}, ${page.lines.length} line(s)${why}`;
+  return `${page.name}: ${page.outcome}${page.cached ? ' (cached)' : ''}, ${page.lines.length} line(s)${why}`;
 }
 
 /** `shardhub ocr`; returns the exit code. */
@@ -79,6 +80,8 @@ export async function ocrCommand(argv: string[]): Promise<number> {
       inputs: { type: 'string' },
       out: { type: 'string', default: 'text' },
       priority: { type: 'string', default: '0' },
+      cache: { type: 'boolean', default: true },
+      'no-cache': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -103,7 +106,11 @@ export async function ocrCommand(argv: string[]): Promise<number> {
     const images = await Promise.all(
       chunk.map(async (f) => ({ name: basename(f), data: (await readFile(f)).toString('base64') })),
     );
-    const run = await call<OcrRunView>(hub, token, 'POST', '/api/ocr', { images, priority });
+    const run = await call<OcrRunView>(hub, token, 'POST', '/api/ocr', {
+      images,
+      priority,
+      cache: values.cache && !values['no-cache'],
+    });
     let view = run;
     while (view.state !== 'completed') {
       await new Promise((r) => setTimeout(r, 500));

@@ -1,6 +1,6 @@
 /**
  * OCR over REST (`server/pipeline.ts` does the work):
- * - `POST /api/ocr` `{images: [{name, data: base64}], priority?, redundancy?}` starts a run;
+ * - `POST /api/ocr` `{images: [{name, data: base64}], priority?, redundancy?, cache?}` starts a run;
  * - `GET /api/ocr/:id` its progress, `?wait=1` once every page has its outcome, with the results.
  * Mounted behind the operator token by `server/api.ts`.
  */
@@ -27,6 +27,8 @@ const OcrRequestSchema = z.strictObject({
     .max(OCR_MAX_IMAGES),
   priority: z.number().int().min(-100).max(100).default(0),
   redundancy: z.number().int().min(1).max(5).default(1),
+  /** Answer pages read before from the result cache. */
+  cache: z.boolean().default(true),
 });
 
 /** The `/ocr` routes. */
@@ -36,13 +38,13 @@ export function ocrRouter(hub: Hub): express.Router {
   r.post('/ocr', json, async (req, res) => {
     const parsed = OcrRequestSchema.safeParse(req.body);
     if (!parsed.success) throw new HubError('invalid_request', describeZodError(parsed.error), 400);
-    const { images, priority, redundancy } = parsed.data;
+    const { images, priority, redundancy, cache } = parsed.data;
     const svc = await OcrService.of(hub);
     const pages = images.map((im) => ({
       name: im.name,
       bytes: new Uint8Array(Buffer.from(im.data, 'base64')),
     }));
-    res.status(201).json({ data: svc.submit(pages, { priority, redundancy }) });
+    res.status(201).json({ data: svc.submit(pages, { priority, redundancy, cache }) });
   });
   r.get('/ocr/:id', async (req, res) => {
     const svc = await OcrService.of(hub);

@@ -12,9 +12,16 @@
  * with the stage, the box and the reason; the run itself never fails for one page.
  */
 import { EventEmitter } from 'node:events';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Rgba } from '../pipeline/image.ts';
-import { assemblePage, cropLines, recInputFor, type LineCrop, type OcrLine } from '../pipeline/ocr.ts';
+import {
+  assemblePage,
+  cropLines,
+  OCR_PIPELINE_VERSION,
+  recInputFor,
+  type LineCrop,
+  type OcrLine,
+} from '../pipeline/ocr.ts';
 import type { StepRef } from '../pipeline/stages.ts';
 import { characterList, type CtcPath } from '../pipeline/steps/ctc-decode.ts';
 import type { MapBox } from '../pipeline/steps/db-postprocess.ts';
@@ -35,13 +42,18 @@ export type OcrStage = 'decode' | 'det' | 'cls' | 'rec';
 /** One page's outcome. */
 export interface OcrPageResult {
   name: string;
-  /** `ok`; `no_text` (no line found); `invalid_image` (not a decodable image); `failed` (a stage failed). */
-  outcome: 'ok' | 'no_text' | 'invalid_image' | 'failed';
+  /**
+   * `ok`; `no_text` (no line found); `invalid_image` (not a decodable image); `failed` (a stage
+   * failed: see `error`); `pending` (the run is still reading it).
+   */
+  outcome: 'ok' | 'no_text' | 'invalid_image' | 'failed' | 'pending';
   width: number;
   height: number;
   lines: OcrLine[];
   text: string;
   error?: { stage: OcrStage; box?: number; reason: string };
+  /** Answered from the result cache (the same image bytes read before, by this pipeline version). */
+  cached?: boolean;
 }
 
 /** An OCR run as the API shows it. */
@@ -60,7 +72,12 @@ export interface OcrRunView {
 export interface OcrOptions {
   priority?: number;
   redundancy?: number;
+  /** Answer pages read before from the cache (default true). */
+  cache?: boolean;
 }
+
+/** Pages kept in the result cache: an LRU of page outcomes, a few KB each. */
+export const OCR_CACHE_PAGES = 10_000;
 
 const MODELS = { det: 'ppocr-det', cls: 'ppocr-cls', rec: 'ppocr-rec' } as const;
 const STEPS: Record<'det' | 'cls' | 'rec', StepRef | undefined> = {
@@ -71,6 +88,10 @@ const STEPS: Record<'det' | 'cls' | 'rec', StepRef | undefined> = {
 
 interface PageState {
   name: string;
+  /** Cache key: the pipeline version and the image bytes' sha256. */
+  key?: string;
+  /** Pages of the same run with the same bytes, answered when this one is. */
+  twins?: number[];
   img?: Rgba;
   detSize?: { width: number; height: number };
   lines?: LineCrop[];
@@ -157,6 +178,13 @@ class OcrRun extends EventEmitter<{ done: [] }> {
     const p = this.pages[i];
     if (!p || p.result) return;
     p.result = result;
+    if (p.key && !result.cached && (result.outcome === 'ok' || result.outcome === 'no_text')) {
+      this.svc.remember(p.key, result);
+    }
+    for (const t of p.twins ?? []) {
+      const twin = this.pages[t] as PageState;
+      this.finish(t, { ...result, name: twin.name, cached: true });
+    }
     delete p.img;
     delete p.lines;
     delete p.paths;
@@ -231,8 +259,25 @@ class OcrRun extends EventEmitter<{ done: [] }> {
 
   /** Decodes each page and sends it to detection, a page at a time (the event loop breathes between). */
   private async detect(inputs: readonly { name: string; bytes: Uint8Array }[]): Promise<void> {
+    const leaders = new Map<string, number>();
     for (const [i, input] of inputs.entries()) {
       const p = this.pages[i] as PageState;
+      if (this.opts.cache !== false) {
+        p.key = `${OCR_PIPELINE_VERSION}:${createHash('sha256').update(input.bytes).digest('hex')}`;
+        const hit = this.svc.recall(p.key);
+        if (hit) {
+          this.finish(i, { ...hit, name: p.name, cached: true });
+          continue;
+        }
+        const leader = leaders.get(p.key);
+        if (leader !== undefined) {
+          const l = this.pages[leader] as PageState;
+          if (l.result) this.finish(i, { ...l.result, name: p.name, cached: true });
+          else (l.twins ??= []).push(i);
+          continue;
+        }
+        leaders.set(p.key, i);
+      }
       let img: Rgba;
       try {
         img = decodeImage(input.bytes, clean(input.name, 80));
@@ -389,6 +434,25 @@ export class OcrService {
       services.set(hub, s);
     }
     return s;
+  }
+
+  private readonly cache = new Map<string, OcrPageResult>();
+
+  /** A page read before (most recently used last). */
+  recall(key: string): OcrPageResult | undefined {
+    const hit = this.cache.get(key);
+    if (hit) {
+      this.cache.delete(key);
+      this.cache.set(key, hit);
+    }
+    return hit;
+  }
+
+  /** Keeps a page's verified outcome for pages with the same bytes. */
+  remember(key: string, result: OcrPageResult): void {
+    this.cache.delete(key);
+    this.cache.set(key, result);
+    while (this.cache.size > OCR_CACHE_PAGES) this.cache.delete(this.cache.keys().next().value as string);
   }
 
   watch(jobId: string, run: OcrRun, stage: 'det' | 'cls' | 'rec'): void {

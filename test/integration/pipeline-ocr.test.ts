@@ -156,6 +156,38 @@ describe('OCR pipeline on the grid', () => {
     assert.match(cli.output(), /b-broken.png: invalid_image/);
   });
 
+  test('result cache: pages read before, or twice in a run, are answered without running again', async () => {
+    const post = async (images: { name: string; bytes: Uint8Array }[], cache = true) => {
+      const run = await rest.data('POST', '/api/ocr', {
+        cache,
+        images: images.map((im) => ({ name: im.name, data: Buffer.from(im.bytes).toString('base64') })),
+      });
+      return rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+    };
+    // The same pixels in new bytes: a page this hub has not read.
+    const fresh = PNG.sync.write(PNG.sync.read(readFileSync(join(SAMPLES, 'page-000.png'))), {
+      deflateLevel: 1,
+    });
+    const twice = await post([
+      { name: 'a.png', bytes: fresh },
+      { name: 'b.png', bytes: fresh },
+    ]);
+    const det = await rest.data('GET', `/api/jobs/${twice.jobs.det}`);
+    assert.equal(det.items, 1, 'a page that repeats in a run is read once');
+    assert.equal(twice.results[0].cached, undefined);
+    assert.equal(twice.results[1].cached, true);
+    assert.equal(twice.results[1].name, 'b.png');
+    assert.deepEqual(twice.results[1].lines, twice.results[0].lines);
+    const again = await post([{ name: 'c.png', bytes: fresh }]);
+    assert.deepEqual(again.jobs, {}, 'no stage job: answered from the cache');
+    assert.equal(again.results[0].cached, true);
+    assert.deepEqual(again.results[0].lines, twice.results[0].lines);
+    const uncached = await post([{ name: 'd.png', bytes: fresh }], false);
+    assert.ok(uncached.jobs.det, 'cache: false reads the page again');
+    assert.equal(uncached.results[0].cached, undefined);
+    assert.deepEqual(uncached.results[0].lines, twice.results[0].lines);
+  });
+
   test('an empty request is refused with a clear message', async () => {
     const r = await rest.req('POST', '/api/ocr', { images: [] });
     assert.equal(r.status, 400);
