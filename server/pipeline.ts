@@ -226,7 +226,14 @@ class OcrRun extends EventEmitter<{ done: [] }> {
     if (pending) {
       const jobId = await pending;
       if (!jobId) return false;
-      this.hub.appendToJob(jobId, items);
+      try {
+        this.hub.appendToJob(jobId, items);
+      } catch (err) {
+        if (!(err instanceof HubError)) throw err;
+        // The stage's job ended (cancelled by an operator): these pages end with it.
+        for (const it of items) this.fail(lineage(it.name).page, stage, `job ${jobId}: ${err.message}`);
+        return false;
+      }
       return true;
     }
     const sealed = (async () => {

@@ -188,6 +188,41 @@ describe('OCR pipeline on the grid', () => {
     assert.deepEqual(uncached.results[0].lines, twice.results[0].lines);
   });
 
+  test('a stage that fails keeps the lineage: each page says the stage and why', async () => {
+    const worker = [...hub.hub.workers.values()].find((w) => w.state === 'online');
+    assert.ok(worker);
+    await rest.data('POST', `/api/workers/${worker.id}/pause`);
+    try {
+      const bytes = PNG.sync.write(PNG.sync.read(readFileSync(join(SAMPLES, 'page-002.png'))), {
+        deflateLevel: 2,
+      });
+      const run = await rest.data('POST', '/api/ocr', {
+        images: [
+          { name: 'x.png', data: Buffer.from(bytes).toString('base64') },
+          { name: 'y.png', data: Buffer.from(png(64, 64, 0)).toString('base64') },
+        ],
+      });
+      const det = await waitFor(
+        'detection job',
+        async () => (await rest.data('GET', `/api/ocr/${run.id}`)).jobs.det,
+      );
+      // Once sealed (queued): nothing runs, the worker is paused.
+      await waitFor(
+        'detection job queued',
+        async () => (await rest.data('GET', `/api/jobs/${det}`)).state === 'queued',
+      );
+      await rest.data('POST', `/api/jobs/${det}/cancel`);
+      const done = await rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+      for (const page of done.results) {
+        assert.equal(page.outcome, 'failed');
+        assert.equal(page.error.stage, 'det');
+        assert.match(page.error.reason, /cancelled/);
+      }
+    } finally {
+      await rest.data('POST', `/api/workers/${worker.id}/resume`);
+    }
+  });
+
   test('an empty request is refused with a clear message', async () => {
     const r = await rest.req('POST', '/api/ocr', { images: [] });
     assert.equal(r.status, 400);
