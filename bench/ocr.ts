@@ -9,23 +9,35 @@
  * scripts/ocr-testset.ts. Each side runs one page first, untimed, so models are loaded (and the
  * node has benchmarked them) before the clock starts.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StandaloneOcr } from '../pipeline/standalone.ts';
+import { scoreOcr } from '../pipeline/metrics.ts';
 import { decodeImage } from '../server/io/images.ts';
 import { OcrService } from '../server/pipeline.ts';
 import { benchHub, printTable, ROOT, spawnNode, until } from './_grid.ts';
 
-function loadPages(dir: string, n: number): { name: string; bytes: Uint8Array }[] {
+/** `n` pages from a folder (repeated when it has fewer), with their known lines when a `.json` says them. */
+function loadPages(dir: string, n: number): { name: string; bytes: Uint8Array; truth?: string[] }[] {
   const files = readdirSync(dir)
     .filter((f) => f.endsWith('.png'))
     .sort();
-  return Array.from({ length: n }, (_, i) => {
+  return Array.from({ length: n || files.length }, (_, i) => {
     const f = files[i % files.length] as string;
-    return { name: `${i}-${f}`, bytes: new Uint8Array(readFileSync(join(dir, f))) };
+    const truthFile = join(dir, f.replace(/\.png$/, '.json'));
+    const truth = existsSync(truthFile)
+      ? (JSON.parse(readFileSync(truthFile, 'utf8')) as { lines: string[] }).lines
+      : undefined;
+    return { name: `${i}-${f}`, bytes: new Uint8Array(readFileSync(join(dir, f))), truth };
   });
+}
+
+/** CER and line accuracy of pages read, where the truth is known. */
+function score(pages: { truth?: string[] }[], got: string[][]): ReturnType<typeof scoreOcr> | undefined {
+  const known = pages.flatMap((p, i) => (p.truth ? [{ truth: p.truth, got: got[i] ?? [] }] : []));
+  return known.length ? scoreOcr(known) : undefined;
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -33,12 +45,14 @@ export async function main(argv: string[]): Promise<void> {
     args: argv,
     options: {
       json: { type: 'boolean', default: false },
-      pages: { type: 'string', default: '12' },
+      pages: { type: 'string', default: '0' },
       dir: { type: 'string', default: join(ROOT, 'models/samples/ocr') },
       threads: { type: 'string', default: String(availableParallelism()) },
     },
   });
-  const pages = loadPages(values.dir, Number(values.pages));
+  // Pages: --pages N (0: the folder's own count, at least 12 from the bundled 3 samples).
+  const n = Number(values.pages) || (values.dir === join(ROOT, 'models/samples/ocr') ? 12 : 0);
+  const pages = loadPages(values.dir, n);
   const threads = Number(values.threads);
 
   // Standalone: one process, sessions with every core.
@@ -47,7 +61,12 @@ export async function main(argv: string[]): Promise<void> {
   Object.assign(ocr.times, { det: 0, cls: 0, rec: 0 });
   let t0 = performance.now();
   const standaloneText: string[] = [];
-  for (const p of pages) standaloneText.push((await ocr.recognize(decodeImage(p.bytes))).text);
+  const standaloneLines: string[][] = [];
+  for (const p of pages) {
+    const read = await ocr.recognize(decodeImage(p.bytes));
+    standaloneText.push(read.text);
+    standaloneLines.push(read.lines.map((l) => l.text));
+  }
   const standaloneS = (performance.now() - t0) / 1000;
   const standaloneTimes = { ...ocr.times };
   await ocr.dispose();
@@ -90,6 +109,11 @@ export async function main(argv: string[]): Promise<void> {
       ratio: standaloneS / gridS,
       hubCpuMsPerPage: hubCpuMs / pages.length,
       pagesWithSameText: same,
+      standaloneScore: score(pages, standaloneLines),
+      gridScore: score(
+        pages,
+        (result.results ?? []).map((r) => r.lines.map((l) => l.text)),
+      ),
       gridStageShare: Object.fromEntries(Object.entries(stageMs).map(([k, v]) => [k, v / totalStage])),
       standaloneStageShare: {
         det: standaloneTimes.det / totalStandalone,
@@ -120,6 +144,16 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(
       `grid/standalone: ${figures.ratio.toFixed(2)} (goal ≥ 0.9); same text on ${same}/${pages.length} pages\n`,
     );
+    for (const [run, sc] of [
+      ['standalone', figures.standaloneScore],
+      ['grid', figures.gridScore],
+    ] as const) {
+      if (!sc) continue;
+      process.stdout.write(
+        `${run}: CER ${(sc.cer * 100).toFixed(2)}% (${sc.errors}/${sc.chars}), without spaces ` +
+          `${(sc.cerNoSpace * 100).toFixed(2)}%, lines exact ${sc.linesExact}/${sc.lines}\n`,
+      );
+    }
   } finally {
     node.kill('SIGKILL');
     await done();
