@@ -34,27 +34,40 @@ function axis(srcLen: number, dstLen: number): { i0: Int32Array; i1: Int32Array;
   return { i0, i1, f };
 }
 
-/** Resizes bilinearly (OpenCV INTER_LINEAR geometry), rounding to 8-bit like `cv2.resize` on uint8. */
+/**
+ * Resizes bilinearly (OpenCV INTER_LINEAR geometry), rounding to 8-bit like `cv2.resize` on uint8.
+ * Alpha is set opaque: no step reads it (OpenCV's `imread` drops it).
+ */
 export function resize(img: Rgba, width: number, height: number): Rgba {
   const out = new Uint8Array(width * height * 4);
   const xs = axis(img.width, width);
   const ys = axis(img.height, height);
   const d = img.data;
   const row = img.width * 4;
+  const x0s = xs.i0.map((v) => v * 4);
+  const x1s = xs.i1.map((v) => v * 4);
+  const fxs = xs.f;
   for (let y = 0; y < height; y++) {
-    const r0 = (ys.i0[y] as number) * row;
-    const r1 = (ys.i1[y] as number) * row;
-    const fy = ys.f[y] as number;
-    for (let x = 0; x < width; x++) {
-      const c0 = (xs.i0[x] as number) * 4;
-      const c1 = (xs.i1[x] as number) * 4;
-      const fx = xs.f[x] as number;
-      const o = (y * width + x) * 4;
-      for (let c = 0; c < 4; c++) {
-        const top = (d[r0 + c0 + c] as number) * (1 - fx) + (d[r0 + c1 + c] as number) * fx;
-        const bottom = (d[r1 + c0 + c] as number) * (1 - fx) + (d[r1 + c1 + c] as number) * fx;
-        out[o + c] = Math.round(top * (1 - fy) + bottom * fy);
-      }
+    const r0 = ys.i0[y]! * row;
+    const r1 = ys.i1[y]! * row;
+    const fy = ys.f[y]!;
+    const gy = 1 - fy;
+    let o = y * width * 4;
+    for (let x = 0; x < width; x++, o += 4) {
+      const a = r0 + x0s[x]!;
+      const b = r0 + x1s[x]!;
+      const c = r1 + x0s[x]!;
+      const e = r1 + x1s[x]!;
+      const fx = fxs[x]!;
+      const gx = 1 - fx;
+      const w00 = gx * gy;
+      const w01 = fx * gy;
+      const w10 = gx * fy;
+      const w11 = fx * fy;
+      out[o] = Math.round(d[a]! * w00 + d[b]! * w01 + d[c]! * w10 + d[e]! * w11);
+      out[o + 1] = Math.round(d[a + 1]! * w00 + d[b + 1]! * w01 + d[c + 1]! * w10 + d[e + 1]! * w11);
+      out[o + 2] = Math.round(d[a + 2]! * w00 + d[b + 2]! * w01 + d[c + 2]! * w10 + d[e + 2]! * w11);
+      out[o + 3] = 255;
     }
   }
   return { width, height, data: out };
@@ -187,11 +200,14 @@ export function normalizeBgr(
   const out = new Float32Array(3 * h * W);
   for (let c = 0; c < 3; c++) {
     const src = 2 - c;
-    const m = mean[c]!;
-    const s = std[c]!;
+    // value = pixel * k + m: one multiply-add per value.
+    const k = 1 / 255 / std[c]!;
+    const m = -mean[c]! / std[c]!;
     const plane = c * h * W;
     for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) out[plane + y * W + x] = (data[(y * w + x) * 4 + src]! / 255 - m) / s;
+      let i = y * w * 4 + src;
+      const o = plane + y * W;
+      for (let x = 0; x < w; x++, i += 4) out[o + x] = data[i]! * k + m;
     }
   }
   return out;
