@@ -76,6 +76,12 @@ export interface OcrOptions {
   cache?: boolean;
 }
 
+/**
+ * Decoded pages a run holds at once (each up to MAX_IMAGE_PIXELS × 4 bytes until its last line is
+ * read); later pages are decoded as earlier ones finish.
+ */
+export const OCR_PAGES_IN_FLIGHT = 16;
+
 /** Pages kept in the result cache: an LRU of page outcomes, a few KB each. */
 export const OCR_CACHE_PAGES = 10_000;
 
@@ -112,7 +118,7 @@ function lineage(name: string): { page: number; box: number } {
 }
 
 /** One OCR run: its pages and its three stage jobs. */
-class OcrRun extends EventEmitter<{ done: [] }> {
+class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   readonly jobs: Partial<Record<'det' | 'cls' | 'rec', string>> = {};
   readonly createdAt = Date.now();
   finishedAt: number | null = null;
@@ -163,21 +169,14 @@ class OcrRun extends EventEmitter<{ done: [] }> {
   }
 
   private pending(p: PageState): OcrPageResult {
-    return {
-      name: p.name,
-      outcome: 'failed',
-      width: 0,
-      height: 0,
-      lines: [],
-      text: '',
-      error: { stage: 'det', reason: 'not finished yet' },
-    };
+    return { name: p.name, outcome: 'pending', width: 0, height: 0, lines: [], text: '' };
   }
 
   private finish(i: number, result: OcrPageResult): void {
     const p = this.pages[i];
     if (!p || p.result) return;
     p.result = result;
+    const decoded = p.img !== undefined;
     if (p.key && !result.cached && (result.outcome === 'ok' || result.outcome === 'no_text')) {
       this.svc.remember(p.key, result);
     }
@@ -193,6 +192,7 @@ class OcrRun extends EventEmitter<{ done: [] }> {
       for (const jobId of Object.values(this.jobs)) this.hub.endStream(jobId);
       this.emit('done');
     }
+    if (decoded) this.emit('page');
   }
 
   private fail(i: number, stage: OcrStage, reason: string, box?: number): void {
@@ -284,6 +284,10 @@ class OcrRun extends EventEmitter<{ done: [] }> {
           continue;
         }
         leaders.set(p.key, i);
+      }
+      // Bounded memory: a run holds at most this many decoded pages that are still being read.
+      while (this.pages.filter((x) => x.img).length >= OCR_PAGES_IN_FLIGHT) {
+        await new Promise<void>((ok) => this.once('page', ok));
       }
       let img: Rgba;
       try {

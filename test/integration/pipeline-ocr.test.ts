@@ -11,6 +11,7 @@ import { PNG } from 'pngjs';
 import type { HubServer } from '../../server/app.ts';
 import { decodeImage } from '../../server/io/images.ts';
 import { StandaloneOcr } from '../../pipeline/standalone.ts';
+import { OCR_PAGES_IN_FLIGHT } from '../../server/pipeline.ts';
 import { scoreOcr } from '../../pipeline/metrics.ts';
 import { Rest, ROOT, spawnTs, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
 
@@ -221,6 +222,18 @@ describe('OCR pipeline on the grid', () => {
     } finally {
       await rest.data('POST', `/api/workers/${worker.id}/resume`);
     }
+  });
+
+  test('a run of more pages than it holds decoded at once reads them all', async () => {
+    // Distinct blank pages (one grey level each), so the cache answers none of them.
+    const images = Array.from({ length: OCR_PAGES_IN_FLIGHT + 4 }, (_, i) => ({
+      name: `blank-${i}.png`,
+      data: Buffer.from(png(64, 48, 200 + i)).toString('base64'),
+    }));
+    const run = await rest.data('POST', '/api/ocr', { images });
+    const done = await rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+    assert.equal(done.pagesDone, images.length);
+    assert.ok(done.results.every((r: any) => r.outcome === 'no_text' && r.cached === undefined));
   });
 
   test('an empty request is refused with a clear message', async () => {
