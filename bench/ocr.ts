@@ -3,7 +3,7 @@
  * machine's cores) against the standalone pipeline (the same models and steps in one process) in
  * the same run; the hub's CPU per page; and each stage's share of the workers' time.
  *
- *   npm run bench -- ocr [--json] [--pages N] [--dir DIR] [--threads T]
+ *   npm run bench -- ocr [--json] [--pages N] [--dir DIR] [--threads T] [--no-preflight]
  *
  * Pages: the bundled samples (models/samples/ocr), repeated to N, or a test set made by
  * scripts/ocr-testset.ts. Each side runs one page first, untimed, so models are loaded (and the
@@ -48,6 +48,8 @@ export async function main(argv: string[]): Promise<void> {
       pages: { type: 'string', default: '0' },
       dir: { type: 'string', default: join(ROOT, 'models/samples/ocr') },
       threads: { type: 'string', default: String(availableParallelism()) },
+      // Without the hub's pre-flight and canary runs: shows what of the hub's CPU is verification.
+      'no-preflight': { type: 'boolean', default: false },
     },
   });
   // Pages: --pages N (0: the folder's own count, at least 12 from the bundled 3 samples).
@@ -72,7 +74,7 @@ export async function main(argv: string[]): Promise<void> {
   await ocr.dispose();
 
   // Grid: this process is the hub; one native node (a child process) computes.
-  const { hub, done } = await benchHub();
+  const { hub, done } = await benchHub(values['no-preflight'] ? { hub: { preflight: false } } : {});
   const state = mkdtempSync(join(tmpdir(), 'shardhub-bench-ocr-'));
   const node = spawnNode(hub, state, ['--backend', 'cpu', '--concurrency', '1', '--name', 'bench-ocr']);
   try {
