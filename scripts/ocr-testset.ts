@@ -99,7 +99,7 @@ export async function renderTestSet(out: string, pages: number, seed: number): P
       await writeFile(join(out, `${plan.name}.png`), png);
       await writeFile(
         join(out, `${plan.name}.json`),
-        JSON.stringify({ lines: plan.lines.map((l) => l.text), plan }, null, 1),
+        JSON.stringify({ lines: plan.lines.map((l) => l.text), plan }, null, 2),
       );
     }
   } finally {
