@@ -53,7 +53,8 @@ interface Runner {
 export class ReferenceRunner {
   private readonly sessions = new Map<string, Promise<Runner>>();
 
-  constructor(private readonly keep = 2) {}
+  // 3: a pipeline's stages (OCR: detection, direction, recognition) stay warm together.
+  constructor(private readonly keep = 3) {}
 
   private session(model: ModelInfo, path: string): Promise<Runner> {
     let s = this.sessions.get(model.sha256);
