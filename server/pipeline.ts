@@ -24,7 +24,8 @@ import {
 } from '../pipeline/ocr.ts';
 import type { StepRef } from '../pipeline/stages.ts';
 import { characterList, type CtcPath } from '../pipeline/steps/ctc-decode.ts';
-import type { MapBox } from '../pipeline/steps/db-postprocess.ts';
+import { DB_MAX_CANDIDATES, type MapBox } from '../pipeline/steps/db-postprocess.ts';
+import { REC_MAX_WIDTH } from '../pipeline/steps/crop-resize.ts';
 import { detPreprocess } from '../pipeline/steps/det-preprocess.ts';
 import type { Quad } from '../pipeline/image.ts';
 import type { PageBox } from '../pipeline/steps/db-postprocess.ts';
@@ -84,6 +85,9 @@ export const OCR_PAGES_IN_FLIGHT = 16;
 
 /** Pages kept in the result cache: an LRU of page outcomes, a few KB each. */
 export const OCR_CACHE_PAGES = 10_000;
+
+/** Longest CTC path: the recognizer has one step per 8 columns of its widest input. */
+const MAX_PATH = REC_MAX_WIDTH / 8;
 
 const MODELS = { det: 'ppocr-det', cls: 'ppocr-cls', rec: 'ppocr-rec' } as const;
 const STEPS: Record<'det' | 'cls' | 'rec', StepRef | undefined> = {
@@ -324,10 +328,16 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       const { page, box } = lineage(item.name);
       const p = this.pages[page];
       if (!p || p.result) continue;
-      const outputs = unpackTensors(result.outputs);
-      if (stage === 'det') next.push(...this.afterDet(page, p, outputs));
-      else if (stage === 'cls') next.push(...this.afterCls(p, page, box, outputs));
-      else this.afterRec(p, page, box, outputs);
+      // A result that cannot be used (a degenerate box, a class outside the key list) fails its
+      // page, never the run.
+      try {
+        const outputs = unpackTensors(result.outputs);
+        if (stage === 'det') next.push(...this.afterDet(page, p, outputs));
+        else if (stage === 'cls') next.push(...this.afterCls(p, page, box, outputs));
+        else this.afterRec(p, page, box, outputs);
+      } catch (err) {
+        this.fail(page, stage, clean((err as Error).message), box);
+      }
     }
     if (stage === 'det') await this.feed('cls', next);
     if (stage === 'cls') await this.feed('rec', next);
@@ -339,6 +349,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       this.fail(i, 'det', 'detection result has no boxes');
       return [];
     }
+    if ((t.dims[0] ?? 0) > DB_MAX_CANDIDATES)
+      throw new Error(`${t.dims[0]} boxes: the step gives at most ${DB_MAX_CANDIDATES}`);
     const v = asTypedArray(t) as Float32Array;
     const boxes: MapBox[] = [];
     for (let k = 0; k < (t.dims[0] ?? 0); k++) {
@@ -378,6 +390,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     if (!t || !p.paths || !p.lines || p.paths[box]) return;
     const v = asTypedArray(t) as Float32Array;
     const n = t.dims[0] ?? 0;
+    if (n > MAX_PATH) throw new Error(`a path of ${n} classes: a line has at most ${MAX_PATH} steps`);
     const ids = new Int32Array(n);
     const probs = new Float32Array(n);
     for (let k = 0; k < n; k++) {
