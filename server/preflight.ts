@@ -10,6 +10,7 @@ import type { ModelInfo } from '../protocol/model.ts';
 import { packTensors, unpackTensors } from '../protocol/pack.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { outputProblem } from './check.ts';
+import { runStep, type StageModel } from '../pipeline/stages.ts';
 
 /** Why a job cannot start. */
 export class PreflightError extends Error {
@@ -52,7 +53,8 @@ interface Runner {
 export class ReferenceRunner {
   private readonly sessions = new Map<string, Promise<Runner>>();
 
-  constructor(private readonly keep = 2) {}
+  // 3: a pipeline's stages (OCR: detection, direction, recognition) stay warm together.
+  constructor(private readonly keep = 3) {}
 
   private session(model: ModelInfo, path: string): Promise<Runner> {
     let s = this.sessions.get(model.sha256);
@@ -96,6 +98,7 @@ export class ReferenceRunner {
       let outputs: WireTensor[];
       try {
         [outputs = []] = await runner.run([unpackTensors(pack)]);
+        outputs = runStep(model as StageModel, outputs); // a pipeline stage's step, as workers run it
       } catch (err) {
         throw new PreflightError(
           `item ${itemId} does not run on model "${model.name}": ${(err as Error).message}`,
