@@ -38,6 +38,7 @@ import { Verifier } from './verify.ts';
 import { ShardSender, type AssignmentRow, type WorkerSocket } from './shard-sender.ts';
 import { WriteBatch } from './write-batch.ts';
 import { DataChannels } from './data-channel.ts';
+import { RateLimiter } from './rate-limit.ts';
 
 /** Least time between two plans of waiting workers asked for by events (see `pumpAllSoon`). */
 const PUMP_ALL_MS = 20;
@@ -61,6 +62,19 @@ const COMMIT_MAX_ROWS = 4096;
  */
 const COMMIT_AT_ONCE_ROWS = 64;
 
+/**
+ * Items a worker may name in results, failures or releases without holding them, per second and in
+ * a burst: an honest worker sends some after a requeue, a steal or a job's end (at most what it held,
+ * 4,096 items). Past that it is forging, and each further stray costs it a strike, at most one per
+ * STRAY_STRIKE_S seconds (two strikes quarantine).
+ */
+const STRAY_PER_SEC = 100;
+const STRAY_BURST = 8192;
+const STRAY_STRIKE_S = 5;
+
+/** How often the hub looks for a job `running` with nothing queued and nothing in flight (ms). */
+const STALL_CHECK_MS = 5000;
+
 export type { WorkerSocket } from './shard-sender.ts';
 
 /** A results message checked and judged, waiting for its commit (see `Hub.acceptResults`). */
@@ -74,8 +88,6 @@ interface JudgedResults {
   refused: ItemsDoneReply['refused'];
   /** Results that break the model's contract: recorded as failed attempts. */
   invalid: ItemFailure[];
-  /** Items with nothing to store (the job ended). */
-  dropped: number[];
   /** After the commit: the items whose results were stored. */
   accepted: number[];
   /** After the commit: the items another result was stored for first (dropped as done). */
@@ -170,6 +182,9 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly reference = new ReferenceRunner();
   private readonly sealing = new Set<string>();
   private lastFigures = 0;
+  private lastStallCheck = 0;
+  private readonly strays = new RateLimiter(STRAY_PER_SEC, STRAY_BURST, 10_000);
+  private readonly strayStrikes = new RateLimiter(1 / STRAY_STRIKE_S, 1, 10_000);
   private pumpQueued = false;
   private lastPumpAll = 0;
   private hungryCursor = 0;
@@ -581,6 +596,8 @@ export class Hub extends EventEmitter<HubEvents> {
 
   /** Items a worker handed back unstarted. */
   releaseItems(workerId: string, itemIds: number[]): number {
+    const strays = itemIds.filter((id) => !this.scheduler.holdersOf(id).includes(workerId)).length;
+    if (strays) this.stray(workerId, strays, 'releases');
     const back = this.scheduler.release(workerId, itemIds);
     let n = 0;
     for (const [jobId, items] of back) {
@@ -637,7 +654,6 @@ export class Hub extends EventEmitter<HubEvents> {
       how: new Map(),
       refused: [],
       invalid: [],
-      dropped: [],
       accepted: [],
       alreadyDone: [],
       notMine: [],
@@ -657,18 +673,14 @@ export class Hub extends EventEmitter<HubEvents> {
         .filter((x) => x.state !== 'offline' && x.backend !== backend)
         .map((x) => x.id);
     for (const r of results) {
-      const job = this.active.get(r.jobId);
-      if (!job) {
-        m.dropped.push(r.itemId); // job finished or cancelled: nothing to store
-        continue;
-      }
       if (this.trust.isQuarantined(workerId)) {
         m.refused.push({ itemId: r.itemId, reason: 'this worker is quarantined' });
         continue;
       }
-      if (!this.scheduler.holdersOf(r.itemId).includes(workerId)) {
-        // Not (or no longer) this worker's item: a late result after a requeue, or a forgery. It
-        // must not touch anyone else's hold on the item.
+      const job = this.active.get(r.jobId);
+      if (!job || !this.scheduler.holds(workerId, r.itemId, r.jobId)) {
+        // Not (or no longer) this worker's item, or not of the job it names: a late result after a
+        // requeue or the job's end, or a forgery. It changes nothing for anyone (`stray`).
         m.notMine.push(r.itemId);
         continue;
       }
@@ -800,11 +812,8 @@ export class Hub extends EventEmitter<HubEvents> {
       for (const m of group) {
         // An item now done may still be held elsewhere (a speculative copy, or requeued after a
         // disconnect): cancel it there; that run is wasted work.
-        const { cancel } = this.scheduler.finished(m.workerId, [
-          ...m.accepted,
-          ...m.dropped,
-          ...m.alreadyDone,
-        ]);
+        const { cancel } = this.scheduler.finished(m.workerId, [...m.accepted, ...m.alreadyDone]);
+        if (m.notMine.length) this.stray(m.workerId, m.notMine.length, 'results');
         const jobOfItem = new Map(m.results.map((r) => [r.itemId, r.jobId]));
         for (const itemIds of cancel.values()) {
           for (const id of itemIds) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
@@ -839,7 +848,7 @@ export class Hub extends EventEmitter<HubEvents> {
       for (const m of group) {
         m.resolve({
           accepted: [...m.accepted, ...m.replicated],
-          dropped: [...m.dropped, ...m.alreadyDone, ...m.notMine],
+          dropped: [...m.alreadyDone, ...m.notMine],
           refused: m.refused,
         });
       }
@@ -860,6 +869,42 @@ export class Hub extends EventEmitter<HubEvents> {
     if (!w || this.trust.isProven(workerId, w.kind)) return Infinity;
     const quota = Math.max(2, 2 * w.concurrency);
     return Math.max(0, quota - this.verifier.pendingChecks(workerId) - this.scheduler.heldCount(workerId));
+  }
+
+  /**
+   * A worker named items it does not hold (results, failures or releases): nothing changed, but past
+   * an honest worker's share (see STRAY_PER_SEC) it costs a strike.
+   */
+  private stray(workerId: string, n: number, what: string): void {
+    this.log.debug({ workerId, items: n, what }, 'message for items not held');
+    if (this.strays.take(workerId, n) || !this.strayStrikes.take(workerId)) return;
+    const reason = `${what} for items it does not hold, past its allowance`;
+    const { quarantined, record } = this.trust.refuted(workerId, reason, false);
+    this.log.warn({ workerId, what, strikes: record.strikes }, 'stray messages: strike');
+    if (quarantined) this.quarantine(workerId, reason);
+  }
+
+  /**
+   * A job the scheduler has nothing queued or held of, whose row is not complete, would sit
+   * `running` for ever: its pending items go back to the scheduler, and the repair is logged and
+   * recorded with the job. This should never find anything; it is the backstop of every path that
+   * frees items (see `stray`).
+   */
+  private repairStalls(now: number): void {
+    if (now - this.lastStallCheck < STALL_CHECK_MS || this.uncommitted.length > 0) return;
+    this.lastStallCheck = now;
+    for (const jobId of this.active.keys()) {
+      if (this.scheduler.queued(jobId) + this.scheduler.inFlight(jobId) > 0) continue;
+      const row = this.store.getJob(jobId);
+      if (!row || row.state !== 'running' || row.doneCount + row.failedCount >= row.itemCount) continue;
+      const pending = IdRuns.of(this.store.pendingItemRuns(jobId));
+      const requeued = this.scheduler.restore(jobId, pending);
+      const reason = 'running with nothing queued and nothing in flight';
+      const data = { reason, requeued, done: row.doneCount, failed: row.failedCount, items: row.itemCount };
+      this.store.addEvent(jobId, 'repaired', data, now);
+      if (requeued > 0) this.log.warn({ jobId, ...data }, 'stalled job repaired: pending items queued again');
+      else this.log.error({ jobId, ...data }, 'stalled job: no pending items, yet its counts are short');
+    }
   }
 
   /** A failed check against a worker; at the threshold it is quarantined. */
@@ -917,11 +962,12 @@ export class Hub extends EventEmitter<HubEvents> {
     const rows: NewFailure[] = [];
     let retried = 0;
     let failed = 0;
+    let strays = 0;
     for (const f of failures) {
-      if (!this.active.has(f.jobId)) continue;
-      if (this.scheduler.holderOf(f.itemId) !== workerId) {
-        // Not (or no longer) this worker's: taken back, or completed elsewhere. Nothing to record.
-        this.log.debug({ workerId, itemId: f.itemId, category: f.category }, 'failure for an item not held');
+      // Only a holder's failure counts, a speculative copy's included (its hold is released and the
+      // item goes on with the other holder). Anything else changes nothing (`stray`).
+      if (!this.active.has(f.jobId) || !this.scheduler.holds(workerId, f.itemId, f.jobId)) {
+        strays++;
         continue;
       }
       // A lost device is recreated by the worker: the same worker may try again (within maxAttempts).
@@ -931,6 +977,7 @@ export class Hub extends EventEmitter<HubEvents> {
       rows.push({ ...f, workerId, message: clean(f.message, 500), at: now, final: outcome === 'final' });
     }
     if (rows.length) this.store.recordFailures(rows);
+    if (strays) this.stray(workerId, strays, 'failures');
     const w = this.workers.get(workerId);
     if (w) w.itemsFailed += rows.length;
     if (rows.length)
@@ -1132,6 +1179,7 @@ export class Hub extends EventEmitter<HubEvents> {
       this.data.sweep(now);
     }
     for (const jobId of [...this.active.keys()]) this.checkComplete(jobId);
+    this.repairStalls(now);
     for (const w of this.workers.values()) {
       if (w.state === 'offline' || now - w.lastSeen <= this.opts.offlineAfterMs) continue;
       const socket = this.sockets.get(w.id);

@@ -332,6 +332,11 @@ export class Scheduler {
     return this.holders.get(itemId)?.[0];
   }
 
+  /** Whether `workerId` holds `itemId` as an item of `jobId` (original or speculative copy). */
+  holds(workerId: string, itemId: number, jobId: string): boolean {
+    return this.workers.get(workerId)?.held.get(itemId) === jobId;
+  }
+
   /** Every worker holding an item (more than one while speculated). */
   holdersOf(itemId: number): readonly string[] {
     return this.holders.get(itemId) ?? [];
@@ -574,6 +579,18 @@ export class Scheduler {
     for (const a of avoid) set.add(a);
     j.failedOn.set(itemId, set);
     if (!j.requeued.includes(itemId)) j.requeued.push(itemId);
+  }
+
+  /**
+   * Gives a job whose queues are empty and whose items nobody holds its pending items again (the
+   * hub's stall check: a job the scheduler lost track of). Returns how many were queued; none when
+   * the job still has anything queued or held.
+   */
+  restore(jobId: string, pending: IdRuns): number {
+    const j = this.jobs.get(jobId);
+    if (!j || this.queued(jobId) + j.held > 0) return 0;
+    j.fresh = pending;
+    return pending.size;
   }
 
   /** Queues items of a job again (results taken back from a quarantined worker). */

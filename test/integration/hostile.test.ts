@@ -235,3 +235,202 @@ test('over 1,000 hostile messages and requests change nothing', async () => {
     await hub.close();
   }
 });
+
+/** An anonymous browser worker of the attacker's own making: registered, speaking the protocol. */
+async function anonymous(
+  url: string,
+  workerId: string,
+  reg: Record<string, unknown> = {},
+): Promise<Socket & { close(): void }> {
+  const s = connect(`${url}/worker`, {
+    auth: { workerId, workerSecret: 'h'.repeat(32) },
+    reconnection: false,
+    transports: ['websocket'],
+    parser: shardhubParser,
+  });
+  await new Promise<void>((ok, fail) => {
+    s.once('connect', () => ok());
+    s.once('connect_error', fail);
+  });
+  const r = await s.timeout(5000).emitWithAck('worker:register', {
+    kind: 'browser',
+    backend: 'wasm',
+    name: workerId,
+    concurrency: 1,
+    capabilities: { cores: 1, memoryBytes: 1 },
+    ...reg,
+  });
+  assert.ok('data' in r, JSON.stringify(r));
+  return s;
+}
+
+/** Sim nodes on the noop model, online. */
+async function simNodes(
+  hub: Awaited<ReturnType<typeof startHub>>,
+  n: number,
+  args: string[],
+): Promise<Proc[]> {
+  const nodes: Proc[] = [];
+  for (let i = 0; i < n; i++)
+    nodes.push(
+      startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, `s${Date.now()}-${i}`), [
+        '--backend',
+        'sim',
+        ...args,
+      ]),
+    );
+  await waitFor(
+    'nodes online',
+    () =>
+      [...hub.hub.workers.values()].filter((w) => w.state === 'online' && w.kind === 'native').length >= n,
+    60_000,
+  );
+  return nodes;
+}
+
+test('finding 1: results, failures and releases for items the sender does not hold change nothing and cost it', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f1'));
+  let nodes: Proc[] = [];
+  let s: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '10']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const items = (n: number, seed: number) =>
+      Array.from({ length: n }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, seed + i) }));
+    const finished = await rest.submit('noop', items(20, 1));
+    await waitFor(
+      'small job completed',
+      async () => (await rest.data('GET', `/api/jobs/${finished}`)).state === 'completed',
+      60_000,
+    );
+    const jobId = await rest.submit('noop', items(1500, 100));
+    await waitFor('items held', () => hub.hub.scheduler.inFlight(jobId) > 20, 60_000, 10);
+    s = await anonymous(hub.url, 'forger-browser-1');
+    const out = [{ name: 'y', dtype: 'float32', dims: [1, 4], data: new Uint8Array(16).fill(7) }];
+    for (const named of ['j_unknown000', finished, jobId]) {
+      for (const event of ['items:done', 'items:failed', 'items:release'] as const) {
+        const all = hub.hub.store.listItems(jobId, { offset: 0, limit: 1500 });
+        const held = all.filter((it) => hub.hub.scheduler.holdersOf(it.id).length > 0);
+        assert.ok(held.length > 0, 'the nodes hold items');
+        const before = new Map(held.map((it) => [it.id, [...hub.hub.scheduler.holdersOf(it.id)]]));
+        const ids = held.map((it) => it.id).slice(0, 200);
+        const payload =
+          event === 'items:done'
+            ? {
+                results: ids.map((itemId) => ({
+                  itemId,
+                  jobId: named,
+                  modelSha256: model.sha256,
+                  ms: 1,
+                  outputs: out,
+                })),
+              }
+            : event === 'items:failed'
+              ? {
+                  failures: ids.map((itemId) => ({
+                    itemId,
+                    jobId: named,
+                    category: 'other',
+                    message: 'no',
+                  })),
+                }
+              : { itemIds: ids };
+        const r: { data?: { dropped: number[] } } = await s
+          .timeout(5000)
+          .emitWithAck(event as 'items:done', payload as never);
+        assert.ok(r.data, JSON.stringify(r));
+        if (event === 'items:done') {
+          assert.deepEqual([...r.data.dropped].sort(), [...ids].sort(), 'every forged result is dropped');
+        }
+        // Every item held before is still held by the same workers, or done by them since.
+        const state = new Map(
+          hub.hub.store.listItems(jobId, { offset: 0, limit: 1500 }).map((it) => [it.id, it.state]),
+        );
+        for (const [id, holders] of before) {
+          if (state.get(id) === 'done') continue;
+          const now = hub.hub.scheduler.holdersOf(id);
+          assert.ok(
+            holders.every((h) => now.includes(h)),
+            `${event} naming ${named} released item ${id}`,
+          );
+        }
+      }
+    }
+    // Forgery past an honest worker's allowance costs a strike.
+    for (let k = 0; k < 2; k++) {
+      await s
+        .timeout(5000)
+        .emitWithAck('items:release', { itemIds: Array.from({ length: 6000 }, (_, i) => 10_000_000 + i) });
+    }
+    const record = hub.hub.trust.record('forger-browser-1');
+    assert.ok(record.strikes >= 1, `the forger has a strike (${JSON.stringify(record)})`);
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      60_000,
+      100,
+    );
+    assert.equal(status.done, 1500);
+    for (const r of hub.hub.store.iterateResults(jobId)) assert.notEqual(r.workerId, 'forger-browser-1');
+  } finally {
+    s?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+test('finding 1: a job running with nothing queued and nothing in flight is found, repaired and logged', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-stall'));
+  let nodes: Proc[] = [];
+  try {
+    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '20']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const jobId = await rest.submit(
+      'noop',
+      Array.from({ length: 300 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
+    );
+    await waitFor('items held', () => hub.hub.scheduler.inFlight(jobId) > 0, 60_000, 10);
+    // The scheduler loses track of the job (what a forged message did before): it is scheduled
+    // again with nothing in it, its items neither queued nor held.
+    const job = hub.hub.store.getJob(jobId);
+    assert.ok(job);
+    hub.hub.scheduler.removeJob(jobId);
+    hub.hub.scheduler.addJob(
+      {
+        id: jobId,
+        priority: job.priority,
+        deadline: job.deadline,
+        modelSha256: job.modelSha256,
+        batchSize: 1,
+        requirements: job.requirements,
+      },
+      [],
+    );
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      60_000,
+      100,
+    );
+    assert.equal(status.done, 300);
+    const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
+      type: string;
+      data: { requeued: number };
+    }[];
+    const repaired = events.find((e) => e.type === 'repaired');
+    assert.ok(repaired && repaired.data.requeued > 0, 'the repair is recorded with the job');
+  } finally {
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
