@@ -21,7 +21,7 @@ import {
   responseSchema,
 } from '../protocol/schemas.ts';
 import type { z } from 'zod';
-import { packTensors } from '../protocol/pack.ts';
+import { packTensors, unpackTensors } from '../protocol/pack.ts';
 import type { ModelRegistry } from '../models/registry.ts';
 import { clean, type Logger } from './logger.ts';
 import { outputProblem } from './check.ts';
@@ -32,9 +32,9 @@ import type { JobRecord, NewFailure, NewJob, NewResult, Store } from './store/st
 import { workerFacts, type LiveWorker } from './workers.ts';
 import { IdRuns } from './scheduler/id-runs.ts';
 import { PreflightError, ReferenceRunner, canaryCount, pickCanaries } from './preflight.ts';
-import type { TrustStore } from './store/trust-store.ts';
-import { DEFAULT_TRUST_OPTIONS, TrustBook, type TrustOptions } from './trust.ts';
-import { Verifier } from './verify.ts';
+import type { Replica, TrustStore } from './store/trust-store.ts';
+import { DEFAULT_TRUST_OPTIONS, FailureBook, TrustBook, type TrustOptions } from './trust.ts';
+import { Verifier, outputsDiffer } from './verify.ts';
 import { ShardSender, type AssignmentRow, type WorkerSocket } from './shard-sender.ts';
 import { WriteBatch } from './write-batch.ts';
 import { DataChannels } from './data-channel.ts';
@@ -72,6 +72,9 @@ const STRAY_PER_SEC = 100;
 const STRAY_BURST = 8192;
 const STRAY_STRIKE_S = 5;
 
+/** The worker id results computed by the hub's own reference backend are stored under. */
+export const REFERENCE_WORKER = 'hub-reference';
+
 /** How often the hub looks for a job `running` with nothing queued and nothing in flight (ms). */
 const STALL_CHECK_MS = 5000;
 
@@ -96,8 +99,6 @@ interface JudgedResults {
   notMine: number[];
   /** Items whose result waits for replicas elsewhere. */
   replicated: number[];
-  /** Items failed for good (replicas disagree past the quorum's reach). */
-  finalFailures: NewFailure[];
   /** Results checked, per job (the fairness report's work done). */
   worked: Map<string, number>;
   resolve: (reply: ItemsDoneReply) => void;
@@ -183,6 +184,12 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly sealing = new Set<string>();
   private lastFigures = 0;
   private lastStallCheck = 0;
+  /** Per item: who failed it; per worker and model: failure rates (finding outliers). */
+  private readonly failures = new FailureBook();
+  /** Reference runs in progress per job: a job waiting for one is not stalled. */
+  private readonly referencing = new Map<string, number>();
+  /** Items the reference backend settled (verification's extra runs, with replicas). */
+  referenceRuns = 0;
   private readonly strays = new RateLimiter(STRAY_PER_SEC, STRAY_BURST, 10_000);
   private readonly strayStrikes = new RateLimiter(1 / STRAY_STRIKE_S, 1, 10_000);
   private pumpQueued = false;
@@ -383,6 +390,7 @@ export class Hub extends EventEmitter<HubEvents> {
         this.store.addEvent(jobId, 'fairness', report as unknown as Record<string, unknown>, Date.now());
     }
     this.active.delete(jobId);
+    this.failures.forgetJob(jobId);
     for (const [workerId, itemIds] of this.scheduler.removeJob(jobId)) {
       this.sockets.get(workerId)?.emit('items:cancel', { itemIds, reason });
     }
@@ -658,7 +666,6 @@ export class Hub extends EventEmitter<HubEvents> {
       alreadyDone: [],
       notMine: [],
       replicated: [],
-      finalFailures: [],
       worked: new Map(),
       resolve,
       reject,
@@ -743,17 +750,11 @@ export class Hub extends EventEmitter<HubEvents> {
           this.strike(workerId, r.jobId, r.itemId, v.reason, true);
           break;
         case 'fail':
+          // The workers cannot agree: the hub's reference backend decides (`byReference`).
+          m.replicated.push(r.itemId);
           this.scheduler.finished(workerId, [r.itemId]);
-          m.finalFailures.push({
-            itemId: r.itemId,
-            jobId: r.jobId,
-            workerId,
-            category: 'invalid_output',
-            message: v.reason,
-            at: now,
-            final: true,
-          });
           this.store.addEvent(r.jobId, 'disagreement', { itemId: r.itemId, reason: v.reason }, now);
+          this.byReference(r.jobId, r.itemId, v.reason, v.replicas);
           break;
       }
     }
@@ -786,8 +787,6 @@ export class Hub extends EventEmitter<HubEvents> {
           for (const r of m.rows) (flipped.delete(r.itemId) ? m.accepted : m.alreadyDone).push(r.itemId);
           if (m.accepted.length) this.store.addWorkerItems(m.workerId, m.accepted.length, now);
         }
-        const failures = group.flatMap((m) => m.finalFailures);
-        if (failures.length) this.store.recordFailures(failures);
       });
     } catch (err) {
       for (const m of group) m.reject(err); // each caller reports it (the gateway logs it)
@@ -819,7 +818,12 @@ export class Hub extends EventEmitter<HubEvents> {
           for (const id of itemIds) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
         }
         for (const id of m.alreadyDone) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
-        for (const [jobId, k] of m.worked) this.active.get(jobId)?.fairness.done(m.workerId, k, now);
+        for (const [jobId, k] of m.worked) {
+          const job = this.active.get(jobId);
+          job?.fairness.done(m.workerId, k, now);
+          if (job) this.failures.ran(job.model.sha256, m.workerId, k, 0);
+        }
+        if (this.failures.size > 0) for (const id of m.accepted) this.failures.forget(id);
         for (const [other, itemIds] of cancel) {
           this.sockets.get(other)?.emit('items:cancel', { itemIds, reason: 'completed by another worker' });
         }
@@ -895,6 +899,7 @@ export class Hub extends EventEmitter<HubEvents> {
     this.lastStallCheck = now;
     for (const jobId of this.active.keys()) {
       if (this.scheduler.queued(jobId) + this.scheduler.inFlight(jobId) > 0) continue;
+      if (this.referencing.has(jobId)) continue;
       const row = this.store.getJob(jobId);
       if (!row || row.state !== 'running' || row.doneCount + row.failedCount >= row.itemCount) continue;
       const pending = IdRuns.of(this.store.pendingItemRuns(jobId));
@@ -956,6 +961,72 @@ export class Hub extends EventEmitter<HubEvents> {
     this.pump();
   }
 
+  /**
+   * Runs an item on the hub's reference backend, whose answer settles it: stored as the item's
+   * result (verified `reference`), and each replica given judged against it; if the reference fails
+   * too, the item ends failed on evidence that does not come from workers alone. For items failed
+   * by unproven workers only, replicas that cannot agree, and probation results no worker can
+   * confirm soon.
+   */
+  private byReference(jobId: string, itemId: number, why: string, replicas: readonly Replica[] = []): void {
+    const job = this.active.get(jobId);
+    const path = job && this.models.filePath(job.model.sha256);
+    const input = path ? this.store.itemInputs([itemId]).get(itemId) : undefined;
+    if (!job || !path || !input) return; // the job ended, or the stall check finds the item again
+    this.referencing.set(jobId, (this.referencing.get(jobId) ?? 0) + 1);
+    const started = Date.now();
+    this.log.info({ jobId, itemId, why: clean(why) }, 'item goes to the reference backend');
+    this.reference
+      .run(job.model, path, input)
+      .then(
+        (outputs) => this.referenceAnswer(jobId, itemId, job.model, outputs, Date.now() - started, replicas),
+        (err: unknown) => this.referenceFailed(jobId, itemId, err),
+      )
+      .catch((err: unknown) => this.log.error({ err, jobId, itemId }, 'handling a reference run failed'))
+      .finally(() => {
+        const n = (this.referencing.get(jobId) ?? 1) - 1;
+        if (n > 0) this.referencing.set(jobId, n);
+        else this.referencing.delete(jobId);
+        this.checkComplete(jobId);
+      });
+  }
+
+  private referenceAnswer(
+    jobId: string,
+    itemId: number,
+    model: ModelInfo,
+    outputs: Uint8Array,
+    ms: number,
+    replicas: readonly Replica[],
+  ): void {
+    if (this.closed || !this.active.has(jobId)) return;
+    const now = Date.now();
+    const { accepted } = this.store.recordResults([
+      { itemId, jobId, workerId: REFERENCE_WORKER, modelSha256: model.sha256, ms, outputs, at: now },
+    ]);
+    if (accepted.length) this.trustStore.markVerified(accepted, 'reference');
+    this.failures.forget(itemId);
+    this.referenceRuns++;
+    const answer = unpackTensors(outputs);
+    for (const r of replicas) {
+      const diff = outputsDiffer(unpackTensors(r.outputs), answer, model.tolerance);
+      if (diff) this.strike(r.workerId, jobId, itemId, `differs from the reference backend (${diff})`, false);
+      else this.trust.confirmed(r.workerId);
+    }
+    this.emit('job:updated', jobId);
+  }
+
+  private referenceFailed(jobId: string, itemId: number, err: unknown): void {
+    if (this.closed || !this.active.has(jobId)) return;
+    const message = clean(`the hub's reference backend failed it too: ${(err as Error).message}`, 500);
+    this.store.recordFailures([
+      { itemId, jobId, workerId: REFERENCE_WORKER, category: 'other', message, at: Date.now(), final: true },
+    ]);
+    this.failures.forget(itemId);
+    this.log.warn({ jobId, itemId, message }, 'item failed on the reference backend');
+    this.emit('job:updated', jobId);
+  }
+
   /** Records failed runs: each item is retried elsewhere or, out of options, ends failed. */
   recordFailures(workerId: string, failures: ItemFailure[]): { retried: number; failed: number } {
     const now = Date.now();
@@ -963,6 +1034,9 @@ export class Hub extends EventEmitter<HubEvents> {
     let retried = 0;
     let failed = 0;
     let strays = 0;
+    const kind = this.workers.get(workerId)?.kind ?? 'browser';
+    /** Failures counted per job (each job's model's failure rates). */
+    const perModel = new Map<string, number>();
     for (const f of failures) {
       // Only a holder's failure counts, a speculative copy's included (its hold is released and the
       // item goes on with the other holder). Anything else changes nothing (`stray`).
@@ -971,13 +1045,35 @@ export class Hub extends EventEmitter<HubEvents> {
         continue;
       }
       // A lost device is recreated by the worker: the same worker may try again (within maxAttempts).
-      const outcome = this.scheduler.failed(workerId, f.jobId, f.itemId, f.category === 'device_lost');
-      if (outcome === 'final') failed++;
-      else retried++;
+      let outcome = this.scheduler.failed(workerId, f.jobId, f.itemId, f.category === 'device_lost');
+      const proven = this.trust.isProven(workerId, kind);
+      const evidence = this.failures.failed(f.jobId, f.itemId, workerId, proven);
+      if (outcome === 'final' && !evidence.enough) {
+        // Out of attempts, but on the word of unproven workers alone: another worker that has not
+        // failed it runs it, else the hub's reference backend decides.
+        outcome = 'retry';
+        if (this.scheduler.canAsk(f.jobId, evidence.workers, true))
+          this.scheduler.requeue(f.jobId, f.itemId, evidence.workers);
+        else this.byReference(f.jobId, f.itemId, 'failed by unproven workers only');
+      }
+      if (outcome === 'final') {
+        failed++;
+        this.failures.forget(f.itemId);
+      } else retried++;
       rows.push({ ...f, workerId, message: clean(f.message, 500), at: now, final: outcome === 'final' });
+      perModel.set(f.jobId, (perModel.get(f.jobId) ?? 0) + 1);
     }
     if (rows.length) this.store.recordFailures(rows);
     if (strays) this.stray(workerId, strays, 'failures');
+    for (const [jobId, n] of perModel) {
+      const sha = this.active.get(jobId)?.model.sha256;
+      if (!sha) continue;
+      this.failures.ran(sha, workerId, n, n);
+      if (!this.trust.isQuarantined(workerId) && this.failures.outlier(sha, workerId)) {
+        const reason = 'fails far more items of this model than its peers';
+        this.strike(workerId, jobId, rows[0]?.itemId ?? 0, reason, true);
+      }
+    }
     const w = this.workers.get(workerId);
     if (w) w.itemsFailed += rows.length;
     if (rows.length)

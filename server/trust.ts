@@ -122,3 +122,106 @@ export class TrustBook {
     this.put({ ...r, quarantined: false, strikes: 0, streak: 0, reason: null, at: Date.now() });
   }
 }
+
+/** Failures of one item not yet decided: which workers reported them, and whether one was proven. */
+interface ItemEvidence {
+  jobId: string;
+  workers: Set<string>;
+  proven: boolean;
+}
+
+/** A worker's runs and failures (failed runs and invalid outputs) on one model. */
+interface RunCounts {
+  runs: number;
+  failed: number;
+}
+
+/** Failures a worker must have on a model before its rate is compared with its peers'. */
+const OUTLIER_MIN_FAILURES = 20;
+/** Runs a peer must have on a model for its rate to count as a baseline. */
+const OUTLIER_MIN_PEER_RUNS = 20;
+/** Workers whose run counts are kept (oldest forgotten first): bounded under a flood of identities. */
+const MAX_COUNTED_WORKERS = 10_000;
+
+/**
+ * Evidence before an item ends failed, and failure rates against peers. A failure report is a
+ * claim, cheap for a hostile worker to make: an item ends failed only when distinct workers failed
+ * it, at least one of them proven (else the hub's reference backend decides). A worker that fails
+ * far more of a model's items than the best of its peers is an outlier: quarantined like a liar.
+ */
+export class FailureBook {
+  private readonly items = new Map<number, ItemEvidence>();
+  /** model sha256 → worker → counts. */
+  private readonly counts = new Map<string, Map<string, RunCounts>>();
+  private readonly order: string[] = [];
+  private readonly known = new Set<string>();
+
+  /**
+   * Records a failure of `itemId` by `workerId`. Returns the item's failers so far and whether
+   * they are evidence enough to fail it for good.
+   */
+  failed(
+    jobId: string,
+    itemId: number,
+    workerId: string,
+    proven: boolean,
+  ): { enough: boolean; workers: string[] } {
+    let e = this.items.get(itemId);
+    if (!e) this.items.set(itemId, (e = { jobId, workers: new Set(), proven: false }));
+    e.workers.add(workerId);
+    e.proven ||= proven;
+    return { enough: e.workers.size >= 2 && e.proven, workers: [...e.workers] };
+  }
+
+  /** The item was decided (done, or failed for good): its evidence is no longer needed. */
+  forget(itemId: number): void {
+    this.items.delete(itemId);
+  }
+
+  /** Items with failures on record (to skip the per-item `forget` on the hot path when none). */
+  get size(): number {
+    return this.items.size;
+  }
+
+  /** Forgets the evidence of a job's items (the job ended). */
+  forgetJob(jobId: string): void {
+    for (const [id, e] of this.items) if (e.jobId === jobId) this.items.delete(id);
+  }
+
+  /** Counts a worker's runs on a model, `failed` of them failures or invalid outputs. */
+  ran(sha: string, workerId: string, runs: number, failed: number): void {
+    let byWorker = this.counts.get(sha);
+    if (!byWorker) this.counts.set(sha, (byWorker = new Map()));
+    const c = byWorker.get(workerId) ?? { runs: 0, failed: 0 };
+    c.runs += runs;
+    c.failed += failed;
+    byWorker.set(workerId, c);
+    if (!this.known.has(workerId)) {
+      this.known.add(workerId);
+      this.order.push(workerId);
+      if (this.order.length > MAX_COUNTED_WORKERS) {
+        const oldest = this.order.shift() as string;
+        this.known.delete(oldest);
+        for (const m of this.counts.values()) m.delete(oldest);
+      }
+    }
+  }
+
+  /**
+   * Whether a worker's failure rate on a model stands far above its peers': at least
+   * OUTLIER_MIN_FAILURES failures, a rate of at least one half, and three times the best peer's
+   * rate plus a quarter. The best peer, not the average: colluding failure-reporters raise the
+   * average, but cannot lower an honest worker's rate. Without a peer to compare with, no verdict.
+   */
+  outlier(sha: string, workerId: string): boolean {
+    const byWorker = this.counts.get(sha);
+    const mine = byWorker?.get(workerId);
+    if (!byWorker || !mine || mine.failed < OUTLIER_MIN_FAILURES) return false;
+    const rate = mine.failed / Math.max(1, mine.runs);
+    let best = Infinity;
+    for (const [id, c] of byWorker) {
+      if (id !== workerId && c.runs >= OUTLIER_MIN_PEER_RUNS) best = Math.min(best, c.failed / c.runs);
+    }
+    return best !== Infinity && rate >= 0.5 && rate >= 3 * best + 0.25;
+  }
+}

@@ -24,8 +24,11 @@ export type Verdict =
   | { kind: 'replicate'; avoid: string[] }
   /** Refused (a wrong canary): the worker is refuted; the item runs again elsewhere. */
   | { kind: 'refuse'; reason: string }
-  /** No quorum can be reached: the item ends failed. */
-  | { kind: 'fail'; reason: string };
+  /**
+   * No quorum can be reached among the workers: the hub's reference backend decides, and the
+   * replicas are judged against its answer.
+   */
+  | { kind: 'fail'; reason: string; replicas: Replica[] };
 
 /** Says why two output sets differ, or undefined when they agree within the tolerance. */
 export function outputsDiffer(
@@ -195,6 +198,7 @@ export class Verifier {
     return {
       kind: 'fail',
       reason: `no ${quorum} of ${all.length} results agree within the model's tolerance`,
+      replicas: all,
     };
   }
 

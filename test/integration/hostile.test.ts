@@ -434,3 +434,84 @@ test('finding 1: a job running with nothing queued and nothing in flight is foun
     await hub.close();
   }
 });
+
+/**
+ * An anonymous browser worker that claims a huge benchmark and answers every item it is given with
+ * a failure report (or, with `invalid`, with outputs of the wrong shape).
+ */
+async function failureReporter(
+  url: string,
+  workerId: string,
+  opts: { invalid?: boolean; backend?: string } = {},
+): Promise<Socket & { close(): void }> {
+  const s = await anonymous(url, workerId, { concurrency: 256, backend: opts.backend ?? 'wasm' });
+  s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
+    ack({ data: { itemsPerSec: 1e6, batchSize: 1, runs: 1, ms: 1 } }),
+  );
+  s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
+  s.on(
+    'shard:assign',
+    (shard: {
+      jobId: string;
+      model: { sha256: string };
+      items: { id: number }[];
+      packed?: { ids: number[] };
+    }) => {
+      const ids = shard.packed?.ids ?? shard.items.map((it) => it.id);
+      if (opts.invalid) {
+        const outputs = [{ name: 'y', dtype: 'float32', dims: [1, 1], data: new Uint8Array(4) }];
+        s.emit('items:done', {
+          results: ids.map((itemId) => ({
+            itemId,
+            jobId: shard.jobId,
+            modelSha256: shard.model.sha256,
+            ms: 1,
+            outputs,
+          })),
+        });
+      } else {
+        s.emit('items:failed', {
+          failures: ids.map((itemId) => ({ itemId, jobId: shard.jobId, category: 'other', message: 'nope' })),
+        });
+      }
+    },
+  );
+  return s;
+}
+
+test('finding 2: anonymous failure-reporters fail no item for good and are quarantined', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f2'));
+  let nodes: Proc[] = [];
+  const failers: (Socket & { close(): void })[] = [];
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    for (let i = 0; i < 3; i++) failers.push(await failureReporter(hub.url, `failer-browser-${i}`));
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const sent = Array.from({ length: 2000 }, (_, i) => ({
+      name: `i${i}`,
+      tensors: calibrationInputs(model, i),
+    }));
+    const jobId = await rest.submit('noop', sent);
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      120_000,
+      100,
+    );
+    assert.equal(status.failed, 0, 'no item ended failed on failure reports alone');
+    assert.equal(status.done, 2000);
+    for (let i = 0; i < 3; i++)
+      assert.equal(hub.hub.trust.isQuarantined(`failer-browser-${i}`), true, `failer ${i} is quarantined`);
+    for (const w of hub.hub.workers.values())
+      if (w.kind === 'native') assert.equal(hub.hub.trust.isQuarantined(w.id), false, 'honest nodes are not');
+  } finally {
+    for (const f of failers) f.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
