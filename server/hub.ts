@@ -115,6 +115,11 @@ export interface HubOptions {
   benchmarkTimeoutMs: number;
   maxAttempts: number;
   scheduler: Partial<SchedulerOptions>;
+  /**
+   * Offline workers kept in memory (for `GET /api/workers` and a quick reconnect); the oldest are
+   * forgotten past this. Anonymous identities cost nothing to make: what they leave must be bounded.
+   */
+  maxOfflineWorkers: number;
 }
 
 export const DEFAULT_HUB_OPTIONS: HubOptions = {
@@ -125,6 +130,7 @@ export const DEFAULT_HUB_OPTIONS: HubOptions = {
   benchmarkTimeoutMs: 120_000,
   maxAttempts: 3,
   scheduler: {},
+  maxOfflineWorkers: 1000,
 };
 
 /** Events the hub emits for observers (operator namespace, CLI progress, tests). */
@@ -184,6 +190,8 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly sealing = new Set<string>();
   private lastFigures = 0;
   private lastStallCheck = 0;
+  /** Offline workers, oldest first (see `maxOfflineWorkers`). */
+  private readonly offline = new Set<string>();
   /** Per item: who failed it; per worker and model: failure rates (finding outliers). */
   private readonly failures = new FailureBook();
   /** Reference runs in progress per job: a job waiting for one is not stalled. */
@@ -479,6 +487,7 @@ export class Hub extends EventEmitter<HubEvents> {
       reconnects: prev ? prev.reconnects + 1 : 0,
     };
     this.workers.set(workerId, w);
+    this.offline.delete(workerId);
     this.sockets.set(workerId, socket);
     this.shards.registered(workerId, req);
     this.scheduler.addWorker({
@@ -552,6 +561,13 @@ export class Hub extends EventEmitter<HubEvents> {
       this.emit('items:requeued', { workerId, jobId, items: items.length, reason, at });
     }
     this.store.addWorkerItems(workerId, 0, w.lastSeen);
+    this.offline.delete(workerId);
+    this.offline.add(workerId);
+    for (const id of this.offline) {
+      if (this.offline.size <= this.opts.maxOfflineWorkers) break;
+      this.offline.delete(id);
+      if (this.workers.get(id)?.state === 'offline') this.workers.delete(id);
+    }
     this.log.warn({ workerId, reason, requeued: n }, 'worker offline');
     this.emit('worker:updated', workerId);
     this.pumpAllSoon();

@@ -515,3 +515,75 @@ test('finding 2: anonymous failure-reporters fail no item for good and are quara
     await hub.close();
   }
 });
+
+test('findings 6, 7, 9: registrations, options and worker lists are bounded; memory stays bounded', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f6'), { hub: { maxOfflineWorkers: 5 } });
+  const sockets: Socket[] = [];
+  try {
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    global.gc?.();
+    const rssBefore = process.memoryUsage().rss;
+    // Finding 6: registrations carrying a 200,000-key GPU limits map are refused whole.
+    const limits: Record<string, number> = {};
+    for (let i = 0; i < 200_000; i++) limits[`maxThing${i}`] = i;
+    let peak = rssBefore;
+    for (let i = 0; i < 10; i++) {
+      const s = connect(`${hub.url}/worker`, {
+        auth: { workerId: `bloat-browser-${i}`, workerSecret: 'h'.repeat(32) },
+        reconnection: false,
+        transports: ['websocket'],
+        parser: shardhubParser,
+      });
+      sockets.push(s);
+      await new Promise<void>((ok) => s.once('connect', () => ok()));
+      const started = Date.now();
+      const r = await s.timeout(20_000).emitWithAck('worker:register', {
+        kind: 'browser',
+        backend: 'webgpu',
+        name: `bloat${i}`,
+        concurrency: 1,
+        capabilities: { cores: 1, memoryBytes: 1, gpu: { name: 'x', limits } },
+      });
+      assert.equal((r as { error?: { code: string } }).error?.code, 'invalid_payload', 'refused');
+      assert.ok(Date.now() - started < 5000, 'refused quickly');
+      const health = Date.now();
+      assert.equal((await rest.data('GET', '/api/health')).ok, true);
+      assert.ok(Date.now() - health < 500, '/api/health answers at once');
+      peak = Math.max(peak, process.memoryUsage().rss);
+      s.close();
+    }
+    assert.equal(hub.hub.workers.size, 0, 'a refused registration leaves nothing behind');
+    // What the hub keeps of disconnected workers is bounded; GET /api/workers pages.
+    for (let i = 0; i < 12; i++) {
+      const s = await anonymous(hub.url, `passing-browser-${i}`);
+      s.close();
+      await waitFor(
+        'offline',
+        () => hub.hub.workers.get(`passing-browser-${i}`)?.state !== 'online',
+        5000,
+        10,
+      );
+    }
+    assert.ok(hub.hub.workers.size <= 5, `${hub.hub.workers.size} offline workers kept`);
+    const page = await rest.data('GET', '/api/workers?limit=2');
+    assert.equal(page.workers.length, 2);
+    assert.equal(page.next, 2);
+    assert.equal(page.total, hub.hub.workers.size);
+    // Finding 7: options nested 5,000 deep are refused with 400, not 500.
+    const deep = `${'{"a":'.repeat(5000)}1${'}'.repeat(5000)}`;
+    const r = await rest.req('POST', '/api/jobs', `{"model":"noop","options":{"deep":${deep}}}`);
+    assert.equal(r.status, 400, JSON.stringify(r.json));
+    const wide = await rest.req('POST', '/api/jobs', { model: 'noop', options: { s: 'x'.repeat(100_000) } });
+    assert.equal(wide.status, 400);
+    const fine = await rest.req('POST', '/api/jobs', { model: 'noop', options: { a: { b: [1, 2, 'c'] } } });
+    assert.equal(fine.status, 201, JSON.stringify(fine.json));
+    // Finding 9: the hub's memory (this process holds the hub and the attacker) stays bounded.
+    global.gc?.();
+    const rssAfter = process.memoryUsage().rss;
+    assert.ok(peak < 2 * rssBefore + 300e6, `peak RSS ${peak} vs ${rssBefore} before`);
+    assert.ok(rssAfter < 1.5 * rssBefore + 100e6, `RSS ${rssAfter} after vs ${rssBefore} before`);
+  } finally {
+    for (const s of sockets) s.close();
+    await hub.close();
+  }
+});
