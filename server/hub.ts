@@ -75,6 +75,12 @@ const STRAY_STRIKE_S = 5;
 /** The worker id results computed by the hub's own reference backend are stored under. */
 export const REFERENCE_WORKER = 'hub-reference';
 
+/**
+ * Longest a probation result waits for a confirmer before the hub's reference backend confirms it
+ * (ms): verification must not hold a job up while no other worker can take the item.
+ */
+const CONFIRM_WAIT_MS = 1000;
+
 /** How often the hub looks for a job `running` with nothing queued and nothing in flight (ms). */
 const STALL_CHECK_MS = 5000;
 
@@ -183,6 +189,7 @@ export class Hub extends EventEmitter<HubEvents> {
   readonly data: DataChannels;
   private readonly active = new Map<string, ActiveJob>();
   private readonly timer: NodeJS.Timeout;
+  private readonly confirmTimer: NodeJS.Timeout;
   private closed = false;
   readonly trust: TrustBook;
   private readonly verifier: Verifier;
@@ -244,6 +251,8 @@ export class Hub extends EventEmitter<HubEvents> {
     });
     this.timer = setInterval(() => this.tick(), Math.min(1000, Math.max(100, opts.heartbeatMs / 2)));
     this.timer.unref();
+    this.confirmTimer = setInterval(() => this.confirmStale(), CONFIRM_WAIT_MS / 4);
+    this.confirmTimer.unref();
     this.resume();
   }
 
@@ -731,6 +740,7 @@ export class Hub extends EventEmitter<HubEvents> {
         workerId,
         kind: w?.kind ?? 'browser',
         backend: w?.backend ?? 'cpu',
+        jobId: r.jobId,
         itemId: r.itemId,
         redundancy: job.record.redundancy,
         model: job.model,
@@ -765,8 +775,9 @@ export class Hub extends EventEmitter<HubEvents> {
           this.scheduler.requeue(r.jobId, r.itemId, [workerId]);
           this.strike(workerId, r.jobId, r.itemId, v.reason, true);
           break;
+        case 'reference':
         case 'fail':
-          // The workers cannot agree: the hub's reference backend decides (`byReference`).
+          // The workers cannot agree, or none can confirm it: the hub's reference backend decides (`byReference`).
           m.replicated.push(r.itemId);
           this.scheduler.finished(workerId, [r.itemId]);
           this.store.addEvent(r.jobId, 'disagreement', { itemId: r.itemId, reason: v.reason }, now);
@@ -978,6 +989,22 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   /**
+   * Probation results that waited CONFIRM_WAIT_MS for a confirmer no worker has taken up: the hub's
+   * reference backend confirms them (or not). One that a worker holds now is left to it.
+   */
+  private confirmStale(): void {
+    if (this.closed) return;
+    for (const { itemId, jobId } of this.verifier.stale(Date.now(), CONFIRM_WAIT_MS)) {
+      if (!this.active.has(jobId)) {
+        this.verifier.take(itemId); // the job ended: nothing to confirm
+        continue;
+      }
+      if (!this.scheduler.withdraw(jobId, itemId)) continue;
+      this.byReference(jobId, itemId, 'no worker confirmed it in time', this.verifier.take(itemId));
+    }
+  }
+
+  /**
    * Runs an item on the hub's reference backend, whose answer settles it: stored as the item's
    * result (verified `reference`), and each replica given judged against it; if the reference fails
    * too, the item ends failed on evidence that does not come from workers alone. For items failed
@@ -1061,7 +1088,18 @@ export class Hub extends EventEmitter<HubEvents> {
         continue;
       }
       // A lost device is recreated by the worker: the same worker may try again (within maxAttempts).
-      let outcome = this.scheduler.failed(workerId, f.jobId, f.itemId, f.category === 'device_lost');
+      let outcome: 'retry' | 'final' | 'referred' = this.scheduler.failed(
+        workerId,
+        f.jobId,
+        f.itemId,
+        f.category === 'device_lost',
+      );
+      if (this.verifier.isWaiting(f.itemId) && this.scheduler.holdersOf(f.itemId).length === 0) {
+        // A confirmer failed it: the reference backend confirms it, rather than another round trip.
+        this.scheduler.withdraw(f.jobId, f.itemId);
+        this.byReference(f.jobId, f.itemId, 'its confirmer failed it', this.verifier.take(f.itemId));
+        outcome = 'referred';
+      }
       const proven = this.trust.isProven(workerId, kind);
       const evidence = this.failures.failed(f.jobId, f.itemId, workerId, proven);
       if (outcome === 'final' && !evidence.enough) {
@@ -1308,6 +1346,7 @@ export class Hub extends EventEmitter<HubEvents> {
     this.shards.close();
     this.data.close();
     clearInterval(this.timer);
+    clearInterval(this.confirmTimer);
     await this.reference.close();
   }
 }

@@ -24,6 +24,8 @@ export type Verdict =
   | { kind: 'replicate'; avoid: string[] }
   /** Refused (a wrong canary): the worker is refuted; the item runs again elsewhere. */
   | { kind: 'refuse'; reason: string }
+  /** No worker can confirm it soon: the hub's reference backend decides, as for `fail`. */
+  | { kind: 'reference'; reason: string; replicas: Replica[] }
   /**
    * No quorum can be reached among the workers: the hub's reference backend decides, and the
    * replicas are judged against its answer.
@@ -61,7 +63,11 @@ export function agreeingGroups(replicas: readonly Replica[], tol: Tolerance): Re
 export class Verifier {
   /** Canary item ids (the answers stay in the store) and items with replicas waiting. */
   private readonly canaries = new Set<number>();
-  private readonly waiting: Set<number>;
+  /**
+   * Items with replicas waiting, oldest first, with when the first was stored and the job (unknown
+   * for those found in the store after a restart).
+   */
+  private readonly waiting = new Map<number, { at: number; jobId: string }>();
   /** Per worker: its results stored as replicas and not decided yet. */
   private readonly pending = new Map<string, number>();
 
@@ -69,8 +75,11 @@ export class Verifier {
     private readonly store: TrustStore,
     private readonly trust: TrustBook,
   ) {
-    this.waiting = new Set(store.replicaItemIds());
-    for (const id of this.waiting) for (const r of store.replicasOf(id)) this.bump(r.workerId, 1);
+    const now = Date.now();
+    for (const id of store.replicaItemIds()) {
+      this.waiting.set(id, { at: now, jobId: '' });
+      for (const r of store.replicasOf(id)) this.bump(r.workerId, 1);
+    }
   }
 
   private bump(workerId: string, d: number): void {
@@ -109,6 +118,8 @@ export class Verifier {
     workerId: string;
     kind: 'browser' | 'native';
     backend: string;
+    /** The item's job (for the stale-replica watchdog, `stale`). */
+    jobId?: string;
     itemId: number;
     redundancy: number;
     model: ModelInfo;
@@ -148,7 +159,7 @@ export class Verifier {
       at: Date.now(),
     };
     this.store.addReplica(mine);
-    this.waiting.add(itemId);
+    if (!this.waiting.has(itemId)) this.waiting.set(itemId, { at: mine.at, jobId: args.jobId ?? '' });
     this.bump(workerId, 1);
     const all = [...earlier, mine];
     const required = Math.max(2, args.redundancy);
@@ -191,8 +202,9 @@ export class Verifier {
       if (args.canAsk(avoid, true)) return { kind: 'replicate', avoid };
     }
     if (all.length === 1 && args.redundancy <= 1) {
+      // No other worker can confirm it: rather than accept it unverified, or leave it waiting.
       this.drop(itemId);
-      return { kind: 'accept', workerId, outputs: args.packed, verified: null, confirm: [], refute: [] };
+      return { kind: 'reference', reason: 'no other worker can confirm it', replicas: all };
     }
     this.drop(itemId);
     return {
@@ -200,6 +212,31 @@ export class Verifier {
       reason: `no ${quorum} of ${all.length} results agree within the model's tolerance`,
       replicas: all,
     };
+  }
+
+  /**
+   * Items whose replicas have waited `ms` or more for a confirmer (oldest first, at most `max`),
+   * with their job. Their replicas stay until `take`.
+   */
+  stale(now: number, ms: number, max = 1024): { itemId: number; jobId: string }[] {
+    const out: { itemId: number; jobId: string }[] = [];
+    for (const [itemId, w] of this.waiting) {
+      if (now - w.at < ms || out.length >= max) break;
+      if (w.jobId) out.push({ itemId, jobId: w.jobId });
+    }
+    return out;
+  }
+
+  /** Whether an item has replicas waiting for a confirmer. */
+  isWaiting(itemId: number): boolean {
+    return this.waiting.has(itemId);
+  }
+
+  /** Takes an item's waiting replicas out of the verifier (the reference backend decides it). */
+  take(itemId: number): Replica[] {
+    const replicas = this.store.replicasOf(itemId);
+    this.drop(itemId);
+    return replicas;
   }
 
   private drop(itemId: number): void {

@@ -593,6 +593,21 @@ export class Scheduler {
     return pending.size;
   }
 
+  /**
+   * Takes a queued item out of its job's queue (the hub's reference backend runs it instead).
+   * False when it is not waiting in the queue (held, or unknown).
+   */
+  withdraw(jobId: string, itemId: number): boolean {
+    const j = this.jobs.get(jobId);
+    if (!j || this.holders.has(itemId)) return false;
+    const i = j.requeued.indexOf(itemId);
+    if (i < 0) return false;
+    j.requeued.splice(i, 1);
+    j.failedOn.delete(itemId);
+    j.attempts.delete(itemId);
+    return true;
+  }
+
   /** Queues items of a job again (results taken back from a quarantined worker). */
   requeueItems(jobId: string, itemIds: readonly number[], avoid: readonly string[] = []): void {
     for (const id of itemIds) this.requeue(jobId, id, avoid);

@@ -241,6 +241,7 @@ async function anonymous(
   url: string,
   workerId: string,
   reg: Record<string, unknown> = {},
+  before?: (s: Socket) => void,
 ): Promise<Socket & { close(): void }> {
   const s = connect(`${url}/worker`, {
     auth: { workerId, workerSecret: 'h'.repeat(32) },
@@ -252,6 +253,8 @@ async function anonymous(
     s.once('connect', () => ok());
     s.once('connect_error', fail);
   });
+  // The hub may ask for a benchmark before it answers the registration.
+  before?.(s);
   const r = await s.timeout(5000).emitWithAck('worker:register', {
     kind: 'browser',
     backend: 'wasm',
@@ -442,41 +445,48 @@ test('finding 1: a job running with nothing queued and nothing in flight is foun
 async function failureReporter(
   url: string,
   workerId: string,
-  opts: { invalid?: boolean; backend?: string } = {},
+  opts: { invalid?: boolean; backend?: string; onShard?: (ids: number[]) => void } = {},
 ): Promise<Socket & { close(): void }> {
-  const s = await anonymous(url, workerId, { concurrency: 256, backend: opts.backend ?? 'wasm' });
-  s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
-    ack({ data: { itemsPerSec: 1e6, batchSize: 1, runs: 1, ms: 1 } }),
-  );
-  s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
-  s.on(
-    'shard:assign',
-    (shard: {
-      jobId: string;
-      model: { sha256: string };
-      items: { id: number }[];
-      packed?: { ids: number[] };
-    }) => {
-      const ids = shard.packed?.ids ?? shard.items.map((it) => it.id);
-      if (opts.invalid) {
-        const outputs = [{ name: 'y', dtype: 'float32', dims: [1, 1], data: new Uint8Array(4) }];
-        s.emit('items:done', {
-          results: ids.map((itemId) => ({
-            itemId,
-            jobId: shard.jobId,
-            modelSha256: shard.model.sha256,
-            ms: 1,
-            outputs,
-          })),
-        });
-      } else {
-        s.emit('items:failed', {
-          failures: ids.map((itemId) => ({ itemId, jobId: shard.jobId, category: 'other', message: 'nope' })),
-        });
-      }
-    },
-  );
-  return s;
+  const handlers = (s: Socket): void => {
+    s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
+      ack({ data: { itemsPerSec: 1e6, batchSize: 1, runs: 1, ms: 1 } }),
+    );
+    s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
+    s.on(
+      'shard:assign',
+      (shard: {
+        jobId: string;
+        model: { sha256: string };
+        items: { id: number }[];
+        packed?: { ids: number[] };
+      }) => {
+        const ids = shard.packed?.ids ?? shard.items.map((it) => it.id);
+        opts.onShard?.(ids);
+        if (opts.invalid) {
+          const outputs = [{ name: 'y', dtype: 'float32', dims: [1, 1], data: new Uint8Array(4) }];
+          s.emit('items:done', {
+            results: ids.map((itemId) => ({
+              itemId,
+              jobId: shard.jobId,
+              modelSha256: shard.model.sha256,
+              ms: 1,
+              outputs,
+            })),
+          });
+        } else {
+          s.emit('items:failed', {
+            failures: ids.map((itemId) => ({
+              itemId,
+              jobId: shard.jobId,
+              category: 'other',
+              message: 'nope',
+            })),
+          });
+        }
+      },
+    );
+  };
+  return anonymous(url, workerId, { concurrency: 256, backend: opts.backend ?? 'wasm' }, handlers);
 }
 
 test('finding 2: anonymous failure-reporters fail no item for good and are quarantined', async () => {
@@ -584,6 +594,57 @@ test('findings 6, 7, 9: registrations, options and worker lists are bounded; mem
     assert.ok(rssAfter < 1.5 * rssBefore + 100e6, `RSS ${rssAfter} after vs ${rssBefore} before`);
   } finally {
     for (const s of sockets) s.close();
+    await hub.close();
+  }
+});
+
+test('finding 8: a failure or invalid output from a speculative copy releases its hold', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f8'));
+  let nodes: Proc[] = [];
+  try {
+    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '1500']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    for (const invalid of [false, true]) {
+      const jobId = await rest.submit(
+        'noop',
+        Array.from({ length: 2 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
+      );
+      await waitFor(
+        'all items held',
+        () => hub.hub.scheduler.queued(jobId) === 0 && hub.hub.scheduler.inFlight(jobId) > 0,
+        30_000,
+        10,
+      );
+      const id = `copy-browser-${invalid ? 'invalid' : 'failing'}`;
+      let copied: number[] = [];
+      const s = await failureReporter(hub.url, id, { invalid, onShard: (ids) => (copied = ids) });
+      try {
+        await waitFor('a speculative copy', () => copied.length > 0, 30_000, 10);
+        // The copy's failure (or invalid output) is handled: its hold is released at once.
+        await waitFor(
+          'the copy released',
+          () => copied.every((item) => !hub.hub.scheduler.holdersOf(item).includes(id)),
+          5000,
+          10,
+        );
+        const status = await waitFor(
+          'job completed',
+          async () => {
+            const st = await rest.data('GET', `/api/jobs/${jobId}`);
+            return st.state === 'completed' ? st : undefined;
+          },
+          30_000,
+          100,
+        );
+        assert.equal(status.done, 2);
+      } finally {
+        s.close();
+      }
+    }
+  } finally {
+    for (const n of nodes) n.child.kill('SIGKILL');
     await hub.close();
   }
 });

@@ -57,6 +57,7 @@ function judge(
     workerId,
     kind: 'browser',
     backend: 'wasm',
+    jobId: 'j',
     itemId,
     redundancy,
     model: MODEL,
@@ -156,11 +157,24 @@ describe('result judging', () => {
     assert.equal(v.kind, 'replicate', 'still no group of three, nor a proven member');
   });
 
-  test('a lone result is accepted unverified when no other worker can check it', () => {
+  test('a lone result no other worker can check goes to the reference backend, never accepted unverified', () => {
     const { verifier } = setup('lone');
     const v = judge(verifier, 'only', 5, y(1, 1), false);
-    assert.equal(v.kind, 'accept');
-    assert.ok(v.kind === 'accept' && v.verified === null);
+    assert.equal(v.kind, 'reference');
+    assert.ok(v.kind === 'reference' && v.replicas.length === 1 && v.replicas[0]?.workerId === 'only');
+    assert.equal(verifier.isWaiting(5), false, 'its replica left the verifier with it');
+  });
+
+  test('replicas waiting for a confirmer are found stale, oldest first, and taken out', () => {
+    const { verifier } = setup('stale');
+    assert.equal(judge(verifier, 'new', 6, y(1, 1)).kind, 'replicate');
+    assert.deepEqual(verifier.stale(Date.now(), 60_000), [], 'not stale yet');
+    const stale = verifier.stale(Date.now() + 2000, 1000);
+    assert.equal(stale.length, 1);
+    assert.equal(stale[0]?.itemId, 6);
+    assert.equal(verifier.take(6).length, 1);
+    assert.equal(verifier.isWaiting(6), false);
+    assert.equal(verifier.pendingChecks('new'), 0);
   });
 
   test('a canary is checked against its known answer', () => {
