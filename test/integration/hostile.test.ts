@@ -648,3 +648,39 @@ test('finding 8: a failure or invalid output from a speculative copy releases it
     await hub.close();
   }
 });
+
+test('finding 10: a probation result waits about a second for a confirmer, not for a slow benchmark', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f10'));
+  let nodes: Proc[] = [];
+  let tab: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '2']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    // A browser tab whose benchmark never ends: it counts as a confirmer "soon".
+    tab = await anonymous(hub.url, 'slow-bench-browser', {}, (s) => s.on('benchmark:run', () => undefined));
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const jobId = await rest.submit(
+      'noop',
+      Array.from({ length: 300 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
+    );
+    const sealed = Date.now();
+    await waitFor('a first result', () => (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 0, 10_000, 20);
+    const first = Date.now() - sealed;
+    assert.ok(first < 5000, `first result after ${first} ms`);
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      30_000,
+      100,
+    );
+    assert.equal(status.done, 300);
+  } finally {
+    tab?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
