@@ -182,12 +182,12 @@ export class Verifier {
         outputs: winner.outputs,
         verified: 'quorum',
         confirm: best.map((r) => r.workerId),
-        // Like with like: only a dissenter on a backend of the majority is held to have erred;
-        // another backend may legitimately differ beyond the tolerance.
+        // The model's tolerance is what separates backends' honest answers (see `ModelManifest`):
+        // a dissenter beyond it has erred, whatever its backend. Blaming only dissenters on the
+        // majority's backend let a liar on a minority backend go unjudged.
         refute: groups
           .slice(1)
           .flat()
-          .filter((r) => best.some((b) => b.backend === r.backend))
           .map((r) => r.workerId),
       };
     }

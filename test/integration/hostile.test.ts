@@ -11,6 +11,7 @@ import { io as connect, type Socket } from 'socket.io-client';
 import { packTensors, unpackTensors } from '../../protocol/pack.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { compareTensors } from '../../protocol/tensor.ts';
+import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
 
@@ -680,6 +681,79 @@ test('finding 10: a probation result waits about a second for a confirmer, not f
     assert.equal(status.done, 300);
   } finally {
     tab?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+test('finding 5: a liar on a minority backend is judged and quarantined', async () => {
+  // No canaries: the quorum alone must judge the liar (a canary would catch it on any backend).
+  const hub = await startHub(join(tmp.dir, 'hub-f5'), {
+    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 0, maxCanaries: 0 } },
+  });
+  let nodes: Proc[] = [];
+  let liar: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    // A wasm tab among sim nodes: it answers y = x + 1 where the model says y = x.
+    liar = await anonymous(hub.url, 'wasm-liar-browser', { concurrency: 8 }, (s) => {
+      s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
+        ack({ data: { itemsPerSec: 1e4, batchSize: 1, runs: 1, ms: 1 } }),
+      );
+      s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
+      s.on(
+        'shard:assign',
+        (shard: {
+          jobId: string;
+          model: { sha256: string };
+          items: { id: number; inputs: { dims: number[]; data: Uint8Array }[] }[];
+        }) => {
+          s.emit('items:done', {
+            results: shard.items.map((it) => {
+              const x = it.inputs[0] as { dims: number[]; data: Uint8Array };
+              const f = new Float32Array(new Uint8Array(x.data).buffer);
+              for (let i = 0; i < f.length; i++) f[i] = (f[i] as number) + 1;
+              return {
+                itemId: it.id,
+                jobId: shard.jobId,
+                modelSha256: shard.model.sha256,
+                ms: 1,
+                outputs: [{ name: 'y', dtype: 'float32', dims: x.dims, data: new Uint8Array(f.buffer) }],
+              };
+            }),
+          });
+        },
+      );
+    });
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const sent = Array.from({ length: 1000 }, (_, i) => ({
+      name: `i${i}`,
+      tensors: calibrationInputs(model, i),
+    }));
+    const jobId = await rest.submit('noop', sent);
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      120_000,
+      100,
+    );
+    assert.equal(status.done, 1000);
+    assert.equal(hub.hub.trust.isQuarantined('wasm-liar-browser'), true, 'the wasm liar is quarantined');
+    const byName = new Map(sent.map((it) => [it.name, it]));
+    for (const r of hub.hub.store.iterateResults(jobId)) {
+      assert.notEqual(r.workerId, 'wasm-liar-browser');
+      const x = byName.get(r.name)?.tensors[0];
+      const y = unpackTensors(r.outputs)[0];
+      assert.ok(x && y);
+      assert.equal(compareTensors({ ...y, name: 'x' }, x, model.tolerance), undefined, `item ${r.name}`);
+    }
+  } finally {
+    liar?.close();
     for (const n of nodes) n.child.kill('SIGKILL');
     await hub.close();
   }

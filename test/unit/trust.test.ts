@@ -112,7 +112,7 @@ describe('result judging', () => {
     assert.deepEqual(decided.confirm.sort(), ['honest1', 'honest2']);
   });
 
-  test('like with like: across backends a tie-breaker comes from the first backend, and the other backend is not blamed', () => {
+  test('like with like: across backends a tie-breaker comes from the first backend; a dissenter on any backend is judged within the model’s tolerance', () => {
     const { verifier, book } = setup('like');
     book.confirmed('cpu2', DEFAULT_TRUST_OPTIONS.trustAfter);
     const args = (workerId: string, backend: string, outputs: WireTensor[]) => ({
@@ -137,7 +137,11 @@ describe('result judging', () => {
     );
     const decided = verifier.judge(args('cpu2', 'wasm', y(1, 2)));
     assert.ok(decided.kind === 'accept');
-    assert.deepEqual(decided.refute, [], 'a webgpu result that differs from wasm ones is not a lie');
+    assert.deepEqual(
+      decided.refute,
+      ['gpu1'],
+      'a webgpu result beyond the model’s cross-backend tolerance of the wasm ones is judged (finding 5)',
+    );
   });
 
   test('no quorum after the tie-breakers: the item fails rather than loops', () => {
