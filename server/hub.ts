@@ -93,7 +93,7 @@ interface JudgedResults {
   /** Accepted results to store. */
   rows: NewResult[];
   /** How each stored result was verified, if it was. */
-  how: Map<number, 'canary' | 'quorum'>;
+  how: Map<number, string>;
   refused: ItemsDoneReply['refused'];
   /** Results that break the model's contract: recorded as failed attempts. */
   invalid: ItemFailure[];
@@ -803,6 +803,16 @@ export class Hub extends EventEmitter<HubEvents> {
     this.uncommitted = [];
     this.uncommittedRows = 0;
     const now = Date.now();
+    // A worker quarantined while this group was judged (a wrong canary later in the same message,
+    // or in another message of the group) has had its unconfirmed results taken back already
+    // (`revertUnverified`): its unconfirmed results here must not be stored after that. Its items
+    // went back to the queue with the quarantine.
+    for (const m of group) {
+      if (m.rows.length === 0 || !this.trust.isQuarantined(m.workerId)) continue;
+      const keep = m.rows.filter((r) => m.how.has(r.itemId) || !this.trust.isQuarantined(r.workerId));
+      for (const r of m.rows) if (!keep.includes(r)) m.notMine.push(r.itemId);
+      m.rows = keep;
+    }
     try {
       this.store.transaction(() => {
         const rows = group.flatMap((m) => m.rows);
@@ -827,10 +837,15 @@ export class Hub extends EventEmitter<HubEvents> {
   /** Frees, refills and answers the messages of a stored commit. */
   private afterCommit(group: JudgedResults[], now: number): void {
     try {
-      for (const kind of ['canary', 'quorum'] as const) {
-        const ids = group.flatMap((m) => m.accepted.filter((id) => m.how.get(id) === kind));
-        if (ids.length) this.trustStore.markVerified(ids, kind);
+      const verified: { itemId: number; how: string }[] = [];
+      for (const m of group) {
+        if (m.how.size === 0) continue;
+        for (const id of m.accepted) {
+          const how = m.how.get(id);
+          if (how) verified.push({ itemId: id, how });
+        }
       }
+      if (verified.length) this.trustStore.markVerifiedEach(verified);
       const activeJobs = this.active.size;
       const jobs = new Set<string>();
       const refill = new Set<string>();

@@ -34,6 +34,44 @@ export function jobJson(hub: Pick<Hub, 'scheduler'>, job: JobRecord, now = Date.
   };
 }
 
+/** How a job's stored results were verified (GET /api/jobs/:id, `job.json`, the dashboard). */
+export interface VerificationSummary {
+  /** Results that K workers agreed on (probation, job redundancy), by K. */
+  confirmed: Record<string, number>;
+  /** Proven workers' results replicated as spot checks and confirmed, by how many agreed. */
+  spotChecked: Record<string, number>;
+  /** Canary items, checked against the hub's own answer. */
+  canary: number;
+  /** Computed, or confirmed, by the hub's reference backend. */
+  reference: number;
+  /** Accepted on the record of a worker proven by canaries and quorums, not independently confirmed. */
+  provenWorker: number;
+  /** Accepted from workers the operator trusts (native nodes of a hub run with `--trust-native`). */
+  trustedWorker: number;
+}
+
+/** How a job's results were verified, from the trust store's tally. */
+export function verificationOf(hub: Pick<Hub, 'trustStore' | 'opts'>, jobId: string): VerificationSummary {
+  const out: VerificationSummary = {
+    confirmed: {},
+    spotChecked: {},
+    canary: 0,
+    reference: 0,
+    provenWorker: 0,
+    trustedWorker: 0,
+  };
+  for (const { how, n } of hub.trustStore.verificationOf(jobId)) {
+    const [kind, k = '2'] = how.split('-');
+    if (kind === 'quorum') out.confirmed[k] = (out.confirmed[k] ?? 0) + n;
+    else if (kind === 'spot') out.spotChecked[k] = (out.spotChecked[k] ?? 0) + n;
+    else if (how === 'canary') out.canary += n;
+    else if (how === 'reference') out.reference += n;
+    else if (how === 'record:native' && hub.opts.trust.trustNative) out.trustedWorker += n;
+    else out.provenWorker += n;
+  }
+  return out;
+}
+
 /** A job's full status: summary, throughput, ETA and the items that failed with their reasons. */
 export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
   const base = jobJson(hub, job);
@@ -57,5 +95,6 @@ export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
     ...base,
     failedItems,
     retriedAttempts: failures.length,
+    verification: verificationOf(hub, job.id),
   };
 }

@@ -10,8 +10,13 @@ import type { TrustRecord, TrustStore } from './store/trust-store.ts';
 export interface TrustOptions {
   /** Confirmed results in a row after which a worker counts as proven. */
   trustAfter: number;
-  /** Probability that a proven browser worker's item is replicated anyway. */
+  /**
+   * Probability that a proven worker's item is replicated anyway (a spot check), before its record
+   * lowers it (see `spotRate`).
+   */
   spotCheck: number;
+  /** Least spot-check probability, however long a proven worker's record: never zero. */
+  minSpotCheck: number;
   /** Failed checks that quarantine a worker (a wrong canary quarantines at once). */
   strikesToQuarantine: number;
   /**
@@ -27,13 +32,19 @@ export interface TrustOptions {
 
 export const DEFAULT_TRUST_OPTIONS: TrustOptions = {
   trustAfter: 10,
-  spotCheck: 0.05,
+  spotCheck: 0.1,
+  minSpotCheck: 0.02,
   strikesToQuarantine: 2,
   trustNative: false,
   canaryFraction: 0.01,
   minCanaries: 2,
   maxCanaries: 20,
 };
+
+/** Confirmed results in a row after a strike before a worker's spot checks ease off from every result. */
+const DOUBT_STREAK = 50;
+/** Confirmed results in a row that halve a proven worker's spot-check rate. */
+const SPOT_HALF_LIFE = 1000;
 
 /** The verdict of one failed check. */
 export type Strike = { quarantined: boolean; record: TrustRecord };
@@ -82,16 +93,37 @@ export class TrustBook {
     return r.streak >= this.opts.trustAfter;
   }
 
+  /** Whether the operator vouches for this worker: a native node joined with `trustNative` on. */
+  isTrusted(workerId: string, kind: 'browser' | 'native'): boolean {
+    const r = this.record(workerId);
+    return kind === 'native' && this.opts.trustNative && r.strikes === 0 && !r.quarantined;
+  }
+
+  /**
+   * The spot-check probability of a proven worker, after BOINC's adaptive replication: every
+   * result after any doubt (a strike, until DOUBT_STREAK confirmed results in a row), then
+   * `spotCheck`, halving with every SPOT_HALF_LIFE confirmed results in a row, never below
+   * `minSpotCheck`. A liar that turns on late is caught by the same checks as any other, and once
+   * caught once, on its next lie.
+   */
+  spotRate(workerId: string): number {
+    const r = this.record(workerId);
+    if (r.strikes > 0 && r.streak < DOUBT_STREAK) return 1;
+    const decayed = this.opts.spotCheck * 0.5 ** (r.streak / SPOT_HALF_LIFE);
+    return Math.max(this.opts.minSpotCheck, decayed);
+  }
+
   /**
    * Whether this result needs another worker's result before it is accepted: always for an unproven
-   * worker; for a proven browser worker now and then (a spot check). Proven native nodes are checked
-   * by canaries only: a spot check would hold a fast node's item for a slower one to confirm.
+   * worker; for a proven one at its spot-check rate (`spotRate`), native nodes included (a
+   * confirmer is found within about a second, or the hub's reference backend confirms). Only
+   * workers the operator trusts are never spot-checked.
    */
   needsReplica(workerId: string, kind: 'browser' | 'native', redundancy: number): boolean {
     if (redundancy > 1) return true;
+    if (this.isTrusted(workerId, kind)) return false;
     if (!this.isProven(workerId, kind)) return true;
-    if (kind === 'native') return false;
-    return this.random() < this.opts.spotCheck;
+    return this.random() < this.spotRate(workerId);
   }
 
   /** Results confirmed by a check. */

@@ -16,7 +16,11 @@ export type Verdict =
       kind: 'accept';
       workerId: string;
       outputs: Uint8Array;
-      verified: 'canary' | 'quorum' | null;
+      /**
+       * How: `canary`, or `quorum-K` / `spot-K` (K workers agreed; `spot` when the item was
+       * replicated as a proven worker's spot check), or null (accepted on its worker's record).
+       */
+      verified: string | null;
       confirm: string[];
       refute: string[];
     }
@@ -70,6 +74,8 @@ export class Verifier {
   private readonly waiting = new Map<number, { at: number; jobId: string }>();
   /** Per worker: its results stored as replicas and not decided yet. */
   private readonly pending = new Map<string, number>();
+  /** Items replicated as a proven worker's spot check (not its probation). */
+  private readonly spots = new Set<number>();
 
   constructor(
     private readonly store: TrustStore,
@@ -159,6 +165,7 @@ export class Verifier {
       at: Date.now(),
     };
     this.store.addReplica(mine);
+    if (earlier.length === 0 && this.trust.isProven(workerId, args.kind)) this.spots.add(itemId);
     if (!this.waiting.has(itemId)) this.waiting.set(itemId, { at: mine.at, jobId: args.jobId ?? '' });
     this.bump(workerId, 1);
     const all = [...earlier, mine];
@@ -174,13 +181,14 @@ export class Verifier {
     const provenMember = best.some((r) => this.trust.isProven(r.workerId, 'browser'));
     const needed = provenMember || !args.canAsk(avoidAll) ? quorum : quorum + 1;
     if (best.length >= needed) {
+      const spot = this.spots.has(itemId);
       this.drop(itemId);
       const winner = best[0] as Replica;
       return {
         kind: 'accept',
         workerId: winner.workerId,
         outputs: winner.outputs,
-        verified: 'quorum',
+        verified: `${spot ? 'spot' : 'quorum'}-${best.length}`,
         confirm: best.map((r) => r.workerId),
         // The model's tolerance is what separates backends' honest answers (see `ModelManifest`):
         // a dissenter beyond it has erred, whatever its backend. Blaming only dissenters on the
@@ -241,6 +249,7 @@ export class Verifier {
 
   private drop(itemId: number): void {
     this.waiting.delete(itemId);
+    this.spots.delete(itemId);
     for (const r of this.store.replicasOf(itemId)) this.bump(r.workerId, -1);
     this.store.dropReplicas(itemId);
   }

@@ -758,3 +758,181 @@ test('finding 5: a liar on a minority backend is judged and quarantined', async 
     await hub.close();
   }
 });
+
+/**
+ * A worker of the attacker's own on the noop model (y = x): honest for its first `after` items,
+ * then it scales one element by 1.05 on a `rate` share of items (on every item with rate 1). With
+ * `native`, it registers as a native node with the join token. It answers each shard in one message.
+ */
+async function liarWorker(
+  url: string,
+  workerId: string,
+  opts: { rate: number; after?: number; native?: string },
+): Promise<Socket & { close(): void }> {
+  let seen = 0;
+  const s = connect(`${url}/worker`, {
+    auth: { workerId, workerSecret: 'h'.repeat(32), ...(opts.native ? { token: opts.native } : {}) },
+    reconnection: false,
+    transports: ['websocket'],
+    parser: shardhubParser,
+  });
+  await new Promise<void>((ok, fail) => {
+    s.once('connect', () => ok());
+    s.once('connect_error', fail);
+  });
+  s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
+    ack({ data: { itemsPerSec: 2000, batchSize: 1, runs: 1, ms: 1 } }),
+  );
+  s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
+  s.on(
+    'shard:assign',
+    (shard: {
+      jobId: string;
+      model: { sha256: string };
+      items: { id: number; inputs: { dims: number[]; data: Uint8Array }[] }[];
+    }) => {
+      const results = shard.items.map((it) => {
+        const x = it.inputs[0] as { dims: number[]; data: Uint8Array };
+        const f = new Float32Array(new Uint8Array(x.data).buffer);
+        if (seen++ >= (opts.after ?? 0) && Math.random() < opts.rate) f[0] = (f[0] as number) * 1.05 + 0.01;
+        return {
+          itemId: it.id,
+          jobId: shard.jobId,
+          modelSha256: shard.model.sha256,
+          ms: 1,
+          outputs: [{ name: 'y', dtype: 'float32', dims: x.dims, data: new Uint8Array(f.buffer) }],
+        };
+      });
+      setTimeout(() => s.emit('items:done', { results }), 5);
+    },
+  );
+  const r = await s.timeout(5000).emitWithAck('worker:register', {
+    kind: opts.native ? 'native' : 'browser',
+    backend: opts.native ? 'cpu' : 'wasm',
+    name: workerId,
+    concurrency: 4,
+    capabilities: { cores: 1, memoryBytes: 1 },
+  });
+  assert.ok('data' in r, JSON.stringify(r));
+  return s;
+}
+
+/** Waits for a job's completion; returns its status. */
+async function completed(
+  rest: Rest,
+  jobId: string,
+  ms = 120_000,
+): Promise<Record<string, unknown> & { done: number }> {
+  return waitFor(
+    `job ${jobId} completed`,
+    async () => {
+      const st = await rest.data('GET', `/api/jobs/${jobId}`);
+      return st.state === 'completed' ? st : undefined;
+    },
+    ms,
+    100,
+  );
+}
+
+/** Asserts every stored result of a noop job equals its input (no corrupted result is present). */
+function assertExact(
+  hub: Awaited<ReturnType<typeof startHub>>,
+  jobId: string,
+  sent: { name: string; tensors: { name: string; dtype: string; dims: number[]; data: Uint8Array }[] }[],
+  liar: string,
+): number {
+  const model = hub.hub.models.byName('noop');
+  assert.ok(model);
+  const byName = new Map(sent.map((it) => [it.name, it]));
+  let n = 0;
+  for (const r of hub.hub.store.iterateResults(jobId)) {
+    n++;
+    // A liar's result may stand only where others confirmed it: then it equals the input.
+    void liar;
+    const x = byName.get(r.name)?.tensors[0];
+    const y = unpackTensors(r.outputs)[0];
+    assert.ok(x && y);
+    assert.equal(
+      compareTensors({ ...y, name: 'x' }, x as never, model.tolerance),
+      undefined,
+      `item ${r.name}`,
+    );
+  }
+  return n;
+}
+
+test('finding 4: results accepted in the same message as a failed canary do not outlive the quarantine', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f4'), {
+    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 20, canaryFraction: 0.02 } },
+  });
+  let nodes: Proc[] = [];
+  let liar: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    // A proven worker (its record says so) that lies on every item, each shard in one message.
+    hub.hub.trust.confirmed('proven-liar-browser', 50);
+    liar = await liarWorker(hub.url, 'proven-liar-browser', { rate: 1 });
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const sent = Array.from({ length: 1000 }, (_, i) => ({
+      name: `i${i}`,
+      tensors: calibrationInputs(model, i),
+    }));
+    const jobId = await rest.submit('noop', sent);
+    const status = await completed(rest, jobId);
+    assert.equal(status.done, 1000);
+    assert.equal(hub.hub.trust.isQuarantined('proven-liar-browser'), true);
+    assert.equal(assertExact(hub, jobId, sent, 'proven-liar-browser'), 1000);
+  } finally {
+    liar?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+test('finding 3: a proven native liar that turns subtle is spot-checked, caught, and its results recomputed in completed jobs too', async () => {
+  // No canaries: spot checks alone must catch it.
+  const hub = await startHub(join(tmp.dir, 'hub-f3'), {
+    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 0, maxCanaries: 0 } },
+  });
+  let nodes: Proc[] = [];
+  let liar: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '2']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    liar = await liarWorker(hub.url, 'subtle-liar-native', {
+      rate: 0.1,
+      after: 100,
+      native: hub.tokens.joinToken,
+    });
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const jobs: { id: string; sent: ReturnType<typeof Array.prototype.slice> }[] = [];
+    for (let k = 0; k < 2; k++) {
+      const sent = Array.from({ length: 1500 }, (_, i) => ({
+        name: `i${i}`,
+        tensors: calibrationInputs(model, k * 10_000 + i),
+      }));
+      jobs.push({ id: await rest.submit('noop', sent), sent });
+      await completed(rest, jobs[k]?.id as string);
+    }
+    await waitFor(
+      'the liar quarantined',
+      () => hub.hub.trust.isQuarantined('subtle-liar-native'),
+      60_000,
+      100,
+    );
+    for (const j of jobs) {
+      const status = await completed(rest, j.id);
+      assert.equal(status.done, 1500);
+      assert.equal(assertExact(hub, j.id, j.sent as never, 'subtle-liar-native'), 1500);
+      const v = status.verification as { spotChecked: Record<string, number> };
+      assert.ok(Object.values(v.spotChecked).length > 0, `the job reports spot checks: ${JSON.stringify(v)}`);
+    }
+  } finally {
+    liar?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
