@@ -94,7 +94,7 @@ describe('result judging', () => {
     assert.equal(verifier.pendingChecks('w1'), 1);
     const second = judge(verifier, 'w2', 1, y(1, 2));
     assert.equal(second.kind, 'accept');
-    assert.ok(second.kind === 'accept' && second.verified === 'quorum' && second.confirm.length === 2);
+    assert.ok(second.kind === 'accept' && second.verified === 'quorum-2' && second.confirm.length === 2);
     assert.equal(verifier.pendingChecks('w1'), 0);
     void book;
   });
@@ -199,8 +199,36 @@ describe('result judging', () => {
     assert.equal(book.needsReplica('p', 'browser', 1), false);
     roll = 0.01;
     assert.equal(book.needsReplica('p', 'browser', 1), true, 'spot check');
-    assert.equal(book.needsReplica('p', 'native', 1), false, 'proven native nodes: canaries only');
+    assert.equal(book.needsReplica('p', 'native', 1), true, 'proven native nodes are spot-checked too');
     assert.equal(book.needsReplica('p', 'browser', 3), true, 'explicit redundancy always');
+  });
+
+  test('spot checks follow the record: every result after a doubt, fewer after long agreement, never none', () => {
+    const file = join(dir, 'adaptive.sqlite');
+    SqliteStore.open(file);
+    const ts = TrustStore.open(file);
+    const book = new TrustBook(ts, DEFAULT_TRUST_OPTIONS, () => 0.5);
+    book.confirmed('p', DEFAULT_TRUST_OPTIONS.trustAfter);
+    const fresh = book.spotRate('p');
+    assert.ok(Math.abs(fresh - DEFAULT_TRUST_OPTIONS.spotCheck) < 0.005, `${fresh}`);
+    book.confirmed('p', 5000);
+    const long = book.spotRate('p');
+    assert.ok(long < fresh, `fewer checks after long agreement (${long})`);
+    book.confirmed('p', 1_000_000);
+    assert.equal(book.spotRate('p'), DEFAULT_TRUST_OPTIONS.minSpotCheck, 'never below the floor');
+    assert.ok(book.spotRate('p') > 0);
+    book.refuted('p', 'outvoted', false);
+    book.confirmed('p', DEFAULT_TRUST_OPTIONS.trustAfter);
+    assert.equal(book.isProven('p', 'native'), true);
+    assert.equal(book.spotRate('p'), 1, 'every result is checked after a doubt');
+    assert.equal(book.needsReplica('p', 'native', 1), true);
+    const trusting = new TrustBook(ts, { ...DEFAULT_TRUST_OPTIONS, trustNative: true }, () => 0);
+    assert.equal(
+      trusting.needsReplica('t', 'native', 1),
+      false,
+      'a worker the operator trusts is not checked',
+    );
+    assert.equal(trusting.isTrusted('t', 'browser'), false);
   });
 });
 
