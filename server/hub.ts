@@ -203,8 +203,11 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly failures = new FailureBook();
   /** Reference runs in progress per job: a job waiting for one is not stalled. */
   private readonly referencing = new Map<string, number>();
-  /** Items the reference backend settled (verification's extra runs, with replicas). */
-  referenceRuns = 0;
+  /**
+   * What verification cost, in runs beyond one per item: results kept as replicas (each asks one
+   * more run), items the reference backend ran, and results recomputed after a quarantine.
+   */
+  readonly verificationCost = { replicas: 0, reference: 0, recomputed: 0 };
   private readonly strays = new RateLimiter(STRAY_PER_SEC, STRAY_BURST, 10_000);
   private readonly strayStrikes = new RateLimiter(1 / STRAY_STRIKE_S, 1, 10_000);
   private pumpQueued = false;
@@ -766,6 +769,7 @@ export class Hub extends EventEmitter<HubEvents> {
           for (const id of v.refute) this.strike(id, r.jobId, r.itemId, 'outvoted by a quorum', false);
           break;
         case 'replicate':
+          this.verificationCost.replicas++;
           m.replicated.push(r.itemId);
           this.scheduler.finished(workerId, [r.itemId]);
           this.scheduler.requeue(r.jobId, r.itemId, v.avoid);
@@ -998,6 +1002,7 @@ export class Hub extends EventEmitter<HubEvents> {
       this.store.addEvent(jobId, 'quarantine', { workerId, reason, recomputed: ids.length }, now);
       this.emit('job:updated', jobId);
     }
+    this.verificationCost.recomputed += n;
     this.log.warn({ workerId, reason: clean(reason), recomputed: n }, 'worker quarantined');
     this.emit('worker:updated', workerId);
     this.pump();
@@ -1064,7 +1069,7 @@ export class Hub extends EventEmitter<HubEvents> {
     ]);
     if (accepted.length) this.trustStore.markVerified(accepted, 'reference');
     this.failures.forget(itemId);
-    this.referenceRuns++;
+    this.verificationCost.reference++;
     const answer = unpackTensors(outputs);
     for (const r of replicas) {
       const diff = outputsDiffer(unpackTensors(r.outputs), answer, model.tolerance);

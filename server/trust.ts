@@ -32,7 +32,7 @@ export interface TrustOptions {
 
 export const DEFAULT_TRUST_OPTIONS: TrustOptions = {
   trustAfter: 10,
-  spotCheck: 0.1,
+  spotCheck: 0.05,
   minSpotCheck: 0.02,
   strikesToQuarantine: 2,
   trustNative: false,
