@@ -1,10 +1,14 @@
 /** The JSON shapes of jobs in REST replies and operator events (protocol/operator.ts). */
-import type { JobView } from '../protocol/operator.ts';
+import type { JobView, VerificationSummary } from '../protocol/operator.ts';
 import type { Hub } from './hub.ts';
 import type { JobRecord } from './store/store.ts';
 
 /** A job's summary: record, progress, rate since its start and the ETA at that rate. */
-export function jobJson(hub: Pick<Hub, 'scheduler'>, job: JobRecord, now = Date.now()): JobView {
+export function jobJson(
+  hub: Pick<Hub, 'scheduler' | 'trustStore' | 'opts'>,
+  job: JobRecord,
+  now = Date.now(),
+): JobView {
   const finished = job.doneCount + job.failedCount;
   const end = job.finishedAt ?? now;
   const elapsedS = job.startedAt ? Math.max(0, (end - job.startedAt) / 1000) : 0;
@@ -31,23 +35,26 @@ export function jobJson(hub: Pick<Hub, 'scheduler'>, job: JobRecord, now = Date.
     elapsedS,
     itemsPerSec,
     etaS: job.state === 'running' && itemsPerSec > 0 ? left / itemsPerSec : null,
+    ...(job.state === 'completed' && job.finishedAt ? { verification: finishedVerification(hub, job) } : {}),
   };
 }
 
-/** How a job's stored results were verified (GET /api/jobs/:id, `job.json`, the dashboard). */
-export interface VerificationSummary {
-  /** Results that K workers agreed on (probation, job redundancy), by K. */
-  confirmed: Record<string, number>;
-  /** Proven workers' results replicated as spot checks and confirmed, by how many agreed. */
-  spotChecked: Record<string, number>;
-  /** Canary items, checked against the hub's own answer. */
-  canary: number;
-  /** Computed, or confirmed, by the hub's reference backend. */
-  reference: number;
-  /** Accepted on the record of a worker proven by canaries and quorums, not independently confirmed. */
-  provenWorker: number;
-  /** Accepted from workers the operator trusts (native nodes of a hub run with `--trust-native`). */
-  trustedWorker: number;
+/** Completed jobs' verification summaries, by job and completion time (a reopened job differs). */
+const finishedCache = new Map<string, { at: number; summary: VerificationSummary }>();
+const FINISHED_CACHE_MAX = 1000;
+
+/** A completed job's summary, counted once: every job update and list carries it. */
+function finishedVerification(hub: Pick<Hub, 'trustStore' | 'opts'>, job: JobRecord): VerificationSummary {
+  const hit = finishedCache.get(job.id);
+  if (hit && hit.at === job.finishedAt) return hit.summary;
+  const summary = verificationOf(hub, job.id);
+  finishedCache.delete(job.id);
+  finishedCache.set(job.id, { at: job.finishedAt ?? 0, summary });
+  if (finishedCache.size > FINISHED_CACHE_MAX) {
+    const oldest = finishedCache.keys().next().value;
+    if (oldest !== undefined) finishedCache.delete(oldest);
+  }
+  return summary;
 }
 
 /** How a job's results were verified, from the trust store's tally. */
