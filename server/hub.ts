@@ -81,6 +81,9 @@ export const REFERENCE_WORKER = 'hub-reference';
  */
 const CONFIRM_WAIT_MS = 1000;
 
+/** Most runners a worker on probation is credited with, whatever it claims (see `freshLimit`). */
+const PROBATION_RUNNERS = 8;
+
 /** How often the hub looks for a job `running` with nothing queued and nothing in flight (ms). */
 const STALL_CHECK_MS = 5000;
 
@@ -917,7 +920,9 @@ export class Hub extends EventEmitter<HubEvents> {
   private freshLimit(workerId: string): number {
     const w = this.workers.get(workerId);
     if (!w || this.trust.isProven(workerId, w.kind)) return Infinity;
-    const quota = Math.max(2, 2 * w.concurrency);
+    // The claimed concurrency is the worker's own word: a tab claiming 256 runners must not get
+    // hundreds of items to fail or lie on before its first check.
+    const quota = Math.max(2, 2 * Math.min(w.concurrency, PROBATION_RUNNERS));
     return Math.max(0, quota - this.verifier.pendingChecks(workerId) - this.scheduler.heldCount(workerId));
   }
 
@@ -972,6 +977,19 @@ export class Hub extends EventEmitter<HubEvents> {
       'result check failed',
     );
     if (quarantined) this.quarantine(workerId, reason);
+    else this.doubt(workerId);
+  }
+
+  /**
+   * A worker just refuted is on probation again: the items it holds unstarted go back to the queue
+   * (every result of its would need a confirmer now; a proven node can hold seconds of work).
+   */
+  private doubt(workerId: string): void {
+    const held = this.scheduler.heldBy(workerId);
+    if (held.length === 0) return;
+    this.scheduler.release(workerId, held);
+    this.sockets.get(workerId)?.emit('items:cancel', { itemIds: held, reason: 'worker on probation again' });
+    this.pumpAllSoon();
   }
 
   /**
