@@ -166,8 +166,12 @@ export async function runSoak(opts: {
     // Two anonymous failure-reporters (`_hostile.ts`) join every hub that starts: each answers every
     // item it gets with a failure report. None of their reports may fail an item.
     for (const h of reporters.splice(0)) h?.close();
+    // Not awaited: joining must not delay the chaos.
     for (let k = 0; k < 2; k++)
-      reporters.push(await failureReporter(url, `soak-failure-reporter-${k}`).catch(() => undefined));
+      void failureReporter(url, `soak-failure-reporter-${k}`).then(
+        (h) => reporters.push(h),
+        () => undefined,
+      );
   };
   const reporters: (Hostile | undefined)[] = [];
   await startHub();
