@@ -25,6 +25,8 @@ import { SqliteStore } from '../server/store/sqlite.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { Reference, freePort, serveArgs } from '../test/helpers/grid.ts';
 import { ROOT, printTable } from './_grid.ts';
+import { failureReporter, type Hostile } from './_hostile.ts';
+import { TrustStore } from '../server/store/trust-store.ts';
 import { NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
 
 function arg(args: string[], name: string, dflt: number): number {
@@ -84,6 +86,9 @@ export interface SoakResult {
   seconds: number;
   nodes: number;
   liars: number;
+  /** Anonymous tabs failing every item (each hub start); `failed` must stay 0 all the same. */
+  failure_reporters: number;
+  failure_reporters_quarantined: number;
   items: number;
   failed: number;
   lost: number;
@@ -158,7 +163,17 @@ export async function runSoak(opts: {
       if (Date.now() > end) throw new Error('hub did not start');
       await sleep(50);
     }
+    // Two anonymous failure-reporters (`_hostile.ts`) join every hub that starts: each answers every
+    // item it gets with a failure report. None of their reports may fail an item.
+    for (const h of reporters.splice(0)) h?.close();
+    // Not awaited: joining must not delay the chaos.
+    for (let k = 0; k < 2; k++)
+      void failureReporter(url, `soak-failure-reporter-${k}`).then(
+        (h) => reporters.push(h),
+        () => undefined,
+      );
   };
+  const reporters: (Hostile | undefined)[] = [];
   await startHub();
   const tokens = JSON.parse(readFileSync(join(data, 'tokens.json'), 'utf8')) as {
     operatorToken: string;
@@ -322,6 +337,7 @@ export async function runSoak(opts: {
       await sleep(500);
     }
   }
+  for (const h of reporters) h?.close();
   hub?.kill('SIGKILL');
   // No node may outlive the soak: pending restarts are cancelled before the last kill.
   for (const t of restarts) clearTimeout(t);
@@ -336,6 +352,11 @@ export async function runSoak(opts: {
   let duplicated = 0;
   let corrupted = 0;
   let failed = 0;
+  const trust = TrustStore.open(join(data, 'hub.sqlite'));
+  const reportersQuarantined = [0, 1].filter(
+    (k) => trust.trustOf(`soak-failure-reporter-${k}`)?.quarantined,
+  ).length;
+  trust.close();
   try {
     for (const [id, sent] of jobItems) {
       const job = store.getJob(id);
@@ -373,6 +394,8 @@ export async function runSoak(opts: {
     seconds,
     nodes: nodeCount,
     liars: 1,
+    failure_reporters: 2,
+    failure_reporters_quarantined: reportersQuarantined,
     items,
     failed,
     lost,

@@ -20,4 +20,10 @@ export const LIMITS = {
   textChars: 2000,
   /** Longest name (model, item, worker, pool). */
   nameChars: 128,
+  /** Most keys of a map a client sends (a GPU's limits, a job's options). */
+  mapKeys: 256,
+  /** Deepest nesting of free-form JSON a client sends (a job's options). */
+  jsonDepth: 16,
+  /** Largest free-form JSON a client sends, serialised (a job's options). */
+  jsonBytes: 64 * 1024,
 } as const;

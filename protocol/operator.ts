@@ -124,6 +124,24 @@ export interface JobView {
   itemsPerSec: number;
   /** Seconds left at that rate, while running. */
   etaS: number | null;
+  /** How its results were verified; on completed jobs (`server/job-view.ts`). */
+  verification?: VerificationSummary;
+}
+
+/** How a job's stored results were verified (issue 18; docs/trust.md). */
+export interface VerificationSummary {
+  /** Results that K workers agreed on (probation, job redundancy), by K. */
+  confirmed: Record<string, number>;
+  /** Proven workers' results replicated as spot checks and confirmed, by how many agreed. */
+  spotChecked: Record<string, number>;
+  /** Canary items, checked against the hub's own answer. */
+  canary: number;
+  /** Computed, or confirmed, by the hub's reference backend. */
+  reference: number;
+  /** Accepted on the record of a worker proven by canaries and quorums, not independently confirmed. */
+  provenWorker: number;
+  /** Accepted from workers the operator trusts (native nodes of a hub run with `--trust-native`). */
+  trustedWorker: number;
 }
 
 /** `job:watch` request: the job whose fairness report a client wants pushed (null: none). */

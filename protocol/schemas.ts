@@ -31,6 +31,62 @@ export const WireTensorSchema = z.object({
   data: z.instanceof(Uint8Array).refine((d) => d.byteLength <= LIMITS.tensorBytes, 'tensor too large'),
 });
 
+/** Whether `v` is a plain object of at most `max` keys (counted before anything else is looked at). */
+function smallObject(v: unknown, max: number): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  let n = 0;
+  for (const k in v) if (Object.hasOwn(v, k) && ++n > max) return false;
+  return true;
+}
+
+/**
+ * A map of at most `LIMITS.mapKeys` keys of at most 64 characters to finite numbers. The key count
+ * is checked first: a record schema alone would walk 200,000 keys before any bound applies.
+ */
+export const NumberMapSchema = z.custom<Record<string, number>>(
+  (v) =>
+    smallObject(v, LIMITS.mapKeys) &&
+    Object.entries(v).every(([k, x]) => k.length <= 64 && typeof x === 'number' && Number.isFinite(x)),
+  { message: `at most ${LIMITS.mapKeys} keys of at most 64 characters, each a finite number` },
+);
+
+/**
+ * Says why free-form JSON (a job's options) breaks the bounds, or undefined: at most
+ * `LIMITS.jsonDepth` deep, `LIMITS.mapKeys` keys or elements per level, `LIMITS.jsonBytes` of
+ * strings and keys in all. Walked with an explicit stack, never by recursion: a value nested
+ * thousands deep must be refused, not overflow the stack (the hub answered 500 to one).
+ */
+export function jsonProblem(value: unknown): string | undefined {
+  const stack: { v: unknown; depth: number }[] = [{ v: value, depth: 0 }];
+  let bytes = 0;
+  while (stack.length) {
+    const { v, depth } = stack.pop() as { v: unknown; depth: number };
+    if (typeof v === 'string') bytes += v.length;
+    else if (typeof v === 'number' || typeof v === 'boolean' || v === null) bytes += 8;
+    else if (typeof v === 'object') {
+      if (depth >= LIMITS.jsonDepth) return `nested more than ${LIMITS.jsonDepth} deep`;
+      const entries = Array.isArray(v) ? v.map((x, i) => [String(i), x] as const) : Object.entries(v);
+      if (entries.length > LIMITS.mapKeys) return `more than ${LIMITS.mapKeys} keys or elements in one place`;
+      for (const [k, x] of entries) {
+        bytes += k.length;
+        stack.push({ v: x, depth: depth + 1 });
+      }
+    } else return `holds a ${typeof v}, which JSON has not`;
+    if (bytes > LIMITS.jsonBytes) return `larger than ${LIMITS.jsonBytes} bytes`;
+  }
+  return undefined;
+}
+
+/** A job's free-form options: a JSON object within the bounds of `jsonProblem`. */
+export const JsonOptionsSchema = z
+  .custom<Record<string, unknown>>((v) => smallObject(v, LIMITS.mapKeys), {
+    message: `an object of at most ${LIMITS.mapKeys} keys`,
+  })
+  .superRefine((v, ctx) => {
+    const problem = jsonProblem(v);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  });
+
 export const WorkerAuthSchema = z.object({
   token: z.string().max(256).optional(),
   workerId: z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'workerId must be 8-64 characters of [A-Za-z0-9_-]'),
@@ -52,7 +108,7 @@ export const CapabilitiesSchema = z.object({
       software: z.boolean().optional(),
       memoryBytes: bytes.optional(),
       features: z.array(z.string().max(64)).max(64).optional(),
-      limits: z.record(z.string().max(64), z.number()).optional(),
+      limits: NumberMapSchema.optional(),
     })
     .optional(),
   backendReason: text.optional(),

@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { LIMITS } from '../protocol/limits.ts';
 import { PackError, packTensors, unpackItems, unpackTensors } from '../protocol/pack.ts';
 import { DTYPES, type WireTensor } from '../protocol/tensor.ts';
-import { describeZodError } from '../protocol/schemas.ts';
+import { JsonOptionsSchema, describeZodError } from '../protocol/schemas.ts';
 import { UploadManifestSchema } from '../models/manifest-schema.ts';
 import { readOnnxSignature } from '../models/onnx-signature.ts';
 import { bearer, tokenMatches } from './auth.ts';
@@ -48,7 +48,7 @@ const CreateJobSchema = z.strictObject({
   redundancy: z.number().int().min(1).max(5).default(1),
   deadline: z.number().int().positive().nullable().default(null),
   requirements: FilterSchema.nullable().default(null),
-  options: z.record(z.string().max(64), z.unknown()).default({}),
+  options: JsonOptionsSchema.default({}),
   /** Items inline (small jobs): the job is sealed at once. Without them it stays open for uploads. */
   items: z
     .array(
@@ -71,6 +71,8 @@ const WorkersQuerySchema = z.object({
   online: z.enum(['true', 'false']).optional(),
   minGpuMemory: z.coerce.number().min(0).optional(),
   minCores: z.coerce.number().int().min(0).optional(),
+  offset: z.coerce.number().int().min(0).default(0),
+  limit: z.coerce.number().int().min(1).max(1000).default(1000),
 });
 
 const PageSchema = z.object({
@@ -347,9 +349,17 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
         matchesFilter(w, filter) &&
         (q.online === undefined || (w.state !== 'offline') === (q.online === 'true')),
     );
+    // Pages: the answer stays bounded however many workers have come and gone.
+    const page = live.slice(q.offset, q.offset + q.limit);
     const figures = WorkerFigures.of(hub);
+    const next = q.offset + page.length < live.length ? q.offset + page.length : null;
     res.json({
-      data: { workers: live.map((w) => ({ ...workerJson(w, figures), probation: hub.probationOf(w.id) })) },
+      data: {
+        workers: page.map((w) => ({ ...workerJson(w, figures), probation: hub.probationOf(w.id) })),
+        total: live.length,
+        offset: q.offset,
+        next,
+      },
     });
   });
 

@@ -21,7 +21,7 @@ import {
   responseSchema,
 } from '../protocol/schemas.ts';
 import type { z } from 'zod';
-import { packTensors } from '../protocol/pack.ts';
+import { packTensors, unpackTensors } from '../protocol/pack.ts';
 import type { ModelRegistry } from '../models/registry.ts';
 import { clean, type Logger } from './logger.ts';
 import { outputProblem } from './check.ts';
@@ -33,13 +33,14 @@ import type { JobRecord, NewFailure, NewJob, NewResult, Store } from './store/st
 import { workerFacts, type LiveWorker } from './workers.ts';
 import { IdRuns } from './scheduler/id-runs.ts';
 import { PreflightError, ReferenceRunner, canaryCount, pickCanaries } from './preflight.ts';
-import type { TrustStore } from './store/trust-store.ts';
-import { DEFAULT_TRUST_OPTIONS, TrustBook, type TrustOptions } from './trust.ts';
-import { Verifier } from './verify.ts';
+import type { Replica, TrustStore } from './store/trust-store.ts';
+import { DEFAULT_TRUST_OPTIONS, FailureBook, TrustBook, type TrustOptions } from './trust.ts';
+import { Verifier, outputsDiffer } from './verify.ts';
 import { ShardSender, type AssignmentRow, type WorkerSocket } from './shard-sender.ts';
 import { WriteBatch } from './write-batch.ts';
 import { parseStep, stageModel } from '../pipeline/stages.ts';
 import { DataChannels } from './data-channel.ts';
+import { RateLimiter } from './rate-limit.ts';
 
 /** Least time between two plans of waiting workers asked for by events (see `pumpAllSoon`). */
 const PUMP_ALL_MS = 20;
@@ -63,6 +64,31 @@ const COMMIT_MAX_ROWS = 4096;
  */
 const COMMIT_AT_ONCE_ROWS = 64;
 
+/**
+ * Items a worker may name in results, failures or releases without holding them, per second and in
+ * a burst: an honest worker sends some after a requeue, a steal or a job's end (at most what it held,
+ * 4,096 items). Past that it is forging, and each further stray costs it a strike, at most one per
+ * STRAY_STRIKE_S seconds (two strikes quarantine).
+ */
+const STRAY_PER_SEC = 100;
+const STRAY_BURST = 8192;
+const STRAY_STRIKE_S = 5;
+
+/** The worker id results computed by the hub's own reference backend are stored under. */
+export const REFERENCE_WORKER = 'hub-reference';
+
+/**
+ * Longest a probation result waits for a confirmer before the hub's reference backend confirms it
+ * (ms): verification must not hold a job up while no other worker can take the item.
+ */
+const CONFIRM_WAIT_MS = 1000;
+
+/** Most runners a worker on probation is credited with, whatever it claims (see `freshLimit`). */
+const PROBATION_RUNNERS = 8;
+
+/** How often the hub looks for a job `running` with nothing queued and nothing in flight (ms). */
+const STALL_CHECK_MS = 5000;
+
 export type { WorkerSocket } from './shard-sender.ts';
 
 /** A results message checked and judged, waiting for its commit (see `Hub.acceptResults`). */
@@ -72,12 +98,10 @@ interface JudgedResults {
   /** Accepted results to store. */
   rows: NewResult[];
   /** How each stored result was verified, if it was. */
-  how: Map<number, 'canary' | 'quorum'>;
+  how: Map<number, string>;
   refused: ItemsDoneReply['refused'];
   /** Results that break the model's contract: recorded as failed attempts. */
   invalid: ItemFailure[];
-  /** Items with nothing to store (the job ended). */
-  dropped: number[];
   /** After the commit: the items whose results were stored. */
   accepted: number[];
   /** After the commit: the items another result was stored for first (dropped as done). */
@@ -86,8 +110,6 @@ interface JudgedResults {
   notMine: number[];
   /** Items whose result waits for replicas elsewhere. */
   replicated: number[];
-  /** Items failed for good (replicas disagree past the quorum's reach). */
-  finalFailures: NewFailure[];
   /** Results checked, per job (the fairness report's work done). */
   worked: Map<string, number>;
   resolve: (reply: ItemsDoneReply) => void;
@@ -104,6 +126,11 @@ export interface HubOptions {
   benchmarkTimeoutMs: number;
   maxAttempts: number;
   scheduler: Partial<SchedulerOptions>;
+  /**
+   * Offline workers kept in memory (for `GET /api/workers` and a quick reconnect); the oldest are
+   * forgotten past this. Anonymous identities cost nothing to make: what they leave must be bounded.
+   */
+  maxOfflineWorkers: number;
 }
 
 export const DEFAULT_HUB_OPTIONS: HubOptions = {
@@ -114,6 +141,7 @@ export const DEFAULT_HUB_OPTIONS: HubOptions = {
   benchmarkTimeoutMs: 120_000,
   maxAttempts: 3,
   scheduler: {},
+  maxOfflineWorkers: 1000,
 };
 
 /** Events the hub emits for observers (operator namespace, CLI progress, tests). */
@@ -168,6 +196,7 @@ export class Hub extends EventEmitter<HubEvents> {
   readonly data: DataChannels;
   private readonly active = new Map<string, ActiveJob>();
   private readonly timer: NodeJS.Timeout;
+  private readonly confirmTimer: NodeJS.Timeout;
   private closed = false;
   readonly trust: TrustBook;
   private readonly verifier: Verifier;
@@ -181,6 +210,20 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly acceptedBy = new Map<string, Map<string, number>>();
   /** What `sendFigures` last sent each browser worker: it sends only what changed. */
   private readonly figuresSent = new Map<string, string>();
+  private lastStallCheck = 0;
+  /** Offline workers, oldest first (see `maxOfflineWorkers`). */
+  private readonly offline = new Set<string>();
+  /** Per item: who failed it; per worker and model: failure rates (finding outliers). */
+  private readonly failures = new FailureBook();
+  /** Reference runs in progress per job: a job waiting for one is not stalled. */
+  private readonly referencing = new Map<string, number>();
+  /**
+   * What verification cost, in runs beyond one per item: results kept as replicas (each asks one
+   * more run), items the reference backend ran, and results recomputed after a quarantine.
+   */
+  readonly verificationCost = { replicas: 0, reference: 0, recomputed: 0 };
+  private readonly strays = new RateLimiter(STRAY_PER_SEC, STRAY_BURST, 10_000);
+  private readonly strayStrikes = new RateLimiter(1 / STRAY_STRIKE_S, 1, 10_000);
   private pumpQueued = false;
   private lastPumpAll = 0;
   private hungryCursor = 0;
@@ -225,6 +268,8 @@ export class Hub extends EventEmitter<HubEvents> {
     });
     this.timer = setInterval(() => this.tick(), Math.min(1000, Math.max(100, opts.heartbeatMs / 2)));
     this.timer.unref();
+    this.confirmTimer = setInterval(() => this.confirmStale(), CONFIRM_WAIT_MS / 4);
+    this.confirmTimer.unref();
     this.resume();
   }
 
@@ -431,6 +476,7 @@ export class Hub extends EventEmitter<HubEvents> {
         this.store.addEvent(jobId, 'fairness', report as unknown as Record<string, unknown>, Date.now());
     }
     this.active.delete(jobId);
+    this.failures.forgetJob(jobId);
     for (const [workerId, itemIds] of this.scheduler.removeJob(jobId)) {
       this.sockets.get(workerId)?.emit('items:cancel', { itemIds, reason });
     }
@@ -520,6 +566,7 @@ export class Hub extends EventEmitter<HubEvents> {
       reconnects: prev ? prev.reconnects + 1 : 0,
     };
     this.workers.set(workerId, w);
+    this.offline.delete(workerId);
     this.sockets.set(workerId, socket);
     this.shards.registered(workerId, req);
     this.scheduler.addWorker({
@@ -593,6 +640,13 @@ export class Hub extends EventEmitter<HubEvents> {
       this.emit('items:requeued', { workerId, jobId, items: items.length, reason, at });
     }
     this.store.addWorkerItems(workerId, 0, w.lastSeen);
+    this.offline.delete(workerId);
+    this.offline.add(workerId);
+    for (const id of this.offline) {
+      if (this.offline.size <= this.opts.maxOfflineWorkers) break;
+      this.offline.delete(id);
+      if (this.workers.get(id)?.state === 'offline') this.workers.delete(id);
+    }
     this.log.warn({ workerId, reason, requeued: n }, 'worker offline');
     this.emit('worker:updated', workerId);
     this.pumpAllSoon();
@@ -645,6 +699,8 @@ export class Hub extends EventEmitter<HubEvents> {
 
   /** Items a worker handed back unstarted. */
   releaseItems(workerId: string, itemIds: number[]): number {
+    const strays = itemIds.filter((id) => !this.scheduler.holdersOf(id).includes(workerId)).length;
+    if (strays) this.stray(workerId, strays, 'releases');
     const back = this.scheduler.release(workerId, itemIds);
     let n = 0;
     for (const [jobId, items] of back) {
@@ -701,12 +757,10 @@ export class Hub extends EventEmitter<HubEvents> {
       how: new Map(),
       refused: [],
       invalid: [],
-      dropped: [],
       accepted: [],
       alreadyDone: [],
       notMine: [],
       replicated: [],
-      finalFailures: [],
       worked: new Map(),
       resolve,
       reject,
@@ -721,18 +775,14 @@ export class Hub extends EventEmitter<HubEvents> {
         .filter((x) => x.state !== 'offline' && x.backend !== backend)
         .map((x) => x.id);
     for (const r of results) {
-      const job = this.active.get(r.jobId);
-      if (!job) {
-        m.dropped.push(r.itemId); // job finished or cancelled: nothing to store
-        continue;
-      }
       if (this.trust.isQuarantined(workerId)) {
         m.refused.push({ itemId: r.itemId, reason: 'this worker is quarantined' });
         continue;
       }
-      if (!this.scheduler.holdersOf(r.itemId).includes(workerId)) {
-        // Not (or no longer) this worker's item: a late result after a requeue, or a forgery. It
-        // must not touch anyone else's hold on the item.
+      const job = this.active.get(r.jobId);
+      if (!job || !this.scheduler.holds(workerId, r.itemId, r.jobId)) {
+        // Not (or no longer) this worker's item, or not of the job it names: a late result after a
+        // requeue or the job's end, or a forgery. It changes nothing for anyone (`stray`).
         m.notMine.push(r.itemId);
         continue;
       }
@@ -760,6 +810,7 @@ export class Hub extends EventEmitter<HubEvents> {
         workerId,
         kind: w?.kind ?? 'browser',
         backend: w?.backend ?? 'cpu',
+        jobId: r.jobId,
         itemId: r.itemId,
         redundancy: job.record.redundancy,
         model: job.model,
@@ -785,6 +836,7 @@ export class Hub extends EventEmitter<HubEvents> {
           for (const id of v.refute) this.strike(id, r.jobId, r.itemId, 'outvoted by a quorum', false);
           break;
         case 'replicate':
+          this.verificationCost.replicas++;
           m.replicated.push(r.itemId);
           this.scheduler.finished(workerId, [r.itemId]);
           this.scheduler.requeue(r.jobId, r.itemId, v.avoid);
@@ -794,18 +846,13 @@ export class Hub extends EventEmitter<HubEvents> {
           this.scheduler.requeue(r.jobId, r.itemId, [workerId]);
           this.strike(workerId, r.jobId, r.itemId, v.reason, true);
           break;
+        case 'reference':
         case 'fail':
+          // The workers cannot agree, or none can confirm it: the hub's reference backend decides (`byReference`).
+          m.replicated.push(r.itemId);
           this.scheduler.finished(workerId, [r.itemId]);
-          m.finalFailures.push({
-            itemId: r.itemId,
-            jobId: r.jobId,
-            workerId,
-            category: 'invalid_output',
-            message: v.reason,
-            at: now,
-            final: true,
-          });
           this.store.addEvent(r.jobId, 'disagreement', { itemId: r.itemId, reason: v.reason }, now);
+          this.byReference(r.jobId, r.itemId, v.reason, v.replicas);
           break;
       }
     }
@@ -827,6 +874,16 @@ export class Hub extends EventEmitter<HubEvents> {
     this.uncommitted = [];
     this.uncommittedRows = 0;
     const now = Date.now();
+    // A worker quarantined while this group was judged (a wrong canary later in the same message,
+    // or in another message of the group) has had its unconfirmed results taken back already
+    // (`revertUnverified`): its unconfirmed results here must not be stored after that. Its items
+    // went back to the queue with the quarantine.
+    for (const m of group) {
+      if (m.rows.length === 0 || !this.trust.isQuarantined(m.workerId)) continue;
+      const keep = m.rows.filter((r) => m.how.has(r.itemId) || !this.trust.isQuarantined(r.workerId));
+      for (const r of m.rows) if (!keep.includes(r)) m.notMine.push(r.itemId);
+      m.rows = keep;
+    }
     try {
       this.store.transaction(() => {
         const rows = group.flatMap((m) => m.rows);
@@ -838,8 +895,6 @@ export class Hub extends EventEmitter<HubEvents> {
           for (const r of m.rows) (flipped.delete(r.itemId) ? m.accepted : m.alreadyDone).push(r.itemId);
           if (m.accepted.length) this.store.addWorkerItems(m.workerId, m.accepted.length, now);
         }
-        const failures = group.flatMap((m) => m.finalFailures);
-        if (failures.length) this.store.recordFailures(failures);
       });
     } catch (err) {
       for (const m of group) m.reject(err); // each caller reports it (the gateway logs it)
@@ -854,10 +909,15 @@ export class Hub extends EventEmitter<HubEvents> {
   private afterCommit(group: JudgedResults[], now: number): void {
     this.countAccepted(group);
     try {
-      for (const kind of ['canary', 'quorum'] as const) {
-        const ids = group.flatMap((m) => m.accepted.filter((id) => m.how.get(id) === kind));
-        if (ids.length) this.trustStore.markVerified(ids, kind);
+      const verified: { itemId: number; how: string }[] = [];
+      for (const m of group) {
+        if (m.how.size === 0) continue;
+        for (const id of m.accepted) {
+          const how = m.how.get(id);
+          if (how) verified.push({ itemId: id, how });
+        }
       }
+      if (verified.length) this.trustStore.markVerifiedEach(verified);
       const activeJobs = this.active.size;
       const jobs = new Set<string>();
       const refill = new Set<string>();
@@ -865,17 +925,19 @@ export class Hub extends EventEmitter<HubEvents> {
       for (const m of group) {
         // An item now done may still be held elsewhere (a speculative copy, or requeued after a
         // disconnect): cancel it there; that run is wasted work.
-        const { cancel } = this.scheduler.finished(m.workerId, [
-          ...m.accepted,
-          ...m.dropped,
-          ...m.alreadyDone,
-        ]);
+        const { cancel } = this.scheduler.finished(m.workerId, [...m.accepted, ...m.alreadyDone]);
+        if (m.notMine.length) this.stray(m.workerId, m.notMine.length, 'results');
         const jobOfItem = new Map(m.results.map((r) => [r.itemId, r.jobId]));
         for (const itemIds of cancel.values()) {
           for (const id of itemIds) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
         }
         for (const id of m.alreadyDone) this.active.get(jobOfItem.get(id) ?? '')?.fairness.waste(1);
-        for (const [jobId, k] of m.worked) this.active.get(jobId)?.fairness.done(m.workerId, k, now);
+        for (const [jobId, k] of m.worked) {
+          const job = this.active.get(jobId);
+          job?.fairness.done(m.workerId, k, now);
+          if (job) this.failures.ran(job.model.sha256, m.workerId, k, 0);
+        }
+        if (this.failures.size > 0) for (const id of m.accepted) this.failures.forget(id);
         for (const [other, itemIds] of cancel) {
           this.sockets.get(other)?.emit('items:cancel', { itemIds, reason: 'completed by another worker' });
         }
@@ -905,7 +967,7 @@ export class Hub extends EventEmitter<HubEvents> {
       for (const m of group) {
         m.resolve({
           accepted: [...m.accepted, ...m.replicated],
-          dropped: [...m.dropped, ...m.alreadyDone, ...m.notMine],
+          dropped: [...m.alreadyDone, ...m.notMine],
           refused: m.refused,
         });
       }
@@ -924,8 +986,47 @@ export class Hub extends EventEmitter<HubEvents> {
   private freshLimit(workerId: string): number {
     const w = this.workers.get(workerId);
     if (!w || this.trust.isProven(workerId, w.kind)) return Infinity;
-    const quota = Math.max(2, 2 * w.concurrency);
+    // The claimed concurrency is the worker's own word: a tab claiming 256 runners must not get
+    // hundreds of items to fail or lie on before its first check.
+    const quota = Math.max(2, 2 * Math.min(w.concurrency, PROBATION_RUNNERS));
     return Math.max(0, quota - this.verifier.pendingChecks(workerId) - this.scheduler.heldCount(workerId));
+  }
+
+  /**
+   * A worker named items it does not hold (results, failures or releases): nothing changed, but past
+   * an honest worker's share (see STRAY_PER_SEC) it costs a strike.
+   */
+  private stray(workerId: string, n: number, what: string): void {
+    this.log.debug({ workerId, items: n, what }, 'message for items not held');
+    if (this.strays.take(workerId, n) || !this.strayStrikes.take(workerId)) return;
+    const reason = `${what} for items it does not hold, past its allowance`;
+    const { quarantined, record } = this.trust.refuted(workerId, reason, false);
+    this.log.warn({ workerId, what, strikes: record.strikes }, 'stray messages: strike');
+    if (quarantined) this.quarantine(workerId, reason);
+  }
+
+  /**
+   * A job the scheduler has nothing queued or held of, whose row is not complete, would sit
+   * `running` for ever: its pending items go back to the scheduler, and the repair is logged and
+   * recorded with the job. This should never find anything; it is the backstop of every path that
+   * frees items (see `stray`).
+   */
+  private repairStalls(now: number): void {
+    if (now - this.lastStallCheck < STALL_CHECK_MS || this.uncommitted.length > 0) return;
+    this.lastStallCheck = now;
+    for (const jobId of this.active.keys()) {
+      if (this.scheduler.queued(jobId) + this.scheduler.inFlight(jobId) > 0) continue;
+      if (this.referencing.has(jobId)) continue;
+      const row = this.store.getJob(jobId);
+      if (!row || row.state !== 'running' || row.doneCount + row.failedCount >= row.itemCount) continue;
+      const pending = IdRuns.of(this.store.pendingItemRuns(jobId));
+      const requeued = this.scheduler.restore(jobId, pending);
+      const reason = 'running with nothing queued and nothing in flight';
+      const data = { reason, requeued, done: row.doneCount, failed: row.failedCount, items: row.itemCount };
+      this.store.addEvent(jobId, 'repaired', data, now);
+      if (requeued > 0) this.log.warn({ jobId, ...data }, 'stalled job repaired: pending items queued again');
+      else this.log.error({ jobId, ...data }, 'stalled job: no pending items, yet its counts are short');
+    }
   }
 
   /** A failed check against a worker; at the threshold it is quarantined. */
@@ -942,6 +1043,19 @@ export class Hub extends EventEmitter<HubEvents> {
       'result check failed',
     );
     if (quarantined) this.quarantine(workerId, reason);
+    else this.doubt(workerId);
+  }
+
+  /**
+   * A worker just refuted is on probation again: the items it holds unstarted go back to the queue
+   * (every result of its would need a confirmer now; a proven node can hold seconds of work).
+   */
+  private doubt(workerId: string): void {
+    const held = this.scheduler.heldBy(workerId);
+    if (held.length === 0) return;
+    this.scheduler.release(workerId, held);
+    this.sockets.get(workerId)?.emit('items:cancel', { itemIds: held, reason: 'worker on probation again' });
+    this.pumpAllSoon();
   }
 
   /**
@@ -972,9 +1086,92 @@ export class Hub extends EventEmitter<HubEvents> {
       this.store.addEvent(jobId, 'quarantine', { workerId, reason, recomputed: ids.length }, now);
       this.emit('job:updated', jobId);
     }
+    this.verificationCost.recomputed += n;
     this.log.warn({ workerId, reason: clean(reason), recomputed: n }, 'worker quarantined');
     this.emit('worker:updated', workerId);
     this.pump();
+  }
+
+  /**
+   * Probation results that waited CONFIRM_WAIT_MS for a confirmer no worker has taken up: the hub's
+   * reference backend confirms them (or not). One that a worker holds now is left to it.
+   */
+  private confirmStale(): void {
+    if (this.closed) return;
+    for (const { itemId, jobId } of this.verifier.stale(Date.now(), CONFIRM_WAIT_MS)) {
+      if (!this.active.has(jobId)) {
+        this.verifier.take(itemId); // the job ended: nothing to confirm
+        continue;
+      }
+      if (!this.scheduler.withdraw(jobId, itemId)) continue;
+      this.byReference(jobId, itemId, 'no worker confirmed it in time', this.verifier.take(itemId));
+    }
+  }
+
+  /**
+   * Runs an item on the hub's reference backend, whose answer settles it: stored as the item's
+   * result (verified `reference`), and each replica given judged against it; if the reference fails
+   * too, the item ends failed on evidence that does not come from workers alone. For items failed
+   * by unproven workers only, replicas that cannot agree, and probation results no worker can
+   * confirm soon.
+   */
+  private byReference(jobId: string, itemId: number, why: string, replicas: readonly Replica[] = []): void {
+    const job = this.active.get(jobId);
+    const path = job && this.models.filePath(job.model.sha256);
+    const input = path ? this.store.itemInputs([itemId]).get(itemId) : undefined;
+    if (!job || !path || !input) return; // the job ended, or the stall check finds the item again
+    this.referencing.set(jobId, (this.referencing.get(jobId) ?? 0) + 1);
+    const started = Date.now();
+    this.log.info({ jobId, itemId, why: clean(why) }, 'item goes to the reference backend');
+    this.reference
+      .run(job.model, path, input)
+      .then(
+        (outputs) => this.referenceAnswer(jobId, itemId, job.model, outputs, Date.now() - started, replicas),
+        (err: unknown) => this.referenceFailed(jobId, itemId, err),
+      )
+      .catch((err: unknown) => this.log.error({ err, jobId, itemId }, 'handling a reference run failed'))
+      .finally(() => {
+        const n = (this.referencing.get(jobId) ?? 1) - 1;
+        if (n > 0) this.referencing.set(jobId, n);
+        else this.referencing.delete(jobId);
+        this.checkComplete(jobId);
+      });
+  }
+
+  private referenceAnswer(
+    jobId: string,
+    itemId: number,
+    model: ModelInfo,
+    outputs: Uint8Array,
+    ms: number,
+    replicas: readonly Replica[],
+  ): void {
+    if (this.closed || !this.active.has(jobId)) return;
+    const now = Date.now();
+    const { accepted } = this.store.recordResults([
+      { itemId, jobId, workerId: REFERENCE_WORKER, modelSha256: model.sha256, ms, outputs, at: now },
+    ]);
+    if (accepted.length) this.trustStore.markVerified(accepted, 'reference');
+    this.failures.forget(itemId);
+    this.verificationCost.reference++;
+    const answer = unpackTensors(outputs);
+    for (const r of replicas) {
+      const diff = outputsDiffer(unpackTensors(r.outputs), answer, model.tolerance);
+      if (diff) this.strike(r.workerId, jobId, itemId, `differs from the reference backend (${diff})`, false);
+      else this.trust.confirmed(r.workerId);
+    }
+    this.emit('job:updated', jobId);
+  }
+
+  private referenceFailed(jobId: string, itemId: number, err: unknown): void {
+    if (this.closed || !this.active.has(jobId)) return;
+    const message = clean(`the hub's reference backend failed it too: ${(err as Error).message}`, 500);
+    this.store.recordFailures([
+      { itemId, jobId, workerId: REFERENCE_WORKER, category: 'other', message, at: Date.now(), final: true },
+    ]);
+    this.failures.forget(itemId);
+    this.log.warn({ jobId, itemId, message }, 'item failed on the reference backend');
+    this.emit('job:updated', jobId);
   }
 
   /** Records failed runs: each item is retried elsewhere or, out of options, ends failed. */
@@ -983,20 +1180,58 @@ export class Hub extends EventEmitter<HubEvents> {
     const rows: NewFailure[] = [];
     let retried = 0;
     let failed = 0;
+    let strays = 0;
+    const kind = this.workers.get(workerId)?.kind ?? 'browser';
+    /** Failures counted per job (each job's model's failure rates). */
+    const perModel = new Map<string, number>();
     for (const f of failures) {
-      if (!this.active.has(f.jobId)) continue;
-      if (this.scheduler.holderOf(f.itemId) !== workerId) {
-        // Not (or no longer) this worker's: taken back, or completed elsewhere. Nothing to record.
-        this.log.debug({ workerId, itemId: f.itemId, category: f.category }, 'failure for an item not held');
+      // Only a holder's failure counts, a speculative copy's included (its hold is released and the
+      // item goes on with the other holder). Anything else changes nothing (`stray`).
+      if (!this.active.has(f.jobId) || !this.scheduler.holds(workerId, f.itemId, f.jobId)) {
+        strays++;
         continue;
       }
       // A lost device is recreated by the worker: the same worker may try again (within maxAttempts).
-      const outcome = this.scheduler.failed(workerId, f.jobId, f.itemId, f.category === 'device_lost');
-      if (outcome === 'final') failed++;
-      else retried++;
+      let outcome: 'retry' | 'final' | 'referred' = this.scheduler.failed(
+        workerId,
+        f.jobId,
+        f.itemId,
+        f.category === 'device_lost',
+      );
+      if (this.verifier.isWaiting(f.itemId) && this.scheduler.holdersOf(f.itemId).length === 0) {
+        // A confirmer failed it: the reference backend confirms it, rather than another round trip.
+        this.scheduler.withdraw(f.jobId, f.itemId);
+        this.byReference(f.jobId, f.itemId, 'its confirmer failed it', this.verifier.take(f.itemId));
+        outcome = 'referred';
+      }
+      const proven = this.trust.isProven(workerId, kind);
+      const evidence = this.failures.failed(f.jobId, f.itemId, workerId, proven);
+      if (outcome === 'final' && !evidence.enough) {
+        // Out of attempts, but on the word of unproven workers alone: another worker that has not
+        // failed it runs it, else the hub's reference backend decides.
+        outcome = 'retry';
+        if (this.scheduler.canAsk(f.jobId, evidence.workers, true))
+          this.scheduler.requeue(f.jobId, f.itemId, evidence.workers);
+        else this.byReference(f.jobId, f.itemId, 'failed by unproven workers only');
+      }
+      if (outcome === 'final') {
+        failed++;
+        this.failures.forget(f.itemId);
+      } else retried++;
       rows.push({ ...f, workerId, message: clean(f.message, 500), at: now, final: outcome === 'final' });
+      perModel.set(f.jobId, (perModel.get(f.jobId) ?? 0) + 1);
     }
     if (rows.length) this.store.recordFailures(rows);
+    if (strays) this.stray(workerId, strays, 'failures');
+    for (const [jobId, n] of perModel) {
+      const sha = this.active.get(jobId)?.model.sha256;
+      if (!sha) continue;
+      this.failures.ran(sha, workerId, n, n);
+      if (!this.trust.isQuarantined(workerId) && this.failures.outlier(sha, workerId)) {
+        const reason = 'fails far more items of this model than its peers';
+        this.strike(workerId, jobId, rows[0]?.itemId ?? 0, reason, true);
+      }
+    }
     const w = this.workers.get(workerId);
     if (w) w.itemsFailed += rows.length;
     if (rows.length)
@@ -1260,6 +1495,7 @@ export class Hub extends EventEmitter<HubEvents> {
       this.data.sweep(now);
     }
     for (const jobId of [...this.active.keys()]) this.checkComplete(jobId);
+    this.repairStalls(now);
     for (const w of this.workers.values()) {
       if (w.state === 'offline' || now - w.lastSeen <= this.opts.offlineAfterMs) continue;
       const socket = this.sockets.get(w.id);
@@ -1276,6 +1512,7 @@ export class Hub extends EventEmitter<HubEvents> {
     this.shards.close();
     this.data.close();
     clearInterval(this.timer);
+    clearInterval(this.confirmTimer);
     await this.reference.close();
   }
 }

@@ -1,10 +1,14 @@
 /** The JSON shapes of jobs in REST replies and operator events (protocol/operator.ts). */
-import type { JobView } from '../protocol/operator.ts';
+import type { JobView, VerificationSummary } from '../protocol/operator.ts';
 import type { Hub } from './hub.ts';
 import type { JobRecord } from './store/store.ts';
 
 /** A job's summary: record, progress, rate since its start and the ETA at that rate. */
-export function jobJson(hub: Pick<Hub, 'scheduler'>, job: JobRecord, now = Date.now()): JobView {
+export function jobJson(
+  hub: Pick<Hub, 'scheduler' | 'trustStore' | 'opts'>,
+  job: JobRecord,
+  now = Date.now(),
+): JobView {
   const finished = job.doneCount + job.failedCount;
   const end = job.finishedAt ?? now;
   const elapsedS = job.startedAt ? Math.max(0, (end - job.startedAt) / 1000) : 0;
@@ -31,7 +35,48 @@ export function jobJson(hub: Pick<Hub, 'scheduler'>, job: JobRecord, now = Date.
     elapsedS,
     itemsPerSec,
     etaS: job.state === 'running' && itemsPerSec > 0 ? left / itemsPerSec : null,
+    ...(job.state === 'completed' && job.finishedAt ? { verification: finishedVerification(hub, job) } : {}),
   };
+}
+
+/** Completed jobs' verification summaries, by job and completion time (a reopened job differs). */
+const finishedCache = new Map<string, { at: number; summary: VerificationSummary }>();
+const FINISHED_CACHE_MAX = 1000;
+
+/** A completed job's summary, counted once: every job update and list carries it. */
+function finishedVerification(hub: Pick<Hub, 'trustStore' | 'opts'>, job: JobRecord): VerificationSummary {
+  const hit = finishedCache.get(job.id);
+  if (hit && hit.at === job.finishedAt) return hit.summary;
+  const summary = verificationOf(hub, job.id);
+  finishedCache.delete(job.id);
+  finishedCache.set(job.id, { at: job.finishedAt ?? 0, summary });
+  if (finishedCache.size > FINISHED_CACHE_MAX) {
+    const oldest = finishedCache.keys().next().value;
+    if (oldest !== undefined) finishedCache.delete(oldest);
+  }
+  return summary;
+}
+
+/** How a job's results were verified, from the trust store's tally. */
+export function verificationOf(hub: Pick<Hub, 'trustStore' | 'opts'>, jobId: string): VerificationSummary {
+  const out: VerificationSummary = {
+    confirmed: {},
+    spotChecked: {},
+    canary: 0,
+    reference: 0,
+    provenWorker: 0,
+    trustedWorker: 0,
+  };
+  for (const { how, n } of hub.trustStore.verificationOf(jobId)) {
+    const [kind, k = '2'] = how.split('-');
+    if (kind === 'quorum') out.confirmed[k] = (out.confirmed[k] ?? 0) + n;
+    else if (kind === 'spot') out.spotChecked[k] = (out.spotChecked[k] ?? 0) + n;
+    else if (how === 'canary') out.canary += n;
+    else if (how === 'reference') out.reference += n;
+    else if (how === 'record:native' && hub.opts.trust.trustNative) out.trustedWorker += n;
+    else out.provenWorker += n;
+  }
+  return out;
 }
 
 /** A job's full status: summary, throughput, ETA and the items that failed with their reasons. */
@@ -57,5 +102,6 @@ export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
     ...base,
     failedItems,
     retriedAttempts: failures.length,
+    verification: verificationOf(hub, job.id),
   };
 }

@@ -52,6 +52,8 @@ interface Runner {
 /** Loads models on the hub's trusted backend, a few kept warm. */
 export class ReferenceRunner {
   private readonly sessions = new Map<string, Promise<Runner>>();
+  private queue: Promise<unknown> = Promise.resolve();
+  private waiting = 0;
 
   // 3: a pipeline's stages (OCR: detection, direction, recognition) stay warm together.
   constructor(private readonly keep = 3) {}
@@ -112,6 +114,31 @@ export class ReferenceRunner {
       out.push({ itemId, outputs: packTensors(outputs) });
     }
     return out;
+  }
+
+  /**
+   * Runs one item on the hub's reference backend (an item that workers failed without enough
+   * evidence, or whose replicas could not agree; a probation result no worker can confirm soon).
+   * Returns its outputs as a tensor pack; throws with the reason when it does not run or its outputs
+   * break the manifest. Runs go one at a time: the hub's own CPU is the scarcest there is.
+   */
+  run(model: ModelInfo, path: string, pack: Uint8Array): Promise<Uint8Array> {
+    const next = this.queue.then(async () => {
+      const runner = await this.session(model, path);
+      const [outputs = []] = await runner.run([unpackTensors(pack)]);
+      const problem = outputProblem(model, outputs);
+      if (problem) throw new Error(`outputs break the manifest: ${problem}`);
+      return packTensors(outputs);
+    });
+    this.queue = next.catch(() => undefined);
+    this.waiting++;
+    void next.finally(() => this.waiting--).catch(() => undefined);
+    return next;
+  }
+
+  /** Reference runs asked for and not finished. */
+  get pending(): number {
+    return this.waiting;
   }
 
   async close(): Promise<void> {

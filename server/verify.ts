@@ -16,7 +16,11 @@ export type Verdict =
       kind: 'accept';
       workerId: string;
       outputs: Uint8Array;
-      verified: 'canary' | 'quorum' | null;
+      /**
+       * How: `canary`, or `quorum-K` / `spot-K` (K workers agreed; `spot` when the item was
+       * replicated as a proven worker's spot check), or null (accepted on its worker's record).
+       */
+      verified: string | null;
       confirm: string[];
       refute: string[];
     }
@@ -24,8 +28,13 @@ export type Verdict =
   | { kind: 'replicate'; avoid: string[] }
   /** Refused (a wrong canary): the worker is refuted; the item runs again elsewhere. */
   | { kind: 'refuse'; reason: string }
-  /** No quorum can be reached: the item ends failed. */
-  | { kind: 'fail'; reason: string };
+  /** No worker can confirm it soon: the hub's reference backend decides, as for `fail`. */
+  | { kind: 'reference'; reason: string; replicas: Replica[] }
+  /**
+   * No quorum can be reached among the workers: the hub's reference backend decides, and the
+   * replicas are judged against its answer.
+   */
+  | { kind: 'fail'; reason: string; replicas: Replica[] };
 
 /** Says why two output sets differ, or undefined when they agree within the tolerance. */
 export function outputsDiffer(
@@ -58,16 +67,25 @@ export function agreeingGroups(replicas: readonly Replica[], tol: Tolerance): Re
 export class Verifier {
   /** Canary item ids (the answers stay in the store) and items with replicas waiting. */
   private readonly canaries = new Set<number>();
-  private readonly waiting: Set<number>;
+  /**
+   * Items with replicas waiting, oldest first, with when the first was stored and the job (unknown
+   * for those found in the store after a restart).
+   */
+  private readonly waiting = new Map<number, { at: number; jobId: string }>();
   /** Per worker: its results stored as replicas and not decided yet. */
   private readonly pending = new Map<string, number>();
+  /** Items replicated as a proven worker's spot check (not its probation). */
+  private readonly spots = new Set<number>();
 
   constructor(
     private readonly store: TrustStore,
     private readonly trust: TrustBook,
   ) {
-    this.waiting = new Set(store.replicaItemIds());
-    for (const id of this.waiting) for (const r of store.replicasOf(id)) this.bump(r.workerId, 1);
+    const now = Date.now();
+    for (const id of store.replicaItemIds()) {
+      this.waiting.set(id, { at: now, jobId: '' });
+      for (const r of store.replicasOf(id)) this.bump(r.workerId, 1);
+    }
   }
 
   private bump(workerId: string, d: number): void {
@@ -106,6 +124,8 @@ export class Verifier {
     workerId: string;
     kind: 'browser' | 'native';
     backend: string;
+    /** The item's job (for the stale-replica watchdog, `stale`). */
+    jobId?: string;
     itemId: number;
     redundancy: number;
     model: ModelInfo;
@@ -145,7 +165,8 @@ export class Verifier {
       at: Date.now(),
     };
     this.store.addReplica(mine);
-    this.waiting.add(itemId);
+    if (earlier.length === 0 && this.trust.isProven(workerId, args.kind)) this.spots.add(itemId);
+    if (!this.waiting.has(itemId)) this.waiting.set(itemId, { at: mine.at, jobId: args.jobId ?? '' });
     this.bump(workerId, 1);
     const all = [...earlier, mine];
     const required = Math.max(2, args.redundancy);
@@ -160,20 +181,21 @@ export class Verifier {
     const provenMember = best.some((r) => this.trust.isProven(r.workerId, 'browser'));
     const needed = provenMember || !args.canAsk(avoidAll) ? quorum : quorum + 1;
     if (best.length >= needed) {
+      const spot = this.spots.has(itemId);
       this.drop(itemId);
       const winner = best[0] as Replica;
       return {
         kind: 'accept',
         workerId: winner.workerId,
         outputs: winner.outputs,
-        verified: 'quorum',
+        verified: `${spot ? 'spot' : 'quorum'}-${best.length}`,
         confirm: best.map((r) => r.workerId),
-        // Like with like: only a dissenter on a backend of the majority is held to have erred;
-        // another backend may legitimately differ beyond the tolerance.
+        // The model's tolerance is what separates backends' honest answers (see `ModelManifest`):
+        // a dissenter beyond it has erred, whatever its backend. Blaming only dissenters on the
+        // majority's backend let a liar on a minority backend go unjudged.
         refute: groups
           .slice(1)
           .flat()
-          .filter((r) => best.some((b) => b.backend === r.backend))
           .map((r) => r.workerId),
       };
     }
@@ -188,18 +210,46 @@ export class Verifier {
       if (args.canAsk(avoid, true)) return { kind: 'replicate', avoid };
     }
     if (all.length === 1 && args.redundancy <= 1) {
+      // No other worker can confirm it: rather than accept it unverified, or leave it waiting.
       this.drop(itemId);
-      return { kind: 'accept', workerId, outputs: args.packed, verified: null, confirm: [], refute: [] };
+      return { kind: 'reference', reason: 'no other worker can confirm it', replicas: all };
     }
     this.drop(itemId);
     return {
       kind: 'fail',
       reason: `no ${quorum} of ${all.length} results agree within the model's tolerance`,
+      replicas: all,
     };
+  }
+
+  /**
+   * Items whose replicas have waited `ms` or more for a confirmer (oldest first, at most `max`),
+   * with their job. Their replicas stay until `take`.
+   */
+  stale(now: number, ms: number, max = 1024): { itemId: number; jobId: string }[] {
+    const out: { itemId: number; jobId: string }[] = [];
+    for (const [itemId, w] of this.waiting) {
+      if (now - w.at < ms || out.length >= max) break;
+      if (w.jobId) out.push({ itemId, jobId: w.jobId });
+    }
+    return out;
+  }
+
+  /** Whether an item has replicas waiting for a confirmer. */
+  isWaiting(itemId: number): boolean {
+    return this.waiting.has(itemId);
+  }
+
+  /** Takes an item's waiting replicas out of the verifier (the reference backend decides it). */
+  take(itemId: number): Replica[] {
+    const replicas = this.store.replicasOf(itemId);
+    this.drop(itemId);
+    return replicas;
   }
 
   private drop(itemId: number): void {
     this.waiting.delete(itemId);
+    this.spots.delete(itemId);
     for (const r of this.store.replicasOf(itemId)) this.bump(r.workerId, -1);
     this.store.dropReplicas(itemId);
   }

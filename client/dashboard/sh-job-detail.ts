@@ -83,6 +83,21 @@ export class ShJobDetail extends LitElement {
     if (this.confirmTimer !== undefined) clearTimeout(this.confirmTimer);
   }
 
+  /** How the job's results were verified (completed jobs; issue 18, docs/trust.md). */
+  private _verification(j: JobView) {
+    const v = j.verification;
+    if (!v) return '';
+    const byK = (m: Record<string, number>) =>
+      Object.entries(m)
+        .map(([k, n]) => `${count(n)} by ${k}`)
+        .join(', ') || '0';
+    return html`<p class="panel muted" data-test="job-verification">
+      Verified: confirmed by several workers ${byK(v.confirmed)}; spot-checked ${byK(v.spotChecked)}; canaries
+      ${count(v.canary)}; reference backend ${count(v.reference)}; from canary-proven workers
+      ${count(v.provenWorker)}; from trusted workers ${count(v.trustedWorker)}.
+    </p>`;
+  }
+
   override render() {
     const j = this.job;
     if (!j) return html`<p class="muted">Loading the job…</p>`;
@@ -133,6 +148,7 @@ export class ShJobDetail extends LitElement {
         ${figureCard('ETA', finished ? 'done' : duration(pace.etaS), 'at that rate', 'eta')}
         ${figureCard('Priority', String(j.priority), 'higher runs first', 'priority')}
       </div>
+      ${this._verification(j)}
       <div class="panel controls">
         <label
           >Priority

@@ -343,6 +343,11 @@ export class Scheduler {
     return this.holders.get(itemId)?.[0];
   }
 
+  /** Whether `workerId` holds `itemId` as an item of `jobId` (original or speculative copy). */
+  holds(workerId: string, itemId: number, jobId: string): boolean {
+    return this.workers.get(workerId)?.held.get(itemId) === jobId;
+  }
+
   /** Every worker holding an item (more than one while speculated). */
   holdersOf(itemId: number): readonly string[] {
     return this.holders.get(itemId) ?? [];
@@ -588,6 +593,33 @@ export class Scheduler {
     for (const a of avoid) set.add(a);
     j.failedOn.set(itemId, set);
     if (!j.requeued.includes(itemId)) j.requeued.push(itemId);
+  }
+
+  /**
+   * Gives a job whose queues are empty and whose items nobody holds its pending items again (the
+   * hub's stall check: a job the scheduler lost track of). Returns how many were queued; none when
+   * the job still has anything queued or held.
+   */
+  restore(jobId: string, pending: IdRuns): number {
+    const j = this.jobs.get(jobId);
+    if (!j || this.queued(jobId) + j.held > 0) return 0;
+    j.fresh = pending;
+    return pending.size;
+  }
+
+  /**
+   * Takes a queued item out of its job's queue (the hub's reference backend runs it instead).
+   * False when it is not waiting in the queue (held, or unknown).
+   */
+  withdraw(jobId: string, itemId: number): boolean {
+    const j = this.jobs.get(jobId);
+    if (!j || this.holders.has(itemId)) return false;
+    const i = j.requeued.indexOf(itemId);
+    if (i < 0) return false;
+    j.requeued.splice(i, 1);
+    j.failedOn.delete(itemId);
+    j.attempts.delete(itemId);
+    return true;
   }
 
   /** Queues items of a job again (results taken back from a quarantined worker). */

@@ -79,6 +79,12 @@ export class TrustStore {
       replicaItems: this.db.prepare('SELECT DISTINCT item_id FROM replicas').pluck(),
       verify: this.db.prepare('INSERT OR REPLACE INTO verified (item_id, how) VALUES (?, ?)'),
       isVerified: this.db.prepare('SELECT how FROM verified WHERE item_id = ?').pluck(),
+      verification: this.db.prepare(
+        `SELECT COALESCE(v.how, 'record:' || COALESCE(w.kind, 'browser')) AS how, COUNT(*) AS n
+         FROM results r LEFT JOIN verified v ON v.item_id = r.item_id
+         LEFT JOIN workers w ON w.id = r.worker_id
+         WHERE r.job_id = ? GROUP BY 1`,
+      ),
       trust: this.db.prepare('SELECT * FROM worker_trust WHERE worker_id = ?'),
       allTrust: this.db.prepare('SELECT * FROM worker_trust'),
       putTrust: this.db.prepare(
@@ -164,6 +170,21 @@ export class TrustStore {
     this.db.transaction(() => {
       for (const id of itemIds) this.q.verify.run(id, how);
     })();
+  }
+
+  /** Marks accepted results as verified, each its own way (see `Verdict`'s `verified`). */
+  markVerifiedEach(rows: readonly { itemId: number; how: string }[]): void {
+    this.db.transaction(() => {
+      for (const r of rows) this.q.verify.run(r.itemId, r.how);
+    })();
+  }
+
+  /**
+   * How a job's stored results were verified: per `how` (canary, quorum-K, spot-K, reference), and
+   * for those accepted on their worker's record alone, per kind of worker (`native`, `browser`).
+   */
+  verificationOf(jobId: string): { how: string; n: number }[] {
+    return this.q.verification.all(jobId) as { how: string; n: number }[];
   }
 
   isVerified(itemId: number): boolean {

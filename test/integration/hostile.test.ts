@@ -11,6 +11,7 @@ import { io as connect, type Socket } from 'socket.io-client';
 import { packTensors, unpackTensors } from '../../protocol/pack.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { compareTensors } from '../../protocol/tensor.ts';
+import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
 
@@ -231,6 +232,710 @@ test('over 1,000 hostile messages and requests change nothing', async () => {
     assert.equal(n, 1500);
   } finally {
     for (const s of sockets) s.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+/** An anonymous browser worker of the attacker's own making: registered, speaking the protocol. */
+async function anonymous(
+  url: string,
+  workerId: string,
+  reg: Record<string, unknown> = {},
+  before?: (s: Socket) => void,
+): Promise<Socket & { close(): void }> {
+  const s = connect(`${url}/worker`, {
+    auth: { workerId, workerSecret: 'h'.repeat(32) },
+    reconnection: false,
+    transports: ['websocket'],
+    parser: shardhubParser,
+  });
+  await new Promise<void>((ok, fail) => {
+    s.once('connect', () => ok());
+    s.once('connect_error', fail);
+  });
+  // The hub may ask for a benchmark before it answers the registration.
+  before?.(s);
+  const r = await s.timeout(5000).emitWithAck('worker:register', {
+    kind: 'browser',
+    backend: 'wasm',
+    name: workerId,
+    concurrency: 1,
+    capabilities: { cores: 1, memoryBytes: 1 },
+    ...reg,
+  });
+  assert.ok('data' in r, JSON.stringify(r));
+  return s;
+}
+
+/** Sim nodes on the noop model, online. */
+async function simNodes(
+  hub: Awaited<ReturnType<typeof startHub>>,
+  n: number,
+  args: string[],
+): Promise<Proc[]> {
+  const nodes: Proc[] = [];
+  for (let i = 0; i < n; i++)
+    nodes.push(
+      startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, `s${Date.now()}-${i}`), [
+        '--backend',
+        'sim',
+        ...args,
+      ]),
+    );
+  await waitFor(
+    'nodes online',
+    () =>
+      [...hub.hub.workers.values()].filter((w) => w.state === 'online' && w.kind === 'native').length >= n,
+    60_000,
+  );
+  return nodes;
+}
+
+test('finding 1: results, failures and releases for items the sender does not hold change nothing and cost it', async () => {
+  // Trusted nodes: an item they hold only ever ends done (no replicas move it elsewhere), so any
+  // item that leaves them otherwise was taken by the forger.
+  const hub = await startHub(join(tmp.dir, 'hub-f1'), {
+    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: true } },
+  });
+  let nodes: Proc[] = [];
+  let s: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '10']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const items = (n: number, seed: number) =>
+      Array.from({ length: n }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, seed + i) }));
+    const finished = await rest.submit('noop', items(20, 1));
+    await waitFor(
+      'small job completed',
+      async () => (await rest.data('GET', `/api/jobs/${finished}`)).state === 'completed',
+      60_000,
+    );
+    const jobId = await rest.submit('noop', items(1500, 100));
+    await waitFor('items held', () => hub.hub.scheduler.inFlight(jobId) > 20, 60_000, 10);
+    s = await anonymous(hub.url, 'forger-browser-1');
+    const out = [{ name: 'y', dtype: 'float32', dims: [1, 4], data: new Uint8Array(16).fill(7) }];
+    for (const named of ['j_unknown000', finished, jobId]) {
+      for (const event of ['items:done', 'items:failed', 'items:release'] as const) {
+        const all = hub.hub.store.listItems(jobId, { offset: 0, limit: 1500 });
+        const held = all.filter((it) => hub.hub.scheduler.holdersOf(it.id).length > 0);
+        assert.ok(held.length > 0, 'the nodes hold items');
+        const before = new Map(held.map((it) => [it.id, [...hub.hub.scheduler.holdersOf(it.id)]]));
+        const ids = held.map((it) => it.id).slice(0, 200);
+        const payload =
+          event === 'items:done'
+            ? {
+                results: ids.map((itemId) => ({
+                  itemId,
+                  jobId: named,
+                  modelSha256: model.sha256,
+                  ms: 1,
+                  outputs: out,
+                })),
+              }
+            : event === 'items:failed'
+              ? {
+                  failures: ids.map((itemId) => ({
+                    itemId,
+                    jobId: named,
+                    category: 'other',
+                    message: 'no',
+                  })),
+                }
+              : { itemIds: ids };
+        const r: { data?: { dropped: number[] } } = await s
+          .timeout(5000)
+          .emitWithAck(event as 'items:done', payload as never);
+        assert.ok(r.data, JSON.stringify(r));
+        if (event === 'items:done') {
+          assert.deepEqual([...r.data.dropped].sort(), [...ids].sort(), 'every forged result is dropped');
+        }
+        // Every item held before is still held by the same workers, or done by them since.
+        const state = new Map(
+          hub.hub.store.listItems(jobId, { offset: 0, limit: 1500 }).map((it) => [it.id, it.state]),
+        );
+        for (const [id, holders] of before) {
+          if (state.get(id) === 'done') continue;
+          const now = hub.hub.scheduler.holdersOf(id);
+          assert.ok(
+            holders.every((h) => now.includes(h)),
+            `${event} naming ${named} released item ${id}`,
+          );
+        }
+      }
+    }
+    // Forgery past an honest worker's allowance costs a strike.
+    for (let k = 0; k < 2; k++) {
+      await s
+        .timeout(5000)
+        .emitWithAck('items:release', { itemIds: Array.from({ length: 6000 }, (_, i) => 10_000_000 + i) });
+    }
+    const record = hub.hub.trust.record('forger-browser-1');
+    assert.ok(record.strikes >= 1, `the forger has a strike (${JSON.stringify(record)})`);
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      60_000,
+      100,
+    );
+    assert.equal(status.done, 1500);
+    for (const r of hub.hub.store.iterateResults(jobId)) assert.notEqual(r.workerId, 'forger-browser-1');
+  } finally {
+    s?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+test('finding 1: a job running with nothing queued and nothing in flight is found, repaired and logged', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-stall'));
+  let nodes: Proc[] = [];
+  try {
+    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '20']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const jobId = await rest.submit(
+      'noop',
+      Array.from({ length: 300 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
+    );
+    await waitFor('items held', () => hub.hub.scheduler.inFlight(jobId) > 0, 60_000, 10);
+    // The scheduler loses track of the job (what a forged message did before): it is scheduled
+    // again with nothing in it, its items neither queued nor held.
+    const job = hub.hub.store.getJob(jobId);
+    assert.ok(job);
+    hub.hub.scheduler.removeJob(jobId);
+    hub.hub.scheduler.addJob(
+      {
+        id: jobId,
+        priority: job.priority,
+        deadline: job.deadline,
+        modelSha256: job.modelSha256,
+        batchSize: 1,
+        requirements: job.requirements,
+      },
+      [],
+    );
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      60_000,
+      100,
+    );
+    assert.equal(status.done, 300);
+    const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
+      type: string;
+      data: { requeued: number };
+    }[];
+    const repaired = events.find((e) => e.type === 'repaired');
+    assert.ok(repaired && repaired.data.requeued > 0, 'the repair is recorded with the job');
+  } finally {
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+/**
+ * An anonymous browser worker that claims a huge benchmark and answers every item it is given with
+ * a failure report (or, with `invalid`, with outputs of the wrong shape).
+ */
+async function failureReporter(
+  url: string,
+  workerId: string,
+  opts: { invalid?: boolean; backend?: string; onShard?: (ids: number[]) => void } = {},
+): Promise<Socket & { close(): void }> {
+  const handlers = (s: Socket): void => {
+    s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
+      ack({ data: { itemsPerSec: 1e6, batchSize: 1, runs: 1, ms: 1 } }),
+    );
+    s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
+    s.on(
+      'shard:assign',
+      (shard: {
+        jobId: string;
+        model: { sha256: string };
+        items: { id: number }[];
+        packed?: { ids: number[] };
+      }) => {
+        const ids = shard.packed?.ids ?? shard.items.map((it) => it.id);
+        opts.onShard?.(ids);
+        if (opts.invalid) {
+          const outputs = [{ name: 'y', dtype: 'float32', dims: [1, 1], data: new Uint8Array(4) }];
+          s.emit('items:done', {
+            results: ids.map((itemId) => ({
+              itemId,
+              jobId: shard.jobId,
+              modelSha256: shard.model.sha256,
+              ms: 1,
+              outputs,
+            })),
+          });
+        } else {
+          s.emit('items:failed', {
+            failures: ids.map((itemId) => ({
+              itemId,
+              jobId: shard.jobId,
+              category: 'other',
+              message: 'nope',
+            })),
+          });
+        }
+      },
+    );
+  };
+  return anonymous(url, workerId, { concurrency: 256, backend: opts.backend ?? 'wasm' }, handlers);
+}
+
+test('finding 2: anonymous failure-reporters fail no item for good and are quarantined', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f2'));
+  let nodes: Proc[] = [];
+  const failers: (Socket & { close(): void })[] = [];
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    for (let i = 0; i < 3; i++) failers.push(await failureReporter(hub.url, `failer-browser-${i}`));
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const sent = Array.from({ length: 2000 }, (_, i) => ({
+      name: `i${i}`,
+      tensors: calibrationInputs(model, i),
+    }));
+    const jobId = await rest.submit('noop', sent);
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      120_000,
+      100,
+    );
+    assert.equal(status.failed, 0, 'no item ended failed on failure reports alone');
+    assert.equal(status.done, 2000);
+    for (let i = 0; i < 3; i++)
+      assert.equal(hub.hub.trust.isQuarantined(`failer-browser-${i}`), true, `failer ${i} is quarantined`);
+    for (const w of hub.hub.workers.values())
+      if (w.kind === 'native') assert.equal(hub.hub.trust.isQuarantined(w.id), false, 'honest nodes are not');
+  } finally {
+    for (const f of failers) f.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+test('findings 6, 7, 9: registrations, options and worker lists are bounded; memory stays bounded', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f6'), { hub: { maxOfflineWorkers: 5 } });
+  const sockets: Socket[] = [];
+  try {
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    global.gc?.();
+    const rssBefore = process.memoryUsage().rss;
+    // Finding 6: registrations carrying a 200,000-key GPU limits map are refused whole.
+    const limits: Record<string, number> = {};
+    for (let i = 0; i < 200_000; i++) limits[`maxThing${i}`] = i;
+    let peak = rssBefore;
+    for (let i = 0; i < 10; i++) {
+      const s = connect(`${hub.url}/worker`, {
+        auth: { workerId: `bloat-browser-${i}`, workerSecret: 'h'.repeat(32) },
+        reconnection: false,
+        transports: ['websocket'],
+        parser: shardhubParser,
+      });
+      sockets.push(s);
+      await new Promise<void>((ok) => s.once('connect', () => ok()));
+      const started = Date.now();
+      const r = await s.timeout(20_000).emitWithAck('worker:register', {
+        kind: 'browser',
+        backend: 'webgpu',
+        name: `bloat${i}`,
+        concurrency: 1,
+        capabilities: { cores: 1, memoryBytes: 1, gpu: { name: 'x', limits } },
+      });
+      assert.equal((r as { error?: { code: string } }).error?.code, 'invalid_payload', 'refused');
+      assert.ok(Date.now() - started < 5000, 'refused quickly');
+      const health = Date.now();
+      assert.equal((await rest.data('GET', '/api/health')).ok, true);
+      assert.ok(Date.now() - health < 500, '/api/health answers at once');
+      peak = Math.max(peak, process.memoryUsage().rss);
+      s.close();
+    }
+    assert.equal(hub.hub.workers.size, 0, 'a refused registration leaves nothing behind');
+    // What the hub keeps of disconnected workers is bounded; GET /api/workers pages.
+    for (let i = 0; i < 12; i++) {
+      const s = await anonymous(hub.url, `passing-browser-${i}`);
+      s.close();
+      await waitFor(
+        'offline',
+        () => hub.hub.workers.get(`passing-browser-${i}`)?.state !== 'online',
+        5000,
+        10,
+      );
+    }
+    assert.ok(hub.hub.workers.size <= 5, `${hub.hub.workers.size} offline workers kept`);
+    const page = await rest.data('GET', '/api/workers?limit=2');
+    assert.equal(page.workers.length, 2);
+    assert.equal(page.next, 2);
+    assert.equal(page.total, hub.hub.workers.size);
+    // Finding 7: options nested 5,000 deep are refused with 400, not 500.
+    const deep = `${'{"a":'.repeat(5000)}1${'}'.repeat(5000)}`;
+    const r = await rest.req('POST', '/api/jobs', `{"model":"noop","options":{"deep":${deep}}}`);
+    assert.equal(r.status, 400, JSON.stringify(r.json));
+    const wide = await rest.req('POST', '/api/jobs', { model: 'noop', options: { s: 'x'.repeat(100_000) } });
+    assert.equal(wide.status, 400);
+    const fine = await rest.req('POST', '/api/jobs', { model: 'noop', options: { a: { b: [1, 2, 'c'] } } });
+    assert.equal(fine.status, 201, JSON.stringify(fine.json));
+    // Finding 9: the hub's memory (this process holds the hub and the attacker) stays bounded.
+    global.gc?.();
+    const rssAfter = process.memoryUsage().rss;
+    assert.ok(peak < 2 * rssBefore + 300e6, `peak RSS ${peak} vs ${rssBefore} before`);
+    assert.ok(rssAfter < 1.5 * rssBefore + 100e6, `RSS ${rssAfter} after vs ${rssBefore} before`);
+  } finally {
+    for (const s of sockets) s.close();
+    await hub.close();
+  }
+});
+
+test('finding 8: a failure or invalid output from a speculative copy releases its hold', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f8'));
+  let nodes: Proc[] = [];
+  try {
+    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '1500']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    for (const invalid of [false, true]) {
+      const jobId = await rest.submit(
+        'noop',
+        Array.from({ length: 2 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
+      );
+      await waitFor(
+        'all items held',
+        () => hub.hub.scheduler.queued(jobId) === 0 && hub.hub.scheduler.inFlight(jobId) > 0,
+        30_000,
+        10,
+      );
+      const id = `copy-browser-${invalid ? 'invalid' : 'failing'}`;
+      let copied: number[] = [];
+      const s = await failureReporter(hub.url, id, { invalid, onShard: (ids) => (copied = ids) });
+      try {
+        await waitFor('a speculative copy', () => copied.length > 0, 30_000, 10);
+        // The copy's failure (or invalid output) is handled: its hold is released at once.
+        await waitFor(
+          'the copy released',
+          () => copied.every((item) => !hub.hub.scheduler.holdersOf(item).includes(id)),
+          5000,
+          10,
+        );
+        const status = await waitFor(
+          'job completed',
+          async () => {
+            const st = await rest.data('GET', `/api/jobs/${jobId}`);
+            return st.state === 'completed' ? st : undefined;
+          },
+          30_000,
+          100,
+        );
+        assert.equal(status.done, 2);
+      } finally {
+        s.close();
+      }
+    }
+  } finally {
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+test('finding 10: a probation result waits about a second for a confirmer, not for a slow benchmark', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f10'));
+  let nodes: Proc[] = [];
+  let tab: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '2']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    // A browser tab whose benchmark never ends: it counts as a confirmer "soon".
+    tab = await anonymous(hub.url, 'slow-bench-browser', {}, (s) => s.on('benchmark:run', () => undefined));
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const jobId = await rest.submit(
+      'noop',
+      Array.from({ length: 300 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
+    );
+    const sealed = Date.now();
+    await waitFor('a first result', () => (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 0, 10_000, 20);
+    const first = Date.now() - sealed;
+    assert.ok(first < 5000, `first result after ${first} ms`);
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      30_000,
+      100,
+    );
+    assert.equal(status.done, 300);
+  } finally {
+    tab?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+test('finding 5: a liar on a minority backend is judged and quarantined', async () => {
+  // No canaries: the quorum alone must judge the liar (a canary would catch it on any backend).
+  const hub = await startHub(join(tmp.dir, 'hub-f5'), {
+    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 0, maxCanaries: 0 } },
+  });
+  let nodes: Proc[] = [];
+  let liar: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    // A wasm tab among sim nodes: it answers y = x + 1 where the model says y = x.
+    liar = await anonymous(hub.url, 'wasm-liar-browser', { concurrency: 8 }, (s) => {
+      s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
+        ack({ data: { itemsPerSec: 1e4, batchSize: 1, runs: 1, ms: 1 } }),
+      );
+      s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
+      s.on(
+        'shard:assign',
+        (shard: {
+          jobId: string;
+          model: { sha256: string };
+          items: { id: number; inputs: { dims: number[]; data: Uint8Array }[] }[];
+        }) => {
+          s.emit('items:done', {
+            results: shard.items.map((it) => {
+              const x = it.inputs[0] as { dims: number[]; data: Uint8Array };
+              const f = new Float32Array(new Uint8Array(x.data).buffer);
+              for (let i = 0; i < f.length; i++) f[i] = (f[i] as number) + 1;
+              return {
+                itemId: it.id,
+                jobId: shard.jobId,
+                modelSha256: shard.model.sha256,
+                ms: 1,
+                outputs: [{ name: 'y', dtype: 'float32', dims: x.dims, data: new Uint8Array(f.buffer) }],
+              };
+            }),
+          });
+        },
+      );
+    });
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const sent = Array.from({ length: 1000 }, (_, i) => ({
+      name: `i${i}`,
+      tensors: calibrationInputs(model, i),
+    }));
+    const jobId = await rest.submit('noop', sent);
+    const status = await waitFor(
+      'job completed',
+      async () => {
+        const st = await rest.data('GET', `/api/jobs/${jobId}`);
+        return st.state === 'completed' ? st : undefined;
+      },
+      120_000,
+      100,
+    );
+    assert.equal(status.done, 1000);
+    assert.equal(hub.hub.trust.isQuarantined('wasm-liar-browser'), true, 'the wasm liar is quarantined');
+    const byName = new Map(sent.map((it) => [it.name, it]));
+    for (const r of hub.hub.store.iterateResults(jobId)) {
+      assert.notEqual(r.workerId, 'wasm-liar-browser');
+      const x = byName.get(r.name)?.tensors[0];
+      const y = unpackTensors(r.outputs)[0];
+      assert.ok(x && y);
+      assert.equal(compareTensors({ ...y, name: 'x' }, x, model.tolerance), undefined, `item ${r.name}`);
+    }
+  } finally {
+    liar?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+/**
+ * A worker of the attacker's own on the noop model (y = x): honest for its first `after` items,
+ * then it scales one element by 1.05 on a `rate` share of items (on every item with rate 1). With
+ * `native`, it registers as a native node with the join token. It answers each shard in one message.
+ */
+async function liarWorker(
+  url: string,
+  workerId: string,
+  opts: { rate: number; after?: number; native?: string },
+): Promise<Socket & { close(): void }> {
+  let seen = 0;
+  const s = connect(`${url}/worker`, {
+    auth: { workerId, workerSecret: 'h'.repeat(32), ...(opts.native ? { token: opts.native } : {}) },
+    reconnection: false,
+    transports: ['websocket'],
+    parser: shardhubParser,
+  });
+  await new Promise<void>((ok, fail) => {
+    s.once('connect', () => ok());
+    s.once('connect_error', fail);
+  });
+  s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
+    ack({ data: { itemsPerSec: 2000, batchSize: 1, runs: 1, ms: 1 } }),
+  );
+  s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
+  s.on(
+    'shard:assign',
+    (shard: {
+      jobId: string;
+      model: { sha256: string };
+      items: { id: number; inputs: { dims: number[]; data: Uint8Array }[] }[];
+    }) => {
+      const results = shard.items.map((it) => {
+        const x = it.inputs[0] as { dims: number[]; data: Uint8Array };
+        const f = new Float32Array(new Uint8Array(x.data).buffer);
+        if (seen++ >= (opts.after ?? 0) && Math.random() < opts.rate) f[0] = (f[0] as number) * 1.05 + 0.01;
+        return {
+          itemId: it.id,
+          jobId: shard.jobId,
+          modelSha256: shard.model.sha256,
+          ms: 1,
+          outputs: [{ name: 'y', dtype: 'float32', dims: x.dims, data: new Uint8Array(f.buffer) }],
+        };
+      });
+      setTimeout(() => s.emit('items:done', { results }), 5);
+    },
+  );
+  const r = await s.timeout(5000).emitWithAck('worker:register', {
+    kind: opts.native ? 'native' : 'browser',
+    backend: opts.native ? 'cpu' : 'wasm',
+    name: workerId,
+    concurrency: 4,
+    capabilities: { cores: 1, memoryBytes: 1 },
+  });
+  assert.ok('data' in r, JSON.stringify(r));
+  return s;
+}
+
+/** Waits for a job's completion; returns its status. */
+async function completed(
+  rest: Rest,
+  jobId: string,
+  ms = 120_000,
+): Promise<Record<string, unknown> & { done: number }> {
+  return waitFor(
+    `job ${jobId} completed`,
+    async () => {
+      const st = await rest.data('GET', `/api/jobs/${jobId}`);
+      return st.state === 'completed' ? st : undefined;
+    },
+    ms,
+    100,
+  );
+}
+
+/** Asserts every stored result of a noop job equals its input (no corrupted result is present). */
+function assertExact(
+  hub: Awaited<ReturnType<typeof startHub>>,
+  jobId: string,
+  sent: { name: string; tensors: { name: string; dtype: string; dims: number[]; data: Uint8Array }[] }[],
+  liar: string,
+): number {
+  const model = hub.hub.models.byName('noop');
+  assert.ok(model);
+  const byName = new Map(sent.map((it) => [it.name, it]));
+  let n = 0;
+  for (const r of hub.hub.store.iterateResults(jobId)) {
+    n++;
+    // A liar's result may stand only where others confirmed it: then it equals the input.
+    void liar;
+    const x = byName.get(r.name)?.tensors[0];
+    const y = unpackTensors(r.outputs)[0];
+    assert.ok(x && y);
+    assert.equal(
+      compareTensors({ ...y, name: 'x' }, x as never, model.tolerance),
+      undefined,
+      `item ${r.name}`,
+    );
+  }
+  return n;
+}
+
+test('finding 4: results accepted in the same message as a failed canary do not outlive the quarantine', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-f4'), {
+    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 20, canaryFraction: 0.02 } },
+  });
+  let nodes: Proc[] = [];
+  let liar: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    // A proven worker (its record says so) that lies on every item, each shard in one message.
+    hub.hub.trust.confirmed('proven-liar-browser', 50);
+    liar = await liarWorker(hub.url, 'proven-liar-browser', { rate: 1 });
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const sent = Array.from({ length: 1000 }, (_, i) => ({
+      name: `i${i}`,
+      tensors: calibrationInputs(model, i),
+    }));
+    const jobId = await rest.submit('noop', sent);
+    const status = await completed(rest, jobId);
+    assert.equal(status.done, 1000);
+    assert.equal(hub.hub.trust.isQuarantined('proven-liar-browser'), true);
+    assert.equal(assertExact(hub, jobId, sent, 'proven-liar-browser'), 1000);
+  } finally {
+    liar?.close();
+    for (const n of nodes) n.child.kill('SIGKILL');
+    await hub.close();
+  }
+});
+
+test('finding 3: a proven native liar that turns subtle is spot-checked, caught, and its results recomputed in completed jobs too', async () => {
+  // No canaries: spot checks alone must catch it.
+  const hub = await startHub(join(tmp.dir, 'hub-f3'), {
+    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 0, maxCanaries: 0 } },
+  });
+  let nodes: Proc[] = [];
+  let liar: (Socket & { close(): void }) | undefined;
+  try {
+    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '2']);
+    const model = hub.hub.models.byName('noop');
+    assert.ok(model);
+    liar = await liarWorker(hub.url, 'subtle-liar-native', {
+      rate: 0.1,
+      after: 100,
+      native: hub.tokens.joinToken,
+    });
+    const rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const jobs: { id: string; sent: ReturnType<typeof Array.prototype.slice> }[] = [];
+    for (let k = 0; k < 2; k++) {
+      const sent = Array.from({ length: 1500 }, (_, i) => ({
+        name: `i${i}`,
+        tensors: calibrationInputs(model, k * 10_000 + i),
+      }));
+      jobs.push({ id: await rest.submit('noop', sent), sent });
+      await completed(rest, jobs[k]?.id as string);
+    }
+    await waitFor(
+      'the liar quarantined',
+      () => hub.hub.trust.isQuarantined('subtle-liar-native'),
+      60_000,
+      100,
+    );
+    for (const j of jobs) {
+      const status = await completed(rest, j.id);
+      assert.equal(status.done, 1500);
+      assert.equal(assertExact(hub, j.id, j.sent as never, 'subtle-liar-native'), 1500);
+      const v = status.verification as { spotChecked: Record<string, number> };
+      assert.ok(Object.values(v.spotChecked).length > 0, `the job reports spot checks: ${JSON.stringify(v)}`);
+    }
+  } finally {
+    liar?.close();
     for (const n of nodes) n.child.kill('SIGKILL');
     await hub.close();
   }

@@ -57,6 +57,7 @@ function judge(
     workerId,
     kind: 'browser',
     backend: 'wasm',
+    jobId: 'j',
     itemId,
     redundancy,
     model: MODEL,
@@ -93,7 +94,7 @@ describe('result judging', () => {
     assert.equal(verifier.pendingChecks('w1'), 1);
     const second = judge(verifier, 'w2', 1, y(1, 2));
     assert.equal(second.kind, 'accept');
-    assert.ok(second.kind === 'accept' && second.verified === 'quorum' && second.confirm.length === 2);
+    assert.ok(second.kind === 'accept' && second.verified === 'quorum-2' && second.confirm.length === 2);
     assert.equal(verifier.pendingChecks('w1'), 0);
     void book;
   });
@@ -111,7 +112,7 @@ describe('result judging', () => {
     assert.deepEqual(decided.confirm.sort(), ['honest1', 'honest2']);
   });
 
-  test('like with like: across backends a tie-breaker comes from the first backend, and the other backend is not blamed', () => {
+  test('like with like: across backends a tie-breaker comes from the first backend; a dissenter on any backend is judged within the model’s tolerance', () => {
     const { verifier, book } = setup('like');
     book.confirmed('cpu2', DEFAULT_TRUST_OPTIONS.trustAfter);
     const args = (workerId: string, backend: string, outputs: WireTensor[]) => ({
@@ -136,7 +137,11 @@ describe('result judging', () => {
     );
     const decided = verifier.judge(args('cpu2', 'wasm', y(1, 2)));
     assert.ok(decided.kind === 'accept');
-    assert.deepEqual(decided.refute, [], 'a webgpu result that differs from wasm ones is not a lie');
+    assert.deepEqual(
+      decided.refute,
+      ['gpu1'],
+      'a webgpu result beyond the model’s cross-backend tolerance of the wasm ones is judged (finding 5)',
+    );
   });
 
   test('no quorum after the tie-breakers: the item fails rather than loops', () => {
@@ -156,11 +161,24 @@ describe('result judging', () => {
     assert.equal(v.kind, 'replicate', 'still no group of three, nor a proven member');
   });
 
-  test('a lone result is accepted unverified when no other worker can check it', () => {
+  test('a lone result no other worker can check goes to the reference backend, never accepted unverified', () => {
     const { verifier } = setup('lone');
     const v = judge(verifier, 'only', 5, y(1, 1), false);
-    assert.equal(v.kind, 'accept');
-    assert.ok(v.kind === 'accept' && v.verified === null);
+    assert.equal(v.kind, 'reference');
+    assert.ok(v.kind === 'reference' && v.replicas.length === 1 && v.replicas[0]?.workerId === 'only');
+    assert.equal(verifier.isWaiting(5), false, 'its replica left the verifier with it');
+  });
+
+  test('replicas waiting for a confirmer are found stale, oldest first, and taken out', () => {
+    const { verifier } = setup('stale');
+    assert.equal(judge(verifier, 'new', 6, y(1, 1)).kind, 'replicate');
+    assert.deepEqual(verifier.stale(Date.now(), 60_000), [], 'not stale yet');
+    const stale = verifier.stale(Date.now() + 2000, 1000);
+    assert.equal(stale.length, 1);
+    assert.equal(stale[0]?.itemId, 6);
+    assert.equal(verifier.take(6).length, 1);
+    assert.equal(verifier.isWaiting(6), false);
+    assert.equal(verifier.pendingChecks('new'), 0);
   });
 
   test('a canary is checked against its known answer', () => {
@@ -181,8 +199,36 @@ describe('result judging', () => {
     assert.equal(book.needsReplica('p', 'browser', 1), false);
     roll = 0.01;
     assert.equal(book.needsReplica('p', 'browser', 1), true, 'spot check');
-    assert.equal(book.needsReplica('p', 'native', 1), false, 'proven native nodes: canaries only');
+    assert.equal(book.needsReplica('p', 'native', 1), true, 'proven native nodes are spot-checked too');
     assert.equal(book.needsReplica('p', 'browser', 3), true, 'explicit redundancy always');
+  });
+
+  test('spot checks follow the record: every result after a doubt, fewer after long agreement, never none', () => {
+    const file = join(dir, 'adaptive.sqlite');
+    SqliteStore.open(file);
+    const ts = TrustStore.open(file);
+    const book = new TrustBook(ts, DEFAULT_TRUST_OPTIONS, () => 0.5);
+    book.confirmed('p', DEFAULT_TRUST_OPTIONS.trustAfter);
+    const fresh = book.spotRate('p');
+    assert.ok(Math.abs(fresh - DEFAULT_TRUST_OPTIONS.spotCheck) < 0.005, `${fresh}`);
+    book.confirmed('p', 5000);
+    const long = book.spotRate('p');
+    assert.ok(long < fresh, `fewer checks after long agreement (${long})`);
+    book.confirmed('p', 1_000_000);
+    assert.equal(book.spotRate('p'), DEFAULT_TRUST_OPTIONS.minSpotCheck, 'never below the floor');
+    assert.ok(book.spotRate('p') > 0);
+    book.refuted('p', 'outvoted', false);
+    book.confirmed('p', DEFAULT_TRUST_OPTIONS.trustAfter);
+    assert.equal(book.isProven('p', 'native'), true);
+    assert.equal(book.spotRate('p'), 1, 'every result is checked after a doubt');
+    assert.equal(book.needsReplica('p', 'native', 1), true);
+    const trusting = new TrustBook(ts, { ...DEFAULT_TRUST_OPTIONS, trustNative: true }, () => 0);
+    assert.equal(
+      trusting.needsReplica('t', 'native', 1),
+      false,
+      'a worker the operator trusts is not checked',
+    );
+    assert.equal(trusting.isTrusted('t', 'browser'), false);
   });
 });
 

@@ -1,0 +1,209 @@
+/**
+ * `npm run bench -- trust [--json] [--jobs 3] [--items 4000] [--item-ms 2]`
+ *
+ * An open grid under attack (issue 18): 4 honest native sim nodes (`native/main.ts --backend sim`,
+ * `--item-ms` per item) on the noop model (y = x), with
+ * - a subtle liar: a native node (join token) honest for its first 300 items, then scaling one
+ *   output element by 1.05 on 5% of items;
+ * - a liar on every item: a native node;
+ * - two anonymous failure-reporters: browser tabs claiming 1e6 items/s and concurrency 256 that
+ *   answer every item with a failure report.
+ * The hostile workers are clients of our own (`_hostile.ts`), paced like the honest nodes. Three
+ * jobs of `--items` items run one after the other with the hub's default trust options.
+ *
+ * Per job and in total: `corrupted_ever` (a liar's corrupted result stored at any moment, polled
+ * every 100 ms; a result of the every-item liar counts once it is stored), `corrupted_end` (present
+ * when everything has settled; goal 0), `failed` (goal 0), liars quarantined (goal: all 4),
+ * honest workers quarantined (goal 0), and verification's extra runs as a share of the items:
+ * replicas (probation, spot checks), reference runs, and results recomputed after a quarantine
+ * (goal: below 15%). Baseline, in the same run: the same jobs on the honest nodes alone
+ * (`honest only` row), whose extra runs are the cost of verification with no attacker.
+ */
+import { join } from 'node:path';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import type { ChildProcess } from 'node:child_process';
+import { packTensors, unpackTensors } from '../protocol/pack.ts';
+import { compareTensors } from '../protocol/tensor.ts';
+import type { HubServer } from '../server/app.ts';
+import { calibrationInputs } from '../worker/calibration.ts';
+import { benchHub, printTable, spawnNode, until } from './_grid.ts';
+import { failureReporter, liar, type Hostile } from './_hostile.ts';
+import { numFlag } from './_scale.ts';
+
+interface Row {
+  run: string;
+  job: string;
+  items: number;
+  seconds: number;
+  corrupted_ever: number;
+  corrupted_end: number;
+  failed: number;
+  liars_quarantined: string;
+  honest_quarantined: number;
+  replicas: number;
+  reference: number;
+  recomputed: number;
+  extra_runs_pct: number;
+}
+
+async function submit(hub: HubServer, n: number, seed: number): Promise<string> {
+  const model = hub.hub.models.byName('noop');
+  if (!model) throw new Error('model noop missing: run `npm run models`');
+  const job = hub.hub.createJob({
+    model: 'noop',
+    priority: 0,
+    redundancy: 1,
+    deadline: null,
+    requirements: null,
+    options: {},
+    state: 'open',
+  });
+  for (let i = 0; i < n; i += 1000) {
+    const rows = [];
+    for (let k = i; k < Math.min(n, i + 1000); k++)
+      rows.push({ name: `i${k}`, inputs: packTensors(calibrationInputs(model, seed + k)) });
+    hub.hub.store.appendItems(job.id, rows);
+  }
+  await hub.hub.sealJob(job.id);
+  return job.id;
+}
+
+/** Items of a job whose stored result differs from its input (y = x), by a scan of the store. */
+function wrongResults(hub: HubServer, jobId: string): number {
+  let wrong = 0;
+  const model = hub.hub.models.byName('noop');
+  for (const r of hub.hub.store.iterateResults(jobId)) {
+    const y = unpackTensors(r.outputs)[0];
+    const x = hub.hub.store.itemInputs([r.itemId]).get(r.itemId);
+    const xt = x && unpackTensors(x)[0];
+    if (!y || !xt || !model || compareTensors({ ...y, name: xt.name }, xt, model.tolerance)) wrong++;
+  }
+  return wrong;
+}
+
+async function runGrid(withAttackers: boolean, jobs: number, items: number, itemMs: number): Promise<Row[]> {
+  const { hub, done } = await benchHub();
+  const state = mkdtempSync(join(tmpdir(), 'shardhub-trust-'));
+  const nodes: ChildProcess[] = [];
+  const hostile: Hostile[] = [];
+  const rows: Row[] = [];
+  try {
+    for (let i = 0; i < 4; i++)
+      nodes.push(spawnNode(hub, join(state, `n${i}`), ['--backend', 'sim', '--item-ms', String(itemMs)]));
+    await until(
+      'honest nodes online',
+      () => [...hub.hub.workers.values()].filter((w) => w.state === 'online').length >= 4,
+      120_000,
+      50,
+    );
+    const honest = new Set(hub.hub.workers.keys());
+    const ips = 1000 / itemMs;
+    if (withAttackers) {
+      const token = hub.tokens.joinToken;
+      hostile.push(
+        await liar(hub.url, 'subtle-liar-node', { rate: 0.05, after: 300, token, itemsPerSec: ips }),
+      );
+      hostile.push(await liar(hub.url, 'every-item-liar-node', { rate: 1, token, itemsPerSec: ips }));
+      hostile.push(await failureReporter(hub.url, 'failure-reporter-tab-1'));
+      hostile.push(await failureReporter(hub.url, 'failure-reporter-tab-2'));
+    }
+    const ever = new Set<number>();
+    const poll = setInterval(() => {
+      for (const h of hostile)
+        for (const id of h.corrupted)
+          if (!ever.has(id) && hub.hub.store.getResult(id)?.workerId === h.id) ever.add(id);
+    }, 100);
+    const cost = hub.hub.verificationCost;
+    const ids: string[] = [];
+    try {
+      for (let j = 0; j < jobs; j++) {
+        const before = { ...cost, ever: ever.size };
+        const started = Date.now();
+        const jobId = await submit(hub, items, 1 + j * 1_000_000);
+        ids.push(jobId);
+        await until(
+          `job ${j + 1} completed`,
+          () => hub.hub.store.getJob(jobId)?.state === 'completed',
+          600_000,
+          20,
+        );
+        const seconds = (Date.now() - started) / 1000;
+        const rec = hub.hub.store.getJob(jobId);
+        const extra = cost.replicas - before.replicas + cost.reference - before.reference;
+        rows.push({
+          run: withAttackers ? 'attacked' : 'honest only',
+          job: String(j + 1),
+          items,
+          seconds,
+          corrupted_ever: ever.size - before.ever,
+          corrupted_end: wrongResults(hub, jobId),
+          failed: rec?.failedCount ?? 0,
+          liars_quarantined: `${hostile.filter((h) => hub.hub.trust.isQuarantined(h.id)).length}/${hostile.length}`,
+          honest_quarantined: [...honest].filter((id) => hub.hub.trust.isQuarantined(id)).length,
+          replicas: cost.replicas - before.replicas,
+          reference: cost.reference - before.reference,
+          recomputed: cost.recomputed - before.recomputed,
+          extra_runs_pct: (100 * (extra + cost.recomputed - before.recomputed)) / items,
+        });
+      }
+      // Settle: a liar caught late reopens completed jobs; they must complete again.
+      await until(
+        'every job completed again',
+        () => ids.every((id) => hub.hub.store.getJob(id)?.state === 'completed'),
+        600_000,
+        50,
+      );
+    } finally {
+      clearInterval(poll);
+    }
+    let endWrong = 0;
+    let failed = 0;
+    for (const id of ids) {
+      endWrong += wrongResults(hub, id);
+      failed += hub.hub.store.getJob(id)?.failedCount ?? 0;
+    }
+    const extra = cost.replicas + cost.reference + cost.recomputed;
+    rows.push({
+      run: withAttackers ? 'attacked' : 'honest only',
+      job: 'total',
+      items: items * jobs,
+      seconds: rows.reduce((s, r) => s + r.seconds, 0),
+      corrupted_ever: ever.size,
+      corrupted_end: endWrong,
+      failed,
+      liars_quarantined: `${hostile.filter((h) => hub.hub.trust.isQuarantined(h.id)).length}/${hostile.length}`,
+      honest_quarantined: [...honest].filter((id) => hub.hub.trust.isQuarantined(id)).length,
+      replicas: cost.replicas,
+      reference: cost.reference,
+      recomputed: cost.recomputed,
+      extra_runs_pct: (100 * extra) / (items * jobs),
+    });
+    return rows;
+  } finally {
+    for (const h of hostile) h.close();
+    for (const n of nodes) n.kill('SIGKILL');
+    await done();
+    rmSync(state, { recursive: true, force: true });
+  }
+}
+
+export async function main(args: string[]): Promise<void> {
+  const json = args.includes('--json');
+  const jobs = numFlag(args, 'jobs', 3);
+  const items = numFlag(args, 'items', 4000);
+  const itemMs = numFlag(args, 'item-ms', 2);
+  const rows = [
+    ...(await runGrid(false, jobs, items, itemMs)),
+    ...(await runGrid(true, jobs, items, itemMs)),
+  ];
+  if (json)
+    process.stdout.write(`${JSON.stringify({ bench: 'trust', jobs, items, itemMs, rows }, null, 2)}\n`);
+  process.stdout.write(
+    `trust: ${jobs} jobs of ${items} noop items on 4 honest sim nodes (${itemMs} ms/item); attacked: + a subtle liar (x1.05 on 5% after 300 items), an every-item liar, 2 anonymous failure-reporters\n\n`,
+  );
+  printTable(rows as unknown as Record<string, unknown>[]);
+  process.stdout.write(
+    `\ncorrupted_ever: liars' corrupted results stored at any moment; corrupted_end: wrong results in the store once settled (goal 0); extra_runs_pct: (replicas + reference runs + results recomputed after a quarantine) / items (goal < 15%).\n`,
+  );
+}
