@@ -29,7 +29,12 @@ const FAULTS = 'Fault injection (any backend; for testing the hub, never in prod
 
 /** Every option of `shardhub node`. */
 export const NODE_OPTIONS: OptionTable = {
-  hub: { type: 'url', help: "the hub's address, e.g. http://hub.example:8080", env: 'SHARDHUB_HUB', required: true },
+  hub: {
+    type: 'url',
+    help: "the hub's address, e.g. http://hub.example:8080",
+    env: 'SHARDHUB_HUB',
+    required: true,
+  },
   token: { type: 'string', help: "the hub's join token", env: 'SHARDHUB_JOIN_TOKEN', arg: 'TOKEN' },
   concurrency: {
     type: 'int',

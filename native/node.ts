@@ -27,6 +27,7 @@ import type { GpuInfo } from './ort-backend.ts';
 import type { SimOptions } from './sim-backend.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
+import { ECHO_MS } from './launch.ts';
 
 /** Which backend a node runs: `auto` is CUDA where usable, else CPU. */
 export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'sim';
@@ -196,6 +197,17 @@ export function refusalKind(message: string, code?: unknown): Refusal | undefine
   if (/token|unauthori[sz]ed|forbidden|\bauth/i.test(text)) return 'token';
   if (/bad handshake/i.test(text)) return 'handshake';
   return undefined;
+}
+
+/**
+ * Ends the process at once, as a second Ctrl-C asks. Not `process.exit()`: that tears down the
+ * session threads' environments while onnxruntime is inside a run, whose completion then throws a
+ * `Napi::Error` that aborts the process ("terminate called after throwing..."). Dying of the signal
+ * itself runs no such teardown, and the exit status says so (130 for SIGINT).
+ */
+function quitNow(_code: 130): void {
+  process.removeAllListeners('SIGINT');
+  process.kill(process.pid, 'SIGINT');
 }
 
 /** Starts a native node; see the file comment. Resolves once the backend is ready and connecting. */
@@ -437,18 +449,22 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   });
 
   if (opts.handleSignals) {
-    let count = 0;
+    // The first signal drains. A Ctrl-C a second or more later quits at once; signals sooner than
+    // that are copies of the first (a terminal's Ctrl-C reaches every process of the foreground
+    // group, and npm passes it on again), and a SIGTERM after a drain began changes nothing.
+    let first = 0;
     const onSignal = (sig: NodeJS.Signals) => {
-      count++;
-      if (count === 1) {
+      const now = Date.now();
+      if (first === 0) {
+        first = now;
         log.info(
           { signal: sig },
           'draining: unstarted items go back to the hub, running ones finish (Ctrl-C again to quit now)',
         );
         void agent.drain();
-      } else if (sig === 'SIGINT') {
+      } else if (sig === 'SIGINT' && now - first >= ECHO_MS) {
         log.warn({ signal: sig }, 'exiting now');
-        process.exit(130);
+        quitNow(130);
       }
     };
     for (const sig of ['SIGINT', 'SIGTERM'] as const) {

@@ -135,7 +135,9 @@ export function parseDeadline(text: string, now = Date.now()): number {
   }
   const t = Date.parse(text);
   if (!Number.isFinite(t))
-    throw new UsageError(`--deadline must be a duration (30m, 2h, 1d) or a date (2026-12-24T18:00), got "${text}"`);
+    throw new UsageError(
+      `--deadline must be a duration (30m, 2h, 1d) or a date (2026-12-24T18:00), got "${text}"`,
+    );
   if (t <= now) throw new UsageError(`--deadline ${text} is in the past`);
   return t;
 }
@@ -149,7 +151,8 @@ export class RecentRate {
 
   add(n: number, t = Date.now()): void {
     this.samples.push({ t, n });
-    while (this.samples.length > 2 && t - (this.samples[1] as { t: number }).t > this.windowMs) this.samples.shift();
+    while (this.samples.length > 2 && t - (this.samples[1] as { t: number }).t > this.windowMs)
+      this.samples.shift();
   }
 
   /** Items per second over the window, or 0 before two samples a moment apart. */
@@ -172,7 +175,11 @@ export function formatDuration(s: number): string {
 
 /** `12.3 MB`. */
 function formatBytes(n: number): string {
-  return n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.round(n / 1e3)} kB`;
+  return n >= 1e9
+    ? `${(n / 1e9).toFixed(1)} GB`
+    : n >= 1e6
+      ? `${(n / 1e6).toFixed(1)} MB`
+      : `${Math.round(n / 1e3)} kB`;
 }
 
 /**
@@ -275,8 +282,7 @@ export function prepareOut(out: string, jobId: string | undefined, mode: OutMode
     for (const e of entries) {
       const p = join(out, e);
       const isResults =
-        e === 'job.json' ||
-        (statSync(p).isDirectory() && readdirSync(p).every((f) => f.endsWith('.npy')));
+        e === 'job.json' || (statSync(p).isDirectory() && readdirSync(p).every((f) => f.endsWith('.npy')));
       if (isResults) rmSync(p, { recursive: true, force: true });
     }
   }
@@ -296,14 +302,24 @@ const REQUIREMENTS: OptionTable = {
     help: 'run only on this backend (webgpu, wasm, cuda, cpu, ...)',
     group: 'Requirements (which workers may run the job):',
   },
-  pool: { type: 'string', help: 'run only on nodes of this pool', arg: 'NAME', group: 'Requirements (which workers may run the job):' },
+  pool: {
+    type: 'string',
+    help: 'run only on nodes of this pool',
+    arg: 'NAME',
+    group: 'Requirements (which workers may run the job):',
+  },
   'min-gpu-memory': {
     type: 'size',
     help: 'run only on workers with this much GPU memory (8GB, 512MiB)',
     min: 0,
     group: 'Requirements (which workers may run the job):',
   },
-  'min-cores': { type: 'int', help: 'run only on workers with this many cores', min: 0, group: 'Requirements (which workers may run the job):' },
+  'min-cores': {
+    type: 'int',
+    help: 'run only on workers with this many cores',
+    min: 0,
+    group: 'Requirements (which workers may run the job):',
+  },
 };
 
 const SUBMIT_OPTIONS: OptionTable = {
@@ -314,12 +330,32 @@ const SUBMIT_OPTIONS: OptionTable = {
     help: 'folder of .npy files, <item>/<input>.npy folders, or images',
     required: true,
   },
-  out: { type: 'string', help: 'where results are written (<out>/<item>/<output>.npy)', default: 'results', arg: 'DIR' },
+  out: {
+    type: 'string',
+    help: 'where results are written (<out>/<item>/<output>.npy)',
+    default: 'results',
+    arg: 'DIR',
+  },
   priority: { type: 'int', help: 'job priority, higher first', default: 0, min: -100, max: 100 },
-  deadline: { type: 'string', help: 'finish by: a duration (30m, 2h) or a date; raises priority as it nears', arg: 'WHEN' },
-  redundancy: { type: 'int', help: 'run each item on this many workers and compare', default: 1, min: 1, max: 5 },
+  deadline: {
+    type: 'string',
+    help: 'finish by: a duration (30m, 2h) or a date; raises priority as it nears',
+    arg: 'WHEN',
+  },
+  redundancy: {
+    type: 'int',
+    help: 'run each item on this many workers and compare',
+    default: 1,
+    min: 1,
+    max: 5,
+  },
   ...REQUIREMENTS,
-  wait: { type: 'boolean', help: 'wait for the job and download its results', default: true, negatable: true },
+  wait: {
+    type: 'boolean',
+    help: 'wait for the job and download its results',
+    default: true,
+    negatable: true,
+  },
   overwrite: { type: 'boolean', help: 'replace results already in --out', default: false },
   'retry-for': {
     type: 'int',
@@ -514,7 +550,10 @@ async function waitForJob(api: Api, id: string, retryForMs: number, signal: Abor
       bar ??= new Progress('running', s.items, process.stderr);
       bar.update(lastValue, s.items, s.state === 'running' ? '' : s.state);
       if (s.state === 'completed' || s.state === 'cancelled') return s;
-      await Promise.race([sleep(500), new Promise((ok) => signal.addEventListener('abort', ok, { once: true }))]);
+      await Promise.race([
+        sleep(500),
+        new Promise((ok) => signal.addEventListener('abort', ok, { once: true })),
+      ]);
     }
   } finally {
     bar?.stop();
@@ -590,10 +629,18 @@ export const SUBMIT = { define: defineSubmit, run: submit };
 const JOBS_OPTIONS: OptionTable = {
   ...CONN,
   show: { type: 'string', help: 'show one job in full', arg: 'ID' },
-  wait: { type: 'string', help: 'wait for a job, with progress (with --out: then download its results)', arg: 'ID' },
+  wait: {
+    type: 'string',
+    help: 'wait for a job, with progress (with --out: then download its results)',
+    arg: 'ID',
+  },
   download: { type: 'string', help: "download a job's results now (with --out)", arg: 'ID' },
   out: { type: 'string', help: 'where results are written, for --wait and --download', arg: 'DIR' },
-  resume: { type: 'boolean', help: 'add to the results already in --out (skips files already there)', default: false },
+  resume: {
+    type: 'boolean',
+    help: 'add to the results already in --out (skips files already there)',
+    default: false,
+  },
   overwrite: { type: 'boolean', help: 'replace the results already in --out', default: false },
   cancel: { type: 'string', help: 'cancel a job', arg: 'ID' },
   json: { type: 'boolean', help: 'print JSON', default: false },
@@ -667,7 +714,9 @@ async function jobs(cmd: Command, io: CliIo): Promise<number> {
 
 function defineJobs(cmd: Command): Command {
   return addOptions(
-    cmd.usage('--hub URL --token TOKEN [--show ID | --wait ID [--out DIR] | --download ID --out DIR | --cancel ID]'),
+    cmd.usage(
+      '--hub URL --token TOKEN [--show ID | --wait ID [--out DIR] | --download ID --out DIR | --cancel ID]',
+    ),
     JOBS_OPTIONS,
   ).addHelpText(
     'after',

@@ -155,13 +155,21 @@ function startError(err: unknown, port: number, host: string, dataDir: string): 
           `not allowed to listen on port ${port}; ports below 1024 need root, choose another with --port`,
           EXIT.listen,
         );
-      return new CliError(`cannot write to the data folder ${dataDir} (${e.message}); choose another with --data`);
+      return new CliError(
+        `cannot write to the data folder ${dataDir} (${e.message}); choose another with --data`,
+      );
     case 'EADDRNOTAVAIL':
     case 'ENOTFOUND':
-      return new CliError(`cannot listen on ${host}: not an address of this machine; see --host`, EXIT.listen);
+      return new CliError(
+        `cannot listen on ${host}: not an address of this machine; see --host`,
+        EXIT.listen,
+      );
     case 'ENOTDIR':
     case 'EEXIST':
-      return new CliError(`the data folder ${dataDir} is not a folder; choose another with --data`, EXIT.usage);
+      return new CliError(
+        `the data folder ${dataDir} is not a folder; choose another with --data`,
+        EXIT.usage,
+      );
     default:
       return new CliError(`the hub could not start: ${e.message ?? String(err)}`);
   }
@@ -253,9 +261,7 @@ export async function serveCommand(v: OptionValues, io: CliIo, relaunch = true):
       `  ${pad('add a server:')}${me} node --hub ${remote} --token ${joinToken}`,
       `  ${pad('submit a job:')}${me} submit --hub ${server.url} --token ${operatorToken} --model ppocr-det --inputs DIR --out results`,
       ...(lan.length
-        ? [
-            `  ${pad('')}(browsers on other machines need HTTPS for WebGPU: put the hub behind a TLS proxy)`,
-          ]
+        ? [`  ${pad('')}(browsers on other machines need HTTPS for WebGPU: put the hub behind a TLS proxy)`]
         : []),
       '',
     ].join('\n') + '\n',

@@ -56,7 +56,10 @@ async function buildProgram(argv: string[], io: CliIo, result: { code?: number }
     .helpOption('-h, --help', 'show help')
     .helpCommand(false)
     .showSuggestionAfterError(true)
-    .addHelpText('after', `\nRun \`shardhub <command> --help\` for a command's options.\n\n${EXIT_CODES_HELP}\n`);
+    .addHelpText(
+      'after',
+      `\nRun \`shardhub <command> --help\` for a command's options.\n\n${EXIT_CODES_HELP}\n`,
+    );
   const wanted = argv.find((a) => !a.startsWith('-'));
   for (const [name, c] of Object.entries(COMMANDS)) {
     const cmd = program.command(name).description(c.summary).helpOption('-h, --help', 'show help');

@@ -244,9 +244,13 @@ function coerce(name: string, o: OptionSpec, raw: unknown, from: string): string
   const text = typeof raw === 'string' ? raw : String(raw);
   const bounds = (n: number, what: string): number => {
     if (o.min !== undefined && n < o.min)
-      throw new UsageError(`${from} must be ${what} >= ${o.min}${o.max !== undefined ? ` and <= ${o.max}` : ''}, got ${text}`);
+      throw new UsageError(
+        `${from} must be ${what} >= ${o.min}${o.max !== undefined ? ` and <= ${o.max}` : ''}, got ${text}`,
+      );
     if (o.max !== undefined && n > o.max)
-      throw new UsageError(`${from} must be ${what}${o.min !== undefined ? ` from ${o.min}` : ''} to ${o.max}, got ${text}`);
+      throw new UsageError(
+        `${from} must be ${what}${o.min !== undefined ? ` from ${o.min}` : ''} to ${o.max}, got ${text}`,
+      );
     return n;
   };
   switch (o.type) {
@@ -323,7 +327,11 @@ export async function runProgram(
     return run() ?? EXIT.ok;
   } catch (err) {
     if (err instanceof CommanderError) {
-      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help')
+      if (
+        err.code === 'commander.helpDisplayed' ||
+        err.code === 'commander.version' ||
+        err.code === 'commander.help'
+      )
         return EXIT.ok;
       return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     }
@@ -382,4 +390,3 @@ export function reportError(err: unknown, path: string, io: Pick<CliIo, 'stderr'
   io.stderr.write(`${path}: ${message}\n`);
   return EXIT.failed;
 }
-

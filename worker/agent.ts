@@ -324,6 +324,8 @@ export class WorkerAgent {
     if (this.state === 'closed' || this.state === 'idle') return this.close();
     this.state = 'draining';
     this.log.info({ queued: this.queue.length, running: this.running.size }, 'draining');
+    // Tell the hub first (a heartbeat that says paused): it stops planning items for this worker.
+    this.sendHeartbeat();
     this.releaseQueue('draining');
     this.wake();
     this.changed();
@@ -785,7 +787,8 @@ export class WorkerAgent {
       load,
       queued: this.queue.length,
       running: this.running.size,
-      paused: this.paused,
+      // A draining worker takes no new items: to the hub that is a pause.
+      paused: this.paused || this.state === 'draining',
     });
   }
 

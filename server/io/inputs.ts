@@ -54,7 +54,8 @@ export async function listInputs(dir: string, model: ModelInfo): Promise<InputsL
   for (const src of sources) {
     let bytes = 0;
     if (src.kind === 'dir') {
-      for (const f of await readdir(src.path)) if (!f.startsWith('.')) bytes += (await stat(join(src.path, f))).size;
+      for (const f of await readdir(src.path))
+        if (!f.startsWith('.')) bytes += (await stat(join(src.path, f))).size;
     } else bytes = (await stat(src.path)).size;
     total += bytes;
     items.push({ name: src.name, path: src.path, bytes });

@@ -48,13 +48,18 @@ export class TarWriter {
   constructor(private readonly out: Writable) {
     this.tar.pipe(out);
     out.once('close', () => {
-      if (this.state === 'open') this.failure ??= new TarError('tar output stream closed before the archive was complete');
+      if (this.state === 'open')
+        this.failure ??= new TarError('tar output stream closed before the archive was complete');
     });
     out.once('error', (err: Error) => (this.failure ??= err));
   }
 
   /** Appends one file made of `parts` (written in order, never concatenated). */
-  async add(name: string, parts: Uint8Array | readonly Uint8Array[], opts: TarEntryOptions = {}): Promise<void> {
+  async add(
+    name: string,
+    parts: Uint8Array | readonly Uint8Array[],
+    opts: TarEntryOptions = {},
+  ): Promise<void> {
     if (this.state !== 'open') throw new TarError('tar archive is already finished');
     this.check();
     const list = parts instanceof Uint8Array ? [parts] : parts;
@@ -152,7 +157,10 @@ export async function* readTar(
       }
       const parts: Uint8Array[] = [];
       for await (const c of entry) parts.push(c as Uint8Array);
-      yield { name: checkTarName(name), data: parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts) };
+      yield {
+        name: checkTarName(name),
+        data: parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts),
+      };
     }
     if (tail.byteLength < 1024 || tail.some((b) => b !== 0))
       throw new TarError('tar stream ended before the end-of-archive marker');
