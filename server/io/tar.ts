@@ -46,7 +46,11 @@ export class TarWriter {
   private failure: Error | undefined;
 
   constructor(private readonly out: Writable) {
-    this.tar.pipe(out);
+    // The archive's bytes go to `out` as tar-stream makes them; `add` waits while `out` is full.
+    this.tar.on('data', (chunk: Uint8Array) => {
+      if (!this.out.destroyed) this.out.write(chunk);
+    });
+    this.tar.on('end', () => this.out.end());
     out.once('close', () => {
       if (this.state === 'open')
         this.failure ??= new TarError('tar output stream closed before the archive was complete');
@@ -71,8 +75,15 @@ export class TarWriter {
       mtime: new Date((opts.mtime ?? Date.now() / 1000) * 1000),
       type: 'file',
     });
+    const written = new Promise<void>((resolve, reject) => {
+      entry.once('error', reject);
+      entry.once('finish', () => resolve());
+    });
     for (const p of list) entry.write(p);
     entry.end(() => undefined);
+    await written;
+    // tar-stream hands its bytes on in later ticks: let them reach `out` before judging its room.
+    await new Promise((ok) => setImmediate(ok));
     await this.room();
   }
 
@@ -157,16 +168,17 @@ export async function* readTar(
       }
       const parts: Uint8Array[] = [];
       for await (const c of entry) parts.push(c as Uint8Array);
-      yield {
-        name: checkTarName(name),
-        data: parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts),
-      };
+      const data = parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts);
+      yield { name: checkTarName(name), data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
     }
     if (tail.byteLength < 1024 || tail.some((b) => b !== 0))
       throw new TarError('tar stream ended before the end-of-archive marker');
   } catch (err) {
     if (err instanceof TarError) throw err;
-    throw new TarError(`broken tar stream: ${(err as Error).message}`);
+    const message = (err as Error).message;
+    if (/unexpected end/i.test(message))
+      throw new TarError('tar stream ended before the end-of-archive marker');
+    throw new TarError(`broken tar stream: ${message}`);
   } finally {
     source.destroy();
   }
