@@ -55,7 +55,7 @@ const PARTS = [
     what: 'pages',
     outputs: ['dist/client/index.html', 'dist/client/dashboard.html'],
     sources: ['client', 'worker', 'protocol', 'vite.config.ts', 'package-lock.json'],
-    command: [join(ROOT, 'node_modules/vite/bin/vite.js'), 'build', '--logLevel', 'warn'],
+    command: [join(ROOT, 'node_modules/vite/bin/vite.js'), 'build', '--logLevel', 'error'],
   },
   {
     what: 'generated models',

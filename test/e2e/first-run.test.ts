@@ -83,7 +83,7 @@ describe('a fresh clone: npm ci && npm start', { timeout: 300_000 }, () => {
       out,
       /add a server: +npm run shardhub -- node --hub http:\/\/127\.0\.0\.1:\d+ --token join_/,
     );
-    assert.match(out, /demo job: +j_\w+ \(24 items on ppocr-det\)/);
+    await waitFor('the demo job', () => /demo job: +j_\w+ \(24 items on ppocr-det\)/.test(out), 60_000, 200);
     // A second start finds everything built and builds nothing.
     const again = execFileSync('node', ['scripts/ensure-built.mjs'], { cwd: clone, encoding: 'utf8' });
     assert.equal(again, '');
