@@ -543,9 +543,11 @@ async function waitForJob(api: Api, id: string, retryForMs: number, signal: Abor
   try {
     for (;;) {
       signal.throwIfAborted();
-      const s = await api.retried<JobStatus>('GET', path, retryForMs, (_err, attempt) =>
-        bar?.update(lastValue, undefined, `hub unreachable, retrying (${attempt})`),
-      );
+      const s = await api.retried<JobStatus>('GET', path, retryForMs, (err, attempt) => {
+        if (bar) bar.update(lastValue, undefined, `hub unreachable, retrying (${attempt})`);
+        else if (attempt === 1)
+          process.stderr.write(`${err.message}; retrying for up to ${Math.round(retryForMs / 1000)} s\n`);
+      });
       lastValue = s.done + s.failed;
       bar ??= new Progress('running', s.items, process.stderr);
       bar.update(lastValue, s.items, s.state === 'running' ? '' : s.state);

@@ -43,7 +43,7 @@ describe('a fresh clone: npm ci && npm start', { timeout: 300_000 }, () => {
     );
     symlinkSync(join(ROOT, 'node_modules'), join(clone, 'node_modules'), 'dir'); // stands for `npm ci`
     port = await freePort();
-    const env = { ...process.env, SHARDHUB_LOG_FORMAT: 'json' };
+    const env: NodeJS.ProcessEnv = { ...process.env, SHARDHUB_LOG_FORMAT: 'json' };
     for (const k of Object.keys(env)) if (k.startsWith('npm_')) delete env[k];
     start = spawn(
       'npm',

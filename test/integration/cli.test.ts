@@ -12,9 +12,11 @@ import { compareTensors } from '../../protocol/tensor.ts';
 import type { HubServer } from '../../server/app.ts';
 import { readNpy, writeNpy } from '../../server/io/npy.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
+import type { ModelInfo } from '../../protocol/model.ts';
 import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
 import {
   Reference,
+  Rest,
   ROOT,
   freePort,
   modelPath,
@@ -401,5 +403,60 @@ describe('shardhub CLI', () => {
     assert.equal(over.code, 0, over.out);
     assert.ok(readdirSync(stray).includes('keep.txt'), 'files that are not results are kept');
   });
+});
 
+describe('a dropped connection does not lose the job', () => {
+  const tmp = tempDir();
+  after(() => tmp.cleanup());
+
+  test('jobs --wait retries while the hub is down and picks the job up again when it is back', async () => {
+    const port = await freePort();
+    const data = join(tmp.dir, 'hub');
+    const url = `http://127.0.0.1:${port}`;
+    const first = spawnTs('server/cli.ts', serveArgs(port, data));
+    await waitFor('hub up', () => first.output().includes('hub is up'), 30_000);
+    const opToken = /operator token: +(\S+)/.exec(first.output())?.[1] as string;
+    const joinToken = /node join token: +(\S+)/.exec(first.output())?.[1] as string;
+    const rest = new Rest(url, opToken);
+    const { models } = await rest.data('GET', '/api/models');
+    const model = (models as ModelInfo[]).find((m) => m.name === 'mlp-tiny') as ModelInfo;
+    const items = Array.from({ length: 30 }, (_, i) => ({
+      name: `t${i}`,
+      tensors: calibrationInputs(model, i),
+    }));
+    const id = await rest.submit('mlp-tiny', items);
+    first.child.kill('SIGTERM');
+    await first.exited;
+
+    const out = join(tmp.dir, 'out');
+    const wait = spawnTs('server/cli.ts', [
+      'jobs',
+      '--hub',
+      url,
+      '--token',
+      opToken,
+      '--wait',
+      id,
+      '--out',
+      out,
+    ]);
+    await waitFor(
+      'a retry',
+      () => /cannot reach the hub .* retrying for up to 300 s/.test(wait.output()),
+      20_000,
+    );
+    const second = spawnTs('server/cli.ts', serveArgs(port, data));
+    const node = startNode(url, joinToken, join(tmp.dir, 'node'));
+    try {
+      const { code } = await wait.exited;
+      assert.equal(code, 0, wait.output());
+      assert.match(wait.output(), new RegExp(`job ${id} completed: 30 items`));
+      assert.match(wait.output(), /wrote 30 results/);
+      assert.equal(readdirSync(out).filter((d) => d.startsWith('t')).length, 30);
+    } finally {
+      node.child.kill('SIGKILL');
+      second.child.kill('SIGTERM');
+      await second.exited;
+    }
+  });
 });
