@@ -8,7 +8,7 @@
  * defaults. Environment variables are read here rather than by commander's `.env()`, which turns a
  * boolean on whenever its variable is set at all (`SHARDHUB_DEMO=false` would mean on).
  */
-import { Command, CommanderError, Option } from 'commander';
+import { CommanderError, Option, type Command } from 'commander';
 import { readFileSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 
