@@ -151,7 +151,7 @@ export class RecentRate {
 
   add(n: number, t = Date.now()): void {
     this.samples.push({ t, n });
-    while (this.samples.length > 2 && t - (this.samples[1] as { t: number }).t > this.windowMs)
+    while (this.samples.length > 2 && t - (this.samples[1] as { t: number }).t >= this.windowMs)
       this.samples.shift();
   }
 
