@@ -116,11 +116,13 @@ export function relaunchWithFlags(how: Relaunch = NODE_RELAUNCH): Promise<number
     child.kill(signal);
   };
   for (const s of signals) process.on(s, forward);
-  // A parent that died without passing anything on (a shell that npm sent SIGTERM to does not
-  // pass it to its own child) leaves this process with another parent: that is a SIGTERM too.
+  // Under `npm run`, a parent that died without passing anything on (a shell that npm sent SIGTERM
+  // to does not pass it to its own child) leaves this process with another parent: that is a
+  // SIGTERM too. Not otherwise: `nohup shardhub node &` outlives the shell that started it.
   const ppid = process.ppid;
+  const underNpm = process.env.npm_lifecycle_event !== undefined;
   const orphaned = setInterval(() => {
-    if (process.ppid === ppid) return;
+    if (!underNpm || process.ppid === ppid) return;
     clearInterval(orphaned);
     forward('SIGTERM');
   }, 500);
