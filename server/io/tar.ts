@@ -47,8 +47,8 @@ export class TarWriter {
 
   constructor(private readonly out: Writable) {
     // The archive's bytes go to `out` as tar-stream makes them; `add` waits while `out` is full.
-    this.tar.on('data', (chunk: Uint8Array) => {
-      if (!this.out.destroyed) this.out.write(chunk);
+    this.tar.on('data', (chunk: unknown) => {
+      if (!this.out.destroyed) this.out.write(chunk as Uint8Array);
     });
     this.tar.on('end', () => this.out.end());
     out.once('close', () => {
