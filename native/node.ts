@@ -460,7 +460,10 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   });
   // On a terminal, one line at the bottom says what the node is doing.
   const status =
-    opts.handleSignals && process.stdout.isTTY && (process.env.SHARDHUB_LOG_FORMAT ?? 'human') === 'human'
+    opts.handleSignals &&
+    process.stdout.isTTY &&
+    (process.env.SHARDHUB_LOG_FORMAT ?? 'human') === 'human' &&
+    process.env.SHARDHUB_STATUS_LINE !== 'off'
       ? new TerminalStatus(process.stdout)
       : undefined;
 

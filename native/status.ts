@@ -45,9 +45,12 @@ export class TerminalStatus implements StatusLine {
   }
 
   set(text: string): void {
-    const width = Math.max(20, (this.out.columns ?? 100) - 1);
+    // A terminal that reports no width (0 or none) is taken as 100 columns.
+    const width = Math.max(20, (this.out.columns || 100) - 1);
+    const next = text.length > width ? `${text.slice(0, width - 1)}…` : text;
+    if (next === this.text) return;
     this.clear();
-    this.text = text.length > width ? `${text.slice(0, width - 1)}…` : text;
+    this.text = next;
     this.redraw();
   }
 

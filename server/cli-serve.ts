@@ -309,7 +309,8 @@ function startLocalNode(url: string, token: string, stateDir: string): ChildProc
       '--name',
       'local-node',
     ],
-    { stdio: 'inherit', cwd: ROOT },
+    // It shares the hub's terminal: its status line would run into the hub's log lines.
+    { stdio: 'inherit', cwd: ROOT, env: { ...process.env, SHARDHUB_STATUS_LINE: 'off' } },
   );
   child.on('exit', (code, signal) => {
     if (code !== 0 && signal !== 'SIGINT')

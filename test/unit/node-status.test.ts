@@ -47,5 +47,15 @@ test('the line is redrawn in place and cut to the terminal width', () => {
   line.clear();
   line.redraw();
   assert.equal(screen, `\r\x1b[2K${'x'.repeat(38)}…`, 'a log line goes between clear and redraw');
+  screen = '';
+  line.set('x'.repeat(100));
+  assert.equal(screen, '', 'the same text is not drawn again');
   line.stop();
+  const narrow = new TerminalStatus({
+    columns: 0,
+    write: (s: string) => (screen = s),
+  } as unknown as NodeJS.WriteStream);
+  narrow.set('y'.repeat(150));
+  assert.equal(screen, `${'y'.repeat(98)}…`, 'no width reported: 100 columns');
+  narrow.stop();
 });
