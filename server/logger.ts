@@ -59,6 +59,9 @@ export function humanFormatter(colorize = false): (json: string) => string {
     singleLine: true,
     translateTime: 'HH:MM:ss.l',
     ignore: 'pid,hostname,name',
+    // Only `err` holds Error objects (printed with their stack); `error` fields here are messages,
+    // which belong on the line with the rest.
+    errorLikeObjectKeys: ['err'],
     messageFormat: (log: Record<string, unknown>, key: string) =>
       `${clean(String(log.name ?? ''))}: ${clean(String(log[key] ?? ''), 1000)}`,
   });

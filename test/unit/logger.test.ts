@@ -36,6 +36,11 @@ test('neither a value nor the message can start a line of its own; what is not J
   assert.match(out, /"name2":"a\\n\[00:00:00\.000\] ERROR: hub: fake"/);
   assert.match(out, /x\\u000a\[00:00:00\.000\] ERROR/);
   assert.equal(human('not json\n'), 'not json\n');
+  const warn = human(
+    JSON.stringify({ level: 40, time: 0, name: 'node', error: 'websocket error', msg: 'cannot reach hub' }),
+  );
+  assert.equal(warn.split('\n').length, 2, `an error message stays on its line: ${warn}`);
+  assert.match(warn, /cannot reach hub \{"error":"websocket error"\}/);
   assert.equal(clean('a\nb'), 'a\\u000ab');
 });
 
