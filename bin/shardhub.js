@@ -3,5 +3,4 @@
 import { register } from 'tsx/esm/api';
 register();
 const { main } = await import('../server/cli.ts');
-const code = await main(process.argv.slice(2));
-if (code !== -1) process.exit(code);
+process.exit(await main(process.argv.slice(2)));

@@ -160,7 +160,7 @@ export async function checkCuda(
     return {
       ok: false,
       reason:
-        'CUDA provider not installed (install it with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node`)',
+        'CUDA provider not installed (install it with `npm run install-cuda`)',
     };
   try {
     await start();

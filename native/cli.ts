@@ -1,284 +1,237 @@
 /**
  * `shardhub node`: joins this machine to a hub as a native worker.
  *
- * Settings come from flags, then environment variables, then a JSON config file, then defaults (the
- * first that sets a value wins). Usage errors exit 2, a node that cannot go on (e.g. a refused join
- * token) exits 1, a drained node exits 0.
+ * Its options are one table (`NODE_OPTIONS`, read by `server/options.ts`): flags, then environment
+ * variables, then a JSON config file, then defaults. The join token is read from
+ * `SHARDHUB_JOIN_TOKEN`, the variable `shardhub serve` takes it from. Usage errors exit 2, a node
+ * that cannot go on (e.g. a refused join token) exits 1, a drained node exits 0.
  */
-import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { Command } from 'commander';
+import {
+  addOptions,
+  EXIT,
+  EXIT_CODES_HELP,
+  readValues,
+  runProgram,
+  reportError,
+  UsageError,
+  type CliIo,
+  type OptionTable,
+} from '../server/options.ts';
 import { relaunchWithFlags, startedAs, watchParent } from './launch.ts';
 import { NodeFatalError, runNode, type NodeBackendChoice, type NodeOptions } from './node.ts';
 
-/** Usage text of `shardhub node`. */
-export const NODE_USAGE = `Usage: shardhub node --hub URL [options]
+/** The backends `--backend` takes; `auto` picks the best one that works here. */
+export const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim', 'webgpu'];
 
-Joins this machine to a shardhub hub as a native worker: it benchmarks each job's model, runs the
-items the hub assigns with onnxruntime-node (CUDA where installed, else a GPU through WebGPU, else
-CPU) and sends results back.
-Ctrl-C (or SIGTERM) drains: unstarted items go back to the hub, running ones finish. Ctrl-C twice quits.
-CUDA: on a GPU server, add the CUDA provider once with
-  ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node
-and the node logs which backend it runs and why (e.g. "CUDA provider not installed; using cpu").
+const SIM = 'Simulation (--backend sim: no compute, for measuring the scheduler):';
+const FAULTS = 'Fault injection (any backend; for testing the hub, never in production):';
 
-Options:
-  --hub URL            the hub's address, e.g. http://hub.example:8080          [env SHARDHUB_HUB]
-  --token T            the hub's join token                                     [env SHARDHUB_TOKEN]
-  --concurrency N      sessions running at once (default 1)                     [env SHARDHUB_CONCURRENCY]
-  --backend B          auto | cpu | cuda | webgpu | sim (default auto: cuda, else a
-                       real GPU through webgpu, else cpu; see docs/gpu.md) [env SHARDHUB_BACKEND]
-  --pool NAME          the worker pool this node joins                          [env SHARDHUB_POOL]
-  --name NAME          the name shown on the dashboard (default: hostname)
-  --id ID              a fixed worker id (8-64 of A-Z a-z 0-9 _ -), for several nodes on one machine
-  --state DIR          where the node's identity is kept (default ~/.shardhub)
-  --cache DIR          where models are cached (default ~/.cache/shardhub/models)
-  --data-channel on|off  large items' inputs over a connection of their own, read straight into
-                       batch buffers (default on; http: hubs only)         [env SHARDHUB_DATA_CHANNEL]
-  --config FILE        JSON file with any of these keys, e.g. {"hub": "...", "concurrency": 2}
-  --help               show this text
+/** Every option of `shardhub node`. */
+export const NODE_OPTIONS: OptionTable = {
+  hub: {
+    type: 'url',
+    help: "the hub's address, e.g. http://hub.example:8080",
+    env: 'SHARDHUB_HUB',
+    required: true,
+  },
+  token: { type: 'string', help: "the hub's join token", env: 'SHARDHUB_JOIN_TOKEN', arg: 'TOKEN' },
+  concurrency: {
+    type: 'int',
+    help: 'sessions running at once',
+    env: 'SHARDHUB_CONCURRENCY',
+    default: 1,
+    min: 1,
+    max: 256,
+  },
+  backend: {
+    type: 'choice',
+    choices: BACKEND_CHOICES,
+    help: 'what runs the models (auto: cuda where installed, else a real GPU through webgpu, else cpu; see docs/gpu.md)',
+    env: 'SHARDHUB_BACKEND',
+    default: 'auto',
+  },
+  pool: { type: 'string', help: 'the worker pool this node joins', env: 'SHARDHUB_POOL', arg: 'NAME' },
+  name: { type: 'string', help: 'the name shown on the dashboard (default: hostname)', arg: 'NAME' },
+  id: {
+    type: 'string',
+    help: 'a fixed worker id (8-64 of A-Z a-z 0-9 _ -); default: one kept in --state',
+    arg: 'ID',
+  },
+  state: { type: 'string', help: "where the node's identity is kept (default ~/.shardhub)", arg: 'DIR' },
+  cache: { type: 'string', help: 'where models are cached (default ~/.cache/shardhub/models)', arg: 'DIR' },
+  'data-channel': {
+    type: 'choice',
+    choices: ['on', 'off'],
+    help: "large items' inputs over a connection of their own (http: hubs only)",
+    env: 'SHARDHUB_DATA_CHANNEL',
+  },
+  'item-ms': {
+    type: 'number',
+    help: 'ms one item costs at speed 1 (default 50); an item of R rows costs R times that',
+    min: 0,
+    group: SIM,
+  },
+  speed: { type: 'number', help: 'relative speed: an item takes C/S ms (default 1)', group: SIM },
+  'slow-at-s': { type: 'number', help: 'T s after the first item, become slower', min: 0, group: SIM },
+  'slow-factor': { type: 'number', help: 'how many times slower after --slow-at-s (default 4)', group: SIM },
+  'die-at-s': {
+    type: 'number',
+    help: 'T s after the first item, exit hard (status 137) like a crashed machine',
+    min: 0,
+    group: SIM,
+  },
+  'corrupt-rate': {
+    type: 'number',
+    help: "corrupt each item's outputs with this probability, like a faulty GPU or a liar",
+    min: 0,
+    max: 1,
+    group: FAULTS,
+  },
+};
 
-Simulation (--backend sim: no compute, for measuring the scheduler):
-  --item-ms C          ms one item costs at speed 1 (default 50); an item of R rows
-                       (dim 0 of its first input) costs R times that
-  --speed S            relative speed: an item takes C/S ms (default 1)
-  --slow-at-s T        T s after the first item, become --slow-factor times slower
-  --slow-factor F      how many times slower after --slow-at-s (default 4)
-  --die-at-s T         T s after the first item, exit hard (status 137) like a crashed machine
+const SIM_KEYS = ['speed', 'item-ms', 'slow-at-s', 'slow-factor', 'die-at-s'] as const;
 
-Fault injection (any backend; for testing the hub's result checks, never in production):
-  --corrupt-rate P     corrupt each item's outputs with probability P (0..1), like a faulty GPU or a liar
+const HELP_AFTER = `
+Ctrl-C (or SIGTERM) drains: unstarted items go back to the hub, running ones finish, then the node
+exits. Ctrl-C again (a second later) quits at once.
+CUDA: on a GPU server, add the CUDA provider once with \`npm run install-cuda\`; the node logs which
+backend it runs and why (e.g. "CUDA provider not installed; using cpu").
 
 Examples:
   shardhub node --hub http://hub.local:8080 --token join_abc123
-  SHARDHUB_TOKEN=join_abc123 shardhub node --hub http://hub.local:8080 --concurrency 2 --backend cpu
+  SHARDHUB_JOIN_TOKEN=join_abc123 shardhub node --hub http://hub.local:8080 --concurrency 2 --backend cpu
   shardhub node --hub http://127.0.0.1:8080 --token T --backend sim --speed 2 --item-ms 20 --id sim-fast-1
   shardhub node --config /etc/shardhub/node.json
 `;
 
-const FLAGS = {
-  hub: { type: 'string' },
-  token: { type: 'string' },
-  concurrency: { type: 'string' },
-  backend: { type: 'string' },
-  speed: { type: 'string' },
-  'item-ms': { type: 'string' },
-  'slow-at-s': { type: 'string' },
-  'slow-factor': { type: 'string' },
-  'die-at-s': { type: 'string' },
-  'corrupt-rate': { type: 'string' },
-  pool: { type: 'string' },
-  name: { type: 'string' },
-  id: { type: 'string' },
-  state: { type: 'string' },
-  cache: { type: 'string' },
-  'data-channel': { type: 'string' },
-  config: { type: 'string' },
-  help: { type: 'boolean', short: 'h' },
-} as const;
-
-type Key = Exclude<keyof typeof FLAGS, 'help' | 'config'>;
-const KEYS = Object.keys(FLAGS).filter((k) => k !== 'help' && k !== 'config') as Key[];
-const ENV: Partial<Record<Key, string>> = {
-  hub: 'SHARDHUB_HUB',
-  token: 'SHARDHUB_TOKEN',
-  concurrency: 'SHARDHUB_CONCURRENCY',
-  backend: 'SHARDHUB_BACKEND',
-  pool: 'SHARDHUB_POOL',
-  'data-channel': 'SHARDHUB_DATA_CHANNEL',
-};
-const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim', 'webgpu'];
-const SIM_KEYS: readonly Key[] = ['speed', 'item-ms', 'slow-at-s', 'slow-factor', 'die-at-s'];
-
-/** A usage problem: the message says what to fix. */
-export class UsageError extends Error {
-  override name = 'UsageError';
+/** `shardhub node`'s options and help. */
+function define(cmd: Command): Command {
+  return addOptions(cmd.usage('--hub URL [options]'), NODE_OPTIONS).addHelpText('after', HELP_AFTER);
 }
+
+/** The node's options from a parsed command; throws a {@link UsageError}. */
+export function nodeOptions(cmd: Command, env: NodeJS.ProcessEnv): NodeOptions {
+  const v = readValues(cmd, NODE_OPTIONS, env);
+  const backend = v.backend as NodeBackendChoice;
+  const simSet = SIM_KEYS.filter((k) => v[k] !== undefined);
+  if (backend !== 'sim' && simSet.length > 0) {
+    throw new UsageError(
+      `${simSet.map((k) => `--${k}`).join(', ')} ${simSet.length === 1 ? 'applies' : 'apply'} only with --backend sim`,
+    );
+  }
+  for (const k of ['speed', 'slow-factor'] as const) {
+    if (v[k] !== undefined && (v[k] as number) <= 0) throw new UsageError(`--${k} must be a number > 0`);
+  }
+  const options: NodeOptions = { hub: v.hub as string, concurrency: v.concurrency as number, backend };
+  if (v.token !== undefined) options.token = v.token as string;
+  for (const key of ['pool', 'name'] as const) {
+    const s = v[key] as string | undefined;
+    if (s === undefined) continue;
+    if (s.length > 128) throw new UsageError(`--${key} must be 1-128 characters`);
+    options[key] = s;
+  }
+  if (v.id !== undefined) {
+    if (!/^[A-Za-z0-9_-]{8,64}$/.test(v.id as string))
+      throw new UsageError('--id must be 8-64 characters of [A-Za-z0-9_-]');
+    options.id = v.id as string;
+  }
+  if (v['corrupt-rate'] !== undefined) options.corruptRate = v['corrupt-rate'] as number;
+  if (v['data-channel'] !== undefined) options.dataChannel = v['data-channel'] === 'on';
+  if (v.state !== undefined) options.stateDir = v.state as string;
+  if (v.cache !== undefined) options.cacheDir = v.cache as string;
+  if (backend === 'sim') {
+    options.sim = {
+      speed: v.speed as number | undefined,
+      itemMs: v['item-ms'] as number | undefined,
+      slowAtS: v['slow-at-s'] as number | undefined,
+      slowFactor: v['slow-factor'] as number | undefined,
+      dieAtS: v['die-at-s'] as number | undefined,
+    };
+  }
+  return options;
+}
+
+/** Runs `shardhub node` with parsed options until it stops; resolves with the exit code. */
+async function run(cmd: Command, io: CliIo): Promise<number> {
+  const options = nodeOptions(cmd, io.env);
+  // Without the node's V8 flags and malloc settings, run again as a child that has them.
+  if (!startedAs()) return relaunchWithFlags();
+  try {
+    const node = await runNode({ ...options, handleSignals: true });
+    // Started by a parent that has since died without a word (SIGKILL): drain, as on SIGTERM.
+    watchParent(() => process.kill(process.pid, 'SIGTERM'));
+    await node.done;
+    return EXIT.ok;
+  } catch (err) {
+    if (err instanceof NodeFatalError) {
+      io.stderr.write(`shardhub node: ${err.message}\n`);
+      return err.exitCode;
+    }
+    throw err;
+  }
+}
+
+/** The `node` command for `server/cli.ts`. */
+export const NODE = { define, run };
 
 /** The result of parsing `shardhub node` arguments. */
 export type ParsedNodeArgs = { help: true } | { help: false; options: NodeOptions };
+
+/** A `shardhub` program with only the `node` command (`native/main.ts`, tests). */
+function program(io: CliIo, result: { code?: number }, parsed?: (cmd: Command) => void): Command {
+  const root = new Command('shardhub').helpCommand(false);
+  const cmd = define(root.command('node').helpOption('-h, --help', 'show help'));
+  cmd.addHelpText('after', `\n${EXIT_CODES_HELP}\n`);
+  cmd.action(async () => {
+    try {
+      if (parsed) parsed(cmd);
+      else result.code = await run(cmd, io);
+    } catch (err) {
+      result.code = reportError(err, 'shardhub node', io);
+    }
+  });
+  return root;
+}
 
 /**
  * Parses and validates `shardhub node` arguments (flags > env > config file > defaults).
  * Throws a {@link UsageError} with a precise message.
  */
 export function parseNodeArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): ParsedNodeArgs {
-  let parsed;
-  try {
-    parsed = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false });
-  } catch (err) {
-    throw new UsageError((err as Error).message.split('\n')[0] ?? 'bad arguments');
-  }
-  const flags = parsed.values;
-  if (flags.help) return { help: true };
-
-  const config = flags.config !== undefined ? readConfig(flags.config) : {};
-  const raw: Partial<Record<Key, string>> = {};
-  const source: Partial<Record<Key, string>> = {};
-  for (const key of KEYS) {
-    const envName = ENV[key];
-    const fromFlag = flags[key];
-    const fromEnv = envName ? env[envName] : undefined;
-    if (fromFlag !== undefined) {
-      raw[key] = fromFlag;
-      source[key] = `--${key}`;
-    } else if (fromEnv !== undefined && fromEnv !== '') {
-      raw[key] = fromEnv;
-      source[key] = envName;
-    } else if (config[key] !== undefined) {
-      raw[key] = config[key];
-      source[key] = `"${key}" in ${flags.config}`;
+  let options: NodeOptions | undefined;
+  let error: unknown;
+  const io: CliIo = { stdout: { write: () => true }, stderr: { write: () => true }, env };
+  const root = program(io, {}, (cmd) => {
+    try {
+      options = nodeOptions(cmd, env);
+    } catch (err) {
+      error = err;
     }
+  });
+  root.exitOverride();
+  for (const c of root.commands) {
+    c.exitOverride();
+    c.configureOutput({ writeOut: () => undefined, writeErr: () => undefined });
   }
-  const name = (key: Key) => source[key] ?? `--${key}`;
-
-  const hub = raw.hub;
-  if (hub === undefined) throw new UsageError('--hub is required (or set SHARDHUB_HUB)');
-  let url: URL;
   try {
-    url = new URL(hub);
-  } catch {
-    throw new UsageError(`${name('hub')} must be a URL like http://hub.example:8080`);
+    root.parse(['node', ...argv], { from: 'user' });
+  } catch (err) {
+    const e = err as { code?: string; message: string };
+    if (e.code === 'commander.helpDisplayed') return { help: true };
+    throw new UsageError(e.message.replace(/^error: /, ''));
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    throw new UsageError(`${name('hub')} must be an http(s) URL`);
-
-  const backend = (raw.backend ?? 'auto') as NodeBackendChoice;
-  if (!BACKEND_CHOICES.includes(backend))
-    throw new UsageError(`${name('backend')} must be one of ${BACKEND_CHOICES.join(', ')}`);
-  const simSet = SIM_KEYS.filter((k) => raw[k] !== undefined);
-  if (backend !== 'sim' && simSet.length > 0) {
-    throw new UsageError(
-      `${simSet.map((k) => `--${k}`).join(', ')} ${simSet.length === 1 ? 'applies' : 'apply'} only with --backend sim`,
-    );
-  }
-
-  const concurrency = int(raw.concurrency ?? '1', name('concurrency'));
-  if (concurrency < 1 || concurrency > 256)
-    throw new UsageError(`${name('concurrency')} must be an integer >= 1 (at most 256)`);
-
-  const options: NodeOptions = { hub: url.origin + url.pathname.replace(/\/+$/, ''), concurrency, backend };
-  if (raw.token !== undefined) options.token = raw.token;
-  for (const key of ['pool', 'name'] as const) {
-    const v = raw[key];
-    if (v === undefined) continue;
-    if (v.length === 0 || v.length > 128) throw new UsageError(`${name(key)} must be 1-128 characters`);
-    options[key] = v;
-  }
-  if (raw.id !== undefined) {
-    if (!/^[A-Za-z0-9_-]{8,64}$/.test(raw.id))
-      throw new UsageError(`${name('id')} must be 8-64 characters of [A-Za-z0-9_-]`);
-    options.id = raw.id;
-  }
-  if (raw['corrupt-rate'] !== undefined) {
-    options.corruptRate = num(
-      raw['corrupt-rate'],
-      name('corrupt-rate'),
-      (v) => v >= 0 && v <= 1,
-      'a number from 0 to 1',
-    );
-  }
-  if (raw['data-channel'] !== undefined) {
-    const v = raw['data-channel'];
-    if (v !== 'on' && v !== 'off') throw new UsageError(`${name('data-channel')} must be on or off`);
-    options.dataChannel = v === 'on';
-  }
-  if (raw.state !== undefined) options.stateDir = raw.state;
-  if (raw.cache !== undefined) options.cacheDir = raw.cache;
-  if (backend === 'sim') {
-    options.sim = {
-      speed: num(raw.speed, name('speed'), (v) => v > 0, 'a number > 0'),
-      itemMs: num(raw['item-ms'], name('item-ms'), (v) => v >= 0, 'a number >= 0'),
-      slowAtS: num(raw['slow-at-s'], name('slow-at-s'), (v) => v >= 0, 'a number >= 0'),
-      slowFactor: num(raw['slow-factor'], name('slow-factor'), (v) => v > 0, 'a number > 0'),
-      dieAtS: num(raw['die-at-s'], name('die-at-s'), (v) => v >= 0, 'a number >= 0'),
-    };
-  }
+  if (error) throw error;
+  if (!options) throw new UsageError('bad arguments');
   return { help: false, options };
-}
-
-/** Reads a config file: a JSON object whose keys are the flags' names (kebab or camel case). */
-function readConfig(file: string): Partial<Record<Key, string>> {
-  let data: unknown;
-  try {
-    data = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new UsageError(`--config ${file}: ${(err as Error).message}`);
-  }
-  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
-    throw new UsageError(`--config ${file}: must be a JSON object`);
-  }
-  const out: Partial<Record<Key, string>> = {};
-  for (const [k, v] of Object.entries(data)) {
-    const key = k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`) as Key;
-    if (!KEYS.includes(key))
-      throw new UsageError(`--config ${file}: unknown key "${k}" (known: ${KEYS.join(', ')})`);
-    if (typeof v !== 'string' && typeof v !== 'number') {
-      throw new UsageError(`--config ${file}: "${k}" must be a string or a number`);
-    }
-    out[key] = String(v);
-  }
-  return out;
-}
-
-function int(s: string, what: string): number {
-  const v = /^\s*[+-]?\d+\s*$/.test(s) ? Number(s) : NaN;
-  if (!Number.isSafeInteger(v)) throw new UsageError(`${what} must be an integer >= 1`);
-  return v;
-}
-
-function num(
-  s: string | undefined,
-  what: string,
-  ok: (v: number) => boolean,
-  want: string,
-): number | undefined {
-  if (s === undefined) return undefined;
-  const v = s.trim() === '' ? NaN : Number(s);
-  if (!Number.isFinite(v) || !ok(v)) throw new UsageError(`${what} must be ${want}`);
-  return v;
-}
-
-/** Output streams of the command (tests capture them). */
-export interface CommandIo {
-  stdout: { write(s: string): unknown };
-  stderr: { write(s: string): unknown };
-  env: NodeJS.ProcessEnv;
 }
 
 /**
  * Runs `shardhub node` until the node stops; returns the process exit code (0 drained, 1 fatal,
  * 2 usage). Installs SIGINT/SIGTERM handlers that drain the node.
  */
-export async function nodeCommand(
-  argv: string[],
-  cio: Partial<CommandIo> = {},
-  /** The command is this process's entry: without the node's V8 flags it runs itself again with them. */
-  entry: { relaunch?: boolean } = {},
-): Promise<number> {
-  const stdout = cio.stdout ?? process.stdout;
-  const stderr = cio.stderr ?? process.stderr;
-  let parsed: ParsedNodeArgs;
-  try {
-    parsed = parseNodeArgs(argv, cio.env ?? process.env);
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    stderr.write(`shardhub node: ${err.message}\nRun \`shardhub node --help\` for usage.\n`);
-    return 2;
-  }
-  if (parsed.help) {
-    stdout.write(NODE_USAGE);
-    return 0;
-  }
-  if (entry.relaunch && !startedAs()) return relaunchWithFlags();
-  try {
-    const node = await runNode({ ...parsed.options, handleSignals: true });
-    // Started by a parent that has since died without a word (SIGKILL): drain, as on SIGTERM.
-    watchParent(() => process.kill(process.pid, 'SIGTERM'));
-    await node.done;
-    return 0;
-  } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    stderr.write(`shardhub node: ${message}\n`);
-    return err instanceof NodeFatalError ? err.exitCode : 1;
-  }
+export async function nodeCommand(argv: string[], cio: Partial<CliIo> = {}): Promise<number> {
+  const io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env, ...cio };
+  const result: { code?: number } = {};
+  return runProgram(program(io, result), ['node', ...argv], io, () => result.code);
 }

@@ -30,8 +30,8 @@
  *   alone (`packResults`, in a loop) takes 16 us per item with them and 85 us without.
  *
  * The child is in a process group of its own, so a terminal's Ctrl-C reaches only this parent,
- * which passes it on once (the node drains on the first, quits on the second). SIGTERM and SIGHUP
- * are passed on the same way. If the parent dies without passing anything on (SIGKILL), the child
+ * which passes it on once (the node drains on the first, quits on a second one a second later; the
+ * copies npm makes of one Ctrl-C are not passed on). SIGTERM and SIGHUP are passed on the same way. If the parent dies without passing anything on (SIGKILL), the child
  * sees its IPC channel close and drains.
  */
 import { spawn } from 'node:child_process';
@@ -60,6 +60,9 @@ export function hasMallocEnv(env: NodeJS.ProcessEnv = process.env): boolean {
 function hasVars(env: NodeJS.ProcessEnv, vars: Readonly<Record<string, string>>): boolean {
   return Object.keys(vars).every((k) => env[k] !== undefined);
 }
+
+/** Signals within this long of the one before are echoes of it (see {@link relaunchWithFlags}). */
+export const ECHO_MS = 1000;
 
 /** Set in the child's environment: it was started by {@link relaunchWithFlags}. */
 const CHILD_ENV = 'SHARDHUB_RELAUNCHED';
@@ -101,10 +104,32 @@ export function relaunchWithFlags(how: Relaunch = NODE_RELAUNCH): Promise<number
     env: { ...how.env, ...process.env, [CHILD_ENV]: '1' },
   });
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-  const forward = (signal: NodeJS.Signals) => child.kill(signal);
+  // One Ctrl-C can arrive more than once: from the terminal to the whole foreground process group
+  // (npm, its shell, this process) and again from npm, which passes it on to its script. A signal
+  // that follows the one before within a second is such an echo and is not passed on: the child
+  // would take it for a second Ctrl-C and quit instead of draining.
+  let last = { signal: '', at: 0 };
+  const forward = (signal: NodeJS.Signals) => {
+    const now = Date.now();
+    if (now - last.at < ECHO_MS) return;
+    last = { signal, at: now };
+    child.kill(signal);
+  };
   for (const s of signals) process.on(s, forward);
+  // Under `npm run`, a parent that died without passing anything on (a shell that npm sent SIGTERM
+  // to does not pass it to its own child) leaves this process with another parent: that is a
+  // SIGTERM too. Not otherwise: `nohup shardhub node &` outlives the shell that started it.
+  const ppid = process.ppid;
+  const underNpm = process.env.npm_lifecycle_event !== undefined;
+  const orphaned = setInterval(() => {
+    if (!underNpm || process.ppid === ppid) return;
+    clearInterval(orphaned);
+    forward('SIGTERM');
+  }, 500);
+  orphaned.unref();
   return new Promise((resolve) => {
     const done = (code: number) => {
+      clearInterval(orphaned);
       for (const s of signals) process.off(s, forward);
       resolve(code);
     };

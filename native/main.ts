@@ -4,4 +4,4 @@
  */
 import { nodeCommand } from './cli.ts';
 
-process.exit(await nodeCommand(process.argv.slice(2), {}, { relaunch: true }));
+process.exit(await nodeCommand(process.argv.slice(2)));

@@ -11,7 +11,8 @@
  * - Capabilities and heartbeat load figures from `node:os` and `nvidia-smi`.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { readFileSync, unlinkSync } from 'node:fs';
+import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { availableParallelism, freemem, homedir, hostname, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -28,6 +29,8 @@ import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
+import { ECHO_MS } from './launch.ts';
+import { statusText, TerminalStatus } from './status.ts';
 
 /** Which backend a node runs: `auto` is CUDA, else a real GPU through WebGPU, else CPU (`backend-select.ts`). */
 export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu' | 'sim';
@@ -94,12 +97,93 @@ export interface NodeIdentity {
 const WORKER_ID = /^[A-Za-z0-9_-]{8,64}$/;
 const SHA256 = /^[0-9a-f]{64}$/;
 
-/** The identity file for a hub (and optional fixed id) inside a state dir. */
-export function identityFile(stateDir: string, hub: string, id?: string): string {
+/** The identity file for a hub (and optional fixed id, and slot after the first) inside a state dir. */
+export function identityFile(stateDir: string, hub: string, id?: string, slot = 1): string {
   const url = new URL(hub);
   const port = url.port || (url.protocol === 'https:' ? '443' : '80');
   const host = url.hostname.replace(/[^A-Za-z0-9.-]/g, '_');
-  return join(stateDir, `node-${host}-${port}${id ? `-${id}` : ''}.json`);
+  return join(stateDir, `node-${host}-${port}${id ? `-${id}` : ''}${slot > 1 ? `-${slot}` : ''}.json`);
+}
+
+/** Whether a process with this pid is alive (ours or another user's). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes `<file>.lock` for this process: the pid of the node using an identity. A lock whose process
+ * is gone is taken over. Returns the lock's release, or the pid of the live node holding it.
+ */
+async function lockIdentity(file: string): Promise<{ release: () => void } | { heldBy: number }> {
+  const lock = `${file}.lock`;
+  for (let tries = 0; tries < 3; tries++) {
+    try {
+      await writeFile(lock, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      const release = () => {
+        try {
+          if (readFileSync(lock, 'utf8').trim() === String(process.pid)) unlinkSync(lock);
+        } catch {
+          // already gone
+        }
+      };
+      process.once('exit', release);
+      return { release };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
+    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) return { heldBy: pid };
+    await unlink(lock).catch(() => undefined); // stale: its node is gone
+  }
+  throw new NodeFatalError(`cannot take the lock ${lock}; delete it if no node is running`);
+}
+
+/** How many nodes with the default identity may run on one machine for one hub. */
+const MAX_SLOTS = 64;
+
+/**
+ * The identity this process runs as, locked for as long as it runs, so that two nodes on one
+ * machine never connect as one worker (the hub would swap them over on every reconnect). Without
+ * `--id`, a node that finds the default identity in use takes the next free one
+ * (`node-<host>-<port>-2.json`, ...): each keeps its own from one start to the next. With `--id`,
+ * it refuses to start.
+ */
+export async function claimIdentity(
+  stateDir: string,
+  hub: string,
+  id: string | undefined,
+  log?: Logger,
+): Promise<NodeIdentity & { file: string; release: () => void }> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  for (let slot = 1; slot <= (id ? 1 : MAX_SLOTS); slot++) {
+    const file = identityFile(stateDir, hub, id, slot);
+    const lock = await lockIdentity(file);
+    if ('heldBy' in lock) {
+      if (id)
+        throw new NodeFatalError(
+          `another node (pid ${lock.heldBy}) on this machine already runs as worker ${id}; give this one another --id, or stop that one`,
+        );
+      continue;
+    }
+    try {
+      const identity = await loadIdentity(stateDir, hub, id, slot);
+      if (slot > 1)
+        log?.info(
+          { identityFile: identity.file },
+          'another node on this machine uses the default identity; this one runs as a worker of its own',
+        );
+      return { ...identity, release: lock.release };
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+  }
+  throw new NodeFatalError(`${MAX_SLOTS} nodes already run on this machine for ${hub}; stop one first`);
 }
 
 /**
@@ -110,10 +194,11 @@ export async function loadIdentity(
   stateDir: string,
   hub: string,
   id?: string,
+  slot = 1,
 ): Promise<NodeIdentity & { file: string }> {
   if (id !== undefined && !WORKER_ID.test(id))
     throw new NodeFatalError('--id must be 8-64 characters of [A-Za-z0-9_-]');
-  const file = identityFile(stateDir, hub, id);
+  const file = identityFile(stateDir, hub, id, slot);
   let text: string | undefined;
   try {
     text = await readFile(file, 'utf8');
@@ -199,6 +284,17 @@ export function refusalKind(message: string, code?: unknown): Refusal | undefine
   return undefined;
 }
 
+/**
+ * Ends the process at once, as a second Ctrl-C asks. Not `process.exit()`: that tears down the
+ * session threads' environments while onnxruntime is inside a run, whose completion then throws a
+ * `Napi::Error` that aborts the process ("terminate called after throwing..."). Dying of the signal
+ * itself runs no such teardown, and the exit status says so (130 for SIGINT).
+ */
+function quitNow(_code: 130): void {
+  process.removeAllListeners('SIGINT');
+  process.kill(process.pid, 'SIGINT');
+}
+
 /** Starts a native node; see the file comment. Resolves once the backend is ready and connecting. */
 export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const log = opts.logger ?? createLogger('node');
@@ -206,7 +302,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const concurrency = opts.concurrency ?? 1;
   const choice = opts.backend ?? 'auto';
   const cores = availableParallelism();
-  const identity = await loadIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), hub, opts.id);
+  const identity = await claimIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), hub, opts.id, log);
   const store = new DiskModelStore(opts.cacheDir ?? join(homedir(), '.cache', 'shardhub', 'models'));
 
   let gpu: GpuInfo | undefined;
@@ -353,7 +449,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     if (kind === 'token') {
       stopFatal(
         new NodeFatalError(
-          `the hub refused this node's join token (${message}); pass the hub's join token with --token or SHARDHUB_TOKEN`,
+          `the hub refused this node's join token (${message}); pass the hub's join token with --token or SHARDHUB_JOIN_TOKEN`,
         ),
       );
     } else if (kind === 'identity') {
@@ -367,6 +463,20 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     }
     return kind !== undefined;
   };
+
+  // The job this node last got items of, for its status line.
+  let current: { jobId: string; model: string } | undefined;
+  socket.on('shard:assign', (shard) => {
+    current = { jobId: shard.jobId, model: shard.model.name };
+  });
+  // On a terminal, one line at the bottom says what the node is doing.
+  const status =
+    opts.handleSignals &&
+    process.stdout.isTTY &&
+    (process.env.SHARDHUB_LOG_FORMAT ?? 'human') === 'human' &&
+    process.env.SHARDHUB_STATUS_LINE !== 'off'
+      ? new TerminalStatus(process.stdout)
+      : undefined;
 
   socket.on('connect', () => {
     reconnect.reset();
@@ -390,7 +500,10 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
         path: offer.path,
         ticket: offer.ticket,
         reserve: (model, inputs) => backend?.reserve?.(model, inputs),
-        onShard: (shard, items) => agent.assign(shard, items),
+        onShard: (shard, items) => {
+          current = { jobId: shard.jobId, model: shard.model.name };
+          agent.assign(shard, items);
+        },
         onOpen: () => log.info({}, 'data channel open'),
         onClose: (err, opened) => {
           if (channel === c) channel = undefined;
@@ -434,6 +547,8 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
 
   const signals: [NodeJS.Signals, () => void][] = [];
   const cleanup = () => {
+    status?.stop();
+    identity.release();
     reconnect.cancel();
     if (gpuTimer !== undefined) clearInterval(gpuTimer);
     for (const [sig, fn] of signals) process.off(sig, fn);
@@ -448,18 +563,22 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   });
 
   if (opts.handleSignals) {
-    let count = 0;
+    // The first signal drains. A Ctrl-C a second or more later quits at once; signals sooner than
+    // that are copies of the first (a terminal's Ctrl-C reaches every process of the foreground
+    // group, and npm passes it on again), and a SIGTERM after a drain began changes nothing.
+    let first = 0;
     const onSignal = (sig: NodeJS.Signals) => {
-      count++;
-      if (count === 1) {
+      const now = Date.now();
+      if (first === 0) {
+        first = now;
         log.info(
           { signal: sig },
           'draining: unstarted items go back to the hub, running ones finish (Ctrl-C again to quit now)',
         );
         void agent.drain();
-      } else if (sig === 'SIGINT') {
+      } else if (sig === 'SIGINT' && now - first >= ECHO_MS) {
         log.warn({ signal: sig }, 'exiting now');
-        process.exit(130);
+        quitNow(130);
       }
     };
     for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -486,6 +605,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     throw err;
   }
   log.info({ backend: agent.stats.backend, reason: agent.stats.backendReason }, 'backend ready');
+  status?.start(() => statusText(agent.stats, current));
 
   return {
     workerId: identity.workerId,

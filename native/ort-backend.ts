@@ -3,7 +3,7 @@
  * `webgpu` (the bundled Dawn, on Vulkan under Linux) where a real GPU adapter is found, else `cpu`,
  * with the reason recorded either way (it is registered with the hub and shown to operators); see
  * `backend-select.ts`. The CPU and WebGPU providers ship with the npm package; CUDA is added on a
- * GPU server with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node`.
+ * GPU server with `npm run install-cuda`.
  *
  * Each runner gets its own session, in its own worker thread (see `ort-threaded.ts`);
  * `intraOpNumThreads = max(1, floor(cores / concurrency))` so N sessions share the machine's cores

@@ -25,7 +25,7 @@ import { clean } from './logger.ts';
 /** Largest file one request may carry: one tensor plus its .npy header (images are smaller). */
 export const MAX_FILE_BYTES = LIMITS.tensorBytes + NPY_MAX_HEADER_BYTES + 16;
 
-const QuerySchema = z.object({
+export const FileQuerySchema = z.object({
   name: z
     .string()
     .min(1, 'name (the item name) is required')
@@ -49,7 +49,7 @@ export function filesRouter(hub: Hub): express.Router {
     const id = req.params.id;
     if (typeof id !== 'string' || id.length > LIMITS.nameChars)
       throw new HubError('invalid_request', 'bad id', 400);
-    const q = QuerySchema.safeParse(req.query);
+    const q = FileQuerySchema.safeParse(req.query);
     if (!q.success) throw new HubError('invalid_request', describeZodError(q.error), 400);
     const job = hub.requireJob(id);
     if (job.state !== 'open')

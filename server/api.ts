@@ -42,7 +42,7 @@ const InlineTensorSchema = z.strictObject({
   data: z.string().max(LIMITS.jsonBodyBytes * 16),
 });
 
-const CreateJobSchema = z.strictObject({
+export const CreateJobSchema = z.strictObject({
   model: z.string().min(1).max(LIMITS.nameChars),
   priority: z.number().int().min(-100).max(100).default(0),
   redundancy: z.number().int().min(1).max(5).default(1),
@@ -62,9 +62,9 @@ const CreateJobSchema = z.strictObject({
     .optional(),
 });
 
-const PatchJobSchema = z.strictObject({ priority: z.number().int().min(-100).max(100) });
+export const PatchJobSchema = z.strictObject({ priority: z.number().int().min(-100).max(100) });
 
-const WorkersQuerySchema = z.object({
+export const WorkersQuerySchema = z.object({
   kind: z.enum(['browser', 'native']).optional(),
   backend: z.string().max(16).optional(),
   pool: z.string().max(LIMITS.nameChars).optional(),
@@ -75,7 +75,7 @@ const WorkersQuerySchema = z.object({
   limit: z.coerce.number().int().min(1).max(1000).default(1000),
 });
 
-const PageSchema = z.object({
+export const PageSchema = z.object({
   offset: z.coerce.number().int().min(0).default(0),
   limit: z.coerce.number().int().min(1).max(1000).default(100),
   state: z.enum(['pending', 'done', 'failed']).optional(),

@@ -4,6 +4,7 @@
  * `HubServer.start(config)` is what the CLI and the tests use: port 0 gives a free port.
  */
 import express from 'express';
+import helmet from 'helmet';
 import { existsSync } from 'node:fs';
 import { createServer, type Server as HttpServer } from 'node:http';
 import { join, resolve } from 'node:path';
@@ -20,6 +21,8 @@ import { DEFAULT_HUB_OPTIONS, Hub, type HubOptions } from './hub.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { metricsRouter } from './metrics.ts';
 import { attachOperatorNamespace } from './operator.ts';
+import { openApiDocument } from './openapi.ts';
+import { version } from './options.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import { TrustStore } from './store/trust-store.ts';
 
@@ -53,6 +56,35 @@ export function defaultHubConfig(): HubConfig {
   };
 }
 
+/**
+ * Security headers, by helmet: its defaults (nosniff, HSTS on https, no referrer, frames denied, a
+ * content security policy), with cross-origin isolation (COOP same-origin and COEP require-corp)
+ * that lets the contributor page run multi-threaded WASM. The policy allows WebAssembly
+ * compilation and blob: workers (onnxruntime-web), inline styles (Lit, uPlot) and WebSockets to
+ * the hub itself.
+ */
+export function securityHeaders(): express.RequestHandler {
+  return helmet({
+    contentSecurityPolicy: {
+      directives: {
+        defaultSrc: ["'self'"],
+        scriptSrc: ["'self'", "'wasm-unsafe-eval'"],
+        workerSrc: ["'self'", 'blob:'],
+        styleSrc: ["'self'", "'unsafe-inline'"],
+        imgSrc: ["'self'", 'data:', 'blob:'],
+        connectSrc: ["'self'", 'ws:', 'wss:', 'blob:', 'data:'],
+        objectSrc: ["'none'"],
+        frameAncestors: ["'none'"],
+        upgradeInsecureRequests: null,
+      },
+    },
+    crossOriginOpenerPolicy: { policy: 'same-origin' },
+    crossOriginEmbedderPolicy: { policy: 'require-corp' },
+    referrerPolicy: { policy: 'no-referrer' },
+    frameguard: { action: 'deny' },
+  });
+}
+
 /** A running hub: HTTP + sockets + core. */
 export class HubServer {
   private closing?: Promise<void>;
@@ -84,13 +116,8 @@ export class HubServer {
 
     const app = express();
     app.disable('x-powered-by');
+    app.use(securityHeaders());
     app.use((req, res, next) => {
-      res.setHeader('X-Content-Type-Options', 'nosniff');
-      res.setHeader('Referrer-Policy', 'no-referrer');
-      res.setHeader('X-Frame-Options', 'DENY');
-      // Cross-origin isolation: lets the contributor page use multi-threaded WASM.
-      res.setHeader('Cross-Origin-Opener-Policy', 'same-origin');
-      res.setHeader('Cross-Origin-Embedder-Policy', 'require-corp');
       const origin = req.headers.origin;
       if (origin && config.corsOrigins.includes(origin)) {
         res.setHeader('Access-Control-Allow-Origin', origin);
@@ -101,17 +128,20 @@ export class HubServer {
       }
       next();
     });
+    // The API's OpenAPI document is public, like /api/health (server/openapi.ts).
+    const openApi = openApiDocument(version());
+    app.get('/api/openapi.json', (_req, res) => void res.json(openApi));
     app.use('/api', apiRouter(hub, tokens.operatorToken));
     app.use(metricsRouter(hub, tokens.operatorToken));
     if (existsSync(config.staticDir)) {
       app.use(express.static(config.staticDir, { index: 'index.html' }));
       app.get('/dashboard', (_req, res) => res.sendFile(join(config.staticDir, 'dashboard.html')));
     } else {
-      app.get('/', (_req, res) => {
+      app.get(['/', '/dashboard'], (_req, res) => {
         res
           .type('text')
           .send(
-            'shardhub hub is running. Build the pages with `npm run build` to contribute from a browser.',
+            'shardhub hub is running, but its pages are not built: run `npm run build` (npm start does it by itself).',
           );
       });
     }

@@ -1,17 +1,35 @@
 /**
  * Operator commands that talk to a hub's REST API: `submit`, `jobs`, `workers`.
+ *
+ * `submit` lists and checks its inputs before it creates the job, prints the job's id as soon as it
+ * exists, and cancels the job if the upload fails for any reason (bad item, hub gone, Ctrl-C), so a
+ * failed submit leaves no open job behind. Progress shows from the first second (uploading, then
+ * running, then downloading) on cli-progress bars. While it waits, a dropped connection is retried
+ * with backoff and the job is picked up again where it is; `jobs --wait ID --out DIR` re-attaches to
+ * any job later.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { Presets, SingleBar } from 'cli-progress';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ModelInfo } from '../protocol/model.ts';
-import { packItems, type NamedItem } from '../protocol/pack.ts';
-import { tensorBytes } from '../protocol/pack.ts';
-import { readInputsFolder } from './io/inputs.ts';
+import { packItems, tensorBytes, type NamedItem } from '../protocol/pack.ts';
+import { listInputs, readInputsFolder } from './io/inputs.ts';
 import { readTar } from './io/tar.ts';
-import { helpText, parseOptions, type OptionTable } from './options.ts';
+import {
+  addOptions,
+  CliError,
+  EXIT,
+  invokedAs,
+  readValues,
+  UsageError,
+  type CliIo,
+  type OptionTable,
+  type OptionValues,
+} from './options.ts';
 
 const CONN: OptionTable = {
-  hub: { type: 'string', help: 'hub URL', env: 'SHARDHUB_HUB', required: true, arg: 'URL' },
+  hub: { type: 'url', help: 'the hub URL, e.g. http://localhost:8080', env: 'SHARDHUB_HUB', required: true },
   token: {
     type: 'string',
     help: 'operator token',
@@ -21,10 +39,19 @@ const CONN: OptionTable = {
   },
 };
 
+/** The hub could not be reached (after retries where the caller retries): exit 4. */
+class Unreachable extends CliError {
+  constructor(hub: string, cause: string) {
+    super(`cannot reach the hub at ${hub} (${cause}); is it running? Check --hub`, EXIT.unreachable);
+  }
+}
+
+const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
+
 /** A minimal REST client with clear errors. */
 class Api {
   constructor(
-    private readonly hub: string,
+    readonly hub: string,
     private readonly token: string,
   ) {}
 
@@ -42,6 +69,28 @@ class Api {
     return json.data as T;
   }
 
+  /**
+   * An idempotent call (a GET, a cancel) retried while the hub cannot be reached, with backoff from
+   * 0.5 s to 5 s, for up to `forMs`; `onRetry` hears of each failure.
+   */
+  async retried<T>(
+    method: string,
+    path: string,
+    forMs: number,
+    onRetry: (err: Unreachable, attempt: number) => void = () => undefined,
+  ): Promise<T> {
+    const until = Date.now() + forMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.call<T>(method, path);
+      } catch (err) {
+        if (!(err instanceof Unreachable) || Date.now() >= until) throw err;
+        onRetry(err, attempt);
+        await sleep(Math.min(5000, 500 * 2 ** Math.min(attempt - 1, 4)));
+      }
+    }
+  }
+
   /** A GET whose body is read as a stream (large downloads). */
   async stream(path: string): Promise<AsyncIterable<Uint8Array>> {
     const res = await this.request('GET', path, { headers: {} });
@@ -52,7 +101,7 @@ class Api {
     return res.body as unknown as AsyncIterable<Uint8Array>;
   }
 
-  /** `fetch` with the operator token; a hub that cannot be reached is a clear error. */
+  /** `fetch` with the operator token; a hub that cannot be reached is an {@link Unreachable}. */
   private async request(
     method: string,
     path: string,
@@ -65,27 +114,221 @@ class Api {
         body: init.body,
       });
     } catch (err) {
-      throw new Error(
-        `cannot reach the hub at ${this.hub}: ${(err as Error).cause ?? (err as Error).message}`,
-      );
+      const cause = (err as Error & { cause?: { code?: string; message?: string } }).cause;
+      throw new Unreachable(this.hub, cause?.code ?? cause?.message ?? (err as Error).message);
     }
   }
 }
 
 /** The error for a refused request: the hub's own message, and a word on the token for a 401. */
-function refusal(status: number, message: string | undefined): Error {
+function refusal(status: number, message: string | undefined): CliError {
   const why = message ?? `HTTP ${status}`;
-  return new Error(status === 401 ? `the hub refused the operator token (${why})` : why);
+  return new CliError(status === 401 ? `the hub refused the operator token (${why})` : why);
 }
 
-const SUBMIT: OptionTable = {
-  ...CONN,
-  model: { type: 'string', help: 'registry model name or sha256', required: true, arg: 'NAME' },
-  inputs: {
+/** `30m`, `2h`, `1d`, `90s` from now, or an ISO date and time: epoch ms. */
+export function parseDeadline(text: string, now = Date.now()): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$/i.exec(text);
+  if (m) {
+    const unit = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[(m[2] as string).toLowerCase() as 's'];
+    return Math.round(now + Number(m[1]) * unit);
+  }
+  const t = Date.parse(text);
+  if (!Number.isFinite(t))
+    throw new UsageError(
+      `--deadline must be a duration (30m, 2h, 1d) or a date (2026-12-24T18:00), got "${text}"`,
+    );
+  if (t <= now) throw new UsageError(`--deadline ${text} is in the past`);
+  return t;
+}
+
+// ---------------------------------------------------------------------------------- progress
+
+/** Items per second over the last 10 s of samples: an ETA that follows the job's current pace. */
+export class RecentRate {
+  private readonly samples: { t: number; n: number }[] = [];
+  constructor(private readonly windowMs = 10_000) {}
+
+  add(n: number, t = Date.now()): void {
+    this.samples.push({ t, n });
+    while (this.samples.length > 2 && t - (this.samples[1] as { t: number }).t >= this.windowMs)
+      this.samples.shift();
+  }
+
+  /** Items per second over the window, or 0 before two samples a moment apart. */
+  rate(): number {
+    const first = this.samples[0];
+    const last = this.samples[this.samples.length - 1];
+    if (!first || !last || last.t - first.t < 500) return 0;
+    return (last.n - first.n) / ((last.t - first.t) / 1000);
+  }
+}
+
+/** `75 s`, `4 min 05 s`, `1 h 02 min`. */
+export function formatDuration(s: number): string {
+  if (!Number.isFinite(s) || s < 0) return '-';
+  if (s < 60) return `${Math.round(s)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${String(Math.round(s % 60)).padStart(2, '0')} s`;
+  return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, '0')} min`;
+}
+
+/** `12.3 MB`. */
+function formatBytes(n: number): string {
+  return n >= 1e9
+    ? `${(n / 1e9).toFixed(1)} GB`
+    : n >= 1e6
+      ? `${(n / 1e6).toFixed(1)} MB`
+      : `${Math.round(n / 1e3)} kB`;
+}
+
+/**
+ * One phase's progress bar on stderr (cli-progress): redrawn in place on a terminal, a line every
+ * 5 s otherwise. Shows items, rate, elapsed time and an ETA from the recent rate.
+ */
+class Progress {
+  private readonly bar: SingleBar;
+  private readonly started = Date.now();
+  private readonly recent = new RecentRate();
+  private stopped = false;
+
+  constructor(
+    private readonly phase: string,
+    total: number,
+    stream: NodeJS.WritableStream,
+  ) {
+    this.bar = new SingleBar(
+      {
+        format: `${phase.padEnd(11)} {bar} {value}/{total} items  {rate}  {elapsed} elapsed  eta {eta}{note}`,
+        stream,
+        barsize: 24,
+        hideCursor: true,
+        noTTYOutput: true,
+        notTTYSchedule: 5000,
+        fps: 5,
+        etaBuffer: 50,
+      },
+      Presets.shades_classic,
+    );
+    this.bar.start(Math.max(1, total), 0, this.payload(0, ''));
+  }
+
+  update(value: number, total?: number, note = ''): void {
+    if (this.stopped) return;
+    this.recent.add(value);
+    if (total !== undefined) this.bar.setTotal(Math.max(1, total));
+    this.bar.update(value, this.payload(value, note, total));
+  }
+
+  private payload(value: number, note: string, total?: number) {
+    const rate = this.recent.rate();
+    const left = (total ?? this.bar.getTotal()) - value;
+    return {
+      rate: rate > 0 ? `${rate.toFixed(rate >= 10 ? 0 : 1)} items/s` : '- items/s',
+      elapsed: formatDuration((Date.now() - this.started) / 1000),
+      eta: rate > 0 ? formatDuration(left / rate) : '-',
+      note: note ? `  ${note}` : '',
+    };
+  }
+
+  /** Stops the bar (leaving its last state on screen). */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.bar.stop();
+  }
+
+  get elapsedS(): number {
+    return (Date.now() - this.started) / 1000;
+  }
+
+  toString(): string {
+    return this.phase;
+  }
+}
+
+// ---------------------------------------------------------------------------------- results folder
+
+/** What `--out` may do when it already holds results. */
+type OutMode = 'new' | 'resume' | 'overwrite';
+
+/** The job whose results a folder holds (its job.json), if any. */
+function jobOfFolder(out: string): string | undefined {
+  try {
+    return (JSON.parse(readFileSync(join(out, 'job.json'), 'utf8')) as { id?: string }).id;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Checks `--out` before anything is written: a folder that holds other results (another job's, or
+ * anything but this job's) is refused unless asked to resume or overwrite. With `overwrite`, the
+ * results there (job.json and item folders of .npy files) are removed; other files are kept.
+ */
+export function prepareOut(out: string, jobId: string | undefined, mode: OutMode): void {
+  if (!existsSync(out)) return;
+  if (!statSync(out).isDirectory()) throw new UsageError(`--out ${out} is a file; give a folder`);
+  const entries = readdirSync(out).filter((e) => !e.startsWith('.'));
+  if (entries.length === 0) return;
+  const holder = jobOfFolder(out);
+  if (jobId !== undefined && holder === jobId) return; // this job's own results: carry on
+  if (mode === 'new') {
+    throw new UsageError(
+      `--out ${out} already holds ${holder ? `the results of job ${holder}` : `${entries.length} other file(s)`}; pass --resume to add to them, --overwrite to replace them, or choose another --out`,
+    );
+  }
+  if (mode === 'overwrite') {
+    for (const e of entries) {
+      const p = join(out, e);
+      const isResults =
+        e === 'job.json' || (statSync(p).isDirectory() && readdirSync(p).every((f) => f.endsWith('.npy')));
+      if (isResults) rmSync(p, { recursive: true, force: true });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------- submit
+
+const REQUIREMENTS: OptionTable = {
+  kind: {
+    type: 'choice',
+    choices: ['browser', 'native'],
+    help: 'run only on workers of this kind',
+    group: 'Requirements (which workers may run the job):',
+  },
+  backend: {
     type: 'string',
+    help: 'run only on this backend (webgpu, wasm, cuda, cpu, ...)',
+    group: 'Requirements (which workers may run the job):',
+  },
+  pool: {
+    type: 'string',
+    help: 'run only on nodes of this pool',
+    arg: 'NAME',
+    group: 'Requirements (which workers may run the job):',
+  },
+  'min-gpu-memory': {
+    type: 'size',
+    help: 'run only on workers with this much GPU memory (8GB, 512MiB)',
+    min: 0,
+    group: 'Requirements (which workers may run the job):',
+  },
+  'min-cores': {
+    type: 'int',
+    help: 'run only on workers with this many cores',
+    min: 0,
+    group: 'Requirements (which workers may run the job):',
+  },
+};
+
+const SUBMIT_OPTIONS: OptionTable = {
+  ...CONN,
+  model: { type: 'string', help: 'model name or sha256', required: true, arg: 'NAME' },
+  inputs: {
+    type: 'dir',
     help: 'folder of .npy files, <item>/<input>.npy folders, or images',
     required: true,
-    arg: 'PATH',
   },
   out: {
     type: 'string',
@@ -93,70 +336,45 @@ const SUBMIT: OptionTable = {
     default: 'results',
     arg: 'DIR',
   },
-  priority: { type: 'int', help: 'job priority (higher first)', default: 0 },
-  wait: { type: 'boolean', help: 'wait for the job and download results', default: true, negatable: true },
+  priority: { type: 'int', help: 'job priority, higher first', default: 0, min: -100, max: 100 },
+  deadline: {
+    type: 'string',
+    help: 'finish by: a duration (30m, 2h) or a date; raises priority as it nears',
+    arg: 'WHEN',
+  },
+  redundancy: {
+    type: 'int',
+    help: 'run each item on this many workers and compare',
+    default: 1,
+    min: 1,
+    max: 5,
+  },
+  ...REQUIREMENTS,
+  wait: {
+    type: 'boolean',
+    help: 'wait for the job and download its results',
+    default: true,
+    negatable: true,
+  },
+  overwrite: { type: 'boolean', help: 'replace results already in --out', default: false },
+  'retry-for': {
+    type: 'int',
+    help: 'seconds to keep retrying while the hub cannot be reached',
+    default: 300,
+    min: 0,
+    arg: 'S',
+  },
 };
 
-/** `shardhub submit`. */
-export async function submitCommand(argv: string[]): Promise<number> {
-  const { help, values: v } = parseOptions(argv, SUBMIT);
-  if (help) {
-    process.stdout.write(
-      helpText(
-        'shardhub submit --hub URL --token TOKEN --model NAME --inputs PATH [--out DIR]',
-        'Submit a job, show its progress and write its results.',
-        SUBMIT,
-        [
-          'shardhub submit --hub http://localhost:8080 --token op_... --model ppocr-det --inputs ./images --out ./results',
-        ],
-      ),
-    );
-    return 0;
-  }
-  const api = new Api(v.hub as string, v.token as string);
-  const { models } = await api.call<{ models: ModelInfo[] }>('GET', '/api/models');
-  const name = v.model as string;
-  const model = models.find((m) => m.name === name || m.sha256 === name);
-  if (!model)
-    throw new Error(`the hub has no model "${name}"; it has: ${models.map((m) => m.name).join(', ')}`);
-
-  const job = await api.call<{ id: string }>('POST', '/api/jobs', {
-    model: model.name,
-    priority: v.priority,
-  });
-  let batch: NamedItem[] = [];
-  let bytes = 0;
-  let count = 0;
-  const flush = async () => {
-    if (!batch.length) return;
-    await api.call('POST', `/api/jobs/${job.id}/items`, undefined, packItems(batch));
-    batch = [];
-    bytes = 0;
-  };
-  for await (const item of readInputsFolder(v.inputs as string, model)) {
-    batch.push({ name: item.name, tensors: item.inputs });
-    bytes += tensorBytes(item.inputs);
-    count++;
-    if (bytes > 32 * 1024 * 1024 || batch.length >= 2000) await flush();
-  }
-  await flush();
-  if (count === 0) {
-    await api.call('POST', `/api/jobs/${job.id}/cancel`);
-    throw new Error(`no items found in ${v.inputs as string}`);
-  }
-  await api.call('POST', `/api/jobs/${job.id}/seal`);
-  process.stderr.write(`job ${job.id}: ${count} items on ${model.name}\n`);
-  process.stdout.write(`${job.id}\n`);
-  if (!v.wait) return 0;
-
-  const status = await waitForJob(api, job.id);
-  const out = v.out as string;
-  const written = await downloadResults(api, job.id, out);
-  writeFileSync(join(out, 'job.json'), JSON.stringify(status, null, 2));
-  process.stderr.write(
-    `wrote ${written} results to ${out}${status.failed ? `; ${status.failed} item(s) failed, see ${join(out, 'job.json')}` : ''}\n`,
-  );
-  return status.state === 'completed' && status.failed === 0 ? 0 : 3;
+/** The job's `requirements` from the filter options, or null when none is given. */
+function requirements(v: OptionValues): Record<string, unknown> | null {
+  const r: Record<string, unknown> = {};
+  if (v.kind !== undefined) r.kind = v.kind;
+  if (v.backend !== undefined) r.backend = v.backend;
+  if (v.pool !== undefined) r.pool = v.pool;
+  if (v['min-gpu-memory'] !== undefined) r.minGpuMemoryBytes = v['min-gpu-memory'];
+  if (v['min-cores'] !== undefined) r.minCores = v['min-cores'];
+  return Object.keys(r).length ? r : null;
 }
 
 interface JobStatus {
@@ -167,91 +385,324 @@ interface JobStatus {
   failed: number;
   itemsPerSec: number;
   etaS: number | null;
+  elapsedS?: number;
+  failedItems?: { name: string; reasons: { message: string }[] }[];
 }
 
-async function waitForJob(api: Api, id: string): Promise<JobStatus> {
-  const tty = process.stderr.isTTY;
-  let lastLine = 0;
-  for (;;) {
-    const s = await api.call<JobStatus>('GET', `/api/jobs/${id}`);
-    const frac = s.items ? (s.done + s.failed) / s.items : 0;
-    const bar = `${'#'.repeat(Math.round(frac * 30)).padEnd(30, '.')}`;
-    const line = `[${bar}] ${s.done}/${s.items} done${s.failed ? `, ${s.failed} failed` : ''}  ${s.itemsPerSec.toFixed(1)} items/s${s.etaS !== null ? `  eta ${Math.ceil(s.etaS)}s` : ''}`;
-    if (tty) process.stderr.write(`\r${line}`);
-    else if (Date.now() - lastLine > 5000 || s.state === 'completed') {
-      process.stderr.write(`${line}\n`);
-      lastLine = Date.now();
+/** Ctrl-C as a promise-friendly flag: the first press is noted; the command decides what it means. */
+function interrupts(): { readonly signal: AbortSignal; dispose(): void } {
+  const ac = new AbortController();
+  const on = () => ac.abort(new CliError('interrupted', EXIT.interrupted));
+  process.on('SIGINT', on);
+  process.on('SIGTERM', on);
+  return {
+    signal: ac.signal,
+    dispose: () => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+    },
+  };
+}
+
+/** `shardhub submit`. */
+async function submit(cmd: Command, io: CliIo): Promise<number> {
+  const v = readValues(cmd, SUBMIT_OPTIONS, io.env);
+  const deadline = v.deadline !== undefined ? parseDeadline(v.deadline as string) : null;
+  const out = v.out as string;
+  // Nothing goes to the hub before the options, --out and the inputs' layout are known to be good.
+  if (v.wait) prepareOut(out, undefined, v.overwrite ? 'overwrite' : 'new');
+  const api = new Api(v.hub as string, v.token as string);
+  const { models } = await api.call<{ models: ModelInfo[] }>('GET', '/api/models');
+  const name = v.model as string;
+  const model = models.find((m) => m.name === name || m.sha256 === name);
+  if (!model)
+    throw new UsageError(`the hub has no model "${name}"; it has: ${models.map((m) => m.name).join(', ')}`);
+  let listing;
+  try {
+    listing = await listInputs(v.inputs as string, model);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+
+  const stop = interrupts();
+  const stderr = process.stderr;
+  let jobId: string | undefined;
+  let sealed = false;
+  try {
+    const job = await api.call<{ id: string }>('POST', '/api/jobs', {
+      model: model.name,
+      priority: v.priority,
+      redundancy: v.redundancy,
+      deadline,
+      requirements: requirements(v),
+    });
+    jobId = job.id;
+    io.stdout.write(`${job.id}\n`);
+    io.stderr.write(
+      `job ${job.id}: ${listing.items.length} items (${formatBytes(listing.bytes)}) on ${model.name}\n`,
+    );
+
+    const upload = new Progress('uploading', listing.items.length, stderr);
+    let batch: NamedItem[] = [];
+    let bytes = 0;
+    let count = 0;
+    let sent = 0;
+    const flush = async () => {
+      if (!batch.length) return;
+      stop.signal.throwIfAborted();
+      await api.call('POST', `/api/jobs/${job.id}/items`, undefined, packItems(batch));
+      sent += bytes;
+      batch = [];
+      bytes = 0;
+    };
+    try {
+      for await (const item of readInputsFolder(listing, model)) {
+        stop.signal.throwIfAborted();
+        batch.push({ name: item.name, tensors: item.inputs });
+        bytes += tensorBytes(item.inputs);
+        count++;
+        upload.update(count, undefined, formatBytes(sent + bytes));
+        // 8 MB a request: progress moves every second or so even on a slow link.
+        if (bytes > 8 * 1024 * 1024 || batch.length >= 500) await flush();
+      }
+      await flush();
+    } finally {
+      upload.stop();
     }
-    if (s.state === 'completed' || s.state === 'cancelled') {
-      if (tty) process.stderr.write('\n');
-      return s;
+    stop.signal.throwIfAborted();
+    await api.call('POST', `/api/jobs/${job.id}/seal`);
+    sealed = true;
+  } catch (err) {
+    if (jobId !== undefined) {
+      // The job never got all its items: cancel it, so no open job is left behind.
+      const cancelled = await api
+        .retried('POST', `/api/jobs/${encodeURIComponent(jobId)}/cancel`, 10_000)
+        .then(() => true)
+        .catch(() => false);
+      io.stderr.write(
+        cancelled
+          ? `job ${jobId} cancelled: its upload did not finish\n`
+          : `job ${jobId} could not be cancelled (the hub is unreachable); cancel it later with: ${invokedAs(io.env)} jobs --cancel ${jobId}\n`,
+      );
     }
-    await new Promise((ok) => setTimeout(ok, 500));
+    stop.dispose();
+    const reason = stop.signal.aborted ? stop.signal.reason : err;
+    if (reason instanceof CliError) throw reason;
+    throw new CliError((reason as Error).message);
+  }
+  stop.dispose();
+  if (!sealed || !v.wait) return EXIT.ok;
+  return waitAndDownload(api, jobId, out, 'new', v['retry-for'] as number, io);
+}
+
+/**
+ * Waits for a job with a progress bar, then downloads its results into `out` and writes job.json.
+ * Ctrl-C detaches (the job keeps running) and says how to re-attach. Returns the exit code.
+ */
+async function waitAndDownload(
+  api: Api,
+  id: string,
+  out: string | undefined,
+  mode: OutMode,
+  retryForS: number,
+  io: CliIo,
+): Promise<number> {
+  const stop = interrupts();
+  try {
+    const status = await waitForJob(api, id, retryForS * 1000, stop.signal);
+    const summary =
+      status.state === 'completed'
+        ? `job ${id} completed: ${status.done} items${status.failed ? `, ${status.failed} failed` : ''} in ${formatDuration(status.elapsedS ?? 0)}`
+        : `job ${id} ${status.state}: ${status.done} of ${status.items} items done${status.failed ? `, ${status.failed} failed` : ''}`;
+    io.stderr.write(`${summary}\n`);
+    if (out !== undefined) {
+      const written = await downloadResults(api, id, out, mode, status, stop.signal);
+      io.stderr.write(
+        `wrote ${written} results to ${out}${status.failed ? `; the failed items and why are in ${join(out, 'job.json')}` : ''}\n`,
+      );
+    }
+    return status.state === 'completed' && status.failed === 0 ? EXIT.ok : EXIT.incomplete;
+  } catch (err) {
+    if (stop.signal.aborted) {
+      io.stderr.write(
+        `\njob ${id} keeps running on the hub; pick it up again with: ${invokedAs(io.env)} jobs --wait ${id}${out ? ` --out ${out} --resume` : ''}\n`,
+      );
+      return EXIT.interrupted;
+    }
+    throw err;
+  } finally {
+    stop.dispose();
+  }
+}
+
+/** Polls a job until it ends, redrawing its progress; retries while the hub cannot be reached. */
+async function waitForJob(api: Api, id: string, retryForMs: number, signal: AbortSignal): Promise<JobStatus> {
+  const path = `/api/jobs/${encodeURIComponent(id)}`;
+  let bar: Progress | undefined;
+  let lastValue = 0;
+  try {
+    for (;;) {
+      signal.throwIfAborted();
+      const s = await api.retried<JobStatus>('GET', path, retryForMs, (err, attempt) => {
+        if (bar) bar.update(lastValue, undefined, `hub unreachable, retrying (${attempt})`);
+        else if (attempt === 1)
+          process.stderr.write(`${err.message}; retrying for up to ${Math.round(retryForMs / 1000)} s\n`);
+      });
+      lastValue = s.done + s.failed;
+      bar ??= new Progress('running', s.items, process.stderr);
+      bar.update(lastValue, s.items, s.state === 'running' ? '' : s.state);
+      if (s.state === 'completed' || s.state === 'cancelled') return s;
+      await Promise.race([
+        sleep(500),
+        new Promise((ok) => signal.addEventListener('abort', ok, { once: true })),
+      ]);
+    }
+  } finally {
+    bar?.stop();
   }
 }
 
 /**
  * Streams the job's results as one tar (`GET /api/jobs/:id/results.tar`) into `<out>/<item>/<output>.npy`,
- * one entry in memory at a time; returns how many items were written.
+ * one entry in memory at a time; returns how many items were written. job.json, written first,
+ * marks the folder as this job's, and at the end holds the job's status and its failed items.
  */
-async function downloadResults(api: Api, id: string, out: string): Promise<number> {
+async function downloadResults(
+  api: Api,
+  id: string,
+  out: string,
+  mode: OutMode,
+  status: JobStatus,
+  signal: AbortSignal,
+): Promise<number> {
+  prepareOut(out, id, mode);
   mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, 'job.json'), JSON.stringify({ id, state: 'downloading' }, null, 2));
   const safe = (s: string) => s.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '_');
   const items = new Set<string>();
-  for await (const entry of readTar(await api.stream(`/api/jobs/${id}/results.tar`))) {
-    // The hub writes results/<item>/<output>.npy; anything else (or any other depth) is refused.
-    const parts = entry.name.split('/');
-    if (parts.length !== 3 || parts[0] !== 'results' || !parts[2]?.endsWith('.npy')) {
-      throw new Error(`unexpected entry "${entry.name.slice(0, 200)}" in the results of job ${id}`);
+  const bar = new Progress('downloading', status.done, process.stderr);
+  try {
+    for await (const entry of readTar(await api.stream(`/api/jobs/${encodeURIComponent(id)}/results.tar`))) {
+      signal.throwIfAborted();
+      // The hub writes results/<item>/<output>.npy; anything else (or any other depth) is refused.
+      const parts = entry.name.split('/');
+      if (parts.length !== 3 || parts[0] !== 'results' || !parts[2]?.endsWith('.npy')) {
+        throw new CliError(`unexpected entry "${entry.name.slice(0, 200)}" in the results of job ${id}`);
+      }
+      const dir = join(out, safe(parts[1] as string));
+      const file = join(dir, safe(parts[2] as string));
+      mkdirSync(dir, { recursive: true });
+      const have = existsSync(file) ? statSync(file).size : -1;
+      if (!(mode === 'resume' && have === entry.data.byteLength)) writeFileSync(file, entry.data);
+      items.add(dir);
+      bar.update(items.size);
     }
-    const dir = join(out, safe(parts[1] as string));
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, safe(parts[2] as string)), entry.data);
-    items.add(dir);
+  } finally {
+    bar.stop();
   }
+  const full = await api.call<JobStatus>('GET', `/api/jobs/${encodeURIComponent(id)}`);
+  writeFileSync(join(out, 'job.json'), JSON.stringify(full, null, 2));
   return items.size;
 }
 
-const JOBS: OptionTable = {
+function defineSubmit(cmd: Command): Command {
+  return addOptions(
+    cmd.usage('--hub URL --token TOKEN --model NAME --inputs DIR [--out DIR] [options]'),
+    SUBMIT_OPTIONS,
+  ).addHelpText(
+    'after',
+    `
+Prints the job's id on stdout as soon as the job exists; progress goes to stderr. Ctrl-C during the
+upload cancels the job; Ctrl-C while it runs leaves it running (pick it up with \`jobs --wait ID\`).
+
+Examples:
+  shardhub submit --hub http://localhost:8080 --token op_... --model ppocr-det --inputs ./images --out ./results
+  shardhub submit --hub http://hub:8080 --token op_... --model mlp-small --inputs ./npy \\
+    --priority 10 --deadline 2h --redundancy 2 --kind native --min-gpu-memory 8GB
+`,
+  );
+}
+
+/** The `submit` command for `server/cli.ts`. */
+export const SUBMIT = { define: defineSubmit, run: submit };
+
+// ---------------------------------------------------------------------------------- jobs
+
+const JOBS_OPTIONS: OptionTable = {
   ...CONN,
-  cancel: { type: 'string', help: 'cancel this job', arg: 'ID' },
   show: { type: 'string', help: 'show one job in full', arg: 'ID' },
+  wait: {
+    type: 'string',
+    help: 'wait for a job, with progress (with --out: then download its results)',
+    arg: 'ID',
+  },
+  download: { type: 'string', help: "download a job's results now (with --out)", arg: 'ID' },
+  out: { type: 'string', help: 'where results are written, for --wait and --download', arg: 'DIR' },
+  resume: {
+    type: 'boolean',
+    help: 'add to the results already in --out (skips files already there)',
+    default: false,
+  },
+  overwrite: { type: 'boolean', help: 'replace the results already in --out', default: false },
+  cancel: { type: 'string', help: 'cancel a job', arg: 'ID' },
   json: { type: 'boolean', help: 'print JSON', default: false },
+  'retry-for': {
+    type: 'int',
+    help: 'seconds to keep retrying while the hub cannot be reached',
+    default: 300,
+    min: 0,
+    arg: 'S',
+  },
 };
 
 /** `shardhub jobs`. */
-export async function jobsCommand(argv: string[]): Promise<number> {
-  const { help, values: v } = parseOptions(argv, JOBS);
-  if (help) {
-    process.stdout.write(
-      helpText(
-        'shardhub jobs --hub URL --token TOKEN [--show ID | --cancel ID]',
-        'List, show or cancel jobs.',
-        JOBS,
-      ),
-    );
-    return 0;
-  }
+async function jobs(cmd: Command, io: CliIo): Promise<number> {
+  const v = readValues(cmd, JOBS_OPTIONS, io.env);
+  const actions = (['show', 'wait', 'download', 'cancel'] as const).filter((k) => v[k] !== undefined);
+  if (actions.length > 1) throw new UsageError(`give one of ${actions.map((a) => `--${a}`).join(', ')}`);
+  if (v.resume && v.overwrite) throw new UsageError('give --resume or --overwrite, not both');
+  const mode: OutMode = v.resume ? 'resume' : v.overwrite ? 'overwrite' : 'new';
   const api = new Api(v.hub as string, v.token as string);
+  const out = v.out as string | undefined;
   if (v.cancel) {
     const j = await api.call<JobStatus>('POST', `/api/jobs/${encodeURIComponent(v.cancel as string)}/cancel`);
-    process.stdout.write(`${j.id} ${j.state}\n`);
-    return 0;
+    io.stdout.write(`${j.id} ${j.state}\n`);
+    return EXIT.ok;
   }
   if (v.show) {
     const j = await api.call<JobStatus>('GET', `/api/jobs/${encodeURIComponent(v.show as string)}`);
-    process.stdout.write(`${JSON.stringify(j, null, 2)}\n`);
-    return 0;
+    io.stdout.write(`${JSON.stringify(j, null, 2)}\n`);
+    return EXIT.ok;
   }
-  const { jobs } = await api.call<{ jobs: (JobStatus & { model: string; createdAt: number })[] }>(
+  if (v.wait) {
+    const id = v.wait as string;
+    if (out !== undefined) prepareOut(out, id, mode);
+    return waitAndDownload(api, id, out, mode, v['retry-for'] as number, io);
+  }
+  if (v.download) {
+    const id = v.download as string;
+    if (out === undefined) throw new UsageError('--download needs --out DIR');
+    prepareOut(out, id, mode);
+    const status = await api.call<JobStatus>('GET', `/api/jobs/${encodeURIComponent(id)}`);
+    const stop = interrupts();
+    try {
+      const written = await downloadResults(api, id, out, mode, status, stop.signal);
+      io.stderr.write(`wrote ${written} results of job ${id} (${status.state}) to ${out}\n`);
+    } finally {
+      stop.dispose();
+    }
+    return status.state === 'completed' && status.failed === 0 ? EXIT.ok : EXIT.incomplete;
+  }
+  if (out !== undefined) throw new UsageError('--out goes with --wait ID or --download ID');
+  const { jobs: list } = await api.call<{ jobs: (JobStatus & { model: string; createdAt: number })[] }>(
     'GET',
     '/api/jobs',
   );
   if (v.json) {
-    process.stdout.write(`${JSON.stringify(jobs, null, 2)}\n`);
-    return 0;
+    io.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+    return EXIT.ok;
   }
-  const rows = jobs.map((j) => [
+  const rows = list.map((j) => [
     j.id,
     j.model,
     j.state,
@@ -259,30 +710,48 @@ export async function jobsCommand(argv: string[]): Promise<number> {
     String(j.failed),
     new Date(j.createdAt).toISOString(),
   ]);
-  process.stdout.write(table(['ID', 'MODEL', 'STATE', 'DONE', 'FAILED', 'CREATED'], rows));
-  return 0;
+  io.stdout.write(table(['ID', 'MODEL', 'STATE', 'DONE', 'FAILED', 'CREATED'], rows));
+  return EXIT.ok;
 }
 
-const WORKERS: OptionTable = {
+function defineJobs(cmd: Command): Command {
+  return addOptions(
+    cmd.usage(
+      '--hub URL --token TOKEN [--show ID | --wait ID [--out DIR] | --download ID --out DIR | --cancel ID]',
+    ),
+    JOBS_OPTIONS,
+  ).addHelpText(
+    'after',
+    `
+Without an action, lists the jobs.
+
+Examples:
+  shardhub jobs --hub http://localhost:8080 --token op_...
+  shardhub jobs --hub http://localhost:8080 --token op_... --wait j_abc --out ./results
+  shardhub jobs --hub http://localhost:8080 --token op_... --download j_abc --out ./results --resume
+`,
+  );
+}
+
+/** The `jobs` command for `server/cli.ts`. */
+export const JOBS = { define: defineJobs, run: jobs };
+
+// ---------------------------------------------------------------------------------- workers
+
+const WORKERS_OPTIONS: OptionTable = {
   ...CONN,
-  kind: { type: 'string', help: 'browser or native' },
-  backend: { type: 'string', help: 'webgpu, wasm, cuda, cpu or sim' },
-  pool: { type: 'string', help: 'pool label of native nodes' },
+  kind: { type: 'choice', choices: ['browser', 'native'], help: 'only workers of this kind' },
+  backend: { type: 'string', help: 'only workers on this backend (webgpu, wasm, cuda, cpu, sim)' },
+  pool: { type: 'string', help: 'only native nodes of this pool', arg: 'NAME' },
   online: { type: 'boolean', help: 'only online workers', default: false },
-  'min-gpu-memory': { type: 'number', help: 'minimum GPU memory in bytes', min: 0, arg: 'BYTES' },
-  'min-cores': { type: 'int', help: 'minimum CPU cores', min: 0 },
+  'min-gpu-memory': { type: 'size', help: 'only workers with this much GPU memory (8GB, 512MiB)', min: 0 },
+  'min-cores': { type: 'int', help: 'only workers with this many CPU cores', min: 0 },
   json: { type: 'boolean', help: 'print JSON', default: false },
 };
 
 /** `shardhub workers`. */
-export async function workersCommand(argv: string[]): Promise<number> {
-  const { help, values: v } = parseOptions(argv, WORKERS);
-  if (help) {
-    process.stdout.write(
-      helpText('shardhub workers --hub URL --token TOKEN [filters]', 'List workers.', WORKERS),
-    );
-    return 0;
-  }
+async function workers(cmd: Command, io: CliIo): Promise<number> {
+  const v = readValues(cmd, WORKERS_OPTIONS, io.env);
   const api = new Api(v.hub as string, v.token as string);
   const q = new URLSearchParams();
   for (const [flag, key] of [
@@ -305,12 +774,12 @@ export async function workersCommand(argv: string[]): Promise<number> {
     itemsDone: number;
     pool: string | null;
   };
-  const { workers } = await api.call<{ workers: W[] }>('GET', `/api/workers?${q}`);
+  const { workers: list } = await api.call<{ workers: W[] }>('GET', `/api/workers?${q}`);
   if (v.json) {
-    process.stdout.write(`${JSON.stringify(workers, null, 2)}\n`);
-    return 0;
+    io.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+    return EXIT.ok;
   }
-  const rows = workers.map((w) => [
+  const rows = list.map((w) => [
     w.id,
     w.name,
     w.kind,
@@ -320,9 +789,15 @@ export async function workersCommand(argv: string[]): Promise<number> {
     w.pool ?? '-',
     String(w.itemsDone),
   ]);
-  process.stdout.write(table(['ID', 'NAME', 'KIND', 'BACKEND', 'STATE', 'CORES', 'POOL', 'DONE'], rows));
-  return 0;
+  io.stdout.write(table(['ID', 'NAME', 'KIND', 'BACKEND', 'STATE', 'CORES', 'POOL', 'DONE'], rows));
+  return EXIT.ok;
 }
+
+/** The `workers` command for `server/cli.ts`. */
+export const WORKERS = {
+  define: (cmd: Command) => addOptions(cmd.usage('--hub URL --token TOKEN [filters]'), WORKERS_OPTIONS),
+  run: workers,
+};
 
 function table(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));

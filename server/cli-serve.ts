@@ -2,7 +2,9 @@
  * `shardhub serve`: starts a hub. By default (the `npm start` experience) it also starts one local
  * native node and queues a demo job on a bundled real model, so work flows at once.
  */
+import type { Command } from 'commander';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { networkInterfaces } from 'node:os';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { packTensors } from '../protocol/pack.ts';
@@ -13,7 +15,17 @@ import { createLogger } from './logger.ts';
 import { queueOcrDemo } from './pipeline-demo.ts';
 import { HUB_RELAUNCH } from './node-flags.ts';
 import { DEFAULT_TRUST_OPTIONS } from './trust.ts';
-import { helpText, parseOptions, type OptionTable } from './options.ts';
+import {
+  addOptions,
+  CliError,
+  EXIT,
+  invokedAs,
+  readValues,
+  version,
+  type CliIo,
+  type OptionTable,
+  type OptionValues,
+} from './options.ts';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
 
@@ -24,6 +36,7 @@ export const SERVE_OPTIONS: OptionTable = {
     env: 'SHARDHUB_PORT',
     default: 8080,
     min: 0,
+    max: 65535,
   },
   host: { type: 'string', help: 'address to bind', env: 'SHARDHUB_HOST', default: '0.0.0.0' },
   data: {
@@ -33,7 +46,7 @@ export const SERVE_OPTIONS: OptionTable = {
     default: './data',
     arg: 'DIR',
   },
-  models: { type: 'string', help: 'folder of model manifests', env: 'SHARDHUB_MODELS', arg: 'DIR' },
+  models: { type: 'dir', help: 'folder of model manifests', env: 'SHARDHUB_MODELS', arg: 'DIR' },
   'operator-token': {
     type: 'string',
     help: 'operator token (else generated once and kept in the data dir)',
@@ -120,80 +133,145 @@ export const SERVE_OPTIONS: OptionTable = {
   },
 };
 
-/** Runs the hub until SIGINT/SIGTERM. */
-export async function serveCommand(
-  argv: string[],
-  /** The command is this process's entry: without the hub's Node flags it runs itself again with them. */
-  entry: { relaunch?: boolean } = {},
-): Promise<number> {
-  const { help, values: v } = parseOptions(argv, SERVE_OPTIONS);
-  if (help) {
-    process.stdout.write(
-      helpText(
-        'shardhub serve [options]',
-        'Run a hub: REST API, worker and operator sockets, contributor page and dashboard.',
-        SERVE_OPTIONS,
-        [
-          'shardhub serve                       # hub + local node + demo job on :8080',
-          'shardhub serve --no-demo --no-local-node --port 9000 --data /var/lib/shardhub',
-        ],
-      ),
-    );
-    return 0;
+/** Addresses of this machine on its networks (IPv4, not loopback), for the banner. */
+export function lanAddresses(): string[] {
+  return Object.values(networkInterfaces())
+    .flat()
+    .filter((a): a is NonNullable<typeof a> => !!a && a.family === 'IPv4' && !a.internal)
+    .map((a) => a.address);
+}
+
+/** The error a hub that cannot start gives, in one line that says what to do. */
+function startError(err: unknown, port: number, host: string, dataDir: string): CliError {
+  const e = err as NodeJS.ErrnoException;
+  switch (e.code) {
+    case 'EADDRINUSE':
+      return new CliError(
+        `port ${port} is in use (another hub?); stop what uses it, or choose another port with --port ${port === 8080 ? 8081 : port + 1}`,
+        EXIT.listen,
+      );
+    case 'EACCES':
+      if (e.syscall === 'listen')
+        return new CliError(
+          `not allowed to listen on port ${port}; ports below 1024 need root, choose another with --port`,
+          EXIT.listen,
+        );
+      return new CliError(
+        `cannot write to the data folder ${dataDir} (${e.message}); choose another with --data`,
+      );
+    case 'EADDRNOTAVAIL':
+    case 'ENOTFOUND':
+      return new CliError(
+        `cannot listen on ${host}: not an address of this machine; see --host`,
+        EXIT.listen,
+      );
+    case 'ENOTDIR':
+    case 'EEXIST':
+      return new CliError(
+        `the data folder ${dataDir} is not a folder; choose another with --data`,
+        EXIT.usage,
+      );
+    default:
+      return new CliError(`the hub could not start: ${e.message ?? String(err)}`);
   }
-  if (entry.relaunch && !startedAs(HUB_RELAUNCH)) return relaunchWithFlags(HUB_RELAUNCH);
+}
+
+/** `shardhub serve`'s options and help. */
+function define(cmd: Command): Command {
+  return addOptions(cmd, SERVE_OPTIONS).addHelpText(
+    'after',
+    `
+Examples:
+  shardhub serve                       # hub + local node + demo job on :8080
+  shardhub serve --no-demo --no-local-node --port 9000 --data /var/lib/shardhub
+`,
+  );
+}
+
+/** Runs the hub until SIGINT/SIGTERM; resolves with the exit code. */
+async function run(cmd: Command, io: CliIo): Promise<number> {
+  const v = readValues(cmd, SERVE_OPTIONS, io.env);
+  return serveCommand(v, io);
+}
+
+/** The `serve` command for `server/cli.ts`. */
+export const SERVE = { define, run };
+
+/**
+ * Runs the hub with parsed options until SIGINT/SIGTERM. Started without the hub's Node flags (the
+ * `shardhub` command, `npm run shardhub -- serve`), it runs itself again as a child that has them.
+ */
+export async function serveCommand(v: OptionValues, io: CliIo, relaunch = true): Promise<number> {
+  if (relaunch && !startedAs(HUB_RELAUNCH)) return relaunchWithFlags(HUB_RELAUNCH);
   const log = createLogger('hub');
   const defaults = defaultHubConfig();
-  const server = await HubServer.start(
-    {
-      port: v.port as number,
-      host: v.host as string,
-      dataDir: v.data as string,
-      modelsDir: (v.models as string | undefined) ?? defaults.modelsDir,
-      operatorToken: v['operator-token'] as string | undefined,
-      joinToken: v['join-token'] as string | undefined,
-      contributorToken: v['contributor-token'] as string | undefined,
-      corsOrigins:
-        typeof v.cors === 'string'
-          ? v.cors
-              .split(',')
-              .map((s) => s.trim())
-              .filter(Boolean)
-          : [],
-      hub: {
-        heartbeatMs: v['heartbeat-ms'] as number,
-        offlineAfterMs: v['offline-after-ms'] as number,
-        maxAttempts: v['max-attempts'] as number,
-        trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: v['trust-native'] as boolean },
-        scheduler: {
-          weighting: v.weighting as boolean,
-          factoring: v.factoring as boolean,
-          stealing: v.stealing as boolean,
-          speculation: v.speculation as boolean,
+  const port = v.port as number;
+  const host = v.host as string;
+  const dataDir = v.data as string;
+  let server: HubServer;
+  try {
+    server = await HubServer.start(
+      {
+        port,
+        host,
+        dataDir,
+        modelsDir: (v.models as string | undefined) ?? defaults.modelsDir,
+        operatorToken: v['operator-token'] as string | undefined,
+        joinToken: v['join-token'] as string | undefined,
+        contributorToken: v['contributor-token'] as string | undefined,
+        corsOrigins:
+          typeof v.cors === 'string'
+            ? v.cors
+                .split(',')
+                .map((s) => s.trim())
+                .filter(Boolean)
+            : [],
+        hub: {
+          heartbeatMs: v['heartbeat-ms'] as number,
+          offlineAfterMs: v['offline-after-ms'] as number,
+          maxAttempts: v['max-attempts'] as number,
+          trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: v['trust-native'] as boolean },
+          scheduler: {
+            weighting: v.weighting as boolean,
+            factoring: v.factoring as boolean,
+            stealing: v.stealing as boolean,
+            speculation: v.speculation as boolean,
+          },
         },
       },
-    },
-    log,
-  );
+      log,
+    );
+  } catch (err) {
+    throw startError(err, port, host, dataDir);
+  }
   const { operatorToken, joinToken } = server.tokens;
-  process.stdout.write(
+  const me = invokedAs(io.env);
+  const wildcard = host === '0.0.0.0' || host === '::';
+  const lan = wildcard ? lanAddresses().map((a) => `http://${a}:${server.port}`) : [];
+  // Other machines reach the hub by its network address; this machine by localhost.
+  const remote = lan[0] ?? server.url;
+  const pad = (s: string) => s.padEnd(19);
+  io.stdout.write(
     [
       '',
-      `shardhub hub is up`,
-      `  contribute a GPU:  ${server.url}/`,
-      `  dashboard:         ${server.url}/dashboard`,
-      `  operator token:    ${operatorToken}`,
-      `  node join token:   ${joinToken}`,
-      `  add a server:      npm run shardhub -- node --hub ${server.url} --token ${joinToken}`,
-      `  submit a job:      npm run shardhub -- submit --hub ${server.url} --token ${operatorToken} --model ppocr-det --inputs DIR --out results`,
+      `shardhub ${version()} hub is up`,
+      `  ${pad('contribute a GPU:')}${server.url}/${lan.map((u) => `  or ${u}/`).join('')}`,
+      `  ${pad('dashboard:')}${server.url}/dashboard`,
+      `  ${pad('operator token:')}${operatorToken}`,
+      `  ${pad('node join token:')}${joinToken}`,
+      `  ${pad('add a server:')}${me} node --hub ${remote} --token ${joinToken}`,
+      `  ${pad('submit a job:')}${me} submit --hub ${server.url} --token ${operatorToken} --model ppocr-det --inputs DIR --out results`,
+      ...(lan.length
+        ? [`  ${pad('')}(browsers on other machines need HTTPS for WebGPU: put the hub behind a TLS proxy)`]
+        : []),
       '',
     ].join('\n') + '\n',
   );
 
   let node: ChildProcess | undefined;
-  if (v['local-node']) node = startLocalNode(server.url, joinToken, resolve(v.data as string, 'local-node'));
+  if (v['local-node']) node = startLocalNode(server.url, joinToken, resolve(dataDir, 'local-node'));
   if (v.demo) {
-    queueDemo(server, log).catch((err: unknown) => log.error({ err }, 'demo job could not start'));
+    queueDemo(server, log, io).catch((err: unknown) => log.error({ err }, 'demo job could not start'));
   }
 
   return new Promise<number>((done) => {
@@ -207,7 +285,7 @@ export async function serveCommand(
         node && node.exitCode === null ? new Promise((ok) => node?.once('exit', ok)) : Promise.resolve();
       void Promise.race([wait, new Promise((ok) => setTimeout(ok, 5000))])
         .then(() => server.close())
-        .then(() => done(0));
+        .then(() => done(EXIT.ok));
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
@@ -232,7 +310,8 @@ function startLocalNode(url: string, token: string, stateDir: string): ChildProc
       '--name',
       'local-node',
     ],
-    { stdio: 'inherit', cwd: ROOT },
+    // It shares the hub's terminal: its status line would run into the hub's log lines.
+    { stdio: 'inherit', cwd: ROOT, env: { ...process.env, SHARDHUB_STATUS_LINE: 'off' } },
   );
   child.on('exit', (code, signal) => {
     if (code !== 0 && signal !== 'SIGINT')
@@ -242,12 +321,12 @@ function startLocalNode(url: string, token: string, stateDir: string): ChildProc
 }
 
 /** Queues 24 images' worth of PaddleOCR detection so a newcomer sees the grid work. */
-async function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>): Promise<void> {
+async function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>, io: CliIo): Promise<void> {
   if (await queueOcrDemo(server, log)) return; // OCR on the sample pages (server/pipeline-demo.ts)
   const hub = server.hub;
   const model = hub.models.byName('ppocr-det') ?? hub.models.byName('mlp-small');
   if (!model) {
-    log.warn('no demo model available; run `npm run models`');
+    log.warn('no demo model available: ppocr-det is missing from the models folder');
     return;
   }
   const job = hub.createJob({
@@ -265,7 +344,7 @@ async function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>
   }));
   hub.store.appendItems(job.id, items);
   await hub.sealJob(job.id);
-  process.stdout.write(
+  io.stdout.write(
     `  demo job:          ${job.id} (${items.length} items on ${model.name}); watch ${server.url}/api/jobs/${job.id}\n\n`,
   );
 }

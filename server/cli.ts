@@ -1,29 +1,47 @@
 /**
- * `shardhub <command>`: serve, node, submit, jobs, workers. Each command has `--help`.
+ * `shardhub <command>`: serve, node, submit, jobs, workers. One commander program: one help style,
+ * `--version`, and the exit codes in every `--help`. Each command's options are a table
+ * (`server/options.ts`) that gives its flags, help, environment variables and defaults.
  * From a checkout: `npm run shardhub -- <command> ...`; after `npm link`: `shardhub <command>`.
  */
-import { UsageError } from './options.ts';
+import { Command } from 'commander';
+import {
+  EXIT,
+  EXIT_CODES_HELP,
+  commandPath,
+  reportError,
+  runProgram,
+  version,
+  type Action,
+  type CliIo,
+} from './options.ts';
 
-const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
+/** Each command: its module's `define` adds options and help, its `run` does the work. */
+interface CommandModule {
+  define(cmd: Command): Command;
+  run: Action;
+}
+
+const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandModule> }> = {
   serve: {
     summary: 'run a hub (REST API, sockets, pages)',
-    run: async (a) => (await import('./cli-serve.ts')).serveCommand(a, { relaunch: true }),
+    load: async () => (await import('./cli-serve.ts')).SERVE,
   },
   node: {
-    summary: 'run a native node that lends this machine to a hub',
-    run: async (a) => (await import('../native/cli.ts')).nodeCommand(a, {}, { relaunch: true }),
+    summary: 'lend this machine to a hub as a native node',
+    load: async () => (await import('../native/cli.ts')).NODE,
   },
   submit: {
-    summary: 'submit a job and download its results',
-    run: async (a) => (await import('./cli-operator.ts')).submitCommand(a),
+    summary: 'submit a job, show its progress, download its results',
+    load: async () => (await import('./cli-operator.ts')).SUBMIT,
   },
   jobs: {
-    summary: 'list, show or cancel jobs',
-    run: async (a) => (await import('./cli-operator.ts')).jobsCommand(a),
+    summary: 'list, show, wait for, download or cancel jobs',
+    load: async () => (await import('./cli-operator.ts')).JOBS,
   },
   workers: {
     summary: 'list workers, with filters',
-    run: async (a) => (await import('./cli-operator.ts')).workersCommand(a),
+    load: async () => (await import('./cli-operator.ts')).WORKERS,
   },
   ocr: {
     summary: 'read the text of a folder of scanned pages on the grid',
@@ -31,44 +49,65 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   },
 };
 
-function usage(): string {
-  const rows = Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(10)} ${c.summary}`);
-  return `Usage: shardhub <command> [options]\n\nA compute grid for ONNX inference.\n\nCommands:\n${rows.join('\n')}\n\nRun \`shardhub <command> --help\` for a command's options.\n`;
+/**
+ * Builds the program. Only the command being run is loaded (`serve` never loads onnxruntime, `node`
+ * never loads the hub), so the others are defined from their summaries until needed.
+ */
+async function buildProgram(argv: string[], io: CliIo, result: { code?: number }): Promise<Command> {
+  const program = new Command('shardhub')
+    .description('A compute grid for ONNX inference.')
+    .version(version(), '-v, --version', 'print the version')
+    .helpOption('-h, --help', 'show help')
+    .helpCommand(false)
+    .showSuggestionAfterError(true)
+    .addHelpText(
+      'after',
+      `\nRun \`shardhub <command> --help\` for a command's options.\n\n${EXIT_CODES_HELP}\n`,
+    );
+  const wanted = argv.find((a) => !a.startsWith('-'));
+  for (const [name, c] of Object.entries(COMMANDS)) {
+    const cmd = program.command(name).description(c.summary).helpOption('-h, --help', 'show help');
+    if (name !== wanted) continue;
+    const mod = await c.load();
+    mod.define(cmd);
+    cmd.addHelpText('after', `\n${EXIT_CODES_HELP}\n`);
+    cmd.action(async () => {
+      try {
+        result.code = await mod.run(cmd, io);
+      } catch (err) {
+        result.code = reportError(err, commandPath(cmd), io);
+      }
+    });
+  }
+  return program;
 }
 
 /** Runs the CLI; returns the exit code. */
-export async function main(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
-  if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
-    process.stdout.write(usage());
-    return cmd ? 0 : 2;
+export async function main(argv: string[], partial: Partial<CliIo> = {}): Promise<number> {
+  const io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env, ...partial };
+  const result: { code?: number } = {};
+  const program = await buildProgram(argv, io, result);
+  if (argv.length === 0) {
+    io.stdout.write(program.helpInformation());
+    return EXIT.usage;
   }
-  const command = COMMANDS[cmd];
-  if (!command) {
-    process.stderr.write(`shardhub: unknown command "${cmd}"\n\n${usage()}`);
-    return 2;
+  const first = argv[0] as string;
+  if (!first.startsWith('-') && !(first in COMMANDS)) {
+    io.stderr.write(
+      `shardhub: unknown command "${first}"; the commands are ${Object.keys(COMMANDS).join(', ')}\nRun \`shardhub --help\` for usage.\n`,
+    );
+    return EXIT.usage;
   }
-  try {
-    return await command.run(rest);
-  } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`shardhub ${cmd}: ${err.message}\nRun \`shardhub ${cmd} --help\` for usage.\n`);
-      return 2;
-    }
-    process.stderr.write(`shardhub ${cmd}: ${(err as Error).message}\n`);
-    return 1;
-  }
+  return runProgram(program, argv, io, () => result.code);
 }
 
-if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('server/cli.ts')) {
+const entry = process.argv[1] ?? '';
+if (import.meta.url === `file://${entry}` || entry.endsWith('server/cli.ts')) {
   main(process.argv.slice(2)).then(
-    (code) => {
-      // serve and node keep running; they exit through their own signal handlers.
-      if (code !== -1) process.exit(code);
-    },
+    (code) => process.exit(code),
     (err: unknown) => {
-      process.stderr.write(`${String(err)}\n`);
-      process.exit(1);
+      process.stderr.write(`shardhub: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(EXIT.failed);
     },
   );
 }

@@ -647,7 +647,9 @@ export class Hub extends EventEmitter<HubEvents> {
       this.offline.delete(id);
       if (this.workers.get(id)?.state === 'offline') this.workers.delete(id);
     }
-    this.log.warn({ workerId, reason, requeued: n }, 'worker offline');
+    // A worker that left on its own with nothing unfinished (a drained node) is no cause for alarm.
+    const clean = n === 0 && reason.endsWith('client namespace disconnect');
+    this.log[clean ? 'info' : 'warn']({ workerId, reason, requeued: n }, 'worker offline');
     this.emit('worker:updated', workerId);
     this.pumpAllSoon();
   }

@@ -190,6 +190,8 @@ export class WorkerAgent {
   private statsScheduled = false;
   private benchmarkChain: Promise<void> = Promise.resolve();
   private drainPromise: Promise<void> | undefined;
+  /** The last `items:release` waiting for its ack. */
+  private releases: Promise<unknown> = Promise.resolve();
   private closePromise: Promise<void> | undefined;
   private readonly socketHandlers: [string, (...args: never[]) => void][] = [];
 
@@ -329,12 +331,17 @@ export class WorkerAgent {
     if (this.state === 'closed' || this.state === 'idle') return this.close();
     this.state = 'draining';
     this.log.info({ queued: this.queue.length, running: this.running.size }, 'draining');
+    // Tell the hub first (a heartbeat that says paused): it stops planning items for this worker.
+    this.sendHeartbeat();
     this.releaseQueue('draining');
     this.wake();
     this.changed();
     this.drainPromise = (async () => {
       await Promise.all(this.loops);
-      const flushed = await withTimeout(this.outbox.whenIdle(), this.opts.drainTimeoutMs ?? 60_000);
+      const flushed = await withTimeout(
+        Promise.all([this.outbox.whenIdle(), this.releases]).then(() => undefined),
+        this.opts.drainTimeoutMs ?? 60_000,
+      );
       if (!flushed)
         this.log.warn(
           { unsent: this.outbox.counts.pending },
@@ -767,7 +774,8 @@ export class WorkerAgent {
     if (ids.length === 0) return;
     this.log.info({ items: ids.length, why }, 'releasing unstarted items');
     if (!this.connected) return; // the hub requeues everything of a dropped connection itself
-    this.socket
+    // A drain waits for these acks before it disconnects (else the hub requeues them as lost).
+    this.releases = this.socket
       .timeout(this.opts.ackTimeoutMs ?? 30_000)
       .emitWithAck('items:release', { itemIds: ids })
       .then(
@@ -803,7 +811,8 @@ export class WorkerAgent {
       load,
       queued: this.queue.length,
       running: this.running.size,
-      paused: this.paused,
+      // A draining worker takes no new items: to the hub that is a pause.
+      paused: this.paused || this.state === 'draining',
     });
   }
 

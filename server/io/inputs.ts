@@ -30,13 +30,48 @@ const IMAGE_EXTS = new Set(['.png', '.jpg', '.jpeg']);
 /** Largest image file read: a compressed image of the largest accepted size fits easily. */
 const MAX_IMAGE_FILE_BYTES = MAX_IMAGE_PIXELS * 4;
 
+/** A folder's items, listed and checked for layout before any is read (see {@link listInputs}). */
+export interface InputsListing {
+  dir: string;
+  model: ModelInfo;
+  items: readonly { name: string; path: string; bytes: number }[];
+  /** The size of all the files the items are read from. */
+  bytes: number;
+}
+
+/**
+ * Lists a folder's items for `model` without reading them: an unsupported file, a layout the model
+ * cannot take (one `.npy` per item for a multi-input model, images for a model without image
+ * preprocessing), a clash of names or an empty folder is an error naming the file, before anything
+ * is sent to a hub.
+ */
+export async function listInputs(dir: string, model: ModelInfo): Promise<InputsListing> {
+  const sources = await listSources(dir, model);
+  if (sources.length === 0)
+    throw new Error(`${dir}: no items (expected <item>.npy, <item>.png/.jpg or <item>/ folders)`);
+  const items: InputsListing['items'][number][] = [];
+  let total = 0;
+  for (const src of sources) {
+    let bytes = 0;
+    if (src.kind === 'dir') {
+      for (const f of await readdir(src.path))
+        if (!f.startsWith('.')) bytes += (await stat(join(src.path, f))).size;
+    } else bytes = (await stat(src.path)).size;
+    total += bytes;
+    items.push({ name: src.name, path: src.path, bytes });
+  }
+  return { dir, model, items, bytes: total };
+}
+
 /** Reads a folder as items for `model`, sorted by item name (code-unit order, so stable everywhere). */
 export async function* readInputsFolder(
-  dir: string,
+  dir: string | InputsListing,
   model: ModelInfo,
-): AsyncIterable<{ name: string; inputs: WireTensor[] }> {
-  for (const src of await listSources(dir, model)) {
-    yield { name: src.name, inputs: await readItem(src, model) };
+): AsyncIterable<{ name: string; inputs: WireTensor[]; bytes?: number }> {
+  const listing = typeof dir === 'string' ? undefined : dir;
+  const sources = await listSources(listing ? listing.dir : (dir as string), model);
+  for (const [i, src] of sources.entries()) {
+    yield { name: src.name, inputs: await readItem(src, model), bytes: listing?.items[i]?.bytes };
   }
 }
 

@@ -1,18 +1,14 @@
 /**
- * A minimal streaming ustar (POSIX.1-1988) writer: enough for the hub to stream a results archive
- * (`results/<item>/<output>.npy`) straight into an HTTP response, one entry at a time, without
- * holding the archive in memory. Regular files only; sizes up to 8 GiB (11 octal digits).
+ * Results archives as tar streams, on tar-stream (the tar codec of tar-fs, used across npm): the
+ * hub streams `results/<item>/<output>.npy` straight into an HTTP response one entry at a time, and
+ * `shardhub submit`/`jobs --download` read it as it arrives, one entry in memory at a time. Long
+ * names get pax headers; only regular files are written and read.
  */
-import type { Writable } from 'node:stream';
+import { once } from 'node:events';
+import { Readable, type Writable } from 'node:stream';
+import { extract, pack, type Pack } from 'tar-stream';
 
-/** Size of a tar block. */
-export const TAR_BLOCK = 512;
-/** Largest entry size a ustar header can express. */
-export const TAR_MAX_SIZE = 8 ** 11 - 1;
-
-const encoder = new TextEncoder();
-
-/** Error thrown for names or sizes a ustar archive cannot hold. */
+/** Error thrown for names or sizes an archive here may not hold, and for broken archives. */
 export class TarError extends Error {
   override name = 'TarError';
 }
@@ -26,69 +22,17 @@ export interface TarEntryOptions {
 }
 
 /**
- * Splits a path into ustar's `prefix` (≤155 bytes) and `name` (≤100 bytes) at a `/`.
- * Rejects names that could escape the extraction directory (absolute, `..`, backslashes, NUL).
+ * Checks an entry name: a non-empty relative path with forward slashes, no `..` or empty segments,
+ * no NUL: nothing that could escape the folder it is extracted into.
  */
-export function splitTarName(path: string): { prefix: string; name: string } {
+export function checkTarName(path: string): string {
   if (path === '' || path.startsWith('/') || path.includes('\\') || path.includes('\0')) {
     throw new TarError(`tar entry name "${path}" must be a non-empty relative path with forward slashes`);
   }
-  if (path.split('/').some((s) => s === '..' || s === '')) {
-    throw new TarError(`tar entry name "${path}" must not contain ".." or empty segments`);
+  if (path.split('/').some((s) => s === '..' || s === '' || s === '.')) {
+    throw new TarError(`tar entry name "${path}" must not contain "..", "." or empty segments`);
   }
-  const len = (s: string) => encoder.encode(s).byteLength;
-  if (len(path) <= 100) return { prefix: '', name: path };
-  // Try every slash from the right: the name part as short as it must be, the prefix as long as it may be.
-  for (let i = path.lastIndexOf('/'); i > 0; i = path.lastIndexOf('/', i - 1)) {
-    const prefix = path.slice(0, i);
-    const name = path.slice(i + 1);
-    if (len(name) > 100) break;
-    if (len(prefix) <= 155) return { prefix, name };
-  }
-  throw new TarError(
-    `tar entry name "${path}" is too long for ustar (name ≤100 bytes, directory ≤155 bytes)`,
-  );
-}
-
-/** The 512-byte ustar header of a regular file `name` holding `size` bytes. */
-export function tarEntryHeader(name: string, size: number, opts: TarEntryOptions = {}): Uint8Array {
-  if (!Number.isSafeInteger(size) || size < 0 || size > TAR_MAX_SIZE) {
-    throw new TarError(`tar entry size ${size} is out of range (0..${TAR_MAX_SIZE})`);
-  }
-  const { prefix, name: short } = splitTarName(name);
-  const h = new Uint8Array(TAR_BLOCK);
-  const str = (off: number, len: number, s: string) => {
-    const b = encoder.encode(s);
-    h.set(b.subarray(0, len), off);
-  };
-  // Numeric fields: zero-padded octal, NUL-terminated, filling the field.
-  const oct = (off: number, len: number, n: number) =>
-    str(off, len, `${n.toString(8).padStart(len - 1, '0')}\0`);
-  str(0, 100, short);
-  oct(100, 8, opts.mode ?? 0o644);
-  oct(108, 8, 0); // uid
-  oct(116, 8, 0); // gid
-  oct(124, 12, size);
-  oct(136, 12, Math.max(0, Math.floor(opts.mtime ?? Date.now() / 1000)));
-  h.fill(0x20, 148, 156); // checksum counts as spaces while it is computed
-  h[156] = 0x30; // typeflag '0': regular file
-  str(257, 6, 'ustar\0');
-  str(263, 2, '00');
-  str(345, 155, prefix);
-  let sum = 0;
-  for (const b of h) sum += b;
-  str(148, 8, `${sum.toString(8).padStart(6, '0')}\0 `);
-  return h;
-}
-
-/** Zero bytes that pad an entry of `size` bytes to a whole block. */
-export function tarPadding(size: number): Uint8Array {
-  return new Uint8Array((TAR_BLOCK - (size % TAR_BLOCK)) % TAR_BLOCK);
-}
-
-/** The end-of-archive marker: two zero blocks. */
-export function tarEnd(): Uint8Array {
-  return new Uint8Array(2 * TAR_BLOCK);
+  return path;
 }
 
 /**
@@ -98,111 +42,144 @@ export function tarEnd(): Uint8Array {
  */
 export class TarWriter {
   private state: 'open' | 'finished' = 'open';
+  private readonly tar: Pack = pack();
+  private failure: Error | undefined;
 
-  constructor(private readonly out: Writable) {}
+  constructor(private readonly out: Writable) {
+    // The archive's bytes go to `out` as tar-stream makes them; `add` waits while `out` is full.
+    this.tar.on('data', (chunk: unknown) => {
+      if (!this.out.destroyed) this.out.write(chunk as Uint8Array);
+    });
+    this.tar.on('end', () => this.out.end());
+    out.once('close', () => {
+      if (this.state === 'open')
+        this.failure ??= new TarError('tar output stream closed before the archive was complete');
+    });
+    out.once('error', (err: Error) => (this.failure ??= err));
+  }
 
   /** Appends one file made of `parts` (written in order, never concatenated). */
-  async add(name: string, parts: Uint8Array | readonly Uint8Array[], opts?: TarEntryOptions): Promise<void> {
+  async add(
+    name: string,
+    parts: Uint8Array | readonly Uint8Array[],
+    opts: TarEntryOptions = {},
+  ): Promise<void> {
     if (this.state !== 'open') throw new TarError('tar archive is already finished');
+    this.check();
     const list = parts instanceof Uint8Array ? [parts] : parts;
     const size = list.reduce((n, p) => n + p.byteLength, 0);
-    await this.write(tarEntryHeader(name, size, opts));
-    for (const p of list) await this.write(p);
-    const pad = tarPadding(size);
-    if (pad.byteLength) await this.write(pad);
+    const entry = this.tar.entry({
+      name: checkTarName(name),
+      size,
+      mode: opts.mode ?? 0o644,
+      mtime: new Date((opts.mtime ?? Date.now() / 1000) * 1000),
+      type: 'file',
+    });
+    const written = new Promise<void>((resolve, reject) => {
+      entry.once('error', reject);
+      entry.once('finish', () => resolve());
+    });
+    for (const p of list) entry.write(p);
+    entry.end(() => undefined);
+    await written;
+    // tar-stream hands its bytes on in later ticks: let them reach `out` before judging its room.
+    await new Promise((ok) => setImmediate(ok));
+    await this.room();
   }
 
   /** Writes the end marker and ends the stream; resolves when the stream has flushed. */
   async finish(): Promise<void> {
     if (this.state !== 'open') throw new TarError('tar archive is already finished');
+    this.check();
     this.state = 'finished';
-    await this.write(tarEnd());
-    await new Promise<void>((resolve, reject) => {
+    const flushed = new Promise<void>((resolve, reject) => {
+      this.out.once('finish', () => resolve());
+      this.out.once('close', () => resolve());
       this.out.once('error', reject);
-      this.out.end(() => resolve());
     });
+    this.tar.finalize();
+    await flushed;
   }
 
-  private write(chunk: Uint8Array): Promise<void> {
-    const out = this.out;
-    if (out.destroyed || out.writableEnded)
-      return Promise.reject(new TarError('tar output stream is closed'));
-    if (out.write(chunk)) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        out.off('drain', onDrain);
-        out.off('close', onClose);
-        out.off('error', onError);
-        if (err) reject(err);
-        else resolve();
-      };
-      const onDrain = () => done();
-      const onClose = () => done(new TarError('tar output stream closed before the archive was complete'));
-      const onError = (err: Error) => done(err);
-      out.on('drain', onDrain);
-      out.on('close', onClose);
-      out.on('error', onError);
-    });
+  private check(): void {
+    if (this.failure) throw this.failure;
+    if (this.out.destroyed || this.out.writableEnded) throw new TarError('tar output stream is closed');
+  }
+
+  /** Waits while the output is full, for it to drain or close. */
+  private async room(): Promise<void> {
+    while (this.out.writableNeedDrain) {
+      this.check();
+      const ac = new AbortController();
+      await Promise.race([
+        once(this.out, 'drain', { signal: ac.signal }),
+        once(this.out, 'close', { signal: ac.signal }),
+        new Promise((ok) => setTimeout(ok, 50)),
+      ]).catch(() => undefined);
+      ac.abort();
+    }
+    this.check();
   }
 }
 
 /** A file read from a tar stream. */
 export interface TarEntry {
-  /** Its path (the ustar prefix and name joined). */
+  /** Its path. */
   name: string;
   data: Uint8Array;
 }
 
 /**
- * Reads the regular files of a ustar stream as they come, one entry in memory at a time (each at
- * most `maxEntryBytes`); checksums are verified. Ends at the end-of-archive marker; a stream that
- * ends before it, a bad checksum or an oversized entry is a `TarError`.
+ * Reads the regular files of a tar stream as they come, one entry in memory at a time (each at most
+ * `maxEntryBytes`). A stream cut short, a bad header, an oversized entry or an unsafe name is a
+ * `TarError`.
  */
 export async function* readTar(
   chunks: AsyncIterable<Uint8Array>,
   maxEntryBytes = 256 * 1024 * 1024,
 ): AsyncGenerator<TarEntry> {
-  const it = chunks[Symbol.asyncIterator]();
-  // Bytes read and not yet used, as the chunks came (joined only when taken).
-  let pending: Uint8Array[] = [];
-  let have = 0;
-  const take = async (n: number): Promise<Uint8Array> => {
-    while (have < n) {
-      const next = await it.next();
-      if (next.done) throw new TarError('tar stream ended before the end-of-archive marker');
-      pending.push(next.value);
-      have += next.value.byteLength;
+  const ex = extract();
+  // tar-stream ends quietly when a stream stops between entries: the last 1024 bytes must be the
+  // end-of-archive marker (two zero blocks), or the archive was cut short (a dropped download).
+  let tail = new Uint8Array(0);
+  async function* watched(): AsyncGenerator<Uint8Array> {
+    for await (const c of chunks) {
+      const joined = new Uint8Array(Math.min(1024, tail.byteLength + c.byteLength));
+      const fromTail = Math.max(0, joined.byteLength - c.byteLength);
+      joined.set(tail.subarray(tail.byteLength - fromTail), 0);
+      joined.set(c.subarray(c.byteLength - (joined.byteLength - fromTail)), fromTail);
+      tail = joined;
+      yield c;
     }
-    const out = new Uint8Array(n);
-    let off = 0;
-    while (off < n) {
-      const c = pending[0] as Uint8Array;
-      const k = Math.min(n - off, c.byteLength);
-      out.set(c.subarray(0, k), off);
-      off += k;
-      if (k === c.byteLength) pending.shift();
-      else pending[0] = c.subarray(k);
+  }
+  const source = Readable.from(watched(), { objectMode: false });
+  source.on('error', (err) => ex.destroy(err));
+  source.pipe(ex);
+  try {
+    for await (const entry of ex) {
+      const { name, size, type } = entry.header;
+      if (type !== 'file') {
+        entry.resume();
+        continue;
+      }
+      if (size === undefined || size > maxEntryBytes) {
+        entry.destroy();
+        throw new TarError(`tar entry of ${size} bytes is out of range (0..${maxEntryBytes})`);
+      }
+      const parts: Uint8Array[] = [];
+      for await (const c of entry) parts.push(c as Uint8Array);
+      const data = parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts);
+      yield { name: checkTarName(name), data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
     }
-    have -= n;
-    if (pending.length === 0) pending = [];
-    return out;
-  };
-  const text = (h: Uint8Array, off: number, len: number) =>
-    new TextDecoder().decode(h.subarray(off, off + len)).replace(/\0.*$/s, '');
-  for (;;) {
-    const h = await take(TAR_BLOCK);
-    if (h.every((b) => b === 0)) return; // end of archive
-    let sum = 0;
-    for (let i = 0; i < TAR_BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (h[i] as number);
-    if (parseInt(text(h, 148, 8).trim(), 8) !== sum) throw new TarError('tar header checksum mismatch');
-    const size = parseInt(text(h, 124, 12).trim() || '0', 8);
-    if (!Number.isSafeInteger(size) || size < 0 || size > maxEntryBytes) {
-      throw new TarError(`tar entry of ${size} bytes is out of range (0..${maxEntryBytes})`);
-    }
-    const prefix = text(h, 345, 155);
-    const name = prefix ? `${prefix}/${text(h, 0, 100)}` : text(h, 0, 100);
-    const data = (await take(size + tarPadding(size).byteLength)).subarray(0, size);
-    const type = String.fromCharCode(h[156] as number);
-    if (type === '0' || type === '\0') yield { name, data };
+    if (tail.byteLength < 1024 || tail.some((b) => b !== 0))
+      throw new TarError('tar stream ended before the end-of-archive marker');
+  } catch (err) {
+    if (err instanceof TarError) throw err;
+    const message = (err as Error).message;
+    if (/unexpected end/i.test(message))
+      throw new TarError('tar stream ended before the end-of-archive marker');
+    throw new TarError(`broken tar stream: ${message}`);
+  } finally {
+    source.destroy();
   }
 }

@@ -12,9 +12,12 @@ import { compareTensors } from '../../protocol/tensor.ts';
 import type { HubServer } from '../../server/app.ts';
 import { readNpy, writeNpy } from '../../server/io/npy.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
+import type { ModelInfo } from '../../protocol/model.ts';
 import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
 import {
   Reference,
+  Rest,
+  ROOT,
   freePort,
   modelPath,
   serveArgs,
@@ -65,6 +68,145 @@ describe('shardhub CLI', () => {
     const unknown = await cli(['frobnicate']);
     assert.equal(unknown.code, 2);
     assert.match(unknown.out, /unknown command "frobnicate"/);
+    const version = await cli(['--version']);
+    assert.equal(version.code, 0);
+    assert.equal(version.out.trim(), JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version);
+    const help = await cli(['--help']);
+    assert.match(help.out, /Exit codes:\n\s+0\s+done[\s\S]*\n\s+4\s+the hub could not be reached/);
+    const submitHelp = await cli(['submit', '--help']);
+    assert.match(submitHelp.out, /--min-gpu-memory <SIZE>[\s\S]*Exit codes:/);
+  });
+
+  test('bad URLs, ports and folders: one line saying what to do, exit 2, no stack trace', async () => {
+    const cases: [string[], RegExp][] = [
+      [
+        ['node', '--hub', 'localhost:8080'],
+        /--hub must be an http:\/\/ or https:\/\/ URL, got "localhost:8080"; did you mean http:\/\/localhost:8080\?/,
+      ],
+      [['serve', '--port', '99999'], /--port must be an integer from 0 to 65535, got 99999/],
+      [
+        ['submit', '--hub', hub.url, '--token', 't', '--model', 'm', '--inputs', join(tmp.dir, 'nope')],
+        /--inputs: no folder/,
+      ],
+      [['workers', '--hub', hub.url, '--token', 't', '--min-gpu-memory', 'lots'], /must be a size like 8GB/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await cli(args);
+      assert.equal(r.code, 2, r.out);
+      assert.match(r.out, re);
+      assert.doesNotMatch(r.out, /\n\s+at /, 'no stack trace');
+    }
+    const gone = await cli(['jobs', '--hub', `http://127.0.0.1:${await freePort()}`, '--token', 't']);
+    assert.equal(gone.code, 4, gone.out);
+    assert.match(gone.out, /cannot reach the hub at .*is it running\?/);
+  });
+
+  test('serve on a port in use: one line, exit 5', async () => {
+    const port = hub.port;
+    const r = await cli(serveArgs(port, join(tmp.dir, 'busy-port')));
+    assert.equal(r.code, 5, r.out);
+    assert.match(r.out, new RegExp(`port ${port} is in use .*--port`));
+    assert.doesNotMatch(r.out, /\n\s+at /);
+  });
+
+  const op = () => ['--hub', hub.url, '--token', hub.tokens.operatorToken];
+  const jobIds = () => hub.hub.store.listJobs({ limit: 1000 }).map((j) => j.id);
+
+  test('submit checks its inputs before it creates a job, and cancels the job when an item is bad', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    const before = jobIds().length;
+    const layout = join(tmp.dir, 'bad-layout');
+    mkdirSync(layout);
+    writeFileSync(join(layout, 'a.npy'), writeNpy(calibrationInputs(model, 1)[0] as never));
+    writeFileSync(join(layout, 'notes.txt'), 'not an input');
+    const r1 = await cli(['submit', ...op(), '--model', 'mlp-small', '--inputs', layout, '--no-wait']);
+    assert.equal(r1.code, 2, r1.out);
+    assert.match(r1.out, /notes\.txt: unsupported file/);
+    const empty = join(tmp.dir, 'empty-in');
+    mkdirSync(empty);
+    const r2 = await cli(['submit', ...op(), '--model', 'mlp-small', '--inputs', empty, '--no-wait']);
+    assert.equal(r2.code, 2, r2.out);
+    assert.match(r2.out, /no items/);
+    assert.equal(jobIds().length, before, 'no job was created for a folder that cannot be sent');
+
+    // A bad shape is found while reading: the job that was created is cancelled, not left open.
+    const shapes = join(tmp.dir, 'bad-shape');
+    mkdirSync(shapes);
+    writeFileSync(join(shapes, 'a.npy'), writeNpy(calibrationInputs(model, 1)[0] as never));
+    writeFileSync(
+      join(shapes, 'b.npy'),
+      writeNpy({ name: 'x', dtype: 'float32', dims: [1, 3], data: new Uint8Array(12) } as never),
+    );
+    const r3 = await cli(['submit', ...op(), '--model', 'mlp-small', '--inputs', shapes, '--no-wait']);
+    assert.equal(r3.code, 1, r3.out);
+    assert.match(r3.out, /b\.npy: input "x" has dims \[1,3\]/);
+    const id = /job (j_\w+) cancelled: its upload did not finish/.exec(r3.out)?.[1];
+    assert.ok(id, r3.out);
+    assert.equal(hub.hub.store.getJob(id)?.state, 'cancelled');
+    assert.equal(hub.hub.store.listJobs({ limit: 1000 }).filter((j) => j.state === 'open').length, 0);
+  });
+
+  test('Ctrl-C during the upload cancels the job; exit 130', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    const dir = join(tmp.dir, 'many');
+    mkdirSync(dir);
+    for (let i = 0; i < 3000; i++)
+      writeFileSync(join(dir, `i${i}.npy`), writeNpy(calibrationInputs(model, i)[0] as never));
+    const p = spawnTs('server/cli.ts', [
+      'submit',
+      ...op(),
+      '--model',
+      'mlp-small',
+      '--inputs',
+      dir,
+      '--no-wait',
+    ]);
+    const id = await waitFor('the job id', () => /^(j_\w+)$/m.exec(p.output())?.[1], 30_000, 5);
+    p.child.kill('SIGINT');
+    const { code } = await p.exited;
+    assert.equal(code, 130, p.output());
+    assert.match(p.output(), new RegExp(`job ${id} cancelled`));
+    assert.equal(hub.hub.store.getJob(id)?.state, 'cancelled');
+  });
+
+  test('submit takes priority, deadline, redundancy and requirements; sizes take units', async () => {
+    const dir = join(tmp.dir, 'one');
+    mkdirSync(dir);
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    writeFileSync(join(dir, 'a.npy'), writeNpy(calibrationInputs(model, 3)[0] as never));
+    const t0 = Date.now();
+    const r = await cli([
+      ...['submit', ...op(), '--model', 'mlp-small', '--inputs', dir, '--no-wait'],
+      ...[
+        '--priority',
+        '7',
+        '--deadline',
+        '2h',
+        '--redundancy',
+        '2',
+        '--kind',
+        'browser',
+        '--min-gpu-memory',
+        '8GB',
+        '--min-cores',
+        '4',
+      ],
+    ]);
+    assert.equal(r.code, 0, r.out);
+    const id = /^(j_\w+)$/m.exec(r.out)?.[1];
+    assert.ok(id);
+    const job = hub.hub.store.getJob(id);
+    assert.equal(job?.priority, 7);
+    assert.equal(job?.redundancy, 2);
+    assert.ok(
+      job?.deadline && Math.abs(job.deadline - (t0 + 2 * 3600_000)) < 60_000,
+      `deadline ${job?.deadline}`,
+    );
+    assert.deepEqual(job?.requirements, { kind: 'browser', minGpuMemoryBytes: 8e9, minCores: 4 });
+    await cli(['jobs', ...op(), '--cancel', id]);
   });
 
   test('submit a folder of .npy files: progress, then one .npy per output equal to the reference', async () => {
@@ -98,7 +240,9 @@ describe('shardhub CLI', () => {
       out,
     ]);
     assert.equal(r.code, 0, r.out);
-    assert.match(r.out, /20\/20 done/);
+    assert.match(r.out, /^j_\w+$/m, 'the job id on a line of its own');
+    assert.match(r.out, /uploading .* 20\/20 items/, 'upload progress');
+    assert.match(r.out, /completed: 20 items in \d+ s/);
     assert.match(r.out, /wrote 20 results/);
     const ref = await Reference.open(modelPath(hub, model));
     try {
@@ -224,6 +368,95 @@ describe('shardhub CLI', () => {
       assert.throws(() => process.kill(child, 0), 'the child is gone');
     } finally {
       serve.child.kill('SIGKILL');
+    }
+  });
+  test("jobs --download writes any job's results; --out holding other results is refused unless --resume or --overwrite", async () => {
+    const done = hub.hub.store
+      .listJobs({ limit: 1000 })
+      .filter((j) => j.state === 'completed' && j.modelName === 'mlp-small');
+    assert.ok(done.length >= 1);
+    const id = done[0]!.id;
+    const out = join(tmp.dir, 'dl');
+    const r = await cli(['jobs', ...op(), '--download', id, '--out', out]);
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /wrote 20 results/);
+    assert.equal(JSON.parse(readFileSync(join(out, 'job.json'), 'utf8')).id, id);
+    const again = await cli(['jobs', ...op(), '--download', id, '--out', out, '--resume']);
+    assert.equal(again.code, 0, 'the same job again: fine');
+    // Another job's results into that folder: refused before anything is written or created.
+    const other = join(tmp.dir, 'npy-in');
+    const before = jobIds().length;
+    const refused = await cli(['submit', ...op(), '--model', 'mlp-small', '--inputs', other, '--out', out]);
+    assert.equal(refused.code, 2, refused.out);
+    assert.match(
+      refused.out,
+      new RegExp(`--out .* already holds the results of job ${id}; pass --resume .* --overwrite`),
+    );
+    assert.equal(jobIds().length, before, 'no job created');
+    const stray = join(tmp.dir, 'stray');
+    mkdirSync(stray);
+    writeFileSync(join(stray, 'keep.txt'), 'mine');
+    const r2 = await cli(['jobs', ...op(), '--download', id, '--out', stray]);
+    assert.equal(r2.code, 2);
+    assert.match(r2.out, /already holds 1 other file/);
+    const over = await cli(['jobs', ...op(), '--download', id, '--out', stray, '--overwrite']);
+    assert.equal(over.code, 0, over.out);
+    assert.ok(readdirSync(stray).includes('keep.txt'), 'files that are not results are kept');
+  });
+});
+
+describe('a dropped connection does not lose the job', () => {
+  const tmp = tempDir();
+  after(() => tmp.cleanup());
+
+  test('jobs --wait retries while the hub is down and picks the job up again when it is back', async () => {
+    const port = await freePort();
+    const data = join(tmp.dir, 'hub');
+    const url = `http://127.0.0.1:${port}`;
+    const first = spawnTs('server/cli.ts', serveArgs(port, data));
+    await waitFor('hub up', () => first.output().includes('hub is up'), 30_000);
+    const opToken = /operator token: +(\S+)/.exec(first.output())?.[1] as string;
+    const joinToken = /node join token: +(\S+)/.exec(first.output())?.[1] as string;
+    const rest = new Rest(url, opToken);
+    const { models } = await rest.data('GET', '/api/models');
+    const model = (models as ModelInfo[]).find((m) => m.name === 'mlp-tiny') as ModelInfo;
+    const items = Array.from({ length: 30 }, (_, i) => ({
+      name: `t${i}`,
+      tensors: calibrationInputs(model, i),
+    }));
+    const id = await rest.submit('mlp-tiny', items);
+    first.child.kill('SIGTERM');
+    await first.exited;
+
+    const out = join(tmp.dir, 'out');
+    const wait = spawnTs('server/cli.ts', [
+      'jobs',
+      '--hub',
+      url,
+      '--token',
+      opToken,
+      '--wait',
+      id,
+      '--out',
+      out,
+    ]);
+    await waitFor(
+      'a retry',
+      () => /cannot reach the hub .* retrying for up to 300 s/.test(wait.output()),
+      20_000,
+    );
+    const second = spawnTs('server/cli.ts', serveArgs(port, data));
+    const node = startNode(url, joinToken, join(tmp.dir, 'node'));
+    try {
+      const { code } = await wait.exited;
+      assert.equal(code, 0, wait.output());
+      assert.match(wait.output(), new RegExp(`job ${id} completed: 30 items`));
+      assert.match(wait.output(), /wrote 30 results/);
+      assert.equal(readdirSync(out).filter((d) => d.startsWith('t')).length, 30);
+    } finally {
+      node.child.kill('SIGKILL');
+      second.child.kill('SIGTERM');
+      await second.exited;
     }
   });
 });

@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { nodeCommand, parseNodeArgs, UsageError } from '../../native/cli.ts';
+import { nodeCommand, parseNodeArgs } from '../../native/cli.ts';
+import { UsageError } from '../../server/options.ts';
 import { FakeHub, range, waitFor } from './fake-hub.ts';
 import { NODE_MALLOC_ENV, NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
 
@@ -52,10 +53,10 @@ describe('shardhub node arguments', () => {
     const bad = (argv: string[], re: RegExp, env = {}) =>
       assert.throws(
         () => parseNodeArgs(argv, env),
-        (e: unknown) => e instanceof UsageError && re.test(e.message),
+        (e: unknown) => e instanceof UsageError && re.test((e as Error).message),
       );
     bad([], /--hub is required/);
-    bad(['--hub', 'ftp://x'], /http\(s\) URL/);
+    bad(['--hub', 'ftp://x'], /http:\/\/ or https:\/\/ URL/);
     bad(['--hub', 'http://x', '--concurrency', '0'], /--concurrency must be an integer >= 1/);
     bad(['--hub', 'http://x', '--concurrency', '1.5'], /--concurrency must be an integer >= 1/);
     bad(['--hub', 'http://x'], /SHARDHUB_CONCURRENCY must be an integer >= 1/, {
@@ -65,8 +66,10 @@ describe('shardhub node arguments', () => {
     bad(['--hub', 'http://x', '--speed', '2'], /--speed applies only with --backend sim/);
     bad(['--hub', 'http://x', '--backend', 'sim', '--speed', '0'], /--speed must be a number > 0/);
     bad(['--hub', 'http://x', '--id', 'short'], /--id must be 8-64 characters/);
-    bad(['--hub', 'http://x', '--nope'], /Unknown option '--nope'/);
-    bad(['--hub', 'http://x', '--data-channel', 'yes'], /--data-channel must be on or off/);
+    bad(['--hub', 'http://x', '--nope'], /unknown option '--nope'/);
+    bad(['--hub', 'localhost:8080'], /did you mean http:\/\/localhost:8080/);
+    bad(['--hub', 'http://x', '--concurrency', '300'], /--concurrency must be an integer from 1 to 256/);
+    bad(['--hub', 'http://x', '--data-channel', 'yes'], /--data-channel must be one of on, off/);
   });
 
   it('parses the sim flags', () => {
@@ -118,7 +121,7 @@ function spawnNode(args: string[], relaunch = false) {
     env: (relaunch ? (e: NodeJS.ProcessEnv) => e : nodeEnv)({
       ...process.env,
       SHARDHUB_LOG_LEVEL: relaunch ? 'info' : 'warn',
-      SHARDHUB_TOKEN: '',
+      SHARDHUB_JOIN_TOKEN: '',
     }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -196,6 +199,51 @@ describe('shardhub node process', () => {
       assert.deepEqual(hub.released.sort(), [2, 3, 4]);
     } finally {
       node.child.kill('SIGKILL');
+      await hub.close();
+    }
+  });
+});
+
+describe('one identity per running node', () => {
+  it('a second node on the default identity runs as a worker of its own; with the same --id it refuses', async () => {
+    const hub = new FakeHub({ joinToken: 'good-token' });
+    await hub.listen();
+    const state = join(dir, 'shared-state');
+    const args = [
+      '--hub',
+      hub.url,
+      '--token',
+      'good-token',
+      '--backend',
+      'sim',
+      '--state',
+      state,
+      '--cache',
+      join(state, 'm'),
+    ];
+    const first = spawnNode(args);
+    const second = spawnNode(args);
+    try {
+      await waitFor('two registrations', () => hub.registers.length >= 2, 20_000);
+      const ids = new Set(hub.registers.map((r) => r.auth.workerId));
+      assert.equal(ids.size, 2, `two workers, not one swapped over: ${[...ids].join(', ')}`);
+      const fixed = [...args, '--id', 'fixed-node-1'];
+      const a = spawnNode(fixed);
+      await waitFor(
+        'the fixed node',
+        () => hub.registers.some((r) => r.auth.workerId === 'fixed-node-1'),
+        20_000,
+      );
+      const b = spawnNode(fixed);
+      assert.equal(await b.exit, 1);
+      assert.match(
+        b.stderr(),
+        /another node \(pid \d+\) on this machine already runs as worker fixed-node-1/,
+      );
+      a.child.kill('SIGKILL');
+    } finally {
+      first.child.kill('SIGKILL');
+      second.child.kill('SIGKILL');
       await hub.close();
     }
   });

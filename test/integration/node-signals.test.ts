@@ -1,0 +1,137 @@
+/**
+ * Ctrl-C and SIGTERM reach a busy native node started the README's way, `npm run shardhub -- node
+ * ...`, through npm, its shell and the node's relaunched child: the node drains once and exits,
+ * without a second signal quitting it early and without onnxruntime aborting (`Napi::Error`). Also
+ * with its output piped through `tee` (Ctrl-C kills tee too), and with SIGTERM sent to the npm
+ * process alone, as a supervisor does. The node runs real onnxruntime sessions (PaddleOCR
+ * detection, about half a second an item here), so it is busy when the signal comes.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { packTensors } from '../../protocol/pack.ts';
+import type { HubServer } from '../../server/app.ts';
+import { calibrationInputs } from '../../worker/calibration.ts';
+import { ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
+
+/** Starts `npm run shardhub -- node ...` (optionally `| tee FILE`) in a process group of its own, as a terminal does. */
+function npmNode(hub: HubServer, stateDir: string, tee?: string) {
+  const args = [
+    ...['--hub', hub.url, '--token', hub.tokens.joinToken, '--backend', 'cpu'],
+    ...['--state', stateDir, '--cache', join(stateDir, 'cache'), '--name', 'signals'],
+  ];
+  const cmd = `npm run --silent shardhub -- node ${args.join(' ')}${tee ? ` 2>&1 | tee ${tee}` : ''}`;
+  const child = spawn('sh', ['-c', tee ? cmd : `exec ${cmd}`], {
+    cwd: ROOT,
+    detached: true,
+    env: { ...process.env, SHARDHUB_LOG_LEVEL: 'info', SHARDHUB_LOG_FORMAT: 'json' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | string | null>((ok) =>
+    child.once('exit', (code, signal) => ok(code ?? signal)),
+  );
+  return { child, exited, output: () => out };
+}
+
+/** How many log lines carry this message. */
+const count = (log: string, msg: string) =>
+  log.split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).length;
+
+describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
+  const tmp = tempDir();
+  let hub: HubServer;
+  let rest: Rest;
+
+  before(async () => {
+    hub = await startHub(join(tmp.dir, 'hub'));
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
+  });
+  after(async () => {
+    await hub.close();
+    tmp.cleanup();
+  });
+
+  /** Queues PaddleOCR detection items and waits until the node runs them. */
+  async function busy(workerName: string): Promise<string> {
+    const model = hub.hub.models.byName('ppocr-det');
+    assert.ok(model, 'ppocr-det is bundled');
+    const items = Array.from({ length: 40 }, (_, i) => ({
+      name: `i${i}`,
+      tensors: calibrationInputs(model, 100 + i),
+    }));
+    const jobId = await rest.submit('ppocr-det', items);
+    void packTensors;
+    await waitFor(
+      'the node running items',
+      () => [...hub.hub.workers.values()].some((w) => w.name === workerName && w.running > 0),
+      120_000,
+      100,
+    );
+    return jobId;
+  }
+
+  async function stopped(p: ReturnType<typeof npmNode>, within: number): Promise<number | string | null> {
+    const code = await Promise.race([
+      p.exited,
+      new Promise<'hung'>((ok) => setTimeout(() => ok('hung'), within)),
+    ]);
+    if (code === 'hung') {
+      process.kill(-(p.child.pid as number), 'SIGKILL');
+      assert.fail(`the node did not exit within ${within} ms:\n${p.output().slice(-3000)}`);
+    }
+    return code;
+  }
+
+  function assertDrainedOnce(log: string): void {
+    assert.equal(count(log, 'draining'), 1, `one drain:\n${log.slice(-3000)}`);
+    assert.equal(count(log, 'exiting now'), 0, `no second signal quit the node:\n${log.slice(-3000)}`);
+    assert.doesNotMatch(log, /Napi::Error|terminate called|Aborted|core dumped/, 'no abort');
+  }
+
+  test('Ctrl-C (SIGINT to the process group) drains the busy node once; it exits 0', async () => {
+    const p = npmNode(hub, join(tmp.dir, 'a'));
+    await busy('signals');
+    process.kill(-(p.child.pid as number), 'SIGINT');
+    const code = await stopped(p, 60_000);
+    assertDrainedOnce(p.output());
+    assert.equal(count(p.output(), 'worker closed'), 1, 'the node closed after its drain');
+    // The hub stops planning items for a draining node: at most what was on its way is handed back.
+    assert.ok(count(p.output(), 'releasing unstarted items') <= 1, p.output().slice(-2000));
+    assert.equal(count(p.output(), 'release not acknowledged'), 0, 'the drain waited for the release');
+    assert.doesNotMatch(p.output(), /"level":(40|50)/, 'a clean drain logs no warning or error');
+    // npm itself ends on the terminal's Ctrl-C as well, by the signal; the node exited 0 under it.
+    assert.ok(code === 0 || code === 'SIGINT', `exit ${code}`);
+    await waitFor('the node offline', () =>
+      [...hub.hub.workers.values()].every((w) => w.name !== 'signals' || w.state === 'offline'),
+    );
+  });
+
+  test('with its output piped through tee, Ctrl-C drains and the node exits (no hang)', async () => {
+    const file = join(tmp.dir, 'node.log');
+    const p = npmNode(hub, join(tmp.dir, 'b'), file);
+    await busy('signals');
+    process.kill(-(p.child.pid as number), 'SIGINT');
+    await stopped(p, 60_000);
+    // tee died with the Ctrl-C: what it wrote before, and the node's own exit, are what is left.
+    await waitFor('the node offline', () =>
+      [...hub.hub.workers.values()].every((w) => w.name !== 'signals' || w.state === 'offline'),
+    );
+    const log = readFileSync(file, 'utf8');
+    assert.ok(count(log, 'draining') <= 1, log.slice(-2000));
+    assert.doesNotMatch(log, /Napi::Error|terminate called/);
+  });
+
+  test('SIGTERM to the npm process alone reaches the node, which drains and exits 0', async () => {
+    const p = npmNode(hub, join(tmp.dir, 'c'));
+    await busy('signals');
+    p.child.kill('SIGTERM');
+    const code = await stopped(p, 60_000);
+    assertDrainedOnce(p.output());
+    assert.equal(code, 0, p.output().slice(-2000));
+  });
+});
