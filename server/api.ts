@@ -24,6 +24,7 @@ import { writeNpy } from './io/npy.ts';
 import { TarError, TarWriter } from './io/tar.ts';
 import { WorkerFigures, workerJson } from './workers.ts';
 import { filesRouter } from './api-files.ts';
+import { ocrRouter } from './pipeline-api.ts';
 
 const FilterSchema = z.strictObject({
   kind: z.enum(['browser', 'native']).optional(),
@@ -254,6 +255,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
   });
 
   r.use(filesRouter(hub));
+  r.use(ocrRouter(hub)); // OCR pipelines (server/pipeline-api.ts)
 
   r.post('/jobs/:id/seal', async (req, res) => {
     res.json({ data: jobJson(hub, await hub.sealJob(param(req, 'id'))) });

@@ -10,6 +10,7 @@ import { calibrationInputs } from '../worker/calibration.ts';
 import { HubServer, defaultHubConfig } from './app.ts';
 import { relaunchWithFlags, startedAs, watchParent } from '../native/launch.ts';
 import { createLogger } from './logger.ts';
+import { queueOcrDemo } from './pipeline-demo.ts';
 import { HUB_RELAUNCH } from './node-flags.ts';
 import { DEFAULT_TRUST_OPTIONS } from './trust.ts';
 import { helpText, parseOptions, type OptionTable } from './options.ts';
@@ -242,6 +243,7 @@ function startLocalNode(url: string, token: string, stateDir: string): ChildProc
 
 /** Queues 24 images' worth of PaddleOCR detection so a newcomer sees the grid work. */
 async function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>): Promise<void> {
+  if (await queueOcrDemo(server, log)) return; // OCR on the sample pages (server/pipeline-demo.ts)
   const hub = server.hub;
   const model = hub.models.byName('ppocr-det') ?? hub.models.byName('mlp-small');
   if (!model) {

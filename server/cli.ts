@@ -25,6 +25,10 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
     summary: 'list workers, with filters',
     run: async (a) => (await import('./cli-operator.ts')).workersCommand(a),
   },
+  ocr: {
+    summary: 'read the text of a folder of scanned pages on the grid',
+    run: async (a) => (await import('./cli-ocr.ts')).ocrCommand(a),
+  },
 };
 
 function usage(): string {

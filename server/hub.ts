@@ -38,6 +38,7 @@ import { DEFAULT_TRUST_OPTIONS, TrustBook, type TrustOptions } from './trust.ts'
 import { Verifier } from './verify.ts';
 import { ShardSender, type AssignmentRow, type WorkerSocket } from './shard-sender.ts';
 import { WriteBatch } from './write-batch.ts';
+import { parseStep, stageModel } from '../pipeline/stages.ts';
 import { DataChannels } from './data-channel.ts';
 
 /** Least time between two plans of waiting workers asked for by events (see `pumpAllSoon`). */
@@ -121,6 +122,8 @@ export interface HubEvents {
   'job:completed': [jobId: string];
   'worker:updated': [workerId: string];
   'items:requeued': [info: { workerId: string; jobId: string; items: number; reason: string; at: number }];
+  /** Results of these items were stored (pipelines build the next stage's items from them). */
+  'items:committed': [jobId: string, itemIds: number[]];
 }
 
 /** Error with a stable code for API replies. */
@@ -228,7 +231,7 @@ export class Hub extends EventEmitter<HubEvents> {
   /** After a restart: every sealed, unfinished job goes back to the scheduler with its pending items. */
   private resume(): void {
     for (const job of this.store.listJobs({ states: ['queued', 'running'] })) {
-      const model = this.models.bySha(job.modelSha256);
+      const model = this.modelOf(job);
       if (!model) {
         this.log.error(
           { jobId: job.id, model: job.modelName },
@@ -257,6 +260,11 @@ export class Hub extends EventEmitter<HubEvents> {
         404,
       );
     }
+    try {
+      parseStep(spec.options.step);
+    } catch (err) {
+      throw new HubError('invalid_request', `options.step: ${(err as Error).message}`, 400);
+    }
     const id = `j_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
     const { model: _m, ...rest } = spec;
     void _m;
@@ -265,9 +273,56 @@ export class Hub extends EventEmitter<HubEvents> {
     return job;
   }
 
-  /** The model a job runs. */
+  /** The model a job runs: for a pipeline stage, with the step its workers run after it. */
   modelOf(job: JobRecord): ModelInfo | undefined {
-    return this.models.bySha(job.modelSha256);
+    const model = this.models.bySha(job.modelSha256);
+    try {
+      return model && stageModel(model, parseStep(job.options.step));
+    } catch {
+      return undefined; // a step this build does not have: the job cannot run here
+    }
+  }
+
+  // ---------------------------------------------------------------- pipelines (server/pipeline.ts)
+
+  /** Jobs a pipeline may still add items to: they do not complete until `endStream`. */
+  private readonly streaming = new Set<string>();
+
+  /** Keeps a job from completing while a pipeline may still add items to it. */
+  holdOpen(jobId: string): void {
+    this.streaming.add(jobId);
+  }
+
+  /** The pipeline adds no more items: the job completes once its items are done or failed. */
+  endStream(jobId: string): void {
+    if (this.streaming.delete(jobId)) this.checkComplete(jobId);
+  }
+
+  /** Tells pipelines which items' results a commit stored, per job. */
+  private emitCommitted(group: JudgedResults[]): void {
+    const committed = new Map<string, number[]>();
+    for (const m of group) {
+      if (m.accepted.length === 0) continue;
+      const jobOf = new Map(m.results.map((r) => [r.itemId, r.jobId]));
+      for (const id of m.accepted) {
+        const jobId = jobOf.get(id);
+        if (jobId === undefined) continue;
+        const ids = committed.get(jobId);
+        if (ids) ids.push(id);
+        else committed.set(jobId, [id]);
+      }
+    }
+    for (const [jobId, ids] of committed) this.emit('items:committed', jobId, ids);
+  }
+
+  /** Adds items to a sealed job that is still running (a pipeline stage fed as results arrive). */
+  appendToJob(jobId: string, items: { name: string; inputs: Uint8Array }[]): number[] {
+    if (!this.active.has(jobId))
+      throw new HubError('job_not_active', `job ${clean(jobId, 80)} is not running`, 409);
+    const ids = this.store.appendItems(jobId, items, { running: true });
+    this.scheduler.requeueItems(jobId, ids);
+    this.pump();
+    return ids;
   }
 
   /**
@@ -420,6 +475,7 @@ export class Hub extends EventEmitter<HubEvents> {
    */
   private checkComplete(jobId: string, quick = false): void {
     if (quick && this.scheduler.queued(jobId) + this.scheduler.inFlight(jobId) > 0) return;
+    if (this.streaming.has(jobId)) return;
     const job = this.store.getJob(jobId);
     if (!job || (job.state !== 'running' && job.state !== 'queued')) return;
     if (job.doneCount + job.failedCount < job.itemCount) return;
@@ -834,6 +890,7 @@ export class Hub extends EventEmitter<HubEvents> {
         if (m.replicated.length > 0 || m.refused.length > 0) others = true;
         refill.add(m.workerId);
       }
+      if (this.listenerCount('items:committed') > 0) this.emitCommitted(group);
       for (const jobId of jobs) {
         this.emit('job:updated', jobId);
         this.checkComplete(jobId, true);

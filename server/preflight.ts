@@ -10,6 +10,7 @@ import type { ModelInfo } from '../protocol/model.ts';
 import { packTensors, unpackTensors } from '../protocol/pack.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { outputProblem } from './check.ts';
+import { runStep, type StageModel } from '../pipeline/stages.ts';
 
 /** Why a job cannot start. */
 export class PreflightError extends Error {
@@ -96,6 +97,7 @@ export class ReferenceRunner {
       let outputs: WireTensor[];
       try {
         [outputs = []] = await runner.run([unpackTensors(pack)]);
+        outputs = runStep(model as StageModel, outputs); // a pipeline stage's step, as workers run it
       } catch (err) {
         throw new PreflightError(
           `item ${itemId} does not run on model "${model.name}": ${(err as Error).message}`,

@@ -45,6 +45,7 @@ import type { ModelStore } from './model-cache.ts';
 import { Outbox, type OutboxOptions, type WorkerSocket } from './outbox.ts';
 import { ModelSessions, type DownloadProgress, type SessionLease } from './sessions.ts';
 import { type HeaderCache, unpackTensors } from '../protocol/pack.ts';
+import { runStep, type StageModel } from '../pipeline/stages.ts';
 import { checkOutputs, toBytes, toWireTensor } from './wire.ts';
 
 export type { WorkerSocket } from './outbox.ts';
@@ -699,7 +700,14 @@ export class WorkerAgent {
         this.fail(e, classifyError(error, 'run'), errorMessage(error));
         return;
       }
-      const out = (outputs as WireTensor[][])[i] as WireTensor[];
+      let out = (outputs as WireTensor[][])[i] as WireTensor[];
+      // A pipeline stage's step runs here, beside its model (pipeline/stages.ts).
+      try {
+        out = runStep(model as StageModel, out);
+      } catch (err) {
+        this.fail(e, 'invalid_output', `step ${(model as StageModel).step?.name}: ${errorMessage(err)}`);
+        return;
+      }
       const problem = checkOutputs(model, out);
       if (problem) {
         this.fail(e, 'invalid_output', problem);

@@ -356,6 +356,9 @@ function migrate(db: Database.Database): void {
  * does nothing. `upsertWorker` keeps an existing worker's `firstSeen` and `itemsDone`: the first is
  * history and the second is only ever changed through `addWorkerItems`.
  */
+/** An item to append: its name and its inputs' tensor pack. */
+type NewItemRow = { name: string; inputs: Uint8Array };
+
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private closed = false;
@@ -532,10 +535,12 @@ export class SqliteStore implements Store {
       ),
     };
 
-    this.appendTx = db.transaction((jobId: string, items: { name: string; inputs: Uint8Array }[]) => {
+    this.appendTx = db.transaction((jobId: string, items: NewItemRow[], running = false) => {
       const job = this.sql.jobForAppend.get(jobId);
       if (!job) throw new Error(`cannot append items: job ${jobId} does not exist`);
-      if (job.state !== 'open') {
+      // A pipeline stage (server/pipeline.ts) is fed while it runs.
+      const fed = running && (job.state === 'queued' || job.state === 'running');
+      if (job.state !== 'open' && !fed) {
         throw new Error(`cannot append items: job ${jobId} is ${job.state}; items go only to an open job`);
       }
       if (items.length === 0) return [];
@@ -659,8 +664,8 @@ export class SqliteStore implements Store {
     return this.getJob(job.id)!;
   }
 
-  appendItems(jobId: string, items: { name: string; inputs: Uint8Array }[]): number[] {
-    return this.appendTx.immediate(jobId, items);
+  appendItems(jobId: string, items: NewItemRow[], opts?: { running?: boolean }): number[] {
+    return this.appendTx.immediate(jobId, items, opts?.running ?? false);
   }
 
   updateJob(

@@ -145,7 +145,12 @@ export interface Store {
 
   createJob(job: NewJob): JobRecord;
   /** Appends items to an open job; returns their ids in order. Throws if the job is not open. */
-  appendItems(jobId: string, items: { name: string; inputs: Uint8Array }[]): number[];
+  /** Items go to an open job; with `running`, also to a sealed one still queued or running (a pipeline stage). */
+  appendItems(
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts?: { running?: boolean },
+  ): number[];
   updateJob(
     id: string,
     patch: Partial<Pick<JobRecord, 'state' | 'priority' | 'startedAt' | 'finishedAt' | 'deadline'>>,

@@ -1,0 +1,56 @@
+/**
+ * OCR over REST (`server/pipeline.ts` does the work):
+ * - `POST /api/ocr` `{images: [{name, data: base64}], priority?, redundancy?, cache?}` starts a run;
+ * - `GET /api/ocr/:id` its progress, `?wait=1` once every page has its outcome, with the results.
+ * Mounted behind the operator token by `server/api.ts`.
+ */
+import express from 'express';
+import { z } from 'zod';
+import { LIMITS } from '../protocol/limits.ts';
+import { describeZodError } from '../protocol/schemas.ts';
+import { type Hub, HubError } from './hub.ts';
+import { OcrService } from './pipeline.ts';
+
+/** Images per run over REST: a run's pages are kept decoded in memory until each is done. */
+export const OCR_MAX_IMAGES = 1000;
+
+const OcrRequestSchema = z.strictObject({
+  images: z
+    .array(
+      z.strictObject({
+        name: z.string().min(1).max(LIMITS.nameChars),
+        /** base64 of a PNG or JPEG file */
+        data: z.string().max(LIMITS.jsonBodyBytes * 64),
+      }),
+    )
+    .min(1)
+    .max(OCR_MAX_IMAGES),
+  priority: z.number().int().min(-100).max(100).default(0),
+  redundancy: z.number().int().min(1).max(5).default(1),
+  /** Answer pages read before from the result cache. */
+  cache: z.boolean().default(true),
+});
+
+/** The `/ocr` routes. */
+export function ocrRouter(hub: Hub): express.Router {
+  const r = express.Router();
+  const json = express.json({ limit: LIMITS.jsonBodyBytes * 64 });
+  r.post('/ocr', json, async (req, res) => {
+    const parsed = OcrRequestSchema.safeParse(req.body);
+    if (!parsed.success) throw new HubError('invalid_request', describeZodError(parsed.error), 400);
+    const { images, priority, redundancy, cache } = parsed.data;
+    const svc = await OcrService.of(hub);
+    const pages = images.map((im) => ({
+      name: im.name,
+      bytes: new Uint8Array(Buffer.from(im.data, 'base64')),
+    }));
+    res.status(201).json({ data: svc.submit(pages, { priority, redundancy, cache }) });
+  });
+  r.get('/ocr/:id', async (req, res) => {
+    const svc = await OcrService.of(hub);
+    const id = String(req.params.id).slice(0, LIMITS.nameChars);
+    if (req.query.wait === '1') return void res.json({ data: await svc.wait(id) });
+    res.json({ data: svc.view(id, req.query.results === '1') });
+  });
+  return r;
+}

@@ -1,0 +1,109 @@
+/**
+ * OCR shared by a native node and a WASM browser tab: a real hub serving the built pages, Debian's
+ * Chromium (onnxruntime-web, WASM), a native node (onnxruntime-node), the real PaddleOCR models.
+ * Steps run in both kinds of worker (one implementation, `pipeline/`); the run's text is compared
+ * with the standalone pipeline's.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import type { HubServer } from '../../server/app.ts';
+import { decodeImage } from '../../server/io/images.ts';
+import { OcrService } from '../../server/pipeline.ts';
+import { StandaloneOcr } from '../../pipeline/standalone.ts';
+import { scoreOcr } from '../../pipeline/metrics.ts';
+import { ROOT, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const DIST = join(ROOT, 'dist', 'client');
+const SAMPLES = join(ROOT, 'models/samples/ocr');
+
+describe('OCR on a native node and a WASM tab', () => {
+  const tmp = tempDir('shardhub-e2e-ocr-');
+  let hub: HubServer;
+  let browser: Browser;
+  let tab: Page;
+  let node: Proc;
+  let tabId = '';
+
+  before(async () => {
+    assert.ok(existsSync(join(DIST, 'index.html')), 'the pages are built (npm run build)');
+    hub = await startHub(join(tmp.dir, 'hub'), {
+      staticDir: DIST,
+      hub: { heartbeatMs: 500, offlineAfterMs: 2000, benchmarkTimeoutMs: 60_000 },
+    });
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        '--no-sandbox',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--no-first-run',
+      ],
+    });
+    tab = await (await browser.newContext()).newPage();
+    await tab.goto(`${hub.url}/?autostart=1&debug=1&backend=wasm`);
+    tabId = await waitFor(
+      'tab registered',
+      () =>
+        tab.evaluate(() => (window.shardhub?.stats()?.registered ? window.shardhub.workerId() : undefined)),
+      60_000,
+      100,
+    );
+    node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), ['--name', 'native-1']);
+    await waitFor(
+      'tab and node online',
+      () => [...hub.hub.workers.values()].filter((w) => w.state === 'online').length === 2,
+      60_000,
+    );
+  });
+
+  after(async () => {
+    node?.child.kill('SIGKILL');
+    await browser?.close();
+    await hub?.close();
+    tmp.cleanup();
+  });
+
+  test('both workers run OCR items; the text equals the standalone pipeline’s, CER no worse', async () => {
+    const files = ['page-000', 'page-001', 'page-002'];
+    const pages = [...files, ...files].map((f, i) => ({
+      name: `${i}-${f}.png`,
+      bytes: new Uint8Array(readFileSync(join(SAMPLES, `${f}.png`))),
+    }));
+    const svc = await OcrService.of(hub.hub);
+    const run = svc.submit(pages);
+    const done = await svc.wait(run.id);
+    const workers = new Set<string>();
+    for (const jobId of Object.values(done.jobs)) {
+      for (const r of hub.hub.store.iterateResults(jobId)) workers.add(r.workerId);
+    }
+    assert.ok(workers.has(tabId), 'the WASM tab ran items');
+    assert.equal(workers.size, 2, 'the native node ran items');
+    const ocr = await StandaloneOcr.create({ threads: 1 });
+    const grid = [];
+    const standalone = [];
+    try {
+      for (const [i, p] of pages.entries()) {
+        const want = await ocr.recognize(decodeImage(p.bytes));
+        const got = done.results![i]!;
+        assert.equal(got.outcome, 'ok');
+        assert.deepEqual(
+          got.lines.map((l) => l.text),
+          want.lines.map((l) => l.text),
+          `${p.name}: the grid's text equals the standalone pipeline's`,
+        );
+        const truth = JSON.parse(
+          readFileSync(join(SAMPLES, p.name.replace(/^\d+-/, '').replace('.png', '.json')), 'utf8'),
+        ).lines;
+        grid.push({ truth, got: got.lines.map((l) => l.text) });
+        standalone.push({ truth, got: want.lines.map((l) => l.text) });
+      }
+    } finally {
+      await ocr.dispose();
+    }
+    assert.ok(scoreOcr(grid).cer <= scoreOcr(standalone).cer);
+  });
+});

@@ -1,0 +1,244 @@
+/**
+ * OCR as a pipeline on the grid: a real hub, a real native node (onnxruntime-node in a child
+ * process), the real PaddleOCR models. The grid's text must equal the standalone pipeline's on the
+ * same pages (same backend: CPU onnxruntime-node), and bad inputs end as per-page outcomes.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PNG } from 'pngjs';
+import type { HubServer } from '../../server/app.ts';
+import { decodeImage } from '../../server/io/images.ts';
+import { StandaloneOcr } from '../../pipeline/standalone.ts';
+import { OCR_PAGES_IN_FLIGHT } from '../../server/pipeline.ts';
+import { scoreOcr } from '../../pipeline/metrics.ts';
+import { Rest, ROOT, spawnTs, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+
+const SAMPLES = join(ROOT, 'models/samples/ocr');
+
+function png(width: number, height: number, value: number): Uint8Array {
+  const img = new PNG({ width, height });
+  img.data.fill(value);
+  return new Uint8Array(PNG.sync.write(img));
+}
+
+describe('OCR pipeline on the grid', () => {
+  const tmp = tempDir();
+  let hub: HubServer;
+  let rest: Rest;
+  let node: Proc;
+
+  before(async () => {
+    hub = await startHub(join(tmp.dir, 'hub'));
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
+    node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), [
+      '--concurrency',
+      '1',
+      '--name',
+      'n0',
+    ]);
+    await waitFor(
+      'node online',
+      () => [...hub.hub.workers.values()].some((w) => w.state === 'online'),
+      60_000,
+    );
+  });
+
+  after(async () => {
+    node.child.kill('SIGKILL');
+    await hub.close();
+    tmp.cleanup();
+  });
+
+  test('pages in, text out: the grid reads what the standalone pipeline reads; stages run as jobs', async () => {
+    const names = ['page-000', 'page-002'];
+    const images = names.map((n) => ({ name: `${n}.png`, bytes: readFileSync(join(SAMPLES, `${n}.png`)) }));
+    const run = await rest.data('POST', '/api/ocr', {
+      images: images.map((im) => ({ name: im.name, data: Buffer.from(im.bytes).toString('base64') })),
+    });
+    assert.match(run.id, /^ocr_/);
+    const done = await waitFor(
+      'OCR run completed',
+      async () => {
+        const v = await rest.data('GET', `/api/ocr/${run.id}`);
+        return v.state === 'completed' ? v : undefined;
+      },
+      180_000,
+      200,
+    );
+    const full = await rest.data('GET', `/api/ocr/${run.id}?results=1`);
+    assert.equal(full.results.length, 2);
+    // Each stage was a job of its own model, and ran its items on the node.
+    for (const stage of ['det', 'cls', 'rec'] as const) {
+      const job = await rest.data('GET', `/api/jobs/${done.jobs[stage]}`);
+      assert.equal(job.state, 'completed', `${stage} job completed`);
+      assert.ok(job.done > 0);
+    }
+    const det = await rest.data('GET', `/api/jobs/${done.jobs.det}`);
+    assert.equal(det.items, 2, 'one detection item per page');
+    const ocr = await StandaloneOcr.create({ threads: 1 });
+    try {
+      const scores = { grid: [] as any[], standalone: [] as any[] };
+      for (const [i, im] of images.entries()) {
+        const want = await ocr.recognize(decodeImage(im.bytes));
+        const got = full.results[i];
+        assert.equal(got.outcome, 'ok');
+        assert.equal(got.name, im.name);
+        assert.deepEqual(
+          got.lines.map((l: any) => l.text),
+          want.lines.map((l) => l.text),
+          `${im.name}: grid text equals standalone text`,
+        );
+        assert.deepEqual(
+          got.lines.map((l: any) => l.box),
+          want.lines.map((l) => l.box),
+        );
+        const truth = JSON.parse(readFileSync(join(SAMPLES, im.name.replace('.png', '.json')), 'utf8')).lines;
+        scores.grid.push({ truth, got: got.lines.map((l: any) => l.text) });
+        scores.standalone.push({ truth, got: want.lines.map((l) => l.text) });
+      }
+      assert.ok(scoreOcr(scores.grid).cer <= scoreOcr(scores.standalone).cer, 'grid CER no worse');
+    } finally {
+      await ocr.dispose();
+    }
+  });
+
+  test('bad inputs: not an image, an empty page, a 20,000-px-wide page: each its own outcome', async () => {
+    const images = [
+      { name: 'notes.txt', bytes: new TextEncoder().encode('this is not an image') },
+      { name: 'blank.png', bytes: png(300, 200, 255) },
+      { name: 'wide.png', bytes: png(20_000, 60, 255) },
+      { name: 'text.png', bytes: readFileSync(join(SAMPLES, 'page-001.png')) },
+    ];
+    const run = await rest.data('POST', '/api/ocr', {
+      images: images.map((im) => ({ name: im.name, data: Buffer.from(im.bytes).toString('base64') })),
+    });
+    const done = await rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+    const by = Object.fromEntries(done.results.map((r: any) => [r.name, r]));
+    assert.equal(by['notes.txt'].outcome, 'invalid_image');
+    assert.equal(by['notes.txt'].error.stage, 'decode');
+    assert.match(by['notes.txt'].error.reason, /not a PNG or JPEG/);
+    assert.equal(by['blank.png'].outcome, 'no_text');
+    assert.equal(by['wide.png'].outcome, 'no_text');
+    assert.equal(by['wide.png'].width, 20_000);
+    assert.equal(by['text.png'].outcome, 'ok');
+    assert.ok(by['text.png'].lines.length >= 2);
+  });
+
+  test('shardhub ocr --inputs DIR --out DIR writes a JSON and a text file per page, bad files included', async () => {
+    const inputs = join(tmp.dir, 'scans');
+    const out = join(tmp.dir, 'text');
+    mkdirSync(inputs);
+    copyFileSync(join(SAMPLES, 'page-001.png'), join(inputs, 'a-page.png'));
+    writeFileSync(join(inputs, 'b-broken.png'), 'not really a png');
+    const cli = spawnTs('server/cli.ts', [
+      'ocr',
+      '--hub',
+      hub.url,
+      '--token',
+      hub.tokens.operatorToken,
+      '--inputs',
+      inputs,
+      '--out',
+      out,
+    ]);
+    const { code } = await cli.exited;
+    assert.equal(code, 0, cli.output());
+    const page = JSON.parse(readFileSync(join(out, 'a-page.json'), 'utf8'));
+    assert.equal(page.outcome, 'ok');
+    const truth = JSON.parse(readFileSync(join(SAMPLES, 'page-001.json'), 'utf8')).lines as string[];
+    const text = readFileSync(join(out, 'a-page.txt'), 'utf8');
+    assert.equal(text.trim().split('\n').length, truth.length);
+    assert.equal(text.replace(/\s/g, ''), truth.join('').replace(/\s/g, ''));
+    const broken = JSON.parse(readFileSync(join(out, 'b-broken.json'), 'utf8'));
+    assert.equal(broken.outcome, 'invalid_image');
+    assert.ok(existsSync(join(out, 'b-broken.txt')));
+    assert.match(cli.output(), /b-broken.png: invalid_image/);
+  });
+
+  test('result cache: pages read before, or twice in a run, are answered without running again', async () => {
+    const post = async (images: { name: string; bytes: Uint8Array }[], cache = true) => {
+      const run = await rest.data('POST', '/api/ocr', {
+        cache,
+        images: images.map((im) => ({ name: im.name, data: Buffer.from(im.bytes).toString('base64') })),
+      });
+      return rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+    };
+    // The same pixels in new bytes: a page this hub has not read.
+    const fresh = PNG.sync.write(PNG.sync.read(readFileSync(join(SAMPLES, 'page-000.png'))), {
+      deflateLevel: 1,
+    });
+    const twice = await post([
+      { name: 'a.png', bytes: fresh },
+      { name: 'b.png', bytes: fresh },
+    ]);
+    const det = await rest.data('GET', `/api/jobs/${twice.jobs.det}`);
+    assert.equal(det.items, 1, 'a page that repeats in a run is read once');
+    assert.equal(twice.results[0].cached, undefined);
+    assert.equal(twice.results[1].cached, true);
+    assert.equal(twice.results[1].name, 'b.png');
+    assert.deepEqual(twice.results[1].lines, twice.results[0].lines);
+    const again = await post([{ name: 'c.png', bytes: fresh }]);
+    assert.deepEqual(again.jobs, {}, 'no stage job: answered from the cache');
+    assert.equal(again.results[0].cached, true);
+    assert.deepEqual(again.results[0].lines, twice.results[0].lines);
+    const uncached = await post([{ name: 'd.png', bytes: fresh }], false);
+    assert.ok(uncached.jobs.det, 'cache: false reads the page again');
+    assert.equal(uncached.results[0].cached, undefined);
+    assert.deepEqual(uncached.results[0].lines, twice.results[0].lines);
+  });
+
+  test('a stage that fails keeps the lineage: each page says the stage and why', async () => {
+    const worker = [...hub.hub.workers.values()].find((w) => w.state === 'online');
+    assert.ok(worker);
+    await rest.data('POST', `/api/workers/${worker.id}/pause`);
+    try {
+      const bytes = PNG.sync.write(PNG.sync.read(readFileSync(join(SAMPLES, 'page-002.png'))), {
+        deflateLevel: 2,
+      });
+      const run = await rest.data('POST', '/api/ocr', {
+        images: [
+          { name: 'x.png', data: Buffer.from(bytes).toString('base64') },
+          { name: 'y.png', data: Buffer.from(png(64, 64, 0)).toString('base64') },
+        ],
+      });
+      const det = await waitFor(
+        'detection job',
+        async () => (await rest.data('GET', `/api/ocr/${run.id}`)).jobs.det,
+      );
+      // Once sealed (queued): nothing runs, the worker is paused.
+      await waitFor(
+        'detection job queued',
+        async () => (await rest.data('GET', `/api/jobs/${det}`)).state === 'queued',
+      );
+      await rest.data('POST', `/api/jobs/${det}/cancel`);
+      const done = await rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+      for (const page of done.results) {
+        assert.equal(page.outcome, 'failed');
+        assert.equal(page.error.stage, 'det');
+        assert.match(page.error.reason, /cancelled/);
+      }
+    } finally {
+      await rest.data('POST', `/api/workers/${worker.id}/resume`);
+    }
+  });
+
+  test('a run of more pages than it holds decoded at once reads them all', async () => {
+    // Distinct blank pages (one grey level each), so the cache answers none of them.
+    const images = Array.from({ length: OCR_PAGES_IN_FLIGHT + 4 }, (_, i) => ({
+      name: `blank-${i}.png`,
+      data: Buffer.from(png(64, 48, 200 + i)).toString('base64'),
+    }));
+    const run = await rest.data('POST', '/api/ocr', { images });
+    const done = await rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+    assert.equal(done.pagesDone, images.length);
+    assert.ok(done.results.every((r: any) => r.outcome === 'no_text' && r.cached === undefined));
+  });
+
+  test('an empty request is refused with a clear message', async () => {
+    const r = await rest.req('POST', '/api/ocr', { images: [] });
+    assert.equal(r.status, 400);
+    assert.equal(r.json.error.code, 'invalid_request');
+  });
+});
