@@ -59,7 +59,8 @@ export class ShOcrRun extends LitElement {
       }
       ol {
         margin: 0;
-        padding-left: 2rem;
+        padding-left: 0;
+        list-style: none;
         display: grid;
         gap: 0.15rem;
       }
@@ -67,6 +68,13 @@ export class ShOcrRun extends LitElement {
         display: flex;
         gap: 0.75rem;
         align-items: baseline;
+      }
+      .n {
+        min-width: 1.6rem;
+        text-align: right;
+        color: #9aa5b1;
+        font-size: 0.78rem;
+        font-variant-numeric: tabular-nums;
       }
       .line {
         font-family: ui-monospace, monospace;
@@ -211,7 +219,9 @@ export class ShOcrRun extends LitElement {
           'forgets them (their stage jobs still finish, under Jobs).'
         );
       if (err.status === 0)
-        return `The hub is gone (${err.message}); still trying. What is shown is the last the hub said.`;
+        return this.last
+          ? `The hub is gone (${err.message}); still trying. What is shown is the last the hub said.`
+          : `The hub is gone (${err.message}); still trying: the run shows when the hub answers.`;
       if (err.unauthorized) return 'The hub refused the operator token: sign in again.';
       return `The hub refused (${err.status} ${err.code}): ${err.message}`;
     }
@@ -286,8 +296,9 @@ export class ShOcrRun extends LitElement {
         p.outcome === 'ok'
           ? html`<ol aria-label="lines of ${p.name}">
               ${p.lines.map(
-                (l) =>
+                (l, n) =>
                   html`<li>
+                    <span class="n">${n + 1}</span>
                     <span class="line" data-test="ocr-line">${l.text}</span>
                     <span
                       class="conf ${l.confidence < 0.8 ? 'low' : ''}"

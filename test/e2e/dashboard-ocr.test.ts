@@ -100,12 +100,14 @@ describe('OCR from the operator dashboard', () => {
     await page.locator('[data-test=ocr-not-images]').waitFor();
     assert.match(await page.locator('[data-test=ocr-file-summary]').innerText(), /^4 page\(s\)/);
     await page.locator('[data-test=ocr-cache]').uncheck();
+    await page.screenshot({ path: join(RESULTS, 'dashboard-ocr-form.png'), fullPage: true });
     await page.locator('[data-test=ocr-submit]').click();
     const id = await runIdOf(page);
     assert.match(id, /^ocr_/);
 
     // While it runs, each stage is listed with its progress (the run takes seconds on one node).
     await page.locator('[data-test=ocr-stage][data-stage=det]').waitFor({ timeout: 30_000 });
+    await page.screenshot({ path: join(RESULTS, 'dashboard-ocr-running.png'), fullPage: true });
     await page.locator('[data-test=ocr-run-state]', { hasText: 'completed' }).waitFor({ timeout: 300_000 });
 
     const { status, json } = await rest.req('GET', `/api/ocr/${encodeURIComponent(id)}?results=1`);
@@ -175,20 +177,30 @@ describe('OCR from the operator dashboard', () => {
     await page.context().close();
   });
 
-  test('the same page again, with the cache on, is marked cached', async () => {
+  test('with the cache on, a page met before is marked cached (the unchecked box kept the first run out of it)', async () => {
     const page = await signIn(browser, hub, errors);
     await page.locator('[data-test=source-ocr]').check();
     assert.ok(await page.locator('[data-test=ocr-cache]').isChecked(), 'the cache is on by default');
-    await page.locator('[data-test=ocr-files]').setInputFiles([PNGS[1]!]);
+    // The same bytes under another name: read once, the second answered from the first.
+    const copy = join(tmp.dir, 'page-001-copy.png');
+    writeFileSync(copy, readFileSync(PNGS[1]!));
+    await page.locator('[data-test=ocr-files]').setInputFiles([PNGS[1]!, copy]);
     await page.locator('[data-test=ocr-submit]').click();
     const id = await runIdOf(page);
-    await page.locator('[data-test=ocr-run-state]', { hasText: 'completed' }).waitFor({ timeout: 60_000 });
-    const card = page.locator('[data-test=ocr-page][data-index="0"]');
-    await card.locator('[data-test=ocr-page-cached]').waitFor();
+    await page.locator('[data-test=ocr-run-state]', { hasText: 'completed' }).waitFor({ timeout: 300_000 });
     const { json } = await rest.req('GET', `/api/ocr/${encodeURIComponent(id)}?results=1`);
-    const r = (json.data as OcrRunView).results![0]!;
-    assert.equal(r.cached, true);
-    assert.equal((await card.locator('[data-test=ocr-line]').allInnerTexts()).join('\n'), r.text);
+    const [first, second] = (json.data as OcrRunView).results!;
+    assert.ok(first && second);
+    assert.ok(!first.cached, 'the first run (cache box unchecked) left nothing in the cache');
+    assert.equal(second.cached, true);
+    const cards = page.locator('[data-test=ocr-page]');
+    assert.equal(await cards.nth(0).locator('[data-test=ocr-page-cached]').count(), 0);
+    await cards.nth(1).locator('[data-test=ocr-page-cached]').waitFor();
+    assert.equal(
+      (await cards.nth(1).locator('[data-test=ocr-line]').allInnerTexts()).join('\n'),
+      second.text,
+    );
+    assert.equal(second.text, first.text);
     assert.deepEqual(errors, [], 'no page errors');
     await page.context().close();
   });
@@ -196,10 +208,10 @@ describe('OCR from the operator dashboard', () => {
   test('a run larger than the hub takes is refused before upload; a lost hub is said so', async () => {
     const page = await signIn(browser, hub, errors);
     await page.locator('[data-test=source-ocr]').check();
-    // 49 MB becomes ~65 MB of base64: over the hub's 64 MiB request bound.
+    // 51 MB becomes 68 MB of base64: over the hub's 64 MiB (67.1 MB) request bound.
     const big = join(tmp.dir, 'big.png');
     writeFileSync(big, '');
-    truncateSync(big, 49_000_000);
+    truncateSync(big, 51_000_000);
     await page.locator('[data-test=ocr-files]').setInputFiles([big]);
     assert.match(await page.locator('[data-test=ocr-too-big]').innerText(), /at most 67 MB per run/);
     assert.ok(await page.locator('[data-test=ocr-submit]').isDisabled(), 'submit is off');
@@ -207,9 +219,10 @@ describe('OCR from the operator dashboard', () => {
 
     // A run in view (from the cache: it completes at once), then the hub goes away; opening the
     // run again says the hub is gone rather than showing nothing.
-    await page.locator('[data-test=ocr-files]').setInputFiles([PNGS[0]!]);
+    await page.locator('[data-test=ocr-files]').setInputFiles([PNGS[1]!]);
     await page.locator('[data-test=ocr-submit]').click();
     const id = await runIdOf(page);
+    await page.locator('[data-test=ocr-page-cached]').waitFor();
     await page.locator('[data-test=ocr-page]').first().waitFor();
     await page.evaluate(() => (location.hash = '#jobs'));
     await hub.close();
