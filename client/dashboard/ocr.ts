@@ -37,7 +37,7 @@ export function looksLikeImage(file: { name: string; type: string }): boolean {
 
 const utf8 = new TextEncoder();
 
-/** The size of the JSON request these files make, exactly as `JSON.stringify` would write it. */
+/** The size of the JSON request these files make: `JSON.stringify`'s bytes, or at most 10 over. */
 export function requestBytes(files: readonly { name: string; size: number }[]): number {
   // {"images":[...],"priority":-100,"cache":false}
   let n = 48;
