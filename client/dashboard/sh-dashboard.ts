@@ -273,7 +273,12 @@ export class ShDashboard extends LitElement {
       case 'submit':
         return html`<sh-submit-form .api=${op.api}></sh-submit-form>`;
       case 'ocr':
-        return html`<sh-ocr-run .api=${op.api} .runId=${r.runId} .jobs=${op.jobs}></sh-ocr-run>`;
+        return html`<sh-ocr-run
+          .api=${op.api}
+          .runId=${r.runId}
+          .jobs=${op.jobs}
+          .now=${op.hubNow}
+        ></sh-ocr-run>`;
     }
   }
 

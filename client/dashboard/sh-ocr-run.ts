@@ -131,6 +131,8 @@ export class ShOcrRun extends LitElement {
   @property() runId = '';
   /** The hub's jobs, live from the operator pushes: the run's stage jobs are among them. */
   @property({ attribute: false }) jobs: ReadonlyMap<string, JobView> = new Map();
+  /** The hub's clock (epoch ms), for the time a running run has taken. */
+  @property({ attribute: false }) now: number | undefined;
 
   /** Bumped by the poll timer, so the run loads again. */
   @state() private tick = 0;
@@ -233,7 +235,7 @@ export class ShOcrRun extends LitElement {
     const by = (o: OcrPageResult['outcome']) => pages.filter((p) => p.outcome === o).length;
     const cached = pages.filter((p) => p.cached).length;
     const lines = pages.reduce((s, p) => s + p.lines.length, 0);
-    const elapsed = ((view.finishedAt ?? Date.now()) - view.createdAt) / 1000;
+    const elapsed = ((view.finishedAt ?? this.now ?? Date.now()) - view.createdAt) / 1000;
     return html`
       <div class="cards">
         ${figureCard('Pages read', `${count(view.pagesDone)} / ${count(view.pages)}`, percent(view.pages ? view.pagesDone / view.pages : 0), 'ocr-pages')}
