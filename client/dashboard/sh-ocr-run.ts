@@ -276,7 +276,7 @@ export class ShOcrRun extends LitElement {
                     ? html`<a href="#jobs/${encodeURIComponent(id)}">${job.state}</a>: ${count(done)} of
                         ${count(job.items)}
                         item(s)${job.failed ? html`, <span class="reason">${count(job.failed)} failed</span>` : nothing}`
-                    : html`<a href="#jobs/${encodeURIComponent(id)}">${id}</a>`
+                    : html`<a href="#jobs/${encodeURIComponent(id)}">${id}</a>: starting`
               }</span
             >
           </div>`;
