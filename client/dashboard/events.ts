@@ -70,3 +70,17 @@ declare global {
     'job-submitted': JobSubmittedEvent;
   }
 }
+
+/** An OCR run was submitted from the form (it is already running on the hub). */
+export class OcrSubmittedEvent extends Event {
+  static readonly eventName = 'ocr-submitted';
+  constructor(readonly runId: string) {
+    super(OcrSubmittedEvent.eventName, { bubbles: true, composed: true });
+  }
+}
+
+declare global {
+  interface HTMLElementEventMap {
+    'ocr-submitted': OcrSubmittedEvent;
+  }
+}

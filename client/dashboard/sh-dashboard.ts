@@ -2,7 +2,7 @@
  * `<sh-dashboard>`: the operator dashboard (`/dashboard`). Without the operator token it shows the
  * sign-in and nothing else; signed in, a header with the connection and grid totals, and one of
  * four views chosen by the URL's hash: `#workers`, `#jobs` (or `#jobs/<id>`), `#fairness/<id>` and
- * `#submit`. Everything comes from {@link OperatorController}: a REST picture kept live by the
+ * `#submit` (an OCR run it submitted: `#ocr/<id>`). Everything comes from {@link OperatorController}: a REST picture kept live by the
  * `/operator` namespace; the views' events become REST actions there.
  */
 import { css, html, LitElement } from 'lit';
@@ -12,6 +12,7 @@ import type {
   JobCancelEvent,
   JobPriorityEvent,
   JobSubmittedEvent,
+  OcrSubmittedEvent,
   ResultsDownloadEvent,
   SignInEvent,
   WorkerActionEvent,
@@ -21,6 +22,7 @@ import { OperatorController } from './operator-controller.ts';
 import './sh-fairness-view.ts';
 import './sh-job-detail.ts';
 import './sh-jobs-table.ts';
+import './sh-ocr-run.ts';
 import './sh-sign-in.ts';
 import './sh-submit-form.ts';
 import './sh-workers-table.ts';
@@ -31,7 +33,8 @@ export type Route =
   | { view: 'workers' }
   | { view: 'jobs'; jobId?: string }
   | { view: 'fairness'; jobId?: string }
-  | { view: 'submit' };
+  | { view: 'submit' }
+  | { view: 'ocr'; runId: string };
 
 /** Reads a route from a location hash. */
 export function parseRoute(hash: string): Route {
@@ -44,6 +47,8 @@ export function parseRoute(hash: string): Route {
       return { view: 'fairness', jobId };
     case 'submit':
       return { view: 'submit' };
+    case 'ocr':
+      return jobId ? { view: 'ocr', runId: jobId } : { view: 'submit' };
     default:
       return { view: 'workers' };
   }
@@ -213,7 +218,7 @@ export class ShDashboard extends LitElement {
         ${this.tab('#workers', 'Workers', r.view === 'workers')}
         ${this.tab('#jobs', 'Jobs', r.view === 'jobs')}
         ${this.tab(this.fairnessHref(jobs), 'Fairness', r.view === 'fairness')}
-        ${this.tab('#submit', 'Submit a job', r.view === 'submit')}
+        ${this.tab('#submit', 'Submit a job', r.view === 'submit' || r.view === 'ocr')}
       </nav>
       ${op.problem && op.phase !== 'live' ? html`<p class="problem" role="alert">${op.problem}</p>` : null}
       <main
@@ -222,6 +227,7 @@ export class ShDashboard extends LitElement {
         @job-priority=${(e: JobPriorityEvent) => void op.setPriority(e.jobId, e.priority)}
         @results-download=${(e: ResultsDownloadEvent) => void op.downloadResults(e.jobId)}
         @job-submitted=${(e: JobSubmittedEvent) => (location.hash = `#jobs/${e.jobId}`)}
+        @ocr-submitted=${(e: OcrSubmittedEvent) => (location.hash = `#ocr/${encodeURIComponent(e.runId)}`)}
       >
         ${this.view(r, workers, jobs)}
       </main>
@@ -266,6 +272,13 @@ export class ShDashboard extends LitElement {
       }
       case 'submit':
         return html`<sh-submit-form .api=${op.api}></sh-submit-form>`;
+      case 'ocr':
+        return html`<sh-ocr-run
+          .api=${op.api}
+          .runId=${r.runId}
+          .jobs=${op.jobs}
+          .now=${op.hubNow}
+        ></sh-ocr-run>`;
     }
   }
 

@@ -4,9 +4,11 @@
  * (`.npy` arrays, or PNG/JPEG images for models that declare image preprocessing), sent one at a
  * time to `POST /api/jobs/:id/files?name=ITEM`; then the job is sealed and runs. Single-input
  * models only: multi-input items go through `shardhub submit`. If an upload fails, the half-made
- * job is cancelled and the hub's reason is shown.
+ * job is cancelled and the hub's reason is shown. The third choice, OCR, hands the rest of the form to
+ * `<sh-ocr-form>` (scanned pages → text, `POST /api/ocr`).
  *
  * @fires job-submitted - {@link JobSubmittedEvent} with the new job's id once it is sealed
+ * @fires ocr-submitted - (from `<sh-ocr-form>`) with the OCR run's id once it has started
  */
 import { Task } from '@lit/task';
 import { css, html, LitElement } from 'lit';
@@ -16,6 +18,7 @@ import type { JobView } from '../../protocol/operator.ts';
 import type { OperatorApi } from './api.ts';
 import { JobSubmittedEvent } from './events.ts';
 import { bytes as formatBytes, count } from './format.ts';
+import './sh-ocr-form.ts';
 import { shared } from './styles.ts';
 
 /** Largest input file sent (the hub's bound on one tensor, 64 MiB, plus the .npy header). */
@@ -94,7 +97,7 @@ export class ShSubmitForm extends LitElement {
   /** The REST client (carries the operator token). */
   @property({ attribute: false }) api: OperatorApi | undefined;
 
-  @state() private source: 'registry' | 'upload' = 'registry';
+  @state() private source: 'registry' | 'upload' | 'ocr' = 'registry';
   @state() private modelName = '';
   @state() private onnx: File | undefined;
   @state() private uploadName = '';
@@ -194,7 +197,25 @@ export class ShSubmitForm extends LitElement {
             @input=${(e: Event) => (this.uploadName = (e.target as HTMLInputElement).value)}
           />
         </label>
+        <label
+          ><input
+            type="radio"
+            name="source"
+            value="ocr"
+            data-test="source-ocr"
+            .checked=${this.source === 'ocr'}
+            @change=${() => (this.source = 'ocr')}
+          />
+          OCR (scanned pages → text)
+        </label>
       </fieldset>
+      ${this.source === 'ocr' ? html`<sh-ocr-form .api=${this.api}></sh-ocr-form>` : this.jobParts(images, tooBig)}
+    </form>`;
+  }
+
+  /** The inputs, options and submit button of a job on a model. */
+  private jobParts(images: boolean, tooBig: readonly File[]) {
+    return html`
       <fieldset>
         <legend>Inputs</legend>
         <label
@@ -260,7 +281,7 @@ export class ShSubmitForm extends LitElement {
             </p>`
           : null
       }
-    </form>`;
+    `;
   }
 
   private _onOnnx(e: Event): void {
