@@ -6,22 +6,38 @@
  */
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
-import { parseArgs } from 'node:util';
+import type { Command } from 'commander';
 import type { OcrPageResult, OcrRunView } from './pipeline.ts';
+import {
+  CliError,
+  EXIT,
+  UsageError,
+  addOptions,
+  readValues,
+  type CliIo,
+  type OptionTable,
+} from './options.ts';
 
-const USAGE = `Usage: shardhub ocr --hub URL --token TOKEN --inputs DIR [--out DIR]
-
-Reads the text of every image in a folder on the grid (detection, direction, recognition).
-
-Options:
-  --hub URL        hub URL (env SHARDHUB_HUB)
-  --token TOKEN    operator token (env SHARDHUB_OPERATOR_TOKEN)
-  --inputs DIR     folder of .png/.jpg/.jpeg pages (or one image file)
-  --out DIR        where <name>.json and <name>.txt are written (default: text)
-  --priority N     job priority (default 0)
-  --no-cache       read every page again, even those read before
-  -h, --help       this help
-`;
+/** Every option of `shardhub ocr`. */
+const OCR_OPTIONS: OptionTable = {
+  hub: { type: 'url', help: 'the hub URL, e.g. http://localhost:8080', env: 'SHARDHUB_HUB', required: true },
+  token: {
+    type: 'string',
+    help: 'operator token',
+    env: 'SHARDHUB_OPERATOR_TOKEN',
+    required: true,
+    arg: 'TOKEN',
+  },
+  inputs: {
+    type: 'string',
+    help: 'folder of .png/.jpg/.jpeg pages (or one image file)',
+    required: true,
+    arg: 'DIR',
+  },
+  out: { type: 'string', help: 'where <name>.json and <name>.txt are written', default: 'text', arg: 'DIR' },
+  priority: { type: 'int', help: 'job priority', default: 0, min: -100, max: 100 },
+  cache: { type: 'boolean', negatable: true, default: true, help: 'answer pages read before from the cache' },
+};
 
 const IMAGE_EXT = new Set(['.png', '.jpg', '.jpeg']);
 /** Pages per request: one JSON body stays well under the hub's limit. */
@@ -30,7 +46,7 @@ const PAGES_PER_RUN = 50;
 /** Lists a folder's images (sorted), or the one file given. */
 async function listImages(path: string): Promise<string[]> {
   const s = await stat(path).catch(() => undefined);
-  if (!s) throw new Error(`--inputs ${path}: no such file or folder`);
+  if (!s) throw new UsageError(`--inputs ${path}: no such file or folder`);
   if (s.isFile()) return [path];
   return (await readdir(path))
     .filter((f) => IMAGE_EXT.has(extname(f).toLowerCase()))
@@ -47,8 +63,9 @@ async function call<T>(hub: string, token: string, method: string, path: string,
       body: body ? JSON.stringify(body) : undefined,
     });
   } catch (err) {
-    throw new Error(
-      `cannot reach the hub at ${hub}: ${String((err as Error).cause ?? (err as Error).message)}`,
+    throw new CliError(
+      `cannot reach the hub at ${hub} (${String((err as Error).cause ?? (err as Error).message)}); is it running? Check --hub`,
+      EXIT.unreachable,
     );
   }
   const json = (await res.json().catch(() => ({}))) as { data?: T; error?: { message: string } };
@@ -71,34 +88,15 @@ async function writePage(out: string, page: OcrPageResult): Promise<string> {
 }
 
 /** `shardhub ocr`; returns the exit code. */
-export async function ocrCommand(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      hub: { type: 'string' },
-      token: { type: 'string' },
-      inputs: { type: 'string' },
-      out: { type: 'string', default: 'text' },
-      priority: { type: 'string', default: '0' },
-      cache: { type: 'boolean', default: true },
-      'no-cache': { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const hub = values.hub ?? process.env.SHARDHUB_HUB;
-  const token = values.token ?? process.env.SHARDHUB_OPERATOR_TOKEN;
-  if (!hub || !token || !values.inputs) {
-    process.stderr.write(`shardhub ocr: --hub, --token and --inputs are required\n\n${USAGE}`);
-    return 2;
-  }
-  const priority = Number(values.priority);
-  if (!Number.isInteger(priority)) throw new Error('--priority must be an integer');
+async function ocrCommand(cmd: Command, io: CliIo): Promise<number> {
+  const v = readValues(cmd, OCR_OPTIONS, io.env);
+  const hub = v.hub as string;
+  const token = v.token as string;
+  const values = { inputs: v.inputs as string, out: v.out as string };
+  const priority = v.priority as number;
+  const useCache = v.cache as boolean;
   const files = await listImages(values.inputs);
-  if (files.length === 0) throw new Error(`--inputs ${values.inputs}: no .png or .jpg images there`);
+  if (files.length === 0) throw new UsageError(`--inputs ${values.inputs}: no .png or .jpg images there`);
   await mkdir(values.out, { recursive: true });
   let ok = 0;
   for (let i = 0; i < files.length; i += PAGES_PER_RUN) {
@@ -109,21 +107,28 @@ export async function ocrCommand(argv: string[]): Promise<number> {
     const run = await call<OcrRunView>(hub, token, 'POST', '/api/ocr', {
       images,
       priority,
-      cache: values.cache && !values['no-cache'],
+      cache: useCache,
     });
     let view = run;
     while (view.state !== 'completed') {
       await new Promise((r) => setTimeout(r, 500));
       view = await call<OcrRunView>(hub, token, 'GET', `/api/ocr/${run.id}`);
-      process.stderr.write(`\r${run.id}: ${view.pagesDone}/${view.pages} pages`);
+      io.stderr.write(`\r${run.id}: ${view.pagesDone}/${view.pages} pages`);
     }
-    process.stderr.write('\n');
+    io.stderr.write('\n');
     const full = await call<OcrRunView>(hub, token, 'GET', `/api/ocr/${run.id}?results=1`);
     for (const page of full.results ?? []) {
-      process.stdout.write(`${await writePage(values.out, page)}\n`);
+      io.stdout.write(`${await writePage(values.out, page)}\n`);
       if (page.outcome === 'ok' || page.outcome === 'no_text') ok++;
     }
   }
-  process.stdout.write(`${ok}/${files.length} page(s) read; text in ${values.out}/\n`);
+  io.stdout.write(`${ok}/${files.length} page(s) read; text in ${values.out}/\n`);
   return 0;
 }
+
+/** `shardhub ocr`'s options, help and action, for the CLI's program (`server/cli.ts`). */
+export const OCR = {
+  define: (cmd: Command) =>
+    addOptions(cmd.usage('--hub URL --token TOKEN --inputs DIR [--out DIR]'), OCR_OPTIONS),
+  run: ocrCommand,
+};

@@ -45,7 +45,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandMod
   },
   ocr: {
     summary: 'read the text of a folder of scanned pages on the grid',
-    run: async (a) => (await import('./cli-ocr.ts')).ocrCommand(a),
+    load: async () => (await import('./cli-ocr.ts')).OCR,
   },
 };
 
