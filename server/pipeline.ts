@@ -83,6 +83,9 @@ export interface OcrOptions {
  */
 export const OCR_PAGES_IN_FLIGHT = 16;
 
+/** OCR runs a hub remembers (running ones always; finished ones up to this many in all). */
+export const OCR_RUNS_KEPT = 1000;
+
 /** Pages kept in the result cache: an LRU of page outcomes, a few KB each. */
 export const OCR_CACHE_PAGES = 10_000;
 
@@ -493,6 +496,11 @@ export class OcrService {
     const id = `ocr_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
     const run = new OcrRun(this, id, pages, opts);
     this.runs.set(id, run);
+    // Finished runs' results are kept for their submitters to fetch, the oldest dropped past a bound.
+    for (const [old, r] of this.runs) {
+      if (this.runs.size <= OCR_RUNS_KEPT) break;
+      if (r.finishedAt !== null) this.runs.delete(old);
+    }
     this.hub.log.info({ run: id, pages: pages.length }, 'OCR run started');
     run.once('done', () => this.hub.log.info({ run: id }, 'OCR run completed'));
     return run.view(false);
