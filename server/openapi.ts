@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { CreateJobSchema, PageSchema, PatchJobSchema, WorkersQuerySchema } from './api.ts';
 import { FileQuerySchema } from './api-files.ts';
+import { OcrRequestSchema } from './pipeline-api.ts';
 
 type Json = Record<string, unknown>;
 
@@ -219,6 +220,33 @@ export function openApiDocument(version: string): Json {
           summary: 'workers, with filters',
           parameters: query(WorkersQuerySchema),
           responses: ok('workers'),
+        },
+      },
+      '/workers/{id}': {
+        delete: {
+          summary: 'remove an offline worker from the list (409 while it is connected)',
+          parameters: [path('id', 'the worker id')],
+          responses: ok('the removed id'),
+        },
+      },
+      '/ocr': {
+        post: {
+          summary:
+            'read the text of scanned pages: a run of three stage jobs (detection, direction, recognition)',
+          requestBody: json(OcrRequestSchema),
+          responses: created('the run'),
+        },
+      },
+      '/ocr/{id}': {
+        get: {
+          summary:
+            "an OCR run's progress; ?results=1 with each page's lines, ?wait=1 once every page is done",
+          parameters: [
+            path('id', 'the run id'),
+            { name: 'results', in: 'query', schema: { type: 'string', enum: ['1'] } },
+            { name: 'wait', in: 'query', schema: { type: 'string', enum: ['1'] } },
+          ],
+          responses: ok('the run'),
         },
       },
       '/workers/{id}/{action}': {

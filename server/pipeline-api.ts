@@ -14,7 +14,8 @@ import { OcrService } from './pipeline.ts';
 /** Images per run over REST: a run's pages are kept decoded in memory until each is done. */
 export const OCR_MAX_IMAGES = 1000;
 
-const OcrRequestSchema = z.strictObject({
+/** What `POST /api/ocr` takes (also the OpenAPI document's request body). */
+export const OcrRequestSchema = z.strictObject({
   images: z
     .array(
       z.strictObject({
