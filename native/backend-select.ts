@@ -159,8 +159,7 @@ export async function checkCuda(
   if (!existsSync(join(bindingDir(), cudaLibraryName())))
     return {
       ok: false,
-      reason:
-        'CUDA provider not installed (install it with `npm run install-cuda`)',
+      reason: 'CUDA provider not installed (install it with `npm run install-cuda`)',
     };
   try {
     await start();
