@@ -37,6 +37,8 @@ export interface HaproxyOptions {
   checkMs?: number;
   fall?: number;
   rise?: number;
+  /** Most connections at once (each takes two file descriptors); default: from `ulimit -n`. */
+  maxconn?: number;
   /** Where HAProxy logs: `stdout` (foreground, containers, tests) or a syslog address. */
   log?: string;
 }
@@ -54,6 +56,8 @@ export function haproxyConfig(o: HaproxyOptions): string {
   const tls = o.tlsListen ?? [];
   if (o.listen.length + tls.length === 0) throw new Error('at least one --listen or --tls-listen is needed');
   if (tls.length > 0 && !o.cert) throw new Error('--tls-listen needs --cert (a PEM with chain and key)');
+  if (o.maxconn !== undefined && !(Number.isInteger(o.maxconn) && o.maxconn > 0))
+    throw new Error('--maxconn must be a positive integer');
   if (o.cert && /[\s"#]/.test(o.cert)) throw new Error('--cert must be a path without spaces, quotes or #');
   const hubs = o.hubs.map((h) => checkAddress('--hub', h));
   const checkMs = o.checkMs ?? 2000;
@@ -61,11 +65,13 @@ export function haproxyConfig(o: HaproxyOptions): string {
   if (!/^[A-Za-z0-9/:._-]+$/.test(log)) throw new Error(`--log must be stdout or a syslog address`);
   const L: string[] = [];
   const add = (...lines: string[]) => L.push(...lines);
+  // Without maxconn HAProxy derives it from the open-files limit it is given (ulimit -n).
+  const maxconn = o.maxconn === undefined ? [] : [`  maxconn ${o.maxconn}`];
   add(
     '# shardhub hubs behind HAProxy; written by scripts/haproxy-config.ts (see docs/deployment.md).',
     'global',
     `  log ${log === 'stdout' ? 'stdout format raw' : log} local0`,
-    '  maxconn 50000',
+    ...maxconn,
     "  # A native node reads the data channel's 101 answer byte for byte: keep its header names' case.",
     '  h1-case-adjust upgrade Upgrade',
     '  h1-case-adjust connection Connection',
@@ -126,6 +132,7 @@ const USAGE = `Usage: node --import tsx scripts/haproxy-config.ts --listen HOST:
   --cert FILE             PEM with the certificate chain and private key
   --hub HOST:PORT         a hub (repeatable)
   --check-ms N            health check interval (default 2000)
+  --maxconn N             most connections at once (default: from ulimit -n)
   --out FILE              write here instead of stdout
 `;
 
@@ -137,6 +144,7 @@ function main(): void {
       cert: { type: 'string' },
       hub: { type: 'string', multiple: true },
       'check-ms': { type: 'string' },
+      maxconn: { type: 'string' },
       out: { type: 'string' },
       help: { type: 'boolean' },
     },
@@ -154,6 +162,7 @@ function main(): void {
     cert: values.cert,
     hubs: values.hub ?? [],
     checkMs,
+    maxconn: values.maxconn === undefined ? undefined : Number(values.maxconn),
   });
   if (values.out) writeFileSync(values.out, text);
   else process.stdout.write(text);
