@@ -77,6 +77,20 @@ describe(
       return undefined;
     }
 
+    /** Waits until a hub lists the worker online; its index. */
+    async function landed(name: string, skip = -1): Promise<number> {
+      const found = await waitFor(
+        `${name} online on a hub`,
+        async () => {
+          const i = await whereIs(name, skip);
+          return i === undefined ? undefined : { i };
+        },
+        60_000,
+        200,
+      );
+      return found.i;
+    }
+
     async function jobDone(rest: Rest, jobId: string, n: number): Promise<void> {
       const s = await waitFor(
         `job ${jobId} done`,
@@ -164,7 +178,7 @@ describe(
         'lb-node',
       ]);
       procs.push(node);
-      const at = await waitFor('node registered on a hub', () => whereIs('lb-node'), 60_000, 200);
+      const at = await landed('lb-node');
       const hub = hubs[at];
       assert.ok(hub);
       // Its channel was routed separately, by the same hash of the client's address: same hub.
@@ -203,6 +217,8 @@ describe(
       const socket = io(`${lbUrl}/worker`, {
         auth,
         transports: ['polling'],
+        // Its own connection: socket.io-client shares one per address unless told not to.
+        forceNew: true,
         withCredentials: true,
         parser: shardhubParser,
       }) as WorkerSocket;
@@ -217,7 +233,7 @@ describe(
       });
       try {
         await agent.start();
-        const at = await waitFor('polling worker registered', () => whereIs('lb-polling'), 30_000, 200);
+        const at = await landed('lb-polling');
         const sid = socket.io.engine.id;
         assert.ok(sid);
         assert.equal(socket.io.engine.transport.name, 'polling');
@@ -242,11 +258,18 @@ describe(
         );
       } finally {
         await agent.close();
+        socket.disconnect();
       }
     });
 
     test('a client that starts on polling upgrades to WebSocket through the balancer', async () => {
-      const socket = io(`${lbUrl}/`, { withCredentials: true, reconnection: false });
+      const socket = io(`${lbUrl}/operator`, {
+        auth: { token: OPERATOR },
+        forceNew: true,
+        parser: shardhubParser,
+        withCredentials: true,
+        reconnection: false,
+      });
       try {
         await waitFor(
           'upgraded',
@@ -288,7 +311,12 @@ describe(
         () => lb.output().includes(`Server hubs/hub${at + 1} is DOWN`),
         20_000,
       );
-      await waitFor('node online on the other hub', () => whereIs('lb-node', at), 60_000, 200);
+      const now = await landed('lb-node', at).catch((err: Error) => {
+        throw new Error(
+          `${err.message}; the node said:\n${node?.output().slice(-3000)}\nHAProxy said:\n${lb.output().slice(-3000)}`,
+        );
+      });
+      assert.equal(now, 1 - at, 'the node is on the other hub');
       await waitFor(
         'data channel open on the other hub',
         async () =>
