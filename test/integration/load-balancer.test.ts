@@ -8,6 +8,8 @@
  * - A Socket.IO worker forced to long-polling: every request of its session reaches one hub
  *   (HAProxy's log says which served each request), and it completes items.
  * - A client that starts on polling and upgrades: the upgrade goes through and reaches the same hub.
+ * - A node whose data channel a second, deliberately crossed balancer sends to the other hub: that
+ *   hub refuses the ticket, and the node's large items come over Socket.IO and complete.
  * - A hub killed with SIGKILL: the health check marks it down, and the node re-registers on the
  *   other hub with a data channel there.
  */
@@ -295,6 +297,72 @@ describe(
       } finally {
         socket.disconnect();
       }
+    });
+
+    test('a data channel routed to another hub is refused, and the node carries large inputs over Socket.IO', async () => {
+      // A second balancer whose data channel backend sends each hub's channels to the other hub: the
+      // case of the hub set changing between a node's two connections, made certain.
+      const port = await freePort();
+      const [a, b] = hubs.map((h) => new URL(h.url).host);
+      assert.ok(a && b);
+      const text = haproxyConfig({ listen: [`127.0.0.1:${port}`], hubs: [a, b], checkMs: 300 })
+        .replace(`server hub1 ${a} id 1 track`, `server hub1 ${b} id 1 track`)
+        .replace(`server hub2 ${b} id 2 track`, `server hub2 ${a} id 2 track`);
+      const cfg = join(tmp.dir, 'haproxy-crossed.cfg');
+      writeFileSync(cfg, text);
+      const child = spawn(HAPROXY, ['-db', '-f', cfg], { stdio: ['ignore', 'ignore', 'ignore'] });
+      procs.push({
+        child,
+        output: () => '',
+        exited: new Promise((ok) => child.once('exit', (code, signal) => ok({ code, signal }))),
+      });
+      const url = `http://127.0.0.1:${port}`;
+      await waitFor(
+        'the second balancer answers',
+        async () => (await fetch(`${url}/api/health`).catch(() => undefined))?.status === 200,
+        20_000,
+      );
+      const refusedBefore = await Promise.all(
+        hubs.map(
+          async (h) =>
+            metric(
+              Buffer.from((await h.rest.req('GET', '/metrics')).bytes).toString(),
+              'shardhub_data_channels_refused_total',
+            ) || 0,
+        ),
+      );
+      const crossed = startNode(url, JOIN, join(tmp.dir, 'node-crossed'), [
+        '--backend',
+        'sim',
+        '--item-ms',
+        '0',
+        '--name',
+        'lb-crossed',
+        '--pool',
+        'crossed',
+      ]);
+      procs.push(crossed);
+      const at = await landed('lb-crossed');
+      const hub = hubs[at];
+      const elsewhere = hubs[1 - at];
+      assert.ok(hub && elsewhere);
+      await waitFor(
+        'the node gave up its data channel',
+        () => crossed.output().includes('no data channel'),
+        30_000,
+      );
+      assert.match(crossed.output(), /refused the data channel: 401/);
+      const refusedAfter = metric(
+        Buffer.from((await elsewhere.rest.req('GET', '/metrics')).bytes).toString(),
+        'shardhub_data_channels_refused_total',
+      );
+      assert.ok(refusedAfter > (refusedBefore[1 - at] ?? 0), 'the other hub refused the ticket');
+      // Only this node is in the pool: its 64 KB items go over Socket.IO and complete.
+      const sent = items(10, 4096, 4);
+      const jobId = await hub.rest.submit('noop', sent, { requirements: { pool: 'crossed' } });
+      await jobDone(hub.rest, jobId, sent.length);
+      crossed.child.kill('SIGKILL');
+      child.kill('SIGKILL');
     });
 
     test('a hub that dies is marked down, and the node re-registers on the other hub with its data channel', async (t) => {
