@@ -104,6 +104,7 @@ export async function main(args: string[]): Promise<void> {
     nodes: arg(args, 'nodes', 6),
     seed: arg(args, 'seed', 1),
     quiet: json,
+    failureReporters: !args.includes('--no-failure-reporters'),
   });
   if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
   else printTable(Object.entries(result).map(([figure, value]) => ({ figure, value })));
@@ -115,6 +116,8 @@ export async function runSoak(opts: {
   nodes: number;
   seed: number;
   quiet: boolean;
+  /** Two anonymous failure-reporters join every hub start (the bench's default; off unless set). */
+  failureReporters?: boolean;
 }): Promise<SoakResult> {
   const json = opts.quiet;
   const seconds = opts.seconds;
@@ -167,7 +170,7 @@ export async function runSoak(opts: {
     // item it gets with a failure report. None of their reports may fail an item.
     for (const h of reporters.splice(0)) h?.close();
     // Not awaited: joining must not delay the chaos.
-    for (let k = 0; k < 2; k++)
+    for (let k = 0; k < (opts.failureReporters ? 2 : 0); k++)
       void failureReporter(url, `soak-failure-reporter-${k}`).then(
         (h) => reporters.push(h),
         () => undefined,
@@ -394,7 +397,7 @@ export async function runSoak(opts: {
     seconds,
     nodes: nodeCount,
     liars: 1,
-    failure_reporters: 2,
+    failure_reporters: opts.failureReporters ? 2 : 0,
     failure_reporters_quarantined: reportersQuarantined,
     items,
     failed,
