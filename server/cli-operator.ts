@@ -199,7 +199,7 @@ class Progress {
   ) {
     this.bar = new SingleBar(
       {
-        format: `${phase.padEnd(11)} {bar} {value}/{total} items  {rate}  {elapsed} elapsed  eta {eta}{note}`,
+        format: `${phase.padEnd(11)} {bar} {value}/{total} items  {rate}  {elapsedText} elapsed  eta {etaText}{note}`,
         stream,
         barsize: 24,
         hideCursor: true,
@@ -225,8 +225,8 @@ class Progress {
     const left = (total ?? this.bar.getTotal()) - value;
     return {
       rate: rate > 0 ? `${rate.toFixed(rate >= 10 ? 0 : 1)} items/s` : '- items/s',
-      elapsed: formatDuration((Date.now() - this.started) / 1000),
-      eta: rate > 0 ? formatDuration(left / rate) : '-',
+      elapsedText: formatDuration((Date.now() - this.started) / 1000),
+      etaText: rate > 0 ? formatDuration(left / rate) : '-',
       note: note ? `  ${note}` : '',
     };
   }
