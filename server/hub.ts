@@ -1154,6 +1154,9 @@ export class Hub extends EventEmitter<HubEvents> {
       { itemId, jobId, workerId: REFERENCE_WORKER, modelSha256: model.sha256, ms, outputs, at: now },
     ]);
     if (accepted.length) this.trustStore.markVerified(accepted, 'reference');
+    // A pipeline feeds its next stage from committed results, whoever computed them.
+    if (accepted.length && this.listenerCount('items:committed') > 0)
+      this.emit('items:committed', jobId, accepted);
     this.failures.forget(itemId);
     this.verificationCost.reference++;
     const answer = unpackTensors(outputs);
