@@ -83,7 +83,14 @@ describe('a fresh clone: npm ci && npm start', { timeout: 300_000 }, () => {
       out,
       /add a server: +npm run shardhub -- node --hub http:\/\/127\.0\.0\.1:\d+ --token join_/,
     );
-    await waitFor('the demo job', () => /demo job: +j_\w+ \(24 items on ppocr-det\)/.test(out), 60_000, 200);
+    // The demo is OCR of the bundled sample pages: the banner names the run, and its text follows.
+    await waitFor('the demo OCR run', () => /demo OCR run: +ocr_\w+ \(3 sample pages/.test(out), 60_000, 200);
+    await waitFor(
+      'the demo OCR text',
+      () => /demo OCR run ocr_\w+ read:\n +── page-\d+\.png \(ok\)/.test(out),
+      180_000,
+      200,
+    );
     // A second start finds everything built and builds nothing.
     const again = execFileSync('node', ['scripts/ensure-built.mjs'], { cwd: clone, encoding: 'utf8' });
     assert.equal(again, '');
