@@ -1,11 +1,12 @@
 /**
  * The dashboard's states end to end (issue 19): a real hub (in-process) serving the built pages,
- * two sim native nodes (real processes), a raw Socket.IO worker that fails every item it gets (as a
- * broken GPU would report), and Debian's Chromium through Playwright. It proves the operator sees
- * probation (and why a new worker holds few items), CPU and memory load and the device rather than
- * the host name; that the job page lists failed items with their reasons and the job's events, with
- * an ETA at the recent rate and chart legends that show values; and that an offline worker can be
- * removed (with the operator token only). Screenshots go to `test-results/`.
+ * two sim native nodes (real processes), raw Socket.IO workers that fail every item they get (as a
+ * broken GPU would report; the second is proven by checks first, since the hub fails an item for
+ * good only on two workers' word, one proven), and Debian's Chromium through Playwright. It proves
+ * the operator sees probation (and why a new worker holds few items), CPU and memory load and the
+ * device rather than the host name; that the job page lists failed items with their reasons and
+ * the job's events, with an ETA at the recent rate and chart legends that show values; and that an
+ * offline worker can be removed (with the operator token only). Screenshots go to `test-results/`.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -37,10 +38,14 @@ const OOM = 'CUDA out of memory: tried to allocate 2.00 GiB (test worker)';
 
 /**
  * A worker of our own over the real protocol, in pool `flaky`: it benchmarks, then reports every
- * item it is given as failed (`out_of_memory`), as a node with a broken GPU would.
+ * item it is given as failed (`out_of_memory`), as a node with a broken GPU would. With `mode.fail`
+ * off it runs the noop model honestly instead (y = x), so that checks can prove it first; the test
+ * turns its GPU "broken" later by setting `mode.fail`.
  */
-async function failingWorker(hub: HubServer): Promise<Socket> {
-  const id = 'flaky-gpu-1';
+async function failingWorker(
+  hub: HubServer,
+  { id = 'flaky-gpu-1', backend = 'cuda', mode = { fail: true } } = {},
+): Promise<Socket> {
   const socket = io(`${hub.url}/worker`, {
     auth: { workerId: id, workerSecret: `${id}-secret`.padEnd(32, 'x'), token: hub.tokens.joinToken },
     reconnection: false,
@@ -51,6 +56,18 @@ async function failingWorker(hub: HubServer): Promise<Socket> {
     ack({ data: { itemsPerSec: 50, batchSize: 1, runs: 3, ms: 60 } }),
   );
   socket.on('shard:assign', (shard: ShardAssign) => {
+    if (!mode.fail) {
+      // Honest: the noop model is the identity (registered unpacked, so the inputs come per item).
+      const results = shard.items.map((it) => ({
+        itemId: it.id,
+        jobId: shard.jobId,
+        modelSha256: shard.model.sha256,
+        ms: 1,
+        outputs: it.inputs.map((x) => ({ ...x, name: 'y' })),
+      }));
+      socket.emit('items:done', { results }, () => undefined);
+      return;
+    }
     const ids = shard.packed ? shard.packed.ids : shard.items.map((i) => i.id);
     const failures = ids.map((itemId) => ({
       itemId,
@@ -66,11 +83,11 @@ async function failingWorker(hub: HubServer): Promise<Socket> {
   });
   const reg = await socket.timeout(5000).emitWithAck('worker:register', {
     kind: 'native',
-    backend: 'cuda',
-    name: 'flaky-gpu',
+    backend,
+    name: id === 'flaky-gpu-1' ? 'flaky-gpu' : id,
     pool: 'flaky',
     concurrency: 1,
-    packed: true,
+    packed: mode.fail,
     capabilities: {
       hostname: 'flaky-host',
       cores: 8,
@@ -115,6 +132,7 @@ describe('dashboard states', () => {
   let browser: Browser;
   const nodes: Proc[] = [];
   let flaky: Socket;
+  let flaky2: Socket | undefined;
   let simIds: string[] = [];
 
   before(async () => {
@@ -160,6 +178,7 @@ describe('dashboard states', () => {
   after(async () => {
     for (const n of nodes) n.child.kill('SIGKILL');
     flaky?.close();
+    flaky2?.close();
     await browser?.close();
     await hub?.close();
     tmp.cleanup();
@@ -224,7 +243,26 @@ describe('dashboard states', () => {
   });
 
   test('the job page lists failed items with their reasons and the job’s events; ETA and legends show figures', async () => {
-    // Failed items: a job only the flaky worker may run.
+    // Failed items. The hub fails an item for good only on evidence from two workers, one of them
+    // proven (or its own reference backend's): one unproven worker's word alone requeues the item
+    // and then the reference backend runs it. So a second worker joins pool `flaky`, earns its
+    // record honestly on a job only it may run (its results confirmed by the hub's checks), and
+    // then its GPU breaks too: a job only the pool may run fails on both.
+    const mode = { fail: false };
+    flaky2 = await failingWorker(hub, { id: 'flaky-gpu-2', backend: 'cpu', mode });
+    const warmUp = await rest.submit('noop', items(40, 50), { requirements: { backend: 'cpu' } });
+    await waitFor(
+      'flaky-gpu-2 proven by checks',
+      async () => {
+        const w = (await rest.data('GET', '/api/workers')).workers.find(
+          (v: { id: string }) => v.id === 'flaky-gpu-2',
+        );
+        return w?.probation === null && (await rest.data('GET', `/api/jobs/${warmUp}`)).state === 'completed';
+      },
+      60_000,
+      100,
+    );
+    mode.fail = true;
     const failing = await rest.submit('noop', items(4, 100), { requirements: { pool: 'flaky' } });
     await waitFor(
       'the flaky job to end with its items failed',
