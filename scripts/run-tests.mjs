@@ -20,9 +20,19 @@ for (const layer of chosen) {
   if (files.length === 0) continue;
   process.stdout.write(`\n== ${layer}: ${files.length} file(s)\n`);
   const concurrency = layer === 'unit' ? '2' : '1';
+  // --expose-gc reaches the test files' processes (the runner passes its execArgv on): memory
+  // checks measure what is still reachable after a full collection (global.gc).
   const r = spawnSync(
     process.execPath,
-    ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
+    [
+      '--expose-gc',
+      '--import',
+      'tsx',
+      '--test',
+      `--test-concurrency=${concurrency}`,
+      '--test-reporter=spec',
+      ...files,
+    ],
     {
       stdio: 'inherit',
       env: { ...process.env, SHARDHUB_LOG_LEVEL: process.env.SHARDHUB_LOG_LEVEL ?? 'warn' },
