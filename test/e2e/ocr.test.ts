@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import type { HubServer } from '../../server/app.ts';
 import { decodeImage } from '../../server/io/images.ts';
-import { OcrService } from '../../server/pipeline.ts';
+import { OcrService, type OcrPageResult, type OcrRunView } from '../../server/pipeline.ts';
 import { StandaloneOcr } from '../../pipeline/standalone.ts';
 import { scoreOcr } from '../../pipeline/metrics.ts';
 import { ROOT, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
@@ -26,7 +26,6 @@ describe('OCR on a native node and a WASM tab', () => {
   let browser: Browser;
   let tab: Page;
   let node: Proc;
-  let tabId = '';
 
   before(async () => {
     assert.ok(existsSync(join(DIST, 'index.html')), 'the pages are built (npm run build)');
@@ -45,7 +44,7 @@ describe('OCR on a native node and a WASM tab', () => {
     });
     tab = await (await browser.newContext()).newPage();
     await tab.goto(`${hub.url}/?autostart=1&debug=1&backend=wasm`);
-    tabId = await waitFor(
+    await waitFor(
       'tab registered',
       () =>
         tab.evaluate(() => (window.shardhub?.stats()?.registered ? window.shardhub.workerId() : undefined)),
@@ -74,21 +73,34 @@ describe('OCR on a native node and a WASM tab', () => {
       bytes: new Uint8Array(readFileSync(join(SAMPLES, `${f}.png`))),
     }));
     const svc = await OcrService.of(hub.hub);
-    const run = svc.submit(pages);
-    const done = await svc.wait(run.id);
+    // The native node is much faster than a WASM tab that must first benchmark three models and
+    // pass probation, so one run may end before the tab takes an item. Runs go on (cache off, the
+    // same pages read again) until the tab has run items; the last run's text is checked below.
     const workers = new Set<string>();
-    for (const jobId of Object.values(done.jobs)) {
-      for (const r of hub.hub.store.iterateResults(jobId)) workers.add(r.workerId);
+    let done: OcrRunView | undefined;
+    let tabDone = 0;
+    for (let attempt = 0; attempt < 6 && tabDone === 0; attempt++) {
+      const run = svc.submit(pages, { cache: false });
+      done = await svc.wait(run.id);
+      for (const jobId of Object.values(done.jobs)) {
+        for (const r of hub.hub.store.iterateResults(jobId)) workers.add(r.workerId);
+      }
+      tabDone = await tab.evaluate(() => window.shardhub?.stats()?.itemsDone ?? 0);
     }
-    assert.ok(workers.has(tabId), 'the WASM tab ran items');
-    assert.equal(workers.size, 2, 'the native node ran items');
+    assert.ok(done);
+    // A new tab is on probation: its results are replicas until another worker (or the hub's
+    // reference backend) confirms them, so the stored row may name the confirmer. What the tab
+    // ran, it counts itself.
+    assert.ok(tabDone > 0, `the WASM tab ran items (${tabDone})`);
+    const nodeId = [...hub.hub.workers.values()].find((w) => w.name === 'native-1')?.id;
+    assert.ok(nodeId && workers.has(nodeId), 'the native node ran items');
     const ocr = await StandaloneOcr.create({ threads: 1 });
     const grid = [];
     const standalone = [];
     try {
       for (const [i, p] of pages.entries()) {
         const want = await ocr.recognize(decodeImage(p.bytes));
-        const got = done.results![i]!;
+        const got: OcrPageResult = (done as OcrRunView).results![i]!;
         assert.equal(got.outcome, 'ok');
         assert.deepEqual(
           got.lines.map((l) => l.text),
