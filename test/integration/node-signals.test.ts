@@ -17,10 +17,10 @@ import { calibrationInputs } from '../../worker/calibration.ts';
 import { ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
 
 /** Starts `npm run shardhub -- node ...` (optionally `| tee FILE`) in a process group of its own, as a terminal does. */
-function npmNode(hub: HubServer, stateDir: string, tee?: string) {
+function npmNode(hub: HubServer, stateDir: string, name: string, tee?: string) {
   const args = [
     ...['--hub', hub.url, '--token', hub.tokens.joinToken, '--backend', 'cpu'],
-    ...['--state', stateDir, '--cache', join(stateDir, 'cache'), '--name', 'signals'],
+    ...['--state', stateDir, '--cache', join(stateDir, 'cache'), '--name', name],
   ];
   const cmd = `npm run --silent shardhub -- node ${args.join(' ')}${tee ? ` 2>&1 | tee ${tee}` : ''}`;
   const child = spawn('sh', ['-c', tee ? cmd : `exec ${cmd}`], {
@@ -35,8 +35,12 @@ function npmNode(hub: HubServer, stateDir: string, tee?: string) {
   const exited = new Promise<number | string | null>((ok) =>
     child.once('exit', (code, signal) => ok(code ?? signal)),
   );
+  started.push(child.pid as number);
   return { child, exited, output: () => out };
 }
+
+/** Process groups started here: killed after the tests, whatever became of them. */
+const started: number[] = [];
 
 /** How many log lines carry this message. */
 const count = (log: string, msg: string) =>
@@ -52,11 +56,23 @@ describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
     rest = new Rest(hub.url, hub.tokens.operatorToken);
   });
   after(async () => {
+    for (const pid of started) {
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
     await hub.close();
     tmp.cleanup();
   });
 
-  /** Queues PaddleOCR detection items and waits until the node runs them. */
+  /**
+   * Queues PaddleOCR detection items and waits until the node runs them. Each test's node has a
+   * name of its own, and only an online worker counts: the hub keeps an earlier test's node as an
+   * offline worker with the `running` of its last heartbeat, which would otherwise send the signal
+   * before this node has even started.
+   */
   async function busy(workerName: string): Promise<string> {
     const model = hub.hub.models.byName('ppocr-det');
     assert.ok(model, 'ppocr-det is bundled');
@@ -68,7 +84,10 @@ describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
     void packTensors;
     await waitFor(
       'the node running items',
-      () => [...hub.hub.workers.values()].some((w) => w.name === workerName && w.running > 0),
+      () =>
+        [...hub.hub.workers.values()].some(
+          (w) => w.name === workerName && w.state !== 'offline' && w.running > 0,
+        ),
       120_000,
       100,
     );
@@ -94,8 +113,8 @@ describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
   }
 
   test('Ctrl-C (SIGINT to the process group) drains the busy node once; it exits 0', async () => {
-    const p = npmNode(hub, join(tmp.dir, 'a'));
-    await busy('signals');
+    const p = npmNode(hub, join(tmp.dir, 'a'), 'signals-a');
+    await busy('signals-a');
     process.kill(-(p.child.pid as number), 'SIGINT');
     const code = await stopped(p, 60_000);
     assertDrainedOnce(p.output());
@@ -107,19 +126,19 @@ describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
     // npm itself ends on the terminal's Ctrl-C as well, by the signal; the node exited 0 under it.
     assert.ok(code === 0 || code === 'SIGINT', `exit ${code}`);
     await waitFor('the node offline', () =>
-      [...hub.hub.workers.values()].every((w) => w.name !== 'signals' || w.state === 'offline'),
+      [...hub.hub.workers.values()].every((w) => w.name !== 'signals-a' || w.state === 'offline'),
     );
   });
 
   test('with its output piped through tee, Ctrl-C drains and the node exits (no hang)', async () => {
     const file = join(tmp.dir, 'node.log');
-    const p = npmNode(hub, join(tmp.dir, 'b'), file);
-    await busy('signals');
+    const p = npmNode(hub, join(tmp.dir, 'b'), 'signals-b', file);
+    await busy('signals-b');
     process.kill(-(p.child.pid as number), 'SIGINT');
     await stopped(p, 60_000);
     // tee died with the Ctrl-C: what it wrote before, and the node's own exit, are what is left.
     await waitFor('the node offline', () =>
-      [...hub.hub.workers.values()].every((w) => w.name !== 'signals' || w.state === 'offline'),
+      [...hub.hub.workers.values()].every((w) => w.name !== 'signals-b' || w.state === 'offline'),
     );
     const log = readFileSync(file, 'utf8');
     assert.ok(count(log, 'draining') <= 1, log.slice(-2000));
@@ -127,8 +146,8 @@ describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
   });
 
   test('SIGTERM to the npm process alone reaches the node, which drains and exits 0', async () => {
-    const p = npmNode(hub, join(tmp.dir, 'c'));
-    await busy('signals');
+    const p = npmNode(hub, join(tmp.dir, 'c'), 'signals-c');
+    await busy('signals-c');
     p.child.kill('SIGTERM');
     const code = await stopped(p, 60_000);
     assertDrainedOnce(p.output());
