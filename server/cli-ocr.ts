@@ -16,18 +16,12 @@ import {
   readValues,
   type CliIo,
   type OptionTable,
+  OPERATOR_CONNECTION,
 } from './options.ts';
 
 /** Every option of `shardhub ocr`. */
 const OCR_OPTIONS: OptionTable = {
-  hub: { type: 'url', help: 'the hub URL, e.g. http://localhost:8080', env: 'SHARDHUB_HUB', required: true },
-  token: {
-    type: 'string',
-    help: 'operator token',
-    env: 'SHARDHUB_OPERATOR_TOKEN',
-    required: true,
-    arg: 'TOKEN',
-  },
+  ...OPERATOR_CONNECTION,
   inputs: {
     type: 'string',
     help: 'folder of .png/.jpg/.jpeg pages (or one image file)',

@@ -26,18 +26,10 @@ import {
   type CliIo,
   type OptionTable,
   type OptionValues,
+  OPERATOR_CONNECTION,
 } from './options.ts';
 
-const CONN: OptionTable = {
-  hub: { type: 'url', help: 'the hub URL, e.g. http://localhost:8080', env: 'SHARDHUB_HUB', required: true },
-  token: {
-    type: 'string',
-    help: 'operator token',
-    env: 'SHARDHUB_OPERATOR_TOKEN',
-    required: true,
-    arg: 'TOKEN',
-  },
-};
+const CONN = OPERATOR_CONNECTION;
 
 /** The hub could not be reached (after retries where the caller retries): exit 4. */
 class Unreachable extends CliError {

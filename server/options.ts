@@ -390,3 +390,15 @@ export function reportError(err: unknown, path: string, io: Pick<CliIo, 'stderr'
   io.stderr.write(`${path}: ${message}\n`);
   return EXIT.failed;
 }
+
+/** The hub and operator token, which every operator command takes. */
+export const OPERATOR_CONNECTION: OptionTable = {
+  hub: { type: 'url', help: 'the hub URL, e.g. http://localhost:8080', env: 'SHARDHUB_HUB', required: true },
+  token: {
+    type: 'string',
+    help: 'operator token',
+    env: 'SHARDHUB_OPERATOR_TOKEN',
+    required: true,
+    arg: 'TOKEN',
+  },
+};
