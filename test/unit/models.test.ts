@@ -11,7 +11,7 @@ import onnxProto from 'onnx-proto';
 import { ModelRegistry, ModelRegistryError, type UploadedFile } from '../../models/registry.ts';
 import { ModelManifestSchema } from '../../models/manifest-schema.ts';
 import { encodeRecipe, GENERATED_DIR, RECIPES } from '../../models/build.ts';
-import { readOnnxSignature, signatureProblems } from '../../models/onnx-signature.ts';
+import { readOnnxSignature, readOnnxSignatureFile, signatureProblems } from '../../models/onnx-signature.ts';
 import { calibrationInputs, withRows } from '../../worker/calibration.ts';
 import { toNumbers, toTypedArray, type WireTensor } from '../../protocol/tensor.ts';
 import type { ModelManifest } from '../../protocol/model.ts';
@@ -80,6 +80,35 @@ test('generated models are byte-identical to a fresh build (deterministic weight
     const onDisk = await readFile(join(GENERATED_DIR, `${r.name}.onnx`));
     assert.equal(Buffer.compare(onDisk, encodeRecipe(r)), 0, r.name);
   }
+});
+
+test('the signature read field by field from a file equals a full decode of the model', async (t) => {
+  const { onnx } = onnxProto;
+  const reg = await ModelRegistry.open({ modelsDir: MODELS_DIR, uploadDir: await tempDir(t) });
+  const names = (vs: { name?: string | null }[] | null | undefined) => (vs ?? []).map((v) => v.name ?? '');
+  for (const m of reg.list()) {
+    const path = reg.filePath(m.sha256) as string;
+    const bytes = await readFile(path);
+    const graph = onnx.ModelProto.decode(bytes).graph!;
+    const initialized = new Set(names(graph.initializer));
+    const sig = readOnnxSignatureFile(path);
+    assert.deepEqual(sig, readOnnxSignature(bytes), m.name);
+    assert.deepEqual(
+      sig.inputs.map((v) => v.name),
+      names(graph.input).filter((n) => !initialized.has(n)),
+      m.name,
+    );
+    assert.deepEqual(
+      sig.outputs.map((v) => v.name),
+      names(graph.output),
+      m.name,
+    );
+  }
+  // A file cut short (an interrupted copy) is not a model.
+  const cut = join(await tempDir(t), 'cut.onnx');
+  const whole = await readFile(reg.filePath(reg.byName('mlp-small')!.sha256) as string);
+  await writeFile(cut, whole.subarray(0, whole.byteLength - 100));
+  assert.throws(() => readOnnxSignatureFile(cut), /not an ONNX model/);
 });
 
 test('every manifest describes its ONNX graph (names, dtypes, ranks, fixed dims)', async (t) => {
