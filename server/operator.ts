@@ -13,15 +13,13 @@
  * `GET /api/workers` and `/metrics` have a current rate too).
  */
 import type { Namespace, Socket } from 'socket.io';
-import { z } from 'zod';
-import { LIMITS } from '../protocol/limits.ts';
 import type {
   JobView,
   OperatorClientEvents,
   OperatorServerEvents,
   WorkerView,
 } from '../protocol/operator.ts';
-import { describeZodError } from '../protocol/schemas.ts';
+import { describeZodError, WatchRequestSchema } from '../protocol/schemas.ts';
 import { tokenMatches } from './auth.ts';
 import type { Hub } from './hub.ts';
 import { jobJson } from './job-view.ts';
@@ -29,8 +27,6 @@ import { ratesOf, WorkerFigures, workerJson } from './workers.ts';
 
 /** The operator namespace, typed. */
 export type OperatorNamespace = Namespace<OperatorClientEvents, OperatorServerEvents>;
-
-const WatchSchema = z.strictObject({ jobId: z.string().min(1).max(LIMITS.nameChars).nullable() });
 
 const room = (jobId: string) => `job:${jobId}`;
 
@@ -126,7 +122,7 @@ export function attachOperatorNamespace(
 function onConnection(socket: Socket<OperatorClientEvents, OperatorServerEvents>, hub: Hub): void {
   socket.on('job:watch', (req, ack) => {
     if (typeof ack !== 'function') return;
-    const parsed = WatchSchema.safeParse(req);
+    const parsed = WatchRequestSchema.safeParse(req);
     if (!parsed.success) {
       ack({ error: { code: 'invalid_request', message: describeZodError(parsed.error) } });
       return;
