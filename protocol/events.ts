@@ -175,6 +175,9 @@ export interface WorkerFigures {
   };
 }
 
+/** Events between hubs (Socket.IO's server-side events): none, a hub runs alone. */
+export type InterHubEvents = Record<never, never>;
+
 /** Events the hub sends to a worker. */
 export interface HubToWorkerEvents {
   'shard:assign': (shard: ShardAssign) => void;

@@ -13,6 +13,7 @@
  * `GET /api/workers` and `/metrics` have a current rate too).
  */
 import type { Namespace, Socket } from 'socket.io';
+import type { InterHubEvents } from '../protocol/events.ts';
 import type {
   JobView,
   OperatorClientEvents,
@@ -25,19 +26,20 @@ import type { Hub } from './hub.ts';
 import { jobJson } from './job-view.ts';
 import { ratesOf, WorkerFigures, workerJson } from './workers.ts';
 
-/** The operator namespace, typed. */
-export type OperatorNamespace = Namespace<OperatorClientEvents, OperatorServerEvents>;
+/** The operator namespace, typed with `protocol/operator.ts`'s event maps. It keeps no socket data. */
+export type OperatorNamespace = Namespace<OperatorClientEvents, OperatorServerEvents, InterHubEvents>;
+/** An operator's connection. */
+type OperatorSocket = Socket<OperatorClientEvents, OperatorServerEvents, InterHubEvents>;
 
 const room = (jobId: string) => `job:${jobId}`;
 
 /** Wires the operator namespace; returns a function that stops its timer. */
 export function attachOperatorNamespace(
-  namespace: Namespace,
+  nsp: OperatorNamespace,
   hub: Hub,
   operatorToken: string,
   everyMs = 250,
 ): () => void {
-  const nsp = namespace as unknown as OperatorNamespace;
   nsp.use((socket, next) => {
     const token = (socket.handshake.auth as { token?: unknown } | undefined)?.token;
     if (!tokenMatches(token, operatorToken)) return next(new Error('unauthorized: operator token required'));
@@ -119,7 +121,7 @@ export function attachOperatorNamespace(
   };
 }
 
-function onConnection(socket: Socket<OperatorClientEvents, OperatorServerEvents>, hub: Hub): void {
+function onConnection(socket: OperatorSocket, hub: Hub): void {
   socket.on('job:watch', (req, ack) => {
     if (typeof ack !== 'function') return;
     const parsed = WatchRequestSchema.safeParse(req);
