@@ -106,12 +106,14 @@ export interface ShardAssign {
 export interface BenchmarkRequest {
   model: ModelInfo;
 }
+/** `benchmark:run` reply: the worker's speed on the model. */
 export type BenchmarkReply = z.infer<typeof BenchmarkReplySchema>;
 
 /** `shard:revoke`: the hub asks for unstarted items back (steal, pause, job cancelled). */
 export interface RevokeRequest {
   itemIds: number[];
 }
+/** `shard:revoke` reply: the items given back. */
 export type RevokeReply = z.infer<typeof RevokeReplySchema>;
 
 /** `items:cancel`: stop or skip these items; their results are no longer wanted. */
