@@ -371,7 +371,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const delayMs = rc.delayMs ?? 500;
   const maxDelayMs = rc.maxDelayMs ?? 10_000;
   const jitter = rc.randomizationFactor ?? 0.5;
-  const socket = io(`${hub}/worker`, {
+  const socket: WorkerSocket = io(`${hub}/worker`, {
     auth,
     autoConnect: false,
     // WebSocket only, its frames sent without masking (native/ws-transport.ts).
@@ -382,7 +382,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     randomizationFactor: jitter,
     // Accept shard:assign packets with more than Socket.IO's default 10 tensors.
     parser: shardhubParser,
-  }) as WorkerSocket;
+  });
 
   let gpuUsed = gpu?.memoryUsedBytes;
   let gpuTimer: ReturnType<typeof setInterval> | undefined;

@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { LIMITS } from '../protocol/limits.ts';
 import { PackError, packTensors, unpackItems, unpackTensors } from '../protocol/pack.ts';
 import { DTYPES, type WireTensor } from '../protocol/tensor.ts';
-import { JsonOptionsSchema, describeZodError } from '../protocol/schemas.ts';
+import { JobRequirementsSchema, JsonOptionsSchema, describeZodError } from '../protocol/schemas.ts';
 import { UploadManifestSchema } from '../models/manifest-schema.ts';
 import type { ModelInfo } from '../protocol/model.ts';
 import { readOnnxSignatureFile } from '../models/onnx-signature.ts';
@@ -28,14 +28,6 @@ import { filesRouter } from './api-files.ts';
 import { discard, receiveToFile, type ReceivedFile } from './uploads.ts';
 import { ocrRouter } from './pipeline-api.ts';
 
-const FilterSchema = z.strictObject({
-  kind: z.enum(['browser', 'native']).optional(),
-  backend: z.string().max(16).optional(),
-  pool: z.string().max(LIMITS.nameChars).optional(),
-  minGpuMemoryBytes: z.number().min(0).optional(),
-  minCores: z.number().int().min(0).optional(),
-});
-
 const InlineTensorSchema = z.strictObject({
   name: z.string().min(1).max(LIMITS.nameChars),
   dtype: z.enum(DTYPES),
@@ -49,7 +41,7 @@ export const CreateJobSchema = z.strictObject({
   priority: z.number().int().min(-100).max(100).default(0),
   redundancy: z.number().int().min(1).max(5).default(1),
   deadline: z.number().int().positive().nullable().default(null),
-  requirements: FilterSchema.nullable().default(null),
+  requirements: JobRequirementsSchema.nullable().default(null),
   options: JsonOptionsSchema.default({}),
   /** Items inline (small jobs): the job is sealed at once. Without them it stays open for uploads. */
   items: z

@@ -10,6 +10,7 @@ import type {
   Ack,
   ErrorBody,
   HubToWorkerEvents,
+  InterHubEvents,
   ItemResult,
   PackedResults,
   WorkerToHubEvents,
@@ -26,7 +27,7 @@ import {
   describeZodError,
 } from '../protocol/schemas.ts';
 import { hashSecret, tokenMatches } from './auth.ts';
-import { type Hub, StoredResultsError, type WorkerSocket } from './hub.ts';
+import { type Hub, StoredResultsError } from './hub.ts';
 import { clean } from './logger.ts';
 import { RateLimiter } from './rate-limit.ts';
 
@@ -35,6 +36,18 @@ export interface WorkerSocketData {
   workerId: string;
   registered: boolean;
 }
+
+/**
+ * The `/worker` namespace, typed with the protocol's event maps. The handlers below take each
+ * payload as `unknown` all the same (a listener of `unknown` fits any event's type): the types say
+ * what a worker should send, the schemas check what it did.
+ */
+export type WorkerNamespace = Namespace<
+  WorkerToHubEvents,
+  HubToWorkerEvents,
+  InterHubEvents,
+  WorkerSocketData
+>;
 
 export interface GatewayOptions {
   joinToken: string;
@@ -79,13 +92,7 @@ export function unpackResults(groups: readonly PackedResults[]): ItemResult[] | 
 }
 
 /** Wires the worker namespace to the hub. */
-export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOptions): void {
-  const nsp = anyNsp as unknown as Namespace<
-    WorkerToHubEvents,
-    HubToWorkerEvents,
-    Record<string, never>,
-    WorkerSocketData
-  >;
+export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: GatewayOptions): void {
   const perMinute = opts.anonymousConnectsPerMinute ?? 60;
   const connects = new RateLimiter(perMinute / 60, perMinute);
   const mps = opts.messagesPerSecond ?? 500;
@@ -112,8 +119,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     return next();
   });
 
-  nsp.on('connection', (raw) => {
-    const socket = raw as unknown as WorkerSocket & { data: WorkerSocketData };
+  nsp.on('connection', (socket) => {
     const auth = WorkerAuthSchema.parse(socket.handshake.auth);
     const workerId = auth.workerId;
     const address = socket.handshake.address;
@@ -161,7 +167,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       }
     };
 
-    socket.on('worker:register', (payload, ack) =>
+    socket.on('worker:register', (payload: unknown, ack) =>
       safely('worker:register', ack, () => {
         if (typeof ack !== 'function') return fail(ack, 'no_ack', 'worker:register needs an ack');
         const req = parse(RegisterRequestSchema, payload, ack);
@@ -208,7 +214,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       }),
     );
 
-    socket.on('worker:heartbeat', (payload) =>
+    socket.on('worker:heartbeat', (payload: unknown) =>
       safely('worker:heartbeat', undefined, () => {
         if (!guard('worker:heartbeat', undefined)) return;
         const hb = parse(HeartbeatSchema, payload, undefined);
@@ -216,7 +222,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       }),
     );
 
-    socket.on('items:done', (payload, ack) =>
+    socket.on('items:done', (payload: unknown, ack) =>
       safely('items:done', ack, () => {
         if (!guard('items:done', ack)) return;
         const msg = parse(ItemsDoneSchema, payload, ack);
@@ -246,7 +252,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       }),
     );
 
-    socket.on('items:failed', (payload, ack) =>
+    socket.on('items:failed', (payload: unknown, ack) =>
       safely('items:failed', ack, () => {
         if (!guard('items:failed', ack)) return;
         const msg = parse(ItemsFailedSchema, payload, ack);
@@ -256,7 +262,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       }),
     );
 
-    socket.on('items:release', (payload, ack) =>
+    socket.on('items:release', (payload: unknown, ack) =>
       safely('items:release', ack, () => {
         if (!guard('items:release', ack)) return;
         const msg = parse(ItemsReleaseSchema, payload, ack);

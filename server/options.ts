@@ -36,8 +36,36 @@ export interface OptionSpec {
   group?: string;
 }
 
+/**
+ * A command's options by name. Declare a table `satisfies OptionTable` (not `: OptionTable`) so
+ * that its options' types, defaults and choices stay in its type: {@link readValues} then types
+ * each value from them, and nothing restates a value's type or default.
+ */
 export type OptionTable = Record<string, OptionSpec>;
-export type OptionValues = Record<string, string | number | boolean | undefined>;
+
+/** The type of a value of this option `type`: a number, a boolean, or text. */
+type ValueOfType<T extends OptionType> = T extends 'int' | 'number' | 'size'
+  ? number
+  : T extends 'boolean'
+    ? boolean
+    : string;
+/** The type of one option's value: a `choice` is one of its choices, when they are `as const`. */
+type ValueOf<O extends OptionSpec> = O extends {
+  type: 'choice';
+  choices: readonly (infer C extends string)[];
+}
+  ? C
+  : ValueOfType<O['type']>;
+/**
+ * The values {@link readValues} returns for a table: an option with a default, or required, always
+ * has one; any other may be undefined. For a table typed only as `OptionTable`, every value is a
+ * string, number, boolean or undefined.
+ */
+export type OptionValues<T extends OptionTable = OptionTable> = {
+  -readonly [K in keyof T]: T[K] extends { default: string | number | boolean } | { required: true }
+    ? ValueOf<T[K]>
+    : ValueOf<T[K]> | undefined;
+};
 
 /**
  * The exit codes of every command, documented in `--help`: scripts and supervisors can tell a usage
@@ -186,11 +214,11 @@ type Source = { raw: unknown; from: string };
  * The typed values of a command's options, after commander parsed them: flags over env over the
  * `--config` file over defaults. Throws a {@link UsageError} saying precisely what is wrong.
  */
-export function readValues(
+export function readValues<T extends OptionTable>(
   cmd: Command,
-  table: OptionTable,
+  table: T,
   env: NodeJS.ProcessEnv = process.env,
-): OptionValues {
+): OptionValues<T> {
   const flags = cmd.opts<Record<string, unknown>>();
   let file: Record<string, unknown> = {};
   const configFile = flags.config;
@@ -214,7 +242,7 @@ export function readValues(
     }
   }
 
-  const values: OptionValues = {};
+  const values: Record<string, string | number | boolean | undefined> = {};
   for (const [name, o] of Object.entries(table)) {
     const key = camel(name);
     let src: Source | undefined;
@@ -232,7 +260,9 @@ export function readValues(
     }
     values[name] = coerce(name, o, src.raw, src.from);
   }
-  return values;
+  // `coerce` gives each option a value of its type, and one with a default or required a value:
+  // what `OptionValues<T>` says, which TypeScript cannot follow through the loop.
+  return values as OptionValues<T>;
 }
 
 /** `min-gpu-memory` → `minGpuMemory`, as commander names option values. */
@@ -392,7 +422,7 @@ export function reportError(err: unknown, path: string, io: Pick<CliIo, 'stderr'
 }
 
 /** The hub and operator token, which every operator command takes. */
-export const OPERATOR_CONNECTION: OptionTable = {
+export const OPERATOR_CONNECTION = {
   hub: { type: 'url', help: 'the hub URL, e.g. http://localhost:8080', env: 'SHARDHUB_HUB', required: true },
   token: {
     type: 'string',
@@ -401,4 +431,4 @@ export const OPERATOR_CONNECTION: OptionTable = {
     required: true,
     arg: 'TOKEN',
   },
-};
+} satisfies OptionTable;

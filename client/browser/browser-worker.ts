@@ -104,7 +104,7 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
   const delayMs = rc.delayMs ?? 1000;
   const maxDelayMs = rc.maxDelayMs ?? 15_000;
   const jitter = rc.randomizationFactor ?? 0.5;
-  const socket = io(`${hub}/worker`, {
+  const socket: WorkerSocket = io(`${hub}/worker`, {
     auth: (cb) => cb(authFor()),
     autoConnect: false,
     transports: ['websocket', 'polling'],
@@ -115,7 +115,7 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
     randomizationFactor: jitter,
     // Accept shard:assign packets with more than Socket.IO's default 10 tensors.
     parser: shardhubParser,
-  }) as WorkerSocket;
+  });
   let backend: WebBackend;
   try {
     backend = await WebBackend.create({
