@@ -6,16 +6,8 @@
 import { DATA_CHANNEL_PATH } from '../protocol/data-channel.ts';
 import type { Namespace } from 'socket.io';
 import type { z } from 'zod';
-import type {
-  Ack,
-  ErrorBody,
-  HubToWorkerEvents,
-  ItemResult,
-  PackedResults,
-  WorkerToHubEvents,
-} from '../protocol/events.ts';
-import { LIMITS } from '../protocol/limits.ts';
-import { type HeaderCache, PackError, unpackTensors } from '../protocol/pack.ts';
+import type { Ack, ErrorBody, HubToWorkerEvents, ItemResult, WorkerToHubEvents } from '../protocol/events.ts';
+import { unpackResults } from '../protocol/results-pack.ts';
 import {
   HeartbeatSchema,
   ItemsDoneSchema,
@@ -44,38 +36,6 @@ export interface GatewayOptions {
   anonymousConnectsPerMinute?: number;
   /** Messages per second per socket (burst 4x). Default 500. */
   messagesPerSecond?: number;
-}
-
-/**
- * Packed results as the hub's `ItemResult`s: each item's outputs unpacked as views into the message's
- * bytes, its pack kept to be stored as is. Says what is wrong (a string) instead when a pack is
- * malformed or breaks the limits `WireTensorSchema` enforces on unpacked outputs.
- */
-export function unpackResults(groups: readonly PackedResults[]): ItemResult[] | string {
-  const out: ItemResult[] = [];
-  const headers: HeaderCache = {}; // the message's packs nearly always share one header
-  for (const g of groups) {
-    let start = 0;
-    for (let i = 0; i < g.ids.length; i++) {
-      const end = g.ends[i] as number;
-      const pack = g.data.subarray(start, end);
-      start = end;
-      let outputs;
-      try {
-        outputs = unpackTensors(pack, headers);
-      } catch (err) {
-        return `packed.ids.${i}: ${err instanceof PackError ? err.message : 'malformed outputs'}`;
-      }
-      if (outputs.length > LIMITS.tensorsPerItem) return `packed.ids.${i}: too many outputs`;
-      for (const t of outputs) {
-        if (t.name.length === 0 || t.name.length > LIMITS.nameChars || t.dims.length > LIMITS.dimsPerTensor)
-          return `packed.ids.${i}: output name or dims out of bounds`;
-      }
-      const itemId = g.ids[i] as number;
-      out.push({ itemId, jobId: g.jobId, modelSha256: g.modelSha256, ms: g.ms[i] as number, outputs, pack });
-    }
-  }
-  return out;
 }
 
 /** Wires the worker namespace to the hub. */
