@@ -17,9 +17,11 @@ import {
   UsageError,
   type CliIo,
   type OptionTable,
-} from '../server/options.ts';
-import { relaunchWithFlags, startedAs, watchParent } from './launch.ts';
-import { NodeFatalError, runNode, type NodeBackendChoice, type NodeOptions } from './node.ts';
+} from '../common/options.ts';
+import { relaunchWithFlags, startedAs, watchParent } from '../common/relaunch.ts';
+import { NODE_RELAUNCH } from './launch.ts';
+import { NodeFatalError } from './errors.ts';
+import { runNode, type NodeBackendChoice, type NodeOptions } from './node.ts';
 
 /** The backends `--backend` takes; `auto` picks the best one that works here. */
 export const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim', 'webgpu'];
@@ -156,7 +158,7 @@ export function nodeOptions(cmd: Command, env: NodeJS.ProcessEnv): NodeOptions {
 async function run(cmd: Command, io: CliIo): Promise<number> {
   const options = nodeOptions(cmd, io.env);
   // Without the node's V8 flags and malloc settings, run again as a child that has them.
-  if (!startedAs()) return relaunchWithFlags();
+  if (!startedAs(NODE_RELAUNCH)) return relaunchWithFlags(NODE_RELAUNCH);
   try {
     const node = await runNode({ ...options, handleSignals: true });
     // Started by a parent that has since died without a word (SIGKILL): drain, as on SIGTERM.

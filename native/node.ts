@@ -1,27 +1,23 @@
 /**
  * A native node: everything `shardhub node` needs, built around the shared {@link WorkerAgent}.
  *
- * - Identity: `--id`, else a generated id; either way the secret is persisted (mode 0600) in
- *   `<state>/node-<hubhost>-<port>[-<id>].json`, so a restarted node is the same worker to the hub.
+ * - Identity: `--id`, else a generated id; either way the secret is persisted (`identity.ts`), so
+ *   a restarted node is the same worker to the hub.
  * - Connection: Socket.IO to `${hub}/worker` with exponential backoff and jitter. Socket.IO does not
  *   reconnect after a server-side disconnect or a refusal by the hub's middleware; this module does,
  *   with its own backoff, except when the hub refuses the join token or the identity: retrying those
  *   cannot help, so the node stops with a {@link NodeFatalError}.
- * - Models cached on disk by sha256 (verified when read, by `fetchModel`).
+ * - Models cached on disk by sha256 (`model-cache.ts`; verified when read, by `fetchModel`).
  * - Capabilities and heartbeat load figures from `node:os` and `nvidia-smi`.
  */
-import { randomBytes } from 'node:crypto';
-import { readFileSync, unlinkSync } from 'node:fs';
-import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { availableParallelism, freemem, homedir, hostname, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { io } from 'socket.io-client';
 import type { Capabilities, Heartbeat, WorkerAuth } from '../protocol/events.ts';
-import { clean, createLogger, type Logger } from '../server/logger.ts';
+import { clean, createLogger, type Logger } from '../common/logger.ts';
 import { WorkerAgent, type WorkerSocket } from '../worker/agent.ts';
 import type { Backend, BackendFactory } from '../worker/backend.ts';
-import type { ModelStore } from '../worker/model-cache.ts';
 import { Reconnector } from '../worker/reconnect.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { GpuInfo } from './ort-backend.ts';
@@ -29,8 +25,11 @@ import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
-import { ECHO_MS } from './launch.ts';
+import { ECHO_MS } from '../common/relaunch.ts';
 import { statusText, TerminalStatus } from './status.ts';
+import { NodeFatalError } from './errors.ts';
+import { claimIdentity } from './identity.ts';
+import { DiskModelStore } from './model-cache.ts';
 
 /** Which backend a node runs: `auto` is CUDA, else a real GPU through WebGPU, else CPU (`backend-select.ts`). */
 export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu' | 'sim';
@@ -76,191 +75,6 @@ export interface NodeHandle {
   drain(): Promise<void>;
   /** Stops at once. */
   close(): Promise<void>;
-}
-
-/** The node cannot go on (bad join token, identity refused, unreadable state): exit non-zero. */
-export class NodeFatalError extends Error {
-  override name = 'NodeFatalError';
-  readonly exitCode: number;
-  constructor(message: string, exitCode = 1) {
-    super(message);
-    this.exitCode = exitCode;
-  }
-}
-
-/** A worker identity as kept in the state file. */
-export interface NodeIdentity {
-  workerId: string;
-  workerSecret: string;
-}
-
-const WORKER_ID = /^[A-Za-z0-9_-]{8,64}$/;
-const SHA256 = /^[0-9a-f]{64}$/;
-
-/** The identity file for a hub (and optional fixed id, and slot after the first) inside a state dir. */
-export function identityFile(stateDir: string, hub: string, id?: string, slot = 1): string {
-  const url = new URL(hub);
-  const port = url.port || (url.protocol === 'https:' ? '443' : '80');
-  const host = url.hostname.replace(/[^A-Za-z0-9.-]/g, '_');
-  return join(stateDir, `node-${host}-${port}${id ? `-${id}` : ''}${slot > 1 ? `-${slot}` : ''}.json`);
-}
-
-/** Whether a process with this pid is alive (ours or another user's). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/**
- * Takes `<file>.lock` for this process: the pid of the node using an identity. A lock whose process
- * is gone is taken over. Returns the lock's release, or the pid of the live node holding it.
- */
-async function lockIdentity(file: string): Promise<{ release: () => void } | { heldBy: number }> {
-  const lock = `${file}.lock`;
-  for (let tries = 0; tries < 3; tries++) {
-    try {
-      await writeFile(lock, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
-      const release = () => {
-        try {
-          if (readFileSync(lock, 'utf8').trim() === String(process.pid)) unlinkSync(lock);
-        } catch {
-          // already gone
-        }
-      };
-      process.once('exit', release);
-      return { release };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
-    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) return { heldBy: pid };
-    await unlink(lock).catch(() => undefined); // stale: its node is gone
-  }
-  throw new NodeFatalError(`cannot take the lock ${lock}; delete it if no node is running`);
-}
-
-/** How many nodes with the default identity may run on one machine for one hub. */
-const MAX_SLOTS = 64;
-
-/**
- * The identity this process runs as, locked for as long as it runs, so that two nodes on one
- * machine never connect as one worker (the hub would swap them over on every reconnect). Without
- * `--id`, a node that finds the default identity in use takes the next free one
- * (`node-<host>-<port>-2.json`, ...): each keeps its own from one start to the next. With `--id`,
- * it refuses to start.
- */
-export async function claimIdentity(
-  stateDir: string,
-  hub: string,
-  id: string | undefined,
-  log?: Logger,
-): Promise<NodeIdentity & { file: string; release: () => void }> {
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
-  for (let slot = 1; slot <= (id ? 1 : MAX_SLOTS); slot++) {
-    const file = identityFile(stateDir, hub, id, slot);
-    const lock = await lockIdentity(file);
-    if ('heldBy' in lock) {
-      if (id)
-        throw new NodeFatalError(
-          `another node (pid ${lock.heldBy}) on this machine already runs as worker ${id}; give this one another --id, or stop that one`,
-        );
-      continue;
-    }
-    try {
-      const identity = await loadIdentity(stateDir, hub, id, slot);
-      if (slot > 1)
-        log?.info(
-          { identityFile: identity.file },
-          'another node on this machine uses the default identity; this one runs as a worker of its own',
-        );
-      return { ...identity, release: lock.release };
-    } catch (err) {
-      lock.release();
-      throw err;
-    }
-  }
-  throw new NodeFatalError(`${MAX_SLOTS} nodes already run on this machine for ${hub}; stop one first`);
-}
-
-/**
- * Loads this node's identity, creating and persisting it on first start. With `id`, the worker id
- * is that id and only the secret is generated.
- */
-export async function loadIdentity(
-  stateDir: string,
-  hub: string,
-  id?: string,
-  slot = 1,
-): Promise<NodeIdentity & { file: string }> {
-  if (id !== undefined && !WORKER_ID.test(id))
-    throw new NodeFatalError('--id must be 8-64 characters of [A-Za-z0-9_-]');
-  const file = identityFile(stateDir, hub, id, slot);
-  let text: string | undefined;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-      throw new NodeFatalError(`cannot read ${file}: ${(err as Error).message}`);
-  }
-  if (text !== undefined) {
-    let parsed: Partial<NodeIdentity> = {};
-    try {
-      parsed = JSON.parse(text) as Partial<NodeIdentity>;
-    } catch {
-      // reported below
-    }
-    const ok =
-      typeof parsed.workerId === 'string' &&
-      WORKER_ID.test(parsed.workerId) &&
-      typeof parsed.workerSecret === 'string' &&
-      parsed.workerSecret.length >= 16 &&
-      parsed.workerSecret.length <= 128 &&
-      (id === undefined || parsed.workerId === id);
-    if (!ok)
-      throw new NodeFatalError(`${file} is not a valid node identity; delete it to start as a new worker`);
-    return { workerId: parsed.workerId as string, workerSecret: parsed.workerSecret as string, file };
-  }
-  const identity: NodeIdentity = {
-    workerId: id ?? `n-${randomBytes(12).toString('base64url')}`,
-    workerSecret: randomBytes(24).toString('base64url'),
-  };
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(identity, null, 2)}\n`, { mode: 0o600 });
-  await rename(tmp, file);
-  return { ...identity, file };
-}
-
-/**
- * Model bytes on disk, one file per model named by its sha256. Reads are verified by `fetchModel`
- * (a corrupt file is refetched and overwritten); writes go through a temp file and a rename, so a
- * crash never leaves a half-written model under its final name.
- */
-export class DiskModelStore implements ModelStore {
-  constructor(readonly dir: string) {}
-
-  async get(sha256: string): Promise<Uint8Array | undefined> {
-    if (!SHA256.test(sha256)) return undefined;
-    try {
-      const buf = await readFile(join(this.dir, sha256));
-      return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-  }
-
-  async put(sha256: string, bytes: Uint8Array): Promise<void> {
-    if (!SHA256.test(sha256)) throw new Error('model cache keys are lower-case sha256 hex');
-    await mkdir(this.dir, { recursive: true });
-    const tmp = join(this.dir, `${sha256}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-    await writeFile(tmp, bytes);
-    await rename(tmp, join(this.dir, sha256));
-  }
 }
 
 /** The onnxruntime-node version, read without loading its native binding. */

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { HubServer, defaultHubConfig } from './app.ts';
-import { relaunchWithFlags, startedAs, watchParent } from '../native/launch.ts';
+import { relaunchWithFlags, startedAs, watchParent } from '../common/relaunch.ts';
 import { createLogger } from './logger.ts';
 import { queueOcrDemo } from './pipeline-demo.ts';
 import { HUB_RELAUNCH } from './node-flags.ts';
