@@ -12,8 +12,11 @@ import { CommanderError, Option, type Command } from 'commander';
 import { readFileSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 
-/** The types an option's value can have. `size` takes units (`8GB`, `512MiB`); `url` an http(s) URL. */
-export type OptionType = 'string' | 'int' | 'number' | 'boolean' | 'size' | 'url' | 'choice' | 'dir';
+/**
+ * The types an option's value can have. `size` takes units (`8GB`, `512MiB`); `url` an http(s) URL;
+ * `urls` one or more, separated by commas (the value is the checked URLs joined by commas).
+ */
+export type OptionType = 'string' | 'int' | 'number' | 'boolean' | 'size' | 'url' | 'urls' | 'choice' | 'dir';
 
 /** One option of a command. */
 export interface OptionSpec {
@@ -155,6 +158,8 @@ function placeholder(o: OptionSpec): string {
       return 'SIZE';
     case 'url':
       return 'URL';
+    case 'urls':
+      return 'URL[,URL...]';
     case 'dir':
       return 'DIR';
     case 'choice':
@@ -268,6 +273,12 @@ function coerce(name: string, o: OptionSpec, raw: unknown, from: string): string
       return text;
     case 'url':
       return parseHubUrl(text, from);
+    case 'urls': {
+      const urls = text.split(',').map((u) => u.trim());
+      if (urls.some((u) => u === ''))
+        throw new UsageError(`${from} must be URLs separated by commas, got "${text}"`);
+      return urls.map((u) => parseHubUrl(u, from)).join(',');
+    }
     case 'dir': {
       let isDir = false;
       try {

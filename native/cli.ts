@@ -32,8 +32,8 @@ const FAULTS = 'Fault injection (any backend; for testing the hub, never in prod
 /** Every option of `shardhub node`. */
 export const NODE_OPTIONS: OptionTable = {
   hub: {
-    type: 'url',
-    help: "the hub's address, e.g. http://hub.example:8080",
+    type: 'urls',
+    help: "the hub's address, e.g. http://hub.example:8080; several separated by commas: after a lost connection the node tries the next",
     env: 'SHARDHUB_HUB',
     required: true,
   },
@@ -125,7 +125,12 @@ export function nodeOptions(cmd: Command, env: NodeJS.ProcessEnv): NodeOptions {
   for (const k of ['speed', 'slow-factor'] as const) {
     if (v[k] !== undefined && (v[k] as number) <= 0) throw new UsageError(`--${k} must be a number > 0`);
   }
-  const options: NodeOptions = { hub: v.hub as string, concurrency: v.concurrency as number, backend };
+  const hubs = (v.hub as string).split(',');
+  const options: NodeOptions = {
+    hub: hubs.length === 1 ? (hubs[0] as string) : hubs,
+    concurrency: v.concurrency as number,
+    backend,
+  };
   if (v.token !== undefined) options.token = v.token as string;
   for (const key of ['pool', 'name'] as const) {
     const s = v[key] as string | undefined;

@@ -3,23 +3,21 @@
  *
  * - Identity: `--id`, else a generated id; either way the secret is persisted (`identity.ts`), so
  *   a restarted node is the same worker to the hub.
- * - Connection: Socket.IO to `${hub}/worker` with exponential backoff and jitter. Socket.IO does not
- *   reconnect after a server-side disconnect or a refusal by the hub's middleware; this module does,
- *   with its own backoff, except when the hub refuses the join token or the identity: retrying those
- *   cannot help, so the node stops with a {@link NodeFatalError}.
+ * - Connection: `worker/connection.ts`, to one hub or the next of a list, reconnecting with
+ *   backoff; a refusal no retry can fix (join token, identity, protocol version) stops the node with
+ *   a {@link NodeFatalError} (`refusal`).
  * - Models cached on disk by sha256 (`model-cache.ts`; verified when read, by `fetchModel`).
  * - Capabilities and heartbeat load figures from `node:os` and `nvidia-smi`.
  */
 import { createRequire } from 'node:module';
 import { availableParallelism, freemem, homedir, hostname, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { io } from 'socket.io-client';
 import type { Capabilities, Heartbeat, WorkerAuth } from '../protocol/events.ts';
 import { clean, createLogger, type Logger } from '../common/logger.ts';
-import { WorkerAgent, type WorkerSocket } from '../worker/agent.ts';
+import { WorkerAgent } from '../worker/agent.ts';
+import { HubConnection } from '../worker/connection.ts';
+import { ErrorCode } from '../protocol/errors.ts';
 import type { Backend, BackendFactory } from '../worker/backend.ts';
-import { Reconnector } from '../worker/reconnect.ts';
-import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { GpuInfo } from './ort-backend.ts';
 import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
@@ -36,8 +34,11 @@ export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu' | 'sim';
 
 /** Options of {@link runNode} (the CLI's flags, parsed and validated). */
 export interface NodeOptions {
-  /** The hub's base URL, e.g. `http://hub.example:8080`. */
-  hub: string;
+  /**
+   * The hub's base URL, e.g. `http://hub.example:8080`, or several: after a connection loss the
+   * node tries the next one (`worker/connection.ts`). The first one names the identity file.
+   */
+  hub: string | readonly string[];
   token?: string;
   concurrency?: number;
   backend?: NodeBackendChoice;
@@ -86,16 +87,29 @@ function ortPackageVersion(): string | undefined {
   }
 }
 
-/** Refusals that no retry can fix, by what the node's operator has to change. */
-type Refusal = 'token' | 'identity' | 'handshake';
-
-/** Classifies a refusal by the hub (a connect_error message or a register error) or undefined. */
-export function refusalKind(message: string, code?: unknown): Refusal | undefined {
-  const text = `${message} ${typeof code === 'string' ? code : ''}`;
-  if (/secret|identity|another worker|belongs to/i.test(text)) return 'identity';
-  if (/token|unauthori[sz]ed|forbidden|\bauth/i.test(text)) return 'token';
-  if (/bad handshake/i.test(text)) return 'handshake';
-  return undefined;
+/**
+ * What a refusal by the hub means to a node: the refusals no retry can fix stop it, each with what
+ * its operator has to change; the others (rate limits, a failing hub) are retried.
+ */
+export function refusal(code: ErrorCode, message: string, identityFile: string): NodeFatalError | undefined {
+  switch (code) {
+    case ErrorCode.Unauthorized:
+      return new NodeFatalError(
+        `the hub refused this node's join token (${message}); pass the hub's join token with --token or SHARDHUB_JOIN_TOKEN`,
+      );
+    case ErrorCode.IdentityTaken:
+      return new NodeFatalError(
+        `the hub refused this node's identity (${message}); another node may be using ${identityFile}, or it belongs to another hub: use --id/--state or delete it`,
+      );
+    case ErrorCode.BadHandshake:
+      return new NodeFatalError(`the hub refused this node's handshake (${message})`);
+    case ErrorCode.Version:
+      return new NodeFatalError(
+        `the hub speaks another protocol version (${message}); install the hub's shardhub version on this node`,
+      );
+    default:
+      return undefined;
+  }
 }
 
 /**
@@ -112,11 +126,13 @@ function quitNow(_code: 130): void {
 /** Starts a native node; see the file comment. Resolves once the backend is ready and connecting. */
 export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const log = opts.logger ?? createLogger('node');
-  const hub = opts.hub.replace(/\/+$/, '');
+  const hubs = (typeof opts.hub === 'string' ? [opts.hub] : [...opts.hub]).map((h) => h.replace(/\/+$/, ''));
+  if (hubs.length === 0) throw new NodeFatalError('no hub to connect to: give --hub URL');
+  const first = hubs[0] as string;
   const concurrency = opts.concurrency ?? 1;
   const choice = opts.backend ?? 'auto';
   const cores = availableParallelism();
-  const identity = await claimIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), hub, opts.id, log);
+  const identity = await claimIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), first, opts.id, log);
   const store = new DiskModelStore(opts.cacheDir ?? join(homedir(), '.cache', 'shardhub', 'models'));
 
   let gpu: GpuInfo | undefined;
@@ -158,7 +174,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     }
     return backend;
   };
-  const wantsChannel = opts.dataChannel !== false && new URL(hub).protocol === 'http:';
+  const wantsChannel = opts.dataChannel !== false && hubs.every((h) => new URL(h).protocol === 'http:');
 
   const capabilities: Capabilities = {
     hostname: hostname().slice(0, 128),
@@ -173,21 +189,20 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const auth: WorkerAuth = { workerId: identity.workerId, workerSecret: identity.workerSecret };
   if (opts.token) auth.token = opts.token;
   const rc = opts.reconnect ?? {};
-  const delayMs = rc.delayMs ?? 500;
-  const maxDelayMs = rc.maxDelayMs ?? 10_000;
-  const jitter = rc.randomizationFactor ?? 0.5;
-  const socket = io(`${hub}/worker`, {
-    auth,
-    autoConnect: false,
+  const conn = new HubConnection({
+    hubs,
+    auth: () => auth,
     // WebSocket only, its frames sent without masking (native/ws-transport.ts).
     transports: [UnmaskedWebSocket],
-    reconnection: true,
-    reconnectionDelay: delayMs,
-    reconnectionDelayMax: maxDelayMs,
-    randomizationFactor: jitter,
-    // Accept shard:assign packets with more than Socket.IO's default 10 tensors.
-    parser: shardhubParser,
-  }) as WorkerSocket;
+    log,
+    clean,
+    delayMs: rc.delayMs ?? 500,
+    maxDelayMs: rc.maxDelayMs ?? 10_000,
+    jitter: rc.randomizationFactor ?? 0.5,
+    workerId: () => identity.workerId,
+    refused: (code, message) => refusal(code, message, identity.file),
+  });
+  const socket = conn.socket;
 
   let gpuUsed = gpu?.memoryUsedBytes;
   let gpuTimer: ReturnType<typeof setInterval> | undefined;
@@ -214,7 +229,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     socket,
     backend: backendFactory,
     store,
-    hubUrl: hub,
+    hubUrl: () => conn.hub,
     register: {
       kind: 'native',
       name: (opts.name ?? hostname()).slice(0, 128) || 'node',
@@ -243,40 +258,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     settle = { resolve, reject };
   });
   done.catch(() => undefined); // callers may not await `done`; a fatal stop must not crash the process
-  let fatal: NodeFatalError | undefined;
-  let failures = 0;
-
-  const stopping = () => fatal !== undefined || agent.status === 'closed';
-  // Socket.IO stops reconnecting after a server-side disconnect or a middleware refusal.
-  const reconnect = new Reconnector({ socket, log, delayMs, maxDelayMs, jitter, stopping });
-  const stopFatal = (err: NodeFatalError) => {
-    if (fatal) return;
-    fatal = err;
-    log.error({ error: err.message }, 'node stopping');
-    void agent.close();
-  };
-
-  /** Stops the node when a refusal cannot be fixed by retrying; returns whether it did. */
-  const refused = (rawMessage: string, code?: unknown): boolean => {
-    const kind = refusalKind(rawMessage, code);
-    const message = clean(rawMessage);
-    if (kind === 'token') {
-      stopFatal(
-        new NodeFatalError(
-          `the hub refused this node's join token (${message}); pass the hub's join token with --token or SHARDHUB_JOIN_TOKEN`,
-        ),
-      );
-    } else if (kind === 'identity') {
-      stopFatal(
-        new NodeFatalError(
-          `the hub refused this node's identity (${message}); another node may be using ${identity.file}, or it belongs to another hub: use --id/--state or delete it`,
-        ),
-      );
-    } else if (kind === 'handshake') {
-      stopFatal(new NodeFatalError(`the hub refused this node's handshake (${message})`));
-    }
-    return kind !== undefined;
-  };
+  conn.attach(agent);
 
   // The job this node last got items of, for its status line.
   let current: { jobId: string; model: string } | undefined;
@@ -292,15 +274,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
       ? new TerminalStatus(process.stdout)
       : undefined;
 
-  socket.on('connect', () => {
-    reconnect.reset();
-    failures = 0;
-    log.info({ hub: clean(hub), workerId: identity.workerId }, 'connected to hub');
-  });
-  socket.on('disconnect', (reason) => {
-    channel?.close();
-    if (reason === 'io server disconnect') reconnect.later();
-  });
+  socket.on('disconnect', () => channel?.close());
 
   // The data channel opens after each registration and ends with the connection it belongs to.
   let channel: DataChannelClient | undefined;
@@ -310,7 +284,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     if (!offer) return;
     try {
       const c: DataChannelClient = new DataChannelClient({
-        hub,
+        hub: conn.hub,
         path: offer.path,
         ticket: offer.ticket,
         reserve: (model, inputs) => backend?.reserve?.(model, inputs),
@@ -328,10 +302,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
           }
           // Frames in flight may be lost: the hub requeues this connection's items when it goes.
           log.warn({ error: clean(err.message) }, 'data channel lost; reconnecting');
-          if (socket.connected) {
-            socket.disconnect();
-            reconnect.later();
-          }
+          if (socket.connected) conn.reconnect();
         },
       });
       channel = c;
@@ -339,40 +310,18 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
       log.warn({ error: clean((err as Error).message) }, 'no data channel; large inputs come over Socket.IO');
     }
   });
-  socket.on('connect_error', (err: Error & { data?: { code?: unknown } }) => {
-    failures++;
-    if (socket.active) {
-      // A network-level failure: Socket.IO retries by itself with backoff.
-      if (failures === 1 || failures % 10 === 0) {
-        log.warn({ hub: clean(hub), error: clean(err.message), failures }, 'cannot reach hub; retrying');
-      }
-      return;
-    }
-    const message = clean(err.message);
-    if (refused(err.message, err.data?.code)) return;
-    log.warn({ error: message }, 'hub refused the connection');
-    reconnect.later();
-  });
-  // The hub checks the join token at registration: it refuses, then disconnects.
-  agent.on('error', (err) => {
-    if (!refused(err.message, err.code))
-      log.error({ code: clean(err.code), error: clean(err.message) }, 'hub refused registration');
-  });
-
   const signals: [NodeJS.Signals, () => void][] = [];
   const cleanup = () => {
     status?.stop();
     identity.release();
-    reconnect.cancel();
     if (gpuTimer !== undefined) clearInterval(gpuTimer);
     for (const [sig, fn] of signals) process.off(sig, fn);
     channel?.close();
-    socket.off();
-    socket.disconnect();
+    conn.close();
   };
   agent.on('closed', () => {
     cleanup();
-    if (fatal) settle.reject(fatal);
+    if (conn.fatal) settle.reject(conn.fatal);
     else settle.resolve();
   });
 
@@ -404,7 +353,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
 
   log.info(
     {
-      hub: clean(hub),
+      hub: hubs.map((h) => clean(h)).join(','),
       workerId: identity.workerId,
       backend: choice,
       concurrency,

@@ -33,6 +33,12 @@ export const FAILURE_CATEGORIES = [
 /** Why an item's run failed; the hub retries elsewhere and reports these per item. */
 export type FailureCategory = (typeof FAILURE_CATEGORIES)[number];
 
+/**
+ * The version of this protocol. A worker sends it in its handshake; a hub that speaks another one
+ * refuses the connection (`ErrorCode.Version`) instead of misreading its messages.
+ */
+export const PROTOCOL_VERSION = 1;
+
 /** Sent in the Socket.IO handshake. The id and secret make a reconnecting worker the same worker. */
 export interface WorkerAuth {
   /** Join token (native nodes; optional contributor token for browsers). */
@@ -40,6 +46,8 @@ export interface WorkerAuth {
   workerId: string;
   /** Chosen by the worker on first start; the hub keeps only its hash and checks it on reconnect. */
   workerSecret: string;
+  /** {@link PROTOCOL_VERSION} of the worker (absent: taken to be the hub's own). */
+  protocol?: number;
 }
 
 /** What a worker says about its machine. */

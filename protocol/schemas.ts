@@ -91,6 +91,7 @@ export const WorkerAuthSchema = z.object({
   token: z.string().max(256).optional(),
   workerId: z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'workerId must be 8-64 characters of [A-Za-z0-9_-]'),
   workerSecret: z.string().min(16).max(128),
+  protocol: z.number().int().min(1).max(1_000_000).optional(),
 });
 
 export const CapabilitiesSchema = z.object({

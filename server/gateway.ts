@@ -7,6 +7,8 @@ import { DATA_CHANNEL_PATH } from '../protocol/data-channel.ts';
 import type { Namespace } from 'socket.io';
 import type { z } from 'zod';
 import type { Ack, ErrorBody, HubToWorkerEvents, ItemResult, WorkerToHubEvents } from '../protocol/events.ts';
+import { PROTOCOL_VERSION } from '../protocol/events.ts';
+import { ErrorCode, refusal } from '../protocol/errors.ts';
 import { unpackResults } from '../protocol/results-pack.ts';
 import {
   HeartbeatSchema,
@@ -56,17 +58,25 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
   nsp.use((socket, next) => {
     const token = (socket.handshake.auth as { token?: unknown } | undefined)?.token;
     if (!tokenMatches(token, opts.joinToken) && !connects.take(socket.handshake.address)) {
-      return next(new Error('rate_limited: too many connections from this address; retry later'));
+      return next(refusal(ErrorCode.RateLimited, 'too many connections from this address; retry later'));
     }
     const auth = WorkerAuthSchema.safeParse(socket.handshake.auth);
-    if (!auth.success) return next(new Error(`bad handshake: ${describeZodError(auth.error)}`));
+    if (!auth.success) return next(refusal(ErrorCode.BadHandshake, describeZodError(auth.error)));
+    const version = auth.data.protocol ?? PROTOCOL_VERSION;
+    if (version !== PROTOCOL_VERSION)
+      return next(
+        refusal(
+          ErrorCode.Version,
+          `this hub speaks protocol ${PROTOCOL_VERSION}, the worker ${version}: run the same shardhub version on both`,
+        ),
+      );
     const known = hub.store.getWorker(auth.data.workerId);
     if (known && known.secretHash !== hashSecret(auth.data.workerSecret)) {
       hub.log.warn(
         { workerId: auth.data.workerId, address: socket.handshake.address },
         'worker id presented with the wrong secret',
       );
-      return next(new Error('unauthorized: this worker id belongs to another worker'));
+      return next(refusal(ErrorCode.IdentityTaken, 'this worker id belongs to another worker'));
     }
     socket.data = { workerId: auth.data.workerId, registered: false };
     return next();
@@ -77,7 +87,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     const auth = WorkerAuthSchema.parse(socket.handshake.auth);
     const workerId = auth.workerId;
     const address = socket.handshake.address;
-    const fail = (ack: unknown, code: string, message: string): void => {
+    const fail = (ack: unknown, code: ErrorCode, message: string): void => {
       // Every refusal is logged, up to a rate: a hostile client must not flood the log either.
       if (logs.take('refused'))
         hub.log.warn({ workerId, code, message: clean(message) }, 'worker request refused');
@@ -86,12 +96,12 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     const parse = <T>(schema: z.ZodType<T>, payload: unknown, ack: unknown): T | undefined => {
       const r = schema.safeParse(payload);
       if (r.success) return r.data;
-      fail(ack, 'invalid_payload', describeZodError(r.error));
+      fail(ack, ErrorCode.InvalidPayload, describeZodError(r.error));
       return undefined;
     };
     const guard = (event: string, ack: unknown): boolean => {
       if (!socket.data.registered) {
-        fail(ack, 'not_registered', `${event} before worker:register`);
+        fail(ack, ErrorCode.NotRegistered, `${event} before worker:register`);
         return false;
       }
       hub.touch(workerId);
@@ -101,7 +111,9 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       if (!messages.take(socket.id)) {
         // A flood: drop, answer if asked, and log at most once a second for the whole namespace.
         if (typeof ack === 'function')
-          (ack as Ack<never>)({ error: { code: 'rate_limited', message: 'too many messages; slow down' } });
+          (ack as Ack<never>)({
+            error: { code: ErrorCode.RateLimited, message: 'too many messages; slow down' },
+          });
         floodDropped++;
         if (Date.now() - lastFloodLog > 1000) {
           lastFloodLog = Date.now();
@@ -117,23 +129,23 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         fn();
       } catch (err) {
         hub.log.error({ workerId, event, err }, 'handler failed');
-        fail(ack, 'internal', `the hub could not handle ${event}`);
+        fail(ack, ErrorCode.Internal, `the hub could not handle ${event}`);
       }
     };
 
     socket.on('worker:register', (payload, ack) =>
       safely('worker:register', ack, () => {
-        if (typeof ack !== 'function') return fail(ack, 'no_ack', 'worker:register needs an ack');
+        if (typeof ack !== 'function') return fail(ack, ErrorCode.NoAck, 'worker:register needs an ack');
         const req = parse(RegisterRequestSchema, payload, ack);
         if (!req) return;
         const needsJoin = req.kind === 'native';
         if (needsJoin && !tokenMatches(auth.token, opts.joinToken)) {
-          fail(ack, 'unauthorized', 'native nodes need the hub join token (--token)');
+          fail(ack, ErrorCode.Unauthorized, 'native nodes need the hub join token (--token)');
           socket.disconnect(true);
           return;
         }
         if (!needsJoin && opts.contributorToken && !tokenMatches(auth.token, opts.contributorToken)) {
-          fail(ack, 'unauthorized', 'this hub needs a contributor link token');
+          fail(ack, ErrorCode.Unauthorized, 'this hub needs a contributor link token');
           socket.disconnect(true);
           return;
         }
@@ -184,7 +196,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         let results: ItemResult[] = msg.results;
         if (msg.packed?.length) {
           const unpacked = unpackResults(msg.packed);
-          if (typeof unpacked === 'string') return fail(ack, 'invalid_payload', unpacked);
+          if (typeof unpacked === 'string') return fail(ack, ErrorCode.InvalidPayload, unpacked);
           results = results.length ? [...results, ...unpacked] : unpacked;
         }
         hub.acceptResults(workerId, results).then(
@@ -194,13 +206,13 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
               // Logged by the hub already.
               fail(
                 ack,
-                'internal',
+                ErrorCode.Internal,
                 'the hub stored these results but failed after; send them again to have them acknowledged',
               );
               return;
             }
             hub.log.error({ workerId, event: 'items:done', err }, 'handler failed');
-            fail(ack, 'internal', 'the hub could not store these results; send them again');
+            fail(ack, ErrorCode.Internal, 'the hub could not store these results; send them again');
           },
         );
       }),
@@ -235,7 +247,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     ]);
     socket.onAny((event: unknown, ...args: unknown[]) => {
       if (!handled.has(String(event)) && messages.take(socket.id))
-        fail(args.at(-1), 'unknown_event', `unknown event "${clean(event, 60)}"`);
+        fail(args.at(-1), ErrorCode.UnknownEvent, `unknown event "${clean(event, 60)}"`);
     });
 
     hub.writes.adopt(socket.conn);
