@@ -10,6 +10,7 @@
  */
 import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
+import { HOLDING_MESSAGE, RELAUNCHED_ENV } from './early-signals.mjs';
 
 /** Whether `env` has every variable of `vars` (to any value). */
 export function hasVars(env: NodeJS.ProcessEnv, vars: Readonly<Record<string, string>>): boolean {
@@ -20,7 +21,7 @@ export function hasVars(env: NodeJS.ProcessEnv, vars: Readonly<Record<string, st
 export const ECHO_MS = 1000;
 
 /** Set in the child's environment: it was started by {@link relaunchWithFlags}. */
-const CHILD_ENV = 'SHARDHUB_RELAUNCHED';
+const CHILD_ENV = RELAUNCHED_ENV;
 
 /** What a command runs itself again with: Node flags, and environment variables it lacks. */
 export interface Relaunch {
@@ -28,6 +29,12 @@ export interface Relaunch {
   command: string;
   flags: readonly string[];
   env: Readonly<Record<string, string>>;
+  /**
+   * The child holds signals from its start (`early-signals.ts`) and says so: until it does, the
+   * parent keeps the first signal and passes it on then, instead of ending a child that has no
+   * handlers yet.
+   */
+  holdsSignals?: boolean;
 }
 
 /**
@@ -61,12 +68,21 @@ export function relaunchWithFlags(how: Relaunch): Promise<number> {
   // that follows the one before within a second is such an echo and is not passed on: the child
   // would take it for a second Ctrl-C and quit instead of draining.
   let last = { signal: '', at: 0 };
+  let ready = !how.holdsSignals;
+  let kept: NodeJS.Signals | undefined;
   const forward = (signal: NodeJS.Signals) => {
     const now = Date.now();
     if (now - last.at < ECHO_MS) return;
     last = { signal, at: now };
-    child.kill(signal);
+    if (ready) child.kill(signal);
+    else kept ??= signal;
   };
+  if (!ready)
+    child.on('message', (m) => {
+      if (m !== HOLDING_MESSAGE || ready) return;
+      ready = true;
+      if (kept) child.kill(kept);
+    });
   for (const s of signals) process.on(s, forward);
   // Under `npm run`, a parent that died without passing anything on (a shell that npm sent SIGTERM
   // to does not pass it to its own child) leaves this process with another parent: that is a

@@ -51,4 +51,9 @@ export function hasMallocEnv(env: NodeJS.ProcessEnv = process.env): boolean {
 }
 
 /** A native node's: {@link NODE_V8_FLAGS} and {@link NODE_MALLOC_ENV}. */
-export const NODE_RELAUNCH: Relaunch = { command: 'node', flags: NODE_V8_FLAGS, env: NODE_MALLOC_ENV };
+export const NODE_RELAUNCH: Relaunch = {
+  command: 'node',
+  flags: NODE_V8_FLAGS,
+  env: NODE_MALLOC_ENV,
+  holdsSignals: true,
+};

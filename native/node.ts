@@ -23,6 +23,7 @@ import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
+import { releaseSignals } from '../common/early-signals.mjs';
 import { ECHO_MS } from '../common/relaunch.ts';
 import { statusText, TerminalStatus } from './status.ts';
 import { NodeFatalError } from './errors.ts';
@@ -128,11 +129,11 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const log = opts.logger ?? createLogger('node');
   const hubs = (typeof opts.hub === 'string' ? [opts.hub] : [...opts.hub]).map((h) => h.replace(/\/+$/, ''));
   if (hubs.length === 0) throw new NodeFatalError('no hub to connect to: give --hub URL');
-  const first = hubs[0] as string;
+  const firstHub = hubs[0] as string;
   const concurrency = opts.concurrency ?? 1;
   const choice = opts.backend ?? 'auto';
   const cores = availableParallelism();
-  const identity = await claimIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), first, opts.id, log);
+  const identity = await claimIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), firstHub, opts.id, log);
   const store = new DiskModelStore(opts.cacheDir ?? join(homedir(), '.cache', 'shardhub', 'models'));
 
   let gpu: GpuInfo | undefined;
@@ -325,11 +326,12 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     else settle.resolve();
   });
 
+  let held: NodeJS.Signals[] = [];
+  let first = 0;
   if (opts.handleSignals) {
     // The first signal drains. A Ctrl-C a second or more later quits at once; signals sooner than
     // that are copies of the first (a terminal's Ctrl-C reaches every process of the foreground
     // group, and npm passes it on again), and a SIGTERM after a drain began changes nothing.
-    let first = 0;
     const onSignal = (sig: NodeJS.Signals) => {
       const now = Date.now();
       if (first === 0) {
@@ -349,6 +351,9 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
       signals.push([sig, fn]);
       process.on(sig, fn);
     }
+    // Signals that came before these handlers (held since the process began) are acted on once
+    // the agent runs: draining before it started would leave nothing to drain.
+    held = releaseSignals();
   }
 
   log.info(
@@ -368,6 +373,9 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     throw err;
   }
   log.info({ backend: agent.stats.backend, reason: agent.stats.backendReason }, 'backend ready');
+  // A SIGHUP held (a closed terminal, a parent gone) stops the node as SIGTERM does.
+  const early = held[0] === 'SIGHUP' ? 'SIGTERM' : held[0];
+  if (early && first === 0) process.emit(early, early);
   status?.start(() => statusText(agent.stats, current));
 
   return {
