@@ -94,7 +94,9 @@ export class HubConnection {
       o.log.info({ hub: this.clean(this.hub), workerId: o.workerId() }, 'connected to hub');
     });
     this.socket.on('disconnect', (reason) => {
-      if (reason !== 'io client disconnect') o.log.warn({ reason }, 'disconnected from hub');
+      // A lost connection is worth a warning; the end of a drain or a close is not.
+      const ending = this.stopping() || this.agent?.status === 'draining';
+      if (reason !== 'io client disconnect' && !ending) o.log.warn({ reason }, 'disconnected from hub');
       if (reason === 'io server disconnect') this.reconnector.later();
     });
     this.socket.on('connect_error', (err: Error & { data?: unknown }) => {
