@@ -152,7 +152,14 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     const ortMod = await import('./ort-backend.ts');
     detectGpu = () => ortMod.detectNvidiaGpu();
     gpu = await detectGpu();
-    backendFactory = () => ortMod.OrtBackend.create({ prefer: choice, concurrency, cores, gpu: gpu ?? null });
+    backendFactory = () =>
+      ortMod.OrtBackend.create({
+        prefer: choice,
+        concurrency,
+        cores,
+        gpu: gpu ?? null,
+        onChange: (b) => backendChanged(b),
+      });
   }
   const rate = opts.corruptRate ?? 0;
   if (rate > 0) {
@@ -161,6 +168,8 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     log.warn({ corruptRate: rate }, 'fault injection: this node corrupts outputs on purpose');
   }
 
+  // A failing GPU given up for the CPU (`ort-backend.ts`) is set once the socket exists.
+  let backendChanged: (b: Backend) => void = () => undefined;
   // The data channel reserves places for inputs in the backend's staging buffers.
   let backend: Backend | undefined;
   const makeBackend = backendFactory;
@@ -275,6 +284,16 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
       ? new TerminalStatus(process.stdout)
       : undefined;
 
+  // The node's speed changed with its provider: register again with no GPU, to be benchmarked anew
+  // (as a browser tab does when it gives WebGPU up for WASM).
+  backendChanged = (b) => {
+    delete capabilities.gpu;
+    log.warn({ backend: b.name, reason: clean(b.reason ?? '') }, 'backend changed; registering again');
+    if (socket.connected) {
+      socket.disconnect();
+      socket.connect();
+    }
+  };
   socket.on('disconnect', () => channel?.close());
 
   // The data channel opens after each registration and ends with the connection it belongs to.
