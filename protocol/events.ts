@@ -43,6 +43,12 @@ export type Backend = (typeof BACKENDS)[number];
 /** Why an item's run failed; the hub retries elsewhere and reports these per item. */
 export type FailureCategory = (typeof FAILURE_CATEGORIES)[number];
 
+/**
+ * The version of this protocol. A worker sends it in its handshake; a hub that speaks another one
+ * refuses the connection (`ErrorCode.Version`) instead of misreading its messages.
+ */
+export const PROTOCOL_VERSION = 1;
+
 /** Sent in the Socket.IO handshake. The id and secret make a reconnecting worker the same worker. */
 export type WorkerAuth = z.infer<typeof WorkerAuthSchema>;
 

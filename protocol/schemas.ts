@@ -119,6 +119,7 @@ export const WorkerAuthSchema = z.object({
   workerId: z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'workerId must be 8-64 characters of [A-Za-z0-9_-]'),
   /** Chosen by the worker on first start; the hub keeps only its hash and checks it on reconnect. */
   workerSecret: z.string().min(16).max(128),
+  protocol: z.number().int().min(1).max(1_000_000).optional(),
 });
 
 /** What a worker says about its machine. */

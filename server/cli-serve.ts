@@ -12,7 +12,7 @@ import { calibrationInputs } from '../worker/calibration.ts';
 import { HubServer, defaultHubConfig } from './app.ts';
 import { DEFAULT_HUB_OPTIONS } from './hub.ts';
 import { DEFAULT_SCHEDULER_OPTIONS } from './scheduler/scheduler.ts';
-import { relaunchWithFlags, startedAs, watchParent } from '../native/launch.ts';
+import { relaunchWithFlags, startedAs, watchParent } from '../common/relaunch.ts';
 import { createLogger } from './logger.ts';
 import { queueOcrDemo } from './pipeline-demo.ts';
 import { HUB_RELAUNCH } from './node-flags.ts';

@@ -112,8 +112,11 @@ export interface WorkerAgentOptions extends OutboxOptions {
   /** Creates the backend once, when the agent starts. */
   backend: BackendFactory;
   store: ModelStore;
-  /** The hub's base URL; model bytes come from `hubUrl + model.url`. */
-  hubUrl: string;
+  /**
+   * The hub's base URL; model bytes come from `hubUrl + model.url`. A function for a worker that
+   * moves between hubs: the one it is connected to.
+   */
+  hubUrl: string | (() => string);
   /** What to register as; `backend`, `concurrency` and `capabilities.backendReason` come from the agent. */
   register: Omit<RegisterRequest, 'backend' | 'concurrency'>;
   logger?: WorkerLogger;
