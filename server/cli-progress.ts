@@ -63,7 +63,6 @@ export class Progress {
       },
       Presets.shades_classic,
     );
-    this.recent.observe(SERIES, this.started, 0);
     this.bar.start(Math.max(1, total), 0, this.payload(0, ''));
   }
 

@@ -76,3 +76,16 @@ test('the last draw says how the phase ended, in place of the ETA', () => {
     assert.doesNotMatch(last, /eta/);
   }
 });
+
+test('a bar that starts on a job half done (jobs --wait) counts its rate from what it sees', () => {
+  const out = screen(false);
+  const bar = new Progress('running', 1000, out.stream);
+  bar.update(500);
+  for (let s = 1; s <= 3; s++) {
+    mock.timers.tick(1000);
+    bar.update(500 + s * 10);
+  }
+  bar.stop();
+  const last = out.text().trim().split('\n').at(-1) as string;
+  assert.match(last, / 530\/1000 items {2}10 items\/s .* eta 47 s$/);
+});
