@@ -223,6 +223,32 @@ describe('shardhub CLI', () => {
     }
   });
 
+  test('an upload whose hub stays away longer than its retries is cancelled; exit 4', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    const dir = join(tmp.dir, 'given-up');
+    mkdirSync(dir);
+    for (let i = 0; i < 1200; i++)
+      writeFileSync(join(dir, `g${i}.npy`), writeNpy(calibrationInputs(model, i)[0] as never));
+    // Away for 32 s: longer than the retries' 30 s, back in time for the cancel (retried for 10 s).
+    const proxy = await CuttingProxy.start(hub.port, [{ afterUpBytes: 200_000, refuseMs: 32_000 }]);
+    try {
+      const r = await cli([
+        'submit',
+        ...['--hub', proxy.url, '--token', hub.tokens.operatorToken],
+        ...['--model', 'mlp-small', '--inputs', dir, '--no-wait'],
+      ]);
+      assert.equal(r.code, 4, r.out);
+      assert.match(r.out, /retry 5 of 5 in 15 s/);
+      assert.match(r.out, /the upload of job j_\w+ stopped at item \d+ of 1200: cannot reach the hub/);
+      const id = /job (j_\w+) cancelled: its upload did not finish/.exec(r.out)?.[1];
+      assert.ok(id, r.out);
+      assert.equal(hub.hub.store.getJob(id)?.state, 'cancelled');
+    } finally {
+      await proxy.close();
+    }
+  });
+
   test('submit takes priority, deadline, redundancy and requirements; sizes take units', async () => {
     const dir = join(tmp.dir, 'one');
     mkdirSync(dir);
