@@ -5,7 +5,8 @@
  * key wherever they appear; fractional numbers are rounded to what a person reads
  * (`itemsPerSec: 9.82`, not `9.821329425692623`).
  */
-import { pino, type Logger } from 'pino';
+import { fstatSync } from 'node:fs';
+import { pino, type DestinationStream, type Logger } from 'pino';
 import { prettyFactory } from 'pino-pretty';
 
 /**
@@ -99,15 +100,50 @@ export function createLogger(name: string, level?: string): Logger {
     },
     formatters: { log: rounded },
   };
-  if (format !== 'human') return pino(options);
+  if (format !== 'human') return pino(options, jsonDestination());
   const human = humanFormatter(process.stdout.isTTY === true);
+  watchStdout();
   return pino(options, {
     write: (line: string) => {
+      if (stdoutGone) return;
       statusLine?.clear();
       process.stdout.write(human(line));
       statusLine?.redraw();
     },
   });
+}
+
+/** Human lines piped to a reader that went away (`| head`): the rest are dropped, the process goes on. */
+let stdoutGone = false;
+let watchingStdout = false;
+
+function watchStdout(): void {
+  if (watchingStdout) return;
+  watchingStdout = true;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    stdoutGone = true;
+  });
+}
+
+/**
+ * Where JSON lines go: stdout through pino's destination (sonic-boom). Written synchronously when
+ * stdout is a pipe or a socket, as Node writes `process.stdout` there. An asynchronous destination
+ * is flushed at exit with sonic-boom's `flushSync`, which retries a write that fails with anything
+ * but EAGAIN forever: a process that exited while a line was on its way to a pipe whose reader had
+ * gone (`shardhub node | tee log`, and Ctrl-C ends tee too) never ended. A synchronous one is not
+ * flushed at exit, and pino turns it into a no-op at its first EPIPE. Files keep the asynchronous
+ * writes (they fail with no EPIPE).
+ */
+function jsonDestination(): DestinationStream {
+  let sync = false;
+  try {
+    const out = fstatSync(1);
+    sync = out.isFIFO() || out.isSocket();
+  } catch {
+    // No stdout at all: nothing to choose.
+  }
+  return pino.destination({ dest: 1, sync });
 }
 
 /**

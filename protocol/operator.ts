@@ -122,7 +122,7 @@ export interface JobView {
   elapsedS: number;
   /** Accepted results per second since it started. */
   itemsPerSec: number;
-  /** Seconds left at that rate, while running. */
+  /** Seconds left at the recent rate (`protocol/recent-rate.ts`), while running. */
   etaS: number | null;
   /** How its results were verified; on completed jobs (`server/job-view.ts`). */
   verification?: VerificationSummary;

@@ -7,6 +7,7 @@
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import type { Command } from 'commander';
+import { Progress } from './cli-progress.ts';
 import type { OcrPageResult, OcrRunView } from './pipeline.ts';
 import {
   CliError,
@@ -93,28 +94,36 @@ async function ocrCommand(cmd: Command, io: CliIo): Promise<number> {
   if (files.length === 0) throw new UsageError(`--inputs ${values.inputs}: no .png or .jpg images there`);
   await mkdir(values.out, { recursive: true });
   let ok = 0;
-  for (let i = 0; i < files.length; i += PAGES_PER_RUN) {
-    const chunk = files.slice(i, i + PAGES_PER_RUN);
-    const images = await Promise.all(
-      chunk.map(async (f) => ({ name: basename(f), data: (await readFile(f)).toString('base64') })),
-    );
-    const run = await call<OcrRunView>(hub, token, 'POST', '/api/ocr', {
-      images,
-      priority,
-      cache: useCache,
-    });
-    let view = run;
-    while (view.state !== 'completed') {
-      await new Promise((r) => setTimeout(r, 500));
-      view = await call<OcrRunView>(hub, token, 'GET', `/api/ocr/${run.id}`);
-      io.stderr.write(`\r${run.id}: ${view.pagesDone}/${view.pages} pages`);
+  let finished = 0; // pages of the runs before this one
+  const bar = new Progress('reading', files.length, process.stderr, 'pages');
+  try {
+    for (let i = 0; i < files.length; i += PAGES_PER_RUN) {
+      const chunk = files.slice(i, i + PAGES_PER_RUN);
+      const images = await Promise.all(
+        chunk.map(async (f) => ({ name: basename(f), data: (await readFile(f)).toString('base64') })),
+      );
+      const run = await call<OcrRunView>(hub, token, 'POST', '/api/ocr', {
+        images,
+        priority,
+        cache: useCache,
+      });
+      let view = run;
+      for (;;) {
+        bar.update(finished + view.pagesDone, undefined, `run ${run.id}`);
+        if (view.state === 'completed') break;
+        await new Promise((r) => setTimeout(r, 500));
+        view = await call<OcrRunView>(hub, token, 'GET', `/api/ocr/${run.id}`);
+      }
+      finished += view.pages;
+      const full = await call<OcrRunView>(hub, token, 'GET', `/api/ocr/${run.id}?results=1`);
+      for (const page of full.results ?? []) {
+        bar.log(await writePage(values.out, page), io.stdout);
+        if (page.outcome === 'ok' || page.outcome === 'no_text') ok++;
+      }
     }
-    io.stderr.write('\n');
-    const full = await call<OcrRunView>(hub, token, 'GET', `/api/ocr/${run.id}?results=1`);
-    for (const page of full.results ?? []) {
-      io.stdout.write(`${await writePage(values.out, page)}\n`);
-      if (page.outcome === 'ok' || page.outcome === 'no_text') ok++;
-    }
+    bar.stop('completed');
+  } finally {
+    bar.stop('failed');
   }
   io.stdout.write(`${ok}/${files.length} page(s) read; text in ${values.out}/\n`);
   return 0;

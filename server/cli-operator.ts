@@ -2,20 +2,22 @@
  * Operator commands that talk to a hub's REST API: `submit`, `jobs`, `workers`.
  *
  * `submit` lists and checks its inputs before it creates the job, prints the job's id as soon as it
- * exists, and cancels the job if the upload fails for any reason (bad item, hub gone, Ctrl-C), so a
- * failed submit leaves no open job behind. Progress shows from the first second (uploading, then
- * running, then downloading) on cli-progress bars. While it waits, a dropped connection is retried
+ * exists, and cancels the job if the upload fails (a bad item, Ctrl-C, the hub gone for longer than
+ * the upload's retries), so a failed submit leaves no open job behind. A connection dropped during
+ * the upload is retried with backoff, and the upload goes on from the items the hub has
+ * (`ResumableUpload`). Progress shows from the first second (uploading, then running, then
+ * downloading) on the bars of `cli-progress.ts`. While it waits, a dropped connection is retried
  * with backoff and the job is picked up again where it is; `jobs --wait ID --out DIR` re-attaches to
  * any job later.
  */
 import type { Command } from 'commander';
-import { Presets, SingleBar } from 'cli-progress';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ModelInfo } from '../protocol/model.ts';
 import { packItems, tensorBytes, type NamedItem } from '../protocol/pack.ts';
 import { listInputs, readInputsFolder } from './io/inputs.ts';
 import { readTar } from './io/tar.ts';
+import { formatBytes, formatDuration, Progress } from './cli-progress.ts';
 import {
   addOptions,
   CliError,
@@ -33,12 +35,35 @@ const CONN = OPERATOR_CONNECTION;
 
 /** The hub could not be reached (after retries where the caller retries): exit 4. */
 class Unreachable extends CliError {
-  constructor(hub: string, cause: string) {
-    super(`cannot reach the hub at ${hub} (${cause}); is it running? Check --hub`, EXIT.unreachable);
+  constructor(
+    hub: string,
+    /** Why, in a word: `ECONNREFUSED`, `HTTP 503`. */
+    readonly why: string,
+  ) {
+    super(`cannot reach the hub at ${hub} (${why}); is it running? Check --hub`, EXIT.unreachable);
   }
 }
 
 const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
+
+/** Waits `ms`, or until `signal` aborts (then throws its reason). */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted();
+  return new Promise((ok, fail) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      fail(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      ok();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Statuses a proxy or a restarting hub answers with for a moment: retried like a dropped connection. */
+const TRANSIENT_STATUS = new Set([502, 503, 504]);
 
 /** A minimal REST client with clear errors. */
 class Api {
@@ -56,7 +81,16 @@ class Api {
           : {},
       body: raw ? raw.slice() : body !== undefined ? JSON.stringify(body) : undefined,
     });
-    const json = (await res.json().catch(() => ({}))) as { data?: T; error?: { message: string } };
+    let json: { data?: T; error?: { message: string } };
+    try {
+      json = (await res.json()) as typeof json;
+    } catch (err) {
+      // A reply cut off on its way is a dropped connection, even after a good status line.
+      if (res.ok) throw new Unreachable(this.hub, `the reply was cut off: ${causeOf(err)}`);
+      json = {};
+    }
+    if (TRANSIENT_STATUS.has(res.status) && !json.error)
+      throw new Unreachable(this.hub, `HTTP ${res.status}`);
     if (!res.ok || json.error) throw refusal(res.status, json.error?.message);
     return json.data as T;
   }
@@ -106,10 +140,15 @@ class Api {
         body: init.body,
       });
     } catch (err) {
-      const cause = (err as Error & { cause?: { code?: string; message?: string } }).cause;
-      throw new Unreachable(this.hub, cause?.code ?? cause?.message ?? (err as Error).message);
+      throw new Unreachable(this.hub, causeOf(err));
     }
   }
+}
+
+/** A failed `fetch`'s reason in a word (`ECONNREFUSED`, `other side closed`). */
+function causeOf(err: unknown): string {
+  const cause = (err as Error & { cause?: { code?: string; message?: string } }).cause;
+  return cause?.code ?? cause?.message ?? (err as Error).message;
 }
 
 /** The error for a refused request: the hub's own message, and a word on the token for a 401. */
@@ -132,111 +171,6 @@ export function parseDeadline(text: string, now = Date.now()): number {
     );
   if (t <= now) throw new UsageError(`--deadline ${text} is in the past`);
   return t;
-}
-
-// ---------------------------------------------------------------------------------- progress
-
-/** Items per second over the last 10 s of samples: an ETA that follows the job's current pace. */
-export class RecentRate {
-  private readonly samples: { t: number; n: number }[] = [];
-  constructor(private readonly windowMs = 10_000) {}
-
-  add(n: number, t = Date.now()): void {
-    this.samples.push({ t, n });
-    while (this.samples.length > 2 && t - (this.samples[1] as { t: number }).t >= this.windowMs)
-      this.samples.shift();
-  }
-
-  /** Items per second over the window, or 0 before two samples a moment apart. */
-  rate(): number {
-    const first = this.samples[0];
-    const last = this.samples[this.samples.length - 1];
-    if (!first || !last || last.t - first.t < 500) return 0;
-    return (last.n - first.n) / ((last.t - first.t) / 1000);
-  }
-}
-
-/** `75 s`, `4 min 05 s`, `1 h 02 min`. */
-export function formatDuration(s: number): string {
-  if (!Number.isFinite(s) || s < 0) return '-';
-  if (s < 60) return `${Math.round(s)} s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m} min ${String(Math.round(s % 60)).padStart(2, '0')} s`;
-  return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, '0')} min`;
-}
-
-/** `12.3 MB`. */
-function formatBytes(n: number): string {
-  return n >= 1e9
-    ? `${(n / 1e9).toFixed(1)} GB`
-    : n >= 1e6
-      ? `${(n / 1e6).toFixed(1)} MB`
-      : `${Math.round(n / 1e3)} kB`;
-}
-
-/**
- * One phase's progress bar on stderr (cli-progress): redrawn in place on a terminal, a line every
- * 5 s otherwise. Shows items, rate, elapsed time and an ETA from the recent rate.
- */
-class Progress {
-  private readonly bar: SingleBar;
-  private readonly started = Date.now();
-  private readonly recent = new RecentRate();
-  private stopped = false;
-
-  constructor(
-    private readonly phase: string,
-    total: number,
-    stream: NodeJS.WritableStream,
-  ) {
-    this.bar = new SingleBar(
-      {
-        format: `${phase.padEnd(11)} {bar} {value}/{total} items  {rate}  {elapsedText} elapsed  eta {etaText}{note}`,
-        stream,
-        barsize: 24,
-        hideCursor: true,
-        noTTYOutput: true,
-        notTTYSchedule: 5000,
-        fps: 5,
-        etaBuffer: 50,
-      },
-      Presets.shades_classic,
-    );
-    this.bar.start(Math.max(1, total), 0, this.payload(0, ''));
-  }
-
-  update(value: number, total?: number, note = ''): void {
-    if (this.stopped) return;
-    this.recent.add(value);
-    if (total !== undefined) this.bar.setTotal(Math.max(1, total));
-    this.bar.update(value, this.payload(value, note, total));
-  }
-
-  private payload(value: number, note: string, total?: number) {
-    const rate = this.recent.rate();
-    const left = (total ?? this.bar.getTotal()) - value;
-    return {
-      rate: rate > 0 ? `${rate.toFixed(rate >= 10 ? 0 : 1)} items/s` : '- items/s',
-      elapsedText: formatDuration((Date.now() - this.started) / 1000),
-      etaText: rate > 0 ? formatDuration(left / rate) : '-',
-      note: note ? `  ${note}` : '',
-    };
-  }
-
-  /** Stops the bar (leaving its last state on screen). */
-  stop(): void {
-    if (this.stopped) return;
-    this.stopped = true;
-    this.bar.stop();
-  }
-
-  get elapsedS(): number {
-    return (Date.now() - this.started) / 1000;
-  }
-
-  toString(): string {
-    return this.phase;
-  }
 }
 
 // ---------------------------------------------------------------------------------- results folder
@@ -396,6 +330,120 @@ function interrupts(): { readonly signal: AbortSignal; dispose(): void } {
   };
 }
 
+/**
+ * How long an interrupted upload goes on trying: the pauses before each of its retries (1 + 2 + 4 +
+ * 8 + 15 s, about half a minute: a hub restarting or a proxy failing over is back by then).
+ */
+export const UPLOAD_RETRY_PAUSES_MS: readonly number[] = [1000, 2000, 4000, 8000, 15_000];
+
+/**
+ * A job's upload that survives a dropped connection: a chunk whose request fails with the hub
+ * unreachable is tried again after a pause ({@link UPLOAD_RETRY_PAUSES_MS}), and each retry first
+ * asks the hub how many items the job has. The hub stores a chunk in one transaction, so its count
+ * is the items of whole chunks: the chunk is sent again from the first item the hub lacks, and not
+ * at all if the hub stored it before the connection dropped. Each item is stored exactly once.
+ */
+class ResumableUpload {
+  /** Items the hub has stored for the job (known from its replies). */
+  private stored = 0;
+
+  constructor(
+    private readonly api: Api,
+    private readonly jobId: string,
+    private readonly total: number,
+    private readonly signal: AbortSignal,
+    private readonly say: (line: string) => void,
+  ) {}
+
+  private get path(): string {
+    return `/api/jobs/${encodeURIComponent(this.jobId)}`;
+  }
+
+  /** Sends one chunk of items, the next ones in order. */
+  async send(chunk: NamedItem[]): Promise<void> {
+    const base = this.stored;
+    let skip = 0; // the chunk's items the hub already has
+    await this.retrying(`item ${base + 1} of ${this.total}`, async (retry) => {
+      if (retry) {
+        skip = (await this.openJob()).items - base;
+        if (skip < 0 || skip > chunk.length)
+          throw new CliError(
+            `job ${this.jobId} has ${base + skip} items on the hub, but ${base} to ${base + chunk.length} were sent; its upload cannot go on`,
+          );
+        this.say(
+          skip === chunk.length
+            ? `upload resumed: the hub had stored items ${base + 1}-${base + skip} before the connection dropped`
+            : `upload resumed at item ${base + skip + 1} of ${this.total} (the hub has ${base + skip})`,
+        );
+      }
+      if (skip < chunk.length) {
+        const r = await this.api.call<{ itemCount: number }>(
+          'POST',
+          `${this.path}/items`,
+          undefined,
+          packItems(skip ? chunk.slice(skip) : chunk),
+        );
+        this.stored = r.itemCount;
+      } else {
+        this.stored = base + chunk.length;
+      }
+    });
+  }
+
+  /** Seals the job; a seal whose reply was lost is found done on the retry. */
+  async seal(): Promise<void> {
+    await this.retrying('the seal', async (retry) => {
+      if (retry) {
+        // Pre-flight may still be running from the first request: wait for it to end either way.
+        for (;;) {
+          const s = await this.api.call<JobStatus>('GET', this.path);
+          if (s.state !== 'open') return;
+          try {
+            await this.api.call('POST', `${this.path}/seal`);
+            return;
+          } catch (err) {
+            if (!(err instanceof CliError) || !/being sealed/.test(err.message)) throw err;
+            await pause(1000, this.signal);
+          }
+        }
+      }
+      await this.api.call('POST', `${this.path}/seal`);
+    });
+  }
+
+  /** The job's status; it must still be open to take items. */
+  private async openJob(): Promise<JobStatus> {
+    const s = await this.api.call<JobStatus>('GET', this.path);
+    if (s.state !== 'open')
+      throw new CliError(`job ${this.jobId} is ${s.state} on the hub; its upload cannot go on`);
+    return s;
+  }
+
+  /** Runs `step` until it succeeds, again after each pause while the hub cannot be reached. */
+  private async retrying(what: string, step: (retry: boolean) => Promise<void>): Promise<void> {
+    const pauses = UPLOAD_RETRY_PAUSES_MS;
+    for (let attempt = 0; ; attempt++) {
+      this.signal.throwIfAborted();
+      try {
+        await step(attempt > 0);
+        return;
+      } catch (err) {
+        if (!(err instanceof Unreachable) || this.signal.aborted) throw err;
+        if (attempt >= pauses.length)
+          throw new CliError(
+            `the upload of job ${this.jobId} stopped at ${what}: ${err.message} (tried ${pauses.length} times more over ${Math.round(pauses.reduce((a, b) => a + b, 0) / 1000)} s)`,
+            EXIT.unreachable,
+          );
+        const ms = pauses[attempt] as number;
+        this.say(
+          `upload interrupted at ${what} (${err.why}); retry ${attempt + 1} of ${pauses.length} in ${ms / 1000} s`,
+        );
+        await pause(ms, this.signal);
+      }
+    }
+  }
+}
+
 /** `shardhub submit`. */
 async function submit(cmd: Command, io: CliIo): Promise<number> {
   const v = readValues(cmd, SUBMIT_OPTIONS, io.env);
@@ -435,18 +483,21 @@ async function submit(cmd: Command, io: CliIo): Promise<number> {
     );
 
     const upload = new Progress('uploading', listing.items.length, stderr);
+    const resume = new ResumableUpload(api, job.id, listing.items.length, stop.signal, (line) =>
+      upload.log(line),
+    );
     let batch: NamedItem[] = [];
     let bytes = 0;
     let count = 0;
     let sent = 0;
     const flush = async () => {
       if (!batch.length) return;
-      stop.signal.throwIfAborted();
-      await api.call('POST', `/api/jobs/${job.id}/items`, undefined, packItems(batch));
+      await resume.send(batch);
       sent += bytes;
       batch = [];
       bytes = 0;
     };
+    let ended = 'failed';
     try {
       for await (const item of readInputsFolder(listing, model)) {
         stop.signal.throwIfAborted();
@@ -458,11 +509,12 @@ async function submit(cmd: Command, io: CliIo): Promise<number> {
         if (bytes > 8 * 1024 * 1024 || batch.length >= 500) await flush();
       }
       await flush();
+      ended = 'uploaded';
     } finally {
-      upload.stop();
+      upload.stop(stop.signal.aborted ? 'cancelled' : ended);
     }
     stop.signal.throwIfAborted();
-    await api.call('POST', `/api/jobs/${job.id}/seal`);
+    await resume.seal();
     sealed = true;
   } catch (err) {
     if (jobId !== undefined) {
@@ -543,7 +595,10 @@ async function waitForJob(api: Api, id: string, retryForMs: number, signal: Abor
       lastValue = s.done + s.failed;
       bar ??= new Progress('running', s.items, process.stderr);
       bar.update(lastValue, s.items, s.state === 'running' ? '' : s.state);
-      if (s.state === 'completed' || s.state === 'cancelled') return s;
+      if (s.state === 'completed' || s.state === 'cancelled') {
+        bar.stop(s.failed ? `${s.state}, ${s.failed} failed` : s.state);
+        return s;
+      }
       await Promise.race([
         sleep(500),
         new Promise((ok) => signal.addEventListener('abort', ok, { once: true })),
@@ -604,8 +659,10 @@ function defineSubmit(cmd: Command): Command {
   ).addHelpText(
     'after',
     `
-Prints the job's id on stdout as soon as the job exists; progress goes to stderr. Ctrl-C during the
-upload cancels the job; Ctrl-C while it runs leaves it running (pick it up with \`jobs --wait ID\`).
+Prints the job's id on stdout as soon as the job exists; progress goes to stderr. A connection that
+drops during the upload is retried 5 times over about 30 s, going on from the items the hub has;
+after that, or on Ctrl-C, the job is cancelled. Ctrl-C while it runs leaves it running (pick it up
+with \`jobs --wait ID\`).
 
 Examples:
   shardhub submit --hub http://localhost:8080 --token op_... --model ppocr-det --inputs ./images --out ./results
@@ -694,15 +751,17 @@ async function jobs(cmd: Command, io: CliIo): Promise<number> {
     io.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
     return EXIT.ok;
   }
+  // The hub's ETA is the items left at the job's recent rate (`server/job-view.ts`).
   const rows = list.map((j) => [
     j.id,
     j.model,
     j.state,
     `${j.done}/${j.items}`,
     String(j.failed),
+    j.etaS === null ? '-' : formatDuration(j.etaS),
     new Date(j.createdAt).toISOString(),
   ]);
-  io.stdout.write(table(['ID', 'MODEL', 'STATE', 'DONE', 'FAILED', 'CREATED'], rows));
+  io.stdout.write(table(['ID', 'MODEL', 'STATE', 'DONE', 'FAILED', 'ETA', 'CREATED'], rows));
   return EXIT.ok;
 }
 

@@ -1,9 +1,34 @@
 /** The JSON shapes of jobs in REST replies and operator events (protocol/operator.ts). */
 import type { JobView, VerificationSummary } from '../protocol/operator.ts';
+import { RecentRate } from '../protocol/recent-rate.ts';
 import type { Hub } from './hub.ts';
 import type { JobRecord } from './store/store.ts';
 
-/** A job's summary: record, progress, rate since its start and the ETA at that rate. */
+const recentRates = new WeakMap<object, RecentRate>();
+
+/**
+ * The recent rates of a hub's running jobs (created on first use). Every job view samples its job;
+ * the operator namespace's tick samples every running job each second ({@link sampleJobRate}), so the
+ * window stays full whether or not anyone is watching.
+ */
+export function jobRatesOf(hub: object): RecentRate {
+  let r = recentRates.get(hub);
+  if (!r) recentRates.set(hub, (r = new RecentRate()));
+  return r;
+}
+
+/** Samples a job's finished count for its recent rate (and forgets a job that is not running). */
+export function sampleJobRate(hub: object, job: JobRecord, now = Date.now()): void {
+  const rates = jobRatesOf(hub);
+  if (job.state === 'running') rates.observe(job.id, now, job.doneCount + job.failedCount);
+  else rates.forget(job.id);
+}
+
+/**
+ * A job's summary: record, progress, rate since its start, and the ETA at the recent rate
+ * (`protocol/recent-rate.ts`, the one the dashboard and the CLI use), or at the rate since the
+ * start until 2 s of samples are in.
+ */
 export function jobJson(
   hub: Pick<Hub, 'scheduler' | 'trustStore' | 'opts'>,
   job: JobRecord,
@@ -14,6 +39,8 @@ export function jobJson(
   const elapsedS = job.startedAt ? Math.max(0, (end - job.startedAt) / 1000) : 0;
   const itemsPerSec = elapsedS > 0 ? job.doneCount / elapsedS : 0;
   const left = job.itemCount - finished;
+  sampleJobRate(hub, job, now);
+  const pace = jobRatesOf(hub).rate(job.id) ?? itemsPerSec;
   return {
     id: job.id,
     model: job.modelName,
@@ -34,7 +61,7 @@ export function jobJson(
     inFlight: hub.scheduler.inFlight(job.id),
     elapsedS,
     itemsPerSec,
-    etaS: job.state === 'running' && itemsPerSec > 0 ? left / itemsPerSec : null,
+    etaS: job.state === 'running' && pace > 0 ? left / pace : null,
     ...(job.state === 'completed' && job.finishedAt ? { verification: finishedVerification(hub, job) } : {}),
   };
 }

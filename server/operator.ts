@@ -23,7 +23,7 @@ import type {
 import { describeZodError, WatchRequestSchema } from '../protocol/schemas.ts';
 import { tokenMatches } from './auth.ts';
 import type { Hub } from './hub.ts';
-import { jobJson } from './job-view.ts';
+import { jobJson, jobRatesOf, sampleJobRate } from './job-view.ts';
 import { ratesOf, WorkerFigures, workerJson } from './workers.ts';
 
 /** The operator namespace, typed with `protocol/operator.ts`'s event maps. It keeps no socket data. */
@@ -63,6 +63,17 @@ export function attachOperatorNamespace(
     const now = Date.now();
     const rates = ratesOf(hub);
     for (const w of hub.workers.values()) rates.observe(w.id, w.itemsDone, now); // keep the windows full
+    const everySecond = now - lastSecond >= 1000;
+    // The running jobs' recent rates are sampled whether or not a dashboard is connected: the ETAs
+    // of `GET /api/jobs` come from them.
+    const running = everySecond ? hub.store.listJobs({ states: ['running'] }) : [];
+    if (everySecond) {
+      lastSecond = now;
+      for (const j of running) sampleJobRate(hub, j, now);
+      const ids = new Set(running.map((j) => j.id));
+      const jobRates = jobRatesOf(hub);
+      for (const id of [...jobRates.jobs()]) if (!ids.has(id)) jobRates.forget(id);
+    }
     if (nsp.sockets.size === 0) {
       jobs.clear();
       fairnessDue.clear();
@@ -71,10 +82,8 @@ export function attachOperatorNamespace(
     }
     // Reads the running jobs' fairness only if a worker row is built this tick.
     const figures = WorkerFigures.of(hub, now);
-    const everySecond = now - lastSecond >= 1000;
     if (everySecond) {
-      lastSecond = now;
-      for (const j of hub.store.listJobs({ states: ['running'], limit: 50 })) {
+      for (const j of running.slice(0, 50)) {
         jobs.add(j.id);
         fairnessDue.add(j.id);
       }

@@ -20,7 +20,7 @@ import type {
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { ApiError, OperatorApi } from './api.ts';
 import type { WorkerAction } from './events.ts';
-import { RecentRate } from './recent-rate.ts';
+import { RecentRate } from '../../protocol/recent-rate.ts';
 import { clearToken, loadToken, saveToken } from './session.ts';
 
 /** The dashboard's connection to `/operator`, typed with `protocol/operator.ts`'s event maps. */

@@ -28,6 +28,7 @@ import {
   waitFor,
   type Proc,
 } from '../helpers/grid.ts';
+import { CuttingProxy } from '../helpers/cutting-proxy.ts';
 
 async function cli(args: string[]): Promise<{ code: number | null; out: string }> {
   const p = spawnTs('server/cli.ts', args);
@@ -169,6 +170,83 @@ describe('shardhub CLI', () => {
     assert.equal(code, 130, p.output());
     assert.match(p.output(), new RegExp(`job ${id} cancelled`));
     assert.equal(hub.hub.store.getJob(id)?.state, 'cancelled');
+  });
+
+  test('a connection dropped mid-upload is resumed: the job completes with every input exactly once', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    const dir = join(tmp.dir, 'resumed');
+    mkdirSync(dir);
+    const n = 2400; // about 150 kB a request of 500 items: five requests
+    for (let i = 0; i < n; i++)
+      writeFileSync(
+        join(dir, `r${String(i).padStart(4, '0')}.npy`),
+        writeNpy(calibrationInputs(model, i)[0] as never),
+      );
+    // First a request cut off in its middle, then a request the hub stored whose reply is lost;
+    // each time the proxy refuses connections for a while, so the first retry fails too.
+    const proxy = await CuttingProxy.start(hub.port, [
+      { afterUpBytes: 250_000, refuseMs: 1500 },
+      { afterUpBytes: 500_000, replyStartingWith: 'HTTP/1.1 201', refuseMs: 500 },
+    ]);
+    try {
+      const out = join(tmp.dir, 'resumed-out');
+      const r = await cli([
+        'submit',
+        ...['--hub', proxy.url, '--token', hub.tokens.operatorToken],
+        ...['--model', 'mlp-small', '--inputs', dir, '--out', out],
+      ]);
+      const why = `${r.out}\nproxy: ${proxy.events.join('; ')}`;
+      assert.equal(r.code, 0, why);
+      assert.equal(proxy.pending, 0, `both cuts happened: ${why}`);
+      assert.match(r.out, /upload interrupted at item \d+ of 2400 \(.+\); retry 1 of 5 in 1 s/, why);
+      assert.match(r.out, /retry 2 of 5 in 2 s/, 'the hub refused the first retry');
+      assert.match(r.out, /upload resumed at item \d+ of 2400 \(the hub has \d+\)/, why);
+      assert.match(
+        r.out,
+        /upload resumed: the hub had stored items \d+-\d+ before the connection dropped/,
+        why,
+      );
+      const id = /^(j_\w+)$/m.exec(r.out)?.[1] as string;
+      const job = hub.hub.store.getJob(id);
+      assert.equal(job?.state, 'completed', why);
+      assert.equal(job?.itemCount, n, 'every input once: none lost, none twice');
+      const names = hub.hub.store.listItems(id, { offset: 0, limit: 10_000 }).map((it) => it.name);
+      assert.equal(new Set(names).size, n);
+      assert.deepEqual(
+        names.sort(),
+        Array.from({ length: n }, (_, i) => `r${String(i).padStart(4, '0')}`),
+      );
+      assert.match(r.out, /wrote 2400 results/);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test('an upload whose hub stays away longer than its retries is cancelled; exit 4', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model);
+    const dir = join(tmp.dir, 'given-up');
+    mkdirSync(dir);
+    for (let i = 0; i < 1200; i++)
+      writeFileSync(join(dir, `g${i}.npy`), writeNpy(calibrationInputs(model, i)[0] as never));
+    // Away for 32 s: longer than the retries' 30 s, back in time for the cancel (retried for 10 s).
+    const proxy = await CuttingProxy.start(hub.port, [{ afterUpBytes: 200_000, refuseMs: 32_000 }]);
+    try {
+      const r = await cli([
+        'submit',
+        ...['--hub', proxy.url, '--token', hub.tokens.operatorToken],
+        ...['--model', 'mlp-small', '--inputs', dir, '--no-wait'],
+      ]);
+      assert.equal(r.code, 4, r.out);
+      assert.match(r.out, /retry 5 of 5 in 15 s/);
+      assert.match(r.out, /the upload of job j_\w+ stopped at item \d+ of 1200: cannot reach the hub/);
+      const id = /job (j_\w+) cancelled: its upload did not finish/.exec(r.out)?.[1];
+      assert.ok(id, r.out);
+      assert.equal(hub.hub.store.getJob(id)?.state, 'cancelled');
+    } finally {
+      await proxy.close();
+    }
   });
 
   test('submit takes priority, deadline, redundancy and requirements; sizes take units', async () => {

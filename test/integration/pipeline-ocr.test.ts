@@ -155,6 +155,8 @@ describe('OCR pipeline on the grid', () => {
     assert.equal(broken.outcome, 'invalid_image');
     assert.ok(existsSync(join(out, 'b-broken.txt')));
     assert.match(cli.output(), /b-broken.png: invalid_image/);
+    // The progress bar of `submit`: pages, rate, elapsed time, and how the run ended.
+    assert.match(cli.output(), /reading +\S+ 2\/2 pages {2}.* elapsed {2}completed/);
   });
 
   test('result cache: pages read before, or twice in a run, are answered without running again', async () => {

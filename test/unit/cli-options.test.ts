@@ -1,7 +1,7 @@
-/** The shared option table's values: sizes with units, hub URLs, deadlines, and the recent rate an ETA uses. */
+/** The shared option table's values: sizes with units, hub URLs, deadlines, commands as typed. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseDeadline, RecentRate, formatDuration } from '../../server/cli-operator.ts';
+import { parseDeadline } from '../../server/cli-operator.ts';
 import { invokedAs, parseHubUrl, parseSize, UsageError } from '../../server/options.ts';
 
 test('sizes take units: decimal ones count in 1000s, binary ones in 1024s', () => {
@@ -32,17 +32,6 @@ test('a deadline is a duration from now or a date in the future', () => {
   assert.equal(parseDeadline('2026-01-02T00:00:00Z', now), now + 86400_000);
   assert.throws(() => parseDeadline('2025-01-01', now), /in the past/);
   assert.throws(() => parseDeadline('soon', now), /must be a duration/);
-});
-
-test('the ETA follows the recent rate, not the average since the start', () => {
-  const r = new RecentRate(10_000);
-  r.add(0, 0);
-  r.add(100, 10_000); // 10 items/s for the first 10 s
-  r.add(110, 20_000); // then 1 item/s
-  assert.equal(r.rate(), 1);
-  assert.equal(formatDuration(35), '35 s');
-  assert.equal(formatDuration(245), '4 min 05 s');
-  assert.equal(formatDuration(3720), '1 h 02 min');
 });
 
 test('commands are shown as the user types them', () => {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { parseFigures } from '../../client/browser/figures.ts';
 import { describeEvent, listedEvents } from '../../client/dashboard/job-events.ts';
-import { RecentRate } from '../../client/dashboard/recent-rate.ts';
+import { RecentRate } from '../../protocol/recent-rate.ts';
 import { deviceLabel, loadOf } from '../../client/dashboard/worker-rows.ts';
 
 describe('recent rate', () => {

@@ -1,8 +1,10 @@
 /**
- * A job's recent rate, from the progress the hub pushes: finished items (done + failed) sampled by
- * the hub's clock, over the last `windowMs`. The rate since the job's start, which the hub sends,
+ * A job's recent rate: finished items (done + failed) sampled over the last `windowMs`. One
+ * computation for every ETA shown: the hub's job views (`server/job-view.ts`, so `GET /api/jobs`
+ * and `jobs:updated`), the dashboard (samples of the hub's pushes, by the hub's clock) and the CLI's
+ * progress bars (`server/cli-progress.ts`, samples of its polls). The rate since the job's start
  * counts the model download, benchmarks and the first shards' round trips: early in a job it made
- * the ETA twice what was left. The ETA the dashboard shows is the items left at the recent rate.
+ * the ETA twice what was left. The ETA is the items left at the recent rate.
  */
 export class RecentRate {
   private readonly samples = new Map<string, { t: number; n: number }[]>();
@@ -38,6 +40,11 @@ export class RecentRate {
   eta(jobId: string, left: number): number | undefined {
     const r = this.rate(jobId);
     return r !== undefined && r > 0 ? left / r : undefined;
+  }
+
+  /** The jobs it holds samples of. */
+  jobs(): IterableIterator<string> {
+    return this.samples.keys();
   }
 
   /** Forgets a job (it ended). */

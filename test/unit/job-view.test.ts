@@ -1,0 +1,69 @@
+/**
+ * The ETA of a job as `GET /api/jobs` and `jobs:updated` show it (`server/job-view.ts`): the items
+ * left at the recent rate (`protocol/recent-rate.ts`, the computation the dashboard and the CLI
+ * use), not at the rate since the job started.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { RecentRate } from '../../protocol/recent-rate.ts';
+import type { Hub } from '../../server/hub.ts';
+import { jobJson, jobRatesOf, sampleJobRate } from '../../server/job-view.ts';
+import type { JobRecord } from '../../server/store/store.ts';
+
+/** When the jobs here started (epoch ms); times below are offsets from it. */
+const T0 = 1_000_000;
+
+/** The parts of a hub a job view reads. */
+const fakeHub = () =>
+  ({
+    scheduler: { queued: () => 0, inFlight: () => 0 },
+    trustStore: { verificationOf: () => [] },
+    opts: { trust: { trustNative: false } },
+  }) as unknown as Pick<Hub, 'scheduler' | 'trustStore' | 'opts'>;
+
+const job = (done: number, o: Partial<JobRecord> = {}): JobRecord => ({
+  id: 'j_1',
+  modelName: 'm',
+  modelSha256: 'a'.repeat(64),
+  state: 'running',
+  priority: 0,
+  redundancy: 1,
+  deadline: null,
+  requirements: null,
+  options: {},
+  createdAt: T0,
+  startedAt: T0,
+  finishedAt: null,
+  itemCount: 5000,
+  doneCount: done,
+  failedCount: 0,
+  ...o,
+});
+
+test("a listed job's ETA is the items left at the recent rate, as the dashboard and the CLI compute it", () => {
+  const hub = fakeHub();
+  // 30 s of model download and benchmarks with nothing done, then 100 items/s, sampled each second
+  // (the operator namespace's tick does this on a running hub).
+  sampleJobRate(hub, job(0), T0);
+  sampleJobRate(hub, job(0), T0 + 30_000);
+  for (let t = 31_000; t < 45_000; t += 1000) sampleJobRate(hub, job((t - 30_000) / 10), T0 + t);
+  const view = jobJson(hub, job(1500), T0 + 45_000);
+  assert.equal(view.etaS, 35, '3500 items left at 100/s');
+  assert.ok(Math.abs(view.itemsPerSec - 1500 / 45) < 1e-9, 'the rate since the start is still reported');
+
+  // The same samples in the dashboard's and the CLI's class give the same figure.
+  const same = new RecentRate();
+  same.observe('j_1', 0, 0);
+  same.observe('j_1', 30_000, 0);
+  for (let t = 31_000; t <= 45_000; t += 1000) same.observe('j_1', t, (t - 30_000) / 10);
+  assert.equal(same.eta('j_1', 3500), view.etaS);
+});
+
+test('until 2 s of samples are in, the ETA is at the rate since the start; an ended job has none', () => {
+  const hub = fakeHub();
+  const first = jobJson(hub, job(1000), T0 + 10_000);
+  assert.equal(first.etaS, 40, '4000 items left at 100/s since the start');
+  const done = jobJson(hub, job(5000, { state: 'completed', finishedAt: T0 + 50_000 }), T0 + 50_000);
+  assert.equal(done.etaS, null);
+  assert.equal(jobRatesOf(hub).rate('j_1'), undefined, 'the ended job is forgotten');
+});
