@@ -27,6 +27,7 @@ import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { GpuInfo } from './ort-backend.ts';
 import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
+import type { CorruptOptions } from './fault.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
 import { ECHO_MS } from './launch.ts';
@@ -55,8 +56,8 @@ export interface NodeOptions {
   handleSignals?: boolean;
   /** Socket.IO reconnection tuning (tests shorten it). */
   reconnect?: { delayMs?: number; maxDelayMs?: number; randomizationFactor?: number };
-  /** Fault injection: corrupt each item's outputs with this probability (tests of the hub's checks). */
-  corruptRate?: number;
+  /** Fault injection: corrupt items' outputs as these say (tests of the hub's checks; `fault.ts`). */
+  corrupt?: Omit<CorruptOptions, 'random'>;
   /** How a sim node dies at `--die-at-s` (default `process.exit(137)`). */
   simDie?: () => void;
   /**
@@ -323,11 +324,11 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     gpu = await detectGpu();
     backendFactory = () => ortMod.OrtBackend.create({ prefer: choice, concurrency, cores, gpu: gpu ?? null });
   }
-  const rate = opts.corruptRate ?? 0;
-  if (rate > 0) {
+  const corrupt = opts.corrupt;
+  if (corrupt && corrupt.rate > 0) {
     const honest = backendFactory;
-    backendFactory = async () => (await import('./fault.ts')).corrupting(await honest(), rate);
-    log.warn({ corruptRate: rate }, 'fault injection: this node corrupts outputs on purpose');
+    backendFactory = async () => (await import('./fault.ts')).corrupting(await honest(), corrupt);
+    log.warn({ corrupt }, 'fault injection: this node corrupts outputs on purpose');
   }
 
   // The data channel reserves places for inputs in the backend's staging buffers.
