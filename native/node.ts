@@ -412,14 +412,13 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     logger: log,
     concurrency,
     // onnxruntime runs in session threads: with the next batch already posted, a session thread
-    // starts it the moment the last one ends instead of waiting a round trip through the event
-    // loop (overhead bench: the session idled 6% of a job with one). A sim node computes on timers
+    // starts it the moment the last one ends instead of idling for a round trip through the event
+    // loop. A sim node computes on timers
     // in this thread, where a second batch would run alongside the first.
     batchesInFlight: choice === 'sim' ? 1 : 2,
     // Results wait up to 60 ms for the next batch's, while more are coming: half the messages, and
-    // their per-message cost, on both sides (overhead bench: the node's main thread 4.4% -> 3.7% of
-    // standalone's CPU per item, the hub's CPU per item 3.4-4.1 -> 3.1-3.2 ms). A fifth of the hub's
-    // prefetch (0.3 s), which its refills wait on. A sim node's items take no time: not held.
+    // their per-message cost, on both sides. 60 ms: a fifth of the hub's prefetch (0.3 s), which its
+    // refills wait on. A sim node's items take no time: not held.
     holdMs: choice === 'sim' ? 0 : 60,
     load,
     fetchHeaders: opts.token ? { authorization: `Bearer ${opts.token}` } : undefined,

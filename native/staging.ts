@@ -4,12 +4,12 @@
  * it is (transferred, no copy at run time).
  *
  * Why at arrival: an item waits in the node's queue for the hub's prefetch (a job's first shard
- * holds up to two seconds of work). Its inputs used to stay in the socket's message buffer all
- * that time: long enough for V8 to move the buffer to its old generation, where only a full
- * collection frees it, and megabyte buffers freed that way set one off every 50 or so items (a
- * 25 ms pause on the thread that also reads the socket). Staged, the message buffer dies young;
- * the batch buffers are reused, so the node's heap no longer grows by an item's size per item. The
- * copy is the one the batch's concatenation used to make, made earlier.
+ * holds up to two seconds of work). Left in the socket's message buffer all that time, its inputs
+ * would keep that buffer alive long enough for V8 to move it to its old generation, where only a
+ * full collection frees it, and megabyte buffers freed that way set one off every few dozen items
+ * (a pause on the thread that also reads the socket). Staged, the message buffer dies young; the
+ * batch buffers are reused, so the node's heap does not grow by an item's size per item. The copy
+ * is the one the batch's concatenation would make anyway, made earlier.
  *
  * A staging buffer holds up to the model's batch size of same-shaped items, laid out as the batch
  * (each input's items one after another, 8-byte aligned). The run loop takes items in the order
