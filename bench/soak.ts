@@ -242,8 +242,10 @@ export async function runSoak(opts: {
       const workers = (r.json?.data?.workers ?? []) as { id: string; state: string }[];
       for (const kind of ['blatant', 'subtle'] as const) {
         const w = workers.find((x) => x.id === liarIds[kind]);
-        if (w?.state === 'quarantined' && quarantinedAt[kind] === null)
+        if (w?.state === 'quarantined' && quarantinedAt[kind] === null) {
           quarantinedAt[kind] = (Date.now() - t0) / 1000;
+          log(`the ${kind} liar is quarantined`);
+        }
       }
     });
   }, 500);
