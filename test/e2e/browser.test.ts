@@ -17,7 +17,16 @@ import type { NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import type { AgentStats } from '../../worker/agent.ts';
 import { calibrationInputs, withRows } from '../../worker/calibration.ts';
-import { Rest, checkResults, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import {
+  Rest,
+  checkResults,
+  jobDone,
+  startHub,
+  startNode,
+  tempDir,
+  waitFor,
+  type Proc,
+} from '../helpers/grid.ts';
 import { RESULTS, launchChromium, openWorkerTab, startPageHub, type Tab } from '../helpers/browser.ts';
 
 /**
@@ -106,18 +115,6 @@ function visibilityScript(hidden: boolean): string {
 async function setThrottle(tab: Tab, percent: number): Promise<void> {
   await tab.page.locator('[data-control=throttle]').fill(String(percent));
   await waitFor(`throttle ${percent}%`, async () => (await stats(tab)).throttle === percent / 100, 5000);
-}
-
-async function jobDone(rest: Rest, jobId: string, timeoutMs = 120_000): Promise<any> {
-  return waitFor(
-    `job ${jobId} completed`,
-    async () => {
-      const s = await rest.data('GET', `/api/jobs/${jobId}`);
-      return s.state === 'completed' ? s : undefined;
-    },
-    timeoutMs,
-    100,
-  );
 }
 
 describe('browser workers', () => {

@@ -15,7 +15,7 @@ import type { Browser, BrowserContext } from 'playwright-core';
 import type { NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
-import { Rest, tempDir, waitFor } from '../helpers/grid.ts';
+import { Rest, jobDone, tempDir, waitFor } from '../helpers/grid.ts';
 import { RESULTS, launchChromium, openWorkerTab, startPageHub, type Tab } from '../helpers/browser.ts';
 
 function items(model: Parameters<typeof calibrationInputs>[0], n: number, seed = 11): NamedItem[] {
@@ -43,18 +43,6 @@ async function openTab(context: BrowserContext, hubUrl: string, name: string): P
 const seen = (tab: Tab) => tab.page.evaluate('window.seenStatus') as Promise<string[]>;
 const statusKey = (tab: Tab) =>
   tab.page.evaluate(() => window.shardhub?.status().key ?? '') as Promise<string>;
-
-async function jobDone(rest: Rest, jobId: string, timeoutMs = 180_000): Promise<any> {
-  return waitFor(
-    `job ${jobId} completed`,
-    async () => {
-      const s = await rest.data('GET', `/api/jobs/${jobId}`);
-      return s.state === 'completed' ? s : undefined;
-    },
-    timeoutMs,
-    200,
-  );
-}
 
 describe('contributor page states', () => {
   const tmp = tempDir('shardhub-contrib-');

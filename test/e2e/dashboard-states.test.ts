@@ -312,12 +312,13 @@ describe('dashboard states', () => {
     const r = row(page, gone);
     await r.waitFor();
     assert.equal(await r.locator('[data-action=evict]').count(), 0, 'an offline row has no Evict');
+    // A second dashboard sees the row go too. Signed in first: the question below stands for 4 s,
+    // which a sign-in on a loaded machine can outlast.
+    const other = await signIn(browser, hub, '#workers');
+    await row(other, gone).waitFor();
     const remove = r.locator('[data-action=remove]');
     await remove.click();
     assert.equal((await remove.innerText()).trim(), 'Sure?', 'asks twice');
-    // A second dashboard sees the row go too.
-    const other = await signIn(browser, hub, '#workers');
-    await row(other, gone).waitFor();
     await remove.click();
     await r.waitFor({ state: 'detached', timeout: 5000 });
     await row(other, gone).waitFor({ state: 'detached', timeout: 5000 });
