@@ -101,6 +101,12 @@ export interface SoakResult {
   /** When the liars were quarantined, in seconds from the soak's start (`null`: never). */
   liar_quarantined_at_s: number | null;
   subtle_liar_quarantined_at_s: number | null;
+  /**
+   * Results the hub accepted from the subtle liar over the soak (its lifetime count, reverted ones
+   * included) and the checks it failed: whether it got past its honest items and was caught lying.
+   */
+  subtle_liar_items_done: number;
+  subtle_liar_strikes: number;
   items: number;
   failed: number;
   lost: number;
@@ -404,7 +410,9 @@ export async function runSoak(opts: {
   for (const kind of ['blatant', 'subtle'] as const)
     if (quarantinedAt[kind] === null && trust.trustOf(liarIds[kind])?.quarantined)
       quarantinedAt[kind] = (Date.now() - t0) / 1000;
+  const subtleStrikes = trust.trustOf(liarIds.subtle)?.strikes ?? 0;
   trust.close();
+  const subtleItems = store.getWorker(liarIds.subtle)?.itemsDone ?? 0;
   try {
     for (const [id, sent] of jobItems) {
       const job = store.getJob(id);
@@ -449,6 +457,8 @@ export async function runSoak(opts: {
     failure_reporters_quarantined: reportersQuarantined,
     liar_quarantined_at_s: quarantinedAt.blatant,
     subtle_liar_quarantined_at_s: quarantinedAt.subtle,
+    subtle_liar_items_done: subtleItems,
+    subtle_liar_strikes: subtleStrikes,
     items,
     failed,
     lost,
