@@ -10,14 +10,14 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, readFile, realpath, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { describeZodError } from '../protocol/schemas.ts';
 import { LIMITS } from '../protocol/limits.ts';
 import type { ModelInfo, ModelManifest } from '../protocol/model.ts';
 import { ModelManifestSchema, UploadManifestSchema } from './manifest-schema.ts';
-import { readOnnxSignature, signatureProblems } from './onnx-signature.ts';
+import { readOnnxSignatureFile, signatureProblems } from './onnx-signature.ts';
 
 /** Why a registry operation failed: `invalid` input, a `conflict` with a model already known. */
 export class ModelRegistryError extends Error {
@@ -34,8 +34,19 @@ export class ModelRegistryError extends Error {
 export interface ModelRegistryOptions {
   /** Directory of `<name>.json` manifests (the repository's `models/`). */
   modelsDir: string;
-  /** Directory for uploaded models: `<sha256>.onnx` with its manifest `<sha256>.json`. */
+  /**
+   * Directory for uploaded models: `<sha256>.onnx` with its manifest `<sha256>.json`. Bodies being
+   * received go to its `.incoming/` (the same file system, so a finished one is renamed into place).
+   */
   uploadDir: string;
+}
+
+/** A model file received to disk (`server/uploads.ts`), not yet registered. */
+export interface UploadedFile {
+  path: string;
+  /** sha256 of the file's bytes, hex, as hashed while it was received. */
+  sha256: string;
+  bytes: number;
 }
 
 interface Entry {
@@ -61,6 +72,9 @@ export class ModelRegistry {
   static async open(opts: ModelRegistryOptions): Promise<ModelRegistry> {
     const reg = new ModelRegistry({ modelsDir: resolve(opts.modelsDir), uploadDir: resolve(opts.uploadDir) });
     await mkdir(reg.opts.uploadDir, { recursive: true });
+    // What is there was left by a hub that stopped mid-upload.
+    await rm(reg.incomingDir, { recursive: true, force: true });
+    await mkdir(reg.incomingDir, { recursive: true });
     await reg.loadModelsDir();
     await reg.loadUploads();
     return reg;
@@ -86,33 +100,39 @@ export class ModelRegistry {
     return this.byShaMap.get(sha)?.path;
   }
 
+  /** Where uploads are received before they are registered (see `ModelRegistryOptions.uploadDir`). */
+  get incomingDir(): string {
+    return join(this.opts.uploadDir, '.incoming');
+  }
+
   /** Why some manifests were skipped (missing files, broken uploads). */
   problems(): string[] {
     return [...this.problemList];
   }
 
   /**
-   * Stores an uploaded model as `<uploadDir>/<sha256>.onnx` with its manifest beside it. The bytes
-   * must be an ONNX model the manifest describes, and the name must be new. Uploading the same bytes
-   * under the same name again returns the existing model.
+   * Stores an uploaded model as `<uploadDir>/<sha256>.onnx` with its manifest beside it: the received
+   * file is renamed into place, never read whole (its signature is read field by field). It must be
+   * an ONNX model the manifest describes, and the name must be new. Uploading the same bytes under
+   * the same name again returns the existing model. A refused file stays where it is, the caller's
+   * to remove.
    */
-  addUpload(bytes: Uint8Array, manifest: Omit<ModelManifest, 'file'>): Promise<ModelInfo> {
-    const run = this.uploadChain.then(() => this.addUploadNow(bytes, manifest));
+  addUpload(file: UploadedFile, manifest: Omit<ModelManifest, 'file'>): Promise<ModelInfo> {
+    const run = this.uploadChain.then(() => this.addUploadNow(file, manifest));
     this.uploadChain = run.catch(() => undefined);
     return run;
   }
 
-  private async addUploadNow(bytes: Uint8Array, manifest: Omit<ModelManifest, 'file'>): Promise<ModelInfo> {
+  private async addUploadNow(file: UploadedFile, manifest: Omit<ModelManifest, 'file'>): Promise<ModelInfo> {
     const parsed = UploadManifestSchema.safeParse(manifest);
     if (!parsed.success) throw new ModelRegistryError(`invalid manifest: ${describeZodError(parsed.error)}`);
     const m = parsed.data;
-    if (bytes.byteLength === 0) throw new ModelRegistryError('model file is empty');
-    if (bytes.byteLength > LIMITS.modelBytes) {
-      throw new ModelRegistryError(
-        `model file is ${bytes.byteLength} bytes, the limit is ${LIMITS.modelBytes}`,
-      );
+    if (file.bytes === 0) throw new ModelRegistryError('model file is empty');
+    if (file.bytes > LIMITS.modelBytes) {
+      throw new ModelRegistryError(`model file is ${file.bytes} bytes, the limit is ${LIMITS.modelBytes}`);
     }
-    const sha = createHash('sha256').update(bytes).digest('hex');
+    const sha = file.sha256;
+    if (!SHA_RE.test(sha)) throw new ModelRegistryError(`not a sha256: ${sha.slice(0, 80)}`);
     const sameName = this.byNameMap.get(m.name);
     if (sameName) {
       if (sameName.uploaded && sameName.info.sha256 === sha) return sameName.info;
@@ -127,7 +147,7 @@ export class ModelRegistry {
     }
     let mismatch: string[];
     try {
-      mismatch = signatureProblems(readOnnxSignature(bytes), m);
+      mismatch = signatureProblems(readOnnxSignatureFile(file.path), m);
     } catch (err) {
       throw new ModelRegistryError((err as Error).message);
     }
@@ -136,9 +156,9 @@ export class ModelRegistry {
 
     const path = join(this.opts.uploadDir, `${sha}.onnx`);
     const full: ModelManifest = { ...m, file: `${sha}.onnx` };
-    await writeAtomic(path, bytes);
+    await rename(file.path, path);
     await writeAtomic(join(this.opts.uploadDir, `${sha}.json`), `${JSON.stringify(full, null, 2)}\n`);
-    return this.add(full, path, sha, bytes.byteLength, true).info;
+    return this.add(full, path, sha, file.bytes, true).info;
   }
 
   private async loadModelsDir(): Promise<void> {

@@ -4,7 +4,8 @@
  * Its options are one table (`NODE_OPTIONS`, read by `server/options.ts`): flags, then environment
  * variables, then a JSON config file, then defaults. The join token is read from
  * `SHARDHUB_JOIN_TOKEN`, the variable `shardhub serve` takes it from. Usage errors exit 2, a node
- * that cannot go on (e.g. a refused join token) exits 1, a drained node exits 0.
+ * that cannot go on (e.g. a refused join token) exits 1, a drained node exits 0, and so does a
+ * node stopped by SIGINT/SIGTERM before it started (`common/early-signals.ts`).
  */
 import { Command } from 'commander';
 import {
@@ -17,9 +18,12 @@ import {
   UsageError,
   type CliIo,
   type OptionTable,
-} from '../server/options.ts';
-import { relaunchWithFlags, startedAs, watchParent } from './launch.ts';
-import { NodeFatalError, runNode, type NodeBackendChoice, type NodeOptions } from './node.ts';
+} from '../common/options.ts';
+import { heldSignals, releaseSignals } from '../common/early-signals.mjs';
+import { relaunchWithFlags, startedAs, watchParent } from '../common/relaunch.ts';
+import { NODE_RELAUNCH } from './launch.ts';
+import { NodeFatalError } from './errors.ts';
+import { runNode, type NodeBackendChoice, type NodeOptions } from './node.ts';
 
 /** The backends `--backend` takes; `auto` picks the best one that works here. */
 export const BACKEND_CHOICES: readonly NodeBackendChoice[] = ['auto', 'cpu', 'cuda', 'sim', 'webgpu'];
@@ -30,8 +34,8 @@ const FAULTS = 'Fault injection (any backend; for testing the hub, never in prod
 /** Every option of `shardhub node`. */
 export const NODE_OPTIONS: OptionTable = {
   hub: {
-    type: 'url',
-    help: "the hub's address, e.g. http://hub.example:8080",
+    type: 'urls',
+    help: "the hub's address, e.g. http://hub.example:8080; several separated by commas: after a lost connection the node tries the next",
     env: 'SHARDHUB_HUB',
     required: true,
   },
@@ -136,7 +140,12 @@ export function nodeOptions(cmd: Command, env: NodeJS.ProcessEnv): NodeOptions {
   for (const k of ['speed', 'slow-factor'] as const) {
     if (v[k] !== undefined && (v[k] as number) <= 0) throw new UsageError(`--${k} must be a number > 0`);
   }
-  const options: NodeOptions = { hub: v.hub as string, concurrency: v.concurrency as number, backend };
+  const hubs = (v.hub as string).split(',');
+  const options: NodeOptions = {
+    hub: hubs.length === 1 ? (hubs[0] as string) : hubs,
+    concurrency: v.concurrency as number,
+    backend,
+  };
   if (v.token !== undefined) options.token = v.token as string;
   for (const key of ['pool', 'name'] as const) {
     const s = v[key] as string | undefined;
@@ -178,10 +187,22 @@ export function nodeOptions(cmd: Command, env: NodeJS.ProcessEnv): NodeOptions {
 
 /** Runs `shardhub node` with parsed options until it stops; resolves with the exit code. */
 async function run(cmd: Command, io: CliIo): Promise<number> {
-  const options = nodeOptions(cmd, io.env);
-  // Without the node's V8 flags and malloc settings, run again as a child that has them.
-  if (!startedAs()) return relaunchWithFlags();
   try {
+    const options = nodeOptions(cmd, io.env);
+    // Stopped while it was loading (signals held since the process began): nothing to drain.
+    const early = heldSignals()[0];
+    if (early) {
+      io.stderr.write(`shardhub node: stopped by ${early} before it started\n`);
+      return EXIT.ok;
+    }
+    // Without the node's V8 flags and malloc settings, run again as a child that has them; the
+    // parent passes signals on from the moment the child is spawned.
+    if (!startedAs(NODE_RELAUNCH)) {
+      const child = relaunchWithFlags(NODE_RELAUNCH);
+      releaseSignals();
+      return await child;
+    }
+    // runNode takes the held signals over when it installs its own handlers.
     const node = await runNode({ ...options, handleSignals: true });
     // Started by a parent that has since died without a word (SIGKILL): drain, as on SIGTERM.
     watchParent(() => process.kill(process.pid, 'SIGTERM'));
@@ -193,6 +214,8 @@ async function run(cmd: Command, io: CliIo): Promise<number> {
       return err.exitCode;
     }
     throw err;
+  } finally {
+    releaseSignals();
   }
 }
 

@@ -2,16 +2,19 @@
  * A native node's side of its data channel (protocol: `protocol/data-channel.ts`): one TCP
  * connection to the hub, read with `net.Socket`'s `onread` option so that every read lands where
  * the node says. A tensor's bytes go straight into the place the backend reserved for them (a
- * staging buffer, `native/staging.ts`), the small parts (the upgrade answer, a frame's length and
- * header) into buffers of exactly their size. Nothing is allocated per read, no stream callback
- * runs, and nothing is copied after the kernel's copy.
+ * staging buffer, `native/staging.ts`), a frame's length and header into buffers of exactly their
+ * size. Nothing is allocated per read, no stream callback runs, and nothing is copied after the
+ * kernel's copy. The upgrade answer is read as HTTP (`parseAnswerHead`), whatever a proxy did to
+ * its headers' case and order; bytes of the first frame that came in the same read are passed on.
  */
 import { connect, type Socket } from 'node:net';
 import {
-  DATA_CHANNEL_ACCEPT,
+  acceptsDataChannel,
   DATA_CHANNEL_PROTOCOL,
   DataChannelError,
+  MAX_ANSWER_HEAD_BYTES,
   MAX_FRAME_HEADER_BYTES,
+  parseAnswerHead,
   parseFrameHeader,
   type FrameHeader,
 } from '../protocol/data-channel.ts';
@@ -56,6 +59,8 @@ export class DataChannelClient {
   private then: () => void;
   private readonly socket: Socket;
   private opened = false;
+  /** Reading the answer's head: each read is searched for the blank line that ends it. */
+  private inHead = true;
   private ended = false;
   private error: Error | undefined;
   private readonly refusal: Uint8Array[] = [];
@@ -71,8 +76,10 @@ export class DataChannelClient {
     if (!/^[A-Za-z0-9_-]{16,128}$/.test(opts.ticket))
       throw new DataChannelError('the hub sent a malformed data channel ticket');
 
-    this.buf = new Uint8Array(DATA_CHANNEL_ACCEPT.length);
-    this.then = () => this.accepted();
+    this.buf = new Uint8Array(MAX_ANSWER_HEAD_BYTES);
+    this.then = () => {
+      throw new DataChannelError(`the hub's answer has no end within ${MAX_ANSWER_HEAD_BYTES} bytes`);
+    };
     this.socket = connect({
       host: url.hostname.replace(/^\[|\]$/g, ''),
       port: Number(url.port || 80),
@@ -108,6 +115,7 @@ export class DataChannelClient {
     this.filled += n;
     if (this.opened) this.stats.bytes += n;
     try {
+      if (this.inHead) this.headRead(n);
       while (this.filled === this.buf.byteLength && !this.ended) this.then();
     } catch (err) {
       this.fail(err instanceof Error ? err : new DataChannelError(String(err)));
@@ -123,20 +131,47 @@ export class DataChannelClient {
     this.then = then;
   }
 
-  private accepted(): void {
-    if (Buffer.from(this.buf).toString('latin1') !== DATA_CHANNEL_ACCEPT) {
+  /** A read of `n` bytes into the answer's head: once its blank line is in, the head is done. */
+  private headRead(n: number): void {
+    const from = Math.max(0, this.filled - n - 3);
+    const text = Buffer.from(this.buf.buffer, this.buf.byteOffset, this.filled).toString('latin1');
+    const end = /\r?\n\r?\n/.exec(text.slice(from));
+    if (!end) return;
+    this.inHead = false;
+    const headEnd = from + end.index;
+    const rest = this.buf.slice(headEnd + end[0].length, this.filled);
+    const head = parseAnswerHead(text.slice(0, headEnd));
+    if (!head || head.status !== 101) {
       // A refusal: keep what came, and the rest up to a bound, for its message at close.
-      this.refusal.push(this.buf.slice());
+      this.refusal.push(this.buf.slice(0, this.filled));
       this.expect(new Uint8Array(REFUSAL_BYTES), () => {
         if (this.refusal.length < 2) this.refusal.push(this.buf.slice());
         this.expect(this.buf, this.then);
       });
       return;
     }
+    if (!acceptsDataChannel(head))
+      throw new DataChannelError(
+        `the hub answered 101 without upgrading to ${DATA_CHANNEL_PROTOCOL} (upgrade: "${head.headers.get('upgrade') ?? ''}")`,
+      );
     this.opened = true;
     clearTimeout(this.openTimer);
     this.opts.onOpen?.();
     this.nextFrame();
+    this.stats.bytes += rest.byteLength;
+    this.feed(rest);
+  }
+
+  /** Bytes read past the answer's head (the first frame's) go where the next reads would have. */
+  private feed(bytes: Uint8Array): void {
+    let off = 0;
+    while (off < bytes.byteLength && !this.ended) {
+      const n = Math.min(this.buf.byteLength - this.filled, bytes.byteLength - off);
+      this.buf.set(bytes.subarray(off, off + n), this.filled);
+      this.filled += n;
+      off += n;
+      while (this.filled === this.buf.byteLength && !this.ended) this.then();
+    }
   }
 
   private nextFrame(): void {
@@ -202,11 +237,14 @@ export class DataChannelClient {
     if (!this.opened) {
       const said = Buffer.concat([...this.refusal, this.buf.subarray(0, this.filled)])
         .toString('latin1')
-        .slice(0, REFUSAL_BYTES);
-      const status = /^HTTP\/1\.[01] (\d{3}[^\r\n]*)/.exec(said)?.[1];
-      const body = said.split('\r\n\r\n')[1]?.trim().split('\n')[0];
-      if (status)
-        err = new DataChannelError(`the hub refused the data channel: ${status}${body ? ` (${body})` : ''}`);
+        .slice(0, MAX_ANSWER_HEAD_BYTES + REFUSAL_BYTES);
+      const [headText = '', ...bodyParts] = said.split(/\r?\n\r?\n/);
+      const head = parseAnswerHead(headText.split(/\r?\n/)[0] ?? '');
+      const body = bodyParts.join('\n\n').trim().split('\n')[0];
+      if (head && head.status !== 101)
+        err = new DataChannelError(
+          `the hub refused the data channel: ${head.status}${head.reason ? ` ${head.reason}` : ''}${body ? ` (${body})` : ''}`,
+        );
       else err ??= new DataChannelError('the hub closed the data channel before answering');
     }
     this.opts.onClose(err ?? new DataChannelError('the hub closed the data channel'), this.opened);

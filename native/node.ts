@@ -1,45 +1,46 @@
 /**
  * A native node: everything `shardhub node` needs, built around the shared {@link WorkerAgent}.
  *
- * - Identity: `--id`, else a generated id; either way the secret is persisted (mode 0600) in
- *   `<state>/node-<hubhost>-<port>[-<id>].json`, so a restarted node is the same worker to the hub.
- * - Connection: Socket.IO to `${hub}/worker` with exponential backoff and jitter. Socket.IO does not
- *   reconnect after a server-side disconnect or a refusal by the hub's middleware; this module does,
- *   with its own backoff, except when the hub refuses the join token or the identity: retrying those
- *   cannot help, so the node stops with a {@link NodeFatalError}.
- * - Models cached on disk by sha256 (verified when read, by `fetchModel`).
+ * - Identity: `--id`, else a generated id; either way the secret is persisted (`identity.ts`), so
+ *   a restarted node is the same worker to the hub.
+ * - Connection: `worker/connection.ts`, to one hub or the next of a list, reconnecting with
+ *   backoff; a refusal no retry can fix (join token, identity, protocol version) stops the node with
+ *   a {@link NodeFatalError} (`refusal`).
+ * - Models cached on disk by sha256 (`model-cache.ts`; verified when read, by `fetchModel`).
  * - Capabilities and heartbeat load figures from `node:os` and `nvidia-smi`.
  */
-import { randomBytes } from 'node:crypto';
-import { readFileSync, unlinkSync } from 'node:fs';
-import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { availableParallelism, freemem, homedir, hostname, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { io } from 'socket.io-client';
 import type { Capabilities, Heartbeat, WorkerAuth } from '../protocol/events.ts';
-import { clean, createLogger, type Logger } from '../server/logger.ts';
-import { WorkerAgent, type WorkerSocket } from '../worker/agent.ts';
+import { clean, createLogger, type Logger } from '../common/logger.ts';
+import { WorkerAgent } from '../worker/agent.ts';
+import { HubConnection } from '../worker/connection.ts';
+import { ErrorCode } from '../protocol/errors.ts';
 import type { Backend, BackendFactory } from '../worker/backend.ts';
-import type { ModelStore } from '../worker/model-cache.ts';
-import { Reconnector } from '../worker/reconnect.ts';
-import { shardhubParser } from '../protocol/socket-parser.ts';
 import type { GpuInfo } from './ort-backend.ts';
 import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
 import type { CorruptOptions } from './fault.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
-import { ECHO_MS } from './launch.ts';
+import { releaseSignals } from '../common/early-signals.mjs';
+import { ECHO_MS } from '../common/relaunch.ts';
 import { statusText, TerminalStatus } from './status.ts';
+import { NodeFatalError } from './errors.ts';
+import { claimIdentity } from './identity.ts';
+import { DiskModelStore } from './model-cache.ts';
 
 /** Which backend a node runs: `auto` is CUDA, else a real GPU through WebGPU, else CPU (`backend-select.ts`). */
 export type NodeBackendChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu' | 'sim';
 
 /** Options of {@link runNode} (the CLI's flags, parsed and validated). */
 export interface NodeOptions {
-  /** The hub's base URL, e.g. `http://hub.example:8080`. */
-  hub: string;
+  /**
+   * The hub's base URL, e.g. `http://hub.example:8080`, or several: after a connection loss the
+   * node tries the next one (`worker/connection.ts`). The first one names the identity file.
+   */
+  hub: string | readonly string[];
   token?: string;
   concurrency?: number;
   backend?: NodeBackendChoice;
@@ -79,191 +80,6 @@ export interface NodeHandle {
   close(): Promise<void>;
 }
 
-/** The node cannot go on (bad join token, identity refused, unreadable state): exit non-zero. */
-export class NodeFatalError extends Error {
-  override name = 'NodeFatalError';
-  readonly exitCode: number;
-  constructor(message: string, exitCode = 1) {
-    super(message);
-    this.exitCode = exitCode;
-  }
-}
-
-/** A worker identity as kept in the state file. */
-export interface NodeIdentity {
-  workerId: string;
-  workerSecret: string;
-}
-
-const WORKER_ID = /^[A-Za-z0-9_-]{8,64}$/;
-const SHA256 = /^[0-9a-f]{64}$/;
-
-/** The identity file for a hub (and optional fixed id, and slot after the first) inside a state dir. */
-export function identityFile(stateDir: string, hub: string, id?: string, slot = 1): string {
-  const url = new URL(hub);
-  const port = url.port || (url.protocol === 'https:' ? '443' : '80');
-  const host = url.hostname.replace(/[^A-Za-z0-9.-]/g, '_');
-  return join(stateDir, `node-${host}-${port}${id ? `-${id}` : ''}${slot > 1 ? `-${slot}` : ''}.json`);
-}
-
-/** Whether a process with this pid is alive (ours or another user's). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/**
- * Takes `<file>.lock` for this process: the pid of the node using an identity. A lock whose process
- * is gone is taken over. Returns the lock's release, or the pid of the live node holding it.
- */
-async function lockIdentity(file: string): Promise<{ release: () => void } | { heldBy: number }> {
-  const lock = `${file}.lock`;
-  for (let tries = 0; tries < 3; tries++) {
-    try {
-      await writeFile(lock, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
-      const release = () => {
-        try {
-          if (readFileSync(lock, 'utf8').trim() === String(process.pid)) unlinkSync(lock);
-        } catch {
-          // already gone
-        }
-      };
-      process.once('exit', release);
-      return { release };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
-    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) return { heldBy: pid };
-    await unlink(lock).catch(() => undefined); // stale: its node is gone
-  }
-  throw new NodeFatalError(`cannot take the lock ${lock}; delete it if no node is running`);
-}
-
-/** How many nodes with the default identity may run on one machine for one hub. */
-const MAX_SLOTS = 64;
-
-/**
- * The identity this process runs as, locked for as long as it runs, so that two nodes on one
- * machine never connect as one worker (the hub would swap them over on every reconnect). Without
- * `--id`, a node that finds the default identity in use takes the next free one
- * (`node-<host>-<port>-2.json`, ...): each keeps its own from one start to the next. With `--id`,
- * it refuses to start.
- */
-export async function claimIdentity(
-  stateDir: string,
-  hub: string,
-  id: string | undefined,
-  log?: Logger,
-): Promise<NodeIdentity & { file: string; release: () => void }> {
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
-  for (let slot = 1; slot <= (id ? 1 : MAX_SLOTS); slot++) {
-    const file = identityFile(stateDir, hub, id, slot);
-    const lock = await lockIdentity(file);
-    if ('heldBy' in lock) {
-      if (id)
-        throw new NodeFatalError(
-          `another node (pid ${lock.heldBy}) on this machine already runs as worker ${id}; give this one another --id, or stop that one`,
-        );
-      continue;
-    }
-    try {
-      const identity = await loadIdentity(stateDir, hub, id, slot);
-      if (slot > 1)
-        log?.info(
-          { identityFile: identity.file },
-          'another node on this machine uses the default identity; this one runs as a worker of its own',
-        );
-      return { ...identity, release: lock.release };
-    } catch (err) {
-      lock.release();
-      throw err;
-    }
-  }
-  throw new NodeFatalError(`${MAX_SLOTS} nodes already run on this machine for ${hub}; stop one first`);
-}
-
-/**
- * Loads this node's identity, creating and persisting it on first start. With `id`, the worker id
- * is that id and only the secret is generated.
- */
-export async function loadIdentity(
-  stateDir: string,
-  hub: string,
-  id?: string,
-  slot = 1,
-): Promise<NodeIdentity & { file: string }> {
-  if (id !== undefined && !WORKER_ID.test(id))
-    throw new NodeFatalError('--id must be 8-64 characters of [A-Za-z0-9_-]');
-  const file = identityFile(stateDir, hub, id, slot);
-  let text: string | undefined;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-      throw new NodeFatalError(`cannot read ${file}: ${(err as Error).message}`);
-  }
-  if (text !== undefined) {
-    let parsed: Partial<NodeIdentity> = {};
-    try {
-      parsed = JSON.parse(text) as Partial<NodeIdentity>;
-    } catch {
-      // reported below
-    }
-    const ok =
-      typeof parsed.workerId === 'string' &&
-      WORKER_ID.test(parsed.workerId) &&
-      typeof parsed.workerSecret === 'string' &&
-      parsed.workerSecret.length >= 16 &&
-      parsed.workerSecret.length <= 128 &&
-      (id === undefined || parsed.workerId === id);
-    if (!ok)
-      throw new NodeFatalError(`${file} is not a valid node identity; delete it to start as a new worker`);
-    return { workerId: parsed.workerId as string, workerSecret: parsed.workerSecret as string, file };
-  }
-  const identity: NodeIdentity = {
-    workerId: id ?? `n-${randomBytes(12).toString('base64url')}`,
-    workerSecret: randomBytes(24).toString('base64url'),
-  };
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(identity, null, 2)}\n`, { mode: 0o600 });
-  await rename(tmp, file);
-  return { ...identity, file };
-}
-
-/**
- * Model bytes on disk, one file per model named by its sha256. Reads are verified by `fetchModel`
- * (a corrupt file is refetched and overwritten); writes go through a temp file and a rename, so a
- * crash never leaves a half-written model under its final name.
- */
-export class DiskModelStore implements ModelStore {
-  constructor(readonly dir: string) {}
-
-  async get(sha256: string): Promise<Uint8Array | undefined> {
-    if (!SHA256.test(sha256)) return undefined;
-    try {
-      const buf = await readFile(join(this.dir, sha256));
-      return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-  }
-
-  async put(sha256: string, bytes: Uint8Array): Promise<void> {
-    if (!SHA256.test(sha256)) throw new Error('model cache keys are lower-case sha256 hex');
-    await mkdir(this.dir, { recursive: true });
-    const tmp = join(this.dir, `${sha256}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-    await writeFile(tmp, bytes);
-    await rename(tmp, join(this.dir, sha256));
-  }
-}
-
 /** The onnxruntime-node version, read without loading its native binding. */
 function ortPackageVersion(): string | undefined {
   try {
@@ -273,16 +89,29 @@ function ortPackageVersion(): string | undefined {
   }
 }
 
-/** Refusals that no retry can fix, by what the node's operator has to change. */
-type Refusal = 'token' | 'identity' | 'handshake';
-
-/** Classifies a refusal by the hub (a connect_error message or a register error) or undefined. */
-export function refusalKind(message: string, code?: unknown): Refusal | undefined {
-  const text = `${message} ${typeof code === 'string' ? code : ''}`;
-  if (/secret|identity|another worker|belongs to/i.test(text)) return 'identity';
-  if (/token|unauthori[sz]ed|forbidden|\bauth/i.test(text)) return 'token';
-  if (/bad handshake/i.test(text)) return 'handshake';
-  return undefined;
+/**
+ * What a refusal by the hub means to a node: the refusals no retry can fix stop it, each with what
+ * its operator has to change; the others (rate limits, a failing hub) are retried.
+ */
+export function refusal(code: ErrorCode, message: string, identityFile: string): NodeFatalError | undefined {
+  switch (code) {
+    case ErrorCode.Unauthorized:
+      return new NodeFatalError(
+        `the hub refused this node's join token (${message}); pass the hub's join token with --token or SHARDHUB_JOIN_TOKEN`,
+      );
+    case ErrorCode.IdentityTaken:
+      return new NodeFatalError(
+        `the hub refused this node's identity (${message}); another node may be using ${identityFile}, or it belongs to another hub: use --id/--state or delete it`,
+      );
+    case ErrorCode.BadHandshake:
+      return new NodeFatalError(`the hub refused this node's handshake (${message})`);
+    case ErrorCode.Version:
+      return new NodeFatalError(
+        `the hub speaks another protocol version (${message}); install the hub's shardhub version on this node`,
+      );
+    default:
+      return undefined;
+  }
 }
 
 /**
@@ -299,11 +128,13 @@ function quitNow(_code: 130): void {
 /** Starts a native node; see the file comment. Resolves once the backend is ready and connecting. */
 export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const log = opts.logger ?? createLogger('node');
-  const hub = opts.hub.replace(/\/+$/, '');
+  const hubs = (typeof opts.hub === 'string' ? [opts.hub] : [...opts.hub]).map((h) => h.replace(/\/+$/, ''));
+  if (hubs.length === 0) throw new NodeFatalError('no hub to connect to: give --hub URL');
+  const firstHub = hubs[0] as string;
   const concurrency = opts.concurrency ?? 1;
   const choice = opts.backend ?? 'auto';
   const cores = availableParallelism();
-  const identity = await claimIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), hub, opts.id, log);
+  const identity = await claimIdentity(opts.stateDir ?? join(homedir(), '.shardhub'), firstHub, opts.id, log);
   const store = new DiskModelStore(opts.cacheDir ?? join(homedir(), '.cache', 'shardhub', 'models'));
 
   let gpu: GpuInfo | undefined;
@@ -322,7 +153,14 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     const ortMod = await import('./ort-backend.ts');
     detectGpu = () => ortMod.detectNvidiaGpu();
     gpu = await detectGpu();
-    backendFactory = () => ortMod.OrtBackend.create({ prefer: choice, concurrency, cores, gpu: gpu ?? null });
+    backendFactory = () =>
+      ortMod.OrtBackend.create({
+        prefer: choice,
+        concurrency,
+        cores,
+        gpu: gpu ?? null,
+        onChange: (b) => backendChanged(b),
+      });
   }
   const corrupt = opts.corrupt;
   if (corrupt && corrupt.rate > 0) {
@@ -331,6 +169,8 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     log.warn({ corrupt }, 'fault injection: this node corrupts outputs on purpose');
   }
 
+  // A failing GPU given up for the CPU (`ort-backend.ts`) is set once the socket exists.
+  let backendChanged: (b: Backend) => void = () => undefined;
   // The data channel reserves places for inputs in the backend's staging buffers.
   let backend: Backend | undefined;
   const makeBackend = backendFactory;
@@ -345,7 +185,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     }
     return backend;
   };
-  const wantsChannel = opts.dataChannel !== false && new URL(hub).protocol === 'http:';
+  const wantsChannel = opts.dataChannel !== false && hubs.every((h) => new URL(h).protocol === 'http:');
 
   const capabilities: Capabilities = {
     hostname: hostname().slice(0, 128),
@@ -360,21 +200,20 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const auth: WorkerAuth = { workerId: identity.workerId, workerSecret: identity.workerSecret };
   if (opts.token) auth.token = opts.token;
   const rc = opts.reconnect ?? {};
-  const delayMs = rc.delayMs ?? 500;
-  const maxDelayMs = rc.maxDelayMs ?? 10_000;
-  const jitter = rc.randomizationFactor ?? 0.5;
-  const socket = io(`${hub}/worker`, {
-    auth,
-    autoConnect: false,
+  const conn = new HubConnection({
+    hubs,
+    auth: () => auth,
     // WebSocket only, its frames sent without masking (native/ws-transport.ts).
     transports: [UnmaskedWebSocket],
-    reconnection: true,
-    reconnectionDelay: delayMs,
-    reconnectionDelayMax: maxDelayMs,
-    randomizationFactor: jitter,
-    // Accept shard:assign packets with more than Socket.IO's default 10 tensors.
-    parser: shardhubParser,
-  }) as WorkerSocket;
+    log,
+    clean,
+    delayMs: rc.delayMs ?? 500,
+    maxDelayMs: rc.maxDelayMs ?? 10_000,
+    jitter: rc.randomizationFactor ?? 0.5,
+    workerId: () => identity.workerId,
+    refused: (code, message) => refusal(code, message, identity.file),
+  });
+  const socket = conn.socket;
 
   let gpuUsed = gpu?.memoryUsedBytes;
   let gpuTimer: ReturnType<typeof setInterval> | undefined;
@@ -401,7 +240,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     socket,
     backend: backendFactory,
     store,
-    hubUrl: hub,
+    hubUrl: () => conn.hub,
     register: {
       kind: 'native',
       name: (opts.name ?? hostname()).slice(0, 128) || 'node',
@@ -429,40 +268,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     settle = { resolve, reject };
   });
   done.catch(() => undefined); // callers may not await `done`; a fatal stop must not crash the process
-  let fatal: NodeFatalError | undefined;
-  let failures = 0;
-
-  const stopping = () => fatal !== undefined || agent.status === 'closed';
-  // Socket.IO stops reconnecting after a server-side disconnect or a middleware refusal.
-  const reconnect = new Reconnector({ socket, log, delayMs, maxDelayMs, jitter, stopping });
-  const stopFatal = (err: NodeFatalError) => {
-    if (fatal) return;
-    fatal = err;
-    log.error({ error: err.message }, 'node stopping');
-    void agent.close();
-  };
-
-  /** Stops the node when a refusal cannot be fixed by retrying; returns whether it did. */
-  const refused = (rawMessage: string, code?: unknown): boolean => {
-    const kind = refusalKind(rawMessage, code);
-    const message = clean(rawMessage);
-    if (kind === 'token') {
-      stopFatal(
-        new NodeFatalError(
-          `the hub refused this node's join token (${message}); pass the hub's join token with --token or SHARDHUB_JOIN_TOKEN`,
-        ),
-      );
-    } else if (kind === 'identity') {
-      stopFatal(
-        new NodeFatalError(
-          `the hub refused this node's identity (${message}); another node may be using ${identity.file}, or it belongs to another hub: use --id/--state or delete it`,
-        ),
-      );
-    } else if (kind === 'handshake') {
-      stopFatal(new NodeFatalError(`the hub refused this node's handshake (${message})`));
-    }
-    return kind !== undefined;
-  };
+  conn.attach(agent);
 
   // The job this node last got items of, for its status line.
   let current: { jobId: string; model: string } | undefined;
@@ -478,15 +284,17 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
       ? new TerminalStatus(process.stdout)
       : undefined;
 
-  socket.on('connect', () => {
-    reconnect.reset();
-    failures = 0;
-    log.info({ hub: clean(hub), workerId: identity.workerId }, 'connected to hub');
-  });
-  socket.on('disconnect', (reason) => {
-    channel?.close();
-    if (reason === 'io server disconnect') reconnect.later();
-  });
+  // The node's speed changed with its provider: register again with no GPU, to be benchmarked anew
+  // (as a browser tab does when it gives WebGPU up for WASM).
+  backendChanged = (b) => {
+    delete capabilities.gpu;
+    log.warn({ backend: b.name, reason: clean(b.reason ?? '') }, 'backend changed; registering again');
+    if (socket.connected) {
+      socket.disconnect();
+      socket.connect();
+    }
+  };
+  socket.on('disconnect', () => channel?.close());
 
   // The data channel opens after each registration and ends with the connection it belongs to.
   let channel: DataChannelClient | undefined;
@@ -496,7 +304,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     if (!offer) return;
     try {
       const c: DataChannelClient = new DataChannelClient({
-        hub,
+        hub: conn.hub,
         path: offer.path,
         ticket: offer.ticket,
         reserve: (model, inputs) => backend?.reserve?.(model, inputs),
@@ -514,10 +322,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
           }
           // Frames in flight may be lost: the hub requeues this connection's items when it goes.
           log.warn({ error: clean(err.message) }, 'data channel lost; reconnecting');
-          if (socket.connected) {
-            socket.disconnect();
-            reconnect.later();
-          }
+          if (socket.connected) conn.reconnect();
         },
       });
       channel = c;
@@ -525,48 +330,27 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
       log.warn({ error: clean((err as Error).message) }, 'no data channel; large inputs come over Socket.IO');
     }
   });
-  socket.on('connect_error', (err: Error & { data?: { code?: unknown } }) => {
-    failures++;
-    if (socket.active) {
-      // A network-level failure: Socket.IO retries by itself with backoff.
-      if (failures === 1 || failures % 10 === 0) {
-        log.warn({ hub: clean(hub), error: clean(err.message), failures }, 'cannot reach hub; retrying');
-      }
-      return;
-    }
-    const message = clean(err.message);
-    if (refused(err.message, err.data?.code)) return;
-    log.warn({ error: message }, 'hub refused the connection');
-    reconnect.later();
-  });
-  // The hub checks the join token at registration: it refuses, then disconnects.
-  agent.on('error', (err) => {
-    if (!refused(err.message, err.code))
-      log.error({ code: clean(err.code), error: clean(err.message) }, 'hub refused registration');
-  });
-
   const signals: [NodeJS.Signals, () => void][] = [];
   const cleanup = () => {
     status?.stop();
     identity.release();
-    reconnect.cancel();
     if (gpuTimer !== undefined) clearInterval(gpuTimer);
     for (const [sig, fn] of signals) process.off(sig, fn);
     channel?.close();
-    socket.off();
-    socket.disconnect();
+    conn.close();
   };
   agent.on('closed', () => {
     cleanup();
-    if (fatal) settle.reject(fatal);
+    if (conn.fatal) settle.reject(conn.fatal);
     else settle.resolve();
   });
 
+  let held: NodeJS.Signals[] = [];
+  let first = 0;
   if (opts.handleSignals) {
     // The first signal drains. A Ctrl-C a second or more later quits at once; signals sooner than
     // that are copies of the first (a terminal's Ctrl-C reaches every process of the foreground
     // group, and npm passes it on again), and a SIGTERM after a drain began changes nothing.
-    let first = 0;
     const onSignal = (sig: NodeJS.Signals) => {
       const now = Date.now();
       if (first === 0) {
@@ -586,11 +370,14 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
       signals.push([sig, fn]);
       process.on(sig, fn);
     }
+    // Signals that came before these handlers (held since the process began) are acted on once
+    // the agent runs: draining before it started would leave nothing to drain.
+    held = releaseSignals();
   }
 
   log.info(
     {
-      hub: clean(hub),
+      hub: hubs.map((h) => clean(h)).join(','),
       workerId: identity.workerId,
       backend: choice,
       concurrency,
@@ -605,6 +392,9 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     throw err;
   }
   log.info({ backend: agent.stats.backend, reason: agent.stats.backendReason }, 'backend ready');
+  // A SIGHUP held (a closed terminal, a parent gone) stops the node as SIGTERM does.
+  const early = held[0] === 'SIGHUP' ? 'SIGTERM' : held[0];
+  if (early && first === 0) process.emit(early, early);
   status?.start(() => statusText(agent.stats, current));
 
   return {

@@ -5,6 +5,12 @@
  * `backend-select.ts`. The CPU and WebGPU providers ship with the npm package; CUDA is added on a
  * GPU server with `npm run install-cuda`.
  *
+ * A GPU that keeps failing (its device lost again and again, or no new session on it) is given up
+ * when the provider was chosen automatically: the backend falls back to `cpu` for good, every
+ * session follows on its next run, and `onChange` tells the node to register again (its speed, and
+ * so its weight, changed), as the browser falls back from WebGPU to WASM. A provider the owner forced
+ * with `--backend` is kept: its sessions fail instead, and say why.
+ *
  * Each runner gets its own session, in its own worker thread (see `ort-threaded.ts`);
  * `intraOpNumThreads = max(1, floor(cores / concurrency))` so N sessions share the machine's cores
  * instead of each claiming all of them.
@@ -27,7 +33,7 @@ import {
 import type { AdapterInfo } from './gpu-probe.ts';
 import { detectNvidiaGpu, type GpuInfo } from './nvidia-smi.ts';
 import { OrtSession, sessionOptions } from './ort-session.ts';
-import { ThreadedSession } from './ort-threaded.ts';
+import { ThreadedSession, type SessionHost } from './ort-threaded.ts';
 import { Stager } from './staging.ts';
 
 export { detectNvidiaGpu, parseNvidiaSmi, type GpuInfo } from './nvidia-smi.ts';
@@ -53,6 +59,8 @@ export interface OrtBackendOptions {
   threads?: boolean;
   /** What WebGPU offers here (tests give their own); probed (`gpu-probe.ts`) when omitted and needed. */
   webgpu?: () => Promise<WebGpuCheck>;
+  /** The provider changed for good (a failing GPU given up for `cpu`): register again. */
+  onChange?: (backend: OrtBackend) => void;
 }
 
 /** The onnxruntime-node version in use (from its package.json, else `ort.env.versions`). */
@@ -118,23 +126,42 @@ export async function probeWebGpuCheck(gpu?: GpuInfo, realOnly = false): Promise
 const PCI_DEVICES = '/sys/bus/pci/devices';
 
 /** The onnxruntime-node backend; see the file comment. */
-export class OrtBackend implements Backend {
+export class OrtBackend implements Backend, SessionHost {
   /** Stages arriving items into batch buffers for the session threads (`staging.ts`). */
   private readonly stager: Stager | undefined;
+  private provider: OrtProvider;
+  private why: string;
+  private options: ort.InferenceSession.SessionOptions;
 
   private constructor(
-    readonly name: OrtProvider,
-    readonly reason: string,
+    provider: OrtProvider,
+    reason: string,
     /** Threads each session uses for one operator. */
     readonly intraOpNumThreads: number,
     /** The GPU found by nvidia-smi, if any. */
     readonly gpu: GpuInfo | undefined,
     /** Whether each session runs in its own worker thread. */
     readonly threads: boolean,
-    /** The WebGPU adapter (with `webgpu`). */
-    readonly adapter: AdapterInfo | undefined,
+    /** The WebGPU adapter (with `webgpu`; gone once the GPU is given up). */
+    public adapter: AdapterInfo | undefined,
+    /** Whether the provider was chosen automatically (so a failing GPU may be given up). */
+    private readonly automatic: boolean,
+    private readonly onChange: ((backend: OrtBackend) => void) | undefined,
   ) {
     this.stager = threads ? new Stager() : undefined;
+    this.provider = provider;
+    this.why = reason;
+    this.options = sessionOptions(provider, intraOpNumThreads);
+  }
+
+  /** The provider in use. */
+  get name(): OrtProvider {
+    return this.provider;
+  }
+
+  /** Why this provider, for people and the hub. */
+  get reason(): string {
+    return this.why;
   }
 
   /** Chooses the provider (`backend-select.ts`) and sizes the thread pools. */
@@ -156,18 +183,39 @@ export class OrtBackend implements Backend {
       opts.webgpu ?? (() => probeWebGpuCheck(gpu, prefer === 'auto')),
     );
     const intraOp = Math.max(1, Math.floor(cores / concurrency));
-    return new OrtBackend(choice.name, choice.reason, intraOp, gpu, opts.threads ?? true, choice.adapter);
+    return new OrtBackend(
+      choice.name,
+      choice.reason,
+      intraOp,
+      gpu,
+      opts.threads ?? true,
+      choice.adapter,
+      prefer === 'auto',
+      opts.onChange,
+    );
   }
 
-  /** The session options every session of this backend gets. */
+  /** The session options every session of this backend gets now (one object until the provider changes). */
   get sessionOptions(): ort.InferenceSession.SessionOptions {
-    return sessionOptions(this.name, this.intraOpNumThreads);
+    return this.options;
+  }
+
+  /** A session's GPU failed for good (`why`): falls back to `cpu` if the GPU was chosen automatically. */
+  giveUpGpu(why: string): boolean {
+    if (this.provider === 'cpu') return true;
+    if (!this.automatic) return false;
+    this.why = `${this.provider} given up: ${why}; fell back to CPU (was: ${this.why})`;
+    this.provider = 'cpu';
+    this.adapter = undefined;
+    this.options = sessionOptions('cpu', this.intraOpNumThreads);
+    queueMicrotask(() => this.onChange?.(this));
+    return true;
   }
 
   load(model: ModelInfo, bytes: Uint8Array): Promise<LoadedModel> {
     return this.threads
-      ? ThreadedSession.create(model, bytes, this.sessionOptions, this.stager)
-      : OrtSession.create(model, bytes, this.sessionOptions);
+      ? ThreadedSession.create(model, bytes, this.options, this.stager, this)
+      : OrtSession.create(model, bytes, this.options);
   }
 
   stage(model: ModelInfo, inputs: WireTensor[]): WireTensor[] {

@@ -21,8 +21,11 @@
  * A session whose thread dies, or whose GPU device is lost (a run fails with `device_lost`), fails
  * the runs in flight (on a GPU provider as `device_lost`: the hub gives their items to others) and
  * starts again on its next run: a new thread, a new session, and so a new device, as the browser
- * replaces its inference worker. After {@link MAX_LOSSES} losses within {@link LOSS_WINDOW_MS} it
- * stays dead, each run failing with the last loss.
+ * replaces its inference worker. After {@link MAX_LOSSES} losses within {@link LOSS_WINDOW_MS} (or
+ * when no new session can be made) on a GPU provider, the session asks its {@link SessionHost} to
+ * give the GPU up; when the host falls back to the CPU, the session starts again there. Otherwise it
+ * stays dead, each run failing with the last loss. A session also starts again when its host's
+ * options changed under it (another session gave the GPU up first).
  */
 import { Worker } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
@@ -83,6 +86,17 @@ export const MAX_LOSSES = 3;
 export const LOSS_WINDOW_MS = 10 * 60_000;
 
 type SessionModel = Pick<ModelInfo, 'name' | 'batchable' | 'batchSize'>;
+
+/**
+ * What a session asks of the backend that made it: the options new threads load with (they change
+ * when the backend gives its GPU up), and giving the GPU up.
+ */
+export interface SessionHost {
+  /** The options a new session thread loads with now. */
+  readonly sessionOptions: InferenceSession.SessionOptions;
+  /** The GPU failed for good (`why`): returns whether the host now runs on the CPU instead. */
+  giveUpGpu(why: string): boolean;
+}
 
 /** Whether the options run on a GPU provider, whose losses are `device_lost`. */
 function onGpu(options: InferenceSession.SessionOptions): boolean {
@@ -239,8 +253,9 @@ export class ThreadedSession implements LoadedModel {
     private worker: Worker,
     private readonly model: SessionModel,
     private readonly bytes: Uint8Array,
-    private readonly options: InferenceSession.SessionOptions,
+    private options: InferenceSession.SessionOptions,
     private readonly stager: Stager | undefined,
+    private readonly host: SessionHost | undefined,
   ) {
     this.attach(worker);
   }
@@ -254,10 +269,11 @@ export class ThreadedSession implements LoadedModel {
     bytes: Uint8Array,
     options: InferenceSession.SessionOptions,
     stager?: Stager,
+    host?: SessionHost,
   ): Promise<ThreadedSession> {
     const own = bytes.slice();
     const worker = await startLoaded(model, own, options);
-    return new ThreadedSession(worker, model, own, options, stager);
+    return new ThreadedSession(worker, model, own, options, stager, host);
   }
 
   /** How many times the session was lost and started again. */
@@ -277,6 +293,8 @@ export class ThreadedSession implements LoadedModel {
 
   async run(items: WireTensor[][]): Promise<WireTensor[][]> {
     if (this.disposed) throw new Error('session is disposed');
+    if (this.host && this.host.sessionOptions !== this.options && !this.lost && this.pending.size === 0)
+      await this.moveToHostOptions();
     if (this.lost) await this.restart();
     if (this.dead) throw this.dead;
     return this.post(items);
@@ -400,33 +418,70 @@ export class ThreadedSession implements LoadedModel {
     void worker.terminate();
   }
 
-  /** A new thread and session after a loss, unless there were too many (then dead for good). */
+  /**
+   * A new thread and session after a loss. Too many losses on a GPU, or no new GPU session: the
+   * host may give the GPU up and the session goes on on the CPU; otherwise it is dead for good.
+   */
   private restart(): Promise<void> {
     this.restarting ??= (async () => {
       const lost = this.lost as BackendError;
       const now = Date.now();
       while (this.losses.length > 0 && now - (this.losses[0] as number) > LOSS_WINDOW_MS) this.losses.shift();
       this.losses.push(now);
-      if (this.losses.length > MAX_LOSSES) {
-        this.dead = new BackendError(
-          lost.category,
-          `${this.model.name}: lost ${this.losses.length} times in 10 min; giving up (last: ${lost.message})`,
-        );
-        return;
+      let why: string | undefined;
+      if (this.losses.length > MAX_LOSSES)
+        why = `${this.model.name}: lost ${this.losses.length} times in 10 min (last: ${lost.message})`;
+      else {
+        try {
+          this.worker = await this.startAgain();
+          return;
+        } catch (err) {
+          why = `${this.model.name}: no new session after a loss (${err instanceof Error ? err.message : String(err)})`;
+        }
       }
+      if (onGpu(this.options) && this.host?.giveUpGpu(why)) {
+        this.losses.length = 0;
+        try {
+          this.worker = await this.startAgain();
+          return;
+        } catch (err) {
+          why = `${why}; and on the CPU: ${err instanceof Error ? err.message : String(err)}`;
+        }
+      }
+      this.dead = new BackendError(lost.category, `${why}; giving up`);
+    })().finally(() => {
+      this.restarting = undefined;
+    });
+    return this.restarting;
+  }
+
+  /** The backend moved to another provider (another session gave the GPU up): follow it. */
+  private moveToHostOptions(): Promise<void> {
+    this.restarting ??= (async () => {
+      const old = this.worker;
       try {
-        this.worker = await startLoaded(this.model, this.bytes, this.options);
-        this.attach(this.worker);
-        this.lost = undefined;
+        this.worker = await this.startAgain();
+        void old.terminate();
       } catch (err) {
         this.dead = new BackendError(
-          lost.category,
-          `${this.model.name}: no new session after a loss (${err instanceof Error ? err.message : String(err)})`,
+          'model_load',
+          `${this.model.name}: no session on the new provider (${err instanceof Error ? err.message : String(err)})`,
         );
+        void old.terminate();
       }
     })().finally(() => {
       this.restarting = undefined;
     });
     return this.restarting;
+  }
+
+  /** A new thread with the host's current options (or the session's own), loaded and listened to. */
+  private async startAgain(): Promise<Worker> {
+    const options = this.host?.sessionOptions ?? this.options;
+    const worker = await startLoaded(this.model, this.bytes, options);
+    this.options = options;
+    this.attach(worker);
+    this.lost = undefined;
+    return worker;
   }
 }

@@ -5,7 +5,7 @@
  * piped output gets the log lines alone.
  */
 import type { AgentStats } from '../worker/agent.ts';
-import { setStatusLine, type StatusLine } from '../server/logger.ts';
+import { setStatusLine, type StatusLine } from '../common/logger.ts';
 
 /** The status line's text for a node's figures. */
 export function statusText(s: AgentStats, job: { jobId: string; model: string } | undefined): string {

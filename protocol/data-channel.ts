@@ -13,7 +13,10 @@
  *   holds a ticket: single use, bound to that worker's Socket.IO connection, valid for
  *   {@link DATA_TICKET_TTL_MS}. The node connects to the hub's own port and sends
  *   `GET /worker-data` with `Upgrade: shardhub-data/1` and `Authorization: Bearer <ticket>`; the hub
- *   answers exactly {@link DATA_CHANNEL_ACCEPT}, or an HTTP error with a one-line reason and closes.
+ *   answers {@link DATA_CHANNEL_ACCEPT}, or an HTTP error with a one-line reason and closes. The node
+ *   reads the answer as HTTP, not byte for byte ({@link parseAnswerHead}): a proxy between them
+ *   (HAProxy's `h1-case-adjust`, `deploy/haproxy.cfg`) may change the headers' case and order and
+ *   add headers of its own.
  * - Frames, hub to node only: u32le header length, UTF-8 JSON {@link FrameHeader}, then every item's
  *   tensors' bytes in header order. The node sends nothing after its request.
  * - The channel lives as long as the worker's Socket.IO connection. If either ends, the other is
@@ -32,7 +35,7 @@ import { byteLengthOf, DTYPES, type DType } from './tensor.ts';
 export const DATA_CHANNEL_PATH = '/worker-data';
 /** The `Upgrade` protocol token. */
 export const DATA_CHANNEL_PROTOCOL = 'shardhub-data/1';
-/** The hub's answer to an accepted upgrade, byte for byte: the node reads exactly this much. */
+/** The hub's answer to an accepted upgrade. */
 export const DATA_CHANNEL_ACCEPT = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${DATA_CHANNEL_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`;
 /** How long a ticket from a register reply stays valid. */
 export const DATA_TICKET_TTL_MS = 30_000;
@@ -134,4 +137,61 @@ export function encodeFrameHeader(header: FrameHeader): Uint8Array {
   new DataView(out.buffer).setUint32(0, json.byteLength, true);
   out.set(json, 4);
   return out;
+}
+
+/** Most bytes of an upgrade answer's head (status line and headers) a node reads. */
+export const MAX_ANSWER_HEAD_BYTES = 16 * 1024;
+
+/** The head of an HTTP/1.x answer: status, reason phrase, headers by lower-case name. */
+export interface AnswerHead {
+  status: number;
+  reason: string;
+  /** Each header's value; a header sent more than once has its values joined by `, `. */
+  headers: Map<string, string>;
+}
+
+/**
+ * Parses the head of an HTTP/1.x answer (the text before its blank line), leniently as RFC 9112
+ * asks of a recipient: header names in any case, headers in any order, bare `\n` line ends, folded
+ * lines joined, lines that are not headers skipped. Undefined when the status line is not HTTP/1.x.
+ */
+export function parseAnswerHead(text: string): AnswerHead | undefined {
+  const lines = text.split(/\r?\n/);
+  const status = /^HTTP\/1\.[01][ \t]+(\d{3})(?:[ \t]+(.*))?$/i.exec(lines[0] ?? '');
+  if (!status) return undefined;
+  const headers = new Map<string, string>();
+  let last: string | undefined;
+  for (const line of lines.slice(1)) {
+    if (/^[ \t]/.test(line) && last !== undefined) {
+      headers.set(last, `${headers.get(last) ?? ''} ${line.trim()}`.trim());
+      continue;
+    }
+    const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:[ \t]*(.*?)[ \t]*$/.exec(line);
+    if (!m) {
+      last = undefined;
+      continue;
+    }
+    last = (m[1] as string).toLowerCase();
+    const prev = headers.get(last);
+    headers.set(last, prev === undefined ? (m[2] as string) : `${prev}, ${m[2] as string}`);
+  }
+  return { status: Number(status[1]), reason: (status[2] ?? '').trim(), headers };
+}
+
+/**
+ * Whether an answer accepts the data channel: status 101, `Upgrade` naming
+ * {@link DATA_CHANNEL_PROTOCOL} and `Connection` holding `upgrade`, each compared without regard to
+ * case (protocol names and connection options are case-insensitive tokens).
+ */
+export function acceptsDataChannel(head: AnswerHead): boolean {
+  const tokens = (name: string) =>
+    (head.headers.get(name) ?? '')
+      .split(',')
+      .map((t) => t.trim().toLowerCase())
+      .filter(Boolean);
+  return (
+    head.status === 101 &&
+    tokens('upgrade').includes(DATA_CHANNEL_PROTOCOL.toLowerCase()) &&
+    tokens('connection').includes('upgrade')
+  );
 }

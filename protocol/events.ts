@@ -4,85 +4,59 @@
  * Namespace `/worker`. The handshake carries `auth: WorkerAuth`. Requests that need an answer use
  * acks typed `Response<T>`; event names are `domain:verb`. Tensors ride as binary attachments.
  * Types are not validation: the hub checks every payload against `schemas.ts` before use.
+ *
+ * What workers send has a schema, and its type here is derived from it (`z.infer`), so the two
+ * cannot disagree; what only the hub sends (`shard:assign`, revocations, notices) is written here
+ * once. Everything is imported as types only: the pages and workers that use this file bundle no zod.
  */
+import type { z } from 'zod';
 import type { ModelInfo } from './model.ts';
+import type {
+  BACKENDS,
+  BenchmarkReplySchema,
+  CapabilitiesSchema,
+  ErrorBodySchema,
+  FAILURE_CATEGORIES,
+  HeartbeatSchema,
+  ItemsDoneSchema,
+  ItemsFailedSchema,
+  ItemsReleaseSchema,
+  PackedResultsSchema,
+  RegisterRequestSchema,
+  RevokeReplySchema,
+  WORKER_KINDS,
+  WorkerAuthSchema,
+} from './schemas.ts';
 import type { WireTensor } from './tensor.ts';
 
 /** An ack reply: data, or an error with a stable code and a message for people. */
 export type Response<T> = { error: ErrorBody } | { data: T };
 /** A serialized error as it crosses a process boundary. */
-export interface ErrorBody {
-  code: string;
-  message: string;
-}
+export type ErrorBody = z.infer<typeof ErrorBodySchema>;
 /** An ack callback. */
 export type Ack<T> = (res: Response<T>) => void;
 
-export const WORKER_KINDS = ['browser', 'native'] as const;
+/** `browser` or `native`. */
 export type WorkerKind = (typeof WORKER_KINDS)[number];
-export const BACKENDS = ['webgpu', 'wasm', 'cuda', 'cpu', 'sim'] as const;
+/** The backend a worker runs on. */
 export type Backend = (typeof BACKENDS)[number];
-export const FAILURE_CATEGORIES = [
-  'model_load',
-  'out_of_memory',
-  'device_lost',
-  'timeout',
-  'invalid_output',
-  'other',
-] as const;
 /** Why an item's run failed; the hub retries elsewhere and reports these per item. */
 export type FailureCategory = (typeof FAILURE_CATEGORIES)[number];
 
+/**
+ * The version of this protocol. A worker sends it in its handshake; a hub that speaks another one
+ * refuses the connection (`ErrorCode.Version`) instead of misreading its messages.
+ */
+export const PROTOCOL_VERSION = 1;
+
 /** Sent in the Socket.IO handshake. The id and secret make a reconnecting worker the same worker. */
-export interface WorkerAuth {
-  /** Join token (native nodes; optional contributor token for browsers). */
-  token?: string;
-  workerId: string;
-  /** Chosen by the worker on first start; the hub keeps only its hash and checks it on reconnect. */
-  workerSecret: string;
-}
+export type WorkerAuth = z.infer<typeof WorkerAuthSchema>;
 
 /** What a worker says about its machine. */
-export interface Capabilities {
-  hostname?: string;
-  cores: number;
-  memoryBytes: number;
-  ortVersion?: string;
-  userAgent?: string;
-  gpu?: {
-    name: string;
-    vendor?: string;
-    architecture?: string;
-    /** The GPU driver (native WebGPU nodes). */
-    driver?: string;
-    /** A software adapter (SwiftShader, llvmpipe): no GPU behind it. */
-    software?: boolean;
-    memoryBytes?: number;
-    features?: string[];
-    limits?: Record<string, number>;
-  };
-  /** Why this backend was chosen (e.g. "CUDA provider not installed; using cpu"). */
-  backendReason?: string;
-}
+export type Capabilities = z.infer<typeof CapabilitiesSchema>;
 
 /** `worker:register` request. */
-export interface RegisterRequest {
-  kind: WorkerKind;
-  backend: Backend;
-  name: string;
-  pool?: string;
-  concurrency: number;
-  capabilities: Capabilities;
-  /** The worker takes shards whose inputs come packed (`ShardAssign.packed`). */
-  packed?: boolean;
-  /** It also takes them as one attachment per item (`PackedParts`). */
-  packedParts?: boolean;
-  /**
-   * It takes large items' inputs over a data channel (native nodes of `http:` hubs only; see
-   * `protocol/data-channel.ts`).
-   */
-  dataChannel?: boolean;
-}
+export type RegisterRequest = z.infer<typeof RegisterRequestSchema>;
 /** `worker:register` reply. */
 export interface RegisterReply {
   workerId: string;
@@ -107,18 +81,7 @@ export interface PackedTensors {
 }
 
 /** `worker:heartbeat` payload: load figures. */
-export interface Heartbeat {
-  load: {
-    /** 1-minute load average divided by cores (browsers: 0). */
-    cpu: number;
-    memUsedBytes: number;
-    memTotalBytes: number;
-    gpuMemUsedBytes?: number;
-  };
-  queued: number;
-  running: number;
-  paused: boolean;
-}
+export type Heartbeat = z.infer<typeof HeartbeatSchema>;
 
 /**
  * A shard's inputs as one attachment per item: `parts[i]` is item `ids[i]`'s tensor pack, as the
@@ -149,22 +112,15 @@ export interface ShardAssign {
 export interface BenchmarkRequest {
   model: ModelInfo;
 }
-export interface BenchmarkReply {
-  /** Items per second at the model's batch size, all of this worker's sessions together. */
-  itemsPerSec: number;
-  batchSize: number;
-  runs: number;
-  ms: number;
-}
+/** `benchmark:run` reply: the worker's speed on the model. */
+export type BenchmarkReply = z.infer<typeof BenchmarkReplySchema>;
 
 /** `shard:revoke`: the hub asks for unstarted items back (steal, pause, job cancelled). */
 export interface RevokeRequest {
   itemIds: number[];
 }
-export interface RevokeReply {
-  /** The items the worker removed before starting them; only these may go elsewhere. */
-  revoked: number[];
-}
+/** `shard:revoke` reply: the items given back. */
+export type RevokeReply = z.infer<typeof RevokeReplySchema>;
 
 /** `items:cancel`: stop or skip these items; their results are no longer wanted. */
 export interface CancelNotice {
@@ -177,28 +133,15 @@ export interface ControlNotice {
   action: 'pause' | 'resume' | 'drain';
 }
 
-/** One result in `items:done`. */
-export interface ItemResult {
-  itemId: number;
-  jobId: string;
-  /** sha256 of the model bytes that produced it. */
-  modelSha256: string;
-  ms: number;
-  outputs: WireTensor[];
-  /** Hub side: the outputs' tensor pack as it arrived (packed results), stored as is. */
-  pack?: Uint8Array;
-}
+/** `items:done`: results, each item's outputs as tensors or packed. */
+export type ItemsDone = z.infer<typeof ItemsDoneSchema>;
 /** Results of one job and model with their outputs packed; `ms[i]` goes with `ids[i]`. */
-export interface PackedResults extends PackedTensors {
-  jobId: string;
-  modelSha256: string;
-  ms: number[];
-}
-export interface ItemsDone {
-  results: ItemResult[];
-  /** Results with packed outputs, to hubs whose register reply said `packed: true`. */
-  packed?: PackedResults[];
-}
+export type PackedResults = z.infer<typeof PackedResultsSchema>;
+/**
+ * One result in `items:done`; on the hub, also one of packed results once unpacked, with `pack`,
+ * the outputs' tensor pack as it arrived, which the hub stores as is.
+ */
+export type ItemResult = ItemsDone['results'][number] & { pack?: Uint8Array };
 export interface ItemsDoneReply {
   accepted: number[];
   /** Already complete or no longer assigned: acknowledged and dropped. */
@@ -207,21 +150,13 @@ export interface ItemsDoneReply {
   refused: { itemId: number; reason: string }[];
 }
 
+/** `items:failed`: items whose runs failed. */
+export type ItemsFailed = z.infer<typeof ItemsFailedSchema>;
 /** One failure in `items:failed`. */
-export interface ItemFailure {
-  itemId: number;
-  jobId: string;
-  category: FailureCategory;
-  message: string;
-}
-export interface ItemsFailed {
-  failures: ItemFailure[];
-}
+export type ItemFailure = ItemsFailed['failures'][number];
 
 /** `items:release`: hand unstarted items back (pause, drain). */
-export interface ItemsRelease {
-  itemIds: number[];
-}
+export type ItemsRelease = z.infer<typeof ItemsReleaseSchema>;
 
 /** `worker:figures`: this worker's part in the jobs it works on (for the contributor page). */
 export interface WorkerFigures {
@@ -247,6 +182,9 @@ export interface WorkerFigures {
     maxItems: number;
   };
 }
+
+/** Events between hubs (Socket.IO's server-side events): none, a hub runs alone. */
+export type InterHubEvents = Record<never, never>;
 
 /** Events the hub sends to a worker. */
 export interface HubToWorkerEvents {

@@ -7,9 +7,15 @@
  * without it is refused. The hub pushes what changed, coalesced, a few times a second; a client
  * takes its first picture over REST (`GET /api/workers`, `GET /api/jobs`) and keeps it current
  * with these events. Fairness reports are sent only for the job a client watches (`job:watch`).
+ *
+ * What operators send (`job:watch`, a job's requirements) has a schema in `schemas.ts`, and its
+ * type here is derived from it; the rest is what the hub builds, typed here once. Type-only
+ * imports: the dashboard bundles no zod.
  */
-import type { Capabilities, Heartbeat, Response } from './events.ts';
+import type { z } from 'zod';
+import type { Capabilities, Heartbeat, Response, WorkerKind } from './events.ts';
 import type { FairnessReport } from './fairness.ts';
+import type { JobRequirementsSchema, WatchRequestSchema } from './schemas.ts';
 
 /** The states a worker can be in, as operators see them. */
 export const WORKER_STATES = ['online', 'offline', 'paused', 'draining', 'quarantined'] as const;
@@ -38,7 +44,7 @@ export interface WorkerJobFigures {
 export interface WorkerView {
   id: string;
   name: string;
-  kind: 'browser' | 'native';
+  kind: WorkerKind;
   backend: string;
   pool: string | null;
   concurrency: number;
@@ -89,14 +95,8 @@ export interface ProbationView {
 /** A job's state. */
 export type JobState = 'open' | 'queued' | 'running' | 'completed' | 'cancelled';
 
-/** Which workers a job may run on (every field set must match). */
-export interface JobRequirements {
-  kind?: 'browser' | 'native';
-  backend?: string;
-  pool?: string;
-  minGpuMemoryBytes?: number;
-  minCores?: number;
-}
+/** Which workers a job may run on (every field set must match); checked by `POST /api/jobs`. */
+export type JobRequirements = z.infer<typeof JobRequirementsSchema>;
 
 /** A job as `GET /api/jobs` and `jobs:updated` show it. Times are epoch milliseconds. */
 export interface JobView {
@@ -145,9 +145,7 @@ export interface VerificationSummary {
 }
 
 /** `job:watch` request: the job whose fairness report a client wants pushed (null: none). */
-export interface WatchRequest {
-  jobId: string | null;
-}
+export type WatchRequest = z.infer<typeof WatchRequestSchema>;
 
 /** Events the hub sends on `/operator`. */
 export interface OperatorServerEvents {

@@ -5,11 +5,14 @@
  * preprocessing. Only single-input models take files this way; a multi-input model's items go
  * through `POST /api/jobs/:id/items` (or `shardhub submit` with `<item>/<input>.npy` folders).
  *
- * The file is recognized by its bytes, never by a name or content type; an array saved without
- * its batch dim gets a leading 1 when the model's dim 0 is dynamic (as `shardhub submit` does).
+ * The body is received to a temp file (`server/uploads.ts`) only after the job and model checks
+ * pass, so a refused request costs no upload. The file is recognized by its bytes, never by a name
+ * or content type; an array saved without its batch dim gets a leading 1 when the model's dim 0 is
+ * dynamic (as `shardhub submit` does).
  * Mounted by `server/api.ts` after its token check, so it needs the operator token.
  */
 import express from 'express';
+import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { LIMITS } from '../protocol/limits.ts';
 import { packTensors } from '../protocol/pack.ts';
@@ -21,6 +24,7 @@ import { checkItemInputs } from './io/inputs.ts';
 import { imageToTensor, ImageError } from './io/images.ts';
 import { NPY_MAX_HEADER_BYTES, NpyError, readNpy } from './io/npy.ts';
 import { clean } from './logger.ts';
+import { discard, receiveToFile } from './uploads.ts';
 
 /** Largest file one request may carry: one tensor plus its .npy header (images are smaller). */
 export const MAX_FILE_BYTES = LIMITS.tensorBytes + NPY_MAX_HEADER_BYTES + 16;
@@ -43,9 +47,8 @@ const isImage = (b: Uint8Array) =>
 /** Builds the router; see the file comment. */
 export function filesRouter(hub: Hub): express.Router {
   const r = express.Router();
-  const raw = express.raw({ type: () => true, limit: MAX_FILE_BYTES });
 
-  r.post('/jobs/:id/files', raw, (req, res) => {
+  r.post('/jobs/:id/files', async (req, res) => {
     const id = req.params.id;
     if (typeof id !== 'string' || id.length > LIMITS.nameChars)
       throw new HubError('invalid_request', 'bad id', 400);
@@ -68,9 +71,13 @@ export function filesRouter(hub: Hub): express.Router {
         400,
       );
     }
-    const body = req.body as unknown;
-    if (!(body instanceof Uint8Array) || body.byteLength === 0)
-      throw new HubError('invalid_request', 'send the file as the request body', 400);
+    // Received to disk (server/uploads.ts) once the job may take it, then read back to parse.
+    const upload = await receiveToFile(req, res, {
+      dir: hub.models.incomingDir,
+      limit: MAX_FILE_BYTES,
+      what: 'file',
+    });
+    const body = await readFile(upload.path).finally(() => discard(upload));
     const what = `file "${clean(q.data.name, 80)}"`;
     let tensor: WireTensor;
     try {

@@ -10,9 +10,10 @@ import { z } from 'zod';
 import { LIMITS } from '../protocol/limits.ts';
 import { PackError, packTensors, unpackItems, unpackTensors } from '../protocol/pack.ts';
 import { DTYPES, type WireTensor } from '../protocol/tensor.ts';
-import { JsonOptionsSchema, describeZodError } from '../protocol/schemas.ts';
+import { JobRequirementsSchema, JsonOptionsSchema, describeZodError } from '../protocol/schemas.ts';
 import { UploadManifestSchema } from '../models/manifest-schema.ts';
-import { readOnnxSignature } from '../models/onnx-signature.ts';
+import type { ModelInfo } from '../protocol/model.ts';
+import { readOnnxSignatureFile } from '../models/onnx-signature.ts';
 import { bearer, tokenMatches } from './auth.ts';
 import { inputProblem } from './check.ts';
 import { type Hub, HubError } from './hub.ts';
@@ -24,15 +25,8 @@ import { writeNpy } from './io/npy.ts';
 import { TarError, TarWriter } from './io/tar.ts';
 import { WorkerFigures, workerJson } from './workers.ts';
 import { filesRouter } from './api-files.ts';
+import { discard, receiveToFile, type ReceivedFile } from './uploads.ts';
 import { ocrRouter } from './pipeline-api.ts';
-
-const FilterSchema = z.strictObject({
-  kind: z.enum(['browser', 'native']).optional(),
-  backend: z.string().max(16).optional(),
-  pool: z.string().max(LIMITS.nameChars).optional(),
-  minGpuMemoryBytes: z.number().min(0).optional(),
-  minCores: z.number().int().min(0).optional(),
-});
 
 const InlineTensorSchema = z.strictObject({
   name: z.string().min(1).max(LIMITS.nameChars),
@@ -47,7 +41,7 @@ export const CreateJobSchema = z.strictObject({
   priority: z.number().int().min(-100).max(100).default(0),
   redundancy: z.number().int().min(1).max(5).default(1),
   deadline: z.number().int().positive().nullable().default(null),
-  requirements: FilterSchema.nullable().default(null),
+  requirements: JobRequirementsSchema.nullable().default(null),
   options: JsonOptionsSchema.default({}),
   /** Items inline (small jobs): the job is sealed at once. Without them it stays open for uploads. */
   items: z
@@ -146,22 +140,29 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     res.json({ data: { models: hub.models.list(), problems: hub.models.problems() } });
   });
 
-  r.post('/models', raw(LIMITS.modelBytes), async (req, res) => {
-    const body = req.body as unknown;
-    if (!(body instanceof Uint8Array) || body.byteLength === 0) {
-      throw new HubError(
-        'invalid_request',
-        'send the ONNX file as the request body (application/octet-stream)',
-        400,
-      );
+  // The body goes to a temp file (server/uploads.ts), never into memory whole.
+  r.post('/models', async (req, res) => {
+    const what = 'ONNX file (application/octet-stream)';
+    const upload = await receiveToFile(req, res, {
+      dir: hub.models.incomingDir,
+      limit: LIMITS.modelBytes,
+      what,
+    });
+    try {
+      res.status(201).json({ data: await registerUpload(upload, req.query) });
+    } finally {
+      await discard(upload);
     }
+  });
+
+  /** Reads an uploaded model's signature, builds its manifest from it and the query, registers it. */
+  async function registerUpload(upload: ReceivedFile, q: Request['query']): Promise<ModelInfo> {
     let sig;
     try {
-      sig = readOnnxSignature(body);
+      sig = readOnnxSignatureFile(upload.path);
     } catch (err) {
       throw new HubError('invalid_model', (err as Error).message, 400);
     }
-    const q = req.query;
     const unsupported = [...sig.inputs, ...sig.outputs].find((v) => !v.dtype || !v.shape);
     if (unsupported)
       throw new HubError(
@@ -187,12 +188,11 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
       },
     });
     try {
-      const info = await hub.models.addUpload(body, manifest);
-      res.status(201).json({ data: info });
+      return await hub.models.addUpload(upload, manifest);
     } catch (err) {
       throw new HubError('invalid_model', (err as Error).message, 400);
     }
-  });
+  }
 
   r.post('/jobs', json, async (req, res) => {
     const spec = parse(CreateJobSchema, req.body);

@@ -11,16 +11,17 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Server } from 'socket.io';
 import { DATA_CHANNEL_PATH } from '../protocol/data-channel.ts';
+import type { HubToWorkerEvents, InterHubEvents, WorkerToHubEvents } from '../protocol/events.ts';
 import { LIMITS } from '../protocol/limits.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import { ModelRegistry } from '../models/registry.ts';
 import { apiRouter } from './api.ts';
 import { loadTokens, type Tokens } from './auth.ts';
-import { attachWorkerGateway } from './gateway.ts';
+import { attachWorkerGateway, type WorkerNamespace, type WorkerSocketData } from './gateway.ts';
 import { DEFAULT_HUB_OPTIONS, Hub, type HubOptions } from './hub.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { metricsRouter } from './metrics.ts';
-import { attachOperatorNamespace } from './operator.ts';
+import { attachOperatorNamespace, type OperatorNamespace } from './operator.ts';
 import { openApiDocument } from './openapi.ts';
 import { version } from './options.ts';
 import { SqliteStore } from './store/sqlite.ts';
@@ -85,6 +86,14 @@ export function securityHeaders(): express.RequestHandler {
   });
 }
 
+/**
+ * The hub's Socket.IO server, typed with the `/worker` namespace's event maps and socket data.
+ * Socket.IO types every `io.of()` with the server's generics; the `/operator` namespace, which has
+ * maps of its own, is typed where it is taken (`OperatorNamespace`), as socket.io's maintainers
+ * advise (socketio/socket.io#4287).
+ */
+export type HubIo = Server<WorkerToHubEvents, HubToWorkerEvents, InterHubEvents, WorkerSocketData>;
+
 /** A running hub: HTTP + sockets + core. */
 export class HubServer {
   private closing?: Promise<void>;
@@ -92,7 +101,7 @@ export class HubServer {
   private constructor(
     readonly hub: Hub,
     readonly http: HttpServer,
-    readonly io: Server,
+    readonly io: HubIo,
     readonly tokens: Tokens,
     readonly log: Logger,
     readonly url: string,
@@ -152,7 +161,7 @@ export class HubServer {
     http.on('upgrade', (req, socket, head) => {
       if ((req.url ?? '').split('?')[0] === DATA_CHANNEL_PATH) hub.data.accept(req, socket, head);
     });
-    const io = new Server(http, {
+    const io = new Server<WorkerToHubEvents, HubToWorkerEvents, InterHubEvents, WorkerSocketData>(http, {
       maxHttpBufferSize: LIMITS.socketMessageBytes,
       parser: shardhubParser,
       cors: { origin: config.corsOrigins },
@@ -162,11 +171,13 @@ export class HubServer {
       ),
       pingTimeout: Math.max(2000, config.hub.offlineAfterMs ?? DEFAULT_HUB_OPTIONS.offlineAfterMs),
     });
-    attachWorkerGateway(io.of('/worker'), hub, {
+    const workers: WorkerNamespace = io.of('/worker');
+    attachWorkerGateway(workers, hub, {
       joinToken: tokens.joinToken,
       contributorToken: config.contributorToken,
     });
-    const stopOperator = attachOperatorNamespace(io.of('/operator'), hub, tokens.operatorToken);
+    const operators: OperatorNamespace = io.of('/operator');
+    const stopOperator = attachOperatorNamespace(operators, hub, tokens.operatorToken);
 
     await new Promise<void>((ok, fail) => {
       http.once('error', fail);

@@ -10,7 +10,9 @@ import { fileURLToPath } from 'node:url';
 import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { HubServer, defaultHubConfig } from './app.ts';
-import { relaunchWithFlags, startedAs, watchParent } from '../native/launch.ts';
+import { DEFAULT_HUB_OPTIONS } from './hub.ts';
+import { DEFAULT_SCHEDULER_OPTIONS } from './scheduler/scheduler.ts';
+import { relaunchWithFlags, startedAs, watchParent } from '../common/relaunch.ts';
 import { createLogger } from './logger.ts';
 import { queueOcrDemo } from './pipeline-demo.ts';
 import { HUB_RELAUNCH } from './node-flags.ts';
@@ -29,21 +31,29 @@ import {
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
 
-export const SERVE_OPTIONS: OptionTable = {
+/** The hub's own defaults (`HubServer.start` uses them too), shown in `--help`. */
+const HUB = defaultHubConfig();
+
+/**
+ * `shardhub serve`'s options: flags, variables, help, and the types of their values. The defaults
+ * of what the hub itself decides are the hub's (`defaultHubConfig`, `DEFAULT_HUB_OPTIONS`, the
+ * scheduler's and trust's defaults), referred to here, not restated.
+ */
+export const SERVE_OPTIONS = {
   port: {
     type: 'int',
     help: 'port to listen on (0: any free port)',
     env: 'SHARDHUB_PORT',
-    default: 8080,
+    default: HUB.port,
     min: 0,
     max: 65535,
   },
-  host: { type: 'string', help: 'address to bind', env: 'SHARDHUB_HOST', default: '0.0.0.0' },
+  host: { type: 'string', help: 'address to bind', env: 'SHARDHUB_HOST', default: HUB.host },
   data: {
     type: 'string',
     help: 'data dir: SQLite store, tokens, uploaded models',
     env: 'SHARDHUB_DATA',
-    default: './data',
+    default: HUB.dataDir,
     arg: 'DIR',
   },
   models: { type: 'dir', help: 'folder of model manifests', env: 'SHARDHUB_MODELS', arg: 'DIR' },
@@ -75,47 +85,52 @@ export const SERVE_OPTIONS: OptionTable = {
     type: 'int',
     help: 'how often workers send heartbeats',
     env: 'SHARDHUB_HEARTBEAT_MS',
-    default: 2000,
+    default: DEFAULT_HUB_OPTIONS.heartbeatMs,
     min: 100,
   },
   'offline-after-ms': {
     type: 'int',
     help: 'silence after which a worker is offline and loses its items',
     env: 'SHARDHUB_OFFLINE_AFTER_MS',
-    default: 6000,
+    default: DEFAULT_HUB_OPTIONS.offlineAfterMs,
     min: 200,
   },
   'max-attempts': {
     type: 'int',
     help: 'attempts per item before it ends as failed',
     env: 'SHARDHUB_MAX_ATTEMPTS',
-    default: 3,
+    default: DEFAULT_HUB_OPTIONS.maxAttempts,
     min: 1,
   },
-  weighting: { type: 'boolean', help: 'weight shares by measured speed', default: true, negatable: true },
+  weighting: {
+    type: 'boolean',
+    help: 'weight shares by measured speed',
+    default: DEFAULT_SCHEDULER_OPTIONS.weighting,
+    negatable: true,
+  },
   factoring: {
     type: 'boolean',
     help: 'dynamic shards that shrink near the end (off: one static split)',
-    default: true,
+    default: DEFAULT_SCHEDULER_OPTIONS.factoring,
     negatable: true,
   },
   stealing: {
     type: 'boolean',
     help: 'idle workers take unstarted items from slow ones',
-    default: true,
+    default: DEFAULT_SCHEDULER_OPTIONS.stealing,
     negatable: true,
   },
   speculation: {
     type: 'boolean',
     help: 'run straggling items a second time near the end',
-    default: true,
+    default: DEFAULT_SCHEDULER_OPTIONS.speculation,
     negatable: true,
   },
   'trust-native': {
     type: 'boolean',
     help: 'native nodes (they hold the join token) start trusted: no probation replicas, canaries only',
     env: 'SHARDHUB_TRUST_NATIVE',
-    default: false,
+    default: DEFAULT_TRUST_OPTIONS.trustNative,
   },
   demo: {
     type: 'boolean',
@@ -131,7 +146,10 @@ export const SERVE_OPTIONS: OptionTable = {
     default: true,
     negatable: true,
   },
-};
+} satisfies OptionTable;
+
+/** `shardhub serve`'s option values, typed by {@link SERVE_OPTIONS}. */
+export type ServeValues = OptionValues<typeof SERVE_OPTIONS>;
 
 /** Addresses of this machine on its networks (IPv4, not loopback), for the banner. */
 export function lanAddresses(): string[] {
@@ -201,13 +219,10 @@ export const SERVE = { define, run };
  * Runs the hub with parsed options until SIGINT/SIGTERM. Started without the hub's Node flags (the
  * `shardhub` command, `npm run shardhub -- serve`), it runs itself again as a child that has them.
  */
-export async function serveCommand(v: OptionValues, io: CliIo, relaunch = true): Promise<number> {
+export async function serveCommand(v: ServeValues, io: CliIo, relaunch = true): Promise<number> {
   if (relaunch && !startedAs(HUB_RELAUNCH)) return relaunchWithFlags(HUB_RELAUNCH);
   const log = createLogger('hub');
-  const defaults = defaultHubConfig();
-  const port = v.port as number;
-  const host = v.host as string;
-  const dataDir = v.data as string;
+  const { port, host, data: dataDir } = v;
   let server: HubServer;
   try {
     server = await HubServer.start(
@@ -215,27 +230,24 @@ export async function serveCommand(v: OptionValues, io: CliIo, relaunch = true):
         port,
         host,
         dataDir,
-        modelsDir: (v.models as string | undefined) ?? defaults.modelsDir,
-        operatorToken: v['operator-token'] as string | undefined,
-        joinToken: v['join-token'] as string | undefined,
-        contributorToken: v['contributor-token'] as string | undefined,
-        corsOrigins:
-          typeof v.cors === 'string'
-            ? v.cors
-                .split(',')
-                .map((s) => s.trim())
-                .filter(Boolean)
-            : [],
+        modelsDir: v.models ?? HUB.modelsDir,
+        operatorToken: v['operator-token'],
+        joinToken: v['join-token'],
+        contributorToken: v['contributor-token'],
+        corsOrigins: (v.cors ?? '')
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean),
         hub: {
-          heartbeatMs: v['heartbeat-ms'] as number,
-          offlineAfterMs: v['offline-after-ms'] as number,
-          maxAttempts: v['max-attempts'] as number,
-          trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: v['trust-native'] as boolean },
+          heartbeatMs: v['heartbeat-ms'],
+          offlineAfterMs: v['offline-after-ms'],
+          maxAttempts: v['max-attempts'],
+          trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: v['trust-native'] },
           scheduler: {
-            weighting: v.weighting as boolean,
-            factoring: v.factoring as boolean,
-            stealing: v.stealing as boolean,
-            speculation: v.speculation as boolean,
+            weighting: v.weighting,
+            factoring: v.factoring,
+            stealing: v.stealing,
+            speculation: v.speculation,
           },
         },
       },

@@ -15,6 +15,7 @@ import {
   type Action,
   type CliIo,
 } from './options.ts';
+import { holdSignals, releaseSignals } from '../common/early-signals.mjs';
 
 /** Each command: its module's `define` adds options and help, its `run` does the work. */
 interface CommandModule {
@@ -86,6 +87,8 @@ async function buildProgram(argv: string[], io: CliIo, result: { code?: number }
 export async function main(argv: string[], partial: Partial<CliIo> = {}): Promise<number> {
   const io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env, ...partial };
   const result: { code?: number } = {};
+  // A node holds SIGINT/SIGTERM from here, before its modules load, until it can act on them.
+  if (argv.find((a) => !a.startsWith('-')) === 'node') holdSignals();
   const program = await buildProgram(argv, io, result);
   if (argv.length === 0) {
     io.stdout.write(program.helpInformation());
@@ -98,7 +101,11 @@ export async function main(argv: string[], partial: Partial<CliIo> = {}): Promis
     );
     return EXIT.usage;
   }
-  return runProgram(program, argv, io, () => result.code);
+  try {
+    return await runProgram(program, argv, io, () => result.code);
+  } finally {
+    releaseSignals();
+  }
 }
 
 const entry = process.argv[1] ?? '';

@@ -10,12 +10,13 @@ import type {
   Ack,
   ErrorBody,
   HubToWorkerEvents,
+  InterHubEvents,
   ItemResult,
-  PackedResults,
   WorkerToHubEvents,
 } from '../protocol/events.ts';
-import { LIMITS } from '../protocol/limits.ts';
-import { type HeaderCache, PackError, unpackTensors } from '../protocol/pack.ts';
+import { PROTOCOL_VERSION } from '../protocol/events.ts';
+import { ErrorCode, refusal } from '../protocol/errors.ts';
+import { unpackResults } from '../protocol/results-pack.ts';
 import {
   HeartbeatSchema,
   ItemsDoneSchema,
@@ -26,7 +27,7 @@ import {
   describeZodError,
 } from '../protocol/schemas.ts';
 import { hashSecret, tokenMatches } from './auth.ts';
-import { type Hub, StoredResultsError, type WorkerSocket } from './hub.ts';
+import { type Hub, StoredResultsError } from './hub.ts';
 import { clean } from './logger.ts';
 import { RateLimiter } from './rate-limit.ts';
 
@@ -35,6 +36,18 @@ export interface WorkerSocketData {
   workerId: string;
   registered: boolean;
 }
+
+/**
+ * The `/worker` namespace, typed with the protocol's event maps. The handlers below take each
+ * payload as `unknown` all the same (a listener of `unknown` fits any event's type): the types say
+ * what a worker should send, the schemas check what it did.
+ */
+export type WorkerNamespace = Namespace<
+  WorkerToHubEvents,
+  HubToWorkerEvents,
+  InterHubEvents,
+  WorkerSocketData
+>;
 
 export interface GatewayOptions {
   joinToken: string;
@@ -46,46 +59,8 @@ export interface GatewayOptions {
   messagesPerSecond?: number;
 }
 
-/**
- * Packed results as the hub's `ItemResult`s: each item's outputs unpacked as views into the message's
- * bytes, its pack kept to be stored as is. Says what is wrong (a string) instead when a pack is
- * malformed or breaks the limits `WireTensorSchema` enforces on unpacked outputs.
- */
-export function unpackResults(groups: readonly PackedResults[]): ItemResult[] | string {
-  const out: ItemResult[] = [];
-  const headers: HeaderCache = {}; // the message's packs nearly always share one header
-  for (const g of groups) {
-    let start = 0;
-    for (let i = 0; i < g.ids.length; i++) {
-      const end = g.ends[i] as number;
-      const pack = g.data.subarray(start, end);
-      start = end;
-      let outputs;
-      try {
-        outputs = unpackTensors(pack, headers);
-      } catch (err) {
-        return `packed.ids.${i}: ${err instanceof PackError ? err.message : 'malformed outputs'}`;
-      }
-      if (outputs.length > LIMITS.tensorsPerItem) return `packed.ids.${i}: too many outputs`;
-      for (const t of outputs) {
-        if (t.name.length === 0 || t.name.length > LIMITS.nameChars || t.dims.length > LIMITS.dimsPerTensor)
-          return `packed.ids.${i}: output name or dims out of bounds`;
-      }
-      const itemId = g.ids[i] as number;
-      out.push({ itemId, jobId: g.jobId, modelSha256: g.modelSha256, ms: g.ms[i] as number, outputs, pack });
-    }
-  }
-  return out;
-}
-
 /** Wires the worker namespace to the hub. */
-export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOptions): void {
-  const nsp = anyNsp as unknown as Namespace<
-    WorkerToHubEvents,
-    HubToWorkerEvents,
-    Record<string, never>,
-    WorkerSocketData
-  >;
+export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: GatewayOptions): void {
   const perMinute = opts.anonymousConnectsPerMinute ?? 60;
   const connects = new RateLimiter(perMinute / 60, perMinute);
   const mps = opts.messagesPerSecond ?? 500;
@@ -96,28 +71,35 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
   nsp.use((socket, next) => {
     const token = (socket.handshake.auth as { token?: unknown } | undefined)?.token;
     if (!tokenMatches(token, opts.joinToken) && !connects.take(socket.handshake.address)) {
-      return next(new Error('rate_limited: too many connections from this address; retry later'));
+      return next(refusal(ErrorCode.RateLimited, 'too many connections from this address; retry later'));
     }
     const auth = WorkerAuthSchema.safeParse(socket.handshake.auth);
-    if (!auth.success) return next(new Error(`bad handshake: ${describeZodError(auth.error)}`));
+    if (!auth.success) return next(refusal(ErrorCode.BadHandshake, describeZodError(auth.error)));
+    const version = auth.data.protocol ?? PROTOCOL_VERSION;
+    if (version !== PROTOCOL_VERSION)
+      return next(
+        refusal(
+          ErrorCode.Version,
+          `this hub speaks protocol ${PROTOCOL_VERSION}, the worker ${version}: run the same shardhub version on both`,
+        ),
+      );
     const known = hub.store.getWorker(auth.data.workerId);
     if (known && known.secretHash !== hashSecret(auth.data.workerSecret)) {
       hub.log.warn(
         { workerId: auth.data.workerId, address: socket.handshake.address },
         'worker id presented with the wrong secret',
       );
-      return next(new Error('unauthorized: this worker id belongs to another worker'));
+      return next(refusal(ErrorCode.IdentityTaken, 'this worker id belongs to another worker'));
     }
     socket.data = { workerId: auth.data.workerId, registered: false };
     return next();
   });
 
-  nsp.on('connection', (raw) => {
-    const socket = raw as unknown as WorkerSocket & { data: WorkerSocketData };
+  nsp.on('connection', (socket) => {
     const auth = WorkerAuthSchema.parse(socket.handshake.auth);
     const workerId = auth.workerId;
     const address = socket.handshake.address;
-    const fail = (ack: unknown, code: string, message: string): void => {
+    const fail = (ack: unknown, code: ErrorCode, message: string): void => {
       // Every refusal is logged, up to a rate: a hostile client must not flood the log either.
       if (logs.take('refused'))
         hub.log.warn({ workerId, code, message: clean(message) }, 'worker request refused');
@@ -126,12 +108,12 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     const parse = <T>(schema: z.ZodType<T>, payload: unknown, ack: unknown): T | undefined => {
       const r = schema.safeParse(payload);
       if (r.success) return r.data;
-      fail(ack, 'invalid_payload', describeZodError(r.error));
+      fail(ack, ErrorCode.InvalidPayload, describeZodError(r.error));
       return undefined;
     };
     const guard = (event: string, ack: unknown): boolean => {
       if (!socket.data.registered) {
-        fail(ack, 'not_registered', `${event} before worker:register`);
+        fail(ack, ErrorCode.NotRegistered, `${event} before worker:register`);
         return false;
       }
       hub.touch(workerId);
@@ -141,7 +123,9 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       if (!messages.take(socket.id)) {
         // A flood: drop, answer if asked, and log at most once a second for the whole namespace.
         if (typeof ack === 'function')
-          (ack as Ack<never>)({ error: { code: 'rate_limited', message: 'too many messages; slow down' } });
+          (ack as Ack<never>)({
+            error: { code: ErrorCode.RateLimited, message: 'too many messages; slow down' },
+          });
         floodDropped++;
         if (Date.now() - lastFloodLog > 1000) {
           lastFloodLog = Date.now();
@@ -157,23 +141,23 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         fn();
       } catch (err) {
         hub.log.error({ workerId, event, err }, 'handler failed');
-        fail(ack, 'internal', `the hub could not handle ${event}`);
+        fail(ack, ErrorCode.Internal, `the hub could not handle ${event}`);
       }
     };
 
-    socket.on('worker:register', (payload, ack) =>
+    socket.on('worker:register', (payload: unknown, ack) =>
       safely('worker:register', ack, () => {
-        if (typeof ack !== 'function') return fail(ack, 'no_ack', 'worker:register needs an ack');
+        if (typeof ack !== 'function') return fail(ack, ErrorCode.NoAck, 'worker:register needs an ack');
         const req = parse(RegisterRequestSchema, payload, ack);
         if (!req) return;
         const needsJoin = req.kind === 'native';
         if (needsJoin && !tokenMatches(auth.token, opts.joinToken)) {
-          fail(ack, 'unauthorized', 'native nodes need the hub join token (--token)');
+          fail(ack, ErrorCode.Unauthorized, 'native nodes need the hub join token (--token)');
           socket.disconnect(true);
           return;
         }
         if (!needsJoin && opts.contributorToken && !tokenMatches(auth.token, opts.contributorToken)) {
-          fail(ack, 'unauthorized', 'this hub needs a contributor link token');
+          fail(ack, ErrorCode.Unauthorized, 'this hub needs a contributor link token');
           socket.disconnect(true);
           return;
         }
@@ -208,7 +192,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       }),
     );
 
-    socket.on('worker:heartbeat', (payload) =>
+    socket.on('worker:heartbeat', (payload: unknown) =>
       safely('worker:heartbeat', undefined, () => {
         if (!guard('worker:heartbeat', undefined)) return;
         const hb = parse(HeartbeatSchema, payload, undefined);
@@ -216,7 +200,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       }),
     );
 
-    socket.on('items:done', (payload, ack) =>
+    socket.on('items:done', (payload: unknown, ack) =>
       safely('items:done', ack, () => {
         if (!guard('items:done', ack)) return;
         const msg = parse(ItemsDoneSchema, payload, ack);
@@ -224,7 +208,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
         let results: ItemResult[] = msg.results;
         if (msg.packed?.length) {
           const unpacked = unpackResults(msg.packed);
-          if (typeof unpacked === 'string') return fail(ack, 'invalid_payload', unpacked);
+          if (typeof unpacked === 'string') return fail(ack, ErrorCode.InvalidPayload, unpacked);
           results = results.length ? [...results, ...unpacked] : unpacked;
         }
         hub.acceptResults(workerId, results).then(
@@ -234,19 +218,19 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
               // Logged by the hub already.
               fail(
                 ack,
-                'internal',
+                ErrorCode.Internal,
                 'the hub stored these results but failed after; send them again to have them acknowledged',
               );
               return;
             }
             hub.log.error({ workerId, event: 'items:done', err }, 'handler failed');
-            fail(ack, 'internal', 'the hub could not store these results; send them again');
+            fail(ack, ErrorCode.Internal, 'the hub could not store these results; send them again');
           },
         );
       }),
     );
 
-    socket.on('items:failed', (payload, ack) =>
+    socket.on('items:failed', (payload: unknown, ack) =>
       safely('items:failed', ack, () => {
         if (!guard('items:failed', ack)) return;
         const msg = parse(ItemsFailedSchema, payload, ack);
@@ -256,7 +240,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
       }),
     );
 
-    socket.on('items:release', (payload, ack) =>
+    socket.on('items:release', (payload: unknown, ack) =>
       safely('items:release', ack, () => {
         if (!guard('items:release', ack)) return;
         const msg = parse(ItemsReleaseSchema, payload, ack);
@@ -275,7 +259,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     ]);
     socket.onAny((event: unknown, ...args: unknown[]) => {
       if (!handled.has(String(event)) && messages.take(socket.id))
-        fail(args.at(-1), 'unknown_event', `unknown event "${clean(event, 60)}"`);
+        fail(args.at(-1), ErrorCode.UnknownEvent, `unknown event "${clean(event, 60)}"`);
     });
 
     hub.writes.adopt(socket.conn);

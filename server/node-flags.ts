@@ -1,10 +1,10 @@
-import type { Relaunch } from '../native/launch.ts';
+import type { Relaunch } from '../common/relaunch.ts';
 
 /**
  * The Node flags a hub runs with: `npm start` passes them, and the benchmarks start their hubs with
  * them (`bench/_scale.ts`). `shardhub serve` started without them (the `shardhub` command, `npm run
  * shardhub -- serve`) runs itself again as a child that has them, as `shardhub node` does with its
- * own (`native/launch.ts`).
+ * own (`native/launch.ts`, `common/relaunch.ts`).
  *
  * - `--max-semi-space-size=32` (MB; Node 20's default is 16): V8's young generation, where every
  *   Socket.IO packet, result and refill of the hub is allocated and most die. Twice the room means

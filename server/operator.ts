@@ -13,35 +13,33 @@
  * `GET /api/workers` and `/metrics` have a current rate too).
  */
 import type { Namespace, Socket } from 'socket.io';
-import { z } from 'zod';
-import { LIMITS } from '../protocol/limits.ts';
+import type { InterHubEvents } from '../protocol/events.ts';
 import type {
   JobView,
   OperatorClientEvents,
   OperatorServerEvents,
   WorkerView,
 } from '../protocol/operator.ts';
-import { describeZodError } from '../protocol/schemas.ts';
+import { describeZodError, WatchRequestSchema } from '../protocol/schemas.ts';
 import { tokenMatches } from './auth.ts';
 import type { Hub } from './hub.ts';
 import { jobJson } from './job-view.ts';
 import { ratesOf, WorkerFigures, workerJson } from './workers.ts';
 
-/** The operator namespace, typed. */
-export type OperatorNamespace = Namespace<OperatorClientEvents, OperatorServerEvents>;
-
-const WatchSchema = z.strictObject({ jobId: z.string().min(1).max(LIMITS.nameChars).nullable() });
+/** The operator namespace, typed with `protocol/operator.ts`'s event maps. It keeps no socket data. */
+export type OperatorNamespace = Namespace<OperatorClientEvents, OperatorServerEvents, InterHubEvents>;
+/** An operator's connection. */
+type OperatorSocket = Socket<OperatorClientEvents, OperatorServerEvents, InterHubEvents>;
 
 const room = (jobId: string) => `job:${jobId}`;
 
 /** Wires the operator namespace; returns a function that stops its timer. */
 export function attachOperatorNamespace(
-  namespace: Namespace,
+  nsp: OperatorNamespace,
   hub: Hub,
   operatorToken: string,
   everyMs = 250,
 ): () => void {
-  const nsp = namespace as unknown as OperatorNamespace;
   nsp.use((socket, next) => {
     const token = (socket.handshake.auth as { token?: unknown } | undefined)?.token;
     if (!tokenMatches(token, operatorToken)) return next(new Error('unauthorized: operator token required'));
@@ -123,10 +121,10 @@ export function attachOperatorNamespace(
   };
 }
 
-function onConnection(socket: Socket<OperatorClientEvents, OperatorServerEvents>, hub: Hub): void {
+function onConnection(socket: OperatorSocket, hub: Hub): void {
   socket.on('job:watch', (req, ack) => {
     if (typeof ack !== 'function') return;
-    const parsed = WatchSchema.safeParse(req);
+    const parsed = WatchRequestSchema.safeParse(req);
     if (!parsed.success) {
       ack({ error: { code: 'invalid_request', message: describeZodError(parsed.error) } });
       return;

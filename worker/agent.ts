@@ -15,16 +15,23 @@
  * Lifecycle: `idle` → `start()` → `running` → `drain()` → `draining` → `closed` (or `close()` from
  * any state). The agent owns the socket it is given: closing it disconnects.
  */
+import type { Socket } from 'socket.io-client';
 import type {
+  Ack,
   AssignedItem,
   Backend as BackendName,
   BenchmarkReply,
+  BenchmarkRequest,
+  CancelNotice,
   ControlNotice,
   ErrorBody,
   Heartbeat,
   ItemFailure,
   RegisterReply,
   RegisterRequest,
+  Response,
+  RevokeReply,
+  RevokeRequest,
   ShardAssign,
 } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
@@ -106,8 +113,11 @@ export interface WorkerAgentOptions extends OutboxOptions {
   /** Creates the backend once, when the agent starts. */
   backend: BackendFactory;
   store: ModelStore;
-  /** The hub's base URL; model bytes come from `hubUrl + model.url`. */
-  hubUrl: string;
+  /**
+   * The hub's base URL; model bytes come from `hubUrl + model.url`. A function for a worker that
+   * moves between hubs: the one it is connected to.
+   */
+  hubUrl: string | (() => string);
   /** What to register as; `backend`, `concurrency` and `capabilities.backendReason` come from the agent. */
   register: Omit<RegisterRequest, 'backend' | 'concurrency'>;
   logger?: WorkerLogger;
@@ -196,7 +206,8 @@ export class WorkerAgent {
   /** The last `items:release` waiting for its ack. */
   private releases: Promise<unknown> = Promise.resolve();
   private closePromise: Promise<void> | undefined;
-  private readonly socketHandlers: [string, (...args: never[]) => void][] = [];
+  /** Takes the agent's handlers off the socket (`listen()` sets it). */
+  private unlisten: () => void = () => undefined;
 
   constructor(opts: WorkerAgentOptions) {
     const concurrency = opts.concurrency ?? 1;
@@ -276,13 +287,7 @@ export class WorkerAgent {
   async start(): Promise<void> {
     if (this.state !== 'idle') throw new Error(`WorkerAgent already started (status ${this.state})`);
     this.state = 'running';
-    this.listen('connect', () => this.onConnect());
-    this.listen('disconnect', (reason: string) => this.onDisconnect(reason));
-    this.listen('shard:assign', (shard: ShardAssign) => this.onAssign(shard));
-    this.listen('shard:revoke', (req: { itemIds: number[] }, ack: unknown) => this.onRevoke(req, ack));
-    this.listen('items:cancel', (notice: { itemIds: number[]; reason: string }) => this.onCancel(notice));
-    this.listen('worker:control', (notice: ControlNotice) => this.onControl(notice));
-    this.listen('benchmark:run', (req: { model: ModelInfo }, ack: unknown) => this.onBenchmark(req, ack));
+    this.listen();
     try {
       this.backend = await this.opts.backend();
     } catch (err) {
@@ -372,9 +377,8 @@ export class WorkerAgent {
       this.stopHeartbeat();
       this.registerRetry?.();
       this.outbox.close();
-      for (const [event, handler] of this.socketHandlers)
-        this.socket.off(event as 'connect', handler as () => void);
-      this.socketHandlers.length = 0;
+      this.unlisten();
+      this.unlisten = () => undefined;
       if (wasStarted) this.socket.disconnect();
       this.connected = false;
       this.registered = false;
@@ -433,16 +437,52 @@ export class WorkerAgent {
 
   // ---- socket events -------------------------------------------------------------------------
 
-  private listen(event: string, handler: (...args: never[]) => void): void {
-    const guarded = (...args: never[]) => {
+  /**
+   * Attaches the agent's handlers to the socket and keeps how to take them off. Each `on` and `off`
+   * pairs an event with a handler of its type in the protocol's event map, which socket.io checks.
+   */
+  private listen(): void {
+    const s = this.socket;
+    const connect = this.guarded('connect', () => this.onConnect());
+    const disconnect = this.guarded('disconnect', (reason: Socket.DisconnectReason) =>
+      this.onDisconnect(reason),
+    );
+    const assign = this.guarded('shard:assign', (shard: ShardAssign) => this.onAssign(shard));
+    const revoke = this.guarded('shard:revoke', (req: RevokeRequest, ack: Ack<RevokeReply>) =>
+      this.onRevoke(req, ack),
+    );
+    const cancel = this.guarded('items:cancel', (notice: CancelNotice) => this.onCancel(notice));
+    const control = this.guarded('worker:control', (notice: ControlNotice) => this.onControl(notice));
+    const benchmark = this.guarded('benchmark:run', (req: BenchmarkRequest, ack: Ack<BenchmarkReply>) =>
+      this.onBenchmark(req, ack),
+    );
+    s.on('connect', connect)
+      .on('disconnect', disconnect)
+      .on('shard:assign', assign)
+      .on('shard:revoke', revoke)
+      .on('items:cancel', cancel)
+      .on('worker:control', control)
+      .on('benchmark:run', benchmark);
+    this.unlisten = () => {
+      s.off('connect', connect)
+        .off('disconnect', disconnect)
+        .off('shard:assign', assign)
+        .off('shard:revoke', revoke)
+        .off('items:cancel', cancel)
+        .off('worker:control', control)
+        .off('benchmark:run', benchmark);
+    };
+  }
+
+  /** `handler`, with a throw logged instead of thrown into socket.io. */
+  private guarded<A extends unknown[]>(event: string, handler: (...args: A) => void): (...args: A) => void {
+    return (...args: A) => {
       try {
         handler(...args);
       } catch (err) {
         this.log.error({ event, error: errorMessage(err) }, 'handler failed');
       }
     };
-    this.socketHandlers.push([event, guarded]);
-    this.socket.on(event as 'connect', guarded as () => void);
   }
 
   private onConnect(): void {
@@ -565,7 +605,7 @@ export class WorkerAgent {
     this.changed();
   }
 
-  private onRevoke(req: { itemIds: number[] }, ack: unknown): void {
+  private onRevoke(req: RevokeRequest, ack: Ack<RevokeReply> | undefined): void {
     const want = new Set(Array.isArray(req?.itemIds) ? req.itemIds : []);
     const revoked = this.queue.remove((e) => want.has(e.itemId)).map((e) => e.itemId);
     this.log.debug({ asked: want.size, revoked: revoked.length }, 'revoke');
@@ -573,7 +613,7 @@ export class WorkerAgent {
     this.changed();
   }
 
-  private onCancel(notice: { itemIds: number[]; reason: string }): void {
+  private onCancel(notice: CancelNotice): void {
     const ids = new Set(Array.isArray(notice?.itemIds) ? notice.itemIds : []);
     this.queue.remove((e) => ids.has(e.itemId));
     for (const id of ids) if (this.running.has(id)) this.discard.add(id);
@@ -598,7 +638,7 @@ export class WorkerAgent {
     }
   }
 
-  private onBenchmark(req: { model: ModelInfo }, ack: unknown): void {
+  private onBenchmark(req: BenchmarkRequest, ack: Ack<BenchmarkReply> | undefined): void {
     this.benchmark(req.model).then(
       (data) => reply(ack, { data }),
       (err: unknown) => {
@@ -903,9 +943,9 @@ function shardItems(shard: ShardAssign): ShardItem[] {
   return items.map((item) => ({ id: item.id, inputs: () => item.inputs.map(toWireTensor) }));
 }
 
-/** Calls an ack if the hub sent one (a malformed emit may not have). */
-function reply(ack: unknown, res: unknown): void {
-  if (typeof ack === 'function') (ack as (r: unknown) => void)(res);
+/** Calls an ack if the hub sent one (a malformed emit may not have, whatever its type says). */
+function reply<T>(ack: Ack<T> | undefined, res: Response<T>): void {
+  if (typeof ack === 'function') ack(res);
 }
 
 async function withTimeout(p: Promise<void>, ms: number): Promise<boolean> {

@@ -23,12 +23,11 @@ import type {
   ItemFailure,
   ItemResult,
   ItemsDoneReply,
-  PackedResults,
   WorkerToHubEvents,
 } from '../protocol/events.ts';
 import { LIMITS } from '../protocol/limits.ts';
+import { packResults } from '../protocol/results-pack.ts';
 import { tensorBytes } from '../protocol/pack.ts';
-import type { WireTensor } from '../protocol/tensor.ts';
 import { errorMessage, silentLogger, type WorkerLogger } from './backend.ts';
 import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
 import { systemClock, type Clock } from './clock.ts';
@@ -386,70 +385,6 @@ export class Outbox {
     this.idleWaiters = [];
     for (const w of waiters) w();
   }
-}
-
-const encoder = new TextEncoder();
-
-/**
- * Results as `ItemsDone.packed`: one group per run of results of the same job and model, each
- * result's outputs as a tensor pack (protocol/pack.ts), all packs of a group in one buffer, written
- * once (no intermediate pack per result).
- */
-export function packResults(results: readonly ItemResult[]): PackedResults[] {
-  const groups: PackedResults[] = [];
-  for (let i = 0; i < results.length;) {
-    const first = results[i] as ItemResult;
-    let j = i;
-    const headers: Uint8Array[] = [];
-    let size = 0;
-    for (; j < results.length; j++) {
-      const r = results[j] as ItemResult;
-      if (r.jobId !== first.jobId || r.modelSha256 !== first.modelSha256) break;
-      // Results of one model nearly always have the outputs of the one before: the same header.
-      const prev = j > i ? results[j - 1] : undefined;
-      const h =
-        prev && sameLayout(prev.outputs, r.outputs)
-          ? (headers[headers.length - 1] as Uint8Array)
-          : encoder.encode(JSON.stringify(r.outputs.map((t) => ({ n: t.name, t: t.dtype, d: t.dims }))));
-      headers.push(h);
-      size += 4 + h.byteLength + tensorBytes(r.outputs);
-    }
-    const data = new Uint8Array(size);
-    const view = new DataView(data.buffer);
-    const ids: number[] = [];
-    const ms: number[] = [];
-    const ends: number[] = [];
-    let off = 0;
-    for (let k = i; k < j; k++) {
-      const r = results[k] as ItemResult;
-      const h = headers[k - i] as Uint8Array;
-      view.setUint32(off, h.byteLength, true);
-      data.set(h, off + 4);
-      off += 4 + h.byteLength;
-      for (const t of r.outputs) {
-        data.set(t.data, off);
-        off += t.data.byteLength;
-      }
-      ids.push(r.itemId);
-      ms.push(r.ms);
-      ends.push(off);
-    }
-    groups.push({ jobId: first.jobId, modelSha256: first.modelSha256, ids, ms, ends, data });
-    i = j;
-  }
-  return groups;
-}
-
-/** Whether two lists of tensors have the same names, dtypes and dims, in order (a pack's header). */
-function sameLayout(a: readonly WireTensor[], b: readonly WireTensor[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i] as WireTensor;
-    const y = b[i] as WireTensor;
-    if (x.name !== y.name || x.dtype !== y.dtype || x.dims.length !== y.dims.length) return false;
-    for (let d = 0; d < x.dims.length; d++) if (x.dims[d] !== y.dims[d]) return false;
-  }
-  return true;
 }
 
 function positive(name: string, v: number): number {

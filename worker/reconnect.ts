@@ -21,6 +21,8 @@ export interface ReconnectOptions {
   jitter: number;
   /** True once the worker is stopping for good: nothing more is scheduled or done. */
   stopping: () => boolean;
+  /** Called just before each connect (a worker with several hubs moves to the next one here). */
+  onAttempt?: () => void;
 }
 
 export class Reconnector {
@@ -38,7 +40,9 @@ export class Reconnector {
     log.info({ inMs: Math.round(wait) }, 'reconnecting to hub');
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      if (!stopping() && !socket.connected && !socket.active) socket.connect();
+      if (stopping() || socket.connected || socket.active) return;
+      this.o.onAttempt?.();
+      socket.connect();
     }, wait);
   }
 

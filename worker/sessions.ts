@@ -28,7 +28,8 @@ export interface SessionLease {
 /** Options of {@link ModelSessions}. */
 export interface ModelSessionsOptions {
   runners: number;
-  hubUrl: string;
+  /** The hub's base URL, or a function that says which hub the worker is connected to now. */
+  hubUrl: string | (() => string);
   store: ModelStore;
   /** Loads bytes into a session (the backend's `load`). */
   load: (model: ModelInfo, bytes: Uint8Array) => Promise<LoadedModel>;
@@ -129,7 +130,8 @@ export class ModelSessions {
   private bytes(model: ModelInfo): Promise<Uint8Array> {
     const existing = this.downloads.get(model.sha256);
     if (existing) return existing;
-    const promise = fetchModel(this.opts.hubUrl, model, this.opts.store, {
+    const hub = typeof this.opts.hubUrl === 'string' ? this.opts.hubUrl : this.opts.hubUrl();
+    const promise = fetchModel(hub, model, this.opts.store, {
       signal: this.opts.signal,
       headers: this.opts.headers,
       onProgress: (loaded, total) =>

@@ -5,17 +5,15 @@
  * - Identity: per tab, in `sessionStorage` (`identity.ts`): a reload or a reconnect is the same
  *   worker; another tab is another worker.
  * - Backend: WebGPU or WASM chosen by `gpu.ts`, run in a Web Worker (`inference/web-backend.ts`).
- * - Connection: Socket.IO to `${hub}/worker` (with `shardhubParser`), reconnecting with
- *   exponential backoff and jitter. Socket.IO does not reconnect after a server-side disconnect or
- *   a refusal by the hub's middleware; this module does, with its own backoff, except when the hub
- *   refuses the contributor token (retrying cannot help). An identity the hub refuses is replaced.
+ * - Connection: `worker/connection.ts` (shared with the native node), reconnecting with backoff,
+ *   except when the hub refuses the contributor token, the handshake or the protocol version
+ *   (retrying cannot help). An identity the hub refuses is replaced.
  * - Models cached by sha256 in Cache Storage (`model-store.ts`), in memory where that is missing.
  */
-import { io } from 'socket.io-client';
 import type { Capabilities, WorkerAuth } from '../../protocol/events.ts';
-import { shardhubParser } from '../../protocol/socket-parser.ts';
-import { WorkerAgent, type WorkerSocket } from '../../worker/agent.ts';
-import { Reconnector } from '../../worker/reconnect.ts';
+import { ErrorCode } from '../../protocol/errors.ts';
+import { WorkerAgent } from '../../worker/agent.ts';
+import { HubConnection, type RefusalDecision } from '../../worker/connection.ts';
 import { errorMessage, type WorkerLogger } from '../../worker/backend.ts';
 import { MemoryModelStore, type ModelStore } from '../../worker/model-cache.ts';
 import { WebBackend } from '../inference/web-backend.ts';
@@ -101,21 +99,19 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
     ...(opts.token ? { token: opts.token } : {}),
   });
   const rc = opts.reconnect ?? {};
-  const delayMs = rc.delayMs ?? 1000;
-  const maxDelayMs = rc.maxDelayMs ?? 15_000;
-  const jitter = rc.randomizationFactor ?? 0.5;
-  const socket = io(`${hub}/worker`, {
-    auth: (cb) => cb(authFor()),
-    autoConnect: false,
+  const conn = new HubConnection({
+    hubs: [hub],
+    auth: authFor,
     transports: ['websocket', 'polling'],
     tryAllTransports: true,
-    reconnection: true,
-    reconnectionDelay: delayMs,
-    reconnectionDelayMax: maxDelayMs,
-    randomizationFactor: jitter,
-    // Accept shard:assign packets with more than Socket.IO's default 10 tensors.
-    parser: shardhubParser,
-  }) as WorkerSocket;
+    log,
+    delayMs: rc.delayMs ?? 1000,
+    maxDelayMs: rc.maxDelayMs ?? 15_000,
+    jitter: rc.randomizationFactor ?? 0.5,
+    workerId: () => claimed.identity.workerId,
+    refused: (code, message) => refusal(code, message),
+  });
+  const socket = conn.socket;
   let backend: WebBackend;
   try {
     backend = await WebBackend.create({
@@ -174,64 +170,33 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
 
   let figures: WorkerReport | undefined;
   const figureListeners = new Set<(f: WorkerReport) => void>();
-  const fatalListeners = new Set<(e: Error) => void>();
-  let fatal: Error | undefined;
-  let failures = 0;
+  conn.attach(agent);
 
-  const stopping = () => fatal !== undefined || agent.status === 'closed';
-  const reconnect = new Reconnector({ socket, log, delayMs, maxDelayMs, jitter, stopping });
-  const stopFatal = (err: Error) => {
-    if (fatal) return;
-    fatal = err;
-    log.error({ error: err.message }, 'worker stopping');
-    for (const l of fatalListeners) l(err);
-    void agent.close();
+  /** What a refusal means to a tab: a new identity, or a stop with what the contributor can do. */
+  const refusal = (code: ErrorCode, message: string): RefusalDecision => {
+    switch (code) {
+      case ErrorCode.IdentityTaken: {
+        const renewed = claimed.renew();
+        log.warn(
+          { workerId: renewed.workerId },
+          'the hub refused this tab’s identity; joining as a new worker',
+        );
+        return 'retry';
+      }
+      case ErrorCode.Unauthorized:
+        return new ContributorRefusedError(
+          `the hub refused this page (${message}); ask its operator for a contributor link`,
+        );
+      case ErrorCode.BadHandshake:
+        return new ContributorRefusedError(`the hub refused this page's handshake (${message})`);
+      case ErrorCode.Version:
+        return new ContributorRefusedError(
+          `this page is older or newer than its hub (${message}); reload the page`,
+        );
+      default:
+        return undefined;
+    }
   };
-  /** Handles a refusal by the hub; returns whether it was one. */
-  const refused = (message: string): boolean => {
-    if (/belongs to another worker|secret|identity/i.test(message)) {
-      const renewed = claimed.renew();
-      log.warn(
-        { workerId: renewed.workerId },
-        'the hub refused this tab’s identity; joining as a new worker',
-      );
-      reconnect.later();
-      return true;
-    }
-    if (/token|unauthori[sz]ed|forbidden/i.test(message)) {
-      stopFatal(
-        new ContributorRefusedError(
-          `the hub refused this page (${message.slice(0, 200)}); ask its operator for a contributor link`,
-        ),
-      );
-      return true;
-    }
-    return false;
-  };
-
-  socket.on('connect', () => {
-    reconnect.reset();
-    failures = 0;
-    log.info({ workerId: claimed.identity.workerId }, 'connected to hub');
-  });
-  socket.on('disconnect', (reason) => {
-    log.warn({ reason }, 'disconnected');
-    if (reason === 'io server disconnect') reconnect.later();
-  });
-  socket.on('connect_error', (err: Error) => {
-    failures++;
-    if (socket.active) {
-      if (failures === 1 || failures % 10 === 0)
-        log.warn({ error: err.message, failures }, 'cannot reach hub; retrying');
-      return;
-    }
-    if (refused(err.message)) return;
-    log.warn({ error: err.message }, 'hub refused the connection');
-    reconnect.later();
-  });
-  agent.on('error', (err) => {
-    if (!refused(err.message)) log.error({ code: err.code, error: err.message }, 'hub refused registration');
-  });
   // Typed in the protocol, still parsed defensively: see figures.ts.
   socket.on('worker:figures', (payload: unknown) => {
     const parsed = parseFigures(payload);
@@ -239,10 +204,7 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
     figures = parsed;
     for (const l of figureListeners) l(parsed);
   });
-  agent.on('closed', () => {
-    reconnect.cancel();
-    claimed.close();
-  });
+  agent.on('closed', () => claimed.close());
 
   try {
     await agent.start();
@@ -267,10 +229,7 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
       figureListeners.add(fn);
       return () => figureListeners.delete(fn);
     },
-    onFatal(fn) {
-      fatalListeners.add(fn);
-      return () => fatalListeners.delete(fn);
-    },
+    onFatal: (fn) => conn.onFatal(fn),
     close: () => agent.close(),
   };
 }

@@ -23,6 +23,9 @@ import type { WorkerAction } from './events.ts';
 import { RecentRate } from './recent-rate.ts';
 import { clearToken, loadToken, saveToken } from './session.ts';
 
+/** The dashboard's connection to `/operator`, typed with `protocol/operator.ts`'s event maps. */
+type OperatorSocket = Socket<OperatorServerEvents, OperatorClientEvents>;
+
 /** Where the dashboard is: signed out, checking a token, connecting, live, or reconnecting. */
 export type Phase = 'signed-out' | 'checking' | 'connecting' | 'live' | 'reconnecting';
 
@@ -55,7 +58,7 @@ export class OperatorController implements ReactiveController {
   version = 0;
   api: OperatorApi | undefined;
   private token: string | undefined;
-  private socket: Socket<OperatorServerEvents, OperatorClientEvents> | undefined;
+  private socket: OperatorSocket | undefined;
   private buffered: { workers: WorkerView[][]; jobs: JobView[][] } | undefined;
   private tick: ReturnType<typeof setInterval> | undefined;
   private noticeTimer: ReturnType<typeof setTimeout> | undefined;
@@ -128,7 +131,7 @@ export class OperatorController implements ReactiveController {
     this.closeSocket();
     this.api = new OperatorApi(token);
     this.phase = 'connecting';
-    const socket: Socket<OperatorServerEvents, OperatorClientEvents> = io('/operator', {
+    const socket: OperatorSocket = io('/operator', {
       auth: { token },
       parser: shardhubParser,
       reconnectionDelayMax: 5000,
@@ -173,7 +176,7 @@ export class OperatorController implements ReactiveController {
   }
 
   /** The first picture (and a fresh one after every reconnect). */
-  private async loadSnapshot(socket: Socket): Promise<void> {
+  private async loadSnapshot(socket: OperatorSocket): Promise<void> {
     const api = this.api;
     if (!api) return;
     this.buffered = { workers: [], jobs: [] };

@@ -4,12 +4,9 @@
  * Durability: `synchronous=NORMAL` in WAL mode survives a crash of the process (kill -9) with every
  * committed transaction intact; a power cut may lose the last few commits, never corrupt the file.
  *
- * Layout choices, and why:
- * - Item inputs live in `item_inputs`, not in `items`. SQLite rewrites a whole row on UPDATE, so with
- *   inputs inline every pending→done flip re-reads and re-writes the input blob (measured: 2,000 state
- *   flips on 256 KB inputs wrote 132 MB of WAL in 770 ms; with the split, 3 ms and nothing).
- * - `results.item_id` is the primary key: the exactly-once guarantee is enforced by the schema, and an
- *   item's result is only inserted in the same statement sequence that flips it from pending to done.
+ * The schema is `sqlite-migrations.ts`'s (its file comment says why the tables are laid out so).
+ *
+ * Access choices, and why:
  * - Job counters are bumped once per job per batch, not once per row.
  * - Statements are prepared once; variable-length lists are bound as JSON and read with `json_each`,
  *   so no SQL is built at call time.
@@ -20,19 +17,14 @@
  *   statement crossing from JavaScript into SQLite costs about a microsecond on its own.
  * - A 32 MiB page cache per connection (SQLite's default is 2 MiB): a million-item job's indexes no
  *   longer miss the cache on every page; the cap keeps memory flat whatever the job's size.
- * - WAL checkpoints run in a thread of their own (`CHECKPOINTER`), not in whichever commit crosses
- *   SQLite's 1,000-page mark: a checkpoint copies pages into the database file and fsyncs, which
- *   stalled the hub's event loop (and every worker's messages) for 3 to 130 ms at a time. Commits
- *   stay as durable as before: they reach the WAL before the call returns, and `synchronous=NORMAL`
- *   fsyncs at checkpoints, now done by that thread. Should it fall behind, the main connection
- *   checkpoints itself past `BACKSTOP_PAGES`.
+ * - WAL checkpoints run in a thread of their own (`wal-checkpointer.ts`), not on the event loop.
  */
 import Database from 'better-sqlite3';
 import type { IdRun } from '../scheduler/id-runs.ts';
 import { mkdirSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { migrateSqlite } from './sqlite-migrations.ts';
+import { WalCheckpointer } from './wal-checkpointer.ts';
 import type {
   FailureRecord,
   ItemRecord,
@@ -51,162 +43,11 @@ import type {
 } from './store.ts';
 
 /**
- * Schema migrations: entry `i` takes the schema from version `i` to `i + 1`. Append only; never edit
- * a migration that has shipped. Each runs in its own transaction with the version bump.
- */
-const MIGRATIONS: readonly string[] = [
-  `
-  CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-
-  CREATE TABLE jobs (
-    id TEXT PRIMARY KEY,
-    model_name TEXT NOT NULL,
-    model_sha256 TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('open', 'queued', 'running', 'completed', 'cancelled')),
-    priority INTEGER NOT NULL,
-    redundancy INTEGER NOT NULL,
-    deadline INTEGER,
-    requirements TEXT,
-    options TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    started_at INTEGER,
-    finished_at INTEGER,
-    item_count INTEGER NOT NULL DEFAULT 0,
-    done_count INTEGER NOT NULL DEFAULT 0,
-    failed_count INTEGER NOT NULL DEFAULT 0
-  );
-
-  CREATE TABLE items (
-    id INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL REFERENCES jobs (id),
-    seq INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
-    attempts INTEGER NOT NULL DEFAULT 0
-  );
-  CREATE UNIQUE INDEX items_job_seq ON items (job_id, seq);
-  -- Only pending rows: pendingItemIds reads this in seq order and it shrinks as the job finishes.
-  CREATE INDEX items_pending ON items (job_id, seq) WHERE state = 'pending';
-
-  CREATE TABLE item_inputs (
-    item_id INTEGER PRIMARY KEY REFERENCES items (id),
-    inputs BLOB NOT NULL
-  );
-
-  CREATE TABLE assignments (
-    item_id INTEGER NOT NULL REFERENCES items (id),
-    worker_id TEXT NOT NULL,
-    shard_id TEXT NOT NULL,
-    at INTEGER NOT NULL
-  );
-  CREATE INDEX assignments_item ON assignments (item_id);
-
-  CREATE TABLE results (
-    item_id INTEGER PRIMARY KEY REFERENCES items (id),
-    job_id TEXT NOT NULL,
-    worker_id TEXT NOT NULL,
-    model_sha256 TEXT NOT NULL,
-    ms REAL NOT NULL,
-    outputs BLOB NOT NULL,
-    at INTEGER NOT NULL
-  );
-  -- The rowid (item_id) rides along in every index, so this also serves "job's results by item id".
-  CREATE INDEX results_job ON results (job_id);
-
-  CREATE TABLE failures (
-    id INTEGER PRIMARY KEY,
-    item_id INTEGER NOT NULL REFERENCES items (id),
-    job_id TEXT NOT NULL,
-    worker_id TEXT NOT NULL,
-    category TEXT NOT NULL,
-    message TEXT NOT NULL,
-    at INTEGER NOT NULL
-  );
-  CREATE INDEX failures_job ON failures (job_id);
-
-  CREATE TABLE workers (
-    id TEXT PRIMARY KEY,
-    secret_hash TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    name TEXT NOT NULL,
-    pool TEXT,
-    concurrency INTEGER NOT NULL,
-    capabilities TEXT NOT NULL,
-    first_seen INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL,
-    items_done INTEGER NOT NULL DEFAULT 0
-  );
-
-  -- No foreign key to jobs: events are a log and may outlive or precede the job row they name.
-  CREATE TABLE events (
-    id INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL
-  );
-  CREATE INDEX events_job ON events (job_id);
-  `,
-];
-
-/** The schema version this build writes. */
-export const SCHEMA_VERSION = MIGRATIONS.length;
-
-/**
  * Results inserted by one statement, when a batch has that many (recording 100,000 noop results in
  * batches of 250, old and new alternated in one process: 3.26-3.39 -> 2.84-3.02 us per result with 16
  * rows a statement, flipping the items included).
  */
 const RESULT_ROWS = 16;
-
-/** Background WAL checkpoints, this often (ms). */
-const CHECKPOINT_EVERY_MS = 200;
-
-/**
- * WAL pages past which a commit on the main connection checkpoints by itself (SQLite's default:
- * 1000). Every other connection that writes to the file (the trust store's) is set the same, or its
- * commits would checkpoint on the event loop whenever the thread is a few hundred pages behind.
- */
-export const BACKSTOP_PAGES = 20_000;
-
-/** States of the checkpointing thread, in `Int32Array(ctl)[0]`. */
-const BOOTING = 0;
-const RUNNING = 1;
-const STOPPING = 2;
-const STOPPED = 3;
-
-/**
- * The checkpointing thread: its own connection to the file, a PASSIVE checkpoint (it never blocks
- * the hub's writes) every `everyMs`, until the store closes. It sleeps with `Atomics.wait` on the
- * shared state word, so `close()` can stop it and wait for its connection to close, synchronously:
- * the main connection then closes last and removes the WAL before `close()` returns. Plain
- * CommonJS, evaluated as the thread's code.
- */
-const CHECKPOINTER = `
-const { parentPort, workerData } = require('node:worker_threads');
-const ctl = new Int32Array(workerData.ctl);
-if (Atomics.compareExchange(ctl, 0, ${BOOTING}, ${RUNNING}) === ${BOOTING}) {
-  const Database = require(workerData.module);
-  // Never creates files: the database exists (the store made it), and the first checkpoint, now,
-  // opens its WAL while it is certainly there. A directory removed under an open store stays removed.
-  const db = new Database(workerData.file, { fileMustExist: true });
-  db.pragma('busy_timeout = 1000');
-  db.pragma('wal_checkpoint(PASSIVE)');
-  let failed = false;
-  while (Atomics.wait(ctl, 0, ${RUNNING}, workerData.everyMs) === 'timed-out') {
-    try {
-      db.pragma('wal_checkpoint(PASSIVE)');
-    } catch (err) {
-      if (!failed) parentPort.postMessage({ error: String((err && err.message) || err) });
-      failed = true;
-    }
-  }
-  db.close();
-  Atomics.store(ctl, 0, ${STOPPED});
-  Atomics.notify(ctl, 0);
-}
-`;
 
 /** Page cache per connection, KiB. */
 const CACHE_KIB = 32 * 1024;
@@ -255,7 +96,7 @@ function tally(counts: Map<string, number>, key: string, n = 1): void {
   counts.set(key, (counts.get(key) ?? 0) + n);
 }
 
-/** Opens the database, sets the pragmas and brings the schema up to `SCHEMA_VERSION`. */
+/** Opens the database, sets the pragmas and brings the schema up to date (`sqlite-migrations.ts`). */
 function openDatabase(file: string): Database.Database {
   if (file !== ':memory:' && file !== '' && !file.startsWith('file:')) {
     mkdirSync(dirname(file), { recursive: true });
@@ -268,83 +109,12 @@ function openDatabase(file: string): Database.Database {
     db.pragma('busy_timeout = 5000');
     db.pragma(`cache_size = -${CACHE_KIB}`);
     db.pragma('temp_store = MEMORY');
-    migrate(db);
+    migrateSqlite(db, file);
   } catch (err) {
     db.close();
     throw err;
   }
   return db;
-}
-
-/**
- * Moves WAL checkpoints of an on-disk database to a thread of their own (see the file comment);
- * in-memory databases have no WAL to checkpoint. If the thread cannot run, SQLite's own automatic
- * checkpoints take over again.
- */
-function startCheckpointer(
-  db: Database.Database,
-  file: string,
-): { worker: Worker; ctl: Int32Array } | undefined {
-  if (file === ':memory:' || file === '' || file.startsWith('file:')) return undefined;
-  const ctl = new Int32Array(new SharedArrayBuffer(4));
-  let worker: Worker;
-  try {
-    worker = new Worker(CHECKPOINTER, {
-      eval: true,
-      workerData: {
-        module: createRequire(import.meta.url).resolve('better-sqlite3'),
-        file,
-        everyMs: CHECKPOINT_EVERY_MS,
-        ctl: ctl.buffer,
-      },
-    });
-  } catch {
-    return undefined;
-  }
-  const fallBack = () => {
-    // The thread is gone or cannot checkpoint: SQLite's own automatic checkpoints again.
-    Atomics.store(ctl, 0, STOPPED);
-    if (db.open) db.pragma('wal_autocheckpoint = 1000');
-  };
-  worker.on('error', fallBack);
-  worker.on('message', fallBack); // it reports only failures
-  worker.unref();
-  db.pragma(`wal_autocheckpoint = ${BACKSTOP_PAGES}`);
-  return { worker, ctl };
-}
-
-/** Stops the checkpointing thread and waits (at most 5 s) until its connection is closed. */
-function stopCheckpointer(ctl: Int32Array): void {
-  // Still booting: it will see STOPPING and never open the file.
-  if (Atomics.compareExchange(ctl, 0, BOOTING, STOPPING) === BOOTING) return;
-  if (Atomics.compareExchange(ctl, 0, RUNNING, STOPPING) !== RUNNING) return;
-  Atomics.notify(ctl, 0);
-  const end = Date.now() + 5000;
-  while (Atomics.load(ctl, 0) !== STOPPED && Date.now() < end) Atomics.wait(ctl, 0, STOPPING, 50);
-}
-
-/** Applies the migrations this file has not seen yet; refuses a file from a newer build. */
-function migrate(db: Database.Database): void {
-  db.exec('CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
-  const readVersion = db.prepare<[], string>("SELECT value FROM meta WHERE key = 'schema_version'").pluck();
-  const writeVersion = db.prepare<[string]>(
-    "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-  );
-  const current = Number(readVersion.get() ?? 0);
-  if (!Number.isInteger(current) || current < 0) {
-    throw new Error(`store schema_version is not a version number: ${String(readVersion.get())}`);
-  }
-  if (current > SCHEMA_VERSION) {
-    throw new Error(
-      `store schema_version ${current} is newer than this build understands (${SCHEMA_VERSION}); upgrade shardhub`,
-    );
-  }
-  for (let v = current; v < SCHEMA_VERSION; v++) {
-    db.transaction(() => {
-      db.exec(MIGRATIONS[v]);
-      writeVersion.run(String(v + 1));
-    }).immediate();
-  }
 }
 
 /**
@@ -362,7 +132,7 @@ type NewItemRow = { name: string; inputs: Uint8Array };
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private closed = false;
-  private readonly checkpointer: { worker: Worker; ctl: Int32Array } | undefined;
+  private readonly checkpointer: WalCheckpointer | undefined;
 
   private readonly sql;
   private readonly appendTx;
@@ -373,13 +143,8 @@ export class SqliteStore implements Store {
 
   private constructor(db: Database.Database, file: string) {
     this.db = db;
-    this.checkpointer = startCheckpointer(db, file);
+    this.checkpointer = WalCheckpointer.start(db, file);
     this.sql = {
-      getSetting: db.prepare<[string], string>('SELECT value FROM settings WHERE key = ?').pluck(),
-      setSetting: db.prepare<[string, string]>(
-        'INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
-      ),
-
       insertJob: db.prepare(
         `INSERT INTO jobs (id, model_name, model_sha256, state, priority, redundancy, deadline, requirements,
            options, created_at)
@@ -420,12 +185,10 @@ export class SqliteStore implements Store {
         'UPDATE jobs SET failed_count = failed_count + ? WHERE id = ?',
       ),
 
-      pendingItemIds: db
-        .prepare<[string], number>("SELECT id FROM items WHERE job_id = ? AND state = 'pending' ORDER BY seq")
-        .pluck(),
       pendingWindow: db
-        .prepare<[string, number, number], number>(
+        .prepare<[string, number, number, number, number], number>(
           `SELECT id FROM items WHERE job_id = ? AND state = 'pending' AND seq >= ? AND seq < ?
+             AND id BETWEEN ? AND ?
            ORDER BY seq`,
         )
         .pluck(),
@@ -633,12 +396,12 @@ export class SqliteStore implements Store {
     return new SqliteStore(openDatabase(file), file);
   }
 
-  getSetting(key: string): string | undefined {
-    return this.sql.getSetting.get(key);
-  }
-
-  setSetting(key: string, value: string): void {
-    this.sql.setSetting.run(key, value);
+  /**
+   * The connection, for what keeps its own tables in this file and must write them in this store's
+   * transactions (`TrustStore.on`, `SqliteAsyncStore`). It stays this store's to close.
+   */
+  get connection(): Database.Database {
+    return this.db;
   }
 
   createJob(job: NewJob): JobRecord {
@@ -698,21 +461,20 @@ export class SqliteStore implements Store {
     return this.sql.listJobs.all({ states, limit: filter?.limit ?? -1 }).map(toJob);
   }
 
-  pendingItemIds(jobId: string): number[] {
-    return this.sql.pendingItemIds.all(jobId);
-  }
-
   /**
    * Read a window of seq numbers at a time and folded into runs as they come: as fast as reading
    * the ids (a window-function query doing the same in SQL took four times as long, and two-column
-   * rows seven times), in memory bounded by the window, not the job.
+   * rows seven times), in memory bounded by the window, not the job. `range` keeps the ids within
+   * `[first, last]` (a chunk's, for the several-hubs store).
    */
-  pendingItemRuns(jobId: string): IdRun[] {
+  pendingItemRuns(jobId: string, range?: { first: number; last: number }): IdRun[] {
+    const lo = range?.first ?? 0;
+    const hi = range?.last ?? Number.MAX_SAFE_INTEGER;
     const runs: IdRun[] = [];
     const count = this.sql.jobForAppend.get(jobId)?.itemCount ?? 0;
     let last: IdRun | undefined;
     for (let from = 0; from < count; from += PENDING_WINDOW) {
-      for (const id of this.sql.pendingWindow.all(jobId, from, from + PENDING_WINDOW)) {
+      for (const id of this.sql.pendingWindow.all(jobId, from, from + PENDING_WINDOW, lo, hi)) {
         if (last && last.last + 1 === id) last.last = id;
         else runs.push((last = { first: id, last: id }));
       }
@@ -853,7 +615,7 @@ export class SqliteStore implements Store {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.checkpointer) stopCheckpointer(this.checkpointer.ctl);
+    this.checkpointer?.stop();
     this.db.close();
   }
 }

@@ -140,9 +140,6 @@ export interface SizedInputs {
 
 /** The hub's store. Every method is synchronous and atomic. */
 export interface Store {
-  getSetting(key: string): string | undefined;
-  setSetting(key: string, value: string): void;
-
   createJob(job: NewJob): JobRecord;
   /** Appends items to an open job; returns their ids in order. Throws if the job is not open. */
   /** Items go to an open job; with `running`, also to a sealed one still queued or running (a pipeline stage). */
@@ -158,13 +155,11 @@ export interface Store {
   getJob(id: string): JobRecord | undefined;
   listJobs(filter?: { states?: JobState[]; limit?: number }): JobRecord[];
 
-  /** Ids of a job's pending items in seq order. */
-  pendingItemIds(jobId: string): number[];
   /**
-   * The same ids as runs of consecutive ids, in seq order: what a job's queue is built from, in
-   * memory that does not grow with the job's size.
+   * Ids of a job's pending items as runs of consecutive ids, in seq order, optionally within
+   * `[first, last]`: what a job's queue is built from, in memory that does not grow with the job.
    */
-  pendingItemRuns(jobId: string): IdRun[];
+  pendingItemRuns(jobId: string, range?: { first: number; last: number }): IdRun[];
   getItem(id: number): ItemRecord | undefined;
   listItems(jobId: string, opts: { offset: number; limit: number; state?: ItemState }): ItemRecord[];
   /** Input packs of these items (missing ids are absent from the map). */

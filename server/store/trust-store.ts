@@ -1,12 +1,14 @@
 /**
  * What the hub keeps to trust results: canary answers, replica results awaiting a quorum, which
- * accepted results were verified, and each worker's trust record. Its own connection to the hub's
- * SQLite file (WAL lets both connections work on it), its own tables, so the main store's narrow
- * interface stays as it is. `revertUnverified` is the one operation that reaches into the main
+ * accepted results were verified, and each worker's trust record. Its own tables (in
+ * `sqlite-migrations.ts`), so the main store's narrow interface stays as it is; the hub gives it its
+ * own connection to the file (`open`, WAL lets both work on it), the several-hubs store shares its
+ * store's (`on`), so trust writes join that store's transactions. `revertUnverified` is the one operation that reaches into the main
  * tables: it takes back a quarantined worker's unconfirmed results so they are computed again.
  */
 import Database from 'better-sqlite3';
-import { BACKSTOP_PAGES } from './sqlite.ts';
+import { migrateSqlite } from './sqlite-migrations.ts';
+import { BACKSTOP_PAGES } from './wal-checkpointer.ts';
 
 /** A worker's trust record. */
 export interface TrustRecord {
@@ -32,51 +34,29 @@ export interface Replica {
   at: number;
 }
 
-const SCHEMA = `
-  CREATE TABLE IF NOT EXISTS canaries (item_id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, outputs BLOB NOT NULL);
-  CREATE INDEX IF NOT EXISTS canaries_job ON canaries (job_id);
-  CREATE TABLE IF NOT EXISTS replicas (
-    item_id INTEGER NOT NULL, worker_id TEXT NOT NULL, backend TEXT NOT NULL,
-    outputs BLOB NOT NULL, ms REAL NOT NULL, at INTEGER NOT NULL,
-    PRIMARY KEY (item_id, worker_id)
-  );
-  CREATE TABLE IF NOT EXISTS verified (item_id INTEGER PRIMARY KEY, how TEXT NOT NULL);
-  CREATE TABLE IF NOT EXISTS worker_trust (
-    worker_id TEXT PRIMARY KEY, validated INTEGER NOT NULL, streak INTEGER NOT NULL,
-    strikes INTEGER NOT NULL, quarantined INTEGER NOT NULL, reason TEXT, at INTEGER NOT NULL
-  );
-  CREATE INDEX IF NOT EXISTS results_worker ON results (worker_id);
-`;
-
 export class TrustStore {
-  private readonly db: Database.Database;
   private readonly q;
   private closed = false;
 
-  private constructor(file: string) {
-    this.db = new Database(file);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('busy_timeout = 5000');
-    // Checkpoints are the store's checkpointing thread's to run (see `BACKSTOP_PAGES`): with
-    // SQLite's default, a trust write (a canary confirmed, a replica stored) past 1,000 WAL pages ran
-    // one on the event loop, 3 to 7 ms each in the 2,000-connection bench.
-    this.db.pragma(`wal_autocheckpoint = ${BACKSTOP_PAGES}`);
-    this.db.exec(SCHEMA);
+  private constructor(
+    private readonly db: Database.Database,
+    /** Whether `close` closes the connection (it opened it). */
+    private readonly owned: boolean,
+  ) {
     this.q = {
       addCanary: this.db.prepare(
         'INSERT OR REPLACE INTO canaries (item_id, job_id, outputs) VALUES (?, ?, ?)',
       ),
-      canaryIds: this.db.prepare('SELECT item_id FROM canaries WHERE job_id = ?').pluck(),
+      canaryIds: this.db.prepare('SELECT item_id FROM canaries WHERE job_id = ? ORDER BY item_id').pluck(),
       canary: this.db.prepare('SELECT outputs FROM canaries WHERE item_id = ?').pluck(),
       addReplica: this.db.prepare(
         'INSERT OR REPLACE INTO replicas (item_id, worker_id, backend, outputs, ms, at) VALUES (?, ?, ?, ?, ?, ?)',
       ),
       replicas: this.db.prepare(
-        'SELECT item_id, worker_id, backend, outputs, ms, at FROM replicas WHERE item_id = ? ORDER BY at',
+        'SELECT item_id, worker_id, backend, outputs, ms, at FROM replicas WHERE item_id = ? ORDER BY at, worker_id',
       ),
       dropReplicas: this.db.prepare('DELETE FROM replicas WHERE item_id = ?'),
-      replicaItems: this.db.prepare('SELECT DISTINCT item_id FROM replicas').pluck(),
+      replicaItems: this.db.prepare('SELECT DISTINCT item_id FROM replicas ORDER BY 1').pluck(),
       verify: this.db.prepare('INSERT OR REPLACE INTO verified (item_id, how) VALUES (?, ?)'),
       isVerified: this.db.prepare('SELECT how FROM verified WHERE item_id = ?').pluck(),
       verification: this.db.prepare(
@@ -86,7 +66,7 @@ export class TrustStore {
          WHERE r.job_id = ? GROUP BY 1`,
       ),
       trust: this.db.prepare('SELECT * FROM worker_trust WHERE worker_id = ?'),
-      allTrust: this.db.prepare('SELECT * FROM worker_trust'),
+      allTrust: this.db.prepare('SELECT * FROM worker_trust ORDER BY worker_id'),
       putTrust: this.db.prepare(
         `INSERT INTO worker_trust (worker_id, validated, streak, strikes, quarantined, reason, at)
          VALUES (@workerId, @validated, @streak, @strikes, @quarantined, @reason, @at)
@@ -97,7 +77,7 @@ export class TrustStore {
         `SELECT r.item_id AS itemId, r.job_id AS jobId FROM results r
          JOIN jobs j ON j.id = r.job_id
          LEFT JOIN verified v ON v.item_id = r.item_id
-         WHERE r.worker_id = ? AND v.item_id IS NULL AND j.state != 'cancelled'`,
+         WHERE r.worker_id = ? AND v.item_id IS NULL AND j.state != 'cancelled' ORDER BY r.item_id`,
       ),
       deleteResult: this.db.prepare('DELETE FROM results WHERE item_id = ?'),
       reopenItem: this.db.prepare(`UPDATE items SET state = 'pending' WHERE id = ? AND state = 'done'`),
@@ -110,9 +90,28 @@ export class TrustStore {
     };
   }
 
-  /** Opens the trust tables in the hub's SQLite file. */
+  /** Opens the trust tables in the hub's SQLite file, on a connection of its own. */
   static open(file: string): TrustStore {
-    return new TrustStore(file);
+    const db = new Database(file);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      db.pragma('busy_timeout = 5000');
+      // Checkpoints are the store's checkpointing thread's to run (see `BACKSTOP_PAGES`): with
+      // SQLite's default, a trust write (a canary confirmed, a replica stored) past 1,000 WAL pages
+      // would run one on the event loop.
+      db.pragma(`wal_autocheckpoint = ${BACKSTOP_PAGES}`);
+      migrateSqlite(db, file);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+    return new TrustStore(db, true);
+  }
+
+  /** The trust tables on a connection that is already open and migrated, and stays its owner's to close. */
+  static on(db: Database.Database): TrustStore {
+    return new TrustStore(db, false);
   }
 
   /** Stores the known answers of a job's canary items. */
@@ -227,7 +226,7 @@ export class TrustStore {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.db.close();
+    if (this.owned) this.db.close();
   }
 }
 

@@ -202,6 +202,38 @@ describe('the node reads frames into reserved places', () => {
     });
   }
 
+  test('an answer rewritten by a proxy (header case and order, extra headers) opens the channel', async () => {
+    const t = pattern(5000, 9);
+    const header = encodeFrameHeader({
+      shardId: 's_proxy',
+      jobId: 'j',
+      model: MODEL,
+      items: [{ id: 7, tensors: [{ n: 'x', t: 'uint8', d: [5000] }] }],
+    });
+    const answer =
+      `HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nx-served-by: haproxy\r\n` +
+      `UPGRADE: ${DATA_CHANNEL_PROTOCOL}\r\ndate: Sun, 06 Dec 2026 17:00:00 GMT\r\n\r\n`;
+    const { url, server } = await fakeHub((sock) => {
+      void (async () => {
+        // The answer with part of the first frame in one write, then the rest in pieces.
+        const wire = Buffer.concat([Buffer.from(answer, 'latin1'), header, t]);
+        sock.write(wire.subarray(0, answer.length + 7));
+        await writeInPieces(sock, wire.subarray(answer.length + 7), [2, 1000]);
+      })();
+    });
+    try {
+      const c = open(url);
+      await waitFor('the frame', () => c.shards.length === 1, 10_000, 5);
+      assert.equal(c.shards[0]?.shardId, 's_proxy');
+      const inputs = c.shards[0]?.items[0]?.inputs() as WireTensor[];
+      assert.deepEqual(Buffer.from(inputs[0]?.data as Uint8Array), Buffer.from(t));
+      c.client.close();
+      assert.equal((await c.closed).opened, true);
+    } finally {
+      server.close();
+    }
+  });
+
   test('a refusal ends the channel unopened, with the hub’s status and reason', async () => {
     const { url, server } = await fakeHub((sock) => {
       sock.end(

@@ -18,7 +18,7 @@ import { decideBackend, webGpuCheck, type CudaCheck } from '../../native/backend
 import { probeWebGpu, vulkanLoaderName } from '../../native/gpu-probe.ts';
 import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
 import { OrtBackend } from '../../native/ort-backend.ts';
-import type { ThreadedSession } from '../../native/ort-threaded.ts';
+import { MAX_LOSSES, type ThreadedSession } from '../../native/ort-threaded.ts';
 import { BackendError } from '../../worker/backend.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import {
@@ -286,6 +286,80 @@ describe('a native node on webgpu over SwiftShader', { skip }, () => {
     } finally {
       await g.dispose();
       await c.dispose();
+    }
+  });
+
+  test('a GPU lost again and again is given up for the CPU when chosen automatically, kept when forced', async () => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model, 'mlp-small is in the registry');
+    const bytes = new Uint8Array(readFileSync(modelPath(hub, model)));
+    const probed = webGpuCheck(await probeWebGpu({ env: swiftEnv, nvidia: null }));
+    assert.ok(probed.ok, probed.reason);
+    // The boundary this machine lacks: SwiftShader is a software adapter, which `auto` never takes.
+    // Presented as a real GPU, so that `auto` chooses it; the sessions themselves run on SwiftShader.
+    const asReal = async () => ({ ...probed, adapter: { ...probed.adapter, software: false } });
+    const changes: string[] = [];
+    const auto = await OrtBackend.create({
+      prefer: 'auto',
+      gpu: null,
+      webgpu: asReal,
+      onChange: (b) => changes.push(b.name),
+    });
+    assert.equal(auto.name, 'webgpu', auto.reason);
+    const forced = await OrtBackend.create({ prefer: 'webgpu', gpu: null, webgpu: asReal });
+    const cpu = await OrtBackend.create({ prefer: 'cpu' });
+    const items = [0, 1, 2].map((i) => calibrationInputs(model, 30 + i));
+    const a = (await auto.load(model, bytes)) as ThreadedSession;
+    const b = (await auto.load(model, bytes)) as ThreadedSession;
+    const f = (await forced.load(model, bytes)) as ThreadedSession;
+    const c = await cpu.load(model, bytes);
+    const lostRun = (s: ThreadedSession) => {
+      s.loseDeviceForTest();
+      return assert.rejects(
+        s.run(items),
+        (err: unknown) => err instanceof BackendError && err.category === 'device_lost',
+      );
+    };
+    try {
+      const want = await c.run(items);
+      const same = (got: WireTensor[][]) => {
+        for (let i = 0; i < items.length; i++)
+          assert.equal(
+            compareTensors(
+              (got[i] as WireTensor[])[0] as WireTensor,
+              (want[i] as WireTensor[])[0] as WireTensor,
+              model.tolerance,
+            ),
+            undefined,
+          );
+      };
+      // Three losses are recovered on the GPU; the fourth within the window gives the GPU up.
+      for (let i = 0; i < MAX_LOSSES; i++) {
+        await lostRun(a);
+        same(await a.run(items));
+      }
+      assert.equal(auto.name, 'webgpu');
+      await lostRun(a);
+      same(await a.run(items));
+      assert.equal(auto.name, 'cpu');
+      assert.match(auto.reason, /webgpu given up: mlp-small: lost 4 times/);
+      assert.equal(auto.adapter, undefined);
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(changes, ['cpu'], 'the node is told once, to register again');
+      // The other session of the backend follows on its next run, without a loss of its own.
+      same(await b.run(items));
+      assert.equal(b.restarts, 0);
+      assert.deepEqual(auto.sessionOptions.executionProviders, ['cpu']);
+
+      // Forced with --backend webgpu: the owner's choice is kept; the session gives up instead.
+      for (let i = 0; i <= MAX_LOSSES; i++) {
+        await lostRun(f);
+        if (i < MAX_LOSSES) same(await f.run(items));
+      }
+      await assert.rejects(f.run(items), /lost 4 times in 10 min.*giving up/);
+      assert.equal(forced.name, 'webgpu');
+    } finally {
+      await Promise.all([a.dispose(), b.dispose(), f.dispose(), c.dispose()]);
     }
   });
 });

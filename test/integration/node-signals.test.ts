@@ -14,6 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { packTensors } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
+import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
 import { ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
 
 /** Starts `npm run shardhub -- node ...` (optionally `| tee FILE`) in a process group of its own, as a terminal does. */
@@ -153,4 +154,88 @@ describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
     assertDrainedOnce(p.output());
     assert.equal(code, 0, p.output().slice(-2000));
   });
+});
+
+/**
+ * Whether a process holds signals (Linux: the SigCgt mask of /proc). Node catches SIGINT and SIGTERM
+ * itself from its start (to restore the terminal before it dies of them), but not SIGHUP: a caught
+ * SIGHUP is the node's hold (`common/early-signals.mjs`).
+ */
+function holdsSignals(pid: number): boolean {
+  try {
+    const mask = /^SigCgt:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+    return mask !== undefined && (BigInt(`0x${mask}`) & 1n) !== 0n; // SIGHUP is 1
+  } catch {
+    return false;
+  }
+}
+
+describe('a signal while the node is still starting', { timeout: 180_000 }, () => {
+  const tmp = tempDir();
+  let hub: HubServer;
+  const pids: number[] = [];
+
+  before(async () => {
+    hub = await startHub(join(tmp.dir, 'hub'));
+  });
+  after(async () => {
+    for (const pid of pids) {
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+    await hub.close();
+    tmp.cleanup();
+  });
+
+  /**
+   * `shardhub node` as `npm run shardhub` runs it (its preload, then tsx), without npm: `relaunch`
+   * leaves out the node's flags, so that it runs itself again in a child.
+   */
+  function node(name: string, relaunch: boolean) {
+    const args = [
+      ...['--import', './common/hold-node-signals.mjs', '--import', 'tsx'],
+      ...(relaunch ? [] : NODE_V8_FLAGS),
+      ...['server/cli.ts', 'node', '--hub', hub.url, '--token', hub.tokens.joinToken, '--backend', 'sim'],
+      ...['--state', join(tmp.dir, name), '--cache', join(tmp.dir, name, 'cache'), '--name', name],
+    ];
+    const child = spawn(process.execPath, args, {
+      cwd: ROOT,
+      detached: true,
+      env: relaunch ? { ...process.env } : nodeEnv({ ...process.env }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    pids.push(child.pid as number);
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((ok) =>
+      child.once('exit', (code, signal) => ok({ code, signal })),
+    );
+    return { child, exited, output: () => out };
+  }
+
+  for (const relaunch of [false, true]) {
+    for (const afterMs of [0, 700, 1500]) {
+      const what = relaunch ? 'relaunching itself with its flags' : 'started with its flags';
+      test(`SIGTERM ${afterMs} ms after its first handler, ${what}: it exits 0`, async () => {
+        const name = `early-${relaunch ? 'r' : 'd'}-${afterMs}`;
+        const p = node(name, relaunch);
+        const pid = p.child.pid as number;
+        // The preload's handler is the first thing the process installs; the modules load after.
+        await waitFor('the first handler', () => holdsSignals(pid) || p.child.exitCode !== null, 30_000, 2);
+        await new Promise((ok) => setTimeout(ok, afterMs));
+        p.child.kill('SIGTERM');
+        const end = await Promise.race([
+          p.exited,
+          new Promise<'hung'>((ok) => setTimeout(() => ok('hung'), 60_000)),
+        ]);
+        assert.notEqual(end, 'hung', `the node did not exit:\n${p.output().slice(-3000)}`);
+        assert.deepEqual(end, { code: 0, signal: null }, p.output().slice(-3000));
+        assert.doesNotMatch(p.output(), /Napi::Error|terminate called|Aborted/);
+      });
+    }
+  }
 });

@@ -24,6 +24,7 @@ import { SqliteStore } from '../../server/store/sqlite.ts';
 import { postgresBin, startPostgres } from '../helpers/postgres.ts';
 import type { TestPostgres } from '../helpers/postgres.ts';
 import type { WriterTask } from '../helpers/results-writer.ts';
+import { items, newJob } from '../helpers/store-rows.ts';
 
 /** A fresh store's data, which any number of clients can open. */
 interface Space {
@@ -96,28 +97,6 @@ const postgresTarget = (): Target => {
     },
   };
 };
-
-function newJob(id: string, over: Partial<NewJob> = {}): NewJob {
-  return {
-    id,
-    modelName: 'mlp',
-    modelSha256: 'ab'.repeat(32),
-    priority: 0,
-    redundancy: 1,
-    deadline: null,
-    requirements: null,
-    options: {},
-    state: 'open',
-    ...over,
-  };
-}
-
-function items(n: number, prefix = 'item'): { name: string; inputs: Uint8Array }[] {
-  return Array.from({ length: n }, (_, i) => ({
-    name: `${prefix}-${i}`,
-    inputs: new Uint8Array([i & 0xff, 1, 2]),
-  }));
-}
 
 function result(itemId: number, jobId: string, workerId = 'w1'): NewResult {
   return {

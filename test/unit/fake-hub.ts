@@ -17,6 +17,7 @@ import type {
   WorkerAuth,
   WorkerToHubEvents,
 } from '../../protocol/events.ts';
+import { ErrorCode, refusal } from '../../protocol/errors.ts';
 import type { ModelInfo } from '../../protocol/model.ts';
 import { bytesOf, type WireTensor } from '../../protocol/tensor.ts';
 import { toWireTensor } from '../../worker/wire.ts';
@@ -87,7 +88,7 @@ export class FakeHub {
     if (joinToken !== undefined && checkTokenAt === 'connect') {
       nsp.use((socket, next) => {
         if ((socket.handshake.auth as WorkerAuth).token === joinToken) next();
-        else next(new Error('invalid join token'));
+        else next(refusal(ErrorCode.Unauthorized, 'invalid join token'));
       });
     }
     nsp.on('connection', (socket: HubSocket) => {
@@ -95,7 +96,12 @@ export class FakeHub {
       socket.on('worker:register', (req, ack) => {
         const auth = socket.handshake.auth as WorkerAuth;
         if (joinToken !== undefined && checkTokenAt === 'register' && auth.token !== joinToken) {
-          ack({ error: { code: 'unauthorized', message: 'native nodes need the hub join token (--token)' } });
+          ack({
+            error: {
+              code: ErrorCode.Unauthorized,
+              message: 'native nodes need the hub join token (--token)',
+            },
+          });
           socket.disconnect(true);
           return;
         }

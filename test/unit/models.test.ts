@@ -8,10 +8,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
-import { ModelRegistry, ModelRegistryError } from '../../models/registry.ts';
+import { ModelRegistry, ModelRegistryError, type UploadedFile } from '../../models/registry.ts';
 import { ModelManifestSchema } from '../../models/manifest-schema.ts';
 import { encodeRecipe, GENERATED_DIR, RECIPES } from '../../models/build.ts';
-import { readOnnxSignature, signatureProblems } from '../../models/onnx-signature.ts';
+import { readOnnxSignature, readOnnxSignatureFile, signatureProblems } from '../../models/onnx-signature.ts';
 import { calibrationInputs, withRows } from '../../worker/calibration.ts';
 import { toNumbers, toTypedArray, type WireTensor } from '../../protocol/tensor.ts';
 import type { ModelManifest } from '../../protocol/model.ts';
@@ -23,6 +23,13 @@ async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise
   const dir = await mkdtemp(join(tmpdir(), 'shardhub-models-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   return dir;
+}
+
+/** `bytes` as a received upload: a file in the registry's incoming dir, hashed. */
+async function received(reg: ModelRegistry, bytes: Uint8Array): Promise<UploadedFile> {
+  const path = join(reg.incomingDir, `${Math.random().toString(36).slice(2)}.part`);
+  await writeFile(path, bytes);
+  return { path, sha256: createHash('sha256').update(bytes).digest('hex'), bytes: bytes.byteLength };
 }
 
 function toOrt(t: WireTensor): ort.Tensor {
@@ -73,6 +80,35 @@ test('generated models are byte-identical to a fresh build (deterministic weight
     const onDisk = await readFile(join(GENERATED_DIR, `${r.name}.onnx`));
     assert.equal(Buffer.compare(onDisk, encodeRecipe(r)), 0, r.name);
   }
+});
+
+test('the signature read field by field from a file equals a full decode of the model', async (t) => {
+  const { onnx } = onnxProto;
+  const reg = await ModelRegistry.open({ modelsDir: MODELS_DIR, uploadDir: await tempDir(t) });
+  const names = (vs: { name?: string | null }[] | null | undefined) => (vs ?? []).map((v) => v.name ?? '');
+  for (const m of reg.list()) {
+    const path = reg.filePath(m.sha256) as string;
+    const bytes = await readFile(path);
+    const graph = onnx.ModelProto.decode(bytes).graph!;
+    const initialized = new Set(names(graph.initializer));
+    const sig = readOnnxSignatureFile(path);
+    assert.deepEqual(sig, readOnnxSignature(bytes), m.name);
+    assert.deepEqual(
+      sig.inputs.map((v) => v.name),
+      names(graph.input).filter((n) => !initialized.has(n)),
+      m.name,
+    );
+    assert.deepEqual(
+      sig.outputs.map((v) => v.name),
+      names(graph.output),
+      m.name,
+    );
+  }
+  // A file cut short (an interrupted copy) is not a model.
+  const cut = join(await tempDir(t), 'cut.onnx');
+  const whole = await readFile(reg.filePath(reg.byName('mlp-small')!.sha256) as string);
+  await writeFile(cut, whole.subarray(0, whole.byteLength - 100));
+  assert.throws(() => readOnnxSignatureFile(cut), /not an ONNX model/);
 });
 
 test('every manifest describes its ONNX graph (names, dtypes, ranks, fixed dims)', async (t) => {
@@ -268,18 +304,25 @@ test('upload round trip: stored by sha256, reloaded on open', async (t) => {
   const bytes = new Uint8Array(await readFile(join(GENERATED_DIR, 'mlp-tiny.onnx')));
   const sha = createHash('sha256').update(bytes).digest('hex');
   const reg = await ModelRegistry.open({ modelsDir, uploadDir });
-  const info = await reg.addUpload(bytes, { ...(await tinyManifest()), name: 'my-tiny' });
+  const upload = await received(reg, bytes);
+  const info = await reg.addUpload(upload, { ...(await tinyManifest()), name: 'my-tiny' });
   assert.equal(info.sha256, sha);
   assert.equal(info.bytes, bytes.byteLength);
   assert.equal(info.url, `/api/models/${sha}`);
   assert.equal(reg.byName('my-tiny')?.sha256, sha);
   assert.deepEqual(await readFile(join(uploadDir, `${sha}.onnx`)), Buffer.from(bytes));
+  assert.deepEqual(await readdir(reg.incomingDir), [], 'the received file was moved into place');
   const stored = JSON.parse(await readFile(join(uploadDir, `${sha}.json`), 'utf8')) as ModelManifest;
   assert.equal(stored.file, `${sha}.onnx`);
   // Same bytes, same name again: the existing model, not an error.
-  assert.equal((await reg.addUpload(bytes, { ...(await tinyManifest()), name: 'my-tiny' })).sha256, sha);
+  const again1 = await received(reg, bytes);
+  assert.equal((await reg.addUpload(again1, { ...(await tinyManifest()), name: 'my-tiny' })).sha256, sha);
+
+  // A file left in the incoming dir (a hub stopped mid-upload) is gone after the next open.
+  assert.deepEqual(await readdir(reg.incomingDir), [again1.path.split('/').pop()]);
 
   const again = await ModelRegistry.open({ modelsDir, uploadDir });
+  assert.deepEqual(await readdir(again.incomingDir), []);
   assert.deepEqual(again.problems(), []);
   assert.deepEqual(again.byName('my-tiny'), info);
   assert.equal(again.filePath(sha), join(uploadDir, `${sha}.onnx`));
@@ -304,7 +347,7 @@ test('uploads are refused on name clash, duplicate bytes, bad manifests and non-
     re: RegExp,
     code: string,
   ) =>
-    assert.rejects(reg.addUpload(bytes, manifest), (err: Error) => {
+    await assert.rejects(reg.addUpload(await received(reg, bytes), manifest), (err: Error) => {
       assert.ok(err instanceof ModelRegistryError);
       assert.equal(err.code, code);
       assert.match(err.message, re);

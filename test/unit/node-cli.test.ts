@@ -49,6 +49,13 @@ describe('shardhub node arguments', () => {
     assert.equal(options(['--hub', 'http://h:9'], { SHARDHUB_DATA_CHANNEL: 'off' })?.dataChannel, false);
   });
 
+  it('takes a list of hubs, each checked', () => {
+    assert.deepEqual(options(['--hub', 'http://a:1, http://b:2/'])?.hub, ['http://a:1', 'http://b:2']);
+    assert.deepEqual(options([], { SHARDHUB_HUB: 'http://a:1,https://b' })?.hub, ['http://a:1', 'https://b']);
+    assert.throws(() => parseNodeArgs(['--hub', 'http://a:1,']), /--hub must be URLs separated by commas/);
+    assert.throws(() => parseNodeArgs(['--hub', 'http://a:1,b:2']), /did you mean http:\/\/b:2/);
+  });
+
   it('says precisely what is wrong', () => {
     const bad = (argv: string[], re: RegExp, env = {}) =>
       assert.throws(

@@ -8,8 +8,7 @@ import { test } from 'node:test';
 import { type HeaderCache, PackError, packTensors, unpackTensors } from '../../protocol/pack.ts';
 import { bytesOf, type WireTensor } from '../../protocol/tensor.ts';
 import type { ItemResult } from '../../protocol/events.ts';
-import { unpackResults } from '../../server/gateway.ts';
-import { packResults } from '../../worker/outbox.ts';
+import { packResults, unpackResults } from '../../protocol/results-pack.ts';
 
 function y(dims: number[], values: number[]): WireTensor[] {
   return [{ name: 'y', dtype: 'float32', dims, data: bytesOf(new Float32Array(values)) }];

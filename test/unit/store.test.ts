@@ -4,29 +4,15 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SqliteStore, SCHEMA_VERSION } from '../../server/store/sqlite.ts';
-import type { NewFailure, NewJob, NewResult, WorkerRecord } from '../../server/store/store.ts';
+import { SqliteStore } from '../../server/store/sqlite.ts';
+import type { NewFailure, NewResult, WorkerRecord } from '../../server/store/store.ts';
+import { items, newJob } from '../helpers/store-rows.ts';
 
-function newJob(id: string, over: Partial<NewJob> = {}): NewJob {
-  return {
-    id,
-    modelName: 'squeezenet',
-    modelSha256: 'ab'.repeat(32),
-    priority: 0,
-    redundancy: 1,
-    deadline: null,
-    requirements: null,
-    options: {},
-    state: 'open',
-    ...over,
-  };
-}
-
-function items(n: number, prefix = 'item'): { name: string; inputs: Uint8Array }[] {
-  return Array.from({ length: n }, (_, i) => ({
-    name: `${prefix}-${i}`,
-    inputs: new Uint8Array([i & 0xff, 1, 2]),
-  }));
+/** A job's pending item ids in seq order, from its runs. */
+function pendingIds(store: SqliteStore, jobId: string): number[] {
+  return store
+    .pendingItemRuns(jobId)
+    .flatMap((r) => Array.from({ length: r.last - r.first + 1 }, (_, i) => r.first + i));
 }
 
 function result(itemId: number, jobId: string, over: Partial<NewResult> = {}): NewResult {
@@ -288,18 +274,20 @@ describe('SqliteStore', () => {
       { first: a[3], last: a[4] },
       { first: b[0], last: b[2] },
     ]);
-    const expanded = runs.flatMap((r) => Array.from({ length: r.last - r.first + 1 }, (_, i) => r.first + i));
-    assert.deepEqual(expanded, store.pendingItemIds('j1'));
+    assert.deepEqual(store.pendingItemRuns('j1', { first: a[4], last: b[1] }), [
+      { first: a[4], last: a[4] },
+      { first: b[0], last: b[1] },
+    ]);
   });
 
-  test('pendingItemIds lists what is still pending in seq order after a mix of outcomes', () => {
+  test('pendingItemRuns list what is still pending in seq order after a mix of outcomes', () => {
     store.createJob(newJob('j1'));
     store.createJob(newJob('other'));
     const ids = store.appendItems('j1', items(6));
     store.appendItems('other', items(3));
     store.recordResults([result(ids[1], 'j1'), result(ids[4], 'j1')]);
     store.recordFailures([failure(ids[2], 'j1', true), failure(ids[3], 'j1', false)]);
-    assert.deepEqual(store.pendingItemIds('j1'), [ids[0], ids[3], ids[5]]);
+    assert.deepEqual(pendingIds(store, 'j1'), [ids[0], ids[3], ids[5]]);
     assert.deepEqual(store.pendingItemRuns('j1'), [
       { first: ids[0], last: ids[0] },
       { first: ids[3], last: ids[3] },
@@ -344,7 +332,6 @@ describe('SqliteStore', () => {
     const [a, b] = store.appendItems('j1', items(2));
     store.recordResults([result(a, 'j1')]);
     store.recordFailures([failure(b, 'j1', false)]);
-    store.setSetting('joinToken', 'hash-1');
     store.upsertWorker(worker('w1'));
     store.addEvent('j1', 'steal', { from: 'w1' }, 5);
     store.close();
@@ -353,31 +340,15 @@ describe('SqliteStore', () => {
     store = SqliteStore.open(file);
     assert.equal(store.getJob('j1')?.doneCount, 1);
     assert.equal(store.getResult(a)?.workerId, 'w1');
-    assert.deepEqual(store.pendingItemIds('j1'), [b]);
+    assert.deepEqual(pendingIds(store, 'j1'), [b]);
     assert.equal(store.getItem(b)?.attempts, 1);
     assert.equal(store.failuresOf('j1').length, 1);
-    assert.equal(store.getSetting('joinToken'), 'hash-1');
     assert.equal(store.getWorker('w1')?.name, 'node w1');
     assert.equal(store.listEvents('j1').length, 1);
     assert.deepEqual(
       store.appendItems('j1', items(1)).map((id) => store.getItem(id)?.seq),
       [2],
     );
-  });
-
-  test('a fresh file is at the current schema version and reopening does not migrate again', () => {
-    assert.ok(SCHEMA_VERSION >= 1);
-    store.close();
-    store = SqliteStore.open(file);
-    store.createJob(newJob('j1'));
-    assert.equal(store.getJob('j1')?.id, 'j1');
-  });
-
-  test('settings are absent until set and the last write wins', () => {
-    assert.equal(store.getSetting('k'), undefined);
-    store.setSetting('k', 'one');
-    store.setSetting('k', 'two');
-    assert.equal(store.getSetting('k'), 'two');
   });
 
   test('workers upsert, keep firstSeen and itemsDone across upserts, and count items done', () => {

@@ -19,6 +19,7 @@ import { SqliteStore } from '../../server/store/sqlite.ts';
 import { TrustStore } from '../../server/store/trust-store.ts';
 import { DEFAULT_TRUST_OPTIONS, TrustBook } from '../../server/trust.ts';
 import { Verifier, agreeingGroups } from '../../server/verify.ts';
+import { newJob } from '../helpers/store-rows.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'shardhub-trust-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -245,17 +246,7 @@ describe('strikes and quarantine', () => {
 
   test('a quarantined worker’s unconfirmed results are taken back; confirmed ones stay', () => {
     const { store, ts } = setup('revert');
-    store.createJob({
-      id: 'j',
-      modelName: 'm',
-      modelSha256: 'a'.repeat(64),
-      priority: 0,
-      redundancy: 1,
-      deadline: null,
-      requirements: null,
-      options: {},
-      state: 'open',
-    });
+    store.createJob(newJob('j', { modelName: 'm', modelSha256: 'a'.repeat(64) }));
     const ids = store.appendItems(
       'j',
       [1, 2, 3].map((i) => ({ name: `i${i}`, inputs: new Uint8Array([i]) })),
@@ -279,7 +270,12 @@ describe('strikes and quarantine', () => {
     const job = store.getJob('j');
     assert.equal(job?.doneCount, 1);
     assert.equal(job?.state, 'running', 'a completed job runs again');
-    assert.deepEqual(store.pendingItemIds('j'), ids.slice(1));
+    assert.deepEqual(
+      store
+        .pendingItemRuns('j')
+        .flatMap((r) => Array.from({ length: r.last - r.first + 1 }, (_, i) => r.first + i)),
+      ids.slice(1),
+    );
     assert.ok(store.getResult(ids[0] as number), 'the confirmed result stays');
   });
 });
