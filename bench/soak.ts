@@ -2,14 +2,22 @@
  * `npm run bench -- soak [--json] [--seconds 60] [--nodes 6] [--seed 1]`
  *
  * Chaos against a real grid: the hub runs as its own process on a fixed port; native nodes run
- * the real mlp-small model with onnxruntime-node (one of them corrupts every output). For the given
- * time, at random: nodes are SIGKILLed and restarted (same identity), nodes are evicted from the
+ * the real mlp-small model with onnxruntime-node. Two of them lie (`native/fault.ts`): a blatant
+ * liar corrupts every output, and a subtle one answers its first 300 items honestly (it passes
+ * probation), then multiplies one output element by 1.05 on 5% of items, which only spot checks
+ * and canaries can catch. For the given time, at random: nodes are SIGKILLed and restarted (same
+ * identity; a restarted subtle liar is honest for 300 items again), nodes are evicted from the
  * server side, nodes are stalled (SIGSTOP for a while, then SIGCONT), the hub is killed with -9 and
  * restarted on the same data dir, new jobs are submitted concurrently, and bursts of hostile socket
- * messages and REST requests arrive. Then every job is awaited and the store is audited: each item
- * has exactly one accepted result, equal to a standalone onnxruntime-node reference within the
- * model's tolerance. Prints `worker_kills, hub_restarts, hostile_messages, items, lost, duplicated,
- * corrupted_accepted` (the last three must be 0) and more.
+ * messages and REST requests arrive. Then every job is awaited and the store is audited:
+ * - `lost`: an item sent that is missing from the store or still pending in a completed job;
+ * - `done_without_result`, `result_not_done`: an item's `done` state against its result row (the
+ *   two must agree: a result is stored in the same transaction that marks its item done);
+ * - `counters_off`: jobs whose done and failed counters differ from their items' states;
+ * - `corrupted_accepted`: results that differ from a standalone onnxruntime-node reference beyond
+ *   the model's tolerance.
+ * All of these must be 0. It also says when each liar was quarantined (seconds from the start,
+ * polled every 500 ms; `null`: never).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -22,6 +30,7 @@ import { shardhubParser } from '../protocol/socket-parser.ts';
 import { compareTensors } from '../protocol/tensor.ts';
 import { HUB_NODE_FLAGS } from '../server/node-flags.ts';
 import { SqliteStore } from '../server/store/sqlite.ts';
+import type { ItemRecord } from '../server/store/store.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { Reference, freePort, serveArgs } from '../test/helpers/grid.ts';
 import { ROOT, printTable } from './_grid.ts';
@@ -89,10 +98,21 @@ export interface SoakResult {
   /** Anonymous tabs failing every item (each hub start); `failed` must stay 0 all the same. */
   failure_reporters: number;
   failure_reporters_quarantined: number;
+  /** When the liars were quarantined, in seconds from the soak's start (`null`: never). */
+  liar_quarantined_at_s: number | null;
+  subtle_liar_quarantined_at_s: number | null;
+  /**
+   * Results the hub accepted from the subtle liar over the soak (its lifetime count, reverted ones
+   * included) and the checks it failed: whether it got past its honest items and was caught lying.
+   */
+  subtle_liar_items_done: number;
+  subtle_liar_strikes: number;
   items: number;
   failed: number;
   lost: number;
-  duplicated: number;
+  done_without_result: number;
+  result_not_done: number;
+  counters_off: number;
   corrupted_accepted: number;
 }
 
@@ -184,9 +204,16 @@ export async function runSoak(opts: {
   };
   const op = tokens.operatorToken;
 
-  const nodes: { proc: ChildProcess; liar: boolean; i: number; stopped: boolean }[] = [];
+  type Liar = 'blatant' | 'subtle' | undefined;
+  const nodes: { proc: ChildProcess; liar: Liar; i: number; stopped: boolean }[] = [];
   const restarts: ReturnType<typeof setTimeout>[] = [];
-  const startNode = (i: number, liar: boolean) => {
+  // The liars' worker ids, fixed so their quarantine can be looked up.
+  const liarIds = { blatant: 'soak-blatant-liar', subtle: 'soak-subtle-liar' };
+  const lies = {
+    blatant: ['--corrupt-rate', '1'],
+    subtle: ['--corrupt-rate', '0.05', '--corrupt-after', '300', '--corrupt-scale', '1.05'],
+  };
+  const startNode = (i: number, liar: Liar) => {
     const proc = spawn(
       process.execPath,
       [
@@ -203,14 +230,31 @@ export async function runSoak(opts: {
         '--cache',
         join(dir, 'cache'),
         '--name',
-        liar ? `liar${i}` : `node${i}`,
-        ...(liar ? ['--corrupt-rate', '1'] : []),
+        liar ? `${liar}-liar${i}` : `node${i}`,
+        ...(liar ? ['--id', liarIds[liar], ...lies[liar]] : []),
       ],
       { cwd: ROOT, stdio: 'ignore', env: nodeEnv({ ...process.env, SHARDHUB_LOG_LEVEL: 'error' }) },
     );
     nodes[i] = { proc, liar, i, stopped: false };
   };
-  for (let i = 0; i < nodeCount; i++) startNode(i, i === nodeCount - 1);
+  if (nodeCount < 3) throw new RangeError('a soak needs at least 3 nodes: 2 liars and an honest one');
+  for (let i = 0; i < nodeCount; i++)
+    startNode(i, i === nodeCount - 1 ? 'blatant' : i === nodeCount - 2 ? 'subtle' : undefined);
+
+  // When each liar is quarantined, as the hub's worker list says (while the hub is up).
+  const quarantinedAt: { blatant: number | null; subtle: number | null } = { blatant: null, subtle: null };
+  const watch = setInterval(() => {
+    void req(url, op, 'GET', '/api/workers?limit=1000').then((r) => {
+      const workers = (r.json?.data?.workers ?? []) as { id: string; state: string }[];
+      for (const kind of ['blatant', 'subtle'] as const) {
+        const w = workers.find((x) => x.id === liarIds[kind]);
+        if (w?.state === 'quarantined' && quarantinedAt[kind] === null) {
+          quarantinedAt[kind] = (Date.now() - t0) / 1000;
+          log(`the ${kind} liar is quarantined`);
+        }
+      }
+    });
+  }, 500);
 
   // Inputs: deterministic, so the audit can recompute every item.
   const calib = {
@@ -340,6 +384,7 @@ export async function runSoak(opts: {
       await sleep(500);
     }
   }
+  clearInterval(watch);
   for (const h of reporters) h?.close();
   hub?.kill('SIGKILL');
   // No node may outlive the soak: pending restarts are cancelled before the last kill.
@@ -352,40 +397,51 @@ export async function runSoak(opts: {
   const ref = await Reference.open(modelFile);
   let items = 0;
   let lost = 0;
-  let duplicated = 0;
+  let doneWithoutResult = 0;
+  let resultNotDone = 0;
+  let countersOff = 0;
   let corrupted = 0;
   let failed = 0;
   const trust = TrustStore.open(join(data, 'hub.sqlite'));
   const reportersQuarantined = [0, 1].filter(
     (k) => trust.trustOf(`soak-failure-reporter-${k}`)?.quarantined,
   ).length;
+  // A quarantine the 500 ms watch missed (the hub was down then) still counts, at the end.
+  for (const kind of ['blatant', 'subtle'] as const)
+    if (quarantinedAt[kind] === null && trust.trustOf(liarIds[kind])?.quarantined)
+      quarantinedAt[kind] = (Date.now() - t0) / 1000;
+  const subtleStrikes = trust.trustOf(liarIds.subtle)?.strikes ?? 0;
   trust.close();
+  const subtleItems = store.getWorker(liarIds.subtle)?.itemsDone ?? 0;
   try {
     for (const [id, sent] of jobItems) {
       const job = store.getJob(id);
       items += sent.length;
       failed += job?.failedCount ?? 0;
-      const seen = new Map<string, number>();
-      for (const r of store.iterateResults(id)) {
-        seen.set(r.name, (seen.get(r.name) ?? 0) + 1);
-      }
-      const failedNames = new Set<string>();
+      const stored = new Map<string, ItemRecord>();
       for (let off = 0; ; off += 1000) {
-        const page = store.listItems(id, { offset: off, limit: 1000, state: 'failed' });
-        for (const it of page) failedNames.add(it.name);
+        const page = store.listItems(id, { offset: off, limit: 1000 });
+        for (const it of page) stored.set(it.name, it);
         if (page.length < 1000) break;
       }
       for (const it of sent) {
-        const n = seen.get(it.name) ?? 0;
-        if (n === 0 && !failedNames.has(it.name)) lost++;
-        if (n > 1) duplicated += n - 1;
+        const rec = stored.get(it.name);
+        if (!rec || rec.state === 'pending') lost++;
       }
+      const states = [...stored.values()];
+      const done = states.filter((it) => it.state === 'done').length;
+      const failedItems = states.filter((it) => it.state === 'failed').length;
+      if (!job || job.doneCount !== done || job.failedCount !== failedItems) countersOff++;
       const byName = new Map(sent.map((it) => [it.name, it]));
+      const withResult = new Set<number>();
       for (const r of store.iterateResults(id)) {
+        withResult.add(r.itemId);
+        if (stored.get(r.name)?.state !== 'done') resultNotDone++;
         const want = (await ref.run((byName.get(r.name) as NamedItem).tensors))[0];
         const got = unpackTensors(r.outputs)[0];
         if (!want || !got || compareTensors(got, want, { atol: 1e-4, rtol: 1e-4 })) corrupted++;
       }
+      for (const it of states) if (it.state === 'done' && !withResult.has(it.id)) doneWithoutResult++;
     }
   } finally {
     await ref.close();
@@ -396,13 +452,19 @@ export async function runSoak(opts: {
     ...counts,
     seconds,
     nodes: nodeCount,
-    liars: 1,
+    liars: 2,
     failure_reporters: opts.failureReporters ? 2 : 0,
     failure_reporters_quarantined: reportersQuarantined,
+    liar_quarantined_at_s: quarantinedAt.blatant,
+    subtle_liar_quarantined_at_s: quarantinedAt.subtle,
+    subtle_liar_items_done: subtleItems,
+    subtle_liar_strikes: subtleStrikes,
     items,
     failed,
     lost,
-    duplicated,
+    done_without_result: doneWithoutResult,
+    result_not_done: resultNotDone,
+    counters_off: countersOff,
     corrupted_accepted: corrupted,
   };
 }

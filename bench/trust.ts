@@ -18,6 +18,9 @@
  * replicas (probation, spot checks), reference runs, and results recomputed after a quarantine
  * (goal: below 15%). Baseline, in the same run: the same jobs on the honest nodes alone
  * (`honest only` row), whose extra runs are the cost of verification with no attacker.
+ * The hub's memory: its process's RSS (the hub runs in this process; the nodes are children) at
+ * the start of each job, at its peak (sampled every 100 ms) and at the end; in the total row, the
+ * whole run's, the end after every job has settled. The honest-only rows are the baseline.
  */
 import { join } from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -45,7 +48,12 @@ interface Row {
   reference: number;
   recomputed: number;
   extra_runs_pct: number;
+  rss_start_mb: number;
+  peak_rss_mb: number;
+  rss_end_mb: number;
 }
+
+const mb = (bytes: number) => Math.round(bytes / 2 ** 20);
 
 async function submit(hub: HubServer, n: number, seed: number): Promise<string> {
   const model = hub.hub.models.byName('noop');
@@ -109,7 +117,13 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
       hostile.push(await failureReporter(hub.url, 'failure-reporter-tab-2'));
     }
     const ever = new Set<number>();
+    const runStart = process.memoryUsage.rss();
+    let runPeak = runStart;
+    let jobPeak = runStart;
     const poll = setInterval(() => {
+      const rss = process.memoryUsage.rss();
+      runPeak = Math.max(runPeak, rss);
+      jobPeak = Math.max(jobPeak, rss);
       for (const h of hostile)
         for (const id of h.corrupted)
           if (!ever.has(id) && hub.hub.store.getResult(id)?.workerId === h.id) ever.add(id);
@@ -119,6 +133,8 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
     try {
       for (let j = 0; j < jobs; j++) {
         const before = { ...cost, ever: ever.size };
+        const jobStart = process.memoryUsage.rss();
+        jobPeak = jobStart;
         const started = Date.now();
         const jobId = await submit(hub, items, 1 + j * 1_000_000);
         ids.push(jobId);
@@ -145,6 +161,9 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
           reference: cost.reference - before.reference,
           recomputed: cost.recomputed - before.recomputed,
           extra_runs_pct: (100 * (extra + cost.recomputed - before.recomputed)) / items,
+          rss_start_mb: mb(jobStart),
+          peak_rss_mb: mb(jobPeak),
+          rss_end_mb: mb(process.memoryUsage.rss()),
         });
       }
       // Settle: a liar caught late reopens completed jobs; they must complete again.
@@ -178,6 +197,9 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
       reference: cost.reference,
       recomputed: cost.recomputed,
       extra_runs_pct: (100 * extra) / (items * jobs),
+      rss_start_mb: mb(runStart),
+      peak_rss_mb: mb(runPeak),
+      rss_end_mb: mb(process.memoryUsage.rss()),
     });
     return rows;
   } finally {
@@ -204,6 +226,6 @@ export async function main(args: string[]): Promise<void> {
   );
   printTable(rows as unknown as Record<string, unknown>[]);
   process.stdout.write(
-    `\ncorrupted_ever: liars' corrupted results stored at any moment; corrupted_end: wrong results in the store once settled (goal 0); extra_runs_pct: (replicas + reference runs + results recomputed after a quarantine) / items (goal < 15%).\n`,
+    `\ncorrupted_ever: liars' corrupted results stored at any moment; corrupted_end: wrong results in the store once settled (goal 0); extra_runs_pct: (replicas + reference runs + results recomputed after a quarantine) / items (goal < 15%); *_rss_mb: the hub process's RSS at the start, peak and end (honest only: the baseline).\n`,
   );
 }

@@ -92,6 +92,19 @@ export const NODE_OPTIONS: OptionTable = {
     max: 1,
     group: FAULTS,
   },
+  'corrupt-after': {
+    type: 'int',
+    help: 'with --corrupt-rate: answer the first N items honestly, then lie (a liar that passes probation)',
+    min: 0,
+    group: FAULTS,
+    arg: 'N',
+  },
+  'corrupt-scale': {
+    type: 'number',
+    help: "with --corrupt-rate: multiply one output element by F (e.g. 1.05) instead of every element's +1",
+    group: FAULTS,
+    arg: 'F',
+  },
 };
 
 const SIM_KEYS = ['speed', 'item-ms', 'slow-at-s', 'slow-factor', 'die-at-s'] as const;
@@ -145,7 +158,18 @@ export function nodeOptions(cmd: Command, env: NodeJS.ProcessEnv): NodeOptions {
       throw new UsageError('--id must be 8-64 characters of [A-Za-z0-9_-]');
     options.id = v.id as string;
   }
-  if (v['corrupt-rate'] !== undefined) options.corruptRate = v['corrupt-rate'] as number;
+  if (v['corrupt-rate'] !== undefined) {
+    options.corrupt = { rate: v['corrupt-rate'] as number };
+    if (v['corrupt-after'] !== undefined) options.corrupt.after = v['corrupt-after'] as number;
+    if (v['corrupt-scale'] !== undefined) {
+      const scale = v['corrupt-scale'] as number;
+      if (!Number.isFinite(scale) || scale === 1)
+        throw new UsageError('--corrupt-scale must be a number other than 1');
+      options.corrupt.scale = scale;
+    }
+  } else if (v['corrupt-after'] !== undefined || v['corrupt-scale'] !== undefined) {
+    throw new UsageError('--corrupt-after and --corrupt-scale apply only with --corrupt-rate');
+  }
   if (v['data-channel'] !== undefined) options.dataChannel = v['data-channel'] === 'on';
   if (v.state !== undefined) options.stateDir = v.state as string;
   if (v.cache !== undefined) options.cacheDir = v.cache as string;

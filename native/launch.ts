@@ -8,11 +8,10 @@
  * - `--single-threaded-gc`: V8 collects in the node's own threads instead of helper threads that
  *   take cores from onnxruntime, whose session threads already fill every core. A node's heap is
  *   small (about 10 MB), but the megabyte tensor buffers its sockets allocate bring a full
- *   collection every 100-300 ms. Overhead bench, hub on a core of its own: the node's CPU per
- *   PaddleOCR item above standalone's went from 2.3-2.8 ms to 1.2-1.8 ms.
+ *   collection every 100-300 ms, and those helper threads' work comes out of every item's time.
  * - `--no-incremental-marking`: each of those collections marks the heap in one go (a pause of a
- *   few milliseconds, nothing to a node) instead of in a hundred and more steps between tasks. The
- *   main thread's CPU per item went from 2.6 to 1.6 ms (same bench, two runs of each).
+ *   few milliseconds, nothing to a node) instead of in a hundred and more steps between tasks,
+ *   each of which costs the main thread its own bookkeeping.
  *
  * The child also gets two glibc malloc settings (environment variables, read when the process
  * starts; values already set are kept):
@@ -22,12 +21,8 @@
  *   are unmapped again when it is freed. Setting it also stops glibc from moving it by itself.
  * - `MALLOC_TRIM_THRESHOLD_=128 MB`: malloc keeps up to 128 MB of freed heap instead of handing it
  *   back to the kernel at once; the next megabyte buffers reuse it. Each collection frees tens of
- *   megabytes of socket buffers together, which used to go back to the kernel and fault in again.
- *
- *   Overhead bench, hub on a core of its own: the main thread's CPU per PaddleOCR item went from
- *   1.38-1.75 ms to 1.13-1.38 ms, and the round ratio from 0.86-0.87 to 0.92-0.93 (two runs of
- *   each, the standalone side given the same settings). Packing a batch's four 400 KB outputs
- *   alone (`packResults`, in a loop) takes 16 us per item with them and 85 us without.
+ *   megabytes of socket buffers together, which would otherwise go back to the kernel and fault in
+ *   again, page by page, in the main thread that packs results and reads sockets.
  */
 import { hasVars, type Relaunch } from '../common/relaunch.ts';
 

@@ -21,6 +21,7 @@ import type { Backend, BackendFactory } from '../worker/backend.ts';
 import type { GpuInfo } from './ort-backend.ts';
 import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
+import type { CorruptOptions } from './fault.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
 import { releaseSignals } from '../common/early-signals.mjs';
@@ -56,8 +57,8 @@ export interface NodeOptions {
   handleSignals?: boolean;
   /** Socket.IO reconnection tuning (tests shorten it). */
   reconnect?: { delayMs?: number; maxDelayMs?: number; randomizationFactor?: number };
-  /** Fault injection: corrupt each item's outputs with this probability (tests of the hub's checks). */
-  corruptRate?: number;
+  /** Fault injection: corrupt items' outputs as these say (tests of the hub's checks; `fault.ts`). */
+  corrupt?: Omit<CorruptOptions, 'random'>;
   /** How a sim node dies at `--die-at-s` (default `process.exit(137)`). */
   simDie?: () => void;
   /**
@@ -161,11 +162,11 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
         onChange: (b) => backendChanged(b),
       });
   }
-  const rate = opts.corruptRate ?? 0;
-  if (rate > 0) {
+  const corrupt = opts.corrupt;
+  if (corrupt && corrupt.rate > 0) {
     const honest = backendFactory;
-    backendFactory = async () => (await import('./fault.ts')).corrupting(await honest(), rate);
-    log.warn({ corruptRate: rate }, 'fault injection: this node corrupts outputs on purpose');
+    backendFactory = async () => (await import('./fault.ts')).corrupting(await honest(), corrupt);
+    log.warn({ corrupt }, 'fault injection: this node corrupts outputs on purpose');
   }
 
   // A failing GPU given up for the CPU (`ort-backend.ts`) is set once the socket exists.
@@ -250,14 +251,13 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     logger: log,
     concurrency,
     // onnxruntime runs in session threads: with the next batch already posted, a session thread
-    // starts it the moment the last one ends instead of waiting a round trip through the event
-    // loop (overhead bench: the session idled 6% of a job with one). A sim node computes on timers
+    // starts it the moment the last one ends instead of idling for a round trip through the event
+    // loop. A sim node computes on timers
     // in this thread, where a second batch would run alongside the first.
     batchesInFlight: choice === 'sim' ? 1 : 2,
     // Results wait up to 60 ms for the next batch's, while more are coming: half the messages, and
-    // their per-message cost, on both sides (overhead bench: the node's main thread 4.4% -> 3.7% of
-    // standalone's CPU per item, the hub's CPU per item 3.4-4.1 -> 3.1-3.2 ms). A fifth of the hub's
-    // prefetch (0.3 s), which its refills wait on. A sim node's items take no time: not held.
+    // their per-message cost, on both sides. 60 ms: a fifth of the hub's prefetch (0.3 s), which its
+    // refills wait on. A sim node's items take no time: not held.
     holdMs: choice === 'sim' ? 0 : 60,
     load,
     fetchHeaders: opts.token ? { authorization: `Bearer ${opts.token}` } : undefined,

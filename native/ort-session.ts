@@ -19,8 +19,7 @@ import { runBatched } from '../worker/batching.ts';
  * Session options for a provider and a thread budget. Intra-op threads do not spin between parallel
  * sections: a node shares the machine with its own event loop (sockets, results) and often with a
  * hub, and a spinning pool thread takes their CPU, while a preempted one holds up every parallel
- * section. Measured on PaddleOCR detection, 2 threads: 135 -> 140 items/s alone, 14.7 -> 12.9 ms of
- * CPU per item.
+ * section; spinning does not buy speed back even alone (PaddleOCR detection on 2 threads).
  *
  * WebGPU sessions take their inputs from and give their outputs to CPU memory: onnxruntime-node
  * 1.30 can leave outputs on the device (`preferredOutputLocation: 'gpu-buffer'`), but reading such

@@ -11,12 +11,14 @@
  * `[1,16]`): the hub checks outputs against the manifest, and a sim worker's results must pass.
  * Scripted events, all timed from the first item this backend runs: `slowAtS` (runs become
  * `slowFactor` times slower) and `dieAtS` (a hard exit, like a crashed or killed machine); or
- * `slowNow()` (SIGUSR1 to a sim node) for a slowdown at a moment chosen from outside.
+ * `slowNow()` (SIGUSR1 to a sim node) for a slowdown at a moment chosen from outside. Its sleeps and
+ * scripted times follow an injected {@link Clock} (tests drive it by hand).
  */
 import type { ModelInfo, TensorSpec } from '../protocol/model.ts';
 import { DTYPE_BYTES, elementCount, toNumbers, type WireTensor } from '../protocol/tensor.ts';
 import type { Backend, LoadedModel } from '../worker/backend.ts';
 import { floatToHalf } from '../worker/calibration.ts';
+import { sleep, systemClock, type Clock } from '../worker/clock.ts';
 
 /** Options of the sim backend. */
 export interface SimOptions {
@@ -32,6 +34,8 @@ export interface SimOptions {
   dieAtS?: number;
   /** How to die (default `process.exit(137)`, the exit status of a SIGKILLed process). */
   die?: () => void;
+  /** Time for its sleeps and scripted events (default the system clock). */
+  clock?: Clock;
 }
 
 /** The `sim` backend; see the file comment. */
@@ -43,7 +47,8 @@ export class SimBackend implements Backend {
   private readonly slowFactor: number;
   private firstRunAt: number | undefined;
   private slowedAt: number | undefined;
-  private dieTimer: ReturnType<typeof setTimeout> | undefined;
+  private cancelDie: (() => void) | undefined;
+  private readonly clock: Clock;
 
   private constructor(private readonly opts: SimOptions) {
     this.speed = check('speed', opts.speed ?? 1, (v) => v > 0, 'greater than 0');
@@ -51,6 +56,7 @@ export class SimBackend implements Backend {
     this.slowFactor = check('slowFactor', opts.slowFactor ?? 4, (v) => v > 0, 'greater than 0');
     if (opts.slowAtS !== undefined) check('slowAtS', opts.slowAtS, (v) => v >= 0, '0 or more');
     if (opts.dieAtS !== undefined) check('dieAtS', opts.dieAtS, (v) => v >= 0, '0 or more');
+    this.clock = opts.clock ?? systemClock;
     this.reason = `simulated: ${this.itemMs} ms per item at speed ${this.speed}`;
   }
 
@@ -60,7 +66,7 @@ export class SimBackend implements Backend {
   }
 
   /** Milliseconds one item takes now (after `slowAtS` it is `slowFactor` times longer). */
-  msPerItem(now = Date.now()): number {
+  msPerItem(now = this.clock.now()): number {
     const base = this.itemMs / this.speed;
     if (this.slowedAt !== undefined && now >= this.slowedAt) return base * this.slowFactor;
     const { slowAtS } = this.opts;
@@ -72,7 +78,7 @@ export class SimBackend implements Backend {
 
   /** Becomes `slowFactor` times slower from now on (a node does this on SIGUSR1). */
   slowNow(): void {
-    this.slowedAt ??= Date.now();
+    this.slowedAt ??= this.clock.now();
   }
 
   async load(model: ModelInfo): Promise<LoadedModel> {
@@ -88,13 +94,13 @@ export class SimBackend implements Backend {
       run: async (items: WireTensor[][]): Promise<WireTensor[][]> => {
         if (disposed) throw new Error('sim session is disposed');
         this.started();
-        const now = performance.now();
+        const now = this.clock.now();
         const start = now - nextFree <= LATE_MS ? nextFree : now;
         let rows = 0;
         for (const inputs of items) rows += rowsOf(inputs);
-        const end = start + rows * this.msPerItem();
+        const end = start + rows * this.msPerItem(now);
         nextFree = end;
-        await sleep(end - now);
+        await wait(this.clock, end - now);
         return items.map((inputs) => {
           const value = firstInputValue(inputs);
           return specs.map((spec) => echoed(spec, inputs) ?? filledTensor(spec, value));
@@ -107,19 +113,18 @@ export class SimBackend implements Backend {
   }
 
   async dispose(): Promise<void> {
-    if (this.dieTimer !== undefined) clearTimeout(this.dieTimer);
-    this.dieTimer = undefined;
+    this.cancelDie?.();
+    this.cancelDie = undefined;
   }
 
   private started(): void {
     if (this.firstRunAt !== undefined) return;
-    this.firstRunAt = Date.now();
+    this.firstRunAt = this.clock.now();
     const { dieAtS } = this.opts;
     if (dieAtS !== undefined) {
       const die = this.opts.die ?? (() => process.exit(137));
-      this.dieTimer = setTimeout(die, dieAtS * 1000);
       // The worker's socket keeps the process alive; this timer alone must not.
-      this.dieTimer.unref?.();
+      this.cancelDie = this.clock.after(dieAtS * 1000, die, { unref: true });
     }
   }
 }
@@ -202,10 +207,10 @@ function echoed(spec: TensorSpec, inputs: readonly WireTensor[]): WireTensor | u
 const LATE_MS = 5;
 
 /**
- * Waits `ms`. Nothing left to wait (a 0 ms item, or a run already behind its deadline) yields to the
- * event loop once with `setImmediate` instead of a timer, whose 1 ms floor capped a no-op runner at
- * ~1,000 runs/s.
+ * Waits `ms` on `clock`. Nothing left to wait (a 0 ms item, or a run already behind its deadline)
+ * yields to the event loop once with `setImmediate` instead of a timer, whose 1 ms floor would cap
+ * a no-op runner at about 1,000 runs/s.
  */
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => (ms >= 1 ? setTimeout(resolve, ms) : setImmediate(resolve)));
+function wait(clock: Clock, ms: number): Promise<void> {
+  return ms >= 1 ? sleep(clock, ms) : new Promise((resolve) => setImmediate(resolve));
 }

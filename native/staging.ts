@@ -4,12 +4,12 @@
  * it is (transferred, no copy at run time).
  *
  * Why at arrival: an item waits in the node's queue for the hub's prefetch (a job's first shard
- * holds up to two seconds of work). Its inputs used to stay in the socket's message buffer all
- * that time: long enough for V8 to move the buffer to its old generation, where only a full
- * collection frees it, and megabyte buffers freed that way set one off every 50 or so items (a
- * 25 ms pause on the thread that also reads the socket). Staged, the message buffer dies young;
- * the batch buffers are reused, so the node's heap no longer grows by an item's size per item. The
- * copy is the one the batch's concatenation used to make, made earlier.
+ * holds up to two seconds of work). Left in the socket's message buffer all that time, its inputs
+ * would keep that buffer alive long enough for V8 to move it to its old generation, where only a
+ * full collection frees it, and megabyte buffers freed that way set one off every few dozen items
+ * (a pause on the thread that also reads the socket). Staged, the message buffer dies young; the
+ * batch buffers are reused, so the node's heap does not grow by an item's size per item. The copy
+ * is the one the batch's concatenation would make anyway, made earlier.
  *
  * A staging buffer holds up to the model's batch size of same-shaped items, laid out as the batch
  * (each input's items one after another, 8-byte aligned). The run loop takes items in the order
@@ -23,6 +23,7 @@ import { totalmem } from 'node:os';
 import type { ModelInfo } from '../protocol/model.ts';
 import { byteLengthOf, type WireTensor } from '../protocol/tensor.ts';
 import { batchKey } from '../worker/batching.ts';
+import { systemClock, type Clock } from '../worker/clock.ts';
 import { align8, type BufferTensor } from './ort-threaded.ts';
 
 /** What staging needs of a model. */
@@ -59,7 +60,7 @@ export class Stager {
   private readonly free: ArrayBuffer[] = [];
   private freeBytes = 0;
   /** Drops the kept buffers once none has come back for {@link idleMs}. */
-  private idleTimer: ReturnType<typeof setTimeout> | undefined;
+  private cancelIdle: (() => void) | undefined;
 
   /**
    * `keepBytes`: most bytes of returned buffers kept for reuse. A job's first shard to a node holds
@@ -72,11 +73,13 @@ export class Stager {
    * would take more (at least one item): a buffer is allocated whole when its first item arrives,
    * and a model with a batch size of 32 and 10 MB inputs must not cost 320 MB for a job of two
    * items. Batches of such items span buffers, and run by copy.
+   * `clock`: time for the idle wait (tests drive one by hand).
    */
   constructor(
     readonly keepBytes = Math.min(512 * 2 ** 20, Math.floor(totalmem() / 8)),
     readonly maxBufferBytes = 32 * 2 ** 20,
     readonly idleMs = 30_000,
+    private readonly clock: Clock = systemClock,
   ) {}
 
   /**
@@ -155,17 +158,15 @@ export class Stager {
     if (buffer.byteLength === 0 || this.freeBytes + buffer.byteLength > this.keepBytes) return;
     this.free.push(buffer);
     this.freeBytes += buffer.byteLength;
-    if (this.idleTimer) this.idleTimer.refresh();
-    else {
-      this.idleTimer = setTimeout(() => this.release(), this.idleMs);
-      this.idleTimer.unref();
-    }
+    // Each buffer given back restarts the wait.
+    this.cancelIdle?.();
+    this.cancelIdle = this.clock.after(this.idleMs, () => this.release(), { unref: true });
   }
 
   /** Lets go of every kept buffer (the node went idle). */
   release(): void {
-    clearTimeout(this.idleTimer);
-    this.idleTimer = undefined;
+    this.cancelIdle?.();
+    this.cancelIdle = undefined;
     this.free.length = 0;
     this.freeBytes = 0;
   }

@@ -8,9 +8,9 @@ import type { Relaunch } from '../common/relaunch.ts';
  *
  * - `--max-semi-space-size=32` (MB; Node 20's default is 16): V8's young generation, where every
  *   Socket.IO packet, result and refill of the hub is allocated and most die. Twice the room means
- *   about half as many scavenges, each copying the same few survivors. `npm run bench --
- *   connections`, 6 runs of each, alternated: hub CPU per results message median 275 -> 260 us,
- *   p99 median 85 -> 39 ms (better in 5 of the 6 pairs).
+ *   about half as many scavenges, each copying the same few survivors: less CPU per results
+ *   message, and fewer of the pauses that make its slowest answers (`npm run bench --
+ *   connections` shows both).
  */
 export const HUB_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=32'];
 

@@ -50,6 +50,7 @@ import { benchmarkBatchSize, runBenchmark, type BenchmarkOptions } from './bench
 import { ItemQueue } from './item-queue.ts';
 import type { ModelStore } from './model-cache.ts';
 import { Outbox, type OutboxOptions, type WorkerSocket } from './outbox.ts';
+import { sleep, systemClock, type Clock } from './clock.ts';
 import { ModelSessions, type DownloadProgress, type SessionLease } from './sessions.ts';
 import { type HeaderCache, unpackTensors } from '../protocol/pack.ts';
 import { runStep, type StageModel } from '../pipeline/stages.ts';
@@ -181,8 +182,10 @@ export class WorkerAgent {
   /** Bumped on every connect and disconnect, so late replies from an old connection are ignored. */
   private connGen = 0;
   private workerId: string | undefined;
-  private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
-  private registerRetry: ReturnType<typeof setTimeout> | undefined;
+  private stopHeartbeats: (() => void) | undefined;
+  private registerRetry: (() => void) | undefined;
+  /** Time for heartbeats, pauses and figures (`opts.clock`, shared with the outbox). */
+  private readonly clock: Clock;
   private itemsDone = 0;
   private itemsFailed = 0;
   private completions: { t: number; n: number }[] = [];
@@ -218,6 +221,7 @@ export class WorkerAgent {
     this.socket = opts.socket;
     this.log = opts.logger ?? silentLogger;
     this.concurrency = concurrency;
+    this.clock = opts.clock ?? systemClock;
     this.outbox = new Outbox(opts.socket, {
       ...opts,
       logger: this.log,
@@ -371,7 +375,7 @@ export class WorkerAgent {
       this.wake();
       await Promise.all(this.loops);
       this.stopHeartbeat();
-      if (this.registerRetry !== undefined) clearTimeout(this.registerRetry);
+      this.registerRetry?.();
       this.outbox.close();
       this.unlisten();
       this.unlisten = () => undefined;
@@ -522,9 +526,9 @@ export class WorkerAgent {
     } catch (err) {
       if (gen !== this.connGen || this.state === 'closed') return;
       this.log.warn({ error: errorMessage(err) }, 'register not acknowledged; retrying');
-      this.registerRetry = setTimeout(() => {
+      this.registerRetry = this.clock.after(1000, () => {
         if (gen === this.connGen && this.state !== 'closed') void this.register();
-      }, 1000);
+      });
       return;
     }
     if (this.state === 'closed') return;
@@ -720,8 +724,8 @@ export class WorkerAgent {
   ): Promise<number> {
     this.activeBatches++;
     this.changed();
-    if (this.firstRunAt === 0) this.firstRunAt = Date.now();
-    const handedOver = performance.now();
+    if (this.firstRunAt === 0) this.firstRunAt = this.clock.now();
+    const handedOver = this.clock.now();
     let outputs: WireTensor[][] | undefined;
     let error: unknown;
     try {
@@ -734,7 +738,7 @@ export class WorkerAgent {
     } catch (err) {
       error = err;
     }
-    const end = performance.now();
+    const end = this.clock.now();
     const ms = end - Math.max(handedOver, clock.lastEnd);
     clock.lastEnd = end;
     this.activeBatches--;
@@ -772,7 +776,7 @@ export class WorkerAgent {
     if (error !== undefined) {
       this.log.warn({ model: model.name, items: batch.length, error: errorMessage(error) }, 'batch failed');
     }
-    this.completions.push({ t: Date.now(), n: finished });
+    this.completions.push({ t: this.clock.now(), n: finished });
     this.wake();
     this.changed();
     return ms;
@@ -831,12 +835,18 @@ export class WorkerAgent {
     this.stopHeartbeat();
     const every = Number.isFinite(ms) && ms >= 50 ? ms : 50;
     this.sendHeartbeat();
-    this.heartbeatTimer = setInterval(() => this.sendHeartbeat(), every);
+    const next = () => {
+      this.stopHeartbeats = this.clock.after(every, () => {
+        this.sendHeartbeat();
+        next();
+      });
+    };
+    next();
   }
 
   private stopHeartbeat(): void {
-    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
-    this.heartbeatTimer = undefined;
+    this.stopHeartbeats?.();
+    this.stopHeartbeats = undefined;
   }
 
   private sendHeartbeat(): void {
@@ -857,7 +867,7 @@ export class WorkerAgent {
   }
 
   private rate(): number {
-    const now = Date.now();
+    const now = this.clock.now();
     while (this.completions.length > 0 && now - (this.completions[0] as { t: number }).t > RATE_WINDOW_MS) {
       this.completions.shift();
     }
@@ -895,16 +905,7 @@ export class WorkerAgent {
 
   /** Sleeps, but wakes early when the agent closes. */
   private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const signal = this.fetchAbort.signal;
-      const done = () => {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener('abort', done, { once: true });
-    });
+    return sleep(this.clock, ms, this.fetchAbort.signal);
   }
 }
 

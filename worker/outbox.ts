@@ -30,6 +30,7 @@ import { packResults } from '../protocol/results-pack.ts';
 import { tensorBytes } from '../protocol/pack.ts';
 import { errorMessage, silentLogger, type WorkerLogger } from './backend.ts';
 import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
+import { systemClock, type Clock } from './clock.ts';
 
 /** The socket a worker talks to the hub through (namespace `/worker`). */
 export type WorkerSocket = Socket<HubToWorkerEvents, WorkerToHubEvents>;
@@ -65,6 +66,8 @@ export interface OutboxOptions {
    */
   maxAttachments?: number;
   logger?: WorkerLogger;
+  /** Time for its waits and pauses (default the system clock; tests drive one by hand). */
+  clock?: Clock;
 }
 
 type Message = { kind: 'done'; results: ItemResult[] } | { kind: 'failed'; failures: ItemFailure[] };
@@ -108,10 +111,11 @@ export class Outbox {
   private seq = 0;
   private readonly inFlight = new Map<number, Message>();
   /** Messages the hub answered with an error that may pass, each waiting its pause to go back. */
-  private readonly retrying = new Map<ReturnType<typeof setTimeout>, Message>();
+  private readonly retrying = new Map<() => void, Message>();
   /** Such answers in a row, reset by an ack: the next pause is `retryMs` × 2 to the power of this. */
   private errorsInARow = 0;
-  private timer: ReturnType<typeof setTimeout> | undefined;
+  private cancelTimer: (() => void) | undefined;
+  private readonly clock: Clock;
   private idleWaiters: (() => void)[] = [];
   private ackedCount = 0;
   /** A send at the end of this turn is scheduled (nothing was in flight). */
@@ -135,6 +139,7 @@ export class Outbox {
     this.maxMessageBytes = positive('maxMessageBytes', opts.maxMessageBytes ?? LIMITS.socketMessageBytes / 4);
     this.maxAttachments = positive('maxAttachments', opts.maxAttachments ?? MAX_ATTACHMENTS);
     this.log = opts.logger ?? silentLogger;
+    this.clock = opts.clock ?? systemClock;
   }
 
   /** Current figures. */
@@ -162,7 +167,7 @@ export class Outbox {
   /** Queues a result. */
   addResult(result: ItemResult): void {
     if (this.closed) return;
-    if (this.results.length === 0) this.oldest = Date.now();
+    if (this.results.length === 0) this.oldest = this.clock.now();
     this.results.push(result);
     if (this.inFlight.size === 0 && !this.soon) {
       this.soon = true;
@@ -216,7 +221,7 @@ export class Outbox {
   close(): void {
     this.closed = true;
     this.clearTimer();
-    for (const t of this.retrying.keys()) clearTimeout(t);
+    for (const cancel of this.retrying.keys()) cancel();
     this.retrying.clear();
     this.results = [];
     this.failures = [];
@@ -232,7 +237,7 @@ export class Outbox {
         continue;
       }
       if (this.results.length === 0) break;
-      const age = Date.now() - this.oldest;
+      const age = this.clock.now() - this.oldest;
       // While holding, a message is due once the waiting results overflow one message.
       const fits = this.holding() ? this.fitting() : undefined;
       const due =
@@ -258,7 +263,7 @@ export class Outbox {
   /** The first `n` waiting results (default: as many as {@link fitting} says one message takes). */
   private takeResults(n = this.fitting()): ItemResult[] {
     const taken = this.results.splice(0, n);
-    this.oldest = Date.now();
+    this.oldest = this.clock.now();
     return taken;
   }
 
@@ -341,12 +346,12 @@ export class Outbox {
 
   /** Puts a message back in the queue after `ms` (see {@link OutboxOptions.retryMs}). */
   private resendAfter(msg: Message, ms: number): void {
-    const timer = setTimeout(() => {
-      this.retrying.delete(timer);
+    const cancel = this.clock.after(ms, () => {
+      this.retrying.delete(cancel);
       this.requeue(msg);
       this.pump();
-    }, ms);
-    this.retrying.set(timer, msg);
+    });
+    this.retrying.set(cancel, msg);
   }
 
   private requeue(msg: Message): void {
@@ -359,17 +364,20 @@ export class Outbox {
   }
 
   private armTimer(): void {
-    if (this.timer !== undefined) return;
-    const wait = Math.max(0, (this.holding() ? this.holdMs : this.flushMs) - (Date.now() - this.oldest));
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
+    if (this.cancelTimer !== undefined) return;
+    const wait = Math.max(
+      0,
+      (this.holding() ? this.holdMs : this.flushMs) - (this.clock.now() - this.oldest),
+    );
+    this.cancelTimer = this.clock.after(wait, () => {
+      this.cancelTimer = undefined;
       this.pump();
-    }, wait);
+    });
   }
 
   private clearTimer(): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = undefined;
+    this.cancelTimer?.();
+    this.cancelTimer = undefined;
   }
 
   private notifyIdle(): void {

@@ -48,8 +48,8 @@ interface Entry {
 
 /**
  * A runner's use of a session, released once. A class, not an object with a closure: one is made
- * for every batch a runner runs, and tsx names each closure it makes with `Object.defineProperty`
- * (4% of a dispatch bench worker process's CPU).
+ * for every batch a runner runs, and tsx names each closure it makes with `Object.defineProperty`,
+ * a cost a worker would pay per batch.
  */
 class Lease implements SessionLease {
   private released = false;

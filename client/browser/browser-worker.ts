@@ -160,10 +160,10 @@ export async function startBrowserWorker(opts: BrowserWorkerOptions): Promise<Br
     logger: log,
     concurrency: 1,
     // The inference worker runs requests in order: with the next batch already posted, it starts
-    // that batch the moment one ends instead of waiting for this thread to send it (WASM: grid /
-    // standalone 0.90-0.93 -> 0.98-1.02). WebGPU keeps one: it measured 0.99 with one already, and
-    // with two in flight the device-loss e2e test failed 2 runs in 7 (the failed items' reports
-    // did not reach the hub's failure records), then passed 8 runs in 8: not explained yet.
+    // that batch the moment one ends instead of waiting for this thread to send it, which is where
+    // a WASM tab lost time against standalone onnxruntime-web. WebGPU keeps one: it keeps up with
+    // standalone without a second, and with two in flight its device-loss handling lost failure
+    // reports now and then (a cause not found yet; see the commit that made this choice).
     batchesInFlight: choice.backend === 'wasm' ? 2 : 1,
     fetchHeaders: opts.token ? { authorization: `Bearer ${opts.token}` } : undefined,
   });

@@ -11,9 +11,10 @@ import { css, html, LitElement } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
 import { ApiError, type OperatorApi } from './api.ts';
 import { OcrSubmittedEvent } from './events.ts';
+import { FilePicker } from './file-picker.ts';
 import { bytes as formatBytes, count } from './format.ts';
 import { looksLikeImage, ocrFilesProblem, ocrRequest, requestBytes, type OcrRunView } from './ocr.ts';
-import { shared } from './styles.ts';
+import { formStyles, shared } from './styles.ts';
 
 /** Files listed by name; past this the list says how many more. */
 const LISTED_FILES = 30;
@@ -35,29 +36,8 @@ export function submitError(err: unknown): string {
 export class ShOcrForm extends LitElement {
   static override styles = [
     shared,
+    formStyles,
     css`
-      form {
-        display: grid;
-        gap: 1rem;
-      }
-      fieldset {
-        border: 1px solid #d5dbe1;
-        border-radius: 0.45rem;
-        background: #fff;
-        display: grid;
-        gap: 0.6rem;
-        padding: 0.75rem 1rem 1rem;
-      }
-      legend {
-        font-weight: 650;
-        padding: 0 0.3rem;
-      }
-      label {
-        display: flex;
-        gap: 0.5rem;
-        align-items: center;
-        flex-wrap: wrap;
-      }
       input[type='number'] {
         width: 5rem;
         padding: 0.3rem 0.45rem;
@@ -85,28 +65,22 @@ export class ShOcrForm extends LitElement {
       .warn {
         color: #854d0e;
       }
-      .status {
-        padding: 0.5rem 0.7rem;
-        border-radius: 0.35rem;
-        background: #eef2ff;
-      }
-      .status.error {
-        color: #b42318;
-        background: #fef3f2;
-        border: 1px solid #fecdca;
-      }
     `,
   ];
 
   /** The REST client (carries the operator token). */
   @property({ attribute: false }) api: OperatorApi | undefined;
 
-  @state() private files: File[] = [];
+  /** The pages: picks and drops add to them. */
+  private readonly picker = new FilePicker(this, { mode: 'add', onChange: () => (this.status = undefined) });
   @state() private priority = 0;
   @state() private cache = true;
-  @state() private over = false;
   @state() private busy = false;
   @state() private status: { kind: 'info' | 'error'; text: string } | undefined;
+
+  private get files(): readonly File[] {
+    return this.picker.files;
+  }
 
   override render() {
     const problem = this.files.length ? ocrFilesProblem(this.files) : null;
@@ -115,11 +89,11 @@ export class ShOcrForm extends LitElement {
       <fieldset>
         <legend>Scanned pages</legend>
         <div
-          class="drop ${this.over ? 'over' : ''}"
+          class="drop ${this.picker.over ? 'over' : ''}"
           data-test="ocr-drop"
-          @dragover=${this._onDragOver}
-          @dragleave=${() => (this.over = false)}
-          @drop=${this._onDrop}
+          @dragover=${this.picker.onDragOver}
+          @dragleave=${this.picker.onDragLeave}
+          @drop=${this.picker.onDrop}
         >
           Drop PNG or JPEG pages here, or
           <input
@@ -128,14 +102,13 @@ export class ShOcrForm extends LitElement {
             accept=".png,.jpg,.jpeg,image/png,image/jpeg"
             aria-label="page images"
             data-test="ocr-files"
-            @change=${this._onPick}
+            @change=${this.picker.onPick}
           />
         </div>
         <span class="muted" data-test="ocr-file-summary"
           >${
             this.files.length
-              ? `${count(this.files.length)} page(s), ${formatBytes(this.files.reduce((s, f) => s + f.size, 0))}
-                 (request ${formatBytes(requestBytes(this.files))})`
+              ? `${this.picker.summary('page')} (request ${formatBytes(requestBytes(this.files))})`
               : 'Each file is one page; its text comes back in reading order.'
           }</span
         >
@@ -158,7 +131,9 @@ export class ShOcrForm extends LitElement {
                   ${this.files.length > LISTED_FILES ? html`<li>… and ${count(this.files.length - LISTED_FILES)} more</li>` : null}
                 </ul>
                 <div>
-                  <button type="button" data-test="ocr-clear" @click=${() => (this.files = [])}>Clear</button>
+                  <button type="button" data-test="ocr-clear" @click=${() => this.picker.clear()}>
+                    Clear
+                  </button>
                 </div>`
             : null
         }
@@ -222,32 +197,6 @@ export class ShOcrForm extends LitElement {
     </form>`;
   }
 
-  private _onPick(e: Event): void {
-    const input = e.target as HTMLInputElement;
-    this.add([...(input.files ?? [])]);
-    input.value = ''; // so picking the same file again still fires change
-  }
-
-  private _onDragOver(e: DragEvent): void {
-    e.preventDefault();
-    if (e.dataTransfer) e.dataTransfer.dropEffect = 'copy';
-    this.over = true;
-  }
-
-  private _onDrop(e: DragEvent): void {
-    e.preventDefault();
-    this.over = false;
-    this.add([...(e.dataTransfer?.files ?? [])]);
-  }
-
-  /** Adds files to the run (a file picked twice, same name and size, is kept once). */
-  private add(files: File[]): void {
-    const key = (f: File) => `${f.name}\u0000${f.size}\u0000${f.lastModified}`;
-    const have = new Set(this.files.map(key));
-    this.files = [...this.files, ...files.filter((f) => !have.has(key(f)))];
-    this.status = undefined;
-  }
-
   private async _submit(e: SubmitEvent): Promise<void> {
     e.preventDefault();
     const api = this.api;
@@ -264,7 +213,7 @@ export class ShOcrForm extends LitElement {
       say(`Uploading ${count(this.files.length)} page(s) (${formatBytes(requestBytes(this.files))})…`);
       const run = await api.post<OcrRunView>('/api/ocr', body);
       say(`OCR run ${run.id} started: ${count(run.pages)} page(s).`);
-      this.files = [];
+      this.picker.clear();
       this.dispatchEvent(new OcrSubmittedEvent(run.id));
     } catch (err) {
       say(`Not submitted: ${submitError(err)}`, 'error');

@@ -17,9 +17,10 @@ import type { ModelInfo } from '../../protocol/model.ts';
 import type { JobView } from '../../protocol/operator.ts';
 import type { OperatorApi } from './api.ts';
 import { JobSubmittedEvent } from './events.ts';
+import { FilePicker } from './file-picker.ts';
 import { bytes as formatBytes, count } from './format.ts';
 import './sh-ocr-form.ts';
-import { shared } from './styles.ts';
+import { formStyles, shared } from './styles.ts';
 
 /** Largest input file sent (the hub's bound on one tensor, 64 MiB, plus the .npy header). */
 const MAX_FILE_BYTES = 64 * 1024 * 1024 + 64 * 1024;
@@ -41,29 +42,10 @@ export function itemNames(files: readonly { name: string }[]): string[] {
 export class ShSubmitForm extends LitElement {
   static override styles = [
     shared,
+    formStyles,
     css`
       form {
-        display: grid;
-        gap: 1rem;
         max-width: 44rem;
-      }
-      fieldset {
-        border: 1px solid #d5dbe1;
-        border-radius: 0.45rem;
-        background: #fff;
-        display: grid;
-        gap: 0.6rem;
-        padding: 0.75rem 1rem 1rem;
-      }
-      legend {
-        font-weight: 650;
-        padding: 0 0.3rem;
-      }
-      label {
-        display: flex;
-        gap: 0.5rem;
-        align-items: center;
-        flex-wrap: wrap;
       }
       select,
       input[type='text'],
@@ -81,16 +63,6 @@ export class ShSubmitForm extends LitElement {
         border-radius: 0.3rem;
         padding: 0.4rem 0.6rem;
       }
-      .status {
-        padding: 0.5rem 0.7rem;
-        border-radius: 0.35rem;
-        background: #eef2ff;
-      }
-      .status.error {
-        color: #b42318;
-        background: #fef3f2;
-        border: 1px solid #fecdca;
-      }
     `,
   ];
 
@@ -101,7 +73,8 @@ export class ShSubmitForm extends LitElement {
   @state() private modelName = '';
   @state() private onnx: File | undefined;
   @state() private uploadName = '';
-  @state() private files: File[] = [];
+  /** The inputs, one file per item: each pick is the whole list. */
+  private readonly picker = new FilePicker(this, { mode: 'replace' });
   @state() private priority = 0;
   @state() private busy = false;
   @state() private status: { kind: 'info' | 'error'; text: string } | undefined;
@@ -114,6 +87,10 @@ export class ShSubmitForm extends LitElement {
   });
   /** Bumped after an upload, so the model list loads again. */
   @state() private uploads = 0;
+
+  private get files(): readonly File[] {
+    return this.picker.files;
+  }
 
   private get models(): readonly ModelInfo[] {
     return this.modelList.value ?? [];
@@ -225,13 +202,13 @@ export class ShSubmitForm extends LitElement {
             multiple
             accept=".npy,.png,.jpg,.jpeg"
             data-test="input-files"
-            @change=${(e: Event) => (this.files = [...((e.target as HTMLInputElement).files ?? [])])}
+            @change=${this.picker.onPick}
           />
         </label>
         <span class="muted" data-test="file-summary"
           >${
             this.files.length
-              ? `${count(this.files.length)} file(s), ${formatBytes(this.files.reduce((s, f) => s + f.size, 0))}`
+              ? this.picker.summary()
               : images
                 ? 'Choose .npy arrays or PNG/JPEG images; each file is one item, named after it.'
                 : 'Choose .npy arrays; each file is one item, named after it.'

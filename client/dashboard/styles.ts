@@ -1,5 +1,41 @@
-/** Styles the dashboard's elements share (buttons, state pills, figure cards, progress bars), and the figure card itself. */
+/** Styles the dashboard's elements share (buttons, state pills, figure cards, progress bars, forms), and the figure card itself. */
 import { css, html, type TemplateResult } from 'lit';
+
+/** The dashboard's forms (submit, OCR): fieldsets in a grid, inline labels, a status line. */
+export const formStyles = css`
+  form {
+    display: grid;
+    gap: 1rem;
+  }
+  fieldset {
+    border: 1px solid #d5dbe1;
+    border-radius: 0.45rem;
+    background: #fff;
+    display: grid;
+    gap: 0.6rem;
+    padding: 0.75rem 1rem 1rem;
+  }
+  legend {
+    font-weight: 650;
+    padding: 0 0.3rem;
+  }
+  label {
+    display: flex;
+    gap: 0.5rem;
+    align-items: center;
+    flex-wrap: wrap;
+  }
+  .status {
+    padding: 0.5rem 0.7rem;
+    border-radius: 0.35rem;
+    background: #eef2ff;
+  }
+  .status.error {
+    color: #b42318;
+    background: #fef3f2;
+    border: 1px solid #fecdca;
+  }
+`;
 
 /** Shared styles; add to an element's `static styles`. */
 export const shared = css`

@@ -1,12 +1,13 @@
 /**
  * Images → model input: decode PNG (pngjs) or JPEG (jpeg-js), resize bilinearly to the manifest's
- * width and height, order channels, scale and normalize, and lay the result out as a float32 NCHW
+ * width and height (`pipeline/image.ts`'s `resize`), order channels, scale and normalize, and lay the result out as a float32 NCHW
  * tensor [1,3,H,W]. Alpha is ignored (as OpenCV's `imread` does, which PaddleOCR uses).
  */
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
 import type { ImagePreprocessing } from '../../protocol/model.ts';
 import { bytesOf, type WireTensor } from '../../protocol/tensor.ts';
+import { resize } from '../../pipeline/image.ts';
 
 /** Largest decoded image accepted, in pixels: bounds memory before a byte is decoded. */
 export const MAX_IMAGE_PIXELS = 40_000_000;
@@ -74,50 +75,22 @@ function checkSize(width: number, height: number, what: string): void {
 /**
  * Resizes an RGBA image bilinearly and normalizes it into a float32 NCHW tensor [1,3,H,W] named
  * `pre.input`: value = (pixel * scale - mean[c]) / std[c], where c counts output channels in
- * `pre.channels` order. Sampling uses pixel centers, like OpenCV's INTER_LINEAR.
+ * `pre.channels` order. The resize is the OCR steps' own (`pipeline/image.ts`: pixel centers and
+ * 8-bit rounding, as OpenCV's INTER_LINEAR on uint8), so an image job and an OCR stage see the
+ * same pixels.
  */
 export function preprocessImage(img: RgbaImage, pre: ImagePreprocessing): WireTensor {
   const { width: W, height: H } = pre;
+  const d = resize(img, W, H).data;
   const out = new Float32Array(3 * H * W);
-  const src = [0, 1, 2].map((c) => (pre.channels === 'RGB' ? c : 2 - c));
-  const xs = axis(img.width, W);
-  const ys = axis(img.height, H);
-  const d = img.data;
-  const row = img.width * 4;
-  for (let y = 0; y < H; y++) {
-    const y0 = (ys.i0[y] as number) * row;
-    const y1 = (ys.i1[y] as number) * row;
-    const fy = ys.f[y] as number;
-    for (let x = 0; x < W; x++) {
-      const x0 = (xs.i0[x] as number) * 4;
-      const x1 = (xs.i1[x] as number) * 4;
-      const fx = xs.f[x] as number;
-      for (let c = 0; c < 3; c++) {
-        const s = src[c] as number;
-        const top = (d[y0 + x0 + s] as number) * (1 - fx) + (d[y0 + x1 + s] as number) * fx;
-        const bottom = (d[y1 + x0 + s] as number) * (1 - fx) + (d[y1 + x1 + s] as number) * fx;
-        const v = top * (1 - fy) + bottom * fy;
-        out[c * H * W + y * W + x] = (v * pre.scale - (pre.mean[c] as number)) / (pre.std[c] as number);
-      }
-    }
+  for (let c = 0; c < 3; c++) {
+    const s = pre.channels === 'RGB' ? c : 2 - c;
+    const mean = pre.mean[c] as number;
+    const std = pre.std[c] as number;
+    const plane = c * H * W;
+    for (let i = 0; i < H * W; i++) out[plane + i] = ((d[i * 4 + s] as number) * pre.scale - mean) / std;
   }
   return { name: pre.input, dtype: 'float32', dims: [1, 3, H, W], data: bytesOf(out) };
-}
-
-/** For each output coordinate: the two source indices and the weight of the second. */
-function axis(srcLen: number, dstLen: number): { i0: Int32Array; i1: Int32Array; f: Float32Array } {
-  const i0 = new Int32Array(dstLen);
-  const i1 = new Int32Array(dstLen);
-  const f = new Float32Array(dstLen);
-  const scale = srcLen / dstLen;
-  for (let i = 0; i < dstLen; i++) {
-    const s = Math.min(Math.max((i + 0.5) * scale - 0.5, 0), srcLen - 1);
-    const lo = Math.floor(s);
-    i0[i] = lo;
-    i1[i] = Math.min(lo + 1, srcLen - 1);
-    f[i] = s - lo;
-  }
-  return { i0, i1, f };
 }
 
 /** Decodes and preprocesses image bytes into the model's input tensor. */

@@ -3,8 +3,8 @@
  *
  * Items get consecutive ids as they are appended (one run per upload request, fewer when requests
  * follow each other), so a million-item job is a few hundred runs: the hub's memory for a job's
- * queue does not grow with its item count, where an array of ids was 8 MB per million items (and
- * as much again each time it was read from the store).
+ * queue does not grow with its item count, where an array of ids would take 8 MB per million items
+ * (and as much again each time it is read from the store).
  */
 
 /** A run of ids: `first` to `last`, both included. */

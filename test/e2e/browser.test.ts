@@ -9,34 +9,31 @@
  * `visibilitychange` event dispatched, which is exactly what the page listens to.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser, BrowserContext } from 'playwright-core';
 import type { NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import type { AgentStats } from '../../worker/agent.ts';
 import { calibrationInputs, withRows } from '../../worker/calibration.ts';
 import {
-  ROOT,
   Rest,
   checkResults,
+  jobDone,
   startHub,
   startNode,
   tempDir,
   waitFor,
   type Proc,
 } from '../helpers/grid.ts';
+import { RESULTS, launchChromium, openWorkerTab, startPageHub, type Tab } from '../helpers/browser.ts';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const DIST = join(ROOT, 'dist', 'client');
-const RESULTS = join(ROOT, 'test-results');
 /**
  * The hub under test serves the built pages. A benchmark still awaited when the hub closes keeps
  * its ack timer running (and this process alive) until it times out: keep that short.
  */
 const HUB_CONFIG = {
-  staticDir: DIST,
   hub: { heartbeatMs: 500, offlineAfterMs: 2000, benchmarkTimeoutMs: 30_000 },
 };
 
@@ -69,31 +66,6 @@ function itemsOfDims(
 
 /** Rows per item in the mixed jobs (see {@link items}). */
 const ROWS = 64;
-
-/** A contributor tab and what it logged (kept for failure messages). */
-interface Tab {
-  page: Page;
-  workerId: string;
-  logs: string[];
-}
-
-async function openTab(context: BrowserContext, hubUrl: string, query: string): Promise<Tab> {
-  const page = await context.newPage();
-  const logs: string[] = [];
-  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
-  await page.goto(`${hubUrl}/?autostart=1&debug=1&log=1&${query}`);
-  const workerId = await waitFor(
-    `tab ${query} registered`,
-    () =>
-      page.evaluate(() => (window.shardhub?.stats()?.registered ? window.shardhub.workerId() : undefined)),
-    60_000,
-    100,
-  ).catch((err: Error) => {
-    throw new Error(`${err.message}\n${logs.join('\n')}`);
-  });
-  return { page, workerId, logs };
-}
 
 function stats(tab: Tab): Promise<AgentStats> {
   return tab.page.evaluate(() => {
@@ -145,18 +117,6 @@ async function setThrottle(tab: Tab, percent: number): Promise<void> {
   await waitFor(`throttle ${percent}%`, async () => (await stats(tab)).throttle === percent / 100, 5000);
 }
 
-async function jobDone(rest: Rest, jobId: string, timeoutMs = 120_000): Promise<any> {
-  return waitFor(
-    `job ${jobId} completed`,
-    async () => {
-      const s = await rest.data('GET', `/api/jobs/${jobId}`);
-      return s.state === 'completed' ? s : undefined;
-    },
-    timeoutMs,
-    100,
-  );
-}
-
 describe('browser workers', () => {
   const tmp = tempDir('shardhub-e2e-');
   let hub: HubServer;
@@ -168,30 +128,14 @@ describe('browser workers', () => {
   let node: Proc;
 
   before(async () => {
-    assert.ok(existsSync(join(DIST, 'index.html')), 'the pages are built (npm run build)');
-    assert.ok(
-      existsSync(CHROMIUM),
-      `Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`,
-    );
-    mkdirSync(RESULTS, { recursive: true });
-    hub = await startHub(join(tmp.dir, 'hub'), HUB_CONFIG);
+    hub = await startPageHub(join(tmp.dir, 'hub'), HUB_CONFIG);
     rest = new Rest(hub.url, hub.tokens.operatorToken);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--enable-unsafe-webgpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-      ],
-    });
+    browser = await launchChromium({ webgpu: true });
     context = await browser.newContext({ viewport: { width: 1100, height: 1200 } });
     node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), ['--name', 'native-1']);
     [gpuTab, wasmTab] = await Promise.all([
-      openTab(context, hub.url, 'backend=webgpu'),
-      openTab(context, hub.url, 'backend=wasm'),
+      openWorkerTab(context, hub.url, 'backend=webgpu'),
+      openWorkerTab(context, hub.url, 'backend=wasm'),
     ]);
     await waitFor(
       'two tabs and a node online',
@@ -457,7 +401,7 @@ describe('browser workers', () => {
     // close the tab during it.
     const model = hub.hub.models.byName('ppocr-det');
     assert.ok(model);
-    const victim = await openTab(context, hub.url, 'backend=wasm');
+    const victim = await openWorkerTab(context, hub.url, 'backend=wasm');
     await waitFor(
       'the new tab is online',
       () => hub.hub.workers.get(victim.workerId)?.state === 'online',

@@ -9,18 +9,14 @@
  * again later, so the tab takes part once the model can be had. Screenshots go to `test-results/`.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser, BrowserContext } from 'playwright-core';
 import type { NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
-import { ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
-
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const DIST = join(ROOT, 'dist', 'client');
-const RESULTS = join(ROOT, 'test-results');
+import { Rest, jobDone, tempDir, waitFor } from '../helpers/grid.ts';
+import { RESULTS, launchChromium, openWorkerTab, startPageHub, type Tab } from '../helpers/browser.ts';
 
 function items(model: Parameters<typeof calibrationInputs>[0], n: number, seed = 11): NamedItem[] {
   return Array.from({ length: n }, (_, i) => ({
@@ -29,27 +25,11 @@ function items(model: Parameters<typeof calibrationInputs>[0], n: number, seed =
   }));
 }
 
-interface Tab {
-  page: Page;
-  workerId: string;
-  logs: string[];
-}
-
+/** A WASM contributor tab named `name`, recording every status its page shows. */
 async function openTab(context: BrowserContext, hubUrl: string, name: string): Promise<Tab> {
-  const page = await context.newPage();
-  const logs: string[] = [];
-  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
-  await page.goto(`${hubUrl}/?autostart=1&debug=1&log=1&backend=wasm&name=${name}`);
-  const workerId = await waitFor(
-    `tab ${name} registered`,
-    () =>
-      page.evaluate(() => (window.shardhub?.stats()?.registered ? window.shardhub.workerId() : undefined)),
-    60_000,
-    100,
-  );
+  const tab = await openWorkerTab(context, hubUrl, `backend=wasm&name=${name}`);
   // Every status the page shows, sampled every 20 ms, in the page (`window.seenStatus`).
-  await page.evaluate(`(() => {
+  await tab.page.evaluate(`(() => {
     window.seenStatus = [];
     setInterval(() => {
       const st = window.shardhub && window.shardhub.status();
@@ -57,24 +37,12 @@ async function openTab(context: BrowserContext, hubUrl: string, name: string): P
       if (k && window.seenStatus[window.seenStatus.length - 1] !== k) window.seenStatus.push(k);
     }, 20);
   })()`);
-  return { page, workerId, logs };
+  return tab;
 }
 
 const seen = (tab: Tab) => tab.page.evaluate('window.seenStatus') as Promise<string[]>;
 const statusKey = (tab: Tab) =>
   tab.page.evaluate(() => window.shardhub?.status().key ?? '') as Promise<string>;
-
-async function jobDone(rest: Rest, jobId: string, timeoutMs = 180_000): Promise<any> {
-  return waitFor(
-    `job ${jobId} completed`,
-    async () => {
-      const s = await rest.data('GET', `/api/jobs/${jobId}`);
-      return s.state === 'completed' ? s : undefined;
-    },
-    timeoutMs,
-    200,
-  );
-}
 
 describe('contributor page states', () => {
   const tmp = tempDir('shardhub-contrib-');
@@ -87,10 +55,7 @@ describe('contributor page states', () => {
   const requests = new Map<string, number>();
 
   before(async () => {
-    assert.ok(existsSync(join(DIST, 'index.html')), 'the pages are built (npm run build)');
-    mkdirSync(RESULTS, { recursive: true });
-    hub = await startHub(join(tmp.dir, 'hub'), {
-      staticDir: DIST,
+    hub = await startPageHub(join(tmp.dir, 'hub'), {
       hub: {
         heartbeatMs: 500,
         offlineAfterMs: 2000,
@@ -99,15 +64,7 @@ describe('contributor page states', () => {
       },
     });
     rest = new Rest(hub.url, hub.tokens.operatorToken);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--no-first-run',
-      ],
-    });
+    browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1000, height: 1300 } });
     context.on('request', (r) => {
       const m = /\/api\/models\/([0-9a-f]{64})/.exec(r.url());

@@ -9,33 +9,21 @@
  * `test-results/`.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import type { HubServer } from '../../server/app.ts';
 import type { OcrRunView } from '../../server/pipeline.ts';
-import { ROOT, Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { ROOT, Rest, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { RESULTS, launchChromium, signInDashboard, startPageHub } from '../helpers/browser.ts';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const DIST = join(ROOT, 'dist', 'client');
-const RESULTS = join(ROOT, 'test-results');
 const SAMPLES = join(ROOT, 'models/samples/ocr');
 const PNGS = ['page-000.png', 'page-001.png', 'page-002.png'].map((f) => join(SAMPLES, f));
 
 /** Opens the dashboard, signs in through the form, waits for the live connection. */
-async function signIn(browser: Browser, hub: HubServer, errors: string[]): Promise<Page> {
-  const context = await browser.newContext({
-    viewport: { width: 1280, height: 1000 },
-    acceptDownloads: true,
-  });
-  const page = await context.newPage();
-  page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${hub.url}/dashboard#submit`);
-  await page.locator('[data-test=token]').fill(hub.tokens.operatorToken);
-  await page.locator('[data-test=sign-in]').click();
-  await page.locator('[data-test=connection]', { hasText: 'live' }).waitFor({ timeout: 15_000 });
-  return page;
+function signIn(browser: Browser, hub: HubServer, errors: string[]): Promise<Page> {
+  return signInDashboard(browser, hub, { hash: '#submit', viewport: { width: 1280, height: 1000 }, errors });
 }
 
 /** Drops files on the OCR form's drop zone, as a drag from the desktop would. */
@@ -63,21 +51,10 @@ describe('OCR from the operator dashboard', () => {
   const errors: string[] = [];
 
   before(async () => {
-    assert.ok(existsSync(join(DIST, 'dashboard.html')), 'the pages are built (npm run build)');
-    assert.ok(existsSync(CHROMIUM), `Chromium at ${CHROMIUM} (or set CHROMIUM_PATH)`);
-    mkdirSync(RESULTS, { recursive: true });
-    hub = await startHub(join(tmp.dir, 'hub'), { staticDir: DIST });
+    hub = await startPageHub(join(tmp.dir, 'hub'));
     rest = new Rest(hub.url, hub.tokens.operatorToken);
     node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), ['--name', 'native-1']);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--no-first-run',
-      ],
-    });
+    browser = await launchChromium();
     await waitFor(
       'the native node online',
       () => [...hub.hub.workers.values()].some((w) => w.state === 'online'),

@@ -9,22 +9,19 @@
  * offline worker can be removed (with the operator token only). Screenshots go to `test-results/`.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { io, type Socket } from 'socket.io-client';
 import type { ShardAssign } from '../../protocol/events.ts';
 import type { NamedItem } from '../../protocol/pack.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
-import { ROOT, Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { Rest, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { RESULTS, launchChromium, signInDashboard, startPageHub } from '../helpers/browser.ts';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const DIST = join(ROOT, 'dist', 'client');
-const RESULTS = join(ROOT, 'test-results');
 const NOOP = {
   inputs: [{ name: 'x', dtype: 'float32' as const, shape: ['N', 4] }],
   calibration: { dims: { x: [1, 4] }, seed: 1 },
@@ -111,14 +108,8 @@ async function failingWorker(
 }
 
 async function signIn(browser: Browser, hub: HubServer, hash: string): Promise<Page> {
-  const context = await browser.newContext({ viewport: { width: 1500, height: 1100 } });
-  const page = await context.newPage();
   const errors: string[] = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${hub.url}/dashboard${hash}`);
-  await page.locator('[data-test=token]').fill(hub.tokens.operatorToken);
-  await page.locator('[data-test=sign-in]').click();
-  await page.locator('[data-test=connection]', { hasText: 'live' }).waitFor({ timeout: 15_000 });
+  const page = await signInDashboard(browser, hub, { hash, viewport: { width: 1500, height: 1100 }, errors });
   assert.deepEqual(errors, [], 'no page errors');
   return page;
 }
@@ -136,10 +127,7 @@ describe('dashboard states', () => {
   let simIds: string[] = [];
 
   before(async () => {
-    assert.ok(existsSync(join(DIST, 'dashboard.html')), 'the pages are built (npm run build)');
-    mkdirSync(RESULTS, { recursive: true });
-    hub = await startHub(join(tmp.dir, 'hub'), {
-      staticDir: DIST,
+    hub = await startPageHub(join(tmp.dir, 'hub'), {
       hub: { heartbeatMs: 500, offlineAfterMs: 2000 },
     });
     rest = new Rest(hub.url, hub.tokens.operatorToken);
@@ -156,15 +144,7 @@ describe('dashboard states', () => {
       );
     }
     flaky = await failingWorker(hub);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--no-first-run',
-      ],
-    });
+    browser = await launchChromium();
     await waitFor(
       'two sim nodes and the flaky worker online',
       () => [...hub.hub.workers.values()].filter((w) => w.state === 'online').length === 3,
@@ -332,12 +312,13 @@ describe('dashboard states', () => {
     const r = row(page, gone);
     await r.waitFor();
     assert.equal(await r.locator('[data-action=evict]').count(), 0, 'an offline row has no Evict');
+    // A second dashboard sees the row go too. Signed in first: the question below stands for 4 s,
+    // which a sign-in on a loaded machine can outlast.
+    const other = await signIn(browser, hub, '#workers');
+    await row(other, gone).waitFor();
     const remove = r.locator('[data-action=remove]');
     await remove.click();
     assert.equal((await remove.innerText()).trim(), 'Sure?', 'asks twice');
-    // A second dashboard sees the row go too.
-    const other = await signIn(browser, hub, '#workers');
-    await row(other, gone).waitFor();
     await remove.click();
     await r.waitFor({ state: 'detached', timeout: 5000 });
     await row(other, gone).waitFor({ state: 'detached', timeout: 5000 });

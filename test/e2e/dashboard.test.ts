@@ -10,23 +10,21 @@
  * the Lit components.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import onnxProto from 'onnx-proto';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { io } from 'socket.io-client';
 import type { NamedItem } from '../../protocol/pack.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import type { HubServer } from '../../server/app.ts';
 import type { LiveWorker } from '../../server/workers.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
-import { ROOT, Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { ROOT, Rest, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { RESULTS, launchChromium, signInDashboard, startPageHub } from '../helpers/browser.ts';
 
 const { onnx } = onnxProto;
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const DIST = join(ROOT, 'dist', 'client');
-const RESULTS = join(ROOT, 'test-results');
 const NOOP = {
   inputs: [{ name: 'x', dtype: 'float32' as const, shape: ['N', 4] }],
   calibration: { dims: { x: [1, 4] }, seed: 1 },
@@ -36,32 +34,10 @@ function items(n: number, seed = 1): NamedItem[] {
   return Array.from({ length: n }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(NOOP, seed + i) }));
 }
 
-async function launch(): Promise<Browser> {
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--no-sandbox',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-    ],
-  });
-}
-
 /** Opens the dashboard, signs in through the form, waits for the live connection. */
 async function signIn(browser: Browser, hub: HubServer, hash = '#workers'): Promise<Page> {
-  const context = await browser.newContext({
-    viewport: { width: 1440, height: 1000 },
-    acceptDownloads: true,
-  });
-  const page = await context.newPage();
   const errors: string[] = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${hub.url}/dashboard${hash}`);
-  await page.locator('[data-test=token]').fill(hub.tokens.operatorToken);
-  await page.locator('[data-test=sign-in]').click();
-  await page.locator('[data-test=connection]', { hasText: 'live' }).waitFor({ timeout: 15_000 });
+  const page = await signInDashboard(browser, hub, { hash, errors });
   assert.deepEqual(errors, [], 'no page errors');
   return page;
 }
@@ -79,13 +55,7 @@ describe('operator dashboard', () => {
   let ids: string[] = [];
 
   before(async () => {
-    assert.ok(existsSync(join(DIST, 'dashboard.html')), 'the pages are built (npm run build)');
-    assert.ok(
-      existsSync(CHROMIUM),
-      `Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`,
-    );
-    mkdirSync(RESULTS, { recursive: true });
-    hub = await startHub(join(tmp.dir, 'hub'), { staticDir: DIST });
+    hub = await startPageHub(join(tmp.dir, 'hub'));
     rest = new Rest(hub.url, hub.tokens.operatorToken);
     for (let i = 0; i < 3; i++) {
       nodes.push(
@@ -101,7 +71,7 @@ describe('operator dashboard', () => {
         ]),
       );
     }
-    browser = await launch();
+    browser = await launchChromium();
     await waitFor(
       'three sim nodes online',
       () => [...hub.hub.workers.values()].filter((w) => w.state === 'online').length === 3,
@@ -416,8 +386,8 @@ describe('operator dashboard with 500 workers', () => {
   let browser: Browser;
 
   before(async () => {
-    hub = await startHub(join(tmp.dir, 'hub'), { staticDir: DIST });
-    browser = await launch();
+    hub = await startPageHub(join(tmp.dir, 'hub'));
+    browser = await launchChromium();
     const states = ['online', 'online', 'online', 'paused', 'draining', 'quarantined', 'offline'] as const;
     const gpus = ['NVIDIA GeForce RTX 4090', 'NVIDIA A100-SXM4-40GB', 'Apple M2', 'swiftshader', undefined];
     const far = Date.now() + 3_600_000; // never "silent" during the test: no liveness sweep

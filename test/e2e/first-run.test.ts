@@ -13,10 +13,10 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type Browser, type ConsoleMessage } from 'playwright-core';
+import type { Browser, ConsoleMessage } from 'playwright-core';
 import { ROOT, Rest, freePort, tempDir, waitFor } from '../helpers/grid.ts';
+import { CHROMIUM, launchChromium } from '../helpers/browser.ts';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARTIFACTS = join(ROOT, 'test-results', 'first-run');
 
 describe('a fresh clone: npm ci && npm start', { timeout: 300_000 }, () => {
@@ -59,10 +59,7 @@ describe('a fresh clone: npm ci && npm start', { timeout: 300_000 }, () => {
     exited = new Promise((ok) => start?.once('exit', (code, signal) => ok(code ?? signal)));
     await waitFor('the banner', () => out.includes('hub is up') || start?.exitCode !== null, 180_000, 200);
     assert.match(out, /hub is up/, out);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--enable-unsafe-webgpu'],
-    });
+    browser = await launchChromium({ webgpu: true });
   });
 
   after(async () => {

@@ -5,19 +5,18 @@
  * with the standalone pipeline's.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import type { HubServer } from '../../server/app.ts';
 import { decodeImage } from '../../server/io/images.ts';
 import { OcrService, type OcrPageResult, type OcrRunView } from '../../server/pipeline.ts';
 import { StandaloneOcr } from '../../pipeline/standalone.ts';
 import { scoreOcr } from '../../pipeline/metrics.ts';
-import { ROOT, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { ROOT, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { launchChromium, openWorkerTab, startPageHub } from '../helpers/browser.ts';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const DIST = join(ROOT, 'dist', 'client');
 const SAMPLES = join(ROOT, 'models/samples/ocr');
 
 describe('OCR on a native node and a WASM tab', () => {
@@ -28,29 +27,11 @@ describe('OCR on a native node and a WASM tab', () => {
   let node: Proc;
 
   before(async () => {
-    assert.ok(existsSync(join(DIST, 'index.html')), 'the pages are built (npm run build)');
-    hub = await startHub(join(tmp.dir, 'hub'), {
-      staticDir: DIST,
+    hub = await startPageHub(join(tmp.dir, 'hub'), {
       hub: { heartbeatMs: 500, offlineAfterMs: 2000, benchmarkTimeoutMs: 60_000 },
     });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--no-first-run',
-      ],
-    });
-    tab = await (await browser.newContext()).newPage();
-    await tab.goto(`${hub.url}/?autostart=1&debug=1&backend=wasm`);
-    await waitFor(
-      'tab registered',
-      () =>
-        tab.evaluate(() => (window.shardhub?.stats()?.registered ? window.shardhub.workerId() : undefined)),
-      60_000,
-      100,
-    );
+    browser = await launchChromium();
+    tab = (await openWorkerTab(await browser.newContext(), hub.url, 'backend=wasm')).page;
     node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), ['--name', 'native-1']);
     await waitFor(
       'tab and node online',

@@ -183,6 +183,19 @@ export class Rest {
   }
 }
 
+/** Polls `GET /api/jobs/:id` until the job is completed; resolves with its view. */
+export function jobDone(rest: Rest, jobId: string, timeoutMs = 180_000): Promise<any> {
+  return waitFor(
+    `job ${jobId} completed`,
+    async () => {
+      const s = await rest.data('GET', `/api/jobs/${jobId}`);
+      return s.state === 'completed' ? s : undefined;
+    },
+    timeoutMs,
+    100,
+  );
+}
+
 /** Runs a model standalone in onnxruntime-node: the reference every grid result is compared with. */
 export class Reference {
   private constructor(private readonly session: ort.InferenceSession) {}

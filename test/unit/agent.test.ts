@@ -1,6 +1,8 @@
 /**
  * The worker run loop against a real Socket.IO server on loopback that plays the hub, with the
- * sim backend (wrapped to record which items actually ran).
+ * sim backend (wrapped to record which items actually ran). Where a test shows that something does
+ * not happen, it waits for the agent to settle (nothing queued, running or unacked: nothing more can
+ * come) or drives the agent's and the sim's clock by hand (`test/helpers/clock.ts`), never real time.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -12,11 +14,12 @@ import type { WorkerAuth } from '../../protocol/events.ts';
 import { toNumbers, type WireTensor } from '../../protocol/tensor.ts';
 import { runNode, type NodeHandle } from '../../native/node.ts';
 import { SimBackend, type SimOptions } from '../../native/sim-backend.ts';
-import { WorkerAgent, type WorkerSocket } from '../../worker/agent.ts';
+import { WorkerAgent, type WorkerAgentOptions, type WorkerSocket } from '../../worker/agent.ts';
 import type { Backend, BackendFactory } from '../../worker/backend.ts';
 import { MemoryModelStore } from '../../worker/model-cache.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
-import { FakeHub, items, modelBytes, range, sha256, simModel, sleep, waitFor } from './fake-hub.ts';
+import { ManualClock } from '../helpers/clock.ts';
+import { FakeHub, items, modelBytes, range, sha256, simModel, waitFor } from './fake-hub.ts';
 
 /** The sim backend, recording the input value (= item id) of every item it runs. */
 function recordingSim(opts: SimOptions): { ran: number[]; factory: BackendFactory } {
@@ -53,6 +56,7 @@ async function setup(
   batchesInFlight = 1,
   wrap: (backend: Backend) => Backend = (b) => b,
   holdMs?: number,
+  more: Partial<Pick<WorkerAgentOptions, 'clock' | 'logger'>> = {},
 ) {
   const hub = new FakeHub();
   await hub.listen();
@@ -75,11 +79,43 @@ async function setup(
     batchesInFlight,
     benchmark: { minMs: 200 },
     ...(holdMs !== undefined ? { holdMs } : {}),
+    ...more,
   });
   cleanups.push(() => agent.close());
   await agent.start();
   await waitFor('registration', () => hub.registers.length === 1);
   return { hub, agent, ran };
+}
+
+/**
+ * Resolves once every message the agent sent before now has reached the hub: the agent answers a
+ * `shard:revoke` on the same connection, after them.
+ */
+async function barrier(hub: FakeHub): Promise<void> {
+  await hub.last.timeout(2000).emitWithAck('shard:revoke', { itemIds: [] });
+}
+
+/**
+ * Waits until the agent has nothing queued, running or unacknowledged: from then on it sends
+ * nothing unless it is given work, so what the hub has is all it will get.
+ */
+async function settled(hub: FakeHub, agent: WorkerAgent): Promise<void> {
+  await waitFor('the agent to settle', () => {
+    const s = agent.stats;
+    return s.queued === 0 && s.running === 0 && s.unsent === 0;
+  });
+  await barrier(hub);
+}
+
+/** A logger that keeps the messages of warnings and errors, with their fields. */
+function recordingLogger() {
+  const lines: { level: string; msg: string; obj: Record<string, unknown> }[] = [];
+  const at =
+    (level: string) =>
+    (obj: object, msg = '') => {
+      lines.push({ level, msg, obj: obj as Record<string, unknown> });
+    };
+  return { lines, logger: { info: () => {}, debug: () => {}, warn: at('warn'), error: at('error') } };
 }
 
 describe('WorkerAgent', () => {
@@ -177,7 +213,8 @@ describe('WorkerAgent', () => {
   });
 
   it('with two batches in flight, the next is handed over before the first ends, and cannot be revoked', async () => {
-    const { hub, ran } = await setup({ itemMs: 60 }, 1, 2);
+    const clock = new ManualClock(); // the sim's: no item ends until the test moves it
+    const { hub, agent, ran } = await setup({ itemMs: 60, clock }, 1, 2);
     const ids = range(1, 6);
     hub.assign(ids);
     // Both handed over at once: the sim backend records an item when its run is called.
@@ -187,8 +224,9 @@ describe('WorkerAgent', () => {
     assert.ok('data' in reply);
     const revoked = reply.data.revoked;
     assert.ok(!revoked.includes(1) && !revoked.includes(2), `handed-over items stay: ${revoked.join(',')}`);
+    await clock.advance(60 * ids.length);
     await waitFor('the rest finish', () => hub.results.length === ids.length - revoked.length);
-    await sleep(150);
+    await settled(hub, agent);
     assert.deepEqual(
       [...hub.resultIds(), ...revoked].sort((a, b) => a - b),
       ids,
@@ -220,32 +258,46 @@ describe('WorkerAgent', () => {
   });
 
   it('results the hub could not take are sent again after a pause that doubles; a refused message is not', async () => {
-    const { hub, agent } = await setup({ itemMs: 5 });
+    const clock = new ManualClock(); // the agent's (and its outbox's); the sim runs in real time
+    const { lines, logger } = recordingLogger();
+    const { hub, agent } = await setup({ itemMs: 5 }, 1, 1, (b) => b, undefined, { clock, logger });
+    const resends = () => lines.filter((l) => l.msg === 'hub could not take results message; will resend');
     const internal = { code: 'internal', message: 'the hub could not store these results; send them again' };
     hub.doneErrors.push(internal, internal);
-    const t0 = Date.now();
     hub.assign([1]);
-    await waitFor('the first answer', () => hub.doneSizes.length === 1);
+    await waitFor('the first answer to reach the agent', () => resends().length === 1);
     assert.equal(agent.stats.unsent, 1, 'still unsent while it waits to go again');
-    await waitFor('the result taken', () => hub.results.length === 1, 10_000);
+    // Pauses of 500 ms, then 1,000 ms: nothing goes before each ends.
+    await clock.advance(499);
+    await barrier(hub);
+    assert.deepEqual(hub.doneSizes, [1], 'not sent again within 500 ms');
+    await clock.advance(1);
+    await waitFor('the second answer to reach the agent', () => resends().length === 2);
+    assert.deepEqual(hub.doneSizes, [1, 1]);
+    await clock.advance(999);
+    await barrier(hub);
+    assert.deepEqual(hub.doneSizes, [1, 1], 'not sent again within 1,000 ms');
+    await clock.advance(1);
+    await waitFor('the result taken', () => hub.results.length === 1);
     assert.deepEqual(hub.doneSizes, [1, 1, 1], 'sent three times');
-    // Pauses of 500 ms, then 1,000 ms.
-    assert.ok(Date.now() - t0 >= 1400, `taken after ${Date.now() - t0} ms`);
-    // The fake hub records the result before its ack reaches the agent.
-    await waitFor('the ack', () => agent.stats.unsent === 0);
+    assert.deepEqual(
+      resends().map((l) => l.obj.waitMs),
+      [500, 1000],
+    );
+    await settled(hub, agent);
 
     // Refused for what it is: resending would be refused the same way.
     hub.doneErrors.push({ code: 'invalid_payload', message: 'results: bad dims' });
     hub.assign([2]);
-    await waitFor('the refusal', () => hub.doneSizes.length === 4);
-    await sleep(800);
+    await waitFor('the refusal', () => lines.some((l) => l.msg === 'hub refused results message'));
+    await clock.advance(5000); // longer than any pause it could have waited
+    await settled(hub, agent);
     assert.equal(hub.doneSizes.length, 4, 'not sent again');
     assert.deepEqual(hub.resultIds(), [1]);
-    assert.equal(agent.stats.unsent, 0);
   });
 
   it('shard:revoke returns exactly the unstarted items, and those never run', async () => {
-    const { hub, ran } = await setup({ itemMs: 40 });
+    const { hub, agent, ran } = await setup({ itemMs: 40 });
     const ids = range(1, 10);
     hub.assign(ids);
     await waitFor('the first item to start', () => ran.length === 1);
@@ -255,7 +307,7 @@ describe('WorkerAgent', () => {
     assert.ok(revoked.length >= 8, `most items were unstarted (${revoked.length})`);
     assert.ok(!revoked.includes(999), 'unknown ids are not revoked');
     await waitFor('the running item(s) to finish', () => hub.results.length === ids.length - revoked.length);
-    await sleep(100);
+    await settled(hub, agent);
     const done = hub.resultIds();
     assert.deepEqual(
       [...done, ...revoked].sort((a, b) => a - b),
@@ -276,7 +328,7 @@ describe('WorkerAgent', () => {
     hub.last.emit('worker:control', { action: 'pause' });
     await waitFor('release', () => hub.released.length > 0);
     await waitFor('running item result', () => hub.results.length === 8 - hub.released.length);
-    await sleep(100);
+    await settled(hub, agent);
     assert.equal(ran.length, 8 - hub.released.length, 'nothing started after pause');
     assert.deepEqual(
       [...hub.resultIds(), ...hub.released].sort((a, b) => a - b),
@@ -294,25 +346,33 @@ describe('WorkerAgent', () => {
   });
 
   it('setThrottle makes runners rest so busy time is about the fraction', async () => {
-    const { hub, agent } = await setup({ itemMs: 20 });
+    const clock = new ManualClock(); // the agent's and the sim's
+    const { hub, agent, ran } = await setup({ itemMs: 20, clock }, 1, 1, (b) => b, undefined, { clock });
     assert.throws(() => agent.setThrottle(1.5), /between 0 and 1/);
     agent.setThrottle(0.5);
-    const t0 = Date.now();
     hub.assign(range(1, 10));
-    await waitFor('10 results', () => hub.results.length === 10);
-    const elapsed = Date.now() - t0;
-    // 10 x 20 ms busy at half duty is >= 380 ms (the last rest may still be running); flat out ~200 ms.
-    assert.ok(elapsed >= 360, `elapsed ${elapsed} ms`);
+    await waitFor('the first item to start', () => ran.length === 1);
+    const t0 = clock.now();
+    while (agent.stats.itemsDone < 10) await clock.advance(5);
+    // 10 x 20 ms busy at half duty: each item is followed by a rest as long, so the tenth ends at
+    // 9 x 40 + 20 ms; flat out it would be 200 ms.
+    assert.equal(clock.now() - t0, 380);
+    // The last results may wait for the outbox's flush timer, on the same clock.
+    for (let i = 0; i < 100 && hub.results.length < 10; i++) {
+      await clock.advance(5);
+      await barrier(hub);
+    }
+    assert.equal(hub.results.length, 10);
     assert.equal(agent.stats.throttle, 0.5);
   });
 
   it('items:cancel drops queued items and discards the result of a running one', async () => {
-    const { hub, ran } = await setup({ itemMs: 40 });
+    const { hub, agent, ran } = await setup({ itemMs: 40 });
     hub.assign(range(1, 4));
     await waitFor('the first item to start', () => ran.length === 1);
     hub.last.emit('items:cancel', { itemIds: [1, 2, 3], reason: 'job cancelled' });
     await waitFor('item 4', () => hub.results.some((r) => r.itemId === 4));
-    await sleep(60);
+    await settled(hub, agent);
     assert.deepEqual(hub.resultIds(), [4]);
     assert.deepEqual(ran, [1, 4]);
   });
@@ -409,7 +469,7 @@ describe('native node reconnection', () => {
     await waitFor('result of the item that was running', () => hub.results.length === 1);
     assert.equal(hub.results[0]?.itemId, 1);
     assert.equal(hub.results[0]?.conn, 1, 'sent on the new connection');
-    await sleep(400);
+    await settled(hub, node.agent);
     assert.deepEqual(hub.resultIds(), [1], 'the unstarted queue was dropped (the hub requeued it)');
 
     // The identity persists: a second start with the same state dir is the same worker.
@@ -453,6 +513,7 @@ describe('SimBackend', () => {
 
   it('sleeps k * itemMs / speed, slows down at slowAtS and dies at dieAtS, timed from the first item', async () => {
     let died = 0;
+    const clock = new ManualClock();
     const sim = await SimBackend.create({
       itemMs: 40,
       speed: 2,
@@ -460,37 +521,48 @@ describe('SimBackend', () => {
       slowFactor: 3,
       dieAtS: 0.3,
       die: () => died++,
+      clock,
     });
     assert.equal(sim.msPerItem(), 20);
     const session = await sim.load(simModel());
-    await sleep(200); // the clock starts at the first item, not at creation
-    const t0 = Date.now();
-    await session.run(items([1, 2, 3]).map((i) => i.inputs));
-    assert.ok(Date.now() - t0 >= 58, 'a batch of 3 sleeps 3 x 20 ms');
+    await clock.advance(200); // the script starts at the first item, not at creation
     assert.equal(sim.msPerItem(), 20);
-    await sleep(120);
-    assert.equal(sim.msPerItem(), 60, 'slower after slowAtS');
+    let ran = false;
+    const run = session.run(items([1, 2, 3]).map((i) => i.inputs)).then(() => (ran = true));
+    await clock.advance(59);
+    assert.equal(ran, false, 'a batch of 3 sleeps 3 x 20 ms');
+    await clock.advance(1);
+    await run;
+    await clock.advance(89);
+    assert.equal(sim.msPerItem(), 20, 'as fast until slowAtS');
+    await clock.advance(1);
+    assert.equal(sim.msPerItem(), 60, 'slower from slowAtS');
+    await clock.advance(149);
     assert.equal(died, 0);
-    await sleep(150);
+    await clock.advance(1);
     assert.equal(died, 1, 'died at dieAtS');
     await sim.dispose();
     await assert.rejects(SimBackend.create({ speed: 0 }), /speed must be greater than 0/);
   });
 
   it('an item of R rows costs R items', async () => {
-    const sim = await SimBackend.create({ itemMs: 20 });
+    const clock = new ManualClock();
+    const sim = await SimBackend.create({ itemMs: 20, clock });
     const session = await sim.load(simModel());
     const rows = (r: number): WireTensor[] => [
       { name: 'x', dtype: 'float32', dims: [r, 1], data: new Uint8Array(new Float32Array(r).buffer) },
     ];
-    const t0 = performance.now();
-    await session.run([rows(1)]);
-    const one = performance.now() - t0;
-    await sleep(50); // not back to back: the next run starts now, not at the last one's deadline
-    const t1 = performance.now();
-    await session.run([rows(5)]);
-    const five = performance.now() - t1;
-    assert.ok(one >= 19, `one row: ${one.toFixed(1)} ms`);
-    assert.ok(five >= 99, `five rows: ${five.toFixed(1)} ms, five times one`);
+    /** The clock time a run of `r` rows takes, in steps of 1 ms. */
+    const timed = async (r: number): Promise<number> => {
+      let done = false;
+      const run = session.run([rows(r)]).then(() => (done = true));
+      const t0 = clock.now();
+      while (!done) await clock.advance(1);
+      await run;
+      return clock.now() - t0;
+    };
+    assert.equal(await timed(1), 20, 'one row');
+    await clock.advance(50); // not back to back: the next run starts now, not at the last one's deadline
+    assert.equal(await timed(5), 100, 'five rows: five times one');
   });
 });

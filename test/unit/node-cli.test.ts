@@ -77,6 +77,27 @@ describe('shardhub node arguments', () => {
     bad(['--hub', 'localhost:8080'], /did you mean http:\/\/localhost:8080/);
     bad(['--hub', 'http://x', '--concurrency', '300'], /--concurrency must be an integer from 1 to 256/);
     bad(['--hub', 'http://x', '--data-channel', 'yes'], /--data-channel must be one of on, off/);
+    bad(['--hub', 'http://x', '--corrupt-after', '3'], /apply only with --corrupt-rate/);
+    bad(
+      ['--hub', 'http://x', '--corrupt-rate', '1', '--corrupt-scale', '1'],
+      /--corrupt-scale must be a number other than 1/,
+    );
+  });
+
+  it('parses the fault flags: a subtle liar that turns after N honest items', () => {
+    const argv = [
+      '--hub',
+      'http://x',
+      '--corrupt-rate',
+      '0.05',
+      '--corrupt-after',
+      '300',
+      '--corrupt-scale',
+      '1.05',
+    ];
+    assert.deepEqual(options(argv)?.corrupt, { rate: 0.05, after: 300, scale: 1.05 });
+    assert.deepEqual(options(['--hub', 'http://x', '--corrupt-rate', '1'])?.corrupt, { rate: 1 });
+    assert.equal(options(['--hub', 'http://x'])?.corrupt, undefined);
   });
 
   it('parses the sim flags', () => {

@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import type { WireTensor } from '../../protocol/tensor.ts';
 import { Stager } from '../../native/staging.ts';
 import { concatItems } from '../../worker/batching.ts';
+import { ManualClock } from '../helpers/clock.ts';
 
 const model = { sha256: 'a'.repeat(64), batchable: true, batchSize: 3 };
 
@@ -126,15 +127,15 @@ describe('Stager', () => {
   });
 
   it('lets go of kept buffers once none has come back for idleMs', async () => {
-    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-    const stager = new Stager(2 ** 20, 2 ** 20, 200);
+    const clock = new ManualClock();
+    const stager = new Stager(2 ** 20, 2 ** 20, 200, clock);
     stager.give(new ArrayBuffer(1024));
-    await sleep(120);
+    await clock.advance(120);
     stager.give(new ArrayBuffer(1024));
-    await sleep(120);
+    await clock.advance(199);
     assert.equal(stager.keptBytes, 2048, 'each buffer given back restarts the wait');
-    await sleep(200);
-    assert.equal(stager.keptBytes, 0, 'released when idle');
+    await clock.advance(1);
+    assert.equal(stager.keptBytes, 0, 'released when idle for idleMs');
     const next = stager.stage(model, item(1));
     assert.equal(next[0]?.data.byteLength, 16, 'a new buffer after the release');
   });
