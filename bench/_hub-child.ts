@@ -124,7 +124,7 @@ serve(
         for (let i = off; i < Math.min(n, off + chunk); i++) {
           batch.push({ name: `i${i}`, inputs: packTensors(inputsOf(m, args.inputs ?? 'seq', i + 1)) });
         }
-        h.store.appendItems(job.id, batch);
+        h.appendItems(job.id, batch);
       }
       return job.id;
     },
@@ -160,7 +160,7 @@ serve(
                 timeline: f.timeline.slice(0, 60),
               }
             : undefined;
-          return { ...c, job: jobView(hub().hub.store.getJob(args.jobId)), sched };
+          return { ...c, job: jobView(hub().hub.jobs.get(args.jobId)), sched };
         }
         if (Date.now() > end) throw new Error(`job ${args.jobId} not done in time`);
         await new Promise((ok) => setTimeout(ok, 20));
@@ -168,7 +168,7 @@ serve(
     },
 
     job(args: { jobId: string }) {
-      return jobView(hub().hub.store.getJob(args.jobId));
+      return jobView(hub().hub.jobs.get(args.jobId));
     },
 
     /**
@@ -181,7 +181,7 @@ serve(
       const sha = args.model ? model(args.model).sha256 : undefined;
       return {
         online: online.length,
-        benchmarked: sha ? online.filter((w) => h.scheduler.benchmark(w.id, sha) !== undefined).length : 0,
+        benchmarked: sha ? online.filter((w) => h.schedule.benchmark(w.id, sha) !== undefined).length : 0,
         proven: online.filter((w) => h.trust.isProven(w.id, w.kind)).length,
       };
     },
@@ -196,7 +196,7 @@ serve(
 
     /** Items a worker holds now. */
     held(args: { workerId: string }) {
-      return hub().hub.scheduler.heldBy(args.workerId).length;
+      return hub().hub.schedule.heldBy(args.workerId).length;
     },
 
     mem() {
@@ -251,11 +251,11 @@ serve(
     async killAndTime(args: { workerId: string; pid: number; signal: NodeJS.Signals; timeoutMs?: number }) {
       const h = hub().hub;
       const deadline = Date.now() + 60_000;
-      while (h.scheduler.heldBy(args.workerId).length === 0) {
+      while (h.schedule.heldBy(args.workerId).length === 0) {
         if (Date.now() > deadline) throw new Error(`worker ${args.workerId} never held items`);
         await new Promise((ok) => setTimeout(ok, 5));
       }
-      const held = h.scheduler.heldBy(args.workerId).length;
+      const held = h.schedule.heldBy(args.workerId).length;
       const before = requeues.length;
       const t0 = now();
       process.kill(args.pid, args.signal);

@@ -100,7 +100,7 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
     }
     const auth = WorkerAuthSchema.safeParse(socket.handshake.auth);
     if (!auth.success) return next(new Error(`bad handshake: ${describeZodError(auth.error)}`));
-    const known = hub.store.getWorker(auth.data.workerId);
+    const known = hub.storedWorker(auth.data.workerId);
     if (known && known.secretHash !== hashSecret(auth.data.workerSecret)) {
       hub.log.warn(
         { workerId: auth.data.workerId, address: socket.handshake.address },
@@ -178,8 +178,8 @@ export function attachWorkerGateway(anyNsp: Namespace, hub: Hub, opts: GatewayOp
           return;
         }
         const now = Date.now();
-        const known = hub.store.getWorker(workerId);
-        hub.store.upsertWorker({
+        const known = hub.storedWorker(workerId);
+        hub.rememberWorker({
           id: workerId,
           secretHash: hashSecret(auth.workerSecret),
           kind: req.kind,

@@ -63,7 +63,7 @@ function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknow
 }
 
 function assertOneResultEach(hub: HubServer, jobId: string, n: number): void {
-  const names = [...hub.hub.store.iterateResults(jobId)].map((r) => r.name);
+  const names = [...hub.hub.jobs.results(jobId)].map((r) => r.name);
   assert.equal(names.length, n, 'every item has a result');
   assert.equal(new Set(names).size, n, 'no item has two accepted results');
 }
@@ -135,8 +135,7 @@ describe('scheduler over real sockets', () => {
       const victim = ids[2] as string;
       await waitFor(
         'victim holds items',
-        () =>
-          hub.hub.scheduler.heldBy(victim).length > 0 && (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 50,
+        () => hub.hub.schedule.heldBy(victim).length > 0 && (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 50,
         60_000,
         5,
       );
@@ -172,7 +171,7 @@ describe('scheduler over real sockets', () => {
       await waitFor('first node', () => hub.hub.workers.size === 1, 60_000);
       const rest = new Rest(hub.url, hub.tokens.operatorToken);
       const jobId = await rest.submit('noop', items(600));
-      await waitFor('progress', () => (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 20, 60_000, 10);
+      await waitFor('progress', () => (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 20, 60_000, 10);
       nodes.push(
         startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'j1'), [
           '--backend',
@@ -192,7 +191,7 @@ describe('scheduler over real sockets', () => {
       );
       await waitFor(
         'joiner gets items',
-        () => hub.hub.scheduler.heldBy(late.id).length > 0 || late.itemsDone > 0,
+        () => hub.hub.schedule.heldBy(late.id).length > 0 || late.itemsDone > 0,
         20_000,
         5,
       );
