@@ -12,6 +12,7 @@ import { unpackTensors, type NamedItem } from '../../protocol/pack.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { compareTensors } from '../../protocol/tensor.ts';
 import type { HubConfig, HubServer } from '../../server/app.ts';
+import { SqliteStore } from '../../server/store/sqlite.ts';
 import { TrustStore, type TrustRecord } from '../../server/store/trust-store.ts';
 import { DEFAULT_TRUST_OPTIONS, type TrustOptions } from '../../server/trust.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
@@ -152,9 +153,13 @@ export async function hostileGrid(
   },
 ): Promise<HostileGrid> {
   if (opts.records?.length) {
+    // The hub's own stores, opened as the hub opens them (its store first: it makes the file).
     mkdirSync(dataDir, { recursive: true });
-    const store = TrustStore.open(join(dataDir, 'hub.sqlite'));
-    for (const r of opts.records) store.putTrust(r);
+    const file = join(dataDir, 'hub.sqlite');
+    const store = SqliteStore.open(file);
+    const trust = TrustStore.open(file);
+    for (const r of opts.records) trust.putTrust(r);
+    trust.close();
     store.close();
   }
   const hub = await startHub(dataDir, {

@@ -664,7 +664,7 @@ test('finding 10: a probation result waits about a second for a confirmer, not f
       30_000,
       100,
     );
-    assert.equal(status.done, 320);
+    assert.equal(status.done, 300);
   } finally {
     tab?.close();
     for (const n of nodes) n.child.kill('SIGKILL');
