@@ -357,11 +357,6 @@ export class Hub extends EventEmitter<HubEvents> {
     return this.trustActions.probationOf(workerId);
   }
 
-  /** Quarantines a worker (operator action, and the trust rules'). */
-  quarantine(workerId: string, reason: string): void {
-    this.trustActions.quarantine(workerId, reason);
-  }
-
   // ---------------------------------------------------------------- results
 
   /** Takes a batch of results; the reply comes once they are stored (see `ResultsCommit`). */
