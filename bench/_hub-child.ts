@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { Dispatch } from '../server/hub/dispatch.ts';
 import { HubServer, type HubConfig } from '../server/app.ts';
 import { createLogger } from '../server/logger.ts';
 import type { JobRecord } from '../server/store/store.ts';
@@ -73,24 +74,22 @@ serve(
         { host: '127.0.0.1', port: 0, ...args.config },
         createLogger('hub', process.env.SHARDHUB_LOG_LEVEL ?? 'error'),
       );
-      const h = server.hub as unknown as {
-        acceptResults: (w: string, r: unknown[]) => unknown;
-        send: (a: { itemIds: number[] } | { itemIds: number[] }[]) => void;
-      };
+      const h = server.hub as unknown as { acceptResults: (w: string, r: unknown[]) => unknown };
       const accept = h.acceptResults.bind(h);
       h.acceptResults = (w, r) => {
         counts.resultMsgs++;
         counts.resultItems += r.length;
         return accept(w, r);
       };
-      // One assignment, or (a hub that batches them) a list.
-      const send = h.send.bind(h);
-      h.send = (a) => {
-        for (const x of Array.isArray(a) ? a : [a]) {
+      // Every batch of assignments the hub sends (its dispatch's `send`, private: counted here only).
+      const dispatch = Dispatch.prototype as unknown as { send: (a: { itemIds: number[] }[]) => void };
+      const send = dispatch.send;
+      dispatch.send = function (this: unknown, a) {
+        for (const x of a) {
           counts.shards++;
           counts.shardItems += x.itemIds.length;
         }
-        send(a);
+        send.call(this, a);
       };
       server.hub.on('job:completed', (id) => completed.set(id, { cpuUs: cpuUs(), t: now() }));
       server.hub.on('items:requeued', (e) =>
