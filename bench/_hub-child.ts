@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { Dispatch } from '../server/hub/dispatch.ts';
 import { HubServer, type HubConfig } from '../server/app.ts';
 import { createLogger } from '../server/logger.ts';
 import type { JobRecord } from '../server/store/store.ts';
@@ -73,24 +74,22 @@ serve(
         { host: '127.0.0.1', port: 0, ...args.config },
         createLogger('hub', process.env.SHARDHUB_LOG_LEVEL ?? 'error'),
       );
-      const h = server.hub as unknown as {
-        acceptResults: (w: string, r: unknown[]) => unknown;
-        send: (a: { itemIds: number[] } | { itemIds: number[] }[]) => void;
-      };
+      const h = server.hub as unknown as { acceptResults: (w: string, r: unknown[]) => unknown };
       const accept = h.acceptResults.bind(h);
       h.acceptResults = (w, r) => {
         counts.resultMsgs++;
         counts.resultItems += r.length;
         return accept(w, r);
       };
-      // One assignment, or (a hub that batches them) a list.
-      const send = h.send.bind(h);
-      h.send = (a) => {
-        for (const x of Array.isArray(a) ? a : [a]) {
+      // Every batch of assignments the hub sends (its dispatch's `send`, private: counted here only).
+      const dispatch = Dispatch.prototype as unknown as { send: (a: { itemIds: number[] }[]) => void };
+      const send = dispatch.send;
+      dispatch.send = function (this: unknown, a) {
+        for (const x of a) {
           counts.shards++;
           counts.shardItems += x.itemIds.length;
         }
-        send(a);
+        send.call(this, a);
       };
       server.hub.on('job:completed', (id) => completed.set(id, { cpuUs: cpuUs(), t: now() }));
       server.hub.on('items:requeued', (e) =>
@@ -124,7 +123,7 @@ serve(
         for (let i = off; i < Math.min(n, off + chunk); i++) {
           batch.push({ name: `i${i}`, inputs: packTensors(inputsOf(m, args.inputs ?? 'seq', i + 1)) });
         }
-        h.store.appendItems(job.id, batch);
+        h.appendItems(job.id, batch);
       }
       return job.id;
     },
@@ -160,7 +159,7 @@ serve(
                 timeline: f.timeline.slice(0, 60),
               }
             : undefined;
-          return { ...c, job: jobView(hub().hub.store.getJob(args.jobId)), sched };
+          return { ...c, job: jobView(hub().hub.jobs.get(args.jobId)), sched };
         }
         if (Date.now() > end) throw new Error(`job ${args.jobId} not done in time`);
         await new Promise((ok) => setTimeout(ok, 20));
@@ -168,7 +167,7 @@ serve(
     },
 
     job(args: { jobId: string }) {
-      return jobView(hub().hub.store.getJob(args.jobId));
+      return jobView(hub().hub.jobs.get(args.jobId));
     },
 
     /**
@@ -181,7 +180,7 @@ serve(
       const sha = args.model ? model(args.model).sha256 : undefined;
       return {
         online: online.length,
-        benchmarked: sha ? online.filter((w) => h.scheduler.benchmark(w.id, sha) !== undefined).length : 0,
+        benchmarked: sha ? online.filter((w) => h.schedule.benchmark(w.id, sha) !== undefined).length : 0,
         proven: online.filter((w) => h.trust.isProven(w.id, w.kind)).length,
       };
     },
@@ -196,7 +195,7 @@ serve(
 
     /** Items a worker holds now. */
     held(args: { workerId: string }) {
-      return hub().hub.scheduler.heldBy(args.workerId).length;
+      return hub().hub.schedule.heldBy(args.workerId).length;
     },
 
     mem() {
@@ -251,11 +250,11 @@ serve(
     async killAndTime(args: { workerId: string; pid: number; signal: NodeJS.Signals; timeoutMs?: number }) {
       const h = hub().hub;
       const deadline = Date.now() + 60_000;
-      while (h.scheduler.heldBy(args.workerId).length === 0) {
+      while (h.schedule.heldBy(args.workerId).length === 0) {
         if (Date.now() > deadline) throw new Error(`worker ${args.workerId} never held items`);
         await new Promise((ok) => setTimeout(ok, 5));
       }
-      const held = h.scheduler.heldBy(args.workerId).length;
+      const held = h.schedule.heldBy(args.workerId).length;
       const before = requeues.length;
       const t0 = now();
       process.kill(args.pid, args.signal);

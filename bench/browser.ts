@@ -282,7 +282,7 @@ async function runJob(hub: HubServer, model: string, items: NamedItem[]): Promis
   const job = await until(
     `job ${id} completed`,
     () => {
-      const j = hub.hub.store.getJob(id);
+      const j = hub.hub.jobs.get(id);
       return j?.state === 'completed' ? j : undefined;
     },
     15 * 60_000,

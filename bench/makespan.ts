@@ -112,7 +112,7 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number, 
         options: {},
         state: 'open',
       });
-      hub.hub.store.appendItems(
+      hub.hub.appendItems(
         job.id,
         Array.from({ length: n }, (_, i) => ({
           name: `i${i}`,
@@ -124,13 +124,13 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number, 
     };
     // Warm-up: every node benchmarks the model before the measured job.
     const warm = await submit(SPEEDS.length * 4, 1);
-    await until('warm-up done', () => hub.hub.store.getJob(warm)?.state === 'completed');
+    await until('warm-up done', () => hub.hub.jobs.get(warm)?.state === 'completed');
     await until('all benchmarked', () =>
-      [...hub.hub.workers.keys()].every((id) => hub.hub.scheduler.benchmark(id, model.sha256)),
+      [...hub.hub.workers.keys()].every((id) => hub.hub.schedule.benchmark(id, model.sha256)),
     );
 
     const jobId = await submit(items, 10_000, shaped);
-    const started = await until('job started', () => hub.hub.store.getJob(jobId)?.startedAt, 60_000, 1);
+    const started = await until('job started', () => hub.hub.jobs.get(jobId)?.startedAt, 60_000, 1);
     const ideal = idealFor(s, items, itemMs * rows);
     if (s !== 'a') {
       const at = started + (idealFor('a', items, itemMs * rows) / 2) * 1000;
@@ -153,8 +153,8 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number, 
         });
       }
     }
-    await until('job done', () => hub.hub.store.getJob(jobId)?.state === 'completed', 600_000, 2);
-    const job = hub.hub.store.getJob(jobId);
+    await until('job done', () => hub.hub.jobs.get(jobId)?.state === 'completed', 600_000, 2);
+    const job = hub.hub.jobs.get(jobId);
     const report = hub.hub.fairnessOf(jobId, true);
     if (!job || !report) throw new Error('job vanished');
     const makespan = ((job.finishedAt ?? 0) - (job.startedAt ?? 0)) / 1000;

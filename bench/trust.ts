@@ -71,7 +71,7 @@ async function submit(hub: HubServer, n: number, seed: number): Promise<string> 
     const rows = [];
     for (let k = i; k < Math.min(n, i + 1000); k++)
       rows.push({ name: `i${k}`, inputs: packTensors(calibrationInputs(model, seed + k)) });
-    hub.hub.store.appendItems(job.id, rows);
+    hub.hub.appendItems(job.id, rows);
   }
   await hub.hub.sealJob(job.id);
   return job.id;
@@ -81,9 +81,9 @@ async function submit(hub: HubServer, n: number, seed: number): Promise<string> 
 function wrongResults(hub: HubServer, jobId: string): number {
   let wrong = 0;
   const model = hub.hub.models.byName('noop');
-  for (const r of hub.hub.store.iterateResults(jobId)) {
+  for (const r of hub.hub.jobs.results(jobId)) {
     const y = unpackTensors(r.outputs)[0];
-    const x = hub.hub.store.itemInputs([r.itemId]).get(r.itemId);
+    const x = hub.hub.jobs.inputs([r.itemId]).get(r.itemId);
     const xt = x && unpackTensors(x)[0];
     if (!y || !xt || !model || compareTensors({ ...y, name: xt.name }, xt, model.tolerance)) wrong++;
   }
@@ -126,7 +126,7 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
       jobPeak = Math.max(jobPeak, rss);
       for (const h of hostile)
         for (const id of h.corrupted)
-          if (!ever.has(id) && hub.hub.store.getResult(id)?.workerId === h.id) ever.add(id);
+          if (!ever.has(id) && hub.hub.jobs.result(id)?.workerId === h.id) ever.add(id);
     }, 100);
     const cost = hub.hub.verificationCost;
     const ids: string[] = [];
@@ -140,12 +140,12 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
         ids.push(jobId);
         await until(
           `job ${j + 1} completed`,
-          () => hub.hub.store.getJob(jobId)?.state === 'completed',
+          () => hub.hub.jobs.get(jobId)?.state === 'completed',
           600_000,
           20,
         );
         const seconds = (Date.now() - started) / 1000;
-        const rec = hub.hub.store.getJob(jobId);
+        const rec = hub.hub.jobs.get(jobId);
         const extra = cost.replicas - before.replicas + cost.reference - before.reference;
         rows.push({
           run: withAttackers ? 'attacked' : 'honest only',
@@ -169,7 +169,7 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
       // Settle: a liar caught late reopens completed jobs; they must complete again.
       await until(
         'every job completed again',
-        () => ids.every((id) => hub.hub.store.getJob(id)?.state === 'completed'),
+        () => ids.every((id) => hub.hub.jobs.get(id)?.state === 'completed'),
         600_000,
         50,
       );
@@ -180,7 +180,7 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
     let failed = 0;
     for (const id of ids) {
       endWrong += wrongResults(hub, id);
-      failed += hub.hub.store.getJob(id)?.failedCount ?? 0;
+      failed += hub.hub.jobs.get(id)?.failedCount ?? 0;
     }
     const extra = cost.replicas + cost.reference + cost.recomputed;
     rows.push({

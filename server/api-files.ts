@@ -109,7 +109,7 @@ export function filesRouter(hub: Hub): express.Router {
     }
     const problem = inputProblem(model, [tensor]);
     if (problem) throw new HubError('invalid_item', `${what}: ${problem}`, 400);
-    const [itemId] = hub.store.appendItems(job.id, [{ name: q.data.name, inputs: packTensors([tensor]) }]);
+    const [itemId] = hub.appendItems(job.id, [{ name: q.data.name, inputs: packTensors([tensor]) }]);
     res.status(201).json({ data: { itemId, name: q.data.name, itemCount: job.itemCount + 1 } });
   });
   return r;

@@ -215,7 +215,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     }
     let job = hub.createJob({ ...rest, state: 'open' });
     if (items) {
-      hub.store.appendItems(job.id, decoded);
+      hub.appendItems(job.id, decoded);
       job = await hub.sealJob(job.id);
     }
     res.status(201).json({ data: jobJson(hub, job) });
@@ -252,7 +252,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
       if (err instanceof PackError) throw new HubError('invalid_item', err.message, 400);
       throw err;
     }
-    const ids = hub.store.appendItems(job.id, items);
+    const ids = hub.appendItems(job.id, items);
     res.status(201).json({ data: { added: ids.length, itemCount: job.itemCount + ids.length } });
   });
 
@@ -265,7 +265,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
 
   r.get('/jobs', (req, res) => {
     const limit = parse(z.coerce.number().int().min(1).max(1000).default(100), req.query.limit);
-    res.json({ data: { jobs: hub.store.listJobs({ limit }).map((j) => jobJson(hub, j)) } });
+    res.json({ data: { jobs: hub.jobs.list({ limit }).map((j) => jobJson(hub, j)) } });
   });
 
   r.get('/jobs/:id', (req, res) => {
@@ -290,21 +290,21 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
 
   r.get('/jobs/:id/events', (req, res) => {
     const job = hub.requireJob(param(req, 'id'));
-    res.json({ data: { events: hub.store.listEvents(job.id, { limit: 1000 }) } });
+    res.json({ data: { events: hub.jobs.events(job.id, { limit: 1000 }) } });
   });
 
   r.get('/jobs/:id/items', (req, res) => {
     const job = hub.requireJob(param(req, 'id'));
     const page = parse(PageSchema, req.query);
-    res.json({ data: { items: hub.store.listItems(job.id, page), itemCount: job.itemCount } });
+    res.json({ data: { items: hub.jobs.items(job.id, page), itemCount: job.itemCount } });
   });
 
   // One item's outputs: the tensor pack, or one output as .npy with ?output=NAME.
   r.get('/jobs/:id/items/:itemId/result', (req, res) => {
     const job = hub.requireJob(param(req, 'id'));
     const itemId = parse(z.coerce.number().int().min(1), req.params.itemId);
-    const item = hub.store.getItem(itemId);
-    const result = item && item.jobId === job.id ? hub.store.getResult(itemId) : undefined;
+    const item = hub.jobs.item(itemId);
+    const result = item && item.jobId === job.id ? hub.jobs.result(itemId) : undefined;
     if (!result) throw new HubError('no_result', `item ${itemId} of job ${job.id} has no result (yet)`, 404);
     const output = typeof req.query.output === 'string' ? req.query.output : undefined;
     res.setHeader('Content-Type', 'application/octet-stream');
@@ -323,7 +323,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     // client has gone: a download abandoned midway ends here instead of waiting for a 'drain'.
     const tar = new TarWriter(res);
     try {
-      for (const r of hub.store.iterateResults(job.id)) {
+      for (const r of hub.jobs.results(job.id)) {
         for (const t of unpackTensors(r.outputs)) {
           await tar.add(`results/${safeName(r.name)}/${safeName(t.name)}.npy`, writeNpy(t));
         }
@@ -375,7 +375,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
         `${clean(w.name, 80)} is connected: evict it first, then remove it`,
         409,
       );
-    hub.workers.delete(id);
+    hub.forgetWorker(id);
     res.json({ data: { removed: id } });
   });
 

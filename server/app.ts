@@ -216,8 +216,7 @@ export class HubServer {
         this.http.closeAllConnections?.();
         await Promise.race([done, new Promise((ok) => setTimeout(ok, 50))]);
       }
-      this.hub.store.close();
-      this.hub.trustStore.close();
+      this.hub.closeStores();
     })();
     return this.closing;
   }

@@ -354,7 +354,7 @@ async function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>
     name: `demo-${String(i).padStart(3, '0')}`,
     inputs: packTensors(calibrationInputs(model, 1000 + i)),
   }));
-  hub.store.appendItems(job.id, items);
+  hub.appendItems(job.id, items);
   await hub.sealJob(job.id);
   io.stdout.write(
     `  demo job:          ${job.id} (${items.length} items on ${model.name}); watch ${server.url}/api/jobs/${job.id}\n\n`,

@@ -83,7 +83,7 @@ export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: Gatewa
           `this hub speaks protocol ${PROTOCOL_VERSION}, the worker ${version}: run the same shardhub version on both`,
         ),
       );
-    const known = hub.store.getWorker(auth.data.workerId);
+    const known = hub.storedWorker(auth.data.workerId);
     if (known && known.secretHash !== hashSecret(auth.data.workerSecret)) {
       hub.log.warn(
         { workerId: auth.data.workerId, address: socket.handshake.address },
@@ -162,8 +162,8 @@ export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: Gatewa
           return;
         }
         const now = Date.now();
-        const known = hub.store.getWorker(workerId);
-        hub.store.upsertWorker({
+        const known = hub.storedWorker(workerId);
+        hub.rememberWorker({
           id: workerId,
           secretHash: hashSecret(auth.workerSecret),
           kind: req.kind,

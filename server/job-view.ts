@@ -29,11 +29,7 @@ export function sampleJobRate(hub: object, job: JobRecord, now = Date.now()): vo
  * (`protocol/recent-rate.ts`, the one the dashboard and the CLI use), or at the rate since the
  * start until 2 s of samples are in.
  */
-export function jobJson(
-  hub: Pick<Hub, 'scheduler' | 'trustStore' | 'opts'>,
-  job: JobRecord,
-  now = Date.now(),
-): JobView {
+export function jobJson(hub: Pick<Hub, 'jobs' | 'opts'>, job: JobRecord, now = Date.now()): JobView {
   const finished = job.doneCount + job.failedCount;
   const end = job.finishedAt ?? now;
   const elapsedS = job.startedAt ? Math.max(0, (end - job.startedAt) / 1000) : 0;
@@ -57,8 +53,8 @@ export function jobJson(
     done: job.doneCount,
     failed: job.failedCount,
     progress: job.itemCount ? finished / job.itemCount : 0,
-    queued: hub.scheduler.queued(job.id),
-    inFlight: hub.scheduler.inFlight(job.id),
+    queued: hub.jobs.queued(job.id),
+    inFlight: hub.jobs.inFlight(job.id),
     elapsedS,
     itemsPerSec,
     etaS: job.state === 'running' && pace > 0 ? left / pace : null,
@@ -71,7 +67,7 @@ const finishedCache = new Map<string, { at: number; summary: VerificationSummary
 const FINISHED_CACHE_MAX = 1000;
 
 /** A completed job's summary, counted once: every job update and list carries it. */
-function finishedVerification(hub: Pick<Hub, 'trustStore' | 'opts'>, job: JobRecord): VerificationSummary {
+function finishedVerification(hub: Pick<Hub, 'jobs' | 'opts'>, job: JobRecord): VerificationSummary {
   const hit = finishedCache.get(job.id);
   if (hit && hit.at === job.finishedAt) return hit.summary;
   const summary = verificationOf(hub, job.id);
@@ -85,7 +81,7 @@ function finishedVerification(hub: Pick<Hub, 'trustStore' | 'opts'>, job: JobRec
 }
 
 /** How a job's results were verified, from the trust store's tally. */
-export function verificationOf(hub: Pick<Hub, 'trustStore' | 'opts'>, jobId: string): VerificationSummary {
+export function verificationOf(hub: Pick<Hub, 'jobs' | 'opts'>, jobId: string): VerificationSummary {
   const out: VerificationSummary = {
     confirmed: {},
     spotChecked: {},
@@ -94,7 +90,7 @@ export function verificationOf(hub: Pick<Hub, 'trustStore' | 'opts'>, jobId: str
     provenWorker: 0,
     trustedWorker: 0,
   };
-  for (const { how, n } of hub.trustStore.verificationOf(jobId)) {
+  for (const { how, n } of hub.jobs.verification(jobId)) {
     const [kind, k = '2'] = how.split('-');
     if (kind === 'quorum') out.confirmed[k] = (out.confirmed[k] ?? 0) + n;
     else if (kind === 'spot') out.spotChecked[k] = (out.spotChecked[k] ?? 0) + n;
@@ -109,7 +105,7 @@ export function verificationOf(hub: Pick<Hub, 'trustStore' | 'opts'>, jobId: str
 /** A job's full status: summary, throughput, ETA and the items that failed with their reasons. */
 export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
   const base = jobJson(hub, job);
-  const failures = hub.store.failuresOf(job.id);
+  const failures = hub.jobs.failures(job.id);
   const byItem = new Map<
     number,
     { itemId: number; reasons: { workerId: string; category: string; message: string }[] }
@@ -119,7 +115,7 @@ export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
     e.reasons.push({ workerId: f.workerId, category: f.category, message: f.message });
     byItem.set(f.itemId, e);
   }
-  const failedItems = hub.store.listItems(job.id, { offset: 0, limit: 1000, state: 'failed' }).map((it) => ({
+  const failedItems = hub.jobs.items(job.id, { offset: 0, limit: 1000, state: 'failed' }).map((it) => ({
     itemId: it.id,
     name: it.name,
     attempts: it.attempts,

@@ -93,14 +93,14 @@ export function hubMetrics(hub: Hub): Registry {
     },
   });
 
-  const liveJobs = () => hub.store.listJobs({ states: ['queued', 'running'], limit: 1000 });
+  const liveJobs = () => hub.jobs.list({ states: ['queued', 'running'], limit: 1000 });
 
   new Gauge({
     name: 'shardhub_queue_depth',
     help: 'Items of queued and running jobs not yet handed to any worker',
     registers,
     collect() {
-      this.set(sum(liveJobs().map((j) => hub.scheduler.queued(j.id))));
+      this.set(sum(liveJobs().map((j) => hub.jobs.queued(j.id))));
     },
   });
   new Gauge({
@@ -108,7 +108,7 @@ export function hubMetrics(hub: Hub): Registry {
     help: 'Items held by workers (handed out, no result yet)',
     registers,
     collect() {
-      this.set(sum(liveJobs().map((j) => hub.scheduler.inFlight(j.id))));
+      this.set(sum(liveJobs().map((j) => hub.jobs.inFlight(j.id))));
     },
   });
   new Gauge({
@@ -118,13 +118,13 @@ export function hubMetrics(hub: Hub): Registry {
     registers,
     collect() {
       for (const state of ['open', 'queued', 'running'] as const)
-        this.set({ state }, hub.store.listJobs({ states: [state], limit: 100_000 }).length);
+        this.set({ state }, hub.jobs.list({ states: [state], limit: 100_000 }).length);
     },
   });
 
   const recentJobs = () => {
     const byId = new Map(liveJobs().map((j) => [j.id, j]));
-    for (const j of hub.store.listJobs({ limit: RECENT_JOBS })) byId.set(j.id, j);
+    for (const j of hub.jobs.list({ limit: RECENT_JOBS })) byId.set(j.id, j);
     return [...byId.values()];
   };
   new Gauge({
@@ -160,7 +160,7 @@ export function hubMetrics(hub: Hub): Registry {
   const seen = new Map<string, Tally & { final: boolean }>();
   const tally = (): Tally => {
     const add: Tally = { steals: 0, stolen: 0, speculative: 0, wasted: 0 };
-    for (const j of hub.store.listJobs({ limit: 50 })) {
+    for (const j of hub.jobs.list({ limit: 50 })) {
       const prev = seen.get(j.id);
       if (prev?.final || (j.state !== 'running' && j.state !== 'completed' && j.state !== 'cancelled'))
         continue;

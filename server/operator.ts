@@ -66,7 +66,7 @@ export function attachOperatorNamespace(
     const everySecond = now - lastSecond >= 1000;
     // The running jobs' recent rates are sampled whether or not a dashboard is connected: the ETAs
     // of `GET /api/jobs` come from them.
-    const running = everySecond ? hub.store.listJobs({ states: ['running'] }) : [];
+    const running = everySecond ? hub.jobs.list({ states: ['running'] }) : [];
     if (everySecond) {
       lastSecond = now;
       for (const j of running) sampleJobRate(hub, j, now);
@@ -90,7 +90,7 @@ export function attachOperatorNamespace(
     }
     const jobViews: JobView[] = [];
     for (const id of jobs) {
-      const job = hub.store.getJob(id);
+      const job = hub.jobs.get(id);
       if (job) jobViews.push(jobJson(hub, job, now));
     }
     if (jobViews.length) nsp.emit('jobs:updated', jobViews, now);
@@ -99,7 +99,7 @@ export function attachOperatorNamespace(
     if (everySecond) {
       for (const id of fairnessDue) {
         if (!nsp.adapter.rooms.get(room(id))?.size) continue;
-        const job = hub.store.getJob(id);
+        const job = hub.jobs.get(id);
         const report = job && hub.fairnessOf(id, job.state === 'completed' || job.state === 'cancelled');
         if (report) nsp.to(room(id)).emit('job:fairness', report);
       }
@@ -141,7 +141,7 @@ function onConnection(socket: OperatorSocket, hub: Hub): void {
     for (const r of socket.rooms) if (r.startsWith('job:')) void socket.leave(r);
     const { jobId } = parsed.data;
     if (jobId === null) return void ack({ data: null });
-    const job = hub.store.getJob(jobId);
+    const job = hub.jobs.get(jobId);
     if (!job) return void ack({ error: { code: 'unknown_job', message: 'no such job' } });
     void socket.join(room(jobId));
     const final = job.state === 'completed' || job.state === 'cancelled';

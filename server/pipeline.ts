@@ -256,7 +256,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       this.jobs[stage] = job.id;
       this.svc.watch(job.id, this, stage);
       this.hub.holdOpen(job.id);
-      this.hub.store.appendItems(job.id, items);
+      this.hub.appendItems(job.id, items);
       try {
         await this.hub.sealJob(job.id);
       } catch (err) {
@@ -325,8 +325,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   async committed(stage: 'det' | 'cls' | 'rec', itemIds: number[]): Promise<void> {
     const next: { name: string; inputs: Uint8Array }[] = [];
     for (const id of itemIds) {
-      const item = this.hub.store.getItem(id);
-      const result = this.hub.store.getResult(id);
+      const item = this.hub.jobs.item(id);
+      const result = this.hub.jobs.result(id);
       if (!item || !result) continue;
       const { page, box } = lineage(item.name);
       const p = this.pages[page];
@@ -412,8 +412,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
 
   /** A stage job ended: its failed items fail their pages; the next stage gets no more items. */
   stageEnded(stage: 'det' | 'cls' | 'rec', jobId: string, state: string): void {
-    for (const f of this.hub.store.failuresOf(jobId)) {
-      const item = this.hub.store.getItem(f.itemId);
+    for (const f of this.hub.jobs.failures(jobId)) {
+      const item = this.hub.jobs.item(f.itemId);
       if (!item || item.state !== 'failed') continue;
       const { page, box } = lineage(item.name);
       this.fail(page, stage, `${f.category}: ${f.message}`, box);
@@ -443,7 +443,7 @@ export class OcrService {
     hub.on('job:updated', (jobId) => {
       const w = this.byJob.get(jobId);
       if (!w) return;
-      const job = hub.store.getJob(jobId);
+      const job = hub.jobs.get(jobId);
       if (job && (job.state === 'completed' || job.state === 'cancelled')) {
         this.byJob.delete(jobId);
         const state = job.state;

@@ -151,12 +151,14 @@ interface Share {
 
 /** What worker figures are computed from; the Hub is one. */
 export interface WorkerFigureSource {
-  readonly scheduler: {
+  readonly schedule: {
     weight(workerId: string, modelSha256: string): number | undefined;
     benchmark(workerId: string, modelSha256: string): number | undefined;
   };
-  readonly store: { listJobs(filter?: { states?: JobState[]; limit?: number }): JobRecord[] };
-  fairnessOf(jobId: string, final?: boolean): FairnessReport | undefined;
+  readonly jobs: {
+    list(filter?: { states?: JobState[]; limit?: number }): JobRecord[];
+    fairnessOf(jobId: string, final?: boolean): FairnessReport | undefined;
+  };
 }
 
 /**
@@ -179,12 +181,12 @@ export class WorkerFigures {
 
   /** The running jobs (highest priority first) with each worker's shares in them. */
   private get jobs(): { record: JobRecord; shares: Map<string, Share> }[] {
-    this.running ??= this.src.store
-      .listJobs({ states: ['running'], limit: 50 })
+    this.running ??= this.src.jobs
+      .list({ states: ['running'], limit: 50 })
       .sort((a, b) => b.priority - a.priority || a.createdAt - b.createdAt)
       .map((record) => {
         const shares = new Map<string, Share>();
-        for (const r of this.src.fairnessOf(record.id)?.workers ?? []) {
+        for (const r of this.src.jobs.fairnessOf(record.id)?.workers ?? []) {
           shares.set(r.workerId, { fairShare: r.expectedShare, share: r.actualShare, items: r.items });
         }
         return { record, shares };
@@ -197,8 +199,8 @@ export class WorkerFigures {
     const rate = this.rates.observe(w.id, w.itemsDone, this.now);
     const jobs: WorkerJobFigures[] = [];
     for (const { record, shares } of this.jobs) {
-      const benchmark = this.src.scheduler.benchmark(w.id, record.modelSha256) ?? null;
-      const weight = this.src.scheduler.weight(w.id, record.modelSha256) ?? null;
+      const benchmark = this.src.schedule.benchmark(w.id, record.modelSha256) ?? null;
+      const weight = this.src.schedule.weight(w.id, record.modelSha256) ?? null;
       const s = shares.get(w.id);
       if (benchmark === null && weight === null && !s) continue;
       const took = s !== undefined && (s.items > 0 || s.fairShare > 0);

@@ -246,10 +246,6 @@ export class Scheduler {
     return this.jobs.get(jobId)?.held ?? 0;
   }
 
-  hasJob(jobId: string): boolean {
-    return this.jobs.has(jobId);
-  }
-
   /** Whether a worker could run a job (requirements, model usable). */
   eligible(workerId: string, jobId: string): boolean {
     const w = this.workers.get(workerId);
@@ -324,10 +320,6 @@ export class Scheduler {
     if (w) w.ready = ready;
   }
 
-  hasWorker(workerId: string): boolean {
-    return this.workers.has(workerId);
-  }
-
   /** How many items a worker holds. */
   heldCount(workerId: string): number {
     return this.workers.get(workerId)?.held.size ?? 0;
@@ -336,11 +328,6 @@ export class Scheduler {
   /** Items a worker holds, in assignment order. */
   heldBy(workerId: string): number[] {
     return [...(this.workers.get(workerId)?.held.keys() ?? [])];
-  }
-
-  /** The original worker holding an item, if any. */
-  holderOf(itemId: number): string | undefined {
-    return this.holders.get(itemId)?.[0];
   }
 
   /** Whether `workerId` holds `itemId` as an item of `jobId` (original or speculative copy). */

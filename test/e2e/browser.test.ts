@@ -188,7 +188,7 @@ describe('browser workers', () => {
       () =>
         [...hub.hub.workers.values()]
           .filter((w) => w.state === 'online')
-          .every((w) => hub.hub.scheduler.benchmark(w.id, sha) !== undefined),
+          .every((w) => hub.hub.schedule.benchmark(w.id, sha) !== undefined),
       60_000,
     );
     const sent = items(model, 3000, 7, ROWS);
@@ -323,7 +323,7 @@ describe('browser workers', () => {
     // failed. Everything else completes on the new device.
     assert.equal(status.done + status.failed, sent.length);
     await checkResults(hub, jobId, sent, status.failed);
-    const failures = hub.hub.store.failuresOf(jobId);
+    const failures = hub.hub.jobs.failures(jobId);
     assert.ok(
       failures.length > 0,
       `the items running when the device was lost went back to the hub\n${gpuTab.logs.slice(-30).join('\n')}`,
@@ -424,7 +424,7 @@ describe('browser workers', () => {
       'the tab runs items',
       async () => {
         const s = await stats(victim);
-        return s.running > 0 && hub.hub.scheduler.heldBy(victim.workerId).length > 0 ? s : undefined;
+        return s.running > 0 && hub.hub.schedule.heldBy(victim.workerId).length > 0 ? s : undefined;
       },
       90_000,
       5,

@@ -101,7 +101,7 @@ describe('grid with native nodes', () => {
     const jobId = await rest.submit('ppocr-det', sent);
     await waitFor(
       'the victim holds items mid-job',
-      () => hub.hub.scheduler.heldBy(id).length > 0 && (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 0,
+      () => hub.hub.schedule.heldBy(id).length > 0 && (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 0,
       60_000,
       1,
     );
@@ -144,8 +144,7 @@ describe('grid with native nodes', () => {
     const jobId = await rest.submit('ppocr-det', sent);
     await waitFor(
       'the victim holds items mid-job',
-      () =>
-        hub.hub.scheduler.heldBy(victimId).length > 0 && (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 0,
+      () => hub.hub.schedule.heldBy(victimId).length > 0 && (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 0,
       60_000,
       1,
     );

@@ -9,13 +9,15 @@
 import assert from 'node:assert/strict';
 import type { Socket as TcpSocket } from 'node:net';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after, afterEach, describe, test } from 'node:test';
 import { io as connect, type Socket } from 'socket.io-client';
 import type { ItemResult, ShardAssign } from '../../protocol/events.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
+import { Scheduler } from '../../server/scheduler/scheduler.ts';
+import { SqliteStore } from '../../server/store/sqlite.ts';
 import { Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
 
 /** A native worker that registers, answers benchmarks and keeps the items it is given. */
@@ -99,7 +101,7 @@ async function grid(dir: string, items: number, maxHeldItems = 4) {
     );
   const warmUp = await job(6);
   await waitFor('3 workers benchmarked', () =>
-    workers.every((w) => hub.hub.scheduler.weight(w.id, model.sha256) !== undefined),
+    workers.every((w) => hub.hub.schedule.weight(w.id, model.sha256) !== undefined),
   );
   await waitFor('the warm-up job done', async () => {
     for (const w of workers) {
@@ -118,20 +120,42 @@ async function grid(dir: string, items: number, maxHeldItems = 4) {
   return { hub, workers, rest, jobId };
 }
 
-/** Counts the store's transactions from here on. */
-function countTransactions(hub: HubServer): { count: number } {
-  const seen = { count: 0 };
-  const store = hub.hub.store;
-  const inner = store.transaction.bind(store);
-  store.transaction = <T>(fn: () => T): T => {
-    seen.count++;
-    return inner(fn);
-  };
+/**
+ * Replaces a method of a class for every instance (the hub's store and scheduler among them) until
+ * `restore`: a spy or a fault, without reaching into the hub.
+ */
+function patch<T extends object, K extends keyof T>(
+  proto: T,
+  key: K,
+  make: (inner: T[K]) => T[K],
+): { restore(): void } {
+  const inner = proto[key];
+  proto[key] = make(inner);
+  return { restore: () => void (proto[key] = inner) };
+}
+
+/** Counts the store's transactions until `restore`. */
+function countTransactions(): { count: number; restore(): void } {
+  const seen = { count: 0, restore: () => {} };
+  seen.restore = patch(
+    SqliteStore.prototype,
+    'transaction',
+    (inner) =>
+      function <T>(this: SqliteStore, fn: () => T): T {
+        seen.count++;
+        return inner.call(this, fn) as T;
+      },
+  ).restore;
   return seen;
 }
 
 describe('group commit', () => {
   const tmp = tempDir();
+  /** Faults and spies to take away after each test. */
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const restore of cleanups.splice(0)) restore();
+  });
   after(() => {
     for (const s of sockets) s.close();
     tmp.cleanup();
@@ -142,23 +166,23 @@ describe('group commit', () => {
     try {
       const busy = workers.filter((w) => resultsOf(w).length > 0);
       assert.ok(busy.length >= 2, `items spread over ${busy.length} worker(s)`);
-      const before = new Map(busy.map((w) => [w.id, hub.hub.store.getWorker(w.id)?.itemsDone ?? 0]));
-      const tx = countTransactions(hub);
+      const before = new Map(busy.map((w) => [w.id, hub.hub.storedWorker(w.id)?.itemsDone ?? 0]));
+      const tx = countTransactions();
       // One turn: every worker's results, and the first worker's again (a resend after a lost ack):
       // its items are still held when the second copy is judged, so both copies reach the commit.
       const [first] = busy as [RawWorker];
       const calls = busy.map((w) => hub.hub.acceptResults(w.id, resultsOf(w)));
       calls.push(hub.hub.acceptResults(first.id, resultsOf(first)));
-      const replies = await Promise.all(calls);
+      const replies = await Promise.all(calls).finally(() => tx.restore());
       assert.equal(tx.count, 1, 'one transaction for every message of the turn');
 
       busy.forEach((w, i) => {
         const mine = resultsOf(w).map((r) => r.itemId);
         assert.deepEqual(replies[i]?.accepted, mine, `${w.id}'s reply names its own items`);
         assert.deepEqual(replies[i]?.dropped, []);
-        for (const id of mine) assert.equal(hub.hub.store.getResult(id)?.workerId, w.id);
+        for (const id of mine) assert.equal(hub.hub.jobs.result(id)?.workerId, w.id);
         assert.equal(
-          hub.hub.store.getWorker(w.id)?.itemsDone,
+          hub.hub.storedWorker(w.id)?.itemsDone,
           (before.get(w.id) ?? 0) + mine.length,
           `${w.id} is credited once each`,
         );
@@ -173,7 +197,7 @@ describe('group commit', () => {
       const job = await rest.data('GET', `/api/jobs/${jobId}`);
       assert.equal(job.state, 'completed');
       assert.equal(job.done, 12);
-      assert.equal([...hub.hub.store.iterateResults(jobId)].length, 12);
+      assert.equal([...hub.hub.jobs.results(jobId)].length, 12);
     } finally {
       await hub.close();
     }
@@ -188,8 +212,8 @@ describe('group commit', () => {
       assert.ok(results.length >= 64, `${results.length} items`);
       const reply = hub.hub.acceptResults(big.id, results);
       // Before this turn ends: stored already.
-      for (const r of results) assert.equal(hub.hub.store.getResult(r.itemId)?.workerId, big.id);
-      assert.equal(hub.hub.store.getJob(jobId)?.doneCount, results.length);
+      for (const r of results) assert.equal(hub.hub.jobs.result(r.itemId)?.workerId, big.id);
+      assert.equal(hub.hub.jobs.get(jobId)?.doneCount, results.length);
       assert.deepEqual(
         (await reply).accepted,
         results.map((r) => r.itemId),
@@ -204,20 +228,24 @@ describe('group commit', () => {
     try {
       const busy = workers.filter((w) => resultsOf(w).length > 0);
       // The disk fails once, as SQLite reports it (the machine has no failing disk to test with).
-      const store = hub.hub.store;
-      const record = store.recordResults.bind(store);
       let failures = 1;
-      store.recordResults = (rows) => {
-        if (failures-- > 0) throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR' });
-        return record(rows);
-      };
+      const fault = patch(
+        SqliteStore.prototype,
+        'recordResults',
+        (record) =>
+          function (this: SqliteStore, rows) {
+            if (failures-- > 0) throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR' });
+            return record.call(this, rows);
+          },
+      );
+      cleanups.push(fault.restore);
       const calls = busy.map((w) => hub.hub.acceptResults(w.id, resultsOf(w)).then(() => 'stored', String));
       assert.deepEqual(
         await Promise.all(calls),
         busy.map(() => 'Error: disk I/O error'),
       );
       for (const w of busy) {
-        for (const r of resultsOf(w)) assert.deepEqual(hub.hub.scheduler.holdersOf(r.itemId), [w.id]);
+        for (const r of resultsOf(w)) assert.deepEqual(hub.hub.schedule.holdersOf(r.itemId), [w.id]);
       }
       assert.equal((await rest.data('GET', `/api/jobs/${jobId}`)).done, 0, 'nothing stored');
 
@@ -250,17 +278,22 @@ describe('group commit', () => {
       const results = resultsOf(w);
       const ids = results.map((r) => r.itemId);
       // The scheduler fails once, after the results are stored (a bug, as far as the hub knows).
-      const scheduler = hub.hub.scheduler;
-      const finished = scheduler.finished.bind(scheduler);
+      const scheduler = hub.hub.schedule;
       let failures = 1;
-      scheduler.finished = (workerId, itemIds) => {
-        if (failures-- > 0) throw new Error('scheduler bug');
-        return finished(workerId, itemIds);
-      };
+      const fault = patch(
+        Scheduler.prototype,
+        'finished',
+        (finished) =>
+          function (this: Scheduler, workerId, itemIds) {
+            if (failures-- > 0) throw new Error('scheduler bug');
+            return finished.call(this, workerId, itemIds);
+          },
+      );
+      cleanups.push(fault.restore);
       const failed = await w.socket.timeout(5000).emitWithAck('items:done', { results });
       assert.equal(failed.error?.code, 'internal');
       assert.match(failed.error?.message, /stored these results/);
-      for (const r of results) assert.equal(hub.hub.store.getResult(r.itemId)?.workerId, w.id, 'stored');
+      for (const r of results) assert.equal(hub.hub.jobs.result(r.itemId)?.workerId, w.id, 'stored');
       for (const id of ids) assert.deepEqual(scheduler.holdersOf(id), [w.id], 'still held: nothing freed');
 
       const again = await w.socket.timeout(5000).emitWithAck('items:done', { results });
@@ -291,8 +324,11 @@ describe('group commit', () => {
         })),
       );
       assert.equal(results.length, 12);
-      hub.hub.store.recordResults(results);
-      assert.ok(hub.hub.scheduler.inFlight(jobId) > 0, 'the scheduler still holds items');
+      // Written through a connection of its own: the hub's scheduler knows nothing of it.
+      const other = SqliteStore.open(join(tmp.dir, 'tick', 'hub.sqlite'));
+      other.recordResults(results);
+      other.close();
+      assert.ok(hub.hub.schedule.inFlight(jobId) > 0, 'the scheduler still holds items');
       // The tick runs every second (half the 2 s heartbeat).
       await waitFor(
         'the job completed',

@@ -10,12 +10,22 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { after, test } from 'node:test';
 import { io as connect, type Socket } from 'socket.io-client';
-import { packTensors, unpackTensors } from '../../protocol/pack.ts';
+import { packTensors, unpackTensors, type NamedItem } from '../../protocol/pack.ts';
+import { SqliteStore } from '../../server/store/sqlite.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { compareTensors } from '../../protocol/tensor.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
+import type { HubServer } from '../../server/app.ts';
 import { Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import {
+  fakeWorker,
+  hostileGrid,
+  liarWorker,
+  noopResults,
+  simNodes as sharedSimNodes,
+  type FakeSocket,
+} from '../helpers/hostile.ts';
 
 const tmp = tempDir();
 after(() => tmp.cleanup());
@@ -139,7 +149,7 @@ test('over 1,000 hostile messages and requests change nothing', async () => {
       );
     }
     // Forged results for real items of the running job (never assigned to this socket).
-    const items = hub.hub.store.listItems(jobId, { offset: 0, limit: 200 });
+    const items = hub.hub.jobs.items(jobId, { offset: 0, limit: 200 });
     for (const it of items) {
       hostile++;
       const r = await s.timeout(5000).emitWithAck('items:done', {
@@ -235,7 +245,7 @@ test('over 1,000 hostile messages and requests change nothing', async () => {
     assert.equal(status.done, 1500);
     const byName = new Map(sent.map((it) => [it.name, it]));
     let n = 0;
-    for (const r of hub.hub.store.iterateResults(jobId)) {
+    for (const r of hub.hub.jobs.results(jobId)) {
       n++;
       assert.notEqual(r.workerId, 'hostile-browser-1');
       const x = byName.get(r.name)?.tensors[0];
@@ -256,58 +266,18 @@ test('over 1,000 hostile messages and requests change nothing', async () => {
 });
 
 /** An anonymous browser worker of the attacker's own making: registered, speaking the protocol. */
-async function anonymous(
+function anonymous(
   url: string,
   workerId: string,
-  reg: Record<string, unknown> = {},
-  before?: (s: Socket) => void,
-): Promise<Socket & { close(): void }> {
-  const s = connect(`${url}/worker`, {
-    auth: { workerId, workerSecret: 'h'.repeat(32) },
-    reconnection: false,
-    transports: ['websocket'],
-    parser: shardhubParser,
-  });
-  await new Promise<void>((ok, fail) => {
-    s.once('connect', () => ok());
-    s.once('connect_error', fail);
-  });
-  // The hub may ask for a benchmark before it answers the registration.
-  before?.(s);
-  const r = await s.timeout(5000).emitWithAck('worker:register', {
-    kind: 'browser',
-    backend: 'wasm',
-    name: workerId,
-    concurrency: 1,
-    capabilities: { cores: 1, memoryBytes: 1 },
-    ...reg,
-  });
-  assert.ok('data' in r, JSON.stringify(r));
-  return s;
+  register: Record<string, unknown> = {},
+  before?: (s: FakeSocket) => void,
+): Promise<FakeSocket> {
+  return fakeWorker(url, workerId, { register, before });
 }
 
 /** Sim nodes on the noop model, online. */
-async function simNodes(
-  hub: Awaited<ReturnType<typeof startHub>>,
-  n: number,
-  args: string[],
-): Promise<Proc[]> {
-  const nodes: Proc[] = [];
-  for (let i = 0; i < n; i++)
-    nodes.push(
-      startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, `s${Date.now()}-${i}`), [
-        '--backend',
-        'sim',
-        ...args,
-      ]),
-    );
-  await waitFor(
-    'nodes online',
-    () =>
-      [...hub.hub.workers.values()].filter((w) => w.state === 'online' && w.kind === 'native').length >= n,
-    60_000,
-  );
-  return nodes;
+function simNodes(dir: string, hub: HubServer, n: number, args: string[]): Promise<Proc[]> {
+  return sharedSimNodes(hub, n, args, dir);
 }
 
 test('finding 1: results, failures and releases for items the sender does not hold change nothing and cost it', async () => {
@@ -319,7 +289,7 @@ test('finding 1: results, failures and releases for items the sender does not ho
   let nodes: Proc[] = [];
   let s: (Socket & { close(): void }) | undefined;
   try {
-    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '10']);
+    nodes = await simNodes(tmp.dir, hub, 2, ['--speed', '1', '--item-ms', '10']);
     const model = hub.hub.models.byName('noop');
     assert.ok(model);
     const rest = new Rest(hub.url, hub.tokens.operatorToken);
@@ -332,15 +302,15 @@ test('finding 1: results, failures and releases for items the sender does not ho
       60_000,
     );
     const jobId = await rest.submit('noop', items(1500, 100));
-    await waitFor('items held', () => hub.hub.scheduler.inFlight(jobId) > 20, 60_000, 10);
+    await waitFor('items held', () => hub.hub.schedule.inFlight(jobId) > 20, 60_000, 10);
     s = await anonymous(hub.url, 'forger-browser-1');
     const out = [{ name: 'y', dtype: 'float32', dims: [1, 4], data: new Uint8Array(16).fill(7) }];
     for (const named of ['j_unknown000', finished, jobId]) {
       for (const event of ['items:done', 'items:failed', 'items:release'] as const) {
-        const all = hub.hub.store.listItems(jobId, { offset: 0, limit: 1500 });
-        const held = all.filter((it) => hub.hub.scheduler.holdersOf(it.id).length > 0);
+        const all = hub.hub.jobs.items(jobId, { offset: 0, limit: 1500 });
+        const held = all.filter((it) => hub.hub.schedule.holdersOf(it.id).length > 0);
         assert.ok(held.length > 0, 'the nodes hold items');
-        const before = new Map(held.map((it) => [it.id, [...hub.hub.scheduler.holdersOf(it.id)]]));
+        const before = new Map(held.map((it) => [it.id, [...hub.hub.schedule.holdersOf(it.id)]]));
         const ids = held.map((it) => it.id).slice(0, 200);
         const payload =
           event === 'items:done'
@@ -372,11 +342,11 @@ test('finding 1: results, failures and releases for items the sender does not ho
         }
         // Every item held before is still held by the same workers, or done by them since.
         const state = new Map(
-          hub.hub.store.listItems(jobId, { offset: 0, limit: 1500 }).map((it) => [it.id, it.state]),
+          hub.hub.jobs.items(jobId, { offset: 0, limit: 1500 }).map((it) => [it.id, it.state]),
         );
         for (const [id, holders] of before) {
           if (state.get(id) === 'done') continue;
-          const now = hub.hub.scheduler.holdersOf(id);
+          const now = hub.hub.schedule.holdersOf(id);
           assert.ok(
             holders.every((h) => now.includes(h)),
             `${event} naming ${named} released item ${id}`,
@@ -402,7 +372,7 @@ test('finding 1: results, failures and releases for items the sender does not ho
       100,
     );
     assert.equal(status.done, 1500);
-    for (const r of hub.hub.store.iterateResults(jobId)) assert.notEqual(r.workerId, 'forger-browser-1');
+    for (const r of hub.hub.jobs.results(jobId)) assert.notEqual(r.workerId, 'forger-browser-1');
   } finally {
     s?.close();
     for (const n of nodes) n.child.kill('SIGKILL');
@@ -414,7 +384,7 @@ test('finding 1: a job running with nothing queued and nothing in flight is foun
   const hub = await startHub(join(tmp.dir, 'hub-stall'));
   let nodes: Proc[] = [];
   try {
-    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '20']);
+    nodes = await simNodes(tmp.dir, hub, 1, ['--speed', '1', '--item-ms', '20']);
     const model = hub.hub.models.byName('noop');
     assert.ok(model);
     const rest = new Rest(hub.url, hub.tokens.operatorToken);
@@ -422,23 +392,17 @@ test('finding 1: a job running with nothing queued and nothing in flight is foun
       'noop',
       Array.from({ length: 300 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
     );
-    await waitFor('items held', () => hub.hub.scheduler.inFlight(jobId) > 0, 60_000, 10);
-    // The scheduler loses track of the job (what a forged message did before): it is scheduled
-    // again with nothing in it, its items neither queued nor held.
-    const job = hub.hub.store.getJob(jobId);
-    assert.ok(job);
-    hub.hub.scheduler.removeJob(jobId);
-    hub.hub.scheduler.addJob(
-      {
-        id: jobId,
-        priority: job.priority,
-        deadline: job.deadline,
-        modelSha256: job.modelSha256,
-        batchSize: 1,
-        requirements: job.requirements,
-      },
-      [],
-    );
+    await waitFor('items held', () => hub.hub.schedule.inFlight(jobId) > 0, 60_000, 10);
+    // Items the scheduler never heard of (what a forged message did before, by losing track of a
+    // job): written to the running job through a store connection of its own. Once the items the
+    // scheduler knows are done, the job has nothing queued or held, and its row is short of them.
+    const other = SqliteStore.open(join(tmp.dir, 'hub-stall', 'hub.sqlite'));
+    const extra = Array.from({ length: 20 }, (_, i) => ({
+      name: `x${i}`,
+      inputs: packTensors(calibrationInputs(model, 1000 + i)),
+    }));
+    other.appendItems(jobId, extra, { running: true });
+    other.close();
     const status = await waitFor(
       'job completed',
       async () => {
@@ -448,7 +412,7 @@ test('finding 1: a job running with nothing queued and nothing in flight is foun
       60_000,
       100,
     );
-    assert.equal(status.done, 300);
+    assert.equal(status.done, 320);
     const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
       type: string;
       data: { requeued: number };
@@ -465,51 +429,35 @@ test('finding 1: a job running with nothing queued and nothing in flight is foun
  * An anonymous browser worker that claims a huge benchmark and answers every item it is given with
  * a failure report (or, with `invalid`, with outputs of the wrong shape).
  */
-async function failureReporter(
+function failureReporter(
   url: string,
   workerId: string,
   opts: { invalid?: boolean; backend?: string; onShard?: (ids: number[]) => void } = {},
-): Promise<Socket & { close(): void }> {
-  const handlers = (s: Socket): void => {
-    s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
-      ack({ data: { itemsPerSec: 1e6, batchSize: 1, runs: 1, ms: 1 } }),
-    );
-    s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
-    s.on(
-      'shard:assign',
-      (shard: {
-        jobId: string;
-        model: { sha256: string };
-        items: { id: number }[];
-        packed?: { ids: number[] };
-      }) => {
-        const ids = shard.packed?.ids ?? shard.items.map((it) => it.id);
-        opts.onShard?.(ids);
-        if (opts.invalid) {
-          const outputs = [{ name: 'y', dtype: 'float32', dims: [1, 1], data: new Uint8Array(4) }];
-          s.emit('items:done', {
-            results: ids.map((itemId) => ({
-              itemId,
-              jobId: shard.jobId,
-              modelSha256: shard.model.sha256,
-              ms: 1,
-              outputs,
-            })),
-          });
-        } else {
-          s.emit('items:failed', {
-            failures: ids.map((itemId) => ({
-              itemId,
-              jobId: shard.jobId,
-              category: 'other',
-              message: 'nope',
-            })),
-          });
-        }
-      },
-    );
-  };
-  return anonymous(url, workerId, { concurrency: 256, backend: opts.backend ?? 'wasm' }, handlers);
+): Promise<FakeSocket> {
+  return fakeWorker(url, workerId, {
+    register: { concurrency: 256, backend: opts.backend ?? 'wasm' },
+    itemsPerSec: 1e6,
+    answer: (shard, s) => {
+      const ids = shard.packed?.ids ?? shard.items.map((it) => it.id);
+      opts.onShard?.(ids);
+      if (opts.invalid) {
+        const outputs = [{ name: 'y', dtype: 'float32', dims: [1, 1], data: new Uint8Array(4) }];
+        s.emit('items:done', {
+          results: ids.map((itemId) => ({
+            itemId,
+            jobId: shard.jobId,
+            modelSha256: shard.model.sha256,
+            ms: 1,
+            outputs,
+          })),
+        });
+      } else {
+        s.emit('items:failed', {
+          failures: ids.map((itemId) => ({ itemId, jobId: shard.jobId, category: 'other', message: 'nope' })),
+        });
+      }
+    },
+  });
 }
 
 test('finding 2: anonymous failure-reporters fail no item for good and are quarantined', async () => {
@@ -517,7 +465,7 @@ test('finding 2: anonymous failure-reporters fail no item for good and are quara
   let nodes: Proc[] = [];
   const failers: (Socket & { close(): void })[] = [];
   try {
-    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
+    nodes = await simNodes(tmp.dir, hub, 2, ['--speed', '1', '--item-ms', '5']);
     const model = hub.hub.models.byName('noop');
     assert.ok(model);
     for (let i = 0; i < 3; i++) failers.push(await failureReporter(hub.url, `failer-browser-${i}`));
@@ -641,7 +589,7 @@ test('finding 8: a failure or invalid output from a speculative copy releases it
   const hub = await startHub(join(tmp.dir, 'hub-f8'));
   let nodes: Proc[] = [];
   try {
-    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '1500']);
+    nodes = await simNodes(tmp.dir, hub, 1, ['--speed', '1', '--item-ms', '1500']);
     const model = hub.hub.models.byName('noop');
     assert.ok(model);
     const rest = new Rest(hub.url, hub.tokens.operatorToken);
@@ -652,7 +600,7 @@ test('finding 8: a failure or invalid output from a speculative copy releases it
       );
       await waitFor(
         'all items held',
-        () => hub.hub.scheduler.queued(jobId) === 0 && hub.hub.scheduler.inFlight(jobId) > 0,
+        () => hub.hub.schedule.queued(jobId) === 0 && hub.hub.schedule.inFlight(jobId) > 0,
         30_000,
         10,
       );
@@ -664,7 +612,7 @@ test('finding 8: a failure or invalid output from a speculative copy releases it
         // The copy's failure (or invalid output) is handled: its hold is released at once.
         await waitFor(
           'the copy released',
-          () => copied.every((item) => !hub.hub.scheduler.holdersOf(item).includes(id)),
+          () => copied.every((item) => !hub.hub.schedule.holdersOf(item).includes(id)),
           5000,
           10,
         );
@@ -693,7 +641,7 @@ test('finding 10: a probation result waits about a second for a confirmer, not f
   let nodes: Proc[] = [];
   let tab: (Socket & { close(): void }) | undefined;
   try {
-    nodes = await simNodes(hub, 1, ['--speed', '1', '--item-ms', '2']);
+    nodes = await simNodes(tmp.dir, hub, 1, ['--speed', '1', '--item-ms', '2']);
     const model = hub.hub.models.byName('noop');
     assert.ok(model);
     // A browser tab whose benchmark never ends: it counts as a confirmer "soon".
@@ -704,7 +652,7 @@ test('finding 10: a probation result waits about a second for a confirmer, not f
       Array.from({ length: 300 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
     );
     const sealed = Date.now();
-    await waitFor('a first result', () => (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 0, 10_000, 20);
+    await waitFor('a first result', () => (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 0, 10_000, 20);
     const first = Date.now() - sealed;
     assert.ok(first < 5000, `first result after ${first} ms`);
     const status = await waitFor(
@@ -726,245 +674,94 @@ test('finding 10: a probation result waits about a second for a confirmer, not f
 
 test('finding 5: a liar on a minority backend is judged and quarantined', async () => {
   // No canaries: the quorum alone must judge the liar (a canary would catch it on any backend).
-  const hub = await startHub(join(tmp.dir, 'hub-f5'), {
-    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 0, maxCanaries: 0 } },
+  const g = await hostileGrid(join(tmp.dir, 'hub-f5'), {
+    itemMs: 5,
+    trust: { minCanaries: 0, maxCanaries: 0 },
   });
-  let nodes: Proc[] = [];
-  let liar: (Socket & { close(): void }) | undefined;
   try {
-    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
-    const model = hub.hub.models.byName('noop');
-    assert.ok(model);
     // A wasm tab among sim nodes: it answers y = x + 1 where the model says y = x.
-    liar = await anonymous(hub.url, 'wasm-liar-browser', { concurrency: 8 }, (s) => {
-      s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
-        ack({ data: { itemsPerSec: 1e4, batchSize: 1, runs: 1, ms: 1 } }),
-      );
-      s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
-      s.on(
-        'shard:assign',
-        (shard: {
-          jobId: string;
-          model: { sha256: string };
-          items: { id: number; inputs: { dims: number[]; data: Uint8Array }[] }[];
-        }) => {
-          s.emit('items:done', {
-            results: shard.items.map((it) => {
-              const x = it.inputs[0] as { dims: number[]; data: Uint8Array };
-              const f = new Float32Array(new Uint8Array(x.data).buffer);
-              for (let i = 0; i < f.length; i++) f[i] = (f[i] as number) + 1;
-              return {
-                itemId: it.id,
-                jobId: shard.jobId,
-                modelSha256: shard.model.sha256,
-                ms: 1,
-                outputs: [{ name: 'y', dtype: 'float32', dims: x.dims, data: new Uint8Array(f.buffer) }],
-              };
-            }),
-          });
-        },
-      );
+    const liar = await fakeWorker(g.hub.url, 'wasm-liar-browser', {
+      register: { concurrency: 8 },
+      itemsPerSec: 1e4,
+      answer: (shard, s) =>
+        s.emit('items:done', {
+          results: noopResults(shard, (y) => {
+            for (let i = 0; i < y.length; i++) y[i] = (y[i] as number) + 1;
+          }),
+        }),
     });
-    const rest = new Rest(hub.url, hub.tokens.operatorToken);
-    const sent = Array.from({ length: 1000 }, (_, i) => ({
-      name: `i${i}`,
-      tensors: calibrationInputs(model, i),
-    }));
-    const jobId = await rest.submit('noop', sent);
-    const status = await waitFor(
-      'job completed',
-      async () => {
-        const st = await rest.data('GET', `/api/jobs/${jobId}`);
-        return st.state === 'completed' ? st : undefined;
-      },
-      120_000,
-      100,
-    );
+    g.fakes.push(liar);
+    const sent = g.items(1000);
+    const jobId = await g.rest.submit('noop', sent);
+    const status = await g.completed(jobId);
     assert.equal(status.done, 1000);
-    assert.equal(hub.hub.trust.isQuarantined('wasm-liar-browser'), true, 'the wasm liar is quarantined');
-    const byName = new Map(sent.map((it) => [it.name, it]));
-    for (const r of hub.hub.store.iterateResults(jobId)) {
-      assert.notEqual(r.workerId, 'wasm-liar-browser');
-      const x = byName.get(r.name)?.tensors[0];
-      const y = unpackTensors(r.outputs)[0];
-      assert.ok(x && y);
-      assert.equal(compareTensors({ ...y, name: 'x' }, x, model.tolerance), undefined, `item ${r.name}`);
-    }
+    assert.equal(g.hub.hub.trust.isQuarantined('wasm-liar-browser'), true, 'the wasm liar is quarantined');
+    for (const r of g.hub.hub.jobs.results(jobId)) assert.notEqual(r.workerId, 'wasm-liar-browser');
+    assert.equal(g.assertExact(jobId, sent), 1000);
   } finally {
-    liar?.close();
-    for (const n of nodes) n.child.kill('SIGKILL');
-    await hub.close();
+    await g.close();
   }
 });
 
-/**
- * A worker of the attacker's own on the noop model (y = x): honest for its first `after` items
- * (and while `lying` says no), then it scales one element by 1.05 on a `rate` share of items (on every item with rate 1). With
- * `native`, it registers as a native node with the join token. It answers each shard in one message.
- */
-async function liarWorker(
-  url: string,
-  workerId: string,
-  opts: { rate: number; after?: number; lying?: () => boolean; native?: string },
-): Promise<Socket & { close(): void }> {
-  let seen = 0;
-  const s = connect(`${url}/worker`, {
-    auth: { workerId, workerSecret: 'h'.repeat(32), ...(opts.native ? { token: opts.native } : {}) },
-    reconnection: false,
-    transports: ['websocket'],
-    parser: shardhubParser,
-  });
-  await new Promise<void>((ok, fail) => {
-    s.once('connect', () => ok());
-    s.once('connect_error', fail);
-  });
-  s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
-    ack({ data: { itemsPerSec: 2000, batchSize: 1, runs: 1, ms: 1 } }),
-  );
-  s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
-  s.on(
-    'shard:assign',
-    (shard: {
-      jobId: string;
-      model: { sha256: string };
-      items: { id: number; inputs: { dims: number[]; data: Uint8Array }[] }[];
-    }) => {
-      const results = shard.items.map((it) => {
-        const x = it.inputs[0] as { dims: number[]; data: Uint8Array };
-        const f = new Float32Array(new Uint8Array(x.data).buffer);
-        const lies = seen++ >= (opts.after ?? 0) && (opts.lying?.() ?? true);
-        if (lies && Math.random() < opts.rate) f[0] = (f[0] as number) * 1.05 + 0.01;
-        return {
-          itemId: it.id,
-          jobId: shard.jobId,
-          modelSha256: shard.model.sha256,
-          ms: 1,
-          outputs: [{ name: 'y', dtype: 'float32', dims: x.dims, data: new Uint8Array(f.buffer) }],
-        };
-      });
-      setTimeout(() => s.emit('items:done', { results }), 5);
-    },
-  );
-  const r = await s.timeout(5000).emitWithAck('worker:register', {
-    kind: opts.native ? 'native' : 'browser',
-    backend: opts.native ? 'cpu' : 'wasm',
-    name: workerId,
-    concurrency: 4,
-    capabilities: { cores: 1, memoryBytes: 1 },
-  });
-  assert.ok('data' in r, JSON.stringify(r));
-  return s;
-}
-
-/** Waits for a job's completion; returns its status. */
-async function completed(
-  rest: Rest,
-  jobId: string,
-  ms = 120_000,
-): Promise<Record<string, unknown> & { done: number }> {
-  return waitFor(
-    `job ${jobId} completed`,
-    async () => {
-      const st = await rest.data('GET', `/api/jobs/${jobId}`);
-      return st.state === 'completed' ? st : undefined;
-    },
-    ms,
-    100,
-  );
-}
-
-/** Asserts every stored result of a noop job equals its input (no corrupted result is present). */
-function assertExact(
-  hub: Awaited<ReturnType<typeof startHub>>,
-  jobId: string,
-  sent: { name: string; tensors: { name: string; dtype: string; dims: number[]; data: Uint8Array }[] }[],
-  liar: string,
-): number {
-  const model = hub.hub.models.byName('noop');
-  assert.ok(model);
-  const byName = new Map(sent.map((it) => [it.name, it]));
-  let n = 0;
-  for (const r of hub.hub.store.iterateResults(jobId)) {
-    n++;
-    // A liar's result may stand only where others confirmed it: then it equals the input.
-    void liar;
-    const x = byName.get(r.name)?.tensors[0];
-    const y = unpackTensors(r.outputs)[0];
-    assert.ok(x && y);
-    assert.equal(
-      compareTensors({ ...y, name: 'x' }, x as never, model.tolerance),
-      undefined,
-      `item ${r.name}`,
-    );
-  }
-  return n;
-}
-
 test('finding 4: results accepted in the same message as a failed canary do not outlive the quarantine', async () => {
-  const hub = await startHub(join(tmp.dir, 'hub-f4'), {
-    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 20, canaryFraction: 0.02 } },
+  // A proven worker (its stored record says so, from an earlier life) that lies on every item, each
+  // shard in one message.
+  const proven = {
+    workerId: 'proven-liar-browser',
+    validated: 50,
+    streak: 50,
+    strikes: 0,
+    quarantined: false,
+    reason: null,
+    at: Date.now(),
+  };
+  const g = await hostileGrid(join(tmp.dir, 'hub-f4'), {
+    itemMs: 5,
+    trust: { minCanaries: 20, canaryFraction: 0.02 },
+    records: [proven],
   });
-  let nodes: Proc[] = [];
-  let liar: (Socket & { close(): void }) | undefined;
   try {
-    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '5']);
-    const model = hub.hub.models.byName('noop');
-    assert.ok(model);
-    // A proven worker (its record says so) that lies on every item, each shard in one message.
-    hub.hub.trust.confirmed('proven-liar-browser', 50);
-    liar = await liarWorker(hub.url, 'proven-liar-browser', { rate: 1 });
-    const rest = new Rest(hub.url, hub.tokens.operatorToken);
-    const sent = Array.from({ length: 1000 }, (_, i) => ({
-      name: `i${i}`,
-      tensors: calibrationInputs(model, i),
-    }));
-    const jobId = await rest.submit('noop', sent);
-    const status = await completed(rest, jobId);
+    assert.equal(g.hub.hub.trust.record('proven-liar-browser').streak, 50, "the record is the hub's");
+    g.fakes.push(await liarWorker(g.hub.url, 'proven-liar-browser', { rate: 1 }));
+    const sent = g.items(1000);
+    const jobId = await g.rest.submit('noop', sent);
+    const status = await g.completed(jobId);
     assert.equal(status.done, 1000);
-    assert.equal(hub.hub.trust.isQuarantined('proven-liar-browser'), true);
-    assert.equal(assertExact(hub, jobId, sent, 'proven-liar-browser'), 1000);
+    assert.equal(g.hub.hub.trust.isQuarantined('proven-liar-browser'), true);
+    assert.equal(g.assertExact(jobId, sent), 1000);
   } finally {
-    liar?.close();
-    for (const n of nodes) n.child.kill('SIGKILL');
-    await hub.close();
+    await g.close();
   }
 });
 
 test('finding 3: a proven native liar that turns subtle is spot-checked, caught, and its results recomputed in completed jobs too', async () => {
   // No canaries: spot checks alone must catch it.
-  const hub = await startHub(join(tmp.dir, 'hub-f3'), {
-    hub: { trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 0, maxCanaries: 0 } },
+  const g = await hostileGrid(join(tmp.dir, 'hub-f3'), {
+    itemMs: 2,
+    trust: { minCanaries: 0, maxCanaries: 0 },
   });
-  let nodes: Proc[] = [];
-  let liar: (Socket & { close(): void }) | undefined;
   try {
-    nodes = await simNodes(hub, 2, ['--speed', '1', '--item-ms', '2']);
-    const model = hub.hub.models.byName('noop');
-    assert.ok(model);
     // Honest through the first job (it proves itself there, and most of its results in it are
     // accepted on its record, unchecked), then it lies on 10% of items.
     let lying = false;
-    liar = await liarWorker(hub.url, 'subtle-liar-native', {
+    const liar = await liarWorker(g.hub.url, 'subtle-liar-native', {
       rate: 0.1,
       lying: () => lying,
-      native: hub.tokens.joinToken,
+      token: g.hub.tokens.joinToken,
     });
-    const rest = new Rest(hub.url, hub.tokens.operatorToken);
-    const quarantined = (): boolean => hub.hub.trust.isQuarantined('subtle-liar-native');
+    g.fakes.push(liar);
+    const quarantined = (): boolean => g.hub.hub.trust.isQuarantined('subtle-liar-native');
     // Spot checks are random (5%, never under 2%): one lying job of 1,500 items catches it with
     // high probability, not certainty, and a liar with no work left is never caught. So jobs follow
     // one another until it is caught (each gets a few seconds for its last spot checks to be
     // judged), at most MAX_JOBS: with ~50+ lies a job checked at >= 2%, the chance of missing it
     // in 7 lying jobs is under 1e-3 even at the floor rate (about 1e-9 at the usual 4-5%).
     const MAX_JOBS = 8;
-    const jobs: { id: string; sent: ReturnType<typeof Array.prototype.slice> }[] = [];
+    const jobs: { id: string; sent: NamedItem[] }[] = [];
     for (let k = 0; k < MAX_JOBS && !quarantined(); k++) {
-      const sent = Array.from({ length: 1500 }, (_, i) => ({
-        name: `i${i}`,
-        tensors: calibrationInputs(model, k * 10_000 + i),
-      }));
-      jobs.push({ id: await rest.submit('noop', sent), sent });
-      await completed(rest, jobs[k]?.id as string);
+      const sent = g.items(1500, k * 10_000);
+      jobs.push({ id: await g.rest.submit('noop', sent), sent });
+      await g.completed(jobs[k]?.id as string);
       if (k === 0) {
         assert.equal(quarantined(), false, 'an honest worker is not quarantined');
         lying = true;
@@ -977,22 +774,20 @@ test('finding 3: a proven native liar that turns subtle is spot-checked, caught,
     // The first job completed while the liar was honest and before any strike: the quarantine took
     // back its unconfirmed results there too, and they were computed again.
     const first = jobs[0]?.id as string;
-    const events = hub.hub.store.listEvents(first, { type: 'quarantine' });
+    const events = g.hub.hub.jobs.events(first, { type: 'quarantine' });
     const recomputed = events.reduce(
       (n, e) => n + Number((e.data as { recomputed?: number }).recomputed ?? 0),
       0,
     );
     assert.ok(recomputed > 0, `the completed first job had results recomputed: ${JSON.stringify(events)}`);
     for (const j of jobs) {
-      const status = await completed(rest, j.id);
+      const status = await g.completed(j.id);
       assert.equal(status.done, 1500);
-      assert.equal(assertExact(hub, j.id, j.sent as never, 'subtle-liar-native'), 1500);
+      assert.equal(g.assertExact(j.id, j.sent), 1500);
       const v = status.verification as { spotChecked: Record<string, number> };
       assert.ok(Object.values(v.spotChecked).length > 0, `the job reports spot checks: ${JSON.stringify(v)}`);
     }
   } finally {
-    liar?.close();
-    for (const n of nodes) n.child.kill('SIGKILL');
-    await hub.close();
+    await g.close();
   }
 });

@@ -72,7 +72,7 @@ test('large items come one attachment each to workers that take parts, joined wi
 
     // Each item's inputs, as the worker received them, against what was submitted.
     const check = (id: number, pack: Uint8Array) => {
-      const item = hub.hub.store.getItem(id);
+      const item = hub.hub.jobs.item(id);
       assert.ok(item && item.jobId === jobId, `item ${id} is one of the job's`);
       const want = sent.get(item.name) as WireTensor[];
       const got = unpackTensors(pack);

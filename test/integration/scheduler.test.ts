@@ -1,12 +1,13 @@
 /**
  * The scheduler over real sockets, with sim nodes (real node processes that sleep instead of
  * computing): shares follow speed, a slowed node's unstarted items move, a killed node's items
- * complete elsewhere, and no item ever has two accepted results.
+ * complete elsewhere, and every item ends done with its own, correct result.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import type { NamedItem } from '../../protocol/pack.ts';
+import { unpackTensors, type NamedItem } from '../../protocol/pack.ts';
+import { compareTensors } from '../../protocol/tensor.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
@@ -62,10 +63,28 @@ function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknow
   return Object.fromEntries(keys.map((k) => [k, o[k]]));
 }
 
-function assertOneResultEach(hub: HubServer, jobId: string, n: number): void {
-  const names = [...hub.hub.store.iterateResults(jobId)].map((r) => r.name);
-  assert.equal(names.length, n, 'every item has a result');
-  assert.equal(new Set(names).size, n, 'no item has two accepted results');
+/**
+ * Every item of the job is done with one result of its own, and each result is what the noop
+ * model computes (y = x: sim nodes echo the input): an item counted done without its result, a
+ * result stored for the wrong item, or one that lost or mixed up bytes on the way, fails here.
+ */
+function assertResults(hub: HubServer, jobId: string, sent: NamedItem[]): void {
+  const model = hub.hub.models.byName('noop');
+  assert.ok(model);
+  const byName = new Map(sent.map((it) => [it.name, it]));
+  const stored = hub.hub.jobs.items(jobId, { offset: 0, limit: sent.length + 1 });
+  assert.equal(stored.length, sent.length, 'every item is stored');
+  for (const it of stored) {
+    assert.equal(it.state, 'done', `item ${it.name} is done`);
+    const r = hub.hub.jobs.result(it.id);
+    assert.ok(r, `item ${it.name} is done and has its result`);
+    assert.equal(r.name, it.name, `the result of ${it.name} is its own`);
+    const x = byName.get(it.name)?.tensors[0];
+    const y = unpackTensors(r.outputs)[0];
+    assert.ok(x && y, `item ${it.name} was sent and has an output`);
+    assert.equal(compareTensors({ ...y, name: 'x' }, x, model.tolerance), undefined, `item ${it.name}`);
+  }
+  assert.equal(hub.hub.jobs.get(jobId)?.doneCount, sent.length, "the job's count agrees with its items");
 }
 
 async function done(rest: Rest, jobId: string): Promise<any> {
@@ -86,9 +105,10 @@ describe('scheduler over real sockets', () => {
 
   test('a fast node completes more items than a slow one, in proportion to speed', async () => {
     await withGrid(tmp.dir, [{ speed: 1 }, { speed: 4 }], async (hub, rest, _nodes, [slow, fast]) => {
-      const jobId = await rest.submit('noop', items(1000));
+      const sent = items(1000);
+      const jobId = await rest.submit('noop', sent);
       await done(rest, jobId);
-      assertOneResultEach(hub, jobId, 1000);
+      assertResults(hub, jobId, sent);
       const f = await rest.data('GET', `/api/jobs/${jobId}/fairness`);
       const by = new Map(f.workers.map((w: any) => [w.workerId, w.items]));
       const ratio = (by.get(fast) as number) / (by.get(slow) as number);
@@ -104,9 +124,10 @@ describe('scheduler over real sockets', () => {
       tmp.dir,
       [{ speed: 2 }, { speed: 2, extra: ['--slow-at-s', '0.5', '--slow-factor', '20'] }],
       async (hub, rest, _n, [, slowed]) => {
-        const jobId = await rest.submit('noop', items(800));
+        const sent = items(800);
+        const jobId = await rest.submit('noop', sent);
         await done(rest, jobId);
-        assertOneResultEach(hub, jobId, 800);
+        assertResults(hub, jobId, sent);
         const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
           type: string;
           data: any;
@@ -131,12 +152,12 @@ describe('scheduler over real sockets', () => {
 
   test('a killed node’s items complete elsewhere', async () => {
     await withGrid(tmp.dir, [{ speed: 2 }, { speed: 2 }, { speed: 2 }], async (hub, rest, nodes, ids) => {
-      const jobId = await rest.submit('noop', items(900));
+      const sent = items(900);
+      const jobId = await rest.submit('noop', sent);
       const victim = ids[2] as string;
       await waitFor(
         'victim holds items',
-        () =>
-          hub.hub.scheduler.heldBy(victim).length > 0 && (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 50,
+        () => hub.hub.schedule.heldBy(victim).length > 0 && (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 50,
         60_000,
         5,
       );
@@ -146,7 +167,7 @@ describe('scheduler over real sockets', () => {
       const detectMs = Date.now() - t0;
       assert.ok(detectMs < 10_000, `death noticed in ${detectMs} ms`);
       await done(rest, jobId);
-      assertOneResultEach(hub, jobId, 900);
+      assertResults(hub, jobId, sent);
       const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
         type: string;
         data: any;
@@ -171,8 +192,9 @@ describe('scheduler over real sockets', () => {
       );
       await waitFor('first node', () => hub.hub.workers.size === 1, 60_000);
       const rest = new Rest(hub.url, hub.tokens.operatorToken);
-      const jobId = await rest.submit('noop', items(600));
-      await waitFor('progress', () => (hub.hub.store.getJob(jobId)?.doneCount ?? 0) > 20, 60_000, 10);
+      const sent = items(600);
+      const jobId = await rest.submit('noop', sent);
+      await waitFor('progress', () => (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 20, 60_000, 10);
       nodes.push(
         startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'j1'), [
           '--backend',
@@ -192,12 +214,12 @@ describe('scheduler over real sockets', () => {
       );
       await waitFor(
         'joiner gets items',
-        () => hub.hub.scheduler.heldBy(late.id).length > 0 || late.itemsDone > 0,
+        () => hub.hub.schedule.heldBy(late.id).length > 0 || late.itemsDone > 0,
         20_000,
         5,
       );
       await done(rest, jobId);
-      assertOneResultEach(hub, jobId, 600);
+      assertResults(hub, jobId, sent);
       assert.ok((hub.hub.workers.get(late.id)?.itemsDone ?? 0) > 100, 'the joiner did a real share');
     } finally {
       for (const n of nodes) n.child.kill('SIGKILL');

@@ -16,10 +16,9 @@ const T0 = 1_000_000;
 /** The parts of a hub a job view reads. */
 const fakeHub = () =>
   ({
-    scheduler: { queued: () => 0, inFlight: () => 0 },
-    trustStore: { verificationOf: () => [] },
+    jobs: { queued: () => 0, inFlight: () => 0, verification: () => [] },
     opts: { trust: { trustNative: false } },
-  }) as unknown as Pick<Hub, 'scheduler' | 'trustStore' | 'opts'>;
+  }) as unknown as Pick<Hub, 'jobs' | 'opts'>;
 
 const job = (done: number, o: Partial<JobRecord> = {}): JobRecord => ({
   id: 'j_1',

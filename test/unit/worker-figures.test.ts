@@ -71,18 +71,20 @@ describe('WorkerFigures', () => {
 
   test('per running job, highest priority first; flattened from the first', () => {
     const source = {
-      scheduler: {
+      schedule: {
         weight: (w: string, sha: string) => (w === 'a' ? (sha === 'low' ? 5 : 12) : undefined),
         benchmark: (w: string, sha: string) => (w === 'a' ? (sha === 'low' ? 4 : 10) : undefined),
       },
-      store: { listJobs: () => [job('j-low', 0, 'low'), job('j-high', 9, 'high')] },
-      fairnessOf: (id: string) =>
-        id === 'j-high'
-          ? report(id, [
-              { id: 'a', fair: 0.6, share: 0.5, items: 50 },
-              { id: 'b', fair: 0.4, share: 0.5, items: 50 },
-            ])
-          : report(id, []),
+      jobs: {
+        list: () => [job('j-low', 0, 'low'), job('j-high', 9, 'high')],
+        fairnessOf: (id: string) =>
+          id === 'j-high'
+            ? report(id, [
+                { id: 'a', fair: 0.6, share: 0.5, items: 50 },
+                { id: 'b', fair: 0.4, share: 0.5, items: 50 },
+              ])
+            : report(id, []),
+      },
     };
     const figures = WorkerFigures.of(source, 1000);
     const a = workerJson(worker('a'), figures);

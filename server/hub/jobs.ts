@@ -1,0 +1,467 @@
+/**
+ * Job lifecycle: create, append, seal (with pre-flight), activate, cancel, priority, completion and
+ * the stall backstop. The one writer of job and item rows and of the jobs' event log, and the owner
+ * of the active jobs (their model and fairness tracker); every other part reads them through here.
+ */
+import { randomBytes } from 'node:crypto';
+import type { ModelInfo } from '../../protocol/model.ts';
+import type { FairnessReport } from '../../protocol/fairness.ts';
+import type { ModelRegistry } from '../../models/registry.ts';
+import { parseStep, stageModel } from '../../pipeline/stages.ts';
+import { clean, type Logger } from '../logger.ts';
+import { PreflightError, canaryCount, pickCanaries, type ReferenceRunner } from '../preflight.ts';
+import { FairnessTracker } from '../scheduler/fairness.ts';
+import { IdRuns } from '../scheduler/id-runs.ts';
+import type { Scheduler } from '../scheduler/scheduler.ts';
+import type {
+  FailureRecord,
+  ItemRecord,
+  ItemState,
+  JobEvent,
+  JobRecord,
+  JobState,
+  NewJob,
+  ResultRecord,
+  Store,
+} from '../store/store.ts';
+import type { TrustStore } from '../store/trust-store.ts';
+import type { Verifier } from '../verify.ts';
+import type { LiveWorker } from '../workers.ts';
+import { HubError, type ActiveJob, type HubEmitter, type HubOptions } from './types.ts';
+
+/** How often the hub looks for a job `running` with nothing queued and nothing in flight (ms). */
+const STALL_CHECK_MS = 5000;
+
+/** A new job as asked for: the model by name or sha256. */
+export type JobSpec = Omit<NewJob, 'id' | 'modelSha256' | 'modelName'> & { model: string };
+
+/** Items as appended: a name and a tensor pack of inputs. */
+export type NewItems = { name: string; inputs: Uint8Array }[];
+
+/** What jobs, their items and their results look like to readers (the API, pages, metrics, tests). */
+export interface JobQueries {
+  get(jobId: string): JobRecord | undefined;
+  /** The job, or a `unknown_job` error (404). */
+  require(jobId: string): JobRecord;
+  list(filter?: { states?: JobState[]; limit?: number }): JobRecord[];
+  item(itemId: number): ItemRecord | undefined;
+  items(jobId: string, page: { offset: number; limit: number; state?: ItemState }): ItemRecord[];
+  /** Input packs of these items (missing ids are absent). */
+  inputs(itemIds: readonly number[]): Map<number, Uint8Array>;
+  result(itemId: number): ResultRecord | undefined;
+  /** A job's results in item order, a page at a time. */
+  results(jobId: string): IterableIterator<ResultRecord>;
+  failures(jobId: string): FailureRecord[];
+  events(jobId: string, opts?: { type?: string; limit?: number }): JobEvent[];
+  /** How a job's stored results were verified, counted per way. */
+  verification(jobId: string): { how: string; n: number }[];
+  /** Items of a job queued in the scheduler. */
+  queued(jobId: string): number;
+  /** Items of a job held by workers. */
+  inFlight(jobId: string): number;
+  /** The job's fairness figures: live while it runs, the stored final ones after. */
+  fairnessOf(jobId: string, final?: boolean): FairnessReport | undefined;
+  /** The model a job runs (for a pipeline stage, with its step), if this build has it. */
+  modelOf(job: JobRecord): ModelInfo | undefined;
+}
+
+export interface JobLifecycleDeps {
+  store: Store;
+  trustStore: TrustStore;
+  models: ModelRegistry;
+  scheduler: Scheduler;
+  verifier: Verifier;
+  reference: ReferenceRunner;
+  log: Logger;
+  opts: HubOptions;
+  events: HubEmitter;
+  /** A live worker, for the fairness report's names and devices. */
+  workerOf: (workerId: string) => LiveWorker | undefined;
+  /** Tells a worker to stop these items (the job ended). */
+  cancelOn: (workerId: string, itemIds: number[], reason: string) => void;
+  /** Plans every worker (a job started or ended). */
+  pump: () => void;
+  /** Called as a job completes, before it is let go (the workers' figures' last word on it). */
+  completing: () => void;
+  /** The job ended: evidence about its items' failures may go. */
+  ended: (jobId: string) => void;
+  /** Reference runs in progress for a job: a job waiting for one is not stalled. */
+  referencing: (jobId: string) => boolean;
+  /** Results judged and waiting for their commit: the stall check waits for them. */
+  settling: () => boolean;
+}
+
+export class JobLifecycle implements JobQueries {
+  private readonly active = new Map<string, ActiveJob>();
+  private readonly sealing = new Set<string>();
+  /** Jobs a pipeline may still add items to: they do not complete until `endStream`. */
+  private readonly streaming = new Set<string>();
+  private lastStallCheck = 0;
+
+  constructor(private readonly d: JobLifecycleDeps) {}
+
+  // ------------------------------------------------------------------ queries
+
+  get(jobId: string): JobRecord | undefined {
+    return this.d.store.getJob(jobId);
+  }
+
+  require(jobId: string): JobRecord {
+    const job = this.d.store.getJob(jobId);
+    if (!job) throw new HubError('unknown_job', `no job "${clean(jobId, 80)}"`, 404);
+    return job;
+  }
+
+  list(filter?: { states?: JobState[]; limit?: number }): JobRecord[] {
+    return this.d.store.listJobs(filter);
+  }
+
+  item(itemId: number): ItemRecord | undefined {
+    return this.d.store.getItem(itemId);
+  }
+
+  items(jobId: string, page: { offset: number; limit: number; state?: ItemState }): ItemRecord[] {
+    return this.d.store.listItems(jobId, page);
+  }
+
+  inputs(itemIds: readonly number[]): Map<number, Uint8Array> {
+    return this.d.store.itemInputs(itemIds);
+  }
+
+  result(itemId: number): ResultRecord | undefined {
+    return this.d.store.getResult(itemId);
+  }
+
+  results(jobId: string): IterableIterator<ResultRecord> {
+    return this.d.store.iterateResults(jobId);
+  }
+
+  failures(jobId: string): FailureRecord[] {
+    return this.d.store.failuresOf(jobId);
+  }
+
+  events(jobId: string, opts?: { type?: string; limit?: number }): JobEvent[] {
+    return this.d.store.listEvents(jobId, opts);
+  }
+
+  verification(jobId: string): { how: string; n: number }[] {
+    return this.d.trustStore.verificationOf(jobId);
+  }
+
+  queued(jobId: string): number {
+    return this.d.scheduler.queued(jobId);
+  }
+
+  inFlight(jobId: string): number {
+    return this.d.scheduler.inFlight(jobId);
+  }
+
+  modelOf(job: JobRecord): ModelInfo | undefined {
+    const model = this.d.models.bySha(job.modelSha256);
+    try {
+      return model && stageModel(model, parseStep(job.options.step));
+    } catch {
+      return undefined; // a step this build does not have: the job cannot run here
+    }
+  }
+
+  /** A running job's live state, if it is active. */
+  activeJob(jobId: string): ActiveJob | undefined {
+    return this.active.get(jobId);
+  }
+
+  /** The active jobs. */
+  activeJobs(): IterableIterator<ActiveJob> {
+    return this.active.values();
+  }
+
+  get activeCount(): number {
+    return this.active.size;
+  }
+
+  fairnessOf(jobId: string, final = false): FairnessReport | undefined {
+    const job = this.active.get(jobId);
+    if (!job) {
+      const saved = this.d.store.listEvents(jobId, { type: 'fairness', limit: 1 })[0];
+      return saved ? (saved.data as unknown as FairnessReport) : undefined;
+    }
+    const record = this.d.store.getJob(jobId);
+    const { scheduler } = this.d;
+    return job.fairness.report({
+      items: record?.itemCount ?? 0,
+      final,
+      now: Date.now(),
+      lookup: (workerId) => {
+        const w = this.d.workerOf(workerId);
+        return {
+          name: w?.name ?? workerId,
+          backend: w?.backend ?? '?',
+          device: w?.capabilities.gpu?.name ?? w?.capabilities.hostname ?? w?.backend ?? '?',
+          benchmark: scheduler.benchmark(workerId, job.model.sha256) ?? null,
+          weight: scheduler.weight(workerId, job.model.sha256) ?? null,
+        };
+      },
+    });
+  }
+
+  // ------------------------------------------------------------------ writes
+
+  /** Records an event with a job (steal, requeue, check failed...). */
+  addEvent(jobId: string, type: string, data: Record<string, unknown>, at: number): void {
+    this.d.store.addEvent(jobId, type, data, at);
+  }
+
+  /** After a restart: every sealed, unfinished job goes back to the scheduler with its pending items. */
+  resume(): void {
+    for (const job of this.d.store.listJobs({ states: ['queued', 'running'] })) {
+      const model = this.modelOf(job);
+      if (!model) {
+        this.d.log.error(
+          { jobId: job.id, model: job.modelName },
+          'model of an unfinished job is gone; job cancelled',
+        );
+        this.d.store.updateJob(job.id, { state: 'cancelled', finishedAt: Date.now() });
+        continue;
+      }
+      this.activate(job, model);
+      this.d.log.info({ jobId: job.id, pending: this.d.scheduler.queued(job.id) }, 'job resumed');
+      this.checkComplete(job.id);
+    }
+  }
+
+  /** Creates a job on a model known to the registry. */
+  create(spec: JobSpec): JobRecord {
+    const { models } = this.d;
+    const model = /^[0-9a-f]{64}$/.test(spec.model) ? models.bySha(spec.model) : models.byName(spec.model);
+    if (!model) {
+      throw new HubError(
+        'unknown_model',
+        `unknown model "${clean(spec.model, 80)}"; see GET /api/models`,
+        404,
+      );
+    }
+    try {
+      parseStep(spec.options.step);
+    } catch (err) {
+      throw new HubError('invalid_request', `options.step: ${(err as Error).message}`, 400);
+    }
+    const id = `j_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
+    const { model: _m, ...rest } = spec;
+    void _m;
+    const job = this.d.store.createJob({ ...rest, id, modelName: model.name, modelSha256: model.sha256 });
+    this.d.log.info({ jobId: id, model: model.name }, 'job created');
+    return job;
+  }
+
+  /** Adds items to an open job; returns their ids in order. */
+  append(jobId: string, items: NewItems): number[] {
+    return this.d.store.appendItems(jobId, items);
+  }
+
+  /** Adds items to a sealed job that is still running (a pipeline stage fed as results arrive). */
+  appendRunning(jobId: string, items: NewItems): number[] {
+    if (!this.active.has(jobId))
+      throw new HubError('job_not_active', `job ${clean(jobId, 80)} is not running`, 409);
+    const ids = this.d.store.appendItems(jobId, items, { running: true });
+    this.d.scheduler.requeueItems(jobId, ids);
+    this.d.pump();
+    return ids;
+  }
+
+  /** Keeps a job from completing while a pipeline may still add items to it. */
+  holdOpen(jobId: string): void {
+    this.streaming.add(jobId);
+  }
+
+  /** The pipeline adds no more items: the job completes once its items are done or failed. */
+  endStream(jobId: string): void {
+    if (this.streaming.delete(jobId)) this.checkComplete(jobId);
+  }
+
+  /**
+   * Seals an open job: no more items. Pre-flight first (the model loads on the hub's reference
+   * backend, sample items run, canary answers are kept); a failed check cancels the job and is
+   * thrown as a clear error. Then the job is queued and scheduled.
+   */
+  async seal(jobId: string): Promise<JobRecord> {
+    const job = this.require(jobId);
+    if (job.state !== 'open' || this.sealing.has(jobId)) {
+      throw new HubError(
+        'job_not_open',
+        `job ${jobId} is ${this.sealing.has(jobId) ? 'being sealed' : job.state}, not open`,
+        409,
+      );
+    }
+    if (job.itemCount === 0) throw new HubError('job_empty', `job ${jobId} has no items`, 400);
+    const model = this.modelOf(job);
+    const path = model && this.d.models.filePath(model.sha256);
+    if (!model || !path) throw new HubError('unknown_model', `model of job ${jobId} is gone`, 409);
+    this.sealing.add(jobId);
+    try {
+      if (this.d.opts.preflight) await this.preflight(job, model, path);
+      this.d.store.updateJob(jobId, { state: 'queued' });
+    } finally {
+      this.sealing.delete(jobId);
+    }
+    const sealed = this.require(jobId);
+    this.activate(sealed, model);
+    this.d.log.info({ jobId, items: sealed.itemCount }, 'job queued');
+    this.d.events.emit('job:updated', jobId);
+    this.d.pump();
+    return sealed;
+  }
+
+  private async preflight(job: JobRecord, model: ModelInfo, path: string): Promise<void> {
+    const { store, opts } = this.d;
+    const pending = IdRuns.of(store.pendingItemRuns(job.id));
+    const n = canaryCount(pending.size, {
+      fraction: opts.trust.canaryFraction,
+      min: opts.trust.minCanaries,
+      max: opts.trust.maxCanaries,
+    });
+    // Without canaries, one item still proves the model runs on these inputs.
+    const sample = n > 0 ? pickCanaries(pending, n) : pending.size > 0 ? [pending.at(0)] : [];
+    const started = Date.now();
+    try {
+      const answers = await this.d.reference.check(model, path, store.itemInputs(sample));
+      if (n > 0) this.d.verifier.addCanaries(job.id, answers);
+    } catch (err) {
+      if (!(err instanceof PreflightError)) throw err;
+      store.updateJob(job.id, { state: 'cancelled', finishedAt: Date.now() });
+      store.addEvent(job.id, 'preflight_failed', { reason: err.message }, Date.now());
+      this.d.log.warn({ jobId: job.id, reason: clean(err.message) }, 'pre-flight failed; job cancelled');
+      this.d.events.emit('job:updated', job.id);
+      throw new HubError('preflight_failed', err.message, 422);
+    }
+    this.d.log.info({ jobId: job.id, canaries: n, ms: Date.now() - started }, 'pre-flight passed');
+  }
+
+  /** Hands a sealed job to the scheduler with its pending items. */
+  private activate(job: JobRecord, model: ModelInfo): void {
+    const fairness = new FairnessTracker(job.id);
+    this.d.verifier.watchJob(job.id);
+    this.active.set(job.id, { record: job, model, fairness });
+    this.d.scheduler.addJob(
+      {
+        id: job.id,
+        priority: job.priority,
+        deadline: job.deadline,
+        modelSha256: job.modelSha256,
+        batchSize: model.batchable ? model.batchSize : 1,
+        requirements: job.requirements,
+      },
+      IdRuns.of(this.d.store.pendingItemRuns(job.id)),
+    );
+  }
+
+  /** A job's first items went out: it is running. */
+  started(jobId: string, now: number): void {
+    const job = this.active.get(jobId);
+    if (!job || job.record.state !== 'queued') return;
+    this.d.store.updateJob(jobId, { state: 'running', startedAt: now });
+    job.record = this.require(jobId);
+    this.d.events.emit('job:updated', jobId);
+  }
+
+  /** Cancels a job: queued items are dropped, workers told to stop its items. */
+  cancel(jobId: string): JobRecord {
+    const job = this.require(jobId);
+    if (job.state === 'completed' || job.state === 'cancelled') {
+      throw new HubError('job_finished', `job ${jobId} is already ${job.state}`, 409);
+    }
+    this.d.store.updateJob(jobId, { state: 'cancelled', finishedAt: Date.now() });
+    this.deactivate(jobId, 'job cancelled');
+    this.d.log.info({ jobId }, 'job cancelled');
+    this.d.events.emit('job:updated', jobId);
+    this.d.pump();
+    return this.require(jobId);
+  }
+
+  /** Changes a job's priority. */
+  setPriority(jobId: string, priority: number): JobRecord {
+    this.require(jobId);
+    this.d.store.updateJob(jobId, { priority });
+    this.d.scheduler.setPriority(jobId, priority);
+    this.d.events.emit('job:updated', jobId);
+    return this.require(jobId);
+  }
+
+  private deactivate(jobId: string, reason: string): void {
+    const job = this.active.get(jobId);
+    if (job) {
+      job.fairness.finish(Date.now());
+      const report = this.fairnessOf(jobId, true);
+      if (report)
+        this.d.store.addEvent(jobId, 'fairness', report as unknown as Record<string, unknown>, Date.now());
+    }
+    this.active.delete(jobId);
+    this.d.ended(jobId);
+    for (const [workerId, itemIds] of this.d.scheduler.removeJob(jobId)) {
+      this.d.cancelOn(workerId, itemIds, reason);
+    }
+  }
+
+  /**
+   * Completes a job whose every item is done or failed. With `quick` (after each commit of results,
+   * thousands of times a second), a job that still has items queued or held in the scheduler is
+   * taken to be unfinished without reading its row; the tick checks every active job's row once a
+   * second all the same, so a job the scheduler's view misled about still completes.
+   */
+  checkComplete(jobId: string, quick = false): void {
+    const { scheduler, store } = this.d;
+    if (quick && scheduler.queued(jobId) + scheduler.inFlight(jobId) > 0) return;
+    if (this.streaming.has(jobId)) return;
+    const job = store.getJob(jobId);
+    if (!job || (job.state !== 'running' && job.state !== 'queued')) return;
+    if (job.doneCount + job.failedCount < job.itemCount) return;
+    store.updateJob(jobId, { state: 'completed', finishedAt: Date.now() });
+    this.d.completing();
+    this.deactivate(jobId, 'job completed');
+    this.d.log.info({ jobId, done: job.doneCount, failed: job.failedCount }, 'job completed');
+    this.d.events.emit('job:updated', jobId);
+    this.d.events.emit('job:completed', jobId);
+  }
+
+  /** Checks every active job's row (the tick's backstop for `checkComplete`'s quick path). */
+  checkAll(): void {
+    for (const jobId of [...this.active.keys()]) this.checkComplete(jobId);
+  }
+
+  /**
+   * A job the scheduler has nothing queued or held of, whose row is not complete, would sit
+   * `running` for ever: its pending items go back to the scheduler, and the repair is logged and
+   * recorded with the job. This should never find anything; it is the backstop of every path that
+   * frees items.
+   */
+  repairStalls(now: number): void {
+    if (now - this.lastStallCheck < STALL_CHECK_MS || this.d.settling()) return;
+    this.lastStallCheck = now;
+    const { scheduler, store, log } = this.d;
+    for (const jobId of this.active.keys()) {
+      if (scheduler.queued(jobId) + scheduler.inFlight(jobId) > 0) continue;
+      if (this.d.referencing(jobId)) continue;
+      const row = store.getJob(jobId);
+      if (!row || row.state !== 'running' || row.doneCount + row.failedCount >= row.itemCount) continue;
+      const pending = IdRuns.of(store.pendingItemRuns(jobId));
+      const requeued = scheduler.restore(jobId, pending);
+      const reason = 'running with nothing queued and nothing in flight';
+      const data = { reason, requeued, done: row.doneCount, failed: row.failedCount, items: row.itemCount };
+      store.addEvent(jobId, 'repaired', data, now);
+      if (requeued > 0) log.warn({ jobId, ...data }, 'stalled job repaired: pending items queued again');
+      else log.error({ jobId, ...data }, 'stalled job: no pending items, yet its counts are short');
+    }
+  }
+
+  /**
+   * Results a quarantined worker gave were taken back: their items run again (the job is
+   * activated again if it had completed on them while still marked running).
+   */
+  recompute(jobId: string, itemIds: number[], avoid: string): void {
+    if (this.active.has(jobId)) this.d.scheduler.requeueItems(jobId, itemIds, [avoid]);
+    else {
+      const job = this.d.store.getJob(jobId);
+      const model = job && this.modelOf(job);
+      if (job && model && job.state === 'running') this.activate(job, model);
+    }
+  }
+}
