@@ -43,6 +43,8 @@ interface Row {
   corrupted_end: number;
   failed: number;
   liars_quarantined: string;
+  /** The hostile workers still free (goal: none). */
+  liars_free: string;
   honest_quarantined: number;
   replicas: number;
   reference: number;
@@ -54,6 +56,13 @@ interface Row {
 }
 
 const mb = (bytes: number) => Math.round(bytes / 2 ** 20);
+
+/** The hostile workers not quarantined, by name ('-' when none). */
+const freeOf = (hostile: readonly Hostile[], hub: HubServer) =>
+  hostile
+    .filter((h) => !hub.hub.trust.isQuarantined(h.id))
+    .map((h) => h.id)
+    .join(' ') || '-';
 
 async function submit(hub: HubServer, n: number, seed: number): Promise<string> {
   const model = hub.hub.models.byName('noop');
@@ -156,6 +165,7 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
           corrupted_end: wrongResults(hub, jobId),
           failed: rec?.failedCount ?? 0,
           liars_quarantined: `${hostile.filter((h) => hub.hub.trust.isQuarantined(h.id)).length}/${hostile.length}`,
+          liars_free: freeOf(hostile, hub),
           honest_quarantined: [...honest].filter((id) => hub.hub.trust.isQuarantined(id)).length,
           replicas: cost.replicas - before.replicas,
           reference: cost.reference - before.reference,
@@ -192,6 +202,7 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
       corrupted_end: endWrong,
       failed,
       liars_quarantined: `${hostile.filter((h) => hub.hub.trust.isQuarantined(h.id)).length}/${hostile.length}`,
+      liars_free: freeOf(hostile, hub),
       honest_quarantined: [...honest].filter((id) => hub.hub.trust.isQuarantined(id)).length,
       replicas: cost.replicas,
       reference: cost.reference,

@@ -12,6 +12,7 @@ import { customElement, property, state } from 'lit/decorators.js';
 import { ApiError, type OperatorApi } from './api.ts';
 import { OcrSubmittedEvent } from './events.ts';
 import { FilePicker } from './file-picker.ts';
+import { priorityField } from './form-fields.ts';
 import { bytes as formatBytes, count } from './format.ts';
 import { looksLikeImage, ocrFilesProblem, ocrRequest, requestBytes, type OcrRunView } from './ocr.ts';
 import { formStyles, shared } from './styles.ts';
@@ -149,19 +150,7 @@ export class ShOcrForm extends LitElement {
       </fieldset>
       <fieldset>
         <legend>Options</legend>
-        <label
-          >Priority
-          <input
-            type="number"
-            min="-100"
-            max="100"
-            step="1"
-            data-test="ocr-priority"
-            .value=${String(this.priority)}
-            @input=${(e: Event) => (this.priority = Number((e.target as HTMLInputElement).value))}
-          />
-          <span class="muted">higher runs first (−100…100)</span>
-        </label>
+        ${priorityField(this.priority, (p) => (this.priority = p), 'ocr-priority')}
         <label
           ><input
             type="checkbox"

@@ -18,6 +18,7 @@ import type { JobView } from '../../protocol/operator.ts';
 import type { OperatorApi } from './api.ts';
 import { JobSubmittedEvent } from './events.ts';
 import { FilePicker } from './file-picker.ts';
+import { priorityField } from './form-fields.ts';
 import { bytes as formatBytes, count } from './format.ts';
 import './sh-ocr-form.ts';
 import { formStyles, shared } from './styles.ts';
@@ -224,19 +225,7 @@ export class ShSubmitForm extends LitElement {
       </fieldset>
       <fieldset>
         <legend>Options</legend>
-        <label
-          >Priority
-          <input
-            type="number"
-            min="-100"
-            max="100"
-            step="1"
-            data-test="submit-priority"
-            .value=${String(this.priority)}
-            @input=${(e: Event) => (this.priority = Number((e.target as HTMLInputElement).value))}
-          />
-          <span class="muted">higher runs first (−100…100)</span>
-        </label>
+        ${priorityField(this.priority, (p) => (this.priority = p), 'submit-priority')}
       </fieldset>
       <div>
         <button

@@ -6,7 +6,7 @@ import type { EventEmitter } from 'node:events';
 import type { ItemFailure, ItemResult, ItemsDoneReply } from '../../protocol/events.ts';
 import type { ModelInfo } from '../../protocol/model.ts';
 import type { FairnessTracker } from '../scheduler/fairness.ts';
-import type { SchedulerOptions } from '../scheduler/scheduler.ts';
+import { DEFAULT_SCHEDULER_OPTIONS, type SchedulerOptions } from '../scheduler/scheduler.ts';
 import type { JobRecord, NewResult } from '../store/store.ts';
 import { DEFAULT_TRUST_OPTIONS, type TrustOptions } from '../trust.ts';
 
@@ -36,7 +36,7 @@ export const DEFAULT_HUB_OPTIONS: HubOptions = {
   heartbeatMs: 2000,
   offlineAfterMs: 6000,
   benchmarkTimeoutMs: 120_000,
-  maxAttempts: 3,
+  maxAttempts: DEFAULT_SCHEDULER_OPTIONS.maxAttempts,
   scheduler: {},
   maxOfflineWorkers: 1000,
 };

@@ -10,8 +10,8 @@
  * - Job counters are bumped once per job per batch, not once per row.
  * - Statements are prepared once; variable-length lists are bound as JSON and read with `json_each`,
  *   so no SQL is built at call time.
- * - Set-based where the hub's hot paths allow it (measured with 32 workers, batches of ~100 results and
- *   shards of ~400 items): a shard's assignments are one `INSERT ... SELECT FROM json_each`, a batch's
+ * - Set-based where the hub's hot paths allow it (batches of results and shards of items, not single
+ *   rows): a shard's assignments are one `INSERT ... SELECT FROM json_each`, a batch's
  *   pending→done flips one `UPDATE ... RETURNING` per job, a shard's inputs one range scan per run of
  *   consecutive ids (shards are mostly such runs), and appended items one multi-row insert. Each
  *   statement crossing from JavaScript into SQLite costs about a microsecond on its own.

@@ -120,8 +120,9 @@ describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
     const code = await stopped(p, 60_000);
     assertDrainedOnce(p.output());
     assert.equal(count(p.output(), 'worker closed'), 1, 'the node closed after its drain');
-    // The hub stops planning items for a draining node: at most what was on its way is handed back.
-    assert.ok(count(p.output(), 'releasing unstarted items') <= 1, p.output().slice(-2000));
+    // The hub stops planning items for a draining node: the node hands back its queue once, and at
+    // most once more what was already on its way when the hub heard of the drain.
+    assert.ok(count(p.output(), 'releasing unstarted items') <= 2, p.output().slice(-2000));
     assert.equal(count(p.output(), 'release not acknowledged'), 0, 'the drain waited for the release');
     assert.doesNotMatch(p.output(), /"level":(40|50)/, 'a clean drain logs no warning or error');
     // npm itself ends on the terminal's Ctrl-C as well, by the signal; the node exited 0 under it.
