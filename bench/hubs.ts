@@ -25,6 +25,7 @@ import type { AsyncStore } from '../server/store/async-store.ts';
 import { PgStore } from '../server/store/pg-store.ts';
 import { SqliteAsyncStore } from '../server/store/sqlite-async-store.ts';
 import { startPostgres } from '../test/helpers/postgres.ts';
+import { newJob } from '../test/helpers/store-rows.ts';
 
 /** Clock ticks per second of /proc/<pid>/stat times (Linux: USER_HZ, 100 everywhere it runs). */
 const TICKS = 100;
@@ -76,17 +77,7 @@ interface Row {
 }
 
 async function prepare(store: AsyncStore, jobId: string, items: number): Promise<void> {
-  await store.createJob({
-    id: jobId,
-    modelName: 'bench',
-    modelSha256: 'ab'.repeat(32),
-    priority: 0,
-    redundancy: 1,
-    deadline: null,
-    requirements: null,
-    options: {},
-    state: 'open',
-  });
+  await store.createJob(newJob(jobId, { modelName: 'bench' }));
   const input = new Uint8Array(16);
   for (let i = 0; i < items; i += 2000) {
     const n = Math.min(2000, items - i);
