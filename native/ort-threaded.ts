@@ -32,7 +32,7 @@ import type { InferenceSession } from 'onnxruntime-node';
 import type { FailureCategory } from '../protocol/events.ts';
 import type { ModelInfo } from '../protocol/model.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
-import { BackendError, type LoadedModel } from '../worker/backend.ts';
+import { BackendError, errorMessage, type LoadedModel } from '../worker/backend.ts';
 import { concatItems, planBatches, splitOutputs } from '../worker/batching.ts';
 import type { Stager } from './staging.ts';
 import { vouchFinite } from '../worker/wire.ts';
@@ -423,7 +423,7 @@ export class ThreadedSession implements LoadedModel {
    * host may give the GPU up and the session goes on on the CPU; otherwise it is dead for good.
    */
   private restart(): Promise<void> {
-    this.restarting ??= (async () => {
+    return this.oneAtATime(async () => {
       const lost = this.lost as BackendError;
       const now = Date.now();
       while (this.losses.length > 0 && now - (this.losses[0] as number) > LOSS_WINDOW_MS) this.losses.shift();
@@ -433,55 +433,55 @@ export class ThreadedSession implements LoadedModel {
         why = `${this.model.name}: lost ${this.losses.length} times in 10 min (last: ${lost.message})`;
       else {
         try {
-          this.worker = await this.startAgain();
-          return;
+          return await this.startAgain();
         } catch (err) {
-          why = `${this.model.name}: no new session after a loss (${err instanceof Error ? err.message : String(err)})`;
+          why = `${this.model.name}: no new session after a loss (${errorMessage(err)})`;
         }
       }
       if (onGpu(this.options) && this.host?.giveUpGpu(why)) {
         this.losses.length = 0;
         try {
-          this.worker = await this.startAgain();
-          return;
+          return await this.startAgain();
         } catch (err) {
-          why = `${why}; and on the CPU: ${err instanceof Error ? err.message : String(err)}`;
+          why = `${why}; and on the CPU: ${errorMessage(err)}`;
         }
       }
       this.dead = new BackendError(lost.category, `${why}; giving up`);
-    })().finally(() => {
-      this.restarting = undefined;
     });
-    return this.restarting;
   }
 
   /** The backend moved to another provider (another session gave the GPU up): follow it. */
   private moveToHostOptions(): Promise<void> {
-    this.restarting ??= (async () => {
+    return this.oneAtATime(async () => {
       const old = this.worker;
       try {
-        this.worker = await this.startAgain();
-        void old.terminate();
+        await this.startAgain();
       } catch (err) {
         this.dead = new BackendError(
           'model_load',
-          `${this.model.name}: no session on the new provider (${err instanceof Error ? err.message : String(err)})`,
+          `${this.model.name}: no session on the new provider (${errorMessage(err)})`,
         );
+      } finally {
         void old.terminate();
       }
-    })().finally(() => {
+    });
+  }
+
+  /** Runs `work` unless a restart is under way already (then waits for that one). */
+  private oneAtATime(work: () => Promise<void>): Promise<void> {
+    this.restarting ??= work().finally(() => {
       this.restarting = undefined;
     });
     return this.restarting;
   }
 
-  /** A new thread with the host's current options (or the session's own), loaded and listened to. */
-  private async startAgain(): Promise<Worker> {
+  /** A new thread with the host's current options (or the session's own), loaded, listened to, current. */
+  private async startAgain(): Promise<void> {
     const options = this.host?.sessionOptions ?? this.options;
     const worker = await startLoaded(this.model, this.bytes, options);
     this.options = options;
     this.attach(worker);
+    this.worker = worker;
     this.lost = undefined;
-    return worker;
   }
 }
