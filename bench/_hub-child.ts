@@ -104,10 +104,10 @@ serve(
     },
 
     /** Creates an open job; with `items`, fills it through the store in chunks (untimed). */
-    submit(args: { model: string; items?: number; inputs?: 'seq' | 'calibration'; chunk?: number }) {
+    async submit(args: { model: string; items?: number; inputs?: 'seq' | 'calibration'; chunk?: number }) {
       const h = hub().hub;
       const m = model(args.model);
-      const job = h.createJob({
+      const job = await h.createJob({
         model: args.model,
         priority: 0,
         redundancy: 1,
@@ -123,7 +123,7 @@ serve(
         for (let i = off; i < Math.min(n, off + chunk); i++) {
           batch.push({ name: `i${i}`, inputs: packTensors(inputsOf(m, args.inputs ?? 'seq', i + 1)) });
         }
-        h.appendItems(job.id, batch);
+        await h.appendItems(job.id, batch);
       }
       return job.id;
     },
@@ -144,7 +144,7 @@ serve(
       for (;;) {
         const c = completed.get(args.jobId);
         if (c) {
-          const f = hub().hub.fairnessOf(args.jobId, true);
+          const f = await hub().hub.fairnessOf(args.jobId, true);
           const sched = f
             ? {
                 steals: f.steals,
@@ -159,15 +159,15 @@ serve(
                 timeline: f.timeline.slice(0, 60),
               }
             : undefined;
-          return { ...c, job: jobView(hub().hub.jobs.get(args.jobId)), sched };
+          return { ...c, job: jobView(await hub().hub.jobs.get(args.jobId)), sched };
         }
         if (Date.now() > end) throw new Error(`job ${args.jobId} not done in time`);
         await new Promise((ok) => setTimeout(ok, 20));
       }
     },
 
-    job(args: { jobId: string }) {
-      return jobView(hub().hub.jobs.get(args.jobId));
+    async job(args: { jobId: string }) {
+      return jobView(await hub().hub.jobs.get(args.jobId));
     },
 
     /**

@@ -164,8 +164,8 @@ async function gridJob(
   const id = await submit(hub, model, items);
   const job = await until(
     `job ${id} completed`,
-    () => {
-      const j = hub.hub.jobs.get(id);
+    async () => {
+      const j = await hub.hub.jobs.get(id);
       return j?.state === 'completed' || j?.state === 'cancelled' ? j : undefined;
     },
     240_000,
@@ -185,7 +185,8 @@ async function compareJob(
   cpuRun: (inputs: WireTensor[][]) => Promise<WireTensor[][]>,
 ): Promise<{ diff: number; ok: boolean }> {
   const byName = new Map(items.map((it) => [it.name, it]));
-  const results = [...hub.hub.jobs.results(id)].slice(0, 4);
+  const results = [];
+  for await (const r of hub.hub.jobs.results(id)) if (results.push(r) >= 4) break;
   const want = await cpuRun(results.map((r) => (byName.get(r.name) as NamedItem).tensors));
   let diff = 0;
   let ok = results.length > 0;

@@ -234,7 +234,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       const jobId = await pending;
       if (!jobId) return false;
       try {
-        this.hub.appendToJob(jobId, items);
+        await this.hub.appendToJob(jobId, items);
       } catch (err) {
         if (!(err instanceof HubError)) throw err;
         // The stage's job ended (cancelled by an operator): these pages end with it.
@@ -244,7 +244,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       return true;
     }
     const sealed = (async () => {
-      const job = this.hub.createJob({
+      const job = await this.hub.createJob({
         model: MODELS[stage],
         priority: this.opts.priority ?? 0,
         redundancy: this.opts.redundancy ?? 1,
@@ -256,8 +256,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       this.jobs[stage] = job.id;
       this.svc.watch(job.id, this, stage);
       this.hub.holdOpen(job.id);
-      this.hub.appendItems(job.id, items);
       try {
+        await this.hub.appendItems(job.id, items);
         await this.hub.sealJob(job.id);
       } catch (err) {
         const reason = err instanceof HubError ? err.message : String(err);
@@ -325,8 +325,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   async committed(stage: 'det' | 'cls' | 'rec', itemIds: number[]): Promise<void> {
     const next: { name: string; inputs: Uint8Array }[] = [];
     for (const id of itemIds) {
-      const item = this.hub.jobs.item(id);
-      const result = this.hub.jobs.result(id);
+      const item = await this.hub.jobs.item(id);
+      const result = await this.hub.jobs.result(id);
       if (!item || !result) continue;
       const { page, box } = lineage(item.name);
       const p = this.pages[page];
@@ -411,9 +411,9 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   }
 
   /** A stage job ended: its failed items fail their pages; the next stage gets no more items. */
-  stageEnded(stage: 'det' | 'cls' | 'rec', jobId: string, state: string): void {
-    for (const f of this.hub.jobs.failures(jobId)) {
-      const item = this.hub.jobs.item(f.itemId);
+  async stageEnded(stage: 'det' | 'cls' | 'rec', jobId: string, state: string): Promise<void> {
+    for (const f of await this.hub.jobs.failures(jobId)) {
+      const item = await this.hub.jobs.item(f.itemId);
       if (!item || item.state !== 'failed') continue;
       const { page, box } = lineage(item.name);
       this.fail(page, stage, `${f.category}: ${f.message}`, box);
@@ -443,12 +443,16 @@ export class OcrService {
     hub.on('job:updated', (jobId) => {
       const w = this.byJob.get(jobId);
       if (!w) return;
-      const job = hub.jobs.get(jobId);
-      if (job && (job.state === 'completed' || job.state === 'cancelled')) {
-        this.byJob.delete(jobId);
-        const state = job.state;
-        w.run.then(() => w.run.stageEnded(w.stage, jobId, state));
-      }
+      hub.jobs.get(jobId).then(
+        (job) => {
+          if (!job || (job.state !== 'completed' && job.state !== 'cancelled')) return;
+          if (this.byJob.get(jobId) !== w) return; // another update ended it first
+          this.byJob.delete(jobId);
+          const state = job.state;
+          w.run.then(() => w.run.stageEnded(w.stage, jobId, state));
+        },
+        (err: unknown) => hub.log.error({ err, jobId }, 'OCR run: reading a stage job failed'),
+      );
     });
   }
 

@@ -340,12 +340,20 @@ describe('operator dashboard', () => {
 
       await page.locator('[data-test=priority-input]').fill('7');
       await page.locator('[data-action=set-priority]').click();
-      await waitFor('priority 7 on the hub', () => hub.hub.jobs.get(jobId)?.priority === 7, 5000);
+      await waitFor(
+        'priority 7 on the hub',
+        async () => (await hub.hub.jobs.get(jobId))?.priority === 7,
+        5000,
+      );
 
       await page.locator('[data-action=cancel]').click();
-      assert.equal(hub.hub.jobs.get(jobId)?.state, 'running', 'one press only asks');
+      assert.equal((await hub.hub.jobs.get(jobId))?.state, 'running', 'one press only asks');
       await page.locator('[data-action=cancel]').click();
-      await waitFor('job cancelled on the hub', () => hub.hub.jobs.get(jobId)?.state === 'cancelled', 5000);
+      await waitFor(
+        'job cancelled on the hub',
+        async () => (await hub.hub.jobs.get(jobId))?.state === 'cancelled',
+        5000,
+      );
       await page.locator('[data-test=job-state]', { hasText: 'cancelled' }).waitFor({ timeout: 5000 });
 
       await page.evaluate(() => (location.hash = '#workers'));

@@ -249,7 +249,7 @@ export async function checkResults(
   sent: NamedItem[],
   failed = 0,
 ): Promise<void> {
-  const job = hub.hub.jobs.get(jobId);
+  const job = await hub.hub.jobs.get(jobId);
   assert.ok(job);
   const model = hub.hub.models.bySha(job.modelSha256);
   assert.ok(model);
@@ -257,7 +257,7 @@ export async function checkResults(
   try {
     const byName = new Map(sent.map((it) => [it.name, it]));
     const seen = new Set<string>();
-    for (const r of hub.hub.jobs.results(jobId)) {
+    for await (const r of hub.hub.jobs.results(jobId)) {
       assert.ok(!seen.has(r.name), `item ${r.name} has two results`);
       seen.add(r.name);
       const input = byName.get(r.name);

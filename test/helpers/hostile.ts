@@ -131,7 +131,7 @@ export interface HostileGrid {
    * Asserts every stored result of a noop job equals its input (no corrupted result stands);
    * returns how many there are.
    */
-  assertExact(jobId: string, sent: NamedItem[]): number;
+  assertExact(jobId: string, sent: NamedItem[]): Promise<number>;
   /** Closes what the grid started, fake workers handed to it included. */
   close(): Promise<void>;
   /** Fake workers to close with the grid. */
@@ -200,10 +200,10 @@ export async function hostileGrid(
         ms,
         100,
       ),
-    assertExact: (jobId, sent) => {
+    assertExact: async (jobId, sent) => {
       const byName = new Map(sent.map((it) => [it.name, it]));
       let n = 0;
-      for (const r of hub.hub.jobs.results(jobId)) {
+      for await (const r of hub.hub.jobs.results(jobId)) {
         n++;
         const x = byName.get(r.name)?.tensors[0];
         const y = unpackTensors(r.outputs)[0];
