@@ -6,7 +6,6 @@
  */
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { Dispatch } from '../server/hub/dispatch.ts';
 import { HubServer, type HubConfig } from '../server/app.ts';
 import { createLogger } from '../server/logger.ts';
 import type { JobRecord } from '../server/store/store.ts';
@@ -22,8 +21,6 @@ const gc = recordGc();
 let server: HubServer | undefined;
 const completed = new Map<string, { cpuUs: number; t: number }>();
 const requeues: { workerId: string; items: number; reason: string; t: number }[] = [];
-/** Results messages and shards the hub handled (counted by wrapping its methods; benchmark only). */
-const counts = { resultMsgs: 0, resultItems: 0, shards: 0, shardItems: 0 };
 let lag: ReturnType<typeof monitorEventLoopDelay> | undefined;
 
 const now = () => performance.timeOrigin + performance.now();
@@ -74,23 +71,6 @@ serve(
         { host: '127.0.0.1', port: 0, ...args.config },
         createLogger('hub', process.env.SHARDHUB_LOG_LEVEL ?? 'error'),
       );
-      const h = server.hub as unknown as { acceptResults: (w: string, r: unknown[]) => unknown };
-      const accept = h.acceptResults.bind(h);
-      h.acceptResults = (w, r) => {
-        counts.resultMsgs++;
-        counts.resultItems += r.length;
-        return accept(w, r);
-      };
-      // Every batch of assignments the hub sends (its dispatch's `send`, private: counted here only).
-      const dispatch = Dispatch.prototype as unknown as { send: (a: { itemIds: number[] }[]) => void };
-      const send = dispatch.send;
-      dispatch.send = function (this: unknown, a) {
-        for (const x of a) {
-          counts.shards++;
-          counts.shardItems += x.itemIds.length;
-        }
-        send.call(this, a);
-      };
       server.hub.on('job:completed', (id) => completed.set(id, { cpuUs: cpuUs(), t: now() }));
       server.hub.on('items:requeued', (e) =>
         requeues.push({ workerId: e.workerId, items: e.items, reason: e.reason, t: now() }),
@@ -221,13 +201,6 @@ serve(
     retained() {
       (globalThis as { gc?: () => void }).gc?.();
       return { heapMb: process.memoryUsage().heapUsed / 2 ** 20 };
-    },
-
-    /** Results messages and shards handled so far (and resets the counts). */
-    counts() {
-      const out = { ...counts };
-      counts.resultMsgs = counts.resultItems = counts.shards = counts.shardItems = 0;
-      return out;
     },
 
     /** Starts (or restarts) sampling the event loop's delay. */
