@@ -15,6 +15,7 @@ import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { recordGc } from './_gc.ts';
 import { serve } from './_rpc.ts';
+import { openJob } from '../test/helpers/store-rows.ts';
 
 const gc = recordGc();
 
@@ -84,18 +85,10 @@ serve(
     },
 
     /** Creates an open job; with `items`, fills it through the store in chunks (untimed). */
-    submit(args: { model: string; items?: number; inputs?: 'seq' | 'calibration'; chunk?: number }) {
+    async submit(args: { model: string; items?: number; inputs?: 'seq' | 'calibration'; chunk?: number }) {
       const h = hub().hub;
       const m = model(args.model);
-      const job = h.createJob({
-        model: args.model,
-        priority: 0,
-        redundancy: 1,
-        deadline: null,
-        requirements: null,
-        options: {},
-        state: 'open',
-      });
+      const job = await h.createJob(openJob(args.model));
       const n = args.items ?? 0;
       const chunk = args.chunk ?? 10_000;
       for (let off = 0; off < n; off += chunk) {
@@ -103,7 +96,7 @@ serve(
         for (let i = off; i < Math.min(n, off + chunk); i++) {
           batch.push({ name: `i${i}`, inputs: packTensors(inputsOf(m, args.inputs ?? 'seq', i + 1)) });
         }
-        h.appendItems(job.id, batch);
+        await h.appendItems(job.id, batch);
       }
       return job.id;
     },

@@ -32,6 +32,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packTensors } from '../protocol/pack.ts';
 import { SqliteStore } from '../server/store/sqlite.ts';
+import { newJob } from '../test/helpers/store-rows.ts';
 import { ROOT, printTable } from './_grid.ts';
 import {
   countStored,
@@ -124,17 +125,7 @@ function storeFloor(items: number, perShard: number, perMsg: number): Row {
   try {
     const sha = '0'.repeat(64);
     const jobId = 'floor';
-    store.createJob({
-      id: jobId,
-      modelName: 'noop',
-      modelSha256: sha,
-      priority: 0,
-      redundancy: 1,
-      deadline: null,
-      requirements: null,
-      options: {},
-      state: 'open',
-    });
+    store.createJob(newJob(jobId, { modelName: 'noop', modelSha256: sha }));
     // The inputs and outputs of a noop item: x[1,4] float32.
     const tensor = (n: number) => ({
       name: 'x',
