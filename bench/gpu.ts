@@ -20,7 +20,7 @@
  * 48x80) on every backend, the hub's models get manifests benchmarking at that size, and the run
  * says so; `--full` keeps the models' own sizes. Prints figures; never fails on time.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
@@ -40,11 +40,10 @@ import type { HubServer } from '../server/app.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import { webGpuCheck } from '../native/backend-select.ts';
 import { probeWebGpu, type AdapterInfo, type WebGpuProbe } from '../native/gpu-probe.ts';
-import { NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
 import { detectNvidiaGpu, type GpuInfo } from '../native/nvidia-smi.ts';
 import { OrtBackend } from '../native/ort-backend.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
-import { ROOT, benchHub, printTable, until } from './_grid.ts';
+import { ROOT, benchHub, printTable, spawnNode, until } from './_grid.ts';
 import { Chromium, submit } from './browser.ts';
 
 const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
@@ -404,27 +403,7 @@ export async function main(args: string[]): Promise<void> {
             } else {
               const state = join(tmp, `${name}-${b}`);
               mkdirSync(state, { recursive: true });
-              node = spawn(
-                process.execPath,
-                [
-                  '--import',
-                  'tsx',
-                  ...NODE_V8_FLAGS,
-                  join(ROOT, 'native/main.ts'),
-                  ...[
-                    '--hub',
-                    hub.url,
-                    '--token',
-                    hub.tokens.joinToken,
-                    '--state',
-                    state,
-                    '--cache',
-                    join(state, 'cache'),
-                  ],
-                  ...['--backend', b, '--name', `gpu-bench-${b}`],
-                ],
-                { cwd: ROOT, stdio: 'ignore', env: nodeEnv({ ...process.env, SHARDHUB_LOG_LEVEL: 'error' }) },
-              );
+              node = spawnNode(hub, state, ['--backend', b, '--name', `gpu-bench-${b}`]);
             }
             const worker = await until(
               `a ${b} worker online`,

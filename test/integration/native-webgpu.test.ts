@@ -12,13 +12,13 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { compareTensors, type WireTensor } from '../../protocol/tensor.ts';
 import type { FairnessReport } from '../../protocol/fairness.ts';
+import type { ModelInfo } from '../../protocol/model.ts';
 import type { WorkerView } from '../../protocol/operator.ts';
 import type { NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import { decideBackend, webGpuCheck, type CudaCheck } from '../../native/backend-select.ts';
 import { probeWebGpu, vulkanLoaderName } from '../../native/gpu-probe.ts';
-import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
 import { asRealGpu, GPU_FAULT_ENV } from '../../native/gpu-fault.ts';
 import { OrtBackend } from '../../native/ort-backend.ts';
 import { MAX_LOSSES, type ThreadedSession } from '../../native/ort-threaded.ts';
@@ -29,8 +29,8 @@ import {
   checkResults,
   jobDone,
   modelPath,
-  spawnTs,
   startHub,
+  startNode,
   tempDir,
   waitFor,
   type Proc,
@@ -44,6 +44,17 @@ const skip = swiftshader
 const swiftEnv = { ...process.env, VK_ICD_FILENAMES: SWIFTSHADER };
 // This process's own sessions (Dawn reads the variable when it starts) use SwiftShader too.
 if (swiftshader) process.env.VK_ICD_FILENAMES = SWIFTSHADER;
+
+/** `n` mlp-small items of 1 to 4 rows, named and drawn from `seed` on. */
+function mlpItems(model: ModelInfo, n: number, seed: number): NamedItem[] {
+  return Array.from({ length: n }, (_, i) => ({
+    name: `i${seed + i}`,
+    tensors: calibrationInputs(
+      { ...model, calibration: { dims: { x: [1 + (i % 4), 64] }, seed: 1 } },
+      seed + i,
+    ),
+  }));
+}
 
 const noCuda = async (): Promise<CudaCheck> => ({ ok: false, reason: 'CUDA provider not installed' });
 
@@ -172,24 +183,9 @@ describe('a native node on webgpu over SwiftShader', { skip }, () => {
     });
     rest = new Rest(hub.url, hub.tokens.operatorToken);
     const state = join(tmp.dir, 'node');
-    node = spawnTs(
-      'native/main.ts',
-      [
-        ...[
-          '--hub',
-          hub.url,
-          '--token',
-          hub.tokens.joinToken,
-          '--state',
-          state,
-          '--cache',
-          join(state, 'cache'),
-        ],
-        ...['--backend', 'webgpu', '--name', 'gpu-node'],
-      ],
-      nodeEnv({ VK_ICD_FILENAMES: SWIFTSHADER }),
-      NODE_V8_FLAGS,
-    );
+    node = startNode(hub.url, hub.tokens.joinToken, state, ['--backend', 'webgpu', '--name', 'gpu-node'], {
+      VK_ICD_FILENAMES: SWIFTSHADER,
+    });
     await waitFor(
       'the webgpu node online',
       () => [...hub.hub.workers.values()].find((w) => w.state === 'online'),
@@ -221,22 +217,9 @@ describe('a native node on webgpu over SwiftShader', { skip }, () => {
   test('mlp-small through the grid: every result within the manifest tolerance of cpu', async () => {
     const model = hub.hub.models.byName('mlp-small');
     assert.ok(model, 'mlp-small is built (npm run models)');
-    const sent: NamedItem[] = Array.from({ length: 40 }, (_, i) => ({
-      name: `i${i}`,
-      tensors: calibrationInputs(
-        { ...model, calibration: { dims: { x: [1 + (i % 4), 64] }, seed: 1 } },
-        100 + i,
-      ),
-    }));
+    const sent = mlpItems(model, 40, 100);
     const jobId = await rest.submit('mlp-small', sent);
-    const status = await waitFor(
-      'job done',
-      async () => {
-        const s = await rest.data('GET', `/api/jobs/${jobId}`);
-        return s.state === 'completed' ? s : undefined;
-      },
-      180_000,
-    );
+    const status = await jobDone(rest, jobId);
     assert.equal(status.done, 40);
     assert.equal(status.failed, 0);
     await checkResults(hub, jobId, sent); // against a standalone cpu session, within the tolerance
@@ -388,13 +371,7 @@ describe('a native node whose GPU keeps losing its device', { skip }, () => {
   const items = (n: number, seed: number): NamedItem[] => {
     const model = hub.hub.models.byName('mlp-small');
     assert.ok(model, 'mlp-small is built (npm run models)');
-    return Array.from({ length: n }, (_, i) => ({
-      name: `i${seed + i}`,
-      tensors: calibrationInputs(
-        { ...model, calibration: { dims: { x: [1 + (i % 4), 64] }, seed: 1 } },
-        seed + i,
-      ),
-    }));
+    return mlpItems(model, n, seed);
   };
 
   before(async () => {
@@ -411,20 +388,12 @@ describe('a native node whose GPU keeps losing its device', { skip }, () => {
     const state = join(tmp.dir, 'node');
     // `--backend auto`, as a GPU server runs; the GPU fault rig (native/gpu-fault.ts) presents
     // SwiftShader as a real GPU, so that auto takes it and may give it up.
-    node = spawnTs(
-      'native/main.ts',
-      [
-        ...['--hub', hub.url, '--token', hub.tokens.joinToken, '--state', state],
-        ...['--cache', join(state, 'cache'), '--name', 'flaky-gpu'],
-      ],
-      nodeEnv({
-        VK_ICD_FILENAMES: SWIFTSHADER,
-        [GPU_FAULT_ENV]: '1',
-        SHARDHUB_LOG_LEVEL: 'info',
-        SHARDHUB_LOG_FORMAT: 'json',
-      }),
-      NODE_V8_FLAGS,
-    );
+    node = startNode(hub.url, hub.tokens.joinToken, state, ['--name', 'flaky-gpu'], {
+      VK_ICD_FILENAMES: SWIFTSHADER,
+      [GPU_FAULT_ENV]: '1',
+      SHARDHUB_LOG_LEVEL: 'info',
+      SHARDHUB_LOG_FORMAT: 'json',
+    });
     const online = await waitFor(
       'the node online on the hub',
       async () =>
