@@ -214,7 +214,7 @@ export class OrtBackend implements Backend, SessionHost {
   }
 
   /**
-   * Fault injection (the GPU fault rig, `fault.ts`): every run on the GPU from now on fails as a
+   * Fault injection (the GPU fault rig, `gpu-fault.ts`): every run on the GPU from now on fails as a
    * lost device, in every session of this backend (threaded sessions only).
    */
   failGpuRuns(): void {

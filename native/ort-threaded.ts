@@ -96,7 +96,7 @@ export interface SessionHost {
   readonly sessionOptions: InferenceSession.SessionOptions;
   /** The GPU failed for good (`why`): returns whether the host now runs on the CPU instead. */
   giveUpGpu(why: string): boolean;
-  /** Fault injection (`fault.ts`): every run on a GPU provider fails as a lost device. */
+  /** Fault injection (`gpu-fault.ts`): every run on a GPU provider fails as a lost device. */
   readonly gpuRunsFail?: boolean;
 }
 
