@@ -3,7 +3,9 @@
  * software Vulkan driver (Debian's `chromium` and `libvulkan1`, installed by `.ci/run`): the probe and
  * the backend choice in each case (software adapter only, no Vulkan driver, no Vulkan loader, forced
  * backend), outputs against the CPU provider's within the models' tolerances (mlp-small through the
- * grid, PaddleOCR detection on the node's backend), and a lost session coming back.
+ * grid, PaddleOCR detection on the node's backend), a lost session coming back, and a node process
+ * whose GPU keeps losing its device (the GPU fault rig, `native/gpu-fault.ts`) falling back to cpu
+ * and registering again as a cpu worker.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
