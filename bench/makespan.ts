@@ -25,6 +25,7 @@ import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import type { SchedulerOptions } from '../server/scheduler/scheduler.ts';
 import { calibrationInputs, withRows } from '../worker/calibration.ts';
 import { benchHub, printTable, spawnNode, until } from './_grid.ts';
+import { openJob } from '../test/helpers/store-rows.ts';
 
 const SPEEDS = [1, 1, 2, 2, 4, 4, 8, 8];
 const MODES: Record<string, Partial<SchedulerOptions>> = {
@@ -103,15 +104,7 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number, 
     if (!model) throw new Error('noop model missing: run `npm run models`');
     const shaped = withRows(model, rows);
     const submit = async (n: number, seed: number, of = model) => {
-      const job = await hub.hub.createJob({
-        model: 'noop',
-        priority: 0,
-        redundancy: 1,
-        deadline: null,
-        requirements: null,
-        options: {},
-        state: 'open',
-      });
+      const job = await hub.hub.createJob(openJob('noop'));
       await hub.hub.appendItems(
         job.id,
         Array.from({ length: n }, (_, i) => ({

@@ -33,6 +33,7 @@ import { calibrationInputs } from '../worker/calibration.ts';
 import { benchHub, printTable, spawnNode, until } from './_grid.ts';
 import { failureReporter, liar, type Hostile } from './_hostile.ts';
 import { numFlag } from './_scale.ts';
+import { openJob } from '../test/helpers/store-rows.ts';
 
 interface Row {
   run: string;
@@ -67,15 +68,7 @@ const freeOf = (hostile: readonly Hostile[], hub: HubServer) =>
 async function submit(hub: HubServer, n: number, seed: number): Promise<string> {
   const model = hub.hub.models.byName('noop');
   if (!model) throw new Error('model noop missing: run `npm run models`');
-  const job = await hub.hub.createJob({
-    model: 'noop',
-    priority: 0,
-    redundancy: 1,
-    deadline: null,
-    requirements: null,
-    options: {},
-    state: 'open',
-  });
+  const job = await hub.hub.createJob(openJob('noop'));
   for (let i = 0; i < n; i += 1000) {
     const rows = [];
     for (let k = i; k < Math.min(n, i + 1000); k++)

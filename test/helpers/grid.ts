@@ -98,13 +98,20 @@ export function spawnTs(
 
 /**
  * Starts a native node child process, with the flags and malloc settings `shardhub node` runs with
- * (so it does not start a child of its own, and a test's signals reach the node itself).
+ * (so it does not start a child of its own, and a test's signals reach the node itself), and `env`
+ * over this process's environment.
  */
-export function startNode(hubUrl: string, token: string, stateDir: string, extra: string[] = []): Proc {
+export function startNode(
+  hubUrl: string,
+  token: string,
+  stateDir: string,
+  extra: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): Proc {
   return spawnTs(
     'native/main.ts',
     ['--hub', hubUrl, '--token', token, '--state', stateDir, '--cache', join(stateDir, 'cache'), ...extra],
-    nodeEnv({}),
+    nodeEnv(env),
     NODE_V8_FLAGS,
   );
 }
