@@ -106,6 +106,7 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly confirmTimer: NodeJS.Timeout;
   private closed = false;
   private lastFigures = 0;
+  private readonly book: TrustBook;
   /** Chunk claims, when other hubs share the store (`hub/claims.ts`). */
   private readonly claims: ChunkClaims | undefined;
   /** This hub's name in the store (the hubs view, workers' `hub` field). */
@@ -162,6 +163,7 @@ export class Hub extends EventEmitter<HubEvents> {
     const lease = () => this.keeper.lease;
     this.watchLease();
     const book = new TrustBook(trustCache, opts.trust);
+    this.book = book;
     const verifier = new Verifier(trustCache, book);
     // Parts built later are reached through these closures, called only once all exist.
     const scheduler = new Scheduler({
@@ -392,8 +394,9 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   /** Stores a worker's identity and capabilities (at registration, before `registerWorker`). */
-  rememberWorker(rec: WorkerRecord): Promise<void> {
-    return this.registry.remember(rec);
+  async rememberWorker(rec: WorkerRecord): Promise<void> {
+    const [, trust] = await Promise.all([this.registry.remember(rec), this.store.trustOf(rec.id)]);
+    if (trust) this.book.adopt(trust); // another hub's verdict on this worker, if any
   }
 
   /** A worker registered (new, or the same worker again after a reconnect). */

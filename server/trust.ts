@@ -78,6 +78,15 @@ export class TrustBook {
     );
   }
 
+  /**
+   * Takes a record as another hub left it in the shared store (read when the worker registers
+   * here): a quarantine decided anywhere holds everywhere. Not written back.
+   */
+  adopt(r: TrustRecord): void {
+    const mine = this.cache.get(r.workerId);
+    if (!mine || r.at >= mine.at || (r.quarantined && !mine.quarantined)) this.cache.set(r.workerId, r);
+  }
+
   private put(r: TrustRecord): TrustRecord {
     this.cache.set(r.workerId, r);
     this.store.putTrust(r);

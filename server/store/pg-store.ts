@@ -130,7 +130,7 @@ function toTrust(r: Record<string, unknown>): TrustRecord {
     strikes: r.strikes as number,
     quarantined: r.quarantined as boolean,
     reason: (r.reason as string | null) ?? null,
-    at: r.at as number,
+    at: Number(r.at),
   };
 }
 

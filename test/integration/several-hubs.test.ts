@@ -151,6 +151,37 @@ describe('several hubs on one PostgreSQL store', () => {
       );
       const hubsView = await new Rest(b.url, OPERATOR).data('GET', '/api/hubs');
       assert.equal(hubsView.hubs.filter((h: { state: string }) => h.state === 'live').length, 2);
+
+      // A quarantine is the store's: a worker quarantined on one hub is quarantined on all. Hub a
+      // and its workers stop first (what hub a still had to write is written as it closes).
+      for (const w of workers.splice(0, 2)) await w.close();
+      await (hubs.shift() as HubServer).close();
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      await c.query(
+        `INSERT INTO worker_trust (worker_id, validated, streak, strikes, quarantined, reason, at)
+         VALUES ('sim-hub0-0', 0, 0, 2, true, 'wrong canary (test)', $1)
+         ON CONFLICT (worker_id) DO UPDATE SET quarantined = true, at = $1`,
+        [Date.now()],
+      );
+      await c.end();
+      workers.push(await simWorker(b.url, 'sim-hub0-0'));
+      await waitFor(
+        'hub b lists the worker quarantined',
+        async () =>
+          (
+            (await new Rest(b.url, OPERATOR).data('GET', '/api/workers')).workers as {
+              id: string;
+              state: string;
+            }[]
+          ).some((w) => w.id === 'sim-hub0-0' && w.state === 'quarantined'),
+        20_000,
+      ).catch(async (err: Error) => {
+        const list = await new Rest(b.url, OPERATOR).data('GET', '/api/workers');
+        throw new Error(
+          `${err.message}: ${JSON.stringify(list.workers.map((w: { id: string; state: string }) => [w.id, w.state]))}`,
+        );
+      });
     } finally {
       for (const w of workers) await w.close();
       for (const h of hubs) await h.close();
