@@ -9,6 +9,7 @@
  * cannot disagree; what only the hub sends (`shard:assign`, revocations, notices) is written here
  * once. Everything is imported as types only: the pages and workers that use this file bundle no zod.
  */
+import type { WorkerView } from './operator.ts';
 import type { z } from 'zod';
 import type { ModelInfo } from './model.ts';
 import type {
@@ -184,7 +185,10 @@ export interface WorkerFigures {
 }
 
 /** Events between hubs (Socket.IO's server-side events): none, a hub runs alone. */
-export type InterHubEvents = Record<never, never>;
+export interface InterHubEvents {
+  /** Several hubs (through the Postgres adapter): each answers with its own workers. */
+  'hub:workers': (ack: (workers: WorkerView[]) => void) => void;
+}
 
 /** Events the hub sends to a worker. */
 export interface HubToWorkerEvents {

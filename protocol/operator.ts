@@ -66,6 +66,8 @@ export interface WorkerView {
   device: string;
   /** Accepted results per second over the last few seconds. */
   rate: number;
+  /** The hub it is connected to, when several hubs share a store (absent on a hub alone). */
+  hub?: string;
   /** Figures on each running job it can take part in, highest priority first. */
   jobs: WorkerJobFigures[];
   /** The first of `jobs`, flattened for sorting: benchmark, weight, observed, fair share and share. */

@@ -13,6 +13,7 @@ import { DTYPES, type WireTensor } from '../protocol/tensor.ts';
 import { JobRequirementsSchema, JsonOptionsSchema, describeZodError } from '../protocol/schemas.ts';
 import { UploadManifestSchema } from '../models/manifest-schema.ts';
 import type { ModelInfo } from '../protocol/model.ts';
+import type { WorkerView } from '../protocol/operator.ts';
 import { readOnnxSignatureFile } from '../models/onnx-signature.ts';
 import { bearer, tokenMatches } from './auth.ts';
 import { inputProblem } from './check.ts';
@@ -89,7 +90,12 @@ function param(req: Request, name: string): string {
 }
 
 /** Builds the `/api` router. */
-export function apiRouter(hub: Hub, operatorToken: string): express.Router {
+export function apiRouter(
+  hub: Hub,
+  operatorToken: string,
+  /** With several hubs: the other hubs' workers (`GET /api/workers` lists every hub's). */
+  remoteWorkers?: () => Promise<WorkerView[]>,
+): express.Router {
   const r = express.Router();
   const json = express.json({ limit: LIMITS.jsonBodyBytes * 16 });
   const raw = (limit: number) => express.raw({ type: () => true, limit });
@@ -350,8 +356,30 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
     });
   });
 
-  r.get('/workers', (req, res) => {
+  r.get('/workers', async (req, res) => {
     const q = parse(WorkersQuerySchema, req.query);
+    if (remoteWorkers) {
+      const figures = WorkerFigures.of(hub);
+      const all = [
+        ...[...hub.workers.values()].map((w) => ({
+          ...workerJson(w, figures),
+          probation: hub.probationOf(w.id),
+          hub: hub.hubId,
+        })),
+        ...(await remoteWorkers()),
+      ].filter(
+        (w) =>
+          (!q.kind || w.kind === q.kind) &&
+          (!q.backend || w.backend === q.backend) &&
+          (q.pool === undefined || w.pool === q.pool) &&
+          (q.minCores === undefined || w.cores >= q.minCores) &&
+          (q.minGpuMemory === undefined || (w.gpuMemoryBytes ?? 0) >= q.minGpuMemory) &&
+          (q.online === undefined || w.online === (q.online === 'true')),
+      );
+      const page = all.slice(q.offset, q.offset + q.limit);
+      const next = q.offset + page.length < all.length ? q.offset + page.length : null;
+      return void res.json({ data: { workers: page, total: all.length, offset: q.offset, next } });
+    }
     const filter = {
       kind: q.kind,
       backend: q.backend,

@@ -26,6 +26,10 @@ import { attachOperatorNamespace, type OperatorNamespace } from './operator.ts';
 import { openApiDocument } from './openapi.ts';
 import { version } from './options.ts';
 import { openStore } from './store/open-store.ts';
+import { WorkerFigures, workerJson } from './workers.ts';
+import type { WorkerView } from '../protocol/operator.ts';
+import { createAdapter } from '@socket.io/postgres-adapter';
+import pg from 'pg';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
 
@@ -112,6 +116,7 @@ export class HubServer {
     readonly url: string,
     readonly port: number,
     private readonly stopOperator: () => void,
+    private readonly closeAdapter: () => Promise<void>,
   ) {}
 
   /** Opens the store, loads models, listens. */
@@ -164,7 +169,24 @@ export class HubServer {
     // The API's OpenAPI document is public, like /api/health (server/openapi.ts).
     const openApi = openApiDocument(version());
     app.get('/api/openapi.json', (_req, res) => void res.json(openApi));
-    app.use('/api', apiRouter(hub, tokens.operatorToken));
+    // Several hubs: what crosses hubs (dashboards' live updates, every hub's workers) goes through
+    // Socket.IO's Postgres adapter (LISTEN/NOTIFY on the store's database); `io` is made below.
+    const peers: { io?: HubIo } = {};
+    const remoteWorkers = hub.shared
+      ? async (): Promise<WorkerView[]> => {
+          try {
+            const replies = (peers.io as HubIo).serverSideEmitWithAck('hub:workers');
+            const late = new Promise<never>((_, fail) =>
+              setTimeout(() => fail(new Error('no answer within 2 s')), 2000).unref(),
+            );
+            return (await Promise.race([replies, late])).flat();
+          } catch (err) {
+            log.warn({ err }, 'not every hub listed its workers in time');
+            return [];
+          }
+        }
+      : undefined;
+    app.use('/api', apiRouter(hub, tokens.operatorToken, remoteWorkers));
     app.use(metricsRouter(hub, tokens.operatorToken));
     if (existsSync(config.staticDir)) {
       app.use(express.static(config.staticDir, { index: 'index.html' }));
@@ -195,6 +217,31 @@ export class HubServer {
       ),
       pingTimeout: Math.max(2000, config.hub.offlineAfterMs ?? DEFAULT_HUB_OPTIONS.offlineAfterMs),
     });
+    let adapterPool: pg.Pool | undefined;
+    if (hub.shared && config.store) {
+      adapterPool = new pg.Pool({ connectionString: config.store, max: 2 });
+      adapterPool.on('error', (err) => log.warn({ err }, 'hub-to-hub channel: connection failed'));
+      await adapterPool.query(
+        `CREATE TABLE IF NOT EXISTS socket_io_attachments (
+           id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)`,
+      );
+      io.adapter(
+        createAdapter(adapterPool, {
+          errorHandler: (err) => log.warn({ err }, 'hub-to-hub channel failed'),
+        }),
+      );
+      peers.io = io;
+      io.on('hub:workers', (ack) => {
+        const figures = WorkerFigures.of(hub);
+        ack(
+          [...hub.workers.values()].map((w) => ({
+            ...workerJson(w, figures),
+            probation: hub.probationOf(w.id),
+            hub: hub.hubId,
+          })),
+        );
+      });
+    }
     const workers: WorkerNamespace = io.of('/worker');
     attachWorkerGateway(workers, hub, {
       joinToken: tokens.joinToken,
@@ -219,6 +266,9 @@ export class HubServer {
       `http://${shownHost}:${port}`,
       port,
       stopOperator,
+      async () => {
+        await adapterPool?.end();
+      },
     );
     log.info({ url: server.url, dataDir }, 'hub listening');
     return server;
@@ -240,6 +290,7 @@ export class HubServer {
         this.http.closeAllConnections?.();
         await Promise.race([done, new Promise((ok) => setTimeout(ok, 50))]);
       }
+      await this.closeAdapter();
       await this.hub.closeStores();
     })();
     return this.closing;

@@ -112,6 +112,11 @@ export class Hub extends EventEmitter<HubEvents> {
   /** This hub's name in the store (the hubs view, workers' `hub` field). */
   readonly hubId: string;
 
+  /** Whether other hubs share the store (PostgreSQL). */
+  get shared(): boolean {
+    return this.store.severalHubs;
+  }
+
   /** Which store the hub runs on. */
   get storeKind(): 'sqlite' | 'postgres' {
     return this.store.kind;

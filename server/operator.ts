@@ -83,7 +83,8 @@ export function attachOperatorNamespace(
       const jobRates = jobRatesOf(hub);
       for (const id of [...jobRates.jobs()]) if (!ids.has(id)) jobRates.forget(id);
     }
-    if (nsp.sockets.size === 0) {
+    // With several hubs, dashboards on the other hubs see this one's updates (the adapter).
+    if (nsp.sockets.size === 0 && !hub.shared) {
       jobs.clear();
       fairnessDue.clear();
       sent.clear();
@@ -107,7 +108,7 @@ export function attachOperatorNamespace(
 
     if (everySecond) {
       for (const id of fairnessDue) {
-        if (!nsp.adapter.rooms.get(room(id))?.size) continue;
+        if (!hub.shared && !nsp.adapter.rooms.get(room(id))?.size) continue;
         const job = await hub.jobs.get(id);
         const report =
           job && (await hub.fairnessOf(id, job.state === 'completed' || job.state === 'cancelled'));
@@ -120,7 +121,11 @@ export function attachOperatorNamespace(
     const workerViews: WorkerView[] = [];
     for (const w of hub.workers.values()) {
       if (!everySecond && sent.has(w.id)) continue;
-      const view: WorkerView = { ...workerJson(w, figures), probation: hub.probationOf(w.id) };
+      const view: WorkerView = {
+        ...workerJson(w, figures),
+        probation: hub.probationOf(w.id),
+        ...(hub.shared ? { hub: hub.hubId } : {}),
+      };
       const print = fingerprint(view);
       if (sent.get(w.id) === print) continue;
       sent.set(w.id, print);

@@ -134,6 +134,16 @@ describe('several hubs on one PostgreSQL store', () => {
       const [a, b] = hubs as [HubServer, HubServer];
       for (const [i, h] of hubs.entries())
         for (let k = 0; k < 2; k++) workers.push(await simWorker(h.url, `sim-hub${i}-${k}`));
+      // A dashboard on hub b sees hub a's workers live (the Postgres adapter carries the updates).
+      const dashboard = io(`${b.url}/operator`, {
+        auth: { token: OPERATOR },
+        forceNew: true,
+        transports: ['websocket'],
+      });
+      const seen = new Map<string, string | undefined>();
+      dashboard.on('workers:updated', (views: { id: string; hub?: string }[]) => {
+        for (const v of views) seen.set(v.id, v.hub);
+      });
       const sent = items(3000, 1);
       const jobId = await new Rest(a.url, OPERATOR).submit('noop', sent);
       const view = await jobDone(new Rest(b.url, OPERATOR), jobId, 120_000);
@@ -149,6 +159,25 @@ describe('several hubs on one PostgreSQL store', () => {
         ran('sim-hub0-') > 0 && ran('sim-hub1-') > 0,
         `both hubs' workers ran items (${ran('sim-hub0-')}, ${ran('sim-hub1-')})`,
       );
+      await waitFor(
+        "hub a's workers on hub b's dashboard",
+        () => seen.has('sim-hub0-0') && seen.has('sim-hub1-0'),
+        20_000,
+      );
+      dashboard.close();
+      const hubIds = new Set([a.hub.hubId, b.hub.hubId]);
+      assert.equal(seen.get('sim-hub0-0'), a.hub.hubId, 'each row says which hub its worker is on');
+      assert.equal(seen.get('sim-hub1-0'), b.hub.hubId);
+      // GET /api/workers on either hub lists every hub's workers.
+      const listed = (await new Rest(b.url, OPERATOR).data('GET', '/api/workers')).workers as {
+        id: string;
+        hub: string;
+      }[];
+      for (const id of ['sim-hub0-0', 'sim-hub0-1', 'sim-hub1-0', 'sim-hub1-1'])
+        assert.ok(
+          listed.some((w) => w.id === id && hubIds.has(w.hub)),
+          `${id} is listed with its hub`,
+        );
       const hubsView = await new Rest(b.url, OPERATOR).data('GET', '/api/hubs');
       assert.equal(hubsView.hubs.filter((h: { state: string }) => h.state === 'live').length, 2);
 
