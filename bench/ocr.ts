@@ -85,11 +85,11 @@ export async function main(argv: string[]): Promise<void> {
       50,
     );
     const svc = await OcrService.of(hub.hub);
-    const warm = svc.submit([pages[0]!]);
+    const warm = await svc.submit([pages[0]!]);
     await svc.wait(warm.id);
     const cpu0 = process.cpuUsage();
     t0 = performance.now();
-    const run = svc.submit(pages);
+    const run = await svc.submit(pages);
     const result = await svc.wait(run.id);
     const gridS = (performance.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);

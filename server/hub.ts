@@ -288,6 +288,11 @@ export class Hub extends EventEmitter<HubEvents> {
     this.lifecycle.endStream(jobId);
   }
 
+  /** Records an event in a job's log (a pipeline keeps its pages' outcomes there, for restarts). */
+  addJobEvent(jobId: string, type: string, data: Record<string, unknown>): void {
+    this.lifecycle.addEvent(jobId, type, data, Date.now());
+  }
+
   /** The job, or a `unknown_job` error (404). */
   requireJob(jobId: string): JobRecord {
     return this.lifecycle.require(jobId);
