@@ -129,6 +129,7 @@ async function ocrCommand(cmd: Command, io: CliIo): Promise<number> {
         priority,
         cache: useCache,
       });
+      bar.log(`OCR run ${run.id}: ${chunk.length} page(s)`, io.stderr);
       const onWait = () =>
         bar.log(`the hub at ${hub} does not answer; waiting for it to come back`, io.stderr);
       let view = run;

@@ -218,7 +218,9 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   private jobSpec(stage: Stage, pipeline: StageOptions) {
     return {
       model: MODELS[stage],
-      priority: this.opts.priority ?? 0,
+      // Later stages a step ahead: a worker's top-up serves the lines of pages already detected
+      // before more pages, so a page's lines are read while later pages are still in detection.
+      priority: Math.min(100, (this.opts.priority ?? 0) + STAGES.indexOf(stage)),
       redundancy: this.opts.redundancy ?? 1,
       deadline: null,
       requirements: null,
