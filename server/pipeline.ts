@@ -21,7 +21,7 @@ import { EventEmitter } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Quad } from '../pipeline/image.ts';
+import type { Quad, Rgba } from '../pipeline/image.ts';
 import {
   assemblePage,
   lineRegion,
@@ -110,6 +110,8 @@ const STEPS: Record<Stage, StepRef> = {
 };
 /** The event of a run's first detection job that records one page's outcome. */
 const PAGE_EVENT = 'ocr_page';
+/** The event of a stage job the run cancelled because nothing of it ran (not an operator's cancel). */
+const UNUSED_EVENT = 'ocr_unused';
 
 /** What a stage job's options say of its run; the run's first job also holds its pages. */
 interface StageOptions {
@@ -173,6 +175,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   private readonly stages: Record<Stage, StageJobs>;
   /** Pages sent to detection whose boxes have not come back. */
   private readonly inDetection = new Set<number>();
+  /** Their decoded pixels (after a restart, read from their stored items instead). */
+  private readonly pixels = new Map<number, Rgba>();
   /** The anchor job, before its first item sealed it. */
   private unsealedAnchor: string | undefined;
   /** Replaying a stored run: outcomes read from the record are not recorded again. */
@@ -273,6 +277,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     }
     delete p.boxes;
     delete p.paths;
+    this.pixels.delete(i);
     if (this.inDetection.delete(i)) this.emit('page');
     if (this.finishedAt === null && this.pages.every((x) => x.result)) {
       this.finishedAt = at;
@@ -286,6 +291,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   /** Cancels a job of the run that has nothing to run (already ended: nothing to do). */
   private cancelQuietly(jobId: string): void {
     this.svc.unwatch(jobId);
+    // Marked, so that a restart tells it from a stage job an operator cancelled.
+    this.hub.addJobEvent(jobId, UNUSED_EVENT, {});
     (async () => this.hub.cancelJob(jobId))().catch((err: unknown) => {
       if (!(err instanceof HubError))
         this.hub.log.error({ err, run: this.id, jobId }, 'OCR run: cancelling failed');
@@ -405,7 +412,11 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       }
       let pack: Uint8Array;
       try {
-        pack = packTensors([pageTensor(decodeImage(input.bytes, clean(input.name, 80)))]);
+        const page = decodeImage(input.bytes, clean(input.name, 80));
+        pack = packTensors([pageTensor(page)]);
+        // Kept while in detection (at most OCR_PAGES_IN_FLIGHT), so its lines are cut without
+        // reading the page back from the store.
+        this.pixels.set(i, readPage(unpackTensors(pack)));
       } catch (err) {
         if (!(err instanceof ImageError)) throw err;
         this.fail(i, 'decode', err.message);
@@ -472,6 +483,20 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     if (stage === 'cls') await this.feed('rec', next);
   }
 
+  /** A job's items with their stored inputs. */
+  private async storedItems(jobId: string): Promise<NewItem[]> {
+    const out: NewItem[] = [];
+    for (let offset = 0; ; offset += 100) {
+      const items = await this.hub.jobs.items(jobId, { offset, limit: 100 });
+      const packs = await this.hub.jobs.inputs(items.map((it) => it.id));
+      for (const it of items) {
+        const pack = packs.get(it.id);
+        if (pack) out.push({ name: it.name, inputs: pack });
+      }
+      if (items.length < 100) return out;
+    }
+  }
+
   /** The item's own inputs, as stored. */
   private async inputsOf(itemId: number): Promise<WireTensor[]> {
     const pack = (await this.hub.jobs.inputs([itemId])).get(itemId);
@@ -486,7 +511,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     if (!t) throw new Error('detection result has no boxes');
     if ((t.dims[0] ?? 0) > DB_MAX_CANDIDATES)
       throw new Error(`${t.dims[0]} boxes: the step gives at most ${DB_MAX_CANDIDATES}`);
-    const page = readPage(await this.inputsOf(itemId));
+    const page = this.pixels.get(i) ?? readPage(await this.inputsOf(itemId));
     const v = asTypedArray(t) as Float32Array;
     const found: MapBox[] = [];
     for (let k = 0; k < (t.dims[0] ?? 0); k++) {
@@ -495,6 +520,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       found.push({ quad: q, score: v[o + 8] as number });
     }
     const boxes = pageLines(found, detInputSize(page.width, page.height), page);
+    this.pixels.delete(i);
     if (this.inDetection.delete(i)) this.emit('page');
     if (boxes.length === 0) {
       this.finish(i, { name: p.name, ...assemblePage(page, [], [], this.svc.chars) });
@@ -522,7 +548,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     outputs: WireTensor[],
   ): Promise<NewItem[]> {
     const t = outputs[0];
-    if (!p.boxes || !t || t.dtype !== 'float32') return [];
+    if (!p.boxes) return [];
+    if (!t || t.dtype !== 'float32') throw new Error('direction result has no probabilities');
     const line = readLine(await this.inputsOf(itemId));
     return [
       {
@@ -592,12 +619,18 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     }
     const done: Record<Stage, number[]> = { det: [], cls: [], rec: [] };
     const ended: [Stage, string, string][] = [];
+    const refeed: NewItem[] = [];
     for (const job of jobs) {
       const stage = (stageOptions(job) as StageOptions).stage;
       const s = this.stages[stage];
-      if (job.state === 'open') {
-        // Never sealed: its items never ran. It ends; its pages are given again below.
-        this.cancelQuietly(job.id);
+      const unused =
+        job.state === 'cancelled' &&
+        (await this.hub.jobs.events(job.id, { type: UNUSED_EVENT, limit: 1 })).length > 0;
+      if (job.state === 'open' || unused) {
+        // Never sealed: its items never ran, and it ends. Its pages go to detection again below;
+        // later stages' items are made again from the stage before.
+        if (stage === 'det') refeed.push(...(await this.storedItems(job.id)));
+        if (!unused) this.cancelQuietly(job.id);
         continue;
       }
       s.ids.push(job.id);
@@ -620,6 +653,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     this.hub.log.info({ run: this.id, jobs: jobs.length }, 'OCR run resumed');
     this.then(async () => {
       for (const st of STAGES) if (done[st].length) await this.committed(st, done[st]);
+      for (const it of refeed) this.inDetection.add(lineage(it.name).page);
+      await this.feed('det', refeed);
       // The hub stopped before these pages were stored for detection: their bytes are gone.
       const lost = 'the hub restarted before this page was stored; submit it again';
       this.pages.forEach((p, i) => {
@@ -693,8 +728,14 @@ export class OcrService {
     anchors.sort((a, b) => a.anchor.createdAt - b.anchor.createdAt);
     for (const { anchor, jobs, p } of anchors.slice(-OCR_RUNS_KEPT)) {
       const run = new OcrRun(this, p.run, p.pages ?? [], p.opts ?? {}, p.createdAt ?? anchor.createdAt);
+      try {
+        await run.restore(anchor, jobs);
+      } catch (err) {
+        // One run's record that cannot be read costs that run, not the service.
+        this.hub.log.error({ err, run: clean(p.run, 80) }, 'OCR run could not be rebuilt');
+        continue;
+      }
       this.runs.set(p.run, run);
-      await run.restore(anchor, jobs);
       if (run.finishedAt === null)
         run.once('done', () => this.hub.log.info({ run: p.run }, 'OCR run completed'));
     }
