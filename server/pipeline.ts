@@ -278,6 +278,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     delete p.boxes;
     delete p.paths;
     this.pixels.delete(i);
+    this.sizes.delete(i);
     if (this.inDetection.delete(i)) this.emit('page');
     if (this.finishedAt === null && this.pages.every((x) => x.result)) {
       this.finishedAt = at;
