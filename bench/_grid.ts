@@ -60,13 +60,13 @@ export function spawnNode(hub: HubServer, stateDir: string, args: string[]): Chi
 /** Polls until `check` is truthy. */
 export async function until<T>(
   what: string,
-  check: () => T,
+  check: () => T | Promise<T>,
   timeoutMs = 60_000,
   everyMs = 5,
 ): Promise<NonNullable<T>> {
   const end = Date.now() + timeoutMs;
   for (;;) {
-    const v = check();
+    const v = await check();
     if (v) return v as NonNullable<T>;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((ok) => setTimeout(ok, everyMs));

@@ -6,7 +6,6 @@
  */
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { Dispatch } from '../server/hub/dispatch.ts';
 import { HubServer, type HubConfig } from '../server/app.ts';
 import { createLogger } from '../server/logger.ts';
 import type { JobRecord } from '../server/store/store.ts';
@@ -16,14 +15,13 @@ import { packTensors } from '../protocol/pack.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { recordGc } from './_gc.ts';
 import { serve } from './_rpc.ts';
+import { openJob } from '../test/helpers/store-rows.ts';
 
 const gc = recordGc();
 
 let server: HubServer | undefined;
 const completed = new Map<string, { cpuUs: number; t: number }>();
 const requeues: { workerId: string; items: number; reason: string; t: number }[] = [];
-/** Results messages and shards the hub handled (counted by wrapping its methods; benchmark only). */
-const counts = { resultMsgs: 0, resultItems: 0, shards: 0, shardItems: 0 };
 let lag: ReturnType<typeof monitorEventLoopDelay> | undefined;
 
 const now = () => performance.timeOrigin + performance.now();
@@ -74,23 +72,6 @@ serve(
         { host: '127.0.0.1', port: 0, ...args.config },
         createLogger('hub', process.env.SHARDHUB_LOG_LEVEL ?? 'error'),
       );
-      const h = server.hub as unknown as { acceptResults: (w: string, r: unknown[]) => unknown };
-      const accept = h.acceptResults.bind(h);
-      h.acceptResults = (w, r) => {
-        counts.resultMsgs++;
-        counts.resultItems += r.length;
-        return accept(w, r);
-      };
-      // Every batch of assignments the hub sends (its dispatch's `send`, private: counted here only).
-      const dispatch = Dispatch.prototype as unknown as { send: (a: { itemIds: number[] }[]) => void };
-      const send = dispatch.send;
-      dispatch.send = function (this: unknown, a) {
-        for (const x of a) {
-          counts.shards++;
-          counts.shardItems += x.itemIds.length;
-        }
-        send.call(this, a);
-      };
       server.hub.on('job:completed', (id) => completed.set(id, { cpuUs: cpuUs(), t: now() }));
       server.hub.on('items:requeued', (e) =>
         requeues.push({ workerId: e.workerId, items: e.items, reason: e.reason, t: now() }),
@@ -104,18 +85,10 @@ serve(
     },
 
     /** Creates an open job; with `items`, fills it through the store in chunks (untimed). */
-    submit(args: { model: string; items?: number; inputs?: 'seq' | 'calibration'; chunk?: number }) {
+    async submit(args: { model: string; items?: number; inputs?: 'seq' | 'calibration'; chunk?: number }) {
       const h = hub().hub;
       const m = model(args.model);
-      const job = h.createJob({
-        model: args.model,
-        priority: 0,
-        redundancy: 1,
-        deadline: null,
-        requirements: null,
-        options: {},
-        state: 'open',
-      });
+      const job = await h.createJob(openJob(args.model));
       const n = args.items ?? 0;
       const chunk = args.chunk ?? 10_000;
       for (let off = 0; off < n; off += chunk) {
@@ -123,7 +96,7 @@ serve(
         for (let i = off; i < Math.min(n, off + chunk); i++) {
           batch.push({ name: `i${i}`, inputs: packTensors(inputsOf(m, args.inputs ?? 'seq', i + 1)) });
         }
-        h.appendItems(job.id, batch);
+        await h.appendItems(job.id, batch);
       }
       return job.id;
     },
@@ -144,7 +117,7 @@ serve(
       for (;;) {
         const c = completed.get(args.jobId);
         if (c) {
-          const f = hub().hub.fairnessOf(args.jobId, true);
+          const f = await hub().hub.fairnessOf(args.jobId, true);
           const sched = f
             ? {
                 steals: f.steals,
@@ -159,15 +132,15 @@ serve(
                 timeline: f.timeline.slice(0, 60),
               }
             : undefined;
-          return { ...c, job: jobView(hub().hub.jobs.get(args.jobId)), sched };
+          return { ...c, job: jobView(await hub().hub.jobs.get(args.jobId)), sched };
         }
         if (Date.now() > end) throw new Error(`job ${args.jobId} not done in time`);
         await new Promise((ok) => setTimeout(ok, 20));
       }
     },
 
-    job(args: { jobId: string }) {
-      return jobView(hub().hub.jobs.get(args.jobId));
+    async job(args: { jobId: string }) {
+      return jobView(await hub().hub.jobs.get(args.jobId));
     },
 
     /**
@@ -221,13 +194,6 @@ serve(
     retained() {
       (globalThis as { gc?: () => void }).gc?.();
       return { heapMb: process.memoryUsage().heapUsed / 2 ** 20 };
-    },
-
-    /** Results messages and shards handled so far (and resets the counts). */
-    counts() {
-      const out = { ...counts };
-      counts.resultMsgs = counts.resultItems = counts.shards = counts.shardItems = 0;
-      return out;
     },
 
     /** Starts (or restarts) sampling the event loop's delay. */

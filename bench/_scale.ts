@@ -166,6 +166,22 @@ export async function startWorkerProcesses(
   return children;
 }
 
+/** What worker processes' sockets received and sent since the last call, summed (`_worker-child.ts`). */
+export interface MessageCounts {
+  resultMsgs: number;
+  resultItems: number;
+  shards: number;
+  shardItems: number;
+}
+
+/** Takes (and resets) the message counts of worker processes, summed over them. */
+export async function takeCounts(children: RpcChild[]): Promise<MessageCounts> {
+  const all = await Promise.all(children.map((c) => c.call<MessageCounts>('counts')));
+  const sum: MessageCounts = { resultMsgs: 0, resultItems: 0, shards: 0, shardItems: 0 };
+  for (const c of all) for (const k of Object.keys(sum) as (keyof MessageCounts)[]) sum[k] += c[k];
+  return sum;
+}
+
 /** Waits until `check` resolves truthy, polling every `everyMs`. */
 export async function waitFor(
   what: string,

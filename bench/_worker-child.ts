@@ -76,6 +76,12 @@ const samples: number[] = [];
 const sentSamples: number[] = [];
 const sampleTimes: number[] = [];
 let untimedAssigns = 0;
+/**
+ * What these workers received and sent, counted on their sockets: `shard:assign` messages and their
+ * items, `items:done` messages and their results (the dispatch and connections benches' per-message
+ * figures, measured outside the hub).
+ */
+const counts = { resultMsgs: 0, resultItems: 0, shards: 0, shardItems: 0 };
 const clock = () => performance.timeOrigin + performance.now();
 
 function firstFloat(t: WireTensor | undefined): number {
@@ -185,6 +191,16 @@ async function startOne(setup: WorkerSetup, i: number): Promise<void> {
     serverDisconnects++;
     setTimeout(() => !stopping && socket.connect(), 250 + Math.random() * 500);
   });
+  socket.on('shard:assign', (shard: ShardAssign) => {
+    counts.shards++;
+    counts.shardItems += shard.items.length + (shard.packed?.ids.length ?? 0);
+  });
+  socket.onAnyOutgoing((event: string, ...args: unknown[]) => {
+    if (event !== 'items:done') return;
+    const msg = args[0] as ItemsDone;
+    counts.resultMsgs++;
+    counts.resultItems += msg.results.length + (msg.packed ?? []).reduce((n, p) => n + p.ids.length, 0);
+  });
   const timed: Timed | undefined = setup.timing ? { finished: new Map(), unacked: [] } : undefined;
   if (timed) instrument(socket, timed);
   const agent = new WorkerAgent({
@@ -235,6 +251,13 @@ serve(
         if (s.connected) connected++;
       }
       return { done, connected, workers: agents.length, serverDisconnects };
+    },
+
+    /** Messages received and sent so far (and resets the counts); see `counts`. */
+    counts() {
+      const out = { ...counts };
+      counts.resultMsgs = counts.resultItems = counts.shards = counts.shardItems = 0;
+      return out;
     },
 
     /** Latency samples in ms (and clears them). */

@@ -281,8 +281,8 @@ async function runJob(hub: HubServer, model: string, items: NamedItem[]): Promis
   const id = await submit(hub, model, items);
   const job = await until(
     `job ${id} completed`,
-    () => {
-      const j = hub.hub.jobs.get(id);
+    async () => {
+      const j = await hub.hub.jobs.get(id);
       return j?.state === 'completed' ? j : undefined;
     },
     15 * 60_000,

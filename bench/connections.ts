@@ -49,6 +49,7 @@ import {
   startHubProcess,
   startWorkerProcesses,
   stopAll,
+  takeCounts,
   trustedNodes,
   warmUp,
 } from './_scale.ts';
@@ -166,7 +167,7 @@ async function measure(
     const items = Math.round((workers * seconds * 1000) / itemMs);
     const jobId = await hub.rpc.call<string>('submit', { model: 'noop', items });
     let peakRss = memIdle.rssMb;
-    await hub.rpc.call('counts'); // from zero: the warm-up's messages are not the job's
+    await takeCounts(children); // from zero: the warm-up's messages are not the job's
     const workersCpu = () => Promise.all(children.map((c) => c.call<{ cpuUs: number }>('cpu')));
     const cpu0 = await workersCpu();
     const gcPauses = () => Promise.all([hub.rpc, ...children].map((c) => c.call<GcPause[]>('gcPauses')));
@@ -191,7 +192,7 @@ async function measure(
     const cpu1 = await workersCpu();
     const gcs = await gcPauses();
     const workersCpuUs = cpu1.reduce((n, c, i) => n + c.cpuUs - (cpu0[i]?.cpuUs ?? 0), 0);
-    const { resultMsgs } = await hub.rpc.call<{ resultMsgs: number }>('counts');
+    const { resultMsgs } = await takeCounts(children);
     const mem = await hub.rpc.call<{ rssMb: number; maxRssMb: number; heapMb: number }>('mem');
     peakRss = Math.max(peakRss, mem.rssMb);
     const stats = await Promise.all(

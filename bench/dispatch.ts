@@ -16,7 +16,8 @@
  * - Nodes are trusted (`trust.trustNative`: joined with the join token, results accepted without a
  *   replica; canaries stay on) and every node benchmarks the model first (a warm-up job). Items/s
  *   runs from sealing the measured job (all its inputs already in the store; the pre-flight check
- *   included) to the hub's `job:completed`.
+ *   included) to the hub's `job:completed`. Messages are counted on the workers' sockets (`shard:assign`
+ *   received, `items:done` sent), outside the hub.
  * - Durability: after the hub has stopped, its SQLite file is opened again and the job's rows in
  *   `results` are counted; the figure only counts if every item is there.
  * - Baseline, in the same run: the store alone (`store floor` row). The same number of items go
@@ -31,6 +32,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packTensors } from '../protocol/pack.ts';
 import { SqliteStore } from '../server/store/sqlite.ts';
+import { newJob } from '../test/helpers/store-rows.ts';
 import { ROOT, printTable } from './_grid.ts';
 import {
   countStored,
@@ -40,6 +42,7 @@ import {
   startHubProcess,
   startWorkerProcesses,
   stopAll,
+  takeCounts,
   trustedNodes,
   warmUp,
 } from './_scale.ts';
@@ -75,7 +78,7 @@ async function runOnce(
     await warmUp(hub, 'noop', o.workers, o.workers * 8);
     jobId = await hub.rpc.call<string>('submit', { model: 'noop', items: o.items });
     const wcpu0 = await Promise.all(procs.map((p) => p.call<{ cpuUs: number }>('cpu')));
-    await hub.rpc.call('counts');
+    await takeCounts(procs); // from zero: the warm-up's messages are not the job's
     const { start, end } = await profiled([hub.rpc, ...procs], o.profile, `dispatch-${run}`, async () => {
       const start = await hub.rpc.call<{ cpuUs: number; t: number }>('seal', { jobId });
       const end = await hub.rpc.call<{ cpuUs: number; t: number; sched?: object }>('waitJob', { jobId });
@@ -83,12 +86,7 @@ async function runOnce(
       return { start, end };
     });
     const wcpu1 = await Promise.all(procs.map((p) => p.call<{ cpuUs: number }>('cpu')));
-    const n = await hub.rpc.call<{
-      resultMsgs: number;
-      resultItems: number;
-      shards: number;
-      shardItems: number;
-    }>('counts');
+    const n = await takeCounts(procs);
     const seconds = (end.t - start.t) / 1000;
     const hubCpu = end.cpuUs - start.cpuUs;
     const workersCpu = wcpu1.reduce((s, c, i) => s + c.cpuUs - (wcpu0[i]?.cpuUs ?? 0), 0);
@@ -127,17 +125,7 @@ function storeFloor(items: number, perShard: number, perMsg: number): Row {
   try {
     const sha = '0'.repeat(64);
     const jobId = 'floor';
-    store.createJob({
-      id: jobId,
-      modelName: 'noop',
-      modelSha256: sha,
-      priority: 0,
-      redundancy: 1,
-      deadline: null,
-      requirements: null,
-      options: {},
-      state: 'open',
-    });
+    store.createJob(newJob(jobId, { modelName: 'noop', modelSha256: sha }));
     // The inputs and outputs of a noop item: x[1,4] float32.
     const tensor = (n: number) => ({
       name: 'x',

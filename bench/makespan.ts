@@ -25,6 +25,7 @@ import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import type { SchedulerOptions } from '../server/scheduler/scheduler.ts';
 import { calibrationInputs, withRows } from '../worker/calibration.ts';
 import { benchHub, printTable, spawnNode, until } from './_grid.ts';
+import { openJob } from '../test/helpers/store-rows.ts';
 
 const SPEEDS = [1, 1, 2, 2, 4, 4, 8, 8];
 const MODES: Record<string, Partial<SchedulerOptions>> = {
@@ -103,16 +104,8 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number, 
     if (!model) throw new Error('noop model missing: run `npm run models`');
     const shaped = withRows(model, rows);
     const submit = async (n: number, seed: number, of = model) => {
-      const job = hub.hub.createJob({
-        model: 'noop',
-        priority: 0,
-        redundancy: 1,
-        deadline: null,
-        requirements: null,
-        options: {},
-        state: 'open',
-      });
-      hub.hub.appendItems(
+      const job = await hub.hub.createJob(openJob('noop'));
+      await hub.hub.appendItems(
         job.id,
         Array.from({ length: n }, (_, i) => ({
           name: `i${i}`,
@@ -124,13 +117,18 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number, 
     };
     // Warm-up: every node benchmarks the model before the measured job.
     const warm = await submit(SPEEDS.length * 4, 1);
-    await until('warm-up done', () => hub.hub.jobs.get(warm)?.state === 'completed');
+    await until('warm-up done', async () => (await hub.hub.jobs.get(warm))?.state === 'completed');
     await until('all benchmarked', () =>
       [...hub.hub.workers.keys()].every((id) => hub.hub.schedule.benchmark(id, model.sha256)),
     );
 
     const jobId = await submit(items, 10_000, shaped);
-    const started = await until('job started', () => hub.hub.jobs.get(jobId)?.startedAt, 60_000, 1);
+    const started = await until(
+      'job started',
+      async () => (await hub.hub.jobs.get(jobId))?.startedAt,
+      60_000,
+      1,
+    );
     const ideal = idealFor(s, items, itemMs * rows);
     if (s !== 'a') {
       const at = started + (idealFor('a', items, itemMs * rows) / 2) * 1000;
@@ -153,9 +151,9 @@ async function runOne(s: Scenario, mode: string, items: number, itemMs: number, 
         });
       }
     }
-    await until('job done', () => hub.hub.jobs.get(jobId)?.state === 'completed', 600_000, 2);
-    const job = hub.hub.jobs.get(jobId);
-    const report = hub.hub.fairnessOf(jobId, true);
+    await until('job done', async () => (await hub.hub.jobs.get(jobId))?.state === 'completed', 600_000, 2);
+    const job = await hub.hub.jobs.get(jobId);
+    const report = await hub.hub.fairnessOf(jobId, true);
     if (!job || !report) throw new Error('job vanished');
     const makespan = ((job.finishedAt ?? 0) - (job.startedAt ?? 0)) / 1000;
     if (process.env.MAKESPAN_DEBUG) {

@@ -113,7 +113,7 @@ export async function main(argv: string[]): Promise<void> {
     const stageMs: Record<string, number> = {};
     for (const [stage, jobId] of Object.entries(result.jobs)) {
       let ms = 0;
-      for (const r of hub.hub.jobs.results(jobId)) ms += r.ms;
+      for await (const r of hub.hub.jobs.results(jobId)) ms += r.ms;
       stageMs[stage] = ms;
     }
     const same = (result.results ?? []).filter((r, i) => r.text === standaloneText[i]).length;

@@ -33,6 +33,7 @@ import { calibrationInputs } from '../worker/calibration.ts';
 import { benchHub, printTable, spawnNode, until } from './_grid.ts';
 import { failureReporter, liar, type Hostile } from './_hostile.ts';
 import { numFlag } from './_scale.ts';
+import { openJob } from '../test/helpers/store-rows.ts';
 
 interface Row {
   run: string;
@@ -67,32 +68,24 @@ const freeOf = (hostile: readonly Hostile[], hub: HubServer) =>
 async function submit(hub: HubServer, n: number, seed: number): Promise<string> {
   const model = hub.hub.models.byName('noop');
   if (!model) throw new Error('model noop missing: run `npm run models`');
-  const job = hub.hub.createJob({
-    model: 'noop',
-    priority: 0,
-    redundancy: 1,
-    deadline: null,
-    requirements: null,
-    options: {},
-    state: 'open',
-  });
+  const job = await hub.hub.createJob(openJob('noop'));
   for (let i = 0; i < n; i += 1000) {
     const rows = [];
     for (let k = i; k < Math.min(n, i + 1000); k++)
       rows.push({ name: `i${k}`, inputs: packTensors(calibrationInputs(model, seed + k)) });
-    hub.hub.appendItems(job.id, rows);
+    await hub.hub.appendItems(job.id, rows);
   }
   await hub.hub.sealJob(job.id);
   return job.id;
 }
 
 /** Items of a job whose stored result differs from its input (y = x), by a scan of the store. */
-function wrongResults(hub: HubServer, jobId: string): number {
+async function wrongResults(hub: HubServer, jobId: string): Promise<number> {
   let wrong = 0;
   const model = hub.hub.models.byName('noop');
-  for (const r of hub.hub.jobs.results(jobId)) {
+  for await (const r of hub.hub.jobs.results(jobId)) {
     const y = unpackTensors(r.outputs)[0];
-    const x = hub.hub.jobs.inputs([r.itemId]).get(r.itemId);
+    const x = (await hub.hub.jobs.inputs([r.itemId])).get(r.itemId);
     const xt = x && unpackTensors(x)[0];
     if (!y || !xt || !model || compareTensors({ ...y, name: xt.name }, xt, model.tolerance)) wrong++;
   }
@@ -129,13 +122,18 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
     const runStart = process.memoryUsage.rss();
     let runPeak = runStart;
     let jobPeak = runStart;
+    let polling = false;
     const poll = setInterval(() => {
       const rss = process.memoryUsage.rss();
       runPeak = Math.max(runPeak, rss);
       jobPeak = Math.max(jobPeak, rss);
-      for (const h of hostile)
-        for (const id of h.corrupted)
-          if (!ever.has(id) && hub.hub.jobs.result(id)?.workerId === h.id) ever.add(id);
+      if (polling) return;
+      polling = true;
+      void (async () => {
+        for (const h of hostile)
+          for (const id of h.corrupted)
+            if (!ever.has(id) && (await hub.hub.jobs.result(id))?.workerId === h.id) ever.add(id);
+      })().finally(() => (polling = false));
     }, 100);
     const cost = hub.hub.verificationCost;
     const ids: string[] = [];
@@ -149,12 +147,12 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
         ids.push(jobId);
         await until(
           `job ${j + 1} completed`,
-          () => hub.hub.jobs.get(jobId)?.state === 'completed',
+          async () => (await hub.hub.jobs.get(jobId))?.state === 'completed',
           600_000,
           20,
         );
         const seconds = (Date.now() - started) / 1000;
-        const rec = hub.hub.jobs.get(jobId);
+        const rec = await hub.hub.jobs.get(jobId);
         const extra = cost.replicas - before.replicas + cost.reference - before.reference;
         rows.push({
           run: withAttackers ? 'attacked' : 'honest only',
@@ -162,7 +160,7 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
           items,
           seconds,
           corrupted_ever: ever.size - before.ever,
-          corrupted_end: wrongResults(hub, jobId),
+          corrupted_end: await wrongResults(hub, jobId),
           failed: rec?.failedCount ?? 0,
           liars_quarantined: `${hostile.filter((h) => hub.hub.trust.isQuarantined(h.id)).length}/${hostile.length}`,
           liars_free: freeOf(hostile, hub),
@@ -179,7 +177,8 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
       // Settle: a liar caught late reopens completed jobs; they must complete again.
       await until(
         'every job completed again',
-        () => ids.every((id) => hub.hub.jobs.get(id)?.state === 'completed'),
+        async () =>
+          (await Promise.all(ids.map((id) => hub.hub.jobs.get(id)))).every((j) => j?.state === 'completed'),
         600_000,
         50,
       );
@@ -189,8 +188,8 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
     let endWrong = 0;
     let failed = 0;
     for (const id of ids) {
-      endWrong += wrongResults(hub, id);
-      failed += hub.hub.jobs.get(id)?.failedCount ?? 0;
+      endWrong += await wrongResults(hub, id);
+      failed += (await hub.hub.jobs.get(id))?.failedCount ?? 0;
     }
     const extra = cost.replicas + cost.reference + cost.recomputed;
     rows.push({

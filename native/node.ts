@@ -22,6 +22,7 @@ import type { GpuInfo } from './ort-backend.ts';
 import { adapterCapabilities, type AdapterInfo } from './gpu-probe.ts';
 import type { SimOptions } from './sim-backend.ts';
 import type { CorruptOptions } from './fault.ts';
+import { asRealGpu, gpuFaultRig, GPU_FAULT_ENV } from './gpu-fault.ts';
 import { UnmaskedWebSocket } from './ws-transport.ts';
 import { DataChannelClient } from './data-channel.ts';
 import { releaseSignals } from '../common/early-signals.mjs';
@@ -138,6 +139,8 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
   const store = new DiskModelStore(opts.cacheDir ?? join(homedir(), '.cache', 'shardhub', 'models'));
 
   let gpu: GpuInfo | undefined;
+  /** The GPU fault rig's signal handler, removed when the node stops. */
+  let onUsr2: (() => void) | undefined;
   let detectGpu: (() => Promise<GpuInfo | undefined>) | undefined;
   let backendFactory: BackendFactory;
   if (choice === 'sim') {
@@ -153,14 +156,30 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     const ortMod = await import('./ort-backend.ts');
     detectGpu = () => ortMod.detectNvidiaGpu();
     gpu = await detectGpu();
-    backendFactory = () =>
-      ortMod.OrtBackend.create({
+    const rig = gpuFaultRig();
+    backendFactory = async () => {
+      const ortBackend = await ortMod.OrtBackend.create({
         prefer: choice,
         concurrency,
         cores,
         gpu: gpu ?? null,
         onChange: (b) => backendChanged(b),
+        // The GPU fault rig (tests): a software adapter counts as a real GPU.
+        ...(rig ? { webgpu: async () => asRealGpu(await ortMod.probeWebGpuCheck(gpu ?? undefined)) } : {}),
       });
+      if (rig) {
+        log.warn(
+          { env: GPU_FAULT_ENV },
+          'GPU fault rig: kill -USR2 this node to make its GPU lose its device',
+        );
+        onUsr2 = () => {
+          log.warn({}, 'GPU fault rig: every GPU run fails as a lost device from now on');
+          ortBackend.failGpuRuns();
+        };
+        process.on('SIGUSR2', onUsr2);
+      }
+      return ortBackend;
+    };
   }
   const corrupt = opts.corrupt;
   if (corrupt && corrupt.rate > 0) {
@@ -336,6 +355,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     identity.release();
     if (gpuTimer !== undefined) clearInterval(gpuTimer);
     for (const [sig, fn] of signals) process.off(sig, fn);
+    if (onUsr2) process.off('SIGUSR2', onUsr2);
     channel?.close();
     conn.close();
   };

@@ -132,6 +132,7 @@ export class OrtBackend implements Backend, SessionHost {
   private provider: OrtProvider;
   private why: string;
   private options: ort.InferenceSession.SessionOptions;
+  private failing = false;
 
   private constructor(
     provider: OrtProvider,
@@ -210,6 +211,19 @@ export class OrtBackend implements Backend, SessionHost {
     this.options = sessionOptions('cpu', this.intraOpNumThreads);
     queueMicrotask(() => this.onChange?.(this));
     return true;
+  }
+
+  /**
+   * Fault injection (the GPU fault rig, `gpu-fault.ts`): every run on the GPU from now on fails as a
+   * lost device, in every session of this backend (threaded sessions only).
+   */
+  failGpuRuns(): void {
+    this.failing = true;
+  }
+
+  /** Whether runs on the GPU fail on purpose ({@link failGpuRuns}). */
+  get gpuRunsFail(): boolean {
+    return this.failing;
   }
 
   load(model: ModelInfo, bytes: Uint8Array): Promise<LoadedModel> {

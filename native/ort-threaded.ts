@@ -48,7 +48,7 @@ export type ToThread =
   /** Batches written into `buffer` by `writeBatches` (transferred), each run as it is. */
   | { type: 'run'; id: number; buffer: ArrayBuffer; batches: BufferTensor[][] }
   | { type: 'dispose' }
-  /** Tests only: the next run fails as a lost device does (see `ThreadedSession.loseDeviceForTest`). */
+  /** Fault injection: the next run fails as a lost device does (see `ThreadedSession.loseDeviceForTest`). */
   | { type: 'lose-device' };
 
 /** Messages from a session thread. `id` null: about the load (or the thread itself). */
@@ -96,6 +96,8 @@ export interface SessionHost {
   readonly sessionOptions: InferenceSession.SessionOptions;
   /** The GPU failed for good (`why`): returns whether the host now runs on the CPU instead. */
   giveUpGpu(why: string): boolean;
+  /** Fault injection (`gpu-fault.ts`): every run on a GPU provider fails as a lost device. */
+  readonly gpuRunsFail?: boolean;
 }
 
 /** Whether the options run on a GPU provider, whose losses are `device_lost`. */
@@ -297,6 +299,7 @@ export class ThreadedSession implements LoadedModel {
       await this.moveToHostOptions();
     if (this.lost) await this.restart();
     if (this.dead) throw this.dead;
+    if (this.host?.gpuRunsFail && onGpu(this.options)) this.loseDeviceForTest();
     return this.post(items);
   }
 

@@ -54,7 +54,7 @@ export function filesRouter(hub: Hub): express.Router {
       throw new HubError('invalid_request', 'bad id', 400);
     const q = FileQuerySchema.safeParse(req.query);
     if (!q.success) throw new HubError('invalid_request', describeZodError(q.error), 400);
-    const job = hub.requireJob(id);
+    const job = await hub.requireJob(id);
     if (job.state !== 'open')
       throw new HubError(
         'job_not_open',
@@ -109,7 +109,7 @@ export function filesRouter(hub: Hub): express.Router {
     }
     const problem = inputProblem(model, [tensor]);
     if (problem) throw new HubError('invalid_item', `${what}: ${problem}`, 400);
-    const [itemId] = hub.appendItems(job.id, [{ name: q.data.name, inputs: packTensors([tensor]) }]);
+    const [itemId] = await hub.appendItems(job.id, [{ name: q.data.name, inputs: packTensors([tensor]) }]);
     res.status(201).json({ data: { itemId, name: q.data.name, itemCount: job.itemCount + 1 } });
   });
   return r;

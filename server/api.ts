@@ -213,16 +213,16 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
         return { name: it.name ?? String(i).padStart(6, '0'), inputs: packTensors(tensors) };
       });
     }
-    let job = hub.createJob({ ...rest, state: 'open' });
+    let job = await hub.createJob({ ...rest, state: 'open' });
     if (items) {
-      hub.appendItems(job.id, decoded);
+      await hub.appendItems(job.id, decoded);
       job = await hub.sealJob(job.id);
     }
-    res.status(201).json({ data: jobJson(hub, job) });
+    res.status(201).json({ data: await jobJson(hub, job) });
   });
 
-  r.post('/jobs/:id/items', raw(LIMITS.binaryBodyBytes), (req, res) => {
-    const job = hub.requireJob(param(req, 'id'));
+  r.post('/jobs/:id/items', raw(LIMITS.binaryBodyBytes), async (req, res) => {
+    const job = await hub.requireJob(param(req, 'id'));
     if (job.state !== 'open')
       throw new HubError(
         'job_not_open',
@@ -252,7 +252,7 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
       if (err instanceof PackError) throw new HubError('invalid_item', err.message, 400);
       throw err;
     }
-    const ids = hub.appendItems(job.id, items);
+    const ids = await hub.appendItems(job.id, items);
     res.status(201).json({ data: { added: ids.length, itemCount: job.itemCount + ids.length } });
   });
 
@@ -260,51 +260,52 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
   r.use(ocrRouter(hub)); // OCR pipelines (server/pipeline-api.ts)
 
   r.post('/jobs/:id/seal', async (req, res) => {
-    res.json({ data: jobJson(hub, await hub.sealJob(param(req, 'id'))) });
+    res.json({ data: await jobJson(hub, await hub.sealJob(param(req, 'id'))) });
   });
 
-  r.get('/jobs', (req, res) => {
+  r.get('/jobs', async (req, res) => {
     const limit = parse(z.coerce.number().int().min(1).max(1000).default(100), req.query.limit);
-    res.json({ data: { jobs: hub.jobs.list({ limit }).map((j) => jobJson(hub, j)) } });
+    const jobs = await hub.jobs.list({ limit });
+    res.json({ data: { jobs: await Promise.all(jobs.map((j) => jobJson(hub, j))) } });
   });
 
-  r.get('/jobs/:id', (req, res) => {
-    res.json({ data: jobStatus(hub, hub.requireJob(param(req, 'id'))) });
+  r.get('/jobs/:id', async (req, res) => {
+    res.json({ data: await jobStatus(hub, await hub.requireJob(param(req, 'id'))) });
   });
 
-  r.patch('/jobs/:id', json, (req, res) => {
+  r.patch('/jobs/:id', json, async (req, res) => {
     const patch = parse(PatchJobSchema, req.body);
-    res.json({ data: jobJson(hub, hub.setPriority(param(req, 'id'), patch.priority)) });
+    res.json({ data: await jobJson(hub, await hub.setPriority(param(req, 'id'), patch.priority)) });
   });
 
-  r.post('/jobs/:id/cancel', (req, res) => {
-    res.json({ data: jobJson(hub, hub.cancelJob(param(req, 'id'))) });
+  r.post('/jobs/:id/cancel', async (req, res) => {
+    res.json({ data: await jobJson(hub, await hub.cancelJob(param(req, 'id'))) });
   });
 
-  r.get('/jobs/:id/fairness', (req, res) => {
-    const job = hub.requireJob(param(req, 'id'));
-    const report = hub.fairnessOf(job.id, job.state === 'completed' || job.state === 'cancelled');
+  r.get('/jobs/:id/fairness', async (req, res) => {
+    const job = await hub.requireJob(param(req, 'id'));
+    const report = await hub.fairnessOf(job.id, job.state === 'completed' || job.state === 'cancelled');
     if (!report) throw new HubError('no_fairness', `job ${job.id} has not started`, 404);
     res.json({ data: report });
   });
 
-  r.get('/jobs/:id/events', (req, res) => {
-    const job = hub.requireJob(param(req, 'id'));
-    res.json({ data: { events: hub.jobs.events(job.id, { limit: 1000 }) } });
+  r.get('/jobs/:id/events', async (req, res) => {
+    const job = await hub.requireJob(param(req, 'id'));
+    res.json({ data: { events: await hub.jobs.events(job.id, { limit: 1000 }) } });
   });
 
-  r.get('/jobs/:id/items', (req, res) => {
-    const job = hub.requireJob(param(req, 'id'));
+  r.get('/jobs/:id/items', async (req, res) => {
+    const job = await hub.requireJob(param(req, 'id'));
     const page = parse(PageSchema, req.query);
-    res.json({ data: { items: hub.jobs.items(job.id, page), itemCount: job.itemCount } });
+    res.json({ data: { items: await hub.jobs.items(job.id, page), itemCount: job.itemCount } });
   });
 
   // One item's outputs: the tensor pack, or one output as .npy with ?output=NAME.
-  r.get('/jobs/:id/items/:itemId/result', (req, res) => {
-    const job = hub.requireJob(param(req, 'id'));
+  r.get('/jobs/:id/items/:itemId/result', async (req, res) => {
+    const job = await hub.requireJob(param(req, 'id'));
     const itemId = parse(z.coerce.number().int().min(1), req.params.itemId);
-    const item = hub.jobs.item(itemId);
-    const result = item && item.jobId === job.id ? hub.jobs.result(itemId) : undefined;
+    const item = await hub.jobs.item(itemId);
+    const result = item && item.jobId === job.id ? await hub.jobs.result(itemId) : undefined;
     if (!result) throw new HubError('no_result', `item ${itemId} of job ${job.id} has no result (yet)`, 404);
     const output = typeof req.query.output === 'string' ? req.query.output : undefined;
     res.setHeader('Content-Type', 'application/octet-stream');
@@ -316,14 +317,14 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
 
   // All results as one tar of .npy files, streamed page by page from the store.
   r.get('/jobs/:id/results.tar', async (req, res) => {
-    const job = hub.requireJob(param(req, 'id'));
+    const job = await hub.requireJob(param(req, 'id'));
     res.setHeader('Content-Type', 'application/x-tar');
     res.setHeader('Content-Disposition', `attachment; filename="${job.id}-results.tar"`);
     // The writer waits for the client when its buffer is full, and refuses further entries once the
     // client has gone: a download abandoned midway ends here instead of waiting for a 'drain'.
     const tar = new TarWriter(res);
     try {
-      for (const r of hub.jobs.results(job.id)) {
+      for await (const r of hub.jobs.results(job.id)) {
         for (const t of unpackTensors(r.outputs)) {
           await tar.add(`results/${safeName(r.name)}/${safeName(t.name)}.npy`, writeNpy(t));
         }
@@ -333,6 +334,20 @@ export function apiRouter(hub: Hub, operatorToken: string): express.Router {
       if (err instanceof TarError && res.destroyed) return;
       throw err;
     }
+  });
+
+  // The hubs sharing this hub's store and their leases (several hubs on PostgreSQL; one on SQLite).
+  r.get('/hubs', async (_req, res) => {
+    const hubs = await hub.hubs();
+    res.json({
+      data: {
+        hubs: hubs.map((h) => ({
+          ...h,
+          expiresAt: Number.isFinite(h.expiresAt) ? h.expiresAt : null,
+        })),
+        store: hub.storeKind,
+      },
+    });
   });
 
   r.get('/workers', (req, res) => {

@@ -6,6 +6,7 @@
 import express from 'express';
 import helmet from 'helmet';
 import { existsSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { createServer, type Server as HttpServer } from 'node:http';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,8 +25,7 @@ import { metricsRouter } from './metrics.ts';
 import { attachOperatorNamespace, type OperatorNamespace } from './operator.ts';
 import { openApiDocument } from './openapi.ts';
 import { version } from './options.ts';
-import { SqliteStore } from './store/sqlite.ts';
-import { TrustStore } from './store/trust-store.ts';
+import { openStore } from './store/open-store.ts';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
 
@@ -34,6 +34,11 @@ export interface HubConfig {
   host: string;
   port: number;
   dataDir: string;
+  /**
+   * The store: a `postgres://` URL (several hubs may share it), or a SQLite file; unset, the
+   * SQLite file `hub.sqlite` in `dataDir` (see `store/open-store.ts`).
+   */
+  store?: string;
   modelsDir: string;
   operatorToken?: string;
   joinToken?: string;
@@ -119,9 +124,28 @@ export class HubServer {
       uploadDir: join(dataDir, 'models'),
     });
     for (const p of models.problems()) log.warn({ problem: p }, 'model skipped');
-    const store = SqliteStore.open(join(dataDir, 'hub.sqlite'));
-    const trustStore = TrustStore.open(join(dataDir, 'hub.sqlite'));
-    const hub = new Hub(store, models, log, { ...DEFAULT_HUB_OPTIONS, ...config.hub }, trustStore);
+    const store = await openStore(config.store, { dataDir });
+    let hub: Hub;
+    try {
+      if (store.severalHubs) {
+        // One set of tokens for every hub on the store: the first hub's (explicit ones win here).
+        const shared = await store.initTokens(tokens);
+        tokens.operatorToken = config.operatorToken ?? shared.operatorToken;
+        tokens.joinToken = config.joinToken ?? shared.joinToken;
+      }
+      hub = await Hub.open(
+        store,
+        models,
+        log,
+        { ...DEFAULT_HUB_OPTIONS, ...config.hub },
+        {
+          url: `${hostname()}:${config.port}`,
+        },
+      );
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
 
     const app = express();
     app.disable('x-powered-by');
@@ -216,7 +240,7 @@ export class HubServer {
         this.http.closeAllConnections?.();
         await Promise.race([done, new Promise((ok) => setTimeout(ok, 50))]);
       }
-      this.hub.closeStores();
+      await this.hub.closeStores();
     })();
     return this.closing;
   }

@@ -56,6 +56,12 @@ export const SERVE_OPTIONS = {
     default: HUB.dataDir,
     arg: 'DIR',
   },
+  store: {
+    type: 'string',
+    help: 'store: a postgres:// URL that several hubs share, or a SQLite file (default: DIR/hub.sqlite)',
+    env: 'SHARDHUB_STORE',
+    arg: 'URL|FILE',
+  },
   models: { type: 'dir', help: 'folder of model manifests', env: 'SHARDHUB_MODELS', arg: 'DIR' },
   'operator-token': {
     type: 'string',
@@ -101,6 +107,14 @@ export const SERVE_OPTIONS = {
     env: 'SHARDHUB_MAX_ATTEMPTS',
     default: DEFAULT_HUB_OPTIONS.maxAttempts,
     min: 1,
+  },
+  'lease-ms': {
+    type: 'int',
+    help: 'several hubs: a hub that has not renewed its lease on the store for this long is fenced and reaped (ms)',
+    env: 'SHARDHUB_LEASE_MS',
+    default: DEFAULT_HUB_OPTIONS.leaseMs,
+    min: 300,
+    max: 600_000,
   },
   weighting: {
     type: 'boolean',
@@ -190,6 +204,8 @@ function startError(err: unknown, port: number, host: string, dataDir: string): 
         EXIT.usage,
       );
     default:
+      if (e.message?.startsWith('cannot open the PostgreSQL store'))
+        return new CliError(`${e.message}; check --store (or SHARDHUB_STORE)`, EXIT.unreachable);
       return new CliError(`the hub could not start: ${e.message ?? String(err)}`);
   }
 }
@@ -230,6 +246,7 @@ export async function serveCommand(v: ServeValues, io: CliIo, relaunch = true): 
         port,
         host,
         dataDir,
+        store: v.store,
         modelsDir: v.models ?? HUB.modelsDir,
         operatorToken: v['operator-token'],
         joinToken: v['join-token'],
@@ -242,6 +259,7 @@ export async function serveCommand(v: ServeValues, io: CliIo, relaunch = true): 
           heartbeatMs: v['heartbeat-ms'],
           offlineAfterMs: v['offline-after-ms'],
           maxAttempts: v['max-attempts'],
+          leaseMs: v['lease-ms'],
           trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: v['trust-native'] },
           scheduler: {
             weighting: v.weighting,
@@ -341,7 +359,7 @@ async function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>
     log.warn('no demo model available: ppocr-det is missing from the models folder');
     return;
   }
-  const job = hub.createJob({
+  const job = await hub.createJob({
     model: model.name,
     priority: 0,
     redundancy: 1,
@@ -354,7 +372,7 @@ async function queueDemo(server: HubServer, log: ReturnType<typeof createLogger>
     name: `demo-${String(i).padStart(3, '0')}`,
     inputs: packTensors(calibrationInputs(model, 1000 + i)),
   }));
-  hub.appendItems(job.id, items);
+  await hub.appendItems(job.id, items);
   await hub.sealJob(job.id);
   io.stdout.write(
     `  demo job:          ${job.id} (${items.length} items on ${model.name}); watch ${server.url}/api/jobs/${job.id}\n\n`,

@@ -83,16 +83,24 @@ export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: Gatewa
           `this hub speaks protocol ${PROTOCOL_VERSION}, the worker ${version}: run the same shardhub version on both`,
         ),
       );
-    const known = hub.storedWorker(auth.data.workerId);
-    if (known && known.secretHash !== hashSecret(auth.data.workerSecret)) {
-      hub.log.warn(
-        { workerId: auth.data.workerId, address: socket.handshake.address },
-        'worker id presented with the wrong secret',
-      );
-      return next(refusal(ErrorCode.IdentityTaken, 'this worker id belongs to another worker'));
-    }
-    socket.data = { workerId: auth.data.workerId, registered: false };
-    return next();
+    const { workerId, workerSecret } = auth.data;
+    hub.storedWorker(workerId).then(
+      (known) => {
+        if (known && known.secretHash !== hashSecret(workerSecret)) {
+          hub.log.warn(
+            { workerId, address: socket.handshake.address },
+            'worker id presented with the wrong secret',
+          );
+          return next(refusal(ErrorCode.IdentityTaken, 'this worker id belongs to another worker'));
+        }
+        socket.data = { workerId, registered: false };
+        next();
+      },
+      (err: unknown) => {
+        hub.log.error({ err, workerId }, 'reading a worker from the store failed');
+        next(refusal(ErrorCode.Internal, 'the hub could not check this worker; retry later'));
+      },
+    );
   });
 
   nsp.on('connection', (socket) => {
@@ -119,7 +127,7 @@ export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: Gatewa
       hub.touch(workerId);
       return true;
     };
-    const safely = (event: string, ack: unknown, fn: () => void): void => {
+    const safely = (event: string, ack: unknown, fn: () => void | Promise<void>): void => {
       if (!messages.take(socket.id)) {
         // A flood: drop, answer if asked, and log at most once a second for the whole namespace.
         if (typeof ack === 'function')
@@ -137,16 +145,19 @@ export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: Gatewa
         }
         return;
       }
-      try {
-        fn();
-      } catch (err) {
+      const failed = (err: unknown) => {
         hub.log.error({ workerId, event, err }, 'handler failed');
         fail(ack, ErrorCode.Internal, `the hub could not handle ${event}`);
+      };
+      try {
+        fn()?.catch(failed);
+      } catch (err) {
+        failed(err);
       }
     };
 
     socket.on('worker:register', (payload: unknown, ack) =>
-      safely('worker:register', ack, () => {
+      safely('worker:register', ack, async () => {
         if (typeof ack !== 'function') return fail(ack, ErrorCode.NoAck, 'worker:register needs an ack');
         const req = parse(RegisterRequestSchema, payload, ack);
         if (!req) return;
@@ -162,8 +173,8 @@ export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: Gatewa
           return;
         }
         const now = Date.now();
-        const known = hub.storedWorker(workerId);
-        hub.rememberWorker({
+        const known = await hub.storedWorker(workerId);
+        await hub.rememberWorker({
           id: workerId,
           secretHash: hashSecret(auth.workerSecret),
           kind: req.kind,
@@ -176,6 +187,7 @@ export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: Gatewa
           lastSeen: now,
           itemsDone: known?.itemsDone ?? 0,
         });
+        if (socket.disconnected) return; // gone while the store was written
         socket.data.registered = true;
         hub.registerWorker(socket, workerId, req, address);
         ack({
@@ -231,11 +243,11 @@ export function attachWorkerGateway(nsp: WorkerNamespace, hub: Hub, opts: Gatewa
     );
 
     socket.on('items:failed', (payload: unknown, ack) =>
-      safely('items:failed', ack, () => {
+      safely('items:failed', ack, async () => {
         if (!guard('items:failed', ack)) return;
         const msg = parse(ItemsFailedSchema, payload, ack);
         if (!msg) return;
-        const reply = hub.recordFailures(workerId, msg.failures);
+        const reply = await hub.recordFailures(workerId, msg.failures);
         if (typeof ack === 'function') ack({ data: reply });
       }),
     );

@@ -12,6 +12,11 @@
  * - `hub/figures.ts` contributor figures sent to browser workers.
  *
  * Readers use the query views: `jobs`, `workers`, `schedule`, `trust`.
+ *
+ * The store is an `AsyncStore` (SQLite embedded, or PostgreSQL): what must be stored before anyone
+ * is answered (results, failures, jobs an operator changes) is awaited where it is written; the
+ * rest goes through the write-behind queue (`hub/write-behind.ts`). Every write of item state
+ * carries the hub's lease (`store/lease-keeper.ts`).
  */
 import { EventEmitter } from 'node:events';
 import type { ItemFailure, ItemResult, ItemsDoneReply, RegisterRequest } from '../protocol/events.ts';
@@ -23,8 +28,8 @@ import type { Logger } from './logger.ts';
 import { ReferenceRunner } from './preflight.ts';
 import { Scheduler } from './scheduler/scheduler.ts';
 import { ShardSender, type WorkerSocket } from './shard-sender.ts';
-import type { JobRecord, Store, WorkerRecord } from './store/store.ts';
-import type { TrustStore } from './store/trust-store.ts';
+import type { AsyncStore, HubRecord, JobRecord, WorkerRecord } from './store/async-store.ts';
+import { LeaseKeeper } from './store/lease-keeper.ts';
 import { TrustBook } from './trust.ts';
 import { Verifier } from './verify.ts';
 import type { LiveWorker } from './workers.ts';
@@ -44,6 +49,12 @@ import {
   type VerificationCost,
 } from './hub/trust-actions.ts';
 import type { HubEvents, HubOptions } from './hub/types.ts';
+import { TrustCache } from './hub/trust-cache.ts';
+import { WriteBehind } from './hub/write-behind.ts';
+import { ChunkClaims } from './hub/claims.ts';
+
+/** Least items a hub sharing its store keeps queued (claimed) for its workers. */
+const CLAIM_LEAST = 64;
 
 export {
   DEFAULT_HUB_OPTIONS,
@@ -95,20 +106,63 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly confirmTimer: NodeJS.Timeout;
   private closed = false;
   private lastFigures = 0;
+  /** Chunk claims, when other hubs share the store (`hub/claims.ts`). */
+  private readonly claims: ChunkClaims | undefined;
+  /** This hub's name in the store (the hubs view, workers' `hub` field). */
+  readonly hubId: string;
 
-  constructor(
-    private readonly store: Store,
+  /** Which store the hub runs on. */
+  get storeKind(): 'sqlite' | 'postgres' {
+    return this.store.kind;
+  }
+
+  /**
+   * Opens a hub on `store`: loads the trust records and waiting replicas, registers the hub and
+   * starts keeping its lease, and resumes every sealed, unfinished job.
+   */
+  static async open(
+    store: AsyncStore,
+    models: ModelRegistry,
+    log: Logger,
+    opts: HubOptions,
+    where: { hubId?: string; url?: string } = {},
+  ): Promise<Hub> {
+    const writes = new WriteBehind(log);
+    const trustCache = await TrustCache.load(store, writes.later);
+    const hubId = where.hubId ?? `hub-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+    const keeping = {
+      url: where.url ?? '',
+      ttlMs: opts.leaseMs,
+      reapEveryMs: store.severalHubs ? opts.leaseMs : 0,
+    };
+    const keeper = await LeaseKeeper.start(store, hubId, keeping);
+    const hub = new Hub(store, models, log, opts, writes, trustCache, keeper, () =>
+      LeaseKeeper.start(store, hubId, keeping),
+    );
+    await hub.lifecycle.resume();
+    return hub;
+  }
+
+  private constructor(
+    private readonly store: AsyncStore,
     readonly models: ModelRegistry,
     readonly log: Logger,
     readonly opts: HubOptions,
-    private readonly trustStore: TrustStore,
+    private readonly behind: WriteBehind,
+    trustCache: TrustCache,
+    private keeper: LeaseKeeper,
+    private readonly newLease: () => Promise<LeaseKeeper>,
   ) {
     super();
+    this.hubId = keeper.lease.hubId;
     const events = this as EventEmitter<HubEvents>;
     const cost: VerificationCost = { replicas: 0, reference: 0, recomputed: 0 };
     this.verificationCost = cost;
-    const book = new TrustBook(trustStore, opts.trust);
-    const verifier = new Verifier(trustStore, book);
+    const later = behind.later;
+    const lease = () => this.keeper.lease;
+    this.watchLease();
+    const book = new TrustBook(trustCache, opts.trust);
+    const verifier = new Verifier(trustCache, book);
     // Parts built later are reached through these closures, called only once all exist.
     const scheduler = new Scheduler({
       maxAttempts: opts.maxAttempts,
@@ -120,7 +174,10 @@ export class Hub extends EventEmitter<HubEvents> {
     this.schedule = scheduler;
     const jobs = new JobLifecycle({
       store,
-      trustStore,
+      shared: store.severalHubs,
+      claimSoon: () => this.claims?.poke(),
+      later,
+      trustCache,
       models,
       scheduler,
       verifier,
@@ -132,7 +189,10 @@ export class Hub extends EventEmitter<HubEvents> {
       cancelOn: (id, itemIds, reason) => this.registry.cancel(id, itemIds, reason),
       pump: () => this.dispatch.pump(),
       completing: () => this.figures.send(),
-      ended: (jobId) => this.failures.forgetJob(jobId),
+      ended: (jobId) => {
+        this.failures.forgetJob(jobId);
+        trustCache.forgetJob(jobId);
+      },
       referencing: (jobId) => reference.busy(jobId),
       settling: () => this.results.pending,
     });
@@ -149,12 +209,14 @@ export class Hub extends EventEmitter<HubEvents> {
     });
     this.shards = new ShardSender({
       store,
+      failed: (err, workerId, jobId) => log.error({ err, workerId, jobId }, 'reading items to send failed'),
       socketOf: (workerId) => this.registry.socketOf(workerId),
       modelOf: (jobId) => jobs.activeJob(jobId)?.model,
       data: this.data,
     });
     const workers = new WorkerRegistry({
       store,
+      later,
       scheduler,
       jobs,
       log,
@@ -173,6 +235,7 @@ export class Hub extends EventEmitter<HubEvents> {
     this.workers = workers.view;
     const dispatch = new Dispatch({
       store,
+      lease,
       models,
       scheduler,
       jobs,
@@ -189,13 +252,14 @@ export class Hub extends EventEmitter<HubEvents> {
       runner: this.runner,
       log,
       answered: (a) => (this.closed ? Promise.resolve() : this.results.acceptReference(a)),
-      failed: (jobId, itemId, err) => {
-        if (!this.closed) this.failures.referenceFailed(jobId, itemId, err);
-      },
+      failed: (jobId, itemId, err) =>
+        this.closed ? Promise.resolve() : this.failures.referenceFailed(jobId, itemId, err),
     });
     const trust = new TrustActions({
       trust: book,
-      trustStore,
+      store,
+      lease,
+      committed: () => this.results.settled(),
       verifier,
       scheduler,
       jobs,
@@ -209,6 +273,7 @@ export class Hub extends EventEmitter<HubEvents> {
     this.trustActions = this.trust = trust;
     this.failures = new ItemFailures({
       store,
+      lease,
       scheduler,
       verifier,
       jobs,
@@ -222,7 +287,7 @@ export class Hub extends EventEmitter<HubEvents> {
     this.figures = new ContributorFigures({ scheduler, jobs, workers, trust });
     this.results = new ResultsCommit({
       store,
-      trustStore,
+      lease,
       verifier,
       scheduler,
       jobs,
@@ -237,29 +302,45 @@ export class Hub extends EventEmitter<HubEvents> {
       log,
       events,
     });
+    if (store.severalHubs) {
+      this.claims = new ChunkClaims({
+        store,
+        lease,
+        scheduler,
+        jobs,
+        log,
+        want: () => {
+          let n = 0;
+          for (const w of workers.values()) if (w.state !== 'offline') n += w.concurrency;
+          return n === 0 ? 0 : Math.max(CLAIM_LEAST, 2 * n);
+        },
+        idle: () => [...jobs.activeJobs()].every((j) => scheduler.inFlight(j.record.id) === 0),
+        settling: () => this.results.pending,
+        pump: () => dispatch.pump(),
+      });
+    }
     this.timer = setInterval(() => this.tick(), Math.min(1000, Math.max(100, opts.heartbeatMs / 2)));
     this.timer.unref();
     this.confirmTimer = setInterval(() => {
       if (!this.closed) trust.confirmStale();
     }, CONFIRM_WAIT_MS / 4);
     this.confirmTimer.unref();
-    jobs.resume();
   }
 
   // ---------------------------------------------------------------- jobs
 
   /** Creates a job on a model known to the registry. */
-  createJob(spec: JobSpec): JobRecord {
+  createJob(spec: JobSpec): Promise<JobRecord> {
     return this.lifecycle.create(spec);
   }
 
   /** Adds items to an open job; returns their ids in order. */
-  appendItems(jobId: string, items: NewItems): number[] {
+  appendItems(jobId: string, items: NewItems): Promise<number[]> {
     return this.lifecycle.append(jobId, items);
   }
 
   /** Adds items to a sealed job that is still running (a pipeline stage fed as results arrive). */
-  appendToJob(jobId: string, items: NewItems): number[] {
+  appendToJob(jobId: string, items: NewItems): Promise<number[]> {
     return this.lifecycle.appendRunning(jobId, items);
   }
 
@@ -269,12 +350,12 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   /** Cancels a job: queued items are dropped, workers told to stop its items. */
-  cancelJob(jobId: string): JobRecord {
+  cancelJob(jobId: string): Promise<JobRecord> {
     return this.lifecycle.cancel(jobId);
   }
 
   /** Changes a job's priority. */
-  setPriority(jobId: string, priority: number): JobRecord {
+  setPriority(jobId: string, priority: number): Promise<JobRecord> {
     return this.lifecycle.setPriority(jobId, priority);
   }
 
@@ -288,13 +369,18 @@ export class Hub extends EventEmitter<HubEvents> {
     this.lifecycle.endStream(jobId);
   }
 
+  /** Whether other hubs share this hub's store (a pipeline then leaves runs it did not start alone). */
+  get sharedStore(): boolean {
+    return this.store.severalHubs;
+  }
+
   /** Records an event in a job's log (a pipeline keeps its pages' outcomes there, for restarts). */
   addJobEvent(jobId: string, type: string, data: Record<string, unknown>): void {
     this.lifecycle.addEvent(jobId, type, data, Date.now());
   }
 
   /** The job, or a `unknown_job` error (404). */
-  requireJob(jobId: string): JobRecord {
+  requireJob(jobId: string): Promise<JobRecord> {
     return this.lifecycle.require(jobId);
   }
 
@@ -304,20 +390,20 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   /** The job's fairness figures: live while it runs, the stored final ones after. */
-  fairnessOf(jobId: string, final = false): FairnessReport | undefined {
+  fairnessOf(jobId: string, final = false): Promise<FairnessReport | undefined> {
     return this.lifecycle.fairnessOf(jobId, final);
   }
 
   // ---------------------------------------------------------------- workers
 
   /** A worker as stored (identity, secret hash), connected or not. */
-  storedWorker(workerId: string): WorkerRecord | undefined {
+  storedWorker(workerId: string): Promise<WorkerRecord | undefined> {
     return this.registry.stored(workerId);
   }
 
   /** Stores a worker's identity and capabilities (at registration, before `registerWorker`). */
-  rememberWorker(rec: WorkerRecord): void {
-    this.registry.remember(rec);
+  rememberWorker(rec: WorkerRecord): Promise<void> {
+    return this.registry.remember(rec);
   }
 
   /** A worker registered (new, or the same worker again after a reconnect). */
@@ -370,8 +456,22 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 
   /** Records failed runs: each item is retried elsewhere or, out of options, ends failed. */
-  recordFailures(workerId: string, failures: ItemFailure[]): { retried: number; failed: number } {
+  recordFailures(workerId: string, failures: ItemFailure[]): Promise<{ retried: number; failed: number }> {
     return this.failures.record(workerId, failures);
+  }
+
+  // ---------------------------------------------------------------- hubs
+
+  /**
+   * The hubs the store knows, with their leases (the hub health view); with one hub on SQLite,
+   * just this one. `self` marks this hub, `chunks` what each holds.
+   */
+  async hubs(): Promise<(HubRecord & { self: boolean })[]> {
+    const lease = this.keeper.lease;
+    return (await this.store.listHubs()).map((h) => ({
+      ...h,
+      self: h.id === lease.hubId && h.epoch === lease.epoch,
+    }));
   }
 
   // ---------------------------------------------------------------- time
@@ -381,19 +481,61 @@ export class Hub extends EventEmitter<HubEvents> {
     const now = Date.now();
     if (now - this.lastFigures >= 1500) {
       this.lastFigures = now;
-      this.figures.send();
+      this.figures.send().catch((err: unknown) => this.log.warn({ err }, 'figures not sent'));
       this.data.sweep(now);
     }
     this.lifecycle.checkAll();
     this.lifecycle.repairStalls(now);
+    this.claims?.poke();
     this.registry.sweep(now);
     this.dispatch.pump();
   }
 
+  /** Acts on the lease keeper's news: a lost lease fences this hub until it registers again. */
+  private watchLease(): void {
+    const k = this.keeper;
+    k.on('failure', (err) => this.log.warn({ err }, 'renewing the hub lease failed; trying again'));
+    k.on('reaped', (hubs) => {
+      this.log.warn({ hubs }, 'hubs whose lease lapsed were reaped; their chunks are free again');
+      this.claims?.poke();
+    });
+    k.on('fenced', (err) => this.rejoin(err.message));
+    k.on('lost', () => this.rejoin('no renewal of the lease got through within its time'));
+  }
+
+  /**
+   * The lease is lost: another hub may already run what this one held, and the store refuses this
+   * hub's writes. Everything held goes (workers are told to stop those items; their results, if
+   * sent, are refused and sent again elsewhere or later), and the hub registers again.
+   */
+  private rejoin(why: string): void {
+    if (this.closed) return;
+    this.log.error({ why }, 'this hub lost its lease: fenced; dropping its chunks and registering again');
+    this.keeper.stop();
+    this.claims?.clear();
+    this.lifecycle.dropAll('this hub lost its lease');
+    const again = async (): Promise<void> => {
+      for (let wait = 500; !this.closed; wait = Math.min(wait * 2, 10_000)) {
+        try {
+          this.keeper = await this.newLease();
+          this.watchLease();
+          this.log.warn({ epoch: this.keeper.lease.epoch }, 'hub registered again with a new lease');
+          this.claims?.poke();
+          return;
+        } catch (err) {
+          this.log.warn({ err }, 'registering the hub again failed; retrying');
+          await new Promise((ok) => setTimeout(ok, wait));
+        }
+      }
+    };
+    void again();
+  }
+
   /** Stops timers and the reference sessions. Sockets are closed by their owners. */
   async close(): Promise<void> {
-    this.results.flush(); // results judged but not yet stored: store them while the store is open
+    await this.results.flush(); // results judged but not yet stored: store them while the store is open
     this.closed = true;
+    await this.claims?.settled();
     this.dispatch.close();
     this.shards.close();
     this.data.close();
@@ -402,9 +544,13 @@ export class Hub extends EventEmitter<HubEvents> {
     await this.runner.close();
   }
 
-  /** Closes the stores, once the hub and everything that reads through it has stopped. */
-  closeStores(): void {
-    this.store.close();
-    this.trustStore.close();
+  /**
+   * Closes the store, once the hub and everything that reads through it has stopped: the writes
+   * still queued go first. The lease is not given back: with several hubs, another reaps it.
+   */
+  async closeStores(): Promise<void> {
+    this.keeper.stop();
+    await this.behind.drained();
+    await this.store.close();
   }
 }

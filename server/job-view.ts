@@ -29,7 +29,11 @@ export function sampleJobRate(hub: object, job: JobRecord, now = Date.now()): vo
  * (`protocol/recent-rate.ts`, the one the dashboard and the CLI use), or at the rate since the
  * start until 2 s of samples are in.
  */
-export function jobJson(hub: Pick<Hub, 'jobs' | 'opts'>, job: JobRecord, now = Date.now()): JobView {
+export async function jobJson(
+  hub: Pick<Hub, 'jobs' | 'opts'>,
+  job: JobRecord,
+  now = Date.now(),
+): Promise<JobView> {
   const finished = job.doneCount + job.failedCount;
   const end = job.finishedAt ?? now;
   const elapsedS = job.startedAt ? Math.max(0, (end - job.startedAt) / 1000) : 0;
@@ -58,7 +62,9 @@ export function jobJson(hub: Pick<Hub, 'jobs' | 'opts'>, job: JobRecord, now = D
     elapsedS,
     itemsPerSec,
     etaS: job.state === 'running' && pace > 0 ? left / pace : null,
-    ...(job.state === 'completed' && job.finishedAt ? { verification: finishedVerification(hub, job) } : {}),
+    ...(job.state === 'completed' && job.finishedAt
+      ? { verification: await finishedVerification(hub, job) }
+      : {}),
   };
 }
 
@@ -67,10 +73,13 @@ const finishedCache = new Map<string, { at: number; summary: VerificationSummary
 const FINISHED_CACHE_MAX = 1000;
 
 /** A completed job's summary, counted once: every job update and list carries it. */
-function finishedVerification(hub: Pick<Hub, 'jobs' | 'opts'>, job: JobRecord): VerificationSummary {
+async function finishedVerification(
+  hub: Pick<Hub, 'jobs' | 'opts'>,
+  job: JobRecord,
+): Promise<VerificationSummary> {
   const hit = finishedCache.get(job.id);
   if (hit && hit.at === job.finishedAt) return hit.summary;
-  const summary = verificationOf(hub, job.id);
+  const summary = await verificationOf(hub, job.id);
   finishedCache.delete(job.id);
   finishedCache.set(job.id, { at: job.finishedAt ?? 0, summary });
   if (finishedCache.size > FINISHED_CACHE_MAX) {
@@ -81,7 +90,10 @@ function finishedVerification(hub: Pick<Hub, 'jobs' | 'opts'>, job: JobRecord): 
 }
 
 /** How a job's results were verified, from the trust store's tally. */
-export function verificationOf(hub: Pick<Hub, 'jobs' | 'opts'>, jobId: string): VerificationSummary {
+export async function verificationOf(
+  hub: Pick<Hub, 'jobs' | 'opts'>,
+  jobId: string,
+): Promise<VerificationSummary> {
   const out: VerificationSummary = {
     confirmed: {},
     spotChecked: {},
@@ -90,7 +102,7 @@ export function verificationOf(hub: Pick<Hub, 'jobs' | 'opts'>, jobId: string): 
     provenWorker: 0,
     trustedWorker: 0,
   };
-  for (const { how, n } of hub.jobs.verification(jobId)) {
+  for (const { how, n } of await hub.jobs.verification(jobId)) {
     const [kind, k = '2'] = how.split('-');
     if (kind === 'quorum') out.confirmed[k] = (out.confirmed[k] ?? 0) + n;
     else if (kind === 'spot') out.spotChecked[k] = (out.spotChecked[k] ?? 0) + n;
@@ -103,9 +115,9 @@ export function verificationOf(hub: Pick<Hub, 'jobs' | 'opts'>, jobId: string): 
 }
 
 /** A job's full status: summary, throughput, ETA and the items that failed with their reasons. */
-export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
-  const base = jobJson(hub, job);
-  const failures = hub.jobs.failures(job.id);
+export async function jobStatus(hub: Hub, job: JobRecord): Promise<Record<string, unknown>> {
+  const base = await jobJson(hub, job);
+  const failures = await hub.jobs.failures(job.id);
   const byItem = new Map<
     number,
     { itemId: number; reasons: { workerId: string; category: string; message: string }[] }
@@ -115,7 +127,8 @@ export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
     e.reasons.push({ workerId: f.workerId, category: f.category, message: f.message });
     byItem.set(f.itemId, e);
   }
-  const failedItems = hub.jobs.items(job.id, { offset: 0, limit: 1000, state: 'failed' }).map((it) => ({
+  const failed = await hub.jobs.items(job.id, { offset: 0, limit: 1000, state: 'failed' });
+  const failedItems = failed.map((it) => ({
     itemId: it.id,
     name: it.name,
     attempts: it.attempts,
@@ -125,6 +138,6 @@ export function jobStatus(hub: Hub, job: JobRecord): Record<string, unknown> {
     ...base,
     failedItems,
     retriedAttempts: failures.length,
-    verification: verificationOf(hub, job.id),
+    verification: await verificationOf(hub, job.id),
   };
 }

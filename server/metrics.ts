@@ -99,16 +99,16 @@ export function hubMetrics(hub: Hub): Registry {
     name: 'shardhub_queue_depth',
     help: 'Items of queued and running jobs not yet handed to any worker',
     registers,
-    collect() {
-      this.set(sum(liveJobs().map((j) => hub.jobs.queued(j.id))));
+    async collect() {
+      this.set(sum((await liveJobs()).map((j) => hub.jobs.queued(j.id))));
     },
   });
   new Gauge({
     name: 'shardhub_items_in_flight',
     help: 'Items held by workers (handed out, no result yet)',
     registers,
-    collect() {
-      this.set(sum(liveJobs().map((j) => hub.jobs.inFlight(j.id))));
+    async collect() {
+      this.set(sum((await liveJobs()).map((j) => hub.jobs.inFlight(j.id))));
     },
   });
   new Gauge({
@@ -116,15 +116,15 @@ export function hubMetrics(hub: Hub): Registry {
     help: 'Unfinished jobs, by state',
     labelNames: ['state'] as const,
     registers,
-    collect() {
+    async collect() {
       for (const state of ['open', 'queued', 'running'] as const)
-        this.set({ state }, hub.jobs.list({ states: [state], limit: 100_000 }).length);
+        this.set({ state }, (await hub.jobs.list({ states: [state], limit: 100_000 })).length);
     },
   });
 
-  const recentJobs = () => {
-    const byId = new Map(liveJobs().map((j) => [j.id, j]));
-    for (const j of hub.jobs.list({ limit: RECENT_JOBS })) byId.set(j.id, j);
+  const recentJobs = async () => {
+    const byId = new Map((await liveJobs()).map((j) => [j.id, j]));
+    for (const j of await hub.jobs.list({ limit: RECENT_JOBS })) byId.set(j.id, j);
     return [...byId.values()];
   };
   new Gauge({
@@ -132,9 +132,10 @@ export function hubMetrics(hub: Hub): Registry {
     help: 'Finished items (done or failed) over all items, 0..1, of running, queued and recent jobs',
     labelNames: ['job', 'model'] as const,
     registers,
-    collect() {
+    async collect() {
+      const jobs = await recentJobs();
       this.reset();
-      for (const j of recentJobs()) {
+      for (const j of jobs) {
         const p = j.itemCount ? (j.doneCount + j.failedCount) / j.itemCount : 0;
         this.set({ job: j.id, model: j.modelName }, p);
       }
@@ -145,9 +146,10 @@ export function hubMetrics(hub: Hub): Registry {
     help: 'Items of running, queued and recent jobs, by status (total, done, failed)',
     labelNames: ['job', 'model', 'status'] as const,
     registers,
-    collect() {
+    async collect() {
+      const jobs = await recentJobs();
       this.reset();
-      for (const j of recentJobs()) {
+      for (const j of jobs) {
         this.set({ job: j.id, model: j.modelName, status: 'total' }, j.itemCount);
         this.set({ job: j.id, model: j.modelName, status: 'done' }, j.doneCount);
         this.set({ job: j.id, model: j.modelName, status: 'failed' }, j.failedCount);
@@ -158,13 +160,13 @@ export function hubMetrics(hub: Hub): Registry {
   // Steals, speculative copies and wasted runs live in each job's fairness figures.
   type Tally = { steals: number; stolen: number; speculative: number; wasted: number };
   const seen = new Map<string, Tally & { final: boolean }>();
-  const tally = (): Tally => {
+  const tally = async (): Promise<Tally> => {
     const add: Tally = { steals: 0, stolen: 0, speculative: 0, wasted: 0 };
-    for (const j of hub.jobs.list({ limit: 50 })) {
+    for (const j of await hub.jobs.list({ limit: 50 })) {
       const prev = seen.get(j.id);
       if (prev?.final || (j.state !== 'running' && j.state !== 'completed' && j.state !== 'cancelled'))
         continue;
-      const r = hub.fairnessOf(j.id, j.state !== 'running');
+      const r = await hub.fairnessOf(j.id, j.state !== 'running');
       if (!r) continue;
       const now = {
         steals: r.steals,
@@ -192,22 +194,20 @@ export function hubMetrics(hub: Hub): Registry {
       'Item runs whose result was not used (lost speculative copies, results after a cancel)',
     ],
   ];
-  // The first counter's collect reads the jobs once and moves all four (collected in order).
-  const made: Counter[] = [];
-  for (const [, name, help] of counters) {
-    made.push(
-      new Counter({
-        name,
-        help,
-        registers,
-        collect: made.length
-          ? undefined
-          : () => {
-              const add = tally();
-              counters.forEach(([key], i) => made[i]?.inc(add[key]));
-            },
-      }),
-    );
+  // One scrape collects the four counters at once (prom-client awaits their collects together):
+  // the first to ask reads the jobs, and each adds its own share of that one tally.
+  let scrape: Promise<Tally> | undefined;
+  const shared = (): Promise<Tally> =>
+    (scrape ??= tally().finally(() => setImmediate(() => (scrape = undefined))));
+  for (const [key, name, help] of counters) {
+    new Counter({
+      name,
+      help,
+      registers,
+      async collect() {
+        this.inc((await shared())[key]);
+      },
+    });
   }
   new Gauge({
     name: 'shardhub_data_channels_open',

@@ -59,14 +59,23 @@ export function attachOperatorNamespace(
   hub.on('job:updated', onJob);
   hub.on('worker:updated', onWorker);
 
+  // One tick at a time: a tick reads the store, and a slow store must not stack them up.
+  let ticking = false;
   const timer = setInterval(() => {
+    if (ticking) return;
+    ticking = true;
+    tick()
+      .catch((err: unknown) => hub.log.warn({ err }, 'dashboard update failed'))
+      .finally(() => (ticking = false));
+  }, everyMs);
+  const tick = async (): Promise<void> => {
     const now = Date.now();
     const rates = ratesOf(hub);
     for (const w of hub.workers.values()) rates.observe(w.id, w.itemsDone, now); // keep the windows full
     const everySecond = now - lastSecond >= 1000;
     // The running jobs' recent rates are sampled whether or not a dashboard is connected: the ETAs
     // of `GET /api/jobs` come from them.
-    const running = everySecond ? hub.jobs.list({ states: ['running'] }) : [];
+    const running = everySecond ? await hub.jobs.list({ states: ['running'] }) : [];
     if (everySecond) {
       lastSecond = now;
       for (const j of running) sampleJobRate(hub, j, now);
@@ -89,9 +98,9 @@ export function attachOperatorNamespace(
       }
     }
     const jobViews: JobView[] = [];
-    for (const id of jobs) {
-      const job = hub.jobs.get(id);
-      if (job) jobViews.push(jobJson(hub, job, now));
+    for (const id of [...jobs]) {
+      const job = await hub.jobs.get(id);
+      if (job) jobViews.push(await jobJson(hub, job, now));
     }
     if (jobViews.length) nsp.emit('jobs:updated', jobViews, now);
     jobs.clear();
@@ -99,8 +108,9 @@ export function attachOperatorNamespace(
     if (everySecond) {
       for (const id of fairnessDue) {
         if (!nsp.adapter.rooms.get(room(id))?.size) continue;
-        const job = hub.jobs.get(id);
-        const report = job && hub.fairnessOf(id, job.state === 'completed' || job.state === 'cancelled');
+        const job = await hub.jobs.get(id);
+        const report =
+          job && (await hub.fairnessOf(id, job.state === 'completed' || job.state === 'cancelled'));
         if (report) nsp.to(room(id)).emit('job:fairness', report);
       }
       fairnessDue.clear();
@@ -121,7 +131,7 @@ export function attachOperatorNamespace(
     const removed = [...sent.keys()].filter((id) => !hub.workers.has(id));
     for (const id of removed) sent.delete(id);
     if (removed.length) nsp.emit('workers:removed', removed);
-  }, everyMs);
+  };
   timer.unref();
   return () => {
     clearInterval(timer);
@@ -131,7 +141,7 @@ export function attachOperatorNamespace(
 }
 
 function onConnection(socket: OperatorSocket, hub: Hub): void {
-  socket.on('job:watch', (req, ack) => {
+  socket.on('job:watch', async (req, ack) => {
     if (typeof ack !== 'function') return;
     const parsed = WatchRequestSchema.safeParse(req);
     if (!parsed.success) {
@@ -141,11 +151,16 @@ function onConnection(socket: OperatorSocket, hub: Hub): void {
     for (const r of socket.rooms) if (r.startsWith('job:')) void socket.leave(r);
     const { jobId } = parsed.data;
     if (jobId === null) return void ack({ data: null });
-    const job = hub.jobs.get(jobId);
-    if (!job) return void ack({ error: { code: 'unknown_job', message: 'no such job' } });
-    void socket.join(room(jobId));
-    const final = job.state === 'completed' || job.state === 'cancelled';
-    ack({ data: hub.fairnessOf(jobId, final) ?? null });
+    try {
+      const job = await hub.jobs.get(jobId);
+      if (!job) return void ack({ error: { code: 'unknown_job', message: 'no such job' } });
+      void socket.join(room(jobId));
+      const final = job.state === 'completed' || job.state === 'cancelled';
+      ack({ data: (await hub.fairnessOf(jobId, final)) ?? null });
+    } catch (err) {
+      hub.log.warn({ err, jobId }, 'job:watch failed');
+      ack({ error: { code: 'internal', message: 'the hub could not read this job' } });
+    }
   });
 }
 

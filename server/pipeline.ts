@@ -684,13 +684,16 @@ export class OcrService {
     hub.on('job:updated', (jobId) => {
       const w = this.byJob.get(jobId);
       if (!w) return;
-      void (async () => {
-        const job = await hub.jobs.get(jobId);
-        if (job && (job.state === 'completed' || job.state === 'cancelled') && this.byJob.delete(jobId)) {
+      hub.jobs.get(jobId).then(
+        (job) => {
+          if (!job || (job.state !== 'completed' && job.state !== 'cancelled')) return;
+          if (this.byJob.get(jobId) !== w) return; // another update ended it first
+          this.byJob.delete(jobId);
           const state = job.state;
           w.run.then(() => w.run.stageEnded(w.stage, jobId, state));
-        }
-      })();
+        },
+        (err: unknown) => hub.log.error({ err, jobId }, 'OCR run: reading a stage job failed'),
+      );
     });
   }
 
@@ -713,8 +716,13 @@ export class OcrService {
     return s;
   }
 
-  /** Rebuilds the runs recorded in the store (the newest {@link OCR_RUNS_KEPT}). */
+  /**
+   * Rebuilds the runs recorded in the store (the newest {@link OCR_RUNS_KEPT}); not on a store
+   * shared by several hubs, where runs would need an owner.
+   */
   private async restore(): Promise<void> {
+    // Hubs sharing a store would each carry on the same run: rebuilding waits for a run's owner.
+    if (this.hub.sharedStore) return;
     const byRun = new Map<string, JobRecord[]>();
     for (const job of await this.hub.jobs.list()) {
       const p = stageOptions(job);

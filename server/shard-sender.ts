@@ -2,10 +2,11 @@
  * How assigned items reach a worker: `shard:assign` messages of bounded size, planned from the sizes
  * of their items' inputs and sent in order, each one's inputs read from the store only as it goes.
  *
- * - A message holds at most {@link SHARD_MESSAGE_ITEMS} items and {@link SHARD_MESSAGE_BYTES} of
- *   inputs (a single larger item goes alone). Planning reads the sizes (SQLite `length()`), and the
- *   inputs themselves only of items up to {@link PART_MIN_BYTES}: the hub records every assignment
- *   row in one transaction before large inputs are read, and small ones are read once.
+ * - Planning is synchronous: an assignment becomes shards of at most {@link SHARD_MESSAGE_ITEMS}
+ *   items, each with an id, whose rows the hub records at once. Sending reads, shard by shard, the
+ *   inputs' sizes (`length()`) and the inputs themselves of items up to {@link PART_MIN_BYTES}
+ *   from the store, and cuts the shard into messages of at most {@link SHARD_MESSAGE_BYTES} (a
+ *   single larger item goes alone); larger inputs are read message by message.
  * - Up to {@link SHARD_MESSAGE_BYTES} go out per turn of the event loop, the rest in later turns: a
  *   job of large items reaches a worker a message at a time, and the worker starts on the first
  *   while the rest are read (PaddleOCR, 2 s of work at once: its first item started after about
@@ -28,7 +29,7 @@ import type {
 import type { ModelInfo } from '../protocol/model.ts';
 import { unpackTensors } from '../protocol/pack.ts';
 import { MAX_ATTACHMENTS } from '../protocol/socket-parser.ts';
-import type { Store } from './store/store.ts';
+import type { AsyncStore, SizedInputs } from './store/async-store.ts';
 import type { DataChannels } from './data-channel.ts';
 
 /** A worker's socket as the hub types it. */
@@ -61,22 +62,27 @@ export interface AssignmentRow {
   at: number;
 }
 
-/** A message planned by {@link ShardSender.plan}: its inputs are read when it goes out. */
+/** A shard planned by {@link ShardSender.plan}: its inputs are read when it goes out. */
 interface Outgoing {
   workerId: string;
   socket: WorkerSocket;
   jobId: string;
   shardId: string;
   ids: number[];
-  /** Its items' input bytes. */
+}
+
+/** One message of a shard: its items, their input bytes, and their packs when read already. */
+interface Message {
+  ids: number[];
   bytes: number;
-  /** Its items' input packs when planning read them all (small items), else read as it goes. */
   packs: Uint8Array[] | undefined;
 }
 
 /** What {@link ShardSender} asks of the hub. */
 export interface ShardSenderHost {
-  store: Store;
+  store: Pick<AsyncStore, 'itemInputs' | 'itemInputsUpTo'>;
+  /** A failed read of inputs (the items stay held; the worker's watchdog or a requeue frees them). */
+  failed?(err: unknown, workerId: string, jobId: string): void;
   /** The worker's current socket, if it is connected. */
   socketOf(workerId: string): WorkerSocket | undefined;
   /** The model of an active job; undefined once the job has ended. */
@@ -88,7 +94,7 @@ export interface ShardSenderHost {
 /** Plans and sends `shard:assign` messages; see the file comment. */
 export class ShardSender {
   private readonly outgoing: Outgoing[] = [];
-  private flushQueued = false;
+  private sending = false;
   private closed = false;
   /**
    * Shard ids: this hub process's random prefix and a counter. They are labels (the assignments
@@ -114,8 +120,8 @@ export class ShardSender {
   }
 
   /**
-   * Plans the messages of one worker's assignment of a job's items and adds their rows to `rows`,
-   * which the caller records (in one transaction for many plans) before {@link flush}.
+   * Plans the shards of one worker's assignment of a job's items and adds their rows to `rows`,
+   * which the caller records (in one write for many plans) before {@link flush}.
    */
   plan(
     workerId: string,
@@ -127,47 +133,70 @@ export class ShardSender {
   ): void {
     for (let off = 0; off < itemIds.length; off += SHARD_MESSAGE_ITEMS) {
       const ids = itemIds.slice(off, off + SHARD_MESSAGE_ITEMS);
-      const sized = this.host.store.itemInputsUpTo(ids, PART_MIN_BYTES);
-      let batch: number[] = [];
-      let bytes = 0;
-      const cut = () => {
-        const shardId = `s_${this.idPrefix}-${(++this.shardCount).toString(36)}`;
-        for (const itemId of batch) rows.push({ itemId, workerId, shardId, at });
-        const packs = batch.map((id) => sized.get(id)?.pack);
-        const read = packs.every((p) => p) ? (packs as Uint8Array[]) : undefined;
-        this.outgoing.push({ workerId, socket, jobId, shardId, ids: batch, bytes, packs: read });
-        batch = [];
-        bytes = 0;
-      };
-      for (const id of ids) {
-        const size = sized.get(id)?.bytes ?? 0;
-        if (batch.length > 0 && bytes + size > SHARD_MESSAGE_BYTES) cut();
-        batch.push(id);
-        bytes += size;
-      }
-      if (batch.length > 0) cut();
+      const shardId = `s_${this.idPrefix}-${(++this.shardCount).toString(36)}`;
+      for (const itemId of ids) rows.push({ itemId, workerId, shardId, at });
+      this.outgoing.push({ workerId, socket, jobId, shardId, ids });
     }
   }
 
-  /** Sends planned messages in order, {@link SHARD_MESSAGE_BYTES} per turn of the event loop. */
+  /**
+   * Sends planned shards in order, {@link SHARD_MESSAGE_BYTES} per turn of the event loop. One
+   * sender at a time: a flush while one runs leaves the new shards to it.
+   */
   flush(): void {
-    if (this.flushQueued) return;
+    if (this.sending || this.outgoing.length === 0) return;
+    this.sending = true;
+    void this.sendAll().finally(() => (this.sending = false));
+  }
+
+  private async sendAll(): Promise<void> {
     let spent = 0;
-    while (this.outgoing.length > 0 && spent < SHARD_MESSAGE_BYTES && !this.closed) {
+    while (this.outgoing.length > 0 && !this.closed) {
       const o = this.outgoing.shift() as Outgoing;
-      if (this.host.socketOf(o.workerId) !== o.socket) continue;
-      const model = this.host.modelOf(o.jobId);
-      if (!model) continue;
-      this.emit(o, model);
-      spent += Math.max(o.bytes, 1);
+      if (!this.live(o)) continue;
+      try {
+        for (const m of this.cut(o.ids, await this.host.store.itemInputsUpTo(o.ids, PART_MIN_BYTES))) {
+          const packs = m.packs ?? (await this.read(m.ids));
+          const model = this.live(o);
+          if (!model) break;
+          this.emit(o, m, packs, model);
+          spent += Math.max(m.bytes, 1);
+          if (spent >= SHARD_MESSAGE_BYTES) {
+            spent = 0;
+            await new Promise<void>((resolve) => setImmediate(resolve));
+          }
+        }
+      } catch (err) {
+        this.host.failed?.(err, o.workerId, o.jobId);
+      }
     }
-    if (this.outgoing.length > 0 && !this.closed) {
-      this.flushQueued = true;
-      setImmediate(() => {
-        this.flushQueued = false;
-        this.flush();
-      });
+  }
+
+  /** The shard's model while its worker is still on that socket and its job still active. */
+  private live(o: Outgoing): ModelInfo | undefined {
+    if (this.closed || this.host.socketOf(o.workerId) !== o.socket) return undefined;
+    return this.host.modelOf(o.jobId);
+  }
+
+  /** Cuts a shard into messages of at most {@link SHARD_MESSAGE_BYTES} (a larger item alone). */
+  private cut(ids: number[], sized: Map<number, SizedInputs>): Message[] {
+    const out: Message[] = [];
+    let batch: number[] = [];
+    let bytes = 0;
+    const close = () => {
+      const packs = batch.map((id) => sized.get(id)?.pack);
+      out.push({ ids: batch, bytes, packs: packs.every((p) => p) ? (packs as Uint8Array[]) : undefined });
+      batch = [];
+      bytes = 0;
+    };
+    for (const id of ids) {
+      const size = sized.get(id)?.bytes ?? 0;
+      if (batch.length > 0 && bytes + size > SHARD_MESSAGE_BYTES) close();
+      batch.push(id);
+      bytes += size;
     }
+    if (batch.length > 0) close();
+    return out;
   }
 
   /** Sends nothing more (the hub is closing). */
@@ -176,30 +205,29 @@ export class ShardSender {
     this.outgoing.length = 0;
   }
 
-  /** Emits a planned message in the worker's form, reading its inputs if planning did not. */
-  private emit(o: Outgoing, model: ModelInfo): void {
-    const packs = o.packs ?? this.read(o.ids);
+  /** Emits one message of a shard in the worker's form. */
+  private emit(o: Outgoing, m: Message, packs: Uint8Array[], model: ModelInfo): void {
     const head = { shardId: o.shardId, jobId: o.jobId, model };
     const packing = this.packing.get(o.workerId);
-    const large = o.bytes >= PART_MIN_BYTES * o.ids.length;
+    const large = m.bytes >= PART_MIN_BYTES * m.ids.length;
     const channel = large ? this.host.data?.of(o.workerId, o.socket.id) : undefined;
     if (channel) {
-      this.host.data?.send(channel, head, o.ids, packs);
+      this.host.data?.send(channel, head, m.ids, packs);
     } else if (packing === 'parts' && large) {
-      o.socket.emit('shard:assign', { ...head, items: [], packed: { ids: o.ids, parts: packs } });
+      o.socket.emit('shard:assign', { ...head, items: [], packed: { ids: m.ids, parts: packs } });
     } else if (packing) {
       let end = 0;
       const ends = packs.map((p) => (end += p.byteLength));
       o.socket.emit('shard:assign', {
         ...head,
         items: [],
-        packed: { ids: o.ids, ends, data: Buffer.concat(packs) },
+        packed: { ids: m.ids, ends, data: Buffer.concat(packs) },
       });
     } else {
       // Unpacked: each message within the receiver's limit on attachments, one per tensor.
       let items: ShardAssign['items'] = [];
       let tensors = 0;
-      o.ids.forEach((id, i) => {
+      m.ids.forEach((id, i) => {
         const t = unpackTensors(packs[i] as Uint8Array);
         if (items.length > 0 && tensors + t.length > MAX_ATTACHMENTS) {
           o.socket.emit('shard:assign', { ...head, items });
@@ -214,8 +242,8 @@ export class ShardSender {
   }
 
   /** Items' input packs, in the order of `ids`. */
-  private read(ids: number[]): Uint8Array[] {
-    const inputs = this.host.store.itemInputs(ids);
+  private async read(ids: number[]): Promise<Uint8Array[]> {
+    const inputs = await this.host.store.itemInputs(ids);
     return ids.map((id) => inputs.get(id) as Uint8Array);
   }
 }

@@ -6,6 +6,9 @@
  */
 import type { TrustRecord, TrustStore } from './store/trust-store.ts';
 
+/** Where the book's records come from and go (the hub's `TrustCache`, or a `TrustStore`). */
+export type TrustBookStore = Pick<TrustStore, 'allTrust' | 'putTrust'>;
+
 /** Trust policy knobs. */
 export interface TrustOptions {
   /** Confirmed results in a row after which a worker counts as proven. */
@@ -53,7 +56,7 @@ export class TrustBook {
   private readonly cache = new Map<string, TrustRecord>();
 
   constructor(
-    private readonly store: TrustStore,
+    private readonly store: TrustBookStore,
     readonly opts: TrustOptions = DEFAULT_TRUST_OPTIONS,
     private readonly random: () => number = Math.random,
   ) {

@@ -7,6 +7,18 @@ import type { ModelInfo } from '../protocol/model.ts';
 import { unpackTensors } from '../protocol/pack.ts';
 import { compareTensors, type Tolerance, type WireTensor } from '../protocol/tensor.ts';
 import type { Replica, TrustStore } from './store/trust-store.ts';
+
+/** What the verifier reads and writes (the hub's `TrustCache`, or a `TrustStore`). */
+export type VerifierStore = Pick<
+  TrustStore,
+  | 'replicaItemIds'
+  | 'replicasOf'
+  | 'canaryIds'
+  | 'addCanaries'
+  | 'canaryAnswer'
+  | 'addReplica'
+  | 'dropReplicas'
+>;
 import type { TrustBook } from './trust.ts';
 
 /** What to do with a result. */
@@ -78,7 +90,7 @@ export class Verifier {
   private readonly spots = new Set<number>();
 
   constructor(
-    private readonly store: TrustStore,
+    private readonly store: VerifierStore,
     private readonly trust: TrustBook,
   ) {
     const now = Date.now();

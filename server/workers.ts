@@ -7,7 +7,7 @@ import type { Capabilities, Heartbeat, RegisterRequest } from '../protocol/event
 import type { FairnessReport } from '../protocol/fairness.ts';
 import type { WorkerJobFigures, WorkerState, WorkerView } from '../protocol/operator.ts';
 import type { FilterableWorker } from './scheduler/filter.ts';
-import type { JobRecord, JobState } from './store/store.ts';
+import type { JobRecord } from './store/store.ts';
 
 export { WORKER_STATES, type WorkerState } from '../protocol/operator.ts';
 
@@ -156,8 +156,9 @@ export interface WorkerFigureSource {
     benchmark(workerId: string, modelSha256: string): number | undefined;
   };
   readonly jobs: {
-    list(filter?: { states?: JobState[]; limit?: number }): JobRecord[];
-    fairnessOf(jobId: string, final?: boolean): FairnessReport | undefined;
+    /** The jobs this hub runs now. */
+    activeRecords(): JobRecord[];
+    liveFairness(jobId: string): FairnessReport | undefined;
   };
 }
 
@@ -182,11 +183,13 @@ export class WorkerFigures {
   /** The running jobs (highest priority first) with each worker's shares in them. */
   private get jobs(): { record: JobRecord; shares: Map<string, Share> }[] {
     this.running ??= this.src.jobs
-      .list({ states: ['running'], limit: 50 })
+      .activeRecords()
+      .filter((j) => j.state === 'running')
       .sort((a, b) => b.priority - a.priority || a.createdAt - b.createdAt)
+      .slice(0, 50)
       .map((record) => {
         const shares = new Map<string, Share>();
-        for (const r of this.src.jobs.fairnessOf(record.id)?.workers ?? []) {
+        for (const r of this.src.jobs.liveFairness(record.id)?.workers ?? []) {
           shares.set(r.workerId, { fairShare: r.expectedShare, share: r.actualShare, items: r.items });
         }
         return { record, shares };

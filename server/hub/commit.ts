@@ -10,8 +10,7 @@ import { packTensors, unpackTensors } from '../../protocol/pack.ts';
 import { outputProblem } from '../check.ts';
 import type { Logger } from '../logger.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
-import type { Store } from '../store/store.ts';
-import type { TrustStore } from '../store/trust-store.ts';
+import type { AsyncStore, Lease } from '../store/async-store.ts';
 import { outputsDiffer, type Verifier } from '../verify.ts';
 import type { WriteBatch } from '../write-batch.ts';
 import type { Dispatch } from './dispatch.ts';
@@ -37,8 +36,8 @@ const COMMIT_MAX_ROWS = 4096;
 const COMMIT_AT_ONCE_ROWS = 64;
 
 export interface ResultsCommitDeps {
-  store: Store;
-  trustStore: TrustStore;
+  store: AsyncStore;
+  lease: () => Lease;
   verifier: Verifier;
   scheduler: Scheduler;
   jobs: JobLifecycle;
@@ -59,12 +58,19 @@ export class ResultsCommit {
   private uncommitted: JudgedResults[] = [];
   private uncommittedRows = 0;
   private commitQueued = false;
+  /** Commits sent to the store and not finished. */
+  private readonly inflight = new Set<Promise<void>>();
 
   constructor(private readonly d: ResultsCommitDeps) {}
 
-  /** Whether results judged are waiting for their commit. */
+  /** Whether results judged are waiting for their commit, or being committed. */
   get pending(): boolean {
-    return this.uncommitted.length > 0;
+    return this.uncommitted.length > 0 || this.inflight.size > 0;
+  }
+
+  /** Resolves once every commit started so far has finished (stored or failed). */
+  async settled(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.all(this.inflight);
   }
 
   /**
@@ -113,8 +119,9 @@ export class ResultsCommit {
   }
 
   /** Stores what is waiting now (the hub is closing: while the store is still open). */
-  flush(): void {
+  flush(): Promise<void> {
     this.commit();
+    return this.settled();
   }
 
   private enqueue(msg: JudgedResults): void {
@@ -262,47 +269,70 @@ export class ResultsCommit {
   }
 
   /**
-   * Stores the results of every message judged since the last commit in one transaction, then
-   * frees their items, refills their workers and replies. One commit per message cost the hub
-   * about a third of its CPU with 2,000 workers (a transaction for the results and another for the
-   * worker's counter, each writing the same job and index pages again): the first results of a
-   * job, all arriving within half a second, queued behind each other for hundreds of milliseconds.
-   * If the transaction fails, every message in it gets the error and its items stay held: the
-   * workers send them again.
+   * Stores the results of every message judged since the last commit in one write, then frees their
+   * items, refills their workers and replies. One commit per message cost the hub about a third of
+   * its CPU with 2,000 workers (a transaction for the results and another for the worker's counter,
+   * each writing the same job and index pages again): the first results of a job, all arriving
+   * within half a second, queued behind each other for hundreds of milliseconds. Messages judged
+   * while a commit is in the store wait for the next. If the write fails, every message in it gets
+   * the error and its items stay held: the workers send them again.
    */
   private commit(): void {
     const group = this.uncommitted;
     if (group.length === 0) return;
     this.uncommitted = [];
     this.uncommittedRows = 0;
-    const { store, trust, workers } = this.d;
-    const now = Date.now();
+    const { trust } = this.d;
     // A worker quarantined while this group was judged (a wrong canary later in the same message,
-    // or in another message of the group) has had its unconfirmed results taken back already
-    // (`revertUnverified`): its unconfirmed results here must not be stored after that. Its items
-    // went back to the queue with the quarantine.
+    // or in another message of the group) has its unconfirmed results taken back once the commits
+    // in flight have finished (`TrustActions.quarantine`): its unconfirmed results here must not be
+    // stored at all. Its items went back to the queue with the quarantine.
     for (const m of group) {
       if (m.rows.length === 0 || !trust.isQuarantined(m.workerId)) continue;
       const keep = m.rows.filter((r) => m.how.has(r.itemId) || !trust.isQuarantined(r.workerId));
       for (const r of m.rows) if (!keep.includes(r)) m.notMine.push(r.itemId);
       m.rows = keep;
     }
+    const done = this.store(group, Date.now());
+    this.inflight.add(done);
+    void done.finally(() => this.inflight.delete(done));
+  }
+
+  /** Writes a group's results (the store's exactly-once gate), then hands it to `afterCommit`. */
+  private async store(group: JudgedResults[], now: number): Promise<void> {
+    const { store, workers } = this.d;
+    const rows = group.flatMap((m) => m.rows);
+    let accepted: number[];
     try {
-      store.transaction(() => {
-        const rows = group.flatMap((m) => m.rows);
-        const result = rows.length ? store.recordResults(rows) : { accepted: [], dropped: [] };
-        // Each message's share: a row is accepted if its item flipped, and only the first row of an
-        // item does (the store keeps the first result of an item and drops later ones, in row order).
-        const flipped = new Set(result.accepted);
-        for (const m of group) {
-          for (const r of m.rows) (flipped.delete(r.itemId) ? m.accepted : m.alreadyDone).push(r.itemId);
-          if (m.accepted.length && m.workerId !== REFERENCE_WORKER)
-            workers.countDone(m.workerId, m.accepted.length, now);
-        }
-      });
+      accepted = rows.length ? (await store.recordResults(this.d.lease(), rows)).accepted : [];
     } catch (err) {
       for (const m of group) m.reject(err); // each caller reports it (the gateway logs it)
       return;
+    }
+    // Each message's share: a row is accepted if its item flipped, and only the first row of an
+    // item does (the store keeps the first result of an item and drops later ones, in row order).
+    const flipped = new Set(accepted);
+    const verified = new Map<string, number[]>();
+    for (const m of group) {
+      for (const r of m.rows) {
+        if (!flipped.delete(r.itemId)) {
+          m.alreadyDone.push(r.itemId);
+          continue;
+        }
+        m.accepted.push(r.itemId);
+        const how = m.how.get(r.itemId);
+        const list = how ? verified.get(how) : undefined;
+        if (list) list.push(r.itemId);
+        else if (how) verified.set(how, [r.itemId]);
+      }
+      if (m.accepted.length && m.workerId !== REFERENCE_WORKER)
+        workers.countDone(m.workerId, m.accepted.length, now);
+    }
+    // Before anything else reads them: a quarantine takes back only results no check confirmed.
+    try {
+      for (const [how, ids] of verified) await store.markVerified(ids, how);
+    } catch (err) {
+      this.d.log.error({ err, items: accepted.length }, 'stored results not marked verified');
     }
     // Stored: from here on a failure must still answer every message (the error, so it is sent again
     // and dropped as done), never leave one waiting. Each worker's refill and ack leave in one write.
@@ -314,15 +344,6 @@ export class ResultsCommit {
     const { scheduler, jobs, workers, failures, events, dispatch } = this.d;
     this.d.figures.countAccepted(group);
     try {
-      const verified: { itemId: number; how: string }[] = [];
-      for (const m of group) {
-        if (m.how.size === 0) continue;
-        for (const id of m.accepted) {
-          const how = m.how.get(id);
-          if (how) verified.push({ itemId: id, how });
-        }
-      }
-      if (verified.length) this.d.trustStore.markVerifiedEach(verified);
       const activeJobs = jobs.activeCount;
       const touched = new Set<string>();
       const refill = new Set<string>();
@@ -345,7 +366,13 @@ export class ResultsCommit {
         failures.settled(m.accepted);
         for (const [other, itemIds] of cancel) workers.cancel(other, itemIds, 'completed by another worker');
         workers.credit(m.workerId, m.accepted.length + m.replicated.length, now);
-        if (m.invalid.length) failures.record(m.workerId, m.invalid);
+        if (m.invalid.length) {
+          failures
+            .record(m.workerId, m.invalid)
+            .catch((err: unknown) =>
+              this.d.log.error({ err, workerId: m.workerId }, 'invalid results not recorded'),
+            );
+        }
         for (const r of m.results) touched.add(r.jobId);
         // Only this worker's room changed, unless items went back to a queue (replicas, refusals).
         if (m.replicated.length > 0 || m.refused.length > 0) others = true;

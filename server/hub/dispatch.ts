@@ -15,7 +15,7 @@ import type { ModelRegistry } from '../../models/registry.ts';
 import { clean, type Logger } from '../logger.ts';
 import type { Assignment, Scheduler, StealPlan } from '../scheduler/scheduler.ts';
 import type { AssignmentRow, ShardSender } from '../shard-sender.ts';
-import type { Store } from '../store/store.ts';
+import type { AsyncStore, Lease } from '../store/async-store.ts';
 import type { JobLifecycle } from './jobs.ts';
 import type { WorkerRegistry } from './registry.ts';
 import type { HubEmitter, HubOptions } from './types.ts';
@@ -30,7 +30,9 @@ const PUMP_ALL_MAX = 64;
 const PUMP_CHUNK = 256;
 
 export interface DispatchDeps {
-  store: Store;
+  store: AsyncStore;
+  /** The hub's lease, which every write of item state carries. */
+  lease: () => Lease;
   models: ModelRegistry;
   scheduler: Scheduler;
   jobs: JobLifecycle;
@@ -159,14 +161,19 @@ export class Dispatch {
   }
 
   /**
-   * Sends assignments: every message is planned first (`ShardSender.plan`) and all their assignment
-   * rows are recorded in one transaction (a job's start assigns every worker at once; one commit
-   * per worker made that burst thousands of commits long), then they go out in order.
+   * Sends assignments: every shard is planned first (`ShardSender.plan`) and all their assignment
+   * rows are recorded in one write (a job's start assigns every worker at once; one commit per
+   * worker made that burst thousands of commits long), then they go out in order. The rows say who
+   * holds what (for operators and a restart's log); the hub does not wait for them.
    */
   private send(assignments: Assignment[]): void {
     const rows: AssignmentRow[] = [];
     for (const a of assignments) this.prepare(a, rows);
-    if (rows.length > 0) this.d.store.recordAssignments(rows);
+    if (rows.length > 0) {
+      this.d.store
+        .recordAssignments(this.d.lease(), rows)
+        .catch((err: unknown) => this.d.log.warn({ err, rows: rows.length }, 'assignments not recorded'));
+    }
     this.d.shards.flush();
   }
 

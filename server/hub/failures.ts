@@ -7,7 +7,7 @@
 import type { ItemFailure } from '../../protocol/events.ts';
 import { clean, type Logger } from '../logger.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
-import type { NewFailure, Store } from '../store/store.ts';
+import type { AsyncStore, Lease, NewFailure } from '../store/async-store.ts';
 import { FailureBook } from '../trust.ts';
 import type { Verifier } from '../verify.ts';
 import type { Dispatch } from './dispatch.ts';
@@ -18,7 +18,8 @@ import type { TrustActions } from './trust-actions.ts';
 import { REFERENCE_WORKER, type HubEmitter } from './types.ts';
 
 export interface ItemFailuresDeps {
-  store: Store;
+  store: AsyncStore;
+  lease: () => Lease;
   scheduler: Scheduler;
   verifier: Verifier;
   jobs: JobLifecycle;
@@ -51,8 +52,11 @@ export class ItemFailures {
     this.book.forgetJob(jobId);
   }
 
-  /** Records failed runs: each item is retried elsewhere or, out of options, ends failed. */
-  record(workerId: string, failures: ItemFailure[]): { retried: number; failed: number } {
+  /**
+   * Records failed runs: each item is retried elsewhere or, out of options, ends failed. The
+   * scheduler learns at once; the promise settles once the failure rows are stored.
+   */
+  async record(workerId: string, failures: ItemFailure[]): Promise<{ retried: number; failed: number }> {
     const { scheduler, verifier, jobs, reference, trust } = this.d;
     const now = Date.now();
     const rows: NewFailure[] = [];
@@ -99,7 +103,7 @@ export class ItemFailures {
       rows.push({ ...f, workerId, message: clean(f.message, 500), at: now, final: outcome === 'final' });
       perModel.set(f.jobId, (perModel.get(f.jobId) ?? 0) + 1);
     }
-    if (rows.length) this.d.store.recordFailures(rows);
+    const stored = rows.length ? this.d.store.recordFailures(this.d.lease(), rows) : undefined;
     if (strays) trust.stray(workerId, strays, 'failures');
     for (const [jobId, n] of perModel) {
       const sha = jobs.activeJob(jobId)?.model.sha256;
@@ -113,23 +117,25 @@ export class ItemFailures {
     this.d.workers.debit(workerId, rows.length);
     if (rows.length)
       this.d.log.warn({ workerId, retried, failed, category: rows[0]?.category }, 'items failed');
+    this.d.dispatch.pump();
+    await stored;
     for (const jobId of new Set(rows.map((r) => r.jobId))) {
       this.d.events.emit('job:updated', jobId);
       jobs.checkComplete(jobId);
     }
-    this.d.dispatch.pump();
     return { retried, failed };
   }
 
   /** The reference backend failed an item too: it ends failed, on evidence not from workers alone. */
-  referenceFailed(jobId: string, itemId: number, err: unknown): void {
+  async referenceFailed(jobId: string, itemId: number, err: unknown): Promise<void> {
     if (!this.d.jobs.activeJob(jobId)) return;
     const message = clean(`the hub's reference backend failed it too: ${(err as Error).message}`, 500);
-    this.d.store.recordFailures([
+    this.book.forget(itemId);
+    await this.d.store.recordFailures(this.d.lease(), [
       { itemId, jobId, workerId: REFERENCE_WORKER, category: 'other', message, at: Date.now(), final: true },
     ]);
-    this.book.forget(itemId);
     this.d.log.warn({ jobId, itemId, message }, 'item failed on the reference backend');
     this.d.events.emit('job:updated', jobId);
+    this.d.jobs.checkComplete(jobId);
   }
 }

@@ -22,9 +22,9 @@ import type {
   JobState,
   NewJob,
   ResultRecord,
-  Store,
 } from '../store/store.ts';
-import type { TrustStore } from '../store/trust-store.ts';
+import type { AsyncStore } from '../store/async-store.ts';
+import type { Later, TrustCache } from './trust-cache.ts';
 import type { Verifier } from '../verify.ts';
 import type { LiveWorker } from '../workers.ts';
 import { HubError, type ActiveJob, type HubEmitter, type HubOptions } from './types.ts';
@@ -40,34 +40,48 @@ export type NewItems = { name: string; inputs: Uint8Array }[];
 
 /** What jobs, their items and their results look like to readers (the API, pages, metrics, tests). */
 export interface JobQueries {
-  get(jobId: string): JobRecord | undefined;
+  get(jobId: string): Promise<JobRecord | undefined>;
   /** The job, or a `unknown_job` error (404). */
-  require(jobId: string): JobRecord;
-  list(filter?: { states?: JobState[]; limit?: number }): JobRecord[];
-  item(itemId: number): ItemRecord | undefined;
-  items(jobId: string, page: { offset: number; limit: number; state?: ItemState }): ItemRecord[];
+  require(jobId: string): Promise<JobRecord>;
+  list(filter?: { states?: JobState[]; limit?: number }): Promise<JobRecord[]>;
+  item(itemId: number): Promise<ItemRecord | undefined>;
+  items(jobId: string, page: { offset: number; limit: number; state?: ItemState }): Promise<ItemRecord[]>;
   /** Input packs of these items (missing ids are absent). */
-  inputs(itemIds: readonly number[]): Map<number, Uint8Array>;
-  result(itemId: number): ResultRecord | undefined;
+  inputs(itemIds: readonly number[]): Promise<Map<number, Uint8Array>>;
+  result(itemId: number): Promise<ResultRecord | undefined>;
   /** A job's results in item order, a page at a time. */
-  results(jobId: string): IterableIterator<ResultRecord>;
-  failures(jobId: string): FailureRecord[];
-  events(jobId: string, opts?: { type?: string; limit?: number }): JobEvent[];
+  results(jobId: string): AsyncIterableIterator<ResultRecord>;
+  failures(jobId: string): Promise<FailureRecord[]>;
+  events(jobId: string, opts?: { type?: string; limit?: number }): Promise<JobEvent[]>;
   /** How a job's stored results were verified, counted per way. */
-  verification(jobId: string): { how: string; n: number }[];
-  /** Items of a job queued in the scheduler. */
+  verification(jobId: string): Promise<{ how: string; n: number }[]>;
+  /** Items of a job queued in this hub's scheduler. */
   queued(jobId: string): number;
-  /** Items of a job held by workers. */
+  /** Items of a job held by this hub's workers. */
   inFlight(jobId: string): number;
   /** The job's fairness figures: live while it runs, the stored final ones after. */
-  fairnessOf(jobId: string, final?: boolean): FairnessReport | undefined;
+  fairnessOf(jobId: string, final?: boolean): Promise<FairnessReport | undefined>;
+  /** The records of the jobs this hub runs now (as of their last change here). */
+  activeRecords(): JobRecord[];
+  /** Live fairness figures of a job this hub runs now. */
+  liveFairness(jobId: string): FairnessReport | undefined;
   /** The model a job runs (for a pipeline stage, with its step), if this build has it. */
   modelOf(job: JobRecord): ModelInfo | undefined;
 }
 
 export interface JobLifecycleDeps {
-  store: Store;
-  trustStore: TrustStore;
+  store: AsyncStore;
+  /**
+   * Whether other hubs share the store: jobs are then activated with no items, and the chunks this
+   * hub claims give it items (`claims.ts`); nothing is read for the whole job.
+   */
+  shared: boolean;
+  /** Claim chunks now (items were appended to a running job). */
+  claimSoon: () => void;
+  /** Store writes the hub does not wait for, in order. */
+  later: Later;
+  /** Canary answers, loaded per job as it is activated. */
+  trustCache: TrustCache;
   models: ModelRegistry;
   scheduler: Scheduler;
   verifier: Verifier;
@@ -82,7 +96,7 @@ export interface JobLifecycleDeps {
   /** Plans every worker (a job started or ended). */
   pump: () => void;
   /** Called as a job completes, before it is let go (the workers' figures' last word on it). */
-  completing: () => void;
+  completing: () => Promise<void>;
   /** The job ended: evidence about its items' failures may go. */
   ended: (jobId: string) => void;
   /** Reference runs in progress for a job: a job waiting for one is not stalled. */
@@ -96,56 +110,59 @@ export class JobLifecycle implements JobQueries {
   private readonly sealing = new Set<string>();
   /** Jobs a pipeline may still add items to: they do not complete until `endStream`. */
   private readonly streaming = new Set<string>();
+  /** Jobs whose completion is being checked: once at a time. */
+  private readonly checking = new Set<string>();
   private lastStallCheck = 0;
+  private stallCheck: Promise<void> | undefined;
 
   constructor(private readonly d: JobLifecycleDeps) {}
 
   // ------------------------------------------------------------------ queries
 
-  get(jobId: string): JobRecord | undefined {
+  get(jobId: string): Promise<JobRecord | undefined> {
     return this.d.store.getJob(jobId);
   }
 
-  require(jobId: string): JobRecord {
-    const job = this.d.store.getJob(jobId);
+  async require(jobId: string): Promise<JobRecord> {
+    const job = await this.d.store.getJob(jobId);
     if (!job) throw new HubError('unknown_job', `no job "${clean(jobId, 80)}"`, 404);
     return job;
   }
 
-  list(filter?: { states?: JobState[]; limit?: number }): JobRecord[] {
+  list(filter?: { states?: JobState[]; limit?: number }): Promise<JobRecord[]> {
     return this.d.store.listJobs(filter);
   }
 
-  item(itemId: number): ItemRecord | undefined {
+  item(itemId: number): Promise<ItemRecord | undefined> {
     return this.d.store.getItem(itemId);
   }
 
-  items(jobId: string, page: { offset: number; limit: number; state?: ItemState }): ItemRecord[] {
+  items(jobId: string, page: { offset: number; limit: number; state?: ItemState }): Promise<ItemRecord[]> {
     return this.d.store.listItems(jobId, page);
   }
 
-  inputs(itemIds: readonly number[]): Map<number, Uint8Array> {
+  inputs(itemIds: readonly number[]): Promise<Map<number, Uint8Array>> {
     return this.d.store.itemInputs(itemIds);
   }
 
-  result(itemId: number): ResultRecord | undefined {
+  result(itemId: number): Promise<ResultRecord | undefined> {
     return this.d.store.getResult(itemId);
   }
 
-  results(jobId: string): IterableIterator<ResultRecord> {
+  results(jobId: string): AsyncIterableIterator<ResultRecord> {
     return this.d.store.iterateResults(jobId);
   }
 
-  failures(jobId: string): FailureRecord[] {
+  failures(jobId: string): Promise<FailureRecord[]> {
     return this.d.store.failuresOf(jobId);
   }
 
-  events(jobId: string, opts?: { type?: string; limit?: number }): JobEvent[] {
+  events(jobId: string, opts?: { type?: string; limit?: number }): Promise<JobEvent[]> {
     return this.d.store.listEvents(jobId, opts);
   }
 
-  verification(jobId: string): { how: string; n: number }[] {
-    return this.d.trustStore.verificationOf(jobId);
+  verification(jobId: string): Promise<{ how: string; n: number }[]> {
+    return this.d.store.verificationOf(jobId);
   }
 
   queued(jobId: string): number {
@@ -179,16 +196,29 @@ export class JobLifecycle implements JobQueries {
     return this.active.size;
   }
 
-  fairnessOf(jobId: string, final = false): FairnessReport | undefined {
-    const job = this.active.get(jobId);
-    if (!job) {
-      const saved = this.d.store.listEvents(jobId, { type: 'fairness', limit: 1 })[0];
+  activeRecords(): JobRecord[] {
+    return [...this.active.values()].map((j) => j.record);
+  }
+
+  async fairnessOf(jobId: string, final = false): Promise<FairnessReport | undefined> {
+    if (!this.active.has(jobId)) {
+      const saved = (await this.d.store.listEvents(jobId, { type: 'fairness', limit: 1 }))[0];
       return saved ? (saved.data as unknown as FairnessReport) : undefined;
     }
-    const record = this.d.store.getJob(jobId);
+    const record = await this.d.store.getJob(jobId);
+    const job = this.active.get(jobId);
+    return job && this.report(job, record?.itemCount ?? job.record.itemCount, final);
+  }
+
+  liveFairness(jobId: string): FairnessReport | undefined {
+    const job = this.active.get(jobId);
+    return job && this.report(job, job.record.itemCount, false);
+  }
+
+  private report(job: ActiveJob, items: number, final: boolean): FairnessReport {
     const { scheduler } = this.d;
     return job.fairness.report({
-      items: record?.itemCount ?? 0,
+      items,
       final,
       now: Date.now(),
       lookup: (workerId) => {
@@ -206,31 +236,32 @@ export class JobLifecycle implements JobQueries {
 
   // ------------------------------------------------------------------ writes
 
-  /** Records an event with a job (steal, requeue, check failed...). */
+  /** Records an event with a job (steal, requeue, check failed...); the hub does not wait for it. */
   addEvent(jobId: string, type: string, data: Record<string, unknown>, at: number): void {
-    this.d.store.addEvent(jobId, type, data, at);
+    this.d.later('job event', () => this.d.store.addEvent(jobId, type, data, at));
   }
 
   /** After a restart: every sealed, unfinished job goes back to the scheduler with its pending items. */
-  resume(): void {
-    for (const job of this.d.store.listJobs({ states: ['queued', 'running'] })) {
+  async resume(): Promise<void> {
+    if (this.d.shared) return; // jobs become active here as this hub claims their chunks
+    for (const job of await this.d.store.listJobs({ states: ['queued', 'running'] })) {
       const model = this.modelOf(job);
       if (!model) {
         this.d.log.error(
           { jobId: job.id, model: job.modelName },
           'model of an unfinished job is gone; job cancelled',
         );
-        this.d.store.updateJob(job.id, { state: 'cancelled', finishedAt: Date.now() });
+        await this.d.store.updateJob(job.id, { state: 'cancelled', finishedAt: Date.now() });
         continue;
       }
-      this.activate(job, model);
+      await this.activate(job, model);
       this.d.log.info({ jobId: job.id, pending: this.d.scheduler.queued(job.id) }, 'job resumed');
-      this.checkComplete(job.id);
+      await this.checkComplete(job.id);
     }
   }
 
   /** Creates a job on a model known to the registry. */
-  create(spec: JobSpec): JobRecord {
+  async create(spec: JobSpec): Promise<JobRecord> {
     const { models } = this.d;
     const model = /^[0-9a-f]{64}$/.test(spec.model) ? models.bySha(spec.model) : models.byName(spec.model);
     if (!model) {
@@ -248,23 +279,35 @@ export class JobLifecycle implements JobQueries {
     const id = `j_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
     const { model: _m, ...rest } = spec;
     void _m;
-    const job = this.d.store.createJob({ ...rest, id, modelName: model.name, modelSha256: model.sha256 });
+    const job = await this.d.store.createJob({
+      ...rest,
+      id,
+      modelName: model.name,
+      modelSha256: model.sha256,
+    });
     this.d.log.info({ jobId: id, model: model.name }, 'job created');
     return job;
   }
 
   /** Adds items to an open job; returns their ids in order. */
-  append(jobId: string, items: NewItems): number[] {
+  append(jobId: string, items: NewItems): Promise<number[]> {
     return this.d.store.appendItems(jobId, items);
   }
 
   /** Adds items to a sealed job that is still running (a pipeline stage fed as results arrive). */
-  appendRunning(jobId: string, items: NewItems): number[] {
+  async appendRunning(jobId: string, items: NewItems): Promise<number[]> {
     if (!this.active.has(jobId))
       throw new HubError('job_not_active', `job ${clean(jobId, 80)} is not running`, 409);
-    const ids = this.d.store.appendItems(jobId, items, { running: true });
-    this.d.scheduler.requeueItems(jobId, ids);
-    this.d.pump();
+    const ids = await this.d.store.appendItems(jobId, items, { running: true });
+    const job = this.active.get(jobId);
+    if (job) {
+      job.record = { ...job.record, itemCount: job.record.itemCount + ids.length };
+      if (this.d.shared) this.d.claimSoon();
+      else {
+        this.d.scheduler.requeueItems(jobId, ids);
+        this.d.pump();
+      }
+    }
     return ids;
   }
 
@@ -275,7 +318,7 @@ export class JobLifecycle implements JobQueries {
 
   /** The pipeline adds no more items: the job completes once its items are done or failed. */
   endStream(jobId: string): void {
-    if (this.streaming.delete(jobId)) this.checkComplete(jobId);
+    if (this.streaming.delete(jobId)) this.checkSoon(jobId);
   }
 
   /**
@@ -284,7 +327,7 @@ export class JobLifecycle implements JobQueries {
    * thrown as a clear error. Then the job is queued and scheduled.
    */
   async seal(jobId: string): Promise<JobRecord> {
-    const job = this.require(jobId);
+    const job = await this.require(jobId);
     if (job.state !== 'open' || this.sealing.has(jobId)) {
       throw new HubError(
         'job_not_open',
@@ -299,12 +342,12 @@ export class JobLifecycle implements JobQueries {
     this.sealing.add(jobId);
     try {
       if (this.d.opts.preflight) await this.preflight(job, model, path);
-      this.d.store.updateJob(jobId, { state: 'queued' });
+      await this.d.store.updateJob(jobId, { state: 'queued' });
     } finally {
       this.sealing.delete(jobId);
     }
-    const sealed = this.require(jobId);
-    this.activate(sealed, model);
+    const sealed = await this.require(jobId);
+    await this.activate(sealed, model);
     this.d.log.info({ jobId, items: sealed.itemCount }, 'job queued');
     this.d.events.emit('job:updated', jobId);
     this.d.pump();
@@ -313,7 +356,7 @@ export class JobLifecycle implements JobQueries {
 
   private async preflight(job: JobRecord, model: ModelInfo, path: string): Promise<void> {
     const { store, opts } = this.d;
-    const pending = IdRuns.of(store.pendingItemRuns(job.id));
+    const pending = IdRuns.of(await store.pendingItemRuns(job.id));
     const n = canaryCount(pending.size, {
       fraction: opts.trust.canaryFraction,
       min: opts.trust.minCanaries,
@@ -323,12 +366,15 @@ export class JobLifecycle implements JobQueries {
     const sample = n > 0 ? pickCanaries(pending, n) : pending.size > 0 ? [pending.at(0)] : [];
     const started = Date.now();
     try {
-      const answers = await this.d.reference.check(model, path, store.itemInputs(sample));
-      if (n > 0) this.d.verifier.addCanaries(job.id, answers);
+      const answers = await this.d.reference.check(model, path, await store.itemInputs(sample));
+      if (n > 0) {
+        await store.addCanaries(job.id, answers); // before the job is queued: any hub may run it
+        this.d.verifier.addCanaries(job.id, answers);
+      }
     } catch (err) {
       if (!(err instanceof PreflightError)) throw err;
-      store.updateJob(job.id, { state: 'cancelled', finishedAt: Date.now() });
-      store.addEvent(job.id, 'preflight_failed', { reason: err.message }, Date.now());
+      await store.updateJob(job.id, { state: 'cancelled', finishedAt: Date.now() });
+      await store.addEvent(job.id, 'preflight_failed', { reason: err.message }, Date.now());
       this.d.log.warn({ jobId: job.id, reason: clean(err.message) }, 'pre-flight failed; job cancelled');
       this.d.events.emit('job:updated', job.id);
       throw new HubError('preflight_failed', err.message, 422);
@@ -337,9 +383,15 @@ export class JobLifecycle implements JobQueries {
   }
 
   /** Hands a sealed job to the scheduler with its pending items. */
-  private activate(job: JobRecord, model: ModelInfo): void {
-    const fairness = new FairnessTracker(job.id);
+  private async activate(job: JobRecord, model: ModelInfo): Promise<void> {
+    if (this.active.has(job.id)) return;
+    const [pending] = await Promise.all([
+      this.d.shared ? [] : this.d.store.pendingItemRuns(job.id),
+      this.d.trustCache.loadCanaries(job.id),
+    ]);
+    if (this.active.has(job.id)) return; // activated meanwhile
     this.d.verifier.watchJob(job.id);
+    const fairness = new FairnessTracker(job.id);
     this.active.set(job.id, { record: job, model, fairness });
     this.d.scheduler.addJob(
       {
@@ -350,27 +402,64 @@ export class JobLifecycle implements JobQueries {
         batchSize: model.batchable ? model.batchSize : 1,
         requirements: job.requirements,
       },
-      IdRuns.of(this.d.store.pendingItemRuns(job.id)),
+      IdRuns.of(pending),
     );
+  }
+
+  /**
+   * Makes a sealed, unfinished job active here if it is not (a chunk of it was claimed); false if
+   * it cannot run here (finished, or its model is not in this hub's registry).
+   */
+  async ensureActive(jobId: string): Promise<boolean> {
+    if (this.active.has(jobId)) return true;
+    const job = await this.d.store.getJob(jobId);
+    if (!job || (job.state !== 'queued' && job.state !== 'running')) return false;
+    const model = this.modelOf(job);
+    if (!model) {
+      this.d.log.warn(
+        { jobId, model: job.modelName },
+        "a claimed job's model is not on this hub; chunk given back",
+      );
+      return false;
+    }
+    await this.activate(job, model);
+    return true;
+  }
+
+  /** Lets every job go (the hub lost its lease: what it held is another hub's to run now). */
+  dropAll(reason: string): void {
+    for (const jobId of [...this.active.keys()]) this.letGo(jobId, reason);
+  }
+
+  /**
+   * Stops running a job here without ending it (its chunks go back to other hubs): nothing is
+   * written; workers holding its items are told to stop them.
+   */
+  letGo(jobId: string, reason = 'the job moved to another hub'): void {
+    this.active.delete(jobId);
+    this.d.ended(jobId);
+    for (const [workerId, itemIds] of this.d.scheduler.removeJob(jobId)) {
+      this.d.cancelOn(workerId, itemIds, reason);
+    }
   }
 
   /** A job's first items went out: it is running. */
   started(jobId: string, now: number): void {
     const job = this.active.get(jobId);
     if (!job || job.record.state !== 'queued') return;
-    this.d.store.updateJob(jobId, { state: 'running', startedAt: now });
-    job.record = this.require(jobId);
+    job.record = { ...job.record, state: 'running', startedAt: now };
+    this.d.later('job started', () => this.d.store.updateJob(jobId, { state: 'running', startedAt: now }));
     this.d.events.emit('job:updated', jobId);
   }
 
   /** Cancels a job: queued items are dropped, workers told to stop its items. */
-  cancel(jobId: string): JobRecord {
-    const job = this.require(jobId);
+  async cancel(jobId: string): Promise<JobRecord> {
+    const job = await this.require(jobId);
     if (job.state === 'completed' || job.state === 'cancelled') {
       throw new HubError('job_finished', `job ${jobId} is already ${job.state}`, 409);
     }
-    this.d.store.updateJob(jobId, { state: 'cancelled', finishedAt: Date.now() });
-    this.deactivate(jobId, 'job cancelled');
+    await this.d.store.updateJob(jobId, { state: 'cancelled', finishedAt: Date.now() });
+    this.deactivate(jobId, job.itemCount, 'job cancelled');
     this.d.log.info({ jobId }, 'job cancelled');
     this.d.events.emit('job:updated', jobId);
     this.d.pump();
@@ -378,21 +467,26 @@ export class JobLifecycle implements JobQueries {
   }
 
   /** Changes a job's priority. */
-  setPriority(jobId: string, priority: number): JobRecord {
-    this.require(jobId);
-    this.d.store.updateJob(jobId, { priority });
+  async setPriority(jobId: string, priority: number): Promise<JobRecord> {
+    await this.require(jobId);
+    await this.d.store.updateJob(jobId, { priority });
+    const job = this.active.get(jobId);
+    if (job) job.record = { ...job.record, priority };
     this.d.scheduler.setPriority(jobId, priority);
     this.d.events.emit('job:updated', jobId);
     return this.require(jobId);
   }
 
-  private deactivate(jobId: string, reason: string): void {
+  private deactivate(jobId: string, items: number, reason: string): void {
     const job = this.active.get(jobId);
     if (job) {
       job.fairness.finish(Date.now());
-      const report = this.fairnessOf(jobId, true);
-      if (report)
-        this.d.store.addEvent(jobId, 'fairness', report as unknown as Record<string, unknown>, Date.now());
+      this.addEvent(
+        jobId,
+        'fairness',
+        this.report(job, items, true) as unknown as Record<string, unknown>,
+        Date.now(),
+      );
     }
     this.active.delete(jobId);
     this.d.ended(jobId);
@@ -408,23 +502,50 @@ export class JobLifecycle implements JobQueries {
    * second all the same, so a job the scheduler's view misled about still completes.
    */
   checkComplete(jobId: string, quick = false): void {
-    const { scheduler, store } = this.d;
+    const { scheduler } = this.d;
     if (quick && scheduler.queued(jobId) + scheduler.inFlight(jobId) > 0) return;
-    if (this.streaming.has(jobId)) return;
-    const job = store.getJob(jobId);
+    this.checkSoon(jobId);
+  }
+
+  /** Reads the job's row and completes it if its counts are full (one check at a time per job). */
+  private checkSoon(jobId: string): void {
+    if (this.streaming.has(jobId) || this.checking.has(jobId)) return;
+    this.checking.add(jobId);
+    this.complete(jobId)
+      .catch((err: unknown) => this.d.log.error({ err, jobId }, 'completing a job failed'))
+      .finally(() => this.checking.delete(jobId));
+  }
+
+  private async complete(jobId: string): Promise<void> {
+    const { store } = this.d;
+    const job = await store.getJob(jobId);
+    const active = this.active.get(jobId);
+    if (job && active && this.d.shared) this.follow(job, active);
     if (!job || (job.state !== 'running' && job.state !== 'queued')) return;
-    if (job.doneCount + job.failedCount < job.itemCount) return;
-    store.updateJob(jobId, { state: 'completed', finishedAt: Date.now() });
-    this.d.completing();
-    this.deactivate(jobId, 'job completed');
+    if (job.doneCount + job.failedCount < job.itemCount || this.streaming.has(jobId)) return;
+    await store.updateJob(jobId, { state: 'completed', finishedAt: Date.now() });
+    await this.d.completing().catch((err: unknown) => this.d.log.warn({ err }, 'figures not sent'));
+    this.deactivate(jobId, job.itemCount, 'job completed');
     this.d.log.info({ jobId, done: job.doneCount, failed: job.failedCount }, 'job completed');
     this.d.events.emit('job:updated', jobId);
     this.d.events.emit('job:completed', jobId);
   }
 
+  /** Follows what another hub did to a job this one runs: cancelled, completed, reprioritised. */
+  private follow(job: JobRecord, active: ActiveJob): void {
+    if (job.state === 'cancelled' || job.state === 'completed') {
+      this.deactivate(job.id, job.itemCount, `job ${job.state}`);
+      this.d.events.emit('job:updated', job.id);
+      this.d.pump();
+      return;
+    }
+    if (job.priority !== active.record.priority) this.d.scheduler.setPriority(job.id, job.priority);
+    active.record = { ...job, state: active.record.state === 'running' ? 'running' : job.state };
+  }
+
   /** Checks every active job's row (the tick's backstop for `checkComplete`'s quick path). */
   checkAll(): void {
-    for (const jobId of [...this.active.keys()]) this.checkComplete(jobId);
+    for (const jobId of [...this.active.keys()]) this.checkSoon(jobId);
   }
 
   /**
@@ -434,19 +555,32 @@ export class JobLifecycle implements JobQueries {
    * frees items.
    */
   repairStalls(now: number): void {
-    if (now - this.lastStallCheck < STALL_CHECK_MS || this.d.settling()) return;
+    // With other hubs, chunk claims re-queue what is pending in the chunks held here (`claims.ts`).
+    if (this.d.shared) return;
+    if (now - this.lastStallCheck < STALL_CHECK_MS || this.d.settling() || this.stallCheck) return;
     this.lastStallCheck = now;
+    this.stallCheck = this.repair(now)
+      .catch((err: unknown) => this.d.log.error({ err }, 'stall check failed'))
+      .finally(() => (this.stallCheck = undefined));
+  }
+
+  private async repair(now: number): Promise<void> {
     const { scheduler, store, log } = this.d;
-    for (const jobId of this.active.keys()) {
-      if (scheduler.queued(jobId) + scheduler.inFlight(jobId) > 0) continue;
-      if (this.d.referencing(jobId)) continue;
-      const row = store.getJob(jobId);
+    const idle = (jobId: string) =>
+      this.active.has(jobId) &&
+      scheduler.queued(jobId) + scheduler.inFlight(jobId) === 0 &&
+      !this.d.referencing(jobId) &&
+      !this.d.settling();
+    for (const jobId of [...this.active.keys()]) {
+      if (!idle(jobId)) continue;
+      const row = await store.getJob(jobId);
       if (!row || row.state !== 'running' || row.doneCount + row.failedCount >= row.itemCount) continue;
-      const pending = IdRuns.of(store.pendingItemRuns(jobId));
+      const pending = IdRuns.of(await store.pendingItemRuns(jobId));
+      if (!idle(jobId)) continue; // results or items moved while the store was read
       const requeued = scheduler.restore(jobId, pending);
       const reason = 'running with nothing queued and nothing in flight';
       const data = { reason, requeued, done: row.doneCount, failed: row.failedCount, items: row.itemCount };
-      store.addEvent(jobId, 'repaired', data, now);
+      this.addEvent(jobId, 'repaired', data, now);
       if (requeued > 0) log.warn({ jobId, ...data }, 'stalled job repaired: pending items queued again');
       else log.error({ jobId, ...data }, 'stalled job: no pending items, yet its counts are short');
     }
@@ -456,12 +590,13 @@ export class JobLifecycle implements JobQueries {
    * Results a quarantined worker gave were taken back: their items run again (the job is
    * activated again if it had completed on them while still marked running).
    */
-  recompute(jobId: string, itemIds: number[], avoid: string): void {
-    if (this.active.has(jobId)) this.d.scheduler.requeueItems(jobId, itemIds, [avoid]);
-    else {
-      const job = this.d.store.getJob(jobId);
-      const model = job && this.modelOf(job);
-      if (job && model && job.state === 'running') this.activate(job, model);
+  async recompute(jobId: string, itemIds: number[], avoid: string): Promise<void> {
+    if (this.active.has(jobId)) {
+      this.d.scheduler.requeueItems(jobId, itemIds, [avoid]);
+      return;
     }
+    const job = await this.d.store.getJob(jobId);
+    const model = job && this.modelOf(job);
+    if (job && model && job.state === 'running') await this.activate(job, model);
   }
 }

@@ -28,7 +28,7 @@ export interface ReferenceRunsDeps {
   /** Stores the answer (resolves once it is committed). */
   answered: (a: ReferenceAnswer) => Promise<void>;
   /** The reference backend failed the item too: it ends failed. */
-  failed: (jobId: string, itemId: number, err: unknown) => void;
+  failed: (jobId: string, itemId: number, err: unknown) => Promise<void>;
 }
 
 export class ReferenceRuns {
@@ -53,18 +53,21 @@ export class ReferenceRuns {
     const { jobs, log } = this.d;
     const job = jobs.activeJob(jobId);
     const path = job && this.d.models.filePath(job.model.sha256);
-    const input = path ? jobs.inputs([itemId]).get(itemId) : undefined;
-    if (!job || !path || !input) return; // the job ended, or the stall check finds the item again
+    if (!job || !path) return; // the job ended, or the stall check finds the item again
     this.running.set(jobId, (this.running.get(jobId) ?? 0) + 1);
     const started = Date.now();
     const model = job.model;
     log.info({ jobId, itemId, why: clean(why) }, 'item goes to the reference backend');
-    this.d.runner
-      .run(model, path, input)
-      .then(
-        (outputs) => this.d.answered({ jobId, itemId, model, outputs, ms: Date.now() - started, replicas }),
-        (err: unknown) => this.d.failed(jobId, itemId, err),
-      )
+    jobs
+      .inputs([itemId])
+      .then((inputs) => {
+        const input = inputs.get(itemId);
+        if (!input) return; // gone from the store: the stall check finds the item again
+        return this.d.runner.run(model, path, input).then(
+          (outputs) => this.d.answered({ jobId, itemId, model, outputs, ms: Date.now() - started, replicas }),
+          (err: unknown) => this.d.failed(jobId, itemId, err),
+        );
+      })
       .catch((err: unknown) => log.error({ err, jobId, itemId }, 'handling a reference run failed'))
       .finally(() => {
         const n = (this.running.get(jobId) ?? 1) - 1;

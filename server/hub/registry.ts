@@ -7,13 +7,15 @@ import type { RegisterRequest } from '../../protocol/events.ts';
 import { clean, type Logger } from '../logger.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
 import type { WorkerSocket } from '../shard-sender.ts';
-import type { Store, WorkerRecord } from '../store/store.ts';
+import type { AsyncStore, WorkerRecord } from '../store/async-store.ts';
+import type { Later } from './trust-cache.ts';
 import { workerFacts, type LiveWorker } from '../workers.ts';
 import type { JobLifecycle } from './jobs.ts';
 import { HubError, type HubEmitter, type HubOptions } from './types.ts';
 
 export interface WorkerRegistryDeps {
-  store: Store;
+  store: AsyncStore;
+  later: Later;
   scheduler: Scheduler;
   jobs: JobLifecycle;
   log: Logger;
@@ -72,20 +74,20 @@ export class WorkerRegistry {
   }
 
   /** A worker as stored (identity, secret hash, lifetime counters), connected or not. */
-  stored(workerId: string): WorkerRecord | undefined {
+  stored(workerId: string): Promise<WorkerRecord | undefined> {
     return this.d.store.getWorker(workerId);
   }
 
   // ------------------------------------------------------------------ writes
 
   /** Stores a worker's identity and capabilities (at registration, before it is live). */
-  remember(rec: WorkerRecord): void {
-    this.d.store.upsertWorker(rec);
+  remember(rec: WorkerRecord): Promise<void> {
+    return this.d.store.upsertWorker(rec);
   }
 
-  /** Adds to a worker's lifetime items-done counter (in the caller's transaction, if any). */
+  /** Adds to a worker's lifetime items-done counter (written behind). */
   countDone(workerId: string, n: number, at: number): void {
-    this.d.store.addWorkerItems(workerId, n, at);
+    this.d.later('worker counter', () => this.d.store.addWorkerItems(workerId, n, at));
   }
 
   /** Forgets an offline worker (operator action); false if it is online. */
@@ -216,7 +218,7 @@ export class WorkerRegistry {
       jobs.addEvent(jobId, 'requeue', { workerId, items: items.length, reason }, at);
       events.emit('items:requeued', { workerId, jobId, items: items.length, reason, at });
     }
-    this.d.store.addWorkerItems(workerId, 0, w.lastSeen);
+    this.countDone(workerId, 0, w.lastSeen);
     this.offline.delete(workerId);
     this.offline.add(workerId);
     for (const id of this.offline) {

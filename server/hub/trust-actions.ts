@@ -8,7 +8,7 @@ import type { ProbationView } from '../../protocol/operator.ts';
 import { clean, type Logger } from '../logger.ts';
 import { RateLimiter } from '../rate-limit.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
-import type { TrustRecord, TrustStore } from '../store/trust-store.ts';
+import type { AsyncStore, Lease, TrustRecord } from '../store/async-store.ts';
 import type { TrustBook } from '../trust.ts';
 import type { Verifier } from '../verify.ts';
 import type { Dispatch } from './dispatch.ts';
@@ -68,7 +68,10 @@ export interface TrustQueries {
 
 export interface TrustActionsDeps {
   trust: TrustBook;
-  trustStore: TrustStore;
+  store: AsyncStore;
+  lease: () => Lease;
+  /** Resolves once the results commits in flight have finished. */
+  committed: () => Promise<void>;
   verifier: Verifier;
   scheduler: Scheduler;
   jobs: JobLifecycle;
@@ -193,18 +196,28 @@ export class TrustActions implements TrustQueries {
       scheduler.release(workerId, held);
       this.d.workers.cancel(workerId, held, 'worker quarantined');
     }
-    const reverted = this.d.trustStore.revertUnverified(workerId);
-    let n = 0;
-    for (const [jobId, ids] of reverted) {
-      n += ids.length;
-      jobs.recompute(jobId, ids, workerId);
-      jobs.addEvent(jobId, 'quarantine', { workerId, reason, recomputed: ids.length }, now);
-      events.emit('job:updated', jobId);
-    }
-    this.d.cost.recomputed += n;
-    log.warn({ workerId, reason: clean(reason), recomputed: n }, 'worker quarantined');
+    log.warn({ workerId, reason: clean(reason) }, 'worker quarantined');
     events.emit('worker:updated', workerId);
     this.d.dispatch.pump();
+    // After the commits in flight: a result of its accepted earlier must not be stored after this.
+    this.d
+      .committed()
+      .then(() => this.d.store.revertUnverified(this.d.lease(), workerId))
+      .then(async (reverted) => {
+        let n = 0;
+        for (const [jobId, ids] of reverted) {
+          n += ids.length;
+          await jobs.recompute(jobId, ids, workerId);
+          jobs.addEvent(jobId, 'quarantine', { workerId, reason, recomputed: ids.length }, now);
+          events.emit('job:updated', jobId);
+        }
+        this.d.cost.recomputed += n;
+        if (n) log.warn({ workerId, recomputed: n }, "quarantined worker's unconfirmed results taken back");
+        this.d.dispatch.pump();
+      })
+      .catch((err: unknown) =>
+        log.error({ err, workerId }, "taking back a quarantined worker's results failed"),
+      );
   }
 
   /**

@@ -28,6 +28,11 @@ export interface HubOptions {
    * forgotten past this. Anonymous identities cost nothing to make: what they leave must be bounded.
    */
   maxOfflineWorkers: number;
+  /**
+   * The hub's lease on the store (ms): renewed every third of it; with several hubs, one that has
+   * not renewed for this long is reaped by the others and fenced.
+   */
+  leaseMs: number;
 }
 
 export const DEFAULT_HUB_OPTIONS: HubOptions = {
@@ -39,6 +44,7 @@ export const DEFAULT_HUB_OPTIONS: HubOptions = {
   maxAttempts: DEFAULT_SCHEDULER_OPTIONS.maxAttempts,
   scheduler: {},
   maxOfflineWorkers: 1000,
+  leaseMs: 10_000,
 };
 
 /** Events the hub emits for observers (operator namespace, CLI progress, tests). */

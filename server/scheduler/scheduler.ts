@@ -16,7 +16,7 @@
  */
 import type { WorkerFilter } from '../store/store.ts';
 import { matchesFilter, type FilterableWorker } from './filter.ts';
-import { IdRuns } from './id-runs.ts';
+import { IdRuns, type IdRun } from './id-runs.ts';
 import {
   DEFAULT_POLICY,
   factoringChunk,
@@ -606,6 +606,17 @@ export class Scheduler {
     j.requeued.splice(i, 1);
     j.failedOn.delete(itemId);
     j.attempts.delete(itemId);
+    return true;
+  }
+
+  /**
+   * Adds never-assigned items to a scheduled job, as runs of ids (a chunk its hub claimed from a
+   * shared store); false if the job is not scheduled.
+   */
+  addFresh(jobId: string, runs: readonly IdRun[]): boolean {
+    const j = this.jobs.get(jobId);
+    if (!j) return false;
+    for (const r of runs) j.fresh.pushRun(r.first, r.last);
     return true;
   }
 

@@ -142,9 +142,13 @@ export interface AsyncStore {
   /**
    * Appends items to an open job; returns their ids, consecutive and in order. Cuts them into
    * chunks (the job's last unheld chunk is extended first when they follow on). Throws if the job
-   * is not open.
+   * is not open (with `running`: not open, queued or running — a pipeline stage fed as results arrive).
    */
-  appendItems(jobId: string, items: { name: string; inputs: Uint8Array }[]): Promise<number[]>;
+  appendItems(
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts?: { running?: boolean },
+  ): Promise<number[]>;
   updateJob(
     id: string,
     patch: Partial<Pick<JobRecord, 'state' | 'priority' | 'startedAt' | 'finishedAt' | 'deadline'>>,
@@ -204,6 +208,8 @@ export interface AsyncStore {
   dropReplicas(itemId: number): Promise<void>;
   markVerified(itemIds: readonly number[], how: string): Promise<void>;
   isVerified(itemId: number): Promise<boolean>;
+  /** How a job's stored results were verified, counted per way. */
+  verificationOf(jobId: string): Promise<{ how: string; n: number }[]>;
   trustOf(workerId: string): Promise<TrustRecord | undefined>;
   allTrust(): Promise<TrustRecord[]>;
   /** A quarantine is a trust record with `quarantined` set: every hub reads the same one. */

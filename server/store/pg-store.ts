@@ -267,7 +267,11 @@ export class PgStore implements AsyncStore {
     return (await this.getJob(job.id))!;
   }
 
-  async appendItems(jobId: string, items: { name: string; inputs: Uint8Array }[]): Promise<number[]> {
+  async appendItems(
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts?: { running?: boolean },
+  ): Promise<number[]> {
     return this.tx(async (c) => {
       // The job's row lock orders its appends: ids are reserved under it, so they rise with seq.
       const job = await c.query<{ state: JobState; item_count: number }>(
@@ -276,7 +280,9 @@ export class PgStore implements AsyncStore {
       );
       if (job.rowCount === 0) throw new Error(`cannot append items: job ${jobId} does not exist`);
       const { state, item_count: count } = job.rows[0];
-      if (state !== 'open') {
+      // A pipeline stage (server/pipeline.ts) is fed while it runs.
+      const fed = opts?.running === true && (state === 'queued' || state === 'running');
+      if (state !== 'open' && !fed) {
         throw new Error(`cannot append items: job ${jobId} is ${state}; items go only to an open job`);
       }
       const n = items.length;
@@ -781,6 +787,17 @@ export class PgStore implements AsyncStore {
 
   async isVerified(itemId: number): Promise<boolean> {
     return ((await this.pool.query('SELECT 1 FROM verified WHERE item_id = $1', [itemId])).rowCount ?? 0) > 0;
+  }
+
+  async verificationOf(jobId: string): Promise<{ how: string; n: number }[]> {
+    const { rows } = await this.pool.query<{ how: string; n: string }>(
+      `SELECT COALESCE(v.how, 'record:' || COALESCE(w.kind, 'browser')) AS how, COUNT(*) AS n
+       FROM results r LEFT JOIN verified v ON v.item_id = r.item_id
+       LEFT JOIN workers w ON w.id = r.worker_id
+       WHERE r.job_id = $1 GROUP BY 1`,
+      [jobId],
+    );
+    return rows.map((r) => ({ how: r.how, n: Number(r.n) }));
   }
 
   async trustOf(workerId: string): Promise<TrustRecord | undefined> {

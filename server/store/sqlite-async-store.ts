@@ -152,10 +152,14 @@ export class SqliteAsyncStore implements AsyncStore {
     return this.store.createJob(job);
   }
 
-  async appendItems(jobId: string, items: { name: string; inputs: Uint8Array }[]): Promise<number[]> {
+  async appendItems(
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts?: { running?: boolean },
+  ): Promise<number[]> {
     return this.write(() => {
       // Consecutive ids (the write lock keeps any other connection's rows out of the middle).
-      const ids = this.store.appendItems(jobId, items);
+      const ids = this.store.appendItems(jobId, items, opts);
       if (ids.length > 0) this.cutChunks(jobId, ids[0], ids[ids.length - 1]);
       return ids;
     });
@@ -345,6 +349,10 @@ export class SqliteAsyncStore implements AsyncStore {
 
   async isVerified(itemId: number): Promise<boolean> {
     return this.trust.isVerified(itemId);
+  }
+
+  async verificationOf(jobId: string): Promise<{ how: string; n: number }[]> {
+    return this.trust.verificationOf(jobId);
   }
 
   async trustOf(workerId: string): Promise<TrustRecord | undefined> {

@@ -323,7 +323,7 @@ describe('browser workers', () => {
     // failed. Everything else completes on the new device.
     assert.equal(status.done + status.failed, sent.length);
     await checkResults(hub, jobId, sent, status.failed);
-    const failures = hub.hub.jobs.failures(jobId);
+    const failures = await hub.hub.jobs.failures(jobId);
     assert.ok(
       failures.length > 0,
       `the items running when the device was lost went back to the hub\n${gpuTab.logs.slice(-30).join('\n')}`,

@@ -4,7 +4,7 @@
  * Chromium driven by Playwright. It proves the page signs in with the operator token and shows
  * nothing without it (and that the hub refuses what it would do), that its figures move live and
  * agree with the REST API, that cancel, drain and evict from the page reach the hub, and that 500
- * workers are virtualized rows. Screenshots of the views go to `test-results/`.
+ * workers (real registrations of raw worker connections) are virtualized rows. Screenshots of the views go to `test-results/`.
  *
  * Playwright's CSS locators pierce open shadow roots, so `[data-test=...]` finds elements inside
  * the Lit components.
@@ -15,14 +15,15 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import onnxProto from 'onnx-proto';
 import type { Browser, Page } from 'playwright-core';
-import { io } from 'socket.io-client';
+import { io, type Socket } from 'socket.io-client';
+import type { WorkerView } from '../../protocol/operator.ts';
 import type { NamedItem } from '../../protocol/pack.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import type { HubServer } from '../../server/app.ts';
-import type { LiveWorker } from '../../server/workers.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { ROOT, Rest, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
 import { RESULTS, launchChromium, signInDashboard, startPageHub } from '../helpers/browser.ts';
+import { rawWorker } from '../helpers/raw-worker.ts';
 
 const { onnx } = onnxProto;
 const NOOP = {
@@ -340,12 +341,20 @@ describe('operator dashboard', () => {
 
       await page.locator('[data-test=priority-input]').fill('7');
       await page.locator('[data-action=set-priority]').click();
-      await waitFor('priority 7 on the hub', () => hub.hub.jobs.get(jobId)?.priority === 7, 5000);
+      await waitFor(
+        'priority 7 on the hub',
+        async () => (await hub.hub.jobs.get(jobId))?.priority === 7,
+        5000,
+      );
 
       await page.locator('[data-action=cancel]').click();
-      assert.equal(hub.hub.jobs.get(jobId)?.state, 'running', 'one press only asks');
+      assert.equal((await hub.hub.jobs.get(jobId))?.state, 'running', 'one press only asks');
       await page.locator('[data-action=cancel]').click();
-      await waitFor('job cancelled on the hub', () => hub.hub.jobs.get(jobId)?.state === 'cancelled', 5000);
+      await waitFor(
+        'job cancelled on the hub',
+        async () => (await hub.hub.jobs.get(jobId))?.state === 'cancelled',
+        5000,
+      );
       await page.locator('[data-test=job-state]', { hasText: 'cancelled' }).waitFor({ timeout: 5000 });
 
       await page.evaluate(() => (location.hash = '#workers'));
@@ -379,67 +388,99 @@ describe('operator dashboard', () => {
 describe('operator dashboard with 500 workers', () => {
   const tmp = tempDir('shardhub-dash500-');
   let hub: HubServer;
+  let rest: Rest;
   let browser: Browser;
+  const sockets: Socket[] = [];
+  const pad = (i: number) => String(i).padStart(3, '0');
 
   before(async () => {
-    hub = await startPageHub(join(tmp.dir, 'hub'));
+    // Liveness slow enough that workers which heartbeat once stay online through the test.
+    hub = await startPageHub(join(tmp.dir, 'hub'), { hub: { heartbeatMs: 60_000, offlineAfterMs: 600_000 } });
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
     browser = await launchChromium();
-    const states = ['online', 'online', 'online', 'paused', 'draining', 'quarantined', 'offline'] as const;
+    // 500 real registrations: raw worker connections (test/helpers/raw-worker.ts) of every kind,
+    // backend and device the table shows, 50 at a time. They run nothing: no job is submitted.
     const gpus = ['NVIDIA GeForce RTX 4090', 'NVIDIA A100-SXM4-40GB', 'Apple M2', 'swiftshader', undefined];
-    const far = Date.now() + 3_600_000; // never "silent" during the test: no liveness sweep
-    for (let i = 0; i < 500; i++) {
-      const gpu = gpus[i % gpus.length];
-      const w: LiveWorker = {
-        id: `fake-${String(i).padStart(3, '0')}`,
-        name: `worker-${String(i).padStart(3, '0')}`,
-        kind: i % 3 ? 'native' : 'browser',
-        backend: gpu ? (i % 3 ? 'cuda' : 'webgpu') : 'cpu',
-        pool: null,
-        concurrency: 1,
-        cores: 8,
-        gpuMemoryBytes: null,
-        capabilities: {
-          cores: 8,
-          memoryBytes: 16e9,
-          hostname: `host-${i}`,
-          ...(gpu ? { gpu: { name: gpu } } : {}),
-        },
-        state: states[i % states.length] as LiveWorker['state'],
-        socketId: null,
-        address: '127.0.0.1',
-        connectedAt: Date.now(),
-        lastSeen: far,
-        load: null,
+    for (let off = 0; off < 500; off += 50) {
+      const batch = Array.from({ length: 50 }, (_, k) => {
+        const i = off + k;
+        const gpu = gpus[i % gpus.length];
+        const native = i % 3 !== 0;
+        return rawWorker(hub.url, `fake-${pad(i)}`, {
+          token: hub.tokens.joinToken,
+          register: {
+            kind: native ? 'native' : 'browser',
+            backend: gpu ? (native ? 'cuda' : 'webgpu') : native ? 'cpu' : 'wasm',
+            name: `worker-${pad(i)}`,
+            capabilities: {
+              cores: 8,
+              memoryBytes: 16e9,
+              hostname: `host-${i}`,
+              ...(gpu ? { gpu: { name: gpu } } : {}),
+            },
+          },
+        });
+      });
+      sockets.push(...(await Promise.all(batch)));
+    }
+    // One heartbeat each, with loads that differ (the table sorts by load below).
+    sockets.forEach((s, i) =>
+      s.emit('worker:heartbeat', {
+        load: { cpu: ((i * 37) % 1000) / 1000, memUsedBytes: 2 ** 30, memTotalBytes: 2 ** 34 },
         queued: 0,
         running: 0,
-        itemsDone: (i * 37) % 1000,
-        itemsFailed: 0,
-        reconnects: 0,
-      };
-      // Fabricated rows for a rendering test, put straight into the list the page reads: no hub
-      // behaviour is under test here, and 500 real connections would only slow it down.
-      (hub.hub.workers as Map<string, LiveWorker>).set(w.id, w);
+        paused: false,
+      }),
+    );
+    await waitFor(
+      'every heartbeat on the hub',
+      async () => {
+        const listed = (await rest.data('GET', '/api/workers?limit=1000')).workers as WorkerView[];
+        return listed.filter((w) => w.load !== null).length === 500;
+      },
+      20_000,
+      100,
+    );
+    // The other states, as operators and networks make them: paused, draining, gone.
+    for (let i = 0; i < 500; i++) {
+      if (i % 7 === 3) await rest.data('POST', `/api/workers/fake-${pad(i)}/pause`);
+      if (i % 7 === 4) await rest.data('POST', `/api/workers/fake-${pad(i)}/drain`);
+      if (i % 7 === 5) sockets[i]?.close();
     }
+    await waitFor(
+      'the closed connections offline',
+      async () => {
+        const listed = (await rest.data('GET', '/api/workers?limit=1000')).workers as WorkerView[];
+        return (
+          listed.filter((w) => w.state === 'offline').length === sockets.filter((_, i) => i % 7 === 5).length
+        );
+      },
+      20_000,
+      100,
+    );
   });
 
   after(async () => {
+    for (const s of sockets) s.close();
     await browser?.close();
     await hub?.close();
     tmp.cleanup();
   });
 
   test('rows are virtualized: 500 workers, a few dozen rows in the DOM, sorting and filtering stay fast', async () => {
+    const listed = (await rest.data('GET', '/api/workers?limit=1000')).workers as WorkerView[];
+    assert.equal(listed.length, 500);
     const page = await signIn(browser, hub);
     await page.locator('[data-test=worker-count]', { hasText: '500 of 500' }).waitFor({ timeout: 10_000 });
     await page.locator('[data-worker-id]').first().waitFor();
     const inDom = await page.locator('[data-worker-id]').count();
     assert.ok(inDom > 5 && inDom < 80, `${inDom} rows in the DOM for 500 workers`);
 
-    // Sort by items (numbers sort largest first): the top row is the worker with the most items.
+    // Sort by load (numbers sort largest first): the top row is the worker with the highest load.
     const t0 = Date.now();
-    await page.locator('[data-sort=items]').click();
-    const most = [...hub.hub.workers.values()].reduce((a, b) => (b.itemsDone > a.itemsDone ? b : a));
-    await page.locator(`[data-worker-id="${most.id}"]`).waitFor({ timeout: 5000 });
+    await page.locator('[data-sort=load]').click();
+    const busiest = listed.reduce((a, b) => ((b.load?.cpu ?? -1) > (a.load?.cpu ?? -1) ? b : a));
+    await page.locator(`[data-worker-id="${busiest.id}"]`).waitFor({ timeout: 5000 });
     const sortMs = Date.now() - t0;
 
     // Scrolling to the end renders the last rows.
@@ -447,10 +488,11 @@ describe('operator dashboard with 500 workers', () => {
     await page.locator('lit-virtualizer').evaluate((el) => el.scrollTo(0, el.scrollHeight));
     await page.locator('[data-worker-id="fake-499"]').waitFor({ timeout: 5000 });
 
-    await page.locator('[data-test=state-filter]').selectOption('quarantined');
+    await page.locator('[data-test=state-filter]').selectOption('paused');
     await page.locator('[data-test=worker-count]', { hasText: /^\d+ of 500/ }).waitFor();
-    const quarantined = [...hub.hub.workers.values()].filter((w) => w.state === 'quarantined').length;
-    assert.match(await text(page, '[data-test=worker-count]'), new RegExp(`^${quarantined} of 500`));
+    const paused = listed.filter((w) => w.state === 'paused').length;
+    assert.ok(paused > 0);
+    assert.match(await text(page, '[data-test=worker-count]'), new RegExp(`^${paused} of 500`));
     await page.locator('[data-test=state-filter]').selectOption('');
     // The virtualizer re-anchors once after the list changes: scroll to the top again after it.
     for (let i = 0; i < 2; i++) {

@@ -64,7 +64,7 @@ describe('OCR on a native node and a WASM tab', () => {
       const run = await svc.submit(pages, { cache: false });
       done = await svc.wait(run.id);
       for (const jobId of Object.values(done.jobs)) {
-        for (const r of hub.hub.jobs.results(jobId)) workers.add(r.workerId);
+        for await (const r of hub.hub.jobs.results(jobId)) workers.add(r.workerId);
       }
       tabDone = await tab.evaluate(() => window.shardhub?.stats()?.itemsDone ?? 0);
     }

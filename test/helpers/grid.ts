@@ -98,13 +98,20 @@ export function spawnTs(
 
 /**
  * Starts a native node child process, with the flags and malloc settings `shardhub node` runs with
- * (so it does not start a child of its own, and a test's signals reach the node itself).
+ * (so it does not start a child of its own, and a test's signals reach the node itself), and `env`
+ * over this process's environment.
  */
-export function startNode(hubUrl: string, token: string, stateDir: string, extra: string[] = []): Proc {
+export function startNode(
+  hubUrl: string,
+  token: string,
+  stateDir: string,
+  extra: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): Proc {
   return spawnTs(
     'native/main.ts',
     ['--hub', hubUrl, '--token', token, '--state', stateDir, '--cache', join(stateDir, 'cache'), ...extra],
-    nodeEnv({}),
+    nodeEnv(env),
     NODE_V8_FLAGS,
   );
 }
@@ -249,7 +256,7 @@ export async function checkResults(
   sent: NamedItem[],
   failed = 0,
 ): Promise<void> {
-  const job = hub.hub.jobs.get(jobId);
+  const job = await hub.hub.jobs.get(jobId);
   assert.ok(job);
   const model = hub.hub.models.bySha(job.modelSha256);
   assert.ok(model);
@@ -257,7 +264,7 @@ export async function checkResults(
   try {
     const byName = new Map(sent.map((it) => [it.name, it]));
     const seen = new Set<string>();
-    for (const r of hub.hub.jobs.results(jobId)) {
+    for await (const r of hub.hub.jobs.results(jobId)) {
       assert.ok(!seen.has(r.name), `item ${r.name} has two results`);
       seen.add(r.name);
       const input = byName.get(r.name);

@@ -6,10 +6,9 @@
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { io as connect, type Socket } from 'socket.io-client';
+import type { Socket } from 'socket.io-client';
 import type { ModelInfo } from '../../protocol/model.ts';
 import { unpackTensors, type NamedItem } from '../../protocol/pack.ts';
-import { shardhubParser } from '../../protocol/socket-parser.ts';
 import { compareTensors } from '../../protocol/tensor.ts';
 import type { HubConfig, HubServer } from '../../server/app.ts';
 import { SqliteStore } from '../../server/store/sqlite.ts';
@@ -17,86 +16,51 @@ import { TrustStore, type TrustRecord } from '../../server/store/trust-store.ts'
 import { DEFAULT_TRUST_OPTIONS, type TrustOptions } from '../../server/trust.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { Rest, startHub, startNode, waitFor, type Proc } from './grid.ts';
+import {
+  answerBenchmarks,
+  noopResults,
+  rawWorker,
+  subtleLie,
+  type RawShard,
+  type RawWorkerOptions,
+} from './raw-worker.ts';
 
 /** A fake worker's connection; `close` ends it. */
 export type FakeSocket = Socket & { close(): void };
 
 /** A shard as a fake worker reads it. */
-export interface FakeShard {
-  jobId: string;
-  model: { sha256: string };
-  items: { id: number; inputs: { dims: number[]; data: Uint8Array }[] }[];
-  packed?: { ids: number[] };
-}
+export type FakeShard = RawShard;
+
+export { noopResults };
 
 /**
  * A browser worker (a native node with `token`) of the test's own making, registered. With
  * `itemsPerSec` it answers benchmarks with that rate (without, it never answers one and gets no
  * work), and hands every shard to `answer`. `register` overrides fields of its register request.
  */
-export async function fakeWorker(
+export function fakeWorker(
   url: string,
   workerId: string,
-  opts: {
-    register?: Record<string, unknown>;
-    token?: string;
+  opts: RawWorkerOptions & {
     itemsPerSec?: number;
     answer?: (shard: FakeShard, s: FakeSocket) => void;
-    /** Handlers of its own, set before it registers (the hub may ask for a benchmark first). */
-    before?: (s: FakeSocket) => void;
   } = {},
 ): Promise<FakeSocket> {
-  const s: FakeSocket = connect(`${url}/worker`, {
-    auth: { workerId, workerSecret: 'h'.repeat(32), ...(opts.token ? { token: opts.token } : {}) },
-    reconnection: false,
-    transports: ['websocket'],
-    parser: shardhubParser,
-  });
-  await new Promise<void>((ok, fail) => {
-    s.once('connect', () => ok());
-    s.once('connect_error', fail);
-  });
-  const rate = opts.itemsPerSec;
-  if (rate !== undefined)
-    s.on('benchmark:run', (_req: unknown, ack: (r: unknown) => void) =>
-      ack({ data: { itemsPerSec: rate, batchSize: 1, runs: 1, ms: 1 } }),
-    );
-  s.on('shard:revoke', (_req: unknown, ack: (r: unknown) => void) => ack({ data: { revoked: [] } }));
-  const answer = opts.answer;
-  if (answer) s.on('shard:assign', (shard: FakeShard) => answer(shard, s));
-  opts.before?.(s);
-  const r = await s.timeout(5000).emitWithAck('worker:register', {
-    kind: opts.token ? 'native' : 'browser',
-    backend: opts.token ? 'cpu' : 'wasm',
-    name: workerId,
-    concurrency: 1,
-    capabilities: { cores: 1, memoryBytes: 1 },
-    ...opts.register,
-  });
-  assert.ok('data' in r, JSON.stringify(r));
-  return s;
-}
-
-/** A noop model's results for a shard (y = x), each output passed through `lie` first. */
-export function noopResults(shard: FakeShard, lie: (y: Float32Array) => void = () => {}) {
-  return shard.items.map((it) => {
-    const x = it.inputs[0] as { dims: number[]; data: Uint8Array };
-    const y = new Float32Array(new Uint8Array(x.data).buffer);
-    lie(y);
-    return {
-      itemId: it.id,
-      jobId: shard.jobId,
-      modelSha256: shard.model.sha256,
-      ms: 1,
-      outputs: [{ name: 'y', dtype: 'float32', dims: x.dims, data: new Uint8Array(y.buffer) }],
-    };
+  const { itemsPerSec, answer, before, ...raw } = opts;
+  return rawWorker(url, workerId, {
+    ...raw,
+    before: (s) => {
+      if (itemsPerSec !== undefined) answerBenchmarks(s, itemsPerSec);
+      if (answer) s.on('shard:assign', (shard: FakeShard) => answer(shard, s));
+      before?.(s);
+    },
   });
 }
 
 /**
  * A liar on the noop model: honest for its first `after` items (and while `lying` says no), then it
- * scales one element by 1.05 on a `rate` share of items (every item with rate 1). It answers each
- * shard in one message. With `token`, a native node.
+ * tells the subtle lie on a `rate` share of items (every item with rate 1). It answers each shard in
+ * one message. With `token`, a native node.
  */
 export function liarWorker(
   url: string,
@@ -111,7 +75,7 @@ export function liarWorker(
     answer: (shard, s) => {
       const results = noopResults(shard, (y) => {
         const lies = seen++ >= (opts.after ?? 0) && (opts.lying?.() ?? true);
-        if (lies && Math.random() < opts.rate) y[0] = (y[0] as number) * 1.05 + 0.01;
+        if (lies && Math.random() < opts.rate) subtleLie(y);
       });
       setTimeout(() => s.emit('items:done', { results }), 5);
     },
@@ -131,7 +95,7 @@ export interface HostileGrid {
    * Asserts every stored result of a noop job equals its input (no corrupted result stands);
    * returns how many there are.
    */
-  assertExact(jobId: string, sent: NamedItem[]): number;
+  assertExact(jobId: string, sent: NamedItem[]): Promise<number>;
   /** Closes what the grid started, fake workers handed to it included. */
   close(): Promise<void>;
   /** Fake workers to close with the grid. */
@@ -200,10 +164,10 @@ export async function hostileGrid(
         ms,
         100,
       ),
-    assertExact: (jobId, sent) => {
+    assertExact: async (jobId, sent) => {
       const byName = new Map(sent.map((it) => [it.name, it]));
       let n = 0;
-      for (const r of hub.hub.jobs.results(jobId)) {
+      for await (const r of hub.hub.jobs.results(jobId)) {
         n++;
         const x = byName.get(r.name)?.tensors[0];
         const y = unpackTensors(r.outputs)[0];

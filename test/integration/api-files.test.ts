@@ -59,7 +59,7 @@ describe('POST /api/jobs/:id/files', () => {
       items.map((i) => i.name),
       ['a', 'b'],
     );
-    const inputs = hub.hub.jobs.inputs(items.map((i) => i.id));
+    const inputs = await hub.hub.jobs.inputs(items.map((i) => i.id));
     const [x] = unpackTensors(inputs.get(items[0]?.id as number) as Uint8Array);
     assert.deepEqual(x?.dims, [1, 4]);
     assert.equal(x?.name, 'x');

@@ -111,12 +111,12 @@ describe('shardhub CLI', () => {
   });
 
   const op = () => ['--hub', hub.url, '--token', hub.tokens.operatorToken];
-  const jobIds = () => hub.hub.jobs.list({ limit: 1000 }).map((j) => j.id);
+  const jobIds = async () => (await hub.hub.jobs.list({ limit: 1000 })).map((j) => j.id);
 
   test('submit checks its inputs before it creates a job, and cancels the job when an item is bad', async () => {
     const model = hub.hub.models.byName('mlp-small');
     assert.ok(model);
-    const before = jobIds().length;
+    const before = (await jobIds()).length;
     const layout = join(tmp.dir, 'bad-layout');
     mkdirSync(layout);
     writeFileSync(join(layout, 'a.npy'), writeNpy(calibrationInputs(model, 1)[0] as never));
@@ -129,7 +129,7 @@ describe('shardhub CLI', () => {
     const r2 = await cli(['submit', ...op(), '--model', 'mlp-small', '--inputs', empty, '--no-wait']);
     assert.equal(r2.code, 2, r2.out);
     assert.match(r2.out, /no items/);
-    assert.equal(jobIds().length, before, 'no job was created for a folder that cannot be sent');
+    assert.equal((await jobIds()).length, before, 'no job was created for a folder that cannot be sent');
 
     // A bad shape is found while reading: the job that was created is cancelled, not left open.
     const shapes = join(tmp.dir, 'bad-shape');
@@ -144,8 +144,8 @@ describe('shardhub CLI', () => {
     assert.match(r3.out, /b\.npy: input "x" has dims \[1,3\]/);
     const id = /job (j_\w+) cancelled: its upload did not finish/.exec(r3.out)?.[1];
     assert.ok(id, r3.out);
-    assert.equal(hub.hub.jobs.get(id)?.state, 'cancelled');
-    assert.equal(hub.hub.jobs.list({ limit: 1000 }).filter((j) => j.state === 'open').length, 0);
+    assert.equal((await hub.hub.jobs.get(id))?.state, 'cancelled');
+    assert.equal((await hub.hub.jobs.list({ limit: 1000 })).filter((j) => j.state === 'open').length, 0);
   });
 
   test('Ctrl-C during the upload cancels the job; exit 130', async () => {
@@ -169,7 +169,7 @@ describe('shardhub CLI', () => {
     const { code } = await p.exited;
     assert.equal(code, 130, p.output());
     assert.match(p.output(), new RegExp(`job ${id} cancelled`));
-    assert.equal(hub.hub.jobs.get(id)?.state, 'cancelled');
+    assert.equal((await hub.hub.jobs.get(id))?.state, 'cancelled');
   });
 
   test('a connection dropped mid-upload is resumed: the job completes with every input exactly once', async () => {
@@ -208,10 +208,10 @@ describe('shardhub CLI', () => {
         why,
       );
       const id = /^(j_\w+)$/m.exec(r.out)?.[1] as string;
-      const job = hub.hub.jobs.get(id);
+      const job = await hub.hub.jobs.get(id);
       assert.equal(job?.state, 'completed', why);
       assert.equal(job?.itemCount, n, 'every input once: none lost, none twice');
-      const names = hub.hub.jobs.items(id, { offset: 0, limit: 10_000 }).map((it) => it.name);
+      const names = (await hub.hub.jobs.items(id, { offset: 0, limit: 10_000 })).map((it) => it.name);
       assert.equal(new Set(names).size, n);
       assert.deepEqual(
         names.sort(),
@@ -243,7 +243,7 @@ describe('shardhub CLI', () => {
       assert.match(r.out, /the upload of job j_\w+ stopped at item \d+ of 1200: cannot reach the hub/);
       const id = /job (j_\w+) cancelled: its upload did not finish/.exec(r.out)?.[1];
       assert.ok(id, r.out);
-      assert.equal(hub.hub.jobs.get(id)?.state, 'cancelled');
+      assert.equal((await hub.hub.jobs.get(id))?.state, 'cancelled');
     } finally {
       await proxy.close();
     }
@@ -276,7 +276,7 @@ describe('shardhub CLI', () => {
     assert.equal(r.code, 0, r.out);
     const id = /^(j_\w+)$/m.exec(r.out)?.[1];
     assert.ok(id);
-    const job = hub.hub.jobs.get(id);
+    const job = await hub.hub.jobs.get(id);
     assert.equal(job?.priority, 7);
     assert.equal(job?.redundancy, 2);
     assert.ok(
@@ -449,9 +449,9 @@ describe('shardhub CLI', () => {
     }
   });
   test("jobs --download writes any job's results; --out holding other results is refused unless --resume or --overwrite", async () => {
-    const done = hub.hub.jobs
-      .list({ limit: 1000 })
-      .filter((j) => j.state === 'completed' && j.modelName === 'mlp-small');
+    const done = (await hub.hub.jobs.list({ limit: 1000 })).filter(
+      (j) => j.state === 'completed' && j.modelName === 'mlp-small',
+    );
     assert.ok(done.length >= 1);
     const id = done[0]!.id;
     const out = join(tmp.dir, 'dl');
@@ -463,14 +463,14 @@ describe('shardhub CLI', () => {
     assert.equal(again.code, 0, 'the same job again: fine');
     // Another job's results into that folder: refused before anything is written or created.
     const other = join(tmp.dir, 'npy-in');
-    const before = jobIds().length;
+    const before = (await jobIds()).length;
     const refused = await cli(['submit', ...op(), '--model', 'mlp-small', '--inputs', other, '--out', out]);
     assert.equal(refused.code, 2, refused.out);
     assert.match(
       refused.out,
       new RegExp(`--out .* already holds the results of job ${id}; pass --resume .* --overwrite`),
     );
-    assert.equal(jobIds().length, before, 'no job created');
+    assert.equal((await jobIds()).length, before, 'no job created');
     const stray = join(tmp.dir, 'stray');
     mkdirSync(stray);
     writeFileSync(join(stray, 'keep.txt'), 'mine');

@@ -101,7 +101,8 @@ describe('contributor figures', () => {
     );
     // Each accepted result is one worker's; the store says whose.
     const stored = new Map<string, number>();
-    for (const r of hub.hub.jobs.results(jobId)) stored.set(r.workerId, (stored.get(r.workerId) ?? 0) + 1);
+    for await (const r of hub.hub.jobs.results(jobId))
+      stored.set(r.workerId, (stored.get(r.workerId) ?? 0) + 1);
     assert.equal(
       [...stored.values()].reduce((a, b) => a + b, 0),
       n,

@@ -101,7 +101,8 @@ describe('grid with native nodes', () => {
     const jobId = await rest.submit('ppocr-det', sent);
     await waitFor(
       'the victim holds items mid-job',
-      () => hub.hub.schedule.heldBy(id).length > 0 && (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 0,
+      async () =>
+        hub.hub.schedule.heldBy(id).length > 0 && ((await hub.hub.jobs.get(jobId))?.doneCount ?? 0) > 0,
       60_000,
       1,
     );
@@ -144,7 +145,8 @@ describe('grid with native nodes', () => {
     const jobId = await rest.submit('ppocr-det', sent);
     await waitFor(
       'the victim holds items mid-job',
-      () => hub.hub.schedule.heldBy(victimId).length > 0 && (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 0,
+      async () =>
+        hub.hub.schedule.heldBy(victimId).length > 0 && ((await hub.hub.jobs.get(jobId))?.doneCount ?? 0) > 0,
       60_000,
       1,
     );

@@ -166,7 +166,8 @@ describe('group commit', () => {
     try {
       const busy = workers.filter((w) => resultsOf(w).length > 0);
       assert.ok(busy.length >= 2, `items spread over ${busy.length} worker(s)`);
-      const before = new Map(busy.map((w) => [w.id, hub.hub.storedWorker(w.id)?.itemsDone ?? 0]));
+      const before = new Map<string, number>();
+      for (const w of busy) before.set(w.id, (await hub.hub.storedWorker(w.id))?.itemsDone ?? 0);
       const tx = countTransactions();
       // One turn: every worker's results, and the first worker's again (a resend after a lost ack):
       // its items are still held when the second copy is judged, so both copies reach the commit.
@@ -176,17 +177,17 @@ describe('group commit', () => {
       const replies = await Promise.all(calls).finally(() => tx.restore());
       assert.equal(tx.count, 1, 'one transaction for every message of the turn');
 
-      busy.forEach((w, i) => {
+      for (const [i, w] of busy.entries()) {
         const mine = resultsOf(w).map((r) => r.itemId);
         assert.deepEqual(replies[i]?.accepted, mine, `${w.id}'s reply names its own items`);
         assert.deepEqual(replies[i]?.dropped, []);
-        for (const id of mine) assert.equal(hub.hub.jobs.result(id)?.workerId, w.id);
+        for (const id of mine) assert.equal((await hub.hub.jobs.result(id))?.workerId, w.id);
         assert.equal(
-          hub.hub.storedWorker(w.id)?.itemsDone,
+          (await hub.hub.storedWorker(w.id))?.itemsDone,
           (before.get(w.id) ?? 0) + mine.length,
           `${w.id} is credited once each`,
         );
-      });
+      }
       // The second copy: every item dropped as done, none stored twice.
       const again = replies.at(-1);
       assert.deepEqual(again?.accepted, []);
@@ -197,7 +198,9 @@ describe('group commit', () => {
       const job = await rest.data('GET', `/api/jobs/${jobId}`);
       assert.equal(job.state, 'completed');
       assert.equal(job.done, 12);
-      assert.equal([...hub.hub.jobs.results(jobId)].length, 12);
+      let stored = 0;
+      for await (const r of hub.hub.jobs.results(jobId)) stored += r ? 1 : 0;
+      assert.equal(stored, 12);
     } finally {
       await hub.close();
     }
@@ -212,8 +215,8 @@ describe('group commit', () => {
       assert.ok(results.length >= 64, `${results.length} items`);
       const reply = hub.hub.acceptResults(big.id, results);
       // Before this turn ends: stored already.
-      for (const r of results) assert.equal(hub.hub.jobs.result(r.itemId)?.workerId, big.id);
-      assert.equal(hub.hub.jobs.get(jobId)?.doneCount, results.length);
+      for (const r of results) assert.equal((await hub.hub.jobs.result(r.itemId))?.workerId, big.id);
+      assert.equal((await hub.hub.jobs.get(jobId))?.doneCount, results.length);
       assert.deepEqual(
         (await reply).accepted,
         results.map((r) => r.itemId),
@@ -293,7 +296,7 @@ describe('group commit', () => {
       const failed = await w.socket.timeout(5000).emitWithAck('items:done', { results });
       assert.equal(failed.error?.code, 'internal');
       assert.match(failed.error?.message, /stored these results/);
-      for (const r of results) assert.equal(hub.hub.jobs.result(r.itemId)?.workerId, w.id, 'stored');
+      for (const r of results) assert.equal((await hub.hub.jobs.result(r.itemId))?.workerId, w.id, 'stored');
       for (const id of ids) assert.deepEqual(scheduler.holdersOf(id), [w.id], 'still held: nothing freed');
 
       const again = await w.socket.timeout(5000).emitWithAck('items:done', { results });

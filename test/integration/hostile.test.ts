@@ -149,7 +149,7 @@ test('over 1,000 hostile messages and requests change nothing', async () => {
       );
     }
     // Forged results for real items of the running job (never assigned to this socket).
-    const items = hub.hub.jobs.items(jobId, { offset: 0, limit: 200 });
+    const items = await hub.hub.jobs.items(jobId, { offset: 0, limit: 200 });
     for (const it of items) {
       hostile++;
       const r = await s.timeout(5000).emitWithAck('items:done', {
@@ -245,7 +245,7 @@ test('over 1,000 hostile messages and requests change nothing', async () => {
     assert.equal(status.done, 1500);
     const byName = new Map(sent.map((it) => [it.name, it]));
     let n = 0;
-    for (const r of hub.hub.jobs.results(jobId)) {
+    for await (const r of hub.hub.jobs.results(jobId)) {
       n++;
       assert.notEqual(r.workerId, 'hostile-browser-1');
       const x = byName.get(r.name)?.tensors[0];
@@ -307,7 +307,7 @@ test('finding 1: results, failures and releases for items the sender does not ho
     const out = [{ name: 'y', dtype: 'float32', dims: [1, 4], data: new Uint8Array(16).fill(7) }];
     for (const named of ['j_unknown000', finished, jobId]) {
       for (const event of ['items:done', 'items:failed', 'items:release'] as const) {
-        const all = hub.hub.jobs.items(jobId, { offset: 0, limit: 1500 });
+        const all = await hub.hub.jobs.items(jobId, { offset: 0, limit: 1500 });
         const held = all.filter((it) => hub.hub.schedule.holdersOf(it.id).length > 0);
         assert.ok(held.length > 0, 'the nodes hold items');
         const before = new Map(held.map((it) => [it.id, [...hub.hub.schedule.holdersOf(it.id)]]));
@@ -342,7 +342,7 @@ test('finding 1: results, failures and releases for items the sender does not ho
         }
         // Every item held before is still held by the same workers, or done by them since.
         const state = new Map(
-          hub.hub.jobs.items(jobId, { offset: 0, limit: 1500 }).map((it) => [it.id, it.state]),
+          (await hub.hub.jobs.items(jobId, { offset: 0, limit: 1500 })).map((it) => [it.id, it.state]),
         );
         for (const [id, holders] of before) {
           if (state.get(id) === 'done') continue;
@@ -372,7 +372,7 @@ test('finding 1: results, failures and releases for items the sender does not ho
       100,
     );
     assert.equal(status.done, 1500);
-    for (const r of hub.hub.jobs.results(jobId)) assert.notEqual(r.workerId, 'forger-browser-1');
+    for await (const r of hub.hub.jobs.results(jobId)) assert.notEqual(r.workerId, 'forger-browser-1');
   } finally {
     s?.close();
     for (const n of nodes) n.child.kill('SIGKILL');
@@ -652,7 +652,12 @@ test('finding 10: a probation result waits about a second for a confirmer, not f
       Array.from({ length: 300 }, (_, i) => ({ name: `i${i}`, tensors: calibrationInputs(model, i) })),
     );
     const sealed = Date.now();
-    await waitFor('a first result', () => (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 0, 10_000, 20);
+    await waitFor(
+      'a first result',
+      async () => ((await hub.hub.jobs.get(jobId))?.doneCount ?? 0) > 0,
+      10_000,
+      20,
+    );
     const first = Date.now() - sealed;
     assert.ok(first < 5000, `first result after ${first} ms`);
     const status = await waitFor(
@@ -696,8 +701,8 @@ test('finding 5: a liar on a minority backend is judged and quarantined', async 
     const status = await g.completed(jobId);
     assert.equal(status.done, 1000);
     assert.equal(g.hub.hub.trust.isQuarantined('wasm-liar-browser'), true, 'the wasm liar is quarantined');
-    for (const r of g.hub.hub.jobs.results(jobId)) assert.notEqual(r.workerId, 'wasm-liar-browser');
-    assert.equal(g.assertExact(jobId, sent), 1000);
+    for await (const r of g.hub.hub.jobs.results(jobId)) assert.notEqual(r.workerId, 'wasm-liar-browser');
+    assert.equal(await g.assertExact(jobId, sent), 1000);
   } finally {
     await g.close();
   }
@@ -728,7 +733,7 @@ test('finding 4: results accepted in the same message as a failed canary do not 
     const status = await g.completed(jobId);
     assert.equal(status.done, 1000);
     assert.equal(g.hub.hub.trust.isQuarantined('proven-liar-browser'), true);
-    assert.equal(g.assertExact(jobId, sent), 1000);
+    assert.equal(await g.assertExact(jobId, sent), 1000);
   } finally {
     await g.close();
   }
@@ -774,7 +779,7 @@ test('finding 3: a proven native liar that turns subtle is spot-checked, caught,
     // The first job completed while the liar was honest and before any strike: the quarantine took
     // back its unconfirmed results there too, and they were computed again.
     const first = jobs[0]?.id as string;
-    const events = g.hub.hub.jobs.events(first, { type: 'quarantine' });
+    const events = await g.hub.hub.jobs.events(first, { type: 'quarantine' });
     const recomputed = events.reduce(
       (n, e) => n + Number((e.data as { recomputed?: number }).recomputed ?? 0),
       0,
@@ -783,7 +788,7 @@ test('finding 3: a proven native liar that turns subtle is spot-checked, caught,
     for (const j of jobs) {
       const status = await g.completed(j.id);
       assert.equal(status.done, 1500);
-      assert.equal(g.assertExact(j.id, j.sent), 1500);
+      assert.equal(await g.assertExact(j.id, j.sent), 1500);
       const v = status.verification as { spotChecked: Record<string, number> };
       assert.ok(Object.values(v.spotChecked).length > 0, `the job reports spot checks: ${JSON.stringify(v)}`);
     }

@@ -102,8 +102,12 @@ describe('GET /metrics', () => {
 
   test('Prometheus text with live and final figures that agree with the hub', async () => {
     const jobId = await rest.submit('noop', items(1500));
-    await waitFor('job running', () => hub.hub.jobs.get(jobId)?.state === 'running', 30_000);
-    await waitFor('some results', () => (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 200, 30_000);
+    await waitFor('job running', async () => (await hub.hub.jobs.get(jobId))?.state === 'running', 30_000);
+    await waitFor(
+      'some results',
+      async () => ((await hub.hub.jobs.get(jobId))?.doneCount ?? 0) > 200,
+      30_000,
+    );
 
     const live = await fetch(`${hub.url}/metrics`, {
       headers: { Authorization: `Bearer ${hub.tokens.operatorToken}` },
@@ -135,7 +139,11 @@ describe('GET /metrics', () => {
     const doneLive = value(samples, 'shardhub_items_completed_total');
     assert.ok(doneLive > 0);
 
-    await waitFor('job completed', () => hub.hub.jobs.get(jobId)?.state === 'completed', 60_000);
+    await waitFor(
+      'job completed',
+      async () => (await hub.hub.jobs.get(jobId))?.state === 'completed',
+      60_000,
+    );
     const text = Buffer.from((await rest.req('GET', '/metrics')).bytes).toString('utf8');
     const final = parse(text).samples;
     assert.equal(value(final, 'shardhub_job_progress', { job: jobId }), 1);

@@ -3,7 +3,9 @@
  * software Vulkan driver (Debian's `chromium` and `libvulkan1`, installed by `.ci/run`): the probe and
  * the backend choice in each case (software adapter only, no Vulkan driver, no Vulkan loader, forced
  * backend), outputs against the CPU provider's within the models' tolerances (mlp-small through the
- * grid, PaddleOCR detection on the node's backend), and a lost session coming back.
+ * grid, PaddleOCR detection on the node's backend), a lost session coming back, and a node process
+ * whose GPU keeps losing its device (the GPU fault rig, `native/gpu-fault.ts`) falling back to cpu
+ * and registering again as a cpu worker.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -11,12 +13,15 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { compareTensors, type WireTensor } from '../../protocol/tensor.ts';
+import type { FairnessReport } from '../../protocol/fairness.ts';
+import type { ModelInfo } from '../../protocol/model.ts';
+import type { WorkerView } from '../../protocol/operator.ts';
 import type { NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import { decideBackend, webGpuCheck, type CudaCheck } from '../../native/backend-select.ts';
 import { probeWebGpu, vulkanLoaderName } from '../../native/gpu-probe.ts';
-import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
+import { asRealGpu, GPU_FAULT_ENV } from '../../native/gpu-fault.ts';
 import { OrtBackend } from '../../native/ort-backend.ts';
 import { MAX_LOSSES, type ThreadedSession } from '../../native/ort-threaded.ts';
 import { BackendError } from '../../worker/backend.ts';
@@ -24,9 +29,10 @@ import { calibrationInputs } from '../../worker/calibration.ts';
 import {
   Rest,
   checkResults,
+  jobDone,
   modelPath,
-  spawnTs,
   startHub,
+  startNode,
   tempDir,
   waitFor,
   type Proc,
@@ -40,6 +46,17 @@ const skip = swiftshader
 const swiftEnv = { ...process.env, VK_ICD_FILENAMES: SWIFTSHADER };
 // This process's own sessions (Dawn reads the variable when it starts) use SwiftShader too.
 if (swiftshader) process.env.VK_ICD_FILENAMES = SWIFTSHADER;
+
+/** `n` mlp-small items of 1 to 4 rows, named and drawn from `seed` on. */
+function mlpItems(model: ModelInfo, n: number, seed: number): NamedItem[] {
+  return Array.from({ length: n }, (_, i) => ({
+    name: `i${seed + i}`,
+    tensors: calibrationInputs(
+      { ...model, calibration: { dims: { x: [1 + (i % 4), 64] }, seed: 1 } },
+      seed + i,
+    ),
+  }));
+}
 
 const noCuda = async (): Promise<CudaCheck> => ({ ok: false, reason: 'CUDA provider not installed' });
 
@@ -168,24 +185,9 @@ describe('a native node on webgpu over SwiftShader', { skip }, () => {
     });
     rest = new Rest(hub.url, hub.tokens.operatorToken);
     const state = join(tmp.dir, 'node');
-    node = spawnTs(
-      'native/main.ts',
-      [
-        ...[
-          '--hub',
-          hub.url,
-          '--token',
-          hub.tokens.joinToken,
-          '--state',
-          state,
-          '--cache',
-          join(state, 'cache'),
-        ],
-        ...['--backend', 'webgpu', '--name', 'gpu-node'],
-      ],
-      nodeEnv({ VK_ICD_FILENAMES: SWIFTSHADER }),
-      NODE_V8_FLAGS,
-    );
+    node = startNode(hub.url, hub.tokens.joinToken, state, ['--backend', 'webgpu', '--name', 'gpu-node'], {
+      VK_ICD_FILENAMES: SWIFTSHADER,
+    });
     await waitFor(
       'the webgpu node online',
       () => [...hub.hub.workers.values()].find((w) => w.state === 'online'),
@@ -217,22 +219,9 @@ describe('a native node on webgpu over SwiftShader', { skip }, () => {
   test('mlp-small through the grid: every result within the manifest tolerance of cpu', async () => {
     const model = hub.hub.models.byName('mlp-small');
     assert.ok(model, 'mlp-small is built (npm run models)');
-    const sent: NamedItem[] = Array.from({ length: 40 }, (_, i) => ({
-      name: `i${i}`,
-      tensors: calibrationInputs(
-        { ...model, calibration: { dims: { x: [1 + (i % 4), 64] }, seed: 1 } },
-        100 + i,
-      ),
-    }));
+    const sent = mlpItems(model, 40, 100);
     const jobId = await rest.submit('mlp-small', sent);
-    const status = await waitFor(
-      'job done',
-      async () => {
-        const s = await rest.data('GET', `/api/jobs/${jobId}`);
-        return s.state === 'completed' ? s : undefined;
-      },
-      180_000,
-    );
+    const status = await jobDone(rest, jobId);
     assert.equal(status.done, 40);
     assert.equal(status.failed, 0);
     await checkResults(hub, jobId, sent); // against a standalone cpu session, within the tolerance
@@ -297,7 +286,7 @@ describe('a native node on webgpu over SwiftShader', { skip }, () => {
     assert.ok(probed.ok, probed.reason);
     // The boundary this machine lacks: SwiftShader is a software adapter, which `auto` never takes.
     // Presented as a real GPU, so that `auto` chooses it; the sessions themselves run on SwiftShader.
-    const asReal = async () => ({ ...probed, adapter: { ...probed.adapter, software: false } });
+    const asReal = async () => asRealGpu(probed);
     const changes: string[] = [];
     const auto = await OrtBackend.create({
       prefer: 'auto',
@@ -361,5 +350,138 @@ describe('a native node on webgpu over SwiftShader', { skip }, () => {
     } finally {
       await Promise.all([a.dispose(), b.dispose(), f.dispose(), c.dispose()]);
     }
+  });
+});
+
+describe('a native node whose GPU keeps losing its device', { skip }, () => {
+  const tmp = tempDir();
+  let hub: HubServer;
+  let rest: Rest;
+  let node: Proc;
+  let workerId: string;
+
+  /** The node as the hub's worker list shows it. */
+  const listed = async (): Promise<WorkerView | undefined> =>
+    ((await rest.data('GET', '/api/workers')).workers as WorkerView[]).find((w) => w.id === workerId);
+  /** The node's own log lines (JSON), in order. */
+  const nodeLog = () =>
+    node
+      .output()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { msg: string; backend?: string; model?: string; itemsPerSec?: number });
+  const items = (n: number, seed: number): NamedItem[] => {
+    const model = hub.hub.models.byName('mlp-small');
+    assert.ok(model, 'mlp-small is built (npm run models)');
+    return mlpItems(model, n, seed);
+  };
+
+  before(async () => {
+    // One worker, trusted at once (no canaries or replicas to wait for), and attempts enough for an
+    // item to fail on each of the GPU's losses: every item must end done, none failed.
+    hub = await startHub(join(tmp.dir, 'hub'), {
+      hub: {
+        preflight: false,
+        maxAttempts: MAX_LOSSES + 4,
+        trust: { ...DEFAULT_TRUST_OPTIONS, trustAfter: 0, spotCheck: 0 },
+      },
+    });
+    rest = new Rest(hub.url, hub.tokens.operatorToken);
+    const state = join(tmp.dir, 'node');
+    // `--backend auto`, as a GPU server runs; the GPU fault rig (native/gpu-fault.ts) presents
+    // SwiftShader as a real GPU, so that auto takes it and may give it up.
+    node = startNode(hub.url, hub.tokens.joinToken, state, ['--name', 'flaky-gpu'], {
+      VK_ICD_FILENAMES: SWIFTSHADER,
+      [GPU_FAULT_ENV]: '1',
+      SHARDHUB_LOG_LEVEL: 'info',
+      SHARDHUB_LOG_FORMAT: 'json',
+    });
+    const online = await waitFor(
+      'the node online on the hub',
+      async () =>
+        ((await rest.data('GET', '/api/workers')).workers as WorkerView[]).find(
+          (w) => w.name === 'flaky-gpu' && w.state === 'online',
+        ),
+      120_000,
+      200,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\n${node.output()}`);
+    });
+    workerId = online.id;
+  });
+
+  after(async () => {
+    node?.child.kill('SIGKILL');
+    await hub?.close();
+    tmp.cleanup();
+  });
+
+  test('gives the GPU up for cpu, registers again as a cpu worker, is benchmarked anew and keeps completing items', async () => {
+    const gpuView = await listed();
+    assert.equal(gpuView?.backend, 'webgpu', gpuView?.capabilities.backendReason);
+    assert.match(gpuView?.capabilities.gpu?.name ?? '', /SwiftShader/);
+    assert.match(gpuView?.capabilities.backendReason ?? '', /taken as a real GPU/);
+
+    // On the GPU: benchmarked there, and a job done.
+    const first = items(40, 100);
+    const jobA = await rest.submit('mlp-small', first);
+    assert.equal((await jobDone(rest, jobA)).done, first.length);
+    const onGpu = (await rest.data('GET', `/api/jobs/${jobA}/fairness`)) as FairnessReport;
+    const gpuFigures = onGpu.workers.find((w) => w.workerId === workerId);
+    assert.equal(gpuFigures?.backend, 'webgpu');
+    assert.ok((gpuFigures?.benchmark ?? 0) > 0, 'benchmarked on the GPU');
+    const reconnects = (await listed())?.reconnects ?? 0;
+
+    // From now on every run on the GPU loses its device. The fourth loss within 10 minutes gives
+    // the GPU up: the node goes on on its CPU and registers again.
+    node.child.kill('SIGUSR2');
+    const second = items(200, 1000);
+    const jobB = await rest.submit('mlp-small', second);
+    const cpuView = await waitFor(
+      'the node registered again as cpu',
+      async () => {
+        const w = await listed();
+        return w?.backend === 'cpu' && w.state === 'online' ? w : undefined;
+      },
+      120_000,
+      200,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\n${node.output()}`);
+    });
+    assert.equal(cpuView.capabilities.gpu, undefined, 'no GPU in its capabilities');
+    assert.equal(cpuView.gpuMemoryBytes, null);
+    assert.match(
+      cpuView.capabilities.backendReason ?? '',
+      /^webgpu given up: mlp-small: lost 4 times in 10 min/,
+    );
+    assert.ok(cpuView.reconnects > reconnects, 'it registered again');
+
+    // Items keep completing, on the CPU, each result the standalone reference's within the tolerance.
+    const status = await jobDone(rest, jobB);
+    assert.equal(status.done, second.length);
+    assert.equal(status.failed, 0);
+    await checkResults(hub, jobB, second);
+    const onCpu = (await rest.data('GET', `/api/jobs/${jobB}/fairness`)) as FairnessReport;
+    const cpuFigures = onCpu.workers.find((w) => w.workerId === workerId);
+    assert.equal(cpuFigures?.backend, 'cpu');
+    assert.ok((cpuFigures?.benchmark ?? 0) > 0, 'benchmarked on the CPU');
+    assert.notEqual(cpuFigures?.benchmark, gpuFigures?.benchmark);
+    assert.ok((cpuFigures?.items ?? 0) > 0, 'the node did items of the job on the CPU');
+
+    // The node's own account: GPU runs failed as lost devices, the GPU was given up, and the model
+    // was benchmarked again after the new registration.
+    const log = nodeLog();
+    const changed = log.findIndex((l) => l.msg === 'backend changed; registering again');
+    assert.ok(changed > 0, `the node says it changed backend\n${node.output()}`);
+    assert.equal(log[changed]?.backend, 'cpu');
+    const benchmarks = log.map((l, i) => ({ ...l, i })).filter((l) => l.msg === 'benchmark done');
+    assert.ok(
+      benchmarks.some((b) => b.i < changed && b.model === 'mlp-small'),
+      'benchmarked on the GPU',
+    );
+    assert.ok(
+      benchmarks.some((b) => b.i > changed && b.model === 'mlp-small'),
+      'benchmarked again on the CPU',
+    );
   });
 });

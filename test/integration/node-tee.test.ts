@@ -105,9 +105,9 @@ describe('Ctrl-C to a node piped through tee', { timeout: 120_000 + RUNS * 60_00
 
   /** Queues PaddleOCR detection items (about half a second each here) unless some are still queued. */
   async function keepQueued(): Promise<void> {
-    const queued = hub.hub.jobs
-      .list({ limit: 1000 })
-      .some((j) => (j.state === 'running' || j.state === 'queued') && hub.hub.jobs.queued(j.id) > 4);
+    const queued = (await hub.hub.jobs.list({ limit: 1000 })).some(
+      (j) => (j.state === 'running' || j.state === 'queued') && hub.hub.jobs.queued(j.id) > 4,
+    );
     if (queued) return;
     const model = hub.hub.models.byName('ppocr-det');
     assert.ok(model, 'ppocr-det is bundled');
@@ -159,10 +159,10 @@ describe('Ctrl-C to a node piped through tee', { timeout: 120_000 + RUNS * 60_00
         },
         120_000,
         50,
-      ).catch((err: Error) => {
-        const jobs = hub.hub.jobs
-          .list({ limit: 10 })
-          .map((j) => `${j.id} ${j.state} ${j.doneCount}/${j.itemCount} queued ${hub.hub.jobs.queued(j.id)}`);
+      ).catch(async (err: Error) => {
+        const jobs = (await hub.hub.jobs.list({ limit: 10 })).map(
+          (j) => `${j.id} ${j.state} ${j.doneCount}/${j.itemCount} queued ${hub.hub.jobs.queued(j.id)}`,
+        );
         const workers = [...hub.hub.workers.values()].map((w) => `${w.name} ${w.state} running ${w.running}`);
         throw new Error(
           `${err.message}\njobs: ${jobs.join('; ')}\nworkers: ${workers.join('; ')}\n${readFileSync(file, 'utf8').slice(-3000)}`,

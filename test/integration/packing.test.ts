@@ -71,8 +71,8 @@ test('large items come one attachment each to workers that take parts, joined wi
     assert.ok(joined.length > 0 && parts.length > 0, 'both workers got a shard');
 
     // Each item's inputs, as the worker received them, against what was submitted.
-    const check = (id: number, pack: Uint8Array) => {
-      const item = hub.hub.jobs.item(id);
+    const check = async (id: number, pack: Uint8Array) => {
+      const item = await hub.hub.jobs.item(id);
       assert.ok(item && item.jobId === jobId, `item ${id} is one of the job's`);
       const want = sent.get(item.name) as WireTensor[];
       const got = unpackTensors(pack);
@@ -86,13 +86,14 @@ test('large items come one attachment each to workers that take parts, joined wi
       assert.ok(p && 'ends' in p && !('parts' in p), 'one attachment with offsets');
       const data = toBytes(p.data);
       assert.equal(p.ends.at(-1), data.byteLength);
-      p.ids.forEach((id, i) => check(id, data.subarray(i === 0 ? 0 : (p.ends[i - 1] as number), p.ends[i])));
+      for (const [i, id] of p.ids.entries())
+        await check(id, data.subarray(i === 0 ? 0 : (p.ends[i - 1] as number), p.ends[i]));
     }
     for (const shard of parts) {
       const p = shard.packed as PackedParts;
       assert.ok(p && 'parts' in p && !('ends' in p), 'one attachment per item');
       assert.equal(p.parts.length, p.ids.length);
-      p.ids.forEach((id, i) => check(id, toBytes(p.parts[i])));
+      for (const [i, id] of p.ids.entries()) await check(id, toBytes(p.parts[i]));
     }
   } finally {
     await hub.close();

@@ -129,15 +129,20 @@ describe('OCR pipeline on the grid', () => {
     // When each stage's results were stored, per page, from the hub's own commit events.
     const commits: { stage: string; page: number; at: number }[] = [];
     const stageOf = new Map<string, string>();
+    const pending: Promise<void>[] = [];
     const onCommit = (jobId: string, ids: number[]) => {
-      const job = hub.hub.jobs.get(jobId);
-      const stage = (job?.options.pipeline as { stage?: string } | undefined)?.stage;
-      if (!stage) return;
-      stageOf.set(jobId, stage);
-      for (const id of ids) {
-        const name = hub.hub.jobs.item(id)?.name ?? '';
-        commits.push({ stage, page: Number(/^p(\d+)/.exec(name)?.[1]), at: performance.now() });
-      }
+      const at = performance.now();
+      const noted = (async () => {
+        const job = await hub.hub.jobs.get(jobId);
+        const stage = (job?.options.pipeline as { stage?: string } | undefined)?.stage;
+        if (!stage) return;
+        stageOf.set(jobId, stage);
+        for (const id of ids) {
+          const name = (await hub.hub.jobs.item(id))?.name ?? '';
+          commits.push({ stage, page: Number(/^p(\d+)/.exec(name)?.[1]), at });
+        }
+      })();
+      pending.push(noted);
     };
     hub.hub.on('items:committed', onCommit);
     try {
@@ -147,6 +152,8 @@ describe('OCR pipeline on the grid', () => {
     } finally {
       hub.hub.off('items:committed', onCommit);
     }
+    await Promise.all(pending);
+    commits.sort((a, b) => a.at - b.at);
     const lastDet = Math.max(...commits.filter((c) => c.stage === 'det').map((c) => c.at));
     const firstRec = commits.find((c) => c.stage === 'rec');
     assert.ok(firstRec, 'lines were recognized');

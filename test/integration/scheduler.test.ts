@@ -68,15 +68,15 @@ function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknow
  * model computes (y = x: sim nodes echo the input): an item counted done without its result, a
  * result stored for the wrong item, or one that lost or mixed up bytes on the way, fails here.
  */
-function assertResults(hub: HubServer, jobId: string, sent: NamedItem[]): void {
+async function assertResults(hub: HubServer, jobId: string, sent: NamedItem[]): Promise<void> {
   const model = hub.hub.models.byName('noop');
   assert.ok(model);
   const byName = new Map(sent.map((it) => [it.name, it]));
-  const stored = hub.hub.jobs.items(jobId, { offset: 0, limit: sent.length + 1 });
+  const stored = await hub.hub.jobs.items(jobId, { offset: 0, limit: sent.length + 1 });
   assert.equal(stored.length, sent.length, 'every item is stored');
   for (const it of stored) {
     assert.equal(it.state, 'done', `item ${it.name} is done`);
-    const r = hub.hub.jobs.result(it.id);
+    const r = await hub.hub.jobs.result(it.id);
     assert.ok(r, `item ${it.name} is done and has its result`);
     assert.equal(r.name, it.name, `the result of ${it.name} is its own`);
     const x = byName.get(it.name)?.tensors[0];
@@ -84,7 +84,11 @@ function assertResults(hub: HubServer, jobId: string, sent: NamedItem[]): void {
     assert.ok(x && y, `item ${it.name} was sent and has an output`);
     assert.equal(compareTensors({ ...y, name: 'x' }, x, model.tolerance), undefined, `item ${it.name}`);
   }
-  assert.equal(hub.hub.jobs.get(jobId)?.doneCount, sent.length, "the job's count agrees with its items");
+  assert.equal(
+    (await hub.hub.jobs.get(jobId))?.doneCount,
+    sent.length,
+    "the job's count agrees with its items",
+  );
 }
 
 async function done(rest: Rest, jobId: string): Promise<any> {
@@ -108,7 +112,7 @@ describe('scheduler over real sockets', () => {
       const sent = items(1000);
       const jobId = await rest.submit('noop', sent);
       await done(rest, jobId);
-      assertResults(hub, jobId, sent);
+      await assertResults(hub, jobId, sent);
       const f = await rest.data('GET', `/api/jobs/${jobId}/fairness`);
       const by = new Map(f.workers.map((w: any) => [w.workerId, w.items]));
       const ratio = (by.get(fast) as number) / (by.get(slow) as number);
@@ -127,7 +131,7 @@ describe('scheduler over real sockets', () => {
         const sent = items(800);
         const jobId = await rest.submit('noop', sent);
         await done(rest, jobId);
-        assertResults(hub, jobId, sent);
+        await assertResults(hub, jobId, sent);
         const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
           type: string;
           data: any;
@@ -157,7 +161,9 @@ describe('scheduler over real sockets', () => {
       const victim = ids[2] as string;
       await waitFor(
         'victim holds items',
-        () => hub.hub.schedule.heldBy(victim).length > 0 && (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 50,
+        async () =>
+          hub.hub.schedule.heldBy(victim).length > 0 &&
+          ((await hub.hub.jobs.get(jobId))?.doneCount ?? 0) > 50,
         60_000,
         5,
       );
@@ -167,7 +173,7 @@ describe('scheduler over real sockets', () => {
       const detectMs = Date.now() - t0;
       assert.ok(detectMs < 10_000, `death noticed in ${detectMs} ms`);
       await done(rest, jobId);
-      assertResults(hub, jobId, sent);
+      await assertResults(hub, jobId, sent);
       const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
         type: string;
         data: any;
@@ -194,7 +200,12 @@ describe('scheduler over real sockets', () => {
       const rest = new Rest(hub.url, hub.tokens.operatorToken);
       const sent = items(600);
       const jobId = await rest.submit('noop', sent);
-      await waitFor('progress', () => (hub.hub.jobs.get(jobId)?.doneCount ?? 0) > 20, 60_000, 10);
+      await waitFor(
+        'progress',
+        async () => ((await hub.hub.jobs.get(jobId))?.doneCount ?? 0) > 20,
+        60_000,
+        10,
+      );
       nodes.push(
         startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'j1'), [
           '--backend',
@@ -219,7 +230,7 @@ describe('scheduler over real sockets', () => {
         5,
       );
       await done(rest, jobId);
-      assertResults(hub, jobId, sent);
+      await assertResults(hub, jobId, sent);
       assert.ok((hub.hub.workers.get(late.id)?.itemsDone ?? 0) > 100, 'the joiner did a real share');
     } finally {
       for (const n of nodes) n.child.kill('SIGKILL');

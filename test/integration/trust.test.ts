@@ -67,7 +67,7 @@ describe('trust', () => {
       for (const h of honest) assert.equal(hub.hub.trust.isQuarantined(h.id), false, `${h.name} is not`);
 
       await checkResults(hub, jobId, sent, status.failed);
-      for (const r of hub.hub.jobs.results(jobId)) {
+      for await (const r of hub.hub.jobs.results(jobId)) {
         assert.ok(!liars.some((l) => l.id === r.workerId), `item ${r.name}'s result is credited to a liar`);
       }
       const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as { type: string }[];

@@ -39,14 +39,14 @@ const job = (done: number, o: Partial<JobRecord> = {}): JobRecord => ({
   ...o,
 });
 
-test("a listed job's ETA is the items left at the recent rate, as the dashboard and the CLI compute it", () => {
+test("a listed job's ETA is the items left at the recent rate, as the dashboard and the CLI compute it", async () => {
   const hub = fakeHub();
   // 30 s of model download and benchmarks with nothing done, then 100 items/s, sampled each second
   // (the operator namespace's tick does this on a running hub).
   sampleJobRate(hub, job(0), T0);
   sampleJobRate(hub, job(0), T0 + 30_000);
   for (let t = 31_000; t < 45_000; t += 1000) sampleJobRate(hub, job((t - 30_000) / 10), T0 + t);
-  const view = jobJson(hub, job(1500), T0 + 45_000);
+  const view = await jobJson(hub, job(1500), T0 + 45_000);
   assert.equal(view.etaS, 35, '3500 items left at 100/s');
   assert.ok(Math.abs(view.itemsPerSec - 1500 / 45) < 1e-9, 'the rate since the start is still reported');
 
@@ -58,11 +58,11 @@ test("a listed job's ETA is the items left at the recent rate, as the dashboard 
   assert.equal(same.eta('j_1', 3500), view.etaS);
 });
 
-test('until 2 s of samples are in, the ETA is at the rate since the start; an ended job has none', () => {
+test('until 2 s of samples are in, the ETA is at the rate since the start; an ended job has none', async () => {
   const hub = fakeHub();
-  const first = jobJson(hub, job(1000), T0 + 10_000);
+  const first = await jobJson(hub, job(1000), T0 + 10_000);
   assert.equal(first.etaS, 40, '4000 items left at 100/s since the start');
-  const done = jobJson(hub, job(5000, { state: 'completed', finishedAt: T0 + 50_000 }), T0 + 50_000);
+  const done = await jobJson(hub, job(5000, { state: 'completed', finishedAt: T0 + 50_000 }), T0 + 50_000);
   assert.equal(done.etaS, null);
   assert.equal(jobRatesOf(hub).rate('j_1'), undefined, 'the ended job is forgotten');
 });

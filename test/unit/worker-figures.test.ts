@@ -76,8 +76,8 @@ describe('WorkerFigures', () => {
         benchmark: (w: string, sha: string) => (w === 'a' ? (sha === 'low' ? 4 : 10) : undefined),
       },
       jobs: {
-        list: () => [job('j-low', 0, 'low'), job('j-high', 9, 'high')],
-        fairnessOf: (id: string) =>
+        activeRecords: () => [job('j-low', 0, 'low'), job('j-high', 9, 'high')],
+        liveFairness: (id: string) =>
           id === 'j-high'
             ? report(id, [
                 { id: 'a', fair: 0.6, share: 0.5, items: 50 },

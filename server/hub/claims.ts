@@ -1,0 +1,185 @@
+/**
+ * Chunk claims: how a hub that shares its store with other hubs (PostgreSQL) decides which items
+ * it runs. A job's items are cut into chunks of consecutive ids as they are appended
+ * (`store/async-store.ts`); a hub runs only the items of chunks it holds.
+ *
+ * - When fewer items are queued here than its workers could take soon (`want`), the hub claims
+ *   unheld chunks of runnable jobs, highest priority first (`claimChunks`, `FOR UPDATE SKIP
+ *   LOCKED`: two hubs never get the same chunk), activates their jobs here if needed, moves each
+ *   chunk's cursor to its end before any of its items goes out (`advanceChunk`: the store knows
+ *   they are being handed out), and gives the chunk's pending items to its scheduler.
+ * - When no unheld chunk is left and this hub's workers are idle, it takes the untouched half of
+ *   another hub's chunk (`splitTail`): near a job's end no hub's workers sit idle while another
+ *   hub holds the tail.
+ * - A job with nothing queued or held here gives its chunks back (`finishChunk`); a chunk whose
+ *   items are still pending in the store (a result that was never stored) has them queued again.
+ * - Chunks of a hub that died go back to the pool when any hub reaps it (`LeaseKeeper`), and their
+ *   pending items are claimed like any others. Results stay exactly once whoever runs an item: the
+ *   store's gate decides (`recordResults`), chunks only decide who runs it.
+ */
+import type { Logger } from '../logger.ts';
+import type { Scheduler } from '../scheduler/scheduler.ts';
+import type { AsyncStore, Chunk, Lease } from '../store/async-store.ts';
+import type { JobLifecycle } from './jobs.ts';
+
+/** Most chunks claimed in one go. */
+const CLAIM_MAX = 4;
+
+/** Least items in the half of another hub's chunk worth taking near a job's end. */
+const SPLIT_MIN = 8;
+
+export interface ChunkClaimsDeps {
+  store: AsyncStore;
+  lease: () => Lease;
+  scheduler: Scheduler;
+  jobs: JobLifecycle;
+  log: Logger;
+  /** Items this hub's workers could take soon: below this many queued, it claims more. */
+  want: () => number;
+  /** Whether this hub's workers have nothing to do (split another hub's chunk then). */
+  idle: () => boolean;
+  /** Whether results are waiting for their commit (chunks are given back only after). */
+  settling: () => boolean;
+  /** New items queued: plan the workers. */
+  pump: () => void;
+}
+
+export class ChunkClaims {
+  /** Chunks held, by id. */
+  private readonly held = new Map<number, Chunk>();
+  private running: Promise<void> | undefined;
+  private again = false;
+
+  constructor(private readonly d: ChunkClaimsDeps) {}
+
+  /** Chunks this hub holds. */
+  get count(): number {
+    return this.held.size;
+  }
+
+  /** Claims or gives back chunks as needed; one pass at a time (a call meanwhile runs another after). */
+  poke(): void {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.pass()
+      .catch((err: unknown) => this.d.log.warn({ err }, 'claiming chunks failed; trying again'))
+      .finally(() => {
+        this.running = undefined;
+        if (this.again) {
+          this.again = false;
+          this.poke();
+        }
+      });
+  }
+
+  /** Forgets every chunk (the hub lost its lease: the store has taken them back). */
+  clear(): void {
+    this.held.clear();
+  }
+
+  /** Waits for the pass in progress, if any. */
+  async settled(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  private queued(): number {
+    let n = 0;
+    for (const job of this.d.jobs.activeJobs()) n += this.d.scheduler.queued(job.record.id);
+    return n;
+  }
+
+  private async pass(): Promise<void> {
+    await this.giveBack();
+    const want = this.d.want();
+    if (want === 0) return this.letGo(); // no workers here: what this hub holds is others' to run
+    let added = 0;
+    // The untouched rest of chunks held here first, then new chunks.
+    for (const c of [...this.held.values()]) {
+      if (this.queued() >= want) break;
+      if (c.cursor < c.last) added += await this.extend(c, want - this.queued());
+    }
+    while (this.queued() < want) {
+      const chunks = await this.d.store.claimChunks(this.d.lease(), { maxChunks: CLAIM_MAX });
+      for (const c of chunks) added += await this.take(c, want - this.queued());
+      if (chunks.length < CLAIM_MAX) break;
+    }
+    if (added === 0 && this.queued() === 0 && this.d.idle()) {
+      const tail = await this.d.store.splitTail(this.d.lease(), { minItems: SPLIT_MIN });
+      if (tail) added += await this.take(tail, want);
+    }
+    if (added > 0) this.d.pump();
+  }
+
+  /** Takes a claimed chunk (its job active here), and the first `n` of its items. */
+  private async take(c: Chunk, n: number): Promise<number> {
+    if (!(await this.d.jobs.ensureActive(c.jobId))) {
+      await this.d.store.releaseChunks(this.d.lease(), [c.id]);
+      return 0;
+    }
+    this.held.set(c.id, c);
+    return this.extend(c, n);
+  }
+
+  /**
+   * Moves a held chunk's cursor up to `n` items on (the store first: from then on those items are
+   * this hub's to hand out, and no split can take them) and queues the pending ones among them.
+   */
+  private async extend(c: Chunk, n: number): Promise<number> {
+    const { store, scheduler } = this.d;
+    const upto = Math.min(c.last, c.cursor + Math.max(1, n));
+    const moved = await store.advanceChunk(this.d.lease(), c.id, upto);
+    if (!moved) {
+      this.held.delete(c.id); // reaped with this hub's old lease, or finished
+      return 0;
+    }
+    this.held.set(c.id, moved); // its end may have moved down: another hub split it
+    if (moved.cursor <= c.cursor) return 0;
+    const runs = await store.pendingItemRuns(c.jobId, { first: c.cursor + 1, last: moved.cursor });
+    if (!scheduler.addFresh(c.jobId, runs)) return 0;
+    return runs.reduce((k, r) => k + r.last - r.first + 1, 0);
+  }
+
+  /** Gives back the chunks of every job with nothing in flight here, and lets those jobs go. */
+  private async letGo(): Promise<void> {
+    const { store, scheduler, jobs } = this.d;
+    const byJob = new Map<string, number[]>();
+    for (const c of this.held.values()) byJob.set(c.jobId, [...(byJob.get(c.jobId) ?? []), c.id]);
+    for (const [jobId, ids] of byJob) {
+      if (scheduler.inFlight(jobId) > 0) continue;
+      jobs.letGo(jobId);
+      for (const id of ids) this.held.delete(id);
+      await store.releaseChunks(this.d.lease(), ids);
+      this.d.log.info({ jobId, chunks: ids.length }, 'no workers here: chunks given back');
+    }
+  }
+
+  /**
+   * Gives back the chunks of jobs with nothing queued or held here. A chunk the store still has
+   * pending items in is kept, and those items are queued again.
+   */
+  private async giveBack(): Promise<void> {
+    const { store, scheduler } = this.d;
+    if (this.d.settling()) return;
+    for (const c of [...this.held.values()]) {
+      const active = this.d.jobs.activeJob(c.jobId);
+      if (active && (c.cursor < c.last || scheduler.queued(c.jobId) + scheduler.inFlight(c.jobId) > 0))
+        continue;
+      if (!active) {
+        this.held.delete(c.id);
+        await store.releaseChunks(this.d.lease(), [c.id]);
+        continue;
+      }
+      if (await store.finishChunk(this.d.lease(), c.id)) {
+        this.held.delete(c.id);
+        continue;
+      }
+      const runs = await store.pendingItemRuns(c.jobId, { first: c.first, last: c.cursor });
+      if (scheduler.queued(c.jobId) + scheduler.inFlight(c.jobId) === 0 && runs.length > 0) {
+        scheduler.addFresh(c.jobId, runs);
+        this.d.log.warn({ jobId: c.jobId, chunk: c.id }, 'items of a held chunk still pending: queued again');
+      }
+    }
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * What the trust book and the verifier read, kept in memory, with their writes sent on to the
+ * store behind them. They judge results synchronously, while a results message is handled, so
+ * what they read (trust records, canary answers, replicas waiting for a quorum) must be at hand:
+ * records and replicas are loaded when the hub starts, a job's canary answers when the hub
+ * activates the job. Writes go to the store in order through the hub's write-behind queue.
+ *
+ * With several hubs, a quarantine another hub decides reaches this one when the worker registers
+ * here (`refresh`), and every `trustRefreshMs` for all records (see `Hub`).
+ */
+import type { AsyncStore, Replica, TrustRecord } from '../store/async-store.ts';
+
+export type Later = (what: string, write: () => Promise<unknown>) => void;
+
+export class TrustCache {
+  private records: TrustRecord[] = [];
+  private readonly replicas = new Map<number, Replica[]>();
+  /** Canary answers of the jobs activated here, per job. */
+  private readonly canaries = new Map<string, Map<number, Uint8Array>>();
+  private readonly answers = new Map<number, Uint8Array>();
+
+  private constructor(
+    private readonly store: AsyncStore,
+    private readonly later: Later,
+  ) {}
+
+  /** Loads every trust record and every replica waiting for a quorum. */
+  static async load(store: AsyncStore, later: Later): Promise<TrustCache> {
+    const cache = new TrustCache(store, later);
+    cache.records = await store.allTrust();
+    for (const id of await store.replicaItemIds()) cache.replicas.set(id, await store.replicasOf(id));
+    return cache;
+  }
+
+  // ------------------------------------------------------------------ trust records
+
+  /** The records loaded at start (the trust book keeps its own map after that). */
+  allTrust(): TrustRecord[] {
+    return this.records;
+  }
+
+  putTrust(r: TrustRecord): void {
+    this.later('trust record', () => this.store.putTrust(r));
+  }
+
+  // ------------------------------------------------------------------ canaries
+
+  /** Reads a job's canary answers from the store (at activation). */
+  async loadCanaries(jobId: string): Promise<void> {
+    const answers = new Map<number, Uint8Array>();
+    for (const id of await this.store.canaryIds(jobId)) {
+      const a = await this.store.canaryAnswer(id);
+      if (a) answers.set(id, a);
+    }
+    this.keep(jobId, answers);
+  }
+
+  canaryIds(jobId: string): number[] {
+    return [...(this.canaries.get(jobId)?.keys() ?? [])];
+  }
+
+  /** Keeps answers the caller has stored already (`JobLifecycle.preflight` awaits that write). */
+  addCanaries(jobId: string, rows: { itemId: number; outputs: Uint8Array }[]): void {
+    this.keep(jobId, new Map(rows.map((r) => [r.itemId, r.outputs])));
+  }
+
+  canaryAnswer(itemId: number): Uint8Array | undefined {
+    return this.answers.get(itemId);
+  }
+
+  /** Lets a finished job's answers go. */
+  forgetJob(jobId: string): void {
+    for (const id of this.canaries.get(jobId)?.keys() ?? []) this.answers.delete(id);
+    this.canaries.delete(jobId);
+  }
+
+  private keep(jobId: string, answers: Map<number, Uint8Array>): void {
+    const all = this.canaries.get(jobId) ?? new Map<number, Uint8Array>();
+    for (const [id, a] of answers) {
+      all.set(id, a);
+      this.answers.set(id, a);
+    }
+    this.canaries.set(jobId, all);
+  }
+
+  // ------------------------------------------------------------------ replicas
+
+  replicaItemIds(): number[] {
+    return [...this.replicas.keys()];
+  }
+
+  replicasOf(itemId: number): Replica[] {
+    return this.replicas.get(itemId) ?? [];
+  }
+
+  addReplica(r: Replica): void {
+    const list = this.replicas.get(r.itemId);
+    if (list) list.push(r);
+    else this.replicas.set(r.itemId, [r]);
+    this.later('replica', () => this.store.addReplica(r));
+  }
+
+  dropReplicas(itemId: number): void {
+    if (!this.replicas.delete(itemId)) return;
+    this.later('replicas dropped', () => this.store.dropReplicas(itemId));
+  }
+}
