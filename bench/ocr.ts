@@ -3,7 +3,7 @@
  * machine's cores) against the standalone pipeline (the same models and steps in one process) in
  * the same run; the hub's CPU per page; and each stage's share of the workers' time.
  *
- *   npm run bench -- ocr [--json] [--pages N] [--dir DIR] [--threads T] [--no-preflight]
+ *   npm run bench -- ocr [--json] [--pages N] [--dir DIR] [--threads T] [--no-preflight | --no-verify]
  *
  * Pages: the bundled samples (models/samples/ocr), repeated to N, or a test set made by
  * scripts/ocr-testset.ts. Each side runs one page first, untimed, so models are loaded (and the
@@ -17,6 +17,7 @@ import { StandaloneOcr } from '../pipeline/standalone.ts';
 import { scoreOcr } from '../pipeline/metrics.ts';
 import { decodeImage } from '../server/io/images.ts';
 import { OcrService } from '../server/pipeline.ts';
+import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import { benchHub, printTable, ROOT, spawnNode, until } from './_grid.ts';
 
 /** `n` pages from a folder (repeated when it has fewer), with their known lines when a `.json` says them. */
@@ -50,6 +51,9 @@ export async function main(argv: string[]): Promise<void> {
       threads: { type: 'string', default: String(availableParallelism()) },
       // Without the hub's pre-flight and canary runs: shows what of the hub's CPU is verification.
       'no-preflight': { type: 'boolean', default: false },
+      // Without any run on the hub's reference backend (no pre-flight, the node trusted, no spot
+      // checks): the hub's CPU is then its own work per page, which random spot checks blur.
+      'no-verify': { type: 'boolean', default: false },
     },
   });
   // Pages: --pages N (0: the folder's own count, at least 12 from the bundled 3 samples).
@@ -74,7 +78,18 @@ export async function main(argv: string[]): Promise<void> {
   await ocr.dispose();
 
   // Grid: this process is the hub; one native node (a child process) computes.
-  const { hub, done } = await benchHub(values['no-preflight'] ? { hub: { preflight: false } } : {});
+  const { hub, done } = await benchHub(
+    values['no-verify']
+      ? {
+          hub: {
+            preflight: false,
+            trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: true, spotCheck: 0, minSpotCheck: 0 },
+          },
+        }
+      : values['no-preflight']
+        ? { hub: { preflight: false } }
+        : {},
+  );
   const state = mkdtempSync(join(tmpdir(), 'shardhub-bench-ocr-'));
   const node = spawnNode(hub, state, ['--backend', 'cpu', '--concurrency', '1', '--name', 'bench-ocr']);
   try {
@@ -85,11 +100,12 @@ export async function main(argv: string[]): Promise<void> {
       50,
     );
     const svc = await OcrService.of(hub.hub);
-    const warm = svc.submit([pages[0]!]);
+    const warm = await svc.submit([pages[0]!]);
     await svc.wait(warm.id);
+    const ref0 = hub.hub.verificationCost.reference;
     const cpu0 = process.cpuUsage();
     t0 = performance.now();
-    const run = svc.submit(pages);
+    const run = await svc.submit(pages);
     const result = await svc.wait(run.id);
     const gridS = (performance.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);
@@ -110,6 +126,8 @@ export async function main(argv: string[]): Promise<void> {
       gridPagesPerS: pages.length / gridS,
       ratio: standaloneS / gridS,
       hubCpuMsPerPage: hubCpuMs / pages.length,
+      // Items the hub's reference backend ran meanwhile (spot checks, probation): their CPU is in the figure above.
+      referenceRuns: hub.hub.verificationCost.reference - ref0,
       pagesWithSameText: same,
       standaloneScore: score(pages, standaloneLines),
       gridScore: score(

@@ -8,7 +8,15 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { resolveModelFile } from '../models/registry.ts';
 import type { Rgba } from './image.ts';
-import { assemblePage, cropLines, recInputFor, type OcrPage } from './ocr.ts';
+import {
+  assemblePage,
+  clsInputFor,
+  lineRegion,
+  pageLines,
+  recInputFor,
+  turned,
+  type OcrPage,
+} from './ocr.ts';
 import { characterList, ctcPath, type CtcPath } from './steps/ctc-decode.ts';
 import { dbBoxes } from './steps/db-postprocess.ts';
 import { detPreprocess } from './steps/det-preprocess.ts';
@@ -81,14 +89,16 @@ export class StandaloneOcr {
     const det = detPreprocess(page);
     const map = await this.run(this.det, det.data, det.dims);
     const [, , H, W] = map.dims as [number, number, number, number];
-    const lines = cropLines(page, dbBoxes(map.data as Float32Array, W, H), { width: W, height: H });
+    const boxes = pageLines(dbBoxes(map.data as Float32Array, W, H), { width: W, height: H }, page);
     let now = performance.now();
     this.times.det += now - t;
     t = now;
     const recInputs = [];
-    for (const line of lines) {
-      const probs = await this.run(this.cls, line.cls.data, line.cls.dims);
-      recInputs.push(recInputFor(line.crop, probs.data as Float32Array).rec);
+    for (const box of boxes) {
+      // Cropped from the box's region of the page, as the grid's workers crop it.
+      const { crop, cls } = clsInputFor(lineRegion(page, box.quad));
+      const probs = await this.run(this.cls, cls.data, cls.dims);
+      recInputs.push(recInputFor(crop, turned(probs.data as Float32Array)));
     }
     now = performance.now();
     this.times.cls += now - t;
@@ -100,12 +110,7 @@ export class StandaloneOcr {
       paths.push(ctcPath(out.data as Float32Array, T, C));
     }
     this.times.rec += performance.now() - t;
-    return assemblePage(
-      page,
-      lines.map((l) => l.box),
-      paths,
-      this.chars,
-    );
+    return assemblePage(page, boxes, paths, this.chars);
   }
 
   async dispose(): Promise<void> {

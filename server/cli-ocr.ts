@@ -71,6 +71,28 @@ async function call<T>(hub: string, token: string, method: string, path: string,
   return json.data as T;
 }
 
+/**
+ * How long a waiting `shardhub ocr` keeps asking a hub that does not answer: a restarted hub
+ * rebuilds its OCR runs and finishes them, so the wait goes on across a restart.
+ */
+const HUB_GONE_MS = 120_000;
+
+/** `call`, asked again while the hub cannot be reached (a restart), up to {@link HUB_GONE_MS}. */
+async function callPatiently<T>(hub: string, token: string, path: string, onWait: () => void): Promise<T> {
+  const since = Date.now();
+  let told = false;
+  for (;;) {
+    try {
+      return await call<T>(hub, token, 'GET', path);
+    } catch (err) {
+      if (!(err instanceof CliError) || Date.now() - since > HUB_GONE_MS) throw err;
+      if (!told) onWait();
+      told = true;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
+
 /** Writes one page's JSON and text files; returns a one-line summary. */
 async function writePage(out: string, page: OcrPageResult): Promise<string> {
   const stem = basename(page.name, extname(page.name));
@@ -107,15 +129,18 @@ async function ocrCommand(cmd: Command, io: CliIo): Promise<number> {
         priority,
         cache: useCache,
       });
+      bar.log(`OCR run ${run.id}: ${chunk.length} page(s)`, io.stderr);
+      const onWait = () =>
+        bar.log(`the hub at ${hub} does not answer; waiting for it to come back`, io.stderr);
       let view = run;
       for (;;) {
         bar.update(finished + view.pagesDone, undefined, `run ${run.id}`);
         if (view.state === 'completed') break;
         await new Promise((r) => setTimeout(r, 500));
-        view = await call<OcrRunView>(hub, token, 'GET', `/api/ocr/${run.id}`);
+        view = await callPatiently<OcrRunView>(hub, token, `/api/ocr/${run.id}`, onWait);
       }
       finished += view.pages;
-      const full = await call<OcrRunView>(hub, token, 'GET', `/api/ocr/${run.id}?results=1`);
+      const full = await callPatiently<OcrRunView>(hub, token, `/api/ocr/${run.id}?results=1`, onWait);
       for (const page of full.results ?? []) {
         bar.log(await writePage(values.out, page), io.stdout);
         if (page.outcome === 'ok' || page.outcome === 'no_text') ok++;

@@ -11,7 +11,7 @@ import { describeZodError } from '../protocol/schemas.ts';
 import { type Hub, HubError } from './hub.ts';
 import { OcrService } from './pipeline.ts';
 
-/** Images per run over REST: a run's pages are kept decoded in memory until each is done. */
+/** Images per run over REST: a run's encoded pages are kept in memory until each is stored for detection. */
 export const OCR_MAX_IMAGES = 1000;
 
 /** What `POST /api/ocr` takes (also the OpenAPI document's request body). */
@@ -35,6 +35,13 @@ export const OcrRequestSchema = z.strictObject({
 /** The `/ocr` routes. */
 export function ocrRouter(hub: Hub): express.Router {
   const r = express.Router();
+  // Made now, not on the first request: it rebuilds the runs a restart interrupted and finishes them.
+  OcrService.of(hub).catch((err: unknown) =>
+    hub.log.warn(
+      { err: (err as Error).message },
+      'OCR pipeline unavailable (are the PaddleOCR models installed?)',
+    ),
+  );
   const json = express.json({ limit: LIMITS.jsonBodyBytes * 64 });
   r.post('/ocr', json, async (req, res) => {
     const parsed = OcrRequestSchema.safeParse(req.body);
@@ -45,7 +52,7 @@ export function ocrRouter(hub: Hub): express.Router {
       name: im.name,
       bytes: new Uint8Array(Buffer.from(im.data, 'base64')),
     }));
-    res.status(201).json({ data: svc.submit(pages, { priority, redundancy, cache }) });
+    res.status(201).json({ data: await svc.submit(pages, { priority, redundancy, cache }) });
   });
   r.get('/ocr/:id', async (req, res) => {
     const svc = await OcrService.of(hub);

@@ -22,7 +22,7 @@ export async function queueOcrDemo(server: HubServer, log: Logger): Promise<bool
     files.map(async (f) => ({ name: f, bytes: new Uint8Array(await readFile(join(SAMPLES, f))) })),
   );
   const svc = await OcrService.of(hub);
-  const run = svc.submit(pages);
+  const run = await svc.submit(pages);
   process.stdout.write(
     `  demo OCR run:      ${run.id} (${pages.length} sample pages from models/samples/ocr); ` +
       `watch ${server.url}/api/ocr/${run.id}\n\n`,

@@ -1,44 +1,51 @@
 /**
- * The hub side of pipelines: an OCR run is three stage jobs (detection, direction, recognition),
- * created through the hub's own job methods and fed as results commit, so every stage is scheduled,
- * stolen, speculated and verified like any job, and a page's lines start recognition while other
- * pages are still in detection.
+ * The hub side of pipelines: an OCR run is stage jobs (detection, direction, recognition), created
+ * through the hub's own job methods and fed as results commit, so every stage is scheduled, stolen,
+ * speculated and verified like any job, and a page's lines start recognition while other pages
+ * are still in detection.
  *
- * Each stage's step runs on the workers beside its model (`pipeline/stages.ts`): detection returns
- * boxes, recognition its CTC path, never the megabytes of maps and probabilities. What stays here
- * is what needs the page's pixels, which only the hub holds: decoding and resizing a page for the
- * detector, and cropping each box for the classifier and the recognizer. Every item carries its
- * lineage in its name (`p<page>` or `p<page>/b<box>`), and a page that fails in a stage is reported
- * with the stage, the box and the reason; the run itself never fails for one page.
+ * The workers do the pixel work, in each stage's step (`pipeline/stages.ts`): detection's
+ * preprocessing and DB boxes, each line's crop and resizing, the recognizer's CTC path. The hub
+ * decodes each page once (to refuse what is not an image, and so that every worker reads the same
+ * pixels), stores it as its detection item, maps boxes from the detector's map to the page, and
+ * cuts each box's region out of the page (a copy of rows) as its line's item. Every item carries
+ * its lineage in its name (`p<page>` or `p<page>/b<box>`), and a page that fails in a stage is
+ * reported with the stage, the box and the reason; the run itself never fails for one page.
+ *
+ * A run survives a hub restart: its first detection job's options hold the run's pages and
+ * options, each page's outcome is an `ocr_page` event of that job, and everything between is in
+ * the stage jobs' items and results. On start the service rebuilds each run from those and carries
+ * on where they stop.
  */
 import { EventEmitter } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
-import type { Rgba } from '../pipeline/image.ts';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Quad, Rgba } from '../pipeline/image.ts';
 import {
   assemblePage,
-  cropLines,
+  lineRegion,
   OCR_PIPELINE_VERSION,
-  recInputFor,
-  type LineCrop,
+  pageLines,
+  turned,
   type OcrLine,
 } from '../pipeline/ocr.ts';
+import { lineTensors, pageTensor, readLine, readPage } from '../pipeline/ocr-items.ts';
 import type { StepRef } from '../pipeline/stages.ts';
+import { ocrAssetsDir, OCR_FILES } from '../pipeline/standalone.ts';
 import { characterList, type CtcPath } from '../pipeline/steps/ctc-decode.ts';
-import { DB_MAX_CANDIDATES, type MapBox } from '../pipeline/steps/db-postprocess.ts';
 import { REC_MAX_WIDTH } from '../pipeline/steps/crop-resize.ts';
-import { detPreprocess } from '../pipeline/steps/det-preprocess.ts';
-import type { Quad } from '../pipeline/image.ts';
-import type { PageBox } from '../pipeline/steps/db-postprocess.ts';
+import { DB_MAX_CANDIDATES, type MapBox, type PageBox } from '../pipeline/steps/db-postprocess.ts';
+import { detInputSize } from '../pipeline/steps/det-preprocess.ts';
 import { packTensors, unpackTensors } from '../protocol/pack.ts';
-import { asTypedArray, bytesOf, type WireTensor } from '../protocol/tensor.ts';
+import { asTypedArray, type WireTensor } from '../protocol/tensor.ts';
 import { decodeImage, ImageError } from './io/images.ts';
 import { type Hub, HubError } from './hub.ts';
 import { clean } from './logger.ts';
-import { readFile } from 'node:fs/promises';
-import { ocrAssetsDir, OCR_FILES } from '../pipeline/standalone.ts';
-import { join } from 'node:path';
+import type { JobRecord } from './store/store.ts';
 
 export type OcrStage = 'decode' | 'det' | 'cls' | 'rec';
+type Stage = 'det' | 'cls' | 'rec';
 
 /** One page's outcome. */
 export interface OcrPageResult {
@@ -63,7 +70,8 @@ export interface OcrRunView {
   state: 'running' | 'completed';
   pages: number;
   pagesDone: number;
-  jobs: Partial<Record<'det' | 'cls' | 'rec', string>>;
+  /** Each stage's latest job (a stage has a second job only when a hub restart ended its first). */
+  jobs: Partial<Record<Stage, string>>;
   createdAt: number;
   finishedAt: number | null;
   results?: OcrPageResult[];
@@ -78,8 +86,8 @@ export interface OcrOptions {
 }
 
 /**
- * Decoded pages a run holds at once (each up to MAX_IMAGE_PIXELS × 4 bytes until its last line is
- * read); later pages are decoded as earlier ones finish.
+ * Pages of a run in detection at once: later pages are decoded and stored as earlier ones leave
+ * detection, which bounds the store's share of a big run's pixels waiting there.
  */
 export const OCR_PAGES_IN_FLIGHT = 16;
 
@@ -92,12 +100,27 @@ export const OCR_CACHE_PAGES = 10_000;
 /** Longest CTC path: the recognizer has one step per 8 columns of its widest input. */
 const MAX_PATH = REC_MAX_WIDTH / 8;
 
-const MODELS = { det: 'ppocr-det', cls: 'ppocr-cls', rec: 'ppocr-rec' } as const;
-const STEPS: Record<'det' | 'cls' | 'rec', StepRef | undefined> = {
-  det: { name: 'db-boxes', version: 1 },
-  cls: undefined,
-  rec: { name: 'ctc-path', version: 1 },
+const STAGES: readonly Stage[] = ['det', 'cls', 'rec'];
+const BEFORE: Record<Stage, Stage | undefined> = { det: undefined, cls: 'det', rec: 'cls' };
+const MODELS: Record<Stage, string> = { det: 'ppocr-det', cls: 'ppocr-cls', rec: 'ppocr-rec' };
+const STEPS: Record<Stage, StepRef> = {
+  det: { name: 'det-page', version: 1 },
+  cls: { name: 'cls-line', version: 1 },
+  rec: { name: 'rec-line', version: 1 },
 };
+/** The event of a run's first detection job that records one page's outcome. */
+const PAGE_EVENT = 'ocr_page';
+/** The event of a stage job the run cancelled because nothing of it ran (not an operator's cancel). */
+const UNUSED_EVENT = 'ocr_unused';
+
+/** What a stage job's options say of its run; the run's first job also holds its pages. */
+interface StageOptions {
+  run: string;
+  stage: Stage;
+  pages?: string[];
+  opts?: OcrOptions;
+  createdAt?: number;
+}
 
 interface PageState {
   name: string;
@@ -105,17 +128,29 @@ interface PageState {
   key?: string;
   /** Pages of the same run with the same bytes, answered when this one is. */
   twins?: number[];
-  img?: Rgba;
-  detSize?: { width: number; height: number };
-  lines?: LineCrop[];
+  /** Its lines' boxes on the page, in reading order, once detection answered. */
+  boxes?: PageBox[];
   paths?: (CtcPath | undefined)[];
   waiting: number;
   result?: OcrPageResult;
 }
 
-function tensor(name: string, data: Float32Array, dims: number[]): WireTensor {
-  return { name, dtype: 'float32', dims, data: bytesOf(data) };
+interface StageJobs {
+  /** Its jobs, oldest first. */
+  ids: string[];
+  /** The job new items go to: its id once sealed, undefined if it was refused. */
+  current?: Promise<string | undefined>;
+  /** Why the stage's job was refused (its pages fail with this). */
+  refused?: string;
+  /** Jobs that ended (completed or cancelled). */
+  ended: Set<string>;
+  /** Names of items given to the stage: an item is given once, also across restarts. */
+  fed: Set<string>;
+  /** Nothing more comes to this stage: its jobs complete once their items are done. */
+  closed: boolean;
 }
+
+type NewItem = { name: string; inputs: Uint8Array };
 
 /** Lineage in an item's name: `p12` is page 12, `p12/b3` its fourth box. */
 function lineage(name: string): { page: number; box: number } {
@@ -124,33 +159,78 @@ function lineage(name: string): { page: number; box: number } {
   return { page: Number(m[1]), box: m[2] === undefined ? -1 : Number(m[2]) };
 }
 
-/** One OCR run: its pages and its three stage jobs. */
+function stageOptions(job: JobRecord): StageOptions | undefined {
+  const p = job.options.pipeline as Partial<StageOptions> | undefined;
+  if (!p || typeof p.run !== 'string' || !STAGES.includes(p.stage as Stage)) return undefined;
+  return p as StageOptions;
+}
+
+/** One OCR run: its pages and its stage jobs. */
 class OcrRun extends EventEmitter<{ done: []; page: [] }> {
-  readonly jobs: Partial<Record<'det' | 'cls' | 'rec', string>> = {};
-  readonly createdAt = Date.now();
   finishedAt: number | null = null;
+  /** The run's first detection job: its options and events are the run's record. */
+  anchor = '';
   private readonly pages: PageState[];
   private chain: Promise<void> = Promise.resolve();
-  private sealing = new Map<'det' | 'cls' | 'rec', Promise<string | undefined>>();
-  private ended = new Set<string>();
+  private readonly stages: Record<Stage, StageJobs>;
+  /** Pages sent to detection whose boxes have not come back. */
+  private readonly inDetection = new Set<number>();
+  /** Their decoded pixels (after a restart, read from their stored items instead). */
+  private readonly pixels = new Map<number, Rgba>();
+  /** The anchor job, before its first item sealed it. */
+  private unsealedAnchor: string | undefined;
+  /** Replaying a stored run: outcomes read from the record are not recorded again. */
+  private replaying = false;
 
   constructor(
     private readonly svc: OcrService,
     readonly id: string,
-    inputs: readonly { name: string; bytes: Uint8Array }[],
+    names: readonly string[],
     private readonly opts: OcrOptions,
+    readonly createdAt: number,
   ) {
     super();
-    this.pages = inputs.map((p) => ({ name: p.name, waiting: 0 }));
-    // Not on the chain: detection results are handled while later pages are still being prepared.
-    this.detect(inputs).catch((err: unknown) => {
-      this.hub.log.error({ err, run: this.id }, 'OCR run: preparing pages failed');
-      this.failRest('det', `internal error: ${clean((err as Error).message)}`);
-    });
+    this.pages = names.map((name) => ({ name, waiting: 0 }));
+    const stage = (): StageJobs => ({ ids: [], ended: new Set(), fed: new Set(), closed: false });
+    this.stages = { det: stage(), cls: stage(), rec: stage() };
   }
 
   private get hub(): Hub {
     return this.svc.hub;
+  }
+
+  /** Starts a new run: records it in its first detection job, then reads its pages. */
+  async start(inputs: readonly { name: string; bytes: Uint8Array }[]): Promise<void> {
+    const pipeline: StageOptions = {
+      run: this.id,
+      stage: 'det',
+      pages: this.pages.map((p) => p.name),
+      opts: this.opts,
+      createdAt: this.createdAt,
+    };
+    const job = await this.hub.createJob(this.jobSpec('det', pipeline));
+    this.anchor = job.id;
+    this.unsealedAnchor = job.id;
+    this.hub.holdOpen(job.id);
+    // Not on the chain: detection results are handled while later pages are still being read.
+    this.read(inputs).catch((err: unknown) => {
+      this.hub.log.error({ err, run: this.id }, 'OCR run: reading pages failed');
+      this.failRest('det', `internal error: ${clean((err as Error).message)}`);
+    });
+  }
+
+  private jobSpec(stage: Stage, pipeline: StageOptions) {
+    return {
+      model: MODELS[stage],
+      // Later stages a step ahead: a worker's top-up serves the lines of pages already detected
+      // before more pages, so a page's lines are read while later pages are still in detection.
+      priority: Math.min(100, (this.opts.priority ?? 0) + STAGES.indexOf(stage)),
+      redundancy: this.opts.redundancy ?? 1,
+      deadline: null,
+      requirements: null,
+      options: { step: STEPS[stage], pipeline },
+      state: 'open' as const,
+    };
   }
 
   /** Runs `fn` after everything queued before it: results are handled one message at a time, in order. */
@@ -162,13 +242,17 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   }
 
   view(withResults: boolean): OcrRunView {
-    const done = this.pages.filter((p) => p.result).length;
+    const jobs: Partial<Record<Stage, string>> = {};
+    for (const st of STAGES) {
+      const last = this.stages[st].ids.at(-1);
+      if (last) jobs[st] = last;
+    }
     return {
       id: this.id,
       state: this.finishedAt === null ? 'running' : 'completed',
       pages: this.pages.length,
-      pagesDone: done,
-      jobs: { ...this.jobs },
+      pagesDone: this.pages.filter((p) => p.result).length,
+      jobs,
       createdAt: this.createdAt,
       finishedAt: this.finishedAt,
       ...(withResults ? { results: this.pages.map((p) => p.result ?? this.pending(p)) } : {}),
@@ -179,11 +263,11 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     return { name: p.name, outcome: 'pending', width: 0, height: 0, lines: [], text: '' };
   }
 
-  private finish(i: number, result: OcrPageResult): void {
+  private finish(i: number, result: OcrPageResult, at = Date.now()): void {
     const p = this.pages[i];
     if (!p || p.result) return;
     p.result = result;
-    const decoded = p.img !== undefined;
+    if (!this.replaying) this.hub.addJobEvent(this.anchor, PAGE_EVENT, { page: i, result });
     if (p.key && !result.cached && (result.outcome === 'ok' || result.outcome === 'no_text')) {
       this.svc.remember(p.key, result);
     }
@@ -191,25 +275,45 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       const twin = this.pages[t] as PageState;
       this.finish(t, { ...result, name: twin.name, cached: true });
     }
-    delete p.img;
-    delete p.lines;
+    delete p.boxes;
     delete p.paths;
+    this.pixels.delete(i);
+    this.sizes.delete(i);
+    if (this.inDetection.delete(i)) this.emit('page');
     if (this.finishedAt === null && this.pages.every((x) => x.result)) {
-      this.finishedAt = Date.now();
-      for (const jobId of Object.values(this.jobs)) this.hub.endStream(jobId);
+      this.finishedAt = at;
+      for (const st of STAGES) this.close(st);
+      // A run whose pages never reached detection leaves its record unsealed: it ends there.
+      if (this.unsealedAnchor) this.cancelQuietly(this.unsealedAnchor);
       this.emit('done');
     }
-    if (decoded) this.emit('page');
   }
 
-  private fail(i: number, stage: OcrStage, reason: string, box?: number): void {
+  /** Cancels a job of the run that has nothing to run (already ended: nothing to do). */
+  private cancelQuietly(jobId: string): void {
+    this.svc.unwatch(jobId);
+    // Marked, so that a restart tells it from a stage job an operator cancelled.
+    this.hub.addJobEvent(jobId, UNUSED_EVENT, {});
+    (async () => this.hub.cancelJob(jobId))().catch((err: unknown) => {
+      if (!(err instanceof HubError))
+        this.hub.log.error({ err, run: this.id, jobId }, 'OCR run: cancelling failed');
+    });
+  }
+
+  private fail(
+    i: number,
+    stage: OcrStage,
+    reason: string,
+    box?: number,
+    size?: { width: number; height: number },
+  ): void {
     const p = this.pages[i];
     if (!p) return;
     this.finish(i, {
       name: p.name,
       outcome: stage === 'decode' ? 'invalid_image' : 'failed',
-      width: p.img?.width ?? 0,
-      height: p.img?.height ?? 0,
+      width: size?.width ?? 0,
+      height: size?.height ?? 0,
       lines: [],
       text: '',
       error: { stage, reason, ...(box !== undefined && box >= 0 ? { box } : {}) },
@@ -223,56 +327,68 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     });
   }
 
-  /** Adds items to a stage's job, creating and sealing it with its first items. */
-  private async feed(
-    stage: 'det' | 'cls' | 'rec',
-    items: { name: string; inputs: Uint8Array }[],
-  ): Promise<boolean> {
-    if (items.length === 0) return true;
-    const pending = this.sealing.get(stage);
-    if (pending) {
-      const jobId = await pending;
-      if (!jobId) return false;
+  /**
+   * Gives items to a stage: to its current job, or to a new one (the first, or after the hub
+   * restarted and completed the one before). Items given before are skipped.
+   */
+  private async feed(stage: Stage, all: NewItem[]): Promise<void> {
+    const s = this.stages[stage];
+    const items = all.filter((it) => !s.fed.has(it.name));
+    if (items.length === 0) return;
+    for (const it of items) s.fed.add(it.name);
+    if (s.current) {
+      const jobId = await s.current;
+      if (!jobId) {
+        for (const it of items) this.fail(lineage(it.name).page, stage, s.refused ?? 'stage job refused');
+        return;
+      }
       try {
         await this.hub.appendToJob(jobId, items);
+        return;
       } catch (err) {
         if (!(err instanceof HubError)) throw err;
-        // The stage's job ended (cancelled by an operator): these pages end with it.
-        for (const it of items) this.fail(lineage(it.name).page, stage, `job ${jobId}: ${err.message}`);
-        return false;
+        const job = await this.hub.jobs.get(jobId);
+        if (job?.state !== 'completed') {
+          // The stage's job was cancelled (by an operator): these pages end with it.
+          for (const it of items) this.fail(lineage(it.name).page, stage, `job ${jobId}: ${err.message}`);
+          return;
+        }
+        // Completed without waiting for these (a restarted hub): a new job takes them.
       }
-      return true;
     }
-    const sealed = (async () => {
-      const job = await this.hub.createJob({
-        model: MODELS[stage],
-        priority: this.opts.priority ?? 0,
-        redundancy: this.opts.redundancy ?? 1,
-        deadline: null,
-        requirements: null,
-        options: { ...(STEPS[stage] ? { step: STEPS[stage] } : {}), pipeline: { run: this.id, stage } },
-        state: 'open',
-      });
-      this.jobs[stage] = job.id;
-      this.svc.watch(job.id, this, stage);
-      this.hub.holdOpen(job.id);
-      try {
-        await this.hub.appendItems(job.id, items);
-        await this.hub.sealJob(job.id);
-      } catch (err) {
-        const reason = err instanceof HubError ? err.message : String(err);
-        this.hub.log.warn({ run: this.id, stage, reason: clean(reason) }, 'OCR stage job refused');
-        for (const it of items) this.fail(lineage(it.name).page, stage, reason);
-        return undefined;
-      }
-      return job.id;
-    })();
-    this.sealing.set(stage, sealed);
-    return (await sealed) !== undefined;
+    const sealed = this.startJob(stage, items);
+    s.current = sealed;
+    await sealed;
+  }
+
+  /** Creates (or, for the run's first detection, takes the record's) job, adds items, seals it. */
+  private async startJob(stage: Stage, items: NewItem[]): Promise<string | undefined> {
+    const s = this.stages[stage];
+    let jobId = stage === 'det' ? this.unsealedAnchor : undefined;
+    this.unsealedAnchor = undefined;
+    if (!jobId) {
+      jobId = (await this.hub.createJob(this.jobSpec(stage, { run: this.id, stage }))).id;
+      this.hub.holdOpen(jobId);
+    }
+    s.ids.push(jobId);
+    this.svc.watch(jobId, this, stage);
+    await this.hub.appendItems(jobId, items);
+    try {
+      await this.hub.sealJob(jobId);
+    } catch (err) {
+      const reason = err instanceof HubError ? err.message : String(err);
+      this.hub.log.warn({ run: this.id, stage, reason: clean(reason) }, 'OCR stage job refused');
+      s.refused = reason;
+      s.ended.add(jobId);
+      for (const it of items) this.fail(lineage(it.name).page, stage, reason);
+      return undefined;
+    }
+    if (s.closed) this.hub.endStream(jobId);
+    return jobId;
   }
 
   /** Decodes each page and sends it to detection, a page at a time (the event loop breathes between). */
-  private async detect(inputs: readonly { name: string; bytes: Uint8Array }[]): Promise<void> {
+  private async read(inputs: readonly { name: string; bytes: Uint8Array }[]): Promise<void> {
     const leaders = new Map<string, number>();
     for (const [i, input] of inputs.entries()) {
       const p = this.pages[i] as PageState;
@@ -292,38 +408,60 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
         }
         leaders.set(p.key, i);
       }
-      // Bounded memory: a run holds at most this many decoded pages that are still being read.
-      while (this.pages.filter((x) => x.img).length >= OCR_PAGES_IN_FLIGHT) {
+      while (this.inDetection.size >= OCR_PAGES_IN_FLIGHT) {
         await new Promise<void>((ok) => this.once('page', ok));
       }
-      let img: Rgba;
+      let pack: Uint8Array;
       try {
-        img = decodeImage(input.bytes, clean(input.name, 80));
+        const page = decodeImage(input.bytes, clean(input.name, 80));
+        pack = packTensors([pageTensor(page)]);
+        // Kept while in detection (at most OCR_PAGES_IN_FLIGHT), so its lines are cut without
+        // reading the page back from the store.
+        this.pixels.set(i, readPage(unpackTensors(pack)));
       } catch (err) {
         if (!(err instanceof ImageError)) throw err;
         this.fail(i, 'decode', err.message);
         continue;
       }
-      p.img = img;
-      const det = detPreprocess(img);
-      p.detSize = { width: det.dims[3], height: det.dims[2] };
-      await this.feed('det', [{ name: `p${i}`, inputs: packTensors([tensor('x', det.data, det.dims)]) }]);
+      this.inDetection.add(i);
+      await this.feed('det', [{ name: `p${i}`, inputs: pack }]);
       await new Promise((ok) => setImmediate(ok));
     }
-    this.endStage('det');
+    this.close('det');
   }
 
-  private endStage(stage: 'det' | 'cls' | 'rec'): void {
-    const jobId = this.jobs[stage];
-    if (jobId && !this.ended.has(stage)) {
-      this.ended.add(stage);
-      this.hub.endStream(jobId);
+  /** Nothing more comes to a stage: its jobs may complete; the next stage may close after them. */
+  private close(stage: Stage): void {
+    const s = this.stages[stage];
+    if (s.closed) return;
+    s.closed = true;
+    for (const jobId of s.ids) this.hub.endStream(jobId);
+    this.settle();
+  }
+
+  /**
+   * Closes each stage whose stage before is closed with all its jobs ended; once every stage is,
+   * a page still without an outcome has lost its items (it cannot get one): it fails, so that the
+   * run always ends.
+   */
+  private settle(): void {
+    const over = (st: Stage) =>
+      this.stages[st].closed && this.stages[st].ids.every((id) => this.stages[st].ended.has(id));
+    for (const st of STAGES) {
+      const before = BEFORE[st];
+      if (before && !this.stages[st].closed && over(before)) this.close(st);
+    }
+    if (this.finishedAt === null && STAGES.every(over)) {
+      this.pages.forEach((p, i) => {
+        if (!p.result)
+          this.fail(i, p.boxes ? 'rec' : 'det', 'the pipeline ended without a result for this page');
+      });
     }
   }
 
   /** A stage's results were stored. */
-  async committed(stage: 'det' | 'cls' | 'rec', itemIds: number[]): Promise<void> {
-    const next: { name: string; inputs: Uint8Array }[] = [];
+  async committed(stage: Stage, itemIds: number[]): Promise<void> {
+    const next: NewItem[] = [];
     for (const id of itemIds) {
       const item = await this.hub.jobs.item(id);
       const result = await this.hub.jobs.result(id);
@@ -335,8 +473,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       // page, never the run.
       try {
         const outputs = unpackTensors(result.outputs);
-        if (stage === 'det') next.push(...this.afterDet(page, p, outputs));
-        else if (stage === 'cls') next.push(...this.afterCls(p, page, box, outputs));
+        if (stage === 'det') next.push(...(await this.afterDet(page, p, id, outputs)));
+        else if (stage === 'cls') next.push(...(await this.afterCls(p, page, box, id, outputs)));
         else this.afterRec(p, page, box, outputs);
       } catch (err) {
         this.fail(page, stage, clean((err as Error).message), box);
@@ -346,51 +484,85 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     if (stage === 'cls') await this.feed('rec', next);
   }
 
-  private afterDet(i: number, p: PageState, outputs: WireTensor[]): { name: string; inputs: Uint8Array }[] {
-    const t = outputs.find((o) => o.name === 'boxes');
-    if (!t || !p.img || !p.detSize) {
-      this.fail(i, 'det', 'detection result has no boxes');
-      return [];
+  /** A job's items with their stored inputs. */
+  private async storedItems(jobId: string): Promise<NewItem[]> {
+    const out: NewItem[] = [];
+    for (let offset = 0; ; offset += 100) {
+      const items = await this.hub.jobs.items(jobId, { offset, limit: 100 });
+      const packs = await this.hub.jobs.inputs(items.map((it) => it.id));
+      for (const it of items) {
+        const pack = packs.get(it.id);
+        if (pack) out.push({ name: it.name, inputs: pack });
+      }
+      if (items.length < 100) return out;
     }
+  }
+
+  /** The item's own inputs, as stored. */
+  private async inputsOf(itemId: number): Promise<WireTensor[]> {
+    const pack = (await this.hub.jobs.inputs([itemId])).get(itemId);
+    if (!pack) throw new Error(`item ${itemId}'s inputs are gone`);
+    return unpackTensors(pack);
+  }
+
+  /** Boxes of a page: each line's region of the page goes to the classifier. */
+  private async afterDet(i: number, p: PageState, itemId: number, outputs: WireTensor[]): Promise<NewItem[]> {
+    if (p.boxes) return []; // handled already (a result seen again after a restart)
+    const t = outputs.find((o) => o.name === 'boxes');
+    if (!t) throw new Error('detection result has no boxes');
     if ((t.dims[0] ?? 0) > DB_MAX_CANDIDATES)
       throw new Error(`${t.dims[0]} boxes: the step gives at most ${DB_MAX_CANDIDATES}`);
+    const page = this.pixels.get(i) ?? readPage(await this.inputsOf(itemId));
     const v = asTypedArray(t) as Float32Array;
-    const boxes: MapBox[] = [];
+    const found: MapBox[] = [];
     for (let k = 0; k < (t.dims[0] ?? 0); k++) {
       const o = k * 9;
       const q = [0, 1, 2, 3].map((c) => [v[o + 2 * c] as number, v[o + 2 * c + 1] as number]) as Quad;
-      boxes.push({ quad: q, score: v[o + 8] as number });
+      found.push({ quad: q, score: v[o + 8] as number });
     }
-    const lines = cropLines(p.img, boxes, p.detSize);
-    if (lines.length === 0) {
-      this.finish(i, { name: p.name, ...assemblePage(p.img, [], [], this.svc.chars) });
+    const boxes = pageLines(found, detInputSize(page.width, page.height), page);
+    this.pixels.delete(i);
+    if (this.inDetection.delete(i)) this.emit('page');
+    if (boxes.length === 0) {
+      this.finish(i, { name: p.name, ...assemblePage(page, [], [], this.svc.chars) });
       return [];
     }
-    p.lines = lines;
-    p.paths = lines.map(() => undefined);
-    p.waiting = lines.length;
-    return lines.map((l, b) => ({
-      name: `p${i}/b${b}`,
-      inputs: packTensors([tensor('x', l.cls.data, l.cls.dims)]),
+    p.boxes = boxes;
+    p.paths = boxes.map(() => undefined);
+    p.waiting = boxes.length;
+    this.sizes.set(i, { width: page.width, height: page.height });
+    return boxes.map((b, k) => ({
+      name: `p${i}/b${k}`,
+      inputs: packTensors(lineTensors(lineRegion(page, b.quad))),
     }));
   }
 
-  private afterCls(
+  /** Page sizes of pages past detection, for their outcome. */
+  private readonly sizes = new Map<number, { width: number; height: number }>();
+
+  /** A line's direction: it goes to the recognizer with its region and whether to turn it. */
+  private async afterCls(
     p: PageState,
     i: number,
     box: number,
+    itemId: number,
     outputs: WireTensor[],
-  ): { name: string; inputs: Uint8Array }[] {
-    const line = p.lines?.[box];
+  ): Promise<NewItem[]> {
     const t = outputs[0];
-    if (!line || !t) return [];
-    const { rec } = recInputFor(line.crop, asTypedArray(t) as Float32Array);
-    return [{ name: `p${i}/b${box}`, inputs: packTensors([tensor('x', rec.data, rec.dims)]) }];
+    if (!p.boxes) return [];
+    if (!t || t.dtype !== 'float32') throw new Error('direction result has no probabilities');
+    const line = readLine(await this.inputsOf(itemId));
+    return [
+      {
+        name: `p${i}/b${box}`,
+        inputs: packTensors(lineTensors(line, turned(asTypedArray(t) as Float32Array))),
+      },
+    ];
   }
 
   private afterRec(p: PageState, i: number, box: number, outputs: WireTensor[]): void {
     const t = outputs.find((o) => o.name === 'path');
-    if (!t || !p.paths || !p.lines || p.paths[box]) return;
+    if (!t || !p.paths || !p.boxes || p.paths[box]) return;
     const v = asTypedArray(t) as Float32Array;
     const n = t.dims[0] ?? 0;
     if (n > MAX_PATH) throw new Error(`a path of ${n} classes: a line has at most ${MAX_PATH} steps`);
@@ -401,37 +573,106 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       probs[k] = v[2 * k + 1] as number;
     }
     p.paths[box] = { ids, probs };
-    if (--p.waiting > 0 || !p.img) return;
-    const boxes: PageBox[] = p.lines.map((l) => l.box);
+    if (--p.waiting > 0) return;
+    const size = this.sizes.get(i) ?? { width: 0, height: 0 };
+    this.sizes.delete(i);
     try {
-      this.finish(i, { name: p.name, ...assemblePage(p.img, boxes, p.paths as CtcPath[], this.svc.chars) });
+      this.finish(i, { name: p.name, ...assemblePage(size, p.boxes, p.paths as CtcPath[], this.svc.chars) });
     } catch (err) {
-      this.fail(i, 'rec', (err as Error).message, box);
+      this.fail(i, 'rec', (err as Error).message, box, size);
     }
   }
 
-  /** A stage job ended: its failed items fail their pages; the next stage gets no more items. */
-  async stageEnded(stage: 'det' | 'cls' | 'rec', jobId: string, state: string): Promise<void> {
+  /** A stage job ended: its failed items fail their pages; the next stage may close. */
+  async stageEnded(stage: Stage, jobId: string, state: string): Promise<void> {
+    const s = this.stages[stage];
+    if (s.ended.has(jobId)) return;
+    s.ended.add(jobId);
     for (const f of await this.hub.jobs.failures(jobId)) {
       const item = await this.hub.jobs.item(f.itemId);
       if (!item || item.state !== 'failed') continue;
       const { page, box } = lineage(item.name);
-      this.fail(page, stage, `${f.category}: ${f.message}`, box);
+      this.fail(page, stage, `${f.category}: ${f.message}`, box, this.sizes.get(page));
     }
     if (state === 'cancelled') this.failRest(stage, `the ${stage} stage's job ${jobId} was cancelled`);
-    if (stage === 'det') this.endStage('cls');
-    if (stage === 'cls') this.endStage('rec');
-    // A stage that ends with pages still waiting on it and no next job: those pages found no text.
-    if (stage === 'det' && !this.jobs.cls) this.failRest('det', 'detection ended without a result');
+    this.settle();
+  }
+
+  /**
+   * Rebuilds a run from its record and its stage jobs (after a hub restart): outcomes from the
+   * record's events, the rest by handling the stored results again in stage order, which gives
+   * each stage the items it lacks. Jobs still running are held open for what is to come.
+   */
+  async restore(anchor: JobRecord, jobs: readonly JobRecord[]): Promise<void> {
+    this.anchor = anchor.id;
+    this.replaying = true;
+    let last = 0;
+    // Newest first: the oldest event of a page wins, as `finish` takes the first.
+    for (const ev of (await this.hub.jobs.events(anchor.id, { type: PAGE_EVENT })).reverse()) {
+      const { page, result } = ev.data as { page: number; result: OcrPageResult };
+      this.finish(page, result, ev.at);
+      last = Math.max(last, ev.at);
+    }
+    this.replaying = false;
+    if (this.finishedAt !== null) {
+      this.finishedAt = last;
+      return;
+    }
+    const done: Record<Stage, number[]> = { det: [], cls: [], rec: [] };
+    const ended: [Stage, string, string][] = [];
+    const refeed: NewItem[] = [];
+    for (const job of jobs) {
+      const stage = (stageOptions(job) as StageOptions).stage;
+      const s = this.stages[stage];
+      const unused =
+        job.state === 'cancelled' &&
+        (await this.hub.jobs.events(job.id, { type: UNUSED_EVENT, limit: 1 })).length > 0;
+      if (job.state === 'open' || unused) {
+        // Never sealed: its items never ran, and it ends. Its pages go to detection again below;
+        // later stages' items are made again from the stage before.
+        if (stage === 'det') refeed.push(...(await this.storedItems(job.id)));
+        if (!unused) this.cancelQuietly(job.id);
+        continue;
+      }
+      s.ids.push(job.id);
+      this.svc.watch(job.id, this, stage);
+      for (let offset = 0; ; offset += 1000) {
+        const items = await this.hub.jobs.items(job.id, { offset, limit: 1000 });
+        for (const it of items) {
+          s.fed.add(it.name);
+          if (it.state === 'done') done[stage].push(it.id);
+          if (stage === 'det' && it.state === 'pending') this.inDetection.add(lineage(it.name).page);
+        }
+        if (items.length < 1000) break;
+      }
+      if (job.state === 'completed' || job.state === 'cancelled') ended.push([stage, job.id, job.state]);
+      else {
+        this.hub.holdOpen(job.id);
+        s.current = Promise.resolve(job.id);
+      }
+    }
+    this.hub.log.info({ run: this.id, jobs: jobs.length }, 'OCR run resumed');
+    this.then(async () => {
+      for (const st of STAGES) if (done[st].length) await this.committed(st, done[st]);
+      for (const it of refeed) this.inDetection.add(lineage(it.name).page);
+      await this.feed('det', refeed);
+      // The hub stopped before these pages were stored for detection: their bytes are gone.
+      const lost = 'the hub restarted before this page was stored; submit it again';
+      this.pages.forEach((p, i) => {
+        if (!p.result && !this.stages.det.fed.has(`p${i}`)) this.fail(i, 'det', lost);
+      });
+      for (const [st, jobId, state] of ended) await this.stageEnded(st, jobId, state);
+      this.close('det');
+    });
   }
 }
 
-const services = new WeakMap<Hub, OcrService>();
+const services = new WeakMap<Hub, Promise<OcrService>>();
 
 /** A hub's OCR runs. One per hub: {@link OcrService.of}. */
 export class OcrService {
   private readonly runs = new Map<string, OcrRun>();
-  private readonly byJob = new Map<string, { run: OcrRun; stage: 'det' | 'cls' | 'rec' }>();
+  private readonly byJob = new Map<string, { run: OcrRun; stage: Stage }>();
   private constructor(
     readonly hub: Hub,
     readonly chars: string[],
@@ -456,15 +697,57 @@ export class OcrService {
     });
   }
 
-  /** The hub's OCR service, made on first use (it reads the recognizer's key list). */
-  static async of(hub: Hub): Promise<OcrService> {
+  /**
+   * The hub's OCR service, made on first use (it reads the recognizer's key list) and rebuilding
+   * the runs the hub's store holds; the API makes it when the hub starts.
+   */
+  static of(hub: Hub): Promise<OcrService> {
     let s = services.get(hub);
     if (!s) {
-      const keys = await readFile(join(await ocrAssetsDir(), OCR_FILES.keys), 'utf8');
-      s = services.get(hub) ?? new OcrService(hub, characterList(keys));
+      s = (async () => {
+        const keys = await readFile(join(await ocrAssetsDir(), OCR_FILES.keys), 'utf8');
+        const svc = new OcrService(hub, characterList(keys));
+        await svc.restore();
+        return svc;
+      })();
       services.set(hub, s);
+      s.catch(() => services.delete(hub));
     }
     return s;
+  }
+
+  /**
+   * Rebuilds the runs recorded in the store (the newest {@link OCR_RUNS_KEPT}); not on a store
+   * shared by several hubs, where runs would need an owner.
+   */
+  private async restore(): Promise<void> {
+    // Hubs sharing a store would each carry on the same run: rebuilding waits for a run's owner.
+    if (this.hub.sharedStore) return;
+    const byRun = new Map<string, JobRecord[]>();
+    for (const job of await this.hub.jobs.list()) {
+      const p = stageOptions(job);
+      if (p) byRun.set(p.run, [...(byRun.get(p.run) ?? []), job]);
+    }
+    const anchors: { anchor: JobRecord; jobs: JobRecord[]; p: StageOptions }[] = [];
+    for (const jobs of byRun.values()) {
+      jobs.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
+      const anchor = jobs.find((j) => Array.isArray(stageOptions(j)?.pages));
+      if (anchor) anchors.push({ anchor, jobs, p: stageOptions(anchor) as StageOptions });
+    }
+    anchors.sort((a, b) => a.anchor.createdAt - b.anchor.createdAt);
+    for (const { anchor, jobs, p } of anchors.slice(-OCR_RUNS_KEPT)) {
+      const run = new OcrRun(this, p.run, p.pages ?? [], p.opts ?? {}, p.createdAt ?? anchor.createdAt);
+      try {
+        await run.restore(anchor, jobs);
+      } catch (err) {
+        // One run's record that cannot be read costs that run, not the service.
+        this.hub.log.error({ err, run: clean(p.run, 80) }, 'OCR run could not be rebuilt');
+        continue;
+      }
+      this.runs.set(p.run, run);
+      if (run.finishedAt === null)
+        run.once('done', () => this.hub.log.info({ run: p.run }, 'OCR run completed'));
+    }
   }
 
   private readonly cache = new Map<string, OcrPageResult>();
@@ -486,19 +769,33 @@ export class OcrService {
     while (this.cache.size > OCR_CACHE_PAGES) this.cache.delete(this.cache.keys().next().value as string);
   }
 
-  watch(jobId: string, run: OcrRun, stage: 'det' | 'cls' | 'rec'): void {
+  watch(jobId: string, run: OcrRun, stage: Stage): void {
     this.byJob.set(jobId, { run, stage });
   }
 
+  unwatch(jobId: string): void {
+    this.byJob.delete(jobId);
+  }
+
   /** Starts an OCR run on these pages (PNG or JPEG bytes). */
-  submit(pages: readonly { name: string; bytes: Uint8Array }[], opts: OcrOptions = {}): OcrRunView {
+  async submit(
+    pages: readonly { name: string; bytes: Uint8Array }[],
+    opts: OcrOptions = {},
+  ): Promise<OcrRunView> {
     if (pages.length === 0) throw new HubError('invalid_request', 'an OCR run needs at least one image', 400);
     for (const m of Object.values(MODELS)) {
       if (!this.hub.models.byName(m))
         throw new HubError('unknown_model', `the hub has no model "${m}" (npm install)`, 409);
     }
     const id = `ocr_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
-    const run = new OcrRun(this, id, pages, opts);
+    const run = new OcrRun(
+      this,
+      id,
+      pages.map((p) => p.name),
+      opts,
+      Date.now(),
+    );
+    await run.start(pages);
     this.runs.set(id, run);
     // Finished runs' results are kept for their submitters to fetch, the oldest dropped past a bound.
     for (const [old, r] of this.runs) {

@@ -10,7 +10,7 @@ import type { ModelInfo } from '../protocol/model.ts';
 import { packTensors, unpackTensors } from '../protocol/pack.ts';
 import type { WireTensor } from '../protocol/tensor.ts';
 import { outputProblem } from './check.ts';
-import { runStep, type StageModel } from '../pipeline/stages.ts';
+import { prepareInputs, runStep, type StageModel } from '../pipeline/stages.ts';
 
 /** Why a job cannot start. */
 export class PreflightError extends Error {
@@ -99,8 +99,10 @@ export class ReferenceRunner {
     for (const [itemId, pack] of samples) {
       let outputs: WireTensor[];
       try {
-        [outputs = []] = await runner.run([unpackTensors(pack)]);
-        outputs = runStep(model as StageModel, outputs); // a pipeline stage's step, as workers run it
+        // A pipeline stage's step, before and after its model, as workers run it.
+        const inputs = unpackTensors(pack);
+        [outputs = []] = await runner.run([prepareInputs(model as StageModel, inputs)]);
+        outputs = runStep(model as StageModel, outputs, inputs);
       } catch (err) {
         throw new PreflightError(
           `item ${itemId} does not run on model "${model.name}": ${(err as Error).message}`,
@@ -125,8 +127,10 @@ export class ReferenceRunner {
   run(model: ModelInfo, path: string, pack: Uint8Array): Promise<Uint8Array> {
     const next = this.queue.then(async () => {
       const runner = await this.session(model, path);
-      const [raw = []] = await runner.run([unpackTensors(pack)]);
-      const outputs = runStep(model as StageModel, raw); // a pipeline stage's step, as workers run it
+      // A pipeline stage's step, before and after its model, as workers run it.
+      const inputs = unpackTensors(pack);
+      const [raw = []] = await runner.run([prepareInputs(model as StageModel, inputs)]);
+      const outputs = runStep(model as StageModel, raw, inputs);
       const problem = outputProblem(model, outputs);
       if (problem) throw new Error(`outputs break the manifest: ${problem}`);
       return packTensors(outputs);

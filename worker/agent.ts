@@ -53,7 +53,7 @@ import { Outbox, type OutboxOptions, type WorkerSocket } from './outbox.ts';
 import { sleep, systemClock, type Clock } from './clock.ts';
 import { ModelSessions, type DownloadProgress, type SessionLease } from './sessions.ts';
 import { type HeaderCache, unpackTensors } from '../protocol/pack.ts';
-import { runStep, type StageModel } from '../pipeline/stages.ts';
+import { prepareInputs, runStep, type StageModel } from '../pipeline/stages.ts';
 import { checkOutputs, toBytes, toWireTensor } from './wire.ts';
 
 export type { WorkerSocket } from './outbox.ts';
@@ -729,7 +729,8 @@ export class WorkerAgent {
     let outputs: WireTensor[][] | undefined;
     let error: unknown;
     try {
-      outputs = await session.run(batch.map((e) => e.inputs));
+      // A pipeline stage's step makes the model's inputs from the item's (pipeline/stages.ts).
+      outputs = await session.run(batch.map((e) => prepareInputs(model as StageModel, e.inputs)));
       if (!Array.isArray(outputs) || outputs.length !== batch.length) {
         throw new Error(
           `backend returned ${Array.isArray(outputs) ? outputs.length : 'no'} results for ${batch.length} items`,
@@ -754,7 +755,7 @@ export class WorkerAgent {
       let out = (outputs as WireTensor[][])[i] as WireTensor[];
       // A pipeline stage's step runs here, beside its model (pipeline/stages.ts).
       try {
-        out = runStep(model as StageModel, out);
+        out = runStep(model as StageModel, out, e.inputs);
       } catch (err) {
         this.fail(e, 'invalid_output', `step ${(model as StageModel).step?.name}: ${errorMessage(err)}`);
         return;

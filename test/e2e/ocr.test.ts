@@ -61,7 +61,7 @@ describe('OCR on a native node and a WASM tab', () => {
     let done: OcrRunView | undefined;
     let tabDone = 0;
     for (let attempt = 0; attempt < 6 && tabDone === 0; attempt++) {
-      const run = svc.submit(pages, { cache: false });
+      const run = await svc.submit(pages, { cache: false });
       done = await svc.wait(run.id);
       for (const jobId of Object.values(done.jobs)) {
         for await (const r of hub.hub.jobs.results(jobId)) workers.add(r.workerId);

@@ -13,7 +13,19 @@ import { decodeImage } from '../../server/io/images.ts';
 import { StandaloneOcr } from '../../pipeline/standalone.ts';
 import { OCR_PAGES_IN_FLIGHT } from '../../server/pipeline.ts';
 import { scoreOcr } from '../../pipeline/metrics.ts';
-import { Rest, ROOT, spawnTs, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
+import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
+import {
+  freePort,
+  Rest,
+  ROOT,
+  serveArgs,
+  spawnTs,
+  startHub,
+  startNode,
+  tempDir,
+  waitFor,
+  type Proc,
+} from '../helpers/grid.ts';
 
 const SAMPLES = join(ROOT, 'models/samples/ocr');
 
@@ -104,12 +116,82 @@ describe('OCR pipeline on the grid', () => {
     }
   });
 
-  test('bad inputs: not an image, an empty page, a 20,000-px-wide page: each its own outcome', async () => {
+  test('stages overlap: a page’s lines are recognized while other pages are still in detection', async () => {
+    // More pages than the run keeps in detection at once, cache off so that each is read.
+    const files = ['page-000', 'page-001', 'page-002'];
+    const images = Array.from({ length: OCR_PAGES_IN_FLIGHT + 4 }, (_, i) => ({
+      name: `o${i}.png`,
+      data: readFileSync(join(SAMPLES, `${files[i % files.length]}.png`)).toString('base64'),
+    }));
+    // One page first: the node benchmarks each stage's model before it takes that stage's items.
+    const warm = await rest.data('POST', '/api/ocr', { images: images.slice(0, 1), cache: false });
+    await rest.data('GET', `/api/ocr/${warm.id}?wait=1`);
+    // When each stage's results were stored, per page, from the hub's own commit events.
+    const commits: { stage: string; page: number; at: number }[] = [];
+    const stageOf = new Map<string, string>();
+    const pending: Promise<void>[] = [];
+    const onCommit = (jobId: string, ids: number[]) => {
+      const at = performance.now();
+      const noted = (async () => {
+        const job = await hub.hub.jobs.get(jobId);
+        const stage = (job?.options.pipeline as { stage?: string } | undefined)?.stage;
+        if (!stage) return;
+        stageOf.set(jobId, stage);
+        for (const id of ids) {
+          const name = (await hub.hub.jobs.item(id))?.name ?? '';
+          commits.push({ stage, page: Number(/^p(\d+)/.exec(name)?.[1]), at });
+        }
+      })();
+      pending.push(noted);
+    };
+    hub.hub.on('items:committed', onCommit);
+    try {
+      const run = await rest.data('POST', '/api/ocr', { images, cache: false });
+      const done = await rest.data('GET', `/api/ocr/${run.id}?wait=1`);
+      assert.ok(done.results.every((r: any) => r.outcome === 'ok'));
+    } finally {
+      hub.hub.off('items:committed', onCommit);
+    }
+    await Promise.all(pending);
+    commits.sort((a, b) => a.at - b.at);
+    const lastDet = Math.max(...commits.filter((c) => c.stage === 'det').map((c) => c.at));
+    const firstRec = commits.find((c) => c.stage === 'rec');
+    assert.ok(firstRec, 'lines were recognized');
+    assert.ok(
+      firstRec.at < lastDet,
+      `page ${firstRec.page}'s first line was recognized before the last page left detection`,
+    );
+    const inDetLater = commits.filter((c) => c.stage === 'det' && c.at > firstRec.at).map((c) => c.page);
+    assert.ok(
+      inDetLater.length > 0 && !inDetLater.includes(firstRec.page),
+      'other pages were still in detection',
+    );
+    assert.deepEqual(new Set(stageOf.values()), new Set(['det', 'cls', 'rec']));
+  });
+
+  test('bad inputs: not an image, empty or truncated files, blank and 20,000-px-wide pages, a picture: each its own outcome', async () => {
+    const sample = readFileSync(join(SAMPLES, 'page-001.png'));
+    // A page with a picture and no text: a smooth gradient and a dark disc.
+    const picture = new PNG({ width: 320, height: 240 });
+    for (let y = 0; y < 240; y++)
+      for (let x = 0; x < 320; x++) {
+        const v = Math.hypot(x - 160, y - 120) < 60 ? 30 : Math.round((x / 320) * 200 + 40);
+        picture.data.set([v, v, 255 - v, 255], (y * 320 + x) * 4);
+      }
+    // A wide strip that has text: the sample page placed at the left of 20,000 px of white.
+    const page = PNG.sync.read(sample);
+    const strip = new PNG({ width: 20_000, height: page.height });
+    strip.data.fill(255);
+    PNG.bitblt(page, strip, 0, 0, page.width, page.height, 0, 0);
     const images = [
       { name: 'notes.txt', bytes: new TextEncoder().encode('this is not an image') },
+      { name: 'nothing.png', bytes: new Uint8Array(0) },
+      { name: 'truncated.png', bytes: sample.subarray(0, 200) },
       { name: 'blank.png', bytes: png(300, 200, 255) },
       { name: 'wide.png', bytes: png(20_000, 60, 255) },
-      { name: 'text.png', bytes: readFileSync(join(SAMPLES, 'page-001.png')) },
+      { name: 'wide-text.png', bytes: PNG.sync.write(strip) },
+      { name: 'picture.png', bytes: PNG.sync.write(picture) },
+      { name: 'text.png', bytes: sample },
     ];
     const run = await rest.data('POST', '/api/ocr', {
       images: images.map((im) => ({ name: im.name, data: Buffer.from(im.bytes).toString('base64') })),
@@ -119,11 +201,26 @@ describe('OCR pipeline on the grid', () => {
     assert.equal(by['notes.txt'].outcome, 'invalid_image');
     assert.equal(by['notes.txt'].error.stage, 'decode');
     assert.match(by['notes.txt'].error.reason, /not a PNG or JPEG/);
+    assert.equal(by['nothing.png'].outcome, 'invalid_image');
+    assert.match(by['nothing.png'].error.reason, /nothing\.png: not a PNG or JPEG/);
+    assert.equal(by['truncated.png'].outcome, 'invalid_image');
+    assert.match(by['truncated.png'].error.reason, /truncated\.png: cannot decode PNG/);
     assert.equal(by['blank.png'].outcome, 'no_text');
     assert.equal(by['wide.png'].outcome, 'no_text');
     assert.equal(by['wide.png'].width, 20_000);
+    // Read at the detector's 960 px, the text of a 20,000-px strip is a few pixels tall: what
+    // it finds there is its outcome, a page like any other.
+    assert.ok(['ok', 'no_text'].includes(by['wide-text.png'].outcome), by['wide-text.png'].outcome);
+    assert.equal(by['wide-text.png'].width, 20_000);
+    assert.equal(by['picture.png'].outcome, 'no_text');
+    assert.equal(by['picture.png'].text, '');
     assert.equal(by['text.png'].outcome, 'ok');
     assert.ok(by['text.png'].lines.length >= 2);
+    for (const r of done.results)
+      assert.notEqual(r.outcome, 'failed', `${r.name}: ${JSON.stringify(r.error)}`);
+    // The stage jobs themselves completed: bad pages are outcomes, not failed jobs.
+    for (const jobId of Object.values(done.jobs))
+      assert.equal((await rest.data('GET', `/api/jobs/${jobId}`)).state, 'completed');
   });
 
   test('shardhub ocr --inputs DIR --out DIR writes a JSON and a text file per page, bad files included', async () => {
@@ -242,5 +339,99 @@ describe('OCR pipeline on the grid', () => {
     const r = await rest.req('POST', '/api/ocr', { images: [] });
     assert.equal(r.status, 400);
     assert.equal(r.json.error.code, 'invalid_request');
+  });
+});
+
+describe('OCR run across a hub restart', () => {
+  const tmp = tempDir();
+  const procs: Proc[] = [];
+  after(() => {
+    for (const p of procs) p.child.kill('SIGKILL');
+    tmp.cleanup();
+  });
+
+  test('kill -9 of the hub mid-run, restart on the same data dir: the run finishes and `shardhub ocr` writes every page', async () => {
+    const port = await freePort();
+    const data = join(tmp.dir, 'hub');
+    const url = `http://127.0.0.1:${port}`;
+    // With the hub's Node flags, so that it does not run itself again in a child: the kill must
+    // reach the hub itself.
+    const serve = () => {
+      const p = spawnTs(
+        'server/cli.ts',
+        serveArgs(port, data, ['--heartbeat-ms', '500', '--offline-after-ms', '2000']),
+        {},
+        HUB_NODE_FLAGS,
+      );
+      procs.push(p);
+      return p;
+    };
+    let hubProc = serve();
+    await waitFor('hub up', () => hubProc.output().includes('hub is up'), 30_000);
+    const tokens = JSON.parse(readFileSync(join(data, 'tokens.json'), 'utf8'));
+    const rest = new Rest(url, tokens.operatorToken);
+    procs.push(
+      startNode(url, tokens.joinToken, join(tmp.dir, 'node'), ['--concurrency', '1', '--name', 'r0']),
+    );
+    await waitFor(
+      'node online',
+      async () => (await rest.data('GET', '/api/workers?online=true')).workers.length === 1,
+      60_000,
+    );
+    const inputs = join(tmp.dir, 'scans');
+    const out = join(tmp.dir, 'text');
+    mkdirSync(inputs);
+    const pages = 8;
+    for (let i = 0; i < pages; i++)
+      copyFileSync(join(SAMPLES, `page-00${i % 3}.png`), join(inputs, `scan-${i}.png`));
+    const cli = spawnTs('server/cli.ts', [
+      'ocr',
+      '--hub',
+      url,
+      '--token',
+      tokens.operatorToken,
+      '--inputs',
+      inputs,
+      '--out',
+      out,
+      '--no-cache',
+    ]);
+    procs.push(cli);
+    const runId = await waitFor('run started', () => /OCR run (ocr_\w+)/.exec(cli.output())?.[1], 60_000, 50);
+    const before = await waitFor(
+      'a page read',
+      async () => {
+        const v = await rest.data('GET', `/api/ocr/${runId}`);
+        return v.pagesDone >= 1 ? v : undefined;
+      },
+      120_000,
+      50,
+    );
+    hubProc.child.kill('SIGKILL');
+    await hubProc.exited;
+    assert.ok(before.pagesDone < pages, `killed mid-run (${before.pagesDone}/${pages} pages read)`);
+    hubProc = serve();
+    await waitFor('hub back', () => hubProc.output().includes('hub is up'), 30_000);
+    const { code } = await waitFor('shardhub ocr exited', () => cli.exited, 240_000);
+    assert.equal(code, 0, cli.output());
+    assert.match(cli.output(), /does not answer; waiting for it to come back/);
+    const after = await rest.data('GET', `/api/ocr/${runId}?results=1`);
+    assert.equal(after.state, 'completed');
+    const ocr = await StandaloneOcr.create({ threads: 1 });
+    try {
+      for (let i = 0; i < pages; i++) {
+        const want = await ocr.recognize(decodeImage(readFileSync(join(inputs, `scan-${i}.png`))));
+        const got = JSON.parse(readFileSync(join(out, `scan-${i}.json`), 'utf8'));
+        assert.equal(got.outcome, 'ok', `scan-${i}: ${JSON.stringify(got.error)}`);
+        assert.deepEqual(
+          got.lines.map((l: any) => l.text),
+          want.lines.map((l) => l.text),
+          `scan-${i}: the text the standalone pipeline reads`,
+        );
+        assert.equal(readFileSync(join(out, `scan-${i}.txt`), 'utf8'), `${want.text}\n`);
+      }
+    } finally {
+      await ocr.dispose();
+    }
   });
 });
