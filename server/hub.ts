@@ -376,11 +376,6 @@ export class Hub extends EventEmitter<HubEvents> {
     this.lifecycle.endStream(jobId);
   }
 
-  /** Whether other hubs share this hub's store (a pipeline then leaves runs it did not start alone). */
-  get sharedStore(): boolean {
-    return this.store.severalHubs;
-  }
-
   /** Records an event in a job's log (a pipeline keeps its pages' outcomes there, for restarts). */
   addJobEvent(jobId: string, type: string, data: Record<string, unknown>): void {
     this.lifecycle.addEvent(jobId, type, data, Date.now());
