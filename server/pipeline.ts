@@ -722,7 +722,7 @@ export class OcrService {
    */
   private async restore(): Promise<void> {
     // Hubs sharing a store would each carry on the same run: rebuilding waits for a run's owner.
-    if (this.hub.shared) return; // other hubs share the store: a run is left to the hub that started it
+    if (this.hub.shared) return;
     const byRun = new Map<string, JobRecord[]>();
     for (const job of await this.hub.jobs.list()) {
       const p = stageOptions(job);
