@@ -132,11 +132,16 @@ export class TrustBook {
     this.put({ ...r, validated: r.validated + n, streak: r.streak + n, at: Date.now() });
   }
 
-  /** A failed check: a strike, and quarantine at the threshold (at once for a wrong canary). */
+  /**
+   * A failed check: a strike, and quarantine at the threshold (at once for a wrong canary). A
+   * quarantined worker's record stays as its quarantine left it: checks it fails later (replicas
+   * judged after it was caught) say nothing new about it.
+   */
   refuted(workerId: string, reason: string, severe: boolean): Strike {
     const r = this.record(workerId);
+    if (r.quarantined) return { quarantined: false, record: r };
     const strikes = r.strikes + 1;
-    const quarantined = r.quarantined || severe || strikes >= this.opts.strikesToQuarantine;
+    const quarantined = severe || strikes >= this.opts.strikesToQuarantine;
     const record = this.put({
       ...r,
       strikes,
@@ -145,7 +150,7 @@ export class TrustBook {
       reason: quarantined ? reason : r.reason,
       at: Date.now(),
     });
-    return { quarantined: quarantined && !r.quarantined, record };
+    return { quarantined, record };
   }
 
   /** Lifts a quarantine (operator action). */

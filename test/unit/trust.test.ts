@@ -239,6 +239,11 @@ describe('strikes and quarantine', () => {
     assert.equal(book.refuted('w', 'outvoted', false).quarantined, false);
     assert.equal(book.refuted('w', 'outvoted', false).quarantined, true);
     assert.equal(book.refuted('x', 'wrong canary', true).quarantined, true);
+    // Once quarantined, a failed check changes nothing: the record stays as the quarantine left it.
+    const caught = book.record('w');
+    const later = book.refuted('w', 'outvoted', false);
+    assert.equal(later.quarantined, false, 'not quarantined anew');
+    assert.deepEqual(book.record('w'), caught);
     const again = new TrustBook(ts);
     assert.equal(again.isQuarantined('w'), true);
     assert.equal(again.isQuarantined('x'), true);
