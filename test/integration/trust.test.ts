@@ -80,8 +80,8 @@ describe('trust', () => {
         'failed checks are recorded with the job',
       );
       // Once quarantined, a liar's later failed checks (its replicas judged after it was caught) are
-      // rejected results, not more strikes: its record and the job's events stop at its quarantine.
-      let rejected = 0;
+      // rejected results, not more strikes: its record and the job's events stop at its quarantine
+      // (how many such checks there are depends on timing: hostile.test.ts counts them exactly).
       for (const l of liars) {
         const record = hub.hub.trust.record(l.id);
         const failedChecks = events.filter((e) => e.type === 'check_failed' && e.data.workerId === l.id);
@@ -93,9 +93,7 @@ describe('trust', () => {
           failedChecks.length <= record.strikes,
           `${l.name}: ${failedChecks.length} check_failed events`,
         );
-        rejected += hub.hub.trust.rejectedSinceQuarantine(l.id);
       }
-      assert.ok(rejected > 0, 'the liars’ checks failed after their quarantine are counted as rejected');
     } finally {
       for (const n of nodes) n.child.kill('SIGKILL');
       await hub.close();
