@@ -21,6 +21,15 @@
  * The hub's memory: its process's RSS (the hub runs in this process; the nodes are children) at
  * the start of each job, at its peak (sampled every 100 ms) and at the end; in the total row, the
  * whole run's, the end after every job has settled. The honest-only rows are the baseline.
+ *
+ * `npm run bench -- trust --catch N [--items 20000]`: how fast the subtle liar is caught, over N
+ * trials. Each trial is a fresh hub with 4 honest sim nodes and the subtle liar as a real native
+ * node (`native/fault.ts`: `--corrupt-rate 0.05 --corrupt-after 300 --corrupt-scale 1.05`, as in
+ * the soak), and one job of `--items` items. Per trial: seconds from the job's start to the liar's
+ * first strike and to its quarantine, the liar's accepted results then (its first 300 are honest),
+ * the results the quarantine took back (what it had stored unconfirmed), and the strikes on
+ * record; then the distribution of the quarantine times and of the liar's results by then.
+ * A trial whose job completes before the liar is caught says so (`caught_s`: null).
  */
 import { join } from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -32,7 +41,7 @@ import type { HubServer } from '../server/app.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { benchHub, printTable, spawnNode, until } from './_grid.ts';
 import { failureReporter, liar, type Hostile } from './_hostile.ts';
-import { numFlag } from './_scale.ts';
+import { numFlag, percentile } from './_scale.ts';
 import { openJob } from '../test/helpers/store-rows.ts';
 
 interface Row {
@@ -220,8 +229,133 @@ async function runGrid(withAttackers: boolean, jobs: number, items: number, item
   }
 }
 
+interface CatchRow {
+  trial: number;
+  first_strike_s: number | null;
+  caught_s: number | null;
+  /** The liar's accepted results (its first 300 honest) at its first strike and its quarantine. */
+  liar_results_at_strike: number | null;
+  liar_results_at_caught: number | null;
+  recomputed: number;
+  strikes: number;
+  job_s: number;
+}
+
+/** One trial of `--catch`; see the file comment. */
+async function catchTrial(trial: number, items: number, itemMs: number): Promise<CatchRow> {
+  const { hub, done } = await benchHub();
+  const state = mkdtempSync(join(tmpdir(), 'shardhub-catch-'));
+  const nodes: ChildProcess[] = [];
+  const liarId = 'subtle-liar-node';
+  try {
+    const sim = ['--backend', 'sim', '--item-ms', String(itemMs)];
+    for (let i = 0; i < 4; i++) nodes.push(spawnNode(hub, join(state, `n${i}`), sim));
+    nodes.push(
+      spawnNode(hub, join(state, 'liar'), [
+        ...sim,
+        '--id',
+        liarId,
+        '--corrupt-rate',
+        '0.05',
+        '--corrupt-after',
+        '300',
+        '--corrupt-scale',
+        '1.05',
+      ]),
+    );
+    await until(
+      'nodes online',
+      () => [...hub.hub.workers.values()].filter((w) => w.state === 'online').length >= 5,
+      120_000,
+      50,
+    );
+    const started = Date.now();
+    const jobId = await submit(hub, items, 1 + trial * 1_000_000);
+    let firstStrike: number | null = null;
+    let caught: number | null = null;
+    let atStrike: number | null = null;
+    let atCaught: number | null = null;
+    await until(
+      'the liar caught or the job completed',
+      async () => {
+        const r = hub.hub.trust.record(liarId);
+        const s = (Date.now() - started) / 1000;
+        const results = hub.hub.workers.get(liarId)?.itemsDone ?? 0;
+        if (r.strikes > 0 && firstStrike === null) [firstStrike, atStrike] = [s, results];
+        if (r.quarantined && caught === null) [caught, atCaught] = [s, results];
+        return caught !== null || (await hub.hub.jobs.get(jobId))?.state === 'completed';
+      },
+      600_000,
+      20,
+    );
+    const row = {
+      trial,
+      first_strike_s: firstStrike,
+      caught_s: caught,
+      liar_results_at_strike: atStrike,
+      liar_results_at_caught: atCaught,
+      recomputed: hub.hub.verificationCost.recomputed,
+      strikes: hub.hub.trust.record(liarId).strikes,
+      job_s: 0,
+    };
+    // Settled before the hub closes: the quarantine's recomputation and reference runs end with it.
+    await until(
+      'the job completed',
+      async () => (await hub.hub.jobs.get(jobId))?.state === 'completed',
+      600_000,
+      50,
+    );
+    row.job_s = (Date.now() - started) / 1000;
+    return row;
+  } finally {
+    for (const n of nodes) n.kill('SIGKILL');
+    await done();
+    rmSync(state, { recursive: true, force: true });
+  }
+}
+
+/** `--catch N`: N trials of `catchTrial`, then the distribution of the quarantine times. */
+async function catchBench(args: string[], trials: number): Promise<void> {
+  const items = numFlag(args, 'items', 20_000);
+  const itemMs = numFlag(args, 'item-ms', 2);
+  const rows: CatchRow[] = [];
+  for (let t = 0; t < trials; t++) {
+    rows.push(await catchTrial(t + 1, items, itemMs));
+    if (!args.includes('--json')) process.stderr.write(`${JSON.stringify(rows.at(-1))}\n`);
+  }
+  const times = rows
+    .map((r) => r.caught_s)
+    .filter((s): s is number => s !== null)
+    .sort((a, b) => a - b);
+  const results = rows
+    .map((r) => r.liar_results_at_caught)
+    .filter((n): n is number => n !== null)
+    .sort((a, b) => a - b);
+  const summary = {
+    trials,
+    caught: times.length,
+    p50_s: times.length ? percentile(times, 50) : null,
+    p90_s: times.length ? percentile(times, 90) : null,
+    max_s: times.length ? Math.max(...times) : null,
+    liar_results_p50: results.length ? percentile(results, 50) : null,
+    liar_results_p90: results.length ? percentile(results, 90) : null,
+    liar_results_max: results.length ? Math.max(...results) : null,
+  };
+  if (args.includes('--json'))
+    process.stdout.write(
+      `${JSON.stringify({ bench: 'trust-catch', items, itemMs, rows, summary }, null, 2)}\n`,
+    );
+  process.stdout.write(
+    `trust --catch: the subtle liar (native/fault.ts, x1.05 on 5% after 300 items) among 4 honest sim nodes (${itemMs} ms/item), one job of ${items} items per trial\n\n`,
+  );
+  printTable(rows as unknown as Record<string, unknown>[]);
+  process.stdout.write(`\n${JSON.stringify(summary)}\n`);
+}
+
 export async function main(args: string[]): Promise<void> {
   const json = args.includes('--json');
+  const trials = numFlag(args, 'catch', 0);
+  if (trials > 0) return catchBench(args, trials);
   const jobs = numFlag(args, 'jobs', 3);
   const items = numFlag(args, 'items', 4000);
   const itemMs = numFlag(args, 'item-ms', 2);

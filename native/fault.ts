@@ -9,8 +9,8 @@
  *   any tolerance;
  * - subtle (`scale`): one element, the output's largest in magnitude, is multiplied by `scale`
  *   (1.05: just outside the generated models' tolerance, and only there). With `after` the worker
- *   answers its first `after` items honestly, so it passes probation before it starts to lie: a
- *   liar that only spot checks and canaries can catch.
+ *   answers its first `after` items of work honestly (its benchmarks do not count), so it passes
+ *   probation before it starts to lie: a liar that only spot checks and canaries can catch.
  */
 import type { ModelInfo } from '../protocol/model.ts';
 import { toNumbers, type WireTensor } from '../protocol/tensor.ts';
@@ -21,7 +21,10 @@ import type { Backend, LoadedModel } from '../worker/backend.ts';
 export interface CorruptOptions {
   /** Probability that an item (after the first `after`) is corrupted, 0..1. */
   rate: number;
-  /** Items answered honestly before any is corrupted, counted from this backend's creation (default 0). */
+  /**
+   * Work items answered honestly before any is corrupted, counted from this backend's creation
+   * across its sessions (default 0). Benchmark runs do not count (see `corrupting`).
+   */
   after?: number;
   /**
    * Multiply one element (the largest in magnitude) by this instead of adding one to every element
@@ -42,6 +45,11 @@ export function corrupting(inner: Backend, opts: CorruptOptions): Backend {
   const lie = scale === undefined ? offByOne : (t: WireTensor) => scaledOne(t, scale);
   // Counted across every session of the backend: a worker turns liar once, whatever the model.
   let seen = 0;
+  // A benchmark runs one batch of calibration items again and again (worker/benchmark.ts): on a
+  // fast model thousands of items, which spent a liar's `after` before its first real item, so
+  // the subtle liar of the soak and the trust bench lied from the start instead of passing
+  // probation. A batch seen before is a benchmark's: answered honestly and not counted.
+  const benchmark = new WeakSet<WireTensor[][]>();
   const wrapped: Backend = {
     name: inner.name,
     reason: inner.reason,
@@ -50,6 +58,8 @@ export function corrupting(inner: Backend, opts: CorruptOptions): Backend {
       return {
         run: async (items: WireTensor[][]) => {
           const out = await loaded.run(items);
+          if (benchmark.has(items)) return out;
+          benchmark.add(items);
           return out.map((outputs) => (seen++ >= after && random() < rate ? outputs.map(lie) : outputs));
         },
         dispose: () => loaded.dispose(),

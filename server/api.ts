@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, statSync } from 'node:fs';
 import { z } from 'zod';
 import { LIMITS } from '../protocol/limits.ts';
-import { PackError, packTensors, unpackItems, unpackTensors } from '../protocol/pack.ts';
+import { PackError, packTensors, unpackTensors } from '../protocol/pack.ts';
 import { DTYPES, type WireTensor } from '../protocol/tensor.ts';
 import { JobRequirementsSchema, JsonOptionsSchema, describeZodError } from '../protocol/schemas.ts';
 import { UploadManifestSchema } from '../models/manifest-schema.ts';
@@ -26,7 +26,7 @@ import { writeNpy } from './io/npy.ts';
 import { TarError, TarWriter } from './io/tar.ts';
 import { WorkerFigures, workerJson } from './workers.ts';
 import { filesRouter } from './api-files.ts';
-import { discard, receiveToFile, type ReceivedFile } from './uploads.ts';
+import { discard, readItems, receiveToFile, type ReceivedFile } from './uploads.ts';
 import { ocrRouter } from './pipeline-api.ts';
 
 const InlineTensorSchema = z.strictObject({
@@ -56,6 +56,13 @@ export const CreateJobSchema = z.strictObject({
     .max(10_000)
     .optional(),
 });
+
+/**
+ * Items added to a job in one store call (`POST /api/jobs/:id/items`): bytes and count. 8 MiB keeps
+ * what the hub holds of an upload small and each write short, while a batch is still many items.
+ */
+const ITEMS_BATCH_BYTES = 8 * 1024 * 1024;
+const ITEMS_BATCH_COUNT = 4096;
 
 export const PatchJobSchema = z.strictObject({ priority: z.number().int().min(-100).max(100) });
 
@@ -98,7 +105,6 @@ export function apiRouter(
 ): express.Router {
   const r = express.Router();
   const json = express.json({ limit: LIMITS.jsonBodyBytes * 16 });
-  const raw = (limit: number) => express.raw({ type: () => true, limit });
 
   // Per address: public routes, and failed sign-ins (a wrong token is refused with 429 after a few).
   const publicHits = new RateLimiter(50, 200);
@@ -227,40 +233,93 @@ export function apiRouter(
     res.status(201).json({ data: await jobJson(hub, job) });
   });
 
-  r.post('/jobs/:id/items', raw(LIMITS.binaryBodyBytes), async (req, res) => {
-    const job = await hub.requireJob(param(req, 'id'));
-    if (job.state !== 'open')
-      throw new HubError(
-        'job_not_open',
-        `job ${job.id} is ${job.state}; items can only be added while open`,
-        409,
-      );
-    const model = hub.modelOf(job);
-    if (!model) throw new HubError('unknown_model', 'the job’s model is gone', 409);
-    const body = req.body as unknown;
-    if (!(body instanceof Uint8Array) || body.byteLength === 0) {
-      throw new HubError(
-        'invalid_request',
-        'send items as application/octet-stream (protocol/pack.ts packItems)',
-        400,
-      );
-    }
-    const items: { name: string; inputs: Uint8Array }[] = [];
+  // Items uploads of each job in progress, so a job's uploads are added one after another (each
+  // one's items stay together and in order).
+  const appending = new Map<string, Promise<unknown>>();
+
+  // The body goes to a temp file (server/uploads.ts), never into memory whole: every item is
+  // checked, reading the file back one item at a time, and only then added, in batches of at most
+  // ITEMS_BATCH_BYTES, in order.
+  r.post('/jobs/:id/items', async (req, res) => {
+    const id = param(req, 'id');
+    const openJob = async () => {
+      const job = await hub.requireJob(id);
+      if (job.state !== 'open')
+        throw new HubError(
+          'job_not_open',
+          `job ${job.id} is ${job.state}; items can only be added while open`,
+          409,
+        );
+      const model = hub.modelOf(job);
+      if (!model) throw new HubError('unknown_model', 'the job’s model is gone', 409);
+      return { job, model };
+    };
+    const { model } = await openJob();
+    let gone = false; // the client closed its connection before the answer
+    res.once('close', () => (gone = !res.writableFinished));
+    const upload = await receiveToFile(req, res, {
+      dir: hub.models.incomingDir,
+      limit: LIMITS.binaryBodyBytes,
+      what: 'items (application/octet-stream, protocol/pack.ts packItems)',
+    });
+    const previous = appending.get(id) ?? Promise.resolve();
+    const mine = previous.then(() => addItems(id, model, upload, openJob, () => gone));
+    const settled = mine.catch(() => undefined).finally(() => discard(upload));
+    appending.set(id, settled);
+    void settled.then(() => {
+      if (appending.get(id) === settled) appending.delete(id);
+    });
+    const added = await mine.finally(() => settled); // its temp file is gone before the answer
+    res.status(201).json({ data: { added, itemCount: (await hub.requireJob(id)).itemCount } });
+  });
+
+  /**
+   * Adds a received items body to an open job: each item checked first (one bad item refuses the
+   * whole body, nothing added), then added in batches. A client gone while they are added stops it
+   * after the batch in hand: what it finds stored (`GET /api/jobs/:id`, `items`) is then what stays,
+   * and it sends again from there (`shardhub submit` does).
+   */
+  async function addItems(
+    id: string,
+    model: ModelInfo,
+    upload: ReceivedFile,
+    openJob: () => Promise<unknown>,
+    gone: () => boolean,
+  ): Promise<number> {
     try {
-      for (const it of unpackItems(body)) {
+      for await (const it of readItems(upload)) {
         if (it.name.length > LIMITS.nameChars)
           throw new HubError('invalid_item', `item name longer than ${LIMITS.nameChars}`, 400);
         const problem = inputProblem(model, unpackTensors(it.pack));
         if (problem) throw new HubError('invalid_item', `item "${clean(it.name, 80)}": ${problem}`, 400);
-        items.push({ name: it.name, inputs: it.pack.slice() });
       }
     } catch (err) {
       if (err instanceof PackError) throw new HubError('invalid_item', err.message, 400);
       throw err;
     }
-    const ids = await hub.appendItems(job.id, items);
-    res.status(201).json({ data: { added: ids.length, itemCount: job.itemCount + ids.length } });
-  });
+    await openJob(); // sealed or cancelled while the body arrived, or while an earlier upload was added
+    let added = 0;
+    let batch: { name: string; inputs: Uint8Array }[] = [];
+    let bytes = 0;
+    const flush = async () => {
+      try {
+        added += (await hub.appendItems(id, batch)).length;
+      } catch (err) {
+        await openJob(); // sealed or cancelled meanwhile: that is the error to give
+        throw err;
+      }
+      batch = [];
+      bytes = 0;
+    };
+    for await (const it of readItems(upload)) {
+      if (gone()) break;
+      batch.push({ name: it.name, inputs: it.pack.slice() });
+      bytes += it.pack.byteLength;
+      if (bytes >= ITEMS_BATCH_BYTES || batch.length >= ITEMS_BATCH_COUNT) await flush();
+    }
+    if (batch.length > 0 && !gone()) await flush();
+    return added;
+  }
 
   r.use(filesRouter(hub));
   r.use(ocrRouter(hub)); // OCR pipelines (server/pipeline-api.ts)

@@ -35,7 +35,7 @@ export interface TrustOptions {
 
 export const DEFAULT_TRUST_OPTIONS: TrustOptions = {
   trustAfter: 10,
-  spotCheck: 0.05,
+  spotCheck: 0.07,
   minSpotCheck: 0.02,
   strikesToQuarantine: 2,
   trustNative: false,
@@ -44,7 +44,10 @@ export const DEFAULT_TRUST_OPTIONS: TrustOptions = {
   maxCanaries: 20,
 };
 
-/** Confirmed results in a row after a strike before a worker's spot checks ease off from every result. */
+/**
+ * Confirmed results in a row after a strike before a worker's spot checks ease off from every
+ * result (then they fall as DOUBT_STREAK / streak; see `spotRate`).
+ */
 const DOUBT_STREAK = 50;
 /** Confirmed results in a row that halve a proven worker's spot-check rate. */
 const SPOT_HALF_LIFE = 1000;
@@ -112,17 +115,21 @@ export class TrustBook {
   }
 
   /**
-   * The spot-check probability of a proven worker, after BOINC's adaptive replication: every
-   * result after any doubt (a strike, until DOUBT_STREAK confirmed results in a row), then
-   * `spotCheck`, halving with every SPOT_HALF_LIFE confirmed results in a row, never below
-   * `minSpotCheck`. A liar that turns on late is caught by the same checks as any other, and once
-   * caught once, on its next lie.
+   * The spot-check probability of a proven worker, after BOINC's adaptive replication: `spotCheck`,
+   * halving with every SPOT_HALF_LIFE confirmed results in a row, never below `minSpotCheck`; and
+   * after any doubt (a strike) at least DOUBT_STREAK / streak: every result until DOUBT_STREAK
+   * confirmed in a row, then a share that falls as its clean record grows (a half after 100, a
+   * tenth after 500). A doubt that ended after DOUBT_STREAK results let a liar that lies on a few %
+   * of items slip back to the base rate (and a restarted one, honest again for a while, did so
+   * every time); a doubt that fades slowly finds its next lie within a few dozen results, while an
+   * honest worker's one fluke costs it checks on a shrinking share of its results.
    */
   spotRate(workerId: string): number {
     const r = this.record(workerId);
-    if (r.strikes > 0 && r.streak < DOUBT_STREAK) return 1;
     const decayed = this.opts.spotCheck * 0.5 ** (r.streak / SPOT_HALF_LIFE);
-    return Math.max(this.opts.minSpotCheck, decayed);
+    const base = Math.max(this.opts.minSpotCheck, decayed);
+    if (r.strikes === 0) return base;
+    return Math.max(base, Math.min(1, DOUBT_STREAK / Math.max(1, r.streak)));
   }
 
   /**
@@ -144,11 +151,16 @@ export class TrustBook {
     this.put({ ...r, validated: r.validated + n, streak: r.streak + n, at: Date.now() });
   }
 
-  /** A failed check: a strike, and quarantine at the threshold (at once for a wrong canary). */
+  /**
+   * A failed check: a strike, and quarantine at the threshold (at once for a wrong canary). A
+   * quarantined worker's record stays as its quarantine left it: checks it fails later (replicas
+   * judged after it was caught) say nothing new about it.
+   */
   refuted(workerId: string, reason: string, severe: boolean): Strike {
     const r = this.record(workerId);
+    if (r.quarantined) return { quarantined: false, record: r };
     const strikes = r.strikes + 1;
-    const quarantined = r.quarantined || severe || strikes >= this.opts.strikesToQuarantine;
+    const quarantined = severe || strikes >= this.opts.strikesToQuarantine;
     const record = this.put({
       ...r,
       strikes,
@@ -157,7 +169,7 @@ export class TrustBook {
       reason: quarantined ? reason : r.reason,
       at: Date.now(),
     });
-    return { quarantined: quarantined && !r.quarantined, record };
+    return { quarantined, record };
   }
 
   /** Lifts a quarantine (operator action). */

@@ -11,13 +11,14 @@
  *
  * The route handler reads the body through this instead of a body parser (`express.raw` buffers it
  * whole), and the connection of a refused upload is closed, so the rest of an oversized body is
- * never read.
+ * never read. A received items body (`packItems`) is read back one item at a time (`readItems`).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, rm, readdir } from 'node:fs/promises';
+import { mkdir, open, rm, readdir } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
+import { PackError } from '../protocol/pack.ts';
 import { HubError } from './hub.ts';
 
 /** A body received to a temp file. */
@@ -116,4 +117,65 @@ export async function clearLeftovers(dir: string): Promise<void> {
 function tooLarge(res: ServerResponse, what: string, limit: number): HubError {
   res.setHeader('Connection', 'close');
   return new HubError('too_large', `the ${what} is larger than the limit of ${limit} bytes`, 413);
+}
+
+/** Bytes read from a received file at a time by `readItems`. */
+const READ_CHUNK = 1 << 20;
+
+/**
+ * The items of a received items body (`protocol/pack.ts` `packItems`: per item, u32le name length,
+ * the UTF-8 name, u32le pack length, the tensor pack), read from its temp file a chunk at a time:
+ * only the item being read and one chunk are in memory, whatever the body's size. A yielded `pack`
+ * is a view of the reader's buffer, valid until the next item is asked for (copy it to keep it).
+ * Throws `PackError` where the body is malformed, as `unpackItems` does.
+ */
+export async function* readItems(
+  file: ReceivedFile,
+  maxNameBytes = 512,
+): AsyncGenerator<{ name: string; pack: Uint8Array }> {
+  const fh = await open(file.path, 'r');
+  const decoder = new TextDecoder('utf-8', { fatal: false });
+  let buf = Buffer.alloc(0);
+  let at = 0; // next unread byte of `buf`
+  let pos = 0; // next unread byte of the file
+  /** The next `n` bytes, or fewer at the end of the file. */
+  const take = async (n: number): Promise<Buffer> => {
+    if (buf.byteLength - at < n && pos < file.bytes) {
+      const have = buf.byteLength - at;
+      const next = Buffer.allocUnsafe(have + Math.min(Math.max(n - have, READ_CHUNK), file.bytes - pos));
+      buf.copy(next, 0, at);
+      let filled = have;
+      while (filled < next.byteLength) {
+        const { bytesRead } = await fh.read(next, filled, next.byteLength - filled, pos);
+        if (bytesRead === 0) break;
+        filled += bytesRead;
+        pos += bytesRead;
+      }
+      buf = next.subarray(0, filled);
+      at = 0;
+    }
+    const out = buf.subarray(at, at + n);
+    at += out.byteLength;
+    return out;
+  };
+  try {
+    for (let item = 0; ; item++) {
+      const head = await take(4);
+      if (head.byteLength === 0) return;
+      if (head.byteLength < 4) throw new PackError('item stream truncated (name length)');
+      const nameLength = head.readUInt32LE(0);
+      if (nameLength === 0 || nameLength > maxNameBytes)
+        throw new PackError(`item name length ${nameLength} out of range`);
+      const nameBytes = await take(nameLength + 4);
+      if (nameBytes.byteLength < nameLength + 4) throw new PackError('item stream truncated (name)');
+      const name = decoder.decode(nameBytes.subarray(0, nameLength));
+      const packLength = nameBytes.readUInt32LE(nameLength);
+      // Bounded by what is left of the body: a forged length cannot make the reader allocate more.
+      if (packLength > file.bytes - pos + (buf.byteLength - at))
+        throw new PackError(`item "${name.slice(0, 80)}" runs past the end of the body`);
+      yield { name, pack: await take(packLength) };
+    }
+  } finally {
+    await fh.close();
+  }
 }

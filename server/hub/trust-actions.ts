@@ -62,6 +62,11 @@ export interface TrustQueries {
   isProven(workerId: string, kind: 'browser' | 'native'): boolean;
   /** The worker's record (strikes, streak, state). */
   record(workerId: string): TrustRecord;
+  /**
+   * Results, failure reports and releases of a quarantined worker turned down since its quarantine
+   * (this hub's run): counted here, not as strikes.
+   */
+  rejectedSinceQuarantine(workerId: string): number;
   /** A worker's probation, or null once proven or unknown. */
   probationOf(workerId: string): ProbationView | null;
 }
@@ -86,6 +91,8 @@ export interface TrustActionsDeps {
 export class TrustActions implements TrustQueries {
   private readonly strays = new RateLimiter(STRAY_PER_SEC, STRAY_BURST, 10_000);
   private readonly strayStrikes = new RateLimiter(1 / STRAY_STRIKE_S, 1, 10_000);
+  /** Per quarantined worker: what it sent that failed a check or named items it does not hold. */
+  private readonly rejected = new Map<string, number>();
 
   constructor(private readonly d: TrustActionsDeps) {}
 
@@ -102,6 +109,21 @@ export class TrustActions implements TrustQueries {
 
   record(workerId: string): TrustRecord {
     return this.d.trust.record(workerId);
+  }
+
+  rejectedSinceQuarantine(workerId: string): number {
+    return this.rejected.get(workerId) ?? 0;
+  }
+
+  /**
+   * Once quarantined, a worker's failed checks and strays are noise (its replicas still being
+   * judged, late results): counted as rejected, not piled up as strikes and `check_failed` events
+   * that would skew its record and the job's report. Returns whether `workerId` is quarantined.
+   */
+  private rejectedIfQuarantined(workerId: string, n: number): boolean {
+    if (!this.d.trust.isQuarantined(workerId)) return false;
+    this.rejected.set(workerId, (this.rejected.get(workerId) ?? 0) + n);
+    return true;
   }
 
   /**
@@ -147,6 +169,7 @@ export class TrustActions implements TrustQueries {
    */
   stray(workerId: string, n: number, what: string): void {
     this.d.log.debug({ workerId, items: n, what }, 'message for items not held');
+    if (this.rejectedIfQuarantined(workerId, n)) return;
     if (this.strays.take(workerId, n) || !this.strayStrikes.take(workerId)) return;
     const reason = `${what} for items it does not hold, past its allowance`;
     const { quarantined, record } = this.d.trust.refuted(workerId, reason, false);
@@ -156,6 +179,7 @@ export class TrustActions implements TrustQueries {
 
   /** A failed check against a worker; at the threshold it is quarantined. */
   strike(workerId: string, jobId: string, itemId: number, reason: string, severe: boolean): void {
+    if (this.rejectedIfQuarantined(workerId, 1)) return;
     const { quarantined, record } = this.d.trust.refuted(workerId, reason, severe);
     this.d.jobs.addEvent(
       jobId,

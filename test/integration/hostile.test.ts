@@ -380,6 +380,34 @@ test('finding 1: results, failures and releases for items the sender does not ho
   }
 });
 
+test('a quarantined worker’s further strays are counted as rejected, not as strikes', async () => {
+  const hub = await startHub(join(tmp.dir, 'hub-rejected'));
+  let s: Socket | undefined;
+  try {
+    s = await anonymous(hub.url, 'stray-browser-1');
+    const forge = async (n: number) =>
+      s
+        ?.timeout(5000)
+        .emitWithAck('items:release', { itemIds: Array.from({ length: n }, (_, i) => 20_000_000 + i) });
+    // Past the allowance a stray costs a strike, at most one per 5 s; two quarantine.
+    await forge(9000);
+    assert.equal(hub.hub.trust.record('stray-browser-1').strikes, 1);
+    await new Promise((ok) => setTimeout(ok, 5200));
+    await forge(9000);
+    const caught = hub.hub.trust.record('stray-browser-1');
+    assert.equal(caught.quarantined, true, JSON.stringify(caught));
+    assert.equal(hub.hub.trust.rejectedSinceQuarantine('stray-browser-1'), 0);
+    // Past the next strike's wait: still no strike, and what it named is counted as rejected.
+    await new Promise((ok) => setTimeout(ok, 5200));
+    await forge(9000);
+    assert.deepEqual(hub.hub.trust.record('stray-browser-1'), caught, 'its record stays as quarantined');
+    assert.equal(hub.hub.trust.rejectedSinceQuarantine('stray-browser-1'), 9000);
+  } finally {
+    s?.close();
+    await hub.close();
+  }
+});
+
 test('finding 1: a job running with nothing queued and nothing in flight is found, repaired and logged', async () => {
   const hub = await startHub(join(tmp.dir, 'hub-stall'));
   let nodes: Proc[] = [];

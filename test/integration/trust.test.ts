@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import type { NamedItem } from '../../protocol/pack.ts';
+import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { Rest, checkResults, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
 
@@ -70,11 +71,29 @@ describe('trust', () => {
       for await (const r of hub.hub.jobs.results(jobId)) {
         assert.ok(!liars.some((l) => l.id === r.workerId), `item ${r.name}'s result is credited to a liar`);
       }
-      const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as { type: string }[];
+      const events = (await rest.data('GET', `/api/jobs/${jobId}/events`)).events as {
+        type: string;
+        data: { workerId?: string };
+      }[];
       assert.ok(
         events.some((e) => e.type === 'check_failed'),
         'failed checks are recorded with the job',
       );
+      // Once quarantined, a liar's later failed checks (its replicas judged after it was caught) are
+      // rejected results, not more strikes: its record and the job's events stop at its quarantine
+      // (how many such checks there are depends on timing: hostile.test.ts counts them exactly).
+      for (const l of liars) {
+        const record = hub.hub.trust.record(l.id);
+        const failedChecks = events.filter((e) => e.type === 'check_failed' && e.data.workerId === l.id);
+        assert.ok(
+          record.strikes <= DEFAULT_TRUST_OPTIONS.strikesToQuarantine,
+          `${l.name}: ${record.strikes} strikes on record`,
+        );
+        assert.ok(
+          failedChecks.length <= record.strikes,
+          `${l.name}: ${failedChecks.length} check_failed events`,
+        );
+      }
     } finally {
       for (const n of nodes) n.child.kill('SIGKILL');
       await hub.close();

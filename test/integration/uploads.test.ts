@@ -1,7 +1,9 @@
 /**
  * Uploads go to disk, not memory (`server/uploads.ts`): a model-sized body leaves the hub's heap and
  * RSS far below its size, one past the limit is refused with 413 and leaves nothing behind, an
- * aborted one leaves no temp file, and a model uploaded this way runs a job on a real node.
+ * aborted one leaves no temp file, and a model uploaded this way runs a job on a real node. A big
+ * items body (`POST /api/jobs/:id/items`) is streamed the same way and added in batches; a
+ * malformed one is refused whole with a 400 that says where.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -17,7 +19,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import onnxProto from 'onnx-proto';
-import type { NamedItem } from '../../protocol/pack.ts';
+import { packItems, type NamedItem } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { Rest, checkResults, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
@@ -202,6 +204,135 @@ describe('uploads go to disk', () => {
     req.destroy();
     await waitFor('the temp file removed', () => incoming(hub).length === 0, 10_000);
     assert.equal(hub.hub.models.list().length, before);
+  });
+
+  /** A noop item (x: float32[rows, 4]) of `rows` rows, its values from `seed`. */
+  const noopItem = (name: string, rows: number, seed: number): NamedItem => {
+    const x = new Float32Array(rows * 4);
+    for (let i = 0; i < x.length; i++) x[i] = ((seed + i) % 1000) / 1000;
+    return {
+      name,
+      tensors: [{ name: 'x', dtype: 'float32', dims: [rows, 4], data: new Uint8Array(x.buffer) }],
+    };
+  };
+
+  test('a 200 MiB items upload keeps the hub’s heap and RSS growth far below its size; every item is added', async (t) => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (!gc) return t.skip('needs --expose-gc (node scripts/run-tests.mjs passes it)');
+    const jobId = (await rest.data('POST', '/api/jobs', { model: 'noop' })).id as string;
+    const count = 800;
+    const rows = 16_384; // 256 KiB of inputs per item
+    let size = 0;
+    gc();
+    const start = process.memoryUsage();
+    let peakRss = start.rss;
+    let peakHeap = start.heapUsed;
+    const sampler = setInterval(() => {
+      const m = process.memoryUsage();
+      peakRss = Math.max(peakRss, m.rss);
+      peakHeap = Math.max(peakHeap, m.heapUsed);
+    }, 10);
+    let r: { status: number; json: any };
+    try {
+      // Made one item at a time as they are sent: the client holds no more of the body than the hub.
+      r = await post(`${hub.url}/api/jobs/${jobId}/items`, hub.tokens.operatorToken, {
+        chunks: (async function* () {
+          for (let i = 0; i < count; i++) {
+            const body = packItems([noopItem(`big${i}`, rows, i)]);
+            size += body.byteLength;
+            yield body;
+          }
+        })(),
+      });
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.equal(r.status, 201, JSON.stringify(r.json));
+    assert.deepEqual(r.json.data, { added: count, itemCount: count });
+    const rssGrowth = peakRss - start.rss;
+    const heapGrowth = peakHeap - start.heapUsed;
+    t.diagnostic(
+      `body ${(size / 2 ** 20).toFixed(0)} MiB; peak growth: RSS ${(rssGrowth / 2 ** 20).toFixed(1)} MiB, ` +
+        `heap ${(heapGrowth / 2 ** 20).toFixed(1)} MiB`,
+    );
+    // Buffered, the body and its items' copies would add twice its 200 MiB; streamed, what grows is
+    // a batch of items (8 MiB), the file and socket buffers, and SQLite's page cache (32 MiB).
+    assert.ok(rssGrowth < size / 3, `RSS grew ${rssGrowth} bytes for a ${size}-byte body`);
+    assert.ok(heapGrowth < size / 8, `heap grew ${heapGrowth} bytes for a ${size}-byte body`);
+    // Added whole and in order: the first and the last item, as sent.
+    const items = await hub.hub.jobs.items(jobId, { offset: 0, limit: 1000 });
+    assert.equal(items.length, count);
+    const last = items.at(-1);
+    assert.deepEqual([items[0]?.name, last?.name], ['big0', `big${count - 1}`]);
+    const stored = (await hub.hub.jobs.inputs([last?.id ?? -1])).get(last?.id ?? -1);
+    const sent = packItems([noopItem(`big${count - 1}`, rows, count - 1)]);
+    assert.ok(stored, 'the last item has its inputs');
+    assert.ok(
+      Buffer.from(sent)
+        .subarray(sent.byteLength - stored.byteLength)
+        .equals(stored),
+      'as sent',
+    );
+    assert.deepEqual(incoming(hub), []);
+    await rest.data('POST', `/api/jobs/${jobId}/cancel`);
+  });
+
+  test('a malformed or oversized items body is refused with a clear 4xx; no item is added, no temp file stays', async () => {
+    const jobId = (await rest.data('POST', '/api/jobs', { model: 'noop' })).id as string;
+    const good = packItems([noopItem('a', 2, 1), noopItem('b', 2, 2)]);
+    const send = (body: Uint8Array, headers: Record<string, string> = {}) =>
+      post(
+        `${hub.url}/api/jobs/${jobId}/items`,
+        hub.tokens.operatorToken,
+        {
+          chunks: (async function* () {
+            if (body.byteLength) yield body;
+          })(),
+        },
+        headers,
+      );
+    const cases: [string, Uint8Array, number, string, RegExp][] = [
+      ['empty', new Uint8Array(0), 400, 'invalid_request', /send the items .* as the request body/],
+      [
+        'truncated',
+        good.subarray(0, good.byteLength - 3),
+        400,
+        'invalid_item',
+        /runs past the end of the body/,
+      ],
+      [
+        'a name length out of range',
+        new Uint8Array([255, 255, 255, 255, 1, 2]),
+        400,
+        'invalid_item',
+        /name length 4294967295 out of range/,
+      ],
+      [
+        'an item of the wrong shape',
+        packItems([
+          noopItem('a', 2, 1),
+          { name: 'c', tensors: [{ name: 'x', dtype: 'float32', dims: [1, 3], data: new Uint8Array(12) }] },
+        ]),
+        400,
+        'invalid_item',
+        /item "c": .*dim 1 is 3, model wants 4/,
+      ],
+    ];
+    for (const [what, body, status, code, message] of cases) {
+      const r = await send(body);
+      assert.equal(r.status, status, `${what}: ${JSON.stringify(r.json)}`);
+      assert.equal(r.json.error.code, code, what);
+      assert.match(r.json.error.message, message, what);
+    }
+    const declared = await send(new Uint8Array(0), { 'Content-Length': String(300 * 1024 * 1024) });
+    assert.equal(declared.status, 413);
+    assert.match(declared.json.error.message, /larger than the limit of 268435456 bytes/);
+    assert.equal((await rest.data('GET', `/api/jobs/${jobId}`)).items, 0, 'no item was added');
+    assert.deepEqual(incoming(hub), []);
+    const ok = await send(good);
+    assert.equal(ok.status, 201, JSON.stringify(ok.json));
+    assert.deepEqual(ok.json.data, { added: 2, itemCount: 2 });
+    await rest.data('POST', `/api/jobs/${jobId}/cancel`);
   });
 
   describe('a model uploaded through the stream', () => {

@@ -51,6 +51,24 @@ describe('corrupting', () => {
     assert.deepEqual(next[2], truth[4], 'item 5: drawn above the rate, honest');
   });
 
+  it('a benchmark’s batch, run again and again, is answered honestly and spends none of the honest items', async () => {
+    const backend = corrupting(await SimBackend.create({ itemMs: 0 }), { rate: 1, after: 2 });
+    const session = await backend.load(model, new Uint8Array());
+    const calibration = [item(1)];
+    for (let run = 0; run < 5; run++)
+      assert.deepEqual(values(await session.run(calibration)), [[1, -3, 2, 0.5]], `benchmark run ${run}`);
+    assert.deepEqual(
+      values(await session.run([item(2)])),
+      [[2, -6, 2, 0.5]],
+      'the second item counted: honest',
+    );
+    assert.deepEqual(
+      values(await session.run([item(3)])),
+      [[4, -8, 3, 1.5]],
+      'the third: a lie (every element off by one)',
+    );
+  });
+
   it('refuses options that make no liar', async () => {
     const sim = await SimBackend.create({ itemMs: 0 });
     assert.throws(() => corrupting(sim, { rate: 2 }), /rate must be between 0 and 1/);

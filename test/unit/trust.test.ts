@@ -223,6 +223,13 @@ describe('result judging', () => {
     assert.equal(book.isProven('p', 'native'), true);
     assert.equal(book.spotRate('p'), 1, 'every result is checked after a doubt');
     assert.equal(book.needsReplica('p', 'native', 1), true);
+    // The doubt fades with the clean record that follows it, never back below the base rate.
+    book.confirmed('p', 90); // 100 in a row
+    assert.equal(book.spotRate('p'), 0.5, 'half of the results after 100 confirmed in a row');
+    book.confirmed('p', 400); // 500 in a row
+    assert.equal(book.spotRate('p'), 0.1);
+    book.confirmed('p', 1_000_000);
+    assert.equal(book.spotRate('p'), DEFAULT_TRUST_OPTIONS.minSpotCheck, 'the floor, in the end');
     const trusting = new TrustBook(ts, { ...DEFAULT_TRUST_OPTIONS, trustNative: true }, () => 0);
     assert.equal(
       trusting.needsReplica('t', 'native', 1),
@@ -239,6 +246,11 @@ describe('strikes and quarantine', () => {
     assert.equal(book.refuted('w', 'outvoted', false).quarantined, false);
     assert.equal(book.refuted('w', 'outvoted', false).quarantined, true);
     assert.equal(book.refuted('x', 'wrong canary', true).quarantined, true);
+    // Once quarantined, a failed check changes nothing: the record stays as the quarantine left it.
+    const caught = book.record('w');
+    const later = book.refuted('w', 'outvoted', false);
+    assert.equal(later.quarantined, false, 'not quarantined anew');
+    assert.deepEqual(book.record('w'), caught);
     const again = new TrustBook(ts);
     assert.equal(again.isQuarantined('w'), true);
     assert.equal(again.isQuarantined('x'), true);
