@@ -539,6 +539,7 @@ export class Hub extends EventEmitter<HubEvents> {
     await this.results.flush(); // results judged but not yet stored: store them while the store is open
     this.closed = true;
     await this.claims?.settled();
+    await this.lifecycle.close();
     this.dispatch.close();
     this.shards.close();
     this.data.close();

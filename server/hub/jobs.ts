@@ -114,6 +114,8 @@ export class JobLifecycle implements JobQueries {
   private readonly checking = new Set<string>();
   private lastStallCheck = 0;
   private stallCheck: Promise<void> | undefined;
+  /** The hub is closing: nothing more is read or written (a late reference run must not). */
+  private closed = false;
 
   constructor(private readonly d: JobLifecycleDeps) {}
 
@@ -509,7 +511,7 @@ export class JobLifecycle implements JobQueries {
 
   /** Reads the job's row and completes it if its counts are full (one check at a time per job). */
   private checkSoon(jobId: string): void {
-    if (this.streaming.has(jobId) || this.checking.has(jobId)) return;
+    if (this.closed || this.streaming.has(jobId) || this.checking.has(jobId)) return;
     this.checking.add(jobId);
     this.complete(jobId)
       .catch((err: unknown) => this.d.log.error({ err, jobId }, 'completing a job failed'))
@@ -541,6 +543,12 @@ export class JobLifecycle implements JobQueries {
     }
     if (job.priority !== active.record.priority) this.d.scheduler.setPriority(job.id, job.priority);
     active.record = { ...job, state: active.record.state === 'running' ? 'running' : job.state };
+  }
+
+  /** Stops checking jobs; resolves once the checks in progress are done (the hub is closing). */
+  async close(): Promise<void> {
+    this.closed = true;
+    while (this.checking.size > 0 || this.stallCheck) await new Promise((ok) => setTimeout(ok, 5));
   }
 
   /** Checks every active job's row (the tick's backstop for `checkComplete`'s quick path). */
