@@ -54,15 +54,7 @@ export function filesRouter(hub: Hub): express.Router {
       throw new HubError('invalid_request', 'bad id', 400);
     const q = FileQuerySchema.safeParse(req.query);
     if (!q.success) throw new HubError('invalid_request', describeZodError(q.error), 400);
-    const job = await hub.requireJob(id);
-    if (job.state !== 'open')
-      throw new HubError(
-        'job_not_open',
-        `job ${job.id} is ${job.state}; items can only be added while open`,
-        409,
-      );
-    const model = hub.modelOf(job);
-    if (!model) throw new HubError('unknown_model', 'the job’s model is gone', 409);
+    const { job, model } = await hub.requireOpenJob(id);
     const spec = model.inputs[0];
     if (model.inputs.length !== 1 || !spec) {
       throw new HubError(

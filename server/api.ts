@@ -242,18 +242,7 @@ export function apiRouter(
   // ITEMS_BATCH_BYTES, in order.
   r.post('/jobs/:id/items', async (req, res) => {
     const id = param(req, 'id');
-    const openJob = async () => {
-      const job = await hub.requireJob(id);
-      if (job.state !== 'open')
-        throw new HubError(
-          'job_not_open',
-          `job ${job.id} is ${job.state}; items can only be added while open`,
-          409,
-        );
-      const model = hub.modelOf(job);
-      if (!model) throw new HubError('unknown_model', 'the job’s model is gone', 409);
-      return { job, model };
-    };
+    const openJob = () => hub.requireOpenJob(id);
     const { model } = await openJob();
     let gone = false; // the client closed its connection before the answer
     res.once('close', () => (gone = !res.writableFinished));

@@ -48,7 +48,7 @@ import {
   type TrustQueries,
   type VerificationCost,
 } from './hub/trust-actions.ts';
-import type { HubEvents, HubOptions } from './hub/types.ts';
+import { HubError, type HubEvents, type HubOptions } from './hub/types.ts';
 import { TrustCache } from './hub/trust-cache.ts';
 import { WriteBehind } from './hub/write-behind.ts';
 import { ChunkClaims } from './hub/claims.ts';
@@ -384,6 +384,18 @@ export class Hub extends EventEmitter<HubEvents> {
   /** The job, or a `unknown_job` error (404). */
   requireJob(jobId: string): Promise<JobRecord> {
     return this.lifecycle.require(jobId);
+  }
+
+  /** An open job and the model it runs, or the error that says why items cannot be added to it. */
+  async requireOpenJob(jobId: string): Promise<{ job: JobRecord; model: ModelInfo }> {
+    const job = await this.lifecycle.require(jobId);
+    if (job.state !== 'open') {
+      const why = `job ${job.id} is ${job.state}; items can only be added while open`;
+      throw new HubError('job_not_open', why, 409);
+    }
+    const model = this.modelOf(job);
+    if (!model) throw new HubError('unknown_model', 'the job’s model is gone', 409);
+    return { job, model };
   }
 
   /** The model a job runs: for a pipeline stage, with the step its workers run after it. */

@@ -16,6 +16,7 @@ import { bytesOf, compareTensors, type WireTensor } from '../../protocol/tensor.
 import { HubServer, type HubConfig } from '../../server/app.ts';
 import { createLogger } from '../../server/logger.ts';
 import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
+import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 
@@ -52,6 +53,16 @@ export function serveArgs(port: number, dataDir: string, extra: string[] = []): 
     '--no-local-node',
     ...extra,
   ];
+}
+
+/**
+ * Starts `shardhub serve` as a child process (a bare hub on 127.0.0.1, fast liveness settings),
+ * with the hub's Node flags, so that it does not run itself again in a child: a signal sent to it
+ * reaches the hub itself.
+ */
+export function spawnHub(port: number, dataDir: string, extra: string[] = []): Proc {
+  const fast = ['--heartbeat-ms', '500', '--offline-after-ms', '2000'];
+  return spawnTs('server/cli.ts', serveArgs(port, dataDir, [...fast, ...extra]), {}, HUB_NODE_FLAGS);
 }
 
 /** Starts an in-process hub on 127.0.0.1, port 0, fast liveness settings. */

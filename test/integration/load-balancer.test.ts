@@ -22,20 +22,10 @@ import { io } from 'socket.io-client';
 import { SimBackend } from '../../native/sim-backend.ts';
 import type { WorkerAuth } from '../../protocol/events.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
-import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
 import { WorkerAgent, type WorkerSocket } from '../../worker/agent.ts';
 import { MemoryModelStore } from '../../worker/model-cache.ts';
 import { haproxyConfig } from '../../scripts/haproxy-config.ts';
-import {
-  Rest,
-  freePort,
-  serveArgs,
-  spawnTs,
-  startNode,
-  tempDir,
-  waitFor,
-  type Proc,
-} from '../helpers/grid.ts';
+import { Rest, freePort, spawnHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
 
 const HAPROXY = '/usr/sbin/haproxy';
 const OPERATOR = 'op_lb-test-operator-token-0123456789';
@@ -110,21 +100,12 @@ describe(
     before(async () => {
       for (let i = 0; i < 2; i++) {
         const port = await freePort();
-        const proc = spawnTs(
-          'server/cli.ts',
-          serveArgs(port, join(tmp.dir, `hub${i}`), [
-            '--operator-token',
-            OPERATOR,
-            '--join-token',
-            JOIN,
-            '--heartbeat-ms',
-            '500',
-            '--offline-after-ms',
-            '2000',
-          ]),
-          {},
-          HUB_NODE_FLAGS,
-        );
+        const proc = spawnHub(port, join(tmp.dir, `hub${i}`), [
+          '--operator-token',
+          OPERATOR,
+          '--join-token',
+          JOIN,
+        ]);
         procs.push(proc);
         const url = `http://127.0.0.1:${port}`;
         hubs.push({ proc, url, rest: new Rest(url, OPERATOR) });

@@ -21,15 +21,13 @@ import { unpackTensors } from '../../protocol/pack.ts';
 import type { WorkerAuth } from '../../protocol/events.ts';
 import { shardhubParser } from '../../protocol/socket-parser.ts';
 import type { HubServer } from '../../server/app.ts';
-import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
 import { WorkerAgent, type WorkerSocket } from '../../worker/agent.ts';
 import { MemoryModelStore } from '../../worker/model-cache.ts';
 import {
   Rest,
   freePort,
   jobDone,
-  serveArgs,
-  spawnTs,
+  spawnHub,
   startHub,
   startNode,
   tempDir,
@@ -245,25 +243,16 @@ describe('several hubs on one PostgreSQL store', () => {
     try {
       for (let i = 0; i < 3; i++) {
         const port = await freePort();
-        const proc = spawnTs(
-          'server/cli.ts',
-          serveArgs(port, join(tmp.dir, `proc-hub${i}`), [
-            '--store',
-            url,
-            '--operator-token',
-            OPERATOR,
-            '--join-token',
-            JOIN,
-            '--heartbeat-ms',
-            '500',
-            '--offline-after-ms',
-            '2000',
-            '--lease-ms',
-            String(LEASE_MS),
-          ]),
-          {},
-          HUB_NODE_FLAGS,
-        );
+        const proc = spawnHub(port, join(tmp.dir, `proc-hub${i}`), [
+          '--store',
+          url,
+          '--operator-token',
+          OPERATOR,
+          '--join-token',
+          JOIN,
+          '--lease-ms',
+          String(LEASE_MS),
+        ]);
         hubs.push({
           proc,
           url: `http://127.0.0.1:${port}`,
