@@ -270,11 +270,10 @@ export class ResultsCommit {
 
   /**
    * Stores the results of every message judged since the last commit in one write, then frees their
-   * items, refills their workers and replies. One commit per message cost the hub about a third of
-   * its CPU with 2,000 workers (a transaction for the results and another for the worker's counter,
-   * each writing the same job and index pages again): the first results of a job, all arriving
-   * within half a second, queued behind each other for hundreds of milliseconds. Messages judged
-   * while a commit is in the store wait for the next. If the write fails, every message in it gets
+   * items, refills their workers and replies. A commit per message would write the same job and
+   * index pages once per message: with thousands of workers, whose first results of a job all
+   * arrive within a moment, they would queue behind each other. Messages judged while a commit is
+   * in the store wait for the next. If the write fails, every message in it gets
    * the error and its items stay held: the workers send them again.
    */
   private commit(): void {

@@ -55,8 +55,8 @@ export class ContributorFigures {
 
   /**
    * Sends each connected browser worker its figures, if they changed. A native node has no use for
-   * them: with thousands of nodes, the figures cost thousands of socket writes every 1.5 s, and
-   * working them out for every worker cost 5 ms per call at 2,000 (13 ms in a job's first second).
+   * them: with thousands of nodes, the figures would cost thousands of socket writes every 1.5 s,
+   * and working them out for every worker grows with the workers.
    */
   async send(): Promise<void> {
     const { scheduler, jobs, workers, trust } = this.d;
