@@ -9,8 +9,7 @@
  *   single larger item goes alone); larger inputs are read message by message.
  * - Up to {@link SHARD_MESSAGE_BYTES} go out per turn of the event loop, the rest in later turns: a
  *   job of large items reaches a worker a message at a time, and the worker starts on the first
- *   while the rest are read (PaddleOCR, 2 s of work at once: its first item started after about
- *   130 ms when all 150 MB were read first). Small items all go at once.
+ *   while the rest are read, rather than after all of them were. Small items all go at once.
  * - A message whose worker has gone (its items were requeued) or whose job has ended is dropped.
  * - Inputs go as the tensor packs the store holds, in the form the worker registered for: one
  *   attachment per item (`PackedParts`), joined into one with offsets (`PackedTensors`), or one
@@ -98,8 +97,8 @@ export class ShardSender {
   private closed = false;
   /**
    * Shard ids: this hub process's random prefix and a counter. They are labels (the assignments
-   * table, logs), not secrets; a `randomBytes` call per shard cost 1% of the hub's CPU with 2,000
-   * workers.
+   * table, logs), not secrets: a `randomBytes` call per shard would cost the hub's hot path for
+   * nothing.
    */
   private readonly idPrefix = randomBytes(6).toString('hex');
   private shardCount = 0;
