@@ -26,6 +26,7 @@ import { attachOperatorNamespace, type OperatorNamespace } from './operator.ts';
 import { openApiDocument } from './openapi.ts';
 import { version } from './options.ts';
 import { openStore } from './store/open-store.ts';
+import { OcrService } from './pipeline.ts';
 import { WorkerFigures, workerJson } from './workers.ts';
 import type { WorkerView } from '../protocol/operator.ts';
 import { createAdapter } from '@socket.io/postgres-adapter';
@@ -187,6 +188,13 @@ export class HubServer {
         }
       : undefined;
     app.use('/api', apiRouter(hub, tokens.operatorToken, remoteWorkers));
+    // The OCR service now, not on the first request: it rebuilds the runs a restart interrupted.
+    await OcrService.of(hub).catch((err: unknown) =>
+      log.warn(
+        { err: (err as Error).message },
+        'OCR pipeline unavailable (are the PaddleOCR models installed?)',
+      ),
+    );
     app.use(metricsRouter(hub, tokens.operatorToken));
     if (existsSync(config.staticDir)) {
       app.use(express.static(config.staticDir, { index: 'index.html' }));

@@ -215,9 +215,15 @@ export function openApiDocument(version: string): Json {
           responses: ok('the archive', 'application/x-tar'),
         },
       },
+      '/hubs': {
+        get: {
+          summary: "the hubs sharing this hub's store, their epochs and leases (the hub health view)",
+          responses: ok('hubs'),
+        },
+      },
       '/workers': {
         get: {
-          summary: 'workers, with filters',
+          summary: "workers, with filters (with several hubs: every hub's, each with its hub)",
           parameters: query(WorkersQuerySchema),
           responses: ok('workers'),
         },

@@ -35,13 +35,6 @@ export const OcrRequestSchema = z.strictObject({
 /** The `/ocr` routes. */
 export function ocrRouter(hub: Hub): express.Router {
   const r = express.Router();
-  // Made now, not on the first request: it rebuilds the runs a restart interrupted and finishes them.
-  OcrService.of(hub).catch((err: unknown) =>
-    hub.log.warn(
-      { err: (err as Error).message },
-      'OCR pipeline unavailable (are the PaddleOCR models installed?)',
-    ),
-  );
   const json = express.json({ limit: LIMITS.jsonBodyBytes * 64 });
   r.post('/ocr', json, async (req, res) => {
     const parsed = OcrRequestSchema.safeParse(req.body);
