@@ -243,6 +243,7 @@ export class Hub extends EventEmitter<HubEvents> {
     const dispatch = new Dispatch({
       store,
       lease,
+      sent: () => this.claims?.low(),
       models,
       scheduler,
       jobs,

@@ -74,6 +74,11 @@ export class ChunkClaims {
       });
   }
 
+  /** Claims more as soon as fewer than half of what its workers want are queued here. */
+  low(): void {
+    if (!this.running && this.queued() < this.d.want() / 2) this.poke();
+  }
+
   /** Forgets every chunk (the hub lost its lease: the store has taken them back). */
   clear(): void {
     this.held.clear();

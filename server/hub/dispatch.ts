@@ -33,6 +33,8 @@ export interface DispatchDeps {
   store: AsyncStore;
   /** The hub's lease, which every write of item state carries. */
   lease: () => Lease;
+  /** Items went out: with several hubs, claim more if few are left queued here. */
+  sent?: () => void;
   models: ModelRegistry;
   scheduler: Scheduler;
   jobs: JobLifecycle;
@@ -173,6 +175,7 @@ export class Dispatch {
       this.d.store
         .recordAssignments(this.d.lease(), rows)
         .catch((err: unknown) => this.d.log.warn({ err, rows: rows.length }, 'assignments not recorded'));
+      this.d.sent?.();
     }
     this.d.shards.flush();
   }
