@@ -1,6 +1,7 @@
 /**
- * `npm run bench -- hubs --grid [--json] [--items 20000] [--nodes 6] [--failover-items 5000]`: the
- * whole grid on several hubs (`bench/hubs.ts` without `--grid` measures the store alone).
+ * `npm run bench -- hubs --grid [--json] [--items 20000] [--nodes 6] [--failover-items 5000]
+ * [--heartbeat-ms 500]`: the whole grid on several hubs (`bench/hubs.ts` without `--grid` measures
+ * the store alone).
  *
  * One no-op job (model `noop`) run by native sim nodes (`--item-ms 0`, 4 slots each) through real
  * `shardhub serve` processes: SQLite with one hub (the baseline, in the same run), then PostgreSQL
@@ -50,6 +51,8 @@ export interface GridRow {
   nodesCpuUsPerItem: number;
   /** Hubs + Postgres: what the grid's hub side costs per item. */
   serverCpuUsPerItem: number;
+  /** Transactions committed in the case's database per item (`pg_stat_database.xact_commit`). */
+  pgXactsPerItem: number | string;
   lockWaitingMax: number | string;
   lockEvents: string;
 }
@@ -122,6 +125,7 @@ async function startGrid(
   hubCount: number,
   nodeCount: number,
   store: string | undefined,
+  heartbeatMs: number,
   extra: string[] = [],
 ): Promise<Grid> {
   const hubs: Grid['hubs'] = [];
@@ -139,7 +143,7 @@ async function startGrid(
           '--join-token',
           JOIN,
           '--heartbeat-ms',
-          '500',
+          String(heartbeatMs),
           '--offline-after-ms',
           '2000',
           ...extra,
@@ -221,18 +225,33 @@ async function gridCase(
   nodeCount: number,
   items: number,
   n: number,
+  heartbeatMs: number,
 ): Promise<GridRow> {
   const url = store === 'postgres' ? await freshDatabase(server, `hubs_grid_${n}`) : undefined;
-  const grid = await startGrid(join(dir, `case${n}`), hubCount, nodeCount, url);
+  const grid = await startGrid(join(dir, `case${n}`), hubCount, nodeCount, url, heartbeatMs);
   try {
     const front = grid.hubs[0]!;
     const jobId = await upload(front.rest, items);
-    const locks = url ? sampleLocks(url) : undefined;
+    const locks = url ? sampleLocks(server.url) : undefined; // cluster-wide views; kept out of the case database's counts
     const cpu = () => ({
       hubs: grid.hubs.map((h) => treeCpuUs(h.pid)),
       pg: url && server.pid ? treeCpuUs(server.pid) : NaN,
       nodes: grid.nodes.reduce((a, p) => a + treeCpuUs(p.child.pid!), 0),
     });
+    const xacts = async () => {
+      if (!url) return NaN;
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      try {
+        const r = await c.query<{ n: string }>(
+          'SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()',
+        );
+        return Number(r.rows[0]?.n);
+      } finally {
+        await c.end();
+      }
+    };
+    const x0 = await xacts();
     const c0 = cpu();
     const t0 = performance.now();
     await front.rest.data('POST', `/api/jobs/${jobId}/seal`);
@@ -240,6 +259,9 @@ async function gridCase(
     const wall = performance.now() - t0;
     const c1 = cpu();
     const lockFigures = await locks?.stop();
+    // Backends flush their statistics at most once a second.
+    if (url) await new Promise((ok) => setTimeout(ok, 1100));
+    const x1 = await xacts();
     if (view.done !== items) throw new Error(`${store} x${hubCount}: ${view.done} of ${items} items done`);
     const hubCpu = c1.hubs.map((v, i) => v - c0.hubs[i]!);
     const hubsCpu = hubCpu.reduce((a, b) => a + b, 0);
@@ -256,6 +278,7 @@ async function gridCase(
       pgCpuUsPerItem: Number.isNaN(pgCpu) ? '-' : per(pgCpu),
       nodesCpuUsPerItem: per(c1.nodes - c0.nodes),
       serverCpuUsPerItem: per(hubsCpu + (Number.isNaN(pgCpu) ? 0 : pgCpu)),
+      pgXactsPerItem: url ? Number(((x1 - x0) / items).toFixed(2)) : '-',
       lockWaitingMax: lockFigures ? lockFigures.max : '-',
       lockEvents: lockFigures
         ? Object.entries(lockFigures.byEvent)
@@ -274,10 +297,11 @@ async function failover(
   hubCount: number,
   nodeCount: number,
   items: number,
+  heartbeatMs: number,
 ): Promise<FailoverRow> {
   const LEASE_MS = 1500;
   const url = await freshDatabase(server, 'hubs_grid_failover');
-  const grid = await startGrid(join(dir, 'failover'), hubCount, nodeCount, url, [
+  const grid = await startGrid(join(dir, 'failover'), hubCount, nodeCount, url, heartbeatMs, [
     '--lease-ms',
     String(LEASE_MS),
   ]);
@@ -353,6 +377,8 @@ export async function runGrid(opts: {
   nodes: number;
   hubCounts: number[];
   failoverItems: number;
+  /** The hubs' `--heartbeat-ms`; their housekeeping tick (which also claims chunks) is half of it. */
+  heartbeatMs: number;
   progress: (s: string) => void;
 }): Promise<{ rows: GridRow[]; failover: FailoverRow } | { skip: string }> {
   const tmp = tempDir('shardhub-hubs-grid-');
@@ -379,10 +405,10 @@ export async function runGrid(opts: {
       ...opts.hubCounts.map((h) => ['postgres', h] as const),
     ]) {
       opts.progress(`grid: ${store} x${hubs}, ${opts.nodes} nodes, ${opts.items} items...`);
-      rows.push(await gridCase(server, tmp.dir, store, hubs, opts.nodes, opts.items, n++));
+      rows.push(await gridCase(server, tmp.dir, store, hubs, opts.nodes, opts.items, n++, opts.heartbeatMs));
     }
     opts.progress(`grid: failover, postgres x2, SIGKILL one hub at 40%...`);
-    const fo = await failover(server, tmp.dir, 2, opts.nodes, opts.failoverItems);
+    const fo = await failover(server, tmp.dir, 2, opts.nodes, opts.failoverItems, opts.heartbeatMs);
     return { rows, failover: fo };
   } finally {
     process.off('SIGINT', onSignal);

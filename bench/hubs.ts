@@ -1,6 +1,7 @@
 /**
  * `npm run bench -- hubs [--json] [--items 20000] [--chunk 256] [--batch 64] [--hubs 1,2,3]`
- * `npm run bench -- hubs --grid [--json] [--items 20000] [--nodes 6] [--hubs 1,2,3] [--failover-items N]`
+ * `npm run bench -- hubs --grid [--json] [--items 20000] [--nodes 6] [--hubs 1,2,3] [--failover-items N]
+ *   [--heartbeat-ms 500]`
  *
  * With `--grid`, the whole grid instead: hub processes, sim nodes, failover (`bench/_hubs-grid.ts`).
  * Without it:
@@ -277,6 +278,7 @@ async function grid(args: string[]): Promise<void> {
     nodes,
     hubCounts,
     failoverItems,
+    heartbeatMs: numFlag(args, 'heartbeat-ms', 500),
     progress: (s) => {
       if (!json) process.stderr.write(`${s}\n`);
     },
