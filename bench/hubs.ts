@@ -1,6 +1,10 @@
 /**
  * `npm run bench -- hubs [--json] [--items 20000] [--chunk 256] [--batch 64] [--hubs 1,2,3]`
+ * `npm run bench -- hubs --grid [--json] [--items 20000] [--nodes 6] [--hubs 1,2,3] [--failover-items N]
+ *   [--heartbeat-ms 500]`
  *
+ * With `--grid`, the whole grid instead: hub processes, sim nodes, failover (`bench/_hubs-grid.ts`).
+ * Without it:
  * The store's side of several hubs, without sockets or workers: 1, 2 and 3 "hubs" (store clients in
  * processes of their own, `bench/_hubs-child.ts`) drain one job through the PostgreSQL store,
  * chunk by chunk, making the calls a hub makes per chunk (claim, advance, pending ids, assignments,
@@ -31,7 +35,7 @@ import { newJob } from '../test/helpers/store-rows.ts';
 const TICKS = 100;
 
 /** CPU µs of a process and of its children, waited-for ones included (backends that have exited). */
-function treeCpuUs(pid: number): number {
+export function treeCpuUs(pid: number): number {
   const stat = (p: number | string) => {
     const s = readFileSync(`/proc/${p}/stat`, 'utf8');
     return s.slice(s.lastIndexOf(')') + 2).split(' ');
@@ -132,7 +136,7 @@ interface LockFigures {
 }
 
 /** Samples lock waits on the server every 50 ms until stopped. */
-function sampleLocks(url: string): { stop: () => Promise<LockFigures> } {
+export function sampleLocks(url: string): { stop: () => Promise<LockFigures> } {
   const client = new pg.Client({ connectionString: url });
   let running = true;
   const waiting: number[] = [];
@@ -226,6 +230,7 @@ async function runCase(
 }
 
 export async function main(args: string[]): Promise<void> {
+  if (args.includes('--grid')) return grid(args);
   const json = args.includes('--json');
   const items = numFlag(args, 'items', 20_000);
   const chunk = numFlag(args, 'chunk', 256);
@@ -258,4 +263,56 @@ export async function main(args: string[]): Promise<void> {
   } else {
     printTable(rows as unknown as Record<string, unknown>[]);
   }
+}
+
+/** `--grid`: the whole grid (hub processes, sim nodes) on SQLite and on PostgreSQL, and failover. */
+async function grid(args: string[]): Promise<void> {
+  const json = args.includes('--json');
+  const items = numFlag(args, 'items', 20_000);
+  const nodes = numFlag(args, 'nodes', 6);
+  const failoverItems = numFlag(args, 'failover-items', Math.round(items / 4));
+  const hubCounts = (flag(args, 'hubs') ?? '1,2,3').split(',').map(Number);
+  const { runGrid } = await import('./_hubs-grid.ts');
+  const out = await runGrid({
+    items,
+    nodes,
+    hubCounts,
+    failoverItems,
+    heartbeatMs: numFlag(args, 'heartbeat-ms', 500),
+    progress: (s) => {
+      if (!json) process.stderr.write(`${s}\n`);
+    },
+  });
+  if ('skip' in out) {
+    process.stderr.write(`hubs: ${out.skip}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const base = out.rows.find((r) => r.store === 'sqlite');
+  const pg1 = out.rows.find((r) => r.store === 'postgres' && r.hubs === 1);
+  const pgRows = out.rows.filter((r) => r.store === 'postgres');
+  const server = pgRows.map((r) => r.serverCpuUsPerItem);
+  const goals = {
+    /** Hubs + Postgres CPU per item, highest over lowest across the Postgres cases (goal: ≤ 1.15). */
+    serverCostSpread: server.length ? Number((Math.max(...server) / Math.min(...server)).toFixed(2)) : null,
+    /** One Postgres hub's items/s over the SQLite hub's (goal: ≥ 0.40). */
+    pgOneHubOfSqlite: base && pg1 ? Number((pg1.itemsPerS / base.itemsPerS).toFixed(2)) : null,
+  };
+  if (json) {
+    process.stdout.write(
+      `${JSON.stringify({ bench: 'hubs', mode: 'grid', items, nodes, rows: out.rows, failover: out.failover, goals }, null, 2)}\n`,
+    );
+    return;
+  }
+  printTable(out.rows as unknown as Record<string, unknown>[]);
+  process.stdout.write('\n');
+  printTable([out.failover] as unknown as Record<string, unknown>[]);
+  process.stdout.write(
+    `\nserver CPU/item (hubs + Postgres) highest/lowest over 1-${Math.max(...hubCounts)} Postgres hubs: ` +
+      `${goals.serverCostSpread} (goal ≤ 1.15); one Postgres hub / SQLite hub items/s: ${goals.pgOneHubOfSqlite} (goal ≥ 0.40)\n` +
+      'A hub on a shared store claims chunks on its housekeeping tick (heartbeat / 2) and tops its queue up to\n' +
+      'max(64, 2 x its slots) items: with few slots each hub runs at most that many items per tick, whatever\n' +
+      'the CPU. Past that, on 2 cores the hubs, PostgreSQL and the nodes share two CPUs: more hubs cannot add\n' +
+      'CPU. Per-item CPU includes what each process spends per second (ticks, heartbeats, leases, polling).\n',
+  );
 }
