@@ -377,7 +377,7 @@ export async function runGrid(opts: {
   nodes: number;
   hubCounts: number[];
   failoverItems: number;
-  /** The hubs' `--heartbeat-ms`; their housekeeping tick (which also claims chunks) is half of it. */
+  /** The hubs' `--heartbeat-ms` (their housekeeping tick is half of it). */
   heartbeatMs: number;
   progress: (s: string) => void;
 }): Promise<{ rows: GridRow[]; failover: FailoverRow } | { skip: string }> {
