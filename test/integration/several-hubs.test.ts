@@ -278,12 +278,14 @@ describe('several hubs on one PostgreSQL store', () => {
         );
       }
       const [front, victim, paused] = hubs as [(typeof hubs)[0], (typeof hubs)[0], (typeof hubs)[0]];
+      // Any hub lists every hub's workers, each with its hub: two nodes on each.
       await waitFor(
-        'six nodes online',
+        'six nodes online, two on each hub',
         async () => {
-          let n = 0;
-          for (const h of hubs) n += (await h.rest.data('GET', '/api/workers?online=true')).total as number;
-          return n === 6;
+          const { workers } = await front.rest.data('GET', '/api/workers?online=true');
+          const perHub = new Map<string, number>();
+          for (const w of workers as { hub: string }[]) perHub.set(w.hub, (perHub.get(w.hub) ?? 0) + 1);
+          return workers.length === 6 && perHub.size === 3 && [...perHub.values()].every((n) => n === 2);
         },
         90_000,
         200,
