@@ -153,8 +153,8 @@ describe('uploads go to disk', () => {
     );
     // Buffered, the body alone would add its 192 MiB; streamed, what grows is a few socket and
     // file-stream buffers (this process is also the client reading the file, and its garbage is
-    // collected only now and then).
-    assert.ok(rssGrowth < size / 4, `RSS grew ${rssGrowth} bytes for a ${size}-byte body`);
+    // collected only now and then, later on a loaded machine): the same bound as the items upload.
+    assert.ok(rssGrowth < size / 3, `RSS grew ${rssGrowth} bytes for a ${size}-byte body`);
     assert.ok(heapGrowth < size / 8, `heap grew ${heapGrowth} bytes for a ${size}-byte body`);
 
     const sha = createHash('sha256');
