@@ -24,6 +24,7 @@ import { startPostgres, type TestPostgres } from '../test/helpers/postgres.ts';
 import {
   Rest,
   freePort,
+  jobDone,
   serveArgs,
   spawnTs,
   startNode,
@@ -205,18 +206,6 @@ async function upload(rest: Rest, n: number): Promise<string> {
   return job.id as string;
 }
 
-async function jobCompleted(rest: Rest, jobId: string, timeoutMs: number): Promise<{ done: number }> {
-  return waitFor(
-    `job ${jobId} completed`,
-    async () => {
-      const s = await rest.data('GET', `/api/jobs/${jobId}`);
-      return s.state === 'completed' ? s : undefined;
-    },
-    timeoutMs,
-    50,
-  );
-}
-
 async function gridCase(
   server: TestPostgres,
   dir: string,
@@ -255,7 +244,7 @@ async function gridCase(
     const c0 = cpu();
     const t0 = performance.now();
     await front.rest.data('POST', `/api/jobs/${jobId}/seal`);
-    const view = await jobCompleted(front.rest, jobId, 600_000);
+    const view = await jobDone(front.rest, jobId, 600_000, 50);
     const wall = performance.now() - t0;
     const c1 = cpu();
     const lockFigures = await locks?.stop();
@@ -349,7 +338,7 @@ async function failover(
       10,
     );
     const takenUpMs = performance.now() - killedAt;
-    await jobCompleted(front.rest, jobId, 300_000);
+    await jobDone(front.rest, jobId, 300_000, 50);
     if (Number.isNaN(reapedMs)) {
       const r = await c.query<{ state: string }>('SELECT state FROM hubs WHERE id = $1', [victimId]);
       if (r.rows[0]?.state === 'dead') reapedMs = takenUpMs;

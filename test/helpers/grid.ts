@@ -202,7 +202,7 @@ export class Rest {
 }
 
 /** Polls `GET /api/jobs/:id` until the job is completed; resolves with its view. */
-export function jobDone(rest: Rest, jobId: string, timeoutMs = 180_000): Promise<any> {
+export function jobDone(rest: Rest, jobId: string, timeoutMs = 180_000, everyMs = 100): Promise<any> {
   return waitFor(
     `job ${jobId} completed`,
     async () => {
@@ -210,7 +210,7 @@ export function jobDone(rest: Rest, jobId: string, timeoutMs = 180_000): Promise
       return s.state === 'completed' ? s : undefined;
     },
     timeoutMs,
-    100,
+    everyMs,
   );
 }
 
