@@ -134,7 +134,7 @@ export class Hub extends EventEmitter<HubEvents> {
     where: { hubId?: string; url?: string } = {},
   ): Promise<Hub> {
     const writes = new WriteBehind(log);
-    const trustCache = await TrustCache.load(store, writes.later);
+    const trustCache = await TrustCache.load(store, writes);
     const hubId = where.hubId ?? `hub-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
     const keeping = {
       url: where.url ?? '',

@@ -151,22 +151,46 @@ export class ShardSender {
   private async sendAll(): Promise<void> {
     let spent = 0;
     while (this.outgoing.length > 0 && !this.closed) {
-      const o = this.outgoing.shift() as Outgoing;
-      if (!this.live(o)) continue;
+      // The shards planned by now are read together (up to a shard's worth of items): a store
+      // that answers slower than the hub plans gets fewer, larger reads.
+      const batch: Outgoing[] = [];
+      let ids = 0;
+      while (
+        this.outgoing.length > 0 &&
+        (ids === 0 || ids + this.outgoing[0].ids.length <= SHARD_MESSAGE_ITEMS)
+      ) {
+        const o = this.outgoing.shift() as Outgoing;
+        if (!this.live(o)) continue;
+        batch.push(o);
+        ids += o.ids.length;
+      }
+      if (batch.length === 0) continue;
+      let sized: Map<number, SizedInputs>;
       try {
-        for (const m of this.cut(o.ids, await this.host.store.itemInputsUpTo(o.ids, PART_MIN_BYTES))) {
-          const packs = m.packs ?? (await this.read(m.ids));
-          const model = this.live(o);
-          if (!model) break;
-          this.emit(o, m, packs, model);
-          spent += Math.max(m.bytes, 1);
-          if (spent >= SHARD_MESSAGE_BYTES) {
-            spent = 0;
-            await new Promise<void>((resolve) => setImmediate(resolve));
-          }
-        }
+        sized = await this.host.store.itemInputsUpTo(
+          batch.length === 1 ? batch[0].ids : batch.flatMap((o) => o.ids),
+          PART_MIN_BYTES,
+        );
       } catch (err) {
-        this.host.failed?.(err, o.workerId, o.jobId);
+        for (const o of batch) this.host.failed?.(err, o.workerId, o.jobId);
+        continue;
+      }
+      for (const o of batch) {
+        try {
+          for (const m of this.cut(o.ids, sized)) {
+            const packs = m.packs ?? (await this.read(m.ids));
+            const model = this.live(o);
+            if (!model) break;
+            this.emit(o, m, packs, model);
+            spent += Math.max(m.bytes, 1);
+            if (spent >= SHARD_MESSAGE_BYTES) {
+              spent = 0;
+              await new Promise<void>((resolve) => setImmediate(resolve));
+            }
+          }
+        } catch (err) {
+          this.host.failed?.(err, o.workerId, o.jobId);
+        }
       }
     }
   }

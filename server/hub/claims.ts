@@ -28,6 +28,17 @@ const CLAIM_MAX = 4;
 /** Least items in the half of another hub's chunk worth taking near a job's end. */
 const SPLIT_MIN = 8;
 
+/**
+ * Claim passes closer together than this mean the workers here empty what a pass queues faster
+ * than the store answers: the next passes queue more (up to `AHEAD_MAX` times what the workers
+ * want), so fast workers cost a few store round trips per thousand items, not per dozen. Passes
+ * further apart than `CALM_MS` bring it back down: slow workers keep few items here, which
+ * other hubs' workers could otherwise have run.
+ */
+const HURRIED_MS = 250;
+const CALM_MS = 1000;
+const AHEAD_MAX = 16;
+
 export interface ChunkClaimsDeps {
   store: AsyncStore;
   lease: () => Lease;
@@ -49,6 +60,9 @@ export class ChunkClaims {
   private readonly held = new Map<number, Chunk>();
   private running: Promise<void> | undefined;
   private again = false;
+  /** How many times what the workers want a pass queues (see `HURRIED_MS`). */
+  private ahead = 1;
+  private lastPass = 0;
 
   constructor(private readonly d: ChunkClaimsDeps) {}
 
@@ -76,7 +90,21 @@ export class ChunkClaims {
 
   /** Claims more as soon as fewer than half of what its workers want are queued here. */
   low(): void {
-    if (!this.running && this.queued() < this.d.want() / 2) this.poke();
+    if (!this.running && this.queued() < this.want() / 2) this.poke();
+  }
+
+  /** Items to keep queued here: what the workers could take soon, times `ahead`. */
+  private want(): number {
+    return this.d.want() * this.ahead;
+  }
+
+  /** Adjusts `ahead` to how soon this pass came after the last. */
+  private pace(): void {
+    const now = Date.now();
+    const gap = now - this.lastPass;
+    this.lastPass = now;
+    if (gap < HURRIED_MS) this.ahead = Math.min(AHEAD_MAX, this.ahead * 2);
+    else if (gap > CALM_MS) this.ahead = Math.max(1, this.ahead / 2);
   }
 
   /** Forgets every chunk (the hub lost its lease: the store has taken them back). */
@@ -97,7 +125,8 @@ export class ChunkClaims {
 
   private async pass(): Promise<void> {
     await this.giveBack();
-    const want = this.d.want();
+    this.pace();
+    const want = this.want();
     if (want === 0) return this.letGo(); // no workers here: what this hub holds is others' to run
     let added = 0;
     // The untouched rest of chunks held here first, then new chunks.

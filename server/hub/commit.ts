@@ -58,6 +58,8 @@ export class ResultsCommit {
   private uncommitted: JudgedResults[] = [];
   private uncommittedRows = 0;
   private commitQueued = false;
+  /** A commit was due while another was in the store: it runs when that one has finished. */
+  private commitWanted = false;
   /** Commits sent to the store and not finished. */
   private readonly inflight = new Set<Promise<void>>();
 
@@ -279,6 +281,13 @@ export class ResultsCommit {
   private commit(): void {
     const group = this.uncommitted;
     if (group.length === 0) return;
+    // One commit in the store at a time: what is judged meanwhile waits for it and goes in the next,
+    // so a store that answers slower (a server over the network) gets fewer, larger commits, not
+    // more of them. (A synchronous store has finished each commit before the next turn anyway.)
+    if (this.inflight.size > 0) {
+      this.commitWanted = true;
+      return;
+    }
     this.uncommitted = [];
     this.uncommittedRows = 0;
     const { trust } = this.d;
@@ -292,9 +301,14 @@ export class ResultsCommit {
       for (const r of m.rows) if (!keep.includes(r)) m.notMine.push(r.itemId);
       m.rows = keep;
     }
-    const done = this.store(group, Date.now());
+    const done = this.store(group, Date.now()).finally(() => {
+      this.inflight.delete(done);
+      if (this.commitWanted) {
+        this.commitWanted = false;
+        this.commit();
+      }
+    });
     this.inflight.add(done);
-    void done.finally(() => this.inflight.delete(done));
   }
 
   /** Writes a group's results (the store's exactly-once gate), then hands it to `afterCommit`. */

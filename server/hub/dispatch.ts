@@ -47,6 +47,9 @@ export interface DispatchDeps {
 
 export class Dispatch {
   private closed = false;
+  /** An assignments write is in the store; rows planned meanwhile wait in `unrecorded`. */
+  private recording = false;
+  private unrecorded: AssignmentRow[] = [];
   private pumpQueued = false;
   private lastPumpAll = 0;
   private hungryCursor = 0;
@@ -172,12 +175,31 @@ export class Dispatch {
     const rows: AssignmentRow[] = [];
     for (const a of assignments) this.prepare(a, rows);
     if (rows.length > 0) {
-      this.d.store
-        .recordAssignments(this.d.lease(), rows)
-        .catch((err: unknown) => this.d.log.warn({ err, rows: rows.length }, 'assignments not recorded'));
+      this.record(rows);
       this.d.sent?.();
     }
     this.d.shards.flush();
+  }
+
+  /**
+   * Records assignment rows, one write in the store at a time: rows planned while one is being
+   * written go together in the next, so a slower store gets fewer, larger writes.
+   */
+  private record(rows: AssignmentRow[]): void {
+    if (this.recording) {
+      for (const r of rows) this.unrecorded.push(r);
+      return;
+    }
+    this.recording = true;
+    this.d.store
+      .recordAssignments(this.d.lease(), rows)
+      .catch((err: unknown) => this.d.log.warn({ err, rows: rows.length }, 'assignments not recorded'))
+      .finally(() => {
+        this.recording = false;
+        const next = this.unrecorded;
+        this.unrecorded = [];
+        if (next.length > 0) this.record(next);
+      });
   }
 
   /** Does an assignment's bookkeeping (job started, speculation) and plans its messages. */

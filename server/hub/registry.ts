@@ -37,6 +37,8 @@ export class WorkerRegistry {
   private readonly sockets = new Map<string, WorkerSocket>();
   /** Offline workers, oldest first (see `maxOfflineWorkers`). */
   private readonly offline = new Set<string>();
+  /** Items-done counts waiting for their write, by worker. */
+  private readonly counted = new Map<string, { n: number; at: number }>();
 
   constructor(private readonly d: WorkerRegistryDeps) {}
 
@@ -85,9 +87,23 @@ export class WorkerRegistry {
     return this.d.store.upsertWorker(rec);
   }
 
-  /** Adds to a worker's lifetime items-done counter (written behind). */
+  /**
+   * Adds to a worker's lifetime items-done counter (written behind). Counts made while a write is
+   * waiting its turn join it: one write per worker per turn, not one per results message.
+   */
   countDone(workerId: string, n: number, at: number): void {
-    this.d.later('worker counter', () => this.d.store.addWorkerItems(workerId, n, at));
+    const waiting = this.counted.get(workerId);
+    if (waiting) {
+      waiting.n += n;
+      waiting.at = Math.max(waiting.at, at);
+      return;
+    }
+    const c = { n, at };
+    this.counted.set(workerId, c);
+    this.d.later('worker counter', () => {
+      this.counted.delete(workerId);
+      return this.d.store.addWorkerItems(workerId, c.n, c.at);
+    });
   }
 
   /** Forgets an offline worker (operator action); false if it is online. */

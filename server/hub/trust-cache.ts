@@ -9,8 +9,11 @@
  * here (`refresh`), and every `trustRefreshMs` for all records (see `Hub`).
  */
 import type { AsyncStore, Replica, TrustRecord } from '../store/async-store.ts';
+import type { WriteBehind } from './write-behind.ts';
 
 export type Later = (what: string, write: () => Promise<unknown>) => void;
+/** The hub's write-behind queue, as this cache writes through it. */
+export type Writes = Pick<WriteBehind, 'later' | 'laterRows'>;
 
 export class TrustCache {
   private records: TrustRecord[] = [];
@@ -18,15 +21,17 @@ export class TrustCache {
   /** Canary answers of the jobs activated here, per job. */
   private readonly canaries = new Map<string, Map<number, Uint8Array>>();
   private readonly answers = new Map<number, Uint8Array>();
+  /** Trust records waiting for their write, by worker (the latest of each). */
+  private readonly trustWaiting = new Map<string, TrustRecord>();
 
   private constructor(
     private readonly store: AsyncStore,
-    private readonly later: Later,
+    private readonly writes: Writes,
   ) {}
 
   /** Loads every trust record and every replica waiting for a quorum. */
-  static async load(store: AsyncStore, later: Later): Promise<TrustCache> {
-    const cache = new TrustCache(store, later);
+  static async load(store: AsyncStore, writes: Writes): Promise<TrustCache> {
+    const cache = new TrustCache(store, writes);
     cache.records = await store.allTrust();
     for (const id of await store.replicaItemIds()) cache.replicas.set(id, await store.replicasOf(id));
     return cache;
@@ -39,8 +44,19 @@ export class TrustCache {
     return this.records;
   }
 
+  /**
+   * Writes a worker's record behind. A record written again before the earlier write's turn came
+   * replaces it in that write: the store gets the latest, once.
+   */
   putTrust(r: TrustRecord): void {
-    this.later('trust record', () => this.store.putTrust(r));
+    const waiting = this.trustWaiting.has(r.workerId);
+    this.trustWaiting.set(r.workerId, r);
+    if (waiting) return;
+    this.writes.later('trust record', () => {
+      const latest = this.trustWaiting.get(r.workerId) as TrustRecord;
+      this.trustWaiting.delete(r.workerId);
+      return this.store.putTrust(latest);
+    });
   }
 
   // ------------------------------------------------------------------ canaries
@@ -97,11 +113,11 @@ export class TrustCache {
     const list = this.replicas.get(r.itemId);
     if (list) list.push(r);
     else this.replicas.set(r.itemId, [r]);
-    this.later('replica', () => this.store.addReplica(r));
+    this.writes.laterRows('replicas', r, (rows) => this.store.addReplicas(rows));
   }
 
   dropReplicas(itemId: number): void {
     if (!this.replicas.delete(itemId)) return;
-    this.later('replicas dropped', () => this.store.dropReplicas(itemId));
+    this.writes.laterRows('replicas dropped', itemId, (ids) => this.store.dropReplicas(ids));
   }
 }

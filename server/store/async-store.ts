@@ -202,10 +202,12 @@ export interface AsyncStore {
   addCanaries(jobId: string, rows: { itemId: number; outputs: Uint8Array }[]): Promise<void>;
   canaryIds(jobId: string): Promise<number[]>;
   canaryAnswer(itemId: number): Promise<Uint8Array | undefined>;
-  addReplica(r: Replica): Promise<void>;
+  /** Stores replicas in one write; a later row for the same item and worker replaces an earlier. */
+  addReplicas(rows: readonly Replica[]): Promise<void>;
   replicasOf(itemId: number): Promise<Replica[]>;
   replicaItemIds(): Promise<number[]>;
-  dropReplicas(itemId: number): Promise<void>;
+  /** Drops every replica of these items, in one write. */
+  dropReplicas(itemIds: readonly number[]): Promise<void>;
   markVerified(itemIds: readonly number[], how: string): Promise<void>;
   isVerified(itemId: number): Promise<boolean>;
   /** How a job's stored results were verified, counted per way. */

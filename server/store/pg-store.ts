@@ -749,13 +749,35 @@ export class PgStore implements AsyncStore {
     return r.rows[0]?.outputs;
   }
 
-  async addReplica(x: Replica): Promise<void> {
-    await this.pool.query(
-      `INSERT INTO replicas (item_id, worker_id, backend, outputs, ms, at) VALUES ($1, $2, $3, $4, $5, $6)
-       ON CONFLICT (item_id, worker_id) DO UPDATE SET backend = excluded.backend, outputs = excluded.outputs,
-         ms = excluded.ms, at = excluded.at`,
-      [x.itemId, x.workerId, x.backend, x.outputs, x.ms, x.at],
-    );
+  async addReplicas(rows: readonly Replica[]): Promise<void> {
+    // One row per item and worker (the last): ON CONFLICT may not touch a row twice in a statement.
+    const last = new Map<string, Replica>();
+    for (const x of rows) last.set(`${x.itemId}\n${x.workerId}`, x);
+    const all = [...last.values()];
+    for (let i = 0; i < all.length; i += MAX_ROWS) {
+      const part = all.slice(i, i + MAX_ROWS);
+      const n = padded(part.length);
+      const outputs: (Uint8Array | null)[] = part.map((x) => x.outputs);
+      while (outputs.length < n) outputs.push(null);
+      await this.pool.query({
+        name: `replicas ${n}`,
+        text: `INSERT INTO replicas (item_id, worker_id, backend, outputs, ms, at)
+           SELECT item_id, worker_id, backend, outputs, ms, at
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::bigint[], ${byteaArray(6, n)})
+             AS r (item_id, worker_id, backend, ms, at, outputs)
+           WHERE item_id IS NOT NULL
+           ON CONFLICT (item_id, worker_id) DO UPDATE SET backend = excluded.backend, outputs = excluded.outputs,
+             ms = excluded.ms, at = excluded.at`,
+        values: [
+          part.map((x) => x.itemId),
+          part.map((x) => x.workerId),
+          part.map((x) => x.backend),
+          part.map((x) => x.ms),
+          part.map((x) => x.at),
+          ...outputs,
+        ],
+      });
+    }
   }
 
   async replicasOf(itemId: number): Promise<Replica[]> {
@@ -772,8 +794,9 @@ export class PgStore implements AsyncStore {
     return r.rows.map((x) => x.item_id);
   }
 
-  async dropReplicas(itemId: number): Promise<void> {
-    await this.pool.query('DELETE FROM replicas WHERE item_id = $1', [itemId]);
+  async dropReplicas(itemIds: readonly number[]): Promise<void> {
+    if (itemIds.length === 0) return;
+    await this.pool.query('DELETE FROM replicas WHERE item_id = ANY ($1::bigint[])', [itemIds]);
   }
 
   async markVerified(itemIds: readonly number[], how: string): Promise<void> {

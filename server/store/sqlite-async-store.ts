@@ -327,8 +327,10 @@ export class SqliteAsyncStore implements AsyncStore {
     return this.trust.canaryAnswer(itemId);
   }
 
-  async addReplica(r: Replica): Promise<void> {
-    this.trust.addReplica(r);
+  async addReplicas(rows: readonly Replica[]): Promise<void> {
+    this.db.transaction(() => {
+      for (const r of rows) this.trust.addReplica(r);
+    })();
   }
 
   async replicasOf(itemId: number): Promise<Replica[]> {
@@ -339,8 +341,10 @@ export class SqliteAsyncStore implements AsyncStore {
     return this.trust.replicaItemIds();
   }
 
-  async dropReplicas(itemId: number): Promise<void> {
-    this.trust.dropReplicas(itemId);
+  async dropReplicas(itemIds: readonly number[]): Promise<void> {
+    this.db.transaction(() => {
+      for (const id of itemIds) this.trust.dropReplicas(id);
+    })();
   }
 
   async markVerified(itemIds: readonly number[], how: string): Promise<void> {

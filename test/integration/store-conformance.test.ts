@@ -439,28 +439,31 @@ function conformance(target: Target): void {
       assert.deepEqual(await b.canaryIds('j'), [ids[0]]);
       assert.deepEqual([...(await b.canaryAnswer(ids[0]))!], [9]);
       assert.equal(await b.canaryAnswer(ids[1]), undefined);
-      await a.addReplica({
-        itemId: ids[1],
-        workerId: 'w1',
-        backend: 'cpu',
-        outputs: new Uint8Array([1]),
+      const replica = (itemId: number, workerId: string, backend: string, at: number, out = 1) => ({
+        itemId,
+        workerId,
+        backend,
+        outputs: new Uint8Array([out]),
         ms: 1,
-        at: 1,
+        at,
       });
-      await a.addReplica({
-        itemId: ids[1],
-        workerId: 'w2',
-        backend: 'cuda',
-        outputs: new Uint8Array([1]),
-        ms: 1,
-        at: 2,
-      });
+      // One write of several rows; a later row for the same item and worker replaces the earlier.
+      await a.addReplicas([
+        replica(ids[1], 'w1', 'cpu', 1, 7),
+        replica(ids[1], 'w2', 'cuda', 2),
+        replica(ids[2], 'w1', 'cpu', 3),
+        replica(ids[1], 'w1', 'cpu', 1),
+      ]);
+      const rs = await b.replicasOf(ids[1]);
       assert.deepEqual(
-        (await b.replicasOf(ids[1])).map((r) => r.workerId),
-        ['w1', 'w2'],
+        rs.map((r) => [r.workerId, [...r.outputs]]),
+        [
+          ['w1', [1]],
+          ['w2', [1]],
+        ],
       );
-      assert.deepEqual(await b.replicaItemIds(), [ids[1]]);
-      await b.dropReplicas(ids[1]);
+      assert.deepEqual(await b.replicaItemIds(), [ids[1], ids[2]]);
+      await b.dropReplicas([ids[1], ids[2]]);
       assert.deepEqual(await a.replicaItemIds(), []);
 
       await a.recordResults(lease, [
