@@ -58,6 +58,26 @@ interface Entry {
 const SHA_RE = /^[0-9a-f]{64}$/;
 const NPM_PACKAGE_RE = /^(@[a-z0-9~-][a-z0-9._~-]*\/)?[a-z0-9~-][a-z0-9._~-]*$/;
 
+class StoreUnavailable {
+  constructor(readonly cause: unknown) {}
+}
+
+/** A model as a store shared by several hubs keeps it (`AsyncStore`'s models). */
+export interface StoredModel {
+  sha256: string;
+  name: string;
+  size: number;
+  /** The upload's manifest, JSON without its `file`. */
+  manifest: string | null;
+}
+
+/** The part of a store shared by several hubs that holds uploaded models (`AsyncStore`). */
+export interface SharedModels {
+  putModel(name: string, sha256: string, bytes: Uint8Array, manifest?: string): Promise<void>;
+  getModel(sha256: string): Promise<Uint8Array | undefined>;
+  listModels(): Promise<StoredModel[]>;
+}
+
 /** Known models by name and by content hash. Create with {@link ModelRegistry.open}. */
 export class ModelRegistry {
   private readonly byNameMap = new Map<string, Entry>();
@@ -65,6 +85,10 @@ export class ModelRegistry {
   private readonly problemList: string[] = [];
   /** Serializes uploads so two of the same name cannot both pass the collision check. */
   private uploadChain: Promise<unknown> = Promise.resolve();
+  /** The store this hub shares with other hubs, once {@link share} was called. */
+  private shared: SharedModels | undefined;
+  /** Stored models that could not be registered here, by sha256 (tried once each). */
+  private readonly refused = new Set<string>();
 
   private constructor(private readonly opts: ModelRegistryOptions) {}
 
@@ -118,9 +142,103 @@ export class ModelRegistry {
    * to remove.
    */
   addUpload(file: UploadedFile, manifest: Omit<ModelManifest, 'file'>): Promise<ModelInfo> {
-    const run = this.uploadChain.then(() => this.addUploadNow(file, manifest));
+    return this.serially(async () => {
+      const info = await this.addUploadNow(file, manifest);
+      // Reported once every hub can have it: a job on it may run on any of them.
+      const entry = this.byShaMap.get(info.sha256);
+      if (this.shared && entry) await this.publish(entry);
+      return info;
+    });
+  }
+
+  /**
+   * Shares uploaded models with the other hubs on `store` (several hubs): stores this hub's uploads
+   * the store lacks, and registers the store's that this hub lacks. From then on an upload is
+   * stored there before it is reported, and {@link find} looks there for a model not known here.
+   */
+  async share(store: SharedModels): Promise<void> {
+    this.shared = store;
+    const stored = await store.listModels();
+    const there = new Set(stored.map((m) => m.sha256));
+    await this.serially(async () => {
+      for (const e of this.byShaMap.values())
+        if (e.uploaded && !there.has(e.info.sha256)) await this.publish(e);
+    });
+    for (const m of stored) await this.adopt(m);
+  }
+
+  /**
+   * The model of this name or sha256. On a store shared with other hubs, a model uploaded through
+   * another hub is fetched from the store and registered here first.
+   */
+  async find(nameOrSha: string): Promise<ModelInfo | undefined> {
+    const bySha = SHA_RE.test(nameOrSha);
+    const here = bySha ? this.bySha(nameOrSha) : this.byName(nameOrSha);
+    if (here || !this.shared) return here;
+    const stored = (await this.shared.listModels()).find((m) =>
+      bySha ? m.sha256 === nameOrSha : m.name === nameOrSha,
+    );
+    return stored ? this.adopt(stored) : undefined;
+  }
+
+  /** Registers every model on the shared store that is not here yet (none without a store). */
+  async refresh(): Promise<void> {
+    if (!this.shared) return;
+    for (const m of await this.shared.listModels()) await this.adopt(m);
+  }
+
+  private serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.uploadChain.then(fn);
     this.uploadChain = run.catch(() => undefined);
     return run;
+  }
+
+  /** Stores an uploaded model's bytes and manifest on the shared store. */
+  private async publish(e: Entry): Promise<void> {
+    const { sha256, bytes: _bytes, url: _url, ...manifest } = e.info;
+    void _bytes;
+    void _url;
+    await this.shared?.putModel(e.info.name, sha256, await readFile(e.path), JSON.stringify(manifest));
+  }
+
+  /**
+   * Registers a model from the shared store as an upload of this hub (checked like one: its bytes
+   * against their sha256, its manifest against the file). One that cannot be (no manifest, a name
+   * taken here by other bytes) is reported in `problems()` and tried no more.
+   */
+  private adopt(m: StoredModel): Promise<ModelInfo | undefined> {
+    return this.serially(async () => {
+      const known = this.byShaMap.get(m.sha256);
+      if (known) return known.info;
+      if (this.refused.has(m.sha256) || !this.shared) return undefined;
+      const where = join(this.incomingDir, `${m.sha256}.shared`);
+      try {
+        if (!SHA_RE.test(m.sha256)) throw new Error('its address is not a sha256');
+        if (!m.manifest) throw new Error('it was stored without a manifest');
+        // A store that fails to answer is not the model's fault: that error goes to the caller.
+        const bytes = await this.shared.getModel(m.sha256).catch((err: unknown) => {
+          throw new StoreUnavailable(err);
+        });
+        if (!bytes) throw new Error('its bytes are gone from the store');
+        const sha = createHash('sha256').update(bytes).digest('hex');
+        if (sha !== m.sha256) throw new Error(`its bytes hash to ${sha}`);
+        await writeFile(where, bytes);
+        return await this.addUploadNow(
+          { path: where, sha256: sha, bytes: bytes.byteLength },
+          JSON.parse(m.manifest) as Omit<ModelManifest, 'file'>,
+        );
+      } catch (err) {
+        if (err instanceof StoreUnavailable) throw err.cause;
+        this.refused.add(m.sha256);
+        const name = m.name.replace(/[^\x20-\x7e]/g, '?').slice(0, 80);
+        this.problemList.push(
+          `shared model "${name}" (${m.sha256.slice(0, 12)}…): skipped, ${(err as Error).message}`,
+        );
+        return undefined;
+      } finally {
+        await rm(where, { force: true });
+      }
+    });
   }
 
   private async addUploadNow(file: UploadedFile, manifest: Omit<ModelManifest, 'file'>): Promise<ModelInfo> {

@@ -122,9 +122,11 @@ export function apiRouter(
   });
 
   // Model bytes are public: browser contributors are anonymous and models are addressed by hash.
-  r.get('/models/:sha', limitPublic, (req, res) => {
+  r.get('/models/:sha', limitPublic, async (req, res) => {
     const sha = param(req, 'sha');
-    const path = /^[0-9a-f]{64}$/.test(sha) ? hub.models.filePath(sha) : undefined;
+    // A model uploaded through another hub on the same store is fetched from the store first.
+    const path =
+      /^[0-9a-f]{64}$/.test(sha) && (await hub.models.find(sha)) ? hub.models.filePath(sha) : undefined;
     if (!path) throw new HubError('unknown_model', 'no model with that sha256', 404);
     res.setHeader('Content-Type', 'application/octet-stream');
     // A known length lets the contributor page show the download's progress.
@@ -148,7 +150,8 @@ export function apiRouter(
     next();
   });
 
-  r.get('/models', (_req, res) => {
+  r.get('/models', async (_req, res) => {
+    await hub.models.refresh(); // with several hubs: those uploaded through the others too
     res.json({ data: { models: hub.models.list(), problems: hub.models.problems() } });
   });
 
@@ -211,9 +214,7 @@ export function apiRouter(
     const { items, ...rest } = spec;
     let decoded: { name: string; inputs: Uint8Array }[] = [];
     if (items) {
-      const model = /^[0-9a-f]{64}$/.test(spec.model)
-        ? hub.models.bySha(spec.model)
-        : hub.models.byName(spec.model);
+      const model = await hub.models.find(spec.model);
       if (!model) throw new HubError('unknown_model', `unknown model "${clean(spec.model, 80)}"`, 404);
       decoded = items.map((it, i) => {
         const tensors: WireTensor[] = it.inputs.map((t) => ({

@@ -138,6 +138,9 @@ export class HubServer {
         const shared = await store.initTokens(tokens);
         tokens.operatorToken = config.operatorToken ?? shared.operatorToken;
         tokens.joinToken = config.joinToken ?? shared.joinToken;
+        // Uploaded models too: any hub runs and serves a model uploaded through any other.
+        await models.share(store);
+        for (const p of models.problems()) log.warn({ problem: p }, 'model skipped');
       }
       hub = await Hub.open(
         store,

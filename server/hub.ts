@@ -394,6 +394,7 @@ export class Hub extends EventEmitter<HubEvents> {
       const why = `job ${job.id} is ${job.state}; items can only be added while open`;
       throw new HubError('job_not_open', why, 409);
     }
+    await this.models.find(job.modelSha256); // uploaded through another hub: registered here first
     const model = this.modelOf(job);
     if (!model) throw new HubError('unknown_model', 'the job’s model is gone', 409);
     return { job, model };

@@ -264,8 +264,7 @@ export class JobLifecycle implements JobQueries {
 
   /** Creates a job on a model known to the registry. */
   async create(spec: JobSpec): Promise<JobRecord> {
-    const { models } = this.d;
-    const model = /^[0-9a-f]{64}$/.test(spec.model) ? models.bySha(spec.model) : models.byName(spec.model);
+    const model = await this.d.models.find(spec.model);
     if (!model) {
       throw new HubError(
         'unknown_model',
@@ -416,6 +415,7 @@ export class JobLifecycle implements JobQueries {
     if (this.active.has(jobId)) return true;
     const job = await this.d.store.getJob(jobId);
     if (!job || (job.state !== 'queued' && job.state !== 'running')) return false;
+    await this.d.models.find(job.modelSha256); // uploaded through another hub: registered here first
     const model = this.modelOf(job);
     if (!model) {
       this.d.log.warn(

@@ -118,6 +118,8 @@ export interface ModelBlob {
   sha256: string;
   name: string;
   size: number;
+  /** The upload's manifest as JSON (without its file), if it was stored with one. */
+  manifest: string | null;
 }
 
 /** The hub's two secrets. */
@@ -192,7 +194,8 @@ export interface AsyncStore {
   listEvents(jobId: string, opts?: { type?: string; limit?: number }): Promise<JobEvent[]>;
 
   /** Stores a model's bytes under their sha256 (checked); storing the same bytes again does nothing. */
-  putModel(name: string, sha256: string, bytes: Uint8Array): Promise<void>;
+  /** Stores a model's bytes (and its manifest, JSON) under their sha256; the first put of a sha wins. */
+  putModel(name: string, sha256: string, bytes: Uint8Array, manifest?: string): Promise<void>;
   getModel(sha256: string): Promise<Uint8Array | undefined>;
   listModels(): Promise<ModelBlob[]>;
 

@@ -184,6 +184,8 @@ export const PG_MIGRATIONS: readonly string[] = [
   ALTER TABLE replicas ALTER COLUMN outputs SET STORAGE EXTERNAL;
   ALTER TABLE models ALTER COLUMN bytes SET STORAGE EXTERNAL;
   `,
+  // An uploaded model's manifest (JSON, without its file), so another hub can register the model.
+  `ALTER TABLE models ADD COLUMN manifest text;`,
 ];
 
 /** The schema version this build writes. */

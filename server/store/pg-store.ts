@@ -692,12 +692,13 @@ export class PgStore implements AsyncStore {
     return r.rows;
   }
 
-  async putModel(name: string, sha256: string, bytes: Uint8Array): Promise<void> {
+  async putModel(name: string, sha256: string, bytes: Uint8Array, manifest?: string): Promise<void> {
     const actual = sha256Hex(bytes);
     if (actual !== sha256) throw new Error(`model ${name}: bytes hash to ${actual}, not ${sha256}`);
     await this.pool.query(
-      'INSERT INTO models (sha256, name, size, bytes) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING',
-      [sha256, name, bytes.byteLength, bytes],
+      `INSERT INTO models (sha256, name, size, bytes, manifest) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (sha256) DO NOTHING`,
+      [sha256, name, bytes.byteLength, bytes, manifest ?? null],
     );
   }
 
@@ -709,8 +710,11 @@ export class PgStore implements AsyncStore {
   }
 
   async listModels(): Promise<ModelBlob[]> {
-    return (await this.pool.query<ModelBlob>('SELECT sha256, name, size FROM models ORDER BY name, sha256'))
-      .rows;
+    return (
+      await this.pool.query<ModelBlob>(
+        'SELECT sha256, name, size, manifest FROM models ORDER BY name, sha256',
+      )
+    ).rows;
   }
 
   async initTokens(candidate: StoredTokens): Promise<StoredTokens> {

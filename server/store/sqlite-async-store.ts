@@ -286,12 +286,13 @@ export class SqliteAsyncStore implements AsyncStore {
     return this.store.listEvents(jobId, opts);
   }
 
-  async putModel(name: string, sha256: string, bytes: Uint8Array): Promise<void> {
+  async putModel(name: string, sha256: string, bytes: Uint8Array, manifest?: string): Promise<void> {
     const actual = createHash('sha256').update(bytes).digest('hex');
     if (actual !== sha256) throw new Error(`model ${name}: bytes hash to ${actual}, not ${sha256}`);
     this.st(
-      'INSERT INTO models (sha256, name, size, bytes) VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING',
-    ).run(sha256, name, bytes.byteLength, bytes);
+      `INSERT INTO models (sha256, name, size, bytes, manifest) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (sha256) DO NOTHING`,
+    ).run(sha256, name, bytes.byteLength, bytes, manifest ?? null);
   }
 
   async getModel(sha256: string): Promise<Uint8Array | undefined> {
@@ -299,7 +300,9 @@ export class SqliteAsyncStore implements AsyncStore {
   }
 
   async listModels(): Promise<ModelBlob[]> {
-    return this.st('SELECT sha256, name, size FROM models ORDER BY name, sha256').all() as ModelBlob[];
+    return this.st(
+      'SELECT sha256, name, size, manifest FROM models ORDER BY name, sha256',
+    ).all() as ModelBlob[];
   }
 
   async initTokens(candidate: StoredTokens): Promise<StoredTokens> {

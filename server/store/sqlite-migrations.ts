@@ -189,6 +189,10 @@ export const SQLITE_MIGRATIONS: readonly SqliteMigration[] = [
   CREATE INDEX IF NOT EXISTS chunks_hub ON chunks (hub_id) WHERE hub_id IS NOT NULL;
   `,
   },
+  {
+    name: "models: an uploaded model's manifest, so another hub on the store can register it",
+    sql: `ALTER TABLE models ADD COLUMN manifest TEXT;`,
+  },
 ];
 
 /** The schema version this build writes. */

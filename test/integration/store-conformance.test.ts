@@ -418,11 +418,13 @@ function conformance(target: Target): void {
 
       const bytes = new Uint8Array(200_000).map((_, i) => (i * 7) & 0xff);
       const sha = createHash('sha256').update(bytes).digest('hex');
-      await a.putModel('mlp', sha, bytes);
+      await a.putModel('mlp', sha, bytes, '{"name":"mlp"}');
       await a.putModel('mlp', sha, bytes);
       await assert.rejects(a.putModel('bad', 'ab'.repeat(32), bytes), /bytes hash to/);
       assert.deepEqual(Buffer.compare(Buffer.from((await b.getModel(sha))!), Buffer.from(bytes)), 0);
-      assert.deepEqual(await b.listModels(), [{ sha256: sha, name: 'mlp', size: 200_000 }]);
+      assert.deepEqual(await b.listModels(), [
+        { sha256: sha, name: 'mlp', size: 200_000, manifest: '{"name":"mlp"}' },
+      ]);
       assert.equal(await b.getModel('cd'.repeat(32)), undefined);
 
       const t1 = await a.initTokens({ operatorToken: 'op-1', joinToken: 'join-1' });
