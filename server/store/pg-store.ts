@@ -326,6 +326,36 @@ export class PgStore implements AsyncStore {
   }
 
   /** Puts ids `first..last` into chunks: the job's last chunk grows when unheld, short, and adjacent. */
+  /**
+   * Cuts chunks for items made pending again (a revert) that no chunk covers: their chunk may be
+   * finished and gone, and only a chunk gets an item claimed. Ids in order; a chunk spans several
+   * when no other chunk lies between them.
+   */
+  private async chunkUncovered(c: pg.PoolClient, jobId: string, ids: readonly number[]): Promise<void> {
+    const chunks = (
+      await c.query<{ first_id: number; last_id: number }>(
+        'SELECT first_id, last_id FROM chunks WHERE job_id = $1 ORDER BY first_id FOR UPDATE',
+        [jobId],
+      )
+    ).rows;
+    const runs: IdRun[] = [];
+    let k = 0;
+    for (const id of ids) {
+      while (k < chunks.length && chunks[k].last_id < id) k++;
+      if (k < chunks.length && chunks[k].first_id <= id) continue; // covered
+      const run = runs[runs.length - 1];
+      const between = k > 0 && run !== undefined && chunks[k - 1].first_id > run.last;
+      if (run && !between && id - run.first < this.chunkItems) run.last = id;
+      else runs.push({ first: id, last: id });
+    }
+    for (const r of runs) {
+      await c.query(
+        'INSERT INTO chunks (job_id, first_id, last_id, cursor) VALUES ($1, $2, $3, $2::bigint - 1)',
+        [jobId, r.first, r.last],
+      );
+    }
+  }
+
   private async cutChunks(c: pg.PoolClient, jobId: string, first: number, last: number): Promise<void> {
     const tail = await c.query<{ id: number; first_id: number; last_id: number; hub_id: string | null }>(
       'SELECT id, first_id, last_id, hub_id FROM chunks WHERE job_id = $1 ORDER BY last_id DESC LIMIT 1 FOR UPDATE',
@@ -377,6 +407,9 @@ export class PgStore implements AsyncStore {
       ],
     );
     if (r.rowCount === 0) throw new Error(`cannot update job ${id}: it does not exist`);
+    // A finished job's chunks have nothing left to claim (a revert cuts new ones).
+    if (patch.state === 'completed' || patch.state === 'cancelled')
+      await this.pool.query('DELETE FROM chunks WHERE job_id = $1', [id]);
   }
 
   async getJob(id: string): Promise<JobRecord | undefined> {
@@ -880,6 +913,7 @@ export class PgStore implements AsyncStore {
              finished_at = CASE WHEN state = 'completed' THEN NULL ELSE finished_at END WHERE id = $1`,
           [jobId],
         );
+        await this.chunkUncovered(c, jobId, out.get(jobId)!);
       }
       return out;
     });

@@ -102,11 +102,13 @@ export class SqliteAsyncStore implements AsyncStore {
     return this.store.transaction(fn);
   }
 
-  /** Cuts chunks for the pending items of unfinished jobs that no chunk covers. */
-  private chunkUncoveredItems(): void {
-    const jobs = this.st("SELECT id FROM jobs WHERE state NOT IN ('completed', 'cancelled')")
-      .pluck()
-      .all() as string[];
+  /** Cuts chunks for the pending items of unfinished jobs (all, or these) that no chunk covers. */
+  private chunkUncoveredItems(only?: Iterable<string>): void {
+    const jobs = only
+      ? [...only]
+      : (this.st("SELECT id FROM jobs WHERE state NOT IN ('completed', 'cancelled')")
+          .pluck()
+          .all() as string[]);
     const chunksOf = this.st('SELECT first_id, last_id FROM chunks WHERE job_id = ? ORDER BY first_id').raw();
     for (const jobId of jobs) {
       const chunks = chunksOf.all(jobId) as [number, number][];
@@ -189,7 +191,12 @@ export class SqliteAsyncStore implements AsyncStore {
     id: string,
     patch: Partial<Pick<JobRecord, 'state' | 'priority' | 'startedAt' | 'finishedAt' | 'deadline'>>,
   ): Promise<void> {
-    this.store.updateJob(id, patch);
+    this.write(() => {
+      this.store.updateJob(id, patch);
+      // A finished job's chunks have nothing left to claim (a revert cuts new ones).
+      if (patch.state === 'completed' || patch.state === 'cancelled')
+        this.st('DELETE FROM chunks WHERE job_id = ?').run(id);
+    });
   }
 
   async getJob(id: string): Promise<JobRecord | undefined> {
@@ -377,7 +384,10 @@ export class SqliteAsyncStore implements AsyncStore {
   async revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>> {
     return this.write(() => {
       this.fence(lease, 'reverting results');
-      return this.trust.revertUnverified(workerId);
+      const reopened = this.trust.revertUnverified(workerId);
+      // Their chunks may be finished and gone: pending again, the items need one to be claimed.
+      this.chunkUncoveredItems(reopened.keys());
+      return reopened;
     });
   }
 

@@ -506,6 +506,34 @@ function conformance(target: Target): void {
       assert.deepEqual((await a.recordResults(lease, [result(ids[1], 'j', 'honest')])).accepted, [ids[1]]);
     });
 
+    test('chunks: a finished job keeps none; items a revert reopens get a chunk again, which any hub claims', async () => {
+      const [a, b] = await clients(2);
+      const lease = await a.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const ids = await sealedJob(a, 'j', 4);
+      const [chunk] = await a.claimChunks(lease, { maxChunks: 1 });
+      assert.ok(chunk);
+      await a.advanceChunk(lease, chunk.id, chunk.last);
+      await a.recordResults(
+        lease,
+        ids.map((id) => result(id, 'j', id === ids[2] ? 'liar' : 'honest')),
+      );
+      assert.equal(await a.finishChunk(lease, chunk.id), true);
+      await sealedJob(a, 'k', 3);
+      await a.updateJob('k', { state: 'cancelled', finishedAt: 1 });
+      await a.updateJob('j', { state: 'completed', finishedAt: 1 });
+      assert.deepEqual(await b.listChunks('k'), [], "a cancelled job's unclaimed chunks are gone");
+      assert.deepEqual(await b.listChunks('j'), []);
+      assert.deepEqual([...(await b.revertUnverified(lease, 'liar'))], [['j', [ids[2]]]]);
+      assert.equal((await b.getJob('j'))!.state, 'running');
+      const other = await b.registerHub('h2', { url: 'http://h2', ttlMs: 60_000 });
+      const claimed = await b.claimChunks(other, { maxChunks: 4 });
+      assert.deepEqual(
+        claimed.map((c) => [c.jobId, c.first, c.last]),
+        [['j', ids[2], ids[2]]],
+        'the reopened item is in a chunk another hub claims',
+      );
+    });
+
     test('hubs: register, renew, list; a re-registration fences the old epoch and frees its chunks', async () => {
       const s = await one({ chunkItems: 10 });
       await sealedJob(s, 'j', 30);
