@@ -188,6 +188,8 @@ export interface WorkerFigures {
 export interface InterHubEvents {
   /** Several hubs (through the Postgres adapter): each answers with its own workers. */
   'hub:workers': (ack: (workers: WorkerView[]) => void) => void;
+  /** Several hubs: results of a pipeline stage's items stored on the sending hub (for the run's hub). */
+  'hub:committed': (jobId: string, itemIds: number[]) => void;
 }
 
 /** Events the hub sends to a worker. */

@@ -242,6 +242,20 @@ export class HubServer {
         }),
       );
       peers.io = io;
+      // Pipelines: an OCR run lives on the hub that started it, and any hub's workers may run its
+      // stage jobs' items: what is stored here for a stage job is passed on to every other hub.
+      hub.on('items:committed', (jobId, ids) => {
+        const job = hub.jobs.activeRecords().find((j) => j.id === jobId);
+        if (job?.options.step !== undefined) io.serverSideEmit('hub:committed', jobId, ids);
+      });
+      io.on('hub:committed', (jobId, ids) => {
+        if (typeof jobId !== 'string' || !Array.isArray(ids) || !ids.every((id) => Number.isInteger(id)))
+          return;
+        OcrService.of(hub).then(
+          (svc) => svc.committed(jobId, ids),
+          () => undefined, // no OCR on this hub: no run of it to tell
+        );
+      });
       io.on('hub:workers', (ack) => {
         const figures = WorkerFigures.of(hub);
         ack(

@@ -105,6 +105,11 @@ export class Hub extends EventEmitter<HubEvents> {
   private readonly timer: NodeJS.Timeout;
   private readonly confirmTimer: NodeJS.Timeout;
   private closed = false;
+
+  /** Whether `close` was called. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
   private lastFigures = 0;
   private readonly book: TrustBook;
   /** Chunk claims, when other hubs share the store (`hub/claims.ts`). */

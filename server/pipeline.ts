@@ -677,24 +677,55 @@ export class OcrService {
     readonly hub: Hub,
     readonly chars: string[],
   ) {
-    hub.on('items:committed', (jobId, ids) => {
-      const w = this.byJob.get(jobId);
-      if (w) w.run.then(() => w.run.committed(w.stage, ids));
-    });
-    hub.on('job:updated', (jobId) => {
-      const w = this.byJob.get(jobId);
-      if (!w) return;
-      hub.jobs.get(jobId).then(
-        (job) => {
-          if (!job || (job.state !== 'completed' && job.state !== 'cancelled')) return;
-          if (this.byJob.get(jobId) !== w) return; // another update ended it first
-          this.byJob.delete(jobId);
-          const state = job.state;
-          w.run.then(() => w.run.stageEnded(w.stage, jobId, state));
-        },
-        (err: unknown) => hub.log.error({ err, jobId }, 'OCR run: reading a stage job failed'),
-      );
-    });
+    hub.on('items:committed', (jobId, ids) => this.committed(jobId, ids));
+    hub.on('job:updated', (jobId) => this.updated(jobId));
+    // Several hubs: other hubs' workers run this hub's stage jobs too. Their commits come through
+    // the hub-to-hub channel (`app.ts`); a stage job another hub completed is found here.
+    if (hub.shared) {
+      const timer = setInterval(() => {
+        if (hub.isClosed) clearInterval(timer);
+        else for (const jobId of this.byJob.keys()) this.updated(jobId);
+      }, 1000);
+      timer.unref();
+    }
+  }
+
+  /** Results of a stage job's items were stored, on this hub or (several hubs) another. */
+  committed(jobId: string, ids: number[]): void {
+    const w = this.byJob.get(jobId);
+    if (w) w.run.then(() => w.run.committed(w.stage, ids));
+  }
+
+  /** Ends a stage job's part of its run once the job has completed or was cancelled. */
+  private updated(jobId: string): void {
+    const { hub } = this;
+    const w = this.byJob.get(jobId);
+    if (!w) return;
+    hub.jobs.get(jobId).then(
+      (job) => {
+        if (!job || (job.state !== 'completed' && job.state !== 'cancelled')) return;
+        if (this.byJob.get(jobId) !== w) return; // another update ended it first
+        this.byJob.delete(jobId);
+        const state = job.state;
+        w.run.then(async () => {
+          // Several hubs: a result stored on another hub may not have been passed on yet when
+          // the job's end is seen here. Handling a result again changes nothing.
+          if (hub.shared) await w.run.committed(w.stage, await this.doneItems(jobId));
+          await w.run.stageEnded(w.stage, jobId, state);
+        });
+      },
+      (err: unknown) => hub.log.error({ err, jobId }, 'OCR run: reading a stage job failed'),
+    );
+  }
+
+  /** The ids of a job's done items. */
+  private async doneItems(jobId: string): Promise<number[]> {
+    const ids: number[] = [];
+    for (let offset = 0; ; offset += 1000) {
+      const page = await this.hub.jobs.items(jobId, { offset, limit: 1000, state: 'done' });
+      for (const it of page) ids.push(it.id);
+      if (page.length < 1000) return ids;
+    }
   }
 
   /**
