@@ -310,7 +310,8 @@ async function grid(args: string[]): Promise<void> {
   process.stdout.write(
     `\nserver CPU/item (hubs + Postgres) highest/lowest over 1-${Math.max(...hubCounts)} Postgres hubs: ` +
       `${goals.serverCostSpread} (goal ≤ 1.15); one Postgres hub / SQLite hub items/s: ${goals.pgOneHubOfSqlite} (goal ≥ 0.40)\n` +
-      'A hub on a shared store keeps max(64, 2 x its slots) items queued, claiming chunks as its queue runs low.\n' +
+      'A hub on a shared store keeps max(64, 2 x its slots) items queued, up to 16 times that while its\n' +
+      'claim passes come less than 250 ms apart, claiming chunks as its queue runs low.\n' +
       'On 2 cores the hubs, PostgreSQL and the nodes share two CPUs: more hubs cannot add CPU. Per-item CPU\n' +
       'includes what each process spends per second (ticks, heartbeats, leases, polling).\n',
   );
