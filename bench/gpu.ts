@@ -231,8 +231,8 @@ interface Lane {
   child?: RpcChild;
   loaded?: GpuLoaded;
   workerId?: string;
-  /** Loaded, run once, online, benchmarked by the hub and through a warm-up job of each model. */
-  warm: Promise<void>;
+  /** Loads, runs once, joins the hub, is benchmarked by it and runs a warm-up job of each model. */
+  warm: () => Promise<void>;
 }
 
 /** The workers a backend's jobs may run on: while one backend is measured the others sit idle. */
@@ -465,10 +465,10 @@ export async function main(args: string[]): Promise<void> {
         )
       ).id;
 
-    // Phase 1, warming up (nothing is measured): every backend at once loads the models, runs them
-    // once (WebGPU compiles), and joins the hub as a node or tab that the hub benchmarks and that
-    // runs a warm-up job of each model. Native backends each in their own process, which measures
-    // standalone later and already hosts the node (idle meanwhile).
+    // Phase 1, warming up (nothing is measured): every backend of a group at once loads the models,
+    // runs them once (WebGPU compiles), and joins the hub as a node or tab that the hub benchmarks
+    // and that runs a warm-up job of each model. Native backends each in their own process, which
+    // measures standalone later and already hosts the node (idle meanwhile).
     const lanes: Lane[] = [];
     for (const b of natives) {
       const child = RpcChild.start(join(ROOT, 'bench/_gpu-node.ts'), {
@@ -476,8 +476,8 @@ export async function main(args: string[]): Promise<void> {
         env: nodeEnv({ ...process.env }),
       });
       children.push(child);
-      const lane: Lane = { b, child, warm: Promise.resolve() };
-      lane.warm = (async () => {
+      const lane: Lane = { b, child, warm: () => Promise.resolve() };
+      lane.warm = async () => {
         const t0 = Date.now();
         const loaded = await child.call<GpuLoaded>('load', {
           backend: b,
@@ -501,9 +501,9 @@ export async function main(args: string[]): Promise<void> {
         const worker = hub.hub.workers.get(id);
         if (worker?.backend !== b)
           throw new Error(`the node runs ${worker?.backend}: ${worker?.capabilities.backendReason ?? ''}`);
-        for (const c of cases) await job(b, c, makeItems(c.model, c.batch * 2, 1000));
+        for (const c of cases) await job(b, c, makeItems(c.model, c.batch, 1000));
         note(`${b}: node benchmarked and warm-up jobs done (${s1(Date.now() - t0)} s)`);
-      })();
+      };
       lanes.push(lane);
     }
     const hasPages = existsSync(join(dist, 'standalone.html')) && existsSync(join(dist, 'index.html'));
@@ -514,8 +514,8 @@ export async function main(args: string[]): Promise<void> {
       skip('chromium-webgpu', `no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
     else if (!hasPages) skip('chromium-webgpu', 'pages not built (npm run build)');
     else {
-      const lane: Lane = { b: 'chromium-webgpu', warm: Promise.resolve() };
-      lane.warm = (async () => {
+      const lane: Lane = { b: 'chromium-webgpu', warm: () => Promise.resolve() };
+      lane.warm = async () => {
         const t0 = Date.now();
         chromium = await Chromium.launch(GPU_FLAGS);
         const tab = await chromium.open(`${hub.url}/standalone.html`);
@@ -531,133 +531,144 @@ export async function main(args: string[]): Promise<void> {
         standaloneTab = tab;
         await chromium.open(`${hub.url}/?autostart=1&backend=webgpu`);
         lane.workerId = await online('the Chromium worker online', null);
-        for (const c of cases) await job('chromium-webgpu', c, makeItems(c.model, c.batch * 2, 1000));
+        for (const c of cases) await job('chromium-webgpu', c, makeItems(c.model, c.batch, 1000));
         note(`chromium-webgpu: tab benchmarked and warm-up jobs done (${s1(Date.now() - t0)} s)`);
-      })();
+      };
       lanes.push(lane);
     }
-    // Phase 1 ends when every lane is warm, or when what is left of the 5 minutes is what the
-    // measurements need (a lane not warm by then is skipped, and stopped so it computes no more).
-    const measureMs = (b: Backend) =>
-      cases.length * (2 * sliceMs + 3000) + (b === 'chromium-webgpu' ? 60_000 : 0);
-    const reserve = lanes.reduce((t, l) => t + measureMs(l.b), 0);
-    const settled = await Promise.all(
-      lanes.map((l) =>
-        within(`warming up ${l.b}`, left() - reserve, l.warm).then(
-          () => true,
-          (err: unknown) => {
-            skip(l.b, (err as Error).message.split('\n')[0]?.slice(0, 300) ?? '');
-            return false;
-          },
+    /**
+     * Warms a group of lanes up at once (phase 1), then measures them one at a time (phase 2).
+     * Phase 1 ends when every lane is warm, or when what is left of the 5 minutes is what the
+     * measurements need (a lane not warm by then is skipped, and stopped so it computes no more).
+     */
+    const runGroup = async (group: Lane[]) => {
+      // Phase 1 ends when every lane is warm, or when what is left of the 5 minutes is what the
+      // measurements need (a lane not warm by then is skipped, and stopped so it computes no more).
+      const measureMs = (b: Backend) =>
+        cases.length * (2 * sliceMs + 3000) + (b === 'chromium-webgpu' ? 60_000 : 0);
+      const reserve = group.reduce((t, l) => t + measureMs(l.b), 0);
+      const settled = await Promise.all(
+        group.map((l) =>
+          within(`warming up ${l.b}`, left() - reserve, l.warm()).then(
+            () => true,
+            (err: unknown) => {
+              skip(l.b, (err as Error).message.split('\n')[0]?.slice(0, 300) ?? '');
+              return false;
+            },
+          ),
         ),
-      ),
-    );
-    for (const [i, l] of lanes.entries()) {
-      if (settled[i]) continue;
-      if (l.child) await l.child.stop(2000);
-      else {
-        await chromium?.close().catch(() => undefined);
-        chromium = undefined;
-      }
-    }
-    note(
-      `warm: ${
-        lanes
-          .filter((_, i) => settled[i])
-          .map((l) => l.b)
-          .join(', ') || 'nothing'
-      }`,
-    );
-
-    // Phase 2, measuring, one thing at a time: per backend, each model standalone (a slice), then
-    // through the grid (a job of a slice's worth of items).
-    for (const [i, lane] of lanes.entries()) {
-      if (!settled[i]) continue;
-      const b = lane.b;
-      for (const c of cases) {
-        const row = newRow(c.model, b);
-        try {
-          if (lane.child) {
-            const warm = lane.loaded?.warm.find((w) => w.model === c.model.name);
-            if (warm) {
-              row.first_run_s = s1(warm.ms);
-              fold(
-                row,
-                warm.outputs,
-                await c.cpuRun(makeItems(c.model, c.batch, 1).map((it) => it.tensors)),
-                c.model,
-              );
-            }
-            if (!fits(`${c.model.name} on ${b}`, 2 * sliceMs + 3000, `two ${opts.seconds} s slices`))
-              continue;
-            const m = await within(
-              `${c.model.name} standalone on ${b}`,
-              left(),
-              lane.child.call<GpuMeasured>('measure', { model: c.model.name, ms: sliceMs, minRuns: 1 }),
-            );
-            row.standalone_items_per_s = (m.items * 1000) / m.ms;
-            row.standalone_items = m.items;
-            row.standalone_s = s1(m.ms);
-          } else {
-            // Chromium's standalone page loads the model and runs it once (compiling) before its slice.
-            const native = rows.find((r) => r.backend === 'webgpu' && r.model === c.model.name);
-            const needs = (native?.first_run_s ? 1.5 * native.first_run_s * 1000 : 60_000) + 2 * sliceMs;
-            if (
-              !fits(
-                `${c.model.name} on ${b}`,
-                needs,
-                native ? 'its first run: 1.5 times the native one' : 'a guess',
-              )
-            )
-              continue;
-            const t0 = Date.now();
-            const req = {
-              model: c.model,
-              backend: 'webgpu',
-              numThreads: 1,
-              dims: c.model.calibration.dims,
-              minMs: sliceMs,
-              minRuns: 1,
-            };
-            const r = await within(
-              `${c.model.name} standalone in Chromium`,
-              left(),
-              (standaloneTab as Tab).evaluate<StandaloneResult>(
-                `window.shardhubStandalone(${JSON.stringify(req)})`,
-              ),
-            );
-            row.standalone_items_per_s = r.itemsPerSec;
-            row.standalone_items = r.runs * r.batchSize;
-            row.standalone_s = s1(r.ms);
-            row.first_run_s = s1(Date.now() - t0 - r.ms);
-          }
-          note(
-            `${c.model.name} on ${b}: standalone ${(row.standalone_items_per_s ?? 0).toPrecision(3)} items/s (${row.standalone_items} items in ${row.standalone_s} s)`,
-          );
-          const perRunMs = (1000 * c.batch) / (row.standalone_items_per_s ?? 1);
-          if (!fits(`${c.model.name} on ${b} through the grid`, sliceMs + perRunMs + 2000, 'a slice'))
-            continue;
-          const n = Math.max(
-            c.batch * 2,
-            Math.min(2000, Math.round((row.standalone_items_per_s ?? 1) * opts.seconds)),
-          );
-          const items = makeItems(c.model, n, 10_000);
-          const g = await job(b, c, items);
-          row.grid_items_per_s = g.rate;
-          row.grid_items = n;
-          row.grid_s = s1(g.ms);
-          if (row.standalone_items_per_s) row.ratio = g.rate / row.standalone_items_per_s;
-          note(
-            `${c.model.name} on ${b}: grid ${g.rate.toPrecision(3)} items/s (${n} items in ${s1(g.ms)} s)`,
-          );
-          const r = await jobResults(hub, g.id, items);
-          fold(row, r.got, await c.cpuRun(r.inputs), c.model);
-        } catch (err) {
-          skip(`${c.model.name} on ${b}`, (err as Error).message.split('\n')[0]?.slice(0, 300) ?? '');
+      );
+      for (const [i, l] of group.entries()) {
+        if (settled[i]) continue;
+        if (l.child) await l.child.stop(2000);
+        else {
+          await chromium?.close().catch(() => undefined);
+          chromium = undefined;
         }
       }
-      if (lane.child) await lane.child.stop(5000);
-    }
+      note(
+        `warm: ${
+          group
+            .filter((_, i) => settled[i])
+            .map((l) => l.b)
+            .join(', ') || 'nothing'
+        }`,
+      );
+
+      // Phase 2, measuring, one thing at a time: per backend, each model standalone (a slice), then
+      // through the grid (a job of a slice's worth of items).
+      for (const [i, lane] of group.entries()) {
+        if (!settled[i]) continue;
+        const b = lane.b;
+        for (const c of cases) {
+          const row = newRow(c.model, b);
+          try {
+            if (lane.child) {
+              const warm = lane.loaded?.warm.find((w) => w.model === c.model.name);
+              if (warm) {
+                row.first_run_s = s1(warm.ms);
+                fold(
+                  row,
+                  warm.outputs,
+                  await c.cpuRun(makeItems(c.model, c.batch, 1).map((it) => it.tensors)),
+                  c.model,
+                );
+              }
+              if (!fits(`${c.model.name} on ${b}`, 2 * sliceMs + 3000, `two ${opts.seconds} s slices`))
+                continue;
+              const m = await within(
+                `${c.model.name} standalone on ${b}`,
+                left(),
+                lane.child.call<GpuMeasured>('measure', { model: c.model.name, ms: sliceMs, minRuns: 1 }),
+              );
+              row.standalone_items_per_s = (m.items * 1000) / m.ms;
+              row.standalone_items = m.items;
+              row.standalone_s = s1(m.ms);
+            } else {
+              // Chromium's standalone page loads the model and runs it once (compiling) before its slice.
+              const native = rows.find((r) => r.backend === 'webgpu' && r.model === c.model.name);
+              const needs = (native?.first_run_s ? 1.5 * native.first_run_s * 1000 : 60_000) + 2 * sliceMs;
+              if (
+                !fits(
+                  `${c.model.name} on ${b}`,
+                  needs,
+                  native ? 'its first run: 1.5 times the native one' : 'a guess',
+                )
+              )
+                continue;
+              const t0 = Date.now();
+              const req = {
+                model: c.model,
+                backend: 'webgpu',
+                numThreads: 1,
+                dims: c.model.calibration.dims,
+                minMs: sliceMs,
+                minRuns: 1,
+              };
+              const r = await within(
+                `${c.model.name} standalone in Chromium`,
+                left(),
+                (standaloneTab as Tab).evaluate<StandaloneResult>(
+                  `window.shardhubStandalone(${JSON.stringify(req)})`,
+                ),
+              );
+              row.standalone_items_per_s = r.itemsPerSec;
+              row.standalone_items = r.runs * r.batchSize;
+              row.standalone_s = s1(r.ms);
+              row.first_run_s = s1(Date.now() - t0 - r.ms);
+            }
+            note(
+              `${c.model.name} on ${b}: standalone ${(row.standalone_items_per_s ?? 0).toPrecision(3)} items/s (${row.standalone_items} items in ${row.standalone_s} s)`,
+            );
+            const perRunMs = (1000 * c.batch) / (row.standalone_items_per_s ?? 1);
+            if (!fits(`${c.model.name} on ${b} through the grid`, sliceMs + perRunMs + 2000, 'a slice'))
+              continue;
+            const n = Math.max(
+              c.batch * 2,
+              Math.min(2000, Math.round((row.standalone_items_per_s ?? 1) * opts.seconds)),
+            );
+            const items = makeItems(c.model, n, 10_000);
+            const g = await job(b, c, items);
+            row.grid_items_per_s = g.rate;
+            row.grid_items = n;
+            row.grid_s = s1(g.ms);
+            if (row.standalone_items_per_s) row.ratio = g.rate / row.standalone_items_per_s;
+            note(
+              `${c.model.name} on ${b}: grid ${g.rate.toPrecision(3)} items/s (${n} items in ${s1(g.ms)} s)`,
+            );
+            const r = await jobResults(hub, g.id, items);
+            fold(row, r.got, await c.cpuRun(r.inputs), c.model);
+          } catch (err) {
+            skip(`${c.model.name} on ${b}`, (err as Error).message.split('\n')[0]?.slice(0, 300) ?? '');
+          }
+        }
+        if (lane.child) await lane.child.stop(5000);
+      }
+    };
+    // The native backends first (the rows a machine without a GPU must give); Chromium, which
+    // would take CPU from their warm-up on a machine without a GPU, after them.
+    await runGroup(lanes.filter((l) => l.child));
+    await runGroup(lanes.filter((l) => !l.child));
   } finally {
     await Promise.all(children.map((c) => c.stop(2000)));
     for (const s of cpuSessions) await s.dispose();
