@@ -12,21 +12,24 @@
  *   provider's with whether it is within the model's tolerance;
  * - skips what is absent with a line saying why, and a row that would not end within 5 minutes with
  *   a line saying so; writes its JSON to FILE (default `$TMPDIR/shardhub-gpu-bench.json`) as well
- *   as stdout (with --json). `--backends` and `--models` run a subset (the test runs one).
+ *   as stdout (with --json). `--backends` and `--models` run a subset, or other models of the
+ *   registry (the test runs mlp-small on cpu and webgpu).
  *
  * Time. Every measurement is a slice of S seconds (default 4): standalone, as many runs as fit in
  * it (at least one); through the grid, one job of as many items as the standalone rate does in S
  * seconds (at least two runs' worth). A fast backend measures hundreds of items, a software adapter
  * a few, and each row says how many it measured and in how long. What is not measured is done
- * first, for every backend at once (phase 1, warming up): loading the models and their first run
+ * first, for all native backends at once (phase 1, warming up): loading the models and their first run
  * (where WebGPU compiles its shaders), the node or tab joining the hub, the hub's benchmark of it
  * and a warm-up job of each model. Each native backend runs in a process of its own
  * (`_gpu-node.ts`) that measures standalone and hosts the grid's node, whose sessions reuse what
  * the standalone ones compiled. Then (phase 2, measuring) one thing at a time: per backend, each
  * model standalone, then its grid job, the job's requirements keeping it on that backend's worker
  * while the others sit idle. Chromium's standalone page loads the model and compiles in phase 2
- * (it makes a session per call), before its slice. A lane not warm when only the measurements' time
- * is left, or a row that no longer fits, is skipped with a line saying so.
+ * (it makes a session per call), before its slice. Chromium goes through both phases after the
+ * native backends: its warm-up, beside theirs, would take CPU from them on a machine without a GPU.
+ * A lane not warm when only its measurements' time is left, or a row that no longer fits, is
+ * skipped with a line saying so.
  *
  * Without a real GPU adapter the WebGPU rows run on SwiftShader (Chromium's software Vulkan), which
  * computes on the CPU and compiles each model's shaders for tens of seconds: items are then small
@@ -310,13 +313,12 @@ async function jobResults(
   return { got, inputs };
 }
 
-/** Rejects with "`what` did not end in time" after `ms`. */
-function within<T>(what: string, ms: number, p: Promise<T>): Promise<T> {
+/** Rejects with "`what` did not end within `ms` (`of`)" after `ms`. */
+function within<T>(what: string, ms: number, p: Promise<T>, of = 'left of the 5 minutes'): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const limit = new Promise<never>((_, fail) => {
     timer = setTimeout(
-      () =>
-        fail(new Error(`${what} did not end within the ${Math.round(ms / 1000)} s left of the 5 minutes`)),
+      () => fail(new Error(`${what} did not end within the ${Math.round(ms / 1000)} s ${of}`)),
       Math.max(0, ms),
     );
   });
@@ -542,14 +544,18 @@ export async function main(args: string[]): Promise<void> {
      * measurements need (a lane not warm by then is skipped, and stopped so it computes no more).
      */
     const runGroup = async (group: Lane[]) => {
-      // Phase 1 ends when every lane is warm, or when what is left of the 5 minutes is what the
-      // measurements need (a lane not warm by then is skipped, and stopped so it computes no more).
+      if (group.length === 0) return;
       const measureMs = (b: Backend) =>
         cases.length * (2 * sliceMs + 3000) + (b === 'chromium-webgpu' ? 60_000 : 0);
       const reserve = group.reduce((t, l) => t + measureMs(l.b), 0);
       const settled = await Promise.all(
         group.map((l) =>
-          within(`warming up ${l.b}`, left() - reserve, l.warm()).then(
+          within(
+            `warming up ${l.b}`,
+            left() - reserve,
+            l.warm(),
+            `it had: the 5 minutes less ${Math.round(reserve / 1000)} s for the measurements`,
+          ).then(
             () => true,
             (err: unknown) => {
               skip(l.b, (err as Error).message.split('\n')[0]?.slice(0, 300) ?? '');
