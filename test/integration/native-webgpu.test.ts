@@ -5,7 +5,8 @@
  * backend), outputs against the CPU provider's within the models' tolerances (mlp-small through the
  * grid, PaddleOCR detection on the node's backend), a lost session coming back, and a node process
  * whose GPU keeps losing its device (the GPU fault rig, `native/gpu-fault.ts`) falling back to cpu
- * and registering again as a cpu worker.
+ * and registering again as a cpu worker. And the gpu bench (`npm run bench -- gpu`), reduced to one
+ * model and two backends, so that it keeps working on a machine without a GPU.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -25,6 +26,7 @@ import { asRealGpu, GPU_FAULT_ENV } from '../../native/gpu-fault.ts';
 import { OrtBackend } from '../../native/ort-backend.ts';
 import { MAX_LOSSES, type ThreadedSession } from '../../native/ort-threaded.ts';
 import { BackendError } from '../../worker/backend.ts';
+import type { GpuBenchReport } from '../../bench/gpu.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import {
   Rest,
@@ -483,5 +485,48 @@ describe('a native node whose GPU keeps losing its device', { skip }, () => {
       benchmarks.some((b) => b.i > changed && b.model === 'mlp-small'),
       'benchmarked again on the CPU',
     );
+  });
+});
+
+describe('the gpu bench, reduced (mlp-small, cpu and webgpu, half-second slices)', { skip }, () => {
+  const tmp = tempDir();
+  after(() => tmp.cleanup());
+
+  test('measures both backends standalone and through the grid, matches cpu, says what it skipped, writes its JSON', () => {
+    const out = join(tmp.dir, 'gpu-bench.json');
+    // mlp-small: PaddleOCR's first run on SwiftShader compiles for half a minute or more (the bench
+    // runs it; `ppocr-det` on a webgpu node is tested above).
+    const args = ['--models', 'mlp-small', '--backends', 'cpu,cuda,webgpu', '--seconds', '0.5'];
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', 'bench/run.ts', 'gpu', '--json', '--out', out, ...args],
+      { encoding: 'utf8', timeout: 290_000, env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' } },
+    );
+    assert.equal(r.status, 0, `exit ${r.status}\n${r.stderr}`);
+    const report = JSON.parse(r.stdout) as GpuBenchReport;
+    assert.deepEqual(JSON.parse(readFileSync(out, 'utf8')), report, 'the same JSON in the file');
+
+    // No GPU here: the webgpu rows run on SwiftShader; cuda is skipped with its reason.
+    assert.equal(report.small, true);
+    assert.match(report.gpu.vulkanSoftwareFallback ?? '', /SwiftShader/);
+    const cuda = report.skipped.find((s) => s.what === 'cuda');
+    assert.match(cuda?.why ?? '', /CUDA provider/);
+    assert.match(r.stderr, /skipped cuda: /);
+
+    for (const backend of ['cpu', 'webgpu'] as const) {
+      const row = report.rows.find((x) => x.backend === backend && x.model === 'mlp-small');
+      assert.ok(row, `a ${backend} row\n${r.stderr}`);
+      assert.ok(
+        (row.standalone_items ?? 0) >= 1 && (row.standalone_items_per_s ?? 0) > 0,
+        `${backend} standalone`,
+      );
+      assert.ok(
+        (row.grid_items ?? 0) >= 2 && (row.grid_items_per_s ?? 0) > 0,
+        `${backend} grid\n${r.stderr}`,
+      );
+      assert.ok((row.ratio ?? 0) > 0);
+      assert.equal(row.within_tolerance, true, `${backend} outputs within mlp-small's tolerance of cpu`);
+      assert.ok(row.max_abs_diff !== null && Number.isFinite(row.max_abs_diff));
+    }
   });
 });
