@@ -184,6 +184,19 @@ export const PG_MIGRATIONS: readonly string[] = [
   ALTER TABLE replicas ALTER COLUMN outputs SET STORAGE EXTERNAL;
   ALTER TABLE models ALTER COLUMN bytes SET STORAGE EXTERNAL;
   `,
+  // The result cache (async-store.ts): an index over results, not a copy; an entry answers once
+  // its item has a result.
+  `
+  CREATE TABLE result_cache (
+    model_key text NOT NULL,
+    input_sha256 text NOT NULL,
+    item_id bigint NOT NULL,
+    used_at bigint NOT NULL,
+    PRIMARY KEY (model_key, input_sha256)
+  );
+  CREATE INDEX result_cache_item ON result_cache (item_id);
+  CREATE INDEX result_cache_used ON result_cache (used_at);
+  `,
 ];
 
 /** The schema version this build writes. */

@@ -18,9 +18,11 @@
 import type Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
 import type { IdRun } from '../scheduler/id-runs.ts';
-import { FencedError, RUNNABLE_STATES } from './async-store.ts';
+import { CACHED, CACHED_ON_RECORD, FencedError, RUNNABLE_STATES } from './async-store.ts';
 import type {
+  AppendedItems,
   AsyncStore,
+  CacheKeys,
   Chunk,
   HubRecord,
   Lease,
@@ -163,6 +165,82 @@ export class SqliteAsyncStore implements AsyncStore {
       if (ids.length > 0) this.cutChunks(jobId, ids[0], ids[ids.length - 1]);
       return ids;
     });
+  }
+
+  async appendItemsCached(
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts: { running?: boolean; cache: CacheKeys },
+  ): Promise<AppendedItems> {
+    if (opts.cache.inputs.length !== items.length) {
+      throw new Error(`${opts.cache.inputs.length} cache keys for ${items.length} items`);
+    }
+    return this.write(() => {
+      const ids = this.store.appendItems(jobId, items, opts);
+      if (ids.length === 0) return { ids, cached: [] };
+      const cached = this.answerFromCache(jobId, ids, opts.cache, Date.now());
+      this.cutChunks(jobId, ids[0], ids[ids.length - 1]);
+      return { ids, cached };
+    });
+  }
+
+  /**
+   * Inside an append's transaction: answers the new items `ids` whose key has a stored result, and
+   * makes each other item its key's entry where the entry has no result (a pending, failed or
+   * taken-back item). One indexed read per item; the answered ones cost a copy of their result.
+   */
+  private answerFromCache(jobId: string, ids: readonly number[], keys: CacheKeys, now: number): number[] {
+    const lookup = this.st(
+      `SELECT c.item_id AS src, v.how AS how FROM result_cache c
+         JOIN results r ON r.item_id = c.item_id LEFT JOIN verified v ON v.item_id = c.item_id
+         WHERE c.model_key = ? AND c.input_sha256 = ?`,
+    );
+    const enter = this.st(
+      `INSERT INTO result_cache (model_key, input_sha256, item_id, used_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (model_key, input_sha256) DO UPDATE SET item_id = excluded.item_id, used_at = excluded.used_at
+         WHERE NOT EXISTS (SELECT 1 FROM results r WHERE r.item_id = result_cache.item_id)`,
+    );
+    const copy = this.st(
+      `INSERT INTO results (item_id, job_id, worker_id, model_sha256, ms, outputs, at)
+         SELECT ?, ?, worker_id, model_sha256, 0, outputs, ? FROM results WHERE item_id = ?`,
+    );
+    const verify = this.st('INSERT OR REPLACE INTO verified (item_id, how) VALUES (?, ?)');
+    const used = this.st('UPDATE result_cache SET used_at = ? WHERE model_key = ? AND input_sha256 = ?');
+    const cached: number[] = [];
+    for (let i = 0; i < ids.length; i++) {
+      const key = keys.inputs[i];
+      const hit = lookup.get(keys.modelKey, key) as { src: number; how: string | null } | undefined;
+      if (!hit) {
+        enter.run(keys.modelKey, key, ids[i], now);
+        continue;
+      }
+      copy.run(ids[i], jobId, now, hit.src);
+      verify.run(ids[i], hit.how === null ? CACHED_ON_RECORD : CACHED);
+      used.run(now, keys.modelKey, key);
+      cached.push(ids[i]);
+    }
+    if (cached.length > 0) {
+      this.st(`UPDATE items SET state = 'done' WHERE id IN (SELECT value FROM json_each(?))`).run(
+        JSON.stringify(cached),
+      );
+      this.st('UPDATE jobs SET done_count = done_count + ? WHERE id = ?').run(cached.length, jobId);
+    }
+    return cached;
+  }
+
+  async trimCache(maxEntries: number): Promise<number> {
+    return this.write(() => {
+      const n = this.st('SELECT count(*) FROM result_cache').pluck().get() as number;
+      if (n <= maxEntries) return 0;
+      return this.st(
+        `DELETE FROM result_cache WHERE (model_key, input_sha256) IN
+           (SELECT model_key, input_sha256 FROM result_cache ORDER BY used_at LIMIT ?)`,
+      ).run(n - Math.max(0, maxEntries)).changes;
+    });
+  }
+
+  async cacheEntries(): Promise<number> {
+    return this.st('SELECT count(*) FROM result_cache').pluck().get() as number;
   }
 
   /** Puts ids `first..last` into chunks: the job's last chunk grows when unheld, short, and adjacent. */
@@ -370,6 +448,11 @@ export class SqliteAsyncStore implements AsyncStore {
   async revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>> {
     return this.write(() => {
       this.fence(lease, 'reverting results');
+      // Its unconfirmed results answer no more items (those of cancelled jobs stay stored).
+      this.st(
+        `DELETE FROM result_cache WHERE item_id IN (SELECT r.item_id FROM results r
+           LEFT JOIN verified v ON v.item_id = r.item_id WHERE r.worker_id = ? AND v.item_id IS NULL)`,
+      ).run(workerId);
       return this.trust.revertUnverified(workerId);
     });
   }

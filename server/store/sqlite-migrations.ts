@@ -189,6 +189,22 @@ export const SQLITE_MIGRATIONS: readonly SqliteMigration[] = [
   CREATE INDEX IF NOT EXISTS chunks_hub ON chunks (hub_id) WHERE hub_id IS NOT NULL;
   `,
   },
+  {
+    name: 'the result cache: (model key, input sha256) -> the item computed for it (async-store.ts)',
+    sql: `
+  -- An index over results, not a copy: an entry answers once its item has a result.
+  CREATE TABLE result_cache (
+    model_key TEXT NOT NULL,
+    input_sha256 TEXT NOT NULL,
+    item_id INTEGER NOT NULL,
+    used_at INTEGER NOT NULL,
+    PRIMARY KEY (model_key, input_sha256)
+  ) WITHOUT ROWID;
+  -- A quarantined worker's entries, and eviction of the least recently used.
+  CREATE INDEX result_cache_item ON result_cache (item_id);
+  CREATE INDEX result_cache_used ON result_cache (used_at);
+  `,
+  },
 ];
 
 /** The schema version this build writes. */
