@@ -919,10 +919,12 @@ export class PgStore implements AsyncStore {
   async revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>> {
     return this.tx(async (c) => {
       await this.fence(c, lease, 'reverting results');
-      // Its unconfirmed results answer no more items (those of cancelled jobs stay stored).
+      // Its unconfirmed results answer no more items. Those of cancelled jobs stay stored, so their
+      // entries go; the others are taken back (an entry answers again once its item is recomputed).
       await c.query(
-        `DELETE FROM result_cache WHERE item_id IN (SELECT r.item_id FROM results r
-           WHERE r.worker_id = $1 AND NOT EXISTS (SELECT 1 FROM verified v WHERE v.item_id = r.item_id))`,
+        `DELETE FROM result_cache WHERE item_id IN (SELECT r.item_id FROM results r JOIN jobs j ON j.id = r.job_id
+           WHERE r.worker_id = $1 AND j.state = 'cancelled'
+             AND NOT EXISTS (SELECT 1 FROM verified v WHERE v.item_id = r.item_id))`,
         [workerId],
       );
       // Copies the cache answered from its results on record (`cached:record`) go with them.

@@ -448,10 +448,12 @@ export class SqliteAsyncStore implements AsyncStore {
   async revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>> {
     return this.write(() => {
       this.fence(lease, 'reverting results');
-      // Its unconfirmed results answer no more items (those of cancelled jobs stay stored).
+      // Its unconfirmed results answer no more items. Those of cancelled jobs stay stored, so their
+      // entries go; the others are taken back (an entry answers again once its item is recomputed).
       this.st(
         `DELETE FROM result_cache WHERE item_id IN (SELECT r.item_id FROM results r
-           LEFT JOIN verified v ON v.item_id = r.item_id WHERE r.worker_id = ? AND v.item_id IS NULL)`,
+           JOIN jobs j ON j.id = r.job_id LEFT JOIN verified v ON v.item_id = r.item_id
+           WHERE r.worker_id = ? AND v.item_id IS NULL AND j.state = 'cancelled')`,
       ).run(workerId);
       return this.trust.revertUnverified(workerId);
     });
