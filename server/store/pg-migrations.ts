@@ -194,7 +194,6 @@ export const PG_MIGRATIONS: readonly string[] = [
     used_at bigint NOT NULL,
     PRIMARY KEY (model_key, input_sha256)
   );
-  CREATE INDEX result_cache_item ON result_cache (item_id);
   CREATE INDEX result_cache_used ON result_cache (used_at);
   `,
 ];

@@ -399,10 +399,12 @@ export class PgStore implements AsyncStore {
        ON CONFLICT (item_id) DO UPDATE SET how = excluded.how`,
       [cached, hits.rows.map((h) => (h.how === null ? CACHED_ON_RECORD : CACHED))],
     );
-    await c.query(`UPDATE result_cache SET used_at = $2 WHERE item_id = ANY($1::bigint[]) AND used_at < $2`, [
-      srcs,
-      now,
-    ]);
+    const keyOf = new Map(ids.map((id, i) => [id, keys.inputs[i]]));
+    await c.query(
+      `UPDATE result_cache SET used_at = $3
+       WHERE model_key = $1 AND input_sha256 = ANY($2::text[]) AND used_at < $3`,
+      [keys.modelKey, cached.map((id) => keyOf.get(id)), now],
+    );
     await this.addCounts(c, undefined, new Map([[jobId, cached.length]]), 'done_count');
     return cached;
   }

@@ -190,18 +190,18 @@ export const SQLITE_MIGRATIONS: readonly SqliteMigration[] = [
   `,
   },
   {
-    name: 'the result cache: (model key, input sha256) -> the item computed for it (async-store.ts)',
+    name: 'the result cache: hash of (model key, input sha256) -> the item computed for it (async-store.ts)',
     sql: `
-  -- An index over results, not a copy: an entry answers once its item has a result.
+  -- An index over results, not a copy: an entry answers once its item has a result. Keyed by the
+  -- hash of (model key, input sha256): id its first 52 bits, key all of it (sqlite-async-store.ts).
   CREATE TABLE result_cache (
-    model_key TEXT NOT NULL,
-    input_sha256 TEXT NOT NULL,
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL,
     item_id INTEGER NOT NULL,
-    used_at INTEGER NOT NULL,
-    PRIMARY KEY (model_key, input_sha256)
-  ) WITHOUT ROWID;
-  -- A quarantined worker's entries, and eviction of the least recently used.
-  CREATE INDEX result_cache_item ON result_cache (item_id);
+    used_at INTEGER NOT NULL
+  );
+  -- Eviction of the least recently used. No index on item_id: each one costs every append a few
+  -- microseconds per item, and only a quarantine looks entries up by item (a scan, rarely).
   CREATE INDEX result_cache_used ON result_cache (used_at);
   `,
   },
