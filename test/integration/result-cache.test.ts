@@ -22,6 +22,9 @@ import {
 } from '../helpers/grid.ts';
 import type { HubServer } from '../../server/app.ts';
 
+/** The job option these tests submit with (the helper's default is off). */
+const ON = { cache: true };
+
 /** Each result's outputs by item name. */
 async function resultsOf(hub: HubServer, jobId: string): Promise<Map<string, string>> {
   const out = new Map<string, string>();
@@ -63,14 +66,14 @@ describe('result cache', () => {
         tensors: calibrationInputs(model, 1 + i),
       }));
       const rest = new Rest(hub.url, hub.tokens.operatorToken);
-      const first = await rest.submit('mlp-small', sent);
+      const first = await rest.submit('mlp-small', sent, ON);
       const one = await jobDone(rest, first);
       assert.equal(one.done, 300);
       assert.equal(one.verification.cached, 0);
       const ran = itemsRun(hub);
       assert.ok(ran >= 300, `the node ran the first job (${ran} items)`);
 
-      const second = await rest.submit('mlp-small', sent);
+      const second = await rest.submit('mlp-small', sent, ON);
       const two = await jobDone(rest, second, 30_000);
       assert.equal(two.done, 300);
       assert.equal(two.verification.cached, 300, 'every item answered from the cache');
@@ -87,7 +90,7 @@ describe('result cache', () => {
           tensors: calibrationInputs(model, 10_000 + i),
         })),
       ];
-      const third = await jobDone(rest, await rest.submit('mlp-small', mixed));
+      const third = await jobDone(rest, await rest.submit('mlp-small', mixed, ON));
       assert.equal(third.verification.cached, 50);
       await checkResults(hub, third.id, mixed);
 
@@ -131,7 +134,7 @@ describe('result cache', () => {
         tensors: calibrationInputs(model, 50 + i),
       }));
       const rest = new Rest(hub.url, hub.tokens.operatorToken);
-      const first = await rest.submit('mlp-small', sent);
+      const first = await rest.submit('mlp-small', sent, ON);
       await waitFor('liar quarantined', () => hub.hub.trust.isQuarantined(liar.id), 60_000);
       nodes.push(startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'honest'), ['--name', 'honest']));
       await jobDone(rest, first);
@@ -149,7 +152,7 @@ describe('result cache', () => {
       );
       await checkResults(hub, first, sent);
 
-      const second = await rest.submit('mlp-small', sent);
+      const second = await rest.submit('mlp-small', sent, ON);
       const two = await jobDone(rest, second);
       assert.equal(two.done, 2000);
       assert.equal(two.verification.cached, 2000, 'answered from the results computed again');
