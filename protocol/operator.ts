@@ -144,6 +144,8 @@ export interface VerificationSummary {
   provenWorker: number;
   /** Accepted from workers the operator trusts (native nodes of a hub run with `--trust-native`). */
   trustedWorker: number;
+  /** Answered from the result cache: a result stored before for the same model and inputs. */
+  cached: number;
 }
 
 /** `job:watch` request: the job whose fairness report a client wants pushed (null: none). */

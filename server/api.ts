@@ -44,6 +44,14 @@ export const CreateJobSchema = z.strictObject({
   deadline: z.number().int().positive().nullable().default(null),
   requirements: JobRequirementsSchema.nullable().default(null),
   options: JsonOptionsSchema.default({}),
+  /**
+   * Answer items whose model and input bytes match a result stored before from the result cache
+   * (done at once, reported `cached`); false runs every item.
+   */
+  cache: z
+    .boolean()
+    .default(true)
+    .describe('answer items computed before (same model, same input bytes) from the result cache'),
   /** Items inline (small jobs): the job is sealed at once. Without them it stays open for uploads. */
   items: z
     .array(

@@ -31,7 +31,12 @@ const OCR_OPTIONS: OptionTable = {
   },
   out: { type: 'string', help: 'where <name>.json and <name>.txt are written', default: 'text', arg: 'DIR' },
   priority: { type: 'int', help: 'job priority', default: 0, min: -100, max: 100 },
-  cache: { type: 'boolean', negatable: true, default: true, help: 'answer pages read before from the cache' },
+  cache: {
+    type: 'boolean',
+    negatable: true,
+    default: true,
+    help: 'answer what the hub read before from its result cache (--no-cache: read every page again)',
+  },
 };
 
 const IMAGE_EXT = new Set(['.png', '.jpg', '.jpeg']);

@@ -276,6 +276,12 @@ const SUBMIT_OPTIONS: OptionTable = {
     max: 5,
   },
   ...REQUIREMENTS,
+  cache: {
+    type: 'boolean',
+    help: "answer items computed before (same model, same inputs) from the hub's result cache",
+    default: true,
+    negatable: true,
+  },
   wait: {
     type: 'boolean',
     help: 'wait for the job and download its results',
@@ -475,6 +481,7 @@ async function submit(cmd: Command, io: CliIo): Promise<number> {
       redundancy: v.redundancy,
       deadline,
       requirements: requirements(v),
+      cache: v.cache,
     });
     jobId = job.id;
     io.stdout.write(`${job.id}\n`);

@@ -116,6 +116,13 @@ export const SERVE_OPTIONS = {
     min: 300,
     max: 600_000,
   },
+  'result-cache-entries': {
+    type: 'int',
+    help: 'results the result cache answers from (least recently used go first; 0: no cache)',
+    env: 'SHARDHUB_RESULT_CACHE_ENTRIES',
+    default: DEFAULT_HUB_OPTIONS.resultCacheEntries,
+    min: 0,
+  },
   weighting: {
     type: 'boolean',
     help: 'weight shares by measured speed',
@@ -260,6 +267,7 @@ export async function serveCommand(v: ServeValues, io: CliIo, relaunch = true): 
           offlineAfterMs: v['offline-after-ms'],
           maxAttempts: v['max-attempts'],
           leaseMs: v['lease-ms'],
+          resultCacheEntries: v['result-cache-entries'],
           trust: { ...DEFAULT_TRUST_OPTIONS, trustNative: v['trust-native'] },
           scheduler: {
             weighting: v.weighting,

@@ -2,6 +2,7 @@
 import type { JobView, VerificationSummary } from '../protocol/operator.ts';
 import { RecentRate } from '../protocol/recent-rate.ts';
 import type { Hub } from './hub.ts';
+import { CACHED, CACHED_ON_RECORD } from './store/async-store.ts';
 import type { JobRecord } from './store/store.ts';
 
 const recentRates = new WeakMap<object, RecentRate>();
@@ -101,6 +102,7 @@ export async function verificationOf(
     reference: 0,
     provenWorker: 0,
     trustedWorker: 0,
+    cached: 0,
   };
   for (const { how, n } of await hub.jobs.verification(jobId)) {
     const [kind, k = '2'] = how.split('-');
@@ -108,6 +110,7 @@ export async function verificationOf(
     else if (kind === 'spot') out.spotChecked[k] = (out.spotChecked[k] ?? 0) + n;
     else if (how === 'canary') out.canary += n;
     else if (how === 'reference') out.reference += n;
+    else if (how === CACHED || how === CACHED_ON_RECORD) out.cached += n;
     else if (how === 'record:native' && hub.opts.trust.trustNative) out.trustedWorker += n;
     else out.provenWorker += n;
   }

@@ -60,7 +60,10 @@ export interface OcrPageResult {
   lines: OcrLine[];
   text: string;
   error?: { stage: OcrStage; box?: number; reason: string };
-  /** Answered from the result cache (the same image bytes read before, by this pipeline version). */
+  /**
+   * Answered from the result cache: every item of the page, in every stage, was (the same bytes
+   * read before by the same models and steps), or it repeats a page of the same run.
+   */
   cached?: boolean;
 }
 
@@ -81,7 +84,7 @@ export interface OcrRunView {
 export interface OcrOptions {
   priority?: number;
   redundancy?: number;
-  /** Answer pages read before from the cache (default true). */
+  /** Answer items computed before from the hub's result cache (default true). */
   cache?: boolean;
 }
 
@@ -93,9 +96,6 @@ export const OCR_PAGES_IN_FLIGHT = 16;
 
 /** OCR runs a hub remembers (running ones always; finished ones up to this many in all). */
 export const OCR_RUNS_KEPT = 1000;
-
-/** Pages kept in the result cache: an LRU of page outcomes, a few KB each. */
-export const OCR_CACHE_PAGES = 10_000;
 
 /** Longest CTC path: the recognizer has one step per 8 columns of its widest input. */
 const MAX_PATH = REC_MAX_WIDTH / 8;
@@ -124,7 +124,7 @@ interface StageOptions {
 
 interface PageState {
   name: string;
-  /** Cache key: the pipeline version and the image bytes' sha256. */
+  /** The pipeline version and the image bytes' sha256: a page of the run with the same is its twin. */
   key?: string;
   /** Pages of the same run with the same bytes, answered when this one is. */
   twins?: number[];
@@ -132,6 +132,8 @@ interface PageState {
   boxes?: PageBox[];
   paths?: (CtcPath | undefined)[];
   waiting: number;
+  /** An item of the page ran on the grid (was not answered from the result cache). */
+  computed?: boolean;
   result?: OcrPageResult;
 }
 
@@ -229,6 +231,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       deadline: null,
       requirements: null,
       options: { step: STEPS[stage], pipeline },
+      cache: this.opts.cache !== false,
       state: 'open' as const,
     };
   }
@@ -266,11 +269,11 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   private finish(i: number, result: OcrPageResult, at = Date.now()): void {
     const p = this.pages[i];
     if (!p || p.result) return;
+    // Read (not failed) with every item of it answered from the store's result cache.
+    if (!p.computed && this.opts.cache !== false && (result.outcome === 'ok' || result.outcome === 'no_text'))
+      result = { ...result, cached: true };
     p.result = result;
     if (!this.replaying) this.hub.addJobEvent(this.anchor, PAGE_EVENT, { page: i, result });
-    if (p.key && !result.cached && (result.outcome === 'ok' || result.outcome === 'no_text')) {
-      this.svc.remember(p.key, result);
-    }
     for (const t of p.twins ?? []) {
       const twin = this.pages[t] as PageState;
       this.finish(t, { ...result, name: twin.name, cached: true });
@@ -393,12 +396,9 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     for (const [i, input] of inputs.entries()) {
       const p = this.pages[i] as PageState;
       if (this.opts.cache !== false) {
+        // A page the run already has: answered with it (across runs, the stages' items are
+        // answered by the hub's result cache).
         p.key = `${OCR_PIPELINE_VERSION}:${createHash('sha256').update(input.bytes).digest('hex')}`;
-        const hit = this.svc.recall(p.key);
-        if (hit) {
-          this.finish(i, { ...hit, name: p.name, cached: true });
-          continue;
-        }
         const leader = leaders.get(p.key);
         if (leader !== undefined) {
           const l = this.pages[leader] as PageState;
@@ -468,6 +468,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       if (!item || !result) continue;
       const { page, box } = lineage(item.name);
       const p = this.pages[page];
+      if (!this.svc.answered(id) && p) p.computed = true;
       if (!p || p.result) continue;
       // A result that cannot be used (a degenerate box, a class outside the key list) fails its
       // page, never the run.
@@ -677,6 +678,9 @@ export class OcrService {
     readonly hub: Hub,
     readonly chars: string[],
   ) {
+    hub.on('items:cached', (jobId, ids) => {
+      if (this.byJob.has(jobId)) for (const id of ids) this.fromCache.add(id);
+    });
     hub.on('items:committed', (jobId, ids) => this.committed(jobId, ids));
     hub.on('job:updated', (jobId) => this.updated(jobId));
     // Several hubs: other hubs' workers run this hub's stage jobs too. Their commits come through
@@ -781,23 +785,12 @@ export class OcrService {
     }
   }
 
-  private readonly cache = new Map<string, OcrPageResult>();
+  /** Items of the runs' stage jobs the result cache answered, until their commit is handled. */
+  private readonly fromCache = new Set<number>();
 
-  /** A page read before (most recently used last). */
-  recall(key: string): OcrPageResult | undefined {
-    const hit = this.cache.get(key);
-    if (hit) {
-      this.cache.delete(key);
-      this.cache.set(key, hit);
-    }
-    return hit;
-  }
-
-  /** Keeps a page's verified outcome for pages with the same bytes. */
-  remember(key: string, result: OcrPageResult): void {
-    this.cache.delete(key);
-    this.cache.set(key, result);
-    while (this.cache.size > OCR_CACHE_PAGES) this.cache.delete(this.cache.keys().next().value as string);
+  /** Whether the result cache answered this item (asked once, when its result is handled). */
+  answered(itemId: number): boolean {
+    return this.fromCache.delete(itemId);
   }
 
   watch(jobId: string, run: OcrRun, stage: Stage): void {

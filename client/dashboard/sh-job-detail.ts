@@ -94,7 +94,8 @@ export class ShJobDetail extends LitElement {
     return html`<p class="panel muted" data-test="job-verification">
       Verified: confirmed by several workers ${byK(v.confirmed)}; spot-checked ${byK(v.spotChecked)}; canaries
       ${count(v.canary)}; reference backend ${count(v.reference)}; from canary-proven workers
-      ${count(v.provenWorker)}; from trusted workers ${count(v.trustedWorker)}.
+      ${count(v.provenWorker)}; from trusted workers ${count(v.trustedWorker)}; from the result cache
+      ${count(v.cached ?? 0)}.
     </p>`;
   }
 

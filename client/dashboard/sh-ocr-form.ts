@@ -159,7 +159,7 @@ export class ShOcrForm extends LitElement {
             @change=${(e: Event) => (this.cache = (e.target as HTMLInputElement).checked)}
           />
           Use cached results
-          <span class="muted">pages read before (same bytes) are answered without running again</span>
+          <span class="muted">what the hub read before (same bytes) is answered without running again</span>
         </label>
       </fieldset>
       <div>

@@ -77,6 +77,7 @@ export class ShSubmitForm extends LitElement {
   /** The inputs, one file per item: each pick is the whole list. */
   private readonly picker = new FilePicker(this, { mode: 'replace' });
   @state() private priority = 0;
+  @state() private cache = true;
   @state() private busy = false;
   @state() private status: { kind: 'info' | 'error'; text: string } | undefined;
 
@@ -226,6 +227,18 @@ export class ShSubmitForm extends LitElement {
       <fieldset>
         <legend>Options</legend>
         ${priorityField(this.priority, (p) => (this.priority = p), 'submit-priority')}
+        <label
+          ><input
+            type="checkbox"
+            data-test="submit-cache"
+            .checked=${this.cache}
+            @change=${(e: Event) => (this.cache = (e.target as HTMLInputElement).checked)}
+          />
+          Use cached results
+          <span class="muted"
+            >items computed before (same model, same inputs) are answered without running again</span
+          >
+        </label>
       </fieldset>
       <div>
         <button
@@ -287,7 +300,7 @@ export class ShSubmitForm extends LitElement {
       }
       if (!model) throw new Error('choose a model');
       say('Creating the job…');
-      const job = await api.post<JobView>('/api/jobs', { model, priority: this.priority });
+      const job = await api.post<JobView>('/api/jobs', { model, priority: this.priority, cache: this.cache });
       jobId = job.id;
       const names = itemNames(this.files);
       for (let i = 0; i < this.files.length; i++) {

@@ -3,7 +3,7 @@
  * the stall backstop. The one writer of job and item rows and of the jobs' event log, and the owner
  * of the active jobs (their model and fairness tracker); every other part reads them through here.
  */
-import { randomBytes } from 'node:crypto';
+import * as crypto from 'node:crypto';
 import type { ModelInfo } from '../../protocol/model.ts';
 import type { FairnessReport } from '../../protocol/fairness.ts';
 import type { ModelRegistry } from '../../models/registry.ts';
@@ -32,8 +32,29 @@ import { HubError, type ActiveJob, type HubEmitter, type HubOptions } from './ty
 /** How often the hub looks for a job `running` with nothing queued and nothing in flight (ms). */
 const STALL_CHECK_MS = 5000;
 
-/** A new job as asked for: the model by name or sha256. */
-export type JobSpec = Omit<NewJob, 'id' | 'modelSha256' | 'modelName'> & { model: string };
+/**
+ * How often the hub trims the result cache to `resultCacheEntries` (ms), at most: a trim counts
+ * the entries, so it runs after appends, not per append.
+ */
+const CACHE_TRIM_MS = 30_000;
+
+/**
+ * The sha256 of an item's inputs, in hex: one call (`crypto.hash`, Node 20.12+) where there is one,
+ * a few times cheaper per small item than a `Hash` object.
+ */
+const sha256Hex: (bytes: Uint8Array) => string =
+  typeof crypto.hash === 'function'
+    ? (bytes) => crypto.hash('sha256', bytes, 'hex')
+    : (bytes) => crypto.createHash('sha256').update(bytes).digest('hex');
+
+/** Jobs whose cache key is remembered (the jobs being appended to; a miss reads the job's row). */
+const CACHE_KEYS_KEPT = 1000;
+
+/**
+ * A new job as asked for: the model by name or sha256; `cache: false` runs every item (no item is
+ * answered from the result cache, and its results are not offered to it).
+ */
+export type JobSpec = Omit<NewJob, 'id' | 'modelSha256' | 'modelName'> & { model: string; cache?: boolean };
 
 /** Items as appended: a name and a tensor pack of inputs. */
 export type NewItems = { name: string; inputs: Uint8Array }[];
@@ -116,6 +137,9 @@ export class JobLifecycle implements JobQueries {
   private stallCheck: Promise<void> | undefined;
   /** The hub is closing: nothing more is read or written (a late reference run must not). */
   private closed = false;
+  /** Jobs' result cache keys (null: the job does not use the cache), most recently used last. */
+  private readonly cacheKeys = new Map<string, string | null>();
+  private lastCacheTrim = 0;
 
   constructor(private readonly d: JobLifecycleDeps) {}
 
@@ -277,11 +301,13 @@ export class JobLifecycle implements JobQueries {
     } catch (err) {
       throw new HubError('invalid_request', `options.step: ${(err as Error).message}`, 400);
     }
-    const id = `j_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
-    const { model: _m, ...rest } = spec;
+    const id = `j_${Date.now().toString(36)}${crypto.randomBytes(4).toString('hex')}`;
+    const { model: _m, cache, ...rest } = spec;
     void _m;
     const job = await this.d.store.createJob({
       ...rest,
+      // Kept with the job: it decides each append, and a restarted hub reads it from there.
+      options: cache === false ? { ...rest.options, cache: false } : rest.options,
       id,
       modelName: model.name,
       modelSha256: model.sha256,
@@ -290,26 +316,92 @@ export class JobLifecycle implements JobQueries {
     return job;
   }
 
-  /** Adds items to an open job; returns their ids in order. */
-  append(jobId: string, items: NewItems): Promise<number[]> {
-    return this.d.store.appendItems(jobId, items);
+  /**
+   * Adds items to an open job; returns their ids in order. Items the result cache answers are done
+   * at once (see `appendCached`).
+   */
+  async append(jobId: string, items: NewItems): Promise<number[]> {
+    return (await this.appendCached(jobId, items, false)).ids;
   }
 
   /** Adds items to a sealed job that is still running (a pipeline stage fed as results arrive). */
   async appendRunning(jobId: string, items: NewItems): Promise<number[]> {
     if (!this.active.has(jobId))
       throw new HubError('job_not_active', `job ${clean(jobId, 80)} is not running`, 409);
-    const ids = await this.d.store.appendItems(jobId, items, { running: true });
+    const { ids, cached } = await this.appendCached(jobId, items, true);
     const job = this.active.get(jobId);
     if (job) {
       job.record = { ...job.record, itemCount: job.record.itemCount + ids.length };
       if (this.d.shared) this.d.claimSoon();
       else {
-        this.d.scheduler.requeueItems(jobId, ids);
+        const answered = new Set(cached);
+        this.d.scheduler.requeueItems(jobId, cached.length ? ids.filter((id) => !answered.has(id)) : ids);
         this.d.pump();
       }
+      if (cached.length) this.checkComplete(jobId, true);
     }
     return ids;
+  }
+
+  /**
+   * Appends items, through the result cache when the job uses it: each item's inputs are hashed
+   * here, and the store answers, in the append's own transaction, the items whose model key and
+   * input hash name a stored result. Those are done before any worker sees them; they are told to
+   * the job's watchers as `items:cached` and then as committed, like results that arrive.
+   */
+  private async appendCached(
+    jobId: string,
+    items: NewItems,
+    running: boolean,
+  ): Promise<{ ids: number[]; cached: number[] }> {
+    const { store } = this.d;
+    const modelKey = items.length ? await this.cacheKey(jobId) : null;
+    if (modelKey === null) return { ids: await store.appendItems(jobId, items, { running }), cached: [] };
+    const inputs = items.map((it) => sha256Hex(it.inputs));
+    const out = await store.appendItemsCached(jobId, items, { running, cache: { modelKey, inputs } });
+    if (out.cached.length < out.ids.length) this.trimCacheSoon();
+    if (out.cached.length > 0) {
+      this.d.log.debug({ jobId, items: out.cached.length }, 'items answered from the result cache');
+      this.d.events.emit('items:cached', jobId, out.cached);
+      this.d.events.emit('items:committed', jobId, out.cached);
+      this.d.events.emit('job:updated', jobId);
+    }
+    return out;
+  }
+
+  /**
+   * A job's result cache key: its model's sha256, and its step for a stage job (the step's version
+   * changes what is stored); null when the job or the hub does not use the cache.
+   */
+  private async cacheKey(jobId: string): Promise<string | null> {
+    let key = this.cacheKeys.get(jobId);
+    if (key !== undefined) {
+      this.cacheKeys.delete(jobId);
+      this.cacheKeys.set(jobId, key);
+      return key;
+    }
+    const job = await this.d.store.getJob(jobId);
+    if (!job) return null; // the store's append says the job does not exist
+    key = null;
+    if (this.d.opts.resultCacheEntries > 0 && job.options.cache !== false) {
+      const step = parseStep(job.options.step);
+      key = step ? `${job.modelSha256}+${step.name}@${step.version}` : job.modelSha256;
+    }
+    this.cacheKeys.set(jobId, key);
+    if (this.cacheKeys.size > CACHE_KEYS_KEPT) this.cacheKeys.delete(this.cacheKeys.keys().next().value!);
+    return key;
+  }
+
+  /** Trims the result cache to its bound, at most every CACHE_TRIM_MS, behind the hub's back. */
+  private trimCacheSoon(): void {
+    const now = Date.now();
+    if (now - this.lastCacheTrim < CACHE_TRIM_MS) return;
+    this.lastCacheTrim = now;
+    const max = this.d.opts.resultCacheEntries;
+    this.d.later('result cache trim', async () => {
+      const evicted = await this.d.store.trimCache(max);
+      if (evicted > 0) this.d.log.info({ evicted, max }, 'result cache trimmed');
+    });
   }
 
   /** Keeps a job from completing while a pipeline may still add items to it. */
@@ -349,15 +441,19 @@ export class JobLifecycle implements JobQueries {
     }
     const sealed = await this.require(jobId);
     await this.activate(sealed, model);
-    this.d.log.info({ jobId, items: sealed.itemCount }, 'job queued');
+    this.d.log.info({ jobId, items: sealed.itemCount, done: sealed.doneCount }, 'job queued');
     this.d.events.emit('job:updated', jobId);
     this.d.pump();
+    // Items the result cache answered are done already: a job of nothing else completes now.
+    if (sealed.doneCount > 0) this.checkComplete(jobId, true);
     return sealed;
   }
 
   private async preflight(job: JobRecord, model: ModelInfo, path: string): Promise<void> {
     const { store, opts } = this.d;
     const pending = IdRuns.of(await store.pendingItemRuns(job.id));
+    // Every item answered from the result cache: nothing runs, so nothing to check.
+    if (pending.size === 0) return;
     const n = canaryCount(pending.size, {
       fraction: opts.trust.canaryFraction,
       min: opts.trust.minCanaries,

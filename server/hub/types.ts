@@ -33,6 +33,11 @@ export interface HubOptions {
    * not renewed for this long is reaped by the others and fenced.
    */
   leaseMs: number;
+  /**
+   * Entries the result cache keeps (items of jobs with `cache` on are answered from results stored
+   * for the same model and input bytes); the least recently used go past this. 0 turns it off.
+   */
+  resultCacheEntries: number;
 }
 
 export const DEFAULT_HUB_OPTIONS: HubOptions = {
@@ -45,6 +50,7 @@ export const DEFAULT_HUB_OPTIONS: HubOptions = {
   scheduler: {},
   maxOfflineWorkers: 1000,
   leaseMs: 10_000,
+  resultCacheEntries: 1_000_000,
 };
 
 /** Events the hub emits for observers (operator namespace, CLI progress, tests). */
@@ -55,6 +61,8 @@ export interface HubEvents {
   'items:requeued': [info: { workerId: string; jobId: string; items: number; reason: string; at: number }];
   /** Results of these items were stored (pipelines build the next stage's items from them). */
   'items:committed': [jobId: string, itemIds: number[]];
+  /** These items were answered from the result cache (emitted before their `items:committed`). */
+  'items:cached': [jobId: string, itemIds: number[]];
 }
 
 /** The hub's emitter, as its parts see it: they emit, observers subscribe on the hub. */

@@ -28,6 +28,12 @@
  *   (`recordResults`); results for items no longer pending are dropped and reported. Callers ack a
  *   worker only after it returns. Chunks only decide who runs an item, never whether its result
  *   counts: a result resent to another hub is accepted if the item is still pending.
+ * - **Result cache.** An index over stored results, not a copy of them: an entry maps (model key,
+ *   input sha256) to the item computed for that key. A stored result is one the hub accepted (a
+ *   check confirmed it, or its worker is proven or trusted: a probation worker's result is stored
+ *   only once a quorum or the reference backend agreed), so an entry answers once its item has a
+ *   result, and stops answering when a quarantine takes that result back. Items are answered at
+ *   append (`appendItemsCached`), in the append's transaction, and never reach a worker.
  */
 import type { IdRun } from '../scheduler/id-runs.ts';
 import type {
@@ -128,6 +134,31 @@ export interface StoredTokens {
   joinToken: string;
 }
 
+/**
+ * The result cache's key of a job's items: the model they run (with the step of a pipeline stage,
+ * whose version changes what comes back) and, per item, the sha256 of its input pack (hex).
+ */
+export interface CacheKeys {
+  /** The model's sha256, and `+<step>@<version>` for a stage job. */
+  modelKey: string;
+  /** One per item, in the items' order: lower-case hex sha256 of its input pack. */
+  inputs: readonly string[];
+}
+
+/** Items appended with cache keys: their ids, and those answered from the cache (done already). */
+export interface AppendedItems {
+  ids: number[];
+  cached: number[];
+}
+
+/** How an item answered from the cache is marked verified: its source result was checked. */
+export const CACHED = 'cached';
+/**
+ * ... or its source was accepted on its worker's record: taken back with that worker's unconfirmed
+ * results if it is quarantined (`revertUnverified`).
+ */
+export const CACHED_ON_RECORD = 'cached:record';
+
 /** Job states a hub claims chunks of unless told otherwise: sealed jobs. */
 export const RUNNABLE_STATES: readonly JobState[] = ['queued', 'running'];
 
@@ -151,6 +182,25 @@ export interface AsyncStore {
     items: { name: string; inputs: Uint8Array }[],
     opts?: { running?: boolean },
   ): Promise<number[]>;
+  /**
+   * `appendItems` with the result cache: in the same transaction, an item whose key has a stored
+   * result (the item the cache entry names is done) is answered from it: done at once, with a copy
+   * of that result (ms 0, the computing worker's id) marked verified `cached`, or `cached:record`
+   * when the source was accepted on its worker's record. Each other item becomes its key's entry
+   * unless the entry names an item with a result. Answered entries are marked used (LRU).
+   */
+  appendItemsCached(
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts: { running?: boolean; cache: CacheKeys },
+  ): Promise<AppendedItems>;
+  /**
+   * Evicts the least recently used cache entries beyond `maxEntries` (0 empties the cache); returns
+   * how many went. Entries only point at results: evicting one deletes no result.
+   */
+  trimCache(maxEntries: number): Promise<number>;
+  /** Entries in the result cache. */
+  cacheEntries(): Promise<number>;
   updateJob(
     id: string,
     patch: Partial<Pick<JobRecord, 'state' | 'priority' | 'startedAt' | 'finishedAt' | 'deadline'>>,
@@ -220,8 +270,10 @@ export interface AsyncStore {
   /** A quarantine is a trust record with `quarantined` set: every hub reads the same one. */
   putTrust(t: TrustRecord): Promise<void>;
   /**
-   * Takes back a worker's unconfirmed results (item pending again, count lowered); per job. Fenced:
-   * it reopens items, so a hub that lost its lease must not.
+   * Takes back a worker's unconfirmed results (item pending again, count lowered), copies of them
+   * the cache answered (`cached:record`) included; per job. Its unconfirmed results leave the
+   * result cache, in cancelled jobs too. Fenced: it reopens items, so a hub that lost its lease
+   * must not.
    */
   revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>>;
 

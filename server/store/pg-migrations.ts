@@ -186,6 +186,18 @@ export const PG_MIGRATIONS: readonly string[] = [
   `,
   // An uploaded model's manifest (JSON, without its file), so another hub can register the model.
   `ALTER TABLE models ADD COLUMN manifest text;`,
+  // The result cache (async-store.ts): an index over results, not a copy; an entry answers once
+  // its item has a result.
+  `
+  CREATE TABLE result_cache (
+    model_key text NOT NULL,
+    input_sha256 text NOT NULL,
+    item_id bigint NOT NULL,
+    used_at bigint NOT NULL,
+    PRIMARY KEY (model_key, input_sha256)
+  );
+  CREATE INDEX result_cache_used ON result_cache (used_at);
+  `,
 ];
 
 /** The schema version this build writes. */

@@ -14,9 +14,11 @@
 import pg from 'pg';
 import { createHash } from 'node:crypto';
 import type { IdRun } from '../scheduler/id-runs.ts';
-import { FencedError, RUNNABLE_STATES } from './async-store.ts';
+import { CACHED, CACHED_ON_RECORD, FencedError, RUNNABLE_STATES } from './async-store.ts';
 import type {
+  AppendedItems,
   AsyncStore,
+  CacheKeys,
   Chunk,
   HubRecord,
   Lease,
@@ -272,57 +274,153 @@ export class PgStore implements AsyncStore {
     items: { name: string; inputs: Uint8Array }[],
     opts?: { running?: boolean },
   ): Promise<number[]> {
+    return this.tx((c) => this.appendIn(c, jobId, items, opts));
+  }
+
+  /** `appendItems` inside a transaction. */
+  private async appendIn(
+    c: pg.PoolClient,
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts?: { running?: boolean },
+  ): Promise<number[]> {
+    // The job's row lock orders its appends: ids are reserved under it, so they rise with seq.
+    const job = await c.query<{ state: JobState; item_count: number }>(
+      'SELECT state, item_count FROM jobs WHERE id = $1 FOR UPDATE',
+      [jobId],
+    );
+    if (job.rowCount === 0) throw new Error(`cannot append items: job ${jobId} does not exist`);
+    const { state, item_count: count } = job.rows[0];
+    // A pipeline stage (server/pipeline.ts) is fed while it runs.
+    const fed = opts?.running === true && (state === 'queued' || state === 'running');
+    if (state !== 'open' && !fed) {
+      throw new Error(`cannot append items: job ${jobId} is ${state}; items go only to an open job`);
+    }
+    const n = items.length;
+    if (n === 0) return [];
+    const first = (
+      await c.query<{ first: number }>('SELECT shardhub_reserve_item_ids($1)::bigint AS first', [n])
+    ).rows[0].first;
+    await c.query(
+      `INSERT INTO items (id, job_id, seq, name, state)
+       SELECT $1::bigint + o - 1, $2, $3::int + o - 1, name, 'pending'
+       FROM unnest($4::text[]) WITH ORDINALITY AS t (name, o)`,
+      [first, jobId, count, items.map((it) => it.name)],
+    );
+    // Inputs as separate binary parameters (see `gate`), a few MiB and at most MAX_ROWS a statement.
+    for (let i = 0; i < n;) {
+      const blobs: (Uint8Array | null)[] = [];
+      let bytes = 0;
+      const from = i;
+      while (
+        i < n &&
+        blobs.length < MAX_ROWS &&
+        (blobs.length === 0 || bytes + items[i].inputs.byteLength <= APPEND_BYTES)
+      ) {
+        bytes += items[i].inputs.byteLength;
+        blobs.push(items[i++].inputs);
+      }
+      const size = padded(blobs.length);
+      while (blobs.length < size) blobs.push(null);
+      await c.query({
+        name: `append inputs ${size}`,
+        text: `INSERT INTO item_inputs (item_id, inputs)
+               SELECT $1::bigint + o - 1, b FROM unnest(${byteaArray(2, size)}) WITH ORDINALITY AS t (b, o)
+               WHERE b IS NOT NULL`,
+        values: [first + from, ...blobs],
+      });
+    }
+    await c.query('UPDATE jobs SET item_count = item_count + $1 WHERE id = $2', [n, jobId]);
+    await this.cutChunks(c, jobId, first, first + n - 1);
+    return Array.from({ length: n }, (_, k) => first + k);
+  }
+
+  async appendItemsCached(
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts: { running?: boolean; cache: CacheKeys },
+  ): Promise<AppendedItems> {
+    if (opts.cache.inputs.length !== items.length) {
+      throw new Error(`${opts.cache.inputs.length} cache keys for ${items.length} items`);
+    }
+    // The same transaction as `appendItems`, with the cache's statements after the items' own.
     return this.tx(async (c) => {
-      // The job's row lock orders its appends: ids are reserved under it, so they rise with seq.
-      const job = await c.query<{ state: JobState; item_count: number }>(
-        'SELECT state, item_count FROM jobs WHERE id = $1 FOR UPDATE',
-        [jobId],
-      );
-      if (job.rowCount === 0) throw new Error(`cannot append items: job ${jobId} does not exist`);
-      const { state, item_count: count } = job.rows[0];
-      // A pipeline stage (server/pipeline.ts) is fed while it runs.
-      const fed = opts?.running === true && (state === 'queued' || state === 'running');
-      if (state !== 'open' && !fed) {
-        throw new Error(`cannot append items: job ${jobId} is ${state}; items go only to an open job`);
-      }
-      const n = items.length;
-      if (n === 0) return [];
-      const first = (
-        await c.query<{ first: number }>('SELECT shardhub_reserve_item_ids($1)::bigint AS first', [n])
-      ).rows[0].first;
-      await c.query(
-        `INSERT INTO items (id, job_id, seq, name, state)
-         SELECT $1::bigint + o - 1, $2, $3::int + o - 1, name, 'pending'
-         FROM unnest($4::text[]) WITH ORDINALITY AS t (name, o)`,
-        [first, jobId, count, items.map((it) => it.name)],
-      );
-      // Inputs as separate binary parameters (see `gate`), a few MiB and at most MAX_ROWS a statement.
-      for (let i = 0; i < n;) {
-        const blobs: (Uint8Array | null)[] = [];
-        let bytes = 0;
-        const from = i;
-        while (
-          i < n &&
-          blobs.length < MAX_ROWS &&
-          (blobs.length === 0 || bytes + items[i].inputs.byteLength <= APPEND_BYTES)
-        ) {
-          bytes += items[i].inputs.byteLength;
-          blobs.push(items[i++].inputs);
-        }
-        const size = padded(blobs.length);
-        while (blobs.length < size) blobs.push(null);
-        await c.query({
-          name: `append inputs ${size}`,
-          text: `INSERT INTO item_inputs (item_id, inputs)
-                 SELECT $1::bigint + o - 1, b FROM unnest(${byteaArray(2, size)}) WITH ORDINALITY AS t (b, o)
-                 WHERE b IS NOT NULL`,
-          values: [first + from, ...blobs],
-        });
-      }
-      await c.query('UPDATE jobs SET item_count = item_count + $1 WHERE id = $2', [n, jobId]);
-      await this.cutChunks(c, jobId, first, first + n - 1);
-      return Array.from({ length: n }, (_, k) => first + k);
+      const ids = await this.appendIn(c, jobId, items, opts);
+      const cached = ids.length ? await this.answerFromCache(c, jobId, ids, opts.cache, Date.now()) : [];
+      return { ids, cached };
     });
+  }
+
+  /**
+   * Inside an append's transaction: answers the new items whose key has a stored result, and makes
+   * each other item its key's entry where the entry has no result. The source results are share
+   * locked, so a quarantine's take-back waits for the copies (and then takes them back too).
+   */
+  private async answerFromCache(
+    c: pg.PoolClient,
+    jobId: string,
+    ids: readonly number[],
+    keys: CacheKeys,
+    now: number,
+  ): Promise<number[]> {
+    const hits = await c.query<{ id: number; src: number; how: string | null }>(
+      `SELECT k.id, ce.item_id AS src, v.how FROM unnest($2::bigint[], $3::text[]) AS k (id, sha)
+         JOIN result_cache ce ON ce.model_key = $1 AND ce.input_sha256 = k.sha
+         JOIN results r ON r.item_id = ce.item_id
+         LEFT JOIN verified v ON v.item_id = ce.item_id
+         ORDER BY k.id FOR SHARE OF r`,
+      [keys.modelKey, ids, keys.inputs],
+    );
+    const hit = new Set(hits.rows.map((h) => h.id));
+    const missed = ids.flatMap((id, i) => (hit.has(id) ? [] : [[id, keys.inputs[i]] as const]));
+    if (missed.length > 0) {
+      // One row per key (ON CONFLICT may not touch a row twice): the first item of each.
+      await c.query(
+        `INSERT INTO result_cache (model_key, input_sha256, item_id, used_at)
+         SELECT DISTINCT ON (sha) $1, sha, id, $4 FROM unnest($2::bigint[], $3::text[]) AS k (id, sha)
+           ORDER BY sha, id
+         ON CONFLICT (model_key, input_sha256) DO UPDATE SET item_id = excluded.item_id, used_at = excluded.used_at
+         WHERE NOT EXISTS (SELECT 1 FROM results r WHERE r.item_id = result_cache.item_id)`,
+        [keys.modelKey, missed.map((m) => m[0]), missed.map((m) => m[1]), now],
+      );
+    }
+    if (hits.rows.length === 0) return [];
+    const cached = hits.rows.map((h) => h.id);
+    const srcs = hits.rows.map((h) => h.src);
+    await c.query(`UPDATE items SET state = 'done' WHERE id = ANY($1::bigint[])`, [cached]);
+    await c.query(
+      `INSERT INTO results (item_id, job_id, worker_id, model_sha256, ms, outputs, at)
+       SELECT h.id, $3, r.worker_id, r.model_sha256, 0, r.outputs, $4
+       FROM unnest($1::bigint[], $2::bigint[]) AS h (id, src) JOIN results r ON r.item_id = h.src`,
+      [cached, srcs, jobId, now],
+    );
+    await c.query(
+      `INSERT INTO verified (item_id, how) SELECT * FROM unnest($1::bigint[], $2::text[])
+       ON CONFLICT (item_id) DO UPDATE SET how = excluded.how`,
+      [cached, hits.rows.map((h) => (h.how === null ? CACHED_ON_RECORD : CACHED))],
+    );
+    const keyOf = new Map(ids.map((id, i) => [id, keys.inputs[i]]));
+    await c.query(
+      `UPDATE result_cache SET used_at = $3
+       WHERE model_key = $1 AND input_sha256 = ANY($2::text[]) AND used_at < $3`,
+      [keys.modelKey, cached.map((id) => keyOf.get(id)), now],
+    );
+    await this.addCounts(c, undefined, new Map([[jobId, cached.length]]), 'done_count');
+    return cached;
+  }
+
+  async trimCache(maxEntries: number): Promise<number> {
+    const r = await this.pool.query(
+      `DELETE FROM result_cache WHERE ctid IN (SELECT ctid FROM result_cache ORDER BY used_at
+         LIMIT greatest(0, (SELECT count(*) FROM result_cache) - $1))`,
+      [Math.max(0, maxEntries)],
+    );
+    return r.rowCount ?? 0;
+  }
+
+  async cacheEntries(): Promise<number> {
+    const r = await this.pool.query<{ n: string }>('SELECT count(*) AS n FROM result_cache');
+    return Number(r.rows[0].n);
   }
 
   /** Puts ids `first..last` into chunks: the job's last chunk grows when unheld, short, and adjacent. */
@@ -883,16 +981,26 @@ export class PgStore implements AsyncStore {
   async revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>> {
     return this.tx(async (c) => {
       await this.fence(c, lease, 'reverting results');
+      // Its unconfirmed results answer no more items. Those of cancelled jobs stay stored, so their
+      // entries go; the others are taken back (an entry answers again once its item is recomputed).
+      await c.query(
+        `DELETE FROM result_cache WHERE item_id IN (SELECT r.item_id FROM results r JOIN jobs j ON j.id = r.job_id
+           WHERE r.worker_id = $1 AND j.state = 'cancelled'
+             AND NOT EXISTS (SELECT 1 FROM verified v WHERE v.item_id = r.item_id))`,
+        [workerId],
+      );
+      // Copies the cache answered from its results on record (`cached:record`) go with them.
       const reopened = await c.query<{ id: number; job_id: string }>(
         `WITH gone AS (
            DELETE FROM results r USING jobs j
            WHERE r.worker_id = $1 AND j.id = r.job_id AND j.state <> 'cancelled'
-             AND NOT EXISTS (SELECT 1 FROM verified v WHERE v.item_id = r.item_id)
+             AND NOT EXISTS (SELECT 1 FROM verified v WHERE v.item_id = r.item_id AND v.how <> $2)
            RETURNING r.item_id
-         )
+         ),
+         unverified AS (DELETE FROM verified v USING gone WHERE v.item_id = gone.item_id)
          UPDATE items SET state = 'pending' FROM gone WHERE items.id = gone.item_id AND items.state = 'done'
          RETURNING items.id, items.job_id`,
-        [workerId],
+        [workerId, CACHED_ON_RECORD],
       );
       const out = new Map<string, number[]>();
       for (const r of [...reopened.rows].sort((a, b) => a.id - b.id)) {

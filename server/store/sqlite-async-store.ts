@@ -16,11 +16,13 @@
  * stores' own transactions (savepoints there) run; the promises resolve after it committed.
  */
 import type Database from 'better-sqlite3';
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
 import type { IdRun } from '../scheduler/id-runs.ts';
-import { FencedError, RUNNABLE_STATES } from './async-store.ts';
+import { CACHED, CACHED_ON_RECORD, FencedError, RUNNABLE_STATES } from './async-store.ts';
 import type {
+  AppendedItems,
   AsyncStore,
+  CacheKeys,
   Chunk,
   HubRecord,
   Lease,
@@ -51,6 +53,20 @@ export interface SqliteAsyncStoreOptions {
 }
 
 const DEFAULT_CHUNK_ITEMS = 512;
+
+/**
+ * A result cache entry's row id and whole key: the sha256 of the model key and the input hash, its
+ * first 52 bits as the id (a safe integer, so it travels in JSON), all of it as hex.
+ */
+function cacheId(modelKey: string, input: string): [number, string] {
+  const text = `${modelKey}\0${input}`;
+  // One call (`crypto.hash`, Node 20.12+) where there is one: a `Hash` object per item costs more.
+  const k =
+    typeof crypto.hash === 'function'
+      ? crypto.hash('sha256', text, 'buffer')
+      : crypto.createHash('sha256').update(text).digest();
+  return [k.readUIntBE(0, 6) * 16 + (k[6] >> 4), k.toString('hex')];
+}
 
 const CHUNK_COLUMNS =
   'id, job_id AS jobId, first_id AS first, last_id AS last, cursor, hub_id AS hubId, epoch';
@@ -165,6 +181,91 @@ export class SqliteAsyncStore implements AsyncStore {
       if (ids.length > 0) this.cutChunks(jobId, ids[0], ids[ids.length - 1]);
       return ids;
     });
+  }
+
+  async appendItemsCached(
+    jobId: string,
+    items: { name: string; inputs: Uint8Array }[],
+    opts: { running?: boolean; cache: CacheKeys },
+  ): Promise<AppendedItems> {
+    if (opts.cache.inputs.length !== items.length) {
+      throw new Error(`${opts.cache.inputs.length} cache keys for ${items.length} items`);
+    }
+    return this.write(() => {
+      const ids = this.store.appendItems(jobId, items, opts);
+      if (ids.length === 0) return { ids, cached: [] };
+      const cached = this.answerFromCache(jobId, ids, opts.cache, Date.now());
+      this.cutChunks(jobId, ids[0], ids[ids.length - 1]);
+      return { ids, cached };
+    });
+  }
+
+  /**
+   * Inside an append's transaction: answers the new items `ids` whose key has a stored result, and
+   * makes each other item its key's entry where the entry has no result (a pending, failed or
+   * taken-back item). A few set-based statements whatever the number of items (each call into
+   * SQLite costs about a microsecond of its own): one lookup, one insert of entries, and for the
+   * answered items their copies, marks and counts. `CROSS JOIN` keeps the list as the outer loop
+   * (SQLite's planner, knowing nothing of its size, would rather scan the table).
+   *
+   * Entries are keyed by a 52-bit integer from the hash of (model key, input hash) (`cacheId`):
+   * the keys come in random order, so each new entry lands on a random page of the table, and a
+   * row of a few dozen bytes puts many more entries on a page than the two hex keys would (about a
+   * third of the cost per entry, measured). The whole hash is kept in the row and compared: two
+   * keys that share an id answer neither's items.
+   */
+  private answerFromCache(jobId: string, ids: readonly number[], keys: CacheKeys, now: number): number[] {
+    const entries = keys.inputs.map((input) => cacheId(keys.modelKey, input));
+    const hits = this.st(
+      `SELECT k.key AS i, c.item_id AS src, v.how AS how FROM json_each(?) k
+         CROSS JOIN result_cache c ON c.id = k.value ->> 0 AND c.key = unhex(k.value ->> 1)
+         CROSS JOIN results r ON r.item_id = c.item_id LEFT JOIN verified v ON v.item_id = c.item_id`,
+    ).all(JSON.stringify(entries)) as { i: number; src: number; how: string | null }[];
+    const hit = new Set(hits.map((h) => h.i));
+    const missed: [number, string, number][] = [];
+    for (let i = 0; i < ids.length; i++) if (!hit.has(i)) missed.push([...entries[i], ids[i]]);
+    if (missed.length > 0) {
+      this.st(
+        `INSERT INTO result_cache (id, key, item_id, used_at)
+           SELECT value ->> 0, unhex(value ->> 1), value ->> 2, ? FROM json_each(?) WHERE true
+           ON CONFLICT (id) DO UPDATE SET item_id = excluded.item_id, used_at = excluded.used_at
+           WHERE result_cache.key = excluded.key
+             AND NOT EXISTS (SELECT 1 FROM results r WHERE r.item_id = result_cache.item_id)`,
+      ).run(now, JSON.stringify(missed));
+    }
+    if (hits.length === 0) return [];
+    const cached = hits.map((h) => ids[h.i]);
+    const rows = JSON.stringify(
+      hits.map((h) => [ids[h.i], h.src, h.how === null ? CACHED_ON_RECORD : CACHED, entries[h.i][0]]),
+    );
+    this.st(
+      `INSERT INTO results (item_id, job_id, worker_id, model_sha256, ms, outputs, at)
+         SELECT k.value ->> 0, ?, r.worker_id, r.model_sha256, 0, r.outputs, ?
+         FROM json_each(?) k CROSS JOIN results r ON r.item_id = k.value ->> 1`,
+    ).run(jobId, now, rows);
+    this.st(
+      'INSERT OR REPLACE INTO verified (item_id, how) SELECT value ->> 0, value ->> 2 FROM json_each(?)',
+    ).run(rows);
+    this.st(
+      'UPDATE result_cache SET used_at = ? WHERE id IN (SELECT value ->> 3 FROM json_each(?)) AND used_at < ?',
+    ).run(now, rows, now);
+    this.st(`UPDATE items SET state = 'done' WHERE id IN (SELECT value ->> 0 FROM json_each(?))`).run(rows);
+    this.st('UPDATE jobs SET done_count = done_count + ? WHERE id = ?').run(cached.length, jobId);
+    return cached;
+  }
+
+  async trimCache(maxEntries: number): Promise<number> {
+    return this.write(() => {
+      const n = this.st('SELECT count(*) FROM result_cache').pluck().get() as number;
+      if (n <= maxEntries) return 0;
+      return this.st(
+        'DELETE FROM result_cache WHERE id IN (SELECT id FROM result_cache ORDER BY used_at LIMIT ?)',
+      ).run(n - Math.max(0, maxEntries)).changes;
+    });
+  }
+
+  async cacheEntries(): Promise<number> {
+    return this.st('SELECT count(*) FROM result_cache').pluck().get() as number;
   }
 
   /** Puts ids `first..last` into chunks: the job's last chunk grows when unheld, short, and adjacent. */
@@ -294,7 +395,7 @@ export class SqliteAsyncStore implements AsyncStore {
   }
 
   async putModel(name: string, sha256: string, bytes: Uint8Array, manifest?: string): Promise<void> {
-    const actual = createHash('sha256').update(bytes).digest('hex');
+    const actual = crypto.createHash('sha256').update(bytes).digest('hex');
     if (actual !== sha256) throw new Error(`model ${name}: bytes hash to ${actual}, not ${sha256}`);
     this.st(
       `INSERT INTO models (sha256, name, size, bytes, manifest) VALUES (?, ?, ?, ?, ?)
@@ -384,6 +485,13 @@ export class SqliteAsyncStore implements AsyncStore {
   async revertUnverified(lease: Lease, workerId: string): Promise<Map<string, number[]>> {
     return this.write(() => {
       this.fence(lease, 'reverting results');
+      // Its unconfirmed results answer no more items. Those of cancelled jobs stay stored, so their
+      // entries go; the others are taken back (an entry answers again once its item is recomputed).
+      this.st(
+        `DELETE FROM result_cache WHERE item_id IN (SELECT r.item_id FROM results r
+           JOIN jobs j ON j.id = r.job_id LEFT JOIN verified v ON v.item_id = r.item_id
+           WHERE r.worker_id = ? AND v.item_id IS NULL AND j.state = 'cancelled')`,
+      ).run(workerId);
       const reopened = this.trust.revertUnverified(workerId);
       // Their chunks may be finished and gone: pending again, the items need one to be claimed.
       this.chunkUncoveredItems(reopened.keys());

@@ -193,6 +193,22 @@ export const SQLITE_MIGRATIONS: readonly SqliteMigration[] = [
     name: "models: an uploaded model's manifest, so another hub on the store can register it",
     sql: `ALTER TABLE models ADD COLUMN manifest TEXT;`,
   },
+  {
+    name: 'the result cache: hash of (model key, input sha256) -> the item computed for it (async-store.ts)',
+    sql: `
+  -- An index over results, not a copy: an entry answers once its item has a result. Keyed by the
+  -- hash of (model key, input sha256): id its first 52 bits, key all of it (sqlite-async-store.ts).
+  CREATE TABLE result_cache (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL,
+    item_id INTEGER NOT NULL,
+    used_at INTEGER NOT NULL
+  );
+  -- Eviction of the least recently used. No index on item_id: each one costs every append a few
+  -- microseconds per item, and only a quarantine looks entries up by item (a scan, rarely).
+  CREATE INDEX result_cache_used ON result_cache (used_at);
+  `,
+  },
 ];
 
 /** The schema version this build writes. */

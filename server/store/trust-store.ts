@@ -7,6 +7,7 @@
  * tables: it takes back a quarantined worker's unconfirmed results so they are computed again.
  */
 import Database from 'better-sqlite3';
+import { CACHED_ON_RECORD } from './async-store.ts';
 import { migrateSqlite } from './sqlite-migrations.ts';
 import { BACKSTOP_PAGES } from './wal-checkpointer.ts';
 
@@ -77,9 +78,11 @@ export class TrustStore {
         `SELECT r.item_id AS itemId, r.job_id AS jobId FROM results r
          JOIN jobs j ON j.id = r.job_id
          LEFT JOIN verified v ON v.item_id = r.item_id
-         WHERE r.worker_id = ? AND v.item_id IS NULL AND j.state != 'cancelled' ORDER BY r.item_id`,
+         WHERE r.worker_id = ? AND (v.item_id IS NULL OR v.how = '${CACHED_ON_RECORD}')
+           AND j.state != 'cancelled' ORDER BY r.item_id`,
       ),
       deleteResult: this.db.prepare('DELETE FROM results WHERE item_id = ?'),
+      unverify: this.db.prepare('DELETE FROM verified WHERE item_id = ?'),
       reopenItem: this.db.prepare(`UPDATE items SET state = 'pending' WHERE id = ? AND state = 'done'`),
       uncount: this.db.prepare(
         `UPDATE jobs SET done_count = done_count - ?,
@@ -204,7 +207,8 @@ export class TrustStore {
   }
 
   /**
-   * Takes back every accepted result of a worker that nothing confirmed: the result is deleted, its
+   * Takes back every accepted result of a worker that nothing confirmed (copies of them the result
+   * cache answered with included): the result is deleted, its
    * item pending again, its job's count lowered (a completed job runs again). Returns them per job.
    */
   revertUnverified(workerId: string): Map<string, number[]> {
@@ -213,6 +217,7 @@ export class TrustStore {
       const out = new Map<string, number[]>();
       for (const r of rows) {
         this.q.deleteResult.run(r.itemId);
+        this.q.unverify.run(r.itemId); // a copy's `cached:record`: what runs it again says anew
         if (this.q.reopenItem.run(r.itemId).changes === 0) continue;
         const list = out.get(r.jobId) ?? [];
         list.push(r.itemId);

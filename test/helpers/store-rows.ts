@@ -20,9 +20,13 @@ export function newJob(id: string, over: Partial<NewJob> = {}): NewJob {
   return { id, modelName: 'squeezenet', modelSha256: 'ab'.repeat(32), ...OPEN, options: {}, ...over };
 }
 
-/** An open job of `model` as the hub's `createJob` takes it (the benches fill theirs directly). */
+/**
+ * An open job of `model` as the hub's `createJob` takes it (the benches fill theirs directly). The
+ * result cache off: a bench measures the grid running its items, and its jobs reuse inputs (a
+ * warm-up's, an earlier round's) that the cache would answer.
+ */
 export function openJob(model: string): JobSpec {
-  return { model, ...OPEN, options: {} };
+  return { model, ...OPEN, options: {}, cache: false };
 }
 
 /** `n` items named `<prefix>-<i>`, each a small input whose first byte is its index. */

@@ -264,10 +264,11 @@ describe('OCR pipeline on the grid', () => {
       });
       return rest.data('GET', `/api/ocr/${run.id}?wait=1`);
     };
-    // The same pixels in new bytes: a page this hub has not read.
-    const fresh = PNG.sync.write(PNG.sync.read(readFileSync(join(SAMPLES, 'page-000.png'))), {
-      deflateLevel: 1,
-    });
+    // A page this hub has not read: the cache keys stage items by their bytes, which for detection
+    // are the decoded pixels (the same pixels in other PNG bytes would be answered).
+    const page = PNG.sync.read(readFileSync(join(SAMPLES, 'page-000.png')));
+    page.data[0] = page.data[0] === 0 ? 1 : page.data[0] - 1;
+    const fresh = PNG.sync.write(page, { deflateLevel: 1 });
     const twice = await post([
       { name: 'a.png', bytes: fresh },
       { name: 'b.png', bytes: fresh },
@@ -279,7 +280,12 @@ describe('OCR pipeline on the grid', () => {
     assert.equal(twice.results[1].name, 'b.png');
     assert.deepEqual(twice.results[1].lines, twice.results[0].lines);
     const again = await post([{ name: 'c.png', bytes: fresh }]);
-    assert.deepEqual(again.jobs, {}, 'no stage job: answered from the cache');
+    assert.deepEqual(Object.keys(again.jobs).sort(), ['cls', 'det', 'rec']);
+    for (const jobId of Object.values(again.jobs) as string[]) {
+      const job = await rest.data('GET', `/api/jobs/${jobId}`);
+      assert.equal(job.verification.cached, job.items, `${jobId}: every item answered from the store`);
+      assert.equal(job.startedAt, null, `${jobId}: nothing of it sent to a worker`);
+    }
     assert.equal(again.results[0].cached, true);
     assert.deepEqual(again.results[0].lines, twice.results[0].lines);
     const uncached = await post([{ name: 'd.png', bytes: fresh }], false);
@@ -297,6 +303,7 @@ describe('OCR pipeline on the grid', () => {
         deflateLevel: 2,
       });
       const run = await rest.data('POST', '/api/ocr', {
+        cache: false, // page-002 was read before: answered from the cache, it would not fail
         images: [
           { name: 'x.png', data: Buffer.from(bytes).toString('base64') },
           { name: 'y.png', data: Buffer.from(png(64, 64, 0)).toString('base64') },
@@ -339,6 +346,72 @@ describe('OCR pipeline on the grid', () => {
     const r = await rest.req('POST', '/api/ocr', { images: [] });
     assert.equal(r.status, 400);
     assert.equal(r.json.error.code, 'invalid_request');
+  });
+});
+
+describe('OCR re-run after a hub restart', () => {
+  const tmp = tempDir();
+  const procs: Proc[] = [];
+  after(() => {
+    for (const p of procs) p.child.kill('SIGKILL');
+    tmp.cleanup();
+  });
+
+  test('`shardhub ocr` on the same folder, after a restart, is answered from the store with no worker online', async () => {
+    const data = join(tmp.dir, 'hub');
+    const inputs = join(tmp.dir, 'scans');
+    mkdirSync(inputs);
+    for (let i = 0; i < 2; i++) copyFileSync(join(SAMPLES, `page-00${i}.png`), join(inputs, `scan-${i}.png`));
+    const ocr = async (hub: HubServer, out: string) => {
+      const cli = spawnTs('server/cli.ts', [
+        'ocr',
+        '--hub',
+        hub.url,
+        '--token',
+        hub.tokens.operatorToken,
+        '--inputs',
+        inputs,
+        '--out',
+        out,
+      ]);
+      procs.push(cli);
+      const { code } = await waitFor('shardhub ocr exited', () => cli.exited, 240_000);
+      assert.equal(code, 0, cli.output());
+      return cli.output();
+    };
+    let hub = await startHub(data);
+    const node = startNode(hub.url, hub.tokens.joinToken, join(tmp.dir, 'node'), ['--concurrency', '1']);
+    procs.push(node);
+    try {
+      await waitFor(
+        'node online',
+        () => [...hub.hub.workers.values()].some((w) => w.state === 'online'),
+        60_000,
+      );
+      const first = await ocr(hub, join(tmp.dir, 'text1'));
+      assert.doesNotMatch(first, /\(cached\)/);
+    } finally {
+      node.child.kill('SIGKILL');
+      await hub.close();
+    }
+    hub = await startHub(data);
+    try {
+      const second = await ocr(hub, join(tmp.dir, 'text2'));
+      assert.equal(hub.hub.workers.size, 0, 'no worker: nothing could have run');
+      for (let i = 0; i < 2; i++) {
+        assert.match(second, new RegExp(`scan-${i}\\.png: ok \\(cached\\)`));
+        const was = JSON.parse(readFileSync(join(tmp.dir, 'text1', `scan-${i}.json`), 'utf8'));
+        const now = JSON.parse(readFileSync(join(tmp.dir, 'text2', `scan-${i}.json`), 'utf8'));
+        assert.equal(now.cached, true);
+        assert.deepEqual(now.lines, was.lines, `scan-${i}: the lines read the first time`);
+        assert.equal(
+          readFileSync(join(tmp.dir, 'text2', `scan-${i}.txt`), 'utf8'),
+          readFileSync(join(tmp.dir, 'text1', `scan-${i}.txt`), 'utf8'),
+        );
+      }
+    } finally {
+      await hub.close();
+    }
   });
 });
 

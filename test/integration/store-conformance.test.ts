@@ -181,6 +181,10 @@ async function writer(task: WriterTask): Promise<{ go: () => void; done: Promise
   return { go: () => child.send('go'), done };
 }
 
+function sha(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
   for await (const x of it) out.push(x);
@@ -531,6 +535,139 @@ function conformance(target: Target): void {
         claimed.map((c) => [c.jobId, c.first, c.last]),
         [['j', ids[2], ids[2]]],
         'the reopened item is in a chunk another hub claims',
+      );
+    });
+
+    test('result cache: an item whose key has a stored result is answered at append with a copy of it; misses become entries', async () => {
+      const [a, b] = await clients(2);
+      const lease = await a.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const cache = (n: number, modelKey = 'm', extra: string[] = []) => ({
+        modelKey,
+        inputs: [...items(n).map((it) => sha(it.inputs)), ...extra],
+      });
+      await a.createJob(newJob('j1'));
+      const first = await a.appendItemsCached('j1', items(4), { cache: cache(4) });
+      assert.deepEqual(first.cached, [], 'nothing stored yet');
+      assert.equal(await a.cacheEntries(), 4);
+      await a.updateJob('j1', { state: 'queued' });
+      await a.recordResults(lease, [result(first.ids[0], 'j1'), result(first.ids[1], 'j1', 'w22')]);
+      await a.markVerified([first.ids[0]], 'canary');
+
+      // Another client, another job, the same inputs and two more (one a repeat of the first).
+      await b.createJob(newJob('j2'));
+      const more = [...items(4), { name: 'new', inputs: new Uint8Array([7, 7]) }, items(1)[0]];
+      const second = await b.appendItemsCached('j2', more, {
+        cache: cache(4, 'm', [sha(new Uint8Array([7, 7])), sha(items(1)[0].inputs)]),
+      });
+      const [x0, x1, x2, , , x5] = second.ids;
+      assert.deepEqual(second.cached, [x0, x1, x5], 'items whose source has a result, a repeat included');
+      for (const [copy, src] of [
+        [x0, first.ids[0]],
+        [x1, first.ids[1]],
+        [x5, first.ids[0]],
+      ]) {
+        assert.equal((await a.getItem(copy))!.state, 'done');
+        const r = (await a.getResult(copy))!;
+        const o = (await a.getResult(src))!;
+        assert.deepEqual([...r.outputs], [...o.outputs], 'the stored result, copied');
+        assert.equal(r.workerId, o.workerId, 'the worker that computed it');
+        assert.equal(r.ms, 0);
+      }
+      assert.equal((await a.getItem(x2))!.state, 'pending');
+      const j2 = (await a.getJob('j2'))!;
+      assert.equal(j2.itemCount, 6);
+      assert.equal(j2.doneCount, 3);
+      assert.deepEqual(
+        (await a.verificationOf('j2')).sort((p, q) => p.how.localeCompare(q.how)),
+        [
+          { how: 'cached', n: 2 },
+          { how: 'cached:record', n: 1 },
+        ],
+      );
+      assert.deepEqual(
+        (await a.pendingItemRuns('j2')).flatMap((r) => [r.first, r.last]),
+        [x2, second.ids[4]],
+      );
+      assert.equal(await a.cacheEntries(), 5, 'the new input made an entry; the repeats did not');
+
+      // Another model key with the same inputs is not answered; a job appended `running` is.
+      await a.createJob(newJob('j3'));
+      assert.deepEqual((await a.appendItemsCached('j3', items(2), { cache: cache(2, 'other') })).cached, []);
+      await a.updateJob('j3', { state: 'running' });
+      const run = await a.appendItemsCached('j3', items(2), { running: true, cache: cache(2) });
+      assert.deepEqual(run.cached, run.ids);
+      await assert.rejects(
+        a.appendItemsCached('j1', items(1), { cache: cache(1) }),
+        /items go only to an open job/,
+      );
+      await assert.rejects(a.appendItemsCached('j3', items(2), { cache: cache(1) }), /1 cache keys for 2/);
+
+      // Once the source of an entry whose item never got a result is computed elsewhere, it answers.
+      await b.updateJob('j2', { state: 'queued' });
+      await b.recordResults(lease, [result(x2, 'j2', 'w3')]);
+      await a.createJob(newJob('j4'));
+      const late = await a.appendItemsCached('j4', items(3), { cache: cache(3) });
+      assert.deepEqual(late.cached, late.ids);
+      assert.equal((await a.getResult(late.ids[2]))!.workerId, 'w3');
+    });
+
+    test('result cache: trimmed to a bound, least recently used first; an evicted key runs again', async () => {
+      const s = await one();
+      const lease = await s.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const keys = items(3).map((it) => sha(it.inputs));
+      await s.createJob(newJob('j1'));
+      const { ids } = await s.appendItemsCached('j1', items(3), { cache: { modelKey: 'm', inputs: keys } });
+      await s.updateJob('j1', { state: 'queued' });
+      await s.recordResults(
+        lease,
+        ids.map((id) => result(id, 'j1')),
+      );
+      await sleep(5);
+      await s.createJob(newJob('j2'));
+      const used = await s.appendItemsCached('j2', items(1), {
+        cache: { modelKey: 'm', inputs: keys.slice(0, 1) },
+      });
+      assert.deepEqual(used.cached, used.ids);
+      assert.equal(await s.trimCache(10), 0, 'under the bound: nothing goes');
+      assert.equal(await s.trimCache(1), 2);
+      assert.equal(await s.cacheEntries(), 1);
+      await s.createJob(newJob('j3'));
+      const again = await s.appendItemsCached('j3', items(3), { cache: { modelKey: 'm', inputs: keys } });
+      assert.deepEqual(again.cached, [again.ids[0]], 'the entry used last stayed');
+      assert.equal(await s.trimCache(0), 3);
+      assert.equal(await s.cacheEntries(), 0);
+    });
+
+    test("result cache: a quarantine takes a worker's unconfirmed results out of it, and the copies made of them back", async () => {
+      const s = await one();
+      const lease = await s.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const cache = { modelKey: 'm', inputs: items(3).map((it) => sha(it.inputs)) };
+      await s.createJob(newJob('j1'));
+      const src = (await s.appendItemsCached('j1', items(3), { cache })).ids;
+      await s.updateJob('j1', { state: 'queued' });
+      await s.recordResults(lease, [
+        result(src[0], 'j1', 'liar'),
+        result(src[1], 'j1', 'liar'),
+        result(src[2], 'j1', 'honest'),
+      ]);
+      await s.markVerified([src[1]], 'quorum-2');
+      await s.createJob(newJob('j2'));
+      const copies = (await s.appendItemsCached('j2', items(3), { cache })).ids;
+      await s.updateJob('j2', { state: 'queued' });
+      // The source job is cancelled: its results stay, but the liar's must answer nothing more.
+      await s.updateJob('j1', { state: 'cancelled' });
+      const reverted = await s.revertUnverified(lease, 'liar');
+      assert.deepEqual([...reverted], [['j2', [copies[0]]]], 'the copy of its result on record');
+      assert.equal((await s.getItem(copies[0]))!.state, 'pending');
+      assert.equal(await s.isVerified(copies[0]), false, 'its `cached:record` mark went with it');
+      assert.equal((await s.getItem(copies[1]))!.state, 'done', 'a copy of a confirmed result stays');
+      assert.equal((await s.getJob('j2'))!.doneCount, 2);
+      await s.createJob(newJob('j3'));
+      const after = await s.appendItemsCached('j3', items(3), { cache });
+      assert.deepEqual(
+        after.cached,
+        [after.ids[1], after.ids[2]],
+        "the liar's unconfirmed result answers nothing",
       );
     });
 

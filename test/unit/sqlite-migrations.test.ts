@@ -55,6 +55,7 @@ const ALL_TABLES = [
   'jobs',
   'models',
   'replicas',
+  'result_cache',
   'results',
   'settings',
   'verified',
