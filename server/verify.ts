@@ -6,6 +6,7 @@
 import type { ModelInfo } from '../protocol/model.ts';
 import { unpackTensors } from '../protocol/pack.ts';
 import { compareTensors, type Tolerance, type WireTensor } from '../protocol/tensor.ts';
+import { UNPROVEN_QUORUM } from './store/async-store.ts';
 import type { Replica, TrustStore } from './store/trust-store.ts';
 
 /** What the verifier reads and writes (the hub's `TrustCache`, or a `TrustStore`). */
@@ -30,7 +31,8 @@ export type Verdict =
       outputs: Uint8Array;
       /**
        * How: `canary`, or `quorum-K` / `spot-K` (K workers agreed; `spot` when the item was
-       * replicated as a proven worker's spot check), or null (accepted on its worker's record).
+       * replicated as a proven worker's spot check; `-unproven` after it when none of them was
+       * proven), or null (accepted on its worker's record).
        */
       verified: string | null;
       confirm: string[];
@@ -200,7 +202,7 @@ export class Verifier {
         kind: 'accept',
         workerId: winner.workerId,
         outputs: winner.outputs,
-        verified: `${spot ? 'spot' : 'quorum'}-${best.length}`,
+        verified: `${spot ? 'spot' : 'quorum'}-${best.length}${provenMember ? '' : UNPROVEN_QUORUM}`,
         confirm: best.map((r) => r.workerId),
         // The model's tolerance is what separates backends' honest answers (see `ModelManifest`):
         // a dissenter beyond it has erred, whatever its backend. Blaming only dissenters on the

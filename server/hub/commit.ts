@@ -10,7 +10,7 @@ import { packTensors, unpackTensors } from '../../protocol/pack.ts';
 import { outputProblem } from '../check.ts';
 import type { Logger } from '../logger.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
-import type { AsyncStore, Lease } from '../store/async-store.ts';
+import { revertible, type AsyncStore, type Lease } from '../store/async-store.ts';
 import { outputsDiffer, type Verifier } from '../verify.ts';
 import type { WriteBatch } from '../write-batch.ts';
 import type { Dispatch } from './dispatch.ts';
@@ -296,9 +296,14 @@ export class ResultsCommit {
     // in flight have finished (`TrustActions.quarantine`): its unconfirmed results here must not be
     // stored at all. Its items went back to the queue with the quarantine.
     for (const m of group) {
-      if (m.rows.length === 0 || !trust.isQuarantined(m.workerId)) continue;
-      const keep = m.rows.filter((r) => m.how.has(r.itemId) || !trust.isQuarantined(r.workerId));
-      for (const r of m.rows) if (!keep.includes(r)) m.notMine.push(r.itemId);
+      // (A quorum's row may be another worker's than the sender's.)
+      if (!m.rows.some((r) => trust.isQuarantined(r.workerId))) continue;
+      const keep = m.rows.filter(
+        (r) => !revertible(m.how.get(r.itemId) ?? null) || !trust.isQuarantined(r.workerId),
+      );
+      // The sender's own: not its to send any more (stray); another's it confirmed: just dropped.
+      for (const r of m.rows)
+        if (!keep.includes(r)) (r.workerId === m.workerId ? m.notMine : m.alreadyDone).push(r.itemId);
       m.rows = keep;
     }
     const done = this.store(group, Date.now()).finally(() => {

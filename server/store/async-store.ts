@@ -158,6 +158,17 @@ export const CACHED = 'cached';
  * results if it is quarantined (`revertUnverified`).
  */
 export const CACHED_ON_RECORD = 'cached:record';
+/**
+ * Suffix of a quorum's `how` when none of the agreeing workers was proven (`verify.ts`): two new
+ * workers that lie alike agree. Such a result is taken back like an unconfirmed one when its
+ * worker is quarantined (`revertUnverified`).
+ */
+export const UNPROVEN_QUORUM = '-unproven';
+
+/** Whether a result verified this way is taken back with its worker's unconfirmed results. */
+export function revertible(how: string | null): boolean {
+  return how === null || how === CACHED_ON_RECORD || how.endsWith(UNPROVEN_QUORUM);
+}
 
 /** Job states a hub claims chunks of unless told otherwise: sealed jobs. */
 export const RUNNABLE_STATES: readonly JobState[] = ['queued', 'running'];

@@ -14,7 +14,14 @@
 import pg from 'pg';
 import { createHash } from 'node:crypto';
 import type { IdRun } from '../scheduler/id-runs.ts';
-import { CACHED, CACHED_ON_RECORD, FencedError, RUNNABLE_STATES } from './async-store.ts';
+import {
+  CACHED,
+  CACHED_ON_RECORD,
+  FencedError,
+  RUNNABLE_STATES,
+  revertible,
+  UNPROVEN_QUORUM,
+} from './async-store.ts';
 import type {
   AppendedItems,
   AsyncStore,
@@ -397,7 +404,7 @@ export class PgStore implements AsyncStore {
     await c.query(
       `INSERT INTO verified (item_id, how) SELECT * FROM unnest($1::bigint[], $2::text[])
        ON CONFLICT (item_id) DO UPDATE SET how = excluded.how`,
-      [cached, hits.rows.map((h) => (h.how === null ? CACHED_ON_RECORD : CACHED))],
+      [cached, hits.rows.map((h) => (revertible(h.how) ? CACHED_ON_RECORD : CACHED))],
     );
     const keyOf = new Map(ids.map((id, i) => [id, keys.inputs[i]]));
     await c.query(
@@ -994,7 +1001,8 @@ export class PgStore implements AsyncStore {
         `WITH gone AS (
            DELETE FROM results r USING jobs j
            WHERE r.worker_id = $1 AND j.id = r.job_id AND j.state <> 'cancelled'
-             AND NOT EXISTS (SELECT 1 FROM verified v WHERE v.item_id = r.item_id AND v.how <> $2)
+             AND NOT EXISTS (SELECT 1 FROM verified v WHERE v.item_id = r.item_id AND v.how <> $2
+                             AND v.how NOT LIKE '%${UNPROVEN_QUORUM}')
            RETURNING r.item_id
          ),
          unverified AS (DELETE FROM verified v USING gone WHERE v.item_id = gone.item_id)

@@ -18,7 +18,7 @@
 import type Database from 'better-sqlite3';
 import * as crypto from 'node:crypto';
 import type { IdRun } from '../scheduler/id-runs.ts';
-import { CACHED, CACHED_ON_RECORD, FencedError, RUNNABLE_STATES } from './async-store.ts';
+import { CACHED, CACHED_ON_RECORD, FencedError, RUNNABLE_STATES, revertible } from './async-store.ts';
 import type {
   AppendedItems,
   AsyncStore,
@@ -236,7 +236,7 @@ export class SqliteAsyncStore implements AsyncStore {
     if (hits.length === 0) return [];
     const cached = hits.map((h) => ids[h.i]);
     const rows = JSON.stringify(
-      hits.map((h) => [ids[h.i], h.src, h.how === null ? CACHED_ON_RECORD : CACHED, entries[h.i][0]]),
+      hits.map((h) => [ids[h.i], h.src, revertible(h.how) ? CACHED_ON_RECORD : CACHED, entries[h.i][0]]),
     );
     this.st(
       `INSERT INTO results (item_id, job_id, worker_id, model_sha256, ms, outputs, at)

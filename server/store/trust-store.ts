@@ -7,7 +7,7 @@
  * tables: it takes back a quarantined worker's unconfirmed results so they are computed again.
  */
 import Database from 'better-sqlite3';
-import { CACHED_ON_RECORD } from './async-store.ts';
+import { CACHED_ON_RECORD, UNPROVEN_QUORUM } from './async-store.ts';
 import { migrateSqlite } from './sqlite-migrations.ts';
 import { BACKSTOP_PAGES } from './wal-checkpointer.ts';
 
@@ -78,7 +78,8 @@ export class TrustStore {
         `SELECT r.item_id AS itemId, r.job_id AS jobId FROM results r
          JOIN jobs j ON j.id = r.job_id
          LEFT JOIN verified v ON v.item_id = r.item_id
-         WHERE r.worker_id = ? AND (v.item_id IS NULL OR v.how = '${CACHED_ON_RECORD}')
+         WHERE r.worker_id = ? AND (v.item_id IS NULL OR v.how = '${CACHED_ON_RECORD}'
+           OR v.how LIKE '%${UNPROVEN_QUORUM}')
            AND j.state != 'cancelled' ORDER BY r.item_id`,
       ),
       deleteResult: this.db.prepare('DELETE FROM results WHERE item_id = ?'),

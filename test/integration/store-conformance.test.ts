@@ -476,8 +476,11 @@ function conformance(target: Target): void {
         result(ids[0], 'j', 'liar'),
         result(ids[1], 'j', 'liar'),
         result(ids[2], 'j'),
+        result(ids[3], 'j', 'liar'),
       ]);
       await a.markVerified([ids[0]], 'canary');
+      // Two unproven workers that agreed: taken back like an unconfirmed result.
+      await a.markVerified([ids[3]], 'quorum-2-unproven');
       assert.equal(await b.isVerified(ids[0]), true);
       assert.equal(await b.isVerified(ids[1]), false);
       await a.putTrust({
@@ -503,8 +506,9 @@ function conformance(target: Target): void {
       await b.registerHub('other', { url: 'http://o', ttlMs: 60_000 }); // replaces `stale`
       await assert.rejects(b.revertUnverified(stale, 'liar'), FencedError);
       const reverted = await b.revertUnverified(lease, 'liar');
-      assert.deepEqual([...reverted], [['j', [ids[1]]]]);
+      assert.deepEqual([...reverted], [['j', [ids[1], ids[3]]]]);
       assert.equal((await a.getItem(ids[1]))!.state, 'pending');
+      assert.equal(await a.isVerified(ids[3]), false, 'its unproven quorum mark went with it');
       assert.equal(await a.getResult(ids[1]), undefined);
       assert.equal((await a.getJob('j'))!.doneCount, 2);
       assert.deepEqual((await a.recordResults(lease, [result(ids[1], 'j', 'honest')])).accepted, [ids[1]]);

@@ -86,6 +86,15 @@ describe('result judging', () => {
     );
   });
 
+  test('two unproven workers who agree, with no one else to ask, are accepted as an unproven quorum', () => {
+    const { verifier } = setup('unproven-quorum');
+    assert.equal(judge(verifier, 'n1', 1, y(1, 2)).kind, 'replicate');
+    const second = judge(verifier, 'n2', 1, y(1, 2), false);
+    // Two new workers that lie alike agree too: the store takes such a result back with its
+    // worker's unconfirmed ones if that worker is quarantined (`revertible`).
+    assert.ok(second.kind === 'accept' && second.verified === 'quorum-2-unproven', JSON.stringify(second));
+  });
+
   test('an unproven worker’s result waits for a second opinion; agreement accepts and confirms both', () => {
     const { verifier, book } = setup('quorum');
     book.confirmed('w2', DEFAULT_TRUST_OPTIONS.trustAfter); // a proven worker confirms
