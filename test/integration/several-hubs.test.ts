@@ -224,6 +224,53 @@ describe('several hubs on one PostgreSQL store', () => {
       for (const h of hubs) await h.close();
     }
   });
+  test('a hub whose only worker is quarantined holds no chunk: the job runs on the other hub', async (t) => {
+    if (skip) return t.skip(skip);
+    const url = (pgServer as TestPostgres).url;
+    const config = { store: url, operatorToken: OPERATOR, joinToken: JOIN, hub: { leaseMs: 2000 } };
+    const hubs: HubServer[] = [];
+    const workers: { close: () => Promise<void> }[] = [];
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    try {
+      hubs.push(await startHub(join(tmp.dir, 'q-a'), config));
+      hubs.push(await startHub(join(tmp.dir, 'q-b'), config));
+      const [a, b] = hubs as [HubServer, HubServer];
+      await c.query(
+        `INSERT INTO worker_trust (worker_id, validated, streak, strikes, quarantined, reason, at)
+         VALUES ('sim-quarantined-0', 0, 0, 2, true, 'wrong canary (test)', $1)
+         ON CONFLICT (worker_id) DO UPDATE SET quarantined = true, at = $1`,
+        [Date.now()],
+      );
+      workers.push(await simWorker(a.url, 'sim-quarantined-0'));
+      for (let k = 0; k < 2; k++) workers.push(await simWorker(b.url, `sim-honest-b-${k}`));
+      await waitFor(
+        'hub a lists its worker quarantined',
+        async () =>
+          (
+            (await new Rest(a.url, OPERATOR).data('GET', '/api/workers?online=true')).workers as {
+              id: string;
+              state: string;
+            }[]
+          ).some((w) => w.id === 'sim-quarantined-0' && w.state === 'quarantined'),
+        20_000,
+      );
+      const sent = items(2000, 3);
+      const jobId = await new Rest(a.url, OPERATOR).submit('noop', sent);
+      const view = await jobDone(new Rest(b.url, OPERATOR), jobId, 60_000);
+      assert.equal(view.done, sent.length, 'the other hub ran every item');
+      const held = await c.query('SELECT id FROM chunks WHERE hub_id = $1', [a.hub.hubId]);
+      assert.equal(held.rowCount, 0, 'the hub with only a quarantined worker holds no chunk');
+      const k = await tally(url, jobId);
+      assert.equal(k.results, sent.length, 'one result row per item');
+      assert.equal(k.byWorker.get('sim-quarantined-0') ?? 0, 0, 'none from the quarantined worker');
+    } finally {
+      await c.end();
+      for (const w of workers) await w.close();
+      for (const h of hubs) await h.close();
+    }
+  });
+
   /** Items whose stored result is not their input (noop, y = x), read straight from Postgres. */
   async function wrongOutputs(url: string, jobId: string): Promise<number> {
     const c = new pg.Client({ connectionString: url });
@@ -542,17 +589,24 @@ describe('several hubs on one PostgreSQL store', () => {
         const epochs = (await rows<{ n: string }>('SELECT last_value AS n FROM hub_epochs'))[0]?.n;
         assert.ok(Number(epochs) < SLOTS, 'no later epoch shares the old lease’s counter slot');
 
+        // `results.at` is when a hub accepted the result. Orphans accepted before the kill were in
+        // a commit the dead hub had sent (Postgres finishes a statement whose client died); the
+        // others ran again elsewhere (or were resent by their node).
         const rerun = (
-          await rows<{ first: string; last: string; n: string }>(
-            'SELECT min(at) AS first, max(at) AS last, count(*) AS n FROM results WHERE item_id = ANY($1::bigint[])',
-            [orphans],
+          await rows<{ n: string; inflight: string; first: string; last: string }>(
+            `SELECT count(*) AS n, count(*) FILTER (WHERE at < $2) AS inflight,
+               min(at) FILTER (WHERE at >= $2) AS first, max(at) AS last
+             FROM results WHERE item_id = ANY($1::bigint[])`,
+            [orphans, killedAt],
           )
         )[0];
         assert.equal(Number(rerun?.n), orphans.length, 'every orphaned item has its result');
         t.diagnostic(
-          `SIGKILL at 40%: ${held.length} chunks, ${orphans.length} pending items orphaned; chunks taken up ` +
-            `${takenUpMs} ms after the kill (every node back on a live hub after ${backMs} ms), first orphan stored after ${Number(rerun?.first) - killedAt} ms, ` +
-            `the last after ${Number(rerun?.last) - killedAt} ms (lease ${LEASE_MS} ms)`,
+          `SIGKILL at 40%: ${held.length} chunks, ${orphans.length} pending items orphaned ` +
+            `(${rerun?.inflight} of them in the dead hub's last commit); chunks taken up ${takenUpMs} ms ` +
+            `after the kill, every node back on a live hub after ${backMs} ms; orphans stored again from ` +
+            `${Number(rerun?.first) - killedAt} ms to ${Number(rerun?.last) - killedAt} ms after the kill ` +
+            `(lease ${LEASE_MS} ms)`,
         );
         t.diagnostic(
           `${sent.length} + ${pairs.length} x2 items in ${jobMs} ms from the seal; test ${Date.now() - startedAt} ms`,
