@@ -275,18 +275,21 @@ async function soak(
       ],
       {
         cwd: ROOT,
-        stdio: ['ignore', 'pipe', 'ignore'],
+        stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' },
       },
     );
     let out = '';
     hub.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    const end = Date.now() + 30_000;
+    hub.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    // 90 s: on a loaded machine a hub on Postgres takes a while to load and migrate.
+    const end = Date.now() + 90_000;
     h.proc = hub;
     children.add(hub);
     hub.once('exit', () => children.delete(hub));
     while (!out.includes('hub is up')) {
-      if (Date.now() > end) throw new Error('hub did not start');
+      if (Date.now() > end || hub.exitCode !== null)
+        throw new Error(`hub ${i} did not start; it said:\n${out.slice(-2000)}`);
       await sleep(50);
     }
     h.up = true;
@@ -496,12 +499,28 @@ async function soak(
   for (const n of nodes) if (n.stopped) n.proc.kill('SIGCONT');
   await Promise.all(submissions);
   log('chaos over; waiting for every job');
+  // A job that makes no progress for 2 minutes is stuck (a slow one is not: Postgres hubs are).
   for (const id of jobItems.keys()) {
-    const deadline = Date.now() + 300_000;
+    let seen = -1;
+    let movedAt = Date.now();
+    let loggedAt = 0;
     for (;;) {
-      const s = await req(liveUrl(), op, 'GET', `/api/jobs/${id}`);
-      if (s.json?.data?.state === 'completed') break;
-      if (Date.now() > deadline) throw new Error(`job ${id} did not complete`);
+      const j = (await req(liveUrl(), op, 'GET', `/api/jobs/${id}`)).json?.data as
+        { state: string; done: number; failed: number; items?: number; itemCount?: number } | undefined;
+      if (j?.state === 'completed') break;
+      const decided = (j?.done ?? 0) + (j?.failed ?? 0);
+      if (decided !== seen) {
+        seen = decided;
+        movedAt = Date.now();
+      }
+      if (Date.now() - loggedAt > 10_000) {
+        loggedAt = Date.now();
+        log(`job ${id}: ${decided} of ${jobItems.get(id)?.length} items decided`);
+      }
+      if (Date.now() - movedAt > 120_000)
+        throw new Error(
+          `job ${id} did not complete: ${decided} of ${jobItems.get(id)?.length} items decided, none for 2 min (${JSON.stringify(j)})`,
+        );
       await sleep(500);
     }
   }
