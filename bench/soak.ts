@@ -129,6 +129,8 @@ export interface SoakResult {
   items: number;
   failed: number;
   lost: number;
+  /** Per job with lost items: how many were missing from the store and how many left pending. */
+  lost_by_job: { job: string; items: number; stored: number; missing: number; pending: number }[];
   done_without_result: number;
   result_not_done: number;
   counters_off: number;
@@ -152,7 +154,13 @@ export async function main(args: string[]): Promise<void> {
     scale: arg(args, 'scale', 1),
   });
   if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
-  else printTable(Object.entries(result).map(([figure, value]) => ({ figure, value })));
+  else
+    printTable(
+      Object.entries(result).map(([figure, value]) => ({
+        figure,
+        value: typeof value === 'object' && value !== null ? JSON.stringify(value) : value,
+      })),
+    );
 }
 
 /** Options of {@link runSoak}. */
@@ -539,6 +547,7 @@ async function soak(
   const ref = await Reference.open(modelFile);
   let items = 0;
   let lost = 0;
+  const lostByJob: SoakResult['lost_by_job'] = [];
   let doneWithoutResult = 0;
   let resultNotDone = 0;
   let countersOff = 0;
@@ -570,6 +579,10 @@ async function soak(
         const rec = stored.get(it.name);
         if (!rec || rec.state === 'pending') lost++;
       }
+      const missing = sent.filter((it) => !stored.has(it.name)).length;
+      const pending = sent.filter((it) => stored.get(it.name)?.state === 'pending').length;
+      if (missing + pending > 0)
+        lostByJob.push({ job: id, items: sent.length, stored: stored.size, missing, pending });
       const states = [...stored.values()];
       const done = states.filter((it) => it.state === 'done').length;
       const failedItems = states.filter((it) => it.state === 'failed').length;
@@ -606,6 +619,7 @@ async function soak(
     items,
     failed,
     lost,
+    lost_by_job: lostByJob,
     done_without_result: doneWithoutResult,
     result_not_done: resultNotDone,
     counters_off: countersOff,
