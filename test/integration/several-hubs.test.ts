@@ -345,7 +345,16 @@ describe('several hubs on one PostgreSQL store', () => {
           hubs.push({ proc, url: hubUrl, rest: new Rest(hubUrl, OPERATOR), id: '' });
         }
         for (const h of hubs) {
-          await waitFor('hub up', () => h.proc.output().includes('hub is up'), 90_000);
+          await waitFor(
+            'hub up',
+            () => {
+              if (h.proc.child.exitCode !== null) throw new Error('the hub exited');
+              return h.proc.output().includes('hub is up');
+            },
+            90_000,
+          ).catch((err: Error) => {
+            throw new Error(`${err.message}; it said:\n${h.proc.output().slice(-3000)}`);
+          });
           const listed = (await h.rest.data('GET', '/api/hubs')).hubs as { id: string; self: boolean }[];
           h.id = listed.find((x) => x.self)?.id ?? '';
           assert.ok(h.id, 'each hub names itself in GET /api/hubs');
