@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- soak [--json] [--seconds 60] [--nodes 6] [--seed 1]`
+ * `npm run bench -- soak [--json] [--seconds 60] [--nodes 6] [--seed 1]
+ *   [--store sqlite|postgres|postgres://…] [--hubs 2] [--scale 1]`
  *
  * Chaos against a real grid: the hub runs as its own process on a fixed port; native nodes run
  * the real mlp-small model with onnxruntime-node. Two of them lie (`native/fault.ts`): a blatant
@@ -18,6 +19,15 @@
  *   the model's tolerance.
  * All of these must be 0. It also says when each liar was quarantined (seconds from the start,
  * polled every 500 ms; `null`: never).
+ *
+ * `--store postgres` runs the same soak on several hubs (`--hubs`, default 2) sharing a PostgreSQL
+ * database: a server started for the soak (`test/helpers/postgres.ts`), or a fresh database on the
+ * server of a `postgres://` URL, dropped afterwards. Each node is given every hub's URL (its own
+ * first); the hub kills pick a hub at random, which restarts under a new hub id, so a live hub must
+ * reap the dead one (lease 3 s) before its chunks run again. REST requests go to a live hub. The
+ * audit reads the store through its own interface (`AsyncStore`: `PgStore` or `SqliteAsyncStore`),
+ * the same figures for both. `--scale` multiplies every job's size (Postgres hubs commit fewer
+ * items per second than a SQLite hub; the test uses it to stay short).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -29,18 +39,25 @@ import { packItems, unpackTensors, type NamedItem } from '../protocol/pack.ts';
 import { shardhubParser } from '../protocol/socket-parser.ts';
 import { compareTensors } from '../protocol/tensor.ts';
 import { HUB_NODE_FLAGS } from '../server/node-flags.ts';
-import { SqliteStore } from '../server/store/sqlite.ts';
+import type { AsyncStore } from '../server/store/async-store.ts';
+import { PgStore } from '../server/store/pg-store.ts';
+import { SqliteAsyncStore } from '../server/store/sqlite-async-store.ts';
 import type { ItemRecord } from '../server/store/store.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
 import { Reference, freePort, serveArgs } from '../test/helpers/grid.ts';
 import { ROOT, printTable } from './_grid.ts';
 import { failureReporter, type Hostile } from './_hostile.ts';
-import { TrustStore } from '../server/store/trust-store.ts';
 import { NODE_V8_FLAGS, nodeEnv } from '../native/launch.ts';
+import { createDatabase, startPostgres } from '../test/helpers/postgres.ts';
 
 function arg(args: string[], name: string, dflt: number): number {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? Number(args[i + 1]) : dflt;
+}
+
+function textArg(args: string[], name: string): string | undefined {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
 }
 
 /** A small deterministic PRNG so a soak can be replayed with --seed. */
@@ -86,6 +103,8 @@ async function req(
 
 /** What a soak found. */
 export interface SoakResult {
+  store: 'sqlite' | 'postgres';
+  hubs: number;
   worker_kills: number;
   worker_evictions: number;
   worker_stalls: number;
@@ -110,6 +129,8 @@ export interface SoakResult {
   items: number;
   failed: number;
   lost: number;
+  /** Per job with lost items: how many were missing from the store and how many left pending. */
+  lost_by_job: { job: string; items: number; stored: number; missing: number; pending: number }[];
   done_without_result: number;
   result_not_done: number;
   counters_off: number;
@@ -119,34 +140,109 @@ export interface SoakResult {
 /** `npm run bench -- soak`: runs a soak and prints what it found. */
 export async function main(args: string[]): Promise<void> {
   const json = args.includes('--json');
+  const store = textArg(args, 'store') ?? 'sqlite';
+  if (store !== 'sqlite' && store !== 'postgres' && !/^postgres(ql)?:\/\//.test(store))
+    throw new Error('--store must be sqlite, postgres or a postgres:// URL');
   const result = await runSoak({
     seconds: arg(args, 'seconds', 60),
     nodes: arg(args, 'nodes', 6),
     seed: arg(args, 'seed', 1),
     quiet: json,
     failureReporters: !args.includes('--no-failure-reporters'),
+    store,
+    hubs: arg(args, 'hubs', 2),
+    scale: arg(args, 'scale', 1),
   });
   if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
-  else printTable(Object.entries(result).map(([figure, value]) => ({ figure, value })));
+  else
+    printTable(
+      Object.entries(result).map(([figure, value]) => ({
+        figure,
+        value: typeof value === 'object' && value !== null ? JSON.stringify(value) : value,
+      })),
+    );
 }
 
-/** Runs chaos for `seconds`, waits for every job, audits the store. */
-export async function runSoak(opts: {
+/** Options of {@link runSoak}. */
+export interface SoakOptions {
   seconds: number;
   nodes: number;
   seed: number;
   quiet: boolean;
   /** Two anonymous failure-reporters join every hub start (the bench's default; off unless set). */
   failureReporters?: boolean;
-}): Promise<SoakResult> {
+  /** `sqlite` (one hub, the default), `postgres` (a server started here) or a `postgres://` URL. */
+  store?: string;
+  /** Hubs on Postgres (default 2; SQLite has one). */
+  hubs?: number;
+  /** Multiplies every job's size (default 1). */
+  scale?: number;
+}
+
+/**
+ * Runs chaos for `seconds`, waits for every job, audits the store. Whatever happens, the processes
+ * it started are killed and a Postgres database or server it made is removed.
+ */
+export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
+  const children = new Set<ChildProcess>();
+  let pgServer: { stop: () => Promise<void> } | undefined;
+  let database: { url: string; drop: () => Promise<void> } | undefined;
+  try {
+    // Postgres: a fresh database on a server started here or on the one given.
+    if ((opts.store ?? 'sqlite') !== 'sqlite') {
+      let server = opts.store as string;
+      if (server === 'postgres') {
+        const started = await startPostgres();
+        if ('skip' in started) throw new Error(started.skip);
+        pgServer = started;
+        server = started.url;
+      }
+      database = await createDatabase(server, 'shardhub_soak');
+    }
+    return await soak(opts, database?.url, children);
+  } finally {
+    for (const c of children) c.kill('SIGKILL');
+    await Promise.all(
+      [...children].map((c) =>
+        c.exitCode !== null || c.signalCode !== null ? undefined : new Promise((ok) => c.once('exit', ok)),
+      ),
+    );
+    await database?.drop();
+    await pgServer?.stop();
+  }
+}
+
+/** The soak itself, on SQLite or on the Postgres database at `pgUrl`; every process it starts goes in `children`. */
+async function soak(
+  opts: SoakOptions,
+  pgUrl: string | undefined,
+  children: Set<ChildProcess>,
+): Promise<SoakResult> {
   const json = opts.quiet;
   const seconds = opts.seconds;
   const nodeCount = opts.nodes;
   const random = prng(opts.seed);
+  const scale = opts.scale ?? 1;
+  if (!(scale > 0)) throw new RangeError('scale must be a number > 0');
+  const onPg = pgUrl !== undefined;
+  const hubCount = onPg ? (opts.hubs ?? 2) : 1;
+  if (!Number.isInteger(hubCount) || hubCount < 1) throw new RangeError('hubs must be a positive integer');
   const dir = mkdtempSync(join(tmpdir(), 'shardhub-soak-'));
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const data = join(dir, 'hub');
+  const hubs: { proc?: ChildProcess; url: string; data: string; port: number; up: boolean }[] = [];
+  for (let i = 0; i < hubCount; i++) {
+    const port = await freePort();
+    hubs.push({ port, url: `http://127.0.0.1:${port}`, data: join(dir, `hub${i}`), up: false });
+  }
+  /** A hub that is up (the first one on SQLite), for REST requests. */
+  const liveUrl = (): string => {
+    const up = hubs.filter((h) => h.up);
+    return (up[Math.floor(Math.random() * up.length)] ?? hubs[0])!.url;
+  };
+  // On Postgres every hub is given the tokens (on SQLite the hub makes them, in tokens.json).
+  const pgTokens = {
+    operatorToken: `op_soak-${randomBytes(16).toString('hex')}`,
+    joinToken: `join_soak-${randomBytes(16).toString('hex')}`,
+  };
   const log = (m: string) => {
     if (!json) process.stderr.write(`[soak ${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}\n`);
   };
@@ -160,9 +256,21 @@ export async function runSoak(opts: {
     jobs: 0,
   };
 
-  let hub: ChildProcess | undefined;
-  const startHub = async () => {
-    hub = spawn(
+  const startHub = async (i: number) => {
+    const h = hubs[i]!;
+    const extra = pgUrl
+      ? [
+          '--store',
+          pgUrl,
+          '--operator-token',
+          pgTokens.operatorToken,
+          '--join-token',
+          pgTokens.joinToken,
+          '--lease-ms',
+          '3000',
+        ]
+      : [];
+    const hub = spawn(
       process.execPath,
       [
         // The hub's flags: without them it would run itself again in a child, and the soak's kills
@@ -171,37 +279,46 @@ export async function runSoak(opts: {
         '--import',
         'tsx',
         join(ROOT, 'server/cli.ts'),
-        ...serveArgs(port, data),
+        ...serveArgs(h.port, h.data, extra),
       ],
       {
         cwd: ROOT,
-        stdio: ['ignore', 'pipe', 'ignore'],
+        stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, SHARDHUB_LOG_LEVEL: 'error' },
       },
     );
     let out = '';
     hub.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    const end = Date.now() + 30_000;
+    hub.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    // 90 s: on a loaded machine a hub on Postgres takes a while to load and migrate.
+    const end = Date.now() + 90_000;
+    h.proc = hub;
+    children.add(hub);
+    hub.once('exit', () => children.delete(hub));
     while (!out.includes('hub is up')) {
-      if (Date.now() > end) throw new Error('hub did not start');
+      if (Date.now() > end || hub.exitCode !== null)
+        throw new Error(`hub ${i} did not start; it said:\n${out.slice(-2000)}`);
       await sleep(50);
     }
+    h.up = true;
     // Two anonymous failure-reporters (`_hostile.ts`) join every hub that starts: each answers every
     // item it gets with a failure report. None of their reports may fail an item.
     for (const h of reporters.splice(0)) h?.close();
     // Not awaited: joining must not delay the chaos.
     for (let k = 0; k < (opts.failureReporters ? 2 : 0); k++)
-      void failureReporter(url, `soak-failure-reporter-${k}`).then(
+      void failureReporter(h.url, `soak-failure-reporter-${k}`).then(
         (h) => reporters.push(h),
         () => undefined,
       );
   };
   const reporters: (Hostile | undefined)[] = [];
-  await startHub();
-  const tokens = JSON.parse(readFileSync(join(data, 'tokens.json'), 'utf8')) as {
-    operatorToken: string;
-    joinToken: string;
-  };
+  for (let i = 0; i < hubCount; i++) await startHub(i);
+  const tokens = pgUrl
+    ? pgTokens
+    : (JSON.parse(readFileSync(join(hubs[0]!.data, 'tokens.json'), 'utf8')) as {
+        operatorToken: string;
+        joinToken: string;
+      });
   const op = tokens.operatorToken;
 
   type Liar = 'blatant' | 'subtle' | undefined;
@@ -222,7 +339,8 @@ export async function runSoak(opts: {
         ...NODE_V8_FLAGS, // as `shardhub node` runs (native/launch.ts)
         join(ROOT, 'native/main.ts'),
         '--hub',
-        url,
+        // Every hub, its own first: after a lost connection the node tries the next.
+        [...hubs.slice(i % hubCount), ...hubs.slice(0, i % hubCount)].map((h) => h.url).join(','),
         '--token',
         tokens.joinToken,
         '--state',
@@ -236,6 +354,8 @@ export async function runSoak(opts: {
       { cwd: ROOT, stdio: 'ignore', env: nodeEnv({ ...process.env, SHARDHUB_LOG_LEVEL: 'error' }) },
     );
     nodes[i] = { proc, liar, i, stopped: false };
+    children.add(proc);
+    proc.once('exit', () => children.delete(proc));
   };
   if (nodeCount < 3) throw new RangeError('a soak needs at least 3 nodes: 2 liars and an honest one');
   for (let i = 0; i < nodeCount; i++)
@@ -244,7 +364,7 @@ export async function runSoak(opts: {
   // When each liar is quarantined, as the hub's worker list says (while the hub is up).
   const quarantinedAt: { blatant: number | null; subtle: number | null } = { blatant: null, subtle: null };
   const watch = setInterval(() => {
-    void req(url, op, 'GET', '/api/workers?limit=1000').then((r) => {
+    void req(liveUrl(), op, 'GET', '/api/workers?limit=1000').then((r) => {
       const workers = (r.json?.data?.workers ?? []) as { id: string; state: string }[];
       for (const kind of ['blatant', 'subtle'] as const) {
         const w = workers.find((x) => x.id === liarIds[kind]);
@@ -263,12 +383,16 @@ export async function runSoak(opts: {
   };
   const jobItems = new Map<string, NamedItem[]>();
   const submit = async (n: number) => {
+    n = Math.max(1, Math.round(n * scale));
     const seed = 1 + counts.jobs * 100_000;
     const items = Array.from({ length: n }, (_, i) => ({
       name: `s${seed}-${i}`,
       tensors: calibrationInputs(calib, seed + i),
     }));
     for (let attempt = 0; attempt < 50; attempt++) {
+      // One hub for the whole submission: a job is on every hub on Postgres, but this keeps the
+      // SQLite path's meaning (the hub that went down mid-submit leaves an unsealed job).
+      const url = liveUrl();
       const job = await req(url, op, 'POST', '/api/jobs', { model: 'mlp-small' });
       if (job.status !== 201) {
         await sleep(300);
@@ -291,6 +415,7 @@ export async function runSoak(opts: {
   };
 
   const hostileBurst = async () => {
+    const url = liveUrl();
     const s = connect(`${url}/worker`, {
       auth: {
         workerId: `hostile-${counts.hostile_messages}-xxxx`,
@@ -327,10 +452,14 @@ export async function runSoak(opts: {
 
   // Chaos for `seconds`, with jobs submitted concurrently.
   const submissions: Promise<void>[] = [submit(20_000), submit(15_000)];
-  const end = t0 + seconds * 1000;
+  // The chaos lasts `seconds` from here, however long the hubs took to start.
+  const chaosFrom = Date.now();
+  const end = chaosFrom + seconds * 1000;
   while (Date.now() < end) {
     await sleep(1000 + random() * 2000);
-    const r = random();
+    // Several hubs: at least one hub is killed, by half time at the latest.
+    const hubKillDue = hubCount > 1 && counts.hub_restarts === 0 && Date.now() > chaosFrom + seconds * 500;
+    const r = hubKillDue ? 0.6 : random();
     const pick = nodes[Math.floor(random() * nodes.length)] as (typeof nodes)[number];
     if (r < 0.25) {
       counts.worker_kills++;
@@ -338,6 +467,7 @@ export async function runSoak(opts: {
       pick.proc.kill('SIGKILL');
       restarts.push(setTimeout(() => startNode(pick.i, pick.liar), 500 + random() * 1500));
     } else if (r < 0.4) {
+      const url = liveUrl();
       const workers = (await req(url, op, 'GET', '/api/workers?online=true')).json?.data?.workers as
         { id: string }[] | undefined;
       const w = workers?.[Math.floor(random() * workers.length)];
@@ -361,10 +491,12 @@ export async function runSoak(opts: {
       );
     } else if (r < 0.7) {
       counts.hub_restarts++;
-      log('kill -9 hub');
-      hub?.kill('SIGKILL');
+      const k = Math.floor(random() * hubCount);
+      log(`kill -9 hub ${k}`);
+      hubs[k]!.up = false;
+      hubs[k]!.proc?.kill('SIGKILL');
       await sleep(300);
-      await startHub();
+      await startHub(k);
     } else if (r < 0.85) {
       submissions.push(submit(5000 + Math.floor(random() * 10_000)));
     } else {
@@ -375,52 +507,71 @@ export async function runSoak(opts: {
   for (const n of nodes) if (n.stopped) n.proc.kill('SIGCONT');
   await Promise.all(submissions);
   log('chaos over; waiting for every job');
+  // A job that makes no progress for 2 minutes is stuck (a slow one is not: Postgres hubs are).
   for (const id of jobItems.keys()) {
-    const deadline = Date.now() + 300_000;
+    let seen = -1;
+    let movedAt = Date.now();
+    let loggedAt = 0;
     for (;;) {
-      const s = await req(url, op, 'GET', `/api/jobs/${id}`);
-      if (s.json?.data?.state === 'completed') break;
-      if (Date.now() > deadline) throw new Error(`job ${id} did not complete`);
+      const j = (await req(liveUrl(), op, 'GET', `/api/jobs/${id}`)).json?.data as
+        { state: string; done: number; failed: number; items?: number; itemCount?: number } | undefined;
+      if (j?.state === 'completed') break;
+      const decided = (j?.done ?? 0) + (j?.failed ?? 0);
+      if (decided !== seen) {
+        seen = decided;
+        movedAt = Date.now();
+      }
+      if (Date.now() - loggedAt > 10_000) {
+        loggedAt = Date.now();
+        log(`job ${id}: ${decided} of ${jobItems.get(id)?.length} items decided`);
+      }
+      if (Date.now() - movedAt > 120_000)
+        throw new Error(
+          `job ${id} did not complete: ${decided} of ${jobItems.get(id)?.length} items decided, none for 2 min (${JSON.stringify(j)})`,
+        );
       await sleep(500);
     }
   }
   clearInterval(watch);
   for (const h of reporters) h?.close();
-  hub?.kill('SIGKILL');
+  for (const h of hubs) h.proc?.kill('SIGKILL');
   // No node may outlive the soak: pending restarts are cancelled before the last kill.
   for (const t of restarts) clearTimeout(t);
   for (const n of nodes) n.proc.kill('SIGKILL');
 
-  // Audit the store against a standalone reference.
-  const store = SqliteStore.open(join(data, 'hub.sqlite'));
+  // Audit the store against a standalone reference, through the store's own interface.
+  const store: AsyncStore = pgUrl
+    ? await PgStore.open(pgUrl)
+    : await SqliteAsyncStore.open(join(hubs[0]!.data, 'hub.sqlite'));
   const modelFile = join(ROOT, 'models/generated/mlp-small.onnx');
   const ref = await Reference.open(modelFile);
   let items = 0;
   let lost = 0;
+  const lostByJob: SoakResult['lost_by_job'] = [];
   let doneWithoutResult = 0;
   let resultNotDone = 0;
   let countersOff = 0;
   let corrupted = 0;
   let failed = 0;
-  const trust = TrustStore.open(join(data, 'hub.sqlite'));
-  const reportersQuarantined = [0, 1].filter(
-    (k) => trust.trustOf(`soak-failure-reporter-${k}`)?.quarantined,
-  ).length;
-  // A quarantine the 500 ms watch missed (the hub was down then) still counts, at the end.
-  for (const kind of ['blatant', 'subtle'] as const)
-    if (quarantinedAt[kind] === null && trust.trustOf(liarIds[kind])?.quarantined)
-      quarantinedAt[kind] = (Date.now() - t0) / 1000;
-  const subtleStrikes = trust.trustOf(liarIds.subtle)?.strikes ?? 0;
-  trust.close();
-  const subtleItems = store.getWorker(liarIds.subtle)?.itemsDone ?? 0;
+  let reportersQuarantined = 0;
+  let subtleStrikes = 0;
+  let subtleItems = 0;
   try {
+    for (const k of [0, 1])
+      if ((await store.trustOf(`soak-failure-reporter-${k}`))?.quarantined) reportersQuarantined++;
+    // A quarantine the 500 ms watch missed (the hub was down then) still counts, at the end.
+    for (const kind of ['blatant', 'subtle'] as const)
+      if (quarantinedAt[kind] === null && (await store.trustOf(liarIds[kind]))?.quarantined)
+        quarantinedAt[kind] = (Date.now() - t0) / 1000;
+    subtleStrikes = (await store.trustOf(liarIds.subtle))?.strikes ?? 0;
+    subtleItems = (await store.getWorker(liarIds.subtle))?.itemsDone ?? 0;
     for (const [id, sent] of jobItems) {
-      const job = store.getJob(id);
+      const job = await store.getJob(id);
       items += sent.length;
       failed += job?.failedCount ?? 0;
       const stored = new Map<string, ItemRecord>();
       for (let off = 0; ; off += 1000) {
-        const page = store.listItems(id, { offset: off, limit: 1000 });
+        const page = await store.listItems(id, { offset: off, limit: 1000 });
         for (const it of page) stored.set(it.name, it);
         if (page.length < 1000) break;
       }
@@ -428,13 +579,17 @@ export async function runSoak(opts: {
         const rec = stored.get(it.name);
         if (!rec || rec.state === 'pending') lost++;
       }
+      const missing = sent.filter((it) => !stored.has(it.name)).length;
+      const pending = sent.filter((it) => stored.get(it.name)?.state === 'pending').length;
+      if (missing + pending > 0)
+        lostByJob.push({ job: id, items: sent.length, stored: stored.size, missing, pending });
       const states = [...stored.values()];
       const done = states.filter((it) => it.state === 'done').length;
       const failedItems = states.filter((it) => it.state === 'failed').length;
       if (!job || job.doneCount !== done || job.failedCount !== failedItems) countersOff++;
       const byName = new Map(sent.map((it) => [it.name, it]));
       const withResult = new Set<number>();
-      for (const r of store.iterateResults(id)) {
+      for await (const r of store.iterateResults(id)) {
         withResult.add(r.itemId);
         if (stored.get(r.name)?.state !== 'done') resultNotDone++;
         const want = (await ref.run((byName.get(r.name) as NamedItem).tensors))[0];
@@ -445,10 +600,12 @@ export async function runSoak(opts: {
     }
   } finally {
     await ref.close();
-    store.close();
+    await store.close();
   }
   rmSync(dir, { recursive: true, force: true });
   return {
+    store: pgUrl ? 'postgres' : 'sqlite',
+    hubs: hubCount,
     ...counts,
     seconds,
     nodes: nodeCount,
@@ -462,6 +619,7 @@ export async function runSoak(opts: {
     items,
     failed,
     lost,
+    lost_by_job: lostByJob,
     done_without_result: doneWithoutResult,
     result_not_done: resultNotDone,
     counters_off: countersOff,

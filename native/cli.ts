@@ -7,6 +7,7 @@
  * that cannot go on (e.g. a refused join token) exits 1, a drained node exits 0, and so does a
  * node stopped by SIGINT/SIGTERM before it started (`common/early-signals.ts`).
  */
+import { isIP } from 'node:net';
 import { Command } from 'commander';
 import {
   addOptions,
@@ -69,6 +70,12 @@ export const NODE_OPTIONS: OptionTable = {
     choices: ['on', 'off'],
     help: "large items' inputs over a connection of their own (http: hubs only)",
     env: 'SHARDHUB_DATA_CHANNEL',
+  },
+  'local-address': {
+    type: 'string',
+    help: "the local IP address to connect from (several nodes on one machine behind a balancer that hashes the client's address: one address each)",
+    env: 'SHARDHUB_LOCAL_ADDRESS',
+    arg: 'IP',
   },
   'item-ms': {
     type: 'number',
@@ -169,6 +176,11 @@ export function nodeOptions(cmd: Command, env: NodeJS.ProcessEnv): NodeOptions {
     }
   } else if (v['corrupt-after'] !== undefined || v['corrupt-scale'] !== undefined) {
     throw new UsageError('--corrupt-after and --corrupt-scale apply only with --corrupt-rate');
+  }
+  if (v['local-address'] !== undefined) {
+    if (isIP(v['local-address'] as string) === 0)
+      throw new UsageError('--local-address must be an IP address of this machine');
+    options.localAddress = v['local-address'] as string;
   }
   if (v['data-channel'] !== undefined) options.dataChannel = v['data-channel'] === 'on';
   if (v.state !== undefined) options.stateDir = v.state as string;

@@ -35,6 +35,8 @@ export interface DataChannelOptions {
   /** Path and ticket from the register reply. */
   path: string;
   ticket: string;
+  /** The local address to connect from, the node's Socket.IO connection's (see `NodeOptions`). */
+  localAddress?: string;
   /**
    * Places for an item's inputs (the backend's staging buffers), or undefined for fresh buffers.
    * Each place must be exactly its tensor's size.
@@ -83,6 +85,7 @@ export class DataChannelClient {
     this.socket = connect({
       host: url.hostname.replace(/^\[|\]$/g, ''),
       port: Number(url.port || 80),
+      ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
       onread: { buffer: () => this.buf.subarray(this.filled), callback: (n: number) => this.onRead(n) },
     });
     this.socket.once('connect', () => {

@@ -67,6 +67,12 @@ export interface NodeOptions {
    * `protocol/data-channel.ts`). False: every input comes over Socket.IO.
    */
   dataChannel?: boolean;
+  /**
+   * The local address both connections start from (default: the system's choice). Behind a
+   * balancer that hashes the client's address, nodes sharing a machine but not an address go to
+   * different hubs, and a node's data channel meets its Socket.IO connection on one hub.
+   */
+  localAddress?: string;
 }
 
 /** A running node. */
@@ -231,6 +237,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
     jitter: rc.randomizationFactor ?? 0.5,
     workerId: () => identity.workerId,
     refused: (code, message) => refusal(code, message, identity.file),
+    ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
   });
   const socket = conn.socket;
 
@@ -326,6 +333,7 @@ export async function runNode(opts: NodeOptions): Promise<NodeHandle> {
         hub: conn.hub,
         path: offer.path,
         ticket: offer.ticket,
+        ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
         reserve: (model, inputs) => backend?.reserve?.(model, inputs),
         onShard: (shard, items) => {
           current = { jobId: shard.jobId, model: shard.model.name };

@@ -322,9 +322,11 @@ export class Hub extends EventEmitter<HubEvents> {
         scheduler,
         jobs,
         log,
+        // Only workers that may be given items count: a hub whose workers are all quarantined,
+        // paused or draining holds nothing (its chunks go back to the hubs whose workers can run them).
         want: () => {
           let n = 0;
-          for (const w of workers.values()) if (w.state !== 'offline') n += w.concurrency;
+          for (const w of workers.values()) if (w.state === 'online') n += w.concurrency;
           return n === 0 ? 0 : Math.max(CLAIM_LEAST, 2 * n);
         },
         idle: () => [...jobs.activeJobs()].every((j) => scheduler.inFlight(j.record.id) === 0),

@@ -49,6 +49,12 @@ export interface HubConnectionOptions {
   refused: (code: ErrorCode, message: string) => RefusalDecision;
   /** The worker id, for logs (read when logging: a browser's may change). */
   workerId: () => string;
+  /**
+   * The local address to connect from (Node.js only): a machine with several addresses behind a
+   * balancer that hashes the client's address (HAProxy's `balance source`) spreads its nodes over
+   * the hubs by giving each its own.
+   */
+  localAddress?: string;
 }
 
 /** A worker's socket to its hubs; see the file comment. Build it, then hand `socket` to the agent. */
@@ -70,6 +76,8 @@ export class HubConnection {
       autoConnect: false,
       transports: o.transports,
       ...(o.tryAllTransports ? { tryAllTransports: true } : {}),
+      // engine.io-client passes `localAddress` on to `ws` (not in its option types).
+      ...(o.localAddress ? ({ localAddress: o.localAddress } as object) : {}),
       reconnection: true,
       reconnectionDelay: o.delayMs,
       reconnectionDelayMax: o.maxDelayMs,

@@ -3,7 +3,7 @@
  * processes, a REST client, polling, and reference outputs from a standalone onnxruntime-node session.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -17,6 +17,8 @@ import { HubServer, type HubConfig } from '../../server/app.ts';
 import { createLogger } from '../../server/logger.ts';
 import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
 import { HUB_NODE_FLAGS } from '../../server/node-flags.ts';
+import { haproxyConfig, type HaproxyOptions } from '../../scripts/haproxy-config.ts';
+import type { SimNodesSpec } from './sim-nodes.ts';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 
@@ -296,4 +298,52 @@ export async function checkResults(
   } finally {
     await ref.close();
   }
+}
+
+/**
+ * Starts several native sim nodes in one child process (`test/helpers/sim-nodes.ts`: `runNode` per
+ * node), with a native node's flags and malloc settings. Wait for `sim nodes started` in its output.
+ */
+export function startSimNodes(spec: SimNodesSpec): Proc {
+  return spawnTs('test/helpers/sim-nodes.ts', [JSON.stringify(spec)], nodeEnv({}), NODE_V8_FLAGS);
+}
+
+/** Where HAProxy is installed (Debian's `haproxy`; `.ci/run` installs it). */
+export const HAPROXY = '/usr/sbin/haproxy';
+
+/**
+ * Starts HAProxy in the foreground (`-db`) with the configuration `scripts/haproxy-config.ts`
+ * writes for `hubs`, listening on a free port of 127.0.0.1; its log (one line per request: which
+ * hub served it) is the process's output. Resolves once a request through it reaches a hub.
+ */
+export async function startHaproxy(
+  dir: string,
+  hubs: string[],
+  opts: Partial<HaproxyOptions> = {},
+): Promise<{ proc: Proc; url: string }> {
+  const port = await freePort();
+  const cfg = join(dir, `haproxy-${port}.cfg`);
+  writeFileSync(cfg, haproxyConfig({ listen: [`127.0.0.1:${port}`], hubs, checkMs: 300, ...opts }));
+  const child = spawn(HAPROXY, ['-db', '-f', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((ok) =>
+    child.once('exit', (code, signal) => ok({ code, signal })),
+  );
+  const proc: Proc = { child, output: () => out, exited };
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(
+    'the balancer answers',
+    async () => {
+      if (child.exitCode !== null) throw new Error('HAProxy exited');
+      const r = await fetch(`${url}/api/health`).catch(() => undefined);
+      return r?.status === 200;
+    },
+    20_000,
+  ).catch((err: Error) => {
+    child.kill('SIGKILL');
+    throw new Error(`${err.message}; HAProxy said:\n${out.slice(-2000)}`);
+  });
+  return { proc, url };
 }

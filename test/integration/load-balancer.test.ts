@@ -1,7 +1,10 @@
 /**
  * Two real hubs (child processes, the same tokens) behind a real HAProxy with the configuration
- * `scripts/haproxy-config.ts` writes. The hubs do not share a store yet (docs/several-hubs.md), so
- * each test checks where its client landed and works on that hub.
+ * `scripts/haproxy-config.ts` writes: what the balancer must get right for every client, whatever
+ * the hubs share. Here each hub runs on its own SQLite file (two grids behind one address), so each
+ * test checks where its client landed and works on that hub. Three hubs sharing one PostgreSQL
+ * behind the same configuration, with 30 nodes, a hub killed and a hub fenced, are tested in
+ * `several-hubs.test.ts`.
  *
  * - A native node (real `native/` code, sim backend) registers through the balancer and runs a job
  *   of large items down its data channel, which reached the same hub as its Socket.IO connection.

@@ -56,6 +56,16 @@ describe('shardhub node arguments', () => {
     assert.throws(() => parseNodeArgs(['--hub', 'http://a:1,b:2']), /did you mean http:\/\/b:2/);
   });
 
+  it('takes a local address to connect from, an IP address', () => {
+    assert.equal(options(['--hub', 'http://h:9', '--local-address', '127.0.1.7'])?.localAddress, '127.0.1.7');
+    assert.equal(options(['--hub', 'http://h:9'], { SHARDHUB_LOCAL_ADDRESS: '::1' })?.localAddress, '::1');
+    assert.equal(options(['--hub', 'http://h:9'])?.localAddress, undefined);
+    assert.throws(
+      () => parseNodeArgs(['--hub', 'http://h:9', '--local-address', 'eth0']),
+      /--local-address must be an IP address of this machine/,
+    );
+  });
+
   it('says precisely what is wrong', () => {
     const bad = (argv: string[], re: RegExp, env = {}) =>
       assert.throws(
