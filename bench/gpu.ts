@@ -262,7 +262,13 @@ async function submit(
     if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${await res.text()}`);
     return (await res.json()) as { data: { id: string } };
   };
-  const job = await call('POST', '/api/jobs', JSON.stringify({ model, requirements }), 'application/json');
+  // The result cache off: every lane runs the same inputs, and each must run them.
+  const job = await call(
+    'POST',
+    '/api/jobs',
+    JSON.stringify({ model, requirements, cache: false }),
+    'application/json',
+  );
   const id = job.data.id;
   for (let i = 0; i < items.length; i += 100) {
     const packed = packItems(items.slice(i, i + 100));

@@ -292,12 +292,11 @@ export class SqliteAsyncStore implements AsyncStore {
     id: string,
     patch: Partial<Pick<JobRecord, 'state' | 'priority' | 'startedAt' | 'finishedAt' | 'deadline'>>,
   ): Promise<void> {
-    this.write(() => {
-      this.store.updateJob(id, patch);
-      // A finished job's chunks have nothing left to claim (a revert cuts new ones).
-      if (patch.state === 'completed' || patch.state === 'cancelled')
-        this.st('DELETE FROM chunks WHERE job_id = ?').run(id);
-    });
+    this.store.updateJob(id, patch);
+    // A finished job's chunks have nothing left to claim (a revert cuts new ones). A cleanup after
+    // the state: one left behind by a crash in between is as harmless as before.
+    if (patch.state === 'completed' || patch.state === 'cancelled')
+      this.st('DELETE FROM chunks WHERE job_id = ?').run(id);
   }
 
   async getJob(id: string): Promise<JobRecord | undefined> {
