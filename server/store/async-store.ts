@@ -212,6 +212,10 @@ export interface AsyncStore {
   trimCache(maxEntries: number): Promise<number>;
   /** Entries in the result cache. */
   cacheEntries(): Promise<number>;
+  /**
+   * Changes a job's fields. `state: 'running'` (the mark of its first items going out, written
+   * behind) applies only to a queued job: arriving late, it never undoes the job's end.
+   */
   updateJob(
     id: string,
     patch: Partial<Pick<JobRecord, 'state' | 'priority' | 'startedAt' | 'finishedAt' | 'deadline'>>,

@@ -491,7 +491,7 @@ export class PgStore implements AsyncStore {
   ): Promise<void> {
     const r = await this.pool.query(
       `UPDATE jobs SET
-         state = CASE WHEN $2 THEN $3 ELSE state END,
+         state = CASE WHEN $2 AND ($3 <> 'running' OR state = 'queued') THEN $3 ELSE state END,
          priority = CASE WHEN $4 THEN $5::int ELSE priority END,
          started_at = CASE WHEN $6 THEN $7::bigint ELSE started_at END,
          finished_at = CASE WHEN $8 THEN $9::bigint ELSE finished_at END,

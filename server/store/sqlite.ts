@@ -160,7 +160,7 @@ export class SqliteStore implements Store {
       // One statement for every patch shape: a `set*` flag of 0 leaves the column as it is.
       updateJob: db.prepare(
         `UPDATE jobs SET
-           state = CASE WHEN @setState THEN @state ELSE state END,
+           state = CASE WHEN @setState AND (@state <> 'running' OR state = 'queued') THEN @state ELSE state END,
            priority = CASE WHEN @setPriority THEN @priority ELSE priority END,
            started_at = CASE WHEN @setStartedAt THEN @startedAt ELSE started_at END,
            finished_at = CASE WHEN @setFinishedAt THEN @finishedAt ELSE finished_at END,

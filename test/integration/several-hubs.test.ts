@@ -491,6 +491,9 @@ describe('several hubs on one PostgreSQL store', () => {
           250,
         );
         const backMs = Date.now() - killedAt;
+        // Work for the hub to pause to hold: the first two jobs may be done by now.
+        const third = items(6000, 11);
+        const thirdJob = await rest.submit('noop', third);
 
         // SIGSTOP another hub while it holds chunks, until a live hub has reaped it: from then on
         // the store refuses every write under its old lease. What it stored under that lease is
@@ -559,6 +562,7 @@ describe('several hubs on one PostgreSQL store', () => {
         for (const [id, n] of [
           [jobId, sent.length],
           [pairJob, pairs.length],
+          [thirdJob, third.length],
         ] as const) {
           const view = await jobDone(survivor.rest, id, 180_000).catch(async (err: Error) => {
             const q = async (sql: string) => JSON.stringify(await rows(sql));

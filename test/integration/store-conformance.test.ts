@@ -237,12 +237,18 @@ function conformance(target: Target): void {
         (await s.listJobs({ limit: 1 })).map((x) => x.id),
         ['b'],
       );
-      await s.updateJob('a', { state: 'running', startedAt: 5, priority: 9 });
-      const a = (await s.getJob('a'))!;
-      assert.equal(a.state, 'running');
-      assert.equal(a.startedAt, 5);
-      assert.equal(a.priority, 9);
-      assert.equal(a.finishedAt, null);
+      await s.updateJob('b', { state: 'running', startedAt: 5, priority: 9 });
+      const b = (await s.getJob('b'))!;
+      assert.equal(b.state, 'running');
+      assert.equal(b.startedAt, 5);
+      assert.equal(b.priority, 9);
+      assert.equal(b.finishedAt, null);
+      // The running mark is written behind: arriving after the job's end, it changes no state.
+      await s.updateJob('b', { state: 'completed', finishedAt: 7 });
+      await s.updateJob('b', { state: 'running', startedAt: 8 });
+      assert.equal((await s.getJob('b'))!.state, 'completed');
+      await s.updateJob('a', { state: 'running' });
+      assert.equal((await s.getJob('a'))!.state, 'open', 'only a queued job starts running');
       await assert.rejects(s.updateJob('nope', { state: 'running' }), /does not exist/);
       assert.equal(await s.getJob('nope'), undefined);
     });
