@@ -109,7 +109,7 @@ describe('SqliteStore', () => {
   });
 
   test('updateJob changes only the fields in the patch and can set nullable fields to null', () => {
-    store.createJob(newJob('j1', { deadline: 5000 }));
+    store.createJob(newJob('j1', { deadline: 5000, state: 'queued' }));
     store.updateJob('j1', { state: 'running', startedAt: 10 });
     store.updateJob('j1', { deadline: null });
     const job = store.getJob('j1');
@@ -123,7 +123,7 @@ describe('SqliteStore', () => {
 
   test('listJobs filters by state and returns newest first up to the limit', () => {
     store.createJob(newJob('a'));
-    store.createJob(newJob('b'));
+    store.createJob(newJob('b', { state: 'queued' }));
     store.createJob(newJob('c'));
     store.updateJob('b', { state: 'running' });
     assert.deepEqual(
