@@ -34,6 +34,7 @@ import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { ModelInfo } from '../protocol/model.ts';
 import { packItems, type NamedItem } from '../protocol/pack.ts';
+import type { JobRequirements } from '../protocol/operator.ts';
 import type { HubServer } from '../server/app.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import { calibrationInputs } from '../worker/calibration.ts';
@@ -252,8 +253,16 @@ function itemsOf(model: ModelInfo, dims: Record<string, number[]>, n: number, se
   }));
 }
 
-/** Creates, fills and seals a job through the hub's REST API; returns its id. */
-export async function submit(hub: HubServer, model: string, items: NamedItem[]): Promise<string> {
+/**
+ * Creates, fills and seals a job through the hub's REST API, with `requirements` if given (which
+ * workers may run it); returns its id.
+ */
+export async function submit(
+  hub: HubServer,
+  model: string,
+  items: NamedItem[],
+  requirements?: JobRequirements,
+): Promise<string> {
   const call = async (method: string, path: string, body?: BodyInit, type?: string) => {
     const res = await fetch(hub.url + path, {
       method,
@@ -267,7 +276,12 @@ export async function submit(hub: HubServer, model: string, items: NamedItem[]):
     return (await res.json()) as { data: { id: string } };
   };
   // The result cache off: each backend runs the same inputs, and each must run them.
-  const job = await call('POST', '/api/jobs', JSON.stringify({ model, cache: false }), 'application/json');
+  const job = await call(
+    'POST',
+    '/api/jobs',
+    JSON.stringify({ model, requirements, cache: false }),
+    'application/json',
+  );
   const id = job.data.id;
   for (let i = 0; i < items.length; i += 100) {
     const packed = packItems(items.slice(i, i + 100));

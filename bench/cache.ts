@@ -18,6 +18,7 @@
 import { join } from 'node:path';
 import { packTensors } from '../protocol/pack.ts';
 import { startHub, tempDir } from '../test/helpers/grid.ts';
+import { openJob } from '../test/helpers/store-rows.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../server/trust.ts';
 import { SqliteAsyncStore } from '../server/store/sqlite-async-store.ts';
 import { printTable } from './_grid.ts';
@@ -55,16 +56,7 @@ export async function main(args: string[]): Promise<void> {
     const model = hub.models.byName('noop');
     if (!model) throw new Error('model noop missing: run `npm run models`');
     const add = async (kind: Row['kind'], rep: number, base: number): Promise<string> => {
-      const job = await hub.createJob({
-        model: 'noop',
-        priority: 0,
-        redundancy: 1,
-        deadline: null,
-        requirements: null,
-        options: {},
-        state: 'open',
-        cache: kind !== 'off',
-      });
+      const job = await hub.createJob({ ...openJob('noop'), cache: kind !== 'off' });
       const batches: { name: string; inputs: Uint8Array }[][] = [];
       for (let i = 0; i < items; i += BATCH) {
         batches.push(

@@ -42,7 +42,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ModelInfo } from '../protocol/model.ts';
 import type { NamedItem } from '../protocol/pack.ts';
-import { packItems, unpackTensors } from '../protocol/pack.ts';
+import { unpackTensors } from '../protocol/pack.ts';
 import type { JobRequirements } from '../protocol/operator.ts';
 import { compareTensors, toNumbers, type WireTensor } from '../protocol/tensor.ts';
 import type { HubServer } from '../server/app.ts';
@@ -58,7 +58,7 @@ import type { StandaloneResult } from '../client/standalone/messages.ts';
 import { ROOT, benchHub, printTable, until } from './_grid.ts';
 import type { GpuLoad, GpuLoaded, GpuMeasured } from './_gpu-node.ts';
 import { RpcChild } from './_rpc.ts';
-import { Chromium, type Tab } from './browser.ts';
+import { Chromium, submit, type Tab } from './browser.ts';
 
 const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -241,41 +241,6 @@ interface Lane {
 /** The workers a backend's jobs may run on: while one backend is measured the others sit idle. */
 function requirementsOf(b: Backend): JobRequirements {
   return b === 'chromium-webgpu' ? { kind: 'browser' } : { kind: 'native', backend: b };
-}
-
-/** Creates a job with `requirements`, adds its items and seals it; returns its id. */
-async function submit(
-  hub: HubServer,
-  model: string,
-  items: NamedItem[],
-  requirements: JobRequirements,
-): Promise<string> {
-  const call = async (method: string, path: string, body?: BodyInit, type?: string) => {
-    const res = await fetch(hub.url + path, {
-      method,
-      headers: {
-        authorization: `Bearer ${hub.tokens.operatorToken}`,
-        ...(type ? { 'content-type': type } : {}),
-      },
-      body,
-    });
-    if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${await res.text()}`);
-    return (await res.json()) as { data: { id: string } };
-  };
-  // The result cache off: every lane runs the same inputs, and each must run them.
-  const job = await call(
-    'POST',
-    '/api/jobs',
-    JSON.stringify({ model, requirements, cache: false }),
-    'application/json',
-  );
-  const id = job.data.id;
-  for (let i = 0; i < items.length; i += 100) {
-    const packed = packItems(items.slice(i, i + 100));
-    await call('POST', `/api/jobs/${id}/items`, packed.slice().buffer, 'application/octet-stream');
-  }
-  await call('POST', `/api/jobs/${id}/seal`);
-  return id;
 }
 
 /** Runs a job through the hub; its items/s from its first assignment to its last result. */
