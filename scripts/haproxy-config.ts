@@ -111,6 +111,9 @@ export function haproxyConfig(o: HaproxyOptions): string {
     `  cookie SHARDHUB_HUB insert indirect nocache httponly${tls.length > 0 ? ' secure' : ''}`,
     '  option httpchk GET /api/health',
     '  http-check expect status 200',
+    '  # A hub that accepts connections but does not answer (stopped, or its event loop stuck)',
+    '  # fails a check after this long, rather than holding the check open.',
+    `  timeout check ${checkMs}ms`,
     `  default-server check inter ${checkMs} fall ${o.fall ?? 2} rise ${o.rise ?? 2}`,
   );
   hubs.forEach((h, i) => add(`  server hub${i + 1} ${h} id ${i + 1} cookie hub${i + 1}`));

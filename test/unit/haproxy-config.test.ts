@@ -33,6 +33,8 @@ describe('haproxy config', () => {
     assert.match(text, /use_backend hubs_data if \{ path \/worker-data \}/);
     assert.match(text, /option httpchk GET \/api\/health/);
     assert.match(text, /timeout tunnel 1h/);
+    // A frozen hub (accepting, never answering) fails its checks within the check interval.
+    assert.match(text, /timeout check 2000ms\n {2}default-server check inter 2000 /);
   });
 
   test('TLS: a secure cookie and an ssl bind; refused without a certificate', () => {
