@@ -130,7 +130,9 @@ export async function jobStatus(hub: Hub, job: JobRecord): Promise<Record<string
     e.reasons.push({ workerId: f.workerId, category: f.category, message: f.message });
     byItem.set(f.itemId, e);
   }
-  const failed = await hub.jobs.items(job.id, { offset: 0, limit: 1000, state: 'failed' });
+  // Finding them is a pass over the job's items: not made for a job with none.
+  const failed =
+    job.failedCount > 0 ? await hub.jobs.items(job.id, { offset: 0, limit: 1000, state: 'failed' }) : [];
   const failedItems = failed.map((it) => ({
     itemId: it.id,
     name: it.name,
@@ -141,6 +143,25 @@ export async function jobStatus(hub: Hub, job: JobRecord): Promise<Record<string
     ...base,
     failedItems,
     retriedAttempts: failures.length,
-    verification: await verificationOf(hub, job.id),
+    verification: base.verification ?? (await runningVerification(hub, job.id)),
   };
+}
+
+/**
+ * A running job's summary, counted at most once a second per job: it is a pass over the job's
+ * results, and a client polling the job's status (a script waiting for it, a bench) must not
+ * make each poll cost that.
+ */
+const runningCache = new Map<string, { until: number; summary: Promise<VerificationSummary> }>();
+const RUNNING_CACHE_MS = 1000;
+
+function runningVerification(hub: Pick<Hub, 'jobs' | 'opts'>, jobId: string): Promise<VerificationSummary> {
+  const now = Date.now();
+  const hit = runningCache.get(jobId);
+  if (hit && hit.until > now) return hit.summary;
+  for (const [id, e] of runningCache) if (e.until <= now) runningCache.delete(id);
+  const summary = verificationOf(hub, jobId);
+  runningCache.set(jobId, { until: now + RUNNING_CACHE_MS, summary });
+  summary.catch(() => runningCache.delete(jobId));
+  return summary;
 }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { RecentRate } from '../../protocol/recent-rate.ts';
 import type { Hub } from '../../server/hub.ts';
-import { jobJson, jobRatesOf, sampleJobRate } from '../../server/job-view.ts';
+import { jobJson, jobRatesOf, jobStatus, sampleJobRate } from '../../server/job-view.ts';
 import type { JobRecord } from '../../server/store/store.ts';
 
 /** When the jobs here started (epoch ms); times below are offsets from it. */
@@ -65,4 +65,64 @@ test('until 2 s of samples are in, the ETA is at the rate since the start; an en
   const done = await jobJson(hub, job(5000, { state: 'completed', finishedAt: T0 + 50_000 }), T0 + 50_000);
   assert.equal(done.etaS, null);
   assert.equal(jobRatesOf(hub).rate('j_1'), undefined, 'the ended job is forgotten');
+});
+
+test("a job's status counts its verification once a second while it runs, and anew once it completes", async () => {
+  let passes = 0;
+  const hub = {
+    jobs: {
+      queued: () => 0,
+      inFlight: () => 0,
+      failures: async () => [],
+      items: async () => [],
+      verification: async () => {
+        passes++;
+        return [{ how: 'canary', n: passes }];
+      },
+    },
+    opts: { trust: { trustNative: false } },
+  } as unknown as Hub;
+  const running = job(10, { id: 'j_poll' });
+  const first = await jobStatus(hub, running);
+  const again = await jobStatus(hub, running);
+  assert.equal(passes, 1, 'a poll within the second reuses the count');
+  assert.deepEqual(again.verification, first.verification);
+  const completed = await jobStatus(hub, {
+    ...running,
+    state: 'completed',
+    doneCount: 5000,
+    finishedAt: Date.now(),
+  });
+  assert.equal(passes, 2, 'a completed job is counted anew, once');
+  assert.equal((completed.verification as { canary: number }).canary, 2);
+});
+
+test("a job's status lists its failed items with their reasons, and does not look for them in a job with none", async () => {
+  const asked: string[] = [];
+  const hub = {
+    jobs: {
+      queued: () => 0,
+      inFlight: () => 0,
+      failures: async () => [{ itemId: 7, workerId: 'w1', category: 'runtime', message: 'bad shape' }],
+      items: async (_id: string, o: { state?: string }) => {
+        asked.push(o.state ?? 'all');
+        return [{ id: 7, jobId: 'j_f', seq: 6, name: 'x7', state: 'failed', attempts: 3 }];
+      },
+      verification: async () => [],
+    },
+    opts: { trust: { trustNative: false } },
+  } as unknown as Hub;
+  const none = await jobStatus(hub, job(10, { id: 'j_none' }));
+  assert.deepEqual(none.failedItems, []);
+  assert.deepEqual(asked, [], 'no pass over the items of a job without failed items');
+  const some = await jobStatus(hub, job(10, { id: 'j_f', failedCount: 1 }));
+  assert.deepEqual(some.failedItems, [
+    {
+      itemId: 7,
+      name: 'x7',
+      attempts: 3,
+      reasons: [{ workerId: 'w1', category: 'runtime', message: 'bad shape' }],
+    },
+  ]);
+  assert.deepEqual(asked, ['failed']);
 });
