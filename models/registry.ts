@@ -76,6 +76,7 @@ export interface SharedModels {
   putModel(name: string, sha256: string, bytes: Uint8Array, manifest?: string): Promise<void>;
   getModel(sha256: string): Promise<Uint8Array | undefined>;
   listModels(): Promise<StoredModel[]>;
+  findModel(nameOrSha: string): Promise<StoredModel | undefined>;
 }
 
 /** Known models by name and by content hash. Create with {@link ModelRegistry.open}. */
@@ -175,10 +176,10 @@ export class ModelRegistry {
     const bySha = SHA_RE.test(nameOrSha);
     const here = bySha ? this.bySha(nameOrSha) : this.byName(nameOrSha);
     if (here || !this.shared) return here;
-    const stored = (await this.shared.listModels()).find((m) =>
-      bySha ? m.sha256 === nameOrSha : m.name === nameOrSha,
-    );
-    return stored ? this.adopt(stored) : undefined;
+    // One row, not the list: an unknown name or sha256 may come from anyone (a model download).
+    const stored = await this.shared.findModel(nameOrSha);
+    if (!stored || (bySha ? stored.sha256 !== nameOrSha : stored.name !== nameOrSha)) return undefined;
+    return this.adopt(stored);
   }
 
   /** Registers every model on the shared store that is not here yet (none without a store). */

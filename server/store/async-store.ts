@@ -258,11 +258,12 @@ export interface AsyncStore {
   /** Newest first. */
   listEvents(jobId: string, opts?: { type?: string; limit?: number }): Promise<JobEvent[]>;
 
-  /** Stores a model's bytes under their sha256 (checked); storing the same bytes again does nothing. */
-  /** Stores a model's bytes (and its manifest, JSON) under their sha256; the first put of a sha wins. */
+  /** Stores a model's bytes (and its manifest, JSON) under their sha256 (checked); the first put of a sha wins. */
   putModel(name: string, sha256: string, bytes: Uint8Array, manifest?: string): Promise<void>;
   getModel(sha256: string): Promise<Uint8Array | undefined>;
   listModels(): Promise<ModelBlob[]>;
+  /** The stored model with this sha256, else the first (by sha256) of this name. */
+  findModel(nameOrSha: string): Promise<ModelBlob | undefined>;
 
   /** The stored tokens, or `candidate` stored as them when there are none (the first hub's win). */
   initTokens(candidate: StoredTokens): Promise<StoredTokens>;

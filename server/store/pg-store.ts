@@ -855,6 +855,15 @@ export class PgStore implements AsyncStore {
     ).rows;
   }
 
+  async findModel(nameOrSha: string): Promise<ModelBlob | undefined> {
+    const r = await this.pool.query<ModelBlob>(
+      `SELECT sha256, name, size, manifest FROM models WHERE sha256 = $1 OR name = $1
+       ORDER BY sha256 = $1 DESC, sha256 LIMIT 1`,
+      [nameOrSha],
+    );
+    return r.rows[0];
+  }
+
   async initTokens(candidate: StoredTokens): Promise<StoredTokens> {
     await this.pool.query(
       `INSERT INTO settings (key, value) VALUES ('operator_token', $1), ('join_token', $2) ON CONFLICT (key) DO NOTHING`,

@@ -412,6 +412,13 @@ export class SqliteAsyncStore implements AsyncStore {
     ).all() as ModelBlob[];
   }
 
+  async findModel(nameOrSha: string): Promise<ModelBlob | undefined> {
+    return this.st(
+      `SELECT sha256, name, size, manifest FROM models WHERE sha256 = @k OR name = @k
+       ORDER BY sha256 = @k DESC, sha256 LIMIT 1`,
+    ).get({ k: nameOrSha }) as ModelBlob | undefined;
+  }
+
   async initTokens(candidate: StoredTokens): Promise<StoredTokens> {
     return this.write(() => {
       const put = this.st('INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING');

@@ -436,6 +436,11 @@ function conformance(target: Target): void {
         { sha256: sha, name: 'mlp', size: 200_000, manifest: '{"name":"mlp"}' },
       ]);
       assert.equal(await b.getModel('cd'.repeat(32)), undefined);
+      const row = { sha256: sha, name: 'mlp', size: 200_000, manifest: '{"name":"mlp"}' };
+      assert.deepEqual(await b.findModel(sha), row, 'by sha256');
+      assert.deepEqual(await b.findModel('mlp'), row, 'by name');
+      assert.equal(await b.findModel('cd'.repeat(32)), undefined);
+      assert.equal(await b.findModel('nope'), undefined);
 
       const t1 = await a.initTokens({ operatorToken: 'op-1', joinToken: 'join-1' });
       const t2 = await b.initTokens({ operatorToken: 'op-2', joinToken: 'join-2' });
