@@ -3,7 +3,7 @@
  * processes, a REST client, polling, and reference outputs from a standalone onnxruntime-node session.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -21,6 +21,36 @@ import { haproxyConfig, type HaproxyOptions } from '../../scripts/haproxy-config
 import type { SimNodesSpec } from './sim-nodes.ts';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+
+/** The processes whose command line holds `marker`: pid and command line. */
+export function processesWith(marker: string): { pid: number; cmd: string }[] {
+  const found: { pid: number; cmd: string }[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0').join(' ');
+      if (cmd.includes(marker)) found.push({ pid: Number(e), cmd });
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return found;
+}
+
+/**
+ * Kills every process whose command line holds `marker` (a test's temporary folder): what a test
+ * started and a process group kill does not reach, such as a node that ran itself again in a
+ * group of its own and outlived its parent.
+ */
+export function killProcessesWith(marker: string): void {
+  for (const p of processesWith(marker)) {
+    try {
+      process.kill(p.pid, 'SIGKILL');
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+}
 
 /** A fresh temp dir, removed by the returned cleanup. */
 export function tempDir(prefix = 'shardhub-test-'): { dir: string; cleanup: () => void } {

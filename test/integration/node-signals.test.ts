@@ -15,7 +15,7 @@ import { packTensors } from '../../protocol/pack.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { NODE_V8_FLAGS, nodeEnv } from '../../native/launch.ts';
-import { ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
+import { killProcessesWith, ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
 
 /** Starts `npm run shardhub -- node ...` (optionally `| tee FILE`) in a process group of its own, as a terminal does. */
 function npmNode(hub: HubServer, stateDir: string, name: string, tee?: string) {
@@ -64,6 +64,7 @@ describe('signals to a node started with npm run', { timeout: 240_000 }, () => {
         /* already gone */
       }
     }
+    killProcessesWith(tmp.dir); // a relaunched node is in a group of its own
     await hub.close();
     tmp.cleanup();
   });
@@ -187,6 +188,7 @@ describe('a signal while the node is still starting', { timeout: 180_000 }, () =
         /* already gone */
       }
     }
+    killProcessesWith(tmp.dir); // a relaunched node is in a group of its own
     await hub.close();
     tmp.cleanup();
   });

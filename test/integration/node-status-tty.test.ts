@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
-import { ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
+import { killProcessesWith, ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
 
 /** Erase the line the cursor is on, from its start: what the status line is redrawn with. */
 const ERASE = '\r\x1b[2K';
@@ -57,6 +57,7 @@ describe("the node's status line in a terminal", { timeout: 180_000 }, () => {
         /* already gone */
       }
     }
+    killProcessesWith(tmp.dir); // the node under script, in a session of its own
     await hub.close();
     tmp.cleanup();
   });

@@ -8,12 +8,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
-import { ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
+import { killProcessesWith, processesWith, ROOT, Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
 
 const RUNS = Number(process.env.SHARDHUB_TEE_RUNS ?? 2);
 
@@ -28,21 +28,6 @@ const MODES = [
   { how: 'npm', when: 'busy' },
   { how: 'bin', when: '"msg":"registered"' },
 ] as const;
-
-/** The processes whose command line holds `marker`: pid and command line. */
-function processesWith(marker: string): { pid: number; cmd: string }[] {
-  const found: { pid: number; cmd: string }[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
-    try {
-      const cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0').join(' ');
-      if (cmd.includes(marker)) found.push({ pid: Number(e), cmd });
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return found;
-}
 
 describe('logging to a pipe whose reader is gone', () => {
   const tmp = tempDir();
@@ -98,7 +83,7 @@ describe('Ctrl-C to a node piped through tee', { timeout: 120_000 + RUNS * 60_00
         /* already gone */
       }
     }
-    for (const p of processesWith(tmp.dir)) process.kill(p.pid, 'SIGKILL');
+    killProcessesWith(tmp.dir);
     await hub.close();
     tmp.cleanup();
   });
