@@ -33,7 +33,11 @@ export class TrustCache {
   static async load(store: AsyncStore, writes: Writes): Promise<TrustCache> {
     const cache = new TrustCache(store, writes);
     cache.records = await store.allTrust();
-    for (const id of await store.replicaItemIds()) cache.replicas.set(id, await store.replicasOf(id));
+    for (const r of await store.allReplicas()) {
+      const list = cache.replicas.get(r.itemId);
+      if (list) list.push(r);
+      else cache.replicas.set(r.itemId, [r]);
+    }
     return cache;
   }
 

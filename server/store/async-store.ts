@@ -275,6 +275,8 @@ export interface AsyncStore {
   addReplicas(rows: readonly Replica[]): Promise<void>;
   replicasOf(itemId: number): Promise<Replica[]>;
   replicaItemIds(): Promise<number[]>;
+  /** Every stored replica, by item (a hub's start: one read, not one per item). */
+  allReplicas(): Promise<Replica[]>;
   /** Drops every replica of these items, in one write. */
   dropReplicas(itemIds: readonly number[]): Promise<void>;
   markVerified(itemIds: readonly number[], how: string): Promise<void>;

@@ -940,6 +940,14 @@ export class PgStore implements AsyncStore {
     return r.rows;
   }
 
+  async allReplicas(): Promise<Replica[]> {
+    const r = await this.pool.query<Replica>(
+      `SELECT item_id AS "itemId", worker_id AS "workerId", backend, outputs, ms, at FROM replicas
+       ORDER BY item_id, at, worker_id`,
+    );
+    return r.rows;
+  }
+
   async replicaItemIds(): Promise<number[]> {
     const r = await this.pool.query<{ item_id: number }>('SELECT DISTINCT item_id FROM replicas ORDER BY 1');
     return r.rows.map((x) => x.item_id);

@@ -454,6 +454,13 @@ export class SqliteAsyncStore implements AsyncStore {
     return this.trust.replicasOf(itemId);
   }
 
+  async allReplicas(): Promise<Replica[]> {
+    return this.st(
+      `SELECT item_id AS itemId, worker_id AS workerId, backend, outputs, ms, at FROM replicas
+       ORDER BY item_id, at, worker_id`,
+    ).all() as Replica[];
+  }
+
   async replicaItemIds(): Promise<number[]> {
     return this.trust.replicaItemIds();
   }

@@ -25,6 +25,7 @@ import { postgresBin, startPostgres } from '../helpers/postgres.ts';
 import type { TestPostgres } from '../helpers/postgres.ts';
 import type { WriterTask } from '../helpers/results-writer.ts';
 import { items, newJob } from '../helpers/store-rows.ts';
+import { TrustCache } from '../../server/hub/trust-cache.ts';
 
 /** A fresh store's data, which any number of clients can open. */
 interface Space {
@@ -472,6 +473,14 @@ function conformance(target: Target): void {
         replica(ids[1], 'w1', 'cpu', 1),
       ]);
       const rs = await b.replicasOf(ids[1]);
+      assert.deepEqual(
+        (await b.allReplicas()).filter((r) => r.itemId === ids[1]),
+        rs,
+        'every replica, read at once, as replicasOf reads them',
+      );
+      // A hub starting on this store has them at hand, by item.
+      const cache = await TrustCache.load(b, { later: () => undefined, laterRows: () => undefined });
+      assert.deepEqual(cache.replicasOf(ids[1]), rs);
       assert.deepEqual(
         rs.map((r) => [r.workerId, [...r.outputs]]),
         [
