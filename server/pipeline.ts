@@ -710,7 +710,7 @@ class OcrRun extends EventEmitter<{ done: []; page: []; dropped: [] }> {
       for (const it of refeed) this.inDetection.add(lineage(it.name).page);
       await this.feed('det', refeed);
       // The hub stopped before these pages were stored for detection: their bytes are gone.
-      const lost = 'the hub restarted before this page was stored; submit it again';
+      const lost = 'the hub carrying the run stopped before this page was stored; submit it again';
       this.pages.forEach((p, i) => {
         if (!p.result && !this.stages.det.fed.has(`p${i}`)) this.fail(i, 'det', lost);
       });
