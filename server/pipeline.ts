@@ -979,7 +979,14 @@ export class OcrService {
       const run = this.runs.get(id);
       if (run) {
         if (run.finishedAt !== null) return run.view(true);
-        await Promise.race([once(run, 'done', { signal }), once(run, 'dropped', { signal })]);
+        // Whichever comes first; the other listener is removed with `settled`.
+        const settled = new AbortController();
+        const both = signal ? AbortSignal.any([signal, settled.signal]) : settled.signal;
+        try {
+          await Promise.race([once(run, 'done', { signal: both }), once(run, 'dropped', { signal: both })]);
+        } finally {
+          settled.abort();
+        }
         continue;
       }
       const stored = await this.storedView(id, true);
