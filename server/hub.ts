@@ -28,7 +28,7 @@ import type { Logger } from './logger.ts';
 import { ReferenceRunner } from './preflight.ts';
 import { Scheduler } from './scheduler/scheduler.ts';
 import { ShardSender, type WorkerSocket } from './shard-sender.ts';
-import type { AsyncStore, HubRecord, JobRecord, WorkerRecord } from './store/async-store.ts';
+import type { AsyncStore, HubRecord, JobRecord, PipelineRun, WorkerRecord } from './store/async-store.ts';
 import { LeaseKeeper } from './store/lease-keeper.ts';
 import { TrustBook } from './trust.ts';
 import { Verifier } from './verify.ts';
@@ -389,6 +389,37 @@ export class Hub extends EventEmitter<HubEvents> {
     this.lifecycle.addEvent(jobId, type, data, Date.now());
   }
 
+  // ---------------------------------------------------------------- pipeline runs' owners
+
+  /** Records a pipeline run as this hub's (see `PipelineRun`). */
+  createRun(run: { id: string; anchor: string; createdAt: number }): Promise<void> {
+    return this.store.createRun(this.keeper.lease, run);
+  }
+
+  /** A pipeline run's owner record, if the store has one. */
+  pipelineRun(id: string): Promise<PipelineRun | undefined> {
+    return this.store.getRun(id);
+  }
+
+  /**
+   * Marks a run completed, written behind after the job events asked for before it (its pages'
+   * outcomes): a run marked completed has its whole record stored.
+   */
+  completeRun(id: string): void {
+    this.behind.later('run completed', () => this.store.completeRun(id));
+  }
+
+  /** Takes over the runs whose owner's lease is gone (each goes to one hub only). */
+  takeOverRuns(): Promise<PipelineRun[]> {
+    return this.store.takeOverRuns(this.keeper.lease);
+  }
+
+  /** Whether this hub, under its current lease, owns the run. */
+  ownsRun(run: PipelineRun): boolean {
+    const lease = this.keeper.lease;
+    return run.ownerHub === lease.hubId && run.ownerEpoch === lease.epoch;
+  }
+
   /** The job, or a `unknown_job` error (404). */
   requireJob(jobId: string): Promise<JobRecord> {
     return this.lifecycle.require(jobId);
@@ -536,6 +567,7 @@ export class Hub extends EventEmitter<HubEvents> {
     if (this.closed) return;
     this.log.error({ why }, 'this hub lost its lease: fenced; dropping its chunks and registering again');
     this.keeper.stop();
+    this.emit('lease:lost');
     this.claims?.clear();
     this.lifecycle.dropAll('this hub lost its lease');
     const again = async (): Promise<void> => {

@@ -246,7 +246,7 @@ export function openApiDocument(version: string): Json {
       '/ocr/{id}': {
         get: {
           summary:
-            "an OCR run's progress; ?results=1 with each page's lines, ?wait=1 once every page is done",
+            "an OCR run's progress; ?results=1 with each page's lines, ?wait=1 once every page is done; any hub answers (several hubs: from the store on a hub that does not own the run)",
           parameters: [
             path('id', 'the run id'),
             { name: 'results', in: 'query', schema: { type: 'string', enum: ['1'] } },

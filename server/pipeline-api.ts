@@ -2,7 +2,8 @@
  * OCR over REST (`server/pipeline.ts` does the work):
  * - `POST /api/ocr` `{images: [{name, data: base64}], priority?, redundancy?, cache?}` starts a run;
  * - `GET /api/ocr/:id` its progress, `?wait=1` once every page has its outcome, with the results.
- * Mounted behind the operator token by `server/api.ts`.
+ * Any hub answers for any run (several hubs): the run's owner from memory, the others from the
+ * run's record in the store. Mounted behind the operator token by `server/api.ts`.
  */
 import express from 'express';
 import { z } from 'zod';
@@ -50,8 +51,20 @@ export function ocrRouter(hub: Hub): express.Router {
   r.get('/ocr/:id', async (req, res) => {
     const svc = await OcrService.of(hub);
     const id = String(req.params.id).slice(0, LIMITS.nameChars);
-    if (req.query.wait === '1') return void res.json({ data: await svc.wait(id) });
-    res.json({ data: svc.view(id, req.query.results === '1') });
+    if (req.query.wait === '1') {
+      // A client that goes away stops the wait (a hub not owning the run polls the store for it).
+      const gone = new AbortController();
+      res.on('close', () => gone.abort(new Error('the client closed the request')));
+      let view;
+      try {
+        view = await svc.wait(id, gone.signal);
+      } catch (err) {
+        if (gone.signal.aborted) return;
+        throw err;
+      }
+      return void res.json({ data: view });
+    }
+    res.json({ data: await svc.view(id, req.query.results === '1') });
   });
   return r;
 }

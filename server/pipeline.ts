@@ -13,11 +13,18 @@
  * reported with the stage, the box and the reason; the run itself never fails for one page.
  *
  * A run survives a hub restart: its first detection job's options hold the run's pages and
- * options, each page's outcome is an `ocr_page` event of that job, and everything between is in
- * the stage jobs' items and results. On start the service rebuilds each run from those and carries
- * on where they stop.
+ * options, each page's outcome is an `ocr_page` event of that job (and each later stage job an
+ * `ocr_stage` event), and everything between is in the stage jobs' items and results. On start the
+ * service rebuilds each run from those and carries on where they stop.
+ *
+ * Several hubs (one PostgreSQL store): each run has one owner hub at a time, recorded in the store
+ * (`PipelineRun`: the owner's hub id and lease epoch). The owner keeps the run in memory and feeds
+ * its stages; any hub's workers run the stage items. When the owner's lease is gone (it was reaped,
+ * or registered again under a new epoch), a live hub takes the run over with a compare-and-set and
+ * rebuilds it from the record as after a restart. Every other hub answers reads of the run from the
+ * record, as stored at the moment of the read (`storedView`).
  */
-import { EventEmitter } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -42,6 +49,7 @@ import { asTypedArray, type WireTensor } from '../protocol/tensor.ts';
 import { decodeImage, ImageError } from './io/images.ts';
 import { type Hub, HubError } from './hub.ts';
 import { clean } from './logger.ts';
+import type { PipelineRun } from './store/async-store.ts';
 import type { JobRecord } from './store/store.ts';
 
 export type OcrStage = 'decode' | 'det' | 'cls' | 'rec';
@@ -75,6 +83,8 @@ export interface OcrRunView {
   pagesDone: number;
   /** Each stage's latest job (a stage has a second job only when a hub restart ended its first). */
   jobs: Partial<Record<Stage, string>>;
+  /** Several hubs: the hub carrying the run on (its owner), as the store records it. */
+  owner?: string;
   createdAt: number;
   finishedAt: number | null;
   results?: OcrPageResult[];
@@ -110,6 +120,10 @@ const STEPS: Record<Stage, StepRef> = {
 };
 /** The event of a run's first detection job that records one page's outcome. */
 const PAGE_EVENT = 'ocr_page';
+/** The event of a run's first detection job that records a later stage job of the run. */
+const STAGE_EVENT = 'ocr_stage';
+/** How often a hub that does not own a run reads it again from the store while a client waits. */
+const STORE_POLL_MS = 500;
 /** The event of a stage job the run cancelled because nothing of it ran (not an operator's cancel). */
 const UNUSED_EVENT = 'ocr_unused';
 
@@ -154,6 +168,26 @@ interface StageJobs {
 
 type NewItem = { name: string; inputs: Uint8Array };
 
+function pendingPage(name: string): OcrPageResult {
+  return { name, outcome: 'pending', width: 0, height: 0, lines: [], text: '' };
+}
+
+/** Resolves after `ms`, or rejects once `signal` aborts. */
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((ok, fail) => {
+    if (signal?.aborted) return fail(signal.reason as Error);
+    const onAbort = () => {
+      clearTimeout(timer);
+      fail(signal?.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      ok();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 /** Lineage in an item's name: `p12` is page 12, `p12/b3` its fourth box. */
 function lineage(name: string): { page: number; box: number } {
   const m = /^p(\d+)(?:\/b(\d+))?$/.exec(name);
@@ -168,8 +202,10 @@ function stageOptions(job: JobRecord): StageOptions | undefined {
 }
 
 /** One OCR run: its pages and its stage jobs. */
-class OcrRun extends EventEmitter<{ done: []; page: [] }> {
+class OcrRun extends EventEmitter<{ done: []; page: []; dropped: [] }> {
   finishedAt: number | null = null;
+  /** Another hub owns the run now (this one lost its lease): it does nothing more. */
+  dropped = false;
   /** The run's first detection job: its options and events are the run's record. */
   anchor = '';
   private readonly pages: PageState[];
@@ -211,6 +247,12 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       createdAt: this.createdAt,
     };
     const job = await this.hub.createJob(this.jobSpec('det', pipeline));
+    try {
+      await this.hub.createRun({ id: this.id, anchor: job.id, createdAt: this.createdAt });
+    } catch (err) {
+      this.cancelQuietly(job.id);
+      throw err;
+    }
     this.anchor = job.id;
     this.unsealedAnchor = job.id;
     this.hub.holdOpen(job.id);
@@ -238,10 +280,20 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
 
   /** Runs `fn` after everything queued before it: results are handled one message at a time, in order. */
   then(fn: () => void | Promise<void>): void {
-    this.chain = this.chain.then(fn).catch((err: unknown) => {
-      this.hub.log.error({ err, run: this.id }, 'OCR run: handling results failed');
-      this.failRest('det', `internal error: ${clean((err as Error).message)}`);
-    });
+    this.chain = this.chain
+      .then(() => (this.dropped ? undefined : fn()))
+      .catch((err: unknown) => {
+        this.hub.log.error({ err, run: this.id }, 'OCR run: handling results failed');
+        this.failRest('det', `internal error: ${clean((err as Error).message)}`);
+      });
+  }
+
+  /** Stops carrying the run on: its owner is another hub now, which rebuilds it from the store. */
+  drop(): void {
+    if (this.dropped) return;
+    this.dropped = true;
+    for (const st of STAGES) for (const jobId of this.stages[st].ids) this.svc.unwatch(jobId);
+    this.emit('dropped');
   }
 
   view(withResults: boolean): OcrRunView {
@@ -256,19 +308,16 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       pages: this.pages.length,
       pagesDone: this.pages.filter((p) => p.result).length,
       jobs,
+      ...(this.hub.shared ? { owner: this.hub.hubId } : {}),
       createdAt: this.createdAt,
       finishedAt: this.finishedAt,
-      ...(withResults ? { results: this.pages.map((p) => p.result ?? this.pending(p)) } : {}),
+      ...(withResults ? { results: this.pages.map((p) => p.result ?? pendingPage(p.name)) } : {}),
     };
-  }
-
-  private pending(p: PageState): OcrPageResult {
-    return { name: p.name, outcome: 'pending', width: 0, height: 0, lines: [], text: '' };
   }
 
   private finish(i: number, result: OcrPageResult, at = Date.now()): void {
     const p = this.pages[i];
-    if (!p || p.result) return;
+    if (!p || p.result || this.dropped) return;
     // Read (not failed) with every item of it answered from the store's result cache.
     if (!p.computed && this.opts.cache !== false && (result.outcome === 'ok' || result.outcome === 'no_text'))
       result = { ...result, cached: true };
@@ -285,6 +334,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     if (this.inDetection.delete(i)) this.emit('page');
     if (this.finishedAt === null && this.pages.every((x) => x.result)) {
       this.finishedAt = at;
+      if (!this.replaying) this.hub.completeRun(this.id);
       for (const st of STAGES) this.close(st);
       // A run whose pages never reached detection leaves its record unsealed: it ends there.
       if (this.unsealedAnchor) this.cancelQuietly(this.unsealedAnchor);
@@ -337,7 +387,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
   private async feed(stage: Stage, all: NewItem[]): Promise<void> {
     const s = this.stages[stage];
     const items = all.filter((it) => !s.fed.has(it.name));
-    if (items.length === 0) return;
+    if (items.length === 0 || this.dropped) return;
     for (const it of items) s.fed.add(it.name);
     if (s.current) {
       const jobId = await s.current;
@@ -372,6 +422,8 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
     if (!jobId) {
       jobId = (await this.hub.createJob(this.jobSpec(stage, { run: this.id, stage }))).id;
       this.hub.holdOpen(jobId);
+      // For hubs that read the run from its record (several hubs): the stage's latest job.
+      this.hub.addJobEvent(this.anchor, STAGE_EVENT, { stage, job: jobId });
     }
     s.ids.push(jobId);
     this.svc.watch(jobId, this, stage);
@@ -658,7 +710,7 @@ class OcrRun extends EventEmitter<{ done: []; page: [] }> {
       for (const it of refeed) this.inDetection.add(lineage(it.name).page);
       await this.feed('det', refeed);
       // The hub stopped before these pages were stored for detection: their bytes are gone.
-      const lost = 'the hub restarted before this page was stored; submit it again';
+      const lost = 'the hub carrying the run stopped before this page was stored; submit it again';
       this.pages.forEach((p, i) => {
         if (!p.result && !this.stages.det.fed.has(`p${i}`)) this.fail(i, 'det', lost);
       });
@@ -683,15 +735,107 @@ export class OcrService {
     });
     hub.on('items:committed', (jobId, ids) => this.committed(jobId, ids));
     hub.on('job:updated', (jobId) => this.updated(jobId));
+    hub.on('lease:lost', () => this.leaseLost());
     // Several hubs: other hubs' workers run this hub's stage jobs too. Their commits come through
-    // the hub-to-hub channel (`app.ts`); a stage job another hub completed is found here.
+    // the hub-to-hub channel (`app.ts`); a stage job another hub completed is found here. Runs
+    // whose owner died are taken over here (one hub wins each).
     if (hub.shared) {
       const timer = setInterval(() => {
-        if (hub.isClosed) clearInterval(timer);
-        else for (const jobId of this.byJob.keys()) this.updated(jobId);
+        if (hub.isClosed) return clearInterval(timer);
+        for (const jobId of this.byJob.keys()) this.updated(jobId);
+        void this.takeOver();
       }, 1000);
       timer.unref();
     }
+  }
+
+  /**
+   * This hub lost its lease: another hub may own its running runs by now (it takes them over from
+   * the store), so this one stops feeding them and answers their reads from the store.
+   */
+  private leaseLost(): void {
+    for (const [id, run] of this.runs) {
+      if (run.finishedAt !== null) continue;
+      run.drop();
+      this.runs.delete(id);
+      this.hub.log.warn({ run: id }, 'OCR run dropped: this hub lost its lease, another hub takes it over');
+    }
+  }
+
+  /** The takeover in progress (one at a time). */
+  private taking: Promise<void> | undefined;
+
+  /**
+   * Takes over the runs whose owner's lease is gone (several hubs: the store gives each to one
+   * hub) and carries them on, rebuilt from their record as after a restart.
+   */
+  takeOver(): Promise<void> {
+    this.taking ??= (async () => {
+      const { hub } = this;
+      let taken: PipelineRun[];
+      try {
+        taken = await hub.takeOverRuns();
+      } catch (err) {
+        // Fenced (this hub is registering again) or the store is unreachable: the next tick tries.
+        hub.log.warn({ err: (err as Error).message }, 'OCR runs: looking for runs to take over failed');
+        return;
+      }
+      if (taken.length === 0) return;
+      const byRun = await this.stageJobs();
+      for (const rec of taken) {
+        const jobs = byRun.get(rec.id) ?? [];
+        const anchor = jobs.find((j) => j.id === rec.anchor);
+        const p = anchor && stageOptions(anchor);
+        if (!anchor || !p?.pages) {
+          hub.log.error({ run: clean(rec.id, 80) }, 'OCR run to take over has no record: left as it is');
+          continue;
+        }
+        const rebuilt = await this.rebuild(anchor, jobs, p);
+        if (!rebuilt) continue;
+        hub.log.warn(
+          { run: rec.id, takeovers: rec.takeovers },
+          'OCR run taken over from a hub whose lease is gone',
+        );
+        // Every page's outcome was recorded before the owner died: only the completed mark was not.
+        if (rebuilt.finished) hub.completeRun(rec.id);
+      }
+    })().finally(() => (this.taking = undefined));
+    return this.taking;
+  }
+
+  /** Every run's jobs in the store, by run, oldest first. */
+  private async stageJobs(): Promise<Map<string, JobRecord[]>> {
+    const byRun = new Map<string, JobRecord[]>();
+    for (const job of await this.hub.jobs.list()) {
+      const p = stageOptions(job);
+      if (p) byRun.set(p.run, [...(byRun.get(p.run) ?? []), job]);
+    }
+    for (const jobs of byRun.values())
+      jobs.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
+    return byRun;
+  }
+
+  /**
+   * Rebuilds a run from its record and carries it on; undefined (logged) if the record cannot be
+   * read. (Not the run itself: it has a `then`, so a promise of it would resolve through that.)
+   */
+  private async rebuild(
+    anchor: JobRecord,
+    jobs: JobRecord[],
+    p: StageOptions,
+  ): Promise<{ finished: boolean } | undefined> {
+    const run = new OcrRun(this, p.run, p.pages ?? [], p.opts ?? {}, p.createdAt ?? anchor.createdAt);
+    try {
+      await run.restore(anchor, jobs);
+    } catch (err) {
+      // One run's record that cannot be read costs that run, not the service.
+      this.hub.log.error({ err, run: clean(p.run, 80) }, 'OCR run could not be rebuilt');
+      return undefined;
+    }
+    this.runs.set(p.run, run);
+    if (run.finishedAt === null)
+      run.once('done', () => this.hub.log.info({ run: p.run }, 'OCR run completed'));
+    return { finished: run.finishedAt !== null };
   }
 
   /** Results of a stage job's items were stored, on this hub or (several hubs) another. */
@@ -752,37 +896,19 @@ export class OcrService {
   }
 
   /**
-   * Rebuilds the runs recorded in the store (the newest {@link OCR_RUNS_KEPT}); not on a store
-   * shared by several hubs, where runs would need an owner.
+   * Rebuilds the runs recorded in the store (the newest {@link OCR_RUNS_KEPT}). On a store shared
+   * by several hubs, only the runs whose owner's lease is gone, taken over by this hub: the others
+   * are carried on by their owners.
    */
   private async restore(): Promise<void> {
-    // Hubs sharing a store would each carry on the same run: rebuilding waits for a run's owner.
-    if (this.hub.shared) return;
-    const byRun = new Map<string, JobRecord[]>();
-    for (const job of await this.hub.jobs.list()) {
-      const p = stageOptions(job);
-      if (p) byRun.set(p.run, [...(byRun.get(p.run) ?? []), job]);
-    }
+    if (this.hub.shared) return this.takeOver();
     const anchors: { anchor: JobRecord; jobs: JobRecord[]; p: StageOptions }[] = [];
-    for (const jobs of byRun.values()) {
-      jobs.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
+    for (const jobs of (await this.stageJobs()).values()) {
       const anchor = jobs.find((j) => Array.isArray(stageOptions(j)?.pages));
       if (anchor) anchors.push({ anchor, jobs, p: stageOptions(anchor) as StageOptions });
     }
     anchors.sort((a, b) => a.anchor.createdAt - b.anchor.createdAt);
-    for (const { anchor, jobs, p } of anchors.slice(-OCR_RUNS_KEPT)) {
-      const run = new OcrRun(this, p.run, p.pages ?? [], p.opts ?? {}, p.createdAt ?? anchor.createdAt);
-      try {
-        await run.restore(anchor, jobs);
-      } catch (err) {
-        // One run's record that cannot be read costs that run, not the service.
-        this.hub.log.error({ err, run: clean(p.run, 80) }, 'OCR run could not be rebuilt');
-        continue;
-      }
-      this.runs.set(p.run, run);
-      if (run.finishedAt === null)
-        run.once('done', () => this.hub.log.info({ run: p.run }, 'OCR run completed'));
-    }
+    for (const { anchor, jobs, p } of anchors.slice(-OCR_RUNS_KEPT)) await this.rebuild(anchor, jobs, p);
   }
 
   /** Items of the runs' stage jobs the result cache answered, until their commit is handled. */
@@ -831,18 +957,84 @@ export class OcrService {
     return run.view(false);
   }
 
-  /** A run's view, with its pages' results when `withResults`. */
-  view(id: string, withResults = false): OcrRunView {
+  /**
+   * A run's view, with its pages' results when `withResults`: from memory on the run's owner,
+   * from the store's record on any other hub (several hubs), or for a run no longer kept here.
+   */
+  async view(id: string, withResults = false): Promise<OcrRunView> {
     const run = this.runs.get(id);
-    if (!run) throw new HubError('unknown_run', `no OCR run "${clean(id, 80)}"`, 404);
-    return run.view(withResults);
+    if (run) return run.view(withResults);
+    const stored = await this.storedView(id, withResults);
+    if (!stored) throw new HubError('unknown_run', `no OCR run "${clean(id, 80)}"`, 404);
+    return stored;
   }
 
-  /** Resolves with the run's results once every page has its outcome. */
-  async wait(id: string): Promise<OcrRunView> {
-    const run = this.runs.get(id);
-    if (!run) throw new HubError('unknown_run', `no OCR run "${clean(id, 80)}"`, 404);
-    if (run.finishedAt === null) await new Promise<void>((ok) => run.once('done', ok));
-    return run.view(true);
+  /**
+   * Resolves with the run's results once every page has its outcome; rejects with `signal`'s
+   * reason once it aborts (the client went away). A run owned elsewhere is read again from the
+   * store every {@link STORE_POLL_MS}; one this hub takes over or drops meanwhile is followed.
+   */
+  async wait(id: string, signal?: AbortSignal): Promise<OcrRunView> {
+    for (;;) {
+      const run = this.runs.get(id);
+      if (run) {
+        if (run.finishedAt !== null) return run.view(true);
+        // Whichever comes first; the other listener is removed with `settled`.
+        const settled = new AbortController();
+        const both = signal ? AbortSignal.any([signal, settled.signal]) : settled.signal;
+        try {
+          await Promise.race([once(run, 'done', { signal: both }), once(run, 'dropped', { signal: both })]);
+        } finally {
+          settled.abort();
+        }
+        continue;
+      }
+      const stored = await this.storedView(id, true);
+      if (!stored) throw new HubError('unknown_run', `no OCR run "${clean(id, 80)}"`, 404);
+      if (stored.state === 'completed') return stored;
+      await pause(STORE_POLL_MS, signal);
+    }
+  }
+
+  /**
+   * A run as its record in the store says at this moment: the owner record, the anchor job's
+   * pages, the `ocr_page` events (the first of each page wins, as in `OcrRun.restore`) and the
+   * `ocr_stage` events. What a hub that does not own the run answers; read afresh at every call,
+   * so it shows the owner's progress as its outcomes are written.
+   */
+  private async storedView(id: string, withResults: boolean): Promise<OcrRunView | undefined> {
+    const { hub } = this;
+    const rec = await hub.pipelineRun(id);
+    const anchor = rec && (await hub.jobs.get(rec.anchor));
+    const p = anchor && stageOptions(anchor);
+    if (!rec || !anchor || !p || !Array.isArray(p.pages)) return undefined;
+    const results: (OcrPageResult | undefined)[] = p.pages.map(() => undefined);
+    let last = 0;
+    for (const ev of (await hub.jobs.events(anchor.id, { type: PAGE_EVENT })).reverse()) {
+      const { page, result } = ev.data as { page: number; result: OcrPageResult };
+      if (!Number.isInteger(page) || page < 0 || page >= results.length || results[page]) continue;
+      results[page] = result;
+      last = Math.max(last, ev.at);
+    }
+    const jobs: Partial<Record<Stage, string>> = { det: anchor.id };
+    for (const ev of (await hub.jobs.events(anchor.id, { type: STAGE_EVENT })).reverse()) {
+      const { stage, job } = ev.data as { stage: Stage; job: string };
+      if (STAGES.includes(stage) && typeof job === 'string') jobs[stage] = job;
+    }
+    const pagesDone = results.filter(Boolean).length;
+    const done = pagesDone === results.length;
+    return {
+      id: rec.id,
+      state: done ? 'completed' : 'running',
+      pages: results.length,
+      pagesDone,
+      jobs,
+      ...(hub.shared ? { owner: rec.ownerHub } : {}),
+      createdAt: p.createdAt ?? anchor.createdAt,
+      finishedAt: done ? last : null,
+      ...(withResults
+        ? { results: results.map((r, i) => r ?? pendingPage((p.pages as string[])[i] as string)) }
+        : {}),
+    };
   }
 }

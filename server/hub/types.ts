@@ -63,6 +63,8 @@ export interface HubEvents {
   'items:committed': [jobId: string, itemIds: number[]];
   /** These items were answered from the result cache (emitted before their `items:committed`). */
   'items:cached': [jobId: string, itemIds: number[]];
+  /** This hub lost its lease: what it owned (chunks, pipeline runs) may be another hub's now. */
+  'lease:lost': [];
 }
 
 /** The hub's emitter, as its parts see it: they emit, observers subscribe on the hub. */

@@ -96,6 +96,24 @@ export interface HubRecord {
   chunks: number;
 }
 
+/**
+ * A pipeline run's owner record (`server/pipeline.ts`): which hub carries the run on. One owner at
+ * a time: a hub records the runs submitted to it, and when their owner's lease is gone (reaped, or
+ * replaced by a new epoch) a live hub takes them over with a compare-and-set (`takeOverRuns`).
+ */
+export interface PipelineRun {
+  id: string;
+  /** The job whose options and events are the run's record (an OCR run's first detection job). */
+  anchor: string;
+  ownerHub: string;
+  /** The owner's lease epoch when it took the run. */
+  ownerEpoch: number;
+  state: 'running' | 'completed';
+  /** Times a hub took the run over from an owner whose lease was gone. */
+  takeovers: number;
+  createdAt: number;
+}
+
 /** A run of consecutive item ids of one job, held by at most one hub. */
 export interface Chunk {
   id: number;
@@ -327,6 +345,21 @@ export interface AsyncStore {
   finishChunk(lease: Lease, chunkId: number): Promise<boolean>;
   /** A job's chunks in id order, held or not. */
   listChunks(jobId: string): Promise<Chunk[]>;
+
+  /**
+   * Records a new pipeline run owned by the caller's lease. Not fenced: a run recorded under a
+   * lease that just lapsed has a dead owner, and is taken over like any other.
+   */
+  createRun(lease: Lease, run: { id: string; anchor: string; createdAt: number }): Promise<void>;
+  getRun(id: string): Promise<PipelineRun | undefined>;
+  /** Marks a run completed: nobody takes it over any more. */
+  completeRun(id: string): Promise<void>;
+  /**
+   * Takes over the running runs whose owner's lease is gone (its hub reaped, or registered again
+   * under another epoch): each with a compare-and-set on its owner and epoch, so when hubs try at
+   * the same time each run goes to exactly one. Returns the runs taken. Fenced.
+   */
+  takeOverRuns(lease: Lease): Promise<PipelineRun[]>;
 
   close(): Promise<void>;
 }

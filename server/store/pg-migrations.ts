@@ -198,6 +198,20 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX result_cache_used ON result_cache (used_at);
   `,
+  // Pipeline runs' owners (async-store.ts \`PipelineRun\`): one hub carries a run on at a time, and
+  // a live hub takes over the runs of a dead one.
+  `
+  CREATE TABLE pipeline_runs (
+    id text PRIMARY KEY,
+    anchor text NOT NULL,
+    owner_hub text NOT NULL,
+    owner_epoch bigint NOT NULL,
+    state text NOT NULL CHECK (state IN ('running', 'completed')),
+    takeovers integer NOT NULL DEFAULT 0,
+    created_at bigint NOT NULL
+  );
+  CREATE INDEX pipeline_runs_running ON pipeline_runs (owner_hub) WHERE state = 'running';
+  `,
 ];
 
 /** The schema version this build writes. */

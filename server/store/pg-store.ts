@@ -30,6 +30,7 @@ import type {
   HubRecord,
   Lease,
   ModelBlob,
+  PipelineRun,
   StoredTokens,
   FailureRecord,
   ItemRecord,
@@ -99,6 +100,8 @@ const FENCE_CTE = `fence AS (
   SELECT 1 FROM hubs WHERE id = $1 AND epoch = $2 AND state = 'live' AND expires_at > now() FOR SHARE
 )`;
 const FENCE_OK = '(SELECT count(*) FROM fence)::int AS ok';
+const RUN_COLUMNS = `id, anchor, owner_hub AS "ownerHub", owner_epoch AS "ownerEpoch", state, takeovers,
+  created_at AS "createdAt"`;
 const MS = (col: string) => `(extract(epoch FROM ${col}) * 1000)::float8`;
 
 /** The statement size for `n` rows: a power of two, at least 8, so few statements are prepared. */
@@ -1229,6 +1232,52 @@ export class PgStore implements AsyncStore {
       [jobId],
     );
     return r.rows;
+  }
+
+  async createRun(lease: Lease, run: { id: string; anchor: string; createdAt: number }): Promise<void> {
+    await this.pool.query(
+      `INSERT INTO pipeline_runs (id, anchor, owner_hub, owner_epoch, state, created_at)
+       VALUES ($1, $2, $3, $4, 'running', $5)`,
+      [run.id, run.anchor, lease.hubId, lease.epoch, run.createdAt],
+    );
+  }
+
+  async getRun(id: string): Promise<PipelineRun | undefined> {
+    const r = await this.pool.query<PipelineRun>(`SELECT ${RUN_COLUMNS} FROM pipeline_runs WHERE id = $1`, [
+      id,
+    ]);
+    return r.rows[0];
+  }
+
+  async completeRun(id: string): Promise<void> {
+    await this.pool.query(`UPDATE pipeline_runs SET state = 'completed' WHERE id = $1`, [id]);
+  }
+
+  async takeOverRuns(lease: Lease): Promise<PipelineRun[]> {
+    // The compare-and-set: the update matches a run only while its owner and epoch are still the
+    // orphaned ones read in \`orphans\`. A hub that takes the same run at the same time waits for
+    // the row's lock, and READ COMMITTED then re-checks the row as committed: its owner changed,
+    // so it no longer matches.
+    const r = await this.fenced<{ runs: PipelineRun[] }>(
+      lease,
+      'run takeover',
+      `orphans AS (
+         SELECT r.id, r.owner_hub, r.owner_epoch FROM pipeline_runs r
+         WHERE r.state = 'running' AND NOT EXISTS (
+           SELECT 1 FROM hubs h WHERE h.id = r.owner_hub AND h.epoch = r.owner_epoch AND h.state = 'live')
+       ),
+       taken AS (
+         UPDATE pipeline_runs p SET owner_hub = $1, owner_epoch = $2, takeovers = p.takeovers + 1
+         FROM orphans o
+         WHERE p.id = o.id AND p.owner_hub = o.owner_hub AND p.owner_epoch = o.owner_epoch
+           AND p.state = 'running' AND EXISTS (SELECT 1 FROM fence)
+         RETURNING p.id, p.anchor, p.owner_hub AS "ownerHub", p.owner_epoch AS "ownerEpoch", p.state,
+           p.takeovers, p.created_at AS "createdAt"
+       )
+       SELECT ${FENCE_OK}, coalesce((SELECT json_agg(taken ORDER BY taken."createdAt") FROM taken), '[]') AS runs`,
+      [],
+    );
+    return r.runs;
   }
 
   /** Ends the pool (waits for checked-out clients); the same promise every time. */

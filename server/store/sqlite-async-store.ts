@@ -27,6 +27,7 @@ import type {
   HubRecord,
   Lease,
   ModelBlob,
+  PipelineRun,
   StoredTokens,
   FailureRecord,
   ItemRecord,
@@ -68,6 +69,8 @@ function cacheId(modelKey: string, input: string): [number, string] {
   return [k.readUIntBE(0, 6) * 16 + (k[6] >> 4), k.toString('hex')];
 }
 
+const RUN_COLUMNS =
+  'id, anchor, owner_hub AS ownerHub, owner_epoch AS ownerEpoch, state, takeovers, created_at AS createdAt';
 const CHUNK_COLUMNS =
   'id, job_id AS jobId, first_id AS first, last_id AS last, cursor, hub_id AS hubId, epoch';
 
@@ -640,6 +643,35 @@ export class SqliteAsyncStore implements AsyncStore {
     return this.st(`SELECT ${CHUNK_COLUMNS} FROM chunks WHERE job_id = ? ORDER BY first_id`).all(
       jobId,
     ) as Chunk[];
+  }
+
+  async createRun(lease: Lease, run: { id: string; anchor: string; createdAt: number }): Promise<void> {
+    this.st(
+      `INSERT INTO pipeline_runs (id, anchor, owner_hub, owner_epoch, state, created_at)
+         VALUES (?, ?, ?, ?, 'running', ?)`,
+    ).run(run.id, run.anchor, lease.hubId, lease.epoch, run.createdAt);
+  }
+
+  async getRun(id: string): Promise<PipelineRun | undefined> {
+    return this.st(`SELECT ${RUN_COLUMNS} FROM pipeline_runs WHERE id = ?`).get(id) as
+      PipelineRun | undefined;
+  }
+
+  async completeRun(id: string): Promise<void> {
+    this.st("UPDATE pipeline_runs SET state = 'completed' WHERE id = ?").run(id);
+  }
+
+  /** One hub: the runs of its own earlier epochs (before a restart or a re-registration). */
+  async takeOverRuns(lease: Lease): Promise<PipelineRun[]> {
+    return this.write(() => {
+      this.fence(lease, 'run takeover');
+      return this.st(
+        `UPDATE pipeline_runs SET owner_hub = ?, owner_epoch = ?, takeovers = takeovers + 1
+           WHERE state = 'running' AND NOT EXISTS (SELECT 1 FROM hubs h
+             WHERE h.id = pipeline_runs.owner_hub AND h.epoch = pipeline_runs.owner_epoch AND h.state = 'live')
+           RETURNING ${RUN_COLUMNS}`,
+      ).all(lease.hubId, lease.epoch) as PipelineRun[];
+    });
   }
 
   /** Closes the database; later calls do nothing. */

@@ -209,6 +209,20 @@ export const SQLITE_MIGRATIONS: readonly SqliteMigration[] = [
   CREATE INDEX result_cache_used ON result_cache (used_at);
   `,
   },
+  {
+    name: "pipeline runs' owners (async-store.ts PipelineRun): one hub carries a run on at a time",
+    sql: `
+  CREATE TABLE pipeline_runs (
+    id TEXT PRIMARY KEY,
+    anchor TEXT NOT NULL,
+    owner_hub TEXT NOT NULL,
+    owner_epoch INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'completed')),
+    takeovers INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+  );
+  `,
+  },
 ];
 
 /** The schema version this build writes. */

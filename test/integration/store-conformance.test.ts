@@ -990,6 +990,48 @@ function conformance(target: Target): void {
       assert.deepEqual(await sa.claimChunks(back, { maxChunks: 5 }), []);
     });
 
+    test('pipeline runs: recorded with their owner; once it is gone, hubs taking over at once take each run once', async () => {
+      const [sa, sb, sc] = await clients(3);
+      const several = sa.severalHubs;
+      const la = await sa.registerHub('a', { url: 'http://a', ttlMs: several ? 300 : 60_000 });
+      const lb = await sb.registerHub('b', { url: 'http://b', ttlMs: 60_000 });
+      const lc = await sc.registerHub('c', { url: 'http://c', ttlMs: 60_000 });
+      const ids = Array.from({ length: 20 }, (_, i) => `r${String(i).padStart(2, '0')}`);
+      for (const [i, id] of ids.entries())
+        await sa.createRun(la, { id, anchor: `j${i}`, createdAt: 1000 + i });
+      assert.deepEqual(await sb.getRun('r03'), {
+        id: 'r03',
+        anchor: 'j3',
+        ownerHub: 'a',
+        ownerEpoch: la.epoch,
+        state: 'running',
+        takeovers: 0,
+        createdAt: 1003,
+      });
+      assert.equal(await sb.getRun('nope'), undefined);
+      await sa.completeRun('r19');
+      assert.deepEqual(await sb.takeOverRuns(lb), [], "a live owner's runs are not taken");
+      // The owner goes: reaped once its lease lapsed (several hubs), or registered again.
+      if (several) {
+        await sleep(600);
+        assert.equal((await sb.reapExpired(lb)).length, 1);
+      } else await sa.registerHub('a', { url: 'http://a', ttlMs: 60_000 });
+      const [byB, byC] = await Promise.all([sb.takeOverRuns(lb), sc.takeOverRuns(lc)]);
+      const taken = [...byB, ...byC].map((r) => r.id).sort();
+      assert.deepEqual(taken, ids.slice(0, 19), 'every running run taken once, the completed one not');
+      for (const r of [...byB, ...byC]) {
+        const owner = byB.includes(r) ? lb : lc;
+        assert.deepEqual(await sa.getRun(r.id), {
+          ...r,
+          ownerHub: owner.hubId,
+          ownerEpoch: owner.epoch,
+          takeovers: 1,
+        });
+      }
+      assert.deepEqual([...(await sb.takeOverRuns(lb)), ...(await sc.takeOverRuns(lc))], []);
+      await assert.rejects(sa.takeOverRuns(la), FencedError, 'a hub whose lease is gone takes nothing over');
+    });
+
     test('lease keeper: renews past several TTLs; once stopped, its lease lapses and another hub reaps it', async () => {
       const [sa, sb] = await clients(2, { chunkItems: 10 });
       const ids = await sealedJob(sa, 'j', 20);

@@ -54,6 +54,7 @@ const ALL_TABLES = [
   'items',
   'jobs',
   'models',
+  'pipeline_runs',
   'replicas',
   'result_cache',
   'results',
