@@ -213,6 +213,11 @@ export class HubServer {
     }
 
     const http = createServer(app);
+    // Idle keep-alive connections are closed by the client first: a client (fetch, a balancer)
+    // keeps one a few seconds, and a hub that closed it at the same moment would reset the next
+    // request the client sends on it. Longer than HAProxy's and undici's idle times.
+    http.keepAliveTimeout = 65_000;
+    http.headersTimeout = 66_000;
     // Native nodes' data channels share the hub's port (protocol/data-channel.ts). Socket.IO's own
     // upgrade listener ignores other paths.
     http.on('upgrade', (req, socket, head) => {
