@@ -409,6 +409,7 @@ export function apiRouter(
           expiresAt: Number.isFinite(h.expiresAt) ? h.expiresAt : null,
         })),
         store: hub.storeKind,
+        now: Date.now(),
       },
     });
   });

@@ -20,6 +20,7 @@ import type {
 import { count, rate } from './format.ts';
 import { OperatorController } from './operator-controller.ts';
 import './sh-fairness-view.ts';
+import './sh-hubs-view.ts';
 import './sh-job-detail.ts';
 import './sh-jobs-table.ts';
 import './sh-ocr-run.ts';
@@ -34,7 +35,8 @@ export type Route =
   | { view: 'jobs'; jobId?: string }
   | { view: 'fairness'; jobId?: string }
   | { view: 'submit' }
-  | { view: 'ocr'; runId: string };
+  | { view: 'ocr'; runId: string }
+  | { view: 'hubs' };
 
 /** Reads a route from a location hash. */
 export function parseRoute(hash: string): Route {
@@ -47,6 +49,8 @@ export function parseRoute(hash: string): Route {
       return { view: 'fairness', jobId };
     case 'submit':
       return { view: 'submit' };
+    case 'hubs':
+      return { view: 'hubs' };
     case 'ocr':
       return jobId ? { view: 'ocr', runId: jobId } : { view: 'submit' };
     default:
@@ -219,6 +223,7 @@ export class ShDashboard extends LitElement {
         ${this.tab('#jobs', 'Jobs', r.view === 'jobs')}
         ${this.tab(this.fairnessHref(jobs), 'Fairness', r.view === 'fairness')}
         ${this.tab('#submit', 'Submit a job', r.view === 'submit' || r.view === 'ocr')}
+        ${this.tab('#hubs', 'Hubs', r.view === 'hubs')}
       </nav>
       ${op.problem && op.phase !== 'live' ? html`<p class="problem" role="alert">${op.problem}</p>` : null}
       <main
@@ -272,6 +277,8 @@ export class ShDashboard extends LitElement {
       }
       case 'submit':
         return html`<sh-submit-form .api=${op.api}></sh-submit-form>`;
+      case 'hubs':
+        return html`<sh-hubs-view .api=${op.api} .workers=${workers}></sh-hubs-view>`;
       case 'ocr':
         return html`<sh-ocr-run
           .api=${op.api}

@@ -2,7 +2,8 @@
  * `<sh-workers-table>`: every worker the hub knows, one row each: kind, backend, device (GPU or
  * adapter, else processor), state and probation, CPU and memory load, weight (benchmark and
  * observed), items done, current rate, share against fair share and the last heartbeat, with
- * pause / resume, drain and evict, and remove for offline workers. Sortable by any column, filterable by text,
+ * pause / resume, drain and evict, and remove for offline workers. With several hubs, each worker's
+ * hub is named under its id (and matched by the text filter). Sortable by any column, filterable by text,
  * state, kind and backend. Rows are virtualized (`@lit-labs/virtualizer`): only the rows in view
  * exist in the DOM, so 500 workers scroll as smoothly as 5.
  *
@@ -277,7 +278,9 @@ export class ShWorkersTable extends LitElement {
     const ratio = w.share !== null && w.fairShare ? w.share / w.fairShare : null;
     const evictKey = `evict:${w.id}`;
     return html`<div class="row" role="row" data-worker-id=${w.id} data-state=${w.state}>
-      <div class="cell name" role="cell" title=${w.id}>${w.name}<small>${w.id}</small></div>
+      <div class="cell name" role="cell" title=${w.hub ? `${w.id} on hub ${w.hub}` : w.id}>
+        ${w.name}<small>${w.id}${w.hub ? html` · hub <span data-col="hub">${w.hub}</span>` : nothing}</small>
+      </div>
       <div class="cell" role="cell">${w.kind}</div>
       <div class="cell" role="cell">${w.backend}</div>
       <div

@@ -111,7 +111,8 @@ export function visibleWorkers(
         w.device.toLowerCase().includes(text) ||
         deviceLabel(w).toLowerCase().includes(text) ||
         (text === 'probation' && !!w.probation) ||
-        (w.pool ?? '').toLowerCase().includes(text)),
+        (w.pool ?? '').toLowerCase().includes(text) ||
+        (w.hub ?? '').toLowerCase().includes(text)),
   );
   return rows.sort((a, b) => {
     const x = sortValue(a, sort.key);
