@@ -292,6 +292,10 @@ export class HubServer {
     });
     const addr = http.address();
     const port = typeof addr === 'object' && addr ? addr.port : config.port;
+    // Listed in the hubs view with the port it really got (the registration had the one asked for).
+    await hub
+      .advertise(`${hostname()}:${port}`)
+      .catch((err: unknown) => log.warn({ err }, 'could not list the hub with its port'));
     const shownHost = config.host === '0.0.0.0' || config.host === '::' ? 'localhost' : config.host;
     const server = new HubServer(
       hub,

@@ -147,7 +147,7 @@ export class Hub extends EventEmitter<HubEvents> {
       reapEveryMs: store.severalHubs ? opts.leaseMs : 0,
     };
     const keeper = await LeaseKeeper.start(store, hubId, keeping);
-    const hub = new Hub(store, models, log, opts, writes, trustCache, keeper, () =>
+    const hub = new Hub(store, models, log, opts, writes, trustCache, keeper, keeping, () =>
       LeaseKeeper.start(store, hubId, keeping),
     );
     await hub.lifecycle.resume();
@@ -162,6 +162,8 @@ export class Hub extends EventEmitter<HubEvents> {
     private readonly behind: WriteBehind,
     trustCache: TrustCache,
     private keeper: LeaseKeeper,
+    /** What the hub registers with (again, after a lost lease): its address among them. */
+    private readonly keeping: { url: string },
     private readonly newLease: () => Promise<LeaseKeeper>,
   ) {
     super();
@@ -527,6 +529,16 @@ export class Hub extends EventEmitter<HubEvents> {
       ...h,
       self: h.id === lease.hubId && h.epoch === lease.epoch,
     }));
+  }
+
+  /**
+   * The address other hubs and operators see this hub at, once it is known (a hub on port 0 learns
+   * its port when it listens); a registration after a lost lease uses it too.
+   */
+  async advertise(url: string): Promise<void> {
+    if (url === this.keeping.url) return;
+    this.keeping.url = url;
+    await this.store.setHubUrl(this.keeper.lease, url);
   }
 
   // ---------------------------------------------------------------- time

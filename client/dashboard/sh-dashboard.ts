@@ -1,8 +1,8 @@
 /**
  * `<sh-dashboard>`: the operator dashboard (`/dashboard`). Without the operator token it shows the
  * sign-in and nothing else; signed in, a header with the connection and grid totals, and one of
- * four views chosen by the URL's hash: `#workers`, `#jobs` (or `#jobs/<id>`), `#fairness/<id>` and
- * `#submit` (an OCR run it submitted: `#ocr/<id>`). Everything comes from {@link OperatorController}: a REST picture kept live by the
+ * five views chosen by the URL's hash: `#workers`, `#jobs` (or `#jobs/<id>`), `#fairness/<id>`,
+ * `#submit` (an OCR run it submitted: `#ocr/<id>`) and `#hubs`. Everything comes from {@link OperatorController}: a REST picture kept live by the
  * `/operator` namespace; the views' events become REST actions there.
  */
 import { css, html, LitElement } from 'lit';

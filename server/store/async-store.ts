@@ -321,6 +321,8 @@ export interface AsyncStore {
   /** Extends the lease by its TTL from now; `FencedError` once it lapsed. */
   renewLease(lease: Lease): Promise<Lease>;
   listHubs(): Promise<HubRecord[]>;
+  /** Sets the address a hub is listed with (known once it listens), for the lease's incarnation. */
+  setHubUrl(lease: Lease, url: string): Promise<void>;
   /** Marks dead the hubs whose lease lapsed and releases their chunks. Fenced (the caller's). */
   reapExpired(lease: Lease): Promise<{ hubId: string; epoch: number; chunks: number }[]>;
   /** Claims up to `maxChunks` unheld chunks of jobs in `states`, by priority then age. Fenced. */

@@ -1055,6 +1055,14 @@ export class PgStore implements AsyncStore {
     });
   }
 
+  async setHubUrl(lease: Lease, url: string): Promise<void> {
+    await this.pool.query('UPDATE hubs SET url = $3 WHERE id = $1 AND epoch = $2', [
+      lease.hubId,
+      lease.epoch,
+      url,
+    ]);
+  }
+
   async registerHub(hubId: string, opts: { url: string; ttlMs: number }): Promise<Lease> {
     if (!Number.isInteger(opts.ttlMs) || opts.ttlMs < 1) {
       throw new Error(`lease ttlMs must be a positive integer, not ${String(opts.ttlMs)}`);

@@ -515,6 +515,10 @@ export class SqliteAsyncStore implements AsyncStore {
     });
   }
 
+  async setHubUrl(lease: Lease, url: string): Promise<void> {
+    this.st('UPDATE hubs SET url = ? WHERE id = ? AND epoch = ?').run(url, lease.hubId, lease.epoch);
+  }
+
   async registerHub(hubId: string, opts: { url: string; ttlMs: number }): Promise<Lease> {
     if (!Number.isInteger(opts.ttlMs) || opts.ttlMs < 1) {
       throw new Error(`lease ttlMs must be a positive integer, not ${String(opts.ttlMs)}`);

@@ -93,6 +93,8 @@ describe('the hubs view', { timeout: 180_000 }, () => {
     const bId = await other.getAttribute('data-hub-id');
     assert.ok(bId && bId !== a.hub.hubId, `hub b listed: ${bId}`);
     assert.match(await self.locator('[data-test=hub-lease]').innerText(), /^\d+\.\d s left$/);
+    // Listed with the port it listens on (it asked for any).
+    assert.ok((await self.locator('td').nth(1).innerText()).endsWith(`:${new URL(a.url).port}`));
     await waitFor(
       'the node counted on hub b',
       async () => (await other.locator('[data-test=hub-workers]').innerText()) === '1',
@@ -124,6 +126,7 @@ describe('the hubs view', { timeout: 180_000 }, () => {
     const rows = page.locator('sh-hubs-view tr[data-hub-id]');
     assert.equal(await rows.count(), 1);
     assert.equal(await rows.locator('[data-test=hub-lease]').innerText(), 'never lapses (one hub)');
+    assert.ok((await rows.locator('td').nth(1).innerText()).endsWith(`:${new URL(alone.url).port}`));
     await rows.locator('[data-test=hub-self]').waitFor();
     await page.context().close();
   });
