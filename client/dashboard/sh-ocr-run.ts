@@ -7,8 +7,8 @@
  *
  * The run is read with `GET /api/ocr/:id?results=1` (a `@lit/task`, aborted when the route
  * changes), again every second or so until it completes. A lost hub keeps the last picture on
- * screen and says so while it retries; a run the hub does not know (runs live in the hub's memory,
- * so a restart forgets them) stops the polling with that explanation.
+ * screen and says so while it retries; a run the hub does not know (a wrong address, or a run older
+ * than the newest the hub keeps) stops the polling with that explanation.
  */
 import { Task } from '@lit/task';
 import { css, html, LitElement, nothing } from 'lit';
@@ -217,8 +217,8 @@ export class ShOcrRun extends LitElement {
     if (err instanceof ApiError) {
       if (err.status === 404)
         return (
-          `The hub has no OCR run "${this.runId}". Runs live in the hub's memory: a restarted hub ` +
-          'forgets them (their stage jobs still finish, under Jobs).'
+          `The hub has no OCR run "${this.runId}": check the address. A hub keeps only its newest ` +
+          "runs (an older run's stage jobs and their results stay under Jobs)."
         );
       if (err.status === 0)
         return this.last
