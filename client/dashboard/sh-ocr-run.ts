@@ -114,14 +114,6 @@ export class ShOcrRun extends LitElement {
       .reason {
         color: #b42318;
       }
-      .problem {
-        padding: 0.5rem 0.75rem;
-        border-radius: 0.35rem;
-        background: #fef3f2;
-        color: #b42318;
-        border: 1px solid #fecdca;
-        margin: 0;
-      }
     `,
   ];
 

@@ -178,6 +178,15 @@ export const shared = css`
     font-variant-numeric: tabular-nums;
     text-align: right;
   }
+  /* What went wrong, in a view (a failed read, an unknown run). */
+  .problem {
+    padding: 0.5rem 0.75rem;
+    border-radius: 0.35rem;
+    background: #fef3f2;
+    color: #b42318;
+    border: 1px solid #fecdca;
+    margin: 0;
+  }
   .muted {
     color: #616e7c;
   }
