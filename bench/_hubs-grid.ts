@@ -37,6 +37,8 @@ import { packItems } from '../protocol/pack.ts';
 const OPERATOR = 'op_hubs-bench-operator-token-0123456789';
 const JOIN = 'join_hubs-bench-join-token-0123456789';
 const UPLOAD = 500;
+/** How long the idle cost is measured, before each case's seal. */
+const IDLE_MS = 3000;
 
 export interface GridRow {
   store: string;
@@ -52,6 +54,14 @@ export interface GridRow {
   nodesCpuUsPerItem: number;
   /** Hubs + Postgres: what the grid's hub side costs per item. */
   serverCpuUsPerItem: number;
+  /**
+   * Hubs + Postgres CPU per second of wall time with the nodes connected and the job's items
+   * uploaded but not sealed (ms/s): what the grid costs whatever it runs (ticks, leases, the
+   * hub-to-hub channel, heartbeats).
+   */
+  idleServerMsPerS: number;
+  /** {@link serverCpuUsPerItem} less the idle cost over the run's wall time. */
+  serverCpuUsPerItemNetOfIdle: number;
   /** Transactions committed in the case's database per item (`pg_stat_database.xact_commit`). */
   pgXactsPerItem: number | string;
   lockWaitingMax: number | string;
@@ -240,6 +250,13 @@ async function gridCase(
         await c.end();
       }
     };
+    // What the grid costs doing nothing, over the same processes, before the seal.
+    const serverUs = (c: ReturnType<typeof cpu>) =>
+      c.hubs.reduce((a, b) => a + b, 0) + (Number.isNaN(c.pg) ? 0 : c.pg);
+    const i0 = cpu();
+    const idleT0 = performance.now();
+    await new Promise((ok) => setTimeout(ok, IDLE_MS));
+    const idleMsPerS = (serverUs(cpu()) - serverUs(i0)) / (performance.now() - idleT0);
     const x0 = await xacts();
     const c0 = cpu();
     const t0 = performance.now();
@@ -267,6 +284,8 @@ async function gridCase(
       pgCpuUsPerItem: Number.isNaN(pgCpu) ? '-' : per(pgCpu),
       nodesCpuUsPerItem: per(c1.nodes - c0.nodes),
       serverCpuUsPerItem: per(hubsCpu + (Number.isNaN(pgCpu) ? 0 : pgCpu)),
+      idleServerMsPerS: Number(idleMsPerS.toFixed(1)),
+      serverCpuUsPerItemNetOfIdle: per(hubsCpu + (Number.isNaN(pgCpu) ? 0 : pgCpu) - idleMsPerS * wall),
       pgXactsPerItem: url ? Number(((x1 - x0) / items).toFixed(2)) : '-',
       lockWaitingMax: lockFigures ? lockFigures.max : '-',
       lockEvents: lockFigures
