@@ -621,7 +621,9 @@ export class JobLifecycle implements JobQueries {
     if (job && active && this.d.shared) this.follow(job, active);
     if (!job || (job.state !== 'running' && job.state !== 'queued')) return;
     if (job.doneCount + job.failedCount < job.itemCount || this.streaming.has(jobId)) return;
-    await store.updateJob(jobId, { state: 'completed', finishedAt: Date.now() });
+    // The store completes it only if its counts are still full: a revert (a quarantine, here or on
+    // another hub) may have reopened items since they were read.
+    if (!(await store.completeJob(jobId, Date.now()))) return;
     await this.d.completing().catch((err: unknown) => this.d.log.warn({ err }, 'figures not sent'));
     this.deactivate(jobId, job.itemCount, 'job completed');
     this.d.log.info({ jobId, done: job.doneCount, failed: job.failedCount }, 'job completed');

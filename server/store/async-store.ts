@@ -238,6 +238,14 @@ export interface AsyncStore {
     id: string,
     patch: Partial<Pick<JobRecord, 'state' | 'priority' | 'startedAt' | 'finishedAt' | 'deadline'>>,
   ): Promise<void>;
+  /**
+   * Completes a queued or running job whose every item is done or failed, and deletes its chunks,
+   * in one atomic step; false (and nothing changed) if the job is in another state or its counts
+   * are short. The counts are read under the job's lock: a completion decided from counts read
+   * earlier could land after a revert had reopened items (`revertUnverified`) or items were added,
+   * and leave a completed job with pending items and no chunk for them.
+   */
+  completeJob(id: string, finishedAt: number): Promise<boolean>;
   getJob(id: string): Promise<JobRecord | undefined>;
   /** Newest first; `limit` keeps the newest. */
   listJobs(filter?: { states?: JobState[]; limit?: number }): Promise<JobRecord[]>;

@@ -520,6 +520,25 @@ export class PgStore implements AsyncStore {
       await this.pool.query('DELETE FROM chunks WHERE job_id = $1', [id]);
   }
 
+  async completeJob(id: string, finishedAt: number): Promise<boolean> {
+    return this.tx(async (c) => {
+      // The row lock first, then the counts, each statement seeing what committed before it: a
+      // revert (which reopens the job under this lock) or an append either committed before, and
+      // its counts are read, or waits, and reopens or refuses the job once it is completed.
+      const row = await c.query<{ state: string }>('SELECT state FROM jobs WHERE id = $1 FOR UPDATE', [id]);
+      const state = row.rows[0]?.state;
+      if (state !== 'running' && state !== 'queued') return false;
+      const r = await c.query(
+        `UPDATE jobs SET state = 'completed', finished_at = $2 WHERE id = $1 AND item_count <= (
+           SELECT coalesce(sum(done_count), 0) + coalesce(sum(failed_count), 0) FROM job_counters WHERE job_id = $1)`,
+        [id, finishedAt],
+      );
+      if (r.rowCount === 0) return false;
+      await c.query('DELETE FROM chunks WHERE job_id = $1', [id]);
+      return true;
+    });
+  }
+
   async getJob(id: string): Promise<JobRecord | undefined> {
     const r = await this.pool.query<JobRecord>(`${JOB_SELECT} WHERE j.id = $1`, [id]);
     return r.rows[0];

@@ -302,6 +302,17 @@ export class SqliteAsyncStore implements AsyncStore {
       this.st('DELETE FROM chunks WHERE job_id = ?').run(id);
   }
 
+  async completeJob(id: string, finishedAt: number): Promise<boolean> {
+    return this.write(() => {
+      const job = this.store.getJob(id);
+      if (!job || (job.state !== 'running' && job.state !== 'queued')) return false;
+      if (job.doneCount + job.failedCount < job.itemCount) return false;
+      this.store.updateJob(id, { state: 'completed', finishedAt });
+      this.st('DELETE FROM chunks WHERE job_id = ?').run(id);
+      return true;
+    });
+  }
+
   async getJob(id: string): Promise<JobRecord | undefined> {
     return this.store.getJob(id);
   }

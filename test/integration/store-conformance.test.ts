@@ -562,6 +562,62 @@ function conformance(target: Target): void {
       );
     });
 
+    test('completeJob: only with full counts; racing a revert, a job is never left completed with pending items, and reopened items keep a chunk', async () => {
+      const [a, b] = await clients(2);
+      const lease = await a.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      const ids = await sealedJob(a, 'short', 2);
+      await a.recordResults(lease, [result(ids[0], 'short')]);
+      assert.equal(await a.completeJob('short', 5), false, 'an item is still pending');
+      assert.equal((await a.getJob('short'))!.state, 'queued');
+      await a.recordFailures(lease, [
+        {
+          itemId: ids[1],
+          jobId: 'short',
+          workerId: 'w1',
+          category: 'timeout',
+          message: 'slow',
+          at: 1,
+          final: true,
+        },
+      ]);
+      assert.equal(await a.completeJob('short', 5), true);
+      const done = (await a.getJob('short'))!;
+      assert.deepEqual([done.state, done.finishedAt], ['completed', 5]);
+      assert.deepEqual(await a.listChunks('short'), [], "a completed job's chunks are gone");
+      assert.equal(await a.completeJob('short', 6), false, 'already completed');
+      assert.equal(await a.completeJob('nope', 6), false);
+
+      // One hub completes a job whose counts are full while another takes back a quarantined
+      // worker's results in it: whichever lands first, the job ends unfinished with the reopened
+      // items pending, each in a chunk a hub can claim.
+      for (let round = 0; round < 30; round++) {
+        const job = `race${round}`;
+        const liar = `liar${round}`;
+        const jobIds = await sealedJob(a, job, 8);
+        await a.recordResults(
+          lease,
+          jobIds.map((id, k) => result(id, job, k % 2 ? liar : 'honest')),
+        );
+        const [, reverted] = await Promise.all([a.completeJob(job, 1), b.revertUnverified(lease, liar)]);
+        const reopened = reverted.get(job) ?? [];
+        assert.deepEqual(
+          reopened,
+          jobIds.filter((_, k) => k % 2),
+          `round ${round}: the liar's results went`,
+        );
+        const row = (await a.getJob(job))!;
+        // Running when the revert reopened the completed job; queued (as it was) when it came first.
+        assert.notEqual(row.state, 'completed', `round ${round}: a job with pending items is not completed`);
+        assert.equal(row.doneCount, 4);
+        const chunks = await a.listChunks(job);
+        for (const id of reopened)
+          assert.ok(
+            chunks.some((c) => c.first <= id && id <= c.last),
+            `round ${round}: reopened item ${id} is in a chunk (${JSON.stringify(chunks)})`,
+          );
+      }
+    });
+
     test('result cache: an item whose key has a stored result is answered at append with a copy of it; misses become entries', async () => {
       const [a, b] = await clients(2);
       const lease = await a.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
