@@ -1238,19 +1238,25 @@ export class PgStore implements AsyncStore {
   }
 
   async finishChunk(lease: Lease, chunkId: number): Promise<boolean> {
-    const r = await this.fenced<{ n: number }>(
-      lease,
-      'chunk finish',
-      `gone AS (
-         DELETE FROM chunks c WHERE c.id = $3 AND c.hub_id = $1 AND c.epoch = $2 AND EXISTS (SELECT 1 FROM fence)
+    return this.tx(async (c) => {
+      await this.fence(c, lease, 'chunk finish');
+      // The chunk's lock first, then its items in a statement of their own. A revert that reopened
+      // an item of it locks the chunk to find the item covered: by the time this has the lock, that
+      // revert has committed and its item reads pending. In one statement the items would be judged
+      // by the snapshot taken before waiting for the lock, and the chunk deleted from under them.
+      const held = await c.query(
+        'SELECT 1 FROM chunks WHERE id = $1 AND hub_id = $2 AND epoch = $3 FOR UPDATE',
+        [chunkId, lease.hubId, lease.epoch],
+      );
+      if (held.rowCount === 0) return false;
+      const gone = await c.query(
+        `DELETE FROM chunks c WHERE c.id = $1
            AND NOT EXISTS (SELECT 1 FROM items i WHERE i.job_id = c.job_id AND i.state = 'pending'
-                           AND i.id BETWEEN c.first_id AND c.last_id)
-         RETURNING 1
-       )
-       SELECT ${FENCE_OK}, (SELECT count(*) FROM gone)::int AS n`,
-      [chunkId],
-    );
-    return r.n === 1;
+                           AND i.id BETWEEN c.first_id AND c.last_id)`,
+        [chunkId],
+      );
+      return gone.rowCount === 1;
+    });
   }
 
   async listChunks(jobId: string): Promise<Chunk[]> {

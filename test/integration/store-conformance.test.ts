@@ -618,6 +618,58 @@ function conformance(target: Target): void {
       }
     });
 
+    test(
+      'finishChunk waits for a revert holding its chunk, and keeps the chunk for the item it reopened',
+      { skip: target.name === 'postgres' ? false : 'row locks: one writer at a time on SQLite' },
+      async () => {
+        const space = target.space();
+        const a = await space.open();
+        open.push(a);
+        const lease = await a.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+        const ids = await sealedJob(a, 'j', 4);
+        const [chunk] = await a.claimChunks(lease, { maxChunks: 1 });
+        await a.advanceChunk(lease, chunk.id, chunk.last);
+        await a.recordResults(
+          lease,
+          ids.map((id) => result(id, 'j')),
+        );
+        // `revertUnverified`'s steps, held open: an item reopened, then the job's chunks locked to
+        // see which reopened items they cover.
+        const raw = new pg.Client({
+          connectionString: space.where.where,
+          options: `-c search_path=${space.where.schema}`,
+        });
+        await raw.connect();
+        try {
+          await raw.query('BEGIN');
+          await raw.query(`UPDATE items SET state = 'pending' WHERE id = $1`, [ids[1]]);
+          await raw.query('SELECT id FROM chunks WHERE job_id = $1 FOR UPDATE', ['j']);
+          const finishing = a.finishChunk(lease, chunk.id);
+          // Until the finish waits for the chunk's lock.
+          const waiting = async () =>
+            Number(
+              (
+                await raw.query(
+                  `SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`,
+                )
+              ).rows[0].n,
+            );
+          for (let t = 0; (await waiting()) === 0; t++) {
+            assert.ok(t < 500, 'the finish never waited for the lock');
+            await sleep(10);
+          }
+          await raw.query('COMMIT');
+          assert.equal(await finishing, false, 'an item of the chunk is pending again');
+        } finally {
+          await raw.end();
+        }
+        assert.deepEqual(
+          (await a.listChunks('j')).map((c) => c.id),
+          [chunk.id],
+        );
+      },
+    );
+
     test('result cache: an item whose key has a stored result is answered at append with a copy of it; misses become entries', async () => {
       const [a, b] = await clients(2);
       const lease = await a.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
