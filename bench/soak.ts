@@ -5,8 +5,8 @@
  * Chaos against a real grid: the hub runs as its own process on a fixed port; native nodes run
  * the real mlp-small model with onnxruntime-node. Two of them lie (`native/fault.ts`): a blatant
  * liar corrupts every output, and a subtle one answers its first 300 items honestly (it passes
- * probation), then multiplies one output element by 1.05 on 5% of items, which only spot checks
- * and canaries can catch. For the given time, at random: nodes are SIGKILLed and restarted (same
+ * probation; 300 × `--scale`, at least 30, on scaled jobs), then multiplies one output element by
+ * 1.05 on 5% of items, which only spot checks and canaries can catch. For the given time, at random: nodes are SIGKILLed and restarted (same
  * identity; a restarted subtle liar is honest for 300 items again), nodes are evicted from the
  * server side, nodes are stalled (SIGSTOP for a while, then SIGCONT), the hub is killed with -9 and
  * restarted on the same data dir, new jobs are submitted concurrently, and bursts of hostile socket
@@ -26,7 +26,8 @@
  * first); the hub kills pick a hub at random, which restarts under a new hub id, so a live hub must
  * reap the dead one (lease 3 s) before its chunks run again. REST requests go to a live hub. The
  * audit reads the store through its own interface (`AsyncStore`: `PgStore` or `SqliteAsyncStore`),
- * the same figures for both. `--scale` multiplies every job's size (Postgres hubs commit fewer
+ * the same figures for both. With SHARDHUB_SOAK_KEEP_DB=1 a run that failed or lost items keeps
+ * its database, to read its rows. `--scale` multiplies every job's size (Postgres hubs commit fewer
  * items per second than a SQLite hub; the test uses it to stay short).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -130,7 +131,15 @@ export interface SoakResult {
   failed: number;
   lost: number;
   /** Per job with lost items: how many were missing from the store and how many left pending. */
-  lost_by_job: { job: string; items: number; stored: number; missing: number; pending: number }[];
+  lost_by_job: {
+    job: string;
+    /** The job's state at the audit. */
+    state: string;
+    items: number;
+    stored: number;
+    missing: number;
+    pending: number;
+  }[];
   done_without_result: number;
   result_not_done: number;
   counters_off: number;
@@ -199,7 +208,18 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       }
       database = await createDatabase(server, 'shardhub_soak');
     }
-    return await soak(opts, database?.url, children);
+    let ok = false;
+    try {
+      const result = await soak(opts, database?.url, children);
+      ok = result.lost === 0;
+      return result;
+    } finally {
+      // SHARDHUB_SOAK_KEEP_DB=1: a run that lost items or failed keeps its database, to read its rows.
+      if (process.env.SHARDHUB_SOAK_KEEP_DB && !ok && database) {
+        process.stderr.write(`soak: database kept at ${database.url}\n`);
+        database = undefined;
+      }
+    }
   } finally {
     for (const c of children) c.kill('SIGKILL');
     await Promise.all(
@@ -328,7 +348,17 @@ async function soak(
   const liarIds = { blatant: 'soak-blatant-liar', subtle: 'soak-subtle-liar' };
   const lies = {
     blatant: ['--corrupt-rate', '1'],
-    subtle: ['--corrupt-rate', '0.05', '--corrupt-after', '300', '--corrupt-scale', '1.05'],
+    // Its honest stretch scales with the jobs: on quarter-size jobs 300 honest items are most of what
+    // it runs, and the jobs could end before spot checks catch it twice (quarantine, which takes its
+    // lies back), leaving the lies it told accepted.
+    subtle: [
+      '--corrupt-rate',
+      '0.05',
+      '--corrupt-after',
+      String(Math.max(30, Math.round(300 * scale))),
+      '--corrupt-scale',
+      '1.05',
+    ],
   };
   const startNode = (i: number, liar: Liar) => {
     const proc = spawn(
@@ -508,28 +538,34 @@ async function soak(
   await Promise.all(submissions);
   log('chaos over; waiting for every job');
   // A job that makes no progress for 2 minutes is stuck (a slow one is not: Postgres hubs are).
-  for (const id of jobItems.keys()) {
-    let seen = -1;
-    let movedAt = Date.now();
-    let loggedAt = 0;
-    for (;;) {
-      const j = (await req(liveUrl(), op, 'GET', `/api/jobs/${id}`)).json?.data as
-        { state: string; done: number; failed: number; items?: number; itemCount?: number } | undefined;
-      if (j?.state === 'completed') break;
-      const decided = (j?.done ?? 0) + (j?.failed ?? 0);
-      if (decided !== seen) {
-        seen = decided;
-        movedAt = Date.now();
+  // Until one pass finds every job completed: a quarantine takes back the liar's unconfirmed
+  // results, which reopens a job already seen completed, to run them again.
+  for (let settled = false; !settled;) {
+    settled = true;
+    for (const id of jobItems.keys()) {
+      let seen = -1;
+      let movedAt = Date.now();
+      let loggedAt = 0;
+      for (;;) {
+        const j = (await req(liveUrl(), op, 'GET', `/api/jobs/${id}`)).json?.data as
+          { state: string; done: number; failed: number; items?: number; itemCount?: number } | undefined;
+        if (j?.state === 'completed') break;
+        settled = false;
+        const decided = (j?.done ?? 0) + (j?.failed ?? 0);
+        if (decided !== seen) {
+          seen = decided;
+          movedAt = Date.now();
+        }
+        if (Date.now() - loggedAt > 10_000) {
+          loggedAt = Date.now();
+          log(`job ${id}: ${decided} of ${jobItems.get(id)?.length} items decided`);
+        }
+        if (Date.now() - movedAt > 120_000)
+          throw new Error(
+            `job ${id} did not complete: ${decided} of ${jobItems.get(id)?.length} items decided, none for 2 min (${JSON.stringify(j)})`,
+          );
+        await sleep(500);
       }
-      if (Date.now() - loggedAt > 10_000) {
-        loggedAt = Date.now();
-        log(`job ${id}: ${decided} of ${jobItems.get(id)?.length} items decided`);
-      }
-      if (Date.now() - movedAt > 120_000)
-        throw new Error(
-          `job ${id} did not complete: ${decided} of ${jobItems.get(id)?.length} items decided, none for 2 min (${JSON.stringify(j)})`,
-        );
-      await sleep(500);
     }
   }
   clearInterval(watch);
@@ -582,7 +618,14 @@ async function soak(
       const missing = sent.filter((it) => !stored.has(it.name)).length;
       const pending = sent.filter((it) => stored.get(it.name)?.state === 'pending').length;
       if (missing + pending > 0)
-        lostByJob.push({ job: id, items: sent.length, stored: stored.size, missing, pending });
+        lostByJob.push({
+          job: id,
+          state: job?.state ?? 'gone',
+          items: sent.length,
+          stored: stored.size,
+          missing,
+          pending,
+        });
       const states = [...stored.values()];
       const done = states.filter((it) => it.state === 'done').length;
       const failedItems = states.filter((it) => it.state === 'failed').length;

@@ -32,9 +32,6 @@ test(
   'on two hubs sharing PostgreSQL, with hub kills: every item is done with its one result, equal to the reference, or failed',
   {
     skip: postgresBin() || process.env.SHARDHUB_TEST_PG_URL ? false : 'PostgreSQL binaries not found',
-    // Runs and reports, but does not fail the suite yet: one run in four left items of a completed
-    // job pending or missing (`lost` 59; `lost_by_job` now says which), cause not found yet.
-    todo: 'items lost on Postgres after hub kills, seen once (docs/several-hubs.md, "Not yet")',
   },
   async () => {
     const r = await runSoak({
