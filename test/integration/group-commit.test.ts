@@ -17,6 +17,7 @@ import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { Scheduler } from '../../server/scheduler/scheduler.ts';
+import { SqliteAsyncStore } from '../../server/store/sqlite-async-store.ts';
 import { SqliteStore } from '../../server/store/sqlite.ts';
 import { Rest, startHub, tempDir, waitFor } from '../helpers/grid.ts';
 
@@ -134,16 +135,19 @@ function patch<T extends object, K extends keyof T>(
   return { restore: () => void (proto[key] = inner) };
 }
 
-/** Counts the store's transactions until `restore`. */
-function countTransactions(): { count: number; restore(): void } {
+/**
+ * Counts the store's results writes (each one transaction) until `restore`. Other transactions of
+ * the same moment (the job's completion, the refills' assignments) are not the commit's.
+ */
+function countResultWrites(): { count: number; restore(): void } {
   const seen = { count: 0, restore: () => {} };
   seen.restore = patch(
-    SqliteStore.prototype,
-    'transaction',
+    SqliteAsyncStore.prototype,
+    'recordResults',
     (inner) =>
-      function <T>(this: SqliteStore, fn: () => T): T {
+      function (this: SqliteAsyncStore, ...args: Parameters<SqliteAsyncStore['recordResults']>) {
         seen.count++;
-        return inner.call(this, fn) as T;
+        return inner.apply(this, args);
       },
   ).restore;
   return seen;
@@ -168,14 +172,14 @@ describe('group commit', () => {
       assert.ok(busy.length >= 2, `items spread over ${busy.length} worker(s)`);
       const before = new Map<string, number>();
       for (const w of busy) before.set(w.id, (await hub.hub.storedWorker(w.id))?.itemsDone ?? 0);
-      const tx = countTransactions();
+      const tx = countResultWrites();
       // One turn: every worker's results, and the first worker's again (a resend after a lost ack):
       // its items are still held when the second copy is judged, so both copies reach the commit.
       const [first] = busy as [RawWorker];
       const calls = busy.map((w) => hub.hub.acceptResults(w.id, resultsOf(w)));
       calls.push(hub.hub.acceptResults(first.id, resultsOf(first)));
       const replies = await Promise.all(calls).finally(() => tx.restore());
-      assert.equal(tx.count, 1, 'one transaction for every message of the turn');
+      assert.equal(tx.count, 1, 'one results write (one transaction) for every message of the turn');
 
       for (const [i, w] of busy.entries()) {
         const mine = resultsOf(w).map((r) => r.itemId);
