@@ -13,6 +13,10 @@
  *   hub holds the tail.
  * - A job with nothing queued or held here gives its chunks back (`finishChunk`); a chunk whose
  *   items are still pending in the store (a result that was never stored) has them queued again.
+ * - A job whose queued items none of this hub's ready workers will take (none fits its
+ *   requirements, or each failed them: `Scheduler.stranded`), with nothing of it running here,
+ *   for `STRANDED_MS`, is let go and its chunks given back, and this hub claims none of it for
+ *   `HANDED_OVER_MS`: another hub's workers run those items instead of them waiting here.
  * - Chunks of a hub that died go back to the pool when any hub reaps it (`LeaseKeeper`), and their
  *   pending items are claimed like any others. Results stay exactly once whoever runs an item: the
  *   store's gate decides (`recordResults`), chunks only decide who runs it.
@@ -27,6 +31,12 @@ const CLAIM_MAX = 4;
 
 /** Least items in the half of another hub's chunk worth taking near a job's end. */
 const SPLIT_MIN = 8;
+
+/** How long a job's items wait for a worker here that will take them before they go to other hubs. */
+const STRANDED_MS = 2000;
+
+/** How long this hub claims nothing of a job it gave to the other hubs that way. */
+const HANDED_OVER_MS = 30_000;
 
 /**
  * Claim passes closer together than this mean the workers here empty what a pass queues faster
@@ -63,6 +73,10 @@ export class ChunkClaims {
   /** How many times what the workers want a pass queues (see `HURRIED_MS`). */
   private ahead = 1;
   private lastPass = 0;
+  /** Since when each job's queued items have waited for a worker here that would take them. */
+  private readonly strandedSince = new Map<string, number>();
+  /** Jobs given to the other hubs, and until when this hub claims none of them. */
+  private readonly handedOver = new Map<string, number>();
 
   constructor(private readonly d: ChunkClaimsDeps) {}
 
@@ -125,6 +139,7 @@ export class ChunkClaims {
 
   private async pass(): Promise<void> {
     await this.giveBack();
+    await this.handOver(Date.now());
     this.pace();
     const want = this.want();
     if (want === 0) return this.letGo(); // no workers here: what this hub holds is others' to run
@@ -135,12 +150,18 @@ export class ChunkClaims {
       if (c.cursor < c.last) added += await this.extend(c, want - this.queued());
     }
     while (this.queued() < want) {
-      const chunks = await this.d.store.claimChunks(this.d.lease(), { maxChunks: CLAIM_MAX });
+      const chunks = await this.d.store.claimChunks(this.d.lease(), {
+        maxChunks: CLAIM_MAX,
+        exceptJobs: this.leftToOthers(),
+      });
       for (const c of chunks) added += await this.take(c, want - this.queued());
       if (chunks.length < CLAIM_MAX) break;
     }
     if (added === 0 && this.queued() === 0 && this.d.idle()) {
-      const tail = await this.d.store.splitTail(this.d.lease(), { minItems: SPLIT_MIN });
+      const tail = await this.d.store.splitTail(this.d.lease(), {
+        minItems: SPLIT_MIN,
+        exceptJobs: this.leftToOthers(),
+      });
       if (tail) added += await this.take(tail, want);
     }
     if (added > 0) this.d.pump();
@@ -173,6 +194,43 @@ export class ChunkClaims {
     const runs = await store.pendingItemRuns(c.jobId, { first: c.cursor + 1, last: moved.cursor });
     if (!scheduler.addFresh(c.jobId, runs)) return 0;
     return runs.reduce((k, r) => k + r.last - r.first + 1, 0);
+  }
+
+  /** The jobs this hub gave to the others and claims nothing of for now. */
+  private leftToOthers(): string[] {
+    const now = Date.now();
+    for (const [jobId, until] of this.handedOver) if (until <= now) this.handedOver.delete(jobId);
+    return [...this.handedOver.keys()];
+  }
+
+  /**
+   * Gives the other hubs the jobs whose queued items have waited `STRANDED_MS` for a worker here
+   * that would take them (see the file comment).
+   */
+  private async handOver(now: number): Promise<void> {
+    const { store, scheduler, jobs } = this.d;
+    if (this.d.settling()) return;
+    for (const job of [...jobs.activeJobs()]) {
+      const jobId = job.record.id;
+      if (!scheduler.stranded(jobId) || scheduler.inFlight(jobId) > 0) {
+        this.strandedSince.delete(jobId);
+        continue;
+      }
+      const since = this.strandedSince.get(jobId) ?? now;
+      this.strandedSince.set(jobId, since);
+      if (now - since < STRANDED_MS) continue;
+      this.strandedSince.delete(jobId);
+      const ids = [...this.held.values()].filter((c) => c.jobId === jobId).map((c) => c.id);
+      const queued = scheduler.queued(jobId);
+      jobs.letGo(jobId, "none of this hub's workers may run its items");
+      for (const id of ids) this.held.delete(id);
+      this.handedOver.set(jobId, now + HANDED_OVER_MS);
+      await store.releaseChunks(this.d.lease(), ids);
+      this.d.log.warn(
+        { jobId, chunks: ids.length, queued },
+        "none of this hub's workers may run a job's queued items: its chunks go to the other hubs",
+      );
+    }
   }
 
   /** Gives back the chunks of every job with nothing in flight here, and lets those jobs go. */

@@ -625,6 +625,27 @@ export class Scheduler {
     for (const id of itemIds) this.requeue(jobId, id, avoid);
   }
 
+  /**
+   * Whether none of the ready workers here will take any of a job's queued items: none of them fits
+   * the job (its requirements; its model unusable on them), or every queued item waits for a worker
+   * other than each of them (they failed it, or gave the answer it needs a second opinion on). False
+   * with nothing queued, or no worker ready. With several hubs, another hub's workers run such
+   * items (`hub/claims.ts`).
+   */
+  stranded(jobId: string): boolean {
+    const j = this.jobs.get(jobId);
+    if (!j || j.fresh.size + j.requeued.length === 0) return false;
+    const ready = [...this.workers.values()].filter((w) => w.ready);
+    if (ready.length === 0) return false;
+    const fit = ready.filter((w) => this.fits(w, j));
+    if (fit.length === 0) return true;
+    if (j.fresh.size > 0) return false;
+    return j.requeued.every((id) => {
+      const avoid = j.failedOn.get(id);
+      return avoid !== undefined && fit.every((w) => avoid.has(w.info.id));
+    });
+  }
+
   /** Whether a ready worker outside `avoid` could run this job's items (with `soon`: shortly). */
   canAsk(jobId: string, avoid: readonly string[], soon = false): boolean {
     const j = this.jobs.get(jobId);

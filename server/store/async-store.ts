@@ -333,8 +333,14 @@ export interface AsyncStore {
   setHubUrl(lease: Lease, url: string): Promise<void>;
   /** Marks dead the hubs whose lease lapsed and releases their chunks. Fenced (the caller's). */
   reapExpired(lease: Lease): Promise<{ hubId: string; epoch: number; chunks: number }[]>;
-  /** Claims up to `maxChunks` unheld chunks of jobs in `states`, by priority then age. Fenced. */
-  claimChunks(lease: Lease, opts: { maxChunks: number; states?: readonly JobState[] }): Promise<Chunk[]>;
+  /**
+   * Claims up to `maxChunks` unheld chunks of jobs in `states` (but not of `exceptJobs`), by
+   * priority then age. Fenced.
+   */
+  claimChunks(
+    lease: Lease,
+    opts: { maxChunks: number; states?: readonly JobState[]; exceptJobs?: readonly string[] },
+  ): Promise<Chunk[]>;
   /**
    * Moves a held chunk's cursor up to `upto` (never past its current end) and returns the chunk, or
    * undefined when the hub no longer holds it. The holder dispatches only ids up to the returned
@@ -343,11 +349,11 @@ export interface AsyncStore {
   advanceChunk(lease: Lease, chunkId: number, upto: number): Promise<Chunk | undefined>;
   /**
    * Takes the untouched second half of another live hub's chunk when no unheld chunk of that job
-   * is left (near a job's end), if that half has at least `minItems` ids. Fenced.
+   * is left (near a job's end), if that half has at least `minItems` ids; not of `exceptJobs`. Fenced.
    */
   splitTail(
     lease: Lease,
-    opts: { minItems: number; states?: readonly JobState[] },
+    opts: { minItems: number; states?: readonly JobState[]; exceptJobs?: readonly string[] },
   ): Promise<Chunk | undefined>;
   /** Gives held chunks back (their pending items will be claimed again). Fenced. */
   releaseChunks(lease: Lease, chunkIds: readonly number[]): Promise<void>;

@@ -1155,7 +1155,7 @@ export class PgStore implements AsyncStore {
 
   async claimChunks(
     lease: Lease,
-    opts: { maxChunks: number; states?: readonly JobState[] },
+    opts: { maxChunks: number; states?: readonly JobState[]; exceptJobs?: readonly string[] },
   ): Promise<Chunk[]> {
     if (opts.maxChunks < 1) return [];
     const r = await this.fenced<{ chunks: Chunk[] }>(
@@ -1163,7 +1163,8 @@ export class PgStore implements AsyncStore {
       'claims',
       `pick AS (
          SELECT c.id FROM chunks c JOIN jobs j ON j.id = c.job_id
-         WHERE c.hub_id IS NULL AND j.state = ANY ($3::text[]) AND EXISTS (SELECT 1 FROM fence)
+         WHERE c.hub_id IS NULL AND j.state = ANY ($3::text[]) AND NOT (j.id = ANY ($5::text[]))
+           AND EXISTS (SELECT 1 FROM fence)
          ORDER BY j.priority DESC, j.serial, c.first_id
          LIMIT $4 FOR UPDATE OF c SKIP LOCKED
        ),
@@ -1173,7 +1174,7 @@ export class PgStore implements AsyncStore {
          RETURNING ${CHUNK_RETURNING}
        )
        SELECT ${FENCE_OK}, coalesce((SELECT json_agg(taken ORDER BY taken.id) FROM taken), '[]') AS chunks`,
-      [opts.states ?? RUNNABLE_STATES, opts.maxChunks],
+      [opts.states ?? RUNNABLE_STATES, opts.maxChunks, opts.exceptJobs ?? []],
     );
     return r.chunks;
   }
@@ -1195,7 +1196,7 @@ export class PgStore implements AsyncStore {
 
   async splitTail(
     lease: Lease,
-    opts: { minItems: number; states?: readonly JobState[] },
+    opts: { minItems: number; states?: readonly JobState[]; exceptJobs?: readonly string[] },
   ): Promise<Chunk | undefined> {
     const min = Math.max(1, opts.minItems);
     return this.tx(async (c) => {
@@ -1205,11 +1206,11 @@ export class PgStore implements AsyncStore {
          JOIN jobs j ON j.id = c.job_id
          JOIN hubs h ON h.id = c.hub_id AND h.epoch = c.epoch
          WHERE c.hub_id <> $1 AND h.state = 'live' AND h.expires_at > now() AND j.state = ANY ($2::text[])
-           AND (c.last_id - c.cursor) / 2 >= $3
+           AND NOT (j.id = ANY ($4::text[])) AND (c.last_id - c.cursor) / 2 >= $3
            AND NOT EXISTS (SELECT 1 FROM chunks u WHERE u.job_id = c.job_id AND u.hub_id IS NULL)
          ORDER BY j.priority DESC, c.last_id - c.cursor DESC, c.id
          LIMIT 1 FOR UPDATE OF c SKIP LOCKED`,
-        [lease.hubId, opts.states ?? RUNNABLE_STATES, min],
+        [lease.hubId, opts.states ?? RUNNABLE_STATES, min, opts.exceptJobs ?? []],
       );
       const victim = pick.rows[0];
       if (!victim) return undefined;

@@ -576,7 +576,7 @@ export class SqliteAsyncStore implements AsyncStore {
 
   async claimChunks(
     lease: Lease,
-    opts: { maxChunks: number; states?: readonly JobState[] },
+    opts: { maxChunks: number; states?: readonly JobState[]; exceptJobs?: readonly string[] },
   ): Promise<Chunk[]> {
     if (opts.maxChunks < 1) return [];
     return this.write(() => {
@@ -584,10 +584,15 @@ export class SqliteAsyncStore implements AsyncStore {
       const picked = this.st(
         `SELECT c.id FROM chunks c JOIN jobs j ON j.id = c.job_id
            WHERE c.hub_id IS NULL AND j.state IN (SELECT value FROM json_each(?))
+             AND j.id NOT IN (SELECT value FROM json_each(?))
            ORDER BY j.priority DESC, j.rowid, c.first_id LIMIT ?`,
       )
         .pluck()
-        .all(JSON.stringify(opts.states ?? RUNNABLE_STATES), opts.maxChunks) as number[];
+        .all(
+          JSON.stringify(opts.states ?? RUNNABLE_STATES),
+          JSON.stringify(opts.exceptJobs ?? []),
+          opts.maxChunks,
+        ) as number[];
       const take = this.st(
         `UPDATE chunks SET hub_id = ?, epoch = ?, cursor = first_id - 1 WHERE id = ? RETURNING ${CHUNK_COLUMNS}`,
       );
@@ -607,7 +612,7 @@ export class SqliteAsyncStore implements AsyncStore {
 
   async splitTail(
     lease: Lease,
-    opts: { minItems: number; states?: readonly JobState[] },
+    opts: { minItems: number; states?: readonly JobState[]; exceptJobs?: readonly string[] },
   ): Promise<Chunk | undefined> {
     const min = Math.max(1, opts.minItems);
     return this.write(() => {
@@ -616,11 +621,15 @@ export class SqliteAsyncStore implements AsyncStore {
         `SELECT c.id, c.job_id, c.last_id, c.cursor FROM chunks c
            JOIN jobs j ON j.id = c.job_id JOIN hubs h ON h.id = c.hub_id AND h.epoch = c.epoch
            WHERE c.hub_id <> ? AND h.state = 'live' AND j.state IN (SELECT value FROM json_each(?))
-             AND (c.last_id - c.cursor) / 2 >= ?
+             AND j.id NOT IN (SELECT value FROM json_each(?)) AND (c.last_id - c.cursor) / 2 >= ?
              AND NOT EXISTS (SELECT 1 FROM chunks u WHERE u.job_id = c.job_id AND u.hub_id IS NULL)
            ORDER BY j.priority DESC, c.last_id - c.cursor DESC, c.id LIMIT 1`,
-      ).get(lease.hubId, JSON.stringify(opts.states ?? RUNNABLE_STATES), min) as
-        { id: number; job_id: string; last_id: number; cursor: number } | undefined;
+      ).get(
+        lease.hubId,
+        JSON.stringify(opts.states ?? RUNNABLE_STATES),
+        JSON.stringify(opts.exceptJobs ?? []),
+        min,
+      ) as { id: number; job_id: string; last_id: number; cursor: number } | undefined;
       if (!victim) return undefined;
       const mid = victim.last_id - Math.floor((victim.last_id - victim.cursor) / 2) + 1;
       this.st('UPDATE chunks SET last_id = ? WHERE id = ?').run(mid - 1, victim.id);

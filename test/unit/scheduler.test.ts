@@ -379,6 +379,27 @@ describe('scheduler', () => {
     assert.equal(s.queued('j'), 0);
   });
 
+  test('stranded: queued items none of the ready workers will take (requirements, or each failed them)', () => {
+    const { s } = make();
+    s.addJob(job('gpu', { requirements: { pool: 'gpu' } }), ids(5));
+    assert.equal(s.stranded('gpu'), false, 'no worker ready: waiting, not stranded');
+    s.addWorker(worker('cpu', { pool: 'cpu' }));
+    assert.equal(s.stranded('gpu'), true, 'the only ready worker does not fit the job');
+    s.addWorker(worker('gpu1', { pool: 'gpu' }));
+    assert.equal(s.stranded('gpu'), false, 'a fitting worker takes fresh items, benchmarked or not yet');
+
+    s.addJob(job('j'), [100]);
+    s.setBenchmark('cpu', SHA, 10);
+    s.setBenchmark('gpu1', SHA, 10);
+    const a = s.plan().assign.find((x) => x.jobId === 'j');
+    assert.ok(a);
+    assert.equal(s.failed(a.workerId, 'j', 100), 'retry');
+    assert.equal(s.stranded('j'), false, 'the other worker may take it');
+    s.setReady(a.workerId === 'cpu' ? 'gpu1' : 'cpu', false);
+    assert.equal(s.stranded('j'), true, 'only the worker that failed it is ready');
+    assert.equal(s.stranded('none'), false);
+  });
+
   test('an item waiting for a replica only a departed worker could give goes to anyone again', () => {
     const { s } = make();
     s.addWorker(worker('a'));
