@@ -210,6 +210,8 @@ export class ChunkClaims {
   private async handOver(now: number): Promise<void> {
     const { store, scheduler, jobs } = this.d;
     if (this.d.settling()) return;
+    for (const jobId of this.strandedSince.keys())
+      if (!jobs.activeJob(jobId)) this.strandedSince.delete(jobId);
     for (const job of [...jobs.activeJobs()]) {
       const jobId = job.record.id;
       if (!scheduler.stranded(jobId) || scheduler.inFlight(jobId) > 0) {
