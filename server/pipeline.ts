@@ -28,6 +28,7 @@ import { EventEmitter, once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Quad, Rgba } from '../pipeline/image.ts';
 import {
   assemblePage,
@@ -170,22 +171,6 @@ type NewItem = { name: string; inputs: Uint8Array };
 
 function pendingPage(name: string): OcrPageResult {
   return { name, outcome: 'pending', width: 0, height: 0, lines: [], text: '' };
-}
-
-/** Resolves after `ms`, or rejects once `signal` aborts. */
-function pause(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((ok, fail) => {
-    if (signal?.aborted) return fail(signal.reason as Error);
-    const onAbort = () => {
-      clearTimeout(timer);
-      fail(signal?.reason as Error);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      ok();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 /** Lineage in an item's name: `p12` is page 12, `p12/b3` its fourth box. */
@@ -970,8 +955,8 @@ export class OcrService {
   }
 
   /**
-   * Resolves with the run's results once every page has its outcome; rejects with `signal`'s
-   * reason once it aborts (the client went away). A run owned elsewhere is read again from the
+   * Resolves with the run's results once every page has its outcome; rejects (an `AbortError`)
+   * once `signal` aborts (the client went away). A run owned elsewhere is read again from the
    * store every {@link STORE_POLL_MS}; one this hub takes over or drops meanwhile is followed.
    */
   async wait(id: string, signal?: AbortSignal): Promise<OcrRunView> {
@@ -992,7 +977,7 @@ export class OcrService {
       const stored = await this.storedView(id, true);
       if (!stored) throw new HubError('unknown_run', `no OCR run "${clean(id, 80)}"`, 404);
       if (stored.state === 'completed') return stored;
-      await pause(STORE_POLL_MS, signal);
+      await sleep(STORE_POLL_MS, undefined, { signal });
     }
   }
 
