@@ -208,7 +208,7 @@ export class ChunkClaims {
    * that would take them (see the file comment).
    */
   private async handOver(now: number): Promise<void> {
-    const { store, scheduler, jobs } = this.d;
+    const { scheduler, jobs } = this.d;
     if (this.d.settling()) return;
     for (const jobId of this.strandedSince.keys())
       if (!jobs.activeJob(jobId)) this.strandedSince.delete(jobId);
@@ -222,14 +222,11 @@ export class ChunkClaims {
       this.strandedSince.set(jobId, since);
       if (now - since < STRANDED_MS) continue;
       this.strandedSince.delete(jobId);
-      const ids = [...this.held.values()].filter((c) => c.jobId === jobId).map((c) => c.id);
       const queued = scheduler.queued(jobId);
-      jobs.letGo(jobId, "none of this hub's workers may run its items");
-      for (const id of ids) this.held.delete(id);
       this.handedOver.set(jobId, now + HANDED_OVER_MS);
-      await store.releaseChunks(this.d.lease(), ids);
+      const chunks = await this.release(jobId, "none of this hub's workers may run its items");
       this.d.log.warn(
-        { jobId, chunks: ids.length, queued },
+        { jobId, chunks, queued },
         "none of this hub's workers may run a job's queued items: its chunks go to the other hubs",
       );
     }
@@ -237,16 +234,20 @@ export class ChunkClaims {
 
   /** Gives back the chunks of every job with nothing in flight here, and lets those jobs go. */
   private async letGo(): Promise<void> {
-    const { store, scheduler, jobs } = this.d;
-    const byJob = new Map<string, number[]>();
-    for (const c of this.held.values()) byJob.set(c.jobId, [...(byJob.get(c.jobId) ?? []), c.id]);
-    for (const [jobId, ids] of byJob) {
-      if (scheduler.inFlight(jobId) > 0) continue;
-      jobs.letGo(jobId);
-      for (const id of ids) this.held.delete(id);
-      await store.releaseChunks(this.d.lease(), ids);
-      this.d.log.info({ jobId, chunks: ids.length }, 'no workers here: chunks given back');
+    for (const jobId of new Set([...this.held.values()].map((c) => c.jobId))) {
+      if (this.d.scheduler.inFlight(jobId) > 0) continue;
+      const chunks = await this.release(jobId);
+      this.d.log.info({ jobId, chunks }, 'no workers here: chunks given back');
     }
+  }
+
+  /** Stops running a job here and gives back the chunks of it held here; returns how many. */
+  private async release(jobId: string, reason?: string): Promise<number> {
+    const ids = [...this.held.values()].filter((c) => c.jobId === jobId).map((c) => c.id);
+    this.d.jobs.letGo(jobId, reason);
+    for (const id of ids) this.held.delete(id);
+    await this.d.store.releaseChunks(this.d.lease(), ids);
+    return ids.length;
   }
 
   /**
