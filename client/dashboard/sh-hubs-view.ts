@@ -12,6 +12,7 @@ import { css, html, LitElement, nothing } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
 import type { WorkerView } from '../../protocol/operator.ts';
 import { ApiError, type OperatorApi } from './api.ts';
+import { Poll } from './poll.ts';
 import { ago, count } from './format.ts';
 import { shared, viewStyles } from './styles.ts';
 
@@ -85,11 +86,10 @@ export class ShHubsView extends LitElement {
   /** Every worker the page knows (each names its hub when hubs share a store). */
   @property({ attribute: false }) workers: readonly WorkerView[] = [];
 
-  /** Bumped by the poll timer, so the hubs load again. */
-  @state() private tick = 0;
+  /** Reloads the view after a while. */
+  private readonly poll = new Poll(this);
   /** The last answer, with the local time it came (leases count down from it between reads). */
   @state() private last: { view: HubsView; at: number } | undefined;
-  private timer: ReturnType<typeof setTimeout> | undefined;
 
   private readonly load = new Task(this, {
     task: async ([api], { signal }) => {
@@ -98,31 +98,17 @@ export class ShHubsView extends LitElement {
       this.last = { view, at: Date.now() };
       return view;
     },
-    args: () => [this.api, this.tick] as const,
-    onComplete: () => this.poll(2000),
+    args: () => [this.api, this.poll.tick] as const,
+    onComplete: () => this.poll.after(2000),
     onError: (err) => {
       // A lost hub may come back: keep asking. A refused token will not change.
-      if (!(err instanceof ApiError && err.unauthorized)) this.poll(3000);
+      if (!(err instanceof ApiError && err.unauthorized)) this.poll.after(3000);
     },
   });
 
   override connectedCallback(): void {
     super.connectedCallback();
-    if (this.last) this.poll(0);
-  }
-
-  override disconnectedCallback(): void {
-    super.disconnectedCallback();
-    clearTimeout(this.timer);
-    this.timer = undefined;
-  }
-
-  private poll(ms: number): void {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      if (this.isConnected) this.tick++;
-    }, ms);
+    if (this.last) this.poll.after(0);
   }
 
   override render() {

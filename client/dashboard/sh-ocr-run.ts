@@ -15,6 +15,7 @@ import { css, html, LitElement, nothing } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
 import type { JobView } from '../../protocol/operator.ts';
 import { ApiError, type OperatorApi } from './api.ts';
+import { Poll } from './poll.ts';
 import { count, duration, percent } from './format.ts';
 import { pageOutcomeText, runJson, runText, saveFile, type OcrPageResult, type OcrRunView } from './ocr.ts';
 import { figureCard, shared, viewStyles } from './styles.ts';
@@ -126,11 +127,10 @@ export class ShOcrRun extends LitElement {
   /** The hub's clock (epoch ms), for the time a running run has taken. */
   @property({ attribute: false }) now: number | undefined;
 
-  /** Bumped by the poll timer, so the run loads again. */
-  @state() private tick = 0;
+  /** Reloads the view after a while. */
+  private readonly poll = new Poll(this);
   /** The last picture of the run, kept on screen while a reload fails. */
   @state() private last: OcrRunView | undefined;
-  private timer: ReturnType<typeof setTimeout> | undefined;
 
   private readonly run = new Task(this, {
     task: async ([api, id], { signal }) => {
@@ -139,13 +139,13 @@ export class ShOcrRun extends LitElement {
       this.last = view;
       return view;
     },
-    args: () => [this.api, this.runId, this.tick] as const,
+    args: () => [this.api, this.runId, this.poll.tick] as const,
     onComplete: (view) => {
-      if (view?.state === 'running') this.poll(view.pages > 200 ? 3000 : 1000);
+      if (view?.state === 'running') this.poll.after(view.pages > 200 ? 3000 : 1000);
     },
     onError: (err) => {
       // A lost hub may come back: keep asking. A run it does not know, or a refused token, will not change.
-      if (err instanceof ApiError && err.status === 0) this.poll(3000);
+      if (err instanceof ApiError && err.status === 0) this.poll.after(3000);
     },
   });
 
@@ -153,24 +153,10 @@ export class ShOcrRun extends LitElement {
     if (changed.has('runId') && changed.get('runId') !== undefined) this.last = undefined;
   }
 
-  override disconnectedCallback(): void {
-    super.disconnectedCallback();
-    clearTimeout(this.timer);
-    this.timer = undefined;
-  }
-
   override connectedCallback(): void {
     super.connectedCallback();
     // Back on the page after leaving it: pick up where the polling stopped.
-    if (this.last?.state === 'running') this.poll(0);
-  }
-
-  private poll(ms: number): void {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      if (this.isConnected) this.tick++;
-    }, ms);
+    if (this.last?.state === 'running') this.poll.after(0);
   }
 
   override render() {
