@@ -9,7 +9,10 @@ import { compareTensors, type Tolerance, type WireTensor } from '../protocol/ten
 import { UNPROVEN_QUORUM } from './store/async-store.ts';
 import type { Replica, TrustStore } from './store/trust-store.ts';
 
-/** What the verifier reads and writes (the hub's `TrustCache`, or a `TrustStore`). */
+/**
+ * What the verifier reads and writes (the hub's `TrustCache`, or a `TrustStore`). `addReplica`
+ * keeps one replica per item and worker: a worker's later replica replaces its earlier one.
+ */
 export type VerifierStore = Pick<
   TrustStore,
   | 'replicaItemIds'
@@ -164,10 +167,12 @@ export class Verifier {
         refute: [],
       };
     }
-    const earlier = this.waiting.has(itemId)
-      ? this.store.replicasOf(itemId).filter((r) => r.workerId !== workerId)
-      : [];
-    if (earlier.length === 0 && !this.trust.needsReplica(workerId, args.kind, args.redundancy)) {
+    const stored = this.waiting.has(itemId) ? this.store.replicasOf(itemId) : [];
+    // A worker given the item again (a re-run) answers once: its new replica replaces its old one.
+    const earlier = stored.filter((r) => r.workerId !== workerId);
+    const again = earlier.length < stored.length;
+    // (A worker whose earlier answer waits for a check answers again into that check.)
+    if (stored.length === 0 && !this.trust.needsReplica(workerId, args.kind, args.redundancy)) {
       return { kind: 'accept', workerId, outputs: args.packed, verified: null, confirm: [], refute: [] };
     }
     const mine: Replica = {
@@ -181,7 +186,7 @@ export class Verifier {
     this.store.addReplica(mine);
     if (earlier.length === 0 && this.trust.isProven(workerId, args.kind)) this.spots.add(itemId);
     if (!this.waiting.has(itemId)) this.waiting.set(itemId, { at: mine.at, jobId: args.jobId ?? '' });
-    this.bump(workerId, 1);
+    if (!again) this.bump(workerId, 1);
     const all = [...earlier, mine];
     const required = Math.max(2, args.redundancy);
     const quorum = Math.floor(required / 2) + 1;

@@ -113,10 +113,19 @@ export class TrustCache {
     return this.replicas.get(itemId) ?? [];
   }
 
+  /**
+   * One replica per item and worker, as the store keeps them: a worker's second result for an item
+   * (it was given the item again) replaces its first. Kept as two, one worker's two answers would
+   * be counted as two workers agreeing: a liar that lies alike twice would outvote an honest worker.
+   */
   addReplica(r: Replica): void {
     const list = this.replicas.get(r.itemId);
-    if (list) list.push(r);
-    else this.replicas.set(r.itemId, [r]);
+    if (!list) this.replicas.set(r.itemId, [r]);
+    else {
+      const i = list.findIndex((x) => x.workerId === r.workerId);
+      if (i >= 0) list[i] = r;
+      else list.push(r);
+    }
     this.writes.laterRows('replicas', r, (rows) => this.store.addReplicas(rows));
   }
 

@@ -172,7 +172,11 @@ export async function hostileGrid(
         const x = byName.get(r.name)?.tensors[0];
         const y = unpackTensors(r.outputs)[0];
         assert.ok(x && y);
-        assert.equal(compareTensors({ ...y, name: 'x' }, x, model.tolerance), undefined, `item ${r.name}`);
+        assert.equal(
+          compareTensors({ ...y, name: 'x' }, x, model.tolerance),
+          undefined,
+          `job ${jobId}, item ${r.name} (id ${r.itemId}), stored from ${r.workerId}`,
+        );
       }
       return n;
     },

@@ -804,6 +804,12 @@ test('finding 3: a proven native liar that turns subtle is spot-checked, caught,
       while (!quarantined() && Date.now() < until) await new Promise((ok) => setTimeout(ok, 100));
     }
     assert.ok(quarantined(), `the liar is quarantined within ${jobs.length} jobs`);
+    // Nobody outvoted the honest nodes: a lie never outweighed an honest answer.
+    for (const id of g.hub.hub.workers.keys()) {
+      if (id === 'subtle-liar-native') continue;
+      const r = g.hub.hub.trust.record(id);
+      assert.equal(r.strikes, 0, `honest node ${id} has no strike: ${JSON.stringify(r)}`);
+    }
     // The first job completed while the liar was honest and before any strike: the quarantine took
     // back its unconfirmed results there too, and they were computed again.
     const first = jobs[0]?.id as string;

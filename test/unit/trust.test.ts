@@ -10,11 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import type { ModelInfo } from '../../protocol/model.ts';
-import { packTensors } from '../../protocol/pack.ts';
+import { packTensors, unpackTensors } from '../../protocol/pack.ts';
 import type { WireTensor } from '../../protocol/tensor.ts';
 import { canaryCount, pickCanaries } from '../../server/preflight.ts';
 import { RateLimiter } from '../../server/rate-limit.ts';
 import { FairnessTracker } from '../../server/scheduler/fairness.ts';
+import { TrustCache } from '../../server/hub/trust-cache.ts';
+import { SqliteAsyncStore } from '../../server/store/sqlite-async-store.ts';
 import { SqliteStore } from '../../server/store/sqlite.ts';
 import { TrustStore } from '../../server/store/trust-store.ts';
 import { DEFAULT_TRUST_OPTIONS, TrustBook } from '../../server/trust.ts';
@@ -189,6 +191,36 @@ describe('result judging', () => {
     assert.equal(verifier.take(6).length, 1);
     assert.equal(verifier.isWaiting(6), false);
     assert.equal(verifier.pendingChecks('new'), 0);
+  });
+
+  test('a worker given an item again answers once: its two answers are no quorum against an honest worker', async () => {
+    // As the hub has it: the verifier reads and writes the in-memory trust cache.
+    const store = await SqliteAsyncStore.open(join(dir, 'again.sqlite'));
+    try {
+      const cache = await TrustCache.load(store, { later: () => undefined, laterRows: () => undefined });
+      let roll = 0.01; // every proven result is spot-checked
+      const book = new TrustBook(cache, DEFAULT_TRUST_OPTIONS, () => roll);
+      const verifier = new Verifier(cache, book);
+      book.confirmed('liar', DEFAULT_TRUST_OPTIONS.trustAfter);
+      book.confirmed('honest', DEFAULT_TRUST_OPTIONS.trustAfter);
+      const lie = y(1.06, 2);
+      assert.equal(judge(verifier, 'liar', 9, lie).kind, 'replicate', 'a spot check');
+      roll = 0.99;
+      // Given the item again (a re-run), it tells the same lie: its answer replaces its first, and
+      // waits for the check with it rather than being accepted on its record.
+      assert.equal(judge(verifier, 'liar', 9, lie).kind, 'replicate');
+      assert.equal(cache.replicasOf(9).length, 1);
+      assert.equal(verifier.pendingChecks('liar'), 1);
+      const honest = judge(verifier, 'honest', 9, y(1, 2));
+      assert.equal(honest.kind, 'replicate', 'one against one: a tie-breaker is asked, nobody outvoted');
+      const decided = judge(verifier, 'honest2', 9, y(1, 2));
+      assert.ok(decided.kind === 'accept', JSON.stringify(decided));
+      assert.deepEqual([...unpackTensors(decided.outputs)[0]!.data], [...y(1, 2)[0]!.data]);
+      assert.deepEqual(decided.refute, ['liar']);
+      assert.equal(verifier.pendingChecks('liar'), 0);
+    } finally {
+      await store.close();
+    }
   });
 
   test('a canary is checked against its known answer', () => {
