@@ -238,14 +238,15 @@ export class HubServer {
       adapterPool = new pg.Pool({ connectionString: config.store, max: 2 });
       adapterPool.on('error', (err) => log.warn({ err }, 'hub-to-hub channel: connection failed'));
       // Hubs starting together race to create the adapter's table: IF NOT EXISTS is not atomic in
-      // PostgreSQL, and the loser's "already exists" means what it wanted is there.
+      // PostgreSQL, and the loser's "already exists" (of the table, or of its row type, or the
+      // catalog's unique key) means what it wanted is there.
       await adapterPool
         .query(
           `CREATE TABLE IF NOT EXISTS socket_io_attachments (
              id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)`,
         )
         .catch((err: { code?: string }) => {
-          if (err.code !== '42P07' && err.code !== '23505') throw err; // duplicate table / type
+          if (!['42P07', '42710', '23505'].includes(err.code ?? '')) throw err;
         });
       io.adapter(
         createAdapter(adapterPool, {
