@@ -40,6 +40,15 @@ const UPLOAD = 500;
 /** How long the idle cost is measured, before each case's seal. */
 const IDLE_MS = 3000;
 
+/**
+ * With SHARDHUB_BENCH_PROF=DIR, each hub writes a V8 CPU profile (`--cpu-prof`) to DIR/NAME when it
+ * exits: open it in Chrome's DevTools (Performance) to see where a case's hub CPU goes.
+ */
+function profileFlags(name: string): string[] {
+  const dir = process.env.SHARDHUB_BENCH_PROF;
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${join(dir, name)}`] : [];
+}
+
 export interface GridRow {
   store: string;
   hubs: number;
@@ -160,7 +169,7 @@ async function startGrid(
           ...extra,
         ]),
         { SHARDHUB_LOG_LEVEL: 'error' },
-        HUB_NODE_FLAGS,
+        [...HUB_NODE_FLAGS, ...profileFlags(`${store ? 'pg' : 'sqlite'}${hubCount}-hub${i}`)],
       );
       live.add(proc);
       const url = `http://127.0.0.1:${port}`;

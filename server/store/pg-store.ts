@@ -650,6 +650,11 @@ export class PgStore implements AsyncStore {
    * The gate, one statement: lock the rows' pending items in id order and flip them (a row
    * another transaction flipped first no longer matches once its lock is granted); only flipped
    * items insert a result (the first row of each), and the counts follow from what was inserted.
+   * The items are found by primary key. A join on (id, job), or a plain `state = 'pending'` beside
+   * the ids, lets the prepared statement's generic plan go through the pending-items index instead
+   * (`items_pending`, which leads with the job): every pending item of the job read per commit, a
+   * cost that grows with the job and is paid by each of many small commits. `(state = 'pending')
+   * IS TRUE` is the same test, and that partial index does not match it.
    * Outputs go as separate binary parameters (a bytea[] parameter travels as hex text, which the
    * hub spends CPU writing and Postgres reading), padded with NULLs to a power of two so a few
    * prepared statements serve every batch size. Returns the ids whose result was stored.
@@ -666,8 +671,10 @@ export class PgStore implements AsyncStore {
            ${byteaArray(10, n)}) WITH ORDINALITY AS r (item_id, job_id, worker_id, model_sha256, ms, at, outputs, ord)
        ),
        locked AS (
-         SELECT i.id FROM items i JOIN (SELECT DISTINCT item_id, job_id FROM r) k ON k.item_id = i.id AND k.job_id = i.job_id
-         WHERE i.state = 'pending' AND EXISTS (SELECT 1 FROM fence) ORDER BY i.id FOR UPDATE OF i
+         SELECT i.id FROM items i
+         WHERE i.id = ANY ($3::bigint[]) AND (i.state = 'pending') IS TRUE AND EXISTS (SELECT 1 FROM fence)
+           AND EXISTS (SELECT 1 FROM r WHERE r.item_id = i.id AND r.job_id = i.job_id)
+         ORDER BY i.id FOR UPDATE OF i
        ),
        flipped AS (
          UPDATE items SET state = 'done' FROM locked WHERE items.id = locked.id AND items.state = 'pending'
@@ -729,6 +736,7 @@ export class PgStore implements AsyncStore {
          agg AS (SELECT id, job_id, count(*)::int AS n, bool_or(final) AS final FROM r GROUP BY id, job_id),
          old AS (
            SELECT i.id, i.state, agg.n, agg.final FROM items i JOIN agg ON agg.id = i.id AND agg.job_id = i.job_id
+           WHERE i.id = ANY ($1::bigint[]) -- by primary key, not a scan of the job's items
            ORDER BY i.id FOR UPDATE OF i
          )
          UPDATE items SET attempts = items.attempts + old.n,
