@@ -148,20 +148,28 @@ export async function jobStatus(hub: Hub, job: JobRecord): Promise<Record<string
 }
 
 /**
- * A running job's summary, counted at most once a second per job: it is a pass over the job's
- * results, and a client polling the job's status (a script waiting for it, a bench) must not
- * make each poll cost that.
+ * A running job's summary, counted at most once a second per job, and kept at least twenty times
+ * as long as the count took: it is a pass over the job's results, and a client polling the job's
+ * status (a script waiting for it, a bench, a dashboard) must not make each poll cost that, nor a
+ * big job's count take more than a twentieth of the store's time.
  */
 const runningCache = new Map<string, { until: number; summary: Promise<VerificationSummary> }>();
 const RUNNING_CACHE_MS = 1000;
+const RUNNING_COST_SHARE = 20;
 
 function runningVerification(hub: Pick<Hub, 'jobs' | 'opts'>, jobId: string): Promise<VerificationSummary> {
   const now = Date.now();
   const hit = runningCache.get(jobId);
   if (hit && hit.until > now) return hit.summary;
   for (const [id, e] of runningCache) if (e.until <= now) runningCache.delete(id);
-  const summary = verificationOf(hub, jobId);
-  runningCache.set(jobId, { until: now + RUNNING_CACHE_MS, summary });
-  summary.catch(() => runningCache.delete(jobId));
-  return summary;
+  const entry = { until: now + RUNNING_CACHE_MS, summary: verificationOf(hub, jobId) };
+  runningCache.set(jobId, entry);
+  entry.summary.then(
+    () => {
+      const end = Date.now();
+      entry.until = end + Math.max(RUNNING_CACHE_MS, (end - now) * RUNNING_COST_SHARE);
+    },
+    () => runningCache.delete(jobId),
+  );
+  return entry.summary;
 }

@@ -4,7 +4,7 @@
  * use), not at the rate since the job started.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import { RecentRate } from '../../protocol/recent-rate.ts';
 import type { Hub } from '../../server/hub.ts';
 import { jobJson, jobRatesOf, jobStatus, sampleJobRate } from '../../server/job-view.ts';
@@ -95,6 +95,37 @@ test("a job's status counts its verification once a second while it runs, and an
   });
   assert.equal(passes, 2, 'a completed job is counted anew, once');
   assert.equal((completed.verification as { canary: number }).canary, 2);
+});
+
+test("a running job's verification count that takes long is kept twenty times as long as it took", async () => {
+  mock.timers.enable({ apis: ['Date'], now: T0 });
+  try {
+    let passes = 0;
+    const hub = {
+      jobs: {
+        queued: () => 0,
+        inFlight: () => 0,
+        failures: async () => [],
+        items: async () => [],
+        verification: async () => {
+          passes++;
+          mock.timers.tick(150); // a big job: the pass over its results takes 150 ms
+          return [];
+        },
+      },
+      opts: { trust: { trustNative: false } },
+    } as unknown as Hub;
+    const running = job(10, { id: 'j_big' });
+    await jobStatus(hub, running);
+    mock.timers.tick(2500);
+    await jobStatus(hub, running);
+    assert.equal(passes, 1, '2.5 s later the count is reused (kept 3 s)');
+    mock.timers.tick(600);
+    await jobStatus(hub, running);
+    assert.equal(passes, 2, 'past 3 s it is counted again');
+  } finally {
+    mock.timers.reset();
+  }
 });
 
 test("a job's status lists its failed items with their reasons, and does not look for them in a job with none", async () => {
