@@ -67,21 +67,25 @@ test('until 2 s of samples are in, the ETA is at the rate since the start; an en
   assert.equal(jobRatesOf(hub).rate('j_1'), undefined, 'the ended job is forgotten');
 });
 
-test("a job's status counts its verification once a second while it runs, and anew once it completes", async () => {
-  let passes = 0;
-  const hub = {
+/** A hub whose jobs have no failures, counting their verification with `verification`. */
+const statusHub = (verification: () => Promise<{ how: string; n: number }[]>) =>
+  ({
     jobs: {
       queued: () => 0,
       inFlight: () => 0,
       failures: async () => [],
       items: async () => [],
-      verification: async () => {
-        passes++;
-        return [{ how: 'canary', n: passes }];
-      },
+      verification,
     },
     opts: { trust: { trustNative: false } },
-  } as unknown as Hub;
+  }) as unknown as Hub;
+
+test("a job's status counts its verification once a second while it runs, and anew once it completes", async () => {
+  let passes = 0;
+  const hub = statusHub(async () => {
+    passes++;
+    return [{ how: 'canary', n: passes }];
+  });
   const running = job(10, { id: 'j_poll' });
   const first = await jobStatus(hub, running);
   const again = await jobStatus(hub, running);
@@ -101,20 +105,11 @@ test("a running job's verification count that takes long is kept twenty times as
   mock.timers.enable({ apis: ['Date'], now: T0 });
   try {
     let passes = 0;
-    const hub = {
-      jobs: {
-        queued: () => 0,
-        inFlight: () => 0,
-        failures: async () => [],
-        items: async () => [],
-        verification: async () => {
-          passes++;
-          mock.timers.tick(150); // a big job: the pass over its results takes 150 ms
-          return [];
-        },
-      },
-      opts: { trust: { trustNative: false } },
-    } as unknown as Hub;
+    const hub = statusHub(async () => {
+      passes++;
+      mock.timers.tick(150); // a big job: the pass over its results takes 150 ms
+      return [];
+    });
     const running = job(10, { id: 'j_big' });
     await jobStatus(hub, running);
     mock.timers.tick(2500);
