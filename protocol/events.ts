@@ -194,6 +194,8 @@ export interface InterHubEvents {
   'hub:claimable': () => void;
   /** Several hubs: the sender reaped a hub whose lease lapsed: its chunks and pipeline runs are free. */
   'hub:gone': () => void;
+  /** Several hubs: the sender has dashboards connected: publish dashboard updates for a while. */
+  'hub:watching': () => void;
 }
 
 /** Events the hub sends to a worker. */
