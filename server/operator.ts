@@ -43,6 +43,8 @@ const room = (jobId: string) => `job:${jobId}`;
 const WATCHING_EVERY_MS = 5000;
 /** ...and how long after the last word the others publish to it. */
 const WATCHING_FOR_MS = 12_000;
+/** How often the running jobs are read while none runs and no dashboard is connected (see the tick). */
+const QUIET_READ_MS = 5000;
 
 /** Wires the operator namespace; returns a function that stops its timer. */
 export function attachOperatorNamespace(
@@ -74,6 +76,9 @@ export function attachOperatorNamespace(
   const fairnessDue = new Set<string>();
   const sent = new Map<string, string>();
   let lastSecond = 0;
+  /** When the running jobs were last read, and whether any was. */
+  let lastRead = 0;
+  let anyRunning = false;
   const onJob = (id: string) => {
     jobs.add(id);
     fairnessDue.add(id);
@@ -96,21 +101,32 @@ export function attachOperatorNamespace(
     const rates = ratesOf(hub);
     for (const w of hub.workers.values()) rates.observe(w.id, w.itemsDone, now); // keep the windows full
     const everySecond = now - lastSecond >= 1000;
-    // The running jobs' recent rates are sampled whether or not a dashboard is connected: the ETAs
-    // of `GET /api/jobs` come from them.
-    const running = everySecond ? await hub.jobs.list({ states: ['running'] }) : [];
-    if (everySecond) {
-      lastSecond = now;
-      for (const j of running) sampleJobRate(hub, j, now);
-      const ids = new Set(running.map((j) => j.id));
-      const jobRates = jobRatesOf(hub);
-      for (const id of [...jobRates.jobs()]) if (!ids.has(id)) jobRates.forget(id);
-    }
     // With several hubs, dashboards on the other hubs see this one's updates (the adapter), while
     // any is connected.
     const here = nsp.sockets.size > 0;
     if (hub.shared && here && now - toldWatching >= WATCHING_EVERY_MS) tellWatching(now);
     const elsewhere = hub.shared && now < watchedUntil;
+    // The running jobs' recent rates are sampled whether or not a dashboard is connected: the ETAs
+    // of `GET /api/jobs` come from them. Every second while any job runs (or a dashboard shows
+    // them); with none running, and none active here, a look every `QUIET_READ_MS` finds a job
+    // another hub started.
+    const readRunning =
+      everySecond &&
+      (here ||
+        elsewhere ||
+        anyRunning ||
+        hub.jobs.activeRecords().length > 0 ||
+        now - lastRead >= QUIET_READ_MS);
+    const running = readRunning ? await hub.jobs.list({ states: ['running'] }) : [];
+    if (everySecond) lastSecond = now;
+    if (readRunning) {
+      lastRead = now;
+      anyRunning = running.length > 0;
+      for (const j of running) sampleJobRate(hub, j, now);
+      const ids = new Set(running.map((j) => j.id));
+      const jobRates = jobRatesOf(hub);
+      for (const id of [...jobRates.jobs()]) if (!ids.has(id)) jobRates.forget(id);
+    }
     if (!here && !elsewhere) {
       jobs.clear();
       fairnessDue.clear();
