@@ -190,6 +190,12 @@ export interface InterHubEvents {
   'hub:workers': (ack: (workers: WorkerView[]) => void) => void;
   /** Several hubs: results of a pipeline stage's items stored on the sending hub (for the run's hub). */
   'hub:committed': (jobId: string, itemIds: number[]) => void;
+  /** Several hubs: the sender made work claimable (a job sealed, chunks given back...): claim now. */
+  'hub:claimable': () => void;
+  /** Several hubs: the sender reaped a hub whose lease lapsed: its chunks and pipeline runs are free. */
+  'hub:gone': () => void;
+  /** Several hubs: the sender has dashboards connected: publish dashboard updates for a while. */
+  'hub:watching': () => void;
 }
 
 /** Events the hub sends to a worker. */

@@ -34,6 +34,9 @@ import pg from 'pg';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../..');
 
+/** Several hubs: at most one "work is claimable" message per this long from a hub (see below). */
+const CLAIMABLE_EVERY_MS = 100;
+
 /** Everything `shardhub serve` can be told. */
 export interface HubConfig {
   host: string;
@@ -268,6 +271,26 @@ export class HubServer {
           () => undefined, // no OCR on this hub: no run of it to tell
         );
       });
+      // Claim passes wait while they find nothing (`hub/claims.ts`): what may make work claimable
+      // on one hub wakes the others' at once. A burst (a pipeline appending as results arrive)
+      // sends one message, and one more at its end.
+      let lastClaimable = 0;
+      let claimableLater: NodeJS.Timeout | undefined;
+      const tellClaimable = () => {
+        claimableLater = undefined;
+        lastClaimable = Date.now();
+        io.serverSideEmit('hub:claimable');
+      };
+      hub.on('chunks:claimable', () => {
+        const wait = lastClaimable + CLAIMABLE_EVERY_MS - Date.now();
+        if (wait <= 0) tellClaimable();
+        else claimableLater ??= setTimeout(tellClaimable, wait).unref();
+      });
+      hub.on('hubs:gone', (local) => {
+        if (local) io.serverSideEmit('hub:gone');
+      });
+      io.on('hub:claimable', () => hub.peerClaimable());
+      io.on('hub:gone', () => hub.peerGone());
       io.on('hub:workers', (ack) => {
         const figures = WorkerFigures.of(hub);
         ack(

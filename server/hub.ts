@@ -189,7 +189,11 @@ export class Hub extends EventEmitter<HubEvents> {
     const jobs = new JobLifecycle({
       store,
       shared: store.severalHubs,
-      claimSoon: () => this.claims?.poke(),
+      // Items to claim: a pass here now, and the other hubs told (their passes may be waiting).
+      claimSoon: () => {
+        this.claims?.poke();
+        this.emit('chunks:claimable');
+      },
       later,
       trustCache,
       models,
@@ -334,7 +338,14 @@ export class Hub extends EventEmitter<HubEvents> {
         idle: () => [...jobs.activeJobs()].every((j) => scheduler.inFlight(j.record.id) === 0),
         settling: () => this.results.pending,
         pump: () => dispatch.pump(),
+        freed: () => this.emit('chunks:claimable'),
       });
+      // What may make work claimable here wakes the claim passes if they were waiting: news of
+      // this hub's (also passed on to the other hubs by `app.ts`; theirs comes through
+      // `peerClaimable` and `peerGone`), and its workers changing state (registered, back online,
+      // benchmarked).
+      this.on('chunks:claimable', () => this.claims?.wake());
+      this.on('worker:updated', () => this.claims?.wake());
     }
     this.timer = setInterval(() => this.tick(), Math.min(1000, Math.max(100, opts.heartbeatMs / 2)));
     this.timer.unref();
@@ -541,6 +552,20 @@ export class Hub extends EventEmitter<HubEvents> {
     await this.store.setHubUrl(this.keeper.lease, url);
   }
 
+  /**
+   * Another hub made work claimable (the hub-to-hub channel, `app.ts`): this hub's claim passes,
+   * if they were waiting, pass now.
+   */
+  peerClaimable(): void {
+    this.claims?.wake();
+  }
+
+  /** Another hub reaped a hub whose lease lapsed (the hub-to-hub channel): see `hubs:gone`. */
+  peerGone(): void {
+    this.claims?.wake();
+    this.emit('hubs:gone', false);
+  }
+
   // ---------------------------------------------------------------- time
 
   /** Liveness, figures, completion and stall backstops, and a plan of every worker. */
@@ -553,7 +578,7 @@ export class Hub extends EventEmitter<HubEvents> {
     }
     this.lifecycle.checkAll();
     this.lifecycle.repairStalls(now);
-    this.claims?.poke();
+    this.claims?.tick();
     this.registry.sweep(now);
     this.dispatch.pump();
   }
@@ -564,7 +589,8 @@ export class Hub extends EventEmitter<HubEvents> {
     k.on('failure', (err) => this.log.warn({ err }, 'renewing the hub lease failed; trying again'));
     k.on('reaped', (hubs) => {
       this.log.warn({ hubs }, 'hubs whose lease lapsed were reaped; their chunks are free again');
-      this.claims?.poke();
+      this.claims?.wake();
+      this.emit('hubs:gone', true);
     });
     k.on('fenced', (err) => this.rejoin(err.message));
     k.on('lost', () => this.rejoin('no renewal of the lease got through within its time'));
@@ -588,7 +614,8 @@ export class Hub extends EventEmitter<HubEvents> {
           this.keeper = await this.newLease();
           this.watchLease();
           this.log.warn({ epoch: this.keeper.lease.epoch }, 'hub registered again with a new lease');
-          this.claims?.poke();
+          this.claims?.wake();
+          this.emit('hubs:gone', true); // the old lease's runs are orphaned now
           return;
         } catch (err) {
           this.log.warn({ err }, 'registering the hub again failed; retrying');

@@ -11,6 +11,12 @@
  * clients watching that job (`job:watch`), at most once a second while it runs. Nothing is
  * computed while no operator is connected, except sampling the workers' rates (every tick, so
  * `GET /api/workers` and `/metrics` have a current rate too).
+ *
+ * Several hubs: dashboards on any hub show every hub's updates (through Socket.IO's Postgres
+ * adapter). A hub with operators connected says so to the others (`hub:watching`, on each
+ * connection and every `WATCHING_EVERY_MS`); a hub publishes through the adapter only while it has
+ * heard that within `WATCHING_FOR_MS`, and to its own operators alone otherwise, so a grid nobody
+ * watches sends nothing between hubs.
  */
 import type { Namespace, Socket } from 'socket.io';
 import type { InterHubEvents } from '../protocol/events.ts';
@@ -33,6 +39,13 @@ type OperatorSocket = Socket<OperatorClientEvents, OperatorServerEvents, InterHu
 
 const room = (jobId: string) => `job:${jobId}`;
 
+/** Several hubs: how often a hub with operators connected tells the other hubs (see above)... */
+const WATCHING_EVERY_MS = 5000;
+/** ...and how long after the last word the others publish to it. */
+const WATCHING_FOR_MS = 12_000;
+/** How often the running jobs are read while none runs and no dashboard is connected (see the tick). */
+const QUIET_READ_MS = 5000;
+
 /** Wires the operator namespace; returns a function that stops its timer. */
 export function attachOperatorNamespace(
   nsp: OperatorNamespace,
@@ -45,12 +58,27 @@ export function attachOperatorNamespace(
     if (!tokenMatches(token, operatorToken)) return next(new Error('unauthorized: operator token required'));
     next();
   });
-  nsp.on('connection', (socket) => onConnection(socket, hub));
+  // Several hubs: when other hubs' operators last said they are connected, and when this hub last
+  // said its are.
+  let watchedUntil = 0;
+  let toldWatching = 0;
+  const tellWatching = (now: number) => {
+    toldWatching = now;
+    nsp.serverSideEmit('hub:watching');
+  };
+  if (hub.shared) nsp.on('hub:watching', () => (watchedUntil = Date.now() + WATCHING_FOR_MS));
+  nsp.on('connection', (socket) => {
+    onConnection(socket, hub);
+    if (hub.shared) tellWatching(Date.now());
+  });
 
   const jobs = new Set<string>();
   const fairnessDue = new Set<string>();
   const sent = new Map<string, string>();
   let lastSecond = 0;
+  /** When the running jobs were last read, and whether any was. */
+  let lastRead = 0;
+  let anyRunning = false;
   const onJob = (id: string) => {
     jobs.add(id);
     fairnessDue.add(id);
@@ -73,23 +101,39 @@ export function attachOperatorNamespace(
     const rates = ratesOf(hub);
     for (const w of hub.workers.values()) rates.observe(w.id, w.itemsDone, now); // keep the windows full
     const everySecond = now - lastSecond >= 1000;
+    // With several hubs, dashboards on the other hubs see this one's updates (the adapter), while
+    // any is connected.
+    const here = nsp.sockets.size > 0;
+    if (hub.shared && here && now - toldWatching >= WATCHING_EVERY_MS) tellWatching(now);
+    const elsewhere = hub.shared && now < watchedUntil;
     // The running jobs' recent rates are sampled whether or not a dashboard is connected: the ETAs
-    // of `GET /api/jobs` come from them.
-    const running = everySecond ? await hub.jobs.list({ states: ['running'] }) : [];
-    if (everySecond) {
-      lastSecond = now;
+    // of `GET /api/jobs` come from them. Every second while any job runs (or a dashboard shows
+    // them); with none running, and none active here, a look every `QUIET_READ_MS` finds a job
+    // another hub started.
+    const readRunning =
+      everySecond &&
+      (here ||
+        elsewhere ||
+        anyRunning ||
+        hub.jobs.activeRecords().length > 0 ||
+        now - lastRead >= QUIET_READ_MS);
+    const running = readRunning ? await hub.jobs.list({ states: ['running'] }) : [];
+    if (everySecond) lastSecond = now;
+    if (readRunning) {
+      lastRead = now;
+      anyRunning = running.length > 0;
       for (const j of running) sampleJobRate(hub, j, now);
       const ids = new Set(running.map((j) => j.id));
       const jobRates = jobRatesOf(hub);
       for (const id of [...jobRates.jobs()]) if (!ids.has(id)) jobRates.forget(id);
     }
-    // With several hubs, dashboards on the other hubs see this one's updates (the adapter).
-    if (nsp.sockets.size === 0 && !hub.shared) {
+    if (!here && !elsewhere) {
       jobs.clear();
       fairnessDue.clear();
       sent.clear();
       return;
     }
+    const out = elsewhere ? nsp : nsp.local;
     // Reads the running jobs' fairness only if a worker row is built this tick.
     const figures = WorkerFigures.of(hub, now);
     if (everySecond) {
@@ -103,16 +147,16 @@ export function attachOperatorNamespace(
       const job = await hub.jobs.get(id);
       if (job) jobViews.push(await jobJson(hub, job, now));
     }
-    if (jobViews.length) nsp.emit('jobs:updated', jobViews, now);
+    if (jobViews.length) out.emit('jobs:updated', jobViews, now);
     jobs.clear();
 
     if (everySecond) {
       for (const id of fairnessDue) {
-        if (!hub.shared && !nsp.adapter.rooms.get(room(id))?.size) continue;
+        if (!elsewhere && !nsp.adapter.rooms.get(room(id))?.size) continue;
         const job = await hub.jobs.get(id);
         const report =
           job && (await hub.fairnessOf(id, job.state === 'completed' || job.state === 'cancelled'));
-        if (report) nsp.to(room(id)).emit('job:fairness', report);
+        if (report) out.to(room(id)).emit('job:fairness', report);
       }
       fairnessDue.clear();
     }
@@ -131,11 +175,11 @@ export function attachOperatorNamespace(
       sent.set(w.id, print);
       workerViews.push(view);
     }
-    if (workerViews.length) nsp.emit('workers:updated', workerViews, now);
+    if (workerViews.length) out.emit('workers:updated', workerViews, now);
     // Workers the hub no longer lists (removed by an operator): dashboards drop their rows.
     const removed = [...sent.keys()].filter((id) => !hub.workers.has(id));
     for (const id of removed) sent.delete(id);
-    if (removed.length) nsp.emit('workers:removed', removed);
+    if (removed.length) out.emit('workers:removed', removed);
   };
   timer.unref();
   return () => {

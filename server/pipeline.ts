@@ -125,6 +125,12 @@ const PAGE_EVENT = 'ocr_page';
 const STAGE_EVENT = 'ocr_stage';
 /** How often a hub that does not own a run reads it again from the store while a client waits. */
 const STORE_POLL_MS = 500;
+
+/**
+ * Several hubs: how often a hub looks for runs whose owner's lease is gone without having heard
+ * that a hub was reaped (the news comes through the hub-to-hub channel, which may drop it).
+ */
+const TAKEOVER_POLL_MS = 10_000;
 /** The event of a stage job the run cancelled because nothing of it ran (not an operator's cancel). */
 const UNUSED_EVENT = 'ocr_unused';
 
@@ -723,11 +729,16 @@ export class OcrService {
     hub.on('lease:lost', () => this.leaseLost());
     // Several hubs: other hubs' workers run this hub's stage jobs too. Their commits come through
     // the hub-to-hub channel (`app.ts`); a stage job another hub completed is found here. Runs
-    // whose owner died are taken over here (one hub wins each).
+    // whose owner died are taken over here (one hub wins each) as soon as a hub reaps it (here, or
+    // another hub as the channel says), and every `TAKEOVER_POLL_MS` in case that news was lost.
     if (hub.shared) {
+      hub.on('hubs:gone', () => void this.takeOver());
+      let polled = Date.now();
       const timer = setInterval(() => {
         if (hub.isClosed) return clearInterval(timer);
         for (const jobId of this.byJob.keys()) this.updated(jobId);
+        if (Date.now() - polled < TAKEOVER_POLL_MS) return;
+        polled = Date.now();
         void this.takeOver();
       }, 1000);
       timer.unref();
@@ -749,13 +760,20 @@ export class OcrService {
 
   /** The takeover in progress (one at a time). */
   private taking: Promise<void> | undefined;
+  /** A takeover was asked for while one was in progress: another follows it. */
+  private takeAgain = false;
 
   /**
    * Takes over the runs whose owner's lease is gone (several hubs: the store gives each to one
-   * hub) and carries them on, rebuilt from their record as after a restart.
+   * hub) and carries them on, rebuilt from their record as after a restart. Asked for while one is
+   * in progress (which may have looked before a reap), another follows it.
    */
   takeOver(): Promise<void> {
-    this.taking ??= (async () => {
+    if (this.taking) {
+      this.takeAgain = true;
+      return this.taking;
+    }
+    this.taking = (async () => {
       const { hub } = this;
       let taken: PipelineRun[];
       try {
@@ -784,7 +802,12 @@ export class OcrService {
         // Every page's outcome was recorded before the owner died: only the completed mark was not.
         if (rebuilt.finished) hub.completeRun(rec.id);
       }
-    })().finally(() => (this.taking = undefined));
+    })().finally(() => {
+      this.taking = undefined;
+      if (!this.takeAgain) return;
+      this.takeAgain = false;
+      void this.takeOver();
+    });
     return this.taking;
   }
 

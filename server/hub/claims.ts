@@ -20,6 +20,11 @@
  * - Chunks of a hub that died go back to the pool when any hub reaps it (`LeaseKeeper`), and their
  *   pending items are claimed like any others. Results stay exactly once whoever runs an item: the
  *   store's gate decides (`recordResults`), chunks only decide who runs it.
+ * - A hub with nothing held, queued or running whose pass found nothing to claim or split passes
+ *   less and less often on its tick (`tick`, up to `QUIET_MAX_MS` apart): an idle grid costs the
+ *   store little. Whatever can make work claimable wakes it at once (`wake`): a job sealed or
+ *   items appended (here or on another hub), chunks given back or reaped, a worker here changing
+ *   state; the slow passes are only the backstop for news that did not arrive.
  */
 import type { Logger } from '../logger.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
@@ -49,6 +54,13 @@ const HURRIED_MS = 250;
 const CALM_MS = 1000;
 const AHEAD_MAX = 16;
 
+/**
+ * A hub with nothing to do waits this long after a pass that found nothing before its tick passes
+ * again, doubling each time up to `QUIET_MAX_MS` (see the file comment).
+ */
+const QUIET_MIN_MS = 250;
+const QUIET_MAX_MS = 2000;
+
 export interface ChunkClaimsDeps {
   store: AsyncStore;
   lease: () => Lease;
@@ -63,6 +75,10 @@ export interface ChunkClaimsDeps {
   settling: () => boolean;
   /** New items queued: plan the workers. */
   pump: () => void;
+  /** Chunks were given back to the pool: other hubs may claim them now. */
+  freed: () => void;
+  /** The time (ms); `Date.now` unless a test drives it. */
+  clock?: () => number;
 }
 
 export class ChunkClaims {
@@ -77,12 +93,44 @@ export class ChunkClaims {
   private readonly strandedSince = new Map<string, number>();
   /** Jobs given to the other hubs, and until when this hub claims none of them. */
   private readonly handedOver = new Map<string, number>();
+  /** How long the tick waits after a pass that found nothing (0: it passes every tick). */
+  private quietMs = 0;
+  /** When the tick passes again (see `quietMs`). */
+  private quietUntil = 0;
+  /** `wake` was called since the current pass began. */
+  private woken = false;
 
   constructor(private readonly d: ChunkClaimsDeps) {}
 
   /** Chunks this hub holds. */
   get count(): number {
     return this.held.size;
+  }
+
+  /**
+   * The hub's tick: a pass, unless passes found nothing to do lately and the wait after them (see
+   * `QUIET_MIN_MS`) is not over.
+   */
+  tick(): void {
+    if (this.now() >= this.quietUntil) this.poke();
+  }
+
+  /**
+   * Something happened that may make work claimable here: a pass now if the tick was holding
+   * them back, and every tick again (a pass in progress may have looked too early: it does not
+   * hold them back). While the hub passes every tick this costs nothing.
+   */
+  wake(): void {
+    this.woken = true;
+    if (this.quietMs === 0) return;
+    this.quietMs = 0;
+    this.quietUntil = 0;
+    this.poke();
+  }
+
+  /** Whether the tick is holding passes back because they found nothing to do. */
+  get quiet(): boolean {
+    return this.quietMs > 0;
   }
 
   /** Claims or gives back chunks as needed; one pass at a time (a call meanwhile runs another after). */
@@ -114,7 +162,7 @@ export class ChunkClaims {
 
   /** Adjusts `ahead` to how soon this pass came after the last. */
   private pace(): void {
-    const now = Date.now();
+    const now = this.now();
     const gap = now - this.lastPass;
     this.lastPass = now;
     if (gap < HURRIED_MS) this.ahead = Math.min(AHEAD_MAX, this.ahead * 2);
@@ -131,6 +179,10 @@ export class ChunkClaims {
     while (this.running) await this.running;
   }
 
+  private now(): number {
+    return this.d.clock ? this.d.clock() : Date.now();
+  }
+
   private queued(): number {
     let n = 0;
     for (const job of this.d.jobs.activeJobs()) n += this.d.scheduler.queued(job.record.id);
@@ -138,11 +190,15 @@ export class ChunkClaims {
   }
 
   private async pass(): Promise<void> {
+    this.woken = false;
     await this.giveBack();
-    await this.handOver(Date.now());
+    await this.handOver(this.now());
     this.pace();
     const want = this.want();
-    if (want === 0) return this.letGo(); // no workers here: what this hub holds is others' to run
+    if (want === 0) {
+      await this.letGo(); // no workers here: what this hub holds is others' to run
+      return this.settle(false);
+    }
     let added = 0;
     // The untouched rest of chunks held here first, then new chunks.
     for (const c of [...this.held.values()]) {
@@ -157,14 +213,33 @@ export class ChunkClaims {
       for (const c of chunks) added += await this.take(c, want - this.queued());
       if (chunks.length < CLAIM_MAX) break;
     }
+    let split = false;
     if (added === 0 && this.queued() === 0 && this.d.idle()) {
       const tail = await this.d.store.splitTail(this.d.lease(), {
         minItems: SPLIT_MIN,
         exceptJobs: this.leftToOthers(),
       });
       if (tail) added += await this.take(tail, want);
+      split = !tail;
     }
     if (added > 0) this.d.pump();
+    this.settle(split && added === 0);
+  }
+
+  /**
+   * After a pass: with nothing held here and, if the hub has workers, nothing found to claim or
+   * split (`nothing`), the tick waits longer before the next (see `QUIET_MIN_MS`); otherwise it
+   * passes every tick.
+   */
+  private settle(nothing: boolean): void {
+    const want = this.d.want();
+    if (this.held.size > 0 || (want > 0 && !nothing) || this.woken) {
+      this.quietMs = 0;
+      this.quietUntil = 0;
+      return;
+    }
+    this.quietMs = Math.min(QUIET_MAX_MS, Math.max(QUIET_MIN_MS, this.quietMs * 2));
+    this.quietUntil = this.now() + this.quietMs;
   }
 
   /** Takes a claimed chunk (its job active here), and the first `n` of its items. */
@@ -198,7 +273,7 @@ export class ChunkClaims {
 
   /** The jobs this hub gave to the others and claims nothing of for now. */
   private leftToOthers(): string[] {
-    const now = Date.now();
+    const now = this.now();
     for (const [jobId, until] of this.handedOver) if (until <= now) this.handedOver.delete(jobId);
     return [...this.handedOver.keys()];
   }
@@ -247,6 +322,7 @@ export class ChunkClaims {
     this.d.jobs.letGo(jobId, reason);
     for (const id of ids) this.held.delete(id);
     await this.d.store.releaseChunks(this.d.lease(), ids);
+    if (ids.length > 0) this.d.freed();
     return ids.length;
   }
 
@@ -264,6 +340,7 @@ export class ChunkClaims {
       if (!active) {
         this.held.delete(c.id);
         await store.releaseChunks(this.d.lease(), [c.id]);
+        this.d.freed();
         continue;
       }
       if (await store.finishChunk(this.d.lease(), c.id)) {

@@ -97,7 +97,7 @@ export interface JobLifecycleDeps {
    * hub claims give it items (`claims.ts`); nothing is read for the whole job.
    */
   shared: boolean;
-  /** Claim chunks now (items were appended to a running job). */
+  /** Claim chunks now, here and on the other hubs (a job sealed, items appended to a running job). */
   claimSoon: () => void;
   /** Store writes the hub does not wait for, in order. */
   later: Later;
@@ -443,6 +443,7 @@ export class JobLifecycle implements JobQueries {
     await this.activate(sealed, model);
     this.d.log.info({ jobId, items: sealed.itemCount, done: sealed.doneCount }, 'job queued');
     this.d.events.emit('job:updated', jobId);
+    if (this.d.shared) this.d.claimSoon(); // its chunks are claimable now, here or on another hub
     this.d.pump();
     // Items the result cache answered are done already: a job of nothing else completes now.
     if (sealed.doneCount > 0) this.checkComplete(jobId, true);

@@ -236,6 +236,7 @@ export class TrustActions implements TrustQueries {
           events.emit('job:updated', jobId);
         }
         this.d.cost.recomputed += n;
+        if (n) events.emit('chunks:claimable'); // several hubs: the taken-back items are in unheld chunks
         if (n) log.warn({ workerId, recomputed: n }, "quarantined worker's unconfirmed results taken back");
         this.d.dispatch.pump();
       })

@@ -65,6 +65,18 @@ export interface HubEvents {
   'items:cached': [jobId: string, itemIds: number[]];
   /** This hub lost its lease: what it owned (chunks, pipeline runs) may be another hub's now. */
   'lease:lost': [];
+  /**
+   * Several hubs: this hub made work claimable (a job sealed, items appended to a running job,
+   * chunks given back, results taken back from a quarantined worker); the other hubs are told
+   * (`app.ts`), so that hubs whose claim passes wait (`hub/claims.ts`) claim it at once.
+   */
+  'chunks:claimable': [];
+  /**
+   * Several hubs: a hub's lease ended, its chunks are free and its pipeline runs are to be taken
+   * over. `local`: this hub reaped it (or registered again, leaving its old lease's runs), and the
+   * other hubs are told; otherwise another hub said so.
+   */
+  'hubs:gone': [local: boolean];
 }
 
 /** The hub's emitter, as its parts see it: they emit, observers subscribe on the hub. */

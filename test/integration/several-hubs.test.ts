@@ -152,8 +152,17 @@ describe('several hubs on one PostgreSQL store', () => {
       dashboard.on('workers:updated', (views: { id: string; hub?: string }[]) => {
         for (const v of views) seen.set(v.id, v.hub);
       });
+      // Hub b's claim passes wait while there is nothing to claim: the job sealed on a wakes them
+      // (the hub-to-hub channel), not their next slow pass.
+      let woken = 0;
+      const peerClaimable = b.hub.peerClaimable.bind(b.hub);
+      b.hub.peerClaimable = () => {
+        woken++;
+        peerClaimable();
+      };
       const sent = items(3000, 1);
       const jobId = await new Rest(a.url, OPERATOR).submit('noop', sent);
+      await waitFor('hub b told that work is claimable', () => woken > 0, 10_000);
       const view = await jobDone(new Rest(b.url, OPERATOR), jobId, 120_000);
       assert.equal(view.done, sent.length, 'the other hub sees it completed with every item done');
       const n = await tally(url, jobId);
