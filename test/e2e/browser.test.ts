@@ -33,8 +33,15 @@ import { RESULTS, launchChromium, openWorkerTab, startPageHub, type Tab } from '
  * The hub under test serves the built pages. A benchmark still awaited when the hub closes keeps
  * its ack timer running (and this process alive) until it times out: keep that short.
  */
+/**
+ * Quick heartbeats, and a tab is given 6 s without a ping (Socket.IO's ping interval, 1 s, plus its
+ * timeout, 5 s) before its own Socket.IO client drops the connection: on 2 cores, with SwiftShader
+ * rendering WebGPU on the CPU beside WASM threads, a tab's main thread can stall for seconds; with
+ * 3 s in all, a tab now and then dropped its connection in the middle of a test (the hub logged
+ * "transport close", and the page said "Connecting to the hub…").
+ */
 const HUB_CONFIG = {
-  hub: { heartbeatMs: 500, offlineAfterMs: 2000, benchmarkTimeoutMs: 30_000 },
+  hub: { heartbeatMs: 500, offlineAfterMs: 5000, benchmarkTimeoutMs: 30_000 },
 };
 
 /**
