@@ -320,10 +320,15 @@ export class ChunkClaims {
   private async release(jobId: string, reason?: string): Promise<number> {
     const ids = [...this.held.values()].filter((c) => c.jobId === jobId).map((c) => c.id);
     this.d.jobs.letGo(jobId, reason);
+    await this.giveUp(ids);
+    return ids.length;
+  }
+
+  /** Stops holding chunks and gives them back to the pool; the other hubs may claim them now. */
+  private async giveUp(ids: number[]): Promise<void> {
     for (const id of ids) this.held.delete(id);
     await this.d.store.releaseChunks(this.d.lease(), ids);
     if (ids.length > 0) this.d.freed();
-    return ids.length;
   }
 
   /**
@@ -338,9 +343,7 @@ export class ChunkClaims {
       if (active && (c.cursor < c.last || scheduler.queued(c.jobId) + scheduler.inFlight(c.jobId) > 0))
         continue;
       if (!active) {
-        this.held.delete(c.id);
-        await store.releaseChunks(this.d.lease(), [c.id]);
-        this.d.freed();
+        await this.giveUp([c.id]);
         continue;
       }
       if (await store.finishChunk(this.d.lease(), c.id)) {
