@@ -1,13 +1,17 @@
 /**
  * `npm run bench -- hubs --grid [--json] [--items 20000] [--nodes 6] [--failover-items 5000]
- * [--heartbeat-ms 500]`: the whole grid on several hubs (`bench/hubs.ts` without `--grid` measures
- * the store alone).
+ * [--heartbeat-ms 500] [--warmup 5000]`: the whole grid on several hubs (`bench/hubs.ts` without
+ * `--grid` measures the store alone).
  *
  * One no-op job (model `noop`) run by native sim nodes (`--item-ms 0`, 4 slots each) through real
  * `shardhub serve` processes: SQLite with one hub (the baseline, in the same run), then PostgreSQL
  * (one server, started here, a fresh database per case) with 1, 2 and 3 hub processes, the nodes
- * spread evenly over the hubs (each node knows every hub, its own first). Per case: items/s from
- * the seal to the job's completion, and CPU µs per item of each hub process, of the PostgreSQL
+ * spread evenly over the hubs (each node knows every hub, its own first). Each case first runs a
+ * job of `--warmup` items to completion, so what is measured is a hub that has been up a while
+ * (compiled, pools grown), not its first minutes. Then, for 2 and 3 hubs, the same processes
+ * "apart": each hub its own database, its own nodes and its share of the items as a job of its own,
+ * sharing nothing. That is the control: what that many hub processes cost on this machine without
+ * working together. Per case: items/s from the seal to the job's completion, and CPU µs per item of each hub process, of the PostgreSQL
  * server (postmaster and backends, from /proc) and of all nodes together, over the same span; lock
  * waits sampled every 50 ms as the store bench does.
  *
@@ -17,6 +21,7 @@
  * still completing with one result per item.
  */
 import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { treeCpuUs, sampleLocks } from './hubs.ts';
 import { HUB_NODE_FLAGS } from '../server/node-flags.ts';
@@ -61,6 +66,11 @@ export interface GridRow {
   hubsCpuUsPerItem: number;
   pgCpuUsPerItem: number | string;
   nodesCpuUsPerItem: number;
+  /**
+   * Read and write system calls of all hubs together per item: the hubs' messages and store round
+   * trips, which do not depend on how busy the machine is.
+   */
+  hubSyscallsPerItem: number;
   /** Hubs + Postgres: what the grid's hub side costs per item. */
   serverCpuUsPerItem: number;
   /**
@@ -144,10 +154,12 @@ async function startGrid(
   dir: string,
   hubCount: number,
   nodeCount: number,
-  store: string | undefined,
+  store: string | undefined | (string | undefined)[],
   heartbeatMs: number,
   extra: string[] = [],
 ): Promise<Grid> {
+  const storeOf = (i: number) => (Array.isArray(store) ? store[i] : store);
+  const independent = Array.isArray(store);
   const hubs: Grid['hubs'] = [];
   const nodes: Proc[] = [];
   const stop = () => stopProcs([...nodes, ...hubs.map((h) => h.proc)]);
@@ -157,7 +169,7 @@ async function startGrid(
       const proc = spawnTs(
         'server/cli.ts',
         serveArgs(port, join(dir, `hub${i}`), [
-          ...(store ? ['--store', store] : []),
+          ...(storeOf(i) ? ['--store', storeOf(i)!] : []),
           '--operator-token',
           OPERATOR,
           '--join-token',
@@ -188,7 +200,7 @@ async function startGrid(
     const urls = hubs.map((h) => h.url);
     for (let i = 0; i < nodeCount; i++) {
       const k = i % hubCount;
-      const order = [...urls.slice(k), ...urls.slice(0, k)];
+      const order = independent ? [urls[k]!] : [...urls.slice(k), ...urls.slice(0, k)];
       const node = startNode(
         order.join(','),
         JOIN,
@@ -200,14 +212,16 @@ async function startGrid(
       nodes.push(node);
     }
     // With a shared store every hub lists every hub's workers; with one hub it lists its own.
-    await waitFor(
-      `${nodeCount} nodes online`,
-      async () =>
-        ((await hubs[0]!.rest.data('GET', '/api/workers?online=true&limit=1000')).total as number) >=
-        nodeCount,
-      120_000,
-      200,
-    );
+    for (const [k, h] of (independent ? hubs : hubs.slice(0, 1)).entries()) {
+      const want = independent ? nodes.filter((_, i) => i % hubCount === k).length : nodeCount;
+      await waitFor(
+        `${want} nodes online`,
+        async () =>
+          ((await h.rest.data('GET', '/api/workers?online=true&limit=1000')).total as number) >= want,
+        120_000,
+        200,
+      );
+    }
     return { hubs, nodes, stop };
   } catch (err) {
     await stop();
@@ -225,6 +239,16 @@ async function upload(rest: Rest, n: number): Promise<string> {
   return job.id as string;
 }
 
+/** Read and write system calls `pid` has made (`/proc/PID/io`, all its threads). */
+function syscalls(pid: number): number {
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+    return Number(/^syscr: (\d+)/m.exec(io)?.[1]) + Number(/^syscw: (\d+)/m.exec(io)?.[1]);
+  } catch {
+    return NaN;
+  }
+}
+
 async function gridCase(
   server: TestPostgres,
   dir: string,
@@ -234,30 +258,63 @@ async function gridCase(
   items: number,
   n: number,
   heartbeatMs: number,
+  warmup: number,
+  independent = false,
 ): Promise<GridRow> {
-  const url = store === 'postgres' ? await freshDatabase(server, `hubs_grid_${n}`) : undefined;
-  const grid = await startGrid(join(dir, `case${n}`), hubCount, nodeCount, url, heartbeatMs);
+  // Independent: each hub its own database, its own nodes and its own share of the items, nothing
+  // shared between hubs: what the same processes cost on this machine without working together.
+  const urls =
+    store !== 'postgres'
+      ? [undefined]
+      : independent
+        ? await Promise.all(
+            Array.from({ length: hubCount }, (_, i) => freshDatabase(server, `hubs_grid_${n}_${i}`)),
+          )
+        : [await freshDatabase(server, `hubs_grid_${n}`)];
+  const url = urls[0];
+  const grid = await startGrid(
+    join(dir, `case${n}`),
+    hubCount,
+    nodeCount,
+    independent ? urls : url,
+    heartbeatMs,
+  );
   try {
     const front = grid.hubs[0]!;
-    const jobId = await upload(front.rest, items);
+    const targets = independent ? grid.hubs : [front];
+    const share = (total: number, k: number) =>
+      Math.floor(total / targets.length) + (k < total % targets.length ? 1 : 0);
+    if (warmup > 0) {
+      // A job run to completion first, so every hub's code paths are compiled and its pools grown
+      // before the measured job: what a hub that has been up a while costs per item.
+      const ws = await Promise.all(targets.map((h, k) => upload(h.rest, share(warmup, k))));
+      await Promise.all(targets.map((h, k) => h.rest.data('POST', `/api/jobs/${ws[k]}/seal`)));
+      await Promise.all(targets.map((h, k) => jobDone(h.rest, ws[k]!, 600_000, 50)));
+    }
+    const jobIds = await Promise.all(targets.map((h, k) => upload(h.rest, share(items, k))));
     const locks = url ? sampleLocks(server.url) : undefined; // cluster-wide views; kept out of the case database's counts
     const cpu = () => ({
+      syscalls: grid.hubs.reduce((a, h) => a + syscalls(h.pid), 0),
       hubs: grid.hubs.map((h) => treeCpuUs(h.pid)),
       pg: url && server.pid ? treeCpuUs(server.pid) : NaN,
       nodes: grid.nodes.reduce((a, p) => a + treeCpuUs(p.child.pid!), 0),
     });
     const xacts = async () => {
-      if (!url) return NaN;
-      const c = new pg.Client({ connectionString: url });
-      await c.connect();
-      try {
-        const r = await c.query<{ n: string }>(
-          'SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()',
-        );
-        return Number(r.rows[0]?.n);
-      } finally {
-        await c.end();
+      let sum = 0;
+      for (const u of urls) {
+        if (!u) return NaN;
+        const c = new pg.Client({ connectionString: u });
+        await c.connect();
+        try {
+          const r = await c.query<{ n: string }>(
+            'SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()',
+          );
+          sum += Number(r.rows[0]?.n);
+        } finally {
+          await c.end();
+        }
       }
+      return sum;
     };
     // What the grid costs doing nothing, over the same processes, before the seal.
     const serverUs = (c: ReturnType<typeof cpu>) =>
@@ -269,21 +326,22 @@ async function gridCase(
     const x0 = await xacts();
     const c0 = cpu();
     const t0 = performance.now();
-    await front.rest.data('POST', `/api/jobs/${jobId}/seal`);
-    const view = await jobDone(front.rest, jobId, 600_000, 50);
+    await Promise.all(targets.map((h, k) => h.rest.data('POST', `/api/jobs/${jobIds[k]}/seal`)));
+    const views = await Promise.all(targets.map((h, k) => jobDone(h.rest, jobIds[k]!, 600_000, 50)));
     const wall = performance.now() - t0;
     const c1 = cpu();
     const lockFigures = await locks?.stop();
     // Backends flush their statistics at most once a second.
     if (url) await new Promise((ok) => setTimeout(ok, 1100));
     const x1 = await xacts();
-    if (view.done !== items) throw new Error(`${store} x${hubCount}: ${view.done} of ${items} items done`);
+    const done = views.reduce((a, v) => a + (v.done as number), 0);
+    if (done !== items) throw new Error(`${store} x${hubCount}: ${done} of ${items} items done`);
     const hubCpu = c1.hubs.map((v, i) => v - c0.hubs[i]!);
     const hubsCpu = hubCpu.reduce((a, b) => a + b, 0);
     const pgCpu = c1.pg - c0.pg;
     const per = (us: number) => Number((us / items).toFixed(1));
     return {
-      store,
+      store: independent ? `${store}, apart` : store,
       hubs: hubCount,
       nodes: nodeCount,
       items,
@@ -292,6 +350,7 @@ async function gridCase(
       hubsCpuUsPerItem: per(hubsCpu),
       pgCpuUsPerItem: Number.isNaN(pgCpu) ? '-' : per(pgCpu),
       nodesCpuUsPerItem: per(c1.nodes - c0.nodes),
+      hubSyscallsPerItem: Number(((c1.syscalls - c0.syscalls) / items).toFixed(3)),
       serverCpuUsPerItem: per(hubsCpu + (Number.isNaN(pgCpu) ? 0 : pgCpu)),
       idleServerMsPerS: Number(idleMsPerS.toFixed(1)),
       serverCpuUsPerItemNetOfIdle: per(hubsCpu + (Number.isNaN(pgCpu) ? 0 : pgCpu) - idleMsPerS * wall),
@@ -396,6 +455,8 @@ export async function runGrid(opts: {
   failoverItems: number;
   /** The hubs' `--heartbeat-ms` (their housekeeping tick is half of it). */
   heartbeatMs: number;
+  /** Items of a job each case runs to completion before the measured one (0: none). */
+  warmup: number;
   progress: (s: string) => void;
 }): Promise<{ rows: GridRow[]; failover: FailoverRow } | { skip: string }> {
   const tmp = tempDir('shardhub-hubs-grid-');
@@ -417,12 +478,28 @@ export async function runGrid(opts: {
     server = started;
     const rows: GridRow[] = [];
     let n = 0;
-    for (const [store, hubs] of [
-      ['sqlite', 1] as const,
-      ...opts.hubCounts.map((h) => ['postgres', h] as const),
+    for (const [store, hubs, apart] of [
+      ['sqlite', 1, false] as const,
+      ...opts.hubCounts.map((h) => ['postgres', h, false] as const),
+      ...opts.hubCounts.filter((h) => h > 1).map((h) => ['postgres', h, true] as const),
     ]) {
-      opts.progress(`grid: ${store} x${hubs}, ${opts.nodes} nodes, ${opts.items} items...`);
-      rows.push(await gridCase(server, tmp.dir, store, hubs, opts.nodes, opts.items, n++, opts.heartbeatMs));
+      opts.progress(
+        `grid: ${store} x${hubs}${apart ? ' apart' : ''}, ${opts.nodes} nodes, ${opts.items} items...`,
+      );
+      rows.push(
+        await gridCase(
+          server,
+          tmp.dir,
+          store,
+          hubs,
+          opts.nodes,
+          opts.items,
+          n++,
+          opts.heartbeatMs,
+          opts.warmup,
+          apart,
+        ),
+      );
     }
     opts.progress(`grid: failover, postgres x2, SIGKILL one hub at 40%...`);
     const fo = await failover(server, tmp.dir, 2, opts.nodes, opts.failoverItems, opts.heartbeatMs);

@@ -1,7 +1,7 @@
 /**
  * `npm run bench -- hubs [--json] [--items 20000] [--chunk 256] [--batch 64] [--hubs 1,2,3]`
  * `npm run bench -- hubs --grid [--json] [--items 20000] [--nodes 6] [--hubs 1,2,3] [--failover-items N]
- *   [--heartbeat-ms 500]`
+ *   [--heartbeat-ms 500] [--warmup N]`
  *
  * With `--grid`, the whole grid instead: hub processes, sim nodes, failover (`bench/_hubs-grid.ts`).
  * Without it:
@@ -271,6 +271,7 @@ async function grid(args: string[]): Promise<void> {
   const items = numFlag(args, 'items', 20_000);
   const nodes = numFlag(args, 'nodes', 6);
   const failoverItems = numFlag(args, 'failover-items', Math.round(items / 4));
+  const warmup = numFlag(args, 'warmup', Math.round(items / 4));
   const hubCounts = (flag(args, 'hubs') ?? '1,2,3').split(',').map(Number);
   const { runGrid } = await import('./_hubs-grid.ts');
   const out = await runGrid({
@@ -279,6 +280,7 @@ async function grid(args: string[]): Promise<void> {
     hubCounts,
     failoverItems,
     heartbeatMs: numFlag(args, 'heartbeat-ms', 500),
+    warmup,
     progress: (s) => {
       if (!json) process.stderr.write(`${s}\n`);
     },
@@ -291,6 +293,7 @@ async function grid(args: string[]): Promise<void> {
   const base = out.rows.find((r) => r.store === 'sqlite');
   const pg1 = out.rows.find((r) => r.store === 'postgres' && r.hubs === 1);
   const pgRows = out.rows.filter((r) => r.store === 'postgres');
+  const apartRows = out.rows.filter((r) => r.store === 'postgres, apart');
   const server = pgRows.map((r) => r.serverCpuUsPerItem);
   const net = pgRows.map((r) => r.serverCpuUsPerItemNetOfIdle);
   const spread = (v: number[]) => (v.length ? Number((Math.max(...v) / Math.min(...v)).toFixed(2)) : null);
@@ -299,6 +302,19 @@ async function grid(args: string[]): Promise<void> {
     serverCostSpread: spread(server),
     /** The same, less each case's idle cost over its run: what the items themselves cost. */
     serverCostSpreadNetOfIdle: spread(net),
+    /**
+     * Per hub count: hubs + Postgres CPU per item of N hubs on one store over N hubs that share
+     * nothing (each its own database, nodes and items): what working together costs, net of
+     * running that many processes on this machine.
+     */
+    sharedOverApart: Object.fromEntries(
+      apartRows.flatMap((a) => {
+        const shared = pgRows.find((r) => r.hubs === a.hubs);
+        return shared
+          ? [[a.hubs, Number((shared.serverCpuUsPerItem / a.serverCpuUsPerItem).toFixed(2))]]
+          : [];
+      }),
+    ) as Record<number, number>,
     /** One Postgres hub's items/s over the SQLite hub's (goal: ≥ 0.40). */
     pgOneHubOfSqlite: base && pg1 ? Number((pg1.itemsPerS / base.itemsPerS).toFixed(2)) : null,
   };
@@ -315,6 +331,12 @@ async function grid(args: string[]): Promise<void> {
     `\nserver CPU/item (hubs + Postgres) highest/lowest over 1-${Math.max(...hubCounts)} Postgres hubs: ` +
       `${goals.serverCostSpread} (goal ≤ 1.15), less the idle cost: ${goals.serverCostSpreadNetOfIdle}; ` +
       `one Postgres hub / SQLite hub items/s: ${goals.pgOneHubOfSqlite} (goal ≥ 0.40)\n` +
+      `hubs on one store / as many hubs apart (nothing shared), CPU per item: ${
+        Object.entries(goals.sharedOverApart)
+          .map(([n, r]) => `${n} hubs ${r}`)
+          .join(', ') || '-'
+      }\n` +
+      `Each case first runs a job of ${warmup} items to completion (--warmup), then measures the next one.\n` +
       'A hub on a shared store keeps max(64, 2 x its slots) items queued, up to 16 times that while its\n' +
       'claim passes come less than 250 ms apart, claiming chunks as its queue runs low.\n' +
       'On 2 cores the hubs, PostgreSQL and the nodes share two CPUs: more hubs cannot add CPU. Per-item CPU\n' +
