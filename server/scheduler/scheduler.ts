@@ -887,8 +887,11 @@ export class Scheduler {
     }
     if (!best) return;
     const { victim, job, k } = best;
-    // The newest items of that job at the victim: the least likely to have started.
-    const mine = [...victim.held].filter(([, jid]) => jid === job.id).map(([id]) => id);
+    // The newest items of that job at the victim (the least likely to have started) that the thief
+    // may run: not one it failed, nor one waiting for a second opinion on its own answer (stealing
+    // that back gave a worker two votes on one item).
+    const avoids = (id: number) => job.failedOn.get(id)?.has(thief.info.id) === true;
+    const mine = [...victim.held].filter(([id, jid]) => jid === job.id && !avoids(id)).map(([id]) => id);
     const itemIds = mine.slice(-k).filter((id) => (this.holders.get(id)?.length ?? 0) === 1);
     if (itemIds.length === 0) return;
     thief.stealing = true;

@@ -271,6 +271,38 @@ describe('scheduler', () => {
     for (const id of ids(100)) assert.ok(s.holdersOf(id).length <= 1, `item ${id} held once`);
   });
 
+  test('a thief never steals an item it must not run: one it answered, awaiting a second opinion', () => {
+    // A fast liar and a slow honest worker. The liar's first answer needs a second opinion from
+    // someone else; the liar drains the queue meanwhile, and the honest worker takes that item last.
+    const { s } = make({ speculation: false });
+    s.addWorker(worker('honest'));
+    s.addWorker(worker('liar'));
+    s.setBenchmark('honest', SHA, 1);
+    s.setBenchmark('liar', SHA, 100);
+    s.addJob(job('j'), ids(200));
+    s.plan();
+    const checked = s.heldBy('liar')[0] as number;
+    s.finished('liar', [checked]);
+    s.requeue('j', checked, ['liar']);
+    while (s.queued('j') > 1) {
+      s.plan();
+      s.finished('liar', s.heldBy('liar'));
+    }
+    s.finished('honest', s.heldBy('honest').slice(0, 1));
+    const p = s.plan();
+    assert.equal(p.assign.find((a) => a.itemIds.includes(checked))?.workerId, 'honest');
+    assert.equal(s.heldBy('honest').at(-1), checked, 'the newest item the honest worker holds');
+    // The idle liar steals the honest worker's newest items, but not that one.
+    const steals = [...p.steal, ...s.plan().steal];
+    assert.ok(steals.length > 0, 'the idle liar steals');
+    for (const st of steals) {
+      assert.equal(st.thief, 'liar');
+      assert.ok(!st.itemIds.includes(checked), `the liar does not steal it: ${JSON.stringify(st)}`);
+      s.stealDone(st, st.itemIds);
+    }
+    assert.deepEqual([...s.holdersOf(checked)], ['honest']);
+  });
+
   test('no steal when the load is balanced', () => {
     const { s } = make({ factoring: false, speculation: false });
     s.addWorker(worker('a'));
