@@ -339,6 +339,7 @@ export class Hub extends EventEmitter<HubEvents> {
         settling: () => this.results.pending,
         pump: () => dispatch.pump(),
         freed: () => this.emit('chunks:claimable'),
+        adopt: (jobId, replicas) => verifier.adopt(jobId, replicas),
       });
       // What may make work claimable here wakes the claim passes if they were waiting: news of
       // this hub's (also passed on to the other hubs by `app.ts`; theirs comes through

@@ -254,6 +254,21 @@ export class Verifier {
     return out;
   }
 
+  /**
+   * Replicas another hub stored for items this hub now runs, left waiting for a confirmer (it died,
+   * or gave their chunk back): they wait here as if judged here, so the next answer is checked
+   * against them. Replicas known here already are skipped.
+   */
+  adopt(jobId: string, replicas: readonly Replica[]): void {
+    const now = Date.now();
+    for (const r of replicas) {
+      if (this.store.replicasOf(r.itemId).some((x) => x.workerId === r.workerId)) continue;
+      this.store.addReplica(r);
+      this.bump(r.workerId, 1);
+      if (!this.waiting.has(r.itemId)) this.waiting.set(r.itemId, { at: now, jobId });
+    }
+  }
+
   /** Whether an item has replicas waiting for a confirmer. */
   isWaiting(itemId: number): boolean {
     return this.waiting.has(itemId);

@@ -28,7 +28,7 @@
  */
 import type { Logger } from '../logger.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
-import type { AsyncStore, Chunk, Lease } from '../store/async-store.ts';
+import type { AsyncStore, Chunk, Lease, Replica } from '../store/async-store.ts';
 import type { JobLifecycle } from './jobs.ts';
 
 /** Most chunks claimed in one go. */
@@ -77,6 +77,8 @@ export interface ChunkClaimsDeps {
   pump: () => void;
   /** Chunks were given back to the pool: other hubs may claim them now. */
   freed: () => void;
+  /** Replicas found waiting for a confirmer on items just queued here (`Verifier.adopt`). */
+  adopt: (jobId: string, replicas: readonly Replica[]) => void;
   /** The time (ms); `Date.now` unless a test drives it. */
   clock?: () => number;
 }
@@ -266,8 +268,18 @@ export class ChunkClaims {
     }
     this.held.set(c.id, moved); // its end may have moved down: another hub split it
     if (moved.cursor <= c.cursor) return 0;
-    const runs = await store.pendingItemRuns(c.jobId, { first: c.cursor + 1, last: moved.cursor });
-    if (!scheduler.addFresh(c.jobId, runs)) return 0;
+    const range = { first: c.cursor + 1, last: moved.cursor };
+    const runs = await store.pendingItemRuns(c.jobId, range);
+    // Answers the chunk's previous holder left waiting for a second opinion: the items wait here
+    // for a worker other than the ones that gave them, and the next answer is judged against them.
+    // Without this, a hub's death (or a chunk given back) lost the check, and the same worker could
+    // be given the item again and be taken at its word.
+    const pending = (id: number) => runs.some((r) => r.first <= id && id <= r.last);
+    const waiting = runs.length ? (await store.replicasIn(range)).filter((r) => pending(r.itemId)) : [];
+    const avoid = new Map<number, string[]>();
+    for (const r of waiting) avoid.set(r.itemId, [...(avoid.get(r.itemId) ?? []), r.workerId]);
+    if (!scheduler.addFresh(c.jobId, runs, avoid)) return 0;
+    if (waiting.length) this.d.adopt(c.jobId, waiting);
     return runs.reduce((k, r) => k + r.last - r.first + 1, 0);
   }
 

@@ -610,13 +610,24 @@ export class Scheduler {
   }
 
   /**
-   * Adds never-assigned items to a scheduled job, as runs of ids (a chunk its hub claimed from a
-   * shared store); false if the job is not scheduled.
+   * Adds items to a scheduled job, as runs of ids (a chunk its hub claimed from a shared store);
+   * false if the job is not scheduled. Items in `avoid` wait for a worker other than the ones named
+   * (the hub that held the chunk before left their answers waiting for a second opinion).
    */
-  addFresh(jobId: string, runs: readonly IdRun[]): boolean {
+  addFresh(jobId: string, runs: readonly IdRun[], avoid?: ReadonlyMap<number, readonly string[]>): boolean {
     const j = this.jobs.get(jobId);
     if (!j) return false;
-    for (const r of runs) j.fresh.pushRun(r.first, r.last);
+    const skip = avoid?.size ? [...avoid.keys()].sort((a, b) => a - b) : [];
+    for (const r of runs) {
+      let from = r.first;
+      for (const id of skip) {
+        if (id < from || id > r.last) continue;
+        if (id > from) j.fresh.pushRun(from, id - 1);
+        this.requeue(jobId, id, avoid?.get(id) ?? []);
+        from = id + 1;
+      }
+      if (from <= r.last) j.fresh.pushRun(from, r.last);
+    }
     return true;
   }
 

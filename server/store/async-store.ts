@@ -301,6 +301,11 @@ export interface AsyncStore {
   addReplicas(rows: readonly Replica[]): Promise<void>;
   replicasOf(itemId: number): Promise<Replica[]>;
   replicaItemIds(): Promise<number[]>;
+  /**
+   * The replicas of the items whose ids are in `range`: checks left waiting on a chunk's items by
+   * the hub that held it before (it died, or gave the chunk back).
+   */
+  replicasIn(range: { first: number; last: number }): Promise<Replica[]>;
   /** Every stored replica, by item (a hub's start: one read, not one per item). */
   allReplicas(): Promise<Replica[]>;
   /** Drops every replica of these items, in one write. */

@@ -978,6 +978,15 @@ export class PgStore implements AsyncStore {
     return r.rows;
   }
 
+  async replicasIn(range: { first: number; last: number }): Promise<Replica[]> {
+    const r = await this.pool.query<Replica>(
+      `SELECT item_id AS "itemId", worker_id AS "workerId", backend, outputs, ms, at FROM replicas
+       WHERE item_id BETWEEN $1 AND $2 ORDER BY item_id, at, worker_id`,
+      [range.first, range.last],
+    );
+    return r.rows;
+  }
+
   async replicaItemIds(): Promise<number[]> {
     const r = await this.pool.query<{ item_id: number }>('SELECT DISTINCT item_id FROM replicas ORDER BY 1');
     return r.rows.map((x) => x.item_id);

@@ -475,6 +475,13 @@ export class SqliteAsyncStore implements AsyncStore {
     ).all() as Replica[];
   }
 
+  async replicasIn(range: { first: number; last: number }): Promise<Replica[]> {
+    return this.st(
+      `SELECT item_id AS itemId, worker_id AS workerId, backend, outputs, ms, at FROM replicas
+       WHERE item_id BETWEEN ? AND ? ORDER BY item_id, at, worker_id`,
+    ).all(range.first, range.last) as Replica[];
+  }
+
   async replicaItemIds(): Promise<number[]> {
     return this.trust.replicaItemIds();
   }

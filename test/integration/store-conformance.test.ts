@@ -489,6 +489,17 @@ function conformance(target: Target): void {
         ],
       );
       assert.deepEqual(await b.replicaItemIds(), [ids[1], ids[2]]);
+      // A chunk's range: the replicas of its items only, as replicasOf reads them, item by item.
+      assert.deepEqual(await b.replicasIn({ first: ids[1], last: ids[1] }), rs);
+      assert.deepEqual(
+        (await b.replicasIn({ first: ids[0], last: ids[3] })).map((r) => [r.itemId, r.workerId]),
+        [
+          [ids[1], 'w1'],
+          [ids[1], 'w2'],
+          [ids[2], 'w1'],
+        ],
+      );
+      assert.deepEqual(await b.replicasIn({ first: ids[3], last: ids[3] + 10 }), []);
       await b.dropReplicas([ids[1], ids[2]]);
       assert.deepEqual(await a.replicaItemIds(), []);
 

@@ -68,6 +68,7 @@ describe('chunk claims on an idle hub', () => {
       settling: () => false,
       pump: () => {},
       freed: () => {},
+      adopt: () => {},
       clock: () => now,
     });
   });
@@ -115,5 +116,94 @@ describe('chunk claims on an idle hub', () => {
     await claims.settled();
     assert.equal(claims.quiet, false, 'holding chunks, the tick passes every time');
     assert.ok(looks.claim + looks.split > before, 'and the pass looked at the store');
+  });
+});
+
+describe('a chunk taken over with checks waiting on its items (its previous hub died, or gave it back)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'shardhub-claims-adopt-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('the items wait for another worker than the ones that answered, and their replicas are adopted', async () => {
+    const store = await SqliteAsyncStore.open(join(dir, 'store.sqlite'), { chunkItems: 16 });
+    try {
+      const lease = await store.registerHub('h', { url: 'http://h', ttlMs: 60_000 });
+      await store.createJob(newJob('k'));
+      await store.appendItems('k', items(16));
+      await store.updateJob('k', { state: 'queued' });
+      const ids = (await store.pendingItemRuns('k')).flatMap((r) =>
+        Array.from({ length: r.last - r.first + 1 }, (_, i) => r.first + i),
+      );
+      const checked = ids[5] as number;
+      // The hub before this one stored the liar's answer as a replica, awaiting a second opinion.
+      const replica = {
+        itemId: checked,
+        workerId: 'liar',
+        backend: 'sim',
+        outputs: new Uint8Array([1]),
+        ms: 1,
+        at: 1,
+      };
+      await store.addReplicas([replica]);
+      const scheduler = new Scheduler();
+      for (const id of ['liar', 'honest']) {
+        scheduler.addWorker({
+          id,
+          name: id,
+          concurrency: 1,
+          kind: 'native',
+          backend: 'sim',
+          pool: null,
+          cores: 1,
+          gpuMemoryBytes: null,
+        });
+      }
+      const adopted: unknown[] = [];
+      const active = new Map<string, { record: { id: string } }>();
+      const claims = new ChunkClaims({
+        store,
+        lease: () => lease,
+        scheduler,
+        jobs: {
+          activeJobs: () => active.values(),
+          activeJob: (id: string) => active.get(id),
+          ensureActive: async (id: string) => {
+            if (active.has(id)) return true;
+            const job = await store.getJob(id);
+            if (!job) return false;
+            scheduler.addJob({ ...job, batchSize: 1 }, []);
+            for (const w of ['liar', 'honest']) scheduler.setBenchmark(w, job.modelSha256, 10);
+            active.set(id, { record: { id } });
+            return true;
+          },
+          letGo: () => {},
+        } as unknown as JobLifecycle,
+        log: createLogger('test-hub', 'silent'),
+        want: () => 64,
+        idle: () => true,
+        settling: () => false,
+        pump: () => {},
+        freed: () => {},
+        adopt: (jobId, replicas) => adopted.push([jobId, replicas.map((r) => [r.itemId, r.workerId])]),
+      });
+      claims.poke();
+      await claims.settled();
+      assert.equal(scheduler.queued('k'), 16, "the chunk's items are queued here");
+      assert.deepEqual(
+        adopted,
+        [['k', [[checked, 'liar']]]],
+        'the waiting replica is handed to the verifier',
+      );
+      // Everything runs; the checked item never goes to the worker whose answer waits on it.
+      const ran = new Map<number, string>();
+      for (let round = 0; round < 50 && scheduler.queued('k') > 0; round++) {
+        for (const a of scheduler.plan().assign) for (const id of a.itemIds) ran.set(id, a.workerId);
+        for (const w of ['liar', 'honest']) scheduler.finished(w, scheduler.heldBy(w));
+      }
+      assert.equal(ran.size, 16, 'every item ran');
+      assert.equal(ran.get(checked), 'honest');
+      assert.ok([...ran.values()].includes('liar'), 'the liar ran the others');
+    } finally {
+      await store.close();
+    }
   });
 });

@@ -223,6 +223,40 @@ describe('result judging', () => {
     }
   });
 
+  test('a replica another hub left waiting is adopted: the next answer is judged against it', async () => {
+    const store = await SqliteAsyncStore.open(join(dir, 'adopt.sqlite'));
+    try {
+      const cache = await TrustCache.load(store, { later: () => undefined, laterRows: () => undefined });
+      const book = new TrustBook(cache, DEFAULT_TRUST_OPTIONS, () => 0.99); // no spot checks of its own
+      const verifier = new Verifier(cache, book);
+      book.confirmed('liar', DEFAULT_TRUST_OPTIONS.trustAfter);
+      book.confirmed('honest', DEFAULT_TRUST_OPTIONS.trustAfter);
+      // The liar's spot-checked answer, stored by a hub that died before anyone confirmed it.
+      const lie = {
+        itemId: 21,
+        workerId: 'liar',
+        backend: 'sim',
+        outputs: packTensors(y(1.06, 2)),
+        ms: 1,
+        at: 1,
+      };
+      verifier.adopt('j', [lie]);
+      verifier.adopt('j', [lie]); // found again (the chunk taken a second time): counted once
+      assert.equal(verifier.isWaiting(21), true);
+      assert.equal(verifier.pendingChecks('liar'), 1);
+      // A proven honest worker's answer is not taken at its word: it disagrees with the waiting one.
+      assert.equal(judge(verifier, 'honest', 21, y(1, 2)).kind, 'replicate');
+      const decided = judge(verifier, 'honest2', 21, y(1, 2));
+      assert.ok(decided.kind === 'accept', JSON.stringify(decided));
+      assert.deepEqual(decided.refute, ['liar']);
+      assert.equal(verifier.pendingChecks('liar'), 0);
+      // Without the adoption, the same proven worker's answer is accepted directly.
+      assert.equal(judge(verifier, 'honest', 22, y(1, 2)).kind, 'accept');
+    } finally {
+      await store.close();
+    }
+  });
+
   test('a canary is checked against its known answer', () => {
     const { verifier } = setup('canary');
     verifier.addCanaries('j', [{ itemId: 11, outputs: packTensors(y(4, 2)) }]);
