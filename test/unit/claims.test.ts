@@ -3,20 +3,65 @@
  * the Postgres store does) and the real scheduler: a hub whose passes find nothing to claim or
  * split passes less and less often on its tick, and `wake` (a job sealed here or on another hub,
  * chunks given back or reaped, a worker changing state) brings a pass at once, which claims what
- * is new. The hub's job lifecycle is reduced to what claims ask of it (which jobs run here).
+ * is new. And a chunk taken over with answers waiting for a second opinion on its items: those
+ * items wait for other workers, and the waiting replicas go to the verifier. The hub's job
+ * lifecycle is reduced to what claims ask of it (which jobs run here).
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ChunkClaims } from '../../server/hub/claims.ts';
+import { ChunkClaims, type ChunkClaimsDeps } from '../../server/hub/claims.ts';
 import type { JobLifecycle } from '../../server/hub/jobs.ts';
 import { createLogger } from '../../server/logger.ts';
 import { Scheduler } from '../../server/scheduler/scheduler.ts';
 import type { Lease } from '../../server/store/async-store.ts';
 import { SqliteAsyncStore } from '../../server/store/sqlite-async-store.ts';
+import { schedWorker } from '../helpers/sched-worker.ts';
 import { items, newJob } from '../helpers/store-rows.ts';
+
+/**
+ * Claims over `store` for a hub whose job lifecycle is reduced to what claims ask of it (which jobs
+ * run here): a job becomes active, and is scheduled, when a chunk of it is taken (`activated` then
+ * sees its model). The hub's workers always want 64 items and are idle.
+ */
+function claimsOn(
+  store: SqliteAsyncStore,
+  lease: Lease,
+  scheduler: Scheduler,
+  over: Partial<ChunkClaimsDeps> & { activated?: (modelSha256: string) => void } = {},
+): ChunkClaims {
+  const active = new Map<string, { record: { id: string } }>();
+  const jobs = {
+    activeJobs: () => active.values(),
+    activeJob: (id: string) => active.get(id),
+    ensureActive: async (id: string) => {
+      if (active.has(id)) return true;
+      const job = await store.getJob(id);
+      if (!job) return false;
+      scheduler.addJob({ ...job, batchSize: 1 }, []);
+      over.activated?.(job.modelSha256);
+      active.set(id, { record: { id } });
+      return true;
+    },
+    letGo: (id: string) => active.delete(id),
+  } as unknown as JobLifecycle;
+  return new ChunkClaims({
+    store,
+    lease: () => lease,
+    scheduler,
+    jobs,
+    log: createLogger('test-hub', 'silent'),
+    want: () => 64,
+    idle: () => true,
+    settling: () => false,
+    pump: () => {},
+    freed: () => {},
+    adopt: () => {},
+    ...over,
+  });
+}
 
 describe('chunk claims on an idle hub', () => {
   const dir = mkdtempSync(join(tmpdir(), 'shardhub-claims-'));
@@ -25,8 +70,6 @@ describe('chunk claims on an idle hub', () => {
   /** Store calls a pass makes to look for work. */
   const looks = { claim: 0, split: 0 };
   const scheduler = new Scheduler();
-  /** The jobs active here, as the hub's lifecycle keeps them. */
-  const active = new Map<string, { record: { id: string } }>();
   let claims: ChunkClaims;
   /** The claims' clock, which the tests move. */
   let now = Date.now();
@@ -44,33 +87,7 @@ describe('chunk claims on an idle hub', () => {
       looks.split++;
       return splitTail(...args);
     };
-    const jobs = {
-      activeJobs: () => active.values(),
-      activeJob: (id: string) => active.get(id),
-      ensureActive: async (id: string) => {
-        if (active.has(id)) return true;
-        const job = await store.getJob(id);
-        if (!job) return false;
-        scheduler.addJob({ ...job, batchSize: 1 }, []);
-        active.set(id, { record: { id } });
-        return true;
-      },
-      letGo: (id: string) => active.delete(id),
-    } as unknown as JobLifecycle;
-    claims = new ChunkClaims({
-      store,
-      lease: () => lease,
-      scheduler,
-      jobs,
-      log: createLogger('test-hub', 'silent'),
-      want: () => 64,
-      idle: () => true,
-      settling: () => false,
-      pump: () => {},
-      freed: () => {},
-      adopt: () => {},
-      clock: () => now,
-    });
+    claims = claimsOn(store, lease, scheduler, { clock: () => now });
   });
   after(async () => {
     await store.close();
@@ -145,44 +162,12 @@ describe('a chunk taken over with checks waiting on its items (its previous hub 
       };
       await store.addReplicas([replica]);
       const scheduler = new Scheduler();
-      for (const id of ['liar', 'honest']) {
-        scheduler.addWorker({
-          id,
-          name: id,
-          concurrency: 1,
-          kind: 'native',
-          backend: 'sim',
-          pool: null,
-          cores: 1,
-          gpuMemoryBytes: null,
-        });
-      }
+      for (const id of ['liar', 'honest']) scheduler.addWorker(schedWorker(id));
       const adopted: unknown[] = [];
-      const active = new Map<string, { record: { id: string } }>();
-      const claims = new ChunkClaims({
-        store,
-        lease: () => lease,
-        scheduler,
-        jobs: {
-          activeJobs: () => active.values(),
-          activeJob: (id: string) => active.get(id),
-          ensureActive: async (id: string) => {
-            if (active.has(id)) return true;
-            const job = await store.getJob(id);
-            if (!job) return false;
-            scheduler.addJob({ ...job, batchSize: 1 }, []);
-            for (const w of ['liar', 'honest']) scheduler.setBenchmark(w, job.modelSha256, 10);
-            active.set(id, { record: { id } });
-            return true;
-          },
-          letGo: () => {},
-        } as unknown as JobLifecycle,
-        log: createLogger('test-hub', 'silent'),
-        want: () => 64,
-        idle: () => true,
-        settling: () => false,
-        pump: () => {},
-        freed: () => {},
+      const claims = claimsOn(store, lease, scheduler, {
+        activated: (sha) => {
+          for (const w of ['liar', 'honest']) scheduler.setBenchmark(w, sha, 10);
+        },
         adopt: (jobId, replicas) => adopted.push([jobId, replicas.map((r) => [r.itemId, r.workerId])]),
       });
       claims.poke();

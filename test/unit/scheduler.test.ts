@@ -4,12 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import {
-  Scheduler,
-  type SchedJob,
-  type SchedWorker,
-  type SchedulerOptions,
-} from '../../server/scheduler/scheduler.ts';
+import { Scheduler, type SchedJob, type SchedulerOptions } from '../../server/scheduler/scheduler.ts';
 import {
   factoringChunk,
   isImbalanced,
@@ -18,6 +13,7 @@ import {
   stealSize,
 } from '../../server/scheduler/policy.ts';
 import { RateEstimate, priorWeight } from '../../server/scheduler/weights.ts';
+import { schedWorker } from '../helpers/sched-worker.ts';
 
 const SHA = 'a'.repeat(64);
 
@@ -30,19 +26,7 @@ function job(id: string, extra: Partial<SchedJob> = {}): SchedJob {
   return { id, priority: 0, deadline: null, modelSha256: SHA, batchSize: 1, requirements: null, ...extra };
 }
 
-function worker(id: string, extra: Partial<SchedWorker> = {}): SchedWorker {
-  return {
-    id,
-    name: id,
-    concurrency: 1,
-    kind: 'native',
-    backend: 'sim',
-    pool: null,
-    cores: 4,
-    gpuMemoryBytes: null,
-    ...extra,
-  };
-}
+const worker = schedWorker;
 
 function ids(n: number, from = 1): number[] {
   return Array.from({ length: n }, (_, i) => from + i);
