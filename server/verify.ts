@@ -169,8 +169,9 @@ export class Verifier {
     }
     const stored = this.waiting.has(itemId) ? this.store.replicasOf(itemId) : [];
     // A worker given the item again (a re-run) answers once: its new replica replaces its old one.
-    const earlier = stored.filter((r) => r.workerId !== workerId);
-    const again = earlier.length < stored.length;
+    // A worker quarantined since it answered has no vote: its answer waits on, counted for nothing.
+    const earlier = stored.filter((r) => r.workerId !== workerId && !this.trust.isQuarantined(r.workerId));
+    const again = stored.some((r) => r.workerId === workerId);
     // (A worker whose earlier answer waits for a check answers again into that check.)
     if (stored.length === 0 && !this.trust.needsReplica(workerId, args.kind, args.redundancy)) {
       return { kind: 'accept', workerId, outputs: args.packed, verified: null, confirm: [], refute: [] };

@@ -257,6 +257,24 @@ describe('result judging', () => {
     }
   });
 
+  test('a worker quarantined while its answer waited has no vote in that check', () => {
+    const { book, verifier } = setup('quarantined-vote');
+    const lie = y(1.06, 2);
+    assert.equal(judge(verifier, 'liar-1', 31, lie).kind, 'replicate', 'a new worker is checked');
+    book.refuted('liar-1', 'caught elsewhere', true);
+    assert.equal(book.isQuarantined('liar-1'), true);
+    // Its accomplice tells the same lie and nobody else can be asked: with the quarantined worker's
+    // answer counted, the two would be a quorum and the lie accepted.
+    const v = judge(verifier, 'liar-2', 31, lie, false);
+    assert.notEqual(v.kind, 'accept', `the lie is not accepted: ${JSON.stringify(v)}`);
+    assert.ok(v.kind === 'reference', 'the reference backend decides it');
+    assert.deepEqual(
+      v.replicas.map((r) => r.workerId),
+      ['liar-2'],
+      'with the accomplice as the only answer',
+    );
+  });
+
   test('a canary is checked against its known answer', () => {
     const { verifier } = setup('canary');
     verifier.addCanaries('j', [{ itemId: 11, outputs: packTensors(y(4, 2)) }]);
