@@ -2,8 +2,8 @@
  * What the trust book and the verifier read, kept in memory, with their writes sent on to the
  * store behind them. They judge results synchronously, while a results message is handled, so
  * what they read (trust records, canary answers, replicas waiting for a quorum) must be at hand:
- * records and replicas are loaded when the hub starts, a job's canary answers when the hub
- * activates the job. Writes go to the store in order through the hub's write-behind queue.
+ * records and replicas are loaded when the hub starts (with several hubs, replicas come with the
+ * chunks the hub takes), a job's canary answers when the hub activates the job. Writes go to the store in order through the hub's write-behind queue.
  *
  * With several hubs, a quarantine another hub decides reaches this one when the worker registers
  * here (`refresh`), and every `trustRefreshMs` for all records (see `Hub`).
@@ -29,10 +29,16 @@ export class TrustCache {
     private readonly writes: Writes,
   ) {}
 
-  /** Loads every trust record and every replica waiting for a quorum. */
+  /**
+   * Loads every trust record and, on a store of its own, every replica waiting for a quorum. On a
+   * store several hubs share, a waiting replica is the business of the hub holding its item's
+   * chunk, and a hub takes them over with the chunk (`Verifier.adopt`): loaded at start, another
+   * hub's would be found stale here and dropped from the store while that hub still waits on them.
+   */
   static async load(store: AsyncStore, writes: Writes): Promise<TrustCache> {
     const cache = new TrustCache(store, writes);
     cache.records = await store.allTrust();
+    if (store.severalHubs) return cache;
     for (const r of await store.allReplicas()) {
       const list = cache.replicas.get(r.itemId);
       if (list) list.push(r);

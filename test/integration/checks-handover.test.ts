@@ -1,7 +1,8 @@
 /**
  * A check in progress outlives its hub (issue 21): an answer waiting for a second opinion is a
  * replica in the store, and the hub that takes over the item's chunk must judge the next answers
- * against it. Real PostgreSQL, a real hub and real sim nodes.
+ * against it. Real PostgreSQL, two in-process hubs (one takes the job; the other, started after the
+ * check was left waiting, runs it) and real sim nodes.
  *
  * The hub that stored the replica and died is played by the test: it writes into the store what
  * such a hub leaves (a pending item, unheld chunk, a replica of a worker that is gone), because a
@@ -29,8 +30,19 @@ describe('a check in progress when its hub died', { timeout: 180_000 }, () => {
   let pgServer: TestPostgres | undefined;
   let db: { url: string; drop: () => Promise<void> } | undefined;
   let skip: string | undefined;
+  /** The hub the job is submitted to; it has no workers, so it claims nothing of the job. */
+  let front: HubServer | undefined;
+  /** The hub that takes the chunk over, started after the check was left waiting. */
   let hub: HubServer | undefined;
   const nodes: Proc[] = [];
+  const start = (name: string, url: string) =>
+    startHub(join(tmp.dir, name), {
+      store: url,
+      operatorToken: OPERATOR,
+      joinToken: JOIN,
+      // No canaries: the checked item must not be one (a canary is judged against its answer).
+      hub: { leaseMs: 3000, trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 0, maxCanaries: 0 } },
+    });
 
   before(async () => {
     const started = await startPostgres();
@@ -40,31 +52,26 @@ describe('a check in progress when its hub died', { timeout: 180_000 }, () => {
     }
     pgServer = started;
     db = await createDatabase(started.url, 'checks');
-    hub = await startHub(join(tmp.dir, 'hub'), {
-      store: db.url,
-      operatorToken: OPERATOR,
-      joinToken: JOIN,
-      // No canaries: the checked item must not be one (a canary is judged against its answer).
-      hub: { leaseMs: 3000, trust: { ...DEFAULT_TRUST_OPTIONS, minCanaries: 0, maxCanaries: 0 } },
-    });
+    front = await start('front', db.url);
   });
   after(async () => {
     for (const n of nodes) n.child.kill('SIGKILL');
     await Promise.all(nodes.map((n) => n.exited));
     await hub?.close();
+    await front?.close();
     await db?.drop();
     await pgServer?.stop();
     tmp.cleanup();
   });
 
   test('the hub that takes over the chunk judges the waiting answer: the lie is refuted', async (t) => {
-    if (skip || !hub || !db) return t.skip(skip);
-    const model = hub.hub.models.byName('noop');
+    if (skip || !front || !db) return t.skip(skip);
+    const model = front.hub.models.byName('noop');
     assert.ok(model, 'noop is built');
     const n = 64;
     const inputs = Array.from({ length: n }, (_, i) => calibrationInputs(model, i + 1));
-    const rest = new Rest(hub.url, OPERATOR);
-    // No worker yet: the hub claims nothing of the job.
+    const rest = new Rest(front.url, OPERATOR);
+    // No worker anywhere yet: no hub claims anything of the job.
     const jobId = await rest.submit(
       'noop',
       inputs.map((tensors, i) => ({ name: `i${i}`, tensors })),
@@ -93,10 +100,19 @@ describe('a check in progress when its hub died', { timeout: 180_000 }, () => {
         `INSERT INTO replicas (item_id, worker_id, backend, outputs, ms, at) VALUES ($1, $2, 'sim', $3, 1, $4)`,
         [checked, GHOST, Buffer.from(lie), Date.now()],
       );
+      // A hub that starts now leaves the check to whichever hub takes the chunk (here itself, once
+      // it has workers), and the check stays in the store meanwhile.
+      hub = await start('taker', db.url);
+      await new Promise((ok) => setTimeout(ok, 2500));
+      const left = await sql.query('SELECT 1 FROM replicas WHERE item_id = $1 AND worker_id = $2', [
+        checked,
+        GHOST,
+      ]);
+      assert.equal(left.rowCount, 1, 'the waiting check is still in the store');
     } finally {
       await sql.end();
     }
-    // Two honest nodes join: the hub claims the job's chunk and runs it.
+    // Two honest nodes join the second hub: it claims the job's chunk and runs it.
     for (const name of ['honest-1', 'honest-2']) {
       nodes.push(
         startNode(hub.url, JOIN, join(tmp.dir, name), [
