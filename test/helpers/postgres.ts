@@ -128,3 +128,30 @@ export async function createDatabase(
   u.pathname = `/${name}`;
   return { url: u.toString(), drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
 }
+
+/**
+ * A test server with a fresh database on it, for one suite: open it in the suite's `before`, close
+ * it last in its `after` (after the hubs using it), or the reason there is none.
+ */
+export async function openTestDatabase(
+  prefix: string,
+): Promise<{ url: string; close: () => Promise<void> } | { skip: string }> {
+  const server = await startPostgres();
+  if ('skip' in server) return server;
+  try {
+    const db = await createDatabase(server.url, prefix);
+    return {
+      url: db.url,
+      close: async () => {
+        try {
+          await db.drop();
+        } finally {
+          await server.stop();
+        }
+      },
+    };
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+}

@@ -19,7 +19,7 @@ import type { HubServer } from '../../server/app.ts';
 import { DEFAULT_TRUST_OPTIONS } from '../../server/trust.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { jobDone, Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
-import { createDatabase, startPostgres, type TestPostgres } from '../helpers/postgres.ts';
+import { openTestDatabase } from '../helpers/postgres.ts';
 
 const OPERATOR = 'op_checks-test-operator-token-0123456789';
 const JOIN = 'join_checks-test-join-token-0123456789';
@@ -27,8 +27,7 @@ const GHOST = 'ghost-liar-on-a-dead-hub';
 
 describe('a check in progress when its hub died', { timeout: 180_000 }, () => {
   const tmp = tempDir('shardhub-checks-');
-  let pgServer: TestPostgres | undefined;
-  let db: { url: string; drop: () => Promise<void> } | undefined;
+  let db: { url: string; close: () => Promise<void> } | undefined;
   let skip: string | undefined;
   /** The hub the job is submitted to; it has no workers, so it claims nothing of the job. */
   let front: HubServer | undefined;
@@ -45,13 +44,12 @@ describe('a check in progress when its hub died', { timeout: 180_000 }, () => {
     });
 
   before(async () => {
-    const started = await startPostgres();
-    if ('skip' in started) {
-      skip = started.skip;
+    const opened = await openTestDatabase('checks');
+    if ('skip' in opened) {
+      skip = opened.skip;
       return;
     }
-    pgServer = started;
-    db = await createDatabase(started.url, 'checks');
+    db = opened;
     front = await start('front', db.url);
   });
   after(async () => {
@@ -59,8 +57,7 @@ describe('a check in progress when its hub died', { timeout: 180_000 }, () => {
     await Promise.all(nodes.map((n) => n.exited));
     await hub?.close();
     await front?.close();
-    await db?.drop();
-    await pgServer?.stop();
+    await db?.close();
     tmp.cleanup();
   });
 

@@ -13,27 +13,25 @@ import pg from 'pg';
 import type { HubServer } from '../../server/app.ts';
 import { calibrationInputs } from '../../worker/calibration.ts';
 import { jobDone, Rest, startHub, startNode, tempDir, waitFor, type Proc } from '../helpers/grid.ts';
-import { createDatabase, startPostgres, type TestPostgres } from '../helpers/postgres.ts';
+import { openTestDatabase } from '../helpers/postgres.ts';
 
 const OPERATOR = 'op_handover-test-operator-token-0123456789';
 const JOIN = 'join_handover-test-join-token-0123456789';
 
 describe('a job no worker on its hub will run', { timeout: 180_000 }, () => {
   const tmp = tempDir('shardhub-handover-');
-  let pgServer: TestPostgres | undefined;
-  let db: { url: string; drop: () => Promise<void> } | undefined;
+  let db: { url: string; close: () => Promise<void> } | undefined;
   let skip: string | undefined;
   const hubs: HubServer[] = [];
   const nodes: Proc[] = [];
 
   before(async () => {
-    const started = await startPostgres();
-    if ('skip' in started) {
-      skip = started.skip;
+    const opened = await openTestDatabase('handover');
+    if ('skip' in opened) {
+      skip = opened.skip;
       return;
     }
-    pgServer = started;
-    db = await createDatabase(started.url, 'handover');
+    db = opened;
     for (const name of ['a', 'b']) {
       hubs.push(
         await startHub(join(tmp.dir, name), {
@@ -49,8 +47,7 @@ describe('a job no worker on its hub will run', { timeout: 180_000 }, () => {
     for (const n of nodes) n.child.kill('SIGKILL');
     await Promise.all(nodes.map((n) => n.exited));
     for (const h of hubs) await h.close();
-    await db?.drop();
-    await pgServer?.stop();
+    await db?.close();
     tmp.cleanup();
   });
 
