@@ -482,7 +482,9 @@ describe('browser workers', () => {
         tab.workerId,
         'same worker id',
       );
-      assert.equal((await stats(tab)).registered, true);
+      // The hub lists the worker online when it registers it; the tab knows when the answer
+      // reaches it, a moment later.
+      await waitFor('the tab knows it is registered', async () => (await stats(tab)).registered, 5000);
     }
     const model = hub.hub.models.byName('mlp-small');
     assert.ok(model);
