@@ -11,9 +11,9 @@
  * (compiled, pools grown), not its first minutes. Then, for 2 and 3 hubs, the same processes
  * "apart": each hub its own database, its own nodes and its share of the items as a job of its own,
  * sharing nothing. That is the control: what that many hub processes cost on this machine without
- * working together. Per case: items/s from the seal to the job's completion, and CPU µs per item of each hub process, of the PostgreSQL
- * server (postmaster and backends, from /proc) and of all nodes together, over the same span; lock
- * waits sampled every 50 ms as the store bench does.
+ * working together. Per case: items/s from the seal to the job's completion, and CPU µs per item of
+ * each hub process, of the PostgreSQL server (postmaster and backends, from /proc) and of all nodes
+ * together, over the same span; lock waits sampled every 50 ms as the store bench does.
  *
  * Failover, a separate run on 2 hubs with `--lease-ms 1500`: one hub is killed with SIGKILL at
  * about 40% of the job, and the time from the kill until none of the chunks it held is still
@@ -68,7 +68,8 @@ export interface GridRow {
   nodesCpuUsPerItem: number;
   /**
    * Read and write system calls of all hubs together per item: the hubs' messages and store round
-   * trips, which do not depend on how busy the machine is.
+   * trips: a count of work rather than of CPU time, though it too moved between runs and with the
+   * number of processes on the machine (docs/performance.md).
    */
   hubSyscallsPerItem: number;
   /** Hubs + Postgres: what the grid's hub side costs per item. */

@@ -3,7 +3,8 @@
  * store behind them. They judge results synchronously, while a results message is handled, so
  * what they read (trust records, canary answers, replicas waiting for a quorum) must be at hand:
  * records and replicas are loaded when the hub starts (with several hubs, replicas come with the
- * chunks the hub takes), a job's canary answers when the hub activates the job. Writes go to the store in order through the hub's write-behind queue.
+ * chunks the hub takes), a job's canary answers when the hub activates the job. Writes go to the
+ * store in order through the hub's write-behind queue.
  *
  * With several hubs, a quarantine another hub decides reaches this one when the worker registers
  * here (`refresh`), and every `trustRefreshMs` for all records (see `Hub`).
@@ -33,7 +34,8 @@ export class TrustCache {
    * Loads every trust record and, on a store of its own, every replica waiting for a quorum. On a
    * store several hubs share, a waiting replica is the business of the hub holding its item's
    * chunk, and a hub takes them over with the chunk (`Verifier.adopt`): loaded at start, another
-   * hub's would be found stale here and dropped from the store while that hub still waits on them.
+   * hub's would wait here for good, with no job (never sent to the reference backend) and counted
+   * against its worker's probation quota, whatever that hub decided.
    */
   static async load(store: AsyncStore, writes: Writes): Promise<TrustCache> {
     const cache = new TrustCache(store, writes);

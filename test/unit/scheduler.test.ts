@@ -13,7 +13,7 @@ import {
   stealSize,
 } from '../../server/scheduler/policy.ts';
 import { RateEstimate, priorWeight } from '../../server/scheduler/weights.ts';
-import { schedWorker } from '../helpers/sched-worker.ts';
+import { schedWorker as worker } from '../helpers/sched-worker.ts';
 
 const SHA = 'a'.repeat(64);
 
@@ -25,8 +25,6 @@ function clock(start = 1_000_000) {
 function job(id: string, extra: Partial<SchedJob> = {}): SchedJob {
   return { id, priority: 0, deadline: null, modelSha256: SHA, batchSize: 1, requirements: null, ...extra };
 }
-
-const worker = schedWorker;
 
 function ids(n: number, from = 1): number[] {
   return Array.from({ length: n }, (_, i) => from + i);
